@@ -1,0 +1,104 @@
+"""The configs (proxies) the benchmark compares, in the order they are interleaved.
+
+A config is a name plus a function that returns the command line of a proxy that runs in the
+foreground, listens on ``127.0.0.1:{ctx.port}`` in front of ``http://{ctx.upstream}`` and exits
+on SIGTERM (``command=None``: no proxy, the load goes straight to the upstream). The function
+may write generated files into ``ctx.run_dir`` (the proxy's working directory); ``{run_dir}``
+in an ``env`` value is replaced by it. To add a config, append to ``CONFIGS``;
+``default=False`` keeps it out of a plain run (select it with ``--only``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+# Every request of every config carries it, so splitproxy's sticky hash runs on each one.
+STICKY_COOKIE = "splitproxy_id"
+COOKIE_HEADER = f"Cookie: {STICKY_COOKIE}=bench-user-1"
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What a config's command may use."""
+
+    port: int  # the proxy listens on 127.0.0.1:port
+    admin_port: int  # a second port, for proxies with an admin listener
+    upstream_port: int  # the upstream nginx on 127.0.0.1
+    py: str  # the venv's python (has the project and aiohttp/uvloop)
+    run_dir: Path  # scratch dir for generated files (git-ignored)
+
+    @property
+    def upstream(self) -> str:
+        return f"127.0.0.1:{self.upstream_port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    command: Callable[[Ctx], list[str]] | None  # None: direct to the upstream
+    env: dict[str, str] = field(default_factory=dict)  # added to the proxy's environment
+    default: bool = True  # in the default set; otherwise only with --only
+
+
+def nginx(ctx: Ctx) -> list[str]:
+    script = BENCH / "proxies" / "nginx_proxy.sh"
+    return ["bash", str(script), str(ctx.port), ctx.upstream, str(ctx.run_dir)]
+
+
+def aiohttp(ctx: Ctx) -> list[str]:
+    script = BENCH / "proxies" / "aiohttp_proxy.py"
+    return [ctx.py, str(script), "--port", str(ctx.port), "--upstream", ctx.upstream]
+
+
+ROUTES_YAML = """\
+routes:
+  - name: bench
+    stable: http://{upstream}
+    candidate: {{url: http://{upstream}, revision: "b"}}
+    weight: 50
+    sticky: {{cookie: {cookie}}}
+"""
+
+
+def splitproxy(ctx: Ctx) -> list[str]:
+    shutil.rmtree(ctx.run_dir / "splitproxy-state", ignore_errors=True)  # a fresh start per run
+    routes = ctx.run_dir / "splitproxy-routes.yaml"
+    routes.write_text(ROUTES_YAML.format(upstream=ctx.upstream, cookie=STICKY_COOKIE))
+    return [
+        ctx.py,
+        "-m",
+        "splitproxy",
+        "serve",
+        "-c",
+        str(routes),
+        "--listen",
+        f"127.0.0.1:{ctx.port}",
+        "--admin",
+        f"127.0.0.1:{ctx.admin_port}",
+    ]
+
+
+SPLITPROXY_ENV = {
+    "SPLITPROXY_ACCESS_LOG": "false",
+    "SPLITPROXY_STATE_DIR": "{run_dir}/splitproxy-state",
+    "SPLITPROXY_DRAIN_TIMEOUT": "2",  # stop promptly between runs
+}
+
+CONFIGS: list[Config] = [
+    Config("direct", None),
+    Config("nginx", nginx),
+    Config("aiohttp", aiohttp),
+    Config("splitproxy", splitproxy, env=SPLITPROXY_ENV),
+    # access log on (it goes to the proxy's log file under results/<stamp>/logs/)
+    Config(
+        "splitproxy-log",
+        splitproxy,
+        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true"},
+        default=False,
+    ),
+]

@@ -1,0 +1,5 @@
+"""splitproxy: progressive delivery in one process."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

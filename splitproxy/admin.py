@@ -1,0 +1,208 @@
+"""The admin listener: health, metrics and the JSON API (aiohttp; loopback by default).
+
+Errors are ``{"error": {"code": ..., "message": ...}}``. When an admin token is set, every
+``/api/`` call needs ``Authorization: Bearer <token>`` (compared in constant time); health
+checks and ``/metrics`` stay open so probes and scrapers need no secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from splitproxy import __version__
+from splitproxy.errors import AdminError
+from splitproxy.metrics import Recorder
+from splitproxy.routing import BUCKETS, CompiledRoute
+from splitproxy.state import RuntimeState, Snapshot
+
+
+@dataclass
+class AdminContext:
+    """What the admin API reads and acts on."""
+
+    state: RuntimeState
+    recorder: Recorder
+    token: str | None = None
+    config_path: str | None = None
+    draining: Callable[[], bool] = lambda: False
+    started_at: float = field(default_factory=time.time)
+    last_error: Callable[[], str | None] = lambda: None
+
+
+ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except AdminError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        return error_response(exc.status, code, exc.text or exc.reason)
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[ADMIN].token
+    if token and request.path.startswith("/api/"):
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return error_response(
+                401, "unauthorized", "this API needs 'Authorization: Bearer <token>'"
+            )
+    return await handler(request)
+
+
+def _percent(bp: int) -> float:
+    return round(bp * 100 / BUCKETS, 2)
+
+
+def route_view(snapshot: Snapshot, route: CompiledRoute, recorder: Recorder) -> dict[str, Any]:
+    """A route as status shows it: backends, the weight and who set it."""
+    model = snapshot.config.route(route.name)
+    assert model is not None
+    override = snapshot.overrides.get(route.name)
+
+    def backend(version: str, plan: Any) -> dict[str, Any] | None:
+        if plan is None:
+            return None
+        return {
+            "urls": [t.url for t in plan.targets],
+            "revision": plan.revision,
+            "in_flight": recorder.in_flight(route.name, version),
+        }
+
+    return {
+        "name": route.name,
+        "match": {"host": model.match.host, "path_prefix": model.match.path_prefix},
+        "stable": backend("stable", route.stable),
+        "candidate": backend("candidate", route.candidate),
+        "weight": {
+            "effective": _percent(route.weight_bp) if route.candidate else 0.0,
+            "file": model.weight,
+            "runtime": None
+            if override is None
+            else {
+                "percent": override.percent,
+                "set_at": override.set_at,
+                "source": override.source,
+            },
+            "source": "runtime" if override is not None else "file",
+        },
+        "sticky": model.sticky.model_dump(exclude_none=True) if model.sticky else None,
+        "overrides": [o.model_dump(exclude_none=True) for o in model.overrides],
+    }
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[ADMIN]
+    if ctx.draining():
+        return web.json_response({"status": "draining"}, status=503)
+    if ctx.state.snapshot is None:
+        return web.json_response({"status": "not ready", "reason": "no config loaded"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def _snapshot(ctx: AdminContext) -> Snapshot:
+    snapshot = ctx.state.snapshot
+    if snapshot is None:
+        raise AdminError(503, "not_ready", "no routing config is loaded yet")
+    return snapshot
+
+
+async def status(request: web.Request) -> web.Response:
+    ctx = request.app[ADMIN]
+    snapshot = _snapshot(ctx)
+    return web.json_response(
+        {
+            "version": __version__,
+            "ready": not ctx.draining(),
+            "draining": ctx.draining(),
+            "uptime_seconds": round(time.time() - ctx.started_at, 3),
+            "config": {
+                "path": ctx.config_path,
+                "revision": snapshot.revision,
+                "loaded_at": snapshot.loaded_at,
+                "last_reload_successful": ctx.recorder.reloads.last_successful,
+                "last_error": ctx.last_error(),
+            },
+            "routes": [route_view(snapshot, r, ctx.recorder) for r in snapshot.routes],
+        }
+    )
+
+
+def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
+    snapshot = _snapshot(request.app[ADMIN])
+    name = request.match_info["name"]
+    route = snapshot.route(name)
+    if route is None:
+        raise AdminError(404, "no_such_route", f"no route named {name!r}")
+    return snapshot, route
+
+
+async def get_route(request: web.Request) -> web.Response:
+    snapshot, route = _route(request)
+    return web.json_response(route_view(snapshot, route, request.app[ADMIN].recorder))
+
+
+async def put_weight(request: web.Request) -> web.Response:
+    ctx = request.app[ADMIN]
+    _, route = _route(request)
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise AdminError(
+            400, "invalid_json", 'the body must be JSON, e.g. {"weight": 25}'
+        ) from None
+    weight = body.get("weight") if isinstance(body, dict) else None
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise AdminError(400, "invalid_weight", 'the body must be {"weight": <0..100>}')
+    snapshot = ctx.state.set_weight(route.name, float(weight), time.time())
+    new = snapshot.route(route.name)
+    assert new is not None
+    return web.json_response(route_view(snapshot, new, ctx.recorder))
+
+
+async def delete_weight(request: web.Request) -> web.Response:
+    ctx = request.app[ADMIN]
+    _, route = _route(request)
+    snapshot = ctx.state.clear_weight(route.name)
+    new = snapshot.route(route.name)
+    assert new is not None
+    return web.json_response(route_view(snapshot, new, ctx.recorder))
+
+
+def create_admin_app(ctx: AdminContext) -> web.Application:
+    """The admin application; `server.py` runs it on its own listener."""
+    app = web.Application(middlewares=[_errors, _auth])
+    app[ADMIN] = ctx
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", make_aiohttp_handler(ctx.recorder.registry))
+    app.router.add_get("/api/v1/status", status)
+    app.router.add_get("/api/v1/routes/{name}", get_route)
+    app.router.add_put("/api/v1/routes/{name}/weight", put_weight)
+    app.router.add_delete("/api/v1/routes/{name}/weight", delete_weight)
+    return app

@@ -1,0 +1,233 @@
+"""The ``splitproxy`` command line.
+
+``main(argv)`` returns the exit code (tests call it directly); ``python -m splitproxy`` and the
+console script exit with it. Admin verbs talk to a running proxy's admin API over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from splitproxy import __version__
+from splitproxy.errors import ConfigError
+
+# serve flags that map one to one onto Settings fields
+_SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--listen", "listen", str, "proxy address host:port (default 0.0.0.0:8080)"),
+    ("--admin", "admin", str, "admin API address host:port (default 127.0.0.1:9901)"),
+    ("--state-dir", "state_dir", Path, "where rollout state is kept"),
+    ("--admin-token", "admin_token", str, "bearer token the admin API requires"),
+    ("--log-format", "log_format", str, "text or json"),
+    ("--log-level", "log_level", str, "debug, info, warning or error"),
+    ("--connect-timeout", "connect_timeout", float, "upstream connect timeout, seconds"),
+    ("--read-timeout", "read_timeout", float, "upstream response timeout, seconds"),
+    ("--header-timeout", "header_timeout", float, "client request-header timeout, seconds"),
+    ("--body-timeout", "body_timeout", float, "client request-body idle timeout, seconds"),
+    (
+        "--client-idle-timeout",
+        "client_idle_timeout",
+        float,
+        "client keep-alive idle timeout, seconds",
+    ),
+    (
+        "--upstream-idle-timeout",
+        "upstream_idle_timeout",
+        float,
+        "pooled upstream idle timeout, seconds",
+    ),
+    ("--drain-timeout", "drain_timeout", float, "longest wait for in-flight requests on SIGTERM"),
+    (
+        "--drain-delay",
+        "drain_delay",
+        float,
+        "seconds /readyz reports 503 before the listener closes",
+    ),
+    ("--max-header-bytes", "max_header_bytes", int, "request header limit (431 above it)"),
+    ("--max-body-bytes", "max_body_bytes", int, "request body limit, 0 for none (413 above it)"),
+    ("--max-upstream-connections", "max_upstream_connections", int, "per upstream, 0 for none"),
+)
+
+
+def _admin_url(args: argparse.Namespace) -> str:
+    base = args.admin_url or os.environ.get("SPLITPROXY_ADMIN_URL")
+    if not base:
+        admin = os.environ.get("SPLITPROXY_ADMIN", "127.0.0.1:9901")
+        host, _, port = admin.rpartition(":")
+        if host in ("", "0.0.0.0", "[::]", "::"):
+            host = "127.0.0.1"
+        base = f"http://{host}:{port}"
+    return base.rstrip("/")
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One admin API call; returns (status, decoded JSON)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(_admin_url(args) + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    token = args.admin_token or os.environ.get("SPLITPROXY_ADMIN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {
+                "error": {"code": "http_error", "message": raw.decode(errors="replace")}
+            }
+
+
+def _fail(payload: Any, status: int) -> int:
+    err = payload.get("error", {}) if isinstance(payload, dict) else {}
+    print(f"error ({status}): {err.get('message', payload)}", file=sys.stderr)
+    return 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from splitproxy import logs
+    from splitproxy.server import serve
+    from splitproxy.settings import Settings
+
+    kwargs: dict[str, Any] = {}
+    if args.config is not None:
+        kwargs["config"] = args.config
+    for _, dest, _, _ in _SERVE_FLAGS:
+        value = getattr(args, dest)
+        if value is not None:
+            kwargs[dest] = value
+    if args.no_access_log:
+        kwargs["access_log"] = False
+    try:
+        settings = Settings(**kwargs)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            print(f"setting {loc}: {err['msg']}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_format, settings.log_level)
+    return serve(settings)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from splitproxy.model import summary
+    from splitproxy.server import read_routing_file
+
+    try:
+        config, _ = read_routing_file(Path(args.file))
+    except ConfigError as exc:
+        print(exc.describe(), file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.file}: {summary(config)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from splitproxy.console import print_status
+
+    try:
+        status, payload = _call(args, "GET", "/api/v1/status")
+    except OSError as exc:
+        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        return _fail(payload, status)
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    else:
+        print_status(payload)
+    return 0
+
+
+def cmd_weight(args: argparse.Namespace) -> int:
+    try:
+        status, payload = _call(
+            args, "PUT", f"/api/v1/routes/{args.route}/weight", {"weight": args.percent}
+        )
+    except OSError as exc:
+        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        return _fail(payload, status)
+    print(f"{args.route}: candidate weight {payload['weight']['effective']:g}% (runtime override)")
+    return 0
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    try:
+        status, _ = _call(args, "GET", "/readyz")
+    except OSError:
+        return 1
+    return 0 if status == 200 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from splitproxy.demo import run_demo
+
+    return run_demo(requests=args.requests, rate=args.rate, weight=args.weight)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitproxy",
+        description="Progressive delivery in one process: stable and candidate behind one proxy.",
+    )
+    parser.add_argument("--version", action="version", version=f"splitproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("-c", "--config", type=Path, help="the routing file (or SPLITPROXY_CONFIG)")
+    for flag, dest, kind, help_ in _SERVE_FLAGS:
+        serve.add_argument(flag, dest=dest, type=kind, default=None, help=help_)
+    serve.add_argument("--no-access-log", action="store_true", help="turn the access log off")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="validate a routing file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="run two demo versions behind the proxy and show the split")
+    demo.add_argument("--requests", type=int, default=400, help="how many requests to send")
+    demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    demo.add_argument("--weight", type=float, default=20.0, help="candidate weight in percent")
+    demo.set_defaults(func=cmd_demo)
+
+    def client(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--admin-url", help="admin API base URL (or SPLITPROXY_ADMIN_URL)")
+        p.add_argument("--admin-token", help="bearer token (or SPLITPROXY_ADMIN_TOKEN)")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds")
+        return p
+
+    status = client("status", "show routes, weights and backends of a running proxy")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=cmd_status)
+
+    weight = client("weight", "set a route's candidate weight at runtime")
+    weight.add_argument("route")
+    weight.add_argument("percent", type=float)
+    weight.set_defaults(func=cmd_weight)
+
+    health = client("healthcheck", "exit 0 if the proxy is ready (for container health checks)")
+    health.set_defaults(func=cmd_healthcheck)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,272 @@
+"""Which version serves a request: a pure function of the route, the request and a random draw.
+
+Theory of operation
+-------------------
+A route is compiled once per config snapshot into a `CompiledRoute` (lower-cased header names,
+compiled regexes, the weight in basis points). Per request, `choose` walks the design's order:
+
+1. no candidate (or the candidate is marked unavailable): stable, reason ``fallback``;
+2. overrides, in file order (header or cookie; ``always``/``never``, exact value, regex):
+   the first that gives a verdict wins, reason ``override``;
+3. a sticky key (the seed cookie the proxy sets, or a configured header) is hashed into
+   10 000 buckets with a keyed blake2b: candidate iff ``bucket < weight_bp``, reason ``sticky``.
+   Because the set ``{bucket < w}`` only grows with ``w``, a client on the candidate at weight
+   ``w`` stays there at every higher weight, moves back only when the weight drops below its
+   bucket, and every process and replica agrees (the hash is keyed by the route, not by
+   anything process-local such as Python's ``hash()``);
+4. no sticky key: a per-request draw at the weight, reason ``weight``. With a seed cookie
+   configured, the draw also becomes the new client's seed (returned in `Decision.seed`,
+   for the proxy to set as a cookie), so the client's next requests follow the same bucket.
+
+Randomness is injected: the caller passes ``draw``, a uniformly random 64-bit integer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from splitproxy.model import Backend, Override, Route
+
+BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
+
+Version = Literal["stable", "candidate"]
+STABLE: Final = "stable"
+CANDIDATE: Final = "candidate"
+
+Reason = Literal["override", "sticky", "weight", "fallback", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request goes and why; ``seed`` is a new sticky seed for the proxy to set."""
+
+    version: Version
+    reason: Reason
+    seed: str | None = None
+
+
+# Decisions without a seed are shared instances: the hot path allocates nothing for them.
+_FALLBACK = Decision(STABLE, "fallback")
+_DECISIONS: Final[dict[tuple[str, str], Decision]] = {
+    (v, r): Decision(v, r)
+    for v in (STABLE, CANDIDATE)
+    for r in ("override", "sticky", "weight", "fallback", "retry")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream address of a backend."""
+
+    host: str
+    port: int
+    url: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendPlan:
+    """A version's upstreams (served round-robin by the data path) and its revision."""
+
+    targets: tuple[Target, ...]
+    revision: str | None
+
+    @classmethod
+    def from_model(cls, backend: Backend) -> BackendPlan:
+        targets = []
+        for url in backend.urls:
+            parts = urlsplit(url)
+            assert parts.hostname is not None  # the model validated it
+            targets.append(Target(parts.hostname, parts.port or 80, url))
+        return cls(tuple(targets), backend.revision)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledOverride:
+    """An override rule ready for the hot path."""
+
+    header: bytes | None  # lower-cased
+    cookie: str | None
+    value: str | None
+    regex: re.Pattern[str] | None
+
+    @classmethod
+    def from_model(cls, o: Override) -> CompiledOverride:
+        return cls(
+            header=o.header.lower().encode("latin-1") if o.header else None,
+            cookie=o.cookie,
+            value=o.value,
+            regex=re.compile(o.regex) if o.regex is not None else None,
+        )
+
+    def verdict(self, raw: str) -> Version | None:
+        """The version this value forces, or None to fall through to the next rule."""
+        if self.value is not None:
+            return CANDIDATE if raw == self.value else None
+        if self.regex is not None:
+            return CANDIDATE if self.regex.fullmatch(raw) else None
+        lowered = raw.strip().lower()
+        if lowered == "always":
+            return CANDIDATE
+        if lowered == "never":
+            return STABLE
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route as the data path uses it: matchers, backends, the split, in hot-path form."""
+
+    name: str
+    host: str | None  # exact host, lower-cased; None matches any
+    host_suffix: str | None  # for "*.example.com": ".example.com"
+    path_prefix: str
+    stable: BackendPlan
+    candidate: BackendPlan | None
+    weight_bp: int
+    overrides: tuple[CompiledOverride, ...]
+    sticky_cookie: str | None
+    sticky_header: bytes | None  # lower-cased
+    sticky_max_age: int
+    salt: bytes
+    candidate_available: bool = True
+    # header names (lower-cased bytes) this route reads, so the proxy keeps only those
+    wanted_headers: frozenset[bytes] = field(default=frozenset())
+
+    @classmethod
+    def from_model(cls, route: Route, weight_bp: int | None = None) -> CompiledRoute:
+        overrides = tuple(CompiledOverride.from_model(o) for o in route.overrides)
+        sticky = route.sticky
+        wanted = {o.header for o in overrides if o.header}
+        if sticky and sticky.header:
+            wanted.add(sticky.header.lower().encode("latin-1"))
+        candidate = BackendPlan.from_model(route.candidate) if route.candidate else None
+        host = route.match.host
+        return cls(
+            name=route.name,
+            host=None if host is None or host.startswith("*.") else host,
+            host_suffix=host[1:] if host and host.startswith("*.") else None,
+            path_prefix=route.match.path_prefix,
+            stable=BackendPlan.from_model(route.stable),
+            candidate=candidate,
+            weight_bp=route.weight_bp if weight_bp is None else weight_bp,
+            overrides=overrides,
+            sticky_cookie=sticky.cookie if sticky else None,
+            sticky_header=sticky.header.lower().encode("latin-1")
+            if sticky and sticky.header
+            else None,
+            sticky_max_age=sticky.max_age if sticky else 0,
+            salt=salt_for(route.name, candidate.revision if candidate else None),
+            wanted_headers=frozenset(wanted),
+        )
+
+    @property
+    def needs_cookies(self) -> bool:
+        return self.sticky_cookie is not None or any(o.cookie for o in self.overrides)
+
+    def matches(self, host: str, path: str) -> bool:
+        """Does this route serve ``host`` (lower-cased, port stripped) and ``path``?"""
+        if self.host is not None and host != self.host:
+            return False
+        if self.host_suffix is not None and not host.endswith(self.host_suffix):
+            return False
+        return path.startswith(self.path_prefix)
+
+    def __repr__(self) -> str:
+        cand = f" candidate={self.weight_bp / 100:g}%" if self.candidate else ""
+        return f"<CompiledRoute {self.name}{cand}>"
+
+
+def salt_for(route_name: str, revision: str | None) -> bytes:
+    """The hash key of a route's buckets: fixed for one rollout, new for the next revision,
+    so each rollout exposes a different slice of users first."""
+    material = f"{route_name}\x00{revision or ''}".encode()
+    return hashlib.blake2b(material, digest_size=32).digest()
+
+
+def bucket(key: str, salt: bytes) -> int:
+    """A stable bucket in [0, BUCKETS) for a sticky key; the same in every process."""
+    digest = hashlib.blake2b(
+        key.encode("utf-8", "surrogateescape"), digest_size=8, key=salt
+    ).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def cookie_value(raw: bytes | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a raw ``Cookie`` header, or None."""
+    if not raw:
+        return None
+    text = raw.decode("latin-1")
+    for part in text.split(";"):
+        k, sep, v = part.partition("=")
+        if sep and k.strip() == name:
+            return v.strip().strip('"')
+    return None
+
+
+def find_route(routes: tuple[CompiledRoute, ...], host: str, path: str) -> CompiledRoute | None:
+    """The first route whose match fits, or None."""
+    for route in routes:
+        if route.matches(host, path):
+            return route
+    return None
+
+
+def seed_from_draw(draw: int) -> str:
+    """A new client's sticky seed: the draw as 16 hex digits."""
+    return f"{draw:016x}"
+
+
+def choose(route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int) -> Decision:
+    """Pick the version for one request.
+
+    ``headers`` maps lower-cased header names to raw values (``b"cookie"`` included when the
+    route reads cookies); ``draw`` is a uniformly random integer in [0, 2**64).
+    """
+    if route.candidate is None or not route.candidate_available:
+        return _FALLBACK
+    if route.overrides:
+        cookies = headers.get(b"cookie")
+        for rule in route.overrides:
+            if rule.header is not None:
+                raw = headers.get(rule.header)
+                value = raw.decode("latin-1") if raw is not None else None
+            else:
+                assert rule.cookie is not None
+                value = cookie_value(cookies, rule.cookie)
+            if value is not None:
+                verdict = rule.verdict(value)
+                if verdict is not None:
+                    return _DECISIONS[verdict, "override"]
+    weight = route.weight_bp
+    key: str | None = None
+    if route.sticky_header is not None:
+        raw = headers.get(route.sticky_header)
+        if raw:
+            key = raw.decode("latin-1")
+    elif route.sticky_cookie is not None:
+        key = cookie_value(headers.get(b"cookie"), route.sticky_cookie)
+        if key is None:
+            seed = seed_from_draw(draw)
+            version: Version = CANDIDATE if bucket(seed, route.salt) < weight else STABLE
+            return Decision(version, "sticky", seed)
+    if key is not None:
+        return _DECISIONS[CANDIDATE if bucket(key, route.salt) < weight else STABLE, "sticky"]
+    if weight <= 0:
+        return _DECISIONS[STABLE, "weight"]
+    if weight >= BUCKETS:
+        return _DECISIONS[CANDIDATE, "weight"]
+    return _DECISIONS[CANDIDATE if draw % BUCKETS < weight else STABLE, "weight"]
+
+
+def retry_decision() -> Decision:
+    """The decision recorded when a failed candidate request is replayed on stable."""
+    return _DECISIONS[STABLE, "retry"]

@@ -1,0 +1,268 @@
+"""The composition root: reads the settings, builds every part, runs and drains them.
+
+Lifecycle, in order:
+start:    load the routing file (an invalid one stops start-up with its errors), open the
+          admin listener, then the proxy listener, then the sweeper (timeouts, idle pools).
+SIGHUP:   reload the routing file; a bad file keeps the last good config serving.
+SIGTERM:  1. /readyz answers 503 (``drain_delay`` while the listener still accepts);
+          2. the listener closes; idle keep-alive connections close, busy ones after their
+             response; 3. wait for in-flight exchanges, at most ``drain_timeout``;
+          4. cut what is left, close the pools and the admin listener; exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from splitproxy.admin import AdminContext, create_admin_app
+from splitproxy.errors import ConfigError, Problem
+from splitproxy.logs import AccessLog, Observers
+from splitproxy.metrics import Recorder
+from splitproxy.model import RoutingConfig, parse_routing
+from splitproxy.proxy import ClientConnection, CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.settings import Settings
+from splitproxy.state import RuntimeState, content_hash
+from splitproxy.upstream import PoolRegistry
+
+logger = logging.getLogger("splitproxy.server")
+
+
+def read_routing_file(path: Path) -> tuple[RoutingConfig, str]:
+    """Read and validate a routing file; `ConfigError` names every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [Problem("", f"cannot read the file: {exc.strerror or exc}")], str(path)
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("", "the file is not UTF-8 text")], str(path)) from None
+    return parse_routing(text, str(path)), content_hash(text)
+
+
+class Server:
+    """splitproxy's process: the proxy listener, the admin listener and their shared state."""
+
+    def __init__(self, settings: Settings, routing_text: str | None = None) -> None:
+        self.settings = settings
+        self._routing_text = routing_text  # an embedded config (the demo) instead of a file
+        self.state = RuntimeState()
+        self.recorder = Recorder(self.state)
+        self.clock = CoarseClock(0.0)
+        self.pools = PoolRegistry(
+            self.clock,
+            connect_timeout=settings.connect_timeout,
+            idle_timeout=settings.upstream_idle_timeout,
+            max_connections=settings.max_upstream_connections,
+        )
+        self.draining = False
+        self.last_error: str | None = None
+        self._proxy_server: asyncio.Server | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.ctx: ProxyContext | None = None
+        self.listen_port = 0
+        self.admin_port = 0
+
+    # -- config -----------------------------------------------------------------------------
+    def _load_initial(self) -> None:
+        if self._routing_text is not None:
+            config = parse_routing(self._routing_text, "<embedded>")
+            digest = content_hash(self._routing_text)
+        elif self.settings.config is not None:
+            config, digest = read_routing_file(self.settings.config)
+        else:
+            raise ConfigError(
+                [Problem("config", "no routing file given (-c FILE or SPLITPROXY_CONFIG)")]
+            )
+        self.state.load(config, digest, time.time())
+        self.recorder.reloads.record(True, time.time())
+
+    def reload(self) -> bool:
+        """Re-read the routing file; keep the last good config if the new one is invalid."""
+        if self.settings.config is None:
+            return False
+        try:
+            config, digest = read_routing_file(self.settings.config)
+        except ConfigError as exc:
+            self.last_error = exc.describe()
+            self.recorder.reloads.record(False, time.time())
+            logger.error(
+                "routing file rejected, the last good config keeps serving:\n%s", exc.describe()
+            )
+            return False
+        current = self.state.snapshot
+        if current is not None and current.content_hash == digest:
+            return True
+        self.state.load(config, digest, time.time())
+        self.last_error = None
+        self.recorder.reloads.record(True, time.time())
+        snapshot = self.state.snapshot
+        logger.info("routing file loaded, revision %s", snapshot.revision if snapshot else "?")
+        return True
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self._load_initial()
+        loop = asyncio.get_running_loop()
+        self.clock.now = time.monotonic()
+        access_log = AccessLog(s.log_format, None) if s.access_log else None
+        observer: ExchangeObserver = (
+            Observers(self.recorder, access_log) if access_log is not None else self.recorder
+        )
+        ctx = self.ctx = ProxyContext(
+            self.state,
+            self.pools,
+            observer,
+            self.clock,
+            header_timeout=s.header_timeout,
+            body_timeout=s.body_timeout,
+            read_timeout=s.read_timeout,
+            client_idle_timeout=s.client_idle_timeout,
+            max_header_bytes=s.max_header_bytes,
+            max_headers=s.max_headers,
+            max_body_bytes=s.max_body_bytes,
+            trusted_proxies=s.trusted_proxies,
+            via=s.via,
+        )
+        admin_ctx = AdminContext(
+            state=self.state,
+            recorder=self.recorder,
+            token=s.admin_token.get_secret_value() if s.admin_token else None,
+            config_path=str(s.config) if s.config else None,
+            draining=lambda: self.draining,
+            last_error=lambda: self.last_error,
+        )
+        runner = self._admin_runner = web.AppRunner(
+            create_admin_app(admin_ctx), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        admin_host, admin_port = s.admin_address
+        site = web.TCPSite(runner, admin_host, admin_port, reuse_address=True)
+        await site.start()
+        self.admin_port = _bound_port(runner)
+        host, port = s.listen_address
+        self._proxy_server = await loop.create_server(
+            lambda: ClientConnection(ctx), host, port, backlog=4096, reuse_address=True
+        )
+        self.listen_port = self._proxy_server.sockets[0].getsockname()[1]
+        self._tasks.append(loop.create_task(self._sweep(ctx)))
+        logger.info(
+            "splitproxy listening on %s:%d (admin on %s:%d), config revision %s",
+            host, self.listen_port, admin_host, self.admin_port,
+            self.state.snapshot.revision if self.state.snapshot else "?",
+        )  # fmt: skip
+
+    def _tick(self) -> float:
+        s = self.settings
+        shortest = min(s.header_timeout, s.body_timeout, s.read_timeout, s.client_idle_timeout,
+                       s.upstream_idle_timeout)  # fmt: skip
+        return max(0.02, min(0.5, shortest / 5))
+
+    async def _sweep(self, ctx: ProxyContext) -> None:
+        tick = self._tick()
+        while True:
+            await asyncio.sleep(tick)
+            ctx.sweep(time.monotonic())
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def request_stop(self) -> None:
+        if not self.draining:
+            logger.info("stopping: draining in-flight requests")
+        self.draining = True
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start, serve until asked to stop, then drain and close."""
+        await self.start()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        s = self.settings
+        self.draining = True
+        ctx = self.ctx
+        if s.drain_delay > 0:
+            await asyncio.sleep(s.drain_delay)
+        if self._proxy_server is not None:
+            self._proxy_server.close()
+        if ctx is not None:
+            ctx.start_draining()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + s.drain_timeout
+            while ctx.connections and loop.time() < deadline:  # noqa: ASYNC110 - polled, few
+                await asyncio.sleep(0.02)
+            for conn in list(ctx.connections):
+                conn.abort()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.pools.abort_all()
+        if self._proxy_server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._proxy_server.wait_closed(), 1.0)
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        logger.info("stopped")
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple):
+            return int(addr[1])
+    return 0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where available (the data path is built for it), asyncio's loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def serve(settings: Settings, routing_text: str | None = None) -> int:
+    """Run the proxy until SIGTERM or SIGINT; the exit code for the CLI."""
+
+    async def main() -> int:
+        server = Server(settings, routing_text)
+        try:
+            await server.start()
+        except ConfigError as exc:
+            print(exc.describe(), file=sys.stderr)
+            await server.shutdown()
+            return 1
+        except OSError as exc:
+            print(f"splitproxy: cannot listen: {exc}", file=sys.stderr)
+            await server.shutdown()
+            return 1
+        server.install_signal_handlers()
+        try:
+            await server._stop.wait()
+        finally:
+            await server.shutdown()
+        return 0
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main())

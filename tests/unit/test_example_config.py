@@ -1,0 +1,65 @@
+"""The example routing file shipped in config/ is valid and says what its comments say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from splitproxy.model import RoutingConfig, parse_routing, summary
+from splitproxy.routing import CANDIDATE, STABLE, CompiledRoute, choose, find_route
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "splitproxy.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> RoutingConfig:
+    return parse_routing(EXAMPLE.read_text(encoding="utf-8"), str(EXAMPLE))
+
+
+def test_example_is_valid(config: RoutingConfig) -> None:
+    assert [r.name for r in config.routes] == ["shop", "api"]
+    assert summary(config) == (
+        "ok: revision example-1, 2 route(s): shop (stable, candidate 10%); "
+        "api (stable, candidate 2.5%)"
+    )
+
+
+def test_example_shop_route(config: RoutingConfig) -> None:
+    shop = config.route("shop")
+    assert shop is not None
+    assert shop.match.host == "shop.example.com"
+    assert shop.stable.urls == ("http://shop-v1:8080",)
+    assert shop.candidate is not None
+    assert shop.candidate.urls == ("http://shop-v2:8080",)
+    assert shop.candidate.revision == "2.4.0"
+    assert shop.weight_bp == 1000
+    assert [(o.header, o.cookie) for o in shop.overrides] == [("X-Canary", None), (None, "canary")]
+    assert shop.sticky is not None
+    assert shop.sticky.cookie == "splitproxy_id"
+
+
+def test_example_api_route(config: RoutingConfig) -> None:
+    api = config.route("api")
+    assert api is not None
+    assert api.stable.urls == ("http://api-v1-a:8080", "http://api-v1-b:8080")
+    assert api.weight_bp == 250
+    assert api.sticky is not None
+    assert api.sticky.header == "X-User-Id"
+    assert api.sticky.cookie is None
+
+
+def test_example_routes_requests_as_documented(config: RoutingConfig) -> None:
+    routes = tuple(CompiledRoute.from_model(r) for r in config.routes)
+    shop = find_route(routes, "shop.example.com", "/cart")
+    api = find_route(routes, "api.example.com", "/v1/orders")
+    assert shop is not None
+    assert shop.name == "shop"
+    assert api is not None
+    assert api.name == "api"
+    assert find_route(routes, "api.example.com", "/v2/orders") is None
+    # The documented overrides work as the comments say.
+    assert choose(shop, {b"x-canary": b"always"}, 0).version == CANDIDATE
+    assert choose(shop, {b"x-canary": b"never"}, 0).version == STABLE
+    assert choose(shop, {b"cookie": b"canary=yes"}, 0).version == CANDIDATE
+    assert choose(api, {b"x-group": b"beta"}, 0).version == CANDIDATE
