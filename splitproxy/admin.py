@@ -35,6 +35,8 @@ class AdminContext:
     draining: Callable[[], bool] = lambda: False
     started_at: float = field(default_factory=time.time)
     last_error: Callable[[], str | None] = lambda: None
+    # re-read the routing file now; returns (loaded, problems)
+    reload: Callable[[], Awaitable[tuple[bool, list[str]]]] | None = None
 
 
 ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
@@ -194,6 +196,20 @@ async def delete_weight(request: web.Request) -> web.Response:
     return web.json_response(route_view(snapshot, new, ctx.recorder))
 
 
+async def post_reload(request: web.Request) -> web.Response:
+    ctx = request.app[ADMIN]
+    if ctx.reload is None:
+        raise AdminError(409, "no_config_file", "this proxy was not started from a routing file")
+    ok, problems = await ctx.reload()
+    snapshot = ctx.state.snapshot
+    body = {
+        "loaded": ok,
+        "revision": snapshot.revision if snapshot is not None else None,
+        "errors": problems,
+    }
+    return web.json_response(body, status=200 if ok else 422)
+
+
 def create_admin_app(ctx: AdminContext) -> web.Application:
     """The admin application; `server.py` runs it on its own listener."""
     app = web.Application(middlewares=[_errors, _auth])
@@ -205,4 +221,5 @@ def create_admin_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/api/v1/routes/{name}", get_route)
     app.router.add_put("/api/v1/routes/{name}/weight", put_weight)
     app.router.add_delete("/api/v1/routes/{name}/weight", delete_weight)
+    app.router.add_post("/api/v1/reload", post_reload)
     return app

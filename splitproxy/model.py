@@ -98,8 +98,8 @@ class Match(Frozen):
             return v
         v = v.lower()
         bare = v[2:] if v.startswith("*.") else v
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?", bare):
-            raise ValueError("must be a host name, optionally starting with '*.'")
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", bare):
+            raise ValueError("must be a host name without port, or *.domain")
         return v
 
     @field_validator("path_prefix")
@@ -191,7 +191,8 @@ class Route(Frozen):
     match: Match = Match()
     stable: BackendSpec
     candidate: BackendSpec | None = None
-    weight: float = Field(default=0.0, ge=0.0, le=100.0)
+    # strict: YAML reads `yes`/`on` as booleans, which must not become 1 percent
+    weight: float = Field(default=0.0, ge=0.0, le=100.0, strict=True)
     overrides: tuple[Override, ...] = ()
     sticky: Sticky | None = None
 
@@ -281,14 +282,55 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 
 def problems_from(exc: ValidationError) -> list[Problem]:
-    """Turn pydantic's errors into ``path: message`` problems, one per error."""
-    return [Problem(_path(tuple(e["loc"])), _message(e)) for e in exc.errors()]
+    """Turn pydantic's errors into ``path: message`` problems, one per error.
+
+    pydantic checks a list's length on the items that validated, so a list whose only item
+    is invalid also reports "too short"; that echo is dropped.
+    """
+    errors = exc.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    out = []
+    for err, loc in zip(errors, locs, strict=True):
+        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+            continue
+        out.append(Problem(_path(loc), _message(err)))
+    return out
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _duplicate_names(data: dict[str, Any]) -> list[Problem]:
+    routes = data.get("routes")
+    if not isinstance(routes, list):
+        return []
+    seen: set[str] = set()
+    problems = []
+    for i, route in enumerate(routes):
+        name = route.get("name") if isinstance(route, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(Problem(f"routes[{i}].name", f"route name {name!r} is used twice"))
+            seen.add(name)
+    return problems
 
 
 def parse_routing(text: str, source: str = "") -> RoutingConfig:
     """Parse and validate a routing file's YAML text; raise `ConfigError` naming every problem."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -299,10 +341,15 @@ def parse_routing(text: str, source: str = "") -> RoutingConfig:
         raise ConfigError([Problem("", "the file is empty; it needs 'routes'")], source)
     if not isinstance(data, dict):
         raise ConfigError([Problem("", "the top level must be a mapping with 'routes'")], source)
+    duplicates = _duplicate_names(data)
     try:
-        return RoutingConfig.model_validate(data)
+        config = RoutingConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(problems_from(exc), source) from None
+        problems = [p for p in problems_from(exc) if "is used twice" not in p.message]
+        raise ConfigError(problems + duplicates, source) from None
+    if duplicates:  # pragma: no cover - the model's own check catches these first
+        raise ConfigError(duplicates, source)
+    return config
 
 
 def summary(config: RoutingConfig) -> str:

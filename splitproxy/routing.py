@@ -254,7 +254,7 @@ def choose(route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int) -> D
             key = raw.decode("latin-1")
     elif route.sticky_cookie is not None:
         key = cookie_value(headers.get(b"cookie"), route.sticky_cookie)
-        if key is None:
+        if not key:  # no seed yet (or an empty one): give this client its own
             seed = seed_from_draw(draw)
             version: Version = CANDIDATE if bucket(seed, route.salt) < weight else STABLE
             return Decision(version, "sticky", seed)

@@ -517,3 +517,11 @@ def test_seed_cookie_route_needs_cookies() -> None:
     assert BY_COOKIE.sticky_cookie == SEED_COOKIE
     assert BY_COOKIE.sticky_max_age == 30 * 24 * 3600
     assert not BY_HEADER.needs_cookies
+
+
+@given(draw=draws)
+def test_an_empty_seed_cookie_gets_a_fresh_seed(draw: int) -> None:
+    # An empty value must not pile every such client into one shared bucket.
+    decision = choose(at(BY_COOKIE, 5000), seed_cookie(""), draw)
+    assert decision.reason == "sticky"
+    assert decision.seed == f"{draw:016x}"

@@ -1,0 +1,48 @@
+"""Shared fixtures: a splitproxy `Server` running in the test's event loop on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from splitproxy.server import Server
+from splitproxy.settings import Settings
+
+StartProxy = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_proxy(tmp_path: Path) -> AsyncIterator[StartProxy]:
+    """Start a proxy on 127.0.0.1 (free ports) from a routing config.
+
+    ``await start_proxy(routes, **settings)``: ``routes`` is the routing file as a dict (or
+    YAML text); keyword arguments override settings (``max_body_bytes=10``). The routing file
+    is written to ``tmp_path/routes.yaml`` (``server.settings.config``). Every proxy started
+    is shut down when the test ends.
+    """
+    servers: list[Server] = []
+
+    async def start(routes: dict[str, Any] | str, **overrides: Any) -> Server:
+        text = routes if isinstance(routes, str) else yaml.safe_dump(routes, sort_keys=False)
+        path = tmp_path / "routes.yaml"
+        path.write_text(text)
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
+            "config": path,
+            "access_log": False,
+            "drain_timeout": 2.0,
+        }
+        values.update(overrides)
+        server = Server(Settings(**values))
+        servers.append(server)
+        await server.start()
+        return server
+
+    yield start
+    for server in servers:
+        await server.shutdown()
