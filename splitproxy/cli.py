@@ -177,7 +177,10 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from splitproxy.demo import run_demo
 
-    return run_demo(requests=args.requests, rate=args.rate, weight=args.weight)
+    if args.requests < 1 or args.rate <= 0 or not 0 <= args.weight <= 100:
+        print("demo: --requests >= 1, --rate > 0 and 0 <= --weight <= 100", file=sys.stderr)
+        return 2
+    return run_demo(requests=args.requests, rate=args.rate, weight=args.weight, keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=400, help="how many requests to send")
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
     demo.add_argument("--weight", type=float, default=20.0, help="candidate weight in percent")
+    demo.add_argument(
+        "--keep", action="store_true", help="keep running after the burst (Ctrl-C stops)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's one test command (README, CI): sets up everything the tests need, then runs
+# ruff, mypy and pytest, failing on any of them.
+#   - a virtual environment in .venv with the project and its `dev` extra;
+#   - Debian packages only where a test needs the real server (prometheus), when missing.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k reload).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+
+# The metrics test scrapes with a real Prometheus server.
+if ! command -v prometheus >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing prometheus (Debian package) for the metrics integration test"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }) ||
+    echo "warning: could not install prometheus" >&2
+fi
+
+echo "== ruff"
+.venv/bin/ruff check splitproxy tests benchmarks
+.venv/bin/ruff format --check splitproxy tests benchmarks
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,73 @@
+"""A small demo service that names its version in every answer (the demo's two upstreams).
+
+Run one with ``python -m splitproxy.demo_service --version stable --port 8001``. Besides the
+JSON greeting on every path, ``/healthz`` answers 200, and ``--error-rate`` / ``--delay-ms``
+make a faulty version for rollback demonstrations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+from collections.abc import Sequence
+
+from aiohttp import web
+
+VERSION: web.AppKey[str] = web.AppKey("version", str)
+FAULTS: web.AppKey[tuple[float, float]] = web.AppKey("faults", tuple)
+
+
+async def _greet(request: web.Request) -> web.Response:
+    version = request.app[VERSION]
+    error_rate, delay_ms = request.app[FAULTS]
+    if delay_ms:
+        await asyncio.sleep(delay_ms / 1000)
+    if error_rate and random.random() < error_rate:
+        return web.json_response({"version": version, "error": "injected failure"}, status=500)
+    return web.json_response(
+        {
+            "version": version,
+            "path": request.path,
+            "request_id": request.headers.get("X-Request-ID"),
+        },
+        headers={"X-Served-By": version},
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": request.app[VERSION]})
+
+
+def create_app(version: str, error_rate: float = 0.0, delay_ms: float = 0.0) -> web.Application:
+    """The demo service as an aiohttp application."""
+    app = web.Application()
+    app[VERSION] = version
+    app[FAULTS] = (error_rate, delay_ms)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_route("*", "/{tail:.*}", _greet)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m splitproxy.demo_service")
+    parser.add_argument(
+        "--version", dest="version_name", default="stable", help="name to answer with"
+    )
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of 500 answers, 0..1")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added latency per request")
+    args = parser.parse_args(argv)
+    web.run_app(
+        create_app(args.version_name, args.error_rate, args.delay_ms),
+        host=args.host,
+        port=args.port,
+        print=None,
+        access_log=None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The real CLI in a subprocess: check, demo, serve with graceful shutdown, admin verbs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.e2e.proc import cli, serving
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_check_accepts_the_example_config() -> None:
+    result = cli("check", str(REPO / "config" / "splitproxy.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "2 route(s)" in result.stdout
+    assert result.stdout.count("\n") == 1  # one line
+
+
+def test_check_names_every_bad_field_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "routes:\n"
+        "  - {name: ok, stable: http://a:1}\n"
+        "  - {name: shop, stable: http://b:1, candidate: http://c:1, weight: 150, colour: red}\n"
+    )
+    result = cli("check", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}: routes[1].weight: must be <= 100" in result.stderr
+    assert f"{bad}: routes[1].colour: unknown key" in result.stderr
+    assert "2 problem(s)" in result.stderr
+
+
+def test_check_reports_a_missing_file(tmp_path: Path) -> None:
+    result = cli("check", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 1
+    assert "cannot read the file" in result.stderr
+
+
+def test_demo_runs_by_itself_and_shows_the_split() -> None:
+    result = cli("demo", "--requests", "80", "--rate", "400", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "measured split" in out
+    assert "stable" in out
+    assert "candidate" in out
+    assert "X-Canary: always the request went to: candidate" in out
+    assert "curl -s -H 'X-Canary: always'" in out
+
+
+def test_serve_refuses_an_invalid_file_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes:\n  - {name: shop, stable: ftp://x}\n")
+    result = cli("serve", "-c", str(bad), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert (
+        "routes[0].stable.url[0]: 'ftp://x': only http:// upstreams are supported" in result.stderr
+    )
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def _slow_upstream(delay: float) -> TestServer:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+@pytest.mark.timeout(40)
+async def test_sigterm_drains_a_slow_request_then_exits_0(tmp_path: Path) -> None:
+    upstream = await _slow_upstream(1.5)
+    config = tmp_path / "routes.yaml"
+    config.write_text(
+        yaml.safe_dump({"routes": [{"name": "app", "stable": f"http://127.0.0.1:{upstream.port}"}]})
+    )
+    try:
+        with serving(config, tmp_path / "proxy.log", "--drain-delay", "0.3") as proxy:
+            admin = f"http://127.0.0.1:{proxy.admin_port}"
+            assert (await asyncio.to_thread(_get, admin + "/readyz"))[0] == 200
+            async with aiohttp.ClientSession() as session:
+                slow = asyncio.create_task(session.get(f"http://127.0.0.1:{proxy.port}/slow"))
+                await asyncio.sleep(0.4)  # the request is in flight at the upstream
+                proxy.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.1)
+                status, body = await asyncio.to_thread(_get, admin + "/readyz")
+                assert status == 503
+                assert json.loads(body)["status"] == "draining"
+                resp = await asyncio.wait_for(slow, 10)
+                async with resp:
+                    assert resp.status == 200
+                    assert await resp.text() == "finished"
+            code = await asyncio.to_thread(proxy.process.wait, 15)
+            assert code == 0, proxy.output()
+    finally:
+        await upstream.close()
+
+
+@pytest.mark.timeout(40)
+async def test_admin_verbs_through_the_cli(tmp_path: Path) -> None:
+    upstream = await _slow_upstream(0)
+    config = tmp_path / "routes.yaml"
+    url = f"http://127.0.0.1:{upstream.port}"
+    config.write_text(
+        yaml.safe_dump({"routes": [{"name": "shop", "stable": url, "candidate": url, "weight": 5}]})
+    )
+    try:
+        with serving(config, tmp_path / "proxy.log") as proxy:
+            admin = ["--admin-url", f"http://127.0.0.1:{proxy.admin_port}"]
+            assert (await asyncio.to_thread(cli, "healthcheck", *admin)).returncode == 0
+            weight = await asyncio.to_thread(cli, "weight", "shop", "42.5", *admin)
+            assert weight.returncode == 0, weight.stderr
+            assert "42.5%" in weight.stdout
+            status = await asyncio.to_thread(cli, "status", "--json", *admin)
+            data = json.loads(status.stdout)
+            assert data["routes"][0]["weight"] == {
+                "effective": 42.5,
+                "file": 5.0,
+                "runtime": data["routes"][0]["weight"]["runtime"],
+                "source": "runtime",
+            }
+            table = await asyncio.to_thread(cli, "status", *admin)
+            assert "shop" in table.stdout
+            assert "42.5%" in table.stdout
+            missing = await asyncio.to_thread(cli, "weight", "nope", "1", *admin)
+            assert missing.returncode == 1
+            assert "no route named 'nope'" in missing.stderr
+        down = await asyncio.to_thread(cli, "healthcheck", *admin)
+        assert down.returncode == 1
+    finally:
+        await upstream.close()
