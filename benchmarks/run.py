@@ -447,6 +447,7 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     if a.quick:
         a.rounds, a.duration, a.warmup = 1, 3, 1
+    a.py = os.path.abspath(a.py)  # proxies run in the scratch dir; keep venv symlinks as they are
     if not (1 <= a.rounds <= 20 and 1 <= a.duration <= 120 and 0 <= a.warmup <= 30):
         raise SystemExit("bounds: 1 <= rounds <= 20, 1 <= duration <= 120 s, warmup <= 30 s")
     return a
