@@ -3,11 +3,15 @@
 Lifecycle, in order:
 start:    load the routing file (an invalid one stops start-up with its errors), open the
           admin listener, then the proxy listener, then the sweeper (timeouts, idle pools).
-SIGHUP:   reload the routing file; a bad file keeps the last good config serving.
+reload:   a watch of the routing file's directory, a stat-and-hash poll, SIGHUP and
+          POST /api/v1/reload all ask `reload.Reloader` for a reload; its one worker reads,
+          validates and swaps, and a bad file keeps the last good config serving. Pools of
+          upstreams no route names any more close after a grace period (`PoolJanitor`).
 SIGTERM:  1. /readyz answers 503 (``drain_delay`` while the listener still accepts);
           2. the listener closes; idle keep-alive connections close, busy ones after their
              response; 3. wait for in-flight exchanges, at most ``drain_timeout``;
           4. cut what is left, close the pools and the admin listener; exit 0.
+          (The reloader stops first: no config changes while draining.)
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import logging
 import signal
 import sys
 import time
-from pathlib import Path
 
 from aiohttp import web
 
@@ -26,32 +29,35 @@ from splitproxy.admin import AdminContext, create_admin_app
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import Recorder
-from splitproxy.model import RoutingConfig, parse_routing
+from splitproxy.model import parse_routing
 from splitproxy.proxy import ClientConnection, CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.reload import (
+    ConfigInfoCollector,
+    PoolJanitor,
+    Reloader,
+    ReloadOptions,
+    ReloadOutcome,
+    read_routing_file,
+)
 from splitproxy.settings import Settings
 from splitproxy.state import RuntimeState, content_hash
 from splitproxy.upstream import PoolRegistry
 
 logger = logging.getLogger("splitproxy.server")
 
-
-def read_routing_file(path: Path) -> tuple[RoutingConfig, str]:
-    """Read and validate a routing file; `ConfigError` names every problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            [Problem("", f"cannot read the file: {exc.strerror or exc}")], str(path)
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError([Problem("", "the file is not UTF-8 text")], str(path)) from None
-    return parse_routing(text, str(path)), content_hash(text)
+__all__ = ["Server", "read_routing_file", "serve"]
 
 
 class Server:
     """splitproxy's process: the proxy listener, the admin listener and their shared state."""
 
-    def __init__(self, settings: Settings, routing_text: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        routing_text: str | None = None,
+        *,
+        reload_options: ReloadOptions | None = None,
+    ) -> None:
         self.settings = settings
         self._routing_text = routing_text  # an embedded config (the demo) instead of a file
         self.state = RuntimeState()
@@ -63,8 +69,15 @@ class Server:
             idle_timeout=settings.upstream_idle_timeout,
             max_connections=settings.max_upstream_connections,
         )
+        self.recorder.registry.register(ConfigInfoCollector(self.state))
+        self.reload_options = reload_options or ReloadOptions()
+        grace = self.reload_options.pool_grace
+        if grace is None:  # a request picks its pool, then connects and waits for the head
+            grace = settings.connect_timeout + settings.read_timeout
+        self.janitor = PoolJanitor(self.pools, self.state, grace)
+        self.state.subscribe(self.janitor.on_swap)
+        self.reloader: Reloader | None = None
         self.draining = False
-        self.last_error: str | None = None
         self._proxy_server: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,35 +98,32 @@ class Server:
                 [Problem("config", "no routing file given (-c FILE or SPLITPROXY_CONFIG)")]
             )
         self.state.load(config, digest, time.time())
-        self.recorder.reloads.record(True, time.time())
+        self.recorder.config_reloaded(True, time.time())
 
-    def reload(self) -> bool:
-        """Re-read the routing file; keep the last good config if the new one is invalid."""
-        if self.settings.config is None:
-            return False
-        try:
-            config, digest = read_routing_file(self.settings.config)
-        except ConfigError as exc:
-            self.last_error = exc.describe()
-            self.recorder.reloads.record(False, time.time())
-            logger.error(
-                "routing file rejected, the last good config keeps serving:\n%s", exc.describe()
-            )
-            return False
-        current = self.state.snapshot
-        if current is not None and current.content_hash == digest:
-            return True
-        self.state.load(config, digest, time.time())
-        self.last_error = None
-        self.recorder.reloads.record(True, time.time())
-        snapshot = self.state.snapshot
-        logger.info("routing file loaded, revision %s", snapshot.revision if snapshot else "?")
-        return True
+    @property
+    def last_error(self) -> str | None:
+        """The problems of the routing file on disk when it is invalid (status shows them)."""
+        return self.reloader.last_error if self.reloader is not None else None
+
+    async def reload(self, trigger: str = "api") -> ReloadOutcome:
+        """Reload the routing file now, through the one reload path; a bad file keeps the
+        last good config serving. Without a routing file (an embedded config) nothing to do."""
+        if self.reloader is None:
+            snapshot = self.state.snapshot
+            problem = "this proxy was not started from a routing file"
+            revision = snapshot.revision if snapshot is not None else None
+            return ReloadOutcome(False, False, revision, (problem,), trigger)
+        return await self.reloader.reload_now(trigger)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
         self._load_initial()
+        if self._routing_text is None and s.config is not None:
+            self.reloader = Reloader(
+                s.config, self.state, self.recorder.config_reloaded, self.reload_options
+            )
+            self.reloader.start()
         loop = asyncio.get_running_loop()
         self.clock.now = time.monotonic()
         access_log = AccessLog(s.log_format, None) if s.access_log else None
@@ -142,6 +152,7 @@ class Server:
             config_path=str(s.config) if s.config else None,
             draining=lambda: self.draining,
             last_error=lambda: self.last_error,
+            reload=self.reloader.admin_reload if self.reloader is not None else None,
         )
         runner = self._admin_runner = web.AppRunner(
             create_admin_app(admin_ctx), access_log=None, handle_signals=False
@@ -179,7 +190,8 @@ class Server:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "sighup")
 
     def request_stop(self) -> None:
         if not self.draining:
@@ -198,6 +210,8 @@ class Server:
     async def shutdown(self) -> None:
         s = self.settings
         self.draining = True
+        if self.reloader is not None:
+            await self.reloader.stop()
         ctx = self.ctx
         if s.drain_delay > 0:
             await asyncio.sleep(s.drain_delay)
@@ -217,6 +231,7 @@ class Server:
                 await task
         self._tasks.clear()
         self.pools.abort_all()
+        self.janitor.abort_all()
         if self._proxy_server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._proxy_server.wait_closed(), 1.0)

@@ -12,6 +12,7 @@ the file wins again and the override is dropped. Both values and the winner show
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,6 +20,8 @@ from types import MappingProxyType
 from splitproxy.errors import AdminError
 from splitproxy.model import RoutingConfig
 from splitproxy.routing import CompiledRoute
+
+logger = logging.getLogger("splitproxy.state")
 
 # Headers the data path always reads, whatever the routes say.
 BASE_WANTED_HEADERS = frozenset(
@@ -76,6 +79,16 @@ def content_hash(text: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def upstream_keys(snapshot: Snapshot) -> set[tuple[str, int]]:
+    """Every upstream address (host, port) a snapshot's routes name: the pools it needs."""
+    keys: set[tuple[str, int]] = set()
+    for route in snapshot.routes:
+        for plan in (route.stable, route.candidate):
+            if plan is not None:
+                keys.update(target.key for target in plan.targets)
+    return keys
+
+
 def compile_snapshot(
     config: RoutingConfig, digest: str, loaded_at: float, overrides: Mapping[str, WeightOverride]
 ) -> Snapshot:
@@ -109,7 +122,10 @@ class RuntimeState:
     def _swap(self, new: Snapshot) -> Snapshot:
         old, self._snapshot = self._snapshot, new
         for listener in self._listeners:
-            listener(old, new)
+            try:
+                listener(old, new)
+            except Exception:  # the swap has happened; one follower's bug must not stop the rest
+                logger.exception("a snapshot listener failed: %r", listener)
         return new
 
     def load(self, config: RoutingConfig, digest: str, now: float) -> Snapshot:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -41,7 +43,7 @@ def test_environment_sets_values_and_flags_win(monkeypatch: pytest.MonkeyPatch) 
         ("trusted_proxies", ["10.0.0.0/33"]),
     ],
 )
-def test_invalid_settings_are_refused(field: str, value: object) -> None:
+def test_invalid_settings_are_refused(field: str, value: Any) -> None:
     with pytest.raises(ValidationError) as info:
         Settings(**{field: value})
     assert info.value.errors()[0]["loc"] == (field,)

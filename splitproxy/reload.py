@@ -1,0 +1,494 @@
+"""Hot reload of the routing file: every trigger leads to one reload path.
+
+Theory of operation
+-------------------
+Four triggers ask for a reload; none of them reloads by itself:
+
+- a **directory watch** (watchfiles) on the file's parent directory, filtered by name, so
+  editors' rename-on-save, ``mv`` of a temp file and Kubernetes' ``..data`` symlink swap are
+  all seen (a watch on the file itself follows the old inode and goes deaf after the first
+  atomic save);
+- a **stat-and-hash poll** (every ``poll_interval``): a change of ``(st_dev, st_ino,
+  st_mtime_ns, st_size)``, seen through symlinks, asks for a reload, and every
+  ``full_check_every`` polls the content is hashed anyway (bind mounts, network file systems
+  and coarse mtimes lose what inotify and stat would show);
+- ``SIGHUP``;
+- ``POST /api/v1/reload``, which waits for the outcome.
+
+Requests are coalesced by one worker task: file events wait ``debounce`` seconds of quiet
+(at most ``max_delay`` after the first), an explicit request (signal, admin) goes at once, and
+whatever arrives while a reload runs causes exactly one more. The worker reads the file in a
+thread, hashes it, parses and validates it as a whole (`model.parse_routing`), and hands the
+result to `RuntimeState.load`, which compiles the snapshot and swaps one reference. Content
+identical to what serves is a no-op. A bad file changes nothing but the error report: it is
+logged with its field paths or YAML line, counted as a failed reload, shown in status, and the
+last good config keeps serving. Passive triggers (watch, poll) skip content the worker has
+already judged, so a bad file is reported once, not once a second.
+
+`PoolJanitor` follows every swap: pools of upstreams that no route names any more leave the
+registry at once (new requests cannot pick them) and close after ``grace`` seconds, so
+requests that started on the previous snapshot finish on their connections. Pools of
+unchanged upstreams and the listeners are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from splitproxy.errors import ConfigError, Problem
+from splitproxy.model import RoutingConfig, parse_routing
+from splitproxy.state import RuntimeState, Snapshot, content_hash, upstream_keys
+from splitproxy.upstream import PoolRegistry, UpstreamPool
+
+logger = logging.getLogger("splitproxy.reload")
+
+# Triggers that ask for a reload explicitly: they always re-read and report, even content
+# the worker has judged before. File events (watch, poll) skip content already judged.
+EXPLICIT: Final = frozenset({"sighup", "admin", "api"})
+# Stands for "the file could not be read" where a content hash is expected.
+UNREADABLE: Final = "unreadable"
+
+FileSignature = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """What one pass of the reload path did."""
+
+    loaded: bool  # the file is valid: it was applied, or it equals the serving config
+    changed: bool  # a new snapshot was swapped in
+    revision: str | None  # the revision serving afterwards
+    problems: tuple[str, ...] = ()
+    trigger: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOptions:
+    """How the reloader watches; the defaults suit a file edited by people and CI."""
+
+    debounce: float = 0.2  # quiet time after a file event before reading (coalesces bursts)
+    max_delay: float = 1.0  # longest a stream of events can put a reload off
+    poll_interval: float = 1.0  # stat the file this often (0: no poll)
+    full_check_every: int = 5  # and hash its content every this many polls
+    watch: bool = True  # watch the directory (watchfiles); the poll runs regardless
+    read_timeout: float = 10.0  # a read hanging longer (a dead network mount) fails the reload
+    pool_grace: float | None = None  # None: the server's connect + read timeouts
+
+
+# -- reading the file ----------------------------------------------------------------------
+
+
+def read_routing_bytes(path: Path) -> tuple[str, str]:
+    """The file's text and the sha256 of its bytes; `ConfigError` if it cannot be read."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            [Problem("", f"cannot read the file: {exc.strerror or exc}")], str(path)
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("", "the file is not UTF-8 text")], str(path)) from None
+    return text, content_hash(raw)
+
+
+def read_routing_file(path: Path) -> tuple[RoutingConfig, str]:
+    """Read and validate a routing file; `ConfigError` names every problem."""
+    text, digest = read_routing_bytes(path)
+    return parse_routing(text, str(path)), digest
+
+
+def file_signature(path: Path) -> FileSignature | None:
+    """What the poll compares: identity, mtime and size of the file a path leads to."""
+    try:
+        st = os.stat(path)  # follows symlinks: a ConfigMap's ..data swap changes the inode
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def file_digest(path: Path) -> str:
+    try:
+        return content_hash(path.read_bytes())
+    except OSError:
+        return UNREADABLE
+
+
+# -- what changed --------------------------------------------------------------------------
+
+
+def describe_changes(old: RoutingConfig | None, new: RoutingConfig) -> str:
+    """One line for the log: routes added, removed and changed (with weight moves)."""
+    if old is None:
+        return f"{len(new.routes)} route(s)"
+    before = {r.name: r for r in old.routes}
+    after = {r.name: r for r in new.routes}
+    parts = []
+    added = [n for n in after if n not in before]
+    removed = [n for n in before if n not in after]
+    changed = []
+    for name, route in after.items():
+        prev = before.get(name)
+        if prev is None or prev == route:
+            continue
+        if prev.model_copy(update={"weight": route.weight}) == route:
+            changed.append(f"{name} (weight {prev.weight:g} -> {route.weight:g})")
+        else:
+            changed.append(name)
+    if added:
+        parts.append("added " + ", ".join(added))
+    if removed:
+        parts.append("removed " + ", ".join(removed))
+    if changed:
+        parts.append("changed " + ", ".join(changed))
+    if [r.name for r in old.routes if r.name in after] != [n for n in after if n in before]:
+        parts.append("route order changed")
+    return "; ".join(parts) or "no route changed"
+
+
+# -- the reloader --------------------------------------------------------------------------
+
+
+class Reloader:
+    """Watches the routing file and applies its changes through one reload path."""
+
+    def __init__(
+        self,
+        path: Path,
+        state: RuntimeState,
+        record: Callable[[bool, float], None],
+        options: ReloadOptions = ReloadOptions(),
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path.absolute()  # not resolved: the symlink chain is what gets swapped
+        self.state = state
+        self.record = record  # counts each load or rejection (`Recorder.config_reloaded`)
+        self.debounce = options.debounce
+        self.max_delay = options.max_delay
+        self.poll_interval = options.poll_interval
+        self.full_check_every = max(1, options.full_check_every)
+        self.watch = options.watch
+        self.read_timeout = options.read_timeout
+        self.clock = clock
+        self.last_error: str | None = None
+        self.last_problems: tuple[str, ...] = ()
+        self.last_outcome: ReloadOutcome | None = None
+        self.passes = 0  # how many times the reload path has run to its end
+        self.watching = False  # the directory watch is up
+        self._judged = ""  # the content hash the reload path judged last (good or bad)
+        self._signature: FileSignature | None = None
+        self._wanted = asyncio.Event()
+        self._urgent = asyncio.Event()
+        self._stop_watch = asyncio.Event()
+        self._requested_at = 0.0
+        self._triggers: set[str] = set()
+        self._waiters: list[asyncio.Future[ReloadOutcome]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker, the poll and (if enabled) the directory watch."""
+        if self._tasks:
+            return
+        snapshot = self.state.snapshot
+        self._judged = snapshot.content_hash if snapshot is not None else ""
+        self._signature = file_signature(self.path)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._worker(), name="splitproxy-reload"))
+        if self.poll_interval > 0:
+            self._tasks.append(loop.create_task(self._poll(), name="splitproxy-reload-poll"))
+        if self.watch:
+            self._stop_watch.clear()
+            self._tasks.append(loop.create_task(self._watch(), name="splitproxy-reload-watch"))
+
+    async def stop(self) -> None:
+        """Stop every task; callers waiting on a reload get a failure outcome."""
+        self._stop_watch.set()  # the watch thread sees it within one step (50 ms)
+        tasks, self._tasks = self._tasks, []
+        watch = [t for t in tasks if t.get_name() == "splitproxy-reload-watch"]
+        if watch:
+            await asyncio.wait(watch, timeout=1.0)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(self._outcome(False, False, ("the proxy is stopping",), "stop"))
+
+    # -- triggers --------------------------------------------------------------------------
+    def request(self, trigger: str) -> None:
+        """Ask for a reload (safe from signal handlers and callbacks on the loop)."""
+        self._triggers.add(trigger)
+        self._requested_at = asyncio.get_running_loop().time()
+        if trigger in EXPLICIT:
+            self._urgent.set()
+        self._wanted.set()
+
+    async def reload_now(self, trigger: str = "api") -> ReloadOutcome:
+        """Reload at once (through the same path) and return the outcome."""
+        if not self._tasks:
+            raise RuntimeError("the reloader is not running")
+        waiter: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.request(trigger)
+        return await waiter
+
+    async def admin_reload(self) -> tuple[bool, list[str]]:
+        """`AdminContext.reload`: (the file is valid and serving, its problems)."""
+        outcome = await self.reload_now("admin")
+        return outcome.loaded, list(outcome.problems)
+
+    # -- the one reload path ---------------------------------------------------------------
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wanted.wait()
+            first = loop.time()
+            while not self._urgent.is_set():  # debounce: quiet for `debounce`, within max_delay
+                delay = min(self._requested_at + self.debounce, first + self.max_delay)
+                delay -= loop.time()
+                if delay <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), delay)
+            self._wanted.clear()
+            self._urgent.clear()
+            triggers, self._triggers = self._triggers, set()
+            waiters, self._waiters = self._waiters, []
+            outcome = self._outcome(False, False, ("the proxy is stopping",), "stop")
+            try:
+                outcome = await self._reload(triggers)
+            except Exception as exc:  # a bug must not stop hot reload for good
+                logger.exception("reload failed unexpectedly")
+                outcome = self._outcome(False, False, (f"internal error: {exc!r}",), "")
+            finally:  # also when stopped mid-reload: nobody waits forever
+                self.passes += 1
+                self.last_outcome = outcome
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(outcome)
+
+    async def _reload(self, triggers: set[str]) -> ReloadOutcome:
+        trigger = ",".join(sorted(triggers))
+        explicit = bool(triggers & EXPLICIT)
+        try:  # in threads: a stat or read on a dead network mount must not block the loop
+            async with asyncio.timeout(self.read_timeout):
+                self._signature = await asyncio.to_thread(file_signature, self.path)
+                text, digest = await asyncio.to_thread(read_routing_bytes, self.path)
+        except TimeoutError:
+            timed_out = ConfigError([Problem("", "reading the file timed out")], str(self.path))
+            return self._fail(UNREADABLE, timed_out, trigger)
+        except ConfigError as exc:
+            return self._fail(UNREADABLE, exc, trigger, quiet=not explicit)
+        current = self.state.snapshot
+        if digest == self._judged and not explicit:
+            return self._outcome(self.last_error is None, False, self.last_problems, trigger)
+        if current is not None and digest == current.content_hash:
+            self._judged = digest
+            if self.last_error is not None:
+                self._succeed()
+                logger.info(
+                    "routing file is valid again and equal to the serving revision %s",
+                    current.revision,
+                )
+            return self._outcome(True, False, (), trigger)
+        try:
+            config = parse_routing(text, str(self.path))
+        except ConfigError as exc:
+            return self._fail(digest, exc, trigger)
+        self._judged = digest
+        new = self.state.load(config, digest, self.clock())
+        self._succeed()
+        logger.info(
+            "routing file loaded (%s): revision %s%s; %s",
+            trigger or "start",
+            new.revision,
+            f" (was {current.revision})" if current is not None else "",
+            describe_changes(current.config if current is not None else None, config),
+        )
+        return self._outcome(True, True, (), trigger)
+
+    def _succeed(self) -> None:
+        self.last_error = None
+        self.last_problems = ()
+        self.record(True, self.clock())
+
+    def _fail(
+        self, digest: str, exc: ConfigError, trigger: str, *, quiet: bool = False
+    ) -> ReloadOutcome:
+        problems = tuple(str(p) for p in exc.problems)
+        again = quiet and digest == self._judged and problems == self.last_problems
+        self._judged = digest
+        self.last_error = exc.describe()
+        self.last_problems = problems
+        if not again:
+            self.record(False, self.clock())
+            snapshot = self.state.snapshot
+            logger.error(
+                "routing file rejected (%s), revision %s keeps serving:\n%s",
+                trigger,
+                snapshot.revision if snapshot is not None else "(none)",
+                exc.describe(),
+            )
+        return self._outcome(False, False, problems, trigger)
+
+    def _outcome(
+        self, loaded: bool, changed: bool, problems: tuple[str, ...], trigger: str
+    ) -> ReloadOutcome:
+        snapshot = self.state.snapshot
+        revision = snapshot.revision if snapshot is not None else None
+        return ReloadOutcome(loaded, changed, revision, problems, trigger)
+
+    # -- passive triggers ------------------------------------------------------------------
+    async def _poll(self) -> None:
+        polls = 0
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            polls += 1
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    signature = await asyncio.to_thread(file_signature, self.path)
+                    if signature != self._signature:
+                        self._signature = signature
+                        self.request("poll")
+                    elif polls % self.full_check_every == 0:
+                        digest = await asyncio.to_thread(file_digest, self.path)
+                        if digest != self._judged:
+                            self.request("poll")
+            except TimeoutError:
+                logger.warning("checking %s took over %gs", self.path, self.read_timeout)
+
+    def _names(self) -> set[str]:
+        """Entry names in the watched directory whose change may change the file's content."""
+        names = {self.path.name}
+        with contextlib.suppress(OSError):
+            real = Path(os.path.realpath(self.path))
+            if real.parent == self.path.parent:
+                names.add(real.name)
+        return names
+
+    def _relevant(self, _change: object, changed: str) -> bool:
+        name = os.path.basename(changed)
+        # "..data", "..data_tmp", "..2024_..": the entries a Kubernetes volume swaps
+        return name.startswith("..") or name in self._names()
+
+    async def _watch(self) -> None:
+        try:
+            from watchfiles import awatch
+        except ImportError:  # pragma: no cover - a dependency; the poll still sees changes
+            logger.warning("watchfiles is not installed; polling %s only", self.path)
+            return
+        failures = 0
+        while not self._stop_watch.is_set():
+            try:
+                async for _ in awatch(
+                    self.path.parent,
+                    watch_filter=self._relevant,
+                    debounce=400,
+                    step=50,
+                    stop_event=self._stop_watch,
+                    rust_timeout=1_000,
+                    recursive=False,
+                ):
+                    self.watching = True
+                    failures = 0
+                    self.request("watch")
+            except Exception as exc:  # no watch: the poll still sees every change
+                self.watching = False
+                failures += 1
+                delay = min(30.0, 2.0**failures)
+                logger.warning(
+                    "cannot watch %s (%s); polling every %gs, retrying the watch in %gs",
+                    self.path.parent, exc, self.poll_interval, delay,
+                )  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_watch.wait(), delay)
+        self.watching = False
+
+
+# -- pools of removed upstreams --------------------------------------------------------------
+
+
+class PoolJanitor:
+    """Closes the pools of upstreams no route names any more, ``grace`` seconds after the swap.
+
+    Subscribed to `RuntimeState`: on every swap, pools whose address the new snapshot does not
+    name leave the registry (so no new request picks them) and are closed after ``grace``;
+    closing is itself gentle (idle connections close, busy ones when their exchange ends).
+    A request still running on an older snapshot may open a fresh pool for a removed address
+    (a retry, say); the next swap or the next closing pass retires it the same way.
+    """
+
+    def __init__(self, pools: PoolRegistry, state: RuntimeState, grace: float) -> None:
+        self.pools = pools
+        self.state = state
+        self.grace = grace
+        self.retiring: dict[UpstreamPool, asyncio.TimerHandle] = {}
+        self.closed = 0  # pools closed so far
+
+    def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
+        self._retire(upstream_keys(new))
+
+    def _retire(self, keep: set[tuple[str, int]]) -> None:
+        removed = self.pools.retain_only(keep)
+        if not removed:
+            return
+        loop = asyncio.get_running_loop()
+        for pool in removed:
+            logger.info(
+                "upstream %s:%d is no longer used; its pool closes in %gs",
+                pool.host, pool.port, self.grace,
+            )  # fmt: skip
+            self.retiring[pool] = loop.call_later(self.grace, self._close, pool)
+
+    def _close(self, pool: UpstreamPool) -> None:
+        self.retiring.pop(pool, None)
+        pool.close()
+        self.closed += 1
+        snapshot = self.state.snapshot
+        if snapshot is not None:  # pools a straggler re-opened since the swap
+            self._retire(upstream_keys(snapshot))
+
+    def abort_all(self) -> None:
+        """At shutdown: cut what is still retiring."""
+        retiring, self.retiring = self.retiring, {}
+        for pool, handle in retiring.items():
+            handle.cancel()
+            pool.abort_all()
+
+
+# -- the revision as a metric ----------------------------------------------------------------
+
+
+class ConfigInfoCollector(Collector):
+    """``splitproxy_config_info{revision,content_hash} 1``: which config is serving."""
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "splitproxy_config_info",
+            "The routing file revision serving now (the user's revision + a content hash).",
+            labels=("revision", "content_hash"),
+        )
+        snapshot = self.state.snapshot
+        if snapshot is not None:
+            info.add_metric((snapshot.revision, snapshot.content_hash), 1)
+        yield info
