@@ -77,8 +77,25 @@ def _percent(bp: int) -> float:
     return round(bp * 100 / BUCKETS, 2)
 
 
-def route_view(snapshot: Snapshot, route: CompiledRoute, recorder: Recorder) -> dict[str, Any]:
-    """A route as status shows it: backends, the weight and who set it."""
+TRAFFIC_SPAN = 60.0  # seconds of live traffic a route's view summarizes
+
+
+def traffic_view(recorder: Recorder, route: CompiledRoute, now: float) -> dict[str, Any]:
+    """The route's last minute per version: rate, error rate, p50/p95/p99."""
+    summary = recorder.summary(route.name, now, TRAFFIC_SPAN)
+    cand = summary["candidate"]
+    return {
+        "window_seconds": TRAFFIC_SPAN,
+        "stable": summary["stable"].as_dict(),
+        "candidate": cand.as_dict() if route.candidate is not None or cand.requests else None,
+    }
+
+
+def route_view(
+    snapshot: Snapshot, route: CompiledRoute, recorder: Recorder, now: float | None = None
+) -> dict[str, Any]:
+    """A route as status shows it: backends, the weight and who set it, and its live traffic
+    (``now``: Unix time, default the current time)."""
     model = snapshot.config.route(route.name)
     assert model is not None
     override = snapshot.overrides.get(route.name)
@@ -111,6 +128,7 @@ def route_view(snapshot: Snapshot, route: CompiledRoute, recorder: Recorder) -> 
         },
         "sticky": model.sticky.model_dump(exclude_none=True) if model.sticky else None,
         "overrides": [o.model_dump(exclude_none=True) for o in model.overrides],
+        "traffic": traffic_view(recorder, route, time.time() if now is None else now),
     }
 
 

@@ -1,12 +1,23 @@
-"""Logging: the process log (text or JSON lines on stderr) and the access log (a line a request)."""
+"""Logging: the process log (text or JSON lines on stderr) and the access log (a line a request).
+
+The access log does not go through `logging`: a record, a handler and a formatter cost about
+10 µs a line, a large share of what the proxy spends on a request. `AccessLog` formats the line
+itself (about 3.5 µs) and writes the lines of one event-loop pass together to stderr, at the
+start of the next pass: one write per pass, not per request, yet no line waits for a timer
+(measurements in ``docs/observability.md``). Its switch is ``Settings.access_log``, not the
+log level.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from splitproxy.proxy import Exchange, ExchangeObserver
@@ -45,51 +56,151 @@ def configure(log_format: str = "text", level: str = "info") -> None:
     root.propagate = False
 
 
-class AccessLog:
-    """Writes one line per finished exchange to the ``splitproxy.access`` logger."""
+# bytes of a request target that a text line shows escaped: controls, space, '"', '\', non-ASCII
+_UNSAFE = re.compile(rb'[^\x21-\x7e]|["\\]')
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
-    def __init__(self, log_format: str, revision: Any) -> None:
+
+def _target(raw: bytes) -> str:
+    text = raw.decode("latin-1")
+    if _UNSAFE.search(raw) is None:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+class AccessLog:
+    """Writes one line per finished exchange: text (``log_format="text"``) or JSON.
+
+    Text::
+
+        2025-01-31T12:00:00.123Z 10.0.0.7 "GET /cart HTTP/1.1" 200 512 3.215ms route=shop
+        version=candidate reason=weight upstream=http://shop-v2:8080 upstream_status=200
+        upstream_ms=2.901 rid=5f0c2a91e3b4-1a rev=2.4+3ad0c9e1b2f4
+
+    (one line; ``-`` for what does not apply, `` error=KIND`` at the end when something
+    failed). JSON: an object with the keys of `fields` plus ``"logger": "splitproxy.access"``.
+
+    Lines go to ``stream``, stderr by default (the one in force when the log is created).
+    """
+
+    def __init__(
+        self,
+        log_format: str = "text",
+        stream: IO[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.json = log_format == "json"
-        self.logger = logging.getLogger(ACCESS_LOGGER)
-        self._revision = revision  # a callable returning the current config revision
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+        self._second = -1
+        self._stamp = ""
+        self.dropped = 0  # lines the stream refused (a closed or broken stderr)
+        self._pending: list[str] = []
+
+    def _time(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def fields(self, ex: Exchange) -> dict[str, Any]:
+        """The line's fields, as the JSON format writes them."""
         snap = ex.snapshot
+        route = ex.route
+        decision = ex.decision
+        upstream_ms = round(ex.upstream_duration * 1000, 3) if ex.upstream_duration else None
         return {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-            "duration_ms": round(ex.duration * 1000, 3),
+            "time": self._time(self.clock()),
+            "client": ex.conn.peer_ip or None,
             "method": ex.method.decode("latin-1"),
             "path": ex.target.decode("latin-1"),
+            "protocol": "HTTP/1.1" if ex.http11 else "HTTP/1.0",
             "status": ex.status,
-            "route": ex.route.name if ex.route else "",
-            "version": ex.version,
-            "reason": ex.decision.reason if ex.decision else "",
-            "upstream": ex.upstream_url,
-            "upstream_status": ex.upstream_status or None,
-            "upstream_duration_ms": round(ex.upstream_duration * 1000, 3)
-            if ex.upstream_status
-            else None,
             "bytes": ex.bytes_out,
-            "client": ex.conn.peer_ip,
-            "request_id": ex.request_id.decode("latin-1"),
-            "config_revision": snap.revision if snap is not None else "",
+            "duration_ms": round(ex.duration * 1000, 3),
+            "route": route.name if route is not None else None,
+            "version": ex.version or None,
+            "reason": decision.reason if decision is not None else None,
+            "upstream": ex.upstream_url or None,
+            "upstream_status": ex.upstream_status or None,
+            "upstream_duration_ms": upstream_ms,
+            "request_id": ex.request_id.decode("latin-1") or None,
+            "config_revision": snap.revision if snap is not None else None,
             "error": ex.error_kind or None,
         }
 
-    def log(self, ex: Exchange) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        f = self.fields(ex)
+    def line(self, ex: Exchange) -> str:
+        """The access log line for ``ex`` (without the newline)."""
         if self.json:
-            self.logger.info("request", extra={"fields": f})
-        else:
-            self.logger.info(
-                '%s "%s %s" %s %s %sms route=%s version=%s reason=%s upstream=%s rid=%s rev=%s%s',
-                f["client"], f["method"], f["path"], f["status"], f["bytes"], f["duration_ms"],
-                f["route"] or "-", f["version"] or "-", f["reason"] or "-", f["upstream"] or "-",
-                f["request_id"], f["config_revision"] or "-",
-                f" error={f['error']}" if f["error"] else "",
-            )  # fmt: skip
+            return self._json_line(ex)
+        route = ex.route
+        decision = ex.decision
+        snap = ex.snapshot
+        error = ex.error_kind
+        return (
+            f"{self._time(self.clock())} {ex.conn.peer_ip or '-'} "
+            f'"{ex.method.decode("latin-1")} {_target(ex.target)} '
+            f'{"HTTP/1.1" if ex.http11 else "HTTP/1.0"}" {ex.status} {ex.bytes_out} '
+            f"{ex.duration * 1000:.3f}ms route={route.name if route is not None else '-'} "
+            f"version={ex.version or '-'} "
+            f"reason={decision.reason if decision is not None else '-'} "
+            f"upstream={ex.upstream_url or '-'} upstream_status={ex.upstream_status or '-'} "
+            f"upstream_ms={f'{ex.upstream_duration * 1000:.3f}' if ex.upstream_duration else '-'} "
+            f"rid={ex.request_id.decode('latin-1') or '-'} "
+            f"rev={snap.revision if snap is not None else '-'}"
+            f"{f' error={error}' if error else ''}"
+        )
+
+    def _json_line(self, ex: Exchange) -> str:
+        # what json.dumps({"logger": ..., **self.fields(ex)}) writes, at a third of the cost
+        route = ex.route
+        decision = ex.decision
+        snap = ex.snapshot
+        q = _quote
+        up_ms = repr(round(ex.upstream_duration * 1000, 3)) if ex.upstream_duration else "null"
+        rid = ex.request_id
+        peer = ex.conn.peer_ip
+        return (
+            f'{{"logger":"{ACCESS_LOGGER}","time":"{self._time(self.clock())}",'
+            f'"client":{q(peer) if peer else "null"},"method":{q(ex.method.decode("latin-1"))},'
+            f'"path":{q(ex.target.decode("latin-1"))},'
+            f'"protocol":"{"HTTP/1.1" if ex.http11 else "HTTP/1.0"}","status":{ex.status},'
+            f'"bytes":{ex.bytes_out},"duration_ms":{round(ex.duration * 1000, 3)!r},'
+            f'"route":{q(route.name) if route is not None else "null"},'
+            f'"version":{q(ex.version) if ex.version else "null"},'
+            f'"reason":{q(decision.reason) if decision is not None else "null"},'
+            f'"upstream":{q(ex.upstream_url) if ex.upstream_url else "null"},'
+            f'"upstream_status":{ex.upstream_status or "null"},'
+            f'"upstream_duration_ms":{up_ms},'
+            f'"request_id":{q(rid.decode("latin-1")) if rid else "null"},'
+            f'"config_revision":{q(snap.revision) if snap is not None else "null"},'
+            f'"error":{q(ex.error_kind) if ex.error_kind else "null"}}}'
+        )
+
+    def log(self, ex: Exchange) -> None:
+        """Queue the line; the lines of one event-loop pass go out in one write, at the start
+        of the next pass (without a running loop, at once)."""
+        pending = self._pending
+        pending.append(self.line(ex))
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.flush()
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        pending.append("")  # the last newline
+        try:
+            self.stream.write("\n".join(pending))
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream must not break the proxy
+            self.dropped += len(pending) - 1
 
 
 class Observers:

@@ -1,20 +1,32 @@
 """The domain recorder: what the data path reports, kept as plain numbers, exported on scrape.
 
-Handlers never call prometheus-client's ``.labels()``: the data path calls one verb per
-exchange (`exchange_started`, `exchange_finished`, `attempt_failed`), which bumps plain
-integers in dicts, and a custom collector turns them into metric families when ``/metrics``
-is scraped. That keeps the per-request cost to a few dict updates and a bisect.
+Handlers never call prometheus-client's ``.labels()``. The data path calls one verb per event
+(`Recorder.exchange_started`, `Recorder.exchange_finished`, `Recorder.attempt_failed`; the
+composition root calls `Recorder.config_reloaded`), which bumps plain integers in one
+`_Series` per route and version, and feeds the route's live `stats.Window`. A custom collector
+turns the numbers into metric families only when ``/metrics`` is scraped. Per exchange that is
+two dict look-ups, a few integer updates, two bisects and one sketch update (measured in
+``docs/observability.md``).
 
-Every app gets its own `CollectorRegistry` (tests build many apps in one process).
+Every app gets its own `CollectorRegistry` (tests build many apps in one process), with the
+process, platform and GC collectors next to splitproxy's own.
+
+Versions: a series is labelled with the version that answered (``stable`` or ``candidate``),
+or ``""`` for an exchange that never reached the routing decision (no route, a rejected
+request). A candidate request that failed and was replayed on stable is counted as stable's
+answer in ``splitproxy_requests_total`` (that is the status the client got), as a
+``splitproxy_upstream_errors_total`` of the candidate, and in the live windows as a candidate
+error (the analyzer must see it).
 """
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,7 +36,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from splitproxy.routing import BUCKETS as WEIGHT_BUCKETS
-from splitproxy.state import RuntimeState
+from splitproxy.routing import CompiledRoute, Decision
+from splitproxy.state import RuntimeState, Snapshot
+from splitproxy.stats import CANDIDATE, STABLE, Observation, Summary, Window, Windows
 
 if TYPE_CHECKING:
     from splitproxy.proxy import Exchange
@@ -33,7 +47,11 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+# ``kind`` of splitproxy_upstream_errors_total. ``pool``: the proxy's own per-upstream
+# connection limit was reached (the request got a 503 without reaching the upstream).
 UPSTREAM_ERROR_KINDS: Final = frozenset({"connect", "timeout", "reset", "protocol", "pool"})
+_VERSION_INDEX: Final = {"stable": STABLE, "candidate": CANDIDATE}
+_LE: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
 
 
 class Histogram:
@@ -53,14 +71,10 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, float]]:
         out = []
         total = 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+        for le, count in zip(_LE, self.counts, strict=True):
             total += count
-            out.append(("+Inf" if bound == float("inf") else _fmt(bound), float(total)))
+            out.append((le, float(total)))
         return out
-
-
-def _fmt(bound: float) -> str:
-    return repr(bound)
 
 
 class ReloadStats:
@@ -81,23 +95,90 @@ class ReloadStats:
         self.last_successful = ok
 
 
-class Recorder:
-    """Counts every exchange by route, version, status and decision reason."""
+class _Series:
+    """Everything counted for one route and version."""
 
-    def __init__(self, state: RuntimeState) -> None:
+    __slots__ = (
+        "codes",
+        "durations",
+        "errors",
+        "finished",
+        "reasons",
+        "started",
+        "ttfbs",
+        "version",
+        "window",
+    )
+
+    def __init__(self, version: int) -> None:
+        self.version = version  # STABLE, CANDIDATE, or -1 for "never routed"
+        self.codes: dict[int, int] = {}
+        self.started = 0
+        self.finished = 0
+        self.reasons: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.durations = Histogram()
+        self.ttfbs = Histogram()
+        self.window: Window | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.started - self.finished
+
+
+def _probability(route: CompiledRoute, decision: Decision) -> float | None:
+    """The chance this request had of being routed to the candidate, when it was routed; None
+    when it was not routed at random (an override rule, or no candidate to go to)."""
+    reason = decision.reason
+    if reason == "weight" or reason == "sticky":
+        return route.weight_bp / WEIGHT_BUCKETS
+    return None
+
+
+class Recorder:
+    """Counts every exchange by route, version, status and decision reason (an
+    `ExchangeObserver`), and keeps the live windows the analyzer and status read."""
+
+    def __init__(
+        self,
+        state: RuntimeState,
+        *,
+        clock: Callable[[], float] = time.time,
+        windows: Windows | None = None,
+    ) -> None:
         self.state = state
+        self.clock = clock  # wall time for the live windows
+        self.windows = windows if windows is not None else Windows()
         self.reloads = ReloadStats()
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.started: dict[tuple[str, str], int] = {}
-        self.finished: dict[tuple[str, str], int] = {}
-        self.decisions: dict[tuple[str, str, str], int] = {}
-        self.upstream_errors: dict[tuple[str, str, str], int] = {}
-        self.durations: dict[tuple[str, str], Histogram] = {}
-        self.ttfbs: dict[tuple[str, str], Histogram] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        state.subscribe(self._on_snapshot)
+        if state.snapshot is not None:
+            self._on_snapshot(None, state.snapshot)
+
+    def _get(self, route: str, version: str) -> _Series:
+        key = (route, version)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(_VERSION_INDEX.get(version, -1))
+            if series.version >= 0:
+                series.window = self.windows.window(route)
+        return series
+
+    def _on_snapshot(self, old: Snapshot | None, new: Snapshot) -> None:
+        names = {r.name for r in new.routes}
+        self.windows.retain(names)
+        for route in new.routes:  # series exist (at zero) from the start: rate() needs that
+            self._get(route.name, "stable")
+            if route.candidate is not None:
+                self._get(route.name, "candidate")
+        for (name, _), series in self._series.items():
+            if series.version >= 0:
+                series.window = self.windows.window(name) if name in names else None
 
     # -- ExchangeObserver ----------------------------------------------------------------------
     def exchange_started(self, ex: Exchange) -> None:
@@ -105,48 +186,96 @@ class Recorder:
         decision = ex.decision
         if route is None or decision is None:
             return
-        key = (route.name, ex.version)
-        self.started[key] = self.started.get(key, 0) + 1
-        dkey = (route.name, ex.version, decision.reason)
-        self.decisions[dkey] = self.decisions.get(dkey, 0) + 1
+        series = self._get(route.name, ex.version)
+        series.started += 1
+        reasons = series.reasons
+        reason = decision.reason
+        reasons[reason] = reasons.get(reason, 0) + 1
 
     def exchange_finished(self, ex: Exchange) -> None:
         route = ex.route
-        name = route.name if route is not None else ""
-        version = ex.version
-        rkey = (name, version, ex.status)
-        self.requests[rkey] = self.requests.get(rkey, 0) + 1
-        if route is None or ex.decision is None:
+        decision = ex.decision
+        status = ex.status
+        if route is None or decision is None:
+            series = self._get(route.name if route is not None else "", "")
+            series.codes[status] = series.codes.get(status, 0) + 1
             return
-        key = (name, version)
-        self.finished[key] = self.finished.get(key, 0) + 1
-        hist = self.durations.get(key)
-        if hist is None:
-            hist = self.durations[key] = Histogram()
-            self.ttfbs[key] = Histogram()
-        hist.observe(ex.duration)
+        series = self._get(route.name, ex.version)
+        codes = series.codes
+        codes[status] = codes.get(status, 0) + 1
+        retried = decision.reason == "retry"
+        if retried:
+            # it started on the candidate, which failed; stable answered
+            self._get(route.name, "candidate").finished += 1
+            series.reasons["retry"] = series.reasons.get("retry", 0) + 1
+        else:
+            series.finished += 1
+        latency: float | None = None
+        if status != 101:  # a WebSocket session's length is not a latency
+            latency = ex.duration
+            series.durations.observe(latency)
         if ex.ttfb:
-            self.ttfbs[key].observe(ex.ttfb)
+            series.ttfbs.observe(ex.ttfb)
         kind = ex.error_kind
-        if kind and kind in UPSTREAM_ERROR_KINDS:
-            ekey = (name, version, kind)
-            self.upstream_errors[ekey] = self.upstream_errors.get(ekey, 0) + 1
+        upstream_error = kind in UPSTREAM_ERROR_KINDS
+        if upstream_error:
+            errors = series.errors
+            errors[kind] = errors.get(kind, 0) + 1
+        window = series.window
+        if window is not None and not retried:  # a retried one was observed when it failed
+            window.observe(
+                self.clock(), series.version, latency, status >= 500 or upstream_error,
+                _probability(route, decision),
+            )  # fmt: skip
 
     def attempt_failed(self, ex: Exchange, version: str, kind: str) -> None:
+        """An upstream attempt failed; the exchange goes on (a replay) or ends with a 503."""
         route = ex.route
         if route is None:
             return
-        ekey = (route.name, version, kind)
-        self.upstream_errors[ekey] = self.upstream_errors.get(ekey, 0) + 1
-        if ex.decision is not None and version != ex.version:
-            # a retry moves the exchange to another version: the decision is recorded again
-            dkey = (route.name, ex.version, "retry")
-            self.decisions[dkey] = self.decisions.get(dkey, 0) + 1
+        series = self._get(route.name, version)
+        series.errors[kind] = series.errors.get(kind, 0) + 1
+        decision = ex.decision
+        if (
+            version == "candidate"
+            and ex.retried
+            and decision is not None
+            and decision.version == "candidate"
+            and series.window is not None
+        ):
+            # The candidate failed and the request is replayed on stable: the user will not
+            # see the failure, but the analyzer must, with the probability it was routed at.
+            elapsed = max(0.0, time.monotonic() - ex.started) if ex.started else None
+            series.window.observe(
+                self.clock(), CANDIDATE, elapsed, True, _probability(route, decision)
+            )
+
+    # -- the composition root ------------------------------------------------------------------
+    def config_reloaded(self, ok: bool, now: float) -> None:
+        """A routing file was loaded (``ok``) or rejected; ``now`` is Unix time."""
+        self.reloads.record(ok, now)
 
     # -- reads ---------------------------------------------------------------------------------
     def in_flight(self, route: str, version: str) -> int:
-        key = (route, version)
-        return self.started.get(key, 0) - self.finished.get(key, 0)
+        series = self._series.get((route, version))
+        return 0 if series is None else series.in_flight
+
+    def requests(self, route: str, version: str, code: int) -> int:
+        """How many exchanges of ``route`` answered by ``version`` ended with ``code``."""
+        series = self._series.get((route, version))
+        return 0 if series is None else series.codes.get(code, 0)
+
+    def observations(
+        self, route: str, since: float, until: float | None = None
+    ) -> list[Observation]:
+        """The route's live windows since ``since`` (Unix time): see `stats.Window`."""
+        return self.windows.observations(route, since, until)
+
+    def summary(
+        self, route: str, now: float | None = None, span: float = 60.0
+    ) -> dict[str, Summary]:
+        """Per version, the last ``span`` seconds: rate, error rate, p50/p95/p99."""
+        return self.windows.summary(route, self.clock() if now is None else now, span)
 
 
 class _Collector(Collector):
@@ -155,52 +284,54 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         r = self.r
+        items = sorted(r._series.items())
         requests = CounterMetricFamily(
             "splitproxy_requests", "Requests answered, by the status the client got.",
             labels=("route", "version", "code"),
         )  # fmt: skip
-        for (route, version, code), n in sorted(r.requests.items()):
-            requests.add_metric((route, version, str(code)), n)
+        for (route, version), series in items:
+            for code, n in sorted(series.codes.items()):
+                requests.add_metric((route, version, str(code)), n)
         yield requests
 
-        for name, doc, source in (
-            (
-                "splitproxy_request_duration_seconds",
-                "Time from request head to the response's last byte.",
-                r.durations,
-            ),
-            (
-                "splitproxy_upstream_response_header_duration_seconds",
-                "Time to the upstream's response head.",
-                r.ttfbs,
-            ),
-        ):
-            fam = HistogramMetricFamily(name, doc, labels=("route", "version"))
-            for (route, version), hist in sorted(source.items()):
-                fam.add_metric((route, version), hist.cumulative(), hist.sum)
-            yield fam
+        durations = HistogramMetricFamily(
+            "splitproxy_request_duration_seconds",
+            "Time from the request head to the response's last byte.",
+            labels=("route", "version"),
+        )
+        ttfbs = HistogramMetricFamily(
+            "splitproxy_upstream_response_header_duration_seconds",
+            "Time from the request head to the upstream's response head (time to first byte).",
+            labels=("route", "version"),
+        )
+        for (route, version), series in items:
+            if series.version >= 0:
+                dur, ttfb = series.durations, series.ttfbs
+                durations.add_metric((route, version), dur.cumulative(), dur.sum)
+                ttfbs.add_metric((route, version), ttfb.cumulative(), ttfb.sum)
+        yield durations
+        yield ttfbs
 
         errors = CounterMetricFamily(
             "splitproxy_upstream_errors", "Failed upstream attempts, by kind.",
             labels=("route", "version", "kind"),
         )  # fmt: skip
-        for key, n in sorted(r.upstream_errors.items()):
-            errors.add_metric(key, n)
-        yield errors
-
         decisions = CounterMetricFamily(
             "splitproxy_routing_decisions", "Routing decisions, by version and reason.",
             labels=("route", "version", "reason"),
         )  # fmt: skip
-        for key, n in sorted(r.decisions.items()):
-            decisions.add_metric(key, n)
-        yield decisions
-
         in_flight = GaugeMetricFamily(
             "splitproxy_requests_in_flight", "Requests being served.", labels=("route", "version")
         )
-        for route, version in sorted(r.started):
-            in_flight.add_metric((route, version), r.in_flight(route, version))
+        for (route, version), series in items:
+            for kind, n in sorted(series.errors.items()):
+                errors.add_metric((route, version, kind), n)
+            for reason, n in sorted(series.reasons.items()):
+                decisions.add_metric((route, version, reason), n)
+            if series.version >= 0:
+                in_flight.add_metric((route, version), series.in_flight)
+        yield errors
+        yield decisions
         yield in_flight
 
         weight = GaugeMetricFamily(
@@ -214,7 +345,8 @@ class _Collector(Collector):
         snapshot = r.state.snapshot
         if snapshot is not None:
             for route_ in snapshot.routes:
-                cand = route_.weight_bp * 100 / WEIGHT_BUCKETS if route_.candidate else 0.0
+                live = route_.candidate is not None and route_.candidate_available
+                cand = route_.weight_bp * 100 / WEIGHT_BUCKETS if live else 0.0
                 weight.add_metric((route_.name, "stable"), 100.0 - cand)
                 weight.add_metric((route_.name, "candidate"), cand)
                 for version, plan in (("stable", route_.stable), ("candidate", route_.candidate)):

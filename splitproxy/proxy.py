@@ -11,6 +11,18 @@ What the proxy answers itself: 400 (malformed), 404 (no route), 408 (headers too
 broken), 503 (no upstream can take it, or not ready), 504 (upstream too slow). Each carries the
 request id. A request to the candidate that fails before any response byte, and can be
 replayed safely, is retried once on stable; the failure still counts against the candidate.
+A retry always opens a fresh upstream connection.
+
+Connection rules: a request that ends the connection (``Connection: close``, an upgrade, an
+error) stops the parsing of further requests, but the exchanges queued ahead of it keep their
+keep-alive answers. When the proxy answers before reading a request body (413, an early
+error), it half-closes and discards what the client still sends for a while ("lingering
+close"), so the answer is not lost to a reset. A client that half-closes after its request
+still gets the answer. Timeouts (checked by the sweeper): ``header_timeout`` from a request's
+first byte to the end of its headers (408); ``body_timeout`` between request body bytes, and
+for a client that stops taking the response; ``read_timeout`` while waiting on the upstream
+(504 before the response, a cut connection after); ``client_idle_timeout`` between requests.
+Only WebSocket upgrades are relayed; other upgrades (h2c) are served as plain requests.
 """
 
 from __future__ import annotations
@@ -62,12 +74,18 @@ _CONSUMED: Final = HOP_BY_HOP | {
 }
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REJECT_MESSAGES: Final = {
+    "request_timeout": "the request headers took too long",
     "uri_too_long": "the request target is too long",
     "headers_too_large": "the request headers are too large",
     "body_too_large": "the request body is too large",
     "duplicate_header": "the request repeats Host or Content-Length",
 }
 _BODY_BUFFER_LIMIT: Final = 256 * 1024  # request bytes held while the upstream connects
+# After answering a request whose body was not read (413, an early error), the proxy half-closes
+# and reads and discards what the client still sends, for at most this long (nginx's lingering
+# close): closing at once with unread bytes would reset the connection and lose the answer.
+_LINGER_IDLE: Final = 2.0
+_LINGER_MAX: Final = 10.0
 
 # body framing of a request
 NO_BODY: Final = 0
@@ -233,6 +251,7 @@ class Exchange:
         "method",
         "path",
         "pool",
+        "reject",
         "replayable",
         "req_done",
         "request_id",
@@ -299,6 +318,7 @@ class Exchange:
         self.error_kind = ""
         self.finished = False
         self.tunnel = False
+        self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
 
     # -- request side --------------------------------------------------------------------------
     def start(self) -> None:
@@ -322,7 +342,7 @@ class Exchange:
         raw_host = wanted.get(b"host")
         if raw_host is None:
             if self.http11:
-                self.local(400, "bad_request", "HTTP/1.1 requests need a Host header")
+                self.local(400, "bad_request", "HTTP/1.1 requests need a Host header", close=True)
                 return
             raw_host = b""
         host = raw_host.decode("latin-1").lower()
@@ -364,10 +384,10 @@ class Exchange:
         try:
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
-            self.local(400, "bad_request", "invalid request target")
+            self.local(400, "bad_request", "invalid request target", close=True)
             return False
         if not url.host:
-            self.local(400, "bad_request", "invalid request target")
+            self.local(400, "bad_request", "invalid request target", close=True)
             return False
         authority = url.host + (b":%d" % url.port if url.port else b"")
         self.wanted[b"host"] = authority
@@ -414,10 +434,11 @@ class Exchange:
         return b"".join(parts)
 
     def dispatch(self) -> None:
-        """Send the request on a pooled connection, or open one."""
+        """Send the request on a pooled connection, or open one. A retry opens a new one
+        (the connection that failed may not be the only dead one in the pool)."""
         pool = self.pool
         assert pool is not None
-        up = pool.take_idle()
+        up = pool.take_idle() if not self.retried or pool.at_limit() else None
         if up is not None:
             self._attach(up)
         elif pool.at_limit():
@@ -448,26 +469,28 @@ class Exchange:
             return
         self.connecting = None
         if self.finished:
-            up.release()
+            pool.put_idle(up)  # never used: good for the next request
             return
         self._attach(up)
 
     def _attach(self, up: UpstreamConnection) -> None:
         self.up = up
         up.bind(self, self.method == b"HEAD")
+        if self.conn.client_full:
+            up.pause_reading()  # the client has not taken the previous response yet
         self.upstream_sent_at = monotonic()
-        if self.body_buffer:
+        if self.body_buffer and self.upgrade is None:
             up.writelines([self.head_bytes, *self.body_buffer])
             self.body_buffer = []
             self.body_buffered = 0
             self.conn.update_reading()
         else:
-            up.write(self.head_bytes)
+            up.write(self.head_bytes)  # (early WebSocket bytes wait for the 101)
 
     def client_body(self, data: bytes) -> None:
         self.body_received += len(data)
         limit = self.ctx.max_body_bytes
-        if limit and self.body_received > limit:
+        if limit and self.body_received > limit and not self.finished:
             raise _Reject(413, "body_too_large")
         up = self.up
         if self.tunnel:
@@ -509,6 +532,7 @@ class Exchange:
         chunked = False
         length_at = -1
         has_length = False
+        echo_id = True
         dropped: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
@@ -522,7 +546,7 @@ class Exchange:
                 has_length = True
                 length_at = len(parts)
             elif lname == b"x-request-id":
-                self.request_id = b""  # the upstream's own id is echoed instead of ours
+                echo_id = False  # the upstream's own id is echoed instead of ours
             parts += (name, b": ", value, b"\r\n")
         if dropped:
             parts = _without(parts, dropped)
@@ -550,7 +574,7 @@ class Exchange:
                 self.resp_mode = RECHUNK
             else:
                 closing = True
-        if self.request_id:
+        if echo_id:
             parts += (b"X-Request-ID: ", self.request_id, b"\r\n")
         decision = self.decision
         if decision is not None and decision.seed is not None and self.route is not None:
@@ -653,7 +677,12 @@ class Exchange:
             self.request_id = self.ctx.request_ids.next()
         if self.started == 0.0:
             self.started = monotonic()
-        close = close or not self.req_done or not self.keep_alive or self.ctx.draining
+        close = (
+            close
+            or not self.keep_alive
+            or self.ctx.draining
+            or (not self.req_done and self.body_kind != NO_BODY)
+        )
         extra = ((b"Retry-After", b"1"),) if retry_after else ()
         self.status = status
         self.conn.write(
@@ -685,6 +714,12 @@ class Exchange:
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
+        up = self.up
+        if up is not None:
+            # Answered by the proxy while the upstream was still serving it (413 mid-body,
+            # a client error): that connection is half-used, never reuse it.
+            self.up = None
+            up.abort()
         ctx = self.ctx
         if self.route is not None and self.decision is not None:
             ctx.in_flight -= 1
@@ -734,6 +769,22 @@ def _find(parts: list[bytes], lname: bytes) -> int:
     return -1
 
 
+class _Feed(Protocol):
+    def feed_data(self, data: bytes) -> None: ...
+
+
+class _Discard:
+    """Stands in for the request parser once no more requests are read from a connection."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+_DISCARD: Final = _Discard()
+
+
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests, runs their exchanges in order."""
 
@@ -741,19 +792,27 @@ class ClientConnection(asyncio.Protocol):
         self.ctx = ctx
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.request_parser = httptools.HttpRequestParser(self)
+        self.parser: _Feed = self.request_parser  # _DISCARD once no more requests are read
         self.peer_ip = ""
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
         self.queue: deque[Exchange] = deque()
         self.header_bytes = 0
         self.header_count = 0
-        self.closing = False
+        self.in_head = False  # between the first byte of a request and the end of its headers
+        self.head_seen = -1  # bytes received since then (-1: not counted in the first read)
+        self.closing = False  # close after the current exchange
+        self.read_done = False  # no more requests are read (one said Connection: close)
         self.closed = False
         self.upstream_full = False  # the upstream's write buffer is full
         self.reading = True
         self.client_full = False  # our write buffer to the client is full
+        self.full_since = 0.0
         self.tunnel: Exchange | None = None
+        self.upgrading: Exchange | None = None
+        self.linger = False  # close with a lingering close (the client may still be sending)
+        self.lingering = 0.0  # when the lingering close began (0: not lingering)
         self.request_began = 0.0
         self.last_activity = ctx.clock.now
         self._wanted = ctx.wanted_headers
@@ -774,19 +833,39 @@ class ClientConnection(asyncio.Protocol):
             if tunnel.up is not None:
                 tunnel.up.write(data)
             return
+        parser = self.parser
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgrade_requested(data[exc.args[0] :])
+            return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
-                self._reject(cause.status, cause.code, _REJECT_MESSAGES.get(cause.code, cause.code))
+                if self.parser is parser:
+                    self._reject(cause.status, cause.code, _REJECT_MESSAGES[cause.code])
             else:
                 logger.error("internal error while handling a request", exc_info=cause or exc)
                 self._reject(500, "internal_error", "the proxy failed to handle this request")
+            return
         except httptools.HttpParserError as exc:
-            self._reject(400, "bad_request", f"malformed request: {exc}")
+            if self.parser is parser:
+                self._reject(400, "bad_request", f"malformed request: {exc}")
+            # else: bytes after the connection's last request (Connection: close, an early
+            # answer, an upgrade): not parsed any more, ignored
+            return
+        if self.in_head:
+            self._head_progress(len(data))
+
+    def eof_received(self) -> bool:
+        """The client half-closed: finish answering what it asked, then close."""
+        if self.tunnel is None and self.parsing is None and (self.current or self.queue):
+            last = self.queue[-1] if self.queue else self.current
+            assert last is not None
+            last.keep_alive = False
+            self._stop_requests()
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -795,10 +874,11 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None and not ex.finished:
                 ex.client_gone()
         self.queue.clear()
-        self.current = self.parsing = self.tunnel = None
+        self.current = self.parsing = self.tunnel = self.upgrading = None
 
     def pause_writing(self) -> None:
         self.client_full = True
+        self.full_since = self.ctx.clock.now
         ex = self.current or self.tunnel
         if ex is not None and ex.up is not None:
             ex.up.pause_reading()
@@ -807,6 +887,7 @@ class ClientConnection(asyncio.Protocol):
         self.client_full = False
         ex = self.current or self.tunnel
         if ex is not None and ex.up is not None:
+            ex.up.last_read = self.ctx.clock.now  # the read timeout restarts from here
             ex.up.resume_reading()
 
     # -- httptools callbacks -------------------------------------------------------------------
@@ -814,6 +895,8 @@ class ClientConnection(asyncio.Protocol):
         self.parsing = Exchange(self)
         self.header_bytes = 0
         self.header_count = 0
+        self.in_head = True
+        self.head_seen = -1
         self.request_began = self.ctx.clock.now
         self._wanted = self.ctx.wanted_headers
 
@@ -854,7 +937,8 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         ex = self.parsing
         assert ex is not None
-        parser = self.parser
+        self.in_head = False
+        parser = self.request_parser
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
         ex.http11 = parser.get_http_version() == "1.1"
@@ -871,8 +955,13 @@ class ClientConnection(asyncio.Protocol):
             expect = wanted.get(b"expect")
             ex.expect_continue = expect is not None and expect.lower() == b"100-continue"
         if parser.should_upgrade():
-            ex.upgrade = wanted.get(b"upgrade")
+            # The parser reads no further requests after this one. Only WebSocket is relayed;
+            # any other upgrade (h2c, ...) goes upstream as a plain request, Upgrade dropped.
+            upgrade = wanted.get(b"upgrade")
+            if upgrade is not None and b"websocket" in upgrade.lower():
+                ex.upgrade = upgrade
             ex.keep_alive = False
+            self.upgrading = ex
         if self.current is None:
             self.current = ex
             ex.start()
@@ -891,8 +980,9 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None:
             ex.client_done()
             if not ex.keep_alive:
-                self.closing = True
-                self.update_reading()
+                # The connection ends after this exchange (its own close decision comes from
+                # ex.keep_alive when it is answered: exchanges ahead of it keep theirs).
+                self._stop_requests()
 
     # -- used by exchanges ---------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -909,16 +999,29 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         if self.closed:
             return
-        if self.closing or not ex.req_done:
+        self.last_activity = self.ctx.clock.now  # the idle timeout counts from here
+        if (
+            self.closing
+            or not ex.keep_alive
+            or (not ex.req_done and ex.body_kind != NO_BODY)  # an unread body: cannot go on
+        ):
             self.close()
             return
+        # (a request without a body answered from on_headers_complete is done reading too:
+        # its on_message_complete follows in the same parser call)
         if self.queue:
             nxt = self.current = self.queue.popleft()
+            if nxt.reject is not None:
+                status, code, message = nxt.reject
+                nxt.local(status, code, message, close=True)
+                return
             nxt.start()
         self.update_reading()
 
     def update_reading(self) -> None:
         """Read from the client only when nothing downstream is full or waiting."""
+        if self.lingering:
+            return
         if self.tunnel is not None:
             want = not self.upstream_full
         else:
@@ -926,12 +1029,13 @@ class ClientConnection(asyncio.Protocol):
             want = not (
                 self.upstream_full
                 or self.queue
-                or (self.closing and self.parsing is None)
+                or ((self.closing or self.read_done) and self.parsing is None)
                 or (ex is not None and ex.body_buffered > _BODY_BUFFER_LIMIT)
             )
         if want != self.reading and self.transport is not None and not self.closed:
             self.reading = want
             if want:
+                self.last_activity = self.ctx.clock.now  # idle time starts when reading does
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
@@ -948,41 +1052,89 @@ class ClientConnection(asyncio.Protocol):
             ex.body_buffered = 0
         self.update_reading()
 
+    def _stop_requests(self) -> None:
+        """Read no further requests on this connection."""
+        self.read_done = True
+        self.parser = _DISCARD
+        self.update_reading()
+
+    def _head_progress(self, n: int) -> None:
+        """A request head spans reads: bound it before its end arrives (a header line that
+        never ends would otherwise grow in the parser's buffer)."""
+        if self.head_seen < 0:
+            self.head_seen = 0  # the read the request began in is bounded by the read size
+            return
+        self.head_seen += n
+        if self.head_seen > 2 * self.ctx.max_header_bytes + 4096:
+            self._reject(431, "headers_too_large", _REJECT_MESSAGES["headers_too_large"])
+
     def _upgrade_requested(self, rest: bytes) -> None:
-        """The parser saw a complete Upgrade request; bytes after it wait for the 101."""
-        ex = self.current if self.current is not None and self.current.upgrade is not None else None
+        """The parser saw a complete Upgrade request and reads no further: bytes after it
+        are early WebSocket data that wait for the 101 (or are dropped if none comes)."""
+        ex = self.upgrading
+        self.upgrading = None
         self.parsing = None
+        self.read_done = True
+        self.parser = _DISCARD
         if ex is None:
             self.close()
             return
-        ex.req_done = True
-        if rest:
+        if rest and ex.upgrade is not None and not ex.finished:
             ex.body_buffer.append(rest)
-        self.closing = True
         self.update_reading()
 
     def _reject(self, status: int, code: str, message: str) -> None:
-        ex = self.parsing or Exchange(self)
+        """The request being parsed is malformed, too large or too slow: answer it in turn,
+        read no more requests, and close (lingering) once it is answered."""
+        ex = self.parsing
         self.parsing = None
-        if ex is self.current or self.current is None:
+        self.in_head = False
+        self.read_done = True
+        self.parser = _DISCARD
+        self.linger = status != 408  # a client too slow to send headers gets no more time
+        if ex is None:
+            ex = Exchange(self)
+        ex.keep_alive = False
+        if ex.finished:
+            # Already answered (an early error): nothing more to say.
+            if self.current is None:
+                self.close()
+        elif ex is self.current or self.current is None:
             self.current = ex
-            ex.keep_alive = False
-            if not ex.client_head_sent:
+            if ex.client_head_sent:
+                self.abort()
+            else:
                 ex.local(status, code, message, close=True)
-                return
-        self.abort()
+        else:
+            # A pipelined request behind the one being served: answered when its turn comes.
+            ex.reject = (status, code, message)
+            if ex not in self.queue:
+                self.queue.append(ex)
+        self.update_reading()
 
     def check_timeouts(self, now: float) -> None:
         ctx = self.ctx
+        if self.lingering:
+            if now - self.last_activity > _LINGER_IDLE or now - self.lingering > _LINGER_MAX:
+                assert self.transport is not None
+                self.transport.close()
+            return
         if self.tunnel is not None:
             return
         ex = self.current
         if ex is not None and not ex.finished:
-            up = ex.up
-            if up is not None and now - max(up.last_read, ex.upstream_sent_at) > ctx.read_timeout:
-                ex.upstream_failed("timeout")
+            if self.client_full and now - self.full_since > ctx.body_timeout:
+                self.abort()  # the client stopped reading the response
                 return
-            if not ex.req_done and now - self.last_activity > ctx.body_timeout:
+            up = ex.up
+            if up is not None and not self.client_full and (ex.req_done or self.upstream_full):
+                # Waiting on the upstream: for the response (from the later of the request's
+                # last byte and the upstream's last byte), or for it to take the body.
+                since = max(up.last_read, ex.upstream_sent_at, self.last_activity)
+                if now - since > ctx.read_timeout:
+                    ex.upstream_failed("timeout")
+                    return
+            if not ex.req_done and self.reading and now - self.last_activity > ctx.body_timeout:
                 self.abort()
             return
         parsing = self.parsing
@@ -998,8 +1150,26 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.close()
+        """Close after what is written; lingering if the client may still be sending."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if (
+            not self.lingering
+            and (self.linger or (self.parsing is not None and self.parsing.body_kind != NO_BODY))
+            and not self.ctx.draining
+            and transport.can_write_eof()
+        ):
+            self.lingering = self.ctx.clock.now or 1e-9
+            self.last_activity = self.ctx.clock.now
+            self.parser = _DISCARD
+            self.read_done = True
+            transport.write_eof()
+            if not self.reading:
+                self.reading = True
+                transport.resume_reading()
+            return
+        transport.close()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:

@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "keep_alive",
         "last_read",
         "parser",
+        "paused",
         "pool",
         "reason",
         "served",
@@ -74,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.body_mode = 0  # 0 none, 1 framed by the parser, 2 until the upstream closes
         self.tunnel = False
+        self.paused = False  # reading paused: the client is not taking the response
         self.closed = False
         self.got_response_bytes = False
         self.served = 0
@@ -171,6 +173,10 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        if self.headers:
+            # Trailer fields of a chunked body: dropped (the Trailer header is hop-by-hop),
+            # and never carried into the next response's head.
+            self.headers = []
         sink = self.sink
         if sink is None or self.status < 200 or self.status == 101:
             return
@@ -198,16 +204,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self.paused = False
             self.transport.resume_reading()
 
     def release(self) -> None:
         """The exchange is done: back to the pool if the connection can carry another."""
         self.sink = None
         if self.keep_alive and not self.closed and not self.tunnel and self.status >= 200:
+            if self.paused:  # idle connections must read: that is how a close is noticed
+                self.resume_reading()
             self.pool.put_idle(self)
         else:
             self.close()

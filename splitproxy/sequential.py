@@ -1,0 +1,493 @@
+"""Anytime-valid sequential tests for canary analysis (pure; stdlib ``math`` only).
+
+Everything here is an *e-process*: a non-negative number that starts at 1 and, while the
+null hypothesis holds, is a supermartingale, so by Ville's inequality the chance that it
+*ever* reaches ``1/α`` is at most ``α``. That is what lets the analyzer look after every tick,
+across every step, paused or not, and still keep its false-rollback rate within budget.
+Values are kept in log space and combined with `logsumexp`.
+
+`AttributionTest`, the randomization-attribution e-process
+    The proxy routes each unit to the candidate with a known probability ``p``. Under the
+    sharp null "the version makes no difference", a bad event (an error, a request slower
+    than stable's trailing p95) comes from the candidate with probability exactly ``p``,
+    whatever the traffic does. Under a constant event-rate ratio ``r`` it does so with
+    ``q(r) = r·p / (r·p + 1 − p)``. The likelihood ratio ``L(r)`` of ``q(r)`` against ``p``,
+    mixed over a grid of ``r > 1`` with equal weights, is a test martingale for "the
+    candidate is not worse". Batches are exact: ``x`` candidate and ``y`` stable events at
+    one ``p`` multiply ``L`` by ``(q/p)^x ((1−q)/(1−p))^y``. ``p`` may change from batch to
+    batch (the weight of each step); the sufficient statistic is the event counts per ``p``,
+    which is what is stored (and serialised). `AttributionTest.confidence_interval` inverts
+    a two-sided version of the test into an anytime-valid confidence interval for ``r``.
+
+`PathClassTests`
+    The error-rate family: ``E = ½·E_pooled + ½·mean_k E_k`` over a fixed number of path
+    class slots (a class takes the next free slot when it first shows up; later ones share
+    an overflow slot). An average of test martingales with weights fixed in advance is one,
+    so the family needs no further α split; the per-class half catches a candidate that
+    breaks one endpoint.
+
+`RateGuard`, the one-sample guard
+    Tests ``H0: rate ≤ cap`` with ``mean_j Π (q_j/cap)^x ((1−q_j)/(1−cap))^(n−x)``,
+    ``q_j ∈ {2, 4, 8}·cap``: a supermartingale for every rate up to ``cap``, so a single early
+    error cannot trip it. A plain product would drift down for ever while the candidate is
+    healthy (hours of good traffic would make it slow to see a late crash), so the guard is
+    a *mixture over start times*: a new component starts every ``block`` requests, component
+    ``k`` has prior weight ``1/(k(k+1))`` (they sum to 1), and components too small to
+    matter are dropped. Dropping terms only lowers the process, and a process below a test
+    supermartingale keeps Ville's bound, so the guard stays valid while a crash at any time
+    trips it within a few dozen requests.
+
+`split_alpha` is the α accounting of one rollout (a union bound over the families).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+DEFAULT_GRID: Final = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0)
+GUARD_MULTIPLIERS: Final = (2.0, 4.0, 8.0)
+NEG_INF: Final = -math.inf
+
+
+def logsumexp(values: Iterable[float]) -> float:
+    """``log(Σ exp(v))`` without overflow; ``-inf`` for no values."""
+    vs = list(values)
+    if not vs:
+        return NEG_INF
+    top = max(vs)
+    if top == NEG_INF or top == math.inf:
+        return top
+    return top + math.log(math.fsum(math.exp(v - top) for v in vs))
+
+
+def q_of(r: float, p: float) -> float:
+    """The chance an event comes from the candidate when its rate is ``r`` × stable's."""
+    return r * p / (r * p + 1.0 - p)
+
+
+def kl_bernoulli(q: float, p: float) -> float:
+    """``KL(Bernoulli(q) ‖ Bernoulli(p))``: the expected log-evidence per event."""
+    out = 0.0
+    if q > 0:
+        out += q * math.log(q / p)
+    if q < 1:
+        out += (1 - q) * math.log((1 - q) / (1 - p))
+    return out
+
+
+def events_needed(r: float, p: float, alpha: float, weight: float) -> float:
+    """Roughly how many events a grid point ``r`` of prior ``weight`` needs to reach ``1/α``
+    when the true ratio is ``r`` (the sizing formula of the reference)."""
+    return (math.log(1 / alpha) + math.log(1 / weight)) / kl_bernoulli(q_of(r, p), p)
+
+
+@lru_cache(maxsize=4096)
+def _coefficients(p: float, grid: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
+    """Per grid point: the log-likelihood ratio of one candidate and one stable event."""
+    out = []
+    for r in grid:
+        q = q_of(r, p)
+        out.append((math.log(q / p), math.log((1 - q) / (1 - p))))
+    return tuple(out)
+
+
+def _valid_p(p: float) -> bool:
+    """Events routed at ``p`` = 0 or 1 carry no information about the version."""
+    return 0.0 < p < 1.0
+
+
+def _loglik(counts: Mapping[float, Sequence[int]], r: float) -> float:
+    """``log P(attributions | ratio r)`` up to a constant that does not depend on ``r``."""
+    total = 0.0
+    for p, (x, y) in counts.items():
+        q = q_of(r, p)
+        if x:
+            total += x * math.log(q) if q > 0 else NEG_INF
+        if y:
+            total += y * math.log1p(-q) if q < 1 else NEG_INF
+    return total
+
+
+class AttributionTest:
+    """The randomization-attribution e-process for "the candidate is worse" (``r > 1``).
+
+    ``update(p, candidate_events, stable_events)`` adds a batch of events whose units were
+    routed to the candidate with probability ``p``. ``log_e`` is the log of the e-value.
+    """
+
+    __slots__ = ("_counts", "_log_l", "_log_w", "grid")
+
+    def __init__(self, grid: Sequence[float] = DEFAULT_GRID) -> None:
+        if not grid or any(r <= 1.0 for r in grid):
+            raise ValueError("the grid needs ratios above 1")
+        self.grid: tuple[float, ...] = tuple(grid)
+        self._log_w = -math.log(len(self.grid))
+        self._log_l = [0.0] * len(self.grid)
+        self._counts: dict[float, list[int]] = {}
+
+    def update(self, p: float, candidate: int, stable: int) -> None:
+        if candidate < 0 or stable < 0:
+            raise ValueError("event counts cannot be negative")
+        if not _valid_p(p) or candidate + stable == 0:
+            return
+        cell = self._counts.setdefault(p, [0, 0])
+        cell[0] += candidate
+        cell[1] += stable
+        for j, (a, b) in enumerate(_coefficients(p, self.grid)):
+            self._log_l[j] += candidate * a + stable * b
+
+    @property
+    def log_e(self) -> float:
+        return logsumexp(self._log_w + v for v in self._log_l)
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    @property
+    def events(self) -> int:
+        """Events seen at an informative ``p`` (both versions)."""
+        return sum(x + y for x, y in self._counts.values())
+
+    @property
+    def candidate_events(self) -> int:
+        return sum(x for x, _ in self._counts.values())
+
+    def counts(self) -> dict[float, tuple[int, int]]:
+        """``{p: (candidate events, stable events)}``, the sufficient statistic."""
+        return {p: (x, y) for p, (x, y) in self._counts.items()}
+
+    def expected_candidate_events(self) -> float:
+        """How many candidate events the null predicts: ``Σ p·(x + y)``."""
+        return sum(p * (x + y) for p, (x, y) in self._counts.items())
+
+    def ratio_estimate(self) -> float | None:
+        """The maximum-likelihood rate ratio ``r`` (None without events; may be 0 or inf)."""
+        if not self._counts:
+            return None
+        x = self.candidate_events
+        if x == 0:
+            return 0.0
+        if x == self.events:
+            return math.inf
+        lo, hi = -20.0, 20.0  # log r; the log-likelihood is concave in log r
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            if _loglik(self._counts, math.exp(mid + 1e-6)) > _loglik(self._counts, math.exp(mid)):
+                lo = mid
+            else:
+                hi = mid
+        return math.exp((lo + hi) / 2)
+
+    def confidence_interval(self, alpha: float) -> tuple[float, float]:
+        """An anytime-valid (1 − α) confidence interval for the rate ratio ``r``.
+
+        For each ``r0``, ``E(r0) = mean_s L(r0·s) / L(r0)`` over ``s ∈ grid ∪ 1/grid`` is a test
+        martingale for ``H0: r = r0``; the interval is the set of ``r0`` it does not reject
+        (``0`` or ``inf`` at an end the data do not bound yet). The maximum-likelihood ratio
+        is never rejected (``E ≤ 1`` there), and the interval is found by bisection outwards
+        from it."""
+        counts = self._counts
+        centre = self.ratio_estimate()
+        if centre is None:
+            return (0.0, math.inf)
+        ratios = self.grid + tuple(1 / r for r in self.grid)
+        log_w = -math.log(len(ratios))
+        bar = math.log(1 / alpha)
+
+        def rejected(log_r0: float) -> bool:
+            r0 = math.exp(log_r0)
+            base = _loglik(counts, r0)
+            if base == NEG_INF:
+                return True
+            e = logsumexp(log_w + _loglik(counts, r0 * s) - base for s in ratios)
+            return e >= bar
+
+        far = 12.0  # e^12 ≈ 1.6e5: beyond it the interval is reported as unbounded
+        inside = max(-far, min(far, math.log(centre) if 0 < centre < math.inf else 0.0))
+        if centre == 0.0:
+            inside = -far
+        elif centre == math.inf:
+            inside = far
+
+        def edge(outside: float) -> float:
+            lo, hi = inside, outside
+            if not rejected(hi):
+                return hi
+            for _ in range(36):
+                mid = (lo + hi) / 2
+                if rejected(mid):
+                    hi = mid
+                else:
+                    lo = mid
+            return lo
+
+        low = edge(-far)
+        high = edge(far)
+        return (
+            0.0 if low <= -far else math.exp(low),
+            math.inf if high >= far else math.exp(high),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": list(self.grid),
+            "counts": [[p, x, y] for p, (x, y) in sorted(self._counts.items())],
+            "log_l": list(self._log_l),
+            "e_value": self.e_value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttributionTest:
+        test = cls(tuple(float(r) for r in data.get("grid", DEFAULT_GRID)))
+        for p, x, y in data.get("counts", ()):
+            test.update(float(p), int(x), int(y))
+        log_l = data.get("log_l")
+        if log_l is not None and len(log_l) == len(test.grid):
+            test._log_l = [float(v) for v in log_l]  # bit-exact, not re-summed
+        return test
+
+
+OVERFLOW_CLASS: Final = "~other"
+
+
+class PathClassTests:
+    """Pooled plus per-path-class attribution tests, averaged into one e-process.
+
+    ``slots`` classes get a test each in order of first appearance; any later class shares
+    one overflow slot. Unused slots count as 1 in the average, so the weights never change.
+    With ``slots=0`` this is just the pooled test.
+    """
+
+    __slots__ = ("_classes", "grid", "pooled", "slots")
+
+    def __init__(self, slots: int = 10, grid: Sequence[float] = DEFAULT_GRID) -> None:
+        self.slots = slots
+        self.grid = tuple(grid)
+        self.pooled = AttributionTest(self.grid)
+        self._classes: dict[str, AttributionTest] = {}
+
+    def _slot(self, path_class: str) -> AttributionTest:
+        name = path_class
+        if name not in self._classes and len(self._classes) >= self.slots:
+            name = OVERFLOW_CLASS
+        test = self._classes.get(name)
+        if test is None:
+            test = self._classes[name] = AttributionTest(self.grid)
+        return test
+
+    def update(self, p: float, candidate: int, stable: int, path_class: str | None = None) -> None:
+        """Add events to the pooled test and, when ``path_class`` is given, to its slot."""
+        self.pooled.update(p, candidate, stable)
+        if self.slots and path_class is not None:
+            self._slot(path_class).update(p, candidate, stable)
+
+    def update_class(self, p: float, candidate: int, stable: int, path_class: str) -> None:
+        """Add events to one class slot only (when the pooled counts are added separately)."""
+        if self.slots:
+            self._slot(path_class).update(p, candidate, stable)
+
+    @property
+    def classes(self) -> Mapping[str, AttributionTest]:
+        return self._classes
+
+    @property
+    def log_e(self) -> float:
+        if not self.slots:
+            return self.pooled.log_e
+        n_slots = self.slots + 1  # the overflow slot is reserved from the start
+        unused = n_slots - len(self._classes)
+        per_class = [t.log_e for t in self._classes.values()]
+        if unused:
+            per_class.append(math.log(unused))
+        mean_class = logsumexp(per_class) - math.log(n_slots)
+        return logsumexp((math.log(0.5) + self.pooled.log_e, math.log(0.5) + mean_class))
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    def worst_class(self) -> tuple[str, AttributionTest] | None:
+        """The class whose test has the most evidence against the candidate."""
+        if not self._classes:
+            return None
+        return max(self._classes.items(), key=lambda kv: kv[1].log_e)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slots": self.slots,
+            "pooled": self.pooled.to_dict(),
+            "classes": {name: t.to_dict() for name, t in self._classes.items()},
+            "e_value": self.e_value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PathClassTests:
+        pooled = AttributionTest.from_dict(data["pooled"])
+        out = cls(int(data.get("slots", 10)), pooled.grid)
+        out.pooled = pooled
+        for name, t in data.get("classes", {}).items():
+            out._classes[str(name)] = AttributionTest.from_dict(t)
+        return out
+
+
+def mean_log_e(log_es: Sequence[float]) -> float:
+    """The log of the average of e-values (an average of e-processes is one)."""
+    if not log_es:
+        return 0.0
+    return logsumexp(log_es) - math.log(len(log_es))
+
+
+def guard_rates(cap: float, multipliers: Sequence[float] = GUARD_MULTIPLIERS) -> tuple[float, ...]:
+    """The alternative rates of the guard: ``m·cap``, folded into (cap, 1) when too large."""
+    if not 0.0 < cap < 1.0:
+        raise ValueError("the cap must be between 0 and 1")
+    rates: set[float] = set()
+    for m in multipliers:
+        q = m * cap
+        if q >= 1.0:  # keep the point strictly between cap and 1
+            q = cap + (1.0 - cap) * (1.0 - 1.0 / (2.0 * m))
+        rates.add(q)
+    return tuple(sorted(rates))
+
+
+class RateGuard:
+    """Anytime-valid test of ``H0: rate ≤ cap`` mixed over start times (see the module doc).
+
+    ``update(requests, errors)`` adds one batch. A new component starts before a batch once
+    ``block`` requests have arrived since the newest one started (a rule fixed by the past,
+    so the mixture stays a supermartingale). At most ``keep`` components are carried: the
+    newest always, then those with the largest weighted values.
+    """
+
+    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "keep", "rates")
+
+    def __init__(
+        self,
+        cap: float,
+        *,
+        multipliers: Sequence[float] = GUARD_MULTIPLIERS,
+        block: int = 50,
+        keep: int = 12,
+    ) -> None:
+        self.cap = cap
+        self.rates = guard_rates(cap, multipliers)
+        self.block = max(1, block)
+        self.keep = max(1, keep)
+        self._ab = tuple((math.log(q / cap), math.log((1 - q) / (1 - cap))) for q in self.rates)
+        self._log_g = -math.log(len(self.rates))
+        self._started = 0  # components started so far (k of the newest)
+        # per component: [k, requests since it started, errors since it started]
+        self._comps: list[list[int]] = []
+
+    def update(self, requests: int, errors: int) -> None:
+        if errors < 0 or requests < errors:
+            raise ValueError("need 0 <= errors <= requests")
+        if requests == 0:
+            return
+        if not self._comps or self._comps[-1][1] >= self.block:
+            self._started += 1
+            self._comps.append([self._started, 0, 0])
+        for comp in self._comps:
+            comp[1] += requests
+            comp[2] += errors
+        if len(self._comps) > self.keep:
+            newest = self._comps[-1]
+            rest = sorted(self._comps[:-1], key=self._comp_log_e, reverse=True)
+            self._comps = [*sorted(rest[: self.keep - 1], key=lambda c: c[0]), newest]
+
+    def _comp_log_e(self, comp: Sequence[int]) -> float:
+        k, n, x = comp[0], comp[1], comp[2]
+        log_w = -math.log(k) - math.log(k + 1)
+        return log_w + logsumexp(self._log_g + x * a + (n - x) * b for a, b in self._ab)
+
+    @property
+    def log_e(self) -> float:
+        if not self._comps:
+            return 0.0
+        # components never started carry their prior weight at value 1
+        unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
+        return logsumexp([*(self._comp_log_e(c) for c in self._comps), math.log(unstarted)])
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    @property
+    def requests(self) -> int:
+        """Requests seen by the oldest component still carried."""
+        return self._comps[0][1] if self._comps else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cap": self.cap,
+            "rates": list(self.rates),
+            "block": self.block,
+            "keep": self.keep,
+            "started": self._started,
+            "components": [list(c) for c in self._comps],
+            "e_value": self.e_value,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RateGuard:
+        cap = float(data["cap"])
+        guard = cls(cap, block=int(data.get("block", 50)), keep=int(data.get("keep", 12)))
+        rates = tuple(float(q) for q in data.get("rates", guard.rates))
+        if rates != guard.rates:
+            guard.rates = rates
+            guard._ab = tuple((math.log(q / cap), math.log((1 - q) / (1 - cap))) for q in rates)
+            guard._log_g = -math.log(len(rates))
+        guard._started = int(data.get("started", 0))
+        guard._comps = [[int(v) for v in c] for c in data.get("components", ())]
+        return guard
+
+
+@dataclass(frozen=True, slots=True)
+class AlphaSplit:
+    """One rollout's α budget, split by a union bound over the families of tests."""
+
+    total: float
+    error: float
+    latency: float
+    guard: float
+
+
+def split_alpha(alpha: float, *, error: bool, latency: bool, guard: bool) -> AlphaSplit:
+    """The reference's split: the guard takes 10 % of α, the comparison families share the
+    rest equally (0.45 % / 0.45 % / 0.1 % for α = 1 % with all three)."""
+    guard_share = 0.1 * alpha if guard else 0.0
+    families = int(error) + int(latency)
+    rest = alpha - guard_share if families else 0.0
+    each = rest / families if families else 0.0
+    return AlphaSplit(
+        total=alpha,
+        error=each if error else 0.0,
+        latency=each if latency else 0.0,
+        guard=guard_share,
+    )
+
+
+def _exp(log_value: float) -> float:
+    return math.exp(log_value) if log_value < 700 else math.inf
+
+
+__all__ = [
+    "DEFAULT_GRID",
+    "GUARD_MULTIPLIERS",
+    "AlphaSplit",
+    "AttributionTest",
+    "PathClassTests",
+    "RateGuard",
+    "events_needed",
+    "guard_rates",
+    "kl_bernoulli",
+    "logsumexp",
+    "mean_log_e",
+    "q_of",
+    "split_alpha",
+]

@@ -1,0 +1,781 @@
+"""The rollout analyzer, ticked by hand: `splitproxy.analyzer`."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitproxy.analyzer import (
+    ACTIVE,
+    PHASES,
+    TRANSITIONS,
+    Action,
+    Analyzer,
+    CallHook,
+    Emit,
+    Event,
+    Gate,
+    GateResult,
+    ManualCommand,
+    Observation,
+    Sample,
+    SetWeight,
+    hist_quantile,
+)
+from splitproxy.model import Rollout
+
+FAST = (0.05, 1)  # (latency bucket bound, share) of a healthy request mix
+BASE: dict[str, Any] = {"steps": [10, 50], "interval": "10s", "min_requests": 20}
+
+
+def spec(**kw: Any) -> Rollout:
+    return Rollout.model_validate({**BASE, **kw})
+
+
+def hist(n: int, slow: int = 0, fast: float = 0.05, slow_at: float = 0.5) -> Any:
+    out = []
+    if n - slow:
+        out.append((fast, n - slow))
+    if slow:
+        out.append((slow_at, slow))
+    return tuple(out)
+
+
+def traffic(
+    p: float,
+    *,
+    stable: tuple[int, int] = (90, 0),
+    candidate: tuple[int, int] = (10, 0),
+    stable_slow: int = 0,
+    candidate_slow: int = 0,
+    path: str | None = "/",
+) -> list[Sample]:
+    return [
+        Sample("stable", stable[0], stable[1], p, path, hist(stable[0], stable_slow)),
+        Sample(
+            "candidate", candidate[0], candidate[1], p, path, hist(candidate[0], candidate_slow)
+        ),
+    ]
+
+
+class Driver:
+    """Ticks an analyzer once a second with traffic at the weight it last asked for."""
+
+    def __init__(self, analyzer: Analyzer, candidate: str | None = "v2") -> None:
+        self.a = analyzer
+        self.candidate = candidate
+        self.now = 0.0
+        self.weight = 0.0
+        self.actions: list[Action] = []
+
+    def tick(self, samples: Sequence[Sample] | None = None, **kw: Any) -> list[Action]:
+        if samples is None:
+            samples = traffic(self.weight / 100)
+        obs = Observation(kw.pop("candidate", self.candidate), samples, **kw)
+        actions = self.a.step(self.now, obs)
+        for action in actions:
+            if isinstance(action, SetWeight):
+                self.weight = action.percent if action.percent is not None else 0.0
+        self.actions += actions
+        self.now += 1
+        return actions
+
+    def run(self, seconds: int, **kw: Any) -> None:
+        for _ in range(seconds):
+            self.tick(**kw)
+
+    def until(self, phase: str, limit: int = 10_000, **kw: Any) -> float:
+        for _ in range(limit):
+            self.tick(**kw)
+            if self.phase == phase:
+                return self.now - 1
+        raise AssertionError(f"never reached {phase}; at {self.a.phase}")
+
+    @property
+    def phase(self) -> str:
+        """The analyzer's phase (a plain str: it changes under mypy's feet between ticks)."""
+        return self.a.phase
+
+    def events(self) -> list[Event]:
+        return [a.event for a in self.actions if isinstance(a, Emit)]
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events()]
+
+    def weights(self) -> list[float | None]:
+        return [a.percent for a in self.actions if isinstance(a, SetWeight)]
+
+
+def started(rollout: Rollout | None = None, **kw: Any) -> Driver:
+    d = Driver(Analyzer("shop", rollout or spec(**kw)))
+    d.tick()
+    return d
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def test_the_table_covers_every_phase_and_names_only_phases() -> None:
+    assert set(TRANSITIONS) == set(PHASES)
+    for moves in TRANSITIONS.values():
+        assert set(moves.values()) <= set(PHASES)
+    # every phase can be left, and every phase but idle can reach idle
+    assert all(TRANSITIONS[p] for p in PHASES)
+    assert all(TRANSITIONS[p].get("abandon") == "idle" for p in PHASES)
+    # the end states are left only by a new revision, retry, a manual rollback or abandon
+    assert set(TRANSITIONS["promoted"]) == {"start", "rollback", "abandon"}
+    assert set(TRANSITIONS["rolled_back"]) == {"start", "retry", "abandon"}
+
+
+def test_idle_without_a_candidate_does_nothing() -> None:
+    d = Driver(Analyzer("shop", spec()), candidate=None)
+    d.run(5)
+    assert d.actions == []
+    assert d.phase == "idle"
+    assert d.a.checks == ()
+
+
+# --- a whole rollout --------------------------------------------------------------------------
+
+
+def test_a_good_candidate_goes_through_every_step_and_is_promoted() -> None:
+    d = started()
+    assert d.phase == "progressing"
+    assert d.kinds() == ["started", "step"]
+    assert d.weights() == [10]
+    assert d.until("promoted") == 20
+    assert d.weights() == [10, 50, 100]
+    assert d.kinds() == ["started", "step", "step", "promoted"]
+    promoted = d.events()[-1]
+    assert (promoted.previous, promoted.phase, promoted.step) == ("progressing", "promoted", 2)
+    assert {c.name for c in promoted.checks} == {"guard"}
+    d.run(5)  # stays promoted while the file names the same candidate
+    assert d.phase == "promoted"
+    assert d.weights()[-1] == 100
+
+
+def test_step_weight_form_and_step_events() -> None:
+    d = started(Rollout.model_validate({"step_weight": 20, "max_weight": 50, "interval": 1}))
+    d.until("promoted")
+    assert d.weights() == [20, 40, 50, 100]
+    steps = [e for e in d.events() if e.kind == "step"]
+    assert [(e.step, e.weight) for e in steps] == [(1, 20), (2, 40), (3, 50)]
+
+
+def test_min_requests_holds_a_step_after_its_interval() -> None:
+    quiet = started(min_requests=100)
+    for _ in range(40):  # one candidate request a tick: 100 requests take 100 s
+        quiet.tick(traffic(0.1, candidate=(1, 0)))
+    assert quiet.a.step_index == 0
+    assert quiet.a.window.requests == 40
+    for _ in range(60):
+        quiet.tick(traffic(0.1, candidate=(1, 0)))
+    assert quiet.a.step_index == 1
+
+
+def test_per_step_interval_and_min_requests_override_the_rollout() -> None:
+    d = started(steps=[{"weight": 10, "interval": "30s", "min_requests": 0}, 50])
+    d.run(20)
+    assert d.a.step_index == 0
+    d.run(11)
+    assert d.a.step_index == 1
+
+
+def test_the_tick_that_starts_a_rollout_is_not_evidence() -> None:
+    d = Driver(Analyzer("shop", spec(checks=[{"metric": "error_rate", "max": 0.1}])))
+    d.tick(traffic(0.1, candidate=(100, 100)))  # routed before the rollout began
+    assert d.a.window.requests == 0
+    assert d.a.guard is not None
+    assert d.a.guard.requests == 0
+
+
+# --- absolute checks --------------------------------------------------------------------------
+
+
+def test_absolute_checks_are_recorded_every_tick() -> None:
+    d = started(
+        checks=[
+            {"metric": "error_rate", "max": 0.05},
+            {"metric": "success_rate", "min": 0.99},
+            {"metric": "latency_p99", "max": "100ms"},
+            {"metric": "request_rate", "min": 1},
+        ]
+    )
+    d.tick(traffic(0.1, candidate=(10, 1)))
+    d.tick(traffic(0.1, candidate=(10, 0)))
+    by_name = {c.name: c for c in d.a.checks}
+    assert by_name["error_rate"].value == pytest.approx(0.05)
+    assert by_name["error_rate"].verdict == "pass"
+    assert (by_name["error_rate"].max, by_name["error_rate"].sample) == (0.05, 20)
+    assert by_name["success_rate"].value == pytest.approx(0.95)
+    assert by_name["success_rate"].verdict == "fail"
+    assert by_name["latency_p99"].value == 0.05
+    assert by_name["request_rate"].value == pytest.approx(10.0)
+    assert by_name["guard"].kind == "guard"
+
+
+def test_failed_windows_count_and_roll_back_past_the_failure_limit() -> None:
+    d = started(failure_limit=1, checks=[{"metric": "error_rate", "max": 0.05}])
+    bad = traffic(0.1, candidate=(10, 1), stable=(90, 1))  # 10 % errors, under the guard
+    for _ in range(11):
+        d.tick(bad)
+    assert d.a.failures == 1
+    assert d.phase == "progressing"
+    assert d.a.step_index == 0  # halted, not advanced
+    failed = [e for e in d.events() if e.kind == "check_failed"]
+    assert failed[0].message == "failed: error_rate (1 of 1 tolerated)"
+    for _ in range(10):
+        d.tick(bad)
+    assert d.phase == "rolled_back"
+    assert d.weights()[-1] == 0
+    last = d.events()[-1]
+    assert last.kind == "rolled_back"
+    assert last.message == "more than 1 failed check windows"
+
+
+def test_failure_limit_zero_rolls_back_on_the_first_failed_window() -> None:
+    d = started(failure_limit=0, checks=[{"metric": "latency_p95", "max": "100ms"}])
+    for _ in range(11):
+        d.tick(traffic(0.1, candidate=(10, 0), candidate_slow=5))
+    assert d.phase == "rolled_back"
+
+
+def test_no_data_holds_or_fails() -> None:
+    empty = [Sample("stable", 100, 0, 0.1)]
+    hold = started()
+    for _ in range(30):
+        hold.tick(empty)
+    assert (hold.phase, hold.a.step_index, hold.a.failures) == ("progressing", 0, 0)
+    fail = started(on_no_data="fail", failure_limit=2)
+    for _ in range(31):
+        fail.tick(empty)
+    assert fail.phase == "rolled_back"
+    assert next(e.message for e in fail.events() if e.kind == "check_failed").startswith(
+        "no candidate traffic"
+    )
+
+
+def test_a_check_without_a_value_follows_on_no_data() -> None:
+    checks = [{"prometheus": "http://prom", "query": "up", "min": 1}]
+    hold = started(checks=checks)
+    hold.run(30)
+    assert hold.a.step_index == 0
+    assert {c.name: c.verdict for c in hold.a.checks}["prometheus"] == "no_data"
+    hold.tick(external={"prometheus": 1.0})
+    assert hold.a.step_index == 1
+    fail = started(checks=checks, on_no_data="fail", failure_limit=0)
+    fail.run(11)
+    assert fail.phase == "rolled_back"
+
+
+def test_external_checks_judge_the_latest_value_in_the_window() -> None:
+    d = started(
+        checks=[
+            {"prometheus": "http://prom", "query": "x", "max": 3},
+            {"web": "http://ci/ok", "name": "ci"},
+            {"web": "http://score", "json_path": "score", "min": 0.5, "name": "score"},
+        ],
+        failure_limit=5,
+    )
+    d.tick(external={"prometheus": 2.0, "ci": 1.0, "score": 0.9})
+    verdicts = {c.name: (c.value, c.verdict) for c in d.a.checks if c.kind == "external"}
+    assert verdicts == {
+        "prometheus": (2.0, "pass"),
+        "ci": (1.0, "pass"),
+        "score": (0.9, "pass"),
+    }
+    d.tick(external={"prometheus": 4.0, "ci": 0.0, "score": None})
+    verdicts = {c.name: (c.value, c.verdict) for c in d.a.checks if c.kind == "external"}
+    assert verdicts == {
+        "prometheus": (4.0, "fail"),
+        "ci": (0.0, "fail"),
+        "score": (None, "no_data"),
+    }
+
+
+# --- comparisons with stable ------------------------------------------------------------------
+
+
+def test_an_error_regression_rolls_back_mid_step_with_evidence() -> None:
+    d = started(checks=[{"metric": "error_rate", "compare": "stable"}], interval="1h")
+    rng = random.Random(1)
+    for _ in range(300):
+        stable_x = sum(rng.random() < 0.005 for _ in range(900))
+        cand_x = sum(rng.random() < 0.04 for _ in range(100))
+        d.tick(traffic(0.1, stable=(900, stable_x), candidate=(100, cand_x)))
+        if d.phase != "progressing":
+            break
+    assert d.phase == "rolled_back"
+    assert d.now < 60  # within the first minute of a one-hour step
+    event = d.events()[-1]
+    assert event.message == "worse than stable: error_rate_vs_stable"
+    check = next(c for c in event.checks if c.name == "error_rate_vs_stable")
+    assert check.verdict == "fail"
+    assert check.value is not None
+    assert check.max is not None
+    assert check.value >= check.max == pytest.approx(1 / 0.009)
+    assert check.ci is not None
+    assert 1 < check.ci[0] < 8 < check.ci[1]
+
+
+def test_one_broken_path_class_is_caught() -> None:
+    d = started(checks=[{"metric": "error_rate", "compare": "stable"}], interval="1h")
+    rng = random.Random(4)
+    for _ in range(600):
+        samples = []
+        for k in range(10):
+            sx = sum(rng.random() < 0.005 for _ in range(90))
+            rate = 0.3 if k == 3 else 0.005
+            cx = sum(rng.random() < rate for _ in range(10))
+            samples += [
+                Sample("stable", 90, sx, 0.1, f"/p{k}"),
+                Sample("candidate", 10, cx, 0.1, f"/p{k}"),
+            ]
+        d.tick(samples)
+        if d.phase != "progressing":
+            break
+    assert d.phase == "rolled_back"
+    check = next(c for c in d.events()[-1].checks if c.name == "error_rate_vs_stable")
+    assert "/p3" in check.detail
+
+
+def test_requests_not_routed_at_random_do_not_count_in_comparisons() -> None:
+    d = started(checks=[{"metric": "error_rate", "compare": "stable"}], interval="1h", guard=False)
+    for _ in range(100):
+        d.tick(
+            [
+                Sample("stable", 90, 0, 0.1, "/"),
+                Sample("candidate", 10, 3, None, "/"),  # forced by an override header
+            ]
+        )
+    assert d.phase == "progressing"
+    assert d.a.errors_test is not None
+    assert d.a.errors_test.pooled.events == 0
+
+
+def test_latency_thresholds_come_from_stable_history_before_the_tick() -> None:
+    d = Driver(Analyzer("shop", spec(checks=[{"metric": "latency", "compare": "stable"}])))
+    d.tick([Sample("stable", 0, 0, None, None, hist(3000, 60, 0.05, 0.2))], candidate=None)
+    d.tick()
+    result = {c.name: c for c in d.a.checks}["latency_vs_stable"]
+    assert result.detail == "stable p95 50ms, stable p99 200ms"
+    # a tick in which stable itself is slow is judged against the thresholds from before it
+    d.tick(traffic(0.1, stable_slow=90, candidate_slow=10))
+    test95 = d.a.latency_tests[0.95]
+    assert test95.counts() == {0.1: (10, 90)}
+
+
+def test_a_latency_regression_rolls_back() -> None:
+    d = Driver(Analyzer("shop", spec(checks=[{"metric": "latency", "compare": "stable"}])))
+    d.tick([Sample("stable", 0, 0, None, None, hist(5000, 50, 0.05, 0.2))], candidate=None)
+    rng = random.Random(8)
+    for _ in range(300):
+        d.tick(
+            [
+                Sample(
+                    "stable",
+                    900,
+                    0,
+                    0.1,
+                    "/",
+                    hist(900, sum(rng.random() < 0.01 for _ in range(900)), 0.05, 0.2),
+                ),
+                Sample(
+                    "candidate",
+                    100,
+                    0,
+                    0.1,
+                    "/",
+                    hist(100, sum(rng.random() < 0.05 for _ in range(100)), 0.05, 0.2),
+                ),
+            ]
+        )
+        if d.phase != "progressing":
+            break
+    assert d.phase == "rolled_back"
+    assert d.events()[-1].message == "worse than stable: latency_vs_stable"
+
+
+# --- the guard --------------------------------------------------------------------------------
+
+
+def test_the_guard_rolls_back_a_crash_at_once() -> None:
+    d = started(interval="1h")
+    d.tick(traffic(0.1, candidate=(50, 15)))
+    assert d.phase == "rolled_back"
+    assert d.events()[-1].message.startswith("the guard tripped")
+
+
+@given(at=st.integers(0, 30), errors_elsewhere=st.booleans())
+def test_the_guard_never_trips_on_a_single_error(at: int, errors_elsewhere: bool) -> None:
+    d = started(interval="1h")
+    for i in range(40):
+        d.tick(traffic(0.1, candidate=(1 if i == at else 10, 1 if i == at else 0)))
+    assert d.phase == "progressing"
+
+
+def test_an_incident_pauses_instead_of_blaming_the_candidate() -> None:
+    d = started(interval="1h")
+    d.tick(traffic(0.1, stable=(90, 30), candidate=(50, 15)))  # both at 30 %
+    assert d.phase == "paused"
+    assert d.a.paused_reason == "incident"
+    assert d.events()[-1].kind == "paused"
+    assert d.a.weight == 10  # frozen
+    d.run(61, samples=traffic(0.1, candidate=(50, 15)))  # stable recovers, candidate does not
+    assert d.phase == "rolled_back"
+
+
+# --- manual commands --------------------------------------------------------------------------
+
+
+def cmd(name: str, reason: str = "") -> Any:
+    return {"commands": [ManualCommand(name, "cli", reason)]}  # type: ignore[arg-type]
+
+
+def test_pause_freezes_and_resume_continues() -> None:
+    d = started()
+    d.tick(**cmd("pause", "looking at a graph"))
+    assert d.phase == "paused"
+    assert d.events()[-1].message == "paused by hand: looking at a graph"
+    assert d.events()[-1].source == "manual:cli"
+    d.run(100)
+    assert (d.phase, d.a.step_index) == ("paused", 0)
+    d.tick(**cmd("resume"))
+    assert d.phase == "progressing"
+    d.until("promoted")
+
+
+def test_manual_promote_and_rollback() -> None:
+    d = started()
+    d.tick(**cmd("promote"))
+    assert d.phase == "promoted"
+    assert d.weights()[-1] == 100
+    d.tick(**cmd("rollback", "bad for business"))
+    assert d.phase == "rolled_back"
+    assert d.weights()[-1] == 0
+    d.run(10)
+    assert d.phase == "rolled_back"  # the same revision stays rolled back
+
+
+def test_retry_starts_a_rolled_back_revision_again() -> None:
+    d = started()
+    d.tick(**cmd("rollback"))
+    d.tick(**cmd("retry"))
+    assert d.phase == "progressing"
+    assert d.a.step_index == 0
+    assert d.kinds()[-2:] == ["retried", "step"]
+    d.until("promoted")
+
+
+def test_commands_the_table_does_not_allow_are_refused_and_recorded() -> None:
+    d = started()
+    assert d.a.accepts("pause")
+    assert not d.a.accepts("retry")
+    assert not d.a.accepts("resume")
+    d.tick(**cmd("retry"))
+    assert d.phase == "progressing"
+    refused = d.events()[-1]
+    assert (refused.kind, refused.message) == ("refused", "retry refused in phase progressing")
+    idle = Driver(Analyzer("shop", spec()), candidate=None)
+    assert not any(idle.a.accepts(c) for c in ("promote", "rollback", "pause", "resume", "retry"))
+
+
+# --- revisions --------------------------------------------------------------------------------
+
+
+def test_a_new_revision_mid_rollout_restarts_from_the_first_step() -> None:
+    d = started()
+    d.run(11)
+    assert d.a.step_index == 1
+    d.tick(candidate="v3")
+    assert d.phase == "progressing"
+    assert (d.a.revision, d.a.step_index, d.a.weight) == ("v3", 0, 10)
+    assert d.kinds()[-2:] == ["restarted", "step"]
+    d.until("promoted")
+
+
+def test_a_new_revision_after_the_end_starts_a_new_rollout() -> None:
+    d = started()
+    d.until("promoted")
+    d.tick(candidate="v3")
+    assert (d.phase, d.a.revision, d.a.weight) == ("progressing", "v3", 10)
+
+
+def test_removing_the_candidate_hands_back_to_the_file_and_a_rolled_back_one_stays() -> None:
+    d = started()
+    d.tick(**cmd("rollback"))
+    d.tick(candidate=None)
+    assert d.phase == "idle"
+    assert d.weights()[-1] is None
+    d.tick(candidate="v2")  # the same, rolled-back revision again
+    assert d.phase == "rolled_back"
+    assert d.weights()[-1] == 0
+    d.tick(candidate="v4")
+    assert d.phase == "progressing"
+
+
+def test_max_duration_pauses_and_resume_gives_it_another_period() -> None:
+    quiet = [Sample("stable", 100, 0, 0.1)]
+    d = started(max_duration="30s")
+    d.run(31, samples=quiet)
+    d.tick(quiet)
+    assert (d.phase, d.a.paused_reason) == ("paused", "max_duration")
+    d.tick(quiet, **cmd("resume"))
+    d.run(20, samples=quiet)
+    assert d.phase == "progressing"
+    d.run(20, samples=quiet)
+    assert d.phase == "paused"
+
+
+# --- gates and pause steps --------------------------------------------------------------------
+
+
+def gated(*gates: Gate, **kw: Any) -> Driver:
+    d = Driver(Analyzer("shop", spec(**kw), gates=gates))
+    d.tick()
+    return d
+
+
+def test_pre_rollout_gate() -> None:
+    d = gated("pre-rollout")
+    assert d.phase == "waiting"
+    assert d.weights() == [0]
+    assert CallHook("pre-rollout", 1) in d.actions
+    d.run(3)
+    d.tick(gates=[GateResult("pre-rollout", 1, True)])
+    assert d.phase == "progressing"
+    assert d.weights() == [0, 10]
+
+
+def test_a_failing_gating_hook_counts_as_a_failed_check() -> None:
+    d = gated("pre-rollout", failure_limit=1)
+    d.tick(gates=[GateResult("pre-rollout", 1, False, "HTTP 500")])
+    assert d.a.failures == 1
+    assert d.phase == "waiting"
+    d.run(10)
+    assert d.actions.count(CallHook("pre-rollout", 1)) == 2  # asked again after the interval
+    d.tick(gates=[GateResult("pre-rollout", 1, False)])
+    assert d.phase == "rolled_back"
+
+
+def test_step_gate_before_each_weight_increase() -> None:
+    d = gated("step")
+    d.run(11)
+    assert d.phase == "waiting"
+    assert CallHook("step", 2) in d.actions
+    d.tick(gates=[GateResult("step", 1, True)])  # a stale answer is ignored
+    assert d.phase == "waiting"
+    d.tick(gates=[GateResult("step", 2, True)])
+    assert (d.phase, d.a.weight) == ("progressing", 50)
+
+
+def test_confirm_promotion_waits_and_checks_keep_running() -> None:
+    d = gated("confirm-promotion")
+    d.until("waiting")
+    assert CallHook("confirm-promotion", 3) in d.actions
+    d.tick(gates=[GateResult("confirm-promotion", 3, False)])
+    assert d.phase == "waiting"
+    assert d.a.failures == 0  # "not yet" is not a failure
+    d.tick(traffic(0.5, candidate=(50, 15)))  # a crash while waiting still rolls back
+    assert d.phase == "rolled_back"
+    ok = gated("confirm-promotion")
+    ok.until("waiting")
+    ok.tick(gates=[GateResult("confirm-promotion", 3, True)])
+    assert ok.phase == "promoted"
+
+
+def test_manual_pause_step_and_timed_pause_step() -> None:
+    d = started(steps=[10, {"pause": True}, 50])
+    d.run(11)
+    assert (d.phase, d.a.weight) == ("waiting", 10)
+    d.run(100)
+    assert d.phase == "waiting"
+    d.tick(**cmd("resume"))
+    assert (d.phase, d.a.weight) == ("progressing", 50)
+    timed = started(steps=[10, {"pause": "30s"}, 50])
+    timed.run(11)
+    assert timed.phase == "waiting"
+    timed.run(30)
+    assert (timed.phase, timed.a.weight) == ("progressing", 50)
+
+
+def test_pausing_while_waiting_returns_to_the_gate() -> None:
+    d = gated("step")
+    d.run(11)
+    d.tick(**cmd("pause"))
+    assert d.phase == "paused"
+    d.tick(**cmd("resume"))
+    assert d.phase == "waiting"
+    assert d.actions.count(CallHook("step", 2)) == 2
+
+
+# --- durable state ----------------------------------------------------------------------------
+
+
+def test_state_round_trips_through_json_and_continues_identically() -> None:
+    rollout = spec(
+        checks=[
+            {"metric": "error_rate", "compare": "stable"},
+            {"metric": "latency", "compare": "stable"},
+            {"metric": "error_rate", "max": 0.2},
+        ]
+    )
+    rng = random.Random(3)
+
+    def samples() -> list[Sample]:
+        x = sum(rng.random() < 0.01 for _ in range(100))
+        return traffic(0.1, stable=(900, 2), candidate=(100, x), stable_slow=9, candidate_slow=1)
+
+    one = Driver(Analyzer("shop", rollout))
+    one.tick([Sample("stable", 0, 0, None, None, hist(3000, 30))], candidate=None)
+    for _ in range(7):
+        one.tick(samples())
+    saved = json.loads(json.dumps(one.a.to_dict()))
+    two = Driver(Analyzer.from_dict("shop", rollout, saved))
+    two.now, two.weight = one.now, one.weight
+    assert two.a.to_dict() == saved
+    for _ in range(20):
+        batch = samples()
+        assert one.tick(batch) == two.tick(batch)
+    assert one.a.to_dict() == two.a.to_dict()
+
+
+def test_a_changed_spec_restarts_a_running_rollout() -> None:
+    d = started()
+    d.run(11)
+    saved = d.a.to_dict()
+    again = Driver(Analyzer.from_dict("shop", spec(steps=[5, 20, 60]), saved))
+    again.now = d.now
+    again.tick()
+    assert (again.phase, again.a.step_index, again.a.weight) == ("progressing", 0, 5)
+    assert again.events()[0].message == "the rollout spec changed"
+    same = Analyzer.from_dict("shop", spec(), saved)
+    same.reconfigure(spec())
+    assert same.step_index == 1
+    same.reconfigure(spec(interval="1m"))
+    actions = same.step(d.now, Observation("v2"))
+    assert SetWeight(10) in actions
+
+
+def test_status_shows_the_rollout() -> None:
+    d = started(checks=[{"metric": "error_rate", "compare": "stable"}])
+    d.run(3)
+    status = d.a.status()
+    assert status["phase"] == "progressing"
+    assert (status["step"], status["steps"], status["weights"]) == (1, 2, [10, 50])
+    assert status["alpha"] == pytest.approx(
+        {"total": 0.01, "error": 0.009, "latency": 0.0, "guard": 0.001}
+    )
+    names = [c["name"] for c in status["checks"]]
+    assert names == ["error_rate_vs_stable", "guard"]
+    json.dumps(status)
+
+
+def test_hist_quantile() -> None:
+    assert hist_quantile({}, 0.5) is None
+    h = {0.1: 50, 0.2: 45, 0.4: 5}
+    assert hist_quantile(h, 0.5) == 0.1
+    assert hist_quantile(h, 0.95) == 0.2
+    assert hist_quantile(h, 0.99) == 0.4
+
+
+# --- properties -------------------------------------------------------------------------------
+
+ticks = st.lists(
+    st.tuples(
+        st.sampled_from(["v2", "v2", "v2", "v3", None]),
+        st.sampled_from(["ok", "ok", "errors", "crash", "quiet", "incident"]),
+        st.sampled_from([None, "promote", "rollback", "pause", "resume", "retry"]),
+        st.sampled_from([None, True, False]),
+    ),
+    max_size=60,
+)
+TRAFFIC = {
+    "ok": (90, 0, 10, 0),
+    "errors": (90, 0, 10, 1),
+    "crash": (90, 0, 50, 20),
+    "quiet": (90, 0, 0, 0),
+    "incident": (90, 40, 50, 20),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(ticks, st.sampled_from([(), ("pre-rollout",), ("step", "confirm-promotion")]))
+def test_phases_only_move_along_the_table(
+    script: list[tuple[str | None, str, str | None, bool | None]], gates: tuple[Gate, ...]
+) -> None:
+    a = Analyzer(
+        "shop",
+        spec(steps=[10, {"pause": "3s"}, 50], interval=2, min_requests=5, failure_limit=1),
+        gates=gates,
+    )
+    for now, (candidate, kind, command, gate) in enumerate(script):
+        before = a.phase
+        sn, sx, cn, cx = TRAFFIC[kind]
+        p = (a.weight or 0) / 100
+        obs = Observation(
+            candidate,
+            [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
+            commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
+            gates=[GateResult(a.pending, a.pending_step + 1, gate)]  # type: ignore[arg-type]
+            if gate is not None and a.pending not in (None, "pause")
+            else [],
+        )
+        actions = a.step(float(now), obs)
+        phase = before
+        for action in actions:
+            if isinstance(action, Emit):
+                e = action.event
+                assert e.previous == phase
+                if e.previous != e.phase:
+                    assert e.phase in TRANSITIONS[e.previous].values()
+                phase = e.phase
+        assert phase == a.phase
+        if a.phase == "idle":
+            assert a.weight is None
+        if a.phase == "promoted":
+            assert a.weight == 100
+        if a.phase == "rolled_back":
+            assert a.weight == 0
+        if a.phase in ACTIVE:
+            assert a.revision == candidate
+        json.dumps(a.to_dict())
+
+
+def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
+    rng = random.Random(12)
+    d = Driver(
+        Analyzer(
+            "shop",
+            spec(
+                steps=[5, 10, 20, 50],
+                interval="60s",
+                min_requests=250,
+                checks=[
+                    {"metric": "error_rate", "compare": "stable"},
+                    {"metric": "latency", "compare": "stable"},
+                ],
+            ),
+        )
+    )
+    d.tick([Sample("stable", 0, 0, None, None, hist(5000, 50, 0.05, 0.2))], candidate=None)
+    while d.phase not in ("promoted", "rolled_back") and d.now < 1000:
+        p = d.weight / 100
+        n_c = sum(rng.random() < p for _ in range(1000))
+        n_s = 1000 - n_c
+        samples = []
+        for version, n in (("stable", n_s), ("candidate", n_c)):
+            x = sum(rng.random() < 0.005 for _ in range(n))
+            slow = sum(rng.random() < 0.01 for _ in range(n))
+            samples.append(Sample(version, n, x, p, "/", hist(n, slow, 0.05, 0.2)))  # type: ignore[arg-type]
+        d.tick(samples)
+    assert d.phase == "promoted"
+    assert 240 <= d.now <= 245
+    assert math.isfinite(d.a.active_time)
