@@ -55,6 +55,7 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-header-bytes", "max_header_bytes", int, "request header limit (431 above it)"),
     ("--max-body-bytes", "max_body_bytes", int, "request body limit, 0 for none (413 above it)"),
     ("--max-upstream-connections", "max_upstream_connections", int, "per upstream, 0 for none"),
+    ("--reload-poll-interval", "reload_poll_interval", float, "poll the routing file, 0 for never"),
 )
 
 
@@ -110,6 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             kwargs[dest] = value
     if args.no_access_log:
         kwargs["access_log"] = False
+    if args.no_reload_watch:
+        kwargs["reload_watch"] = False
     try:
         settings = Settings(**kwargs)
     except ValidationError as exc:
@@ -166,6 +169,23 @@ def cmd_weight(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        status, payload = _call(args, "POST", "/api/v1/reload")
+    except OSError as exc:
+        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
+        return 1
+    if status == 200:
+        print(f"loaded: revision {payload['revision']}")
+        return 0
+    if isinstance(payload, dict) and payload.get("errors"):
+        for problem in payload["errors"]:
+            print(problem, file=sys.stderr)
+        print(f"rejected; still serving revision {payload.get('revision')}", file=sys.stderr)
+        return 1
+    return _fail(payload, status)
+
+
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     try:
         status, _ = _call(args, "GET", "/readyz")
@@ -196,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, dest, kind, help_ in _SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, type=kind, default=None, help=help_)
     serve.add_argument("--no-access-log", action="store_true", help="turn the access log off")
+    serve.add_argument(
+        "--no-reload-watch",
+        action="store_true",
+        help="don't watch the routing file (polling stays)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="validate a routing file")
@@ -226,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     weight.add_argument("route")
     weight.add_argument("percent", type=float)
     weight.set_defaults(func=cmd_weight)
+
+    reload = client("reload", "re-read the routing file of a running proxy now")
+    reload.set_defaults(func=cmd_reload)
 
     health = client("healthcheck", "exit 0 if the proxy is ready (for container health checks)")
     health.set_defaults(func=cmd_healthcheck)

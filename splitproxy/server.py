@@ -70,7 +70,9 @@ class Server:
             max_connections=settings.max_upstream_connections,
         )
         self.recorder.registry.register(ConfigInfoCollector(self.state))
-        self.reload_options = reload_options or ReloadOptions()
+        self.reload_options = reload_options or ReloadOptions(
+            watch=settings.reload_watch, poll_interval=settings.reload_poll_interval
+        )
         grace = self.reload_options.pool_grace
         if grace is None:  # a request picks its pool, then connects and waits for the head
             grace = settings.connect_timeout + settings.read_timeout

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_upstream_connections: int = Field(default=0, ge=0)
 
     # peers whose X-Forwarded-* headers are trusted (appended to); others are overwritten
+    # hot reload: watch the routing file's directory, and poll it (seconds; 0 turns polling off)
+    reload_watch: bool = True
+    reload_poll_interval: float = Field(default=1.0, ge=0)
+
     trusted_proxies: tuple[str, ...] = ()
     via: str = "1.1 splitproxy"
 

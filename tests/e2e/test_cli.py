@@ -149,3 +149,38 @@ async def test_admin_verbs_through_the_cli(tmp_path: Path) -> None:
         assert down.returncode == 1
     finally:
         await upstream.close()
+
+
+@pytest.mark.timeout(40)
+async def test_reload_verb_applies_a_good_file_and_reports_a_bad_one(tmp_path: Path) -> None:
+    upstream = await _slow_upstream(0)
+    config = tmp_path / "routes.yaml"
+    url = f"http://127.0.0.1:{upstream.port}"
+
+    def write(weight: object) -> None:
+        config.write_text(
+            yaml.safe_dump(
+                {"routes": [{"name": "shop", "stable": url, "candidate": url, "weight": weight}]}
+            )
+        )
+
+    write(5)
+    try:
+        with serving(
+            config, tmp_path / "proxy.log", "--no-reload-watch", "--reload-poll-interval", "0"
+        ) as proxy:
+            admin = ["--admin-url", f"http://127.0.0.1:{proxy.admin_port}"]
+            write(30)
+            done = await asyncio.to_thread(cli, "reload", *admin)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.startswith("loaded: revision ")
+            status = json.loads((await asyncio.to_thread(cli, "status", "--json", *admin)).stdout)
+            assert status["routes"][0]["weight"]["effective"] == 30.0
+            write(300)
+            bad = await asyncio.to_thread(cli, "reload", *admin)
+            assert bad.returncode == 1
+            assert "routes[0].weight: must be <= 100" in bad.stderr
+            status = json.loads((await asyncio.to_thread(cli, "status", "--json", *admin)).stdout)
+            assert status["routes"][0]["weight"]["effective"] == 30.0
+    finally:
+        await upstream.close()
