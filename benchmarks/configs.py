@@ -83,6 +83,11 @@ def splitproxy(ctx: Ctx) -> list[str]:
     ]
 
 
+def splitproxy_nometrics(ctx: Ctx) -> list[str]:
+    argv = splitproxy(ctx)
+    return [argv[0], str(BENCH / "proxies" / "splitproxy_nometrics.py"), *argv[3:]]
+
+
 SPLITPROXY_ENV = {
     "SPLITPROXY_ACCESS_LOG": "false",
     "SPLITPROXY_STATE_DIR": "{run_dir}/splitproxy-state",
@@ -101,4 +106,11 @@ CONFIGS: list[Config] = [
         env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true"},
         default=False,
     ),
+    Config(
+        "splitproxy-log-json",
+        splitproxy,
+        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true", "SPLITPROXY_LOG_FORMAT": "json"},
+        default=False,
+    ),
+    Config("splitproxy-nometrics", splitproxy_nometrics, env=SPLITPROXY_ENV, default=False),
 ]
