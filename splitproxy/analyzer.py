@@ -69,6 +69,14 @@ which it draws the thresholds for the latency test before it folds in the new ti
 thresholds must be predictable), and the step's window for the absolute checks. Requests
 not routed at random (an override header, synthetic traffic the user wants judged) carry
 ``p=None``: they count for the absolute checks and the guard, never for the comparisons.
+Over ``stats.Window`` the whole adapter is `samples_from`, typed by a narrow protocol
+(`BucketLike`) that ``stats.Observation`` already satisfies::
+
+    samples = samples_from(window.observations(last, until=now))
+
+(with a ``path_class`` once the windows are split by path class; until then, build the
+analyzer with ``path_class_slots=0`` so the error test does not reserve half of its weight
+for classes that never come).
 
 *Evidence.* After every tick `Analyzer.checks` holds one `CheckResult` per check (value,
 bounds, sample size, verdict), and every decision is an `Event` carrying the results that
@@ -84,7 +92,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 from splitproxy.model import (
     LATENCY_QUANTILES,
@@ -195,6 +203,46 @@ class Sample:
     p: float | None = None
     path_class: str | None = None
     latency: Histogram = ()
+
+
+class SketchLike(Protocol):
+    def histogram(self) -> Histogram: ...
+
+
+class CountsLike(Protocol):
+    @property
+    def requests(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def latency(self) -> SketchLike: ...
+
+
+class BucketLike(Protocol):
+    """One time bucket of a route's traffic, all routed at one candidate probability
+    (``stats.Observation`` is one)."""
+
+    @property
+    def probability(self) -> float | None: ...
+    @property
+    def stable(self) -> CountsLike: ...
+    @property
+    def candidate(self) -> CountsLike: ...
+
+
+def samples_from(buckets: Iterable[BucketLike], path_class: str | None = None) -> list[Sample]:
+    """The analyzer's input for a sequence of traffic buckets: two samples per bucket."""
+    out = []
+    for b in buckets:
+        s, c = b.stable, b.candidate
+        p = b.probability
+        if s.requests or s.errors:
+            out.append(Sample("stable", s.requests, s.errors, p, path_class, s.latency.histogram()))
+        if c.requests or c.errors:
+            out.append(
+                Sample("candidate", c.requests, c.errors, p, path_class, c.latency.histogram())
+            )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -879,14 +927,7 @@ class Analyzer:
             return
         assert step.weight is not None
         self._set_weight(step.weight)
-        trigger: Trigger = "advance" if self.phase == "progressing" else "proceed"
-        if self.phase == "progressing" and not self._just_started():
-            self._move(now, trigger, "step", f"step {index + 1}: weight {step.weight:g}%")
-        else:
-            self._event(now, "step", f"step {index + 1}: weight {step.weight:g}%")
-
-    def _just_started(self) -> bool:
-        return bool(self.history) and self.history[-1].kind in ("started", "restarted", "retried")
+        self._move(now, "advance", "step", f"step {index + 1}: weight {step.weight:g}%")
 
     def _wait_for(self, now: float, what: Gate | Literal["pause"], step: int) -> None:
         self.pending = what
@@ -988,8 +1029,6 @@ class Analyzer:
             if self.deadline is not None and self.active_time >= self.deadline:
                 self.deadline = self.active_time + (self.spec.max_duration or 0.0)
             self._move(now, "resume", "resumed", "resumed by hand" + why, source=source)
-            if self.guard is not None and self.spec.guard is not None:
-                self.guard = RateGuard(self.spec.guard.error_rate)
         elif cmd.command == "retry":
             assert self.revision is not None
             self.finished.pop(self.revision, None)
@@ -1218,6 +1257,7 @@ __all__ = [
     "TRANSITIONS",
     "Action",
     "Analyzer",
+    "BucketLike",
     "CallHook",
     "CheckResult",
     "Emit",
@@ -1229,4 +1269,5 @@ __all__ = [
     "Sample",
     "SetWeight",
     "hist_quantile",
+    "samples_from",
 ]

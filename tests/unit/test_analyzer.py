@@ -28,6 +28,7 @@ from splitproxy.analyzer import (
     Sample,
     SetWeight,
     hist_quantile,
+    samples_from,
 )
 from splitproxy.model import Rollout
 
@@ -779,3 +780,26 @@ def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
     assert d.phase == "promoted"
     assert 240 <= d.now <= 245
     assert math.isfinite(d.a.active_time)
+
+
+def test_fed_straight_from_stats_windows() -> None:
+    """The adapter of the module docstring, over the real `splitproxy.stats.Window`."""
+    from splitproxy.stats import Window
+
+    window = Window()
+    for i in range(2000):
+        cand = i % 10 == 0
+        window.observe(i / 1000, int(cand), 0.05, cand and i % 100 == 0, 0.1)
+    samples = samples_from(window.observations(0.0, until=2.0))
+    assert [s.version for s in samples] == ["stable", "candidate", "stable", "candidate"]
+    assert sum(s.requests for s in samples) == 2000
+    a = Analyzer(
+        "shop", spec(checks=[{"metric": "error_rate", "compare": "stable"}]), path_class_slots=0
+    )
+    a.step(0.0, Observation("v2"))
+    a.step(2.0, Observation("v2", samples))
+    assert a.errors_test is not None
+    assert a.errors_test.classes == {}
+    assert a.errors_test.pooled.counts() == {0.1: (20, 0)}
+    assert a.errors_test.log_e == a.errors_test.pooled.log_e
+    assert a.window.requests == 200

@@ -131,11 +131,11 @@ def test_ville_bound_holds_under_peeking() -> None:
     alpha = 0.05
     bar = math.log(1 / alpha)
     crossed = 0
-    paths = 400
+    paths = 300
     for _ in range(paths):
         test = AttributionTest()
-        for i in range(1500):
-            p = (0.05, 0.1, 0.2, 0.5)[min(3, i // 375)]
+        for i in range(1000):
+            p = (0.05, 0.1, 0.2, 0.5)[min(3, i // 250)]
             cand = rng.random() < p
             test.update(p, int(cand), int(not cand))
             if test.log_e >= bar:
