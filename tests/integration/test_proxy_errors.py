@@ -135,7 +135,7 @@ async def test_read_timeout_applies_between_body_reads(
         return resp
 
     up = await aiohttp_server(recording_app([], stream))
-    proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), read_timeout=0.3)
+    proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), read_timeout=0.5)
     try:
         resp = await exchange(proxy.listen_port, get("/"))
         assert resp.body == b"tick\n" * 6
@@ -219,6 +219,7 @@ async def test_413_for_a_chunked_body(
     seen: list[Seen] = []
     up = await aiohttp_server(recording_app(seen))
     proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), max_body_bytes=1000)
+    assert (await exchange(proxy.listen_port, get())).status == 200  # a pooled connection
     async with connect(proxy.listen_port) as (reader, writer):
         writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         for _ in range(3):
@@ -226,6 +227,10 @@ async def test_413_for_a_chunked_body(
         resp = await asyncio.wait_for(read_response(reader), 5)
         assert_error(resp, 413, "body_too_large")
         await read_eof(reader)
+    # the upstream connection that carried part of the body is dropped, not left bound
+    pool = next(iter(proxy.pools.pools.values()))
+    assert pool.open_count == 0
+    assert pool.idle_count == 0
     # a chunked body within the limit passes
     resp = await exchange(
         proxy.listen_port,
@@ -234,9 +239,7 @@ async def test_413_for_a_chunked_body(
     )
     assert resp.status == 200
     assert seen[-1].body == b"y" * 400
-    # the upstream connection of the rejected request was not returned to the pool half-used
-    pool = next(iter(proxy.pools.pools.values()))
-    assert pool.open_count <= 1
+    assert len(seen) == 2
 
 
 async def test_431_for_headers_too_large(
@@ -342,7 +345,7 @@ async def test_idle_keep_alive_client_is_closed(
     start_proxy: StartProxy, aiohttp_server: AiohttpServer
 ) -> None:
     up = await aiohttp_server(recording_app([]))
-    proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), client_idle_timeout=0.3)
+    proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), client_idle_timeout=0.5)
     async with connect(proxy.listen_port) as (reader, writer):
         t0 = time.monotonic()
         writer.write(get())
@@ -353,7 +356,7 @@ async def test_idle_keep_alive_client_is_closed(
         assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
         t1 = time.monotonic()
         assert await read_eof(reader) == b""
-        assert 0.25 < time.monotonic() - t1 < 2.0
+        assert 0.35 < time.monotonic() - t1 < 2.0
         assert time.monotonic() - t0 > 0.4
     # a connection that never sends anything is closed too
     async with connect(proxy.listen_port) as (reader, _):
@@ -447,7 +450,7 @@ async def test_a_client_that_stops_reading_is_cut_off(
         while proxy.ctx.connections and time.monotonic() - t0 < 5:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         assert not proxy.ctx.connections
-        assert time.monotonic() - t0 > 0.3
+        assert time.monotonic() - t0 > 0.2  # the sweeper's clock may lag by one tick
     await asyncio.wait_for(ended.wait(), 5)  # and the upstream side was dropped too
 
 
@@ -464,7 +467,7 @@ async def test_idle_time_starts_when_the_response_ends(
         return resp
 
     up = await aiohttp_server(recording_app([], slow))
-    proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), client_idle_timeout=0.3)
+    proxy = await start_proxy(route(f"http://127.0.0.1:{up.port}"), client_idle_timeout=0.5)
     async with connect(proxy.listen_port) as (reader, writer):
         writer.write(get())
         assert (await asyncio.wait_for(read_response(reader), 5)).body == b"x" * 6
