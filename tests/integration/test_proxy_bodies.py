@@ -17,7 +17,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from tests.conftest import StartProxy
 from tests.helpers import route
-from tests.integration.test_proxy_support import (
+from tests.integration.proxy_support import (
     Seen,
     connect,
     exchange,

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from tests.helpers import route
-from tests.integration.test_proxy_support import free_port
+from tests.integration.proxy_support import free_port
 
 SIZE = 200 * 1024 * 1024
 BLOCK = 1024 * 1024

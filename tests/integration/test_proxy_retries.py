@@ -13,7 +13,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from splitproxy.server import Server
 from tests.conftest import StartProxy
 from tests.helpers import route
-from tests.integration.test_proxy_support import (
+from tests.integration.proxy_support import (
     Seen,
     connect,
     exchange,
