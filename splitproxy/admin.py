@@ -3,6 +3,14 @@
 Errors are ``{"error": {"code": ..., "message": ...}}``. When an admin token is set, every
 ``/api/`` call needs ``Authorization: Bearer <token>`` (compared in constant time); health
 checks and ``/metrics`` stay open so probes and scrapers need no secret.
+
+Rollouts: ``POST /api/v1/routes/{name}/{promote|rollback|pause|resume|retry}`` (optional body
+``{"reason": "..."}``) carries a manual command out at once and answers with the route view;
+a command the rollout's phase does not allow is a 409 ``command_refused`` saying why, a route
+without a ``rollout`` a 409 ``no_rollout``. ``PUT /api/v1/routes/{name}/weight`` is a 409
+``rollout_active`` while a rollout drives the route. ``GET /api/v1/events`` is the decision
+ledger (``?route=``, ``?since=<unix time>``, ``?limit=`` up to 1000, default 100; oldest
+first, so the newest is last).
 """
 
 from __future__ import annotations
@@ -18,10 +26,14 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from splitproxy import __version__
+from splitproxy.analyzer import Command
+from splitproxy.control import COMMANDS, Controller
 from splitproxy.errors import AdminError
 from splitproxy.metrics import Recorder
 from splitproxy.routing import BUCKETS, CompiledRoute
-from splitproxy.state import RuntimeState, Snapshot
+from splitproxy.state import RuntimeState, Snapshot, weight_source
+
+EVENTS_LIMIT = 1000  # the most events one GET /api/v1/events returns
 
 
 @dataclass
@@ -37,6 +49,7 @@ class AdminContext:
     last_error: Callable[[], str | None] = lambda: None
     # re-read the routing file now; returns (loaded, problems)
     reload: Callable[[], Awaitable[tuple[bool, list[str]]]] | None = None
+    control: Controller | None = None  # the rollout controller
 
 
 ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
@@ -92,10 +105,16 @@ def traffic_view(recorder: Recorder, route: CompiledRoute, now: float) -> dict[s
 
 
 def route_view(
-    snapshot: Snapshot, route: CompiledRoute, recorder: Recorder, now: float | None = None
+    snapshot: Snapshot,
+    route: CompiledRoute,
+    recorder: Recorder,
+    now: float | None = None,
+    control: Controller | None = None,
 ) -> dict[str, Any]:
-    """A route as status shows it: backends, the weight and who set it, and its live traffic
-    (``now``: Unix time, default the current time)."""
+    """A route as status shows it: backends, the weight and who set it (``rollout``,
+    ``runtime`` or ``file``), its live traffic (``now``: Unix time, default the current
+    time) and its rollout (phase, step, checks with their evidence, recent history; null for
+    a route without a ``rollout``)."""
     model = snapshot.config.route(route.name)
     assert model is not None
     override = snapshot.overrides.get(route.name)
@@ -124,11 +143,12 @@ def route_view(
                 "set_at": override.set_at,
                 "source": override.source,
             },
-            "source": "runtime" if override is not None else "file",
+            "source": weight_source(snapshot, route.name),
         },
         "sticky": model.sticky.model_dump(exclude_none=True) if model.sticky else None,
         "overrides": [o.model_dump(exclude_none=True) for o in model.overrides],
         "traffic": traffic_view(recorder, route, time.time() if now is None else now),
+        "rollout": control.route_status(route.name) if control is not None else None,
     }
 
 
@@ -168,7 +188,10 @@ async def status(request: web.Request) -> web.Response:
                 "last_reload_successful": ctx.recorder.reloads.last_successful,
                 "last_error": ctx.last_error(),
             },
-            "routes": [route_view(snapshot, r, ctx.recorder) for r in snapshot.routes],
+            "rollouts": ctx.control.summary() if ctx.control is not None else None,
+            "routes": [
+                route_view(snapshot, r, ctx.recorder, control=ctx.control) for r in snapshot.routes
+            ],
         }
     )
 
@@ -182,9 +205,15 @@ def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
     return snapshot, route
 
 
+def _view(ctx: AdminContext, snapshot: Snapshot, name: str) -> dict[str, Any]:
+    route = snapshot.route(name)
+    assert route is not None
+    return route_view(snapshot, route, ctx.recorder, control=ctx.control)
+
+
 async def get_route(request: web.Request) -> web.Response:
     snapshot, route = _route(request)
-    return web.json_response(route_view(snapshot, route, request.app[ADMIN].recorder))
+    return web.json_response(_view(request.app[ADMIN], snapshot, route.name))
 
 
 async def put_weight(request: web.Request) -> web.Response:
@@ -200,18 +229,71 @@ async def put_weight(request: web.Request) -> web.Response:
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise AdminError(400, "invalid_weight", 'the body must be {"weight": <0..100>}')
     snapshot = ctx.state.set_weight(route.name, float(weight), time.time())
-    new = snapshot.route(route.name)
-    assert new is not None
-    return web.json_response(route_view(snapshot, new, ctx.recorder))
+    return web.json_response(_view(ctx, snapshot, route.name))
 
 
 async def delete_weight(request: web.Request) -> web.Response:
     ctx = request.app[ADMIN]
     _, route = _route(request)
     snapshot = ctx.state.clear_weight(route.name)
-    new = snapshot.route(route.name)
-    assert new is not None
-    return web.json_response(route_view(snapshot, new, ctx.recorder))
+    return web.json_response(_view(ctx, snapshot, route.name))
+
+
+def command_handler(command: Command) -> Handler:
+    """``POST /api/v1/routes/{name}/<command>``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await post_command(request, command)
+
+    return handler
+
+
+async def post_command(request: web.Request, command: Command) -> web.Response:
+    """A manual rollout command: carried out at once, saved, answered with the route view."""
+    ctx = request.app[ADMIN]
+    _, route = _route(request)
+    reason = ""
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise AdminError(
+                400, "invalid_json", 'the body must be JSON, e.g. {"reason": "..."}'
+            ) from None
+        given = body.get("reason", "") if isinstance(body, dict) else None
+        if not isinstance(given, str) or len(given) > 500:
+            raise AdminError(400, "invalid_reason", '"reason" must be a string (500 characters)')
+        reason = given
+    if ctx.control is None:
+        raise AdminError(503, "not_ready", "the rollout controller is not running")
+    ctx.control.command(route.name, command, reason=reason)
+    await ctx.control.flush()  # durable before we say it happened
+    snapshot = _snapshot(ctx)
+    return web.json_response(_view(ctx, snapshot, route.name))
+
+
+def _number(request: web.Request, key: str) -> float | None:
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise AdminError(400, f"invalid_{key}", f"{key!r} must be a number") from None
+
+
+async def get_events(request: web.Request) -> web.Response:
+    """The decision ledger: every decision with its evidence, oldest first."""
+    ctx = request.app[ADMIN]
+    _snapshot(ctx)
+    route = request.query.get("route") or None
+    since = _number(request, "since")
+    limit = _number(request, "limit")
+    count = 100 if limit is None else int(limit)
+    if not 1 <= count <= EVENTS_LIMIT:
+        raise AdminError(400, "invalid_limit", f"'limit' must be between 1 and {EVENTS_LIMIT}")
+    events = ctx.control.events(route, since, count) if ctx.control is not None else []
+    return web.json_response({"events": events})
 
 
 async def post_reload(request: web.Request) -> web.Response:
@@ -239,5 +321,8 @@ def create_admin_app(ctx: AdminContext) -> web.Application:
     app.router.add_get("/api/v1/routes/{name}", get_route)
     app.router.add_put("/api/v1/routes/{name}/weight", put_weight)
     app.router.add_delete("/api/v1/routes/{name}/weight", delete_weight)
+    for command in COMMANDS:
+        app.router.add_post(f"/api/v1/routes/{{name}}/{command}", command_handler(command))
+    app.router.add_get("/api/v1/events", get_events)
     app.router.add_post("/api/v1/reload", post_reload)
     return app

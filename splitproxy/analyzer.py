@@ -69,14 +69,18 @@ which it draws the thresholds for the latency test before it folds in the new ti
 thresholds must be predictable), and the step's window for the absolute checks. Requests
 not routed at random (an override header, synthetic traffic the user wants judged) carry
 ``p=None``: they count for the absolute checks and the guard, never for the comparisons.
-Over ``stats.Window`` the whole adapter is `samples_from`, typed by a narrow protocol
-(`BucketLike`) that ``stats.Observation`` already satisfies::
+Over ``stats.Window`` the adapter is ``samples.samples_for``: per bucket and version, one
+sample per path class (``stats.PathClasses``; the windows' ``~other`` is this analyzer's
+overflow slot), one latency sample, and the synthetic requests with ``p=None`` when the
+rollout's ``traffic.judge`` says so::
 
-    samples = samples_from(window.observations(last, until=now))
+    samples = samples_for(window.observations(last, until=now), judge_synthetic=judge)
 
-(with a ``path_class`` once the windows are split by path class; until then, build the
-analyzer with ``path_class_slots=0`` so the error test does not reserve half of its weight
-for classes that never come).
+with the analyzer built with ``path_class_slots=samples.path_class_slots(windows)``.
+`samples_from` is the pooled variant (one class, or none), typed by a narrow protocol
+(`BucketLike`) that ``stats.Observation`` satisfies; with it, build the analyzer with
+``path_class_slots=0`` so the error test does not reserve half of its weight for classes that
+never come.
 
 *Evidence.* After every tick `Analyzer.checks` holds one `CheckResult` per check (value,
 bounds, sample size, verdict), and every decision is an `Event` carrying the results that

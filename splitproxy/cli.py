@@ -169,6 +169,25 @@ def cmd_weight(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """promote, rollback, pause, resume, retry: one manual command on a route's rollout."""
+    body = {"reason": args.reason} if args.reason else None
+    try:
+        status, payload = _call(args, "POST", f"/api/v1/routes/{args.route}/{args.command}", body)
+    except OSError as exc:
+        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        return _fail(payload, status)
+    rollout = payload.get("rollout") or {}
+    weight = payload["weight"]["effective"]
+    print(
+        f"{args.route}: {rollout.get('phase', '?')}, step {rollout.get('step', '?')}"
+        f"/{rollout.get('steps', '?')}, candidate weight {weight:g}%"
+    )
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     try:
         status, payload = _call(args, "POST", "/api/v1/reload")
@@ -251,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     weight.add_argument("route")
     weight.add_argument("percent", type=float)
     weight.set_defaults(func=cmd_weight)
+
+    verbs = {
+        "promote": "send all traffic to the candidate now (until the file names it stable)",
+        "rollback": "send all traffic to stable now (until a new revision or 'retry')",
+        "pause": "freeze a rollout at its current weight",
+        "resume": "continue a paused rollout, or pass the gate or pause step it waits at",
+        "retry": "start a rolled-back revision again from the first step",
+    }
+    for verb, help_ in verbs.items():
+        p = client(verb, help_)
+        p.add_argument("route")
+        p.add_argument("--reason", help="recorded with the decision in the ledger")
+        p.set_defaults(func=cmd_rollout)
 
     reload = client("reload", "re-read the routing file of a running proxy now")
     reload.set_defaults(func=cmd_reload)

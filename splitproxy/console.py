@@ -14,7 +14,7 @@ def status_table(status: dict[str, Any]) -> Table:
     table = Table(
         title=f"splitproxy {status.get('version', '')} · config {config.get('revision', '?')}"
     )
-    for column in ("route", "stable", "candidate", "weight", "set by"):
+    for column in ("route", "stable", "candidate", "weight", "set by", "rollout"):
         table.add_column(column)
     for route in status.get("routes", []):
         stable = route["stable"]
@@ -26,8 +26,26 @@ def status_table(status: dict[str, Any]) -> Table:
             _backend(cand) if cand else "-",
             f"{weight['effective']:g}%" if cand else "-",
             weight["source"],
+            rollout_cell(route.get("rollout")),
         )
+    rollouts = status.get("rollouts")
+    if rollouts and not rollouts.get("persistent"):
+        table.caption = "rollout state is in memory only (no --state-dir)"
     return table
+
+
+def rollout_cell(rollout: dict[str, Any] | None) -> str:
+    """The phase, then ``step 2/4``, then what it waits for or why it is paused."""
+    if not rollout:
+        return "-"
+    phase = rollout["phase"]
+    if phase == "idle":
+        return "idle"
+    lines = [phase, f"step {rollout['step']}/{rollout['steps']}"]
+    why = rollout.get("waiting_for") or rollout.get("paused_reason")
+    if why:
+        lines.append(str(why))
+    return "\n".join(lines)
 
 
 def _backend(b: dict[str, Any]) -> str:

@@ -36,11 +36,16 @@ class HookResult:
 
 
 def slack_text(event: Mapping[str, Any]) -> dict[str, str]:
-    """A Slack-compatible body (``{"text": ...}``) for a rollout event."""
+    """A Slack-compatible body (``{"text": ...}``) for a rollout event: the route (and the
+    candidate's revision when known), what happened, the candidate's weight (``weight_after``,
+    the weight once the decision is applied, when given) and the message."""
     route = event.get("route", "?")
+    revision = event.get("revision")
+    if revision:
+        route = f"{route} {revision}"
     kind = event.get("type", "event")
     detail = event.get("message") or ""
-    weight = event.get("weight")
+    weight = event.get("weight_after", event.get("weight"))
     tail = f" (candidate at {weight:g}%)" if isinstance(weight, int | float) else ""
     return {"text": f"splitproxy · {route}: {kind}{tail}. {detail}".strip()}
 

@@ -518,6 +518,131 @@ def _guard_shorthand(value: Any) -> Any:
     return value
 
 
+HookOn = Literal["pre-rollout", "step", "confirm-promotion", "post-rollout", "rollback", "event"]
+# Hooks that hold the rollout until they answer 2xx; the others are notifications.
+GATING_HOOKS: tuple[HookOn, ...] = ("pre-rollout", "step", "confirm-promotion")
+
+
+class Hook(_Named):
+    """A webhook of the rollout: ``{on: confirm-promotion, url: http://ci/approve}``.
+
+    Gating hooks (``pre-rollout`` before the first step, ``step`` before each weight increase,
+    ``confirm-promotion`` before promotion) hold the rollout until they answer 2xx; the
+    others (``post-rollout`` when a rollout ends either way, ``rollback``, and ``event`` for
+    every decision) are notifications. Each call is a POST of JSON, or with ``format: slack``
+    of a Slack-compatible ``{"text": ...}``, bounded by ``timeout`` and retried ``retries``
+    times.
+    """
+
+    on: HookOn
+    url: ExternalURL
+    timeout: Duration = 10.0
+    retries: int = Field(default=2, ge=0, le=10, strict=True)
+    format: Literal["json", "slack"] = "json"
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads a bare `on` key as the boolean true (GitHub Actions' old trap)
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = dict(data)
+            data["on"] = data.pop(True)
+        return data
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for header in v:
+            if not HEADER_NAME.fullmatch(header):
+                raise _sub_path_error(f".{header}", "must be a header field name")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be a duration > 0")
+        return v
+
+    @property
+    def gating(self) -> bool:
+        return self.on in GATING_HOOKS
+
+
+# --- synthetic traffic (traffic.py sends it, synthetic.py marks it) --------------------------
+
+MAX_TRAFFIC_RATE = 1000.0  # requests per second
+_TRAFFIC_PATH = re.compile(r"/[\x21-\x22\x24-\x7e]{0,2047}")  # visible ASCII, no '#'
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
+# set by the proxy or the HTTP client, never by the routing file
+_TRAFFIC_RESERVED = frozenset(
+    {
+        "x-splitproxy-synthetic",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+
+
+class Traffic(Frozen):
+    """Synthetic traffic the proxy sends to the route while its rollout is analysed:
+    ``{rate: 5, paths: [/], headers: {...}, method: GET, judge: false, target: candidate}``.
+
+    ``rate`` requests per second (open loop, at most ``concurrency`` in flight, each bounded by
+    ``timeout``), to ``paths`` in turn, through the proxy's own listener, marked so that the
+    proxy sends them to ``target`` and counts them apart. ``judge: true`` lets them count for
+    the absolute checks, the guard and ``min_requests`` (never for the comparisons with
+    stable, which need randomly routed requests); by default they only exercise the candidate.
+    """
+
+    rate: float = Field(gt=0.0, le=MAX_TRAFFIC_RATE, strict=True)
+    paths: tuple[str, ...] = Field(default=("/",), min_length=1, max_length=100)
+    method: Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"] = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = Field(default=None, max_length=65536)
+    judge: bool = Field(default=False, strict=True)
+    target: Literal["candidate", "stable"] = "candidate"
+    concurrency: int = Field(default=16, ge=1, le=256, strict=True)
+    timeout: Duration = 10.0
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, path in enumerate(v):
+            if not _TRAFFIC_PATH.fullmatch(path):
+                raise _sub_path_error(
+                    f"[{i}]", "must be a path starting with '/' (visible ASCII, no '#')"
+                )
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for header, value in v.items():
+            if not HEADER_NAME.fullmatch(header):
+                raise _sub_path_error(f".{header}", "must be a header field name")
+            if header.lower() in _TRAFFIC_RESERVED:
+                raise _sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
+            if not _HEADER_VALUE.fullmatch(value):
+                raise _sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0 < v <= 300:
+            raise ValueError("must be a duration > 0 and <= 5m")
+        return v
+
+
 class Rollout(Frozen):
     """How a route's candidate is rolled out: the steps, their minimum time and sample size,
     the checks, and the failure policy."""
@@ -534,6 +659,8 @@ class Rollout(Frozen):
     checks: tuple[Check, ...] = ()
     alpha: float = Field(default=0.01, gt=0.0, le=0.2, strict=True)
     guard: Annotated[Guard | None, BeforeValidator(_guard_shorthand)] = Guard()
+    hooks: tuple[Hook, ...] = ()
+    traffic: Traffic | None = None  # synthetic traffic while the rollout analyses
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -589,6 +716,11 @@ class Rollout(Frozen):
             if self.step_weight > self.max_weight:
                 raise ValueError("'step_weight' must not be above 'max_weight'")
         return self
+
+    @property
+    def gates(self) -> frozenset[HookOn]:
+        """The gating hooks configured (what the analyzer waits for)."""
+        return frozenset(h.on for h in self.hooks if h.gating)
 
     @property
     def plan(self) -> tuple[Step, ...]:
@@ -802,6 +934,7 @@ __all__ = [
     "Check",
     "CompareCheck",
     "Guard",
+    "Hook",
     "Match",
     "MetricCheck",
     "Override",
@@ -811,6 +944,7 @@ __all__ = [
     "RoutingConfig",
     "Step",
     "Sticky",
+    "Traffic",
     "WebCheck",
     "parse_duration",
     "parse_routing",

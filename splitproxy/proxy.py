@@ -23,6 +23,11 @@ first byte to the end of its headers (408); ``body_timeout`` between request bod
 for a client that stops taking the response; ``read_timeout`` while waiting on the upstream
 (504 before the response, a cut connection after); ``client_idle_timeout`` between requests.
 Only WebSocket upgrades are relayed; other upgrades (h2c) are served as plain requests.
+
+Synthetic requests (the proxy's own, from ``traffic.py``) carry ``X-Splitproxy-Synthetic`` with
+a per-process marker (``synthetic.py``): the header is always consumed; a valid marker sends the
+request to the route and version it names (reason ``synthetic``, ``Exchange.synthetic``), and
+the upstream gets ``X-Splitproxy-Synthetic: 1`` in its place. Any other value is ignored.
 """
 
 from __future__ import annotations
@@ -55,17 +60,22 @@ from splitproxy.routing import (
     BackendPlan,
     CompiledRoute,
     Decision,
+    Version,
     choose,
     find_route,
     retry_decision,
+    synthetic_decision,
 )
 from splitproxy.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
+from splitproxy.synthetic import HEADER_LOWER as SYNTHETIC
+from splitproxy.synthetic import PROCESS_TOKEN, TARGETS, UPSTREAM_LINE, marker
 from splitproxy.upstream import PoolExhausted, PoolRegistry, UpstreamConnection, UpstreamPool
 
 logger = logging.getLogger("splitproxy.proxy")
 
 # Request headers the proxy consumes or replaces rather than forwards as they came.
 _CONSUMED: Final = HOP_BY_HOP | {
+    SYNTHETIC,
     b"expect",
     b"x-request-id",
     b"x-forwarded-for",
@@ -149,6 +159,7 @@ class ProxyContext:
         trusted_proxies: tuple[str, ...] = (),
         via: str = "1.1 splitproxy",
         rng: Callable[[int], int] | None = None,
+        synthetic_token: str = PROCESS_TOKEN,
     ) -> None:
         self.state = state
         self.pools = pools
@@ -168,6 +179,9 @@ class ProxyContext:
         self.connections: set[ClientConnection] = set()
         self.draining = False
         self.wanted_headers: frozenset[bytes] = BASE_WANTED_HEADERS
+        self.synthetic_token = synthetic_token
+        # marker -> (route, target) of the current snapshot: see synthetic.py
+        self.synthetic_markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         self._rr: dict[tuple[object, ...], int] = {}
         self.in_flight = 0
         state.subscribe(self._on_snapshot)
@@ -176,9 +190,14 @@ class ProxyContext:
 
     def _on_snapshot(self, old: Snapshot | None, new: Snapshot) -> None:
         wanted = set(BASE_WANTED_HEADERS)
+        markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         for route in new.routes:
             wanted |= route.wanted_headers
+            for target in TARGETS:
+                value = marker(route.name, target, self.synthetic_token).encode("latin-1")
+                markers[value] = (route, target)
         self.wanted_headers = frozenset(wanted)
+        self.synthetic_markers = markers
 
     def pick_pool(self, plan: BackendPlan) -> tuple[UpstreamPool, str]:
         """The pool for the next request to ``plan``: round-robin over its URLs."""
@@ -261,6 +280,7 @@ class Exchange:
         "snapshot",
         "started",
         "status",
+        "synthetic",
         "target",
         "ttfb",
         "tunnel",
@@ -318,6 +338,7 @@ class Exchange:
         self.error_kind = ""
         self.finished = False
         self.tunnel = False
+        self.synthetic = False  # the proxy's own request (traffic.py), counted apart
         self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
 
     # -- request side --------------------------------------------------------------------------
@@ -353,6 +374,13 @@ class Exchange:
         path = (target if q < 0 else target[:q]).decode("latin-1")
         self.path = path
         route = find_route(snapshot.routes, host, path if path != "*" else "/")
+        mark = wanted.get(SYNTHETIC)
+        forced: Version | None = None
+        if mark is not None:
+            hit = ctx.synthetic_markers.get(mark)
+            if hit is not None:
+                route, forced = hit
+                self.synthetic = True
         if route is None:
             self.local(404, "no_route", f"no route matches host {host!r} and path {path!r}")
             return
@@ -363,7 +391,11 @@ class Exchange:
                 413, "body_too_large", f"request body is larger than {limit} bytes", close=True
             )
             return
-        decision = self.decision = choose(route, wanted, ctx.getrandbits(64))
+        decision = self.decision = (
+            choose(route, wanted, ctx.getrandbits(64))
+            if forced is None
+            else synthetic_decision(route, forced)
+        )
         version = self.version = decision.version
         plan = route.candidate if version == CANDIDATE else route.stable
         assert plan is not None
@@ -426,6 +458,8 @@ class Exchange:
         if fhost:
             parts += (b"X-Forwarded-Host: ", fhost, b"\r\n")
         parts += (ctx.via_line, b"X-Request-ID: ", self.request_id, b"\r\n")
+        if self.synthetic:
+            parts.append(UPSTREAM_LINE)
         if self.body_kind == CHUNKED:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if self.upgrade is not None:

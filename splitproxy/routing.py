@@ -19,6 +19,10 @@ compiled regexes, the weight in basis points). Per request, `choose` walks the d
    for the proxy to set as a cookie), so the client's next requests follow the same bucket.
 
 Randomness is injected: the caller passes ``draw``, a uniformly random 64-bit integer.
+
+The proxy's own synthetic requests (``traffic.py``) skip all of this: they carry a marker the
+data path recognises, and `synthetic_decision` sends them where the rollout's ``traffic``
+section says, reason ``synthetic``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ Version = Literal["stable", "candidate"]
 STABLE: Final = "stable"
 CANDIDATE: Final = "candidate"
 
-Reason = Literal["override", "sticky", "weight", "fallback", "retry"]
+Reason = Literal["override", "sticky", "weight", "fallback", "retry", "synthetic"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,7 @@ _FALLBACK = Decision(STABLE, "fallback")
 _DECISIONS: Final[dict[tuple[str, str], Decision]] = {
     (v, r): Decision(v, r)
     for v in (STABLE, CANDIDATE)
-    for r in ("override", "sticky", "weight", "fallback", "retry")
+    for r in ("override", "sticky", "weight", "fallback", "retry", "synthetic")
 }
 
 
@@ -265,6 +269,14 @@ def choose(route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int) -> D
     if weight >= BUCKETS:
         return _DECISIONS[CANDIDATE, "weight"]
     return _DECISIONS[CANDIDATE if draw % BUCKETS < weight else STABLE, "weight"]
+
+
+def synthetic_decision(route: CompiledRoute, target: Version) -> Decision:
+    """Where a synthetic request goes: its ``target``, or stable when the route has no
+    candidate to send it to (none, or marked down)."""
+    if target == CANDIDATE and (route.candidate is None or not route.candidate_available):
+        target = STABLE
+    return _DECISIONS[target, "synthetic"]
 
 
 def retry_decision() -> Decision:

@@ -259,7 +259,9 @@ class PathClassTests:
     """Pooled plus per-path-class attribution tests, averaged into one e-process.
 
     ``slots`` classes get a test each in order of first appearance; any later class shares
-    one overflow slot. Unused slots count as 1 in the average, so the weights never change.
+    one overflow slot, named `OVERFLOW_CLASS`. A class given by that name (the live windows'
+    own overflow, ``stats.OTHER_CLASS``) goes straight to the overflow slot and never takes
+    a regular one. Unused slots count as 1 in the average, so the weights never change.
     With ``slots=0`` this is just the pooled test.
     """
 
@@ -273,11 +275,12 @@ class PathClassTests:
 
     def _slot(self, path_class: str) -> AttributionTest:
         name = path_class
-        if name not in self._classes and len(self._classes) >= self.slots:
+        classes = self._classes
+        if name not in classes and len(classes) - (OVERFLOW_CLASS in classes) >= self.slots:
             name = OVERFLOW_CLASS
-        test = self._classes.get(name)
+        test = classes.get(name)
         if test is None:
-            test = self._classes[name] = AttributionTest(self.grid)
+            test = classes[name] = AttributionTest(self.grid)
         return test
 
     def update(self, p: float, candidate: int, stable: int, path_class: str | None = None) -> None:

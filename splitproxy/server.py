@@ -1,8 +1,10 @@
 """The composition root: reads the settings, builds every part, runs and drains them.
 
 Lifecycle, in order:
-start:    load the routing file (an invalid one stops start-up with its errors), open the
-          admin listener, then the proxy listener, then the sweeper (timeouts, idle pools).
+start:    load the routing file (an invalid one stops start-up with its errors), start the
+          rollout controller (it resumes saved rollouts from ``state_dir`` and applies their
+          weights), open the admin listener, then the proxy listener, then the sweeper
+          (timeouts, idle pools).
 reload:   a watch of the routing file's directory, a stat-and-hash poll, SIGHUP and
           POST /api/v1/reload all ask `reload.Reloader` for a reload; its one worker reads,
           validates and swaps, and a bad file keeps the last good config serving. Pools of
@@ -11,7 +13,8 @@ SIGTERM:  1. /readyz answers 503 (``drain_delay`` while the listener still accep
           2. the listener closes; idle keep-alive connections close, busy ones after their
              response; 3. wait for in-flight exchanges, at most ``drain_timeout``;
           4. cut what is left, close the pools and the admin listener; exit 0.
-          (The reloader stops first: no config changes while draining.)
+          (The reloader and the rollout controller stop first: no config or weight changes
+          while draining; the controller saves every rollout's state as it stops.)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from aiohttp import web
 
 from splitproxy.admin import AdminContext, create_admin_app
+from splitproxy.control import Controller, ControlOptions
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import Recorder
@@ -41,6 +45,7 @@ from splitproxy.reload import (
 )
 from splitproxy.settings import Settings
 from splitproxy.state import RuntimeState, content_hash
+from splitproxy.store import StateStore
 from splitproxy.upstream import PoolRegistry
 
 logger = logging.getLogger("splitproxy.server")
@@ -57,8 +62,10 @@ class Server:
         routing_text: str | None = None,
         *,
         reload_options: ReloadOptions | None = None,
+        control_options: ControlOptions | None = None,
     ) -> None:
         self.settings = settings
+        self.control_options = control_options or ControlOptions()
         self._routing_text = routing_text  # an embedded config (the demo) instead of a file
         self.state = RuntimeState()
         self.recorder = Recorder(self.state)
@@ -79,6 +86,7 @@ class Server:
         self.janitor = PoolJanitor(self.pools, self.state, grace)
         self.state.subscribe(self.janitor.on_swap)
         self.reloader: Reloader | None = None
+        self.control: Controller | None = None
         self.draining = False
         self._proxy_server: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
@@ -126,6 +134,7 @@ class Server:
                 s.config, self.state, self.recorder.config_reloaded, self.reload_options
             )
             self.reloader.start()
+        self.control = await self._start_control()
         loop = asyncio.get_running_loop()
         self.clock.now = time.monotonic()
         access_log = AccessLog(s.log_format, None) if s.access_log else None
@@ -155,6 +164,7 @@ class Server:
             draining=lambda: self.draining,
             last_error=lambda: self.last_error,
             reload=self.reloader.admin_reload if self.reloader is not None else None,
+            control=self.control,
         )
         runner = self._admin_runner = web.AppRunner(
             create_admin_app(admin_ctx), access_log=None, handle_signals=False
@@ -175,6 +185,21 @@ class Server:
             host, self.listen_port, admin_host, self.admin_port,
             self.state.snapshot.revision if self.state.snapshot else "?",
         )  # fmt: skip
+
+    async def _start_control(self) -> Controller:
+        store: StateStore | None = None
+        if self.settings.state_dir is not None:
+            try:
+                store = StateStore(self.settings.state_dir)
+            except OSError as exc:
+                problem = Problem("state_dir", f"cannot use {self.settings.state_dir}: {exc}")
+                raise ConfigError([problem]) from None
+        else:
+            logger.info("no state_dir: rollout state is kept in memory only")
+        control = Controller(self.state, self.recorder, store=store, options=self.control_options)
+        self.recorder.rollouts = control
+        await control.start()
+        return control
 
     def _tick(self) -> float:
         s = self.settings
@@ -214,6 +239,8 @@ class Server:
         self.draining = True
         if self.reloader is not None:
             await self.reloader.stop()
+        if self.control is not None:
+            await self.control.stop()
         ctx = self.ctx
         if s.drain_delay > 0:
             await asyncio.sleep(s.drain_delay)

@@ -4,9 +4,20 @@ A `Snapshot` is immutable. Each change (a new routing file, a weight set through
 API) builds a new one and swaps a single reference, so a request that started on one
 snapshot finishes on it, and no request ever sees half a change.
 
-Precedence of weights: the routing file is the desired state; a weight set at runtime (admin
-API or CLI) wins over the file's ``weight`` until the file changes that route, at which point
-the file wins again and the override is dropped. Both values and the winner show in status.
+Precedence of weights, highest first:
+
+1. ``rollout``: while a rollout drives a route (``control.py`` applies its analyzer's weight),
+   its weight wins. It belongs to one candidate (its revision, or a digest of its URLs): when
+   a reload names another candidate, all traffic goes to stable (weight 0) until the analyzer
+   restarts the rollout on its next tick; when the route loses its candidate or its
+   ``rollout:`` section, the rollout weight is dropped. A runtime weight (below) cannot be set
+   while a rollout weight is in force: that is a 409 pointing to pause, promote and rollback.
+2. ``runtime``: a weight set through the admin API or the CLI wins over the file's ``weight``
+   until the file changes that route, at which point the file wins again and the override is
+   dropped.
+3. ``file``: the routing file is the desired state.
+
+Every value and the winner show in status.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from splitproxy.errors import AdminError
-from splitproxy.model import RoutingConfig
+from splitproxy.model import Route, RoutingConfig
 from splitproxy.routing import CompiledRoute
 
 logger = logging.getLogger("splitproxy.state")
@@ -51,6 +62,15 @@ class WeightOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class RolloutWeight:
+    """The candidate weight a rollout set, for the candidate it was set for."""
+
+    percent: float
+    set_at: float  # wall-clock seconds
+    candidate: str  # `candidate_identity` of the candidate it applies to
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One consistent view of the routing config plus runtime overrides."""
 
@@ -59,6 +79,9 @@ class Snapshot:
     content_hash: str
     loaded_at: float
     overrides: Mapping[str, WeightOverride] = field(default_factory=lambda: MappingProxyType({}))
+    rollout_weights: Mapping[str, RolloutWeight] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def revision(self) -> str:
@@ -72,6 +95,27 @@ class Snapshot:
             if route.name == name:
                 return route
         return None
+
+
+def weight_source(snapshot: Snapshot, name: str) -> str:
+    """Who sets the route's weight now: ``rollout``, ``runtime`` or ``file``."""
+    if name in snapshot.rollout_weights:
+        return "rollout"
+    if name in snapshot.overrides:
+        return "runtime"
+    return "file"
+
+
+def candidate_identity(route: Route) -> str | None:
+    """What identifies the route's candidate for a rollout: its revision, or (without one) a
+    digest of its URLs; None without a candidate. A new identity is a new rollout."""
+    candidate = route.candidate
+    if candidate is None:
+        return None
+    if candidate.revision is not None:
+        return candidate.revision
+    digest = hashlib.sha256("\n".join(candidate.urls).encode()).hexdigest()[:12]
+    return f"urls:{digest}"
 
 
 def content_hash(text: str | bytes) -> str:
@@ -90,15 +134,28 @@ def upstream_keys(snapshot: Snapshot) -> set[tuple[str, int]]:
 
 
 def compile_snapshot(
-    config: RoutingConfig, digest: str, loaded_at: float, overrides: Mapping[str, WeightOverride]
+    config: RoutingConfig,
+    digest: str,
+    loaded_at: float,
+    overrides: Mapping[str, WeightOverride],
+    rollout_weights: Mapping[str, RolloutWeight] | None = None,
 ) -> Snapshot:
-    """Build the immutable snapshot for ``config`` with runtime weight ``overrides`` applied."""
+    """Build the immutable snapshot for ``config`` with the rollout weights and the runtime
+    weight ``overrides`` applied (a rollout's weight wins)."""
+    driven = dict(rollout_weights or {})
     routes = []
     for route in config.routes:
-        override = overrides.get(route.name)
-        weight_bp = round(override.percent * 100) if override else None
+        chosen = driven.get(route.name) or overrides.get(route.name)
+        weight_bp = round(chosen.percent * 100) if chosen else None
         routes.append(CompiledRoute.from_model(route, weight_bp))
-    return Snapshot(config, tuple(routes), digest, loaded_at, MappingProxyType(dict(overrides)))
+    return Snapshot(
+        config,
+        tuple(routes),
+        digest,
+        loaded_at,
+        MappingProxyType(dict(overrides)),
+        MappingProxyType(driven),
+    )
 
 
 Listener = Callable[[Snapshot | None, Snapshot], None]
@@ -129,38 +186,86 @@ class RuntimeState:
         return new
 
     def load(self, config: RoutingConfig, digest: str, now: float) -> Snapshot:
-        """Install a new routing file. Runtime overrides survive only for unchanged routes."""
+        """Install a new routing file. Runtime overrides survive only for unchanged routes;
+        rollout weights follow the rules in the module docstring."""
         old = self._snapshot
         kept: dict[str, WeightOverride] = {}
+        driven: dict[str, RolloutWeight] = {}
         if old is not None:
             for name, override in old.overrides.items():
                 before, after = old.config.route(name), config.route(name)
                 if before is not None and after is not None and before == after and after.candidate:
                     kept[name] = override
-        return self._swap(compile_snapshot(config, digest, now, kept))
+            for name, weight in old.rollout_weights.items():
+                route = config.route(name)
+                identity = candidate_identity(route) if route is not None else None
+                if route is None or route.rollout is None or identity is None:
+                    continue  # no rollout drives it any more: the file's weight applies
+                if identity != weight.candidate:  # a new candidate: all on stable until it starts
+                    weight = RolloutWeight(0.0, now, identity)
+                driven[name] = weight
+        return self._swap(compile_snapshot(config, digest, now, kept, driven))
 
     def set_weight(self, name: str, percent: float, now: float, source: str = "admin") -> Snapshot:
-        """Override a route's candidate weight at runtime."""
+        """Override a route's candidate weight at runtime (refused while a rollout drives it)."""
         current = self._require(name)
         route = current.config.route(name)
         assert route is not None
         if route.candidate is None:
             raise AdminError(409, "no_candidate", f"route {name!r} has no candidate")
+        if name in current.rollout_weights:
+            raise AdminError(
+                409,
+                "rollout_active",
+                f"a rollout drives the weight of route {name!r}; use pause, resume, promote, "
+                "rollback or retry, or remove 'rollout' from the routing file",
+            )
         if not 0.0 <= percent <= 100.0:
             raise AdminError(400, "invalid_weight", "weight must be between 0 and 100")
         overrides = dict(current.overrides)
         overrides[name] = WeightOverride(round(percent, 2), now, source)
-        return self._swap(
-            compile_snapshot(current.config, current.content_hash, current.loaded_at, overrides)
-        )
+        return self._swap(self._recompile(current, overrides=overrides))
 
     def clear_weight(self, name: str) -> Snapshot:
-        """Drop a runtime override: the file's weight applies again."""
+        """Drop a runtime override: the file's weight applies again (unless a rollout's does)."""
         current = self._require(name)
         overrides = dict(current.overrides)
         overrides.pop(name, None)
-        return self._swap(
-            compile_snapshot(current.config, current.content_hash, current.loaded_at, overrides)
+        return self._swap(self._recompile(current, overrides=overrides))
+
+    def set_rollout_weight(self, name: str, percent: float, now: float, candidate: str) -> Snapshot:
+        """A rollout drives the route: its weight wins (a runtime override is dropped)."""
+        current = self._require(name)
+        if not 0.0 <= percent <= 100.0:
+            raise ValueError(f"a rollout weight of {percent} is not between 0 and 100")
+        driven = dict(current.rollout_weights)
+        driven[name] = RolloutWeight(round(percent, 2), now, candidate)
+        overrides = dict(current.overrides)
+        overrides.pop(name, None)
+        return self._swap(self._recompile(current, overrides=overrides, rollout_weights=driven))
+
+    def clear_rollout_weight(self, name: str) -> Snapshot | None:
+        """The rollout hands the route back to the file; None when it had no rollout weight."""
+        current = self._snapshot
+        if current is None or name not in current.rollout_weights:
+            return None
+        driven = dict(current.rollout_weights)
+        del driven[name]
+        return self._swap(self._recompile(current, rollout_weights=driven))
+
+    @staticmethod
+    def _recompile(
+        current: Snapshot,
+        *,
+        overrides: Mapping[str, WeightOverride] | None = None,
+        rollout_weights: Mapping[str, RolloutWeight] | None = None,
+    ) -> Snapshot:
+        return compile_snapshot(
+            current.config,
+            current.content_hash,
+            current.loaded_at,
+            current.overrides if overrides is None else overrides,
+            current.rollout_weights if rollout_weights is None else rollout_weights,
         )
 
     def _require(self, name: str) -> Snapshot:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +21,9 @@ class WebReading:
 
 
 def json_field(data: Any, path: str) -> Any:
-    """``a.b.0.c`` into nested JSON (list indexes as numbers)."""
+    """``a.b.0.c`` (or ``a.b[0].c``) into nested JSON (list indexes as numbers)."""
     node = data
-    for part in path.split("."):
+    for part in re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".").split("."):
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
@@ -32,11 +34,25 @@ def json_field(data: Any, path: str) -> Any:
 
 
 async def read_web(
-    session: aiohttp.ClientSession, url: str, *, field: str | None = None, timeout: float = 10.0
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    field: str | None = None,
+    timeout: float = 10.0,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+    body: str | None = None,
 ) -> WebReading:
-    """Fetch ``url``; with ``field``, the number at that JSON path is the reading."""
+    """Fetch ``url`` (GET, or ``method`` with ``headers`` and ``body``); with ``field``, the
+    number at that JSON path is the reading."""
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with session.request(
+            method,
+            url,
+            headers=dict(headers or {}),
+            data=body.encode() if body is not None else None,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
             if field is None:
                 await resp.read()
                 return WebReading(resp.status, None)

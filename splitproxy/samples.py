@@ -1,0 +1,66 @@
+"""From the live windows to the analyzer's input: `stats.Observation` -> `analyzer.Sample` (pure).
+
+``control.py`` ticks each route's analyzer with the buckets closed since the previous tick::
+
+    analyzer = Analyzer(route, spec, path_class_slots=path_class_slots(recorder.windows), ...)
+    ...
+    judge = spec.traffic is not None and spec.traffic.judge
+    samples = samples_for(recorder.observations(route, last, until=now), judge_synthetic=judge)
+
+What one bucket becomes, per version (a sample only where there is something to say):
+
+- one sample per path class with traffic: its requests and errors, the bucket's candidate
+  probability ``p``, ``path_class`` set, no latency. Together they add up to the version's
+  counts, so the analyzer's pooled error test sees every request exactly once and its
+  per-class tests see each in its class (`stats.OTHER_CLASS` is the analyzer's overflow slot);
+- one latency sample: the version's whole histogram (the sketch is kept per version, not per
+  class) with zero requests and errors, ``path_class`` None, the same ``p``;
+- requests that no class holds (an `Observation` built without classes) as one sample with
+  ``path_class`` None, so the pooled counts stay exact;
+- with ``judge_synthetic``, the synthetic requests as one sample with ``p=None``: they count
+  for the absolute checks, the guard and the step's ``min_requests``, never for the comparisons
+  with stable (they were not routed at random). Without it they are left out entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from splitproxy.analyzer import Sample, Version
+from splitproxy.stats import CANDIDATE, STABLE, Observation, Windows
+
+_VERSIONS: tuple[tuple[int, Version], ...] = ((STABLE, "stable"), (CANDIDATE, "candidate"))
+
+
+def samples_for(
+    observations: Iterable[Observation], *, judge_synthetic: bool = False
+) -> list[Sample]:
+    """The analyzer's samples for a sequence of buckets (see the module docstring)."""
+    out: list[Sample] = []
+    for obs in observations:
+        p = obs.probability
+        for index, version in _VERSIONS:
+            counts = obs.candidate if index == CANDIDATE else obs.stable
+            requests, errors = counts.requests, counts.errors
+            for cls in obs.path_classes:
+                n, x = cls.counts(index)
+                if n or x:
+                    out.append(Sample(version, n, x, p, cls.name))
+                    requests -= n
+                    errors -= x
+            if requests or errors:
+                out.append(Sample(version, requests, errors, p, None))
+            if counts.latency.count:
+                out.append(Sample(version, 0, 0, p, None, counts.latency.histogram()))
+            if judge_synthetic:
+                syn = obs.synthetic_candidate if index == CANDIDATE else obs.synthetic_stable
+                if syn.requests or syn.errors:
+                    hist = syn.latency.histogram()
+                    out.append(Sample(version, syn.requests, syn.errors, None, None, hist))
+    return out
+
+
+def path_class_slots(windows: Windows) -> int:
+    """The ``path_class_slots`` to build the analyzer with: the windows' named classes per
+    route (their overflow, `stats.OTHER_CLASS`, is the analyzer's own overflow slot)."""
+    return windows.path_classes

@@ -1,0 +1,35 @@
+"""The synthetic-traffic marker: how the proxy knows a request is its own (pure).
+
+``traffic.py`` sends each synthetic request through the proxy's own listener with the header
+``X-Splitproxy-Synthetic: <marker>``, where the marker names the route, the version to serve it
+and a random token made once per process (`PROCESS_TOKEN`)::
+
+    X-Splitproxy-Synthetic: 5f0c...e1 shop candidate
+
+The data path consumes this header on every request. When its value is exactly a marker of the
+current routing snapshot, the request is synthetic: it goes to that route and version (reason
+``synthetic``), is counted apart, and reaches the upstream with ``X-Splitproxy-Synthetic: 1``
+instead, so an application can tell synthetic requests from users'. Any other value is
+dropped and the request is an ordinary one. The token never leaves the process (it is not
+forwarded, logged or shown), so a client outside cannot force a version with the header, and
+an upstream can trust ``X-Splitproxy-Synthetic: 1``: only the proxy sets it.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Final, Literal
+
+HEADER: Final = "X-Splitproxy-Synthetic"
+HEADER_LOWER: Final = b"x-splitproxy-synthetic"
+UPSTREAM_LINE: Final = b"X-Splitproxy-Synthetic: 1\r\n"  # what the upstream sees
+PROCESS_TOKEN: Final = secrets.token_hex(16)  # 128 random bits, new at every start
+
+Target = Literal["stable", "candidate"]
+TARGETS: Final[tuple[Target, ...]] = ("stable", "candidate")
+
+
+def marker(route: str, target: Target, token: str = PROCESS_TOKEN) -> str:
+    """The header value that sends a synthetic request to ``route``'s ``target``. Route names
+    are ``[A-Za-z0-9_.-]`` (the model checks them), so the value is a valid header value."""
+    return f"{token} {route} {target}"
