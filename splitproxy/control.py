@@ -78,15 +78,16 @@ from splitproxy.analyzer import (
     ManualCommand,
     Observation,
     SetWeight,
-    samples_from,
 )
 from splitproxy.errors import AdminError
 from splitproxy.hooks import HookClient, HookResult, slack_text
 from splitproxy.metrics import Recorder
-from splitproxy.model import Hook, PrometheusCheck, Rollout, RoutingConfig, WebCheck
+from splitproxy.model import Hook, PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.samples import path_class_slots, samples_for
 from splitproxy.sources import SourceError, query_prometheus, read_web
 from splitproxy.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.store import StateStore
+from splitproxy.traffic import SyntheticTraffics, route_host
 
 logger = logging.getLogger("splitproxy.control")
 
@@ -128,8 +129,20 @@ class ControlOptions:
 
 
 def analyzer_spec(rollout: Rollout) -> Rollout:
-    """The spec the analyzer sees: without hooks, so editing a hook restarts nothing."""
-    return rollout.model_copy(update={"hooks": ()}) if rollout.hooks else rollout
+    """The spec the analyzer sees: without hooks, and without synthetic traffic the verdicts
+    ignore, so editing either restarts nothing (neither changes the evidence)."""
+    update: dict[str, Any] = {}
+    if rollout.hooks:
+        update["hooks"] = ()
+    if rollout.traffic is not None and not rollout.traffic.judge:
+        update["traffic"] = None
+    return rollout.model_copy(update=update) if update else rollout
+
+
+def judges_synthetic(route: Route | None) -> bool:
+    """Does this route's rollout count its synthetic traffic in the verdicts?"""
+    traffic = route.rollout.traffic if route is not None and route.rollout is not None else None
+    return traffic is not None and traffic.judge
 
 
 def finite(value: Any) -> Any:
@@ -220,6 +233,9 @@ class Controller:
         self._notifier: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._traffic_session: aiohttp.ClientSession | None = None
+        # synthetic traffic; it starts once the server sets `traffics.base_url` (its listener)
+        self.traffics: SyntheticTraffics | None = None
         self.dropped_notices = 0
         state.subscribe(self._on_swap)
 
@@ -236,6 +252,9 @@ class Controller:
                 self.hooks = HookClient(self._session)
             if self.reader is None:
                 self.reader = make_reader(self._session)
+        # its own session: synthetic requests must never carry the hooks' cookies or limits
+        self._traffic_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self.traffics = SyntheticTraffics(self._traffic_session)
         self.tick()
         await self.flush()
         loop = asyncio.get_running_loop()
@@ -263,6 +282,12 @@ class Controller:
         for rt in self._routes.values():
             self._mark(rt, now)
         await self.flush()
+        if self.traffics is not None:
+            await self.traffics.close()
+            self.traffics = None
+        if self._traffic_session is not None:
+            await self._traffic_session.close()
+            self._traffic_session = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -307,9 +332,17 @@ class Controller:
             rt.last = max(rt.last, max(b.end for b in buckets))
         gates, rt.gate_results = rt.gate_results, []
         external, rt.external_values = rt.external_values, {}
-        observation = Observation(identity, samples_from(buckets), commands, gates, external)
+        samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
+        observation = Observation(identity, samples, commands, gates, external)
         self._apply(rt, now, rt.analyzer.step(now, observation))
         self._poll_external(rt, now)
+        if self.traffics is not None and route is not None and route.rollout is not None:
+            self.traffics.update(
+                rt.name,
+                route.rollout.traffic,
+                rt.analyzer.phase,
+                host=route_host(route.match.host),
+            )
 
     def _apply(
         self,
@@ -372,6 +405,7 @@ class Controller:
         if ledger is None:
             ledger = self._ledgers[name] = deque(maxlen=self.options.ledger_size)
         analyzer: Analyzer | None = None
+        slots = path_class_slots(self.recorder.windows)
         # memory only: what a dropped rollout knew (so finished revisions stay finished)
         store, retired = self.store, self._retired
         data = store.load(name) if store is not None else retired.pop(name, None)
@@ -380,7 +414,7 @@ class Controller:
                 if data.get("format") != STATE_FORMAT:
                     raise ValueError(f"unknown format {data.get('format')!r}")
                 analyzer = Analyzer.from_dict(
-                    name, spec, data["analyzer"], gates=gates, path_class_slots=0
+                    name, spec, data["analyzer"], gates=gates, path_class_slots=slots
                 )
                 saved = [e for e in data.get("ledger", ()) if isinstance(e, dict)]
                 if not ledger:
@@ -400,8 +434,7 @@ class Controller:
                 analyzer = None
         restored = analyzer is not None
         if analyzer is None:
-            # path classes are not measured yet: don't reserve half the error test for them
-            analyzer = Analyzer(name, spec, gates=gates, path_class_slots=0)
+            analyzer = Analyzer(name, spec, gates=gates, path_class_slots=slots)
         rt = _Rollout(name, rollout, analyzer, ledger)
         if restored:
             a = analyzer
@@ -416,6 +449,8 @@ class Controller:
         rt = self._routes.pop(name)
         for task in list(rt.tasks):
             task.cancel()
+        if self.traffics is not None:
+            self.traffics.forget(name)
 
         def removed(event: Event) -> Event:
             if event.kind != "abandoned":

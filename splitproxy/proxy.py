@@ -27,12 +27,14 @@ Only WebSocket upgrades are relayed; other upgrades (h2c) are served as plain re
 Synthetic requests (the proxy's own, from ``traffic.py``) carry ``X-Splitproxy-Synthetic`` with
 a per-process marker (``synthetic.py``): the header is always consumed; a valid marker sends the
 request to the route and version it names (reason ``synthetic``, ``Exchange.synthetic``), and
-the upstream gets ``X-Splitproxy-Synthetic: 1`` in its place. Any other value is ignored.
+the upstream gets ``X-Splitproxy-Synthetic: 1`` in its place; a marker with this process's
+token for a route that is gone gets a 404. Any other value is ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import os
@@ -180,6 +182,7 @@ class ProxyContext:
         self.draining = False
         self.wanted_headers: frozenset[bytes] = BASE_WANTED_HEADERS
         self.synthetic_token = synthetic_token
+        self.synthetic_token_bytes = synthetic_token.encode("latin-1")
         # marker -> (route, target) of the current snapshot: see synthetic.py
         self.synthetic_markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         self._rr: dict[tuple[object, ...], int] = {}
@@ -381,6 +384,10 @@ class Exchange:
             if hit is not None:
                 route, forced = hit
                 self.synthetic = True
+            elif hmac.compare_digest(mark.partition(b" ")[0], ctx.synthetic_token_bytes):
+                # ours, for a route a reload removed: never let it pass as a user's request
+                self.local(404, "no_route", "synthetic traffic for a route that is gone")
+                return
         if route is None:
             self.local(404, "no_route", f"no route matches host {host!r} and path {path!r}")
             return

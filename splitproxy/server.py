@@ -46,6 +46,7 @@ from splitproxy.reload import (
 from splitproxy.settings import Settings
 from splitproxy.state import RuntimeState, content_hash
 from splitproxy.store import StateStore
+from splitproxy.traffic import loopback_url
 from splitproxy.upstream import PoolRegistry
 
 logger = logging.getLogger("splitproxy.server")
@@ -179,6 +180,9 @@ class Server:
             lambda: ClientConnection(ctx), host, port, backlog=4096, reuse_address=True
         )
         self.listen_port = self._proxy_server.sockets[0].getsockname()[1]
+        if self.control is not None and self.control.traffics is not None:
+            # synthetic traffic enters through the proxy's own listener, on loopback
+            self.control.traffics.base_url = loopback_url(host, self.listen_port)
         self._tasks.append(loop.create_task(self._sweep(ctx)))
         logger.info(
             "splitproxy listening on %s:%d (admin on %s:%d), config revision %s",

@@ -23,9 +23,8 @@ response ends) and dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import aiohttp
@@ -136,17 +135,22 @@ class SyntheticTraffic:
             )
 
     async def stop(self) -> None:
-        """Stop sending and cancel the requests in flight (idempotent)."""
+        """Stop sending, cancel the requests in flight and wait for them (idempotent)."""
+        pending = self.halt()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def halt(self) -> list[asyncio.Task[None]]:
+        """Stop sending and cancel the requests in flight, without waiting (for a caller that
+        cannot await): nothing more is sent. Returns the cancelled tasks, to await later."""
+        pending = list(self._in_flight)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        pending = list(self._in_flight)
-        for t in pending:
+            pending.append(task)
+        for t in self._in_flight:
             t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        return pending
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,12 +176,12 @@ class SyntheticTraffic:
             return
         url = self._urls[self._next_path]
         self._next_path = (self._next_path + 1) % len(self._urls)
-        self.sent += 1
         task = asyncio.get_running_loop().create_task(self._one(url))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
     async def _one(self, url: URL) -> None:
+        self.sent += 1  # here, not when scheduled: one cancelled before it ran was never sent
         try:
             async with self.session.request(
                 self.spec.method,
@@ -229,54 +233,74 @@ class SyntheticTraffic:
 class SyntheticTraffics:
     """Every route's synthetic traffic, kept in line with the rollouts' phases.
 
-    ``control.py`` calls ``await traffics.update(route, spec, phase, host=...)`` on every tick
-    (``spec`` is ``route.rollout.traffic`` or None): the route's traffic runs while ``phase`` is
-    in `TRAFFIC_PHASES` and a spec is given, restarts when the spec (or host) changes, and
-    stops otherwise. ``await retain(names)`` stops the routes a reload removed, ``await
-    close()`` stops everything (at shutdown).
+    ``control.py`` calls ``traffics.update(route, spec, phase, host=...)`` on every tick (a
+    plain call, in the event loop; ``spec`` is ``route.rollout.traffic`` or None): the route's
+    traffic runs while ``phase`` is in `TRAFFIC_PHASES` and a spec is given, restarts when the
+    spec (or host) changes, and stops at once otherwise. Nothing runs while `base_url` is None
+    (set it once the proxy listens). `retain` stops the routes a reload removed; ``await
+    close()`` stops everything and waits for the cancelled requests (at shutdown).
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, *, token: str = PROCESS_TOKEN
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str | None = None,
+        *,
+        token: str = PROCESS_TOKEN,
     ) -> None:
         self.session = session
         self.base_url = base_url
         self.token = token
         self._running: dict[str, SyntheticTraffic] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
 
     def get(self, route: str) -> SyntheticTraffic | None:
         return self._running.get(route)
 
-    async def update(
+    def update(
         self, route: str, spec: Traffic | None, phase: str, *, host: str | None = None
     ) -> SyntheticTraffic | None:
         """Start, keep, restart or stop ``route``'s traffic; the one running after, or None."""
         current = self._running.get(route)
-        wanted = spec is not None and phase in TRAFFIC_PHASES
-        if current is not None and (not wanted or current.spec != spec or current.host != host):
-            await self.forget(route)
+        base_url = self.base_url
+        wanted = spec is not None and phase in TRAFFIC_PHASES and base_url is not None
+        if current is not None and (
+            not wanted
+            or current.spec != spec
+            or current.host != host
+            or current.base_url != (base_url or "").rstrip("/")
+        ):
+            self.forget(route)
             current = None
-        if spec is None or not wanted:
+        if spec is None or base_url is None or not wanted:
             return None
         if current is None:
             current = self._running[route] = SyntheticTraffic(
-                self.session, self.base_url, route, spec, host=host, token=self.token
+                self.session, base_url, route, spec, host=host, token=self.token
             )
             current.start()
         return current
 
-    async def forget(self, route: str) -> None:
+    def forget(self, route: str) -> None:
+        """Stop ``route``'s traffic now (its cancelled requests end in the background)."""
         traffic = self._running.pop(route, None)
         if traffic is not None:
-            await traffic.stop()
+            for task in traffic.halt():
+                if not task.done():
+                    self._stopping.add(task)
+                    task.add_done_callback(self._stopping.discard)
 
-    async def retain(self, routes: set[str]) -> None:
-        for name in [n for n in self._running if n not in routes]:
-            await self.forget(name)
+    def retain(self, routes: Iterable[str]) -> None:
+        """Stop the traffic of every route not named."""
+        keep = set(routes)
+        for name in [n for n in self._running if n not in keep]:
+            self.forget(name)
 
     async def close(self) -> None:
         for name in list(self._running):
-            await self.forget(name)
+            self.forget(name)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
 
 __all__ = [

@@ -447,7 +447,7 @@ async def test_a_client_that_stops_reading_is_cut_off(
     async with connect(proxy.listen_port) as (_, writer):
         writer.write(get())
         t0 = time.monotonic()
-        while proxy.ctx.connections and time.monotonic() - t0 < 5:  # noqa: ASYNC110
+        while proxy.ctx.connections and time.monotonic() - t0 < 5:
             await asyncio.sleep(0.05)
         assert not proxy.ctx.connections
         assert time.monotonic() - t0 > 0.2  # the sweeper's clock may lag by one tick

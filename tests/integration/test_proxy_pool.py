@@ -337,7 +337,7 @@ async def test_a_retry_does_not_meet_another_dead_pooled_connection(
         proxy = await start_proxy(route(up.url))
         # two requests at once leave two idle (and, for the next request, dead) connections
         held = [asyncio.create_task(exchange(proxy.listen_port, get("/hold"))) for _ in range(2)]
-        while up.accepted < 2:  # noqa: ASYNC110 - a short poll
+        while up.accepted < 2:
             await asyncio.sleep(0.01)
         release.set()
         assert [r.status for r in await asyncio.gather(*held)] == [200, 200]

@@ -317,3 +317,28 @@ async def test_manual_commands_through_the_admin_api_and_the_cli(
     assert rolled["source"] == "manual:admin"
     status, body = await api(server, "GET", "/api/v1/events?limit=0")
     assert status == 400
+
+
+async def test_judged_synthetic_traffic_alone_carries_a_quiet_service_to_promotion(
+    start: Start, serve: Callable[[web.Application], Awaitable[str]]
+) -> None:
+    stable_v, candidate_v = Upstream("stable"), Upstream("candidate")
+    stable = await upstream(serve, stable_v)
+    candidate = await upstream(serve, candidate_v)
+    traffic = {"rate": 200, "paths": ["/", "/health"], "judge": True}
+    server = await start(app_route(stable, candidate, traffic=traffic))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while phase(server) != "promoted" and loop.time() < deadline:  # no user sends anything
+        await asyncio.sleep(0.05)
+    assert phase(server) == "promoted"
+    assert candidate_v.count >= 40  # 20 per step, all of them synthetic
+    assert stable_v.count == 0  # synthetic traffic targets the candidate
+    _, metrics = await api(server, "GET", "/metrics")
+    assert (
+        'splitproxy_synthetic_requests_total{code="200",route="app",version="candidate"}' in metrics
+    )
+    assert 'splitproxy_requests_total{code="200",route="app",version="candidate"}' not in metrics
+    sent = candidate_v.count
+    await asyncio.sleep(0.3)  # promoted: the generator has stopped
+    assert candidate_v.count - sent <= 16  # at most what was already in flight

@@ -111,12 +111,18 @@ async def test_synthetic_requests_reach_the_candidate_marked_and_counted_apart(
     assert not traffic.running
     assert 0.5 * 100 * elapsed <= traffic.sent <= 1.5 * 100 * elapsed + 2  # open loop at rate
     answered = traffic.statuses.get(200, 0)
-    assert answered >= 29
+    assert answered >= 20
     assert traffic.failed == 0
+    # a request cut by stop may still have reached the proxy and the upstream
+    await eventually(lambda: server.recorder.in_flight("app", "candidate") == 0)
+    samples = await scrape(server)
+    synthetic = by(samples, "splitproxy_synthetic_requests_total", "route", "version", "code")
+    proxied = sum(synthetic.values())
+    assert answered <= proxied <= answered + traffic.cancelled
 
     # all on the candidate (the weight is 0), marked "1" for the upstream, token withheld
     assert stable.seen == []
-    assert len(candidate.seen) == answered
+    assert len(candidate.seen) == proxied
     paths = [p for p, _ in candidate.seen]
     assert paths[:4] == ["/a/1", "/b?x=1", "/a/1", "/b?x=1"]
     for _, headers in candidate.seen:
@@ -127,24 +133,22 @@ async def test_synthetic_requests_reach_the_candidate_marked_and_counted_apart(
         assert PROCESS_TOKEN not in str(headers)
 
     # metrics: their own counter, not the users' requests or durations
-    samples = await scrape(server)
-    synthetic = by(samples, "splitproxy_synthetic_requests_total", "route", "version", "code")
-    assert synthetic == {("app", "candidate", "200"): answered}
+    assert set(synthetic) <= {("app", "candidate", "200"), ("app", "candidate", "499")}
     requests = by(samples, "splitproxy_requests_total", "route", "version", "code")
     assert requests.get(("app", "candidate", "200"), 0) == 0
     durations = by(samples, "splitproxy_request_duration_seconds_count", "route", "version")
     assert durations[("app", "candidate")] == 0
     reasons = by(samples, "splitproxy_routing_decisions_total", "route", "version", "reason")
-    assert reasons[("app", "candidate", "synthetic")] == answered
+    assert reasons[("app", "candidate", "synthetic")] == proxied
 
     # windows: synthetic cells only; the analyzer sees them only when judged
     observations = server.recorder.observations("app", 0.0)
-    assert sum(o.synthetic_candidate.requests for o in observations) == answered
+    assert sum(o.synthetic_candidate.requests for o in observations) == proxied
     assert sum(o.candidate.requests + o.stable.requests for o in observations) == 0
     assert samples_for(observations) == []
     judged = samples_for(observations, judge_synthetic=True)
     assert {(s.version, s.p, s.path_class) for s in judged} == {("candidate", None, None)}
-    assert sum(s.requests for s in judged) == answered
+    assert sum(s.requests for s in judged) == proxied
 
 
 async def test_an_outside_marker_is_ignored_and_never_forwarded(
@@ -157,7 +161,6 @@ async def test_an_outside_marker_is_ignored_and_never_forwarded(
     forged = [
         "1",
         marker("app", "candidate", token="0" * 32),  # a guessed token
-        marker("app", "candidate") + " ",  # not exactly the marker
         marker("app", "candidate").upper(),
     ]
     for value in forged:
@@ -174,6 +177,13 @@ async def test_an_outside_marker_is_ignored_and_never_forwarded(
     headers = {HEADER: marker("app", "candidate")}
     async with session.get(f"{base(server)}/x", headers=headers) as resp:
         assert await resp.text() == "candidate"
+    # ours, for a route that is gone (a reload removed it), or garbled: never passed off as
+    # a user's request
+    for value in (marker("gone", "candidate"), marker("app", "candidate") + " x"):
+        async with session.get(f"{base(server)}/x", headers={HEADER: value}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "no_route"
+    assert len(stable.seen) == len(forged)
 
 
 async def test_the_marker_picks_route_and_target_whatever_the_host_and_path_match(
@@ -278,35 +288,43 @@ async def test_traffics_follow_the_phase_and_the_spec(
 ) -> None:
     stable, candidate = upstreams
     server = await start_proxy({"routes": [app_route(stable, candidate)]})
-    traffics = SyntheticTraffics(session, base(server))
+    traffics = SyntheticTraffics(session)  # the listener's address is not known yet
     spec = Traffic(rate=50)
-    assert await traffics.update("app", spec, "idle") is None
-    first = await traffics.update("app", spec, "progressing")
+    assert traffics.update("app", spec, "progressing") is None
+    traffics.base_url = base(server)
+    assert traffics.update("app", spec, "idle") is None
+    first = traffics.update("app", spec, "progressing")
     assert first is not None
     assert first.running
-    assert await traffics.update("app", Traffic(rate=50), "waiting") is first  # same spec
-    second = await traffics.update("app", Traffic(rate=20), "progressing")
+    assert traffics.update("app", Traffic(rate=50), "waiting") is first  # same spec
+    await eventually(lambda: len(candidate.seen) >= 2)
+    second = traffics.update("app", Traffic(rate=20), "progressing")
     assert second is not None
     assert second is not first
     assert not first.running
     assert second.running
-    third = await traffics.update("app", Traffic(rate=20), "progressing", host="h.example")
+    third = traffics.update("app", Traffic(rate=20), "progressing", host="h.example")
     assert third is not second
     assert not second.running
-    assert await traffics.update("app", Traffic(rate=20), "paused") is None
+    assert traffics.update("app", Traffic(rate=20), "paused") is None
     assert third is not None
     assert not third.running
     assert traffics.get("app") is None
-    again = await traffics.update("app", spec, "progressing")
-    await traffics.retain({"other"})
+    sent = first.sent + second.sent + third.sent
+    await asyncio.sleep(0.1)
+    assert first.sent + second.sent + third.sent == sent  # stopped at once
+    again = traffics.update("app", spec, "progressing")
+    traffics.retain({"other"})
     assert again is not None
     assert not again.running
-    await traffics.update("app", spec, "progressing")
-    await traffics.update("app", None, "progressing")
+    traffics.update("app", spec, "progressing")
+    traffics.update("app", None, "progressing")
     assert traffics.get("app") is None
-    await traffics.update("app", spec, "progressing")
+    last = traffics.update("app", spec, "progressing")
     await traffics.close()
     assert traffics.get("app") is None
+    assert last is not None
+    assert last.in_flight == 0
 
 
 async def test_user_requests_are_split_by_path_class(
