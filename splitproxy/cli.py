@@ -138,16 +138,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from splitproxy.console import print_status
-
+def _get_status(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The status JSON, or None and why it could not be had."""
     try:
         status, payload = _call(args, "GET", "/api/v1/status")
     except OSError as exc:
-        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
-        return 1
+        return None, f"cannot reach the admin API at {_admin_url(args)}: {exc}"
     if status != 200:
-        return _fail(payload, status)
+        err = payload.get("error", {}) if isinstance(payload, dict) else {}
+        return None, f"error ({status}): {err.get('message', payload)}"
+    return payload, None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from splitproxy.console import print_status, watch_status
+
+    if args.watch and not args.json:
+        if args.interval <= 0:
+            print("status: --interval must be > 0", file=sys.stderr)
+            return 2
+        return watch_status(lambda: _get_status(args), args.interval)
+    payload, error = _get_status(args)
+    if payload is None:
+        print(error, file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
@@ -214,12 +228,22 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from splitproxy.demo import run_demo
+    from splitproxy.demo import MIN_RATE, run_demo
 
-    if args.requests < 1 or args.rate <= 0 or not 0 <= args.weight <= 100:
+    split = args.scenario == "split"
+    if not split and (args.requests is not None or args.weight is not None):
+        print("demo: --requests and --weight apply to --scenario split", file=sys.stderr)
+        return 2
+    requests = 400 if args.requests is None else args.requests
+    weight = 20.0 if args.weight is None else args.weight
+    rate = 200.0 if args.rate is None else args.rate
+    if requests < 1 or rate <= 0 or not 0 <= weight <= 100:
         print("demo: --requests >= 1, --rate > 0 and 0 <= --weight <= 100", file=sys.stderr)
         return 2
-    return run_demo(requests=args.requests, rate=args.rate, weight=args.weight, keep=args.keep)
+    if not split and rate < MIN_RATE:
+        print(f"demo: a rollout scenario needs --rate >= {MIN_RATE:g}", file=sys.stderr)
+        return 2
+    return run_demo(args.scenario, requests=requests, rate=rate, weight=weight, keep=args.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,13 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=cmd_check)
 
-    demo = sub.add_parser("demo", help="run two demo versions behind the proxy and show the split")
-    demo.add_argument("--requests", type=int, default=400, help="how many requests to send")
-    demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
-    demo.add_argument("--weight", type=float, default=20.0, help="candidate weight in percent")
-    demo.add_argument(
-        "--keep", action="store_true", help="keep running after the burst (Ctrl-C stops)"
+    demo = sub.add_parser(
+        "demo", help="watch a canary rollout of a demo service promote or roll back, live"
     )
+    demo.add_argument(
+        "--scenario",
+        choices=("good", "bad", "slow", "split"),
+        default="good",
+        help="good: a healthy candidate is promoted; bad: 25%% errors, rolled back; slow: "
+        "+200 ms, rolled back by the comparison with stable; split: a burst at a fixed weight "
+        "and the measured split (default: good)",
+    )
+    demo.add_argument("--rate", type=float, help="requests per second (default 200)")
+    demo.add_argument("--requests", type=int, help="split: how many requests (default 400)")
+    demo.add_argument("--weight", type=float, help="split: candidate weight (default 20)")
+    demo.add_argument("--keep", action="store_true", help="keep running at the end (Ctrl-C stops)")
     demo.set_defaults(func=cmd_demo)
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
@@ -263,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     status = client("status", "show routes, weights and backends of a running proxy")
-    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.add_argument("--json", action="store_true", help="print the raw JSON (once)")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="refresh the table and each rollout's checks until Ctrl-C (in a terminal; "
+        "otherwise print them once)",
+    )
+    status.add_argument("--interval", type=float, default=1.0, help="--watch: seconds")
     status.set_defaults(func=cmd_status)
 
     weight = client("weight", "set a route's candidate weight at runtime")

@@ -46,15 +46,24 @@ def test_check_reports_a_missing_file(tmp_path: Path) -> None:
     assert "cannot read the file" in result.stderr
 
 
+@pytest.mark.timeout(60)
 def test_demo_runs_by_itself_and_shows_the_split() -> None:
-    result = cli("demo", "--requests", "80", "--rate", "400", timeout=60)
+    # the default scenario: a canary rollout of a healthy candidate, promoted in under a
+    # minute; not a terminal, so a log of its progress and decisions instead of a live view
+    result = cli("demo", timeout=55)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "measured split" in out
-    assert "stable" in out
-    assert "candidate" in out
-    assert "X-Canary: always the request went to: candidate" in out
-    assert "curl -s -H 'X-Canary: always'" in out
+    assert "scenario good: candidate 1.1 is as healthy as stable 1.0" in out
+    assert "started      now progressing: new candidate 1.1" in out
+    for step in ("step 1 at 10%", "step 2 at 25%", "step 3 at 50%"):
+        assert step in out
+    assert "progress     step 1/3 at 10%" in out
+    assert "promoted     step 3 at 50%: all steps passed" in out
+    assert "✓ latency_p99" in out  # the evidence, check by check
+    assert "measured split, per candidate weight the rollout set" in out
+    assert "promoted after" in out
+    assert "as expected for this candidate" in out
+    assert "\x1b[" not in out  # no animation, no colours
 
 
 def test_serve_refuses_an_invalid_file_at_start(tmp_path: Path) -> None:
