@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -93,12 +94,30 @@ def _percent(bp: int) -> float:
 TRAFFIC_SPAN = 60.0  # seconds of live traffic a route's view summarizes
 
 
+def covered_span(recorder: Recorder, name: str, now: float) -> float:
+    """How much of the last `TRAFFIC_SPAN` seconds the route's live window covers: all of
+    it, or, for a window younger than that (the proxy or the route just started), the time
+    since its oldest bucket began (at least one bucket's width)."""
+    resolution = recorder.windows.resolution
+    since = now - TRAFFIC_SPAN
+    since -= since % resolution  # as `stats.Windows.summary` aligns it
+    if recorder.observations(name, -math.inf, until=since):  # buckets from before the span
+        return TRAFFIC_SPAN
+    recent = recorder.observations(name, since)
+    if not recent:
+        return TRAFFIC_SPAN  # no traffic at all: a rate of 0 whatever the span
+    return min(TRAFFIC_SPAN, max(resolution, now - recent[0].start))
+
+
 def traffic_view(recorder: Recorder, route: CompiledRoute, now: float) -> dict[str, Any]:
-    """The route's last minute per version: rate, error rate, p50/p95/p99."""
-    summary = recorder.summary(route.name, now, TRAFFIC_SPAN)
+    """The route's last minute per version: rate, error rate, p50/p95/p99. Rates are per
+    second of the span the live window covers (``window_seconds``: a minute, or less right
+    after the proxy or the route started)."""
+    span = covered_span(recorder, route.name, now)
+    summary = recorder.summary(route.name, now, span)
     cand = summary["candidate"]
     return {
-        "window_seconds": TRAFFIC_SPAN,
+        "window_seconds": round(span, 3),
         "stable": summary["stable"].as_dict(),
         "candidate": cand.as_dict() if route.candidate is not None or cand.requests else None,
     }

@@ -83,10 +83,15 @@ with the analyzer built with ``path_class_slots=samples.path_class_slots(windows
 never come.
 
 *Evidence.* After every tick `Analyzer.checks` holds one `CheckResult` per check (value,
-bounds, sample size, verdict), and every decision is an `Event` carrying the results that
-made it. `Analyzer.to_dict` / `Analyzer.from_dict` turn the whole state, e-processes
-included, into plain JSON-able data, so the proxy can write it atomically after every
-transition and carry on where it stopped after a restart.
+bounds, sample size, verdict, and the metric and unit they are in), and every decision is an
+`Event` carrying the results that made it. A comparison's evidence carries ``ci``, the
+one-sided interval ``[lower, inf)`` for the candidate/stable rate ratio that inverts the
+e-process the comparison decides on, at its α: a rollback for "worse than stable" always
+shows a lower bound above 1. A closed ``confirm-promotion`` gate is recorded once per wait
+(again only when its answer's detail changes); the answers are counted in the status.
+`Analyzer.to_dict` / `Analyzer.from_dict` turn the whole state, e-processes included, into
+plain JSON-able data, so the proxy can write it atomically after every transition and carry
+on where it stopped after a restart (a state saved by an earlier version still loads).
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, cast
 
@@ -112,6 +117,7 @@ from splitproxy.sequential import (
     AttributionTest,
     PathClassTests,
     RateGuard,
+    lower_confidence_bound,
     mean_log_e,
     split_alpha,
 )
@@ -290,11 +296,35 @@ class Observation:
 
 Verdict = Literal["pass", "fail", "no_data"]
 CheckKind = Literal["threshold", "compare", "guard", "external"]
+# What a check's value (and its min/max) is measured in: a fraction of requests (error or
+# success rate), seconds (a latency quantile), requests per second, or an e-value (the
+# comparisons and the guard); None: a number of the user's (an external check).
+Unit = Literal["fraction", "seconds", "per_second", "e_value"]
+
+
+def metric_unit(metric: str) -> Unit | None:
+    """The unit of a built-in metric's values (`MetricCheck.metric`)."""
+    if metric in ("error_rate", "success_rate"):
+        return "fraction"
+    if metric in LATENCY_QUANTILES:
+        return "seconds"
+    if metric == "request_rate":
+        return "per_second"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
-    """One check as judged on one tick."""
+    """One check as judged on one tick.
+
+    ``name`` is the check's label (its ``name:``, or the metric's); ``metric`` what it
+    measures (``error_rate``, ``latency_p99``, ``latency`` for a latency comparison; None for
+    an external check) and ``unit`` what ``value``, ``min`` and ``max`` are in. ``ci``, for a
+    comparison shown as evidence, is the one-sided anytime-valid confidence interval
+    ``[lower, inf)`` for the candidate/stable rate ratio, from inverting the very e-process
+    that decides at the same α: its lower end is above 1 whenever the comparison fails. (A
+    state saved by an older version may hold two-sided intervals and no metric.)
+    """
 
     name: str
     kind: CheckKind
@@ -305,6 +335,8 @@ class CheckResult:
     verdict: Verdict
     detail: str = ""
     ci: tuple[float, float] | None = None
+    metric: str | None = None
+    unit: Unit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -440,6 +472,33 @@ class _Window:
         )
 
 
+@dataclass(slots=True)
+class _GateWait:
+    """The answers a gate has given since the analyzer began waiting for it: one ledger
+    event for a closed ``confirm-promotion`` per wait (and one more when its detail
+    changes), the rest counted here."""
+
+    since: float | None = None  # when the wait began
+    attempts: int = 0  # answers that did not open the gate
+    last_at: float | None = None
+    last_detail: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> _GateWait:
+        if not data:
+            return cls()
+        since, last_at = data.get("since"), data.get("last_at")
+        return cls(
+            None if since is None else float(since),
+            int(data.get("attempts", 0)),
+            None if last_at is None else float(last_at),
+            data.get("last_detail"),
+        )
+
+
 class Analyzer:
     """The rollout state machine of one route (see the module docstring)."""
 
@@ -474,6 +533,7 @@ class Analyzer:
         self.pending_step = 0
         self.pending_until = math.inf
         self.hook_called_at = 0.0
+        self.gate = _GateWait()  # the answers of the gate waited for now
         self.paused_reason: str | None = None
         self.window = _Window()
         self.external: dict[str, tuple[float | None, float]] = {}
@@ -757,6 +817,8 @@ class Analyzer:
                     self.guard.requests,
                     "fail" if e >= bar else "pass",
                     f"candidate error rate far above {self.guard.cap:g}",
+                    metric="error_rate",
+                    unit="e_value",
                 )
             )
         return tuple(out)
@@ -774,7 +836,16 @@ class Analyzer:
         elif check.metric in LATENCY_QUANTILES:
             sample = sum(w.latency.values())
             value = hist_quantile(w.latency, LATENCY_QUANTILES[check.metric])
-        return _bounded(check.key, "threshold", value, check.min, check.max, sample)
+        return _bounded(
+            check.key,
+            "threshold",
+            value,
+            check.min,
+            check.max,
+            sample,
+            metric=check.metric,
+            unit=metric_unit(check.metric),
+        )
 
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))
@@ -794,37 +865,50 @@ class Analyzer:
             detail = f"worst path class {worst[0]}: e={worst[1].e_value:.3g}"
         events = test.pooled.events
         verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
-        return CheckResult(name, "compare", e, None, bar, events, verdict, detail)
+        return CheckResult(
+            name, "compare", e, None, bar, events, verdict, detail, None, "error_rate", "e_value"
+        )
 
     def _latency_compare(self, name: str, thresholds: Mapping[float, float]) -> CheckResult:
         bar = 1 / self.alpha.latency
-        log_e = mean_log_e([t.log_e for t in self.latency_tests.values()])
+        log_e = self._latency_log_e()
         e = math.exp(log_e) if log_e < 700 else math.inf
         events = sum(t.events for t in self.latency_tests.values())
         detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds.items())
         if not thresholds and not events:
+            detail = "stable history too short"
             return CheckResult(
-                name, "compare", e, None, bar, 0, "no_data", "stable history too short"
+                name, "compare", e, None, bar, 0, "no_data", detail, None, "latency", "e_value"
             )
         verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
-        return CheckResult(name, "compare", e, None, bar, events, verdict, detail)
+        return CheckResult(
+            name, "compare", e, None, bar, events, verdict, detail, None, "latency", "e_value"
+        )
+
+    def _latency_log_e(self, r0: float = 1.0) -> float:
+        """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
+        stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
+        return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
 
     def _with_ci(self, results: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
-        """The results with anytime-valid confidence intervals for the rate ratios."""
+        """The results with anytime-valid one-sided confidence intervals ``[lower, inf)`` for
+        the rate ratios, each from inverting the e-process its comparison decides on (at its
+        α), so a failed comparison's lower bound is above 1. For the error rate: the pooled
+        and per-path-class family; for latency: the mean over quantiles, a bound on the
+        worst of the quantiles' slow-request rate ratios."""
         out = []
         for r in results:
-            ci = None
+            low: float | None = None
             if (
                 r.kind == "compare"
                 and self.error_compare
                 and r.name == self.error_compare.key
                 and self.errors_test
             ):
-                ci = self.errors_test.pooled.confidence_interval(self.alpha.error)
+                low = self.errors_test.lower_confidence_bound(self.alpha.error)
             elif r.kind == "compare" and self.latency_tests:
-                first = min(self.latency_tests)
-                ci = self.latency_tests[first].confidence_interval(self.alpha.latency)
-            out.append(_replace_ci(r, ci) if ci is not None else r)
+                low = lower_confidence_bound(self._latency_log_e, self.alpha.latency)
+            out.append(replace(r, ci=(low, math.inf)) if low is not None else r)
         return tuple(out)
 
     # --- decisions ----------------------------------------------------------------------------
@@ -869,8 +953,7 @@ class Analyzer:
             self._advance(now)
 
     def _window_outcome(self, now: float, step: Step) -> Literal["pass", "hold", "fail"]:
-        interval = step.interval if step.interval is not None else self.spec.interval
-        wanted = step.min_requests if step.min_requests is not None else self.spec.min_requests
+        interval, wanted = _needs(self.spec, step)
         if now - self.window.start < interval:
             return "hold"
         n = self.window.requests
@@ -937,6 +1020,7 @@ class Analyzer:
         self.pending = what
         self.pending_step = step
         self.hook_called_at = now
+        self.gate = _GateWait(since=now)
         if what == "pause":
             until = self.pending_until
             message = (
@@ -973,10 +1057,18 @@ class Analyzer:
             return
         if result.passed:
             self._proceed(now, f"the {result.gate} gate passed" + _suffix(result.detail))
-        elif result.gate == "confirm-promotion":
-            self._event(now, "gate_closed", "confirm-promotion: not yet" + _suffix(result.detail))
-        else:
+            return
+        gate = self.gate
+        changed = gate.attempts == 0 or result.detail != gate.last_detail
+        gate.attempts += 1
+        gate.last_at = now
+        gate.last_detail = result.detail
+        if result.gate != "confirm-promotion":
             self._failure(now, f"the {result.gate} hook failed" + _suffix(result.detail))
+        elif changed:  # once per wait, and when the answer says something new
+            again = f" (answer {gate.attempts})" if gate.attempts > 1 else ""
+            message = "confirm-promotion: not yet" + _suffix(result.detail) + again
+            self._event(now, "gate_closed", message)
 
     def _proceed(self, now: float, message: str, source: str = "analyzer") -> None:
         what, target = self.pending, self.pending_step
@@ -1092,8 +1184,18 @@ class Analyzer:
     # --- status and durable state -------------------------------------------------------------
 
     def status(self, *, with_ci: bool = True) -> dict[str, Any]:
-        """The route's rollout as the admin API shows it."""
+        """The route's rollout as the admin API shows it.
+
+        ``interval`` and ``min_requests`` are what the current step's window needs before it
+        is judged (None outside a weight step); ``window`` holds its start, its ``elapsed``
+        time as of the latest tick and its candidate ``requests`` so far. ``gate``: the gate
+        waited for, with the answers it gave so far (None when not waiting for one)."""
         checks = self._with_ci(self.checks) if with_ci else self.checks
+        active = self.phase in ACTIVE
+        needs = self._step_needs()
+        elapsed = None
+        if active and self.last_now is not None:
+            elapsed = max(0.0, self.last_now - self.window.start)
         return {
             "route": self.route,
             "phase": self.phase,
@@ -1106,12 +1208,41 @@ class Analyzer:
             "failure_limit": self.spec.failure_limit,
             "paused_reason": self.paused_reason,
             "waiting_for": self.pending if self.phase == "waiting" else None,
+            "gate": self._gate_status(),
             "started_at": self.started_at,
             "step_started_at": self.step_started_at,
             "active_time": self.active_time,
-            "window": {"start": self.window.start, "requests": self.window.requests},
+            "interval": needs[0] if needs else None,
+            "min_requests": needs[1] if needs else None,
+            "window": {
+                "start": self.window.start,
+                "elapsed": elapsed,
+                "requests": self.window.requests,
+            },
             "alpha": asdict(self.alpha),
             "checks": [c.to_dict() for c in checks],
+        }
+
+    def _step_needs(self) -> tuple[float, int] | None:
+        """The current step's ``interval`` and ``min_requests`` (None: no weight step)."""
+        if not 0 <= self.step_index < len(self.plan) or self.phase not in ACTIVE:
+            return None
+        step = self.plan[self.step_index]
+        if step.weight is None:
+            return None
+        return _needs(self.spec, step)
+
+    def _gate_status(self) -> dict[str, Any] | None:
+        if self.phase != "waiting" or self.pending is None or self.pending == "pause":
+            return None
+        g = self.gate
+        return {
+            "name": self.pending,
+            "step": self.pending_step + 1,
+            "since": g.since,
+            "attempts": g.attempts,
+            "last_at": g.last_at,
+            "last_detail": g.last_detail,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -1135,6 +1266,7 @@ class Analyzer:
             "pending_step": self.pending_step,
             "pending_until": self.pending_until,
             "hook_called_at": self.hook_called_at,
+            "gate": self.gate.to_dict(),
             "paused_reason": self.paused_reason,
             "window": self.window.to_dict(),
             "external": {k: list(v) for k, v in self.external.items()},
@@ -1175,6 +1307,10 @@ class Analyzer:
         a.pending_step = int(data["pending_step"])
         a.pending_until = float(data["pending_until"])
         a.hook_called_at = float(data["hook_called_at"])
+        if "gate" in data:
+            a.gate = _GateWait.from_dict(data["gate"])
+        elif a.pending is not None:  # saved before answers were counted: the wait goes on
+            a.gate = _GateWait(since=a.hook_called_at)
         a.paused_reason = data["paused_reason"]
         a.window = _Window.from_dict(data["window"])
         a.external = {str(k): (v[0], float(v[1])) for k, v in data["external"].items()}
@@ -1198,6 +1334,13 @@ class Analyzer:
         return a
 
 
+def _needs(spec: Rollout, step: Step) -> tuple[float, int]:
+    """What a step's window needs before it is judged: ``(interval, min_requests)``."""
+    interval = step.interval if step.interval is not None else spec.interval
+    wanted = step.min_requests if step.min_requests is not None else spec.min_requests
+    return interval, wanted
+
+
 def _bounded(
     name: str,
     kind: CheckKind,
@@ -1205,6 +1348,9 @@ def _bounded(
     low: float | None,
     high: float | None,
     sample: int,
+    *,
+    metric: str | None = None,
+    unit: Unit | None = None,
 ) -> CheckResult:
     if value is None:
         verdict: Verdict = "no_data"
@@ -1212,15 +1358,16 @@ def _bounded(
         verdict = "fail"
     else:
         verdict = "pass"
-    return CheckResult(name, kind, value, low, high, sample, verdict)
-
-
-def _replace_ci(r: CheckResult, ci: tuple[float, float]) -> CheckResult:
-    return CheckResult(r.name, r.kind, r.value, r.min, r.max, r.sample, r.verdict, r.detail, ci)
+    return CheckResult(name, kind, value, low, high, sample, verdict, metric=metric, unit=unit)
 
 
 def _suffix(text: str) -> str:
     return f": {text}" if text else ""
+
+
+def _float(value: Any, none: float) -> float:
+    """A number of saved state; ``none`` for a null (a non-finite end written as JSON)."""
+    return none if value is None else float(value)
 
 
 def _check_from_dict(d: Mapping[str, Any]) -> CheckResult:
@@ -1234,7 +1381,9 @@ def _check_from_dict(d: Mapping[str, Any]) -> CheckResult:
         sample=int(d["sample"]),
         verdict=d["verdict"],
         detail=d.get("detail", ""),
-        ci=(float(ci[0]), float(ci[1])) if ci else None,
+        ci=(_float(ci[0], 0.0), _float(ci[1], math.inf)) if ci else None,
+        metric=d.get("metric"),
+        unit=d.get("unit"),
     )
 
 

@@ -59,20 +59,33 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "no_data": "dim"}
 VERDICT_MARK = {"pass": "✓", "fail": "✗", "no_data": "·"}
 
 
+# the analyzer's units (`analyzer.Unit`) as they read here
+UNITS = {"fraction": "rate", "seconds": "seconds", "per_second": "rps", "e_value": "e"}
+
+
+def _metric_unit(metric: str) -> str:
+    if metric in ("error_rate", "success_rate"):
+        return "rate"
+    if metric.startswith("latency_"):
+        return "seconds"
+    if metric == "request_rate":
+        return "rps"
+    return "plain"
+
+
 def _unit(check: Mapping[str, Any]) -> str:
-    """How a check's value reads: ``rate``, ``seconds``, ``e`` or plain (by its name, since a
-    check keeps its metric's name unless the user gave it another)."""
+    """How a check's value reads: ``rate``, ``seconds``, ``rps``, ``e`` or plain: by the
+    ``unit`` (or ``metric``) the analyzer gives, so a check renamed with ``name:`` still reads
+    in its metric's unit; evidence recorded before checks carried them goes by the name."""
+    unit = check.get("unit")
+    if unit is not None:
+        return UNITS.get(str(unit), "plain")
     if check.get("kind") in ("compare", "guard"):
         return "e"
-    name = str(check.get("name", ""))
-    if check.get("kind") == "threshold":
-        if name in ("error_rate", "success_rate"):
-            return "rate"
-        if name.startswith("latency_"):
-            return "seconds"
-        if name == "request_rate":
-            return "rps"
-    return "plain"
+    if check.get("kind") != "threshold":
+        return "plain"
+    metric = check.get("metric")
+    return _metric_unit(str(metric if metric is not None else check.get("name", "")))
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -121,13 +134,27 @@ def check_sample(check: Mapping[str, Any]) -> str:
     return f"n={n}"
 
 
+def lower_bound(value: float) -> str:
+    """A ratio's lower confidence bound, rounded down (two significant digits, more when it
+    takes them to stay above 1, since a bound above 1 is what a rollback rests on)."""
+    if value <= 0 or not math.isfinite(value):
+        return "0" if value <= 0 else "inf"
+    for digits in (2, 3, 4):
+        scale = 10 ** (digits - 1 - math.floor(math.log10(value)))
+        shown = math.floor(value * scale * (1 + 1e-12)) / scale  # 0.29 stays 0.29
+        if shown > 1 or value <= 1:
+            return f"{shown:.{digits}g}"
+    return ">1"
+
+
 def check_detail(check: Mapping[str, Any]) -> str:
-    """The detail the analyzer gave, and the confidence interval of a comparison's ratio."""
+    """The detail the analyzer gave, and the confidence interval of a comparison's ratio
+    (one-sided, ``[lower, inf]``, as the analyzer reports it now)."""
     parts = [str(check["detail"])] if check.get("detail") else []
     ci = check.get("ci")
     if ci:
         low, high = ci
-        lo = "0" if low is None else f"{low:.2g}"
+        lo = "0" if low is None else lower_bound(float(low))
         hi = "inf" if high is None else f"{high:.2g}"
         parts.append(f"ratio to stable in [{lo}, {hi}]")
     return "; ".join(parts)
@@ -259,19 +286,33 @@ def steps_line(rollout: Mapping[str, Any]) -> Text:
     return text
 
 
+def step_needs(
+    rollout: Mapping[str, Any], needs: tuple[float, int] | None = None
+) -> tuple[float, int] | None:
+    """``needs`` if given, else the current step's ``interval`` and ``min_requests`` from the
+    rollout status (None when it has none: not in a weight step, or an older proxy)."""
+    if needs is not None:
+        return needs
+    interval, wanted = rollout.get("interval"), rollout.get("min_requests")
+    if isinstance(interval, int | float) and isinstance(wanted, int | float):
+        return float(interval), int(wanted)
+    return None
+
+
 def step_progress(
     rollout: Mapping[str, Any],
     now: float,
     needs: tuple[float, int] | None = None,
     width: int = 30,
 ) -> RenderableType:
-    """How far the current step's window is: its time and its candidate requests, and with
-    ``needs`` (the step's ``interval`` and ``min_requests``) a bar that is full when both are
-    met (the step is then judged)."""
+    """How far the current step's window is: its time and its candidate requests, and a bar
+    that is full when both the step's ``interval`` and ``min_requests`` are met (the step is
+    then judged). Those come from ``needs`` or, without it, from the rollout status."""
     window = rollout.get("window") or {}
     start = window.get("start")
     elapsed = max(0.0, now - float(start)) if start else 0.0
     requests = int(window.get("requests") or 0)
+    needs = step_needs(rollout, needs)
     line = Table.grid(padding=(0, 1))
     if needs is None:
         line.add_row(Text(f"window {elapsed:.1f}s, {requests} candidate requests"))
@@ -294,7 +335,7 @@ def traffic_table(route: Mapping[str, Any]) -> Table:
     window the route view summarizes."""
     traffic = route.get("traffic") or {}
     span = traffic.get("window_seconds")
-    title = f"traffic, last {span:g}s" if isinstance(span, int | float) else "traffic"
+    title = f"traffic, last {span:.3g}s" if isinstance(span, int | float) else "traffic"
     table = Table(title=title, title_justify="left", box=None, header_style="bold")
     for column in ("version", "weight", "req/s", "requests", "errors", "p50", "p99"):
         table.add_column(column, justify="left" if column == "version" else "right")
@@ -326,9 +367,11 @@ def progress_line(
     origin: float | None = None,
     needs: tuple[float, int] | None = None,
 ) -> Text:
-    """The rollout's progress on one line, for a log: the step and its window, then each
-    version's error rate and p99 over the route view's recent window."""
+    """The rollout's progress on one line, for a log: the step and its window (against
+    ``needs``, or the step's own from the status), then each version's error rate and p99
+    over the route view's recent window."""
     rollout = route.get("rollout") or {}
+    needs = step_needs(rollout, needs)
     when = clock(now, origin)
     line = Text()
     line.append(f"{when}  ", style="dim")
@@ -383,7 +426,10 @@ def rollout_headline(route: Mapping[str, Any]) -> Text:
         )
     why = rollout.get("waiting_for") or rollout.get("paused_reason")
     if why and phase in ("waiting", "paused"):
-        text.append(f" ({'waiting for' if phase == 'waiting' else 'paused:'} {why})")
+        gate = rollout.get("gate") if phase == "waiting" else None
+        attempts = int(gate.get("attempts") or 0) if isinstance(gate, Mapping) else 0
+        asked = f", closed {attempts}×" if attempts else ""
+        text.append(f" ({'waiting for' if phase == 'waiting' else 'paused:'} {why}{asked})")
     failures = rollout.get("failures")
     if failures:
         text.append(
@@ -413,8 +459,8 @@ def rollout_panel(
     """A route's rollout at a glance: phase and plan, the step's progress, traffic per
     version, and the checks of the latest tick (for a finished rollout, those its decision
     was made on). ``route`` is a route view of the admin API; ``needs`` the current step's
-    ``interval`` and ``min_requests`` when known; ``width`` at most (the terminal's, if
-    narrower)."""
+    ``interval`` and ``min_requests`` (default: those the status gives); ``width`` at most
+    (the terminal's, if narrower)."""
     rollout = route.get("rollout") or {}
     parts: list[RenderableType] = [rollout_headline(route), steps_line(rollout)]
     if rollout.get("phase") in ("progressing", "waiting", "paused"):

@@ -19,6 +19,14 @@ Values are kept in log space and combined with `logsumexp`.
     which is what is stored (and serialised). `AttributionTest.confidence_interval` inverts
     a two-sided version of the test into an anytime-valid confidence interval for ``r``.
 
+    *One-sided bounds.* Shifted by ``r0``, the same mixture, ``mean_s L(r0·s) / L(r0)`` over
+    the grid, is a test supermartingale for ``H0: r ≤ r0`` (`AttributionTest.log_e_at`); at
+    ``r0 = 1`` it is the test itself, and it falls as ``r0`` grows. `lower_confidence_bound`
+    inverts it: the anytime-valid lower (1 − α) bound on ``r`` is the least ``r0`` that the
+    test does not reject at α. The bound reported beside a decision is built from exactly the
+    e-process that made it (the path-class family, the mean over latency quantiles), so it is
+    above 1 whenever that test has rejected ``r ≤ 1``.
+
 `PathClassTests`
     The error-rate family: ``E = ½·E_pooled + ½·mean_k E_k`` over a fixed number of path
     class slots (a class takes the next free slot when it first shows up; later ones share
@@ -43,7 +51,7 @@ Values are kept in log space and combined with `logsumexp`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -147,6 +155,22 @@ class AttributionTest:
     @property
     def e_value(self) -> float:
         return _exp(self.log_e)
+
+    def log_e_at(self, r0: float) -> float:
+        """The log e-value of the same test shifted to ``H0: r ≤ r0``: ``log mean_s L(r0·s) /
+        L(r0)`` over the grid. At ``r0 = 1`` it is `log_e` itself (bit for bit); it falls as
+        ``r0`` grows."""
+        if r0 == 1.0:
+            return self.log_e
+        base = _loglik(self._counts, r0)
+        if base == NEG_INF:  # the data are impossible at r0
+            return math.inf
+        return logsumexp(self._log_w + _loglik(self._counts, r0 * s) - base for s in self.grid)
+
+    def lower_confidence_bound(self, alpha: float) -> float:
+        """The anytime-valid one-sided lower (1 − α) confidence bound for ``r``: the least
+        ``r0`` this test does not reject at α (see `lower_confidence_bound`)."""
+        return lower_confidence_bound(self.log_e_at, alpha)
 
     @property
     def events(self) -> int:
@@ -300,15 +324,25 @@ class PathClassTests:
 
     @property
     def log_e(self) -> float:
+        return self.log_e_at(1.0)
+
+    def log_e_at(self, r0: float) -> float:
+        """The family's log e-value for ``H0: r ≤ r0`` (every component shifted to ``r0``, the
+        same weights); `log_e` at ``r0 = 1``."""
         if not self.slots:
-            return self.pooled.log_e
+            return self.pooled.log_e_at(r0)
         n_slots = self.slots + 1  # the overflow slot is reserved from the start
         unused = n_slots - len(self._classes)
-        per_class = [t.log_e for t in self._classes.values()]
+        per_class = [t.log_e_at(r0) for t in self._classes.values()]
         if unused:
             per_class.append(math.log(unused))
         mean_class = logsumexp(per_class) - math.log(n_slots)
-        return logsumexp((math.log(0.5) + self.pooled.log_e, math.log(0.5) + mean_class))
+        return logsumexp((math.log(0.5) + self.pooled.log_e_at(r0), math.log(0.5) + mean_class))
+
+    def lower_confidence_bound(self, alpha: float) -> float:
+        """The one-sided lower (1 − α) bound for ``r`` from the family's own e-process, the one
+        the error comparison decides on: above 1 whenever ``e_value ≥ 1/α``."""
+        return lower_confidence_bound(self.log_e_at, alpha)
 
     @property
     def e_value(self) -> float:
@@ -343,6 +377,44 @@ def mean_log_e(log_es: Sequence[float]) -> float:
     if not log_es:
         return 0.0
     return logsumexp(log_es) - math.log(len(log_es))
+
+
+BOUND_FAR: Final = 12.0  # |log r0| searched: e^12 ≈ 1.6e5; beyond it a bound is reported there
+
+
+def lower_confidence_bound(log_e_at: Callable[[float], float], alpha: float) -> float:
+    """Invert a one-sided test into an anytime-valid lower (1 − α) confidence bound for ``r``.
+
+    ``log_e_at(r0)`` is the log of an e-process for ``H0: r ≤ r0`` that does not grow with
+    ``r0``, and ``log_e_at(1.0)`` is the e-process a decision is taken on. ``r0`` is rejected
+    when ``e ≥ 1/α``, the decision's own comparison; the bound is the least ``r0`` not
+    rejected, found by bisection in ``log r0`` and rounded down (conservative): ``0`` when
+    the data reject no ``r0`` (down to ``e^-12``), ``e^12`` at most. When ``r0 = 1`` is
+    rejected, so that the test has found the candidate worse, the bound is above 1.
+    """
+    bar = 1 / alpha
+
+    def rejected(log_r0: float) -> bool:
+        return _exp(log_e_at(math.exp(log_r0) if log_r0 else 1.0)) >= bar
+
+    if rejected(0.0):
+        lo, hi = 0.0, BOUND_FAR
+        if rejected(hi):
+            return math.exp(hi)
+    else:
+        lo, hi = -BOUND_FAR, 0.0
+        if not rejected(lo):
+            return 0.0
+    while hi - lo > 1e-6:  # lo is rejected, hi is not (a ratio to a millionth)
+        mid = (lo + hi) / 2
+        if rejected(mid):
+            lo = mid
+        else:
+            hi = mid
+    bound = math.exp(lo)
+    if lo >= 0.0:  # r0 = 1 was rejected: every r0 ≤ 1 is (the e-process falls with r0)
+        bound = max(bound, math.nextafter(1.0, math.inf))
+    return bound
 
 
 def guard_rates(cap: float, multipliers: Sequence[float] = GUARD_MULTIPLIERS) -> tuple[float, ...]:
@@ -490,6 +562,7 @@ __all__ = [
     "guard_rates",
     "kl_bernoulli",
     "logsumexp",
+    "lower_confidence_bound",
     "mean_log_e",
     "q_of",
     "split_alpha",

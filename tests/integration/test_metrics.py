@@ -168,10 +168,12 @@ async def test_the_route_view_shows_the_last_minute_per_version(
     url = f"http://127.0.0.1:{server.admin_port}/api/v1/routes/app"
     async with aiohttp.ClientSession() as s, s.get(url) as resp:
         traffic = (await resp.json())["traffic"]
-    assert traffic["window_seconds"] == 60
+    # the proxy started moments ago: the rate is per second of the time its window covers
+    span = traffic["window_seconds"]
+    assert 1 <= span < 60
     stable, cand = traffic["stable"], traffic["candidate"]
     assert (stable["requests"], stable["errors"], stable["error_rate"]) == (8, 0, 0.0)
-    assert stable["rate"] == pytest.approx(8 / 60, abs=0.001)
+    assert stable["rate"] == pytest.approx(8 / span, abs=0.01)
     assert (cand["requests"], cand["errors"], cand["error_rate"]) == (5, 1, 0.2)
     latency = cand["latency_ms"]
     assert latency["p50"] < 200 <= latency["p99"] * 1.02  # the slowest of 5 is the p99

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,6 +34,7 @@ from splitproxy.analyzer import (
 )
 from splitproxy.model import Rollout
 
+T0 = 1_000_000.0
 FAST = (0.05, 1)  # (latency bucket bound, share) of a healthy request mix
 BASE: dict[str, Any] = {"steps": [10, 50], "interval": "10s", "min_requests": 20}
 
@@ -402,6 +405,98 @@ def test_a_latency_regression_rolls_back() -> None:
             break
     assert d.phase == "rolled_back"
     assert d.events()[-1].message == "worse than stable: latency_vs_stable"
+    check = next(c for c in d.events()[-1].checks if c.name == "latency_vs_stable")
+    assert check.ci is not None
+    assert check.ci[0] > 1
+
+
+def test_a_rollback_s_interval_never_contains_ratio_one() -> None:
+    """The reported bound comes from the one-sided test that decided, at its α: four errors
+    in 30 candidate requests against none in 270 roll back, and the ratio is above 1."""
+    rollout = spec(
+        interval="60s",
+        checks=[
+            {"metric": "error_rate", "compare": "stable"},
+            {"metric": "latency", "compare": "stable"},
+        ],
+    )
+    a = Analyzer("shop", rollout, path_class_slots=0)
+    a.step(T0, Observation("1.1"))
+    a.step(
+        T0 + 1,
+        Observation(
+            "1.1",
+            [
+                Sample("candidate", 30, 4, 0.1, None, ((0.005, 30),)),
+                Sample("stable", 270, 0, 0.1, None, ((0.005, 270),)),
+            ],
+        ),
+    )
+    assert a.phase == "rolled_back"
+    decision = a.history[-1]
+    assert decision.message == "worse than stable: error_rate_vs_stable"
+    errors = next(c for c in decision.checks if c.name == "error_rate_vs_stable")
+    assert errors.value is not None
+    assert errors.max is not None
+    assert errors.value >= errors.max
+    assert errors.ci is not None
+    low, high = errors.ci
+    assert 1 < low < 30
+    assert high == math.inf  # one-sided, as the test is
+    assert [c["ci"] for c in a.status()["checks"] if c["name"] == "error_rate_vs_stable"] == [
+        [low, math.inf]
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 6),  # candidate errors in 30 requests
+            st.integers(0, 6),  # stable errors in 270 requests
+            st.integers(0, 3),  # candidate requests slower than stable's p95
+            st.sampled_from([0.05, 0.1, 0.5]),
+            st.sampled_from(["/a", "/b", "/c"]),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    st.sampled_from([0, 10]),
+)
+def test_a_failed_comparison_always_reports_a_lower_bound_above_one(
+    ticks: list[tuple[int, int, int, float, str]], slots: int
+) -> None:
+    rollout = spec(
+        interval="1h",
+        guard=False,
+        checks=[
+            {"metric": "error_rate", "compare": "stable"},
+            {"metric": "latency", "compare": "stable", "quantiles": [0.9, 0.95]},
+        ],
+    )
+    a = Analyzer("shop", rollout, path_class_slots=slots)
+    a.step(0.0, Observation(None, [Sample("stable", 3000, 0, None, None, hist(3000, 30))]))
+    a.step(1.0, Observation("v2"))
+    for now, (cx, sx, slow, p, path) in enumerate(ticks, start=2):
+        a.step(
+            float(now),
+            Observation(
+                "v2",
+                [
+                    Sample("candidate", 30, cx, p, path, hist(30, slow)),
+                    Sample("stable", 270, sx, p, path, hist(270, 2)),
+                ],
+            ),
+        )
+        for c in a.status()["checks"]:
+            if c["kind"] == "compare":
+                low, high = c["ci"]
+                assert high == math.inf
+                assert (low > 1) == (c["verdict"] == "fail"), c
+        if a.phase == "rolled_back":
+            evidence = [c for c in a.history[-1].checks if c.kind == "compare"]
+            assert any(c.verdict == "fail" and c.ci and c.ci[0] > 1 for c in evidence)
+            break
 
 
 # --- the guard --------------------------------------------------------------------------------
@@ -577,6 +672,45 @@ def test_step_gate_before_each_weight_increase() -> None:
     assert (d.phase, d.a.weight) == ("progressing", 50)
 
 
+def test_a_closed_confirm_promotion_gate_is_recorded_once_per_wait() -> None:
+    d = gated("confirm-promotion")
+    d.until("waiting")
+    waited_at = d.now - 1
+    before = len(d.events())
+    for _ in range(100):
+        d.tick(gates=[GateResult("confirm-promotion", d.a.pending_step + 1, False)])
+    closed = d.events()[before:]
+    assert Counter(e.kind for e in closed) == Counter({"gate_closed": 1})
+    assert d.phase == "waiting"
+    gate = d.a.status()["gate"]
+    assert gate == {
+        "name": "confirm-promotion",
+        "step": 3,
+        "since": waited_at,
+        "attempts": 100,
+        "last_at": d.now - 1,
+        "last_detail": "",
+    }
+    # a new answer says something new: recorded once more, and counted on
+    d.tick(gates=[GateResult("confirm-promotion", 3, False, "release manager away")])
+    d.tick(gates=[GateResult("confirm-promotion", 3, False, "release manager away")])
+    assert [e.message for e in d.events()[before:]] == [
+        "confirm-promotion: not yet",
+        "confirm-promotion: not yet: release manager away (answer 101)",
+    ]
+    assert d.a.status()["gate"]["attempts"] == 102
+    assert len(d.a.history) < 10  # the decisions before the wait are still there
+    assert d.a.history[0].kind == "started"
+    # the count survives a restart, and the next wait starts afresh
+    again = Analyzer.from_dict("shop", d.a.spec, json.loads(json.dumps(d.a.to_dict())))
+    assert again.status()["gate"] == d.a.status()["gate"]
+    d.tick(**cmd("pause"))
+    d.tick(**cmd("resume"))
+    assert d.a.status()["gate"]["attempts"] == 0
+    d.tick(gates=[GateResult("confirm-promotion", 3, False)])
+    assert d.kinds()[-1] == "gate_closed"
+
+
 def test_confirm_promotion_waits_and_checks_keep_running() -> None:
     d = gated("confirm-promotion")
     d.until("waiting")
@@ -663,6 +797,84 @@ def test_a_changed_spec_restarts_a_running_rollout() -> None:
     same.reconfigure(spec(interval="1m"))
     actions = same.step(d.now, Observation("v2"))
     assert SetWeight(10) in actions
+
+
+def test_a_state_saved_before_gate_counts_and_check_metrics_still_loads() -> None:
+    """``data/analyzer_state_v1.json`` was written by the analyzer before it counted a gate's
+    answers and gave checks their metric: waiting at confirm-promotion, one answer in."""
+    saved = json.loads((Path(__file__).parent / "data" / "analyzer_state_v1.json").read_text())
+    assert "gate" not in saved
+    assert all("metric" not in c for c in saved["checks"])
+    rollout = spec(
+        checks=[
+            {"metric": "error_rate", "compare": "stable"},
+            {"metric": "latency_p99", "max": "500ms", "name": "p99"},
+        ]
+    )
+    a = Analyzer.from_dict("shop", rollout, saved, gates=["confirm-promotion"], path_class_slots=0)
+    assert (a.phase, a.pending, a.weight) == ("waiting", "confirm-promotion", 50)
+    assert a.history[-1].kind == "gate_closed"
+    status = a.status()
+    assert status["gate"]["attempts"] == 0
+    assert status["gate"]["since"] == saved["hook_called_at"]
+    assert {c["name"]: c["metric"] for c in status["checks"]}["p99"] is None  # as saved
+    now = saved["last_now"] + 1
+    samples = traffic(0.5, candidate=(50, 0), stable=(50, 0))
+    a.step(now, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, False)]))
+    assert a.status()["gate"]["attempts"] == 1
+    assert {c["name"]: c["metric"] for c in a.status()["checks"]}["p99"] == "latency_p99"
+    a.step(now + 1, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, True)]))
+    assert a.phase == "promoted"
+
+
+def test_status_gives_the_step_s_needs_and_progress() -> None:
+    d = started(steps=[10, {"weight": 50, "interval": "30s", "min_requests": 20}, {"pause": True}])
+    d.run(3)
+    status = d.a.status()
+    assert (status["step"], status["interval"], status["min_requests"]) == (1, 10.0, 20)
+    assert status["window"] == {"start": 0.0, "elapsed": 3.0, "requests": 30}
+    d.run(9)
+    status = d.a.status()
+    assert (status["step"], status["interval"], status["min_requests"]) == (2, 30.0, 20)
+    assert status["window"] == {"start": 10.0, "elapsed": 2.0, "requests": 20}
+    d.run(40)
+    status = d.a.status()
+    assert (status["step"], status["phase"]) == (3, "waiting")
+    assert (status["interval"], status["min_requests"]) == (None, None)  # a pause step
+    done = started(interval="1s", min_requests=1)
+    done.until("promoted")
+    status = done.a.status()
+    assert (status["interval"], status["min_requests"], status["window"]["elapsed"]) == (
+        None,
+        None,
+        None,
+    )
+
+
+def test_check_results_carry_their_metric_and_unit() -> None:
+    d = started(
+        checks=[
+            {"metric": "latency_p99", "max": "500ms", "name": "checkout-p99"},
+            {"metric": "error_rate", "max": "2%"},
+            {"metric": "request_rate", "min": 1},
+            {"metric": "error_rate", "compare": "stable"},
+            {"metric": "latency", "compare": "stable"},
+            {"prometheus": "http://prom:9090", "query": "up", "min": 1},
+        ]
+    )
+    d.run(2)
+    got = {c["name"]: (c["metric"], c["unit"]) for c in d.a.status()["checks"]}
+    assert got == {
+        "checkout-p99": ("latency_p99", "seconds"),
+        "error_rate": ("error_rate", "fraction"),
+        "request_rate": ("request_rate", "per_second"),
+        "error_rate_vs_stable": ("error_rate", "e_value"),
+        "latency_vs_stable": ("latency", "e_value"),
+        "prometheus": (None, None),
+        "guard": ("error_rate", "e_value"),
+    }
+    saved = json.loads(json.dumps(d.a.to_dict()))
+    assert Analyzer.from_dict("shop", d.a.spec, saved).checks == d.a.checks
 
 
 def test_status_shows_the_rollout() -> None:

@@ -137,9 +137,43 @@ def test_a_check_reads_in_its_metric_s_unit() -> None:
     assert con.check_value(guard) == "e=inf"  # an overwhelming e-value is null in JSON
     assert con.check_value(check(value=None, verdict="no_data")) == "no data"
     assert con.check_bound(check(name="request_rate", min=5.0, max=None)) == "min 5/s"
-    assert con.check_value(check(name="p99 of checkout", value=0.25)) == "0.25"  # named: plain
+    # evidence recorded before checks carried their metric: a renamed check reads plain
+    assert con.check_value(check(name="p99 of checkout", value=0.25)) == "0.25"
     external = check(name="web", kind="external", value=1.0, min=1.0, max=None, sample=1)
     assert (con.check_value(external), con.check_sample(external)) == ("1", "1 reading")
+
+
+def test_a_renamed_check_reads_in_its_metric_s_unit() -> None:
+    p99 = check(name="checkout-p99", metric="latency_p99", unit="seconds", value=0.25, max=0.5)
+    assert (con.check_value(p99), con.check_bound(p99)) == ("250ms", "max 500ms")
+    assert "250ms" in con.check_line(p99).plain
+    assert "250ms" in render(con.checks_table([p99]))
+    success = check(
+        name="ok-share", metric="success_rate", unit="fraction", value=0.995, min=0.99, max=None
+    )
+    assert (con.check_value(success), con.check_bound(success)) == ("99.50%", "min 99.00%")
+    rps = check(name="busy", metric="request_rate", unit="per_second", value=12.5, min=5, max=None)
+    assert (con.check_value(rps), con.check_bound(rps)) == ("12.5/s", "min 5/s")
+    # the metric alone (without a unit) is enough; an external check's number stays plain
+    assert con.check_value(check(name="p50", metric="latency_p50", value=0.004)) == "4.00ms"
+    external = check(name="score", kind="external", metric=None, unit=None, value=0.25)
+    assert con.check_value(external) == "0.25"
+    guard = check(name="guard", kind="guard", metric="error_rate", unit="e_value", value=3.0)
+    assert con.check_value(guard) == "e=3"
+
+
+def test_a_lower_bound_above_one_never_reads_as_one() -> None:
+    assert con.check_detail(check(kind="compare", ci=[1.049, None])) == (
+        "ratio to stable in [1.04, inf]"
+    )
+    assert con.check_detail(check(kind="compare", ci=[1.37, None])) == (
+        "ratio to stable in [1.3, inf]"
+    )
+    assert con.check_detail(check(kind="compare", ci=[1.00001, None])) == (
+        "ratio to stable in [>1, inf]"
+    )
+    assert con.check_detail(check(kind="compare", ci=[0.0, None])) == "ratio to stable in [0, inf]"
+    assert con.check_detail(check(kind="compare", ci=[0.5, 2.0])) == "ratio to stable in [0.5, 2]"
 
 
 def test_a_check_line_carries_value_threshold_sample_and_verdict() -> None:
@@ -228,6 +262,17 @@ def test_the_step_bar_is_full_when_both_time_and_requests_are_met() -> None:
     assert "4.0/4s, 40/40 candidate requests" in over
     unknown = render(con.step_progress(rollout(), T0 + 2.5))
     assert "window 2.5s, 20 candidate requests" in unknown
+    # the status gives the step's needs: no need to pass them
+    known = render(con.step_progress(rollout(interval=4.0, min_requests=40), T0 + 2.0))
+    assert "2.0/4s, 20/40 candidate requests" in known
+
+
+def test_watch_draws_the_step_bar_from_the_status() -> None:
+    with_needs = status(routes=[route(rollout=rollout(interval=4.0, min_requests=40))])
+    text = render(con.watch_view(with_needs, T0 + 2))
+    assert "2.0/4s, 20/40 candidate requests" in text
+    line = con.progress_line(route(rollout=rollout(interval=4.0, min_requests=40)), T0 + 2.0)
+    assert "step 2/3 at 25%: 2.0/4s, 20/40 candidate requests" in line.plain
 
 
 def test_the_traffic_table_shows_weight_error_rate_and_p99_per_version() -> None:
@@ -265,6 +310,12 @@ def test_a_finished_rollout_shows_the_evidence_of_its_decision() -> None:
 def test_a_waiting_or_paused_rollout_says_why() -> None:
     waiting = con.rollout_headline(route(rollout=rollout(phase="waiting", waiting_for="step")))
     assert waiting.plain.endswith("(waiting for step)")
+    gate = {"name": "confirm-promotion", "step": 4, "since": T0, "attempts": 3,
+            "last_at": T0 + 120, "last_detail": ""}  # fmt: skip
+    asked = rollout(phase="waiting", waiting_for="confirm-promotion", gate=gate)
+    assert con.rollout_headline(route(rollout=asked)).plain.endswith(
+        "(waiting for confirm-promotion, closed 3×)"
+    )
     failures = con.rollout_headline(route(rollout=rollout(failures=1, failure_limit=2)))
     assert failures.plain.endswith(", 1 failed window(s), 2 tolerated")
 
@@ -404,7 +455,7 @@ def test_renders_a_real_analyzer_s_status_and_events() -> None:
     emitted += [a.event for a in actions if isinstance(a, Emit)]
     state = json.loads(json.dumps(finite(analyzer.status())))  # as the API sends it
     view = route(rollout={**state, "history": [finite(e.to_dict()) for e in emitted]})
-    text = render(con.rollout_panel(view, T0 + 1.5, (1.0, 5)))
+    text = render(con.rollout_panel(view, T0 + 1.5))  # the step's needs come with the status
     assert "shop 1.1: progressing, step 2 of 2, candidate at 50%" in text
     assert "10% ✓ → 50% ● → promote" in text
     assert "latency_p99" in text

@@ -355,12 +355,42 @@ async def test_confirm_promotion_holds_until_its_hook_answers_2xx() -> None:
     assert rig.phase == "waiting"
     assert rig.control.analyzers()["shop"].failures == 0
     assert len(rig.hooks.bodies("http://ci/ok")) == 4
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert status["gate"]["name"] == "confirm-promotion"
+    # counted, not each one a ledger event (the fourth answer is applied on the next tick)
+    assert status["gate"]["attempts"] == 3
     rig.hooks.answers["http://ci/ok"] = []  # approved
     for _ in range(3):
         rig.second()
         await rig.control.settle()
     assert (rig.phase, rig.weight) == ("promoted", 100)
-    assert rig.kinds().count("gate_closed") == 4
+    assert rig.kinds().count("gate_closed") == 1
+
+
+async def test_a_night_of_closed_confirm_promotion_answers_leaves_the_ledger_alone() -> None:
+    rig = Rig(
+        hooked(
+            {"on": "confirm-promotion", "url": "http://ci/ok"},
+            {"on": "event", "url": "http://chat/hook"},
+            interval="1s",
+        )
+    )
+    rig.hooks.answers["http://ci/ok"] = [False] * 1000
+    rig.control.tick()
+    rig.until("waiting")
+    await rig.control.settle()
+    decided = rig.kinds()
+    for _ in range(720):
+        rig.second(n=10)
+        await rig.control.settle()
+    assert rig.phase == "waiting"
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert status["gate"]["attempts"] == 720
+    assert rig.kinds() == [*decided, "gate_closed"]  # the decisions before it are all kept
+    notified = [b["type"] for b in rig.hooks.bodies("http://chat/hook")]
+    assert notified.count("gate_closed") == 1
 
 
 async def test_a_failing_pre_rollout_hook_is_a_failed_check() -> None:

@@ -18,6 +18,7 @@ from splitproxy.sequential import (
     guard_rates,
     kl_bernoulli,
     logsumexp,
+    lower_confidence_bound,
     mean_log_e,
     q_of,
     split_alpha,
@@ -211,6 +212,93 @@ def test_confidence_interval_ends() -> None:
     low, high = all_on_candidate.confidence_interval(0.01)
     assert low > 10
     assert high == math.inf
+
+
+def test_the_shifted_test_is_the_test_at_one_and_falls_with_r0() -> None:
+    test = fed([(0.05, 3, 40), (0.1, 2, 30), (0.5, 9, 9)])
+    assert test.log_e_at(1.0) == test.log_e  # bit for bit: the decision's own number
+    shifted = [test.log_e_at(r0) for r0 in (0.25, 0.5, 0.99, 1.01, 2.0, 4.0)]
+    assert shifted == sorted(shifted, reverse=True)
+    assert test.log_e_at(1.0 + 1e-9) == pytest.approx(test.log_e, abs=1e-6)
+    assert AttributionTest().log_e_at(3.0) == 0.0  # no events: e = 1 for every r0
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches, st.sampled_from([0.001, 0.0045, 0.01, 0.05]))
+def test_the_lower_bound_is_above_one_exactly_when_the_test_rejects(
+    batch: list[tuple[float, int, int]], alpha: float
+) -> None:
+    test = fed(batch)
+    bar = 1 / alpha
+    low = test.lower_confidence_bound(alpha)
+    assert (low > 1) == (test.e_value >= bar)
+    if 0 < low < math.exp(12):  # a rejected ratio, rounded down from the least one that isn't
+        assert math.exp(test.log_e_at(low)) >= bar * (1 - 1e-9)
+        assert math.exp(test.log_e_at(low * 1.0001)) < bar
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(probabilities, st.integers(0, 12), st.integers(0, 60), st.sampled_from("abcd")),
+        max_size=12,
+    ),
+    st.sampled_from([0, 2, 10]),
+)
+def test_the_family_s_lower_bound_inverts_the_family(
+    batch: list[tuple[float, int, int, str]], slots: int
+) -> None:
+    family = PathClassTests(slots=slots)
+    for p, x, y, name in batch:
+        family.update(p, x, y, f"/{name}")
+    assert family.log_e_at(1.0) == family.log_e
+    alpha = 0.0045
+    low = family.lower_confidence_bound(alpha)
+    assert (low > 1) == (family.e_value >= 1 / alpha)
+    if 0 < low < math.exp(12):
+        assert math.exp(family.log_e_at(low * 1.0001)) < 1 / alpha
+
+
+def test_a_rejection_by_one_path_class_gives_a_bound_above_one() -> None:
+    family = PathClassTests(slots=10)
+    for _ in range(40):
+        family.update(0.1, 0, 9, "/ok")
+        family.update(0.1, 1, 1, "/broken")
+    alpha = 0.0045
+    assert family.e_value >= 1 / alpha
+    assert family.pooled.e_value < 1 / alpha  # the pooled test alone has not seen it
+    assert family.pooled.confidence_interval(alpha)[0] < 1  # what was reported before
+    assert family.lower_confidence_bound(alpha) > 1
+
+
+def test_the_one_sided_lower_bound_covers_the_true_ratio() -> None:
+    rng = random.Random(5)
+    covered = 0
+    for _ in range(60):
+        test = AttributionTest()
+        q = q_of(3.0, 0.1)
+        lows = []
+        for _ in range(40):
+            for _ in range(10):
+                cand = rng.random() < q
+                test.update(0.1, int(cand), int(not cand))
+            lows.append(test.lower_confidence_bound(0.05))
+        covered += max(lows) <= 3.0  # anytime: at every look
+        assert lows[-1] > 1  # 400 events at a threefold rate: clearly worse
+    assert covered >= 57
+
+
+def test_lower_confidence_bound_ends() -> None:
+    assert AttributionTest().lower_confidence_bound(0.01) == 0.0
+    none_on_candidate = fed([(0.1, 0, 50)])
+    assert none_on_candidate.lower_confidence_bound(0.01) == 0.0
+    all_on_candidate = fed([(0.1, 30, 0)])
+    assert 10 < all_on_candidate.lower_confidence_bound(0.01) < 1e5
+    # a decreasing log e that rejects everything up to e^12 is reported there
+    assert lower_confidence_bound(lambda r0: 50.0, 0.01) == pytest.approx(math.exp(12))
+    # the bound rounds down and is above 1 even when r0 = 1 is only just rejected
+    just = lower_confidence_bound(lambda r0: math.log(100.0) - 1e-12 * (r0 - 1), 0.01)
+    assert just > 1
 
 
 def test_round_trip() -> None:
