@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -33,6 +34,27 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # RFC 9110 token characters: what a header field name may contain.
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 COOKIE_NAME = HEADER_NAME
+
+
+def _name(pattern: re.Pattern[str], what: str) -> AfterValidator:
+    def check(v: str) -> str:
+        if not pattern.fullmatch(v):
+            raise ValueError(f"must be a {what}")
+        return v
+
+    return AfterValidator(check)
+
+
+HeaderName = Annotated[str, _name(HEADER_NAME, "header field name")]
+CookieName = Annotated[str, _name(COOKIE_NAME, "cookie name")]
+
+
+def _header_names(headers: dict[str, str]) -> dict[str, str]:
+    """Check a ``headers:`` mapping's names; the error's path names the bad header."""
+    for header in headers:
+        if not HEADER_NAME.fullmatch(header):
+            raise _sub_path_error(f".{header}", "must be a header field name")
+    return headers
 
 
 class Frozen(BaseModel):
@@ -122,24 +144,10 @@ class Override(Frozen):
     With ``value`` (exact) or ``regex`` (full match), a match sends to the candidate.
     """
 
-    header: str | None = None
-    cookie: str | None = None
+    header: HeaderName | None = None
+    cookie: CookieName | None = None
     value: str | None = None
     regex: str | None = None
-
-    @field_validator("header")
-    @classmethod
-    def _header(cls, v: str | None) -> str | None:
-        if v is not None and not HEADER_NAME.fullmatch(v):
-            raise ValueError("must be a header field name")
-        return v
-
-    @field_validator("cookie")
-    @classmethod
-    def _cookie(cls, v: str | None) -> str | None:
-        if v is not None and not COOKIE_NAME.fullmatch(v):
-            raise ValueError("must be a cookie name")
-        return v
 
     @field_validator("regex")
     @classmethod
@@ -163,23 +171,9 @@ class Override(Frozen):
 class Sticky(Frozen):
     """Keep each client on one version: a seed cookie the proxy sets, or a header it sends."""
 
-    cookie: str | None = None
-    header: str | None = None
+    cookie: CookieName | None = None
+    header: HeaderName | None = None
     max_age: int = Field(default=30 * 24 * 3600, ge=1, le=10 * 365 * 24 * 3600)
-
-    @field_validator("cookie")
-    @classmethod
-    def _cookie(cls, v: str | None) -> str | None:
-        if v is not None and not COOKIE_NAME.fullmatch(v):
-            raise ValueError("must be a cookie name")
-        return v
-
-    @field_validator("header")
-    @classmethod
-    def _header(cls, v: str | None) -> str | None:
-        if v is not None and not HEADER_NAME.fullmatch(v):
-            raise ValueError("must be a header field name")
-        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> Sticky:
@@ -456,10 +450,7 @@ class WebCheck(_Named):
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for header in v:
-            if not HEADER_NAME.fullmatch(header):
-                raise _sub_path_error(f".{header}", "must be a header field name")
-        return v
+        return _header_names(v)
 
     @model_validator(mode="after")
     def _bounds(self) -> WebCheck:
@@ -553,10 +544,7 @@ class Hook(_Named):
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for header in v:
-            if not HEADER_NAME.fullmatch(header):
-                raise _sub_path_error(f".{header}", "must be a header field name")
-        return v
+        return _header_names(v)
 
     @field_validator("timeout")
     @classmethod
