@@ -70,8 +70,12 @@ def _admin_url(args: argparse.Namespace) -> str:
     return base.rstrip("/")
 
 
+class Unreachable(Exception):
+    """The admin API did not answer (nothing listening, a timeout)."""
+
+
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    """One admin API call; returns (status, decoded JSON)."""
+    """One admin API call; returns (status, decoded JSON); raises `Unreachable`."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(_admin_url(args) + path, data=data, method=method)
     req.add_header("Content-Type", "application/json")
@@ -89,6 +93,8 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
             return exc.code, {
                 "error": {"code": "http_error", "message": raw.decode(errors="replace")}
             }
+    except (OSError, ValueError) as exc:  # URLError, refused, timeout; or an answer not JSON
+        raise Unreachable(f"cannot reach the admin API at {_admin_url(args)}: {exc}") from None
 
 
 def _fail(payload: Any, status: int) -> int:
@@ -142,8 +148,8 @@ def _get_status(args: argparse.Namespace) -> tuple[Any, str | None]:
     """The status JSON, or None and why it could not be had."""
     try:
         status, payload = _call(args, "GET", "/api/v1/status")
-    except OSError as exc:
-        return None, f"cannot reach the admin API at {_admin_url(args)}: {exc}"
+    except Unreachable as exc:
+        return None, str(exc)
     if status != 200:
         err = payload.get("error", {}) if isinstance(payload, dict) else {}
         return None, f"error ({status}): {err.get('message', payload)}"
@@ -170,13 +176,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_weight(args: argparse.Namespace) -> int:
-    try:
-        status, payload = _call(
-            args, "PUT", f"/api/v1/routes/{args.route}/weight", {"weight": args.percent}
-        )
-    except OSError as exc:
-        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
-        return 1
+    status, payload = _call(
+        args, "PUT", f"/api/v1/routes/{args.route}/weight", {"weight": args.percent}
+    )
     if status != 200:
         return _fail(payload, status)
     print(f"{args.route}: candidate weight {payload['weight']['effective']:g}% (runtime override)")
@@ -186,11 +188,7 @@ def cmd_weight(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     """promote, rollback, pause, resume, retry: one manual command on a route's rollout."""
     body = {"reason": args.reason} if args.reason else None
-    try:
-        status, payload = _call(args, "POST", f"/api/v1/routes/{args.route}/{args.command}", body)
-    except OSError as exc:
-        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
-        return 1
+    status, payload = _call(args, "POST", f"/api/v1/routes/{args.route}/{args.command}", body)
     if status != 200:
         return _fail(payload, status)
     rollout = payload.get("rollout") or {}
@@ -203,11 +201,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    try:
-        status, payload = _call(args, "POST", "/api/v1/reload")
-    except OSError as exc:
-        print(f"cannot reach the admin API at {_admin_url(args)}: {exc}", file=sys.stderr)
-        return 1
+    status, payload = _call(args, "POST", "/api/v1/reload")
     if status == 200:
         print(f"loaded: revision {payload['revision']}")
         return 0
@@ -222,7 +216,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     try:
         status, _ = _call(args, "GET", "/readyz")
-    except OSError:
+    except Unreachable:
         return 1
     return 0 if status == 200 else 1
 
@@ -334,5 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except Unreachable as exc:
+        print(exc, file=sys.stderr)
+        return 1
     return code

@@ -193,3 +193,10 @@ async def test_reload_verb_applies_a_good_file_and_reports_a_bad_one(tmp_path: P
             assert status["routes"][0]["weight"]["effective"] == 30.0
     finally:
         await upstream.close()
+
+
+def test_admin_verbs_say_when_the_proxy_is_not_there() -> None:
+    result = cli("promote", "shop", "--admin-url", "http://127.0.0.1:9", "--timeout", "2")
+    assert result.returncode == 1
+    assert "cannot reach the admin API at http://127.0.0.1:9" in result.stderr
+    assert "Traceback" not in result.stderr
