@@ -201,6 +201,15 @@ class ProxyContext:
                 markers[value] = (route, target)
         self.wanted_headers = frozenset(wanted)
         self.synthetic_markers = markers
+        # round-robin counters only for the URL lists this snapshot still names (reloads
+        # that keep changing multi-URL backends would otherwise grow the dict for ever)
+        live = {
+            plan.targets
+            for route in new.routes
+            for plan in (route.stable, route.candidate)
+            if plan is not None and len(plan.targets) > 1
+        }
+        self._rr = {key: n for key, n in self._rr.items() if key in live}
 
     def pick_pool(self, plan: BackendPlan) -> tuple[UpstreamPool, str]:
         """The pool for the next request to ``plan``: round-robin over its URLs."""
