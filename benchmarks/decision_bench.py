@@ -2,7 +2,7 @@
 
 An offline simulation (no network, stdlib only) of the design in
 ``shared/reference/canary-statistics.md`` section 3, driving the real
-`splitproxy.analyzer.Analyzer` tick by tick, exactly as ``control.py`` does:
+`splitproxy.rollout.analyzer.Analyzer` tick by tick, exactly as ``control.py`` does:
 
 * traffic: Poisson arrivals at 1, 20 and 1000 rps over 10 endpoints with Zipf shares
   (34 % … 3.4 %), routed to the candidate at random with probability = the current weight;
@@ -54,8 +54,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from splitproxy.analyzer import Analyzer, Observation, Sample, SetWeight
-from splitproxy.model import Rollout
+from splitproxy.config import Rollout
+from splitproxy.rollout.analyzer import Analyzer, Observation, Sample, SetWeight
 
 # --- the world -----------------------------------------------------------------------------
 
@@ -263,13 +263,13 @@ def run_once(rps: float, scenario: Scenario, policy: str, seed: int) -> dict[str
     history, _ = version_traffic(
         rng, "stable", HISTORY_REQUESTS, None, Scenario("history", bad=False), stable_tail
     )
-    analyzer.step(-dt, Observation(None, history))
+    analyzer.tick(-dt, Observation(None, history))
     weight = 0.0
     now = 0.0
     cand_requests = 0
     samples: list[Sample] = []
     while now <= MAX_TIME:
-        for action in analyzer.step(now, Observation("candidate", samples)):
+        for action in analyzer.tick(now, Observation("candidate", samples)):
             if isinstance(action, SetWeight):
                 weight = action.percent or 0.0
         if analyzer.phase in ("promoted", "rolled_back", "paused"):

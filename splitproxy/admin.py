@@ -21,18 +21,18 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from splitproxy import __version__
-from splitproxy.analyzer import Command
-from splitproxy.control import COMMANDS, Controller
-from splitproxy.errors import AdminError
+from splitproxy.dataplane.routing import BUCKETS, CompiledRoute
+from splitproxy.dataplane.state import RuntimeState, Snapshot, weight_source
+from splitproxy.errors import Conflict, InvalidValue, NotReady, RequestRefused, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.routing import BUCKETS, CompiledRoute
-from splitproxy.state import RuntimeState, Snapshot, weight_source
+from splitproxy.rollout.analyzer import Command
+from splitproxy.rollout.controller import COMMANDS, Controller
 
 EVENTS_LIMIT = 1000  # the most events one GET /api/v1/events returns
 
@@ -57,6 +57,33 @@ ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class AdminError(Exception):
+    """A refusal of the admin API itself (a bad body or query): its HTTP status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+# The one place domain errors become HTTP status codes.
+_STATUS_OF: Final[tuple[tuple[type[RequestRefused], int], ...]] = (
+    (NotReady, 503),
+    (UnknownRoute, 404),
+    (Conflict, 409),
+    (InvalidValue, 400),
+)
+
+
+def status_of(exc: RequestRefused) -> int:
+    """The HTTP status that answers a refused request."""
+    for kind, status in _STATUS_OF:
+        if isinstance(exc, kind):
+            return status
+    return 400
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
@@ -67,6 +94,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except AdminError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except RequestRefused as exc:
+        return error_response(status_of(exc), exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -187,7 +216,7 @@ async def readyz(request: web.Request) -> web.Response:
 def _snapshot(ctx: AdminContext) -> Snapshot:
     snapshot = ctx.state.snapshot
     if snapshot is None:
-        raise AdminError(503, "not_ready", "no routing config is loaded yet")
+        raise NotReady("not_ready", "no routing config is loaded yet")
     return snapshot
 
 
@@ -220,7 +249,7 @@ def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
     name = request.match_info["name"]
     route = snapshot.route(name)
     if route is None:
-        raise AdminError(404, "no_such_route", f"no route named {name!r}")
+        raise UnknownRoute(name)
     return snapshot, route
 
 
@@ -284,7 +313,7 @@ async def post_command(request: web.Request, command: Command) -> web.Response:
             raise AdminError(400, "invalid_reason", '"reason" must be a string (500 characters)')
         reason = given
     if ctx.control is None:
-        raise AdminError(503, "not_ready", "the rollout controller is not running")
+        raise NotReady("not_ready", "the rollout controller is not running")
     ctx.control.command(route.name, command, reason=reason)
     await ctx.control.flush()  # durable before we say it happened
     snapshot = _snapshot(ctx)

@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from splitproxy.model import summary
+    from splitproxy.config import summary
     from splitproxy.server import read_routing_file
 
     try:
@@ -222,7 +222,7 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from splitproxy.demo import MIN_RATE, run_demo
+    from splitproxy.demo.story import MIN_RATE, run_demo
 
     split = args.scenario == "split"
     if not split and (args.requests is not None or args.weight is not None):

@@ -2,7 +2,15 @@
 
 SplitproxyError
 ├── ConfigError        the routing file or a setting is invalid (carries every problem)
-└── AdminError         an admin API call was refused (carries an HTTP status and a code)
+└── RequestRefused     a request to change the running state cannot be carried out
+    ├── NotReady       nothing to act on yet (no config loaded, no controller running)
+    ├── UnknownRoute   no route by that name
+    ├── Conflict       the request contradicts the current state (a rollout owns the weight)
+    └── InvalidValue   a value out of its range
+
+These are domain errors: the runtime state and the rollout controller raise them without
+knowing who asked. Only the admin API (``admin.py``) turns them into HTTP status codes; the
+CLI and tests see the same exceptions.
 """
 
 from __future__ import annotations
@@ -38,11 +46,30 @@ class ConfigError(SplitproxyError):
         return "\n".join(prefix + str(p) for p in self.problems)
 
 
-class AdminError(SplitproxyError):
-    """An admin request that cannot be carried out; maps to a JSON error response."""
+class RequestRefused(SplitproxyError):
+    """A change to the running state that cannot be made: a stable ``code`` and a message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status = status
+    def __init__(self, code: str, message: str) -> None:
         self.code = code
         self.message = message
         super().__init__(message)
+
+
+class NotReady(RequestRefused):
+    """Nothing to act on yet: no routing config is loaded, or no controller runs."""
+
+
+class UnknownRoute(RequestRefused):
+    """No route by that name in the running config."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__("no_such_route", f"no route named {name!r}")
+
+
+class Conflict(RequestRefused):
+    """The request contradicts the current state (e.g. a rollout owns the route's weight)."""
+
+
+class InvalidValue(RequestRefused):
+    """A value outside what the request allows."""

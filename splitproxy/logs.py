@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from splitproxy.proxy import Exchange, ExchangeObserver
+    from splitproxy.dataplane.proxy import Exchange, ExchangeObserver
 
 ACCESS_LOGGER = "splitproxy.access"
 

@@ -40,14 +40,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from splitproxy.analyzer import PHASES, Analyzer
-from splitproxy.routing import BUCKETS as WEIGHT_BUCKETS
-from splitproxy.routing import CompiledRoute, Decision
-from splitproxy.state import RuntimeState, Snapshot
-from splitproxy.stats import CANDIDATE, STABLE, Observation, Summary, Window, Windows
+from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
+from splitproxy.dataplane.routing import CompiledRoute, Decision
+from splitproxy.dataplane.state import RuntimeState, Snapshot
+from splitproxy.rollout.analyzer import PHASES, Analyzer
+from splitproxy.rollout.windows import CANDIDATE, STABLE, Observation, Summary, Window, Windows
 
 if TYPE_CHECKING:
-    from splitproxy.proxy import Exchange
+    from splitproxy.dataplane.proxy import Exchange
 
 # Seconds: Prometheus' defaults plus resolution around typical 200 ms - 1 s p99 thresholds.
 LATENCY_BUCKETS: Final = (

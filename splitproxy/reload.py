@@ -46,10 +46,10 @@ from typing import Final
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from splitproxy.config import RoutingConfig, parse_routing
+from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
+from splitproxy.dataplane.upstream import PoolRegistry, UpstreamPool
 from splitproxy.errors import ConfigError, Problem
-from splitproxy.model import RoutingConfig, parse_routing
-from splitproxy.state import RuntimeState, Snapshot, content_hash, upstream_keys
-from splitproxy.upstream import PoolRegistry, UpstreamPool
 
 logger = logging.getLogger("splitproxy.reload")
 

@@ -29,12 +29,13 @@ import time
 from aiohttp import web
 
 from splitproxy.admin import AdminContext, create_admin_app
-from splitproxy.control import Controller, ControlOptions
+from splitproxy.config import parse_routing
+from splitproxy.dataplane.proxy import ClientConnection, CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.dataplane.upstream import PoolRegistry
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import Recorder
-from splitproxy.model import parse_routing
-from splitproxy.proxy import ClientConnection, CoarseClock, ExchangeObserver, ProxyContext
 from splitproxy.reload import (
     ConfigInfoCollector,
     PoolJanitor,
@@ -43,11 +44,10 @@ from splitproxy.reload import (
     ReloadOutcome,
     read_routing_file,
 )
+from splitproxy.rollout.controller import Controller, ControlOptions
+from splitproxy.rollout.store import StateStore
+from splitproxy.rollout.traffic import loopback_url
 from splitproxy.settings import Settings
-from splitproxy.state import RuntimeState, content_hash
-from splitproxy.store import StateStore
-from splitproxy.traffic import loopback_url
-from splitproxy.upstream import PoolRegistry
 
 logger = logging.getLogger("splitproxy.server")
 

@@ -25,7 +25,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from splitproxy.demo_service import create_app
+from splitproxy.demo.service import create_app
 from tests.e2e.proc import Proxy, cli, serving
 
 ROUTE = "app"

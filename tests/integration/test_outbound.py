@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from splitproxy.hooks import HookClient, slack_text
-from splitproxy.sources import SourceError, query_prometheus, read_web
+from splitproxy.rollout.hooks import HookClient, slack_text
+from splitproxy.rollout.sources import SourceError, query_prometheus, read_web
 
 
 class Recorder:

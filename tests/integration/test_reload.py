@@ -24,11 +24,11 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from splitproxy.proxy import Exchange, ExchangeObserver
+from splitproxy.dataplane.proxy import Exchange, ExchangeObserver
+from splitproxy.dataplane.state import Snapshot, upstream_keys
 from splitproxy.reload import ReloadOptions
 from splitproxy.server import Server
 from splitproxy.settings import Settings
-from splitproxy.state import Snapshot, upstream_keys
 
 # -- upstreams and the proxy ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from splitproxy import cli
-from splitproxy.control import ControlOptions
+from splitproxy.rollout.controller import ControlOptions
 from splitproxy.server import Server
 from splitproxy.settings import Settings
 

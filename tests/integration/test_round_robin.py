@@ -8,8 +8,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from splitproxy.model import parse_routing
-from splitproxy.state import content_hash
+from splitproxy.config import parse_routing
+from splitproxy.dataplane.state import content_hash
 from tests.conftest import StartProxy
 
 

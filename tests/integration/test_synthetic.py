@@ -14,12 +14,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from splitproxy.model import Traffic
-from splitproxy.samples import samples_for
+from splitproxy.config import Traffic
+from splitproxy.dataplane.synthetic import HEADER, PROCESS_TOKEN, marker
+from splitproxy.rollout.samples import samples_for
+from splitproxy.rollout.traffic import SyntheticTraffic, SyntheticTraffics, loopback_url
+from splitproxy.rollout.windows import OTHER_CLASS
 from splitproxy.server import Server
-from splitproxy.stats import OTHER_CLASS
-from splitproxy.synthetic import HEADER, PROCESS_TOKEN, marker
-from splitproxy.traffic import SyntheticTraffic, SyntheticTraffics, loopback_url
 from tests.conftest import StartProxy
 from tests.integration.test_metrics import by, scrape
 

@@ -7,10 +7,10 @@ from typing import Any, cast
 
 import yaml
 
-from splitproxy.model import parse_routing
-from splitproxy.proxy import ClientConnection, Exchange
-from splitproxy.routing import Decision
-from splitproxy.state import RuntimeState, content_hash
+from splitproxy.config import parse_routing
+from splitproxy.dataplane.proxy import ClientConnection, Exchange
+from splitproxy.dataplane.routing import Decision
+from splitproxy.dataplane.state import RuntimeState, content_hash
 
 ROUTES: dict[str, Any] = {
     "revision": "r7",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from splitproxy.admin import TRAFFIC_SPAN, covered_span, traffic_view
+from splitproxy.dataplane.routing import CompiledRoute
 from splitproxy.metrics import Recorder
-from splitproxy.routing import CompiledRoute
-from splitproxy.stats import CANDIDATE, STABLE
+from splitproxy.rollout.windows import CANDIDATE, STABLE
 from tests.unit.fakes import runtime_state
 
 NOW = 1_700_000_000.0

@@ -1,4 +1,4 @@
-"""The rollout analyzer, ticked by hand: `splitproxy.analyzer`."""
+"""The rollout analyzer, ticked by hand: `splitproxy.rollout.analyzer`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.analyzer import (
+from splitproxy.config import Rollout
+from splitproxy.rollout.analyzer import (
     ACTIVE,
     PHASES,
     TRANSITIONS,
@@ -32,7 +33,6 @@ from splitproxy.analyzer import (
     hist_quantile,
     samples_from,
 )
-from splitproxy.model import Rollout
 
 T0 = 1_000_000.0
 FAST = (0.05, 1)  # (latency bucket bound, share) of a healthy request mix
@@ -83,7 +83,7 @@ class Driver:
         if samples is None:
             samples = traffic(self.weight / 100)
         obs = Observation(kw.pop("candidate", self.candidate), samples, **kw)
-        actions = self.a.step(self.now, obs)
+        actions = self.a.tick(self.now, obs)
         for action in actions:
             if isinstance(action, SetWeight):
                 self.weight = action.percent if action.percent is not None else 0.0
@@ -421,8 +421,8 @@ def test_a_rollback_s_interval_never_contains_ratio_one() -> None:
         ],
     )
     a = Analyzer("shop", rollout, path_class_slots=0)
-    a.step(T0, Observation("1.1"))
-    a.step(
+    a.tick(T0, Observation("1.1"))
+    a.tick(
         T0 + 1,
         Observation(
             "1.1",
@@ -475,10 +475,10 @@ def test_a_failed_comparison_always_reports_a_lower_bound_above_one(
         ],
     )
     a = Analyzer("shop", rollout, path_class_slots=slots)
-    a.step(0.0, Observation(None, [Sample("stable", 3000, 0, None, None, hist(3000, 30))]))
-    a.step(1.0, Observation("v2"))
+    a.tick(0.0, Observation(None, [Sample("stable", 3000, 0, None, None, hist(3000, 30))]))
+    a.tick(1.0, Observation("v2"))
     for now, (cx, sx, slow, p, path) in enumerate(ticks, start=2):
-        a.step(
+        a.tick(
             float(now),
             Observation(
                 "v2",
@@ -795,7 +795,7 @@ def test_a_changed_spec_restarts_a_running_rollout() -> None:
     same.reconfigure(spec())
     assert same.step_index == 1
     same.reconfigure(spec(interval="1m"))
-    actions = same.step(d.now, Observation("v2"))
+    actions = same.tick(d.now, Observation("v2"))
     assert SetWeight(10) in actions
 
 
@@ -820,10 +820,10 @@ def test_a_state_saved_before_gate_counts_and_check_metrics_still_loads() -> Non
     assert {c["name"]: c["metric"] for c in status["checks"]}["p99"] is None  # as saved
     now = saved["last_now"] + 1
     samples = traffic(0.5, candidate=(50, 0), stable=(50, 0))
-    a.step(now, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, False)]))
+    a.tick(now, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, False)]))
     assert a.status()["gate"]["attempts"] == 1
     assert {c["name"]: c["metric"] for c in a.status()["checks"]}["p99"] == "latency_p99"
-    a.step(now + 1, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, True)]))
+    a.tick(now + 1, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, True)]))
     assert a.phase == "promoted"
 
 
@@ -941,7 +941,7 @@ def test_phases_only_move_along_the_table(
             if gate is not None and a.pending not in (None, "pause")
             else [],
         )
-        actions = a.step(float(now), obs)
+        actions = a.tick(float(now), obs)
         phase = before
         for action in actions:
             if isinstance(action, Emit):
@@ -995,8 +995,8 @@ def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
 
 
 def test_fed_straight_from_stats_windows() -> None:
-    """The adapter of the module docstring, over the real `splitproxy.stats.Window`."""
-    from splitproxy.stats import Window
+    """The adapter of the module docstring, over the real `splitproxy.rollout.windows.Window`."""
+    from splitproxy.rollout.windows import Window
 
     window = Window()
     for i in range(2000):
@@ -1008,8 +1008,8 @@ def test_fed_straight_from_stats_windows() -> None:
     a = Analyzer(
         "shop", spec(checks=[{"metric": "error_rate", "compare": "stable"}]), path_class_slots=0
     )
-    a.step(0.0, Observation("v2"))
-    a.step(2.0, Observation("v2", samples))
+    a.tick(0.0, Observation("v2"))
+    a.tick(2.0, Observation("v2", samples))
     assert a.errors_test is not None
     assert a.errors_test.classes == {}
     assert a.errors_test.pooled.counts() == {0.1: (20, 0)}

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from splitproxy.model import parse_routing
+from splitproxy.config import parse_routing
 
 REPO = Path(__file__).resolve().parents[2]
 

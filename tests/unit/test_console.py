@@ -11,9 +11,9 @@ import pytest
 from rich.console import Console, RenderableType
 
 from splitproxy import console as con
-from splitproxy.analyzer import Analyzer, Emit, Observation, Sample
-from splitproxy.control import finite
-from splitproxy.model import Rollout
+from splitproxy.config import Rollout
+from splitproxy.rollout.analyzer import Analyzer, Emit, Observation, Sample
+from splitproxy.rollout.controller import finite
 
 T0 = 1_700_000_000.0
 
@@ -446,12 +446,12 @@ def test_renders_a_real_analyzer_s_status_and_events() -> None:
         }
     )
     analyzer = Analyzer("shop", spec, path_class_slots=0)
-    emitted = [a.event for a in analyzer.step(T0, Observation("1.1")) if isinstance(a, Emit)]
+    emitted = [a.event for a in analyzer.tick(T0, Observation("1.1")) if isinstance(a, Emit)]
     samples = [
         Sample("stable", 90, 0, 0.1, None, ((0.005, 90),)),
         Sample("candidate", 10, 0, 0.1, None, ((0.005, 10),)),
     ]
-    actions = analyzer.step(T0 + 1, Observation("1.1", samples))  # step 1 passes
+    actions = analyzer.tick(T0 + 1, Observation("1.1", samples))  # step 1 passes
     emitted += [a.event for a in actions if isinstance(a, Emit)]
     state = json.loads(json.dumps(finite(analyzer.status())))  # as the API sends it
     view = route(rollout={**state, "history": [finite(e.to_dict()) for e in emitted]})

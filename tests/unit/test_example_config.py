@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from splitproxy.model import RoutingConfig, parse_routing, summary
-from splitproxy.routing import CANDIDATE, STABLE, CompiledRoute, choose, find_route
+from splitproxy.config import RoutingConfig, parse_routing, summary
+from splitproxy.dataplane.routing import CANDIDATE, STABLE, CompiledRoute, choose, find_route
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "splitproxy.yaml"
 

@@ -1,4 +1,4 @@
-"""``rollout.hooks`` in the routing file: `splitproxy.model.Hook`."""
+"""``rollout.hooks`` in the routing file: `splitproxy.config.Hook`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
+from splitproxy.config import Hook, Rollout, parse_routing
 from splitproxy.errors import ConfigError
-from splitproxy.hooks import slack_text
-from splitproxy.model import Hook, Rollout, parse_routing
+from splitproxy.rollout.hooks import slack_text
 
 
 def rollout_of(body: str) -> Rollout:

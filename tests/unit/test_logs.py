@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from splitproxy.dataplane.proxy import Exchange
 from splitproxy.logs import AccessLog, Observers
-from splitproxy.proxy import Exchange
 from tests.unit.fakes import exchange, runtime_state
 
 NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z

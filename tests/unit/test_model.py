@@ -1,4 +1,4 @@
-"""The routing file: `splitproxy.model.parse_routing`, `summary`, and `splitproxy.state`."""
+"""The routing file (`parse_routing`, `summary`) and the runtime state it feeds."""
 
 from __future__ import annotations
 
@@ -9,10 +9,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitproxy.errors import AdminError, ConfigError, Problem
-from splitproxy.model import Backend, Match, Override, RoutingConfig, Sticky, parse_routing, summary
-from splitproxy.routing import BUCKETS
-from splitproxy.state import RuntimeState, Snapshot, content_hash
+from splitproxy.config import (
+    Backend,
+    Match,
+    Override,
+    RoutingConfig,
+    Sticky,
+    parse_routing,
+    summary,
+)
+from splitproxy.dataplane.routing import BUCKETS
+from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash
+from splitproxy.errors import (
+    ConfigError,
+    Conflict,
+    InvalidValue,
+    NotReady,
+    Problem,
+    RequestRefused,
+    UnknownRoute,
+)
 
 
 def parse(text: str) -> RoutingConfig:
@@ -575,30 +591,30 @@ def test_set_weight_bounds_and_resolution(
 
 
 @pytest.mark.parametrize(
-    ("name", "percent", "status", "code"),
+    ("name", "percent", "kind", "code"),
     [
-        ("nope", 10.0, 404, "no_such_route"),
-        ("static", 10.0, 409, "no_candidate"),
-        ("shop", 100.01, 400, "invalid_weight"),
-        ("shop", -0.01, 400, "invalid_weight"),
-        ("shop", math.nan, 400, "invalid_weight"),
-        ("shop", math.inf, 400, "invalid_weight"),
+        ("nope", 10.0, UnknownRoute, "no_such_route"),
+        ("static", 10.0, Conflict, "no_candidate"),
+        ("shop", 100.01, InvalidValue, "invalid_weight"),
+        ("shop", -0.01, InvalidValue, "invalid_weight"),
+        ("shop", math.nan, InvalidValue, "invalid_weight"),
+        ("shop", math.inf, InvalidValue, "invalid_weight"),
     ],
 )
 def test_set_weight_refusals(
-    state: RuntimeState, name: str, percent: float, status: int, code: str
+    state: RuntimeState, name: str, percent: float, kind: type[RequestRefused], code: str
 ) -> None:
     before = state.snapshot
-    with pytest.raises(AdminError) as info:
+    with pytest.raises(kind) as info:
         state.set_weight(name, percent, now=2000.0)
-    assert (info.value.status, info.value.code) == (status, code)
+    assert info.value.code == code
     assert state.snapshot is before  # nothing changed
 
 
 def test_set_weight_before_any_file_is_loaded() -> None:
-    with pytest.raises(AdminError) as info:
+    with pytest.raises(NotReady) as info:
         RuntimeState().set_weight("shop", 10, now=0.0)
-    assert (info.value.status, info.value.code) == (503, "not_ready")
+    assert info.value.code == "not_ready"
 
 
 def test_runtime_weight_survives_a_reload_that_leaves_the_route_alone(
@@ -659,9 +675,8 @@ def test_clear_weight_restores_the_file_weight(state: RuntimeState) -> None:
     snapshot = state.clear_weight("shop")
     assert weight_of(state, "shop") == 1000
     assert dict(snapshot.overrides) == {}
-    with pytest.raises(AdminError) as info:
+    with pytest.raises(UnknownRoute):
         state.clear_weight("nope")
-    assert info.value.status == 404
 
 
 def test_a_host_match_with_a_port_is_refused() -> None:

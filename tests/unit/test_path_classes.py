@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.sequential import OVERFLOW_CLASS, PathClassTests
-from splitproxy.stats import (
+from splitproxy.rollout.sequential import OVERFLOW_CLASS, PathClassTests
+from splitproxy.rollout.windows import (
     CANDIDATE,
     OTHER_CLASS,
     PATH_CLASS_LIMIT,

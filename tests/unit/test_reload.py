@@ -1,5 +1,5 @@
 """The reload path without a proxy: `splitproxy.reload.Reloader`, `PoolJanitor`, the change log
-line, and the runtime-override rule of `splitproxy.state`."""
+line, and the runtime-override rule of `splitproxy.dataplane.state`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from splitproxy import reload as reload_module
+from splitproxy.config import RoutingConfig, parse_routing
+from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
+from splitproxy.dataplane.upstream import PoolRegistry
 from splitproxy.errors import ConfigError
-from splitproxy.model import RoutingConfig, parse_routing
 from splitproxy.reload import (
     UNREADABLE,
     PoolJanitor,
@@ -27,8 +29,6 @@ from splitproxy.reload import (
     file_signature,
     read_routing_file,
 )
-from splitproxy.state import RuntimeState, Snapshot, content_hash, upstream_keys
-from splitproxy.upstream import PoolRegistry
 
 MANUAL = ReloadOptions(watch=False, poll_interval=0, debounce=0.02)
 

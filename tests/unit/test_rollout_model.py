@@ -1,4 +1,4 @@
-"""The ``rollout:`` section of the routing file: `splitproxy.model.Rollout` and friends."""
+"""The ``rollout:`` section of the routing file: `splitproxy.config.Rollout` and friends."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitproxy.errors import ConfigError
-from splitproxy.model import (
+from splitproxy.config import (
     CompareCheck,
     Guard,
     MetricCheck,
@@ -22,6 +21,7 @@ from splitproxy.model import (
     parse_duration,
     parse_routing,
 )
+from splitproxy.errors import ConfigError
 
 
 def rollout_of(body: str) -> Rollout:

@@ -1,4 +1,4 @@
-"""Which version serves a request: `splitproxy.routing`, the pure routing decision."""
+"""Which version serves a request: `splitproxy.dataplane.routing`, the pure routing decision."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.model import Route
-from splitproxy.routing import (
+from splitproxy.config import Route
+from splitproxy.dataplane.routing import (
     BUCKETS,
     CANDIDATE,
     STABLE,

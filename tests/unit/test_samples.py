@@ -1,4 +1,4 @@
-"""The adapter from the live windows to the analyzer: `splitproxy.samples`."""
+"""The adapter from the live windows to the analyzer: `splitproxy.rollout.samples`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.analyzer import Analyzer, Sample, SetWeight
-from splitproxy.analyzer import Observation as Tick
-from splitproxy.model import Rollout
-from splitproxy.samples import path_class_slots, samples_for
-from splitproxy.stats import (
+from splitproxy.config import Rollout
+from splitproxy.rollout.analyzer import Analyzer, Sample, SetWeight
+from splitproxy.rollout.analyzer import Observation as Tick
+from splitproxy.rollout.samples import path_class_slots, samples_for
+from splitproxy.rollout.windows import (
     CANDIDATE,
     OTHER_CLASS,
     STABLE,
@@ -169,7 +169,7 @@ def time_to_rollback(slots: int | None, seed: int) -> float | None:
             window.observe(now + 0.5, version, 0.01, rng.random() < rate, p, path + "/x")
         samples = samples_for(window.observations(last, until=now + 1))
         last = now + 1
-        for action in analyzer.step(now + 1, Tick("v2", samples)):
+        for action in analyzer.tick(now + 1, Tick("v2", samples)):
             if isinstance(action, SetWeight) and action.percent is not None:
                 weight = action.percent
         if analyzer.phase == "rolled_back":

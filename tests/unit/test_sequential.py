@@ -1,4 +1,4 @@
-"""The anytime-valid tests of `splitproxy.sequential`: validity, power, bookkeeping."""
+"""The anytime-valid tests of `splitproxy.rollout.sequential`: validity, power, bookkeeping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.sequential import (
+from splitproxy.rollout.sequential import (
     DEFAULT_GRID,
     AttributionTest,
     PathClassTests,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.stats import (
+from splitproxy.rollout.windows import (
     CANDIDATE,
     MAX_BINS,
     MAX_LATENCY,

@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 
-from splitproxy.store import StateStore
+from splitproxy.rollout.store import StateStore
 
 
 def test_saved_state_survives_a_new_store(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_a_failed_write_keeps_the_old_state_and_leaves_no_temp_file(tmp_path: Pa
     store = StateStore(tmp_path)
     store.save("shop", {"phase": "progressing"})
     with (
-        mock.patch("splitproxy.store.os.replace", side_effect=OSError("disk full")),
+        mock.patch("splitproxy.rollout.store.os.replace", side_effect=OSError("disk full")),
         pytest.raises(OSError, match="disk full"),
     ):
         store.save("shop", {"phase": "promoted"})

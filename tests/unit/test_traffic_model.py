@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
+from splitproxy.config import Traffic, parse_routing
+from splitproxy.dataplane.synthetic import PROCESS_TOKEN, marker
 from splitproxy.errors import ConfigError
-from splitproxy.model import Traffic, parse_routing
-from splitproxy.synthetic import PROCESS_TOKEN, marker
-from splitproxy.traffic import TRAFFIC_PHASES, loopback_url, route_host
+from splitproxy.rollout.traffic import TRAFFIC_PHASES, loopback_url, route_host
 
 
 def config(traffic: Any) -> str:

@@ -6,7 +6,7 @@ analyzer compares it with the check's bounds like any built-in metric.
 
 from __future__ import annotations
 
-from splitproxy.sources.prometheus import query_prometheus
-from splitproxy.sources.web import SourceError, WebReading, read_web
+from splitproxy.rollout.sources.prometheus import query_prometheus
+from splitproxy.rollout.sources.web import SourceError, WebReading, read_web
 
 __all__ = ["SourceError", "WebReading", "query_prometheus", "read_web"]

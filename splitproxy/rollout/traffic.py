@@ -31,10 +31,10 @@ import aiohttp
 from yarl import URL
 
 from splitproxy import __version__
-from splitproxy.model import Traffic
-from splitproxy.synthetic import HEADER, PROCESS_TOKEN, marker
+from splitproxy.config import Traffic
+from splitproxy.dataplane.synthetic import HEADER, PROCESS_TOKEN, marker
 
-logger = logging.getLogger("splitproxy.traffic")
+logger = logging.getLogger("splitproxy.rollout.traffic")
 
 # The rollout phases during which a route's synthetic traffic runs: while its steps are being
 # judged or wait on a gate. Not while paused (by a human, or an incident on stable), and not

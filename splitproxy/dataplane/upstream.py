@@ -16,7 +16,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from splitproxy.http11 import no_body_status
+from splitproxy.dataplane.http11 import no_body_status
 
 
 class ResponseSink(Protocol):

@@ -1,6 +1,6 @@
 """A small demo service that names its version in every answer (the demo's two upstreams).
 
-Run one with ``python -m splitproxy.demo_service --version stable --port 8001``. Besides the
+Run one with ``python -m splitproxy.demo.service --version stable --port 8001``. Besides the
 JSON greeting on every path, ``/healthz`` answers 200, and ``--error-rate`` / ``--delay-ms``
 make a faulty version for rollback demonstrations.
 """
@@ -50,7 +50,7 @@ def create_app(version: str, error_rate: float = 0.0, delay_ms: float = 0.0) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m splitproxy.demo_service")
+    parser = argparse.ArgumentParser(prog="python -m splitproxy.demo.service")
     parser.add_argument(
         "--version", dest="version_name", default="stable", help="name to answer with"
     )

@@ -37,8 +37,8 @@ from rich.text import Text
 
 from splitproxy.admin import route_view
 from splitproxy.console import event_lines, progress_line, rollout_panel
-from splitproxy.control import ControlOptions
-from splitproxy.demo_service import create_app
+from splitproxy.demo.service import create_app
+from splitproxy.rollout.controller import ControlOptions
 from splitproxy.server import Server, new_event_loop
 from splitproxy.settings import Settings
 

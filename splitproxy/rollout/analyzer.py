@@ -6,7 +6,7 @@ One `Analyzer` looks after one route. It never reads a clock, a socket or a file
 (``control.py``) ticks it, about once a second, with the time and what happened since the
 previous tick, and gets back a list of actions to carry out::
 
-    actions = analyzer.step(now, Observation(candidate="2.4.0", samples=...))
+    actions = analyzer.tick(now, Observation(candidate="2.4.0", samples=...))
 
 Everything it knows arrives through `Observation`, and everything it wants done leaves as an
 `Action`: `SetWeight` (the candidate's share; ``None`` hands the route back to the routing
@@ -44,7 +44,7 @@ without a value, follows ``on_no_data``: ``hold`` waits, ``fail`` counts a failu
 rollout that has been progressing longer than ``max_duration`` pauses for a human.
 
 *Statistics.* Every tick, not only at the end of a step, three anytime-valid tests are
-updated and judged (see `splitproxy.sequential`); each can roll back at once:
+updated and judged (see `splitproxy.rollout.sequential`); each can roll back at once:
 
 - error rate against stable: randomization-attribution e-processes, pooled and per path
   class, averaged into one;
@@ -103,7 +103,7 @@ from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final, Literal, Protocol, cast
 
-from splitproxy.model import (
+from splitproxy.config import (
     LATENCY_QUANTILES,
     CompareCheck,
     MetricCheck,
@@ -112,7 +112,7 @@ from splitproxy.model import (
     Step,
     WebCheck,
 )
-from splitproxy.sequential import (
+from splitproxy.rollout.sequential import (
     AlphaSplit,
     AttributionTest,
     PathClassTests,
@@ -601,7 +601,7 @@ class Analyzer:
 
     # --- the tick -----------------------------------------------------------------------------
 
-    def step(self, now: float, observation: Observation) -> list[Action]:
+    def tick(self, now: float, observation: Observation) -> list[Action]:
         """Advance to ``now`` with what happened since the previous tick; return the actions."""
         self._actions = []
         self._now = now

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("splitproxy.store")
+logger = logging.getLogger("splitproxy.rollout.store")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 

@@ -6,7 +6,7 @@ import math
 
 import aiohttp
 
-from splitproxy.sources.web import SourceError
+from splitproxy.rollout.sources.web import SourceError
 
 
 async def query_prometheus(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
-from splitproxy.model import Backend, Override, Route
+from splitproxy.config import Backend, Override, Route
 
 BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
 

@@ -63,7 +63,11 @@ from typing import Any, Final, Protocol, cast
 
 import aiohttp
 
-from splitproxy.analyzer import (
+from splitproxy.config import Hook, PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
+from splitproxy.errors import Conflict, NotReady, UnknownRoute
+from splitproxy.metrics import Recorder
+from splitproxy.rollout.analyzer import (
     ACTIVE,
     GATES,
     PHASES,
@@ -79,17 +83,13 @@ from splitproxy.analyzer import (
     Observation,
     SetWeight,
 )
-from splitproxy.errors import AdminError
-from splitproxy.hooks import HookClient, HookResult, slack_text
-from splitproxy.metrics import Recorder
-from splitproxy.model import Hook, PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
-from splitproxy.samples import path_class_slots, samples_for
-from splitproxy.sources import SourceError, query_prometheus, read_web
-from splitproxy.state import RuntimeState, Snapshot, candidate_identity
-from splitproxy.store import StateStore
-from splitproxy.traffic import SyntheticTraffics, route_host
+from splitproxy.rollout.hooks import HookClient, HookResult, slack_text
+from splitproxy.rollout.samples import path_class_slots, samples_for
+from splitproxy.rollout.sources import SourceError, query_prometheus, read_web
+from splitproxy.rollout.store import StateStore
+from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 
-logger = logging.getLogger("splitproxy.control")
+logger = logging.getLogger("splitproxy.rollout.controller")
 
 COMMANDS: Final[tuple[Command, ...]] = ("promote", "rollback", "pause", "resume", "retry")
 STATE_FORMAT: Final = 1
@@ -334,7 +334,7 @@ class Controller:
         external, rt.external_values = rt.external_values, {}
         samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
         observation = Observation(identity, samples, commands, gates, external)
-        self._apply(rt, now, rt.analyzer.step(now, observation))
+        self._apply(rt, now, rt.analyzer.tick(now, observation))
         self._poll_external(rt, now)
         if self.traffics is not None and route is not None and route.rollout is not None:
             self.traffics.update(
@@ -457,7 +457,7 @@ class Controller:
                 return event
             return replace(event, message="the rollout was removed from the routing file")
 
-        self._apply(rt, now, rt.analyzer.step(now, Observation(None)), rewrite=removed)
+        self._apply(rt, now, rt.analyzer.tick(now, Observation(None)), rewrite=removed)
         self.state.clear_rollout_weight(name)
         self._mark(rt, now)
         if self.store is None:
@@ -470,20 +470,20 @@ class Controller:
     ) -> dict[str, Any]:
         """Carry out a manual command now; the route's rollout status afterwards.
 
-        Raises `AdminError`: 404 for an unknown route, 409 for a route without a rollout or a
-        command its phase does not allow (with the reason)."""
+        Raises `NotReady` before a config is loaded, `UnknownRoute`, and `Conflict` for a route
+        without a rollout or a command its phase does not allow (with the reason)."""
         snapshot = self.state.snapshot
         if snapshot is None:
-            raise AdminError(503, "not_ready", "no routing config is loaded yet")
+            raise NotReady("not_ready", "no routing config is loaded yet")
         now = self.clock()
         self._reconcile(snapshot, now)
         rt = self._routes.get(name)
         if rt is None:
             if snapshot.config.route(name) is None:
-                raise AdminError(404, "no_such_route", f"no route named {name!r}")
-            raise AdminError(409, "no_rollout", f"route {name!r} has no 'rollout' in the file")
+                raise UnknownRoute(name)
+            raise Conflict("no_rollout", f"route {name!r} has no 'rollout' in the file")
         if not rt.analyzer.accepts(command):
-            raise AdminError(409, "command_refused", refusal(name, command, rt.analyzer))
+            raise Conflict("command_refused", refusal(name, command, rt.analyzer))
         self._step(rt, now, [ManualCommand(command, source, reason)])
         status = self.route_status(name)
         assert status is not None

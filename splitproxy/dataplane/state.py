@@ -28,11 +28,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from splitproxy.errors import AdminError
-from splitproxy.model import Route, RoutingConfig
-from splitproxy.routing import CompiledRoute
+from splitproxy.config import Route, RoutingConfig
+from splitproxy.dataplane.routing import CompiledRoute
+from splitproxy.errors import Conflict, InvalidValue, NotReady, UnknownRoute
 
-logger = logging.getLogger("splitproxy.state")
+logger = logging.getLogger("splitproxy.dataplane.state")
 
 # Headers the data path always reads, whatever the routes say.
 BASE_WANTED_HEADERS = frozenset(
@@ -212,16 +212,15 @@ class RuntimeState:
         route = current.config.route(name)
         assert route is not None
         if route.candidate is None:
-            raise AdminError(409, "no_candidate", f"route {name!r} has no candidate")
+            raise Conflict("no_candidate", f"route {name!r} has no candidate")
         if name in current.rollout_weights:
-            raise AdminError(
-                409,
+            raise Conflict(
                 "rollout_active",
                 f"a rollout drives the weight of route {name!r}; use pause, resume, promote, "
                 "rollback or retry, or remove 'rollout' from the routing file",
             )
         if not 0.0 <= percent <= 100.0:
-            raise AdminError(400, "invalid_weight", "weight must be between 0 and 100")
+            raise InvalidValue("invalid_weight", "weight must be between 0 and 100")
         overrides = dict(current.overrides)
         overrides[name] = WeightOverride(round(percent, 2), now, source)
         return self._swap(self._recompile(current, overrides=overrides))
@@ -271,7 +270,7 @@ class RuntimeState:
     def _require(self, name: str) -> Snapshot:
         current = self._snapshot
         if current is None:
-            raise AdminError(503, "not_ready", "no routing config is loaded yet")
+            raise NotReady("not_ready", "no routing config is loaded yet")
         if current.config.route(name) is None:
-            raise AdminError(404, "no_such_route", f"no route named {name!r}")
+            raise UnknownRoute(name)
         return current

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from splitproxy.analyzer import Sample, Version
-from splitproxy.stats import CANDIDATE, STABLE, Observation, Windows
+from splitproxy.rollout.analyzer import Sample, Version
+from splitproxy.rollout.windows import CANDIDATE, STABLE, Observation, Windows
 
 _VERSIONS: tuple[tuple[int, Version], ...] = ((STABLE, "stable"), (CANDIDATE, "candidate"))
 

@@ -46,7 +46,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
-from splitproxy.http11 import (
+from splitproxy.dataplane.http11 import (
     HOP_BY_HOP,
     IDEMPOTENT_METHODS,
     LAST_CHUNK,
@@ -57,7 +57,7 @@ from splitproxy.http11 import (
     status_line,
     valid_request_id,
 )
-from splitproxy.routing import (
+from splitproxy.dataplane.routing import (
     CANDIDATE,
     BackendPlan,
     CompiledRoute,
@@ -68,12 +68,17 @@ from splitproxy.routing import (
     retry_decision,
     synthetic_decision,
 )
-from splitproxy.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
-from splitproxy.synthetic import HEADER_LOWER as SYNTHETIC
-from splitproxy.synthetic import PROCESS_TOKEN, TARGETS, UPSTREAM_LINE, marker
-from splitproxy.upstream import PoolExhausted, PoolRegistry, UpstreamConnection, UpstreamPool
+from splitproxy.dataplane.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
+from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
+from splitproxy.dataplane.synthetic import PROCESS_TOKEN, TARGETS, UPSTREAM_LINE, marker
+from splitproxy.dataplane.upstream import (
+    PoolExhausted,
+    PoolRegistry,
+    UpstreamConnection,
+    UpstreamPool,
+)
 
-logger = logging.getLogger("splitproxy.proxy")
+logger = logging.getLogger("splitproxy.dataplane.proxy")
 
 # Request headers the proxy consumes or replaces rather than forwards as they came.
 _CONSUMED: Final = HOP_BY_HOP | {
