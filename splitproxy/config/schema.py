@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from splitproxy.config.vocabulary import GATES, Gate, HookOn
 from splitproxy.errors import ConfigError, Problem
 
 ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -509,11 +510,6 @@ def _guard_shorthand(value: Any) -> Any:
     return value
 
 
-HookOn = Literal["pre-rollout", "step", "confirm-promotion", "post-rollout", "rollback", "event"]
-# Hooks that hold the rollout until they answer 2xx; the others are notifications.
-GATING_HOOKS: tuple[HookOn, ...] = ("pre-rollout", "step", "confirm-promotion")
-
-
 class Hook(_Named):
     """A webhook of the rollout: ``{on: confirm-promotion, url: http://ci/approve}``.
 
@@ -555,7 +551,7 @@ class Hook(_Named):
 
     @property
     def gating(self) -> bool:
-        return self.on in GATING_HOOKS
+        return self.on in GATES
 
 
 # --- synthetic traffic (traffic.py sends it, synthetic.py marks it) --------------------------
@@ -706,9 +702,10 @@ class Rollout(Frozen):
         return self
 
     @property
-    def gates(self) -> frozenset[HookOn]:
+    def gates(self) -> frozenset[Gate]:
         """The gating hooks configured (what the analyzer waits for)."""
-        return frozenset(h.on for h in self.hooks if h.gating)
+        configured = {h.on for h in self.hooks}
+        return frozenset(g for g in GATES if g in configured)
 
     @property
     def plan(self) -> tuple[Step, ...]:

@@ -46,6 +46,7 @@ from typing import Final, Protocol, cast
 
 import httptools
 
+from splitproxy.config.vocabulary import CANDIDATE, Version
 from splitproxy.dataplane.http11 import (
     HOP_BY_HOP,
     IDEMPOTENT_METHODS,
@@ -58,11 +59,9 @@ from splitproxy.dataplane.http11 import (
     valid_request_id,
 )
 from splitproxy.dataplane.routing import (
-    CANDIDATE,
     BackendPlan,
     CompiledRoute,
     Decision,
-    Version,
     choose,
     find_route,
     retry_decision,

@@ -35,12 +35,10 @@ from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from splitproxy.config import Backend, Override, Route
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 
 BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
 
-Version = Literal["stable", "candidate"]
-STABLE: Final = "stable"
-CANDIDATE: Final = "candidate"
 
 Reason = Literal["override", "sticky", "weight", "fallback", "retry", "synthetic"]
 

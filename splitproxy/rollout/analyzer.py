@@ -112,6 +112,7 @@ from splitproxy.config import (
     Step,
     WebCheck,
 )
+from splitproxy.config.vocabulary import GATES, Gate, Version
 from splitproxy.rollout.sequential import (
     AlphaSplit,
     AttributionTest,
@@ -190,10 +191,7 @@ ACTIVE: Final[frozenset[Phase]] = frozenset({"progressing", "waiting", "paused"}
 
 # --- inputs -----------------------------------------------------------------------------------
 
-Version = Literal["stable", "candidate"]
 Command = Literal["promote", "rollback", "pause", "resume", "retry"]
-Gate = Literal["pre-rollout", "step", "confirm-promotion"]
-GATES: Final[tuple[Gate, ...]] = ("pre-rollout", "step", "confirm-promotion")
 Histogram = tuple[tuple[float, int], ...]
 
 

@@ -64,12 +64,12 @@ from typing import Any, Final, Protocol, cast
 import aiohttp
 
 from splitproxy.config import Hook, PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.analyzer import (
     ACTIVE,
-    GATES,
     PHASES,
     TRANSITIONS,
     Analyzer,
@@ -77,7 +77,6 @@ from splitproxy.rollout.analyzer import (
     Command,
     Emit,
     Event,
-    Gate,
     GateResult,
     ManualCommand,
     Observation,
@@ -194,7 +193,7 @@ class _Rollout:
     def configure(self, rollout: Rollout) -> None:
         self.rollout = rollout
         self.analyzer.reconfigure(analyzer_spec(rollout))
-        self.analyzer.gates = cast(frozenset[Gate], rollout.gates)
+        self.analyzer.gates = rollout.gates
 
     def external_checks(self) -> tuple[ExternalCheck, ...]:
         return tuple(c for c in self.rollout.checks if isinstance(c, PrometheusCheck | WebCheck))
@@ -400,7 +399,7 @@ class Controller:
 
     def _create(self, name: str, rollout: Rollout, now: float) -> _Rollout:
         spec = analyzer_spec(rollout)
-        gates = cast(frozenset[Gate], rollout.gates)
+        gates = rollout.gates
         ledger = self._ledgers.get(name)
         if ledger is None:
             ledger = self._ledgers[name] = deque(maxlen=self.options.ledger_size)

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from splitproxy.rollout.analyzer import Sample, Version
+from splitproxy.config.vocabulary import Version
+from splitproxy.rollout.analyzer import Sample
 from splitproxy.rollout.windows import CANDIDATE, STABLE, Observation, Windows
 
 _VERSIONS: tuple[tuple[int, Version], ...] = ((STABLE, "stable"), (CANDIDATE, "candidate"))

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config import Rollout
+from splitproxy.config.vocabulary import Gate
 from splitproxy.rollout.analyzer import (
     ACTIVE,
     PHASES,
@@ -24,7 +25,6 @@ from splitproxy.rollout.analyzer import (
     CallHook,
     Emit,
     Event,
-    Gate,
     GateResult,
     ManualCommand,
     Observation,

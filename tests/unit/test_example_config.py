@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from splitproxy.config import RoutingConfig, parse_routing, summary
-from splitproxy.dataplane.routing import CANDIDATE, STABLE, CompiledRoute, choose, find_route
+from splitproxy.config.vocabulary import CANDIDATE, STABLE
+from splitproxy.dataplane.routing import CompiledRoute, choose, find_route
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "splitproxy.yaml"
 

@@ -13,14 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config import Route
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.routing import (
     BUCKETS,
-    CANDIDATE,
-    STABLE,
     CompiledRoute,
     Decision,
     Target,
-    Version,
     bucket,
     choose,
     cookie_value,
