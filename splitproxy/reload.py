@@ -185,7 +185,6 @@ class Reloader:
         self.clock = clock
         self.last_error: str | None = None
         self.last_problems: tuple[str, ...] = ()
-        self.last_outcome: ReloadOutcome | None = None
         self.passes = 0  # how many times the reload path has run to its end
         self.watching = False  # the directory watch is up
         self._judged = ""  # the content hash the reload path judged last (good or bad)
@@ -279,7 +278,6 @@ class Reloader:
                 outcome = self._outcome(False, False, (f"internal error: {exc!r}",), "")
             finally:  # also when stopped mid-reload: nobody waits forever
                 self.passes += 1
-                self.last_outcome = outcome
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(outcome)

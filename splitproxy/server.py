@@ -230,13 +230,9 @@ class Server:
         self.draining = True
         self._stop.set()
 
-    async def run(self) -> None:
-        """Start, serve until asked to stop, then drain and close."""
-        await self.start()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.shutdown()
+    async def stopped(self) -> None:
+        """Return when SIGTERM, SIGINT or `request_stop` asked the server to stop."""
+        await self._stop.wait()
 
     async def shutdown(self) -> None:
         s = self.settings
@@ -307,7 +303,7 @@ def serve(settings: Settings, routing_text: str | None = None) -> int:
             return 1
         server.install_signal_handlers()
         try:
-            await server._stop.wait()
+            await server.stopped()
         finally:
             await server.shutdown()
         return 0
