@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -80,11 +81,14 @@ class ProxyContext:
         via: str = "1.1 splitproxy",
         rng: Callable[[int], int] | None = None,
         synthetic_token: str = PROCESS_TOKEN,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = state
         self.pools = pools
         self.observer = observer
         self.clock = clock
+        # the precise clock of latencies (start, first byte, end); tests pass their own
+        self.monotonic = monotonic
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.read_timeout = read_timeout

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from time import monotonic
 from typing import TYPE_CHECKING, Final
 
 import httptools
@@ -183,7 +182,7 @@ class Exchange:
     def start(self) -> None:
         """Route the request and send it upstream (called in arrival order)."""
         ctx = self.ctx
-        self.started = monotonic()
+        self.started = self.ctx.monotonic()
         snapshot = self.snapshot = ctx.state.snapshot
         wanted = self.wanted
         rid = wanted.get(b"x-request-id")
@@ -334,7 +333,7 @@ class Exchange:
         self.up = up
         up.bind(self, self.method == b"HEAD")
         self.conn.flow.upstream_attached(up)
-        self.upstream_sent_at = monotonic()
+        self.upstream_sent_at = self.ctx.monotonic()
         if self.body_buffer and self.upgrade is None:
             up.writelines([self.head_bytes, *self.body_buffer])
             self.body_buffer = []
@@ -380,7 +379,7 @@ class Exchange:
     def upstream_head(
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
     ) -> None:
-        self.ttfb = monotonic() - self.started
+        self.ttfb = self.ctx.monotonic() - self.started
         self.status = self.upstream_status = status
         conn = self.conn
         cookie = b""
@@ -498,7 +497,7 @@ class Exchange:
         if not self.request_id:
             self.request_id = self.ctx.request_ids.next()
         if self.started == 0.0:
-            self.started = monotonic()
+            self.started = self.ctx.monotonic()
         close = (
             close
             or not self.keep_alive
@@ -529,7 +528,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        now = monotonic()
+        now = self.ctx.monotonic()
         self.duration = now - self.started
         if self.upstream_sent_at:
             self.upstream_duration = now - self.upstream_sent_at
