@@ -67,7 +67,7 @@ _FAILURE_WORDS: Final[dict[FailureKind, str]] = {
     "reset": "closed the connection",
     "protocol": "sent an invalid response",
     "timeout": "did not answer in time",
-    "pool": "failed",
+    "pool": "failed",  # (never a 502: a full pool is answered 503 before any attempt)
 }
 
 
@@ -182,7 +182,7 @@ class Exchange:
     def start(self) -> None:
         """Route the request and send it upstream (called in arrival order)."""
         ctx = self.ctx
-        self.started = self.ctx.monotonic()
+        self.started = ctx.monotonic()
         snapshot = self.snapshot = ctx.state.snapshot
         wanted = self.wanted
         rid = wanted.get(b"x-request-id")
