@@ -110,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_seen = -1  # bytes received since then (-1: not counted in the first read)
         self.state = OPEN
         # Close after the current exchange: a decision about the connection's future (a
-        # response said Connection: close, or the proxy drains), taken while still OPEN.
+        # response said Connection: close, or the proxy drains), not a state it is in yet.
         self.closing = False
         self.flow = FlowControl()
         self.tunnel: Exchange | None = None  # the exchange relayed (TUNNEL)
