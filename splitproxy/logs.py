@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.proxy import Exchange, ExchangeObserver
+    from splitproxy.config.vocabulary import FailureKind, Version
+    from splitproxy.dataplane.context import ExchangeObserver
+    from splitproxy.dataplane.exchange import Exchange
 
 ACCESS_LOGGER = "splitproxy.access"
 
@@ -218,5 +220,5 @@ class Observers:
         if self.access_log is not None:
             self.access_log.log(ex)
 
-    def attempt_failed(self, ex: Exchange, version: str, kind: str) -> None:
+    def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
         self.recorder.attempt_failed(ex, version, kind)

@@ -40,6 +40,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from splitproxy.config.vocabulary import FAILURE_KINDS, FailureKind, Version
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState, Snapshot
@@ -47,7 +48,7 @@ from splitproxy.rollout.analyzer import PHASES, Analyzer
 from splitproxy.rollout.windows import CANDIDATE, STABLE, Observation, Summary, Window, Windows
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.proxy import Exchange
+    from splitproxy.dataplane.exchange import Exchange
 
 # Seconds: Prometheus' defaults plus resolution around typical 200 ms - 1 s p99 thresholds.
 LATENCY_BUCKETS: Final = (
@@ -55,7 +56,7 @@ LATENCY_BUCKETS: Final = (
 )  # fmt: skip
 # ``kind`` of splitproxy_upstream_errors_total. ``pool``: the proxy's own per-upstream
 # connection limit was reached (the request got a 503 without reaching the upstream).
-UPSTREAM_ERROR_KINDS: Final = frozenset({"connect", "timeout", "reset", "protocol", "pool"})
+UPSTREAM_ERROR_KINDS: Final = frozenset(FAILURE_KINDS)
 _VERSION_INDEX: Final = {"stable": STABLE, "candidate": CANDIDATE}
 _LE: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
 # Seconds a rollout took, from its (re)start to promotion or rollback: 10 s to a day.
@@ -293,7 +294,7 @@ class Recorder:
                 _probability(route, decision), ex.path, route.path_prefix, synthetic,
             )  # fmt: skip
 
-    def attempt_failed(self, ex: Exchange, version: str, kind: str) -> None:
+    def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
         """An upstream attempt failed; the exchange goes on (a replay) or ends with a 503."""
         route = ex.route
         if route is None:
@@ -423,7 +424,7 @@ class _Collector(Collector):
         snapshot = r.state.snapshot
         if snapshot is not None:
             for route_ in snapshot.routes:
-                live = route_.candidate is not None and route_.candidate_available
+                live = route_.candidate is not None
                 cand = route_.weight_bp * 100 / WEIGHT_BUCKETS if live else 0.0
                 weight.add_metric((route_.name, "stable"), 100.0 - cand)
                 weight.add_metric((route_.name, "candidate"), cand)

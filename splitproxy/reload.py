@@ -47,8 +47,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from splitproxy.config import RoutingConfig, parse_routing
+from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
 from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
-from splitproxy.dataplane.upstream import PoolRegistry, UpstreamPool
 from splitproxy.errors import ConfigError, Problem
 
 logger = logging.getLogger("splitproxy.reload")

@@ -30,9 +30,10 @@ from aiohttp import web
 
 from splitproxy.admin import AdminContext, create_admin_app
 from splitproxy.config import parse_routing
-from splitproxy.dataplane.proxy import ClientConnection, CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.state import RuntimeState, content_hash
-from splitproxy.dataplane.upstream import PoolRegistry
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import Recorder

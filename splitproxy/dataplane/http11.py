@@ -1,13 +1,46 @@
 """HTTP/1.1 message pieces the data path needs: hop-by-hop rules, status lines, framing.
 
-Pure helpers on bytes; the protocols in `proxy.py` and `upstream.py` call them.
+Pure helpers on bytes and the words for how a body is framed; the protocols in `client.py`,
+`exchange.py` and `upstream.py` call them, and `heads.py` builds the heads from them.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from http import HTTPStatus
 from typing import Final
+
+
+class RequestBody(enum.Enum):
+    """How a client's request body is framed (the parser decodes either kind)."""
+
+    NONE = enum.auto()  # no body (or Content-Length: 0)
+    LENGTH = enum.auto()  # Content-Length bytes, forwarded as they come
+    CHUNKED = enum.auto()  # Transfer-Encoding: chunked, re-encoded chunk by chunk upstream
+
+
+class ResponseBody(enum.Enum):
+    """Where an upstream response's body ends, as its head says."""
+
+    NONE = enum.auto()  # no body: HEAD, 1xx, 204, 304
+    FRAMED = enum.auto()  # Content-Length or chunked: the parser finds the end
+    UNTIL_CLOSE = enum.auto()  # neither: the body ends when the upstream closes
+
+
+class BodyRelay(enum.Enum):
+    """How the response body is written to the client."""
+
+    RAW = enum.auto()  # as received (Content-Length framed, no body, or until close)
+    RECHUNK = enum.auto()  # re-encoded as chunked (an HTTP/1.1 client, no usable length)
+
+
+# The members under short names, for the hot path: module globals, compared by identity.
+NO_BODY: Final = RequestBody.NONE
+LENGTH: Final = RequestBody.LENGTH
+CHUNKED: Final = RequestBody.CHUNKED
+RAW: Final = BodyRelay.RAW
+RECHUNK: Final = BodyRelay.RECHUNK
 
 # RFC 9110 section 7.6.1: fields that apply to one connection only, never forwarded.
 # Content-Length is not here: the proxy keeps the sender's framing where it can.

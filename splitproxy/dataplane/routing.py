@@ -5,7 +5,7 @@ Theory of operation
 A route is compiled once per config snapshot into a `CompiledRoute` (lower-cased header names,
 compiled regexes, the weight in basis points). Per request, `choose` walks the design's order:
 
-1. no candidate (or the candidate is marked unavailable): stable, reason ``fallback``;
+1. no candidate: stable, reason ``fallback``;
 2. overrides, in file order (header or cookie; ``always``/``never``, exact value, regex):
    the first that gives a verdict wins, reason ``override``;
 3. a sticky key (the seed cookie the proxy sets, or a configured header) is hashed into
@@ -139,7 +139,6 @@ class CompiledRoute:
     sticky_header: bytes | None  # lower-cased
     sticky_max_age: int
     salt: bytes
-    candidate_available: bool = True
     # header names (lower-cased bytes) this route reads, so the proxy keeps only those
     wanted_headers: frozenset[bytes] = field(default=frozenset())
 
@@ -169,10 +168,6 @@ class CompiledRoute:
             salt=salt_for(route.name, candidate.revision if candidate else None),
             wanted_headers=frozenset(wanted),
         )
-
-    @property
-    def needs_cookies(self) -> bool:
-        return self.sticky_cookie is not None or any(o.cookie for o in self.overrides)
 
     def matches(self, host: str, path: str) -> bool:
         """Does this route serve ``host`` (lower-cased, port stripped) and ``path``?"""
@@ -233,7 +228,7 @@ def choose(route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int) -> D
     ``headers`` maps lower-cased header names to raw values (``b"cookie"`` included when the
     route reads cookies); ``draw`` is a uniformly random integer in [0, 2**64).
     """
-    if route.candidate is None or not route.candidate_available:
+    if route.candidate is None:
         return _FALLBACK
     if route.overrides:
         cookies = headers.get(b"cookie")
@@ -271,8 +266,8 @@ def choose(route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int) -> D
 
 def synthetic_decision(route: CompiledRoute, target: Version) -> Decision:
     """Where a synthetic request goes: its ``target``, or stable when the route has no
-    candidate to send it to (none, or marked down)."""
-    if target == CANDIDATE and (route.candidate is None or not route.candidate_available):
+    candidate to send it to."""
+    if target == CANDIDATE and route.candidate is None:
         target = STABLE
     return _DECISIONS[target, "synthetic"]
 

@@ -1,22 +1,45 @@
-"""Upstream side of the data path: raw HTTP/1.1 connections and a keep-alive pool per address.
+r"""Upstream side of the data path: one raw HTTP/1.1 connection to an upstream.
 
 An `UpstreamConnection` is an asyncio protocol parsed by httptools' response parser. It serves
 one exchange at a time (its `sink`), forwarding the response head, body and end to it; between
-exchanges it sits idle in its `UpstreamPool`. The pool hands out the most recently used idle
-connection (warm, and the one least likely to have been closed by the upstream), closes idle
-ones before the upstream would (``idle_timeout``), and drops any that the upstream closes
-while idle, so a request never meets a dead pooled connection it could have avoided.
+exchanges it sits idle in its pool (`pools.py`). Its `UpstreamState` says where it is::
+
+    IDLE --bind--> WAITING_HEAD --final head--> STREAMING_BODY --end--> IDLE (or CLOSED)
+                                  \--101 and the parser's upgrade--> UPGRADED --close--> CLOSED
+
+and any state goes to CLOSED when either side closes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Protocol, cast
+import enum
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
-from splitproxy.dataplane.http11 import no_body_status
+from splitproxy.config.vocabulary import FailureKind
+from splitproxy.dataplane.http11 import ResponseBody, no_body_status
+
+if TYPE_CHECKING:
+    from splitproxy.dataplane.pools import UpstreamPool
+
+
+class UpstreamState(enum.Enum):
+    """Where an upstream connection is in its life (see the module docstring)."""
+
+    IDLE = enum.auto()  # no exchange: connecting, or waiting in the pool
+    WAITING_HEAD = enum.auto()  # the request is (being) sent; no final response head yet
+    STREAMING_BODY = enum.auto()  # the response head went to the exchange; its body follows
+    UPGRADED = enum.auto()  # a 101: raw bytes relayed both ways, never reused
+    CLOSED = enum.auto()  # closed by either side; never used again
+
+
+IDLE: Final = UpstreamState.IDLE
+WAITING_HEAD: Final = UpstreamState.WAITING_HEAD
+STREAMING_BODY: Final = UpstreamState.STREAMING_BODY
+UPGRADED: Final = UpstreamState.UPGRADED
+CLOSED: Final = UpstreamState.CLOSED
 
 
 class ResponseSink(Protocol):
@@ -28,14 +51,8 @@ class ResponseSink(Protocol):
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self) -> None: ...
     def upstream_upgraded(self, rest: bytes) -> None: ...
-    def upstream_failed(self, kind: str) -> None: ...
+    def upstream_failed(self, kind: FailureKind) -> None: ...
     def upstream_writable(self, writable: bool) -> None: ...
-
-
-class Clock(Protocol):
-    """A coarse clock the pool and connections stamp activity with."""
-
-    now: float
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -43,8 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_clock",
-        "body_mode",
-        "closed",
+        "body",
         "got_response_bytes",
         "head_only",
         "headers",
@@ -57,9 +73,9 @@ class UpstreamConnection(asyncio.Protocol):
         "reason",
         "served",
         "sink",
+        "state",
         "status",
         "transport",
-        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -67,20 +83,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._clock = pool.clock
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.sink: ResponseSink | None = None
+        self.state = IDLE
+        self.sink: ResponseSink | None = None  # the exchange served (WAITING_HEAD onwards)
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.status = 0
         self.keep_alive = False
         self.head_only = False
-        self.body_mode = 0  # 0 none, 1 framed by the parser, 2 until the upstream closes
-        self.tunnel = False
+        self.body = ResponseBody.NONE
         self.paused = False  # reading paused: the client is not taking the response
-        self.closed = False
         self.got_response_bytes = False
         self.served = 0
         self.idle_since = 0.0
         self.last_read = 0.0
+
+    @property
+    def closed(self) -> bool:
+        return self.state is CLOSED
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,7 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_read = self._clock.now
         sink = self.sink
-        if self.tunnel:
+        if self.state is UPGRADED:
             if sink is not None:
                 sink.upstream_body(data)
             return
@@ -101,7 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.tunnel = True
+            self.state = UPGRADED
             sink.upstream_upgraded(data[exc.args[0] :])
         except httptools.HttpParserError:
             if self.sink is not None:
@@ -113,16 +132,14 @@ class UpstreamConnection(asyncio.Protocol):
         return False  # close the transport; connection_lost reports
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        was = self.state
+        self.state = CLOSED
         self.pool.forget(self)
         sink = self.sink
         if sink is None:
             return
-        if self.tunnel:
-            self.sink = None
-            sink.upstream_complete()
-        elif self.body_mode == 2:
-            # A response delimited by the close of the connection has ended.
+        if was is UPGRADED or self.body is ResponseBody.UNTIL_CLOSE:
+            # A tunnel, or a response delimited by the close of the connection, has ended.
             self.sink = None
             sink.upstream_complete()
         else:
@@ -155,9 +172,10 @@ class UpstreamConnection(asyncio.Protocol):
         keep = self.keep_alive = self.parser.should_keep_alive()
         headers, self.headers = self.headers, []
         if self.head_only or no_body_status(status):
-            self.body_mode = 0
+            self.body = ResponseBody.NONE
         else:
-            self.body_mode = 1 if _framed(headers) else 2
+            self.body = ResponseBody.FRAMED if _framed(headers) else ResponseBody.UNTIL_CLOSE
+        self.state = STREAMING_BODY
         sink.upstream_head(status, self.reason, headers, keep)
         if self.head_only and status >= 200 and self.sink is sink:
             # llhttp cannot be told that a response answers HEAD: it would wait for the
@@ -187,9 +205,10 @@ class UpstreamConnection(asyncio.Protocol):
     def bind(self, sink: ResponseSink, head_only: bool) -> None:
         """Start serving an exchange: its response will be reported to ``sink``."""
         self.sink = sink
+        self.state = WAITING_HEAD
         self.head_only = head_only
         self.status = 0
-        self.body_mode = 0
+        self.body = ResponseBody.NONE
         self.got_response_bytes = False
         self.served += 1
         self.last_read = self._clock.now
@@ -203,19 +222,25 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.writelines(data)
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state is not CLOSED:
             self.paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state is not CLOSED:
             self.paused = False
             self.transport.resume_reading()
 
     def release(self) -> None:
         """The exchange is done: back to the pool if the connection can carry another."""
         self.sink = None
-        if self.keep_alive and not self.closed and not self.tunnel and self.status >= 200:
+        state = self.state
+        if (
+            self.keep_alive
+            and (state is STREAMING_BODY or state is IDLE)
+            and self.status >= 200  # (a 101 is below: an upgraded connection is never reused)
+        ):
+            self.state = IDLE
             if self.paused:  # idle connections must read: that is how a close is noticed
                 self.resume_reading()
             self.pool.put_idle(self)
@@ -224,28 +249,28 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.sink = None
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state is not CLOSED:
             self.transport.close()
-        self.closed = True
+        self.state = CLOSED
         self.pool.forget(self)
 
     def abort(self) -> None:
         self.sink = None
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and self.state is not CLOSED:
             self.transport.abort()
-        self.closed = True
+        self.state = CLOSED
         self.pool.forget(self)
 
-    def _fail(self, kind: str) -> None:
+    def _fail(self, kind: FailureKind) -> None:
         sink = self.sink
         self.close()
         if sink is not None:
             sink.upstream_failed(kind)
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else ("busy" if self.sink else "idle")
         return (
-            f"<UpstreamConnection {self.pool.host}:{self.pool.port} {state} served={self.served}>"
+            f"<UpstreamConnection {self.pool.host}:{self.pool.port} {self.state.name.lower()} "
+            f"served={self.served}>"
         )
 
 
@@ -258,167 +283,3 @@ def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
             if lname == b"content-length" or lname == b"transfer-encoding":
                 return True
     return False
-
-
-class PoolExhausted(Exception):
-    """The upstream's connection limit is reached and no idle connection is free."""
-
-
-class UpstreamPool:
-    """Keep-alive connections to one upstream address."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        clock: Clock,
-        *,
-        connect_timeout: float,
-        idle_timeout: float,
-        max_connections: int = 0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.clock = clock
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self._idle: list[UpstreamConnection] = []
-        self._open: set[UpstreamConnection] = set()
-        self._connecting = 0
-        self.closed = False
-
-    @property
-    def idle_count(self) -> int:
-        return len(self._idle)
-
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
-
-    def take_idle(self) -> UpstreamConnection | None:
-        """The most recently used live idle connection, or None."""
-        idle = self._idle
-        deadline = self.clock.now - self.idle_timeout
-        while idle:
-            conn = idle.pop()
-            if conn.closed:
-                continue
-            if conn.idle_since < deadline:
-                conn.close()
-                continue
-            return conn
-        return None
-
-    def at_limit(self) -> bool:
-        return 0 < self.max_connections <= len(self._open) + self._connecting
-
-    async def connect(self) -> UpstreamConnection:
-        """Open a new connection; raises OSError, TimeoutError or PoolExhausted."""
-        if self.at_limit():
-            raise PoolExhausted(f"{self.host}:{self.port}")
-        loop = asyncio.get_running_loop()
-        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self)  # noqa: E731
-        self._connecting += 1
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(factory, self.host, self.port)
-        finally:
-            self._connecting -= 1
-        if self.closed:
-            conn.close()
-            raise ConnectionAbortedError("pool closed")
-        self._open.add(conn)
-        return conn
-
-    def put_idle(self, conn: UpstreamConnection) -> None:
-        if self.closed:
-            conn.close()
-            return
-        conn.idle_since = self.clock.now
-        self._idle.append(conn)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        self._open.discard(conn)
-        # A connection the upstream closed while idle is skipped by take_idle (conn.closed).
-
-    def sweep(self) -> None:
-        """Close idle connections that have waited longer than ``idle_timeout``."""
-        deadline = self.clock.now - self.idle_timeout
-        keep = []
-        for conn in self._idle:
-            if conn.closed:
-                continue
-            if conn.idle_since < deadline:
-                conn.close()
-            else:
-                keep.append(conn)
-        self._idle = keep
-
-    def close(self) -> None:
-        """Close every connection: idle ones now, busy ones as they finish."""
-        self.closed = True
-        for conn in self._idle:
-            conn.close()
-        self._idle = []
-
-    def abort_all(self) -> None:
-        self.close()
-        for conn in list(self._open):
-            conn.abort()
-
-    def __repr__(self) -> str:
-        return (
-            f"<UpstreamPool {self.host}:{self.port} open={self.open_count} idle={self.idle_count}>"
-        )
-
-
-class PoolRegistry:
-    """One pool per upstream address, shared by every route that names it."""
-
-    def __init__(
-        self,
-        clock: Clock,
-        *,
-        connect_timeout: float,
-        idle_timeout: float,
-        max_connections: int = 0,
-    ) -> None:
-        self.clock = clock
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.pools: dict[tuple[str, int], UpstreamPool] = {}
-
-    def get(self, key: tuple[str, int]) -> UpstreamPool:
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = self.pools[key] = UpstreamPool(
-                key[0],
-                key[1],
-                self.clock,
-                connect_timeout=self.connect_timeout,
-                idle_timeout=self.idle_timeout,
-                max_connections=self.max_connections,
-            )
-        return pool
-
-    def retain_only(self, keys: set[tuple[str, int]]) -> list[UpstreamPool]:
-        """Detach pools whose address no route names any more; the caller closes them
-        after a grace period so requests still using them can finish."""
-        removed = [pool for key, pool in self.pools.items() if key not in keys]
-        for pool in removed:
-            del self.pools[(pool.host, pool.port)]
-        return removed
-
-    def sweep(self) -> None:
-        for pool in self.pools.values():
-            pool.sweep()
-
-    def close(self) -> None:
-        for pool in self.pools.values():
-            pool.close()
-
-    def abort_all(self) -> None:
-        for pool in self.pools.values():
-            pool.abort_all()

@@ -147,29 +147,6 @@ async def test_no_retry_after_response_bytes(
     assert seen == []
 
 
-async def test_timeouts_are_not_retried(
-    start_proxy: StartProxy, aiohttp_server: AiohttpServer
-) -> None:
-    release = asyncio.Event()
-
-    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        await release.wait()
-
-    seen: list[Seen] = []
-    stable = await aiohttp_server(stable_app(seen))
-    async with raw_upstream(hang) as candidate:
-        proxy = await start_proxy(
-            route(f"http://127.0.0.1:{stable.port}", candidate.url, weight=100), read_timeout=0.3
-        )
-        try:
-            resp = await exchange(proxy.listen_port, get())
-        finally:
-            release.set()
-        assert resp.status == 504
-    assert seen == []
-
-
 async def test_retried_once_only(start_proxy: StartProxy) -> None:
     async with raw_upstream(aborting) as stable, raw_upstream(aborting) as candidate:
         proxy = await start_proxy(route(stable.url, candidate.url, weight=100))

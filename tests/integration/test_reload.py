@@ -24,7 +24,9 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from splitproxy.dataplane.proxy import Exchange, ExchangeObserver
+from splitproxy.config.vocabulary import FailureKind, Version
+from splitproxy.dataplane.context import ExchangeObserver
+from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.state import Snapshot, upstream_keys
 from splitproxy.reload import ReloadOptions
 from splitproxy.server import Server
@@ -510,7 +512,7 @@ class Served:
         self.seen.append((ex.target.decode(), ex.upstream_url, revision))
         self.inner.exchange_finished(ex)
 
-    def attempt_failed(self, ex: Exchange, version: str, kind: str) -> None:
+    def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
         self.inner.attempt_failed(ex, version, kind)
 
 

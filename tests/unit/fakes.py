@@ -8,7 +8,8 @@ from typing import Any, cast
 import yaml
 
 from splitproxy.config import parse_routing
-from splitproxy.dataplane.proxy import ClientConnection, Exchange
+from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.routing import Decision
 from splitproxy.dataplane.state import RuntimeState, content_hash
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from splitproxy.dataplane.proxy import Exchange
+from splitproxy.config.vocabulary import FailureKind, Version
+from splitproxy.dataplane.exchange import Exchange
 from splitproxy.logs import AccessLog, Observers
 from tests.unit.fakes import exchange, runtime_state
 
@@ -122,7 +123,7 @@ class Recording:
     def exchange_finished(self, ex: Exchange) -> None:
         self.calls.append(("finished", ex.version))
 
-    def attempt_failed(self, ex: Exchange, version: str, kind: str) -> None:
+    def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
         self.calls.append(("failed", kind))
 
 

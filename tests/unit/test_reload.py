@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from splitproxy import reload as reload_module
 from splitproxy.config import RoutingConfig, parse_routing
+from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
-from splitproxy.dataplane.upstream import PoolRegistry
 from splitproxy.errors import ConfigError
 from splitproxy.reload import (
     UNREADABLE,

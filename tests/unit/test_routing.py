@@ -87,13 +87,6 @@ def test_no_candidate_always_goes_to_stable_with_reason_fallback(draw: int) -> N
     assert choose(route, {}, draw) == Decision(STABLE, "fallback")
 
 
-def test_unavailable_candidate_falls_back_to_stable_even_when_forced() -> None:
-    route = dataclasses.replace(at(WITH_CANARY, BUCKETS), candidate_available=False)
-    decision = choose(route, {b"x-canary": b"always"}, 0)
-    assert decision == Decision(STABLE, "fallback")
-    assert decision.seed is None  # no seed cookie is handed out for a fallback
-
-
 # --- weight 0 and 100 ---------------------------------------------------------------------
 
 
@@ -489,9 +482,7 @@ def test_from_model_compiles_everything_the_data_path_needs() -> None:
     assert compiled.sticky_header == b"x-user-id"
     assert compiled.sticky_cookie is None
     assert compiled.sticky_max_age == 60
-    assert compiled.candidate_available
     assert compiled.wanted_headers == frozenset({b"x-canary", b"x-user-id"})
-    assert compiled.needs_cookies  # for the canary cookie
     assert repr(compiled) == "<CompiledRoute shop candidate=12.5%>"
 
 
@@ -505,16 +496,14 @@ def test_from_model_without_candidate_or_rules() -> None:
     assert compiled.host_suffix is None
     assert compiled.path_prefix == "/"
     assert compiled.wanted_headers == frozenset()
-    assert not compiled.needs_cookies
     assert compiled.sticky_max_age == 0
     assert repr(compiled) == "<CompiledRoute plain>"
 
 
-def test_seed_cookie_route_needs_cookies() -> None:
-    assert BY_COOKIE.needs_cookies
+def test_seed_cookie_route() -> None:
     assert BY_COOKIE.sticky_cookie == SEED_COOKIE
     assert BY_COOKIE.sticky_max_age == 30 * 24 * 3600
-    assert not BY_HEADER.needs_cookies
+    assert BY_HEADER.sticky_cookie is None
 
 
 @given(draw=draws)

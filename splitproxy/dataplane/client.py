@@ -1,0 +1,481 @@
+"""Client side of the data path: HTTP/1.1 connections from users, one exchange at a time.
+
+A `ClientConnection` is an asyncio protocol parsed by httptools' request parser. Each request
+becomes an `Exchange` (`exchange.py`), started in arrival order: pipelined requests wait behind
+the one being served. Back-pressure between the client and the upstream is `flow.FlowControl`.
+
+The connection's `ClientState`::
+
+    OPEN --a request ends the connection / an answer before its body--> LAST_REQUEST
+    LAST_REQUEST --after a 101--> TUNNEL
+    OPEN, LAST_REQUEST --answered while the client may still send--> LINGERING
+    any --the transport is lost--> CLOSED
+
+Connection rules: a request that ends the connection (``Connection: close``, an upgrade, an
+error) stops the parsing of further requests (LAST_REQUEST), but the exchanges queued ahead of
+it keep their keep-alive answers. When the proxy answers before reading a request body (413,
+an early error), it half-closes and discards what the client still sends for a while
+(LINGERING, "lingering close"), so the answer is not lost to a reset. A client that
+half-closes after its request still gets the answer. Timeouts (`check_timeouts`, called by
+the sweeper with its clock): ``header_timeout`` from a request's first byte to the end of its
+headers (408); ``body_timeout`` between request body bytes, and for a client that stops taking
+the response; ``read_timeout`` while waiting on the upstream (504 before the response, a cut
+connection after); ``client_idle_timeout`` between requests. Only WebSocket upgrades are
+relayed; other upgrades (h2c) are served as plain requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Final, Protocol, cast
+
+import httptools
+
+from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
+from splitproxy.dataplane.flow import FlowControl
+from splitproxy.dataplane.heads import CONSUMED
+from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
+
+if TYPE_CHECKING:
+    from splitproxy.dataplane.context import ProxyContext
+
+logger = logging.getLogger("splitproxy.dataplane.client")
+
+_REJECT_MESSAGES: Final = {
+    "request_timeout": "the request headers took too long",
+    "uri_too_long": "the request target is too long",
+    "headers_too_large": "the request headers are too large",
+    "body_too_large": "the request body is too large",
+    "duplicate_header": "the request repeats Host or Content-Length",
+}
+# After answering a request whose body was not read (413, an early error), the proxy half-closes
+# and reads and discards what the client still sends, for at most this long (nginx's lingering
+# close): closing at once with unread bytes would reset the connection and lose the answer.
+_LINGER_IDLE: Final = 2.0
+_LINGER_MAX: Final = 10.0
+
+
+class ClientState(enum.Enum):
+    """Where a client connection is in its life (see the module docstring)."""
+
+    OPEN = enum.auto()  # requests are parsed as they come
+    LAST_REQUEST = enum.auto()  # no further request is read; those read are answered in turn
+    TUNNEL = enum.auto()  # after a 101: raw bytes relayed both ways
+    LINGERING = enum.auto()  # answered and half-closed: what the client sends is discarded
+    CLOSED = enum.auto()  # the transport is gone
+
+
+OPEN: Final = ClientState.OPEN
+LAST_REQUEST: Final = ClientState.LAST_REQUEST
+TUNNEL: Final = ClientState.TUNNEL
+LINGERING: Final = ClientState.LINGERING
+CLOSED: Final = ClientState.CLOSED
+
+
+class _Feed(Protocol):
+    def feed_data(self, data: bytes) -> None: ...
+
+
+class _Discard:
+    """Stands in for the request parser once no more requests are read from a connection."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+_DISCARD: Final = _Discard()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client TCP connection: parses requests, runs their exchanges in order."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.request_parser = httptools.HttpRequestParser(self)
+        self.parser: _Feed = self.request_parser  # _DISCARD once no more requests are read
+        self.peer_ip = ""
+        self.parsing: Exchange | None = None
+        self.current: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.header_bytes = 0
+        self.header_count = 0
+        self.in_head = False  # between the first byte of a request and the end of its headers
+        self.head_seen = -1  # bytes received since then (-1: not counted in the first read)
+        self.state = OPEN
+        # Close after the current exchange: a decision about the connection's future (a
+        # response said Connection: close, or the proxy drains), not a state it is in yet.
+        self.closing = False
+        self.flow = FlowControl()
+        self.tunnel: Exchange | None = None  # the exchange relayed (TUNNEL)
+        self.upgrading: Exchange | None = None
+        self.linger = False  # close with a lingering close (the client may still be sending)
+        self.linger_began = 0.0  # when LINGERING began
+        self.request_began = 0.0
+        self.last_activity = ctx.clock.now
+        self._wanted = ctx.wanted_headers
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = self.flow.transport = cast(asyncio.Transport, transport)  # (uvloop)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.ctx.connections.add(self)
+        if self.ctx.draining:
+            self.closing = True
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.ctx.clock.now
+        if self.state is TUNNEL:
+            tunnel = self.tunnel
+            if tunnel is not None and tunnel.up is not None:
+                tunnel.up.write(data)
+            return
+        parser = self.parser
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade_requested(data[exc.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                if self.parser is parser:
+                    self._reject(cause.status, cause.code, _REJECT_MESSAGES[cause.code])
+            else:
+                logger.error("internal error while handling a request", exc_info=cause or exc)
+                self._reject(500, "internal_error", "the proxy failed to handle this request")
+            return
+        except httptools.HttpParserError as exc:
+            if self.parser is parser:
+                self._reject(400, "bad_request", f"malformed request: {exc}")
+            # else: bytes after the connection's last request (Connection: close, an early
+            # answer, an upgrade): not parsed any more, ignored
+            return
+        if self.in_head:
+            self._head_progress(len(data))
+
+    def eof_received(self) -> bool:
+        """The client half-closed: finish answering what it asked, then close."""
+        if self.state is not TUNNEL and self.parsing is None and (self.current or self.queue):
+            last = self.queue[-1] if self.queue else self.current
+            assert last is not None
+            last.keep_alive = False
+            self._stop_requests()
+            return True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.ctx.connections.discard(self)
+        for ex in (self.tunnel, self.current, *self.queue, self.parsing):
+            if ex is not None and not ex.finished:
+                ex.client_gone()
+        self.queue.clear()
+        self.current = self.parsing = self.tunnel = self.upgrading = None
+
+    def pause_writing(self) -> None:
+        ex = self.current or self.tunnel
+        self.flow.client_write_paused(self.ctx.clock.now, ex.up if ex is not None else None)
+
+    def resume_writing(self) -> None:
+        ex = self.current or self.tunnel
+        self.flow.client_write_resumed(self.ctx.clock.now, ex.up if ex is not None else None)
+
+    # -- httptools callbacks -------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+        self.header_bytes = 0
+        self.header_count = 0
+        self.in_head = True
+        self.head_seen = -1
+        self.request_began = self.ctx.clock.now
+        self._wanted = self.ctx.wanted_headers
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.target = ex.target + url if ex.target else url
+        if len(ex.target) > self.ctx.max_header_bytes:
+            raise Reject(414, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        self.header_count += 1
+        if (
+            self.header_bytes > self.ctx.max_header_bytes
+            or self.header_count > self.ctx.max_headers
+        ):
+            raise Reject(431, "headers_too_large")
+        ex = self.parsing
+        assert ex is not None
+        lname = name.lower()
+        if lname in CONSUMED:
+            prior = ex.wanted.get(lname)
+            ex.wanted[lname] = prior + b", " + value if prior is not None else value
+            return
+        ex.headers.append((name, value))
+        if lname in self._wanted:
+            prior = ex.wanted.get(lname)
+            if prior is None:
+                ex.wanted[lname] = value
+            elif lname == b"cookie":
+                ex.wanted[lname] = prior + b"; " + value
+            elif lname == b"host" or lname == b"content-length":
+                raise Reject(400, "duplicate_header")
+            else:
+                ex.wanted[lname] = prior + b", " + value
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self.in_head = False
+        parser = self.request_parser
+        ex.method = parser.get_method()
+        ex.keep_alive = parser.should_keep_alive()
+        ex.http11 = parser.get_http_version() == "1.1"
+        wanted = ex.wanted
+        te = wanted.get(b"transfer-encoding")
+        if te is not None:
+            ex.body_kind = CHUNKED
+        else:
+            cl = wanted.get(b"content-length")
+            if cl is not None:
+                ex.content_length = int(cl)
+                ex.body_kind = LENGTH if ex.content_length > 0 else NO_BODY
+        if ex.body_kind != NO_BODY:
+            expect = wanted.get(b"expect")
+            ex.expect_continue = expect is not None and expect.lower() == b"100-continue"
+        if parser.should_upgrade():
+            # The parser reads no further requests after this one. Only WebSocket is relayed;
+            # any other upgrade (h2c, ...) goes upstream as a plain request, Upgrade dropped.
+            upgrade = wanted.get(b"upgrade")
+            if upgrade is not None and b"websocket" in upgrade.lower():
+                ex.upgrade = upgrade
+            ex.keep_alive = False
+            self.upgrading = ex
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            self.update_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.client_done()
+            if not ex.keep_alive:
+                # The connection ends after this exchange (its own close decision comes from
+                # ex.keep_alive when it is answered: exchanges ahead of it keep theirs).
+                self._stop_requests()
+
+    # -- used by exchanges ---------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.state is not CLOSED and self.transport is not None:
+            self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        if self.state is not CLOSED and self.transport is not None:
+            self.transport.writelines(data)
+
+    def exchange_done(self, ex: Exchange) -> None:
+        if self.current is not ex:
+            return
+        self.current = None
+        if self.state is CLOSED:
+            return
+        self.last_activity = self.ctx.clock.now  # the idle timeout counts from here
+        if (
+            self.closing
+            or not ex.keep_alive
+            or (not ex.req_done and ex.body_kind != NO_BODY)  # an unread body: cannot go on
+        ):
+            self.close()
+            return
+        # (a request without a body answered from on_headers_complete is done reading too:
+        # its on_message_complete follows in the same parser call)
+        if self.queue:
+            nxt = self.current = self.queue.popleft()
+            if nxt.reject is not None:
+                status, code, message = nxt.reject
+                nxt.local(status, code, message, close=True)
+                return
+            nxt.start()
+        self.update_reading()
+
+    def update_reading(self) -> None:
+        """Read from the client only when nothing downstream is full or waiting."""
+        state = self.state
+        if state is LINGERING or state is CLOSED:
+            return
+        flow = self.flow
+        if state is TUNNEL:
+            want = not flow.upstream_full
+        else:
+            ex = self.current
+            want = not (
+                flow.upstream_full
+                or self.queue
+                or ((self.closing or state is not OPEN) and self.parsing is None)
+                or (ex is not None and ex.body_buffered > BODY_BUFFER_LIMIT)
+            )
+        if flow.set_client_reading(want) and want:
+            self.last_activity = self.ctx.clock.now  # idle time starts when reading does
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        """After a 101: relay raw bytes between the client and the upstream connection."""
+        self.tunnel = ex
+        self.state = TUNNEL
+        self.current = None
+        self.closing = True
+        self.flow.upstream_full = False
+        if ex.body_buffer and ex.up is not None:
+            ex.up.writelines(ex.body_buffer)
+            ex.body_buffer = []
+            ex.body_buffered = 0
+        self.update_reading()
+
+    def _stop_requests(self) -> None:
+        """Read no further requests on this connection."""
+        self._read_no_more()
+        self.update_reading()
+
+    def _read_no_more(self) -> None:
+        self.parser = _DISCARD
+        if self.state is OPEN:
+            self.state = LAST_REQUEST
+
+    def _head_progress(self, n: int) -> None:
+        """A request head spans reads: bound it before its end arrives (a header line that
+        never ends would otherwise grow in the parser's buffer)."""
+        if self.head_seen < 0:
+            self.head_seen = 0  # the read the request began in is bounded by the read size
+            return
+        self.head_seen += n
+        if self.head_seen > 2 * self.ctx.max_header_bytes + 4096:
+            self._reject(431, "headers_too_large", _REJECT_MESSAGES["headers_too_large"])
+
+    def _upgrade_requested(self, rest: bytes) -> None:
+        """The parser saw a complete Upgrade request and reads no further: bytes after it
+        are early WebSocket data that wait for the 101 (or are dropped if none comes)."""
+        ex = self.upgrading
+        self.upgrading = None
+        self.parsing = None
+        self._read_no_more()
+        if ex is None:
+            self.close()
+            return
+        if rest and ex.upgrade is not None and not ex.finished:
+            ex.body_buffer.append(rest)
+        self.update_reading()
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        """The request being parsed is malformed, too large or too slow: answer it in turn,
+        read no more requests, and close (lingering) once it is answered."""
+        ex = self.parsing
+        self.parsing = None
+        self.in_head = False
+        self._read_no_more()
+        self.linger = status != 408  # a client too slow to send headers gets no more time
+        if ex is None:
+            ex = Exchange(self)
+        ex.keep_alive = False
+        if ex.finished:
+            # Already answered (an early error): nothing more to say.
+            if self.current is None:
+                self.close()
+        elif ex is self.current or self.current is None:
+            self.current = ex
+            if ex.client_head_sent:
+                self.abort()
+            else:
+                ex.local(status, code, message, close=True)
+        else:
+            # A pipelined request behind the one being served: answered when its turn comes.
+            ex.reject = (status, code, message)
+            if ex not in self.queue:
+                self.queue.append(ex)
+        self.update_reading()
+
+    def check_timeouts(self, now: float) -> None:
+        """Enforce the timeouts at ``now`` (the sweeper's clock): the module docstring's list."""
+        ctx = self.ctx
+        state = self.state
+        if state is LINGERING:
+            if now - self.last_activity > _LINGER_IDLE or now - self.linger_began > _LINGER_MAX:
+                assert self.transport is not None
+                self.transport.close()
+            return
+        if state is TUNNEL:
+            return
+        flow = self.flow
+        ex = self.current
+        if ex is not None and not ex.finished:
+            if flow.client_full and now - flow.full_since > ctx.body_timeout:
+                self.abort()  # the client stopped reading the response
+                return
+            up = ex.up
+            if up is not None and not flow.client_full and (ex.req_done or flow.upstream_full):
+                # Waiting on the upstream: for the response (from the later of the request's
+                # last byte and the upstream's last byte), or for it to take the body.
+                since = max(up.last_read, ex.upstream_sent_at, self.last_activity)
+                if now - since > ctx.read_timeout:
+                    ex.upstream_failed("timeout")
+                    return
+            if not ex.req_done and flow.reading and now - self.last_activity > ctx.body_timeout:
+                self.abort()
+            return
+        parsing = self.parsing
+        if parsing is not None:
+            if now - self.request_began > ctx.header_timeout:
+                self._reject(408, "request_timeout", "the request headers took too long")
+        elif now - self.last_activity > ctx.client_idle_timeout:
+            self.close()
+
+    def drain(self) -> None:
+        """Close now if idle, else after the current exchange (the proxy is stopping)."""
+        self.closing = True
+        if self.current is None and self.parsing is None and self.tunnel is None:
+            self.close()
+
+    def close(self) -> None:
+        """Close after what is written; lingering if the client may still be sending."""
+        transport = self.transport
+        if transport is None or self.state is CLOSED:
+            return
+        if (
+            self.state is not LINGERING
+            and (self.linger or (self.parsing is not None and self.parsing.body_kind != NO_BODY))
+            and not self.ctx.draining
+            and transport.can_write_eof()
+        ):
+            self.state = LINGERING
+            self.linger_began = self.last_activity = self.ctx.clock.now
+            self.parser = _DISCARD
+            transport.write_eof()
+            self.flow.set_client_reading(True)  # read, to discard
+            return
+        transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and self.state is not CLOSED:
+            self.transport.abort()
+
+    def __repr__(self) -> str:
+        return (
+            f"<ClientConnection {self.peer_ip} {self.state.name.lower()} "
+            f"current={self.current!r} queued={len(self.queue)}>"
+        )

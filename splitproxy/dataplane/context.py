@@ -1,0 +1,169 @@
+"""What every client connection shares: the routing state, the pools, the observer, the clock.
+
+`ProxyContext` is built once by the composition root (`server.py`). Besides holding the
+settings, it picks the pool for a request's backend (round-robin over its URLs, counters that
+follow the routing snapshot), tells whether a peer is a trusted proxy (whose ``X-Forwarded-*``
+are extended rather than replaced), and runs the sweeper's pass (timeouts, pool trimming) and
+the drain at shutdown. `ExchangeObserver` is what metrics and the access log implement.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from splitproxy.config.vocabulary import FailureKind, Version
+from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
+from splitproxy.dataplane.routing import BackendPlan, CompiledRoute
+from splitproxy.dataplane.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
+from splitproxy.dataplane.synthetic import PROCESS_TOKEN, TARGETS, marker
+
+if TYPE_CHECKING:
+    from splitproxy.dataplane.client import ClientConnection
+    from splitproxy.dataplane.exchange import Exchange
+
+
+class ExchangeObserver(Protocol):
+    """Receives every finished exchange (metrics, access log) and every failed attempt."""
+
+    def exchange_started(self, ex: Exchange) -> None: ...
+    def exchange_finished(self, ex: Exchange) -> None: ...
+    def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None: ...
+
+
+class CoarseClock:
+    """``time.monotonic()`` sampled by the sweeper: enough for timeouts and pool idleness.
+
+    (uvloop's ``loop.time()`` has millisecond resolution, too coarse for latency.)"""
+
+    __slots__ = ("now",)
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+
+class RequestIds:
+    """Request ids unique per process start: a random prefix and a counter."""
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex().encode()
+        self._n = 0
+
+    def next(self) -> bytes:
+        self._n += 1
+        return b"%s-%x" % (self._prefix, self._n)
+
+
+class ProxyContext:
+    """What every connection shares. Built by the composition root (`server.py`)."""
+
+    def __init__(
+        self,
+        state: RuntimeState,
+        pools: PoolRegistry,
+        observer: ExchangeObserver,
+        clock: CoarseClock,
+        *,
+        header_timeout: float,
+        body_timeout: float,
+        read_timeout: float,
+        client_idle_timeout: float,
+        max_header_bytes: int,
+        max_headers: int,
+        max_body_bytes: int,
+        trusted_proxies: tuple[str, ...] = (),
+        via: str = "1.1 splitproxy",
+        rng: Callable[[int], int] | None = None,
+        synthetic_token: str = PROCESS_TOKEN,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = state
+        self.pools = pools
+        self.observer = observer
+        self.clock = clock
+        # the precise clock of latencies (start, first byte, end); tests pass their own
+        self.monotonic = monotonic
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.read_timeout = read_timeout
+        self.client_idle_timeout = client_idle_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_headers = max_headers
+        self.max_body_bytes = max_body_bytes
+        self.trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
+        self.via_line = b"Via: " + via.encode("latin-1") + b"\r\n" if via else b""
+        self.getrandbits = rng or random.getrandbits
+        self.request_ids = RequestIds()
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.wanted_headers: frozenset[bytes] = BASE_WANTED_HEADERS
+        self.synthetic_token = synthetic_token
+        self.synthetic_token_bytes = synthetic_token.encode("latin-1")
+        # marker -> (route, target) of the current snapshot: see synthetic.py
+        self.synthetic_markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
+        self._rr: dict[tuple[object, ...], int] = {}
+        self.in_flight = 0
+        state.subscribe(self._on_snapshot)
+        if state.snapshot is not None:
+            self._on_snapshot(None, state.snapshot)
+
+    def _on_snapshot(self, old: Snapshot | None, new: Snapshot) -> None:
+        wanted = set(BASE_WANTED_HEADERS)
+        markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
+        for route in new.routes:
+            wanted |= route.wanted_headers
+            for target in TARGETS:
+                value = marker(route.name, target, self.synthetic_token).encode("latin-1")
+                markers[value] = (route, target)
+        self.wanted_headers = frozenset(wanted)
+        self.synthetic_markers = markers
+        # round-robin counters only for the URL lists this snapshot still names (reloads
+        # that keep changing multi-URL backends would otherwise grow the dict for ever)
+        live = {
+            plan.targets
+            for route in new.routes
+            for plan in (route.stable, route.candidate)
+            if plan is not None and len(plan.targets) > 1
+        }
+        self._rr = {key: n for key, n in self._rr.items() if key in live}
+
+    def pick_pool(self, plan: BackendPlan) -> tuple[UpstreamPool, str]:
+        """The pool for the next request to ``plan``: round-robin over its URLs."""
+        targets = plan.targets
+        if len(targets) == 1:
+            target = targets[0]
+        else:
+            key = targets
+            n = self._rr.get(key, 0)
+            self._rr[key] = n + 1
+            target = targets[n % len(targets)]
+        return self.pools.get(target.key), target.url
+
+    def is_trusted(self, peer: str) -> bool:
+        """Is ``peer`` (an IP address) one of the trusted proxies?"""
+        if not self.trusted or not peer:
+            return False
+        try:
+            addr = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def sweep(self, now: float) -> None:
+        """Called a few times a second: advance the clock, enforce timeouts, trim pools."""
+        self.clock.now = now
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        self.pools.sweep()
+
+    def start_draining(self) -> None:
+        """Stop keep-alive: idle connections close now, busy ones after their response."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()

@@ -1,0 +1,571 @@
+"""One request and its response through the proxy: the unit metrics and the access log record.
+
+An `Exchange` is made by its `ClientConnection` when a request's first byte arrives and is
+started in arrival order. It picks the route and version (`routing.choose`), takes an upstream
+connection from the pool, writes the request head (`heads.request_head`) and streams both
+bodies; the upstream connection reports the response to it (`upstream.ResponseSink`), and it
+writes the response head (`heads.response_head`) and body to the client.
+
+What the proxy answers itself: 400 (malformed), 404 (no route), 408 (headers too slow),
+413 (body too large), 414/431 (target or headers too large), 502 (upstream refused, reset or
+broken), 503 (no upstream can take it, or not ready), 504 (upstream too slow). Each carries the
+request id. A request to the candidate that fails before any response byte, and can be
+replayed safely (`retry.may_retry`), is retried once on stable; the failure still counts
+against the candidate. A retry always opens a fresh upstream connection.
+
+Synthetic requests (the proxy's own, from ``traffic.py``) carry ``X-Splitproxy-Synthetic`` with
+a per-process marker (``synthetic.py``): the header is always consumed; a valid marker sends the
+request to the route and version it names (reason ``synthetic``, ``Exchange.synthetic``), and
+the upstream gets ``X-Splitproxy-Synthetic: 1`` in its place; a marker with this process's
+token for a route that is gone gets a 404. Any other value is ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
+from splitproxy.dataplane.heads import request_head, response_head
+from splitproxy.dataplane.http11 import (
+    CHUNKED,
+    IDEMPOTENT_METHODS,
+    LAST_CHUNK,
+    LENGTH,
+    NO_BODY,
+    RAW,
+    RECHUNK,
+    chunk,
+    local_response,
+    no_body_status,
+    valid_request_id,
+)
+from splitproxy.dataplane.pools import PoolExhausted, UpstreamPool
+from splitproxy.dataplane.retry import may_retry
+from splitproxy.dataplane.routing import (
+    CompiledRoute,
+    Decision,
+    choose,
+    find_route,
+    retry_decision,
+    synthetic_decision,
+)
+from splitproxy.dataplane.state import Snapshot
+from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
+from splitproxy.dataplane.upstream import CLOSED, UpstreamConnection
+
+if TYPE_CHECKING:
+    from splitproxy.dataplane.client import ClientConnection
+
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+BODY_BUFFER_LIMIT: Final = 256 * 1024  # request bytes held while the upstream connects
+_FAILURE_WORDS: Final[dict[FailureKind, str]] = {
+    "connect": "refused the connection",
+    "reset": "closed the connection",
+    "protocol": "sent an invalid response",
+    "timeout": "did not answer in time",
+    "pool": "failed",  # (never a 502: a full pool is answered 503 before any attempt)
+}
+
+
+class Reject(Exception):
+    """Raised inside a parser callback to answer the request with an error status."""
+
+    def __init__(self, status: int, code: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+
+
+class Exchange:
+    """One request and its response; the unit that metrics and the access log record."""
+
+    __slots__ = (
+        "body_buffer",
+        "body_buffered",
+        "body_kind",
+        "body_received",
+        "bytes_out",
+        "client_head_sent",
+        "conn",
+        "connecting",
+        "content_length",
+        "ctx",
+        "decision",
+        "duration",
+        "error_kind",
+        "expect_continue",
+        "finished",
+        "head_bytes",
+        "headers",
+        "host",
+        "http11",
+        "keep_alive",
+        "method",
+        "path",
+        "pool",
+        "reject",
+        "replayable",
+        "req_done",
+        "request_id",
+        "resp_mode",
+        "retried",
+        "route",
+        "snapshot",
+        "started",
+        "status",
+        "synthetic",
+        "target",
+        "ttfb",
+        "tunnel",
+        "up",
+        "upgrade",
+        "upstream_duration",
+        "upstream_sent_at",
+        "upstream_status",
+        "upstream_url",
+        "version",
+        "wanted",
+    )
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.ctx = conn.ctx
+        self.method = b""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.wanted: dict[bytes, bytes] = {}
+        self.keep_alive = True
+        self.http11 = True
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.body_kind = NO_BODY
+        self.content_length = 0
+        self.body_received = 0
+        self.body_buffer: list[bytes] = []
+        self.body_buffered = 0
+        self.req_done = False
+        self.replayable = False
+        self.route: CompiledRoute | None = None
+        self.snapshot: Snapshot | None = None
+        self.decision: Decision | None = None
+        self.version = ""
+        self.pool: UpstreamPool | None = None
+        self.upstream_url = ""
+        self.up: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.head_bytes = b""
+        self.request_id = b""
+        self.host = ""
+        self.path = ""
+        self.started = 0.0
+        self.upstream_sent_at = 0.0
+        self.ttfb = 0.0
+        self.duration = 0.0
+        self.upstream_duration = 0.0
+        self.status = 0
+        self.upstream_status = 0
+        self.bytes_out = 0
+        self.client_head_sent = False
+        self.resp_mode = RAW
+        self.retried = False
+        self.error_kind = ""  # a FailureKind, "client_closed", or the proxy's error code
+        self.finished = False
+        self.tunnel = False
+        self.synthetic = False  # the proxy's own request (traffic.py), counted apart
+        self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
+
+    # -- request side --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Route the request and send it upstream (called in arrival order)."""
+        ctx = self.ctx
+        self.started = ctx.monotonic()
+        snapshot = self.snapshot = ctx.state.snapshot
+        wanted = self.wanted
+        rid = wanted.get(b"x-request-id")
+        self.request_id = (
+            rid if rid is not None and valid_request_id(rid) else ctx.request_ids.next()
+        )
+        if snapshot is None:
+            self.local(503, "not_ready", "no routing config is loaded yet", retry_after=True)
+            return
+        target = self.target
+        if target[:1] != b"/":
+            if not self._origin_form():
+                return
+            target = self.target
+        raw_host = wanted.get(b"host")
+        if raw_host is None:
+            if self.http11:
+                self.local(400, "bad_request", "HTTP/1.1 requests need a Host header", close=True)
+                return
+            raw_host = b""
+        host = raw_host.decode("latin-1").lower()
+        if host[-1:] != "]":
+            host = host.rsplit(":", 1)[0] if ":" in host else host
+        self.host = host
+        q = target.find(b"?")
+        path = (target if q < 0 else target[:q]).decode("latin-1")
+        self.path = path
+        route = find_route(snapshot.routes, host, path if path != "*" else "/")
+        mark = wanted.get(SYNTHETIC)
+        forced: Version | None = None
+        if mark is not None:
+            hit = ctx.synthetic_markers.get(mark)
+            if hit is not None:
+                route, forced = hit
+                self.synthetic = True
+            elif hmac.compare_digest(mark.partition(b" ")[0], ctx.synthetic_token_bytes):
+                # ours, for a route a reload removed: never let it pass as a user's request
+                self.local(404, "no_route", "synthetic traffic for a route that is gone")
+                return
+        if route is None:
+            self.local(404, "no_route", f"no route matches host {host!r} and path {path!r}")
+            return
+        self.route = route
+        limit = ctx.max_body_bytes
+        if limit and self.body_kind is LENGTH and self.content_length > limit:
+            self.local(
+                413, "body_too_large", f"request body is larger than {limit} bytes", close=True
+            )
+            return
+        decision = self.decision = (
+            choose(route, wanted, ctx.getrandbits(64))
+            if forced is None
+            else synthetic_decision(route, forced)
+        )
+        version = self.version = decision.version
+        plan = route.candidate if version == CANDIDATE else route.stable
+        assert plan is not None
+        self.pool, self.upstream_url = ctx.pick_pool(plan)
+        self.replayable = self.body_kind is NO_BODY and self.method in IDEMPOTENT_METHODS
+        self.head_bytes = self._request_head(raw_host)
+        ctx.in_flight += 1
+        ctx.observer.exchange_started(self)
+        if self.expect_continue and not self.req_done:
+            self.conn.write(_CONTINUE)
+        self.dispatch()
+
+    def _origin_form(self) -> bool:
+        """Absolute-form (``GET http://h/p``) to origin-form; ``*`` is kept for OPTIONS."""
+        target = self.target
+        if target == b"*" and self.method == b"OPTIONS":
+            return True
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            self.local(400, "bad_request", "invalid request target", close=True)
+            return False
+        if not url.host:
+            self.local(400, "bad_request", "invalid request target", close=True)
+            return False
+        authority = url.host + (b":%d" % url.port if url.port else b"")
+        self.wanted[b"host"] = authority
+        self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
+        self.headers.append((b"Host", authority))
+        self.target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        return True
+
+    def _request_head(self, raw_host: bytes) -> bytes:
+        """The request head for the upstream (`heads.request_head`)."""
+        ctx = self.ctx
+        peer = self.conn.peer_ip
+        return request_head(
+            self.method,
+            self.target,
+            self.headers,
+            self.wanted,
+            peer=peer,
+            trusted_peer=ctx.is_trusted(peer) if ctx.trusted else False,
+            raw_host=raw_host,
+            via_line=ctx.via_line,
+            request_id=self.request_id,
+            synthetic=self.synthetic,
+            chunked=self.body_kind is CHUNKED,
+            upgrade=self.upgrade,
+        )
+
+    def dispatch(self) -> None:
+        """Send the request on a pooled connection, or open one. A retry opens a new one
+        (the connection that failed may not be the only dead one in the pool)."""
+        pool = self.pool
+        assert pool is not None
+        up = pool.take_idle() if not self.retried or pool.at_limit() else None
+        if up is not None:
+            self._attach(up)
+        elif pool.at_limit():
+            self._pool_exhausted()
+        else:
+            self.connecting = self.conn.loop.create_task(self._connect(pool))
+
+    def _pool_exhausted(self) -> None:
+        assert self.decision is not None
+        self.ctx.observer.attempt_failed(self, self.decision.version, "pool")
+        self.local(
+            503, "upstream_busy", "the upstream's connection limit is reached", retry_after=True
+        )
+
+    async def _connect(self, pool: UpstreamPool) -> None:
+        try:
+            up = await pool.connect()
+        except TimeoutError:
+            self.connecting = None
+            self.upstream_failed("timeout", connect=True)
+            return
+        except PoolExhausted:
+            self.connecting = None
+            self._pool_exhausted()
+            return
+        except OSError:
+            self.connecting = None
+            self.upstream_failed("connect", connect=True)
+            return
+        self.connecting = None
+        if self.finished:
+            pool.put_idle(up)  # never used: good for the next request
+            return
+        self._attach(up)
+
+    def _attach(self, up: UpstreamConnection) -> None:
+        self.up = up
+        up.bind(self, self.method == b"HEAD")
+        self.conn.flow.upstream_attached(up)
+        self.upstream_sent_at = self.ctx.monotonic()
+        if self.body_buffer and self.upgrade is None:
+            up.writelines([self.head_bytes, *self.body_buffer])
+            self.body_buffer = []
+            self.body_buffered = 0
+            self.conn.update_reading()
+        else:
+            up.write(self.head_bytes)  # (early WebSocket bytes wait for the 101)
+
+    def client_body(self, data: bytes) -> None:
+        self.body_received += len(data)
+        limit = self.ctx.max_body_bytes
+        if limit and self.body_received > limit and not self.finished:
+            raise Reject(413, "body_too_large")
+        up = self.up
+        if self.tunnel:
+            if up is not None:
+                up.write(data)
+            return
+        if up is not None and up.state is not CLOSED:
+            if self.body_kind is CHUNKED:
+                up.writelines(chunk(data))
+            else:
+                up.write(data)
+        elif not self.finished:
+            if self.body_kind is CHUNKED:
+                self.body_buffer.extend(chunk(data))
+            else:
+                self.body_buffer.append(data)
+            self.body_buffered += len(data)
+            if self.body_buffered > BODY_BUFFER_LIMIT:
+                self.conn.update_reading()
+
+    def client_done(self) -> None:
+        self.req_done = True
+        if self.body_kind is CHUNKED and not self.finished:
+            up = self.up
+            if up is not None and up.state is not CLOSED:
+                up.write(LAST_CHUNK)
+            else:
+                self.body_buffer.append(LAST_CHUNK)
+
+    # -- response side (ResponseSink) ---------------------------------------------------------
+    def upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        self.ttfb = self.ctx.monotonic() - self.started
+        self.status = self.upstream_status = status
+        conn = self.conn
+        cookie = b""
+        decision = self.decision
+        if decision is not None and decision.seed is not None and self.route is not None:
+            route = self.route
+            cookie = b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (
+                route.sticky_cookie.encode(),  # type: ignore[union-attr]
+                decision.seed.encode(),
+                route.sticky_max_age,
+            )
+        head, self.resp_mode, closing = response_head(
+            status,
+            reason,
+            headers,
+            request_id=self.request_id,
+            http11=self.http11,
+            no_body=self.method == b"HEAD" or no_body_status(status),
+            closing=not self.keep_alive or conn.closing or self.ctx.draining or not self.req_done,
+            upgrade=self.upgrade,
+            extra=cookie,
+        )
+        if status == 101:
+            self.tunnel = True
+        if closing:
+            conn.closing = True
+        self.client_head_sent = True
+        conn.write(head)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.resp_mode is RECHUNK:
+            self.conn.writelines(chunk(data))
+        else:
+            self.conn.write(data)
+
+    def upstream_complete(self) -> None:
+        if self.finished:
+            return
+        if self.resp_mode is RECHUNK:
+            self.conn.write(LAST_CHUNK)
+        up = self.up
+        self.up = None
+        if up is not None:
+            if self.req_done and not self.tunnel:
+                up.release()
+            else:
+                up.close()
+        self.finish()
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        """The upstream switched protocols: from now on bytes flow unparsed both ways."""
+        self.conn.start_tunnel(self)
+        if rest:
+            self.conn.write(rest)
+
+    def upstream_failed(self, kind: FailureKind, connect: bool = False) -> None:
+        """The attempt failed (``connect``: while opening the connection): replay it on
+        stable if `retry.may_retry` allows, else answer 502/504, or cut a started response."""
+        if self.finished:
+            return
+        ctx = self.ctx
+        up = self.up
+        self.up = None
+        stale = up is not None and up.served > 1 and not up.got_response_bytes and kind == "reset"
+        if up is not None:
+            up.abort()
+        if may_retry(
+            replayable=self.replayable,
+            retried=self.retried,
+            response_started=self.client_head_sent,
+            kind=kind,
+            connecting=connect,
+            stale=stale,
+        ):
+            self.retried = True
+            decision = self.decision
+            assert decision is not None
+            if decision.version == CANDIDATE and self.route is not None:
+                # The user should not see the candidate's failure, but the analyzer must.
+                ctx.observer.attempt_failed(self, CANDIDATE, kind)
+                self.decision = retry_decision()
+                self.version = self.decision.version
+                self.pool, self.upstream_url = ctx.pick_pool(self.route.stable)
+            elif not stale:
+                ctx.observer.attempt_failed(self, decision.version, kind)
+            self.dispatch()
+            return
+        self.error_kind = kind
+        if not self.client_head_sent:
+            if kind == "timeout":
+                self.local(504, "upstream_timeout", "the upstream did not answer in time")
+            else:
+                self.local(502, "bad_gateway", f"the upstream {_FAILURE_WORDS[kind]}")
+            return
+        # The response has started: the only honest signal left is to cut the connection.
+        self.conn.abort()
+        self.finish()
+
+    def upstream_writable(self, writable: bool) -> None:
+        self.conn.flow.upstream_write_paused(not writable)
+        self.conn.update_reading()
+
+    # -- endings -------------------------------------------------------------------------------
+    def local(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        close: bool = False,
+        retry_after: bool = False,
+    ) -> None:
+        """Answer from the proxy itself and finish the exchange."""
+        if not self.request_id:
+            self.request_id = self.ctx.request_ids.next()
+        if self.started == 0.0:
+            self.started = self.ctx.monotonic()
+        close = (
+            close
+            or not self.keep_alive
+            or self.ctx.draining
+            or (not self.req_done and self.body_kind is not NO_BODY)
+        )
+        extra = ((b"Retry-After", b"1"),) if retry_after else ()
+        self.status = status
+        self.conn.write(
+            local_response(
+                status,
+                code,
+                message,
+                self.request_id,
+                close=close,
+                head_only=self.method == b"HEAD",
+                extra=extra,
+            )
+        )
+        self.client_head_sent = True
+        if close:
+            self.conn.closing = True
+        if self.error_kind == "" and status >= 500:
+            self.error_kind = code
+        self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        now = self.ctx.monotonic()
+        self.duration = now - self.started
+        if self.upstream_sent_at:
+            self.upstream_duration = now - self.upstream_sent_at
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        up = self.up
+        if up is not None:
+            # Answered by the proxy while the upstream was still serving it (413 mid-body,
+            # a client error): that connection is half-used, never reuse it.
+            self.up = None
+            up.abort()
+        ctx = self.ctx
+        if self.route is not None and self.decision is not None:
+            ctx.in_flight -= 1
+        ctx.observer.exchange_finished(self)
+        if self.tunnel:
+            self.conn.close()
+        else:
+            self.conn.exchange_done(self)
+
+    def client_gone(self) -> None:
+        """The client closed the connection before the response was complete (499)."""
+        if self.finished:
+            return
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.abort()
+        if not self.client_head_sent or self.status == 0:
+            self.status = 499
+        self.error_kind = self.error_kind or "client_closed"
+        self.finish()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Exchange {self.method.decode()} {self.target.decode('latin-1')} "
+            f"route={self.route.name if self.route else None} version={self.version} "
+            f"status={self.status}>"
+        )

@@ -1,0 +1,189 @@
+"""The edits a proxy makes to message heads, as pure functions from bytes to bytes.
+
+`request_head` builds what the upstream receives: the client's request line and headers less
+the ones the proxy consumed (hop-by-hop, ``X-Forwarded-*``, ``X-Request-ID``, ``Expect``, the
+synthetic marker; the client parser leaves those out of ``headers`` as it reads) and less any
+that ``Connection`` names, then ``X-Forwarded-For/Proto/Host``, ``Via``, ``X-Request-ID`` and
+the framing the proxy sends. `response_head` builds what the client receives from the
+upstream's status and headers: hop-by-hop ones and those ``Connection`` names dropped, the
+framing chosen for the client (kept, re-chunked, or close-delimited for HTTP/1.0), the request
+id echoed and the keep-alive decision stated. Every other header keeps its bytes and order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from splitproxy.dataplane.http11 import (
+    HOP_BY_HOP,
+    RAW,
+    RECHUNK,
+    BodyRelay,
+    connection_tokens,
+    status_line,
+)
+from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
+from splitproxy.dataplane.synthetic import UPSTREAM_LINE
+
+CONSUMED: Final = HOP_BY_HOP | {
+    SYNTHETIC,
+    b"expect",
+    b"x-request-id",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+"""Request headers the proxy consumes or replaces rather than forwards as they came."""
+
+# Connection tokens that are options, not names of headers to drop.
+_REQUEST_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+_RESPONSE_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    consumed: Mapping[bytes, bytes],
+    *,
+    peer: str,
+    trusted_peer: bool,
+    raw_host: bytes,
+    via_line: bytes,
+    request_id: bytes,
+    synthetic: bool,
+    chunked: bool,
+    upgrade: bytes | None,
+) -> bytes:
+    """The request head for the upstream.
+
+    ``headers`` are the client's forwardable headers in order; ``consumed`` maps lower-cased
+    names to the values of the consumed ones (``connection``, ``x-forwarded-*``). A trusted
+    peer's ``X-Forwarded-*`` are extended, anyone else's replaced. ``chunked``: the body is
+    sent chunked; ``upgrade``: a WebSocket upgrade to ask for.
+    """
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    named = consumed.get(b"connection")
+    dropped: set[bytes] = set()
+    if named is not None:
+        dropped = {t for t in connection_tokens(named) if t not in _REQUEST_OPTIONS}
+    for name, value in headers:
+        if dropped and name.lower() in dropped:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+    if trusted_peer:
+        prior = consumed.get(b"x-forwarded-for")
+        xff = prior + b", " + peer.encode() if prior else peer.encode()
+        proto = consumed.get(b"x-forwarded-proto") or b"http"
+        fhost = consumed.get(b"x-forwarded-host") or raw_host
+    else:
+        xff, proto, fhost = peer.encode(), b"http", raw_host
+    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
+    if fhost:
+        parts += (b"X-Forwarded-Host: ", fhost, b"\r\n")
+    parts += (via_line, b"X-Request-ID: ", request_id, b"\r\n")
+    if synthetic:
+        parts.append(UPSTREAM_LINE)
+    if chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    if upgrade is not None:
+        parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_head(
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    *,
+    request_id: bytes,
+    http11: bool,
+    no_body: bool,
+    closing: bool,
+    upgrade: bytes | None,
+    extra: bytes = b"",
+) -> tuple[bytes, BodyRelay, bool]:
+    """The response head for the client, how to relay the body, and whether the connection
+    closes after it.
+
+    ``http11``: the client spoke HTTP/1.1 (it can take a chunked body); ``no_body``: a HEAD
+    request or a status without a body; ``closing``: the proxy already decided to close the
+    client connection after this response; ``upgrade``: the client's ``Upgrade`` value (a 101
+    states it back); ``extra``: whole header lines the proxy adds (a sticky ``Set-Cookie``).
+    A 101 never closes: the connection becomes a tunnel.
+    """
+    parts = [status_line(status, reason)]
+    chunked = False
+    length_at = -1
+    has_length = False
+    echo_id = True
+    dropped: list[bytes] = []
+    relay = RAW
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lname == b"connection":
+                dropped.extend(connection_tokens(value))
+            continue
+        if lname == b"content-length":
+            has_length = True
+            length_at = len(parts)
+        elif lname == b"x-request-id":
+            echo_id = False  # the upstream's own id is echoed instead of ours
+        parts += (name, b": ", value, b"\r\n")
+    if dropped:
+        parts = _without(parts, dropped)
+        length_at = -1 if not has_length else _find(parts, b"content-length")
+    if status == 101:
+        parts.append(b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n")
+    elif no_body:
+        pass
+    elif chunked:
+        if length_at >= 0:  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
+            parts[length_at : length_at + 4] = []
+        if http11:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            relay = RECHUNK
+        else:
+            closing = True
+    elif not has_length:
+        if http11:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            relay = RECHUNK
+        else:
+            closing = True
+    if echo_id:
+        parts += (b"X-Request-ID: ", request_id, b"\r\n")
+    if extra:
+        parts.append(extra)
+    if status == 101:
+        closing = False
+    elif closing:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), relay, closing
+
+
+def _without(parts: list[bytes], names: list[bytes]) -> list[bytes]:
+    """Drop the header lines (name, ': ', value, CRLF) whose names a Connection header listed."""
+    drop = {n for n in names if n not in _RESPONSE_OPTIONS}
+    if not drop:
+        return parts
+    out = parts[:1]
+    for i in range(1, len(parts), 4):
+        if parts[i].lower() not in drop:
+            out.extend(parts[i : i + 4])
+    return out
+
+
+def _find(parts: list[bytes], lname: bytes) -> int:
+    for i in range(1, len(parts), 4):
+        if parts[i].lower() == lname:
+            return i
+    return -1
