@@ -131,8 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from splitproxy.config import summary
-    from splitproxy.server import read_routing_file
+    # the config package only: validating a file must not load the proxy
+    from splitproxy.config import read_routing_file, summary
 
     try:
         config, _ = read_routing_file(Path(args.file))

@@ -29,9 +29,9 @@ import time
 from aiohttp import web
 
 from splitproxy.admin import AdminContext, create_admin_app
-from splitproxy.config import parse_routing
+from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.proxy import ClientConnection, CoarseClock, ExchangeObserver, ProxyContext
-from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.dataplane.state import RuntimeState
 from splitproxy.dataplane.upstream import PoolRegistry
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
@@ -42,7 +42,6 @@ from splitproxy.reload import (
     Reloader,
     ReloadOptions,
     ReloadOutcome,
-    read_routing_file,
 )
 from splitproxy.rollout.controller import Controller, ControlOptions
 from splitproxy.rollout.store import StateStore
@@ -51,7 +50,7 @@ from splitproxy.settings import Settings
 
 logger = logging.getLogger("splitproxy.server")
 
-__all__ = ["Server", "read_routing_file", "serve"]
+__all__ = ["Server", "serve"]
 
 
 class Server:
