@@ -2,9 +2,11 @@
 
 Everything here is pure: it imports the standard library, pydantic and PyYAML, never asyncio,
 aiohttp, a socket or a clock (only `read_routing_file` reads the file it is given), so
-``splitproxy check`` can validate a file without loading the proxy. By topic: `fields` (names, durations, rates, the `Frozen` base), `routes` (routes and
-their backends), `rollout` (steps, checks, guard, hooks, synthetic traffic), `parse` (YAML to
-models, problems with their paths, reading the file), `vocabulary` (words every layer shares).
+``splitproxy check`` can validate a file without loading the proxy.
+
+By topic: `fields` (names, durations, rates, the `Frozen` base), `routes` (routes and their
+backends), `rollout` (steps, checks, guard, hooks, synthetic traffic), `parse` (YAML to models,
+problems with their paths, reading the file), `vocabulary` (words every layer shares).
 """
 
 from __future__ import annotations
