@@ -21,18 +21,29 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final, cast
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from splitproxy import __version__
-from splitproxy.dataplane.routing import BUCKETS, CompiledRoute
+from splitproxy.dataplane.routing import BUCKETS, BackendPlan, CompiledRoute
 from splitproxy.dataplane.state import RuntimeState, Snapshot, weight_source
 from splitproxy.errors import Conflict, InvalidValue, NotReady, RequestRefused, UnknownRoute
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.analyzer import Command
 from splitproxy.rollout.controller import COMMANDS, Controller
+from splitproxy.views import (
+    BackendView,
+    EventsView,
+    EventView,
+    RolloutsView,
+    RolloutView,
+    RouteView,
+    StatusView,
+    TrafficView,
+    VersionSummary,
+)
 
 EVENTS_LIMIT = 1000  # the most events one GET /api/v1/events returns
 
@@ -138,7 +149,7 @@ def covered_span(recorder: Recorder, name: str, now: float) -> float:
     return min(TRAFFIC_SPAN, max(resolution, now - recent[0].start))
 
 
-def traffic_view(recorder: Recorder, route: CompiledRoute, now: float) -> dict[str, Any]:
+def traffic_view(recorder: Recorder, route: CompiledRoute, now: float) -> TrafficView:
     """The route's last minute per version: rate, error rate, p50/p95/p99. Rates are per
     second of the span the live window covers (``window_seconds``: a minute, or less right
     after the proxy or the route started)."""
@@ -147,9 +158,22 @@ def traffic_view(recorder: Recorder, route: CompiledRoute, now: float) -> dict[s
     cand = summary["candidate"]
     return {
         "window_seconds": round(span, 3),
-        "stable": summary["stable"].as_dict(),
-        "candidate": cand.as_dict() if route.candidate is not None or cand.requests else None,
+        "stable": version_summary(summary["stable"].as_dict()),
+        "candidate": version_summary(cand.as_dict())
+        if route.candidate is not None or cand.requests
+        else None,
     }
+
+
+# The rollout layer builds its JSON as plain dicts; these name the shape they have (views.py).
+def version_summary(raw: dict[str, object]) -> VersionSummary:
+    """`rollout.windows.Summary.as_dict` as the view it is."""
+    return cast(VersionSummary, raw)
+
+
+def rollout_view(raw: dict[str, object] | None) -> RolloutView | None:
+    """`Controller.route_status` as the view it is (None: the route has no rollout)."""
+    return cast("RolloutView | None", raw)
 
 
 def route_view(
@@ -158,7 +182,7 @@ def route_view(
     recorder: Recorder,
     now: float | None = None,
     control: Controller | None = None,
-) -> dict[str, Any]:
+) -> RouteView:
     """A route as status shows it: backends, the weight and who set it (``rollout``,
     ``runtime`` or ``file``), its live traffic (``now``: Unix time, default the current
     time) and its rollout (phase, step, checks with their evidence, recent history; null for
@@ -167,9 +191,7 @@ def route_view(
     assert model is not None
     override = snapshot.overrides.get(route.name)
 
-    def backend(version: str, plan: Any) -> dict[str, Any] | None:
-        if plan is None:
-            return None
+    def backend(version: str, plan: BackendPlan) -> BackendView:
         return {
             "urls": [t.url for t in plan.targets],
             "revision": plan.revision,
@@ -180,7 +202,7 @@ def route_view(
         "name": route.name,
         "match": {"host": model.match.host, "path_prefix": model.match.path_prefix},
         "stable": backend("stable", route.stable),
-        "candidate": backend("candidate", route.candidate),
+        "candidate": backend("candidate", route.candidate) if route.candidate is not None else None,
         "weight": {
             "effective": _percent(route.weight_bp) if route.candidate else 0.0,
             "file": model.weight,
@@ -196,7 +218,7 @@ def route_view(
         "sticky": model.sticky.model_dump(exclude_none=True) if model.sticky else None,
         "overrides": [o.model_dump(exclude_none=True) for o in model.overrides],
         "traffic": traffic_view(recorder, route, time.time() if now is None else now),
-        "rollout": control.route_status(route.name) if control is not None else None,
+        "rollout": rollout_view(control.route_status(route.name)) if control is not None else None,
     }
 
 
@@ -223,25 +245,24 @@ def _snapshot(ctx: AdminContext) -> Snapshot:
 async def status(request: web.Request) -> web.Response:
     ctx = request.app[ADMIN]
     snapshot = _snapshot(ctx)
-    return web.json_response(
-        {
-            "version": __version__,
-            "ready": not ctx.draining(),
-            "draining": ctx.draining(),
-            "uptime_seconds": round(time.time() - ctx.started_at, 3),
-            "config": {
-                "path": ctx.config_path,
-                "revision": snapshot.revision,
-                "loaded_at": snapshot.loaded_at,
-                "last_reload_successful": ctx.recorder.reloads.last_successful,
-                "last_error": ctx.last_error(),
-            },
-            "rollouts": ctx.control.summary() if ctx.control is not None else None,
-            "routes": [
-                route_view(snapshot, r, ctx.recorder, control=ctx.control) for r in snapshot.routes
-            ],
-        }
-    )
+    body: StatusView = {
+        "version": __version__,
+        "ready": not ctx.draining(),
+        "draining": ctx.draining(),
+        "uptime_seconds": round(time.time() - ctx.started_at, 3),
+        "config": {
+            "path": ctx.config_path,
+            "revision": snapshot.revision,
+            "loaded_at": snapshot.loaded_at,
+            "last_reload_successful": ctx.recorder.reloads.last_successful,
+            "last_error": ctx.last_error(),
+        },
+        "rollouts": cast(RolloutsView, ctx.control.summary()) if ctx.control is not None else None,
+        "routes": [
+            route_view(snapshot, r, ctx.recorder, control=ctx.control) for r in snapshot.routes
+        ],
+    }
+    return web.json_response(body)
 
 
 def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
@@ -253,7 +274,7 @@ def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
     return snapshot, route
 
 
-def _view(ctx: AdminContext, snapshot: Snapshot, name: str) -> dict[str, Any]:
+def _view(ctx: AdminContext, snapshot: Snapshot, name: str) -> RouteView:
     route = snapshot.route(name)
     assert route is not None
     return route_view(snapshot, route, ctx.recorder, control=ctx.control)
@@ -341,7 +362,8 @@ async def get_events(request: web.Request) -> web.Response:
     if not 1 <= count <= EVENTS_LIMIT:
         raise AdminError(400, "invalid_limit", f"'limit' must be between 1 and {EVENTS_LIMIT}")
     events = ctx.control.events(route, since, count) if ctx.control is not None else []
-    return web.json_response({"events": events})
+    body: EventsView = {"events": cast(list[EventView], events)}
+    return web.json_response(body)
 
 
 async def post_reload(request: web.Request) -> web.Response:

@@ -14,12 +14,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from splitproxy import __version__
 from splitproxy.errors import ConfigError
+
+if TYPE_CHECKING:  # imported when a command needs it: 'check' must stay light
+    from splitproxy.settings import Settings
 
 # serve flags that map one to one onto Settings fields
 _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
@@ -103,10 +104,22 @@ def _fail(payload: Any, status: int) -> int:
     return 1
 
 
+def _settings(**flags: Any) -> Settings | None:
+    """The settings (flags over ``SPLITPROXY_*``), or None after printing one line per bad
+    setting (exit code 2): a typo in an environment variable is not a traceback."""
+    from splitproxy.settings import InvalidSettings, load_settings
+
+    try:
+        return load_settings(**flags)
+    except InvalidSettings as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from splitproxy import logs
     from splitproxy.server import serve
-    from splitproxy.settings import Settings
 
     kwargs: dict[str, Any] = {}
     if args.config is not None:
@@ -119,20 +132,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kwargs["access_log"] = False
     if args.no_reload_watch:
         kwargs["reload_watch"] = False
-    try:
-        settings = Settings(**kwargs)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            print(f"setting {loc}: {err['msg']}", file=sys.stderr)
+    settings = _settings(**kwargs)
+    if settings is None:
         return 2
     logs.configure(settings.log_format, settings.log_level)
     return serve(settings)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from splitproxy.config import summary
-    from splitproxy.server import read_routing_file
+    # the config package only: validating a file must not load the proxy
+    from splitproxy.config import read_routing_file, summary
 
     try:
         config, _ = read_routing_file(Path(args.file))
@@ -176,12 +185,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_weight(args: argparse.Namespace) -> int:
-    status, payload = _call(
-        args, "PUT", f"/api/v1/routes/{args.route}/weight", {"weight": args.percent}
-    )
+    """Set a runtime weight, or with ``--clear`` drop it (the file's weight serves again)."""
+    path = f"/api/v1/routes/{args.route}/weight"
+    if args.clear:
+        status, payload = _call(args, "DELETE", path)
+    else:
+        status, payload = _call(args, "PUT", path, {"weight": args.percent})
     if status != 200:
         return _fail(payload, status)
-    print(f"{args.route}: candidate weight {payload['weight']['effective']:g}% (runtime override)")
+    weight = payload["weight"]
+    if args.clear:
+        print(
+            f"{args.route}: runtime weight cleared; candidate weight {weight['effective']:g}% "
+            f"(set by {weight['source']})"
+        )
+    else:
+        print(f"{args.route}: candidate weight {weight['effective']:g}% (runtime override)")
     return 0
 
 
@@ -236,6 +255,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     if not split and rate < MIN_RATE:
         print(f"demo: a rollout scenario needs --rate >= {MIN_RATE:g}", file=sys.stderr)
+        return 2
+    # the demo's proxy reads SPLITPROXY_* too (its addresses and access log are its own)
+    if _settings(listen="127.0.0.1:0", admin="127.0.0.1:0", access_log=False) is None:
         return 2
     return run_demo(args.scenario, requests=requests, rate=rate, weight=weight, keep=args.keep)
 
@@ -299,9 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interval", type=float, default=1.0, help="--watch: seconds")
     status.set_defaults(func=cmd_status)
 
-    weight = client("weight", "set a route's candidate weight at runtime")
+    weight = client(
+        "weight", "set a route's candidate weight at runtime, or --clear it back to the file's"
+    )
     weight.add_argument("route")
-    weight.add_argument("percent", type=float)
+    which = weight.add_mutually_exclusive_group(required=True)
+    which.add_argument("percent", nargs="?", type=float, metavar="PERCENT", help="0 to 100")
+    which.add_argument(
+        "--clear", action="store_true", help="drop the runtime weight: the file's serves again"
+    )
     weight.set_defaults(func=cmd_weight)
 
     verbs = {

@@ -46,9 +46,9 @@ from typing import Final
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from splitproxy.config import RoutingConfig, parse_routing
+from splitproxy.config import RoutingConfig, content_hash, parse_routing, read_routing_bytes
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
-from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
+from splitproxy.dataplane.state import RuntimeState, Snapshot, upstream_keys
 from splitproxy.errors import ConfigError, Problem
 
 logger = logging.getLogger("splitproxy.reload")
@@ -87,27 +87,6 @@ class ReloadOptions:
 
 
 # -- reading the file ----------------------------------------------------------------------
-
-
-def read_routing_bytes(path: Path) -> tuple[str, str]:
-    """The file's text and the sha256 of its bytes; `ConfigError` if it cannot be read."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            [Problem("", f"cannot read the file: {exc.strerror or exc}")], str(path)
-        ) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError([Problem("", "the file is not UTF-8 text")], str(path)) from None
-    return text, content_hash(raw)
-
-
-def read_routing_file(path: Path) -> tuple[RoutingConfig, str]:
-    """Read and validate a routing file; `ConfigError` names every problem."""
-    text, digest = read_routing_bytes(path)
-    return parse_routing(text, str(path)), digest
 
 
 def file_signature(path: Path) -> FileSignature | None:

@@ -29,11 +29,11 @@ import time
 from aiohttp import web
 
 from splitproxy.admin import AdminContext, create_admin_app
-from splitproxy.config import parse_routing
+from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.client import ClientConnection
 from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
 from splitproxy.dataplane.pools import PoolRegistry
-from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.dataplane.state import RuntimeState
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import Recorder
@@ -43,7 +43,6 @@ from splitproxy.reload import (
     Reloader,
     ReloadOptions,
     ReloadOutcome,
-    read_routing_file,
 )
 from splitproxy.rollout.controller import Controller, ControlOptions
 from splitproxy.rollout.store import StateStore
@@ -52,7 +51,7 @@ from splitproxy.settings import Settings
 
 logger = logging.getLogger("splitproxy.server")
 
-__all__ = ["Server", "read_routing_file", "serve"]
+__all__ = ["Server", "serve"]
 
 
 class Server:

@@ -1,18 +1,24 @@
 """Static settings: read once at start-up (restart to change).
 
 Sources, highest first: ``serve`` flags (passed as keyword arguments), ``SPLITPROXY_*``
-environment variables, defaults. Only `server.py` and `cli.py` read this module; everything
-below them receives plain values.
+environment variables, defaults. A list setting reads from the environment as comma-separated
+values (``10.0.0.0/8, 192.168.0.0/16``) or as a JSON list (``["10.0.0.0/8"]``). Only
+`server.py`, `cli.py` and the demo read this module; everything below them receives plain
+values.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+ENV_PREFIX = "SPLITPROXY_"
 
 
 def parse_address(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -24,10 +30,31 @@ def parse_address(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
     return host, int(port)
 
 
+def _list_from_env(value: Any) -> Any:
+    """A list setting given as one string (an environment variable): a JSON list, or
+    comma-separated values with the spaces around them dropped; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is neither a JSON list nor comma-separated") from None
+        return items  # a list: the text starts with '['
+
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+# NoDecode: pydantic-settings would JSON-decode the variable first and fail on "10.0.0.0/8".
+# Every list or tuple setting uses this (tests/unit/test_settings.py checks that).
+StrList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_list_from_env)]
+
+
 class Settings(BaseSettings):
     """Everything that needs a restart to change. Durations are in seconds."""
 
-    model_config = SettingsConfigDict(env_prefix="SPLITPROXY_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     listen: str = "0.0.0.0:8080"
     admin: str = "127.0.0.1:9901"
@@ -61,12 +88,12 @@ class Settings(BaseSettings):
     # per upstream address; 0 means no limit. At the limit, requests get 503 + Retry-After.
     max_upstream_connections: int = Field(default=0, ge=0)
 
-    # peers whose X-Forwarded-* headers are trusted (appended to); others are overwritten
     # hot reload: watch the routing file's directory, and poll it (seconds; 0 turns polling off)
     reload_watch: bool = True
     reload_poll_interval: float = Field(default=1.0, ge=0)
 
-    trusted_proxies: tuple[str, ...] = ()
+    # peers whose X-Forwarded-* headers are trusted (appended to); others are overwritten
+    trusted_proxies: StrList = ()
     via: str = "1.1 splitproxy"
 
     @field_validator("listen", "admin")
@@ -79,7 +106,10 @@ class Settings(BaseSettings):
     @classmethod
     def _cidrs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for cidr in v:
-            ipaddress.ip_network(cidr, strict=False)
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a network") from None
         return v
 
     @property
@@ -89,3 +119,47 @@ class Settings(BaseSettings):
     @property
     def admin_address(self) -> tuple[str, int]:
         return parse_address(self.admin, "127.0.0.1")
+
+
+class InvalidSettings(Exception):
+    """Settings that cannot be used; ``lines``: one per bad setting, naming its variable."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        super().__init__("\n".join(lines))
+
+
+_SECRETS = frozenset({"admin_token"})  # never echoed in an error
+
+
+def _line(field: str, message: str) -> str:
+    return f"splitproxy: invalid setting {field} ({ENV_PREFIX}{field.upper()}): {message}"
+
+
+def _explain(exc: ValidationError | SettingsError) -> list[str]:
+    if isinstance(exc, SettingsError):
+        # raised before validation, naming the field as 'field "name"'
+        found = re.search(r'field "([^"]+)"', str(exc))
+        cause = str(exc.__cause__ or exc)
+        return [_line(found.group(1), cause) if found else f"splitproxy: invalid settings: {cause}"]
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        if err["type"] == "value_error":
+            message = str((err.get("ctx") or {}).get("error", err["msg"]))
+        else:
+            message = err["msg"]
+            given = err.get("input")
+            if field not in _SECRETS and isinstance(given, str | int | float):
+                message += f", got {given!r}"
+        lines.append(_line(field, message))
+    return lines
+
+
+def load_settings(**values: Any) -> Settings:
+    """`Settings` from ``values`` (flags) over the environment; `InvalidSettings` with one
+    line per bad setting instead of pydantic's multi-line report."""
+    try:
+        return Settings(**values)
+    except (ValidationError, SettingsError) as exc:
+        raise InvalidSettings(_explain(exc)) from None

@@ -1,33 +1,37 @@
 """The routing file: its schema (validated, immutable models) and its parser.
 
 Everything here is pure: it imports the standard library, pydantic and PyYAML, never asyncio,
-aiohttp, a socket or a clock, so ``splitproxy check`` can validate a file without loading the
-proxy.
+aiohttp, a socket or a clock (only `read_routing_file` reads the file it is given), so
+``splitproxy check`` can validate a file without loading the proxy.
+
+By topic: `fields` (names, durations, rates, the `Frozen` base), `routes` (routes and their
+backends), `rollout` (steps, checks, guard, hooks, synthetic traffic), `parse` (YAML to models,
+problems with their paths, reading the file), `vocabulary` (words every layer shares).
 """
 
 from __future__ import annotations
 
-from splitproxy.config.schema import (
+from splitproxy.config.fields import parse_duration
+from splitproxy.config.parse import (
+    content_hash,
+    parse_routing,
+    read_routing_bytes,
+    read_routing_file,
+    summary,
+)
+from splitproxy.config.rollout import (
     LATENCY_QUANTILES,
-    Backend,
     CompareCheck,
     Guard,
     Hook,
-    Match,
     MetricCheck,
-    Override,
     PrometheusCheck,
     Rollout,
-    Route,
-    RoutingConfig,
     Step,
-    Sticky,
     Traffic,
     WebCheck,
-    parse_duration,
-    parse_routing,
-    summary,
 )
+from splitproxy.config.routes import Backend, Match, Override, Route, RoutingConfig, Sticky
 
 __all__ = [
     "LATENCY_QUANTILES",
@@ -46,7 +50,10 @@ __all__ = [
     "Sticky",
     "Traffic",
     "WebCheck",
+    "content_hash",
     "parse_duration",
     "parse_routing",
+    "read_routing_bytes",
+    "read_routing_file",
     "summary",
 ]

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from splitproxy.config import Route, RoutingConfig
+
+# defined with the routing file it hashes; re-exported for the callers that import it from here
+from splitproxy.config import content_hash as content_hash
 from splitproxy.dataplane.routing import CompiledRoute
 from splitproxy.errors import Conflict, InvalidValue, NotReady, UnknownRoute
 
@@ -116,11 +119,6 @@ def candidate_identity(route: Route) -> str | None:
         return candidate.revision
     digest = hashlib.sha256("\n".join(candidate.urls).encode()).hexdigest()[:12]
     return f"urls:{digest}"
-
-
-def content_hash(text: str | bytes) -> str:
-    data = text.encode() if isinstance(text, str) else text
-    return hashlib.sha256(data).hexdigest()
 
 
 def upstream_keys(snapshot: Snapshot) -> set[tuple[str, int]]:

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import aiohttp
 from aiohttp import web
@@ -35,12 +35,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from splitproxy.admin import route_view
-from splitproxy.console import event_lines, progress_line, rollout_panel
+from splitproxy.admin import route_view, version_summary
+from splitproxy.console import NO_ROLLOUT, event_lines, progress_line, rollout_panel
 from splitproxy.demo.service import create_app
 from splitproxy.rollout.controller import ControlOptions
 from splitproxy.server import Server, new_event_loop
 from splitproxy.settings import Settings
+from splitproxy.views import EventView, RouteView
 
 ROUTING = """\
 # The demo's routing file (embedded): one route, two versions, a weighted split.
@@ -369,12 +370,12 @@ class _LiveView:
     def __exit__(self, *exc: object) -> None:
         self._live.__exit__(None, None, None)
 
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: EventView) -> None:
         for line in event_lines(event, self.origin):
             self._live.console.print(line, soft_wrap=True)
 
-    def update(self, route: dict[str, Any], now: float) -> None:
-        running = (route.get("rollout") or {}).get("phase") not in OUTCOME
+    def update(self, route: RouteView, now: float) -> None:
+        running = (route.get("rollout") or NO_ROLLOUT).get("phase") not in OUTCOME
         stop = " · Ctrl-C stops" if running else ""
         footer = Text(f"+{now - self.origin:.1f}s{stop}", style="dim")
         panel = rollout_panel(route, now, (INTERVAL, MIN_REQUESTS), title=self.title)
@@ -395,12 +396,12 @@ class _LogView:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def event(self, event: dict[str, Any]) -> None:
+    def event(self, event: EventView) -> None:
         for line in event_lines(event, self.origin):
             self.console.print(line, soft_wrap=True)
 
-    def update(self, route: dict[str, Any], now: float) -> None:
-        rollout = route.get("rollout") or {}
+    def update(self, route: RouteView, now: float) -> None:
+        rollout = route.get("rollout") or NO_ROLLOUT
         start = (rollout.get("window") or {}).get("start") or 0.0
         if now < self._next or now - start < 0.5:  # a step that just began says nothing yet
             return
@@ -410,7 +411,7 @@ class _LogView:
             self.console.print(line, soft_wrap=True)
 
 
-def _route_view(server: Server, name: str, now: float, span: float) -> dict[str, Any]:
+def _route_view(server: Server, name: str, now: float, span: float) -> RouteView:
     """The route as ``GET /api/v1/routes/{name}`` shows it, with traffic over ``span``."""
     snapshot = server.state.snapshot
     assert snapshot is not None
@@ -420,8 +421,8 @@ def _route_view(server: Server, name: str, now: float, span: float) -> dict[str,
     summary = server.recorder.summary(name, now, span)
     view["traffic"] = {
         "window_seconds": round(span, 1),
-        "stable": summary["stable"].as_dict(),
-        "candidate": summary["candidate"].as_dict(),
+        "stable": version_summary(summary["stable"].as_dict()),
+        "candidate": version_summary(summary["candidate"].as_dict()),
     }
     return view
 
@@ -482,7 +483,7 @@ async def _rollout_demo(scenario: Scenario, rate: float, keep: bool, console: Co
                     now = time.time()
                     events = control.events("demo", limit=1000)
                     for event in events[seen:]:
-                        view.event(event)
+                        view.event(cast(EventView, event))
                     seen = len(events)
                     span = max(1.0, min(TRAFFIC_SPAN, now - origin))
                     view.update(_route_view(server, "demo", now, span), now)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,20 +27,26 @@ class Proxy:
         return self.log.read_text()
 
 
-def cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m splitproxy ARGS`` to completion."""
+def cli(
+    *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m splitproxy ARGS`` to completion (``env``: added to the environment)."""
     return subprocess.run(
         [sys.executable, "-m", "splitproxy", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
 
 
 @contextmanager
-def serving(config: Path, log: Path, *extra: str) -> Iterator[Proxy]:
-    """``splitproxy serve`` on free loopback ports; stopped (SIGKILL at worst) on exit."""
+def serving(
+    config: Path, log: Path, *extra: str, env: Mapping[str, str] | None = None
+) -> Iterator[Proxy]:
+    """``splitproxy serve`` on free loopback ports (``env``: added to the environment);
+    stopped (SIGKILL at worst) on exit."""
     with log.open("w") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "splitproxy", "serve", "-c", str(config),
@@ -49,7 +55,7 @@ def serving(config: Path, log: Path, *extra: str) -> Iterator[Proxy]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 15

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +75,93 @@ def test_serve_refuses_an_invalid_file_at_start(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert (
         "routes[0].stable.url[0]: 'ftp://x': only http:// upstreams are supported" in result.stderr
+    )
+
+
+def test_check_loads_nothing_of_the_proxy() -> None:
+    # validating a file in CI must not pull in the data path, the controller or aiohttp
+    probe = (
+        "import sys\n"
+        "from splitproxy.cli import main\n"
+        f"code = main(['check', {str(REPO / 'config' / 'splitproxy.yaml')!r}])\n"
+        "heavy = sorted(m for m in sys.modules if m.startswith(('aiohttp', 'asyncio', "
+        "'splitproxy.server', 'splitproxy.dataplane', 'splitproxy.rollout', "
+        "'splitproxy.settings', 'pydantic_settings', 'uvloop', 'httptools')))\n"
+        "print(code, heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 []"
+    assert "2 route(s)" in result.stdout
+
+
+async def _echo_forwarded_for() -> TestServer:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get("X-Forwarded-For", ""))
+
+    app = web.Application()
+    app.router.add_get("/", echo)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+@pytest.mark.timeout(40)
+async def test_serve_reads_a_comma_separated_list_setting_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    upstream = await _echo_forwarded_for()
+    config = tmp_path / "routes.yaml"
+    config.write_text(
+        yaml.safe_dump({"routes": [{"name": "app", "stable": f"http://127.0.0.1:{upstream.port}"}]})
+    )
+    env = {"SPLITPROXY_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.0/8"}
+    try:
+        with serving(config, tmp_path / "proxy.log", env=env) as proxy:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{proxy.port}/", headers={"X-Forwarded-For": "6.6.6.6"}
+            )
+            with await asyncio.to_thread(urllib.request.urlopen, request, timeout=5) as resp:
+                # loopback is trusted: the client's X-Forwarded-For is kept and appended to
+                assert resp.read() == b"6.6.6.6, 127.0.0.1"
+    finally:
+        await upstream.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        (
+            {"SPLITPROXY_TRUSTED_PROXIES": "10.0.0.0/33"},
+            "splitproxy: invalid setting trusted_proxies (SPLITPROXY_TRUSTED_PROXIES): "
+            "'10.0.0.0/33' is not a network",
+        ),
+        (
+            {"SPLITPROXY_LOG_LEVEL": "loud"},
+            "splitproxy: invalid setting log_level (SPLITPROXY_LOG_LEVEL): "
+            "Input should be 'debug', 'info', 'warning' or 'error', got 'loud'",
+        ),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_2(env: dict[str, str], line: str) -> None:
+    for command in (
+        ("serve", "-c", str(REPO / "config" / "splitproxy.yaml"), "--listen", "127.0.0.1:0"),
+        ("demo",),
+    ):
+        result = cli(*command, env=env, timeout=30)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr == line + "\n", command
+        assert result.stdout == ""
+
+
+def test_a_bad_flag_is_one_line_and_exit_2() -> None:
+    result = cli("serve", "-c", "routes.yaml", "--read-timeout", "0")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "splitproxy: invalid setting read_timeout (SPLITPROXY_READ_TIMEOUT): "
+        "Input should be greater than 0, got 0.0\n"
     )
 
 
@@ -151,6 +240,22 @@ async def test_admin_verbs_through_the_cli(tmp_path: Path) -> None:
             table = await asyncio.to_thread(cli, "status", *admin)
             assert "shop" in table.stdout
             assert "42.5%" in table.stdout
+            cleared = await asyncio.to_thread(cli, "weight", "shop", "--clear", *admin)
+            assert cleared.returncode == 0, cleared.stderr
+            assert "candidate weight 5% (set by file)" in cleared.stdout
+            data = json.loads((await asyncio.to_thread(cli, "status", "--json", *admin)).stdout)
+            assert data["routes"][0]["weight"] == {
+                "effective": 5.0,
+                "file": 5.0,
+                "runtime": None,
+                "source": "file",
+            }
+            both = await asyncio.to_thread(cli, "weight", "shop", "7", "--clear", *admin)
+            assert both.returncode == 2
+            assert "not allowed with argument PERCENT" in both.stderr
+            neither = await asyncio.to_thread(cli, "weight", "shop", *admin)
+            assert neither.returncode == 2
+            assert "one of the arguments PERCENT --clear is required" in neither.stderr
             missing = await asyncio.to_thread(cli, "weight", "nope", "1", *admin)
             assert missing.returncode == 1
             assert "no route named 'nope'" in missing.stderr

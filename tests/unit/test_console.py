@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from rich.console import Console, RenderableType
@@ -14,8 +13,13 @@ from splitproxy import console as con
 from splitproxy.config import Rollout
 from splitproxy.rollout.analyzer import Analyzer, Emit, Observation, Sample
 from splitproxy.rollout.controller import finite
+from splitproxy.views import CheckView, EventView, RolloutView, RouteView, StatusView
 
 T0 = 1_700_000_000.0
+
+
+# The builders below give the views only the keys a test needs: the console reads every key
+# with .get(), so a view from a proxy of another version renders too.
 
 
 def render(renderable: RenderableType, width: int = 140) -> str:
@@ -24,7 +28,7 @@ def render(renderable: RenderableType, width: int = 140) -> str:
     return out.getvalue()
 
 
-def check(**kw: Any) -> dict[str, Any]:
+def check(**kw: Any) -> CheckView:
     base: dict[str, Any] = {
         "name": "error_rate",
         "kind": "threshold",
@@ -36,7 +40,7 @@ def check(**kw: Any) -> dict[str, Any]:
         "detail": "",
         "ci": None,
     }
-    return {**base, **kw}
+    return cast(CheckView, {**base, **kw})
 
 
 CHECKS = [
@@ -64,7 +68,7 @@ CHECKS = [
 ]
 
 
-def rollout(**kw: Any) -> dict[str, Any]:
+def rollout(**kw: Any) -> RolloutView:
     base: dict[str, Any] = {
         "route": "shop",
         "phase": "progressing",
@@ -81,7 +85,7 @@ def rollout(**kw: Any) -> dict[str, Any]:
         "checks": CHECKS,
         "history": [],
     }
-    return {**base, **kw}
+    return cast(RolloutView, {**base, **kw})
 
 
 def traffic(requests: int, errors: int, p50: float, p99: float) -> dict[str, Any]:
@@ -94,7 +98,7 @@ def traffic(requests: int, errors: int, p50: float, p99: float) -> dict[str, Any
     }
 
 
-def route(**kw: Any) -> dict[str, Any]:
+def route(**kw: Any) -> RouteView:
     base: dict[str, Any] = {
         "name": "shop",
         "stable": {"urls": ["http://v1:80"], "revision": "1.0", "in_flight": 0},
@@ -107,7 +111,7 @@ def route(**kw: Any) -> dict[str, Any]:
         },
         "rollout": rollout(),
     }
-    return {**base, **kw}
+    return cast(RouteView, {**base, **kw})
 
 
 # --- numbers and checks -----------------------------------------------------------------------
@@ -192,7 +196,7 @@ def test_a_check_line_carries_value_threshold_sample_and_verdict() -> None:
 # --- decisions --------------------------------------------------------------------------------
 
 
-def event(**kw: Any) -> dict[str, Any]:
+def event(**kw: Any) -> EventView:
     base: dict[str, Any] = {
         "at": T0 + 6.25,
         "route": "shop",
@@ -206,7 +210,7 @@ def event(**kw: Any) -> dict[str, Any]:
         "source": "analyzer",
         "checks": CHECKS[:3],
     }
-    return {**base, **kw}
+    return cast(EventView, {**base, **kw})
 
 
 def test_a_decision_prints_with_its_evidence_one_check_a_line() -> None:
@@ -331,7 +335,7 @@ def test_the_progress_line_summarizes_a_step_for_a_log() -> None:
 # --- the status table and --watch -------------------------------------------------------------
 
 
-def status(**kw: Any) -> dict[str, Any]:
+def status(**kw: Any) -> StatusView:
     base: dict[str, Any] = {
         "version": "0.9.0",
         "config": {"revision": "r7"},
@@ -347,7 +351,7 @@ def status(**kw: Any) -> dict[str, Any]:
             },
         ],
     }
-    return {**base, **kw}
+    return cast(StatusView, {**base, **kw})
 
 
 def test_the_status_table_shows_each_rollout_s_phase_step_and_plan() -> None:
@@ -363,7 +367,7 @@ def test_the_status_table_shows_each_rollout_s_phase_step_and_plan() -> None:
 
 def test_the_rollout_cell_says_what_a_rollout_waits_for() -> None:
     assert con.rollout_cell(None) == "-"
-    assert con.rollout_cell({"phase": "idle"}) == "idle"
+    assert con.rollout_cell(rollout(phase="idle")) == "idle"
     cell = con.rollout_cell(rollout(phase="waiting", waiting_for="confirm-promotion", step=3))
     assert cell == "waiting\nstep 3/3 (10% 25% 50%*)\nconfirm-promotion"
 
@@ -380,7 +384,7 @@ def test_watch_prints_one_snapshot_when_not_a_terminal() -> None:
     out = io.StringIO()
     calls: list[int] = []
 
-    def fetch() -> tuple[Mapping[str, Any] | None, str | None]:
+    def fetch() -> tuple[StatusView | None, str | None]:
         calls.append(1)
         return status(), None
 
@@ -400,7 +404,7 @@ def test_watch_prints_one_snapshot_when_not_a_terminal() -> None:
 
 
 def test_watch_refreshes_in_a_terminal_keeps_the_last_status_and_stops_on_ctrl_c() -> None:
-    answers: list[tuple[Mapping[str, Any] | None, str | None]] = [
+    answers: list[tuple[StatusView | None, str | None]] = [
         (status(), None),
         (None, "cannot reach the admin API at http://x: refused"),
         (status(routes=[route(rollout=rollout(phase="promoted", step=3, weight=100.0))]), None),

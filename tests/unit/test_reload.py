@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from splitproxy import reload as reload_module
-from splitproxy.config import RoutingConfig, parse_routing
+from splitproxy.config import RoutingConfig, parse_routing, read_routing_file
 from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
 from splitproxy.errors import ConfigError
@@ -27,7 +27,6 @@ from splitproxy.reload import (
     describe_changes,
     file_digest,
     file_signature,
-    read_routing_file,
 )
 
 MANUAL = ReloadOptions(watch=False, poll_interval=0, debounce=0.02)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from pydantic_settings import NoDecode
 
-from splitproxy.settings import Settings, parse_address
+from splitproxy.settings import InvalidSettings, Settings, load_settings, parse_address
 
 
 def test_defaults_listen_everywhere_and_keep_admin_on_loopback() -> None:
@@ -63,3 +65,88 @@ def test_addresses() -> None:
     assert parse_address("[::1]:9901") == ("::1", 9901)
     with pytest.raises(ValueError, match="host:port"):
         parse_address("localhost")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ("10.0.0.0/8", ("10.0.0.0/8",)),
+        ("10.0.0.0/8, 192.168.0.0/16", ("10.0.0.0/8", "192.168.0.0/16")),
+        (" 10.0.0.0/8,,fd00::/8 ,", ("10.0.0.0/8", "fd00::/8")),
+        ('["10.0.0.0/8"]', ("10.0.0.0/8",)),
+        ('  ["10.0.0.0/8", "192.168.0.0/16"] ', ("10.0.0.0/8", "192.168.0.0/16")),
+        ("", ()),
+    ],
+)
+def test_list_settings_read_comma_separated_values_or_a_json_list(
+    monkeypatch: pytest.MonkeyPatch, env: str, expected: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv("SPLITPROXY_TRUSTED_PROXIES", env)
+    assert Settings().trusted_proxies == expected
+
+
+def test_a_list_flag_is_taken_as_it_is_and_wins_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SPLITPROXY_TRUSTED_PROXIES", "10.0.0.0/8")
+    assert Settings(trusted_proxies=["192.168.0.0/16"]).trusted_proxies == ("192.168.0.0/16",)
+
+
+def test_every_list_setting_skips_the_json_decoding_of_its_variable() -> None:
+    # without NoDecode, pydantic-settings JSON-decodes the variable and "10.0.0.0/8" crashes
+    listed = {
+        name: field
+        for name, field in Settings.model_fields.items()
+        if typing.get_origin(field.annotation) in (list, tuple, set, frozenset)
+    }
+    assert "trusted_proxies" in listed
+    for name, field in listed.items():
+        assert any(isinstance(m, NoDecode) or m is NoDecode for m in field.metadata), name
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "line"),
+    [
+        (
+            "SPLITPROXY_TRUSTED_PROXIES",
+            "10.0.0.0/8, 10.0.0.0/33",
+            "splitproxy: invalid setting trusted_proxies (SPLITPROXY_TRUSTED_PROXIES): "
+            "'10.0.0.0/33' is not a network",
+        ),
+        (
+            "SPLITPROXY_TRUSTED_PROXIES",
+            '["10.0.0.0/8"',
+            "splitproxy: invalid setting trusted_proxies (SPLITPROXY_TRUSTED_PROXIES): "
+            "'[\"10.0.0.0/8\"' is neither a JSON list nor comma-separated",
+        ),
+        (
+            "SPLITPROXY_LOG_FORMAT",
+            "xml",
+            "splitproxy: invalid setting log_format (SPLITPROXY_LOG_FORMAT): "
+            "Input should be 'text' or 'json', got 'xml'",
+        ),
+        (
+            "SPLITPROXY_LISTEN",
+            "nowhere",
+            "splitproxy: invalid setting listen (SPLITPROXY_LISTEN): 'nowhere' is not host:port",
+        ),
+    ],
+)
+def test_a_bad_variable_is_one_line_naming_the_setting_and_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, line: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(InvalidSettings) as info:
+        load_settings()
+    assert info.value.lines == [line]
+
+
+def test_a_bad_flag_names_its_variable_and_a_bad_secret_is_not_echoed() -> None:
+    with pytest.raises(InvalidSettings) as info:
+        load_settings(read_timeout=0, admin_token=12345)
+    assert info.value.lines == [  # one line per bad setting, in the order of the table
+        "splitproxy: invalid setting admin_token (SPLITPROXY_ADMIN_TOKEN): "
+        "Input should be a valid string",
+        "splitproxy: invalid setting read_timeout (SPLITPROXY_READ_TIMEOUT): "
+        "Input should be greater than 0, got 0",
+    ]

@@ -1,8 +1,7 @@
-"""The routing file (`parse_routing`, `summary`) and the runtime state it feeds."""
+"""The routing file's routes (`parse_routing`, `summary`): forms, errors and their paths."""
 
 from __future__ import annotations
 
-import math
 import textwrap
 
 import pytest
@@ -19,15 +18,9 @@ from splitproxy.config import (
     summary,
 )
 from splitproxy.dataplane.routing import BUCKETS
-from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash
 from splitproxy.errors import (
     ConfigError,
-    Conflict,
-    InvalidValue,
-    NotReady,
     Problem,
-    RequestRefused,
-    UnknownRoute,
 )
 
 
@@ -496,187 +489,6 @@ def test_summary_of_a_valid_file() -> None:
 def test_summary_names_the_file_revision() -> None:
     config = parse('revision: "v7"\nroutes: [{name: api, stable: http://a}]\n')
     assert summary(config) == "ok: revision v7, 1 route(s): api (stable)"
-
-
-# --- RuntimeState -------------------------------------------------------------------------
-
-FILE = """\
-revision: "r1"
-routes:
-  - name: shop
-    stable: http://shop-v1:8080
-    candidate: {url: http://shop-v2:8080, revision: "2.4.0"}
-    weight: 10
-  - name: api
-    stable: http://api-v1:8080
-    candidate: {url: http://api-v2:8080, revision: "7"}
-    weight: 5
-  - name: static
-    stable: http://static:8080
-"""
-
-
-def load(state: RuntimeState, text: str, now: float = 1000.0) -> Snapshot:
-    return state.load(parse_routing(text), content_hash(text), now)
-
-
-def weight_of(state: RuntimeState, name: str) -> int:
-    assert state.snapshot is not None
-    route = state.snapshot.route(name)
-    assert route is not None
-    return route.weight_bp
-
-
-@pytest.fixture
-def state() -> RuntimeState:
-    state = RuntimeState()
-    load(state, FILE)
-    return state
-
-
-def test_load_installs_the_file() -> None:
-    state = RuntimeState()
-    assert state.snapshot is None
-    snapshot = load(state, FILE, now=1234.5)
-    assert state.snapshot is snapshot
-    assert [r.name for r in snapshot.routes] == ["shop", "api", "static"]
-    assert weight_of(state, "shop") == 1000
-    assert weight_of(state, "api") == 500
-    assert snapshot.loaded_at == 1234.5
-    assert snapshot.content_hash == content_hash(FILE)
-    assert snapshot.route("nope") is None
-    assert dict(snapshot.overrides) == {}
-
-
-def test_revision_is_the_user_revision_plus_a_short_hash() -> None:
-    digest = content_hash(FILE)
-    assert len(digest) == 64
-    assert load(RuntimeState(), FILE).revision == f"r1+{digest[:12]}"
-    bare = FILE.replace('revision: "r1"\n', "")
-    assert load(RuntimeState(), bare).revision == content_hash(bare)[:12]
-    assert content_hash(FILE) == content_hash(FILE.encode())
-    assert content_hash(FILE + "# comment\n") != digest
-
-
-def test_listeners_see_every_swap() -> None:
-    state = RuntimeState()
-    seen: list[tuple[Snapshot | None, Snapshot]] = []
-    state.subscribe(lambda old, new: seen.append((old, new)))
-    first = load(state, FILE)
-    second = state.set_weight("shop", 20, now=1001.0)
-    assert seen == [(None, first), (first, second)]
-
-
-def test_set_weight_overrides_the_file_weight(state: RuntimeState) -> None:
-    snapshot = state.set_weight("shop", 25.5, now=2000.0, source="cli")
-    assert state.snapshot is snapshot
-    assert weight_of(state, "shop") == 2550
-    assert weight_of(state, "api") == 500  # other routes keep their weight
-    override = snapshot.overrides["shop"]
-    assert (override.percent, override.set_at, override.source) == (25.5, 2000.0, "cli")
-    # Both values stay visible: the file still says 10.
-    route = snapshot.config.route("shop")
-    assert route is not None
-    assert route.weight == 10
-    assert snapshot.content_hash == content_hash(FILE)
-    assert snapshot.loaded_at == 1000.0
-
-
-@pytest.mark.parametrize(("percent", "basis_points"), [(0, 0), (100, BUCKETS), (12.344, 1234)])
-def test_set_weight_bounds_and_resolution(
-    state: RuntimeState, percent: float, basis_points: int
-) -> None:
-    state.set_weight("shop", percent, now=2000.0)
-    assert weight_of(state, "shop") == basis_points
-
-
-@pytest.mark.parametrize(
-    ("name", "percent", "kind", "code"),
-    [
-        ("nope", 10.0, UnknownRoute, "no_such_route"),
-        ("static", 10.0, Conflict, "no_candidate"),
-        ("shop", 100.01, InvalidValue, "invalid_weight"),
-        ("shop", -0.01, InvalidValue, "invalid_weight"),
-        ("shop", math.nan, InvalidValue, "invalid_weight"),
-        ("shop", math.inf, InvalidValue, "invalid_weight"),
-    ],
-)
-def test_set_weight_refusals(
-    state: RuntimeState, name: str, percent: float, kind: type[RequestRefused], code: str
-) -> None:
-    before = state.snapshot
-    with pytest.raises(kind) as info:
-        state.set_weight(name, percent, now=2000.0)
-    assert info.value.code == code
-    assert state.snapshot is before  # nothing changed
-
-
-def test_set_weight_before_any_file_is_loaded() -> None:
-    with pytest.raises(NotReady) as info:
-        RuntimeState().set_weight("shop", 10, now=0.0)
-    assert info.value.code == "not_ready"
-
-
-def test_runtime_weight_survives_a_reload_that_leaves_the_route_alone(
-    state: RuntimeState,
-) -> None:
-    state.set_weight("shop", 50, now=2000.0)
-    changed_elsewhere = FILE.replace("weight: 5\n", "weight: 7\n") + "# reviewed\n"
-    snapshot = load(state, changed_elsewhere, now=3000.0)
-    assert weight_of(state, "shop") == 5000
-    assert weight_of(state, "api") == 700
-    assert snapshot.overrides["shop"].percent == 50
-    assert snapshot.loaded_at == 3000.0
-    # Reloading the very same file keeps it too.
-    load(state, changed_elsewhere, now=4000.0)
-    assert weight_of(state, "shop") == 5000
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ("    weight: 10\n", "    weight: 15\n"),
-        ('revision: "2.4.0"}', 'revision: "2.4.1"}'),
-        ("http://shop-v1:8080", "http://shop-v1:9090"),
-        ("    weight: 10\n", "    weight: 10\n    sticky: {cookie: id}\n"),
-        (
-            '    candidate: {url: http://shop-v2:8080, revision: "2.4.0"}\n    weight: 10\n',
-            "",
-        ),
-    ],
-    ids=["weight", "candidate-revision", "stable-url", "sticky-added", "candidate-removed"],
-)
-def test_runtime_weight_is_dropped_when_the_file_changes_that_route(
-    state: RuntimeState, old: str, new: str
-) -> None:
-    state.set_weight("shop", 50, now=2000.0)
-    assert old in FILE
-    snapshot = load(state, FILE.replace(old, new), now=3000.0)
-    route = snapshot.config.route("shop")
-    assert route is not None
-    assert weight_of(state, "shop") == route.weight_bp != 5000
-    assert "shop" not in snapshot.overrides
-
-
-def test_runtime_weight_is_dropped_when_the_route_goes_away(state: RuntimeState) -> None:
-    state.set_weight("api", 50, now=2000.0)
-    without_api = FILE.replace(
-        "  - name: api\n    stable: http://api-v1:8080\n    candidate: {url: http://api-v2:8080, "
-        'revision: "7"}\n    weight: 5\n',
-        "",
-    )
-    assert load(state, without_api).route("api") is None
-    load(state, FILE)  # and back: the file's weight, not the old override
-    assert weight_of(state, "api") == 500
-
-
-def test_clear_weight_restores_the_file_weight(state: RuntimeState) -> None:
-    state.set_weight("shop", 80, now=2000.0)
-    snapshot = state.clear_weight("shop")
-    assert weight_of(state, "shop") == 1000
-    assert dict(snapshot.overrides) == {}
-    with pytest.raises(UnknownRoute):
-        state.clear_weight("nope")
 
 
 def test_a_host_match_with_a_port_is_refused() -> None:

@@ -1,9 +1,7 @@
-"""The routing file: frozen, validated models and the parser that reads them.
+"""The rollout part of the file: steps, checks, the guard, hooks and synthetic traffic.
 
-The routing file is the desired state and lives in git, so validation is strict: unknown keys
-are errors, every problem is reported with its path (``routes[1].weight: must be <= 100``),
-and a file is accepted or rejected as a whole. Nothing here does IO beyond what the caller
-hands in (the file's text).
+A route's ``rollout:`` section becomes a `Rollout`; the analyzer reads its plan, checks and
+gates, the controller its hooks and external checks, the traffic sender its `Traffic`.
 """
 
 from __future__ import annotations
@@ -13,234 +11,29 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
+from splitproxy.config.fields import (
+    CHECK_NAME,
+    HEADER_NAME,
+    Duration,
+    Fraction,
+    Frozen,
+    check_header_names,
+    fmt_number,
+    parse_duration,
+    parse_fraction,
+    percent_resolution,
+    sub_path_error,
+)
 from splitproxy.config.vocabulary import GATES, Gate, HookOn
-from splitproxy.errors import ConfigError, Problem
-
-ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# RFC 9110 token characters: what a header field name may contain.
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-COOKIE_NAME = HEADER_NAME
-
-
-def _name(pattern: re.Pattern[str], what: str) -> AfterValidator:
-    def check(v: str) -> str:
-        if not pattern.fullmatch(v):
-            raise ValueError(f"must be a {what}")
-        return v
-
-    return AfterValidator(check)
-
-
-HeaderName = Annotated[str, _name(HEADER_NAME, "header field name")]
-CookieName = Annotated[str, _name(COOKIE_NAME, "cookie name")]
-
-
-def _header_names(headers: dict[str, str]) -> dict[str, str]:
-    """Check a ``headers:`` mapping's names; the error's path names the bad header."""
-    for header in headers:
-        if not HEADER_NAME.fullmatch(header):
-            raise _sub_path_error(f".{header}", "must be a header field name")
-    return headers
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
-
-def _upstream_url(value: str) -> str:
-    """Check an upstream URL: plain ``http://host[:port]``, nothing the data path cannot honour."""
-    parts = urlsplit(value)
-    if parts.scheme != "http":
-        raise ValueError(f"{value!r}: only http:// upstreams are supported")
-    if not parts.hostname:
-        raise ValueError(f"{value!r}: no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{value!r}: invalid port") from None
-    if port == 0:
-        raise ValueError(f"{value!r}: invalid port")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{value!r}: a path, query or fragment on an upstream is not supported")
-    if parts.username or parts.password:
-        raise ValueError(f"{value!r}: credentials in an upstream URL are not supported")
-    return value.rstrip("/")
-
-
-UpstreamURL = Annotated[
-    str, BeforeValidator(lambda v: _upstream_url(v) if isinstance(v, str) else v)
-]
-
-
-def _backend_shorthand(value: Any) -> Any:
-    """Accept a URL, a list of URLs, or the full mapping; normalise to the mapping."""
-    if isinstance(value, str):
-        return {"url": [value]}
-    if isinstance(value, list):
-        return {"url": value}
-    if isinstance(value, dict) and isinstance(value.get("url"), str):
-        return {**value, "url": [value["url"]]}
-    return value
-
-
-class Backend(Frozen):
-    """One version of the service: one or more URLs (served round-robin) and its revision."""
-
-    url: tuple[UpstreamURL, ...] = Field(min_length=1)
-    revision: str | None = Field(default=None, min_length=1, max_length=128)
-
-    @property
-    def urls(self) -> tuple[str, ...]:
-        return self.url
-
-
-BackendSpec = Annotated[Backend, BeforeValidator(_backend_shorthand)]
-
-
-class Match(Frozen):
-    """Which requests a route serves: an exact host (or ``*.suffix``) and a path prefix."""
-
-    host: str | None = Field(default=None, min_length=1, max_length=253)
-    path_prefix: str = "/"
-
-    @field_validator("host")
-    @classmethod
-    def _host(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        v = v.lower()
-        bare = v[2:] if v.startswith("*.") else v
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", bare):
-            raise ValueError("must be a host name without port, or *.domain")
-        return v
-
-    @field_validator("path_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must start with '/'")
-        return v
-
-
-class Override(Frozen):
-    """Force a version from a header or a cookie, before the weighted split.
-
-    With neither ``value`` nor ``regex``, the header or cookie's value says where to go:
-    ``always`` sends to the candidate, ``never`` to stable, anything else falls through.
-    With ``value`` (exact) or ``regex`` (full match), a match sends to the candidate.
-    """
-
-    header: HeaderName | None = None
-    cookie: CookieName | None = None
-    value: str | None = None
-    regex: str | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
-        return v
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Override:
-        if (self.header is None) == (self.cookie is None):
-            raise ValueError("give exactly one of 'header' or 'cookie'")
-        if self.value is not None and self.regex is not None:
-            raise ValueError("give at most one of 'value' or 'regex'")
-        return self
-
-
-class Sticky(Frozen):
-    """Keep each client on one version: a seed cookie the proxy sets, or a header it sends."""
-
-    cookie: CookieName | None = None
-    header: HeaderName | None = None
-    max_age: int = Field(default=30 * 24 * 3600, ge=1, le=10 * 365 * 24 * 3600)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Sticky:
-        if (self.header is None) == (self.cookie is None):
-            raise ValueError("give exactly one of 'cookie' or 'header'")
-        return self
-
-
-# --- rollout: automatic progressive delivery ---------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-CHECK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
-
-
-def parse_duration(value: Any, *, unit_required: bool = False) -> float:
-    """A duration in seconds: ``30s``, ``5m``, ``1h30m``, ``500ms``, ``1.5s`` or a number of
-    seconds (a whole number is refused when ``unit_required``: ``500`` could be either)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 5m or 500ms")
-    if isinstance(value, int | float):
-        if unit_required and isinstance(value, int):  # 500: milliseconds or seconds?
-            raise ValueError(f"give a unit, e.g. {value}ms or {value}s")
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        pos, seconds = 0, 0.0
-        for m in _DURATION_PART.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-            pos = m.end()
-        if not text or pos != len(text):
-            raise ValueError(f"{value!r} is not a duration such as 30s, 5m, 1h30m or 500ms")
-    else:
-        raise ValueError("must be a duration such as 30s, 5m or 500ms")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("must be a duration >= 0")
-    return seconds
-
-
-def _fraction(value: Any) -> Any:
-    """A rate: a number in [0, 1] or a percentage string (``"1%"``, ``"0.5 %"``)."""
-    if isinstance(value, bool):
-        raise ValueError("must be a number")
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            return float(value.strip()[:-1]) / 100.0
-        except ValueError:
-            raise ValueError(f"{value!r} is not a percentage") from None
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Fraction = Annotated[float, BeforeValidator(_fraction)]
-
-
-def _percent_weight(v: float) -> float:
-    if round(v * 100) != round(v * 100, 6):
-        raise ValueError("has a resolution of 0.01 percent")
-    return v
-
-
-def _sub_path_error(sub: str, message: str) -> PydanticCustomError:
-    """An error about an element below the validated field (``steps`` + ``[2]``)."""
-    return PydanticCustomError("sub_path", "{message}", {"sub": sub, "message": message})
 
 
 def _step_shorthand(value: Any) -> Any:
@@ -272,7 +65,7 @@ class Step(Frozen):
     @field_validator("weight")
     @classmethod
     def _resolution(cls, v: float | None) -> float | None:
-        return None if v is None else _percent_weight(v)
+        return None if v is None else percent_resolution(v)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -344,7 +137,7 @@ class MetricCheck(_Named):
             try:
                 out[bound] = _metric_value(metric, v)
             except ValueError as exc:
-                raise _sub_path_error(f".{bound}", str(exc)) from None
+                raise sub_path_error(f".{bound}", str(exc)) from None
         return out
 
     @model_validator(mode="after")
@@ -361,7 +154,7 @@ class MetricCheck(_Named):
 def _metric_value(metric: Any, v: Any) -> float:
     if isinstance(metric, str) and metric.startswith("latency_"):
         return parse_duration(v, unit_required=True)
-    value = _fraction(v) if metric in ("error_rate", "success_rate") else v
+    value = parse_fraction(v) if metric in ("error_rate", "success_rate") else v
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
     if metric in ("error_rate", "success_rate") and not 0.0 <= value <= 1.0:
@@ -386,7 +179,7 @@ class CompareCheck(_Named):
     def _quantiles(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         for i, q in enumerate(v):
             if not 0.5 <= q <= 0.999:
-                raise _sub_path_error(f"[{i}]", "must be between 0.5 and 0.999")
+                raise sub_path_error(f"[{i}]", "must be between 0.5 and 0.999")
         if len(set(v)) != len(v):
             raise ValueError("a quantile is given twice")
         return v
@@ -451,7 +244,7 @@ class WebCheck(_Named):
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        return _header_names(v)
+        return check_header_names(v)
 
     @model_validator(mode="after")
     def _bounds(self) -> WebCheck:
@@ -492,7 +285,6 @@ Check = Annotated[
         custom_error_message="a check needs 'metric', 'prometheus' or 'web'",
     ),
 ]
-_TAGS = frozenset({"Backend", "MetricCheck", "CompareCheck", "PrometheusCheck", "WebCheck"})
 
 
 class Guard(Frozen):
@@ -540,7 +332,7 @@ class Hook(_Named):
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        return _header_names(v)
+        return check_header_names(v)
 
     @field_validator("timeout")
     @classmethod
@@ -602,7 +394,7 @@ class Traffic(Frozen):
     def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for i, path in enumerate(v):
             if not _TRAFFIC_PATH.fullmatch(path):
-                raise _sub_path_error(
+                raise sub_path_error(
                     f"[{i}]", "must be a path starting with '/' (visible ASCII, no '#')"
                 )
         return v
@@ -612,11 +404,11 @@ class Traffic(Frozen):
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
         for header, value in v.items():
             if not HEADER_NAME.fullmatch(header):
-                raise _sub_path_error(f".{header}", "must be a header field name")
+                raise sub_path_error(f".{header}", "must be a header field name")
             if header.lower() in _TRAFFIC_RESERVED:
-                raise _sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
+                raise sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
             if not _HEADER_VALUE.fullmatch(value):
-                raise _sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
+                raise sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
         return v
 
     @field_validator("timeout")
@@ -656,7 +448,7 @@ class Rollout(Frozen):
     @field_validator("step_weight", "max_weight")
     @classmethod
     def _resolution(cls, v: float | None) -> float | None:
-        return None if v is None else _percent_weight(v)
+        return None if v is None else percent_resolution(v)
 
     @field_validator("steps")
     @classmethod
@@ -668,8 +460,8 @@ class Rollout(Frozen):
             if step.weight is None:
                 continue
             if previous is not None and step.weight <= previous:
-                raise _sub_path_error(
-                    f"[{i}]", f"must be above the previous step's weight ({_num(previous)})"
+                raise sub_path_error(
+                    f"[{i}]", f"must be above the previous step's weight ({fmt_number(previous)})"
                 )
             previous = step.weight
         if previous is None:
@@ -682,7 +474,7 @@ class Rollout(Frozen):
         seen: set[str] = set()
         for i, check in enumerate(v):
             if check.key in seen:
-                raise _sub_path_error(
+                raise sub_path_error(
                     f"[{i}]",
                     f"check name {check.key!r} appears twice; give each check its own 'name'",
                 )
@@ -724,214 +516,3 @@ class Rollout(Frozen):
                 break
             k += 1
         return tuple(Step(weight=w) for w in weights)
-
-
-class Route(Frozen):
-    """A service behind the proxy: its stable version, an optional candidate, and the split."""
-
-    name: str
-    match: Match = Match()
-    stable: BackendSpec
-    candidate: BackendSpec | None = None
-    # strict: YAML reads `yes`/`on` as booleans, which must not become 1 percent
-    weight: float = Field(default=0.0, ge=0.0, le=100.0, strict=True)
-    overrides: tuple[Override, ...] = ()
-    sticky: Sticky | None = None
-    rollout: Rollout | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not ROUTE_NAME.fullmatch(v):
-            raise ValueError(
-                "must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-            )
-        return v
-
-    @field_validator("weight")
-    @classmethod
-    def _resolution(cls, v: float) -> float:
-        if round(v * 100) != round(v * 100, 6):
-            raise ValueError("has a resolution of 0.01 percent")
-        return v
-
-    @model_validator(mode="after")
-    def _weight_needs_candidate(self) -> Route:
-        if self.candidate is None and self.weight > 0:
-            raise ValueError("a weight above 0 needs a 'candidate'")
-        return self
-
-    @property
-    def weight_bp(self) -> int:
-        """The weight in basis points (0..10 000), the unit the routing decision works in."""
-        return round(self.weight * 100)
-
-
-class RoutingConfig(Frozen):
-    """The whole routing file."""
-
-    revision: str | None = Field(default=None, min_length=1, max_length=128)
-    routes: tuple[Route, ...] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique_names(self) -> RoutingConfig:
-        seen: set[str] = set()
-        for route in self.routes:
-            if route.name in seen:
-                raise ValueError(f"route name {route.name!r} is used twice")
-            seen.add(route.name)
-        return self
-
-    def route(self, name: str) -> Route | None:
-        for route in self.routes:
-            if route.name == name:
-                return route
-        return None
-
-
-def _num(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-# Short, stable wording for the errors users meet most; pydantic's own text otherwise.
-def _message(err: Any) -> str:
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    if kind == "less_than_equal":
-        return f"must be <= {_num(ctx['le'])}"
-    if kind == "greater_than_equal":
-        return f"must be >= {_num(ctx['ge'])}"
-    if kind == "less_than":
-        return f"must be < {_num(ctx['lt'])}"
-    if kind == "greater_than":
-        return f"must be > {_num(ctx['gt'])}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "is required"
-    if kind in ("too_short", "string_too_short"):
-        return "must not be empty"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    if kind == "literal_error":
-        return f"must be {ctx['expected']}"
-    if kind == "sub_path":
-        return str(ctx["message"])
-    return str(err["msg"])
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith("function-") or part in _TAGS:
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def problems_from(exc: ValidationError) -> list[Problem]:
-    """Turn pydantic's errors into ``path: message`` problems, one per error.
-
-    pydantic checks a list's length on the items that validated, so a list whose only item
-    is invalid also reports "too short"; that echo is dropped.
-    """
-    errors = exc.errors()
-    locs = [tuple(e["loc"]) for e in errors]
-    out = []
-    for err, loc in zip(errors, locs, strict=True):
-        if err["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
-            continue
-        sub = (err.get("ctx") or {}).get("sub", "") if err["type"] == "sub_path" else ""
-        out.append(Problem(_path(loc) + sub, _message(err)))
-    return out
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _duplicate_names(data: dict[str, Any]) -> list[Problem]:
-    routes = data.get("routes")
-    if not isinstance(routes, list):
-        return []
-    seen: set[str] = set()
-    problems = []
-    for i, route in enumerate(routes):
-        name = route.get("name") if isinstance(route, dict) else None
-        if isinstance(name, str):
-            if name in seen:
-                problems.append(Problem(f"routes[{i}].name", f"route name {name!r} is used twice"))
-            seen.add(name)
-    return problems
-
-
-def parse_routing(text: str, source: str = "") -> RoutingConfig:
-    """Parse and validate a routing file's YAML text; raise `ConfigError` naming every problem."""
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        raise ConfigError([Problem(where, f"invalid YAML: {exc.problem}")], source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem("", f"invalid YAML: {exc}")], source) from None
-    if data is None:
-        raise ConfigError([Problem("", "the file is empty; it needs 'routes'")], source)
-    if not isinstance(data, dict):
-        raise ConfigError([Problem("", "the top level must be a mapping with 'routes'")], source)
-    duplicates = _duplicate_names(data)
-    try:
-        config = RoutingConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = [p for p in problems_from(exc) if "is used twice" not in p.message]
-        raise ConfigError(problems + duplicates, source) from None
-    if duplicates:  # pragma: no cover - the model's own check catches these first
-        raise ConfigError(duplicates, source)
-    return config
-
-
-def summary(config: RoutingConfig) -> str:
-    """One line describing a valid config, as `splitproxy check` prints it."""
-    parts = []
-    for r in config.routes:
-        cand = f", candidate {r.weight:g}%" if r.candidate else ""
-        parts.append(f"{r.name} (stable{cand})")
-    rev = f" revision {config.revision}," if config.revision else ""
-    return f"ok:{rev} {len(config.routes)} route(s): " + "; ".join(parts)
-
-
-__all__ = [
-    "Backend",
-    "Check",
-    "CompareCheck",
-    "Guard",
-    "Hook",
-    "Match",
-    "MetricCheck",
-    "Override",
-    "PrometheusCheck",
-    "Rollout",
-    "Route",
-    "RoutingConfig",
-    "Step",
-    "Sticky",
-    "Traffic",
-    "WebCheck",
-    "parse_duration",
-    "parse_routing",
-    "summary",
-]

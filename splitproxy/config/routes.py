@@ -1,0 +1,203 @@
+"""The routing part of the file: routes, their backends, matching, overrides and stickiness.
+
+`RoutingConfig` is the whole file once validated; `parse.parse_routing` builds it from YAML.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from splitproxy.config.fields import (
+    ROUTE_NAME,
+    CookieName,
+    Frozen,
+    HeaderName,
+    percent_resolution,
+)
+from splitproxy.config.rollout import Rollout
+
+
+def _upstream_url(value: str) -> str:
+    """Check an upstream URL: plain ``http://host[:port]``, nothing the data path cannot honour."""
+    parts = urlsplit(value)
+    if parts.scheme != "http":
+        raise ValueError(f"{value!r}: only http:// upstreams are supported")
+    if not parts.hostname:
+        raise ValueError(f"{value!r}: no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r}: invalid port") from None
+    if port == 0:
+        raise ValueError(f"{value!r}: invalid port")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: a path, query or fragment on an upstream is not supported")
+    if parts.username or parts.password:
+        raise ValueError(f"{value!r}: credentials in an upstream URL are not supported")
+    return value.rstrip("/")
+
+
+UpstreamURL = Annotated[
+    str, BeforeValidator(lambda v: _upstream_url(v) if isinstance(v, str) else v)
+]
+
+
+def _backend_shorthand(value: Any) -> Any:
+    """Accept a URL, a list of URLs, or the full mapping; normalise to the mapping."""
+    if isinstance(value, str):
+        return {"url": [value]}
+    if isinstance(value, list):
+        return {"url": value}
+    if isinstance(value, dict) and isinstance(value.get("url"), str):
+        return {**value, "url": [value["url"]]}
+    return value
+
+
+class Backend(Frozen):
+    """One version of the service: one or more URLs (served round-robin) and its revision."""
+
+    url: tuple[UpstreamURL, ...] = Field(min_length=1)
+    revision: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return self.url
+
+
+BackendSpec = Annotated[Backend, BeforeValidator(_backend_shorthand)]
+
+
+class Match(Frozen):
+    """Which requests a route serves: an exact host (or ``*.suffix``) and a path prefix."""
+
+    host: str | None = Field(default=None, min_length=1, max_length=253)
+    path_prefix: str = "/"
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.lower()
+        bare = v[2:] if v.startswith("*.") else v
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", bare):
+            raise ValueError("must be a host name without port, or *.domain")
+        return v
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+
+class Override(Frozen):
+    """Force a version from a header or a cookie, before the weighted split.
+
+    With neither ``value`` nor ``regex``, the header or cookie's value says where to go:
+    ``always`` sends to the candidate, ``never`` to stable, anything else falls through.
+    With ``value`` (exact) or ``regex`` (full match), a match sends to the candidate.
+    """
+
+    header: HeaderName | None = None
+    cookie: CookieName | None = None
+    value: str | None = None
+    regex: str | None = None
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Override:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("give exactly one of 'header' or 'cookie'")
+        if self.value is not None and self.regex is not None:
+            raise ValueError("give at most one of 'value' or 'regex'")
+        return self
+
+
+class Sticky(Frozen):
+    """Keep each client on one version: a seed cookie the proxy sets, or a header it sends."""
+
+    cookie: CookieName | None = None
+    header: HeaderName | None = None
+    max_age: int = Field(default=30 * 24 * 3600, ge=1, le=10 * 365 * 24 * 3600)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Sticky:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("give exactly one of 'cookie' or 'header'")
+        return self
+
+
+class Route(Frozen):
+    """A service behind the proxy: its stable version, an optional candidate, and the split."""
+
+    name: str
+    match: Match = Match()
+    stable: BackendSpec
+    candidate: BackendSpec | None = None
+    # strict: YAML reads `yes`/`on` as booleans, which must not become 1 percent
+    weight: float = Field(default=0.0, ge=0.0, le=100.0, strict=True)
+    overrides: tuple[Override, ...] = ()
+    sticky: Sticky | None = None
+    rollout: Rollout | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not ROUTE_NAME.fullmatch(v):
+            raise ValueError(
+                "must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _resolution(cls, v: float) -> float:
+        return percent_resolution(v)
+
+    @model_validator(mode="after")
+    def _weight_needs_candidate(self) -> Route:
+        if self.candidate is None and self.weight > 0:
+            raise ValueError("a weight above 0 needs a 'candidate'")
+        return self
+
+    @property
+    def weight_bp(self) -> int:
+        """The weight in basis points (0..10 000), the unit the routing decision works in."""
+        return round(self.weight * 100)
+
+
+class RoutingConfig(Frozen):
+    """The whole routing file."""
+
+    revision: str | None = Field(default=None, min_length=1, max_length=128)
+    routes: tuple[Route, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RoutingConfig:
+        seen: set[str] = set()
+        for route in self.routes:
+            if route.name in seen:
+                raise ValueError(f"route name {route.name!r} is used twice")
+            seen.add(route.name)
+        return self
+
+    def route(self, name: str) -> Route | None:
+        for route in self.routes:
+            if route.name == name:
+                return route
+        return None

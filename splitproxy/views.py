@@ -1,0 +1,231 @@
+"""The JSON the admin API answers with, as types: what `admin.py` builds and `console` reads.
+
+``GET /api/v1/status`` is a `StatusView`; ``GET /api/v1/routes/{name}`` and every call that
+changes a route (its weight, a rollout command) answer with a `RouteView`; ``GET
+/api/v1/events`` is an `EventsView`. Both ends are checked against these, so a key renamed
+on one side is a type error on the other. Floats that are not finite (an unbounded
+confidence interval, an overwhelming e-value) are null in JSON, hence the ``| None`` on
+numbers of the rollout part. Plain words (a phase, a check's kind or verdict) are ``str``
+here: the analyzer defines their values, and the console shows unknown ones as they come.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+# --- a route ----------------------------------------------------------------------------------
+
+
+class MatchView(TypedDict):
+    host: str | None
+    path_prefix: str
+
+
+class BackendView(TypedDict):
+    """One version's upstreams, its revision, and its requests in flight now."""
+
+    urls: list[str]
+    revision: str | None
+    in_flight: int
+
+
+class RuntimeWeightView(TypedDict):
+    percent: float
+    set_at: float  # Unix time
+    source: str  # who set it: "admin", or the rollout controller
+
+
+class WeightView(TypedDict):
+    """The candidate's weight in percent: what serves, the file's, a runtime override, and
+    which of ``rollout``, ``runtime`` or ``file`` won (``source``)."""
+
+    effective: float
+    file: float
+    runtime: RuntimeWeightView | None
+    source: str
+
+
+class LatencyView(TypedDict):
+    p50: float | None  # milliseconds; None without requests
+    p95: float | None
+    p99: float | None
+
+
+class VersionSummary(TypedDict):
+    """One version's live traffic over the span of a `TrafficView` (``rate`` per second)."""
+
+    requests: int
+    rate: float
+    errors: int
+    error_rate: float | None
+    latency_ms: LatencyView
+
+
+class TrafficView(TypedDict):
+    """A route's recent traffic per version; ``candidate`` is None for a route without one
+    (and no candidate traffic left in the window)."""
+
+    window_seconds: float
+    stable: VersionSummary
+    candidate: VersionSummary | None
+
+
+# --- a route's rollout -------------------------------------------------------------------------
+
+
+class CheckView(TypedDict):
+    """One check as judged on one tick (`rollout.analyzer.CheckResult`)."""
+
+    name: str
+    kind: str  # threshold, compare, guard or external
+    value: float | None
+    min: float | None
+    max: float | None
+    sample: int
+    verdict: str  # pass, fail or no_data
+    detail: str
+    ci: list[float | None] | None  # a comparison's confidence interval for the ratio
+    metric: str | None
+    unit: str | None  # fraction, seconds, per_second, e_value; None: the user's own number
+
+
+class EventView(TypedDict):
+    """A ledger entry: a decision or a transition with the checks it rests on."""
+
+    at: float
+    route: str
+    kind: str
+    phase: str
+    previous: str
+    step: int  # 1-based; 0 before the first step
+    weight: float | None
+    revision: str | None
+    message: str
+    source: str
+    checks: list[CheckView]
+
+
+class GateView(TypedDict):
+    """The gate a waiting rollout asks, and the answers it gave so far."""
+
+    name: str
+    step: int
+    since: float | None
+    attempts: int
+    last_at: float | None
+    last_detail: str | None
+
+
+class WindowView(TypedDict):
+    start: float
+    elapsed: float | None  # as of the latest tick; None when no step is running
+    requests: int  # candidate requests in the step's window so far
+
+
+class AlphaView(TypedDict):
+    """How the rollout's α is split between the families of tests."""
+
+    total: float
+    error: float
+    latency: float
+    guard: float
+
+
+class RolloutStateView(TypedDict):
+    persistent: bool
+    file: str | None
+    last_error: str | None
+
+
+class HookView(TypedDict):
+    on: str
+    name: str | None
+    format: str
+    gating: bool
+
+
+class ExternalReadingView(TypedDict):
+    value: float | None
+    at: float | None
+    error: str | None
+
+
+class RolloutView(TypedDict):
+    """A route's rollout: phase, plan and position, the step's window and what it needs,
+    the checks of the latest tick, hooks, external readings and recent history."""
+
+    route: str
+    phase: str  # idle, progressing, waiting, paused, promoted or rolled_back
+    revision: str | None
+    step: int  # 1-based; 0 before the first step
+    steps: int
+    weights: list[float | None]  # None: a pause step
+    weight: float | None
+    failures: int
+    failure_limit: int
+    paused_reason: str | None
+    waiting_for: str | None
+    gate: GateView | None
+    started_at: float | None
+    step_started_at: float | None
+    active_time: float  # seconds the rollout has been progressing
+    interval: float | None  # the current weight step's needs; None outside one
+    min_requests: int | None
+    window: WindowView
+    alpha: AlphaView
+    checks: list[CheckView]
+    state: RolloutStateView
+    hooks: list[HookView]
+    waiting_on_hooks: list[str]
+    external: dict[str, ExternalReadingView]  # by check name
+    history: list[EventView]
+
+
+class RouteView(TypedDict):
+    """A route as status shows it."""
+
+    name: str
+    match: MatchView
+    stable: BackendView
+    candidate: BackendView | None
+    weight: WeightView
+    # the routing file's own ``sticky`` and ``overrides`` entries, None fields left out: their
+    # shape is the schema's (`config.Sticky`, `config.Override`), echoed, never read back
+    sticky: dict[str, Any] | None
+    overrides: list[dict[str, Any]]
+    traffic: TrafficView
+    rollout: RolloutView | None  # None: the route has no ``rollout``
+
+
+# --- the whole proxy ---------------------------------------------------------------------------
+
+
+class ConfigView(TypedDict):
+    path: str | None
+    revision: str
+    loaded_at: float
+    last_reload_successful: bool
+    last_error: str | None
+
+
+class RolloutsView(TypedDict):
+    """Where rollout state lives."""
+
+    state_dir: str | None
+    persistent: bool
+    note: NotRequired[str]  # memory only: why that matters
+    last_error: NotRequired[str | None]  # the last failure to save, with a state directory
+
+
+class StatusView(TypedDict):
+    version: str
+    ready: bool
+    draining: bool
+    uptime_seconds: float
+    config: ConfigView
+    rollouts: RolloutsView | None  # None: no rollout controller runs
+    routes: list[RouteView]
+
+
+class EventsView(TypedDict):
+    events: list[EventView]
