@@ -101,7 +101,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, cast
 
 from splitproxy.config import (
     LATENCY_QUANTILES,
@@ -211,46 +211,6 @@ class Sample:
     p: float | None = None
     path_class: str | None = None
     latency: Histogram = ()
-
-
-class SketchLike(Protocol):
-    def histogram(self) -> Histogram: ...
-
-
-class CountsLike(Protocol):
-    @property
-    def requests(self) -> int: ...
-    @property
-    def errors(self) -> int: ...
-    @property
-    def latency(self) -> SketchLike: ...
-
-
-class BucketLike(Protocol):
-    """One time bucket of a route's traffic, all routed at one candidate probability
-    (``stats.Observation`` is one)."""
-
-    @property
-    def probability(self) -> float | None: ...
-    @property
-    def stable(self) -> CountsLike: ...
-    @property
-    def candidate(self) -> CountsLike: ...
-
-
-def samples_from(buckets: Iterable[BucketLike], path_class: str | None = None) -> list[Sample]:
-    """The analyzer's input for a sequence of traffic buckets: two samples per bucket."""
-    out = []
-    for b in buckets:
-        s, c = b.stable, b.candidate
-        p = b.probability
-        if s.requests or s.errors:
-            out.append(Sample("stable", s.requests, s.errors, p, path_class, s.latency.histogram()))
-        if c.requests or c.errors:
-            out.append(
-                Sample("candidate", c.requests, c.errors, p, path_class, c.latency.histogram())
-            )
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -1408,7 +1368,6 @@ __all__ = [
     "TRANSITIONS",
     "Action",
     "Analyzer",
-    "BucketLike",
     "CallHook",
     "CheckResult",
     "Emit",
@@ -1420,5 +1379,4 @@ __all__ = [
     "Sample",
     "SetWeight",
     "hist_quantile",
-    "samples_from",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from splitproxy.admin import TRAFFIC_SPAN, covered_span, traffic_view
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.routing import CompiledRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.windows import CANDIDATE, STABLE
 from tests.unit.fakes import runtime_state
 
 NOW = 1_700_000_000.0
@@ -33,8 +33,8 @@ def setup() -> tuple[Recorder, CompiledRoute, Clock]:
 
 def serve(recorder: Recorder, at: float, stable: int, candidate: int) -> None:
     for i in range(stable + candidate):
-        version = CANDIDATE if i < candidate else STABLE
-        recorder.windows.observe("shop", at, version, 0.01, False, 0.25)
+        version: Version = CANDIDATE if i < candidate else STABLE
+        recorder.windows.window("shop").observe(at, version, 0.01, False, 0.25)
 
 
 def test_right_after_start_the_rate_is_per_second_of_traffic_seen() -> None:

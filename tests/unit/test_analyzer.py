@@ -31,7 +31,6 @@ from splitproxy.rollout.analyzer import (
     Sample,
     SetWeight,
     hist_quantile,
-    samples_from,
 )
 
 T0 = 1_000_000.0
@@ -994,17 +993,15 @@ def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
     assert math.isfinite(d.a.active_time)
 
 
-def test_fed_straight_from_stats_windows() -> None:
-    """The adapter of the module docstring, over the real `splitproxy.rollout.windows.Window`."""
-    from splitproxy.rollout.windows import Window
-
-    window = Window()
-    for i in range(2000):
-        cand = i % 10 == 0
-        window.observe(i / 1000, int(cand), 0.05, cand and i % 100 == 0, 0.1)
-    samples = samples_from(window.observations(0.0, until=2.0))
-    assert [s.version for s in samples] == ["stable", "candidate", "stable", "candidate"]
-    assert sum(s.requests for s in samples) == 2000
+def test_pooled_samples_without_path_classes() -> None:
+    """Samples without a path class, with an analyzer built with no class slots: the error
+    family is the pooled test alone."""
+    samples = [
+        Sample("stable", 900, 0, 0.1, None, ((0.05, 900),)),
+        Sample("candidate", 100, 10, 0.1, None, ((0.05, 100),)),
+        Sample("stable", 900, 0, 0.1, None, ((0.05, 900),)),
+        Sample("candidate", 100, 10, 0.1, None, ((0.05, 100),)),
+    ]
     a = Analyzer(
         "shop", spec(checks=[{"metric": "error_rate", "compare": "stable"}]), path_class_slots=0
     )

@@ -9,13 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, VERSIONS, Version
 from splitproxy.rollout.windows import (
-    CANDIDATE,
     MAX_BINS,
     MAX_LATENCY,
     MIN_LATENCY,
     RELATIVE_ACCURACY,
-    STABLE,
     LatencySketch,
     Window,
     Windows,
@@ -124,7 +123,7 @@ events = st.lists(
 )
 
 
-Seen = tuple[float, int, bool, float | None]
+Seen = tuple[float, Version, bool, float | None]
 
 
 def feed(window: Window, evs: list[tuple[float, bool, bool, float | None]]) -> list[Seen]:
@@ -133,7 +132,7 @@ def feed(window: Window, evs: list[tuple[float, bool, bool, float | None]]) -> l
     seen: list[Seen] = []
     for gap, cand, err, p in evs:
         now += gap
-        version = CANDIDATE if cand else STABLE
+        version: Version = CANDIDATE if cand else STABLE
         window.observe(now, version, 0.01, err, p)
         seen.append((now, version, err, p))
     return seen
@@ -209,7 +208,7 @@ def test_a_clock_that_steps_back_keeps_buckets_in_order() -> None:
 def test_memory_is_bounded_however_long_it_runs() -> None:
     window = Window(capacity=60)
     for i in range(50_000):  # ~14 hours at 1 request/s, latencies all over the range
-        window.observe(T0 + i, i % 2, 10 ** (-6 + (i % 997) / 100), i % 7 == 0, 0.25)
+        window.observe(T0 + i, VERSIONS[i % 2], 10 ** (-6 + (i % 997) / 100), i % 7 == 0, 0.25)
     got = window.observations(0.0)
     assert len(got) == 60
     assert got[0].start == T0 + 50_000 - 60
@@ -237,10 +236,10 @@ def test_a_window_needs_a_positive_size() -> None:
 def test_summary_of_the_last_minute_per_version() -> None:
     windows = Windows()
     now = T0 + 100.5
-    windows.observe("shop", T0, STABLE, 5.0, True, 0.1)  # 100 s ago: not in the last minute
+    windows.window("shop").observe(T0, STABLE, 5.0, True, 0.1)  # 100 s ago: not in the last minute
     for i in range(600):  # 10/s for the last minute; 1 in 20 fails; latencies 1..600 ms
         t = now - 59.9 + i * 0.1
-        windows.observe("shop", t, i % 2, (i + 1) / 1000, i % 20 == 0, 0.1)
+        windows.window("shop").observe(t, VERSIONS[i % 2], (i + 1) / 1000, i % 20 == 0, 0.1)
     summary = windows.summary("shop", now)
     stable, cand = summary["stable"], summary["candidate"]
     assert stable.requests == cand.requests == 300
@@ -267,8 +266,8 @@ def test_a_route_without_traffic_has_an_empty_summary() -> None:
 
 def test_routes_removed_from_the_config_are_forgotten() -> None:
     windows = Windows()
-    windows.observe("a", T0, STABLE, 0.01, False, 0.0)
-    windows.observe("b", T0, STABLE, 0.01, False, 0.0)
+    windows.window("a").observe(T0, STABLE, 0.01, False, 0.0)
+    windows.window("b").observe(T0, STABLE, 0.01, False, 0.0)
     windows.retain(["b"])
     assert "a" not in windows
     assert windows.observations("a", 0.0) == []
