@@ -55,7 +55,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from splitproxy.config import Rollout
-from splitproxy.rollout.analyzer import Analyzer, Observation, Sample, SetWeight
+from splitproxy.rollout.analyzer import Analyzer
+from splitproxy.rollout.messages import Observation, Sample, SetWeight
 
 # --- the world -----------------------------------------------------------------------------
 

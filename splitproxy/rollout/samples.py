@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from splitproxy.config.vocabulary import VERSIONS
-from splitproxy.rollout.analyzer import Sample
+from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.windows import Period, Windows
 
 

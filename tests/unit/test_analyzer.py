@@ -16,12 +16,11 @@ from hypothesis import strategies as st
 
 from splitproxy.config import Rollout
 from splitproxy.config.vocabulary import Gate
-from splitproxy.rollout.analyzer import (
-    ACTIVE,
-    PHASES,
-    TRANSITIONS,
+from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
+from splitproxy.rollout.codec import decode, encode
+from splitproxy.rollout.histograms import hist_quantile
+from splitproxy.rollout.messages import (
     Action,
-    Analyzer,
     CallHook,
     Emit,
     Event,
@@ -30,7 +29,6 @@ from splitproxy.rollout.analyzer import (
     Observation,
     Sample,
     SetWeight,
-    hist_quantile,
 )
 
 T0 = 1_000_000.0
@@ -116,6 +114,12 @@ class Driver:
         return [a.percent for a in self.actions if isinstance(a, SetWeight)]
 
 
+def hold_step(a: Analyzer) -> int:
+    """The plan index the analyzer's hold stands before (it must hold one)."""
+    assert a.hold is not None
+    return a.hold.step
+
+
 def started(rollout: Rollout | None = None, **kw: Any) -> Driver:
     d = Driver(Analyzer("shop", rollout or spec(**kw)))
     d.tick()
@@ -177,7 +181,7 @@ def test_min_requests_holds_a_step_after_its_interval() -> None:
     for _ in range(40):  # one candidate request a tick: 100 requests take 100 s
         quiet.tick(traffic(0.1, candidate=(1, 0)))
     assert quiet.a.step_index == 0
-    assert quiet.a.window.requests == 40
+    assert quiet.a.evidence.window.requests == 40
     for _ in range(60):
         quiet.tick(traffic(0.1, candidate=(1, 0)))
     assert quiet.a.step_index == 1
@@ -194,9 +198,9 @@ def test_per_step_interval_and_min_requests_override_the_rollout() -> None:
 def test_the_tick_that_starts_a_rollout_is_not_evidence() -> None:
     d = Driver(Analyzer("shop", spec(checks=[{"metric": "error_rate", "max": 0.1}])))
     d.tick(traffic(0.1, candidate=(100, 100)))  # routed before the rollout began
-    assert d.a.window.requests == 0
-    assert d.a.guard is not None
-    assert d.a.guard.requests == 0
+    assert d.a.evidence.window.requests == 0
+    assert d.a.evidence.guard is not None
+    assert d.a.evidence.guard.requests == 0
 
 
 # --- absolute checks --------------------------------------------------------------------------
@@ -359,8 +363,8 @@ def test_requests_not_routed_at_random_do_not_count_in_comparisons() -> None:
             ]
         )
     assert d.phase == "progressing"
-    assert d.a.errors_test is not None
-    assert d.a.errors_test.pooled.events == 0
+    assert d.a.evidence.errors_test is not None
+    assert d.a.evidence.errors_test.pooled.events == 0
 
 
 def test_latency_thresholds_come_from_stable_history_before_the_tick() -> None:
@@ -371,7 +375,7 @@ def test_latency_thresholds_come_from_stable_history_before_the_tick() -> None:
     assert result.detail == "stable p95 50ms, stable p99 200ms"
     # a tick in which stable itself is slow is judged against the thresholds from before it
     d.tick(traffic(0.1, stable_slow=90, candidate_slow=10))
-    test95 = d.a.latency_tests[0.95]
+    test95 = d.a.evidence.latency_tests[0.95]
     assert test95.counts() == {0.1: (10, 90)}
 
 
@@ -677,7 +681,7 @@ def test_a_closed_confirm_promotion_gate_is_recorded_once_per_wait() -> None:
     waited_at = d.now - 1
     before = len(d.events())
     for _ in range(100):
-        d.tick(gates=[GateResult("confirm-promotion", d.a.pending_step + 1, False)])
+        d.tick(gates=[GateResult("confirm-promotion", hold_step(d.a) + 1, False)])
     closed = d.events()[before:]
     assert Counter(e.kind for e in closed) == Counter({"gate_closed": 1})
     assert d.phase == "waiting"
@@ -701,7 +705,7 @@ def test_a_closed_confirm_promotion_gate_is_recorded_once_per_wait() -> None:
     assert len(d.a.history) < 10  # the decisions before the wait are still there
     assert d.a.history[0].kind == "started"
     # the count survives a restart, and the next wait starts afresh
-    again = Analyzer.from_dict("shop", d.a.spec, json.loads(json.dumps(d.a.to_dict())))
+    again = decode("shop", d.a.spec, json.loads(json.dumps(encode(d.a))))
     assert again.status()["gate"] == d.a.status()["gate"]
     d.tick(**cmd("pause"))
     d.tick(**cmd("resume"))
@@ -771,26 +775,26 @@ def test_state_round_trips_through_json_and_continues_identically() -> None:
     one.tick([Sample("stable", 0, 0, None, None, hist(3000, 30))], candidate=None)
     for _ in range(7):
         one.tick(samples())
-    saved = json.loads(json.dumps(one.a.to_dict()))
-    two = Driver(Analyzer.from_dict("shop", rollout, saved))
+    saved = json.loads(json.dumps(encode(one.a)))
+    two = Driver(decode("shop", rollout, saved))
     two.now, two.weight = one.now, one.weight
-    assert two.a.to_dict() == saved
+    assert encode(two.a) == saved
     for _ in range(20):
         batch = samples()
         assert one.tick(batch) == two.tick(batch)
-    assert one.a.to_dict() == two.a.to_dict()
+    assert encode(one.a) == encode(two.a)
 
 
 def test_a_changed_spec_restarts_a_running_rollout() -> None:
     d = started()
     d.run(11)
-    saved = d.a.to_dict()
-    again = Driver(Analyzer.from_dict("shop", spec(steps=[5, 20, 60]), saved))
+    saved = encode(d.a)
+    again = Driver(decode("shop", spec(steps=[5, 20, 60]), saved))
     again.now = d.now
     again.tick()
     assert (again.phase, again.a.step_index, again.a.weight) == ("progressing", 0, 5)
     assert again.events()[0].message == "the rollout spec changed"
-    same = Analyzer.from_dict("shop", spec(), saved)
+    same = decode("shop", spec(), saved)
     same.reconfigure(spec())
     assert same.step_index == 1
     same.reconfigure(spec(interval="1m"))
@@ -810,8 +814,9 @@ def test_a_state_saved_before_gate_counts_and_check_metrics_still_loads() -> Non
             {"metric": "latency_p99", "max": "500ms", "name": "p99"},
         ]
     )
-    a = Analyzer.from_dict("shop", rollout, saved, gates=["confirm-promotion"], path_class_slots=0)
-    assert (a.phase, a.pending, a.weight) == ("waiting", "confirm-promotion", 50)
+    a = decode("shop", rollout, saved, gates=["confirm-promotion"], path_class_slots=0)
+    assert a.hold is not None
+    assert (a.phase, a.hold.what, a.weight) == ("waiting", "confirm-promotion", 50)
     assert a.history[-1].kind == "gate_closed"
     status = a.status()
     assert status["gate"]["attempts"] == 0
@@ -872,8 +877,8 @@ def test_check_results_carry_their_metric_and_unit() -> None:
         "prometheus": (None, None),
         "guard": ("error_rate", "e_value"),
     }
-    saved = json.loads(json.dumps(d.a.to_dict()))
-    assert Analyzer.from_dict("shop", d.a.spec, saved).checks == d.a.checks
+    saved = json.loads(json.dumps(encode(d.a)))
+    assert decode("shop", d.a.spec, saved).checks == d.a.checks
 
 
 def test_status_shows_the_rollout() -> None:
@@ -932,12 +937,13 @@ def test_phases_only_move_along_the_table(
         before = a.phase
         sn, sx, cn, cx = TRAFFIC[kind]
         p = (a.weight or 0) / 100
+        hold = a.hold
         obs = Observation(
             candidate,
             [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
             commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
-            gates=[GateResult(a.pending, a.pending_step + 1, gate)]  # type: ignore[arg-type]
-            if gate is not None and a.pending not in (None, "pause")
+            gates=[GateResult(hold.what, hold.step + 1, gate)]
+            if gate is not None and hold is not None and hold.what != "pause"
             else [],
         )
         actions = a.tick(float(now), obs)
@@ -946,10 +952,17 @@ def test_phases_only_move_along_the_table(
             if isinstance(action, Emit):
                 e = action.event
                 assert e.previous == phase
-                if e.previous != e.phase:
-                    assert e.phase in TRANSITIONS[e.previous].values()
+                if e.trigger is None:  # not a move: a failed window, a closed gate, a refusal
+                    assert e.phase == e.previous
+                else:  # the very row of the table that fired
+                    assert TRANSITIONS[e.previous][e.trigger] == e.phase
                 phase = e.phase
         assert phase == a.phase
+        # the hold is a value of the waiting (or paused-while-waiting) phase, and only of it
+        if a.phase == "waiting":
+            assert a.hold is not None
+        elif a.phase != "paused":
+            assert a.hold is None
         if a.phase == "idle":
             assert a.weight is None
         if a.phase == "promoted":
@@ -958,7 +971,8 @@ def test_phases_only_move_along_the_table(
             assert a.weight == 0
         if a.phase in ACTIVE:
             assert a.revision == candidate
-        json.dumps(a.to_dict())
+        saved = json.loads(json.dumps(encode(a)))
+        assert encode(decode("shop", a.spec, saved, gates=gates)) == saved
 
 
 def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
@@ -1007,8 +1021,8 @@ def test_pooled_samples_without_path_classes() -> None:
     )
     a.tick(0.0, Observation("v2"))
     a.tick(2.0, Observation("v2", samples))
-    assert a.errors_test is not None
-    assert a.errors_test.classes == {}
-    assert a.errors_test.pooled.counts() == {0.1: (20, 0)}
-    assert a.errors_test.log_e == a.errors_test.pooled.log_e
-    assert a.window.requests == 200
+    assert a.evidence.errors_test is not None
+    assert a.evidence.errors_test.classes == {}
+    assert a.evidence.errors_test.pooled.counts() == {0.1: (20, 0)}
+    assert a.evidence.errors_test.log_e == a.evidence.errors_test.pooled.log_e
+    assert a.evidence.window.requests == 200

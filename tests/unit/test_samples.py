@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from splitproxy.config import Rollout
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, VERSIONS, Version
-from splitproxy.rollout.analyzer import Analyzer, Observation, Sample, SetWeight
+from splitproxy.rollout.analyzer import Analyzer
+from splitproxy.rollout.messages import Observation, Sample, SetWeight
 from splitproxy.rollout.samples import path_class_slots, samples_for
 from splitproxy.rollout.windows import (
     OTHER_CLASS,
