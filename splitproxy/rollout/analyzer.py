@@ -265,12 +265,9 @@ class Analyzer:
         self.checks = evidence.evaluate(now) if self.phase in ACTIVE else ()
         if self.phase in ACTIVE:
             self._judge(now)
-        if (
-            self.phase == "progressing"
-            and self.deadline is not None
-            and self.active_time > self.deadline
-        ):
-            self._pause(now, "max_duration", f"still progressing after {self.deadline:g}s")
+        deadline = self.deadline
+        if self.phase == "progressing" and deadline is not None and self.active_time > deadline:
+            self._pause(now, "max_duration", f"still progressing after {deadline:g}s")
         if self.phase in ("progressing", "waiting"):
             self._progress(now)
         self.check_hold()
@@ -352,11 +349,8 @@ class Analyzer:
             if self.evidence.stable_breaching():
                 self.evidence.restart_guard()
                 if self.phase != "paused":
-                    self._pause(
-                        now,
-                        "incident",
-                        "candidate and stable both above the guard's error rate: incident",
-                    )
+                    both = "candidate and stable both above the guard's error rate"
+                    self._pause(now, "incident", f"{both}: incident")
                 return
             self._rollback(now, "the guard tripped: candidate error rate far above the cap")
             return
@@ -450,12 +444,8 @@ class Analyzer:
 
     def _gate_result(self, now: float, result: GateResult) -> None:
         hold = self.hold
-        if (
-            self.phase != "waiting"
-            or hold is None
-            or result.gate != hold.what
-            or result.step != hold.step + 1
-        ):
+        expected = hold is not None and (hold.what, hold.step + 1) == (result.gate, result.step)
+        if self.phase != "waiting" or hold is None or not expected:
             return
         if result.passed:
             self._proceed(now, f"the {result.gate} gate passed" + _suffix(result.detail))

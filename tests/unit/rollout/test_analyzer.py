@@ -6,9 +6,6 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -20,110 +17,16 @@ from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
 from splitproxy.rollout.codec import decode, encode
 from splitproxy.rollout.histograms import hist_quantile
 from splitproxy.rollout.messages import (
-    Action,
     CallHook,
     Emit,
-    Event,
     GateResult,
     ManualCommand,
     Observation,
     Sample,
-    SetWeight,
 )
+from tests.unit.rollout.drive import Driver, cmd, gated, hist, hold_step, spec, started, traffic
 
 T0 = 1_000_000.0
-FAST = (0.05, 1)  # (latency bucket bound, share) of a healthy request mix
-BASE: dict[str, Any] = {"steps": [10, 50], "interval": "10s", "min_requests": 20}
-
-
-def spec(**kw: Any) -> Rollout:
-    return Rollout.model_validate({**BASE, **kw})
-
-
-def hist(n: int, slow: int = 0, fast: float = 0.05, slow_at: float = 0.5) -> Any:
-    out = []
-    if n - slow:
-        out.append((fast, n - slow))
-    if slow:
-        out.append((slow_at, slow))
-    return tuple(out)
-
-
-def traffic(
-    p: float,
-    *,
-    stable: tuple[int, int] = (90, 0),
-    candidate: tuple[int, int] = (10, 0),
-    stable_slow: int = 0,
-    candidate_slow: int = 0,
-    path: str | None = "/",
-) -> list[Sample]:
-    return [
-        Sample("stable", stable[0], stable[1], p, path, hist(stable[0], stable_slow)),
-        Sample(
-            "candidate", candidate[0], candidate[1], p, path, hist(candidate[0], candidate_slow)
-        ),
-    ]
-
-
-class Driver:
-    """Ticks an analyzer once a second with traffic at the weight it last asked for."""
-
-    def __init__(self, analyzer: Analyzer, candidate: str | None = "v2") -> None:
-        self.a = analyzer
-        self.candidate = candidate
-        self.now = 0.0
-        self.weight = 0.0
-        self.actions: list[Action] = []
-
-    def tick(self, samples: Sequence[Sample] | None = None, **kw: Any) -> list[Action]:
-        if samples is None:
-            samples = traffic(self.weight / 100)
-        obs = Observation(kw.pop("candidate", self.candidate), samples, **kw)
-        actions = self.a.tick(self.now, obs)
-        for action in actions:
-            if isinstance(action, SetWeight):
-                self.weight = action.percent if action.percent is not None else 0.0
-        self.actions += actions
-        self.now += 1
-        return actions
-
-    def run(self, seconds: int, **kw: Any) -> None:
-        for _ in range(seconds):
-            self.tick(**kw)
-
-    def until(self, phase: str, limit: int = 10_000, **kw: Any) -> float:
-        for _ in range(limit):
-            self.tick(**kw)
-            if self.phase == phase:
-                return self.now - 1
-        raise AssertionError(f"never reached {phase}; at {self.a.phase}")
-
-    @property
-    def phase(self) -> str:
-        """The analyzer's phase (a plain str: it changes under mypy's feet between ticks)."""
-        return self.a.phase
-
-    def events(self) -> list[Event]:
-        return [a.event for a in self.actions if isinstance(a, Emit)]
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events()]
-
-    def weights(self) -> list[float | None]:
-        return [a.percent for a in self.actions if isinstance(a, SetWeight)]
-
-
-def hold_step(a: Analyzer) -> int:
-    """The plan index the analyzer's hold stands before (it must hold one)."""
-    assert a.hold is not None
-    return a.hold.step
-
-
-def started(rollout: Rollout | None = None, **kw: Any) -> Driver:
-    d = Driver(Analyzer("shop", rollout or spec(**kw)))
-    d.tick()
-    return d
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -534,10 +437,6 @@ def test_an_incident_pauses_instead_of_blaming_the_candidate() -> None:
 # --- manual commands --------------------------------------------------------------------------
 
 
-def cmd(name: str, reason: str = "") -> Any:
-    return {"commands": [ManualCommand(name, "cli", reason)]}  # type: ignore[arg-type]
-
-
 def test_pause_freezes_and_resume_continues() -> None:
     d = started()
     d.tick(**cmd("pause", "looking at a graph"))
@@ -634,12 +533,6 @@ def test_max_duration_pauses_and_resume_gives_it_another_period() -> None:
 
 
 # --- gates and pause steps --------------------------------------------------------------------
-
-
-def gated(*gates: Gate, **kw: Any) -> Driver:
-    d = Driver(Analyzer("shop", spec(**kw), gates=gates))
-    d.tick()
-    return d
 
 
 def test_pre_rollout_gate() -> None:
@@ -755,80 +648,6 @@ def test_pausing_while_waiting_returns_to_the_gate() -> None:
 
 
 # --- durable state ----------------------------------------------------------------------------
-
-
-def test_state_round_trips_through_json_and_continues_identically() -> None:
-    rollout = spec(
-        checks=[
-            {"metric": "error_rate", "compare": "stable"},
-            {"metric": "latency", "compare": "stable"},
-            {"metric": "error_rate", "max": 0.2},
-        ]
-    )
-    rng = random.Random(3)
-
-    def samples() -> list[Sample]:
-        x = sum(rng.random() < 0.01 for _ in range(100))
-        return traffic(0.1, stable=(900, 2), candidate=(100, x), stable_slow=9, candidate_slow=1)
-
-    one = Driver(Analyzer("shop", rollout))
-    one.tick([Sample("stable", 0, 0, None, None, hist(3000, 30))], candidate=None)
-    for _ in range(7):
-        one.tick(samples())
-    saved = json.loads(json.dumps(encode(one.a)))
-    two = Driver(decode("shop", rollout, saved))
-    two.now, two.weight = one.now, one.weight
-    assert encode(two.a) == saved
-    for _ in range(20):
-        batch = samples()
-        assert one.tick(batch) == two.tick(batch)
-    assert encode(one.a) == encode(two.a)
-
-
-def test_a_changed_spec_restarts_a_running_rollout() -> None:
-    d = started()
-    d.run(11)
-    saved = encode(d.a)
-    again = Driver(decode("shop", spec(steps=[5, 20, 60]), saved))
-    again.now = d.now
-    again.tick()
-    assert (again.phase, again.a.step_index, again.a.weight) == ("progressing", 0, 5)
-    assert again.events()[0].message == "the rollout spec changed"
-    same = decode("shop", spec(), saved)
-    same.reconfigure(spec())
-    assert same.step_index == 1
-    same.reconfigure(spec(interval="1m"))
-    actions = same.tick(d.now, Observation("v2"))
-    assert SetWeight(10) in actions
-
-
-def test_a_state_saved_before_gate_counts_and_check_metrics_still_loads() -> None:
-    """``data/analyzer_state_v1.json`` was written by the analyzer before it counted a gate's
-    answers and gave checks their metric: waiting at confirm-promotion, one answer in."""
-    saved = json.loads((Path(__file__).parent / "data" / "analyzer_state_v1.json").read_text())
-    assert "gate" not in saved
-    assert all("metric" not in c for c in saved["checks"])
-    rollout = spec(
-        checks=[
-            {"metric": "error_rate", "compare": "stable"},
-            {"metric": "latency_p99", "max": "500ms", "name": "p99"},
-        ]
-    )
-    a = decode("shop", rollout, saved, gates=["confirm-promotion"], path_class_slots=0)
-    assert a.hold is not None
-    assert (a.phase, a.hold.what, a.weight) == ("waiting", "confirm-promotion", 50)
-    assert a.history[-1].kind == "gate_closed"
-    status = a.status()
-    assert status["gate"]["attempts"] == 0
-    assert status["gate"]["since"] == saved["hook_called_at"]
-    assert {c["name"]: c["metric"] for c in status["checks"]}["p99"] is None  # as saved
-    now = saved["last_now"] + 1
-    samples = traffic(0.5, candidate=(50, 0), stable=(50, 0))
-    a.tick(now, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, False)]))
-    assert a.status()["gate"]["attempts"] == 1
-    assert {c["name"]: c["metric"] for c in a.status()["checks"]}["p99"] == "latency_p99"
-    a.tick(now + 1, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, True)]))
-    assert a.phase == "promoted"
 
 
 def test_status_gives_the_step_s_needs_and_progress() -> None:
