@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 `Controller` is the only thing that turns the analyzer's decisions into effects. About once a
 second (``ControlOptions.tick``; at once after a reload, a manual command or a gate's answer)
-it ticks every route's `analyzer.Analyzer` with an `analyzer.Observation` built from:
+it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built from:
 
 - the route's live windows (``stats.py``): the buckets completed since the previous tick,
   each exactly once (``observations(route, last, until=now)``, then ``last`` moves to the
