@@ -6,6 +6,7 @@ import json
 import math
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -742,30 +743,38 @@ TRAFFIC = {
 }
 
 
+Script = tuple[str | None, str, str | None, bool | None]
+
+
+def scripted(a: Analyzer, step: Script) -> Observation:
+    """One scripted tick's observation: a candidate, a traffic kind, a command and an answer
+    to the gate the analyzer holds for (if any)."""
+    candidate, kind, command, gate = step
+    sn, sx, cn, cx = TRAFFIC[kind]
+    p = (a.weight or 0) / 100
+    hold = a.hold
+    return Observation(
+        candidate,
+        [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
+        commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
+        gates=[GateResult(hold.what, hold.step + 1, gate)]
+        if gate is not None and hold is not None and hold.what != "pause"
+        else [],
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(ticks, st.sampled_from([(), ("pre-rollout",), ("step", "confirm-promotion")]))
-def test_phases_only_move_along_the_table(
-    script: list[tuple[str | None, str, str | None, bool | None]], gates: tuple[Gate, ...]
-) -> None:
+def test_phases_only_move_along_the_table(script: list[Script], gates: tuple[Gate, ...]) -> None:
     a = Analyzer(
         "shop",
         spec(steps=[10, {"pause": "3s"}, 50], interval=2, min_requests=5, failure_limit=1),
         gates=gates,
     )
-    for now, (candidate, kind, command, gate) in enumerate(script):
+    for now, step in enumerate(script):
         before = a.phase
-        sn, sx, cn, cx = TRAFFIC[kind]
-        p = (a.weight or 0) / 100
-        hold = a.hold
-        obs = Observation(
-            candidate,
-            [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
-            commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
-            gates=[GateResult(hold.what, hold.step + 1, gate)]
-            if gate is not None and hold is not None and hold.what != "pause"
-            else [],
-        )
-        actions = a.tick(float(now), obs)
+        candidate = step[0]
+        actions = a.tick(float(now), scripted(a, step))
         phase = before
         for action in actions:
             if isinstance(action, Emit):
@@ -792,6 +801,30 @@ def test_phases_only_move_along_the_table(
             assert a.revision == candidate
         saved = json.loads(json.dumps(encode(a)))
         assert encode(decode("shop", a.spec, saved, gates=gates)) == saved
+
+
+@settings(max_examples=150, deadline=None)
+@given(ticks)
+def test_a_hold_is_held_only_while_waiting_or_paused(script: list[Script]) -> None:
+    steps: list[Any] = [{"pause": "2s"}, 10, {"pause": True}, 50]
+    a = Analyzer(
+        "shop",
+        spec(steps=steps, interval=2, min_requests=5, failure_limit=1),
+        gates=("pre-rollout", "step", "confirm-promotion"),
+    )
+    for now, step in enumerate(script):
+        actions = a.tick(float(now), scripted(a, step))
+        hold = a.hold
+        if a.phase == "waiting":
+            assert hold is not None
+            assert a.status()["waiting_for"] == hold.what
+        elif a.phase != "paused":  # paused while waiting keeps its hold for the resume
+            assert hold is None
+        moves = [x.event.trigger for x in actions if isinstance(x, Emit) and x.event.trigger]
+        if moves and moves[-1] == "wait":  # a wait begun on this tick is a fresh hold
+            assert hold is not None
+            assert hold.since == now
+            assert hold.asked_at == now
 
 
 def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
