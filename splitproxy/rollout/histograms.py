@@ -1,6 +1,6 @@
 """Sparse latency histograms: ``{upper bound in seconds: count}`` (pure).
 
-Both versions' histograms come from one bucket layout (see `windows.LatencySketch.histogram`),
+Both versions' histograms come from one bucket layout (see `sketch.LatencySketch.histogram`),
 so adding, subtracting and comparing them bucket by bucket is exact.
 """
 

@@ -14,9 +14,9 @@ from splitproxy.config.vocabulary import CANDIDATE, STABLE, VERSIONS, Version
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.messages import Observation, Sample, SetWeight
 from splitproxy.rollout.samples import path_class_slots, samples_for
+from splitproxy.rollout.sketch import LatencySketch
 from splitproxy.rollout.windows import (
     OTHER_CLASS,
-    LatencySketch,
     Period,
     VersionCounts,
     Window,
