@@ -43,16 +43,16 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Final
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, VERSIONS, Version
 from splitproxy.rollout.sketch import LatencySketch
 
 # a bucket keeps its per-version counters in lists, at these indexes
-_INDEX: Final[Mapping[Version, int]] = MappingProxyType({STABLE: 0, CANDIDATE: 1})
+# (a plain dict: `Window.observe` looks a version up on every request)
+_INDEX: Final[dict[Version, int]] = {STABLE: 0, CANDIDATE: 1}
 _S: Final = 0
 _C: Final = 1
 
