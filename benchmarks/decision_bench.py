@@ -2,7 +2,7 @@
 
 An offline simulation (no network, stdlib only) of the design in
 ``shared/reference/canary-statistics.md`` section 3, driving the real
-`splitproxy.rollout.analyzer.Analyzer` tick by tick, exactly as ``control.py`` does:
+`splitproxy.rollout.analyzer.Analyzer` tick by tick, exactly as ``controller.py`` does:
 
 * traffic: Poisson arrivals at 1, 20 and 1000 rps over 10 endpoints with Zipf shares
   (34 % … 3.4 %), routed to the candidate at random with probability = the current weight;
@@ -55,7 +55,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from splitproxy.config import Rollout
-from splitproxy.rollout.analyzer import Analyzer, Observation, Sample, SetWeight
+from splitproxy.rollout.analyzer import Analyzer
+from splitproxy.rollout.messages import Observation, Sample, SetWeight
 
 # --- the world -----------------------------------------------------------------------------
 

@@ -31,8 +31,8 @@ from splitproxy.dataplane.routing import BUCKETS, BackendPlan, CompiledRoute
 from splitproxy.dataplane.state import RuntimeState, Snapshot, weight_source
 from splitproxy.errors import Conflict, InvalidValue, NotReady, RequestRefused, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.analyzer import Command
 from splitproxy.rollout.controller import COMMANDS, Controller
+from splitproxy.rollout.messages import Command
 from splitproxy.views import (
     BackendView,
     EventsView,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, Protocol
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -40,12 +41,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from splitproxy.config.vocabulary import FAILURE_KINDS, FailureKind, Version
+from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, FailureKind, Version
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState, Snapshot
 from splitproxy.rollout.analyzer import PHASES, Analyzer
-from splitproxy.rollout.windows import CANDIDATE, STABLE, Observation, Summary, Window, Windows
+from splitproxy.rollout.windows import Period, Summary, Window, Windows
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.exchange import Exchange
@@ -57,7 +58,7 @@ LATENCY_BUCKETS: Final = (
 # ``kind`` of splitproxy_upstream_errors_total. ``pool``: the proxy's own per-upstream
 # connection limit was reached (the request got a 503 without reaching the upstream).
 UPSTREAM_ERROR_KINDS: Final = frozenset(FAILURE_KINDS)
-_VERSION_INDEX: Final = {"stable": STABLE, "candidate": CANDIDATE}
+_ROUTED: Final[Mapping[str, Version]] = MappingProxyType({STABLE: STABLE, CANDIDATE: CANDIDATE})
 _LE: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
 # Seconds a rollout took, from its (re)start to promotion or rollback: 10 s to a day.
 ROLLOUT_DURATION_BUCKETS: Final = (
@@ -171,8 +172,8 @@ class _Series:
         "window",
     )
 
-    def __init__(self, version: int) -> None:
-        self.version = version  # STABLE, CANDIDATE, or -1 for "never routed"
+    def __init__(self, version: Version | None) -> None:
+        self.version = version  # None: the series of requests never routed to a version
         self.codes: dict[int, int] = {}
         self.synthetic: dict[int, int] = {}  # codes of synthetic requests
         self.started = 0
@@ -228,8 +229,8 @@ class Recorder:
         key = (route, version)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(_VERSION_INDEX.get(version, -1))
-            if series.version >= 0:
+            series = self._series[key] = _Series(_ROUTED.get(version))
+            if series.version is not None:
                 series.window = self.windows.window(route)
         return series
 
@@ -241,7 +242,7 @@ class Recorder:
             if route.candidate is not None:
                 self._get(route.name, "candidate")
         for (name, _), series in self._series.items():
-            if series.version >= 0:
+            if series.version is not None:
                 series.window = self.windows.window(name) if name in names else None
 
     # -- ExchangeObserver ----------------------------------------------------------------------
@@ -287,10 +288,11 @@ class Recorder:
         if upstream_error:
             errors = series.errors
             errors[kind] = errors.get(kind, 0) + 1
-        window = series.window
-        if window is not None and not retried:  # a retried one was observed when it failed
+        window, version = series.window, series.version
+        # a retried one was observed when it failed; a window is only ever given to a version
+        if window is not None and version is not None and not retried:
             window.observe(
-                self.clock(), series.version, latency, status >= 500 or upstream_error,
+                self.clock(), version, latency, status >= 500 or upstream_error,
                 _probability(route, decision), ex.path, route.path_prefix, synthetic,
             )  # fmt: skip
 
@@ -336,9 +338,7 @@ class Recorder:
         series = self._series.get((route, version))
         return 0 if series is None else series.codes.get(code, 0)
 
-    def observations(
-        self, route: str, since: float, until: float | None = None
-    ) -> list[Observation]:
+    def observations(self, route: str, since: float, until: float | None = None) -> list[Period]:
         """The route's live windows since ``since`` (Unix time): see `stats.Window`."""
         return self.windows.observations(route, since, until)
 
@@ -384,7 +384,7 @@ class _Collector(Collector):
             labels=("route", "version"),
         )
         for (route, version), series in items:
-            if series.version >= 0:
+            if series.version is not None:
                 dur, ttfb = series.durations, series.ttfbs
                 durations.add_metric((route, version), dur.cumulative(), dur.sum)
                 ttfbs.add_metric((route, version), ttfb.cumulative(), ttfb.sum)
@@ -407,7 +407,7 @@ class _Collector(Collector):
                 errors.add_metric((route, version, kind), n)
             for reason, n in sorted(series.reasons.items()):
                 decisions.add_metric((route, version, reason), n)
-            if series.version >= 0:
+            if series.version is not None:
                 in_flight.add_metric((route, version), series.in_flight)
         yield errors
         yield decisions

@@ -103,6 +103,9 @@ class EventView(TypedDict):
     message: str
     source: str
     checks: list[CheckView]
+    # the analyzer's trigger that fired (a row of its table); null for the controller's own
+    # events and for entries saved before triggers were recorded
+    trigger: str | None
 
 
 class GateView(TypedDict):

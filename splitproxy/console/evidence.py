@@ -50,7 +50,7 @@ VERDICT_STYLE = {"pass": "green", "fail": "bold red", "no_data": "dim"}
 VERDICT_MARK = {"pass": "✓", "fail": "✗", "no_data": "·"}
 
 
-# the analyzer's units (`analyzer.Unit`) as they read here
+# the analyzer's units (`messages.Unit`) as they read here
 UNITS = {"fraction": "rate", "seconds": "seconds", "per_second": "rps", "e_value": "e"}
 
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 `Controller` is the only thing that turns the analyzer's decisions into effects. About once a
 second (``ControlOptions.tick``; at once after a reload, a manual command or a gate's answer)
-it ticks every route's `analyzer.Analyzer` with an `analyzer.Observation` built from:
+it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built from:
 
 - the route's live windows (``stats.py``): the buckets completed since the previous tick,
   each exactly once (``observations(route, last, until=now)``, then ``last`` moves to the
@@ -37,7 +37,7 @@ routes that lost theirs: the rollout is abandoned (recorded) and the file's weig
 
 *Durable state.* With ``state_dir`` set, every tick that emitted an event or moved the weight
 (and every ``checkpoint`` seconds while a rollout is active, and at shutdown) writes
-``{"format": 1, "analyzer": Analyzer.to_dict(), "ledger": [...]}`` for the route through
+``{"format": 1, "analyzer": codec.encode(analyzer), "ledger": [...]}`` for the route through
 `store.StateStore` (atomic rename) from a background thread, one write at a time, newest
 wins. At start the saved state is resumed: a rollout continues at the same step and weight, a
 rolled-back revision stays rolled back. Without ``state_dir`` the state lives in memory only,
@@ -68,11 +68,10 @@ from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.analyzer import (
-    ACTIVE,
-    PHASES,
-    TRANSITIONS,
-    Analyzer,
+from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
+from splitproxy.rollout.codec import decode, encode
+from splitproxy.rollout.hooks import HookClient, HookResult, slack_text
+from splitproxy.rollout.messages import (
     CallHook,
     Command,
     Emit,
@@ -82,7 +81,6 @@ from splitproxy.rollout.analyzer import (
     Observation,
     SetWeight,
 )
-from splitproxy.rollout.hooks import HookClient, HookResult, slack_text
 from splitproxy.rollout.samples import path_class_slots, samples_for
 from splitproxy.rollout.sources import SourceError, query_prometheus, read_web
 from splitproxy.rollout.store import StateStore
@@ -412,9 +410,7 @@ class Controller:
             try:
                 if data.get("format") != STATE_FORMAT:
                     raise ValueError(f"unknown format {data.get('format')!r}")
-                analyzer = Analyzer.from_dict(
-                    name, spec, data["analyzer"], gates=gates, path_class_slots=slots
-                )
+                analyzer = decode(name, spec, data["analyzer"], gates=gates, path_class_slots=slots)
                 saved = [e for e in data.get("ledger", ()) if isinstance(e, dict)]
                 if not ledger:
                     ledger.extend(saved)
@@ -688,7 +684,7 @@ class Controller:
             "format": STATE_FORMAT,
             "route": rt.name,
             "saved_at": now,
-            "analyzer": rt.analyzer.to_dict(),
+            "analyzer": encode(rt.analyzer),
             "ledger": list(rt.ledger),
         }
 

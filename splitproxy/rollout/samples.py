@@ -1,4 +1,4 @@
-"""From the live windows to the analyzer's input: `stats.Observation` -> `analyzer.Sample` (pure).
+"""From the live windows to the analyzer's input: `windows.Period` -> `analyzer.Sample` (pure).
 
 ``control.py`` ticks each route's analyzer with the buckets closed since the previous tick::
 
@@ -12,10 +12,10 @@ What one bucket becomes, per version (a sample only where there is something to 
 - one sample per path class with traffic: its requests and errors, the bucket's candidate
   probability ``p``, ``path_class`` set, no latency. Together they add up to the version's
   counts, so the analyzer's pooled error test sees every request exactly once and its
-  per-class tests see each in its class (`stats.OTHER_CLASS` is the analyzer's overflow slot);
+  per-class tests see each in its class (`windows.OTHER_CLASS` is the analyzer's overflow slot);
 - one latency sample: the version's whole histogram (the sketch is kept per version, not per
   class) with zero requests and errors, ``path_class`` None, the same ``p``;
-- requests that no class holds (an `Observation` built without classes) as one sample with
+- requests that no class holds (a `Period` built without classes) as one sample with
   ``path_class`` None, so the pooled counts stay exact;
 - with ``judge_synthetic``, the synthetic requests as one sample with ``p=None``: they count
   for the absolute checks, the guard and the step's ``min_requests``, never for the comparisons
@@ -26,25 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from splitproxy.config.vocabulary import Version
-from splitproxy.rollout.analyzer import Sample
-from splitproxy.rollout.windows import CANDIDATE, STABLE, Observation, Windows
-
-_VERSIONS: tuple[tuple[int, Version], ...] = ((STABLE, "stable"), (CANDIDATE, "candidate"))
+from splitproxy.config.vocabulary import VERSIONS
+from splitproxy.rollout.messages import Sample
+from splitproxy.rollout.windows import Period, Windows
 
 
-def samples_for(
-    observations: Iterable[Observation], *, judge_synthetic: bool = False
-) -> list[Sample]:
+def samples_for(periods: Iterable[Period], *, judge_synthetic: bool = False) -> list[Sample]:
     """The analyzer's samples for a sequence of buckets (see the module docstring)."""
     out: list[Sample] = []
-    for obs in observations:
-        p = obs.probability
-        for index, version in _VERSIONS:
-            counts = obs.candidate if index == CANDIDATE else obs.stable
+    for period in periods:
+        p = period.probability
+        for version in VERSIONS:
+            counts = period.version(version)
             requests, errors = counts.requests, counts.errors
-            for cls in obs.path_classes:
-                n, x = cls.counts(index)
+            for cls in period.path_classes:
+                n, x = cls.counts(version)
                 if n or x:
                     out.append(Sample(version, n, x, p, cls.name))
                     requests -= n
@@ -54,7 +50,7 @@ def samples_for(
             if counts.latency.count:
                 out.append(Sample(version, 0, 0, p, None, counts.latency.histogram()))
             if judge_synthetic:
-                syn = obs.synthetic_candidate if index == CANDIDATE else obs.synthetic_stable
+                syn = period.synthetic(version)
                 if syn.requests or syn.errors:
                     hist = syn.latency.histogram()
                     out.append(Sample(version, syn.requests, syn.errors, None, None, hist))
@@ -63,5 +59,5 @@ def samples_for(
 
 def path_class_slots(windows: Windows) -> int:
     """The ``path_class_slots`` to build the analyzer with: the windows' named classes per
-    route (their overflow, `stats.OTHER_CLASS`, is the analyzer's own overflow slot)."""
+    route (their overflow, `windows.OTHER_CLASS`, is the analyzer's own overflow slot)."""
     return windows.path_classes

@@ -16,8 +16,7 @@ Values are kept in log space and combined with `logsumexp`.
     candidate is not worse". Batches are exact: ``x`` candidate and ``y`` stable events at
     one ``p`` multiply ``L`` by ``(q/p)^x ((1−q)/(1−p))^y``. ``p`` may change from batch to
     batch (the weight of each step); the sufficient statistic is the event counts per ``p``,
-    which is what is stored (and serialised). `AttributionTest.confidence_interval` inverts
-    a two-sided version of the test into an anytime-valid confidence interval for ``r``.
+    which is what is stored (and serialised).
 
     *One-sided bounds.* Shifted by ``r0``, the same mixture, ``mean_s L(r0·s) / L(r0)`` over
     the grid, is a test supermartingale for ``H0: r ≤ r0`` (`AttributionTest.log_e_at`); at
@@ -188,74 +187,6 @@ class AttributionTest:
     def expected_candidate_events(self) -> float:
         """How many candidate events the null predicts: ``Σ p·(x + y)``."""
         return sum(p * (x + y) for p, (x, y) in self._counts.items())
-
-    def ratio_estimate(self) -> float | None:
-        """The maximum-likelihood rate ratio ``r`` (None without events; may be 0 or inf)."""
-        if not self._counts:
-            return None
-        x = self.candidate_events
-        if x == 0:
-            return 0.0
-        if x == self.events:
-            return math.inf
-        lo, hi = -20.0, 20.0  # log r; the log-likelihood is concave in log r
-        for _ in range(80):
-            mid = (lo + hi) / 2
-            if _loglik(self._counts, math.exp(mid + 1e-6)) > _loglik(self._counts, math.exp(mid)):
-                lo = mid
-            else:
-                hi = mid
-        return math.exp((lo + hi) / 2)
-
-    def confidence_interval(self, alpha: float) -> tuple[float, float]:
-        """An anytime-valid (1 − α) confidence interval for the rate ratio ``r``.
-
-        For each ``r0``, ``E(r0) = mean_s L(r0·s) / L(r0)`` over ``s ∈ grid ∪ 1/grid`` is a test
-        martingale for ``H0: r = r0``; the interval is the set of ``r0`` it does not reject
-        (``0`` or ``inf`` at an end the data do not bound yet). The maximum-likelihood ratio
-        is never rejected (``E ≤ 1`` there), and the interval is found by bisection outwards
-        from it."""
-        counts = self._counts
-        centre = self.ratio_estimate()
-        if centre is None:
-            return (0.0, math.inf)
-        ratios = self.grid + tuple(1 / r for r in self.grid)
-        log_w = -math.log(len(ratios))
-        bar = math.log(1 / alpha)
-
-        def rejected(log_r0: float) -> bool:
-            r0 = math.exp(log_r0)
-            base = _loglik(counts, r0)
-            if base == NEG_INF:
-                return True
-            e = logsumexp(log_w + _loglik(counts, r0 * s) - base for s in ratios)
-            return e >= bar
-
-        far = 12.0  # e^12 ≈ 1.6e5: beyond it the interval is reported as unbounded
-        inside = max(-far, min(far, math.log(centre) if 0 < centre < math.inf else 0.0))
-        if centre == 0.0:
-            inside = -far
-        elif centre == math.inf:
-            inside = far
-
-        def edge(outside: float) -> float:
-            lo, hi = inside, outside
-            if not rejected(hi):
-                return hi
-            for _ in range(36):
-                mid = (lo + hi) / 2
-                if rejected(mid):
-                    hi = mid
-                else:
-                    lo = mid
-            return lo
-
-        low = edge(-far)
-        high = edge(far)
-        return (
-            0.0 if low <= -far else math.exp(low),
-            math.inf if high >= far else math.exp(high),
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

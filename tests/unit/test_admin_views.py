@@ -13,11 +13,11 @@ from typing import Any, NotRequired, Union, is_typeddict
 import pytest
 
 from splitproxy.admin import TRAFFIC_SPAN, covered_span, route_view, traffic_view
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.routing import CompiledRoute
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.controller import Controller, finite
 from splitproxy.rollout.hooks import HookResult
-from splitproxy.rollout.windows import CANDIDATE, STABLE
 from splitproxy.views import EventView, RolloutsView, RouteView
 from tests.unit.fakes import ROUTES, runtime_state
 
@@ -44,8 +44,8 @@ def setup() -> tuple[Recorder, CompiledRoute, Clock]:
 
 def serve(recorder: Recorder, at: float, stable: int, candidate: int) -> None:
     for i in range(stable + candidate):
-        version = CANDIDATE if i < candidate else STABLE
-        recorder.windows.observe("shop", at, version, 0.01, False, 0.25)
+        version: Version = CANDIDATE if i < candidate else STABLE
+        recorder.windows.window("shop").observe(at, version, 0.01, False, 0.25)
 
 
 def test_right_after_start_the_rate_is_per_second_of_traffic_seen() -> None:
@@ -168,8 +168,8 @@ async def test_the_route_view_of_a_route_in_a_rollout_is_what_the_types_say() ->
     control = Controller(state, recorder, hooks=Hooks(), clock=clock)
     for _ in range(4):  # the rollout starts, takes its first step, and waits at the pause
         for i in range(20):
-            version = CANDIDATE if i < 2 else STABLE
-            recorder.windows.observe("shop", clock.now + 0.5, version, 0.01, False, 0.1)
+            version: Version = CANDIDATE if i < 2 else STABLE
+            recorder.windows.window("shop").observe(clock.now + 0.5, version, 0.01, False, 0.1)
         clock.now += 1
         control.tick()
     snapshot = state.snapshot

@@ -11,8 +11,9 @@ from rich.console import Console, RenderableType
 
 from splitproxy import console as con
 from splitproxy.config import Rollout
-from splitproxy.rollout.analyzer import Analyzer, Emit, Observation, Sample
+from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.controller import finite
+from splitproxy.rollout.messages import Emit, Observation, Sample
 from splitproxy.views import CheckView, EventView, RolloutView, RouteView, StatusView
 
 T0 = 1_700_000_000.0

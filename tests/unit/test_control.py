@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.state import RuntimeState, candidate_identity, content_hash, weight_source
 from splitproxy.errors import Conflict, UnknownRoute
 from splitproxy.metrics import Recorder
@@ -22,7 +23,6 @@ from splitproxy.rollout.controller import Controller, ControlOptions, analyzer_s
 from splitproxy.rollout.hooks import HookResult
 from splitproxy.rollout.sources import SourceError
 from splitproxy.rollout.store import StateStore
-from splitproxy.rollout.windows import CANDIDATE, STABLE
 
 T0 = 1_700_000_000.0
 
@@ -121,9 +121,9 @@ class Rig:
         errors = round(to_candidate * error_rate)
         window = self.recorder.windows
         for i in range(n):
-            version = CANDIDATE if i < to_candidate else STABLE
+            version: Version = CANDIDATE if i < to_candidate else STABLE
             error = version == CANDIDATE and i < errors
-            window.observe("shop", self.now + 0.5, version, 0.02, error, p)
+            window.window("shop").observe(self.now + 0.5, version, 0.02, error, p)
         self.now += 1
         self.control.tick()
 

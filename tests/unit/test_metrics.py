@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from splitproxy.dataplane.routing import retry_decision
 from splitproxy.metrics import LATENCY_BUCKETS, Recorder
-from splitproxy.rollout.windows import RELATIVE_ACCURACY, Windows
+from splitproxy.rollout.sketch import RELATIVE_ACCURACY
+from splitproxy.rollout.windows import Windows
 from tests.unit.fakes import ROUTES, exchange, runtime_state
 
 NOW = 1_700_000_000.0

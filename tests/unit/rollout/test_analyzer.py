@@ -6,8 +6,6 @@ import json
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,111 +14,20 @@ from hypothesis import strategies as st
 
 from splitproxy.config import Rollout
 from splitproxy.config.vocabulary import Gate
-from splitproxy.rollout.analyzer import (
-    ACTIVE,
-    PHASES,
-    TRANSITIONS,
-    Action,
-    Analyzer,
+from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
+from splitproxy.rollout.codec import decode, encode
+from splitproxy.rollout.histograms import hist_quantile
+from splitproxy.rollout.messages import (
     CallHook,
     Emit,
-    Event,
     GateResult,
     ManualCommand,
     Observation,
     Sample,
-    SetWeight,
-    hist_quantile,
-    samples_from,
 )
+from tests.unit.rollout.drive import Driver, cmd, gated, hist, hold_step, spec, started, traffic
 
 T0 = 1_000_000.0
-FAST = (0.05, 1)  # (latency bucket bound, share) of a healthy request mix
-BASE: dict[str, Any] = {"steps": [10, 50], "interval": "10s", "min_requests": 20}
-
-
-def spec(**kw: Any) -> Rollout:
-    return Rollout.model_validate({**BASE, **kw})
-
-
-def hist(n: int, slow: int = 0, fast: float = 0.05, slow_at: float = 0.5) -> Any:
-    out = []
-    if n - slow:
-        out.append((fast, n - slow))
-    if slow:
-        out.append((slow_at, slow))
-    return tuple(out)
-
-
-def traffic(
-    p: float,
-    *,
-    stable: tuple[int, int] = (90, 0),
-    candidate: tuple[int, int] = (10, 0),
-    stable_slow: int = 0,
-    candidate_slow: int = 0,
-    path: str | None = "/",
-) -> list[Sample]:
-    return [
-        Sample("stable", stable[0], stable[1], p, path, hist(stable[0], stable_slow)),
-        Sample(
-            "candidate", candidate[0], candidate[1], p, path, hist(candidate[0], candidate_slow)
-        ),
-    ]
-
-
-class Driver:
-    """Ticks an analyzer once a second with traffic at the weight it last asked for."""
-
-    def __init__(self, analyzer: Analyzer, candidate: str | None = "v2") -> None:
-        self.a = analyzer
-        self.candidate = candidate
-        self.now = 0.0
-        self.weight = 0.0
-        self.actions: list[Action] = []
-
-    def tick(self, samples: Sequence[Sample] | None = None, **kw: Any) -> list[Action]:
-        if samples is None:
-            samples = traffic(self.weight / 100)
-        obs = Observation(kw.pop("candidate", self.candidate), samples, **kw)
-        actions = self.a.tick(self.now, obs)
-        for action in actions:
-            if isinstance(action, SetWeight):
-                self.weight = action.percent if action.percent is not None else 0.0
-        self.actions += actions
-        self.now += 1
-        return actions
-
-    def run(self, seconds: int, **kw: Any) -> None:
-        for _ in range(seconds):
-            self.tick(**kw)
-
-    def until(self, phase: str, limit: int = 10_000, **kw: Any) -> float:
-        for _ in range(limit):
-            self.tick(**kw)
-            if self.phase == phase:
-                return self.now - 1
-        raise AssertionError(f"never reached {phase}; at {self.a.phase}")
-
-    @property
-    def phase(self) -> str:
-        """The analyzer's phase (a plain str: it changes under mypy's feet between ticks)."""
-        return self.a.phase
-
-    def events(self) -> list[Event]:
-        return [a.event for a in self.actions if isinstance(a, Emit)]
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events()]
-
-    def weights(self) -> list[float | None]:
-        return [a.percent for a in self.actions if isinstance(a, SetWeight)]
-
-
-def started(rollout: Rollout | None = None, **kw: Any) -> Driver:
-    d = Driver(Analyzer("shop", rollout or spec(**kw)))
-    d.tick()
-    return d
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -178,7 +85,7 @@ def test_min_requests_holds_a_step_after_its_interval() -> None:
     for _ in range(40):  # one candidate request a tick: 100 requests take 100 s
         quiet.tick(traffic(0.1, candidate=(1, 0)))
     assert quiet.a.step_index == 0
-    assert quiet.a.window.requests == 40
+    assert quiet.a.evidence.window.requests == 40
     for _ in range(60):
         quiet.tick(traffic(0.1, candidate=(1, 0)))
     assert quiet.a.step_index == 1
@@ -195,9 +102,9 @@ def test_per_step_interval_and_min_requests_override_the_rollout() -> None:
 def test_the_tick_that_starts_a_rollout_is_not_evidence() -> None:
     d = Driver(Analyzer("shop", spec(checks=[{"metric": "error_rate", "max": 0.1}])))
     d.tick(traffic(0.1, candidate=(100, 100)))  # routed before the rollout began
-    assert d.a.window.requests == 0
-    assert d.a.guard is not None
-    assert d.a.guard.requests == 0
+    assert d.a.evidence.window.requests == 0
+    assert d.a.evidence.guard is not None
+    assert d.a.evidence.guard.requests == 0
 
 
 # --- absolute checks --------------------------------------------------------------------------
@@ -360,8 +267,8 @@ def test_requests_not_routed_at_random_do_not_count_in_comparisons() -> None:
             ]
         )
     assert d.phase == "progressing"
-    assert d.a.errors_test is not None
-    assert d.a.errors_test.pooled.events == 0
+    assert d.a.evidence.errors_test is not None
+    assert d.a.evidence.errors_test.pooled.events == 0
 
 
 def test_latency_thresholds_come_from_stable_history_before_the_tick() -> None:
@@ -372,7 +279,7 @@ def test_latency_thresholds_come_from_stable_history_before_the_tick() -> None:
     assert result.detail == "stable p95 50ms, stable p99 200ms"
     # a tick in which stable itself is slow is judged against the thresholds from before it
     d.tick(traffic(0.1, stable_slow=90, candidate_slow=10))
-    test95 = d.a.latency_tests[0.95]
+    test95 = d.a.evidence.latency_tests[0.95]
     assert test95.counts() == {0.1: (10, 90)}
 
 
@@ -531,10 +438,6 @@ def test_an_incident_pauses_instead_of_blaming_the_candidate() -> None:
 # --- manual commands --------------------------------------------------------------------------
 
 
-def cmd(name: str, reason: str = "") -> Any:
-    return {"commands": [ManualCommand(name, "cli", reason)]}  # type: ignore[arg-type]
-
-
 def test_pause_freezes_and_resume_continues() -> None:
     d = started()
     d.tick(**cmd("pause", "looking at a graph"))
@@ -633,12 +536,6 @@ def test_max_duration_pauses_and_resume_gives_it_another_period() -> None:
 # --- gates and pause steps --------------------------------------------------------------------
 
 
-def gated(*gates: Gate, **kw: Any) -> Driver:
-    d = Driver(Analyzer("shop", spec(**kw), gates=gates))
-    d.tick()
-    return d
-
-
 def test_pre_rollout_gate() -> None:
     d = gated("pre-rollout")
     assert d.phase == "waiting"
@@ -678,7 +575,7 @@ def test_a_closed_confirm_promotion_gate_is_recorded_once_per_wait() -> None:
     waited_at = d.now - 1
     before = len(d.events())
     for _ in range(100):
-        d.tick(gates=[GateResult("confirm-promotion", d.a.pending_step + 1, False)])
+        d.tick(gates=[GateResult("confirm-promotion", hold_step(d.a) + 1, False)])
     closed = d.events()[before:]
     assert Counter(e.kind for e in closed) == Counter({"gate_closed": 1})
     assert d.phase == "waiting"
@@ -702,7 +599,7 @@ def test_a_closed_confirm_promotion_gate_is_recorded_once_per_wait() -> None:
     assert len(d.a.history) < 10  # the decisions before the wait are still there
     assert d.a.history[0].kind == "started"
     # the count survives a restart, and the next wait starts afresh
-    again = Analyzer.from_dict("shop", d.a.spec, json.loads(json.dumps(d.a.to_dict())))
+    again = decode("shop", d.a.spec, json.loads(json.dumps(encode(d.a))))
     assert again.status()["gate"] == d.a.status()["gate"]
     d.tick(**cmd("pause"))
     d.tick(**cmd("resume"))
@@ -754,79 +651,6 @@ def test_pausing_while_waiting_returns_to_the_gate() -> None:
 # --- durable state ----------------------------------------------------------------------------
 
 
-def test_state_round_trips_through_json_and_continues_identically() -> None:
-    rollout = spec(
-        checks=[
-            {"metric": "error_rate", "compare": "stable"},
-            {"metric": "latency", "compare": "stable"},
-            {"metric": "error_rate", "max": 0.2},
-        ]
-    )
-    rng = random.Random(3)
-
-    def samples() -> list[Sample]:
-        x = sum(rng.random() < 0.01 for _ in range(100))
-        return traffic(0.1, stable=(900, 2), candidate=(100, x), stable_slow=9, candidate_slow=1)
-
-    one = Driver(Analyzer("shop", rollout))
-    one.tick([Sample("stable", 0, 0, None, None, hist(3000, 30))], candidate=None)
-    for _ in range(7):
-        one.tick(samples())
-    saved = json.loads(json.dumps(one.a.to_dict()))
-    two = Driver(Analyzer.from_dict("shop", rollout, saved))
-    two.now, two.weight = one.now, one.weight
-    assert two.a.to_dict() == saved
-    for _ in range(20):
-        batch = samples()
-        assert one.tick(batch) == two.tick(batch)
-    assert one.a.to_dict() == two.a.to_dict()
-
-
-def test_a_changed_spec_restarts_a_running_rollout() -> None:
-    d = started()
-    d.run(11)
-    saved = d.a.to_dict()
-    again = Driver(Analyzer.from_dict("shop", spec(steps=[5, 20, 60]), saved))
-    again.now = d.now
-    again.tick()
-    assert (again.phase, again.a.step_index, again.a.weight) == ("progressing", 0, 5)
-    assert again.events()[0].message == "the rollout spec changed"
-    same = Analyzer.from_dict("shop", spec(), saved)
-    same.reconfigure(spec())
-    assert same.step_index == 1
-    same.reconfigure(spec(interval="1m"))
-    actions = same.tick(d.now, Observation("v2"))
-    assert SetWeight(10) in actions
-
-
-def test_a_state_saved_before_gate_counts_and_check_metrics_still_loads() -> None:
-    """``data/analyzer_state_v1.json`` was written by the analyzer before it counted a gate's
-    answers and gave checks their metric: waiting at confirm-promotion, one answer in."""
-    saved = json.loads((Path(__file__).parent / "data" / "analyzer_state_v1.json").read_text())
-    assert "gate" not in saved
-    assert all("metric" not in c for c in saved["checks"])
-    rollout = spec(
-        checks=[
-            {"metric": "error_rate", "compare": "stable"},
-            {"metric": "latency_p99", "max": "500ms", "name": "p99"},
-        ]
-    )
-    a = Analyzer.from_dict("shop", rollout, saved, gates=["confirm-promotion"], path_class_slots=0)
-    assert (a.phase, a.pending, a.weight) == ("waiting", "confirm-promotion", 50)
-    assert a.history[-1].kind == "gate_closed"
-    status = a.status()
-    assert status["gate"]["attempts"] == 0
-    assert status["gate"]["since"] == saved["hook_called_at"]
-    assert {c["name"]: c["metric"] for c in status["checks"]}["p99"] is None  # as saved
-    now = saved["last_now"] + 1
-    samples = traffic(0.5, candidate=(50, 0), stable=(50, 0))
-    a.tick(now, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, False)]))
-    assert a.status()["gate"]["attempts"] == 1
-    assert {c["name"]: c["metric"] for c in a.status()["checks"]}["p99"] == "latency_p99"
-    a.tick(now + 1, Observation("v2", samples, gates=[GateResult("confirm-promotion", 3, True)]))
-    assert a.phase == "promoted"
-
-
 def test_status_gives_the_step_s_needs_and_progress() -> None:
     d = started(steps=[10, {"weight": 50, "interval": "30s", "min_requests": 20}, {"pause": True}])
     d.run(3)
@@ -873,8 +697,8 @@ def test_check_results_carry_their_metric_and_unit() -> None:
         "prometheus": (None, None),
         "guard": ("error_rate", "e_value"),
     }
-    saved = json.loads(json.dumps(d.a.to_dict()))
-    assert Analyzer.from_dict("shop", d.a.spec, saved).checks == d.a.checks
+    saved = json.loads(json.dumps(encode(d.a)))
+    assert decode("shop", d.a.spec, saved).checks == d.a.checks
 
 
 def test_status_shows_the_rollout() -> None:
@@ -919,38 +743,54 @@ TRAFFIC = {
 }
 
 
+Script = tuple[str | None, str, str | None, bool | None]
+
+
+def scripted(a: Analyzer, step: Script) -> Observation:
+    """One scripted tick's observation: a candidate, a traffic kind, a command and an answer
+    to the gate the analyzer holds for (if any)."""
+    candidate, kind, command, gate = step
+    sn, sx, cn, cx = TRAFFIC[kind]
+    p = (a.weight or 0) / 100
+    hold = a.hold
+    return Observation(
+        candidate,
+        [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
+        commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
+        gates=[GateResult(hold.what, hold.step + 1, gate)]
+        if gate is not None and hold is not None and hold.what != "pause"
+        else [],
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(ticks, st.sampled_from([(), ("pre-rollout",), ("step", "confirm-promotion")]))
-def test_phases_only_move_along_the_table(
-    script: list[tuple[str | None, str, str | None, bool | None]], gates: tuple[Gate, ...]
-) -> None:
+def test_phases_only_move_along_the_table(script: list[Script], gates: tuple[Gate, ...]) -> None:
     a = Analyzer(
         "shop",
         spec(steps=[10, {"pause": "3s"}, 50], interval=2, min_requests=5, failure_limit=1),
         gates=gates,
     )
-    for now, (candidate, kind, command, gate) in enumerate(script):
+    for now, step in enumerate(script):
         before = a.phase
-        sn, sx, cn, cx = TRAFFIC[kind]
-        p = (a.weight or 0) / 100
-        obs = Observation(
-            candidate,
-            [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
-            commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
-            gates=[GateResult(a.pending, a.pending_step + 1, gate)]  # type: ignore[arg-type]
-            if gate is not None and a.pending not in (None, "pause")
-            else [],
-        )
-        actions = a.tick(float(now), obs)
+        candidate = step[0]
+        actions = a.tick(float(now), scripted(a, step))
         phase = before
         for action in actions:
             if isinstance(action, Emit):
                 e = action.event
                 assert e.previous == phase
-                if e.previous != e.phase:
-                    assert e.phase in TRANSITIONS[e.previous].values()
+                if e.trigger is None:  # not a move: a failed window, a closed gate, a refusal
+                    assert e.phase == e.previous
+                else:  # the very row of the table that fired
+                    assert TRANSITIONS[e.previous][e.trigger] == e.phase
                 phase = e.phase
         assert phase == a.phase
+        # the hold is a value of the waiting (or paused-while-waiting) phase, and only of it
+        if a.phase == "waiting":
+            assert a.hold is not None
+        elif a.phase != "paused":
+            assert a.hold is None
         if a.phase == "idle":
             assert a.weight is None
         if a.phase == "promoted":
@@ -959,7 +799,32 @@ def test_phases_only_move_along_the_table(
             assert a.weight == 0
         if a.phase in ACTIVE:
             assert a.revision == candidate
-        json.dumps(a.to_dict())
+        saved = json.loads(json.dumps(encode(a)))
+        assert encode(decode("shop", a.spec, saved, gates=gates)) == saved
+
+
+@settings(max_examples=150, deadline=None)
+@given(ticks)
+def test_a_hold_is_held_only_while_waiting_or_paused(script: list[Script]) -> None:
+    steps: list[Any] = [{"pause": "2s"}, 10, {"pause": True}, 50]
+    a = Analyzer(
+        "shop",
+        spec(steps=steps, interval=2, min_requests=5, failure_limit=1),
+        gates=("pre-rollout", "step", "confirm-promotion"),
+    )
+    for now, step in enumerate(script):
+        actions = a.tick(float(now), scripted(a, step))
+        hold = a.hold
+        if a.phase == "waiting":
+            assert hold is not None
+            assert a.status()["waiting_for"] == hold.what
+        elif a.phase != "paused":  # paused while waiting keeps its hold for the resume
+            assert hold is None
+        moves = [x.event.trigger for x in actions if isinstance(x, Emit) and x.event.trigger]
+        if moves and moves[-1] == "wait":  # a wait begun on this tick is a fresh hold
+            assert hold is not None
+            assert hold.since == now
+            assert hold.asked_at == now
 
 
 def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
@@ -994,24 +859,22 @@ def test_an_aa_rollout_with_real_noise_is_promoted() -> None:
     assert math.isfinite(d.a.active_time)
 
 
-def test_fed_straight_from_stats_windows() -> None:
-    """The adapter of the module docstring, over the real `splitproxy.rollout.windows.Window`."""
-    from splitproxy.rollout.windows import Window
-
-    window = Window()
-    for i in range(2000):
-        cand = i % 10 == 0
-        window.observe(i / 1000, int(cand), 0.05, cand and i % 100 == 0, 0.1)
-    samples = samples_from(window.observations(0.0, until=2.0))
-    assert [s.version for s in samples] == ["stable", "candidate", "stable", "candidate"]
-    assert sum(s.requests for s in samples) == 2000
+def test_pooled_samples_without_path_classes() -> None:
+    """Samples without a path class, with an analyzer built with no class slots: the error
+    family is the pooled test alone."""
+    samples = [
+        Sample("stable", 900, 0, 0.1, None, ((0.05, 900),)),
+        Sample("candidate", 100, 10, 0.1, None, ((0.05, 100),)),
+        Sample("stable", 900, 0, 0.1, None, ((0.05, 900),)),
+        Sample("candidate", 100, 10, 0.1, None, ((0.05, 100),)),
+    ]
     a = Analyzer(
         "shop", spec(checks=[{"metric": "error_rate", "compare": "stable"}]), path_class_slots=0
     )
     a.tick(0.0, Observation("v2"))
     a.tick(2.0, Observation("v2", samples))
-    assert a.errors_test is not None
-    assert a.errors_test.classes == {}
-    assert a.errors_test.pooled.counts() == {0.1: (20, 0)}
-    assert a.errors_test.log_e == a.errors_test.pooled.log_e
-    assert a.window.requests == 200
+    assert a.evidence.errors_test is not None
+    assert a.evidence.errors_test.classes == {}
+    assert a.evidence.errors_test.pooled.counts() == {0.1: (20, 0)}
+    assert a.evidence.errors_test.log_e == a.evidence.errors_test.pooled.log_e
+    assert a.evidence.window.requests == 200

@@ -183,37 +183,6 @@ def test_time_varying_p_uses_each_events_own_p() -> None:
     assert crossed / 300 <= alpha * 2
 
 
-def test_confidence_interval() -> None:
-    assert AttributionTest().confidence_interval(0.01) == (0.0, math.inf)
-    rng = random.Random(2)
-    covered = 0
-    for _ in range(60):
-        test = AttributionTest()
-        q = q_of(3.0, 0.1)
-        for _ in range(400):
-            cand = rng.random() < q
-            test.update(0.1, int(cand), int(not cand))
-        low, high = test.confidence_interval(0.05)
-        estimate = test.ratio_estimate()
-        assert estimate is not None
-        assert low <= estimate <= high
-        covered += low <= 3.0 <= high
-    assert covered >= 57  # anytime-valid at 95 %: conservative at a fixed time
-
-
-def test_confidence_interval_ends() -> None:
-    none_on_candidate = AttributionTest()
-    none_on_candidate.update(0.1, 0, 50)
-    low, high = none_on_candidate.confidence_interval(0.01)
-    assert low == 0.0
-    assert 0 < high < 10
-    all_on_candidate = AttributionTest()
-    all_on_candidate.update(0.1, 30, 0)
-    low, high = all_on_candidate.confidence_interval(0.01)
-    assert low > 10
-    assert high == math.inf
-
-
 def test_the_shifted_test_is_the_test_at_one_and_falls_with_r0() -> None:
     test = fed([(0.05, 3, 40), (0.1, 2, 30), (0.5, 9, 9)])
     assert test.log_e_at(1.0) == test.log_e  # bit for bit: the decision's own number
@@ -267,7 +236,7 @@ def test_a_rejection_by_one_path_class_gives_a_bound_above_one() -> None:
     alpha = 0.0045
     assert family.e_value >= 1 / alpha
     assert family.pooled.e_value < 1 / alpha  # the pooled test alone has not seen it
-    assert family.pooled.confidence_interval(alpha)[0] < 1  # what was reported before
+    assert family.pooled.lower_confidence_bound(alpha) < 1  # the pooled bound alone is not
     assert family.lower_confidence_bound(alpha) > 1
 
 

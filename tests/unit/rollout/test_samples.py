@@ -10,25 +10,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config import Rollout
-from splitproxy.rollout.analyzer import Analyzer, Sample, SetWeight
-from splitproxy.rollout.analyzer import Observation as Tick
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, VERSIONS, Version
+from splitproxy.rollout.analyzer import Analyzer
+from splitproxy.rollout.messages import Observation, Sample, SetWeight
 from splitproxy.rollout.samples import path_class_slots, samples_for
+from splitproxy.rollout.sketch import LatencySketch
 from splitproxy.rollout.windows import (
-    CANDIDATE,
     OTHER_CLASS,
-    STABLE,
-    LatencySketch,
-    Observation,
+    Period,
     VersionCounts,
     Window,
     Windows,
 )
 
 T0 = 1_700_000_000.0
-VERSIONS = {STABLE: "stable", CANDIDATE: "candidate"}
 
 # (second, version, error, path, synthetic, probability)
-Request = tuple[int, int, bool, str, bool, float | None]
+Request = tuple[int, Version, bool, str, bool, float | None]
 requests_st = st.lists(
     st.tuples(
         st.integers(min_value=0, max_value=3),
@@ -58,17 +56,17 @@ def test_samples_count_every_request_once(requests: list[Request], judge: bool) 
     observations = window.observations(T0)
     samples = samples_for(observations, judge_synthetic=judge)
 
-    user: Counter[tuple[str, bool]] = Counter()
-    synthetic: Counter[tuple[str, bool]] = Counter()
-    for _, index, error, _, is_synthetic, _ in requests:
-        (synthetic if is_synthetic else user)[VERSIONS[index], error] += 1
+    user: Counter[tuple[Version, bool]] = Counter()
+    synthetic: Counter[tuple[Version, bool]] = Counter()
+    for _, version, error, _, is_synthetic, _ in requests:
+        (synthetic if is_synthetic else user)[version, error] += 1
 
     def total(which: list[Sample], version: str) -> tuple[int, int]:
         mine = [s for s in which if s.version == version]
         return sum(s.requests for s in mine), sum(s.errors for s in mine)
 
     judged = [s for s in samples if s.p is None and s.path_class is None and s.requests]
-    for version in ("stable", "candidate"):
+    for version in VERSIONS:
         n = user[version, True] + user[version, False]
         # user traffic is split by class, but pooled it is exact (user requests routed at
         # p=None also carry a class; the synthetic sample is the only class-less one)
@@ -83,7 +81,7 @@ def test_samples_count_every_request_once(requests: list[Request], judge: bool) 
     assert named <= {"/", "/a", "/b", "/c", "/d", "/e"}
     # one latency histogram per version and bucket, with all of its requests
     for obs in observations:
-        for version in ("stable", "candidate"):
+        for version in VERSIONS:
             counts = obs.version(version)
             hists = [
                 s
@@ -120,9 +118,7 @@ def test_a_bucket_becomes_class_samples_a_latency_sample_and_judged_synthetic_on
 def test_an_observation_without_classes_is_one_pooled_sample() -> None:
     sketch = LatencySketch()
     sketch.add(0.1)
-    obs = Observation(
-        T0, T0 + 1, 0.5, VersionCounts(0, 0, LatencySketch()), VersionCounts(3, 1, sketch)
-    )
+    obs = Period(T0, T0 + 1, 0.5, VersionCounts(0, 0, LatencySketch()), VersionCounts(3, 1, sketch))
     samples = samples_for([obs])
     assert [(s.version, s.requests, s.errors, s.path_class) for s in samples] == [
         ("candidate", 3, 1, None),
@@ -164,12 +160,12 @@ def time_to_rollback(slots: int | None, seed: int) -> float | None:
         p = weight / 100
         for _ in range(1000):
             path = rng.choices(ENDPOINTS, SHARE)[0]
-            version = CANDIDATE if rng.random() < p else STABLE
+            version: Version = CANDIDATE if rng.random() < p else STABLE
             rate = 0.25 if version == CANDIDATE and path == "/checkout" else 0.005
             window.observe(now + 0.5, version, 0.01, rng.random() < rate, p, path + "/x")
         samples = samples_for(window.observations(last, until=now + 1))
         last = now + 1
-        for action in analyzer.tick(now + 1, Tick("v2", samples)):
+        for action in analyzer.tick(now + 1, Observation("v2", samples)):
             if isinstance(action, SetWeight) and action.percent is not None:
                 weight = action.percent
         if analyzer.phase == "rolled_back":

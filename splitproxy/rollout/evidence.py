@@ -1,0 +1,453 @@
+"""The evidence of one route's rollout: what the analyzer knows, and how it weighs it (pure).
+
+`Evidence` holds every number the rollout machine (`splitproxy.rollout.analyzer`) decides on,
+and answers its questions; it never decides a move itself. It reads no clock (``now`` is
+passed in), draws no random number and does no IO.
+
+*Statistics.* Every tick, not only at the end of a step, three anytime-valid tests are
+updated (see `splitproxy.rollout.sequential`); each can roll the candidate back at once:
+
+- error rate against stable: randomization-attribution e-processes, pooled and per path
+  class, averaged into one;
+- latency against stable: attribution e-processes on "slower than stable's trailing q-th
+  quantile" for each q (p95 and p99 by default), averaged;
+- the guard: a one-sample test that the candidate's error rate is far above the guard's cap.
+
+They share one α per rollout (default 1 %): the guard takes a tenth, the comparison families
+split the rest. The e-processes span the whole rollout, across steps, pauses and restarts of
+the proxy, so checking them every second costs no validity. When the guard trips and stable's
+own error rate over the last minute is above the cap as well (`Evidence.stable_breaching`),
+it is an incident, not the candidate's fault.
+
+*What is kept.* Stable's trailing latency (about ten minutes, at least 2,000 requests when
+available), from which `Evidence.fold` draws the thresholds for the latency test *before* it
+folds in the new tick (so the thresholds are predictable); stable's last minute of requests
+and errors (for the incident rule); the step's window of candidate traffic for the absolute
+checks (`StepWindow`); the external checks' latest values. Requests not routed at random
+(``p=None``) count for the absolute checks and the guard, never for the comparisons.
+
+*Checks.* `Evidence.evaluate` judges every check of the spec (thresholds on the window,
+external values newer than the window, the comparisons and the guard) into `CheckResult` values;
+`Evidence.with_ci` adds to a comparison's result the one-sided interval ``[lower, inf)`` for
+the candidate/stable rate ratio that inverts the e-process it decides on, at its α, so a
+rollback for "worse than stable" always shows a lower bound above 1;
+`Evidence.window_outcome` tells whether the step's window has passed, must hold, or failed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+from splitproxy.config import (
+    LATENCY_QUANTILES,
+    CompareCheck,
+    MetricCheck,
+    PrometheusCheck,
+    Rollout,
+    Step,
+    WebCheck,
+)
+from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile
+from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
+from splitproxy.rollout.sequential import (
+    AlphaSplit,
+    AttributionTest,
+    PathClassTests,
+    RateGuard,
+    lower_confidence_bound,
+    mean_log_e,
+    split_alpha,
+)
+
+# --- tuning that is not (yet) in the routing file --------------------------------------------
+
+TRAIL_SLOT: Final = 10.0  # seconds per slot of stable's trailing latency
+TRAIL_WINDOW: Final = 600.0  # stable's trailing window for the latency thresholds
+TRAIL_MAX_AGE: Final = 3600.0  # kept longer (up to this) while it has too few requests
+TRAIL_MIN_REQUESTS: Final = 2000
+STABLE_RECENT: Final = 60.0  # the window in which stable "breaches too" (incident)
+GUARD_MIN_STABLE: Final = 20  # stable requests needed to call an incident
+
+Outcome = Literal["pass", "hold", "fail"]
+
+
+def min_threshold_requests(q: float) -> int:
+    """Stable requests needed before its q-quantile is a usable latency threshold."""
+    return math.ceil(20 / (1 - q))
+
+
+def step_needs(spec: Rollout, step: Step) -> tuple[float, int]:
+    """What a step's window needs before it is judged: ``(interval, min_requests)``."""
+    interval = step.interval if step.interval is not None else spec.interval
+    wanted = step.min_requests if step.min_requests is not None else spec.min_requests
+    return interval, wanted
+
+
+@dataclass(slots=True)
+class StepWindow:
+    """The candidate's traffic since the current step window started."""
+
+    start: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    latency: dict[float, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutcome:
+    """Whether the step's window passed, must hold on, or failed (``reason``: why it failed)."""
+
+    outcome: Outcome
+    reason: str = ""
+
+
+class Evidence:
+    """The statistics and the check results of one route's rollout (see the module docstring).
+
+    The e-processes (``errors_test``, ``latency_tests``, ``guard``) exist while a rollout
+    runs (`start` creates them, `end` drops them); stable's trailing history (``trail``,
+    ``recent``) outlives rollouts."""
+
+    def __init__(self, spec: Rollout, *, path_class_slots: int) -> None:
+        self.path_class_slots = path_class_slots
+        self.configure(spec)
+        self.window = StepWindow()
+        self.external: dict[str, tuple[float | None, float]] = {}  # name -> (value, at)
+        self.errors_test: PathClassTests | None = None
+        self.latency_tests: dict[float, AttributionTest] = {}
+        self.guard: RateGuard | None = None
+        # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
+        self.trail: list[list[Any]] = []
+        self.trail_total: dict[float, int] = {}
+        self.trail_requests = 0
+        self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
+        # stable's trailing quantiles as they were before the latest `fold`
+        self.thresholds: dict[float, float] = {}
+
+    def configure(self, spec: Rollout) -> None:
+        """Take the rollout spec's checks, α and guard (the running tests are kept)."""
+        self.spec = spec
+        self.threshold_checks = tuple(c for c in spec.checks if isinstance(c, MetricCheck))
+        self.external_checks = tuple(
+            c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
+        )
+        compare = [c for c in spec.checks if isinstance(c, CompareCheck)]
+        self.error_compare = next((c for c in compare if c.metric == "error_rate"), None)
+        self.latency_compare = next((c for c in compare if c.metric == "latency"), None)
+        self.alpha: AlphaSplit = split_alpha(
+            spec.alpha,
+            error=self.error_compare is not None,
+            latency=self.latency_compare is not None,
+            guard=spec.guard is not None,
+        )
+
+    @property
+    def quantiles(self) -> tuple[float, ...]:
+        """The quantiles of stable's latency the latency comparison tests against."""
+        return self.latency_compare.quantiles if self.latency_compare else ()
+
+    # --- a rollout's life ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Fresh statistics for a rollout that (re)starts: new e-processes, a new window."""
+        self.end()
+        self.fresh_tests()
+
+    def fresh_tests(self) -> None:
+        """New e-processes for the spec's comparisons and guard."""
+        compare = self.error_compare
+        slots = self.path_class_slots if compare and compare.per_path else 0
+        self.errors_test = PathClassTests(slots) if compare else None
+        self.latency_tests = {q: AttributionTest() for q in self.quantiles}
+        self.guard = RateGuard(self.spec.guard.error_rate) if self.spec.guard else None
+
+    def end(self) -> None:
+        """No rollout runs: drop its window, external values and e-processes."""
+        self.window = StepWindow()
+        self.external = {}
+        self.errors_test = None
+        self.latency_tests = {}
+        self.guard = None
+
+    def restart_window(self, now: float) -> None:
+        """A new step window from ``now`` (a new step, or after a failed window)."""
+        self.window = StepWindow(start=now)
+
+    def restart_guard(self) -> None:
+        """The guard starts afresh (after an incident: it was not the candidate's fault)."""
+        assert self.spec.guard is not None
+        self.guard = RateGuard(self.spec.guard.error_rate)
+
+    # --- what comes in ------------------------------------------------------------------------
+
+    def fold(self, now: float, samples: Sequence[Sample], *, tests: bool) -> None:
+        """Take one tick's traffic. Stable's history always grows; with ``tests``, the
+        candidate's window and the e-processes are updated too (not on the tick a rollout
+        starts: those requests were routed under the previous regime). The latency
+        thresholds used are stable's trailing quantiles from before this tick."""
+        self.thresholds = thresholds = self._latency_thresholds()
+        cand_n = cand_x = stab_n = stab_x = 0
+        stable_hist: dict[float, int] = {}
+        pooled: dict[float, list[int]] = {}  # p -> [candidate errors, stable errors]
+        classes: dict[tuple[float, str], list[int]] = {}
+        slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
+        for s in samples:
+            cand = s.version == "candidate"
+            if cand:
+                cand_n += s.requests
+                cand_x += s.errors
+            else:
+                stab_n += s.requests
+                stab_x += s.errors
+                hist_add(stable_hist, s.latency)
+            if not tests:
+                continue
+            if cand:
+                self.window.requests += s.requests
+                self.window.errors += s.errors
+                hist_add(self.window.latency, s.latency)
+            if s.p is None or not 0.0 < s.p < 1.0:
+                continue
+            i = 0 if cand else 1
+            if s.errors:
+                pooled.setdefault(s.p, [0, 0])[i] += s.errors
+                if s.path_class is not None:
+                    classes.setdefault((s.p, s.path_class), [0, 0])[i] += s.errors
+            if s.latency:
+                for q, c in thresholds.items():
+                    above = hist_above(s.latency, c)
+                    if above:
+                        slow.setdefault((q, s.p), [0, 0])[i] += above
+        if tests:
+            if self.errors_test is not None:
+                for p, (x, y) in pooled.items():
+                    self.errors_test.pooled.update(p, x, y)
+                for (p, name), (x, y) in classes.items():
+                    self.errors_test.update_class(p, x, y, name)
+            for (q, p), (x, y) in slow.items():
+                self.latency_tests[q].update(p, x, y)
+            if self.guard is not None:
+                self.guard.update(cand_n, cand_x)
+        self._trail_add(now, stab_n, stab_x, stable_hist)
+
+    def record_external(self, now: float, values: Mapping[str, float | None]) -> None:
+        """The external checks' values produced since the previous tick."""
+        for name, value in values.items():
+            self.external[name] = (value, now)
+
+    def _latency_thresholds(self) -> dict[float, float]:
+        """Stable's trailing quantiles, from ticks before this one only (predictable)."""
+        out: dict[float, float] = {}
+        for q in self.quantiles:
+            if self.trail_requests >= min_threshold_requests(q):
+                c = hist_quantile(self.trail_total, q)
+                if c is not None and c != math.inf:
+                    out[q] = c
+        return out
+
+    def _trail_add(self, now: float, requests: int, errors: int, hist: dict[float, int]) -> None:
+        slot = math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
+        if requests or hist:
+            if self.recent and self.recent[-1][0] == slot:
+                self.recent[-1][1] += requests
+                self.recent[-1][2] += errors
+            else:
+                self.recent.append([slot, requests, errors])
+        while self.recent and self.recent[0][0] < now - STABLE_RECENT:
+            self.recent.pop(0)
+        if hist:
+            if self.trail and self.trail[-1][0] == slot:
+                hist_add(self.trail[-1][2], hist.items())
+                self.trail[-1][1] += sum(hist.values())
+            else:
+                self.trail.append([slot, sum(hist.values()), dict(hist)])
+            hist_add(self.trail_total, hist.items())
+            self.trail_requests += sum(hist.values())
+        while self.trail:
+            oldest_slot, oldest_n, oldest_hist = self.trail[0]
+            age = now - oldest_slot
+            keep_for_count = self.trail_requests - oldest_n < TRAIL_MIN_REQUESTS
+            if age <= TRAIL_WINDOW or (keep_for_count and age <= TRAIL_MAX_AGE):
+                break
+            self.trail.pop(0)
+            hist_add(self.trail_total, oldest_hist.items(), -1)
+            self.trail_requests -= oldest_n
+
+    # --- what it says -------------------------------------------------------------------------
+
+    def stable_breaching(self) -> bool:
+        """Is stable itself above the guard's cap over the last minute (an incident)?"""
+        assert self.spec.guard is not None
+        n = sum(int(s[1]) for s in self.recent)
+        x = sum(int(s[2]) for s in self.recent)
+        return n >= GUARD_MIN_STABLE and x / n >= self.spec.guard.error_rate
+
+    def evaluate(self, now: float) -> tuple[CheckResult, ...]:
+        """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
+        thresholds, external checks, the comparisons, the guard."""
+        out = [self._threshold_check(now, c) for c in self.threshold_checks]
+        out += [self._external_check(c) for c in self.external_checks]
+        if self.error_compare is not None and self.errors_test is not None:
+            out.append(self._error_compare(self.error_compare.key, self.errors_test))
+        if self.latency_compare is not None:
+            out.append(self._latency_compare(self.latency_compare.key))
+        if self.guard is not None:
+            bar = 1 / self.alpha.guard
+            e = self.guard.e_value
+            out.append(
+                CheckResult(
+                    "guard",
+                    "guard",
+                    e,
+                    None,
+                    bar,
+                    self.guard.requests,
+                    "fail" if e >= bar else "pass",
+                    f"candidate error rate far above {self.guard.cap:g}",
+                    metric="error_rate",
+                    unit="e_value",
+                )
+            )
+        return tuple(out)
+
+    def window_outcome(
+        self, now: float, step: Step, checks: Iterable[CheckResult]
+    ) -> WindowOutcome:
+        """Has the step's window passed (long and large enough, every absolute check in
+        ``checks`` passed), must it hold on, or has it failed (``on_no_data: fail`` turns a
+        window without data into a failure)?"""
+        interval, wanted = step_needs(self.spec, step)
+        if now - self.window.start < interval:
+            return WindowOutcome("hold")
+        n = self.window.requests
+        fail_without_data = self.spec.on_no_data == "fail"
+        if n == 0:
+            if fail_without_data:
+                return WindowOutcome("fail", "no candidate traffic in the window")
+            return WindowOutcome("hold")
+        if n < wanted:
+            return WindowOutcome("hold")
+        judged = [r for r in checks if r.kind in ("threshold", "external")]
+        failed = [r.name for r in judged if r.verdict == "fail"]
+        if failed:
+            return WindowOutcome("fail", "failed: " + ", ".join(failed))
+        missing = [r.name for r in judged if r.verdict == "no_data"]
+        if missing:
+            if fail_without_data:
+                return WindowOutcome("fail", "no data: " + ", ".join(missing))
+            return WindowOutcome("hold")
+        return WindowOutcome("pass")
+
+    def with_ci(self, results: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
+        """The results with anytime-valid one-sided confidence intervals ``[lower, inf)`` for
+        the rate ratios, each from inverting the e-process its comparison decides on (at its
+        α), so a failed comparison's lower bound is above 1. For the error rate: the pooled
+        and per-path-class family; for latency: the mean over quantiles, a bound on the
+        worst of the quantiles' slow-request rate ratios."""
+        out = []
+        for r in results:
+            low: float | None = None
+            if (
+                r.kind == "compare"
+                and self.error_compare
+                and r.name == self.error_compare.key
+                and self.errors_test
+            ):
+                low = self.errors_test.lower_confidence_bound(self.alpha.error)
+            elif r.kind == "compare" and self.latency_tests:
+                low = lower_confidence_bound(self._latency_log_e, self.alpha.latency)
+            out.append(replace(r, ci=(low, math.inf)) if low is not None else r)
+        return tuple(out)
+
+    # --- the checks ---------------------------------------------------------------------------
+
+    def _threshold_check(self, now: float, check: MetricCheck) -> CheckResult:
+        w = self.window
+        value: float | None = None
+        sample = w.requests
+        if check.metric == "error_rate" and w.requests:
+            value = w.errors / w.requests
+        elif check.metric == "success_rate" and w.requests:
+            value = 1 - w.errors / w.requests
+        elif check.metric == "request_rate" and now > w.start:
+            value = w.requests / (now - w.start)
+        elif check.metric in LATENCY_QUANTILES:
+            sample = sum(w.latency.values())
+            value = hist_quantile(w.latency, LATENCY_QUANTILES[check.metric])
+        return _bounded(
+            check.key,
+            "threshold",
+            value,
+            check.min,
+            check.max,
+            sample,
+            metric=check.metric,
+            unit=metric_unit(check.metric),
+        )
+
+    def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
+        value, at = self.external.get(check.key, (None, -math.inf))
+        if at < self.window.start:
+            value = None
+        low, high = check.min, check.max
+        if isinstance(check, WebCheck) and check.json_path is None:
+            low, high = 1.0, None
+        return _bounded(check.key, "external", value, low, high, 0 if value is None else 1)
+
+    def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
+        bar = 1 / self.alpha.error
+        e = test.e_value
+        detail = ""
+        worst = test.worst_class()
+        if worst is not None:
+            detail = f"worst path class {worst[0]}: e={worst[1].e_value:.3g}"
+        events = test.pooled.events
+        verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
+        return CheckResult(
+            name, "compare", e, None, bar, events, verdict, detail, None, "error_rate", "e_value"
+        )
+
+    def _latency_compare(self, name: str) -> CheckResult:
+        thresholds = self.thresholds
+        bar = 1 / self.alpha.latency
+        log_e = self._latency_log_e()
+        e = math.exp(log_e) if log_e < 700 else math.inf
+        events = sum(t.events for t in self.latency_tests.values())
+        detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds.items())
+        if not thresholds and not events:
+            detail = "stable history too short"
+            return CheckResult(
+                name, "compare", e, None, bar, 0, "no_data", detail, None, "latency", "e_value"
+            )
+        verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
+        return CheckResult(
+            name, "compare", e, None, bar, events, verdict, detail, None, "latency", "e_value"
+        )
+
+    def _latency_log_e(self, r0: float = 1.0) -> float:
+        """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
+        stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
+        return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
+
+
+def _bounded(
+    name: str,
+    kind: CheckKind,
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    sample: int,
+    *,
+    metric: str | None = None,
+    unit: Unit | None = None,
+) -> CheckResult:
+    if value is None:
+        verdict: Verdict = "no_data"
+    elif (low is not None and value < low) or (high is not None and value > high):
+        verdict = "fail"
+    else:
+        verdict = "pass"
+    return CheckResult(name, kind, value, low, high, sample, verdict, metric=metric, unit=unit)

@@ -1,0 +1,39 @@
+"""Sparse latency histograms: ``{upper bound in seconds: count}`` (pure).
+
+Both versions' histograms come from one bucket layout (see `sketch.LatencySketch.histogram`),
+so adding, subtracting and comparing them bucket by bucket is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+def hist_add(into: dict[float, int], hist: Iterable[tuple[float, int]], sign: int = 1) -> None:
+    """Add (``sign=-1``: subtract) ``hist``'s counts into ``into``; empty buckets go."""
+    for bound, count in hist:
+        if count:
+            left = into.get(bound, 0) + sign * count
+            if left:
+                into[bound] = left
+            else:
+                into.pop(bound, None)
+
+
+def hist_quantile(hist: Mapping[float, int], q: float) -> float | None:
+    """The upper bound of the bucket holding the q-quantile (None when empty)."""
+    total = sum(hist.values())
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for bound in sorted(hist):
+        seen += hist[bound]
+        if seen >= rank:
+            return bound
+    return max(hist)
+
+
+def hist_above(hist: Iterable[tuple[float, int]], threshold: float) -> int:
+    """Requests in buckets above ``threshold`` (a bucket bound): slower than it."""
+    return sum(count for bound, count in hist if bound > threshold)

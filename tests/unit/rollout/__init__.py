@@ -1,0 +1,1 @@
+"""Unit tests of the rollout layer: the analyzer machine, its evidence, codec and statistics."""
