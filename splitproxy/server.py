@@ -201,7 +201,7 @@ class Server:
         else:
             logger.info("no state_dir: rollout state is kept in memory only")
         control = Controller(self.state, self.recorder, store=store, options=self.control_options)
-        self.recorder.rollouts = control
+        self.recorder.registry.register(control.metrics)
         await control.start()
         return control
 
