@@ -380,7 +380,7 @@ async def test_the_route_status_shows_the_synthetic_traffic(
 
     async def answered() -> bool:
         synthetic = (await route_view())["rollout"]["synthetic"]
-        return synthetic["answered"]["candidate"]["requests"] >= 10
+        return bool(synthetic["answered"]["candidate"]["requests"] >= 10)
 
     await eventually(answered, within=10)
     synthetic = (await route_view())["rollout"]["synthetic"]
