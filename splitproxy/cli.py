@@ -257,9 +257,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"demo: a rollout scenario needs --rate >= {MIN_RATE:g}", file=sys.stderr)
         return 2
     # the demo's proxy reads SPLITPROXY_* too (its addresses and access log are its own)
-    if _settings(listen="127.0.0.1:0", admin="127.0.0.1:0", access_log=False) is None:
+    settings = _settings(listen="127.0.0.1:0", admin="127.0.0.1:0", access_log=False)
+    if settings is None:
         return 2
-    return run_demo(args.scenario, requests=requests, rate=rate, weight=weight, keep=args.keep)
+    return run_demo(
+        args.scenario, settings, requests=requests, rate=rate, weight=weight, keep=args.keep
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

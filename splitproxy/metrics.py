@@ -30,7 +30,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
@@ -45,7 +45,6 @@ from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, Failu
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState, Snapshot
-from splitproxy.rollout.analyzer import PHASES, Analyzer
 from splitproxy.rollout.windows import Period, Summary, Window, Windows
 
 if TYPE_CHECKING:
@@ -60,14 +59,6 @@ LATENCY_BUCKETS: Final = (
 UPSTREAM_ERROR_KINDS: Final = frozenset(FAILURE_KINDS)
 _ROUTED: Final[Mapping[str, Version]] = MappingProxyType({STABLE: STABLE, CANDIDATE: CANDIDATE})
 _LE: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
-# Seconds a rollout took, from its (re)start to promotion or rollback: 10 s to a day.
-ROLLOUT_DURATION_BUCKETS: Final = (
-    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
-    86400.0,
-)  # fmt: skip
-ROLLOUT_RESULTS: Final = ("promoted", "rolled_back")
-# splitproxy_check_verdict: 1 pass, 0 fail, -1 no data yet
-VERDICT_VALUES: Final = {"pass": 1.0, "fail": 0.0, "no_data": -1.0}
 
 
 class Histogram:
@@ -91,51 +82,6 @@ class Histogram:
             total += count
             out.append((le, float(total)))
         return out
-
-
-class DurationHistogram:
-    """Rollout durations: a histogram off the hot path, with its own buckets."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(ROLLOUT_DURATION_BUCKETS) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(ROLLOUT_DURATION_BUCKETS, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out = []
-        total = 0
-        bounds = (*(repr(b) for b in ROLLOUT_DURATION_BUCKETS), "+Inf")
-        for le, count in zip(bounds, self.counts, strict=True):
-            total += count
-            out.append((le, float(total)))
-        return out
-
-
-class RolloutSource(Protocol):
-    """What the rollout families are read from at scrape time (``control.Controller``)."""
-
-    def analyzers(self) -> Mapping[str, Analyzer]: ...
-
-
-class RolloutStats:
-    """Rollouts that ended, per route and result, and how long they took."""
-
-    def __init__(self) -> None:
-        self.ended: dict[tuple[str, str], int] = {}
-        self.durations: dict[tuple[str, str], DurationHistogram] = {}
-
-    def record(self, route: str, result: str, seconds: float) -> None:
-        key = (route, result)
-        self.ended[key] = self.ended.get(key, 0) + 1
-        hist = self.durations.get(key)
-        if hist is None:
-            hist = self.durations[key] = DurationHistogram()
-        hist.observe(max(0.0, seconds))
 
 
 class ReloadStats:
@@ -213,17 +159,12 @@ class Recorder:
         self.clock = clock  # wall time for the live windows
         self.windows = windows if windows is not None else Windows()
         self.reloads = ReloadStats()
-        self.rollout_stats = RolloutStats()
-        self.rollouts: RolloutSource | None = None  # set by the composition root
         self._series: dict[tuple[str, str], _Series] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        state.subscribe(self._on_snapshot)
-        if state.snapshot is not None:
-            self._on_snapshot(None, state.snapshot)
 
     def _get(self, route: str, version: str) -> _Series:
         key = (route, version)
@@ -234,7 +175,8 @@ class Recorder:
                 series.window = self.windows.window(route)
         return series
 
-    def _on_snapshot(self, old: Snapshot | None, new: Snapshot) -> None:
+    def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
+        """Follow a new snapshot: series for its routes, windows of removed routes dropped."""
         names = {r.name for r in new.routes}
         self.windows.retain(names)
         for route in new.routes:  # series exist (at zero) from the start: rate() needs that
@@ -323,10 +265,6 @@ class Recorder:
     def config_reloaded(self, ok: bool, now: float) -> None:
         """A routing file was loaded (``ok``) or rejected; ``now`` is Unix time."""
         self.reloads.record(ok, now)
-
-    def rollout_ended(self, route: str, result: str, seconds: float) -> None:
-        """A rollout of ``route`` ended ``promoted`` or ``rolled_back`` after ``seconds``."""
-        self.rollout_stats.record(route, result, seconds)
 
     # -- reads ---------------------------------------------------------------------------------
     def in_flight(self, route: str, version: str) -> int:
@@ -452,64 +390,3 @@ class _Collector(Collector):
             "When the routing file was last loaded successfully (Unix time).",
             value=r.reloads.last_success_at,
         )
-        yield from _rollout_families(r)
-
-
-def _rollout_families(r: Recorder) -> Iterator[Metric]:
-    """The rollout families: gauges read from the analyzers now, counters from the recorder."""
-    analyzers = dict(r.rollouts.analyzers()) if r.rollouts is not None else {}
-    phase = GaugeMetricFamily(
-        "splitproxy_rollout_phase", "1 for the rollout's current phase, 0 for the others.",
-        labels=("route", "phase"),
-    )  # fmt: skip
-    step = GaugeMetricFamily(
-        "splitproxy_rollout_step", "The rollout's current step, 1-based (0 before the first).",
-        labels=("route",),
-    )  # fmt: skip
-    value = GaugeMetricFamily(
-        "splitproxy_check_value",
-        "A check's last value (a rate, seconds, requests per second, or an e-value).",
-        labels=("route", "check"),
-    )
-    threshold = GaugeMetricFamily(
-        "splitproxy_check_threshold", "A check's bound: the value must stay within it.",
-        labels=("route", "check", "bound"),
-    )  # fmt: skip
-    verdict = GaugeMetricFamily(
-        "splitproxy_check_verdict", "A check's verdict: 1 pass, 0 fail, -1 no data yet.",
-        labels=("route", "check"),
-    )  # fmt: skip
-    for name, analyzer in sorted(analyzers.items()):
-        for p in PHASES:
-            phase.add_metric((name, p), 1.0 if analyzer.phase == p else 0.0)
-        step.add_metric((name,), float(max(0, analyzer.step_index + 1)))
-        for check in analyzer.checks:
-            if check.value is not None:
-                value.add_metric((name, check.name), check.value)
-            for bound, limit in (("min", check.min), ("max", check.max)):
-                if limit is not None:
-                    threshold.add_metric((name, check.name, bound), limit)
-            verdict.add_metric((name, check.name), VERDICT_VALUES[check.verdict])
-    yield phase
-    yield step
-    yield value
-    yield threshold
-    yield verdict
-
-    stats = r.rollout_stats
-    ended = CounterMetricFamily(
-        "splitproxy_rollouts", "Rollouts that ended, by result.", labels=("route", "result")
-    )
-    durations = HistogramMetricFamily(
-        "splitproxy_rollout_duration_seconds",
-        "From a rollout's (re)start to its promotion or rollback.",
-        labels=("route", "result"),
-    )
-    names = sorted(set(analyzers) | {route for route, _ in stats.ended})
-    for name in names:  # series at zero from the start: increase() needs that
-        for result in ROLLOUT_RESULTS:
-            ended.add_metric((name, result), stats.ended.get((name, result), 0))
-            hist = stats.durations.get((name, result)) or DurationHistogram()
-            durations.add_metric((name, result), hist.cumulative(), hist.sum)
-    yield ended
-    yield durations

@@ -85,7 +85,6 @@ class Server:
         if grace is None:  # a request picks its pool, then connects and waits for the head
             grace = settings.connect_timeout + settings.read_timeout
         self.janitor = PoolJanitor(self.pools, self.state, grace)
-        self.state.subscribe(self.janitor.on_swap)
         self.reloader: Reloader | None = None
         self.control: Controller | None = None
         self.draining = False
@@ -130,33 +129,16 @@ class Server:
     async def start(self) -> None:
         s = self.settings
         self._load_initial()
+        control = self.control = self._build_control()
+        ctx = self.ctx = self._build_context()
+        self._follow_snapshots(control, ctx)
         if self._routing_text is None and s.config is not None:
             self.reloader = Reloader(
                 s.config, self.state, self.recorder.config_reloaded, self.reload_options
             )
             self.reloader.start()
-        self.control = await self._start_control()
+        await control.start()
         loop = asyncio.get_running_loop()
-        self.clock.now = time.monotonic()
-        access_log = AccessLog(s.log_format, None) if s.access_log else None
-        observer: ExchangeObserver = (
-            Observers(self.recorder, access_log) if access_log is not None else self.recorder
-        )
-        ctx = self.ctx = ProxyContext(
-            self.state,
-            self.pools,
-            observer,
-            self.clock,
-            header_timeout=s.header_timeout,
-            body_timeout=s.body_timeout,
-            read_timeout=s.read_timeout,
-            client_idle_timeout=s.client_idle_timeout,
-            max_header_bytes=s.max_header_bytes,
-            max_headers=s.max_headers,
-            max_body_bytes=s.max_body_bytes,
-            trusted_proxies=s.trusted_proxies,
-            via=s.via,
-        )
         admin_ctx = AdminContext(
             state=self.state,
             recorder=self.recorder,
@@ -190,7 +172,43 @@ class Server:
             self.state.snapshot.revision if self.state.snapshot else "?",
         )  # fmt: skip
 
-    async def _start_control(self) -> Controller:
+    def _follow_snapshots(self, control: Controller, ctx: ProxyContext) -> None:
+        """Subscribe every follower of the config snapshot, in the order a swap reaches them:
+
+        1. the recorder: series (at zero) for the routes' versions, windows of removed routes
+           dropped — first, so that everything after it records into series that exist;
+        2. the pool janitor: pools of upstreams no route names any more close after a grace;
+        3. the rollout controller: a new config wakes its tick, so rollouts follow it at once;
+        4. the proxy context: the headers the routes read, the synthetic-traffic markers.
+
+        The reloader, the admin API and the controller swap snapshots; they follow none."""
+        for follow in (self.recorder.on_swap, self.janitor.on_swap, control.on_swap, ctx.on_swap):
+            self.state.subscribe(follow)
+
+    def _build_context(self) -> ProxyContext:
+        s = self.settings
+        self.clock.now = time.monotonic()
+        access_log = AccessLog(s.log_format, None) if s.access_log else None
+        observer: ExchangeObserver = (
+            Observers(self.recorder, access_log) if access_log is not None else self.recorder
+        )
+        return ProxyContext(
+            self.state,
+            self.pools,
+            observer,
+            self.clock,
+            header_timeout=s.header_timeout,
+            body_timeout=s.body_timeout,
+            read_timeout=s.read_timeout,
+            client_idle_timeout=s.client_idle_timeout,
+            max_header_bytes=s.max_header_bytes,
+            max_headers=s.max_headers,
+            max_body_bytes=s.max_body_bytes,
+            trusted_proxies=s.trusted_proxies,
+            via=s.via,
+        )
+
+    def _build_control(self) -> Controller:
         store: StateStore | None = None
         if self.settings.state_dir is not None:
             try:
@@ -201,8 +219,7 @@ class Server:
         else:
             logger.info("no state_dir: rollout state is kept in memory only")
         control = Controller(self.state, self.recorder, store=store, options=self.control_options)
-        self.recorder.rollouts = control
-        await control.start()
+        self.recorder.registry.register(control.metrics)
         return control
 
     def _tick(self) -> float:

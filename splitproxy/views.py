@@ -153,6 +153,46 @@ class ExternalReadingView(TypedDict):
     error: str | None
 
 
+class SyntheticGeneratorView(TypedDict):
+    """The synthetic-traffic generator's counters, of the run going on or the last one."""
+
+    running: bool
+    rate: float
+    target: str
+    judge: bool
+    sent: int
+    failed: int
+    cancelled: int
+    skipped: int
+    in_flight: int
+    statuses: dict[str, int]  # by HTTP status code
+    last_error: str | None
+
+
+class VersionRequestsView(TypedDict):
+    requests: int
+    errors: int
+
+
+class SyntheticAnsweredView(TypedDict):
+    """Synthetic requests the proxy answered in the last ``window_seconds``, per version."""
+
+    window_seconds: float
+    stable: VersionRequestsView
+    candidate: VersionRequestsView
+
+
+class SyntheticView(TypedDict):
+    """A rollout's synthetic traffic: its spec, the generator, and what was answered."""
+
+    rate: float
+    target: str
+    judge: bool
+    running: bool
+    generator: SyntheticGeneratorView | None  # None: it never ran
+    answered: SyntheticAnsweredView
+
+
 class RolloutView(TypedDict):
     """A route's rollout: phase, plan and position, the step's window and what it needs,
     the checks of the latest tick, hooks, external readings and recent history."""
@@ -181,6 +221,7 @@ class RolloutView(TypedDict):
     hooks: list[HookView]
     waiting_on_hooks: list[str]
     external: dict[str, ExternalReadingView]  # by check name
+    synthetic: SyntheticView | None  # None: the rollout has no ``traffic:``
     history: list[EventView]
 
 

@@ -109,11 +109,9 @@ class ProxyContext:
         self.synthetic_markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         self._rr: dict[tuple[object, ...], int] = {}
         self.in_flight = 0
-        state.subscribe(self._on_snapshot)
-        if state.snapshot is not None:
-            self._on_snapshot(None, state.snapshot)
 
-    def _on_snapshot(self, old: Snapshot | None, new: Snapshot) -> None:
+    def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
+        """Follow a new snapshot: the headers its routes read, its synthetic markers."""
         wanted = set(BASE_WANTED_HEADERS)
         markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         for route in new.routes:

@@ -171,8 +171,13 @@ class RuntimeState:
         return self._snapshot
 
     def subscribe(self, listener: Listener) -> None:
-        """Call ``listener(old, new)`` after every swap (pools, metrics and logs follow it)."""
+        """Call ``listener(old, new)`` after every swap, in the order of subscription; when a
+        snapshot is already loaded, at once with ``old=None`` (a late follower catches up).
+
+        The composition root (``server.py``) subscribes every follower, in one place."""
         self._listeners.append(listener)
+        if self._snapshot is not None:
+            listener(None, self._snapshot)
 
     def _swap(self, new: Snapshot) -> Snapshot:
         old, self._snapshot = self._snapshot, new

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import aiohttp
 from aiohttp import web
@@ -40,8 +40,10 @@ from splitproxy.console import NO_ROLLOUT, event_lines, progress_line, rollout_p
 from splitproxy.demo.service import create_app
 from splitproxy.rollout.controller import ControlOptions
 from splitproxy.server import Server, new_event_loop
-from splitproxy.settings import Settings
 from splitproxy.views import EventView, RouteView
+
+if TYPE_CHECKING:  # the CLI reads the settings; the demo only passes them on
+    from splitproxy.settings import Settings
 
 ROUTING = """\
 # The demo's routing file (embedded): one route, two versions, a weighted split.
@@ -125,13 +127,12 @@ def _split_table(seen: Counter[str], weight: float) -> Table:
 
 
 async def _split_demo(
-    requests: int, rate: float, weight: float, keep: bool, console: Console
+    settings: Settings, requests: int, rate: float, weight: float, keep: bool, console: Console
 ) -> int:
     """The first demo: a bounded burst at a fixed weight, the split measured per version."""
     stable_runner, stable_port = await _start_upstream("stable")
     candidate_runner, candidate_port = await _start_upstream("candidate")
     routing = ROUTING.format(stable=stable_port, candidate=candidate_port, weight=weight)
-    settings = Settings(listen="127.0.0.1:0", admin="127.0.0.1:0", access_log=False)
     server = Server(settings, routing_text=routing)
     try:
         await server.start()
@@ -427,14 +428,15 @@ def _route_view(server: Server, name: str, now: float, span: float) -> RouteView
     return view
 
 
-async def _rollout_demo(scenario: Scenario, rate: float, keep: bool, console: Console) -> int:
+async def _rollout_demo(
+    settings: Settings, scenario: Scenario, rate: float, keep: bool, console: Console
+) -> int:
     """A canary rollout of the scenario's candidate under steady traffic, shown as it goes."""
     stable_runner, stable_port = await _start_upstream("stable")
     candidate_runner, candidate_port = await _start_upstream(
         "candidate", scenario.error_rate, scenario.delay_ms
     )
     routing = rollout_routing(stable_port, candidate_port)
-    settings = Settings(listen="127.0.0.1:0", admin="127.0.0.1:0", access_log=False)
     options = ControlOptions(tick=REFRESH)  # decisions show up within a frame
     server = Server(settings, routing_text=routing, control_options=options)
     stop = asyncio.Event()
@@ -570,7 +572,8 @@ def _hints(console: Console, proxy: str, admin: str, keep: bool) -> None:
 
 
 def run_demo(
-    scenario: str = "good",
+    scenario: str,
+    settings: Settings,
     *,
     requests: int = 400,
     rate: float = 200.0,
@@ -578,13 +581,14 @@ def run_demo(
     keep: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Run the demo; returns the exit code: for a rollout scenario, 0 when the rollout ended
-    as the scenario expects; for ``split``, 0 when every request was answered."""
+    """Run the demo with the proxy ``settings`` the CLI read; returns the exit code: for a
+    rollout scenario, 0 when the rollout ended as the scenario expects; for ``split``, 0 when
+    every request was answered."""
     console = console or Console()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
             if scenario == "split":
-                return runner.run(_split_demo(requests, rate, weight, keep, console))
-            return runner.run(_rollout_demo(SCENARIOS[scenario], rate, keep, console))
+                return runner.run(_split_demo(settings, requests, rate, weight, keep, console))
+            return runner.run(_rollout_demo(settings, SCENARIOS[scenario], rate, keep, console))
         except KeyboardInterrupt:
             return 130

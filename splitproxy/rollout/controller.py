@@ -10,9 +10,10 @@ it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built f
   each exactly once (``observations(route, last, until=now)``, then ``last`` moves to the
   largest ``end`` returned);
 - the candidate the routing file names now (`state.candidate_identity`);
-- the answers of gating hooks that came back since the previous tick (`GateResult`);
+- the answers of gating hooks that came back since the previous tick (`GateResult`, from the
+  hook dispatcher);
 - the values external checks (Prometheus, web) produced since the previous tick, read in the
-  background every ``external_interval`` while the rollout is active;
+  background every ``external_interval`` while the rollout is active (by the poller);
 - a manual command, when `Controller.command` ticks a route out of turn.
 
 and applies what comes back:
@@ -21,13 +22,22 @@ and applies what comes back:
   over the file's and runtime weights (see ``state.py``); ``None`` hands the route back to the
   file. After every tick the state is reconciled with ``analyzer.weight``, so a resumed
   analyzer's weight is applied too;
-- ``CallHook`` POSTs to the route's hooks of that gate (all must answer 2xx); the outcome
-  returns as a `GateResult` on the next tick (a failing ``pre-rollout`` or ``step`` hook is a
-  failed check; ``confirm-promotion`` keeps waiting). A gate without a hook (removed by a
-  reload) passes;
+- ``CallHook`` goes to the hook dispatcher, which POSTs to the route's hooks of that gate (all
+  must answer 2xx); the outcome returns as a `GateResult` on the next tick (a failing
+  ``pre-rollout`` or ``step`` hook is a failed check; ``confirm-promotion`` keeps waiting). A
+  gate without a hook (removed by a reload) passes;
 - ``Emit`` goes to the decision ledger (bounded per route, persisted with the state), to the
   log, to the ``event`` hooks, to ``post-rollout`` (promoted or rolled back) and ``rollback``
   hooks, and to the ``splitproxy_rollouts_total`` / duration metrics.
+
+It also keeps each route's synthetic traffic (``traffic.py``) in step with the phase.
+
+*The parts.* The controller composes three parts, each owning its own asyncio tasks (their
+creation, cancellation on close and error logging): `persistence.Persistence` (the state and
+ledger writes, `flush`), `dispatch.HookDispatcher` (gate calls and the ordered, bounded queue
+of notifications) and `external.ExternalPoller` (the external checks' reads). The rollout
+metric families are `metrics.RolloutMetrics` (`Controller.metrics`), which the composition
+root registers with the recorder's registry.
 
 *Config reloads.* When the routing file changes, analyzers are created for routes that gained
 a ``rollout`` (resumed from ``state_dir`` when a saved state exists), reconfigured for changed
@@ -36,12 +46,11 @@ the spec the analyzer sees, so editing a hook does not restart anything), and dr
 routes that lost theirs: the rollout is abandoned (recorded) and the file's weight applies.
 
 *Durable state.* With ``state_dir`` set, every tick that emitted an event or moved the weight
-(and every ``checkpoint`` seconds while a rollout is active, and at shutdown) writes
-``{"format": 1, "analyzer": codec.encode(analyzer), "ledger": [...]}`` for the route through
-`store.StateStore` (atomic rename) from a background thread, one write at a time, newest
-wins. At start the saved state is resumed: a rollout continues at the same step and weight, a
-rolled-back revision stays rolled back. Without ``state_dir`` the state lives in memory only,
-and the status says so.
+(and every ``checkpoint`` seconds while a rollout is active, and at shutdown) queues the
+route's state for `persistence.Persistence`, which writes it atomically from a background
+thread, one write at a time, newest wins. At start the saved state is resumed: a rollout
+continues at the same step and weight, a rolled-back revision stays rolled back. Without
+``state_dir`` the state lives in memory only, and the status says so.
 
 *Time.* The analyzer is ticked with wall-clock time (the clock of the live windows), so a
 rollout's time survives a restart; the time the proxy was down counts toward a step's
@@ -54,62 +63,43 @@ import asyncio
 import contextlib
 import logging
 import math
-import shutil
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final, cast
 
 import aiohttp
 
-from splitproxy.config import Hook, PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
-from splitproxy.config.vocabulary import GATES, Gate
+from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.config.vocabulary import CANDIDATE, GATES, STABLE, Version
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
-from splitproxy.rollout.codec import decode, encode
-from splitproxy.rollout.hooks import HookClient, HookResult, slack_text
+from splitproxy.rollout.dispatch import HookDispatcher, HookSender
+from splitproxy.rollout.external import ExternalCheck, ExternalPoller, ExternalReader
 from splitproxy.rollout.messages import (
     CallHook,
     Command,
     Emit,
     Event,
-    GateResult,
     ManualCommand,
     Observation,
     SetWeight,
 )
+from splitproxy.rollout.metrics import RolloutMetrics
+from splitproxy.rollout.persistence import Persistence
 from splitproxy.rollout.samples import path_class_slots, samples_for
-from splitproxy.rollout.sources import SourceError, query_prometheus, read_web
 from splitproxy.rollout.store import StateStore
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
+from splitproxy.views import SyntheticView, VersionRequestsView
 
 logger = logging.getLogger("splitproxy.rollout.controller")
 
 COMMANDS: Final[tuple[Command, ...]] = ("promote", "rollback", "pause", "resume", "retry")
-STATE_FORMAT: Final = 1
 HISTORY_SHOWN: Final = 20  # ledger events in a route's status
-NOTIFY_QUEUE: Final = 1000  # notifications waiting to be sent; more are dropped (and logged)
-
-ExternalCheck = PrometheusCheck | WebCheck
-# Reads an external check once: its value, None for "no data"; raises SourceError.
-ExternalReader = Callable[[ExternalCheck], Awaitable[float | None]]
-
-
-class HookSender(Protocol):
-    """Sends one hook call (`hooks.HookClient` is one)."""
-
-    async def post(
-        self,
-        url: str,
-        payload: Mapping[str, Any],
-        *,
-        timeout: float = ...,
-        retries: int = ...,
-        headers: Mapping[str, str] | None = ...,
-    ) -> HookResult: ...
+SYNTHETIC_SPAN: Final = 60.0  # seconds of synthetic answers a route's status sums per version
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +144,6 @@ def finite(value: Any) -> Any:
     return value
 
 
-def hook_label(hook: Hook, index: int) -> str:
-    """How a hook is named in the ledger and the log (never its URL: it may hold a secret)."""
-    return f"hook {hook.name!r}" if hook.name else f"{hook.on} hook #{index + 1}"
-
-
 def refusal(name: str, command: Command, analyzer: Analyzer) -> str:
     """Why ``command`` is refused now, and when it would be accepted."""
     phase = analyzer.phase
@@ -180,13 +165,6 @@ class _Rollout:
     ledger: deque[dict[str, Any]]
     last: float = 0.0  # the end of the newest live-window bucket consumed
     saved_at: float = -math.inf
-    gate_results: list[GateResult] = field(default_factory=list)
-    gates_in_flight: set[tuple[Gate, int]] = field(default_factory=set)
-    external_values: dict[str, float | None] = field(default_factory=dict)
-    external_last: dict[str, tuple[float | None, float, str | None]] = field(default_factory=dict)
-    external_polled_at: dict[str, float] = field(default_factory=dict)
-    external_in_flight: set[str] = field(default_factory=set)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def configure(self, rollout: Rollout) -> None:
         self.rollout = rollout
@@ -198,7 +176,11 @@ class _Rollout:
 
 
 class Controller:
-    """Ticks the analyzers and applies their actions (see the module docstring)."""
+    """Ticks the analyzers and applies their actions (see the module docstring).
+
+    ``store``: where rollout state is saved (None: memory only); ``hooks`` and ``reader``
+    replace the hook client and the external-check reader (tests); without them the
+    dispatcher and the poller open aiohttp sessions of their own at `start`."""
 
     def __init__(
         self,
@@ -213,28 +195,22 @@ class Controller:
     ) -> None:
         self.state = state
         self.recorder = recorder
-        self.store = store
-        self.hooks = hooks
-        self.reader = reader
         self.clock = clock
         self.options = options or ControlOptions()
+        self.metrics = RolloutMetrics(self)
+        self.persistence = Persistence(store, retry=self.options.tick)
+        self.dispatcher = HookDispatcher(
+            hooks, on_answer=self._wake_up, metrics=self.metrics, drain=self.options.notify_drain
+        )
+        self.poller = ExternalPoller(reader, clock)
         self._routes: dict[str, _Rollout] = {}
         self._ledgers: dict[str, deque[dict[str, Any]]] = {}
         self._config: RoutingConfig | None = None
-        self._dirty: dict[str, dict[str, Any]] = {}  # route -> the document to write
-        self._retired: dict[str, dict[str, Any]] = {}  # memory only: dropped rollouts' state
-        self.persist_error: str | None = None
-        self._flush_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._notices: asyncio.Queue[tuple[Hook, dict[str, Any]]] | None = None
-        self._notifier: asyncio.Task[None] | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._traffic_session: aiohttp.ClientSession | None = None
         # synthetic traffic; it starts once the server sets `traffics.base_url` (its listener)
         self.traffics: SyntheticTraffics | None = None
-        self.dropped_notices = 0
-        state.subscribe(self._on_swap)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -243,17 +219,14 @@ class Controller:
 
         Call before the proxy accepts traffic: a resumed rollout's weight is in force for the
         first request."""
-        if self.hooks is None or self.reader is None:
-            self._session = aiohttp.ClientSession()
-            if self.hooks is None:
-                self.hooks = HookClient(self._session)
-            if self.reader is None:
-                self.reader = make_reader(self._session)
+        await self.dispatcher.start()
+        await self.poller.start()
         # its own session: synthetic requests must never carry the hooks' cookies or limits
         self._traffic_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self.traffics = SyntheticTraffics(self._traffic_session)
         self.tick()
-        await self.flush()
+        await self.persistence.flush()
+        self.persistence.start()
         loop = asyncio.get_running_loop()
         self._runner = loop.create_task(self._run(), name="splitproxy-control")
 
@@ -264,30 +237,18 @@ class Controller:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-        for rt in self._routes.values():
-            for task in list(rt.tasks):
-                task.cancel()
-        if self._notices is not None and self._notifier is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._notices.join(), self.options.notify_drain)
-        if self._notifier is not None:
-            self._notifier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._notifier
-            self._notifier = None
+        await self.poller.close()
+        await self.dispatcher.close()
         now = self.clock()
         for rt in self._routes.values():
             self._mark(rt, now)
-        await self.flush()
+        await self.persistence.close()
         if self.traffics is not None:
             await self.traffics.close()
             self.traffics = None
         if self._traffic_session is not None:
             await self._traffic_session.close()
             self._traffic_session = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def _run(self) -> None:
         while True:
@@ -298,11 +259,23 @@ class Controller:
                 self.tick()
             except Exception:  # a bug must not stop rollouts for good
                 logger.exception("rollout tick failed")
-            await self.flush()
 
-    def _on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
+    def _wake_up(self) -> None:
+        self._wake.set()
+
+    def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
+        """Follow a new snapshot: a new config wakes the tick, so rollouts follow it now."""
         if old is None or old.config is not new.config:
             self._wake.set()  # a reload: follow it now, not within a second
+
+    async def flush(self) -> None:
+        """Write the queued rollout states now (see `persistence.Persistence.flush`)."""
+        await self.persistence.flush()
+
+    async def settle(self) -> None:
+        """Wait for in-flight hook calls, external reads and notifications (tests, shutdown)."""
+        await self.poller.settle()
+        await self.dispatcher.settle()
 
     # --- the tick -----------------------------------------------------------------------------
 
@@ -327,12 +300,16 @@ class Controller:
         buckets = self.recorder.observations(rt.name, rt.last, until=now)
         if buckets:
             rt.last = max(rt.last, max(b.end for b in buckets))
-        gates, rt.gate_results = rt.gate_results, []
-        external, rt.external_values = rt.external_values, {}
+        gates = self.dispatcher.answers(rt.name)
+        external = self.poller.values(rt.name)
         samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
         observation = Observation(identity, samples, commands, gates, external)
         self._apply(rt, now, rt.analyzer.tick(now, observation))
-        self._poll_external(rt, now)
+        if rt.analyzer.phase in ACTIVE:
+            every = self.options.external_interval
+            if every is None:
+                every = max(0.25, min(30.0, rt.rollout.interval / 2))
+            self.poller.poll(rt.name, rt.external_checks(), every, now)
         if self.traffics is not None and route is not None and route.rollout is not None:
             self.traffics.update(
                 rt.name,
@@ -355,7 +332,10 @@ class Controller:
                 self._record(rt, event)
                 changed = True
             elif isinstance(action, CallHook):
-                self._call_gate(rt, action, now)
+                message = f"waiting for the {action.gate} gate"
+                payload = self._payload(rt, action.gate, action.gate, now, message)
+                payload["gate_step"] = action.step
+                self.dispatcher.gate(rt.name, rt.rollout.hooks, action, payload)
             else:
                 changed = True
         self._sync_weight(rt, now)
@@ -401,51 +381,27 @@ class Controller:
         ledger = self._ledgers.get(name)
         if ledger is None:
             ledger = self._ledgers[name] = deque(maxlen=self.options.ledger_size)
-        analyzer: Analyzer | None = None
         slots = path_class_slots(self.recorder.windows)
-        # memory only: what a dropped rollout knew (so finished revisions stay finished)
-        store, retired = self.store, self._retired
-        data = store.load(name) if store is not None else retired.pop(name, None)
-        if data is not None:
-            try:
-                if data.get("format") != STATE_FORMAT:
-                    raise ValueError(f"unknown format {data.get('format')!r}")
-                analyzer = decode(name, spec, data["analyzer"], gates=gates, path_class_slots=slots)
-                saved = [e for e in data.get("ledger", ()) if isinstance(e, dict)]
-                if not ledger:
-                    ledger.extend(saved)
-            except Exception as exc:  # a damaged or foreign file must never stop the proxy
-                if self.store is None:
-                    raise
-                path = self.store.path(name)
-                kept = path.with_name(path.name + ".rejected")
-                with contextlib.suppress(OSError):  # keep it for a human; the next save replaces it
-                    shutil.copyfile(path, kept)
-                logger.error(
-                    "cannot resume the rollout state of route %r from %s (%r); starting afresh "
-                    "(a copy is kept as %s)",
-                    name, path, exc, kept,
-                )  # fmt: skip
-                analyzer = None
-        restored = analyzer is not None
-        if analyzer is None:
+        restored = self.persistence.restore(name, spec, gates, slots)
+        if restored is None:
             analyzer = Analyzer(name, spec, gates=gates, path_class_slots=slots)
-        rt = _Rollout(name, rollout, analyzer, ledger)
-        if restored:
-            a = analyzer
-            weight = "the file's weight" if a.weight is None else f"weight {a.weight:g}%"
-            where = "from disk" if self.store is not None else "from memory"
-            message = f"state restored {where}: {a.phase}, step {a.step_index + 1}, {weight}"
-            self._record(rt, self._control_event(rt, now, "state_restored", message))
+            return _Rollout(name, rollout, analyzer, ledger)
+        if not ledger:
+            ledger.extend(restored.ledger)
+        rt = _Rollout(name, rollout, restored.analyzer, ledger)
+        a = rt.analyzer
+        weight = "the file's weight" if a.weight is None else f"weight {a.weight:g}%"
+        message = f"state restored {restored.where}: {a.phase}, step {a.step_index + 1}, {weight}"
+        self._record(rt, self._control_event(rt, now, "state_restored", message))
         return rt
 
     def _drop(self, name: str, now: float) -> None:
         """The route lost its rollout (or is gone): abandon it; the file's weight applies."""
         rt = self._routes.pop(name)
-        for task in list(rt.tasks):
-            task.cancel()
+        self.dispatcher.forget(name)
+        self.poller.forget(name)
         if self.traffics is not None:
-            self.traffics.forget(name)
+            self.traffics.forget(name, discard=True)
 
         def removed(event: Event) -> Event:
             if event.kind != "abandoned":
@@ -455,8 +411,7 @@ class Controller:
         self._apply(rt, now, rt.analyzer.tick(now, Observation(None)), rewrite=removed)
         self.state.clear_rollout_weight(name)
         self._mark(rt, now)
-        if self.store is None:
-            self._retired[name] = self._document(rt, now)
+        self.persistence.retire(name, rt.analyzer, rt.ledger, now)
 
     # --- manual commands ----------------------------------------------------------------------
 
@@ -484,89 +439,7 @@ class Controller:
         assert status is not None
         return status
 
-    # --- hooks --------------------------------------------------------------------------------
-
-    def _call_gate(self, rt: _Rollout, call: CallHook, now: float) -> None:
-        hooks = [(i, h) for i, h in enumerate(rt.rollout.hooks) if h.on == call.gate]
-        if not hooks:
-            # the hook was removed by a reload while the analyzer waited for it
-            rt.gate_results.append(GateResult(call.gate, call.step, True, "no hook configured"))
-            self._wake.set()
-            return
-        key = (call.gate, call.step)
-        if key in rt.gates_in_flight:  # still asking: don't pile calls up
-            return
-        rt.gates_in_flight.add(key)
-        payload = self._payload(rt, call.gate, call.gate, now, f"waiting for the {call.gate} gate")
-        payload["gate_step"] = call.step
-        self._spawn(rt, self._gate(rt, call, hooks, payload))
-
-    async def _gate(
-        self,
-        rt: _Rollout,
-        call: CallHook,
-        hooks: Sequence[tuple[int, Hook]],
-        payload: dict[str, Any],
-    ) -> None:
-        try:
-            results = await asyncio.gather(*(self._send(h, payload) for _, h in hooks))
-            failed = [
-                f"{hook_label(h, i)}: {r.error or 'failed'}"
-                for (i, h), r in zip(hooks, results, strict=True)
-                if not r.ok
-            ]
-            rt.gate_results.append(GateResult(call.gate, call.step, not failed, "; ".join(failed)))
-        finally:
-            rt.gates_in_flight.discard((call.gate, call.step))
-        self._wake.set()  # act on the answer now
-
-    async def _send(self, hook: Hook, payload: Mapping[str, Any]) -> HookResult:
-        assert self.hooks is not None
-        body = slack_text(payload) if hook.format == "slack" else payload
-        try:
-            return await self.hooks.post(
-                hook.url, body, timeout=hook.timeout, retries=hook.retries, headers=hook.headers
-            )
-        except Exception as exc:  # an unexpected failure is the hook's failure, not ours
-            return HookResult(False, None, 1, f"{type(exc).__name__}: {exc}")
-
-    def _notify(self, rt: _Rollout, event: Event, payload: dict[str, Any]) -> None:
-        wanted = ["event"]
-        if event.kind in ("promoted", "rolled_back"):
-            wanted.append("post-rollout")
-        if event.kind == "rolled_back":
-            wanted.append("rollback")
-        for on in wanted:
-            for hook in rt.rollout.hooks:
-                if hook.on == on:
-                    self._enqueue(hook, {**payload, "hook": on})
-
-    def _enqueue(self, hook: Hook, payload: dict[str, Any]) -> None:
-        if self._notices is None:
-            self._notices = asyncio.Queue(NOTIFY_QUEUE)
-        if self._notifier is None:
-            self._notifier = asyncio.get_running_loop().create_task(
-                self._send_notices(self._notices), name="splitproxy-notify"
-            )
-        try:
-            self._notices.put_nowait((hook, payload))
-        except asyncio.QueueFull:
-            self.dropped_notices += 1
-            logger.warning("rollout notifications are piling up; dropped one (%s)", hook.on)
-
-    async def _send_notices(self, queue: asyncio.Queue[tuple[Hook, dict[str, Any]]]) -> None:
-        """Notifications go out one at a time, in order (a chat channel reads like a log)."""
-        while True:
-            hook, payload = await queue.get()
-            try:
-                result = await self._send(hook, payload)
-                if not result.ok:
-                    logger.warning(
-                        "rollout %s: the %s hook failed after %d attempt(s): %s",
-                        payload.get("route"), hook.on, result.attempts, result.error,
-                    )  # fmt: skip
-            finally:
-                queue.task_done()
+    # --- the ledger ---------------------------------------------------------------------------
 
     def _payload(
         self, rt: _Rollout, hook: str, kind: str, now: float, message: str
@@ -589,54 +462,6 @@ class Controller:
                 }
             ),
         )
-
-    def _spawn(self, rt: _Rollout, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        rt.tasks.add(task)
-        task.add_done_callback(rt.tasks.discard)
-
-    async def settle(self) -> None:
-        """Wait for in-flight hook calls, external reads and notifications (tests, shutdown)."""
-        while True:
-            tasks = [t for rt in self._routes.values() for t in rt.tasks]
-            if not tasks:
-                break
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if self._notices is not None and self._notifier is not None:
-            await self._notices.join()
-
-    # --- external checks ----------------------------------------------------------------------
-
-    def _poll_external(self, rt: _Rollout, now: float) -> None:
-        if rt.analyzer.phase not in ACTIVE or self.reader is None:
-            return
-        every = self.options.external_interval
-        if every is None:
-            every = max(0.25, min(30.0, rt.rollout.interval / 2))
-        for check in rt.external_checks():
-            key = check.key
-            due = now - rt.external_polled_at.get(key, -math.inf) >= every
-            if due and key not in rt.external_in_flight:
-                rt.external_polled_at[key] = now
-                rt.external_in_flight.add(key)
-                self._spawn(rt, self._read(rt, check))
-
-    async def _read(self, rt: _Rollout, check: ExternalCheck) -> None:
-        assert self.reader is not None
-        error: str | None = None
-        value: float | None = None
-        try:
-            value = await self.reader(check)
-        except SourceError as exc:
-            error = str(exc)
-        except Exception as exc:  # a reader bug is a failed reading, not a dead controller
-            error = f"{type(exc).__name__}: {exc}"
-        finally:
-            rt.external_in_flight.discard(check.key)
-        rt.external_values[check.key] = value
-        rt.external_last[check.key] = (value, self.clock(), error)
-
-    # --- the ledger and durable state ---------------------------------------------------------
 
     def _control_event(self, rt: _Rollout, now: float, kind: str, message: str) -> Event:
         a = rt.analyzer
@@ -665,59 +490,24 @@ class Controller:
         if event.kind in ("promoted", "rolled_back"):
             started = rt.analyzer.started_at
             seconds = event.at - started if started is not None else 0.0
-            self.recorder.rollout_ended(rt.name, event.kind, seconds)
+            self.metrics.rollout_ended(rt.name, event.kind, seconds)
         if rt.rollout.hooks:
             # weight_after: the candidate's weight once the tick's decisions are applied (the
             # event's own weight is the one in force when it was decided)
             after = {"type": event.kind, "weight_after": rt.analyzer.weight}
             payload = cast(dict[str, Any], finite({**entry, **after}))
-            self._notify(rt, event, payload)
+            self.dispatcher.notify(rt.rollout.hooks, event.kind, payload)
 
     def _mark(self, rt: _Rollout, now: float) -> None:
-        """Queue the route's state for the next `flush`."""
+        """Queue the route's state for the next flush."""
         rt.saved_at = now
-        if self.store is not None:
-            self._dirty[rt.name] = self._document(rt, now)
-
-    def _document(self, rt: _Rollout, now: float) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "route": rt.name,
-            "saved_at": now,
-            "analyzer": encode(rt.analyzer),
-            "ledger": list(rt.ledger),
-        }
-
-    async def flush(self) -> None:
-        """Write the queued states (in a thread, one flush at a time, newest state wins)."""
-        if self.store is None or not self._dirty:
-            return
-        async with self._flush_lock:
-            docs, self._dirty = self._dirty, {}
-            if not docs:
-                return
-            failed = await asyncio.to_thread(self._write, docs)
-            for name, error in failed.items():
-                self._dirty.setdefault(name, docs[name])  # try again on the next flush
-                if self.persist_error != error:
-                    logger.error("cannot save the rollout state of route %r: %s", name, error)
-            self.persist_error = next(iter(failed.values()), None)
-
-    def _write(self, docs: Mapping[str, dict[str, Any]]) -> dict[str, str]:
-        assert self.store is not None
-        failed: dict[str, str] = {}
-        for name, doc in docs.items():
-            try:
-                self.store.save(name, doc)
-            except (OSError, ValueError) as exc:
-                failed[name] = str(exc)
-        return failed
+        self.persistence.mark(rt.name, rt.analyzer, rt.ledger, now)
 
     # --- reads --------------------------------------------------------------------------------
 
     @property
     def persistent(self) -> bool:
-        return self.store is not None
+        return self.persistence.persistent
 
     def analyzers(self) -> Mapping[str, Analyzer]:
         """The live analyzers by route (`metrics.RolloutSource`)."""
@@ -725,17 +515,7 @@ class Controller:
 
     def summary(self) -> dict[str, Any]:
         """Where rollout state lives, for the top of the status."""
-        if self.store is None:
-            return {
-                "state_dir": None,
-                "persistent": False,
-                "note": "memory only: rollout state is lost on restart (set --state-dir)",
-            }
-        return {
-            "state_dir": str(self.store.directory),
-            "persistent": True,
-            "last_error": self.persist_error,
-        }
+        return self.persistence.summary()
 
     def route_status(self, name: str) -> dict[str, Any] | None:
         """A route's rollout as the admin API shows it; None for a route without one."""
@@ -743,23 +523,47 @@ class Controller:
         if rt is None:
             return None
         out = rt.analyzer.status()
-        store = self.store
-        out["state"] = {
-            "persistent": store is not None,
-            "file": str(store.path(name)) if store is not None else None,
-            "last_error": self.persist_error,
-        }
+        out["state"] = self.persistence.route_state(name)
         out["hooks"] = [
             {"on": h.on, "name": h.name, "format": h.format, "gating": h.gating}
             for h in rt.rollout.hooks
         ]
-        out["waiting_on_hooks"] = sorted(f"{g} (step {s})" for g, s in rt.gates_in_flight)
-        out["external"] = {
-            key: {"value": value, "at": at, "error": error}
-            for key, (value, at, error) in sorted(rt.external_last.items())
-        }
+        out["waiting_on_hooks"] = self.dispatcher.waiting(name)
+        out["external"] = self.poller.status(name)
+        out["synthetic"] = self._synthetic_status(rt)
         out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]
         return cast(dict[str, Any], finite(out))
+
+    def _synthetic_status(self, rt: _Rollout) -> SyntheticView | None:
+        """The route's synthetic traffic: None without ``traffic:``; else the generator's
+        counters (of the run going on, or the last one) and, per version, the synthetic
+        requests the proxy answered in the last `SYNTHETIC_SPAN` seconds."""
+        spec = rt.rollout.traffic
+        if spec is None:
+            return None
+        generator = self.traffics.status(rt.name) if self.traffics is not None else None
+        since = self.clock() - SYNTHETIC_SPAN
+        buckets = self.recorder.observations(rt.name, since)
+
+        def answered(version: Version) -> VersionRequestsView:
+            counts = [b.synthetic(version) for b in buckets]
+            return {
+                "requests": sum(c.requests for c in counts),
+                "errors": sum(c.errors for c in counts),
+            }
+
+        return {
+            "rate": spec.rate,
+            "target": spec.target,
+            "judge": spec.judge,
+            "running": bool(generator and generator["running"]),
+            "generator": generator,
+            "answered": {
+                "window_seconds": SYNTHETIC_SPAN,
+                STABLE: answered(STABLE),
+                CANDIDATE: answered(CANDIDATE),
+            },
+        }
 
     def events(
         self, route: str | None = None, since: float | None = None, limit: int = 100
@@ -775,39 +579,12 @@ class Controller:
         return cast(list[dict[str, Any]], finite(merged[-limit:] if limit > 0 else []))
 
 
-def make_reader(session: aiohttp.ClientSession) -> ExternalReader:
-    """Reads external checks on ``session``: a web check without ``json_path`` is 1.0 for a
-    2xx answer and 0.0 otherwise (so its bound is ``min: 1``)."""
-
-    async def read(check: ExternalCheck) -> float | None:
-        if isinstance(check, PrometheusCheck):
-            return await query_prometheus(
-                session, check.prometheus, check.query, timeout=check.timeout
-            )
-        reading = await read_web(
-            session,
-            check.web,
-            field=check.json_path,
-            timeout=check.timeout,
-            method=check.method,
-            headers=check.headers,
-            body=check.body,
-        )
-        if check.json_path is None:
-            return 1.0 if 200 <= reading.status < 300 else 0.0
-        return reading.value
-
-    return read
-
-
 __all__ = [
     "COMMANDS",
     "GATES",
     "ControlOptions",
     "Controller",
-    "ExternalReader",
-    "HookSender",
     "analyzer_spec",
     "finite",
-    "make_reader",
+    "judges_synthetic",
 ]

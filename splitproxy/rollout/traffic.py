@@ -13,7 +13,7 @@ Bounds: at most ``spec.concurrency`` requests in flight (a send due while that m
 waiting is skipped and counted in `SyntheticTraffic.skipped`), each at most ``spec.timeout``;
 after a stall of the event loop longer than a second the missed sends are skipped rather
 than fired at once; and nothing runs outside ``start()`` ... ``await stop()``, which the
-caller (``control.py``) ties to the rollout's phase: `TRAFFIC_PHASES`. `SyntheticTraffics`
+caller (``controller.py``) ties to the rollout's phase: `TRAFFIC_PHASES`. `SyntheticTraffics`
 does that bookkeeping for every route.
 
 Each request's response body is read to its end (the proxy records an exchange when its
@@ -33,6 +33,7 @@ from yarl import URL
 from splitproxy import __version__
 from splitproxy.config import Traffic
 from splitproxy.dataplane.synthetic import HEADER, PROCESS_TOKEN, marker
+from splitproxy.views import SyntheticGeneratorView
 
 logger = logging.getLogger("splitproxy.rollout.traffic")
 
@@ -207,7 +208,7 @@ class SyntheticTraffic:
             self.failed += 1
             self.last_error = f"HTTP {status}"
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> SyntheticGeneratorView:
         """JSON for status: the spec's rate and target, and the counters."""
         return {
             "running": self.running,
@@ -233,12 +234,13 @@ class SyntheticTraffic:
 class SyntheticTraffics:
     """Every route's synthetic traffic, kept in line with the rollouts' phases.
 
-    ``control.py`` calls ``traffics.update(route, spec, phase, host=...)`` on every tick (a
+    ``controller.py`` calls ``traffics.update(route, spec, phase, host=...)`` on every tick (a
     plain call, in the event loop; ``spec`` is ``route.rollout.traffic`` or None): the route's
     traffic runs while ``phase`` is in `TRAFFIC_PHASES` and a spec is given, restarts when the
     spec (or host) changes, and stops at once otherwise. Nothing runs while `base_url` is None
     (set it once the proxy listens). `retain` stops the routes a reload removed; ``await
-    close()`` stops everything and waits for the cancelled requests (at shutdown).
+    close()`` stops everything and waits for the cancelled requests (at shutdown). `status`
+    gives a route's counters, of the running traffic or of its last run.
     """
 
     def __init__(
@@ -252,10 +254,18 @@ class SyntheticTraffics:
         self.base_url = base_url
         self.token = token
         self._running: dict[str, SyntheticTraffic] = {}
+        self._stopped: dict[str, SyntheticTraffic] = {}  # each route's last run, for status
         self._stopping: set[asyncio.Task[None]] = set()
 
     def get(self, route: str) -> SyntheticTraffic | None:
+        """``route``'s running traffic, if any."""
         return self._running.get(route)
+
+    def status(self, route: str) -> SyntheticGeneratorView | None:
+        """`SyntheticTraffic.status` of ``route``'s running traffic or, when none runs, of
+        its last run (``running: false``); None when it never ran (or was discarded)."""
+        traffic = self._running.get(route) or self._stopped.get(route)
+        return traffic.status() if traffic is not None else None
 
     def update(
         self, route: str, spec: Traffic | None, phase: str, *, host: str | None = None
@@ -281,9 +291,14 @@ class SyntheticTraffics:
             current.start()
         return current
 
-    def forget(self, route: str) -> None:
-        """Stop ``route``'s traffic now (its cancelled requests end in the background)."""
+    def forget(self, route: str, *, discard: bool = False) -> None:
+        """Stop ``route``'s traffic now (its cancelled requests end in the background); its
+        counters stay for `status` unless ``discard``."""
         traffic = self._running.pop(route, None)
+        if discard:
+            self._stopped.pop(route, None)
+        elif traffic is not None:
+            self._stopped[route] = traffic
         if traffic is not None:
             for task in traffic.halt():
                 if not task.done():
@@ -293,8 +308,8 @@ class SyntheticTraffics:
     def retain(self, routes: Iterable[str]) -> None:
         """Stop the traffic of every route not named."""
         keep = set(routes)
-        for name in [n for n in self._running if n not in keep]:
-            self.forget(name)
+        for name in [n for n in {*self._running, *self._stopped} if n not in keep]:
+            self.forget(name, discard=True)
 
     async def close(self) -> None:
         for name in list(self._running):

@@ -355,3 +355,58 @@ async def test_user_requests_are_split_by_path_class(
     samples = samples_for(server.recorder.observations("app", 0.0))
     assert {s.p for s in samples} == {0.5}
     assert sum(s.requests for s in samples) == len(paths)
+
+
+async def test_the_route_status_shows_the_synthetic_traffic(
+    start_proxy: StartProxy,
+    upstreams: tuple[Upstream, Upstream],
+    session: aiohttp.ClientSession,
+) -> None:
+    stable, candidate = upstreams
+    rollout = {
+        "steps": [20, 50],
+        "interval": "1h",  # stays on its first step: the traffic keeps running
+        "checks": [{"metric": "error_rate", "max": 0.5}],
+        "traffic": {"rate": 50, "paths": ["/ok", "/fail"]},
+    }
+    server = await start_proxy({"routes": [app_route(stable, candidate, rollout=rollout)]})
+    admin = f"http://127.0.0.1:{server.admin_port}"
+
+    async def route_view() -> dict[str, Any]:
+        async with session.get(f"{admin}/api/v1/routes/app") as resp:
+            assert resp.status == 200
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    async def answered() -> bool:
+        synthetic = (await route_view())["rollout"]["synthetic"]
+        return bool(synthetic["answered"]["candidate"]["requests"] >= 10)
+
+    await eventually(answered, within=10)
+    synthetic = (await route_view())["rollout"]["synthetic"]
+    assert (synthetic["rate"], synthetic["target"], synthetic["judge"]) == (50, "candidate", False)
+    assert synthetic["running"] is True
+    generator = synthetic["generator"]
+    assert generator["running"] is True
+    assert generator["sent"] >= generator["statuses"]["200"] >= 5
+    assert generator["statuses"]["500"] >= 5  # every other path fails
+    assert generator["failed"] == generator["statuses"]["500"]
+    assert generator["last_error"] == "HTTP 500"
+    # what the proxy answered, by the version that answered: all of it the candidate's
+    versions = synthetic["answered"]
+    assert versions["window_seconds"] == 60
+    assert versions["stable"] == {"requests": 0, "errors": 0}
+    assert versions["candidate"]["errors"] >= 5
+    assert versions["candidate"]["requests"] > versions["candidate"]["errors"]
+
+    async with session.get(f"{admin}/api/v1/status") as resp:
+        (entry,) = (await resp.json())["routes"]
+    assert entry["rollout"]["synthetic"]["target"] == "candidate"
+    assert entry["rollout"]["synthetic"]["generator"]["sent"] >= generator["sent"]
+
+    # paused: the traffic stops, and its last run's counters stay in the status
+    async with session.post(f"{admin}/api/v1/routes/app/pause") as resp:
+        paused = (await resp.json())["rollout"]["synthetic"]
+    assert paused["running"] is False
+    assert paused["generator"]["running"] is False
+    assert paused["generator"]["sent"] >= generator["sent"]

@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from splitproxy.config import WebCheck
-from splitproxy.rollout.controller import make_reader
+from splitproxy.rollout.external import make_reader
 
 
 async def test_a_web_check_sends_its_method_headers_and_body_and_reads_a_field() -> None:

@@ -36,6 +36,7 @@ def setup() -> tuple[Recorder, CompiledRoute, Clock]:
     clock = Clock()
     state = runtime_state()
     recorder = Recorder(state, clock=clock)
+    state.subscribe(recorder.on_swap)
     assert state.snapshot is not None
     route = state.snapshot.route("shop")
     assert route is not None
@@ -166,6 +167,8 @@ async def test_the_route_view_of_a_route_in_a_rollout_is_what_the_types_say() ->
     clock = Clock()
     recorder = Recorder(state, clock=clock)
     control = Controller(state, recorder, hooks=Hooks(), clock=clock)
+    for follower in (recorder.on_swap, control.on_swap):
+        state.subscribe(follower)
     for _ in range(4):  # the rollout starts, takes its first step, and waits at the pause
         for i in range(20):
             version: Version = CANDIDATE if i < 2 else STABLE

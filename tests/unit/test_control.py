@@ -97,6 +97,8 @@ class Rig:
             clock=lambda: self.now,
             options=options,
         )
+        for follower in (self.recorder.on_swap, self.control.on_swap):  # as server.py does
+            self.state.subscribe(follower)
 
     def load(self, config: dict[str, Any]) -> None:
         text = yaml.safe_dump(config, sort_keys=False)
@@ -157,7 +159,7 @@ async def test_a_good_candidate_is_promoted_and_the_rollout_weight_wins() -> Non
     rig.until("promoted")
     assert rig.weight == 100
     assert rig.kinds() == ["started", "step", "step", "promoted"]
-    assert rig.recorder.rollout_stats.ended == {("shop", "promoted"): 1}
+    assert rig.control.metrics.ended == {("shop", "promoted"): 1}
     rig.second()
     assert (rig.phase, rig.weight) == ("promoted", 100)  # until the file names it stable
 
@@ -200,7 +202,7 @@ async def test_a_crashing_candidate_is_rolled_back_and_stays_so() -> None:
     rig.second()
     rig.second()
     assert (rig.phase, rig.weight) == ("rolled_back", 0)
-    assert rig.recorder.rollout_stats.ended == {("shop", "rolled_back"): 1}
+    assert rig.control.metrics.ended == {("shop", "rolled_back"): 1}
 
 
 async def test_a_new_revision_puts_all_traffic_on_stable_then_restarts() -> None:
@@ -601,7 +603,7 @@ def test_finite_turns_infinities_into_null() -> None:
 
 async def test_rollout_metrics_are_read_at_scrape_time() -> None:
     rig = Rig(routes())
-    rig.recorder.rollouts = rig.control
+    rig.recorder.registry.register(rig.control.metrics)
     rig.control.tick()
     rig.second()
     samples = _scrape(rig.recorder)

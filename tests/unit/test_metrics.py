@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from splitproxy.dataplane.routing import retry_decision
+from splitproxy.dataplane.state import RuntimeState
 from splitproxy.metrics import LATENCY_BUCKETS, Recorder
 from splitproxy.rollout.sketch import RELATIVE_ACCURACY
 from splitproxy.rollout.windows import Windows
@@ -45,9 +48,16 @@ def serve(recorder: Recorder, *args: object, **kwargs: object) -> None:
     recorder.exchange_finished(ex)
 
 
+def following(state: RuntimeState, **options: Any) -> Recorder:
+    """A recorder that follows ``state``'s snapshots, as the server wires it."""
+    recorder = Recorder(state, **options)
+    state.subscribe(recorder.on_swap)
+    return recorder
+
+
 @pytest.fixture
 def recorder() -> Recorder:
-    return Recorder(runtime_state(), clock=Clock())
+    return following(runtime_state(), clock=Clock())
 
 
 def test_requests_are_counted_exactly_by_route_version_and_code(recorder: Recorder) -> None:
@@ -258,7 +268,7 @@ def test_config_reloads(recorder: Recorder) -> None:
 
 
 def test_each_recorder_has_its_own_registry_with_process_metrics() -> None:
-    a, b = Recorder(runtime_state()), Recorder(runtime_state())
+    a, b = following(runtime_state()), following(runtime_state())
     serve(a, "shop", "stable")
     assert value(scrape(a), "splitproxy_requests_total", route="shop", version="stable", code="200")
     assert (
@@ -304,7 +314,7 @@ def test_a_websocket_session_is_counted_but_is_not_a_latency(recorder: Recorder)
 
 def test_live_windows_carry_errors_latency_and_the_routing_probability() -> None:
     clock = Clock()
-    recorder = Recorder(runtime_state(), clock=clock)
+    recorder = following(runtime_state(), clock=clock)
     serve(recorder, "shop", "candidate", "weight", duration=0.120)
     serve(recorder, "shop", "candidate", "weight", status=503, error_kind="upstream_busy")
     serve(recorder, "shop", "stable", "sticky", status=200, error_kind="reset")  # truncated
@@ -333,7 +343,7 @@ def test_live_windows_carry_errors_latency_and_the_routing_probability() -> None
 def test_windows_of_removed_routes_are_dropped_on_reload() -> None:
     windows = Windows()
     state = runtime_state()
-    recorder = Recorder(state, clock=Clock(), windows=windows)
+    recorder = following(state, clock=Clock(), windows=windows)
     serve(recorder, "static", "stable", "fallback")
     assert "static" in windows
     without = runtime_state({"routes": [ROUTES["routes"][0]]}).snapshot  # "static" is gone

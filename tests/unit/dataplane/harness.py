@@ -202,6 +202,7 @@ class Proxy:
         self.ctx = ProxyContext(
             self.state, self.pools, self.observer, self.clock, monotonic=self._now, **options
         )
+        self.state.subscribe(self.ctx.on_swap)
 
     def _now(self) -> float:
         return self.now
