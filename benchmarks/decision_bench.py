@@ -1,7 +1,6 @@
 """Decision-quality benchmark: how well does a rollout policy tell good candidates from bad?
 
-An offline simulation (no network, stdlib only) of the design in
-``shared/reference/canary-statistics.md`` section 3, driving the real
+An offline simulation (no network, stdlib only) of the traffic a canary sees, driving the real
 `splitproxy.rollout.analyzer.Analyzer` tick by tick, exactly as ``controller.py`` does:
 
 * traffic: Poisson arrivals at 1, 20 and 1000 rps over 10 endpoints with Zipf shares

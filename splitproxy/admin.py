@@ -140,7 +140,7 @@ def covered_span(recorder: Recorder, name: str, now: float) -> float:
     since its oldest bucket began (at least one bucket's width)."""
     resolution = recorder.windows.resolution
     since = now - TRAFFIC_SPAN
-    since -= since % resolution  # as `stats.Windows.summary` aligns it
+    since -= since % resolution  # as `windows.Windows.summary` aligns it
     if recorder.observations(name, -math.inf, until=since):  # buckets from before the span
         return TRAFFIC_SPAN
     recent = recorder.observations(name, since)

@@ -3,7 +3,7 @@
 Handlers never call prometheus-client's ``.labels()``. The data path calls one verb per event
 (`Recorder.exchange_started`, `Recorder.exchange_finished`, `Recorder.attempt_failed`; the
 composition root calls `Recorder.config_reloaded`), which bumps plain integers in one
-`_Series` per route and version, and feeds the route's live `stats.Window`. A custom collector
+`_Series` per route and version, and feeds the route's live `windows.Window`. A custom collector
 turns the numbers into metric families only when ``/metrics`` is scraped. Per exchange that is
 two dict look-ups, a few integer updates, two bisects and one sketch update (measured in
 ``docs/observability.md``).
@@ -277,7 +277,7 @@ class Recorder:
         return 0 if series is None else series.codes.get(code, 0)
 
     def observations(self, route: str, since: float, until: float | None = None) -> list[Period]:
-        """The route's live windows since ``since`` (Unix time): see `stats.Window`."""
+        """The route's live windows since ``since`` (Unix time): see `windows.Window`."""
         return self.windows.observations(route, since, until)
 
     def summary(

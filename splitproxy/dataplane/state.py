@@ -6,7 +6,7 @@ snapshot finishes on it, and no request ever sees half a change.
 
 Precedence of weights, highest first:
 
-1. ``rollout``: while a rollout drives a route (``control.py`` applies its analyzer's weight),
+1. ``rollout``: while a rollout drives a route (``rollout/controller.py`` applies its weight),
    its weight wins. It belongs to one candidate (its revision, or a digest of its URLs): when
    a reload names another candidate, all traffic goes to stable (weight 0) until the analyzer
    restarts the rollout on its next tick; when the route loses its candidate or its

@@ -6,7 +6,7 @@ Theory of operation
 second (``ControlOptions.tick``; at once after a reload, a manual command or a gate's answer)
 it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built from:
 
-- the route's live windows (``stats.py``): the buckets completed since the previous tick,
+- the route's live windows (``windows.py``): the buckets completed since the previous tick,
   each exactly once (``observations(route, last, until=now)``, then ``last`` moves to the
   largest ``end`` returned);
 - the candidate the routing file names now (`state.candidate_identity`);

@@ -1,6 +1,6 @@
 """From the live windows to the analyzer's input: `windows.Period` -> `analyzer.Sample` (pure).
 
-``control.py`` ticks each route's analyzer with the buckets closed since the previous tick::
+``controller.py`` ticks each route's analyzer with the buckets closed since the previous tick::
 
     analyzer = Analyzer(route, spec, path_class_slots=path_class_slots(recorder.windows), ...)
     ...

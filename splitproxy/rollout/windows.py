@@ -11,8 +11,8 @@ need exactly that: each event with the probability in force when its request was
 
 *Path classes.* Each bucket also splits its request and error counts by path class (not its
 latencies: the sketches stay per version), so the analyzer can run its error comparison per
-class as well as pooled (``canary-statistics.md``, section 2(a)): a candidate that breaks one
-endpoint shows in that endpoint's class long before it moves the pooled rate. `PathClasses`
+class as well as pooled: a candidate that breaks one endpoint shows in that endpoint's class
+long before it moves the pooled rate. `PathClasses`
 names the classes, per route: the route's ``path_prefix`` and the path segment that follows
 it (``/api/users/7`` is ``/api`` under ``/``, ``/api/users`` under ``/api``; the class of a
 path depends on that segment alone).
