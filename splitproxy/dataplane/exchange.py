@@ -285,6 +285,7 @@ class Exchange:
             request_id=self.request_id,
             synthetic=self.synthetic,
             chunked=self.body_kind is CHUNKED,
+            content_length=self.content_length if b"content-length" in self.wanted else None,
             upgrade=self.upgrade,
         )
 

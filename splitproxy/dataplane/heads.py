@@ -38,6 +38,10 @@ CONSUMED: Final = HOP_BY_HOP | {
 
 # Connection tokens that are options, not names of headers to drop.
 _REQUEST_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Headers a request's ``Connection`` can never remove: the framing and the Host the upstream
+# parses the request by. Dropping ``Content-Length`` because a client listed it would send the
+# body unframed, and the upstream would read it as the next request (request smuggling).
+_NEVER_DROPPED: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _RESPONSE_OPTIONS: Final = frozenset({b"close", b"keep-alive"})
 
 
@@ -54,22 +58,31 @@ def request_head(
     request_id: bytes,
     synthetic: bool,
     chunked: bool,
+    content_length: int | None,
     upgrade: bytes | None,
 ) -> bytes:
     """The request head for the upstream.
 
     ``headers`` are the client's forwardable headers in order; ``consumed`` maps lower-cased
     names to the values of the consumed ones (``connection``, ``x-forwarded-*``). A trusted
-    peer's ``X-Forwarded-*`` are extended, anyone else's replaced. ``chunked``: the body is
-    sent chunked; ``upgrade``: a WebSocket upgrade to ask for.
+    peer's ``X-Forwarded-*`` are extended, anyone else's replaced. The framing is always the
+    proxy's own, from what it parsed: ``chunked`` (the body is re-encoded chunked) or
+    ``content_length`` (None: the client sent none); a client's ``Content-Length`` line is never
+    passed on as it came. ``upgrade``: a WebSocket upgrade to ask for.
     """
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     named = consumed.get(b"connection")
     dropped: set[bytes] = set()
     if named is not None:
-        dropped = {t for t in connection_tokens(named) if t not in _REQUEST_OPTIONS}
+        dropped = {
+            t
+            for t in connection_tokens(named)
+            if t not in _REQUEST_OPTIONS and t not in _NEVER_DROPPED
+        }
     for name, value in headers:
-        if dropped and name.lower() in dropped:
+        if (dropped and name.lower() in dropped) or (
+            len(name) == 14 and name.lower() == b"content-length"
+        ):
             continue
         parts += (name, b": ", value, b"\r\n")
     if trusted_peer:
@@ -87,6 +100,8 @@ def request_head(
         parts.append(UPSTREAM_LINE)
     if chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif content_length is not None:
+        parts += (b"Content-Length: ", b"%d" % content_length, b"\r\n")
     if upgrade is not None:
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     parts.append(b"\r\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ def req(
         "request_id": RID,
         "synthetic": False,
         "chunked": False,
+        "content_length": None,
         "upgrade": None,
     }
     options.update(kw)
@@ -206,3 +208,25 @@ def test_request_headers_named_in_connection_never_survive(
         b"X-Forwarded-Host",
         b"X-Request-ID",
     ]
+
+
+@pytest.mark.parametrize("named", [b"content-length", b"host", b"transfer-encoding", b"HOST, x-a"])
+def test_connection_never_removes_the_framing_or_the_host(named: bytes) -> None:
+    head = req(
+        [(b"Host", b"app.test"), (b"Content-Length", b"5"), (b"X-A", b"1")],
+        {b"connection": named},
+        content_length=5,
+    )
+    assert b"\r\nHost: app.test\r\n" in head
+    assert head.count(b"Content-Length: 5\r\n") == 1
+    assert (b"X-A: 1" in head) == (b"x-a" not in named.lower())
+
+
+def test_the_framing_is_the_proxys_own() -> None:
+    sent = [(b"Host", b"h"), (b"content-length", b"007")]
+    assert req(sent, content_length=7).count(b"ontent-") == 1
+    assert b"Content-Length: 7\r\n" in req(sent, content_length=7)
+    chunked = req([(b"Host", b"h")], chunked=True, content_length=None)
+    assert b"Transfer-Encoding: chunked\r\n" in chunked
+    assert b"Content-Length" not in chunked
+    assert b"Content-Length" not in req([(b"Host", b"h")])  # no body, none invented
