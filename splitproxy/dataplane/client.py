@@ -50,6 +50,7 @@ _REJECT_MESSAGES: Final = {
     "headers_too_large": "the request headers are too large",
     "body_too_large": "the request body is too large",
     "duplicate_header": "the request repeats Host or Content-Length",
+    "upgrade_with_body": "an Upgrade request cannot carry a body",
 }
 # After answering a request whose body was not read (413, an early error), the proxy half-closes
 # and reads and discards what the client still sends, for at most this long (nginx's lingering
@@ -253,6 +254,10 @@ class ClientConnection(asyncio.Protocol):
             expect = wanted.get(b"expect")
             ex.expect_continue = expect is not None and expect.lower() == b"100-continue"
         if parser.should_upgrade():
+            if ex.body_kind is not NO_BODY:
+                # Its body would sit between the head and the tunnel: an upstream that answers
+                # with anything but 101 could read it as the next request (smuggling).
+                raise Reject(400, "upgrade_with_body")
             # The parser reads no further requests after this one. Only WebSocket is relayed;
             # any other upgrade (h2c, ...) goes upstream as a plain request, Upgrade dropped.
             upgrade = wanted.get(b"upgrade")

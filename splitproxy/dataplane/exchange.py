@@ -381,6 +381,11 @@ class Exchange:
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
     ) -> None:
         self.ttfb = self.ctx.monotonic() - self.started
+        if status == 101 and self.upgrade is None:
+            # Switching protocols on a request that asked for no upgrade: relaying it would
+            # turn the client connection into a tunnel nobody asked for.
+            self.upstream_failed("protocol")
+            return
         self.status = self.upstream_status = status
         conn = self.conn
         cookie = b""
@@ -425,7 +430,9 @@ class Exchange:
         up = self.up
         self.up = None
         if up is not None:
-            if self.req_done and not self.tunnel:
+            # An upgrade answered without 101 may leave bytes the client sent for the tunnel
+            # unread on that connection: never reuse it.
+            if self.req_done and not self.tunnel and self.upgrade is None:
                 up.release()
             else:
                 up.close()
@@ -433,6 +440,8 @@ class Exchange:
 
     def upstream_upgraded(self, rest: bytes) -> None:
         """The upstream switched protocols: from now on bytes flow unparsed both ways."""
+        if self.finished or not self.tunnel:
+            return
         self.conn.start_tunnel(self)
         if rest:
             self.conn.write(rest)

@@ -120,6 +120,9 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            if self.sink is not sink:  # the exchange refused the 101 (and let go of us)
+                self.close()
+                return
             self.state = UPGRADED
             sink.upstream_upgraded(data[exc.args[0] :])
         except httptools.HttpParserError:

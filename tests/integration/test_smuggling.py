@@ -117,3 +117,69 @@ async def test_the_upstream_gets_the_length_the_proxy_parsed(start_proxy: StartP
     head = up.raw.split(b"\r\n\r\n", 1)[0]
     assert head.lower().count(b"content-length") == 1
     assert b"Content-Length: 5" in head
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+async def test_an_upgrade_with_a_body_is_refused(start_proxy: StartProxy) -> None:
+    up = Recorder()
+    async with raw_upstream(up.handler) as server:
+        proxy = await start_proxy(route(server.url))
+        async with connect(proxy.listen_port) as (reader, writer):
+            writer.write(UPGRADE + b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+            resp = await asyncio.wait_for(read_response(reader), 5)
+        assert resp.status == 400
+        assert b"upgrade_with_body" in resp.body
+        assert server.accepted == 0
+    assert up.requests == []
+
+
+async def test_an_upgrade_answered_without_101_never_leaves_bytes_on_a_pooled_connection(
+    start_proxy: StartProxy,
+) -> None:
+    refusing = Recorder()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            refusing.requests.append(head.split(b"\r\n", 1)[0])
+            writer.write(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_upstream(handler) as server:
+        proxy = await start_proxy(route(server.url))
+        async with connect(proxy.listen_port) as (reader, writer):
+            # early bytes after the upgrade head: a second request in disguise
+            writer.write(UPGRADE + b"\r\n" + SMUGGLED)
+            resp = await asyncio.wait_for(read_response(reader), 5)
+            assert resp.status == 426
+        async with connect(proxy.listen_port) as (reader, writer):
+            writer.write(b"GET /next HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            resp = await asyncio.wait_for(read_response(reader), 5)
+            assert resp.status == 426
+        assert server.accepted == 2  # the refused upgrade's connection was not reused
+    assert refusing.requests == [b"GET /ws HTTP/1.1", b"GET /next HTTP/1.1"]
+
+
+async def test_a_101_to_a_request_without_upgrade_is_a_502(start_proxy: StartProxy) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"\r\nraw tunnel bytes"
+        )
+        await writer.drain()
+        await reader.read()
+
+    async with raw_upstream(handler) as server:
+        proxy = await start_proxy(route(server.url))
+        async with connect(proxy.listen_port) as (reader, writer):
+            writer.write(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            resp = await asyncio.wait_for(read_response(reader), 5)
+    assert resp.status == 502
+    assert resp.header("x-request-id")
+    assert b"raw tunnel bytes" not in resp.body
