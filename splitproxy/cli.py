@@ -41,6 +41,12 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "client keep-alive idle timeout, seconds",
     ),
     (
+        "--tunnel-idle-timeout",
+        "tunnel_idle_timeout",
+        float,
+        "upgraded (WebSocket) connection idle timeout, seconds",
+    ),
+    (
         "--upstream-idle-timeout",
         "upstream_idle_timeout",
         float,

@@ -201,6 +201,7 @@ class Server:
             body_timeout=s.body_timeout,
             read_timeout=s.read_timeout,
             client_idle_timeout=s.client_idle_timeout,
+            tunnel_idle_timeout=s.tunnel_idle_timeout,
             max_header_bytes=s.max_header_bytes,
             max_headers=s.max_headers,
             max_body_bytes=s.max_body_bytes,

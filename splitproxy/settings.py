@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     body_timeout: float = Field(default=60.0, gt=0)
     # client: an idle keep-alive connection is closed after this
     client_idle_timeout: float = Field(default=75.0, gt=0)
+    # a WebSocket (or other upgraded) tunnel with no byte either way is cut after this
+    tunnel_idle_timeout: float = Field(default=300.0, gt=0)
     # upstream: pooled idle connections are closed after this; below the idle timeouts of
     # common servers (uvicorn, Node: 5 s) so the proxy closes first and never reuses a dead one
     upstream_idle_timeout: float = Field(default=4.0, gt=0)

@@ -425,6 +425,11 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.close()
             return
         if state is TUNNEL:
+            tunnel = self.tunnel
+            up = tunnel.up if tunnel is not None else None
+            last = max(self.last_activity, up.last_read) if up is not None else self.last_activity
+            if now - last > ctx.tunnel_idle_timeout:
+                self.abort()  # no byte either way: a dead peer must not hold two sockets
             return
         flow = self.flow
         ex = self.current

@@ -75,6 +75,7 @@ class ProxyContext:
         read_timeout: float,
         client_idle_timeout: float,
         max_header_bytes: int,
+        tunnel_idle_timeout: float = 300.0,
         max_headers: int,
         max_body_bytes: int,
         trusted_proxies: tuple[str, ...] = (),
@@ -93,6 +94,7 @@ class ProxyContext:
         self.body_timeout = body_timeout
         self.read_timeout = read_timeout
         self.client_idle_timeout = client_idle_timeout
+        self.tunnel_idle_timeout = tunnel_idle_timeout
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.max_body_bytes = max_body_bytes

@@ -385,3 +385,29 @@ async def test_timeouts_are_not_retried_on_stable() -> None:
     assert proxy.pool().opened == []  # stable never saw it
     assert proxy.observer.finished[-1].version == "candidate"
     assert proxy.observer.finished[-1].error_kind == "timeout"
+
+
+WS_UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+)
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+async def test_an_idle_tunnel_is_cut_and_traffic_either_way_keeps_it() -> None:
+    proxy = Proxy(tunnel_idle_timeout=30.0)
+    client = proxy.client()
+    client.send(WS_UPGRADE)
+    await client.settle()
+    up = await proxy.upstream()
+    up.reply(SWITCHED)
+    assert client.conn.state is ClientState.TUNNEL
+    proxy.sweep(20.0)
+    proxy.tick(0)
+    up.reply(b"\x81\x02hi")  # the upstream speaks: the tunnel is alive
+    proxy.sweep(20.0)
+    assert not client.transport.aborted
+    client.send(b"\x81\x02yo")  # and the client
+    proxy.sweep(25.0)
+    assert not client.transport.aborted
+    proxy.sweep(6.0)  # 31 s with no byte either way
+    assert client.transport.aborted
