@@ -8,12 +8,18 @@ exchanges it sits idle in its pool (`pools.py`). Its `UpstreamState` says where 
                                   \--101 and the parser's upgrade--> UPGRADED --close--> CLOSED
 
 and any state goes to CLOSED when either side closes it.
+
+The upstream is not trusted either: a response head over `MAX_RESPONSE_HEAD` bytes or
+`MAX_RESPONSE_HEADERS` fields, a transfer coding other than ``chunked``, or bytes after a
+complete response (they would be read as the next exchange's answer) fail the attempt as a
+``protocol`` error (502) and close the connection; it is never reused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
@@ -23,6 +29,17 @@ from splitproxy.dataplane.http11 import ResponseBody, no_body_status
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.pools import UpstreamPool
+
+logger = logging.getLogger("splitproxy.upstream")
+
+# nginx reads a response head into one 4-8 KiB buffer; this leaves room for big Set-Cookie
+# headers while bounding what one upstream can make the proxy hold.
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+MAX_RESPONSE_HEADERS: Final = 128
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream's answer cannot be relayed safely (raised inside parser callbacks)."""
 
 
 class UpstreamState(enum.Enum):
@@ -63,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         "body",
         "got_response_bytes",
         "head_only",
+        "head_seen",
         "headers",
         "idle_since",
         "keep_alive",
@@ -93,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.body = ResponseBody.NONE
         self.paused = False  # reading paused: the client is not taking the response
         self.got_response_bytes = False
+        self.head_seen = 0  # bytes received while waiting for the response head
         self.served = 0
         self.idle_since = 0.0
         self.last_read = 0.0
@@ -117,6 +136,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_response_bytes = True
+        waiting = self.state is WAITING_HEAD
+        if waiting:
+            self.head_seen += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -125,11 +147,23 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.state = UPGRADED
             sink.upstream_upgraded(data[exc.args[0] :])
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
             if self.sink is not None:
+                cause = exc.__context__
+                if isinstance(cause, UpstreamProtocolError):
+                    logger.warning(
+                        "upstream %s:%d: %s", self.pool.host, self.pool.port, cause
+                    )  # fmt: skip
                 self._fail("protocol")
             else:
-                self.close()
+                self.close()  # bytes after a complete response: out of step, never reuse
+            return
+        if waiting and self.state is WAITING_HEAD and self.head_seen > MAX_RESPONSE_HEAD:
+            logger.warning(
+                "upstream %s:%d: response head over %d bytes",
+                self.pool.host, self.pool.port, MAX_RESPONSE_HEAD,
+            )  # fmt: skip
+            self._fail("protocol")
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost reports
@@ -157,11 +191,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_writable(True)
 
     # -- httptools callbacks -----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.sink is None:
+            raise UpstreamProtocolError("bytes after a complete response")
+
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        headers = self.headers
+        if len(headers) >= MAX_RESPONSE_HEADERS:
+            raise UpstreamProtocolError(f"more than {MAX_RESPONSE_HEADERS} response headers")
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         sink = self.sink
@@ -177,7 +218,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.head_only or no_body_status(status):
             self.body = ResponseBody.NONE
         else:
-            self.body = ResponseBody.FRAMED if _framed(headers) else ResponseBody.UNTIL_CLOSE
+            self.body = _framing(headers)
         self.state = STREAMING_BODY
         sink.upstream_head(status, self.reason, headers, keep)
         if self.head_only and status >= 200 and self.sink is sink:
@@ -213,6 +254,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.body = ResponseBody.NONE
         self.got_response_bytes = False
+        self.head_seen = 0
         self.served += 1
         self.last_read = self._clock.now
 
@@ -277,12 +319,20 @@ class UpstreamConnection(asyncio.Protocol):
         )
 
 
-def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Does the response say where its body ends (Content-Length or chunked)?"""
-    for name, _ in headers:
+def _framing(headers: list[tuple[bytes, bytes]]) -> ResponseBody:
+    """Where the response body ends: FRAMED by Content-Length or chunked, else UNTIL_CLOSE.
+
+    A transfer coding other than ``chunked`` (``xchunked``, ``gzip, chunked``) cannot be
+    relayed without decoding or telling the client: refused (the caller answers 502)."""
+    framed = False
+    for name, value in headers:
         n = len(name)
         if n == 14 or n == 17:
             lname = name.lower()
-            if lname == b"content-length" or lname == b"transfer-encoding":
-                return True
-    return False
+            if lname == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise UpstreamProtocolError(f"unsupported transfer coding {value[:64]!r}")
+                framed = True
+            elif lname == b"content-length":
+                framed = True
+    return ResponseBody.FRAMED if framed else ResponseBody.UNTIL_CLOSE
