@@ -61,6 +61,7 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("--max-header-bytes", "max_header_bytes", int, "request header limit (431 above it)"),
     ("--max-body-bytes", "max_body_bytes", int, "request body limit, 0 for none (413 above it)"),
+    ("--max-connections", "max_connections", int, "client connections at once, 0: from fd limit"),
     ("--max-upstream-connections", "max_upstream_connections", int, "per upstream, 0 for none"),
     ("--reload-poll-interval", "reload_poll_interval", float, "poll the routing file, 0 for never"),
 )

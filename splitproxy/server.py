@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 import time
@@ -202,6 +203,7 @@ class Server:
             read_timeout=s.read_timeout,
             client_idle_timeout=s.client_idle_timeout,
             tunnel_idle_timeout=s.tunnel_idle_timeout,
+            max_connections=s.max_connections or connections_for_fd_limit(),
             max_header_bytes=s.max_header_bytes,
             max_headers=s.max_headers,
             max_body_bytes=s.max_body_bytes,
@@ -285,6 +287,15 @@ class Server:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         logger.info("stopped")
+
+
+def connections_for_fd_limit() -> int:
+    """The default ``max_connections``: what the open-file limit allows, keeping room for
+    the listeners, logs and state files, and one upstream connection per client connection."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, (soft - 128) // 2)
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     max_headers: int = Field(default=100, ge=8)
     # request body limit in bytes; 0 means no limit
     max_body_bytes: int = Field(default=0, ge=0)
+    # client connections at once; 0 sizes it from the open-file limit (each client connection
+    # may hold an upstream one too). Over it, a new connection gets 503 and is closed.
+    max_connections: int = Field(default=0, ge=0)
     # per upstream address; 0 means no limit. At the limit, requests get 503 + Retry-After.
     max_upstream_connections: int = Field(default=0, ge=0)
 

@@ -44,6 +44,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("splitproxy.dataplane.client")
 
+# The answer to a connection over `max_connections`: no request is read, nothing is routed.
+_OVER_CAPACITY: Final = (
+    b'{"error": {"code": "too_many_connections", "message": "the proxy is at max_connections", '
+    b'"request_id": "%s"}}\n'
+)
+_CAPACITY_LOG_EVERY: Final = 10.0  # seconds between two "at max_connections" log lines
+
 _REJECT_MESSAGES: Final = {
     "request_timeout": "the request headers took too long",
     "uri_too_long": "the request target is too long",
@@ -51,6 +58,7 @@ _REJECT_MESSAGES: Final = {
     "body_too_large": "the request body is too large",
     "duplicate_header": "the request repeats Host or Content-Length",
     "upgrade_with_body": "an Upgrade request cannot carry a body",
+    "version_not_supported": "only HTTP/1.0 and HTTP/1.1 are supported",
 }
 # After answering a request whose body was not read (413, an early error), the proxy half-closes
 # and reads and discards what the client still sends, for at most this long (nginx's lingering
@@ -119,6 +127,9 @@ class ClientConnection(asyncio.Protocol):
         self.linger = False  # close with a lingering close (the client may still be sending)
         self.linger_began = 0.0  # when LINGERING began
         self.request_began = 0.0
+        # When empty lines began to arrive between requests (0: none): they start no request,
+        # so without this a client sending CRLF forever would never meet a timeout.
+        self.blank_since = 0.0
         self.last_activity = ctx.clock.now
         self._wanted = ctx.wanted_headers
 
@@ -127,12 +138,42 @@ class ClientConnection(asyncio.Protocol):
         self.transport = self.flow.transport = cast(asyncio.Transport, transport)  # (uvloop)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.ctx.connections.add(self)
-        if self.ctx.draining:
+        ctx = self.ctx
+        if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
+            ctx.refused_connections += 1
+            now = ctx.clock.now
+            if now - ctx.capacity_logged_at >= _CAPACITY_LOG_EVERY:
+                ctx.capacity_logged_at = now
+                logger.warning(
+                    "at max_connections (%d): refusing new client connections with 503 "
+                    "(%d so far); raise SPLITPROXY_MAX_CONNECTIONS or the fd limit",
+                    ctx.max_connections, ctx.refused_connections,
+                )  # fmt: skip
+            self.state = CLOSED
+            self.parser = _DISCARD
+            request_id = ctx.request_ids.next()
+            body = _OVER_CAPACITY % request_id
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                b"Retry-After: 1\r\nConnection: close\r\nX-Request-ID: %s\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (request_id, len(body), body)
+            )
+            self.transport.close()
+            return
+        ctx.connections.add(self)
+        if ctx.draining:
             self.closing = True
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.ctx.clock.now
+        now = self.last_activity = self.ctx.clock.now
+        if (
+            self.parsing is None
+            and self.current is None
+            and not self.blank_since
+            and self.state is OPEN
+            and not data.strip(b"\r\n")
+        ):
+            self.blank_since = now
         if self.state is TUNNEL:
             tunnel = self.tunnel
             if tunnel is not None and tunnel.up is not None:
@@ -197,6 +238,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = True
         self.head_seen = -1
         self.request_began = self.ctx.clock.now
+        self.blank_since = 0.0
         self._wanted = self.ctx.wanted_headers
 
     def on_url(self, url: bytes) -> None:
@@ -240,7 +282,10 @@ class ClientConnection(asyncio.Protocol):
         parser = self.request_parser
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        ex.http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers and no status
+            raise Reject(505, "version_not_supported")
+        ex.http11 = version == "1.1"
         wanted = ex.wanted
         te = wanted.get(b"transfer-encoding")
         if te is not None:
@@ -452,6 +497,8 @@ class ClientConnection(asyncio.Protocol):
         if parsing is not None:
             if now - self.request_began > ctx.header_timeout:
                 self._reject(408, "request_timeout", "the request headers took too long")
+        elif self.blank_since and now - self.blank_since > ctx.header_timeout:
+            self.close()  # only empty lines since: no request is coming
         elif now - self.last_activity > ctx.client_idle_timeout:
             self.close()
 

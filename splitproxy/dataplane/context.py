@@ -76,6 +76,7 @@ class ProxyContext:
         client_idle_timeout: float,
         max_header_bytes: int,
         tunnel_idle_timeout: float = 300.0,
+        max_connections: int = 0,
         max_headers: int,
         max_body_bytes: int,
         trusted_proxies: tuple[str, ...] = (),
@@ -95,6 +96,9 @@ class ProxyContext:
         self.read_timeout = read_timeout
         self.client_idle_timeout = client_idle_timeout
         self.tunnel_idle_timeout = tunnel_idle_timeout
+        self.max_connections = max_connections  # client connections at once; 0: no limit
+        self.refused_connections = 0
+        self.capacity_logged_at = float("-inf")
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.max_body_bytes = max_body_bytes

@@ -411,3 +411,67 @@ async def test_an_idle_tunnel_is_cut_and_traffic_either_way_keeps_it() -> None:
     assert not client.transport.aborted
     proxy.sweep(6.0)  # 31 s with no byte either way
     assert client.transport.aborted
+
+
+async def test_a_client_sending_only_empty_lines_is_cut_at_the_header_timeout() -> None:
+    proxy = Proxy(header_timeout=10.0, client_idle_timeout=75.0)
+    client = proxy.client()
+    for _ in range(9):
+        proxy.tick(1.0)
+        client.send(b"\r\n")
+        proxy.sweep(0.0)
+    assert not client.transport.closed
+    proxy.tick(2.5)
+    client.send(b"\r\n\r\n")
+    proxy.sweep(0.0)  # 10.5 s of nothing but empty lines since the first
+    assert client.transport.closed
+    assert client.transport.take() == b""  # no request was made, none is answered
+
+
+async def test_empty_lines_before_a_request_are_harmless() -> None:
+    proxy = Proxy(header_timeout=10.0)
+    client = proxy.client()
+    client.send(b"\r\n")
+    proxy.sweep(8.0)
+    client.send(get())
+    await client.settle()
+    up = await proxy.upstream()
+    up.reply(OK)
+    proxy.sweep(8.0)  # the request ended the empty-line clock
+    assert not client.transport.closed
+    assert status_of(client.transport.take()) == 200
+
+
+@pytest.mark.parametrize("request_line", [b"GET /\r\n\r\n", b"GET / HTTP/0.9\r\n\r\n"])
+async def test_http_0_9_is_refused(request_line: bytes) -> None:
+    proxy = Proxy()
+    client = proxy.client()
+    client.send(request_line)
+    await client.settle()
+    out = client.transport.take()
+    assert status_of(out) == 505
+    assert error_body(out, 505, "version_not_supported")
+    assert not proxy.pool().opened
+
+
+async def test_over_max_connections_a_new_client_gets_503_and_is_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = Proxy(max_connections=2)
+    first, second = proxy.client(), proxy.client()
+    with caplog.at_level("WARNING", logger="splitproxy.dataplane.client"):
+        third = proxy.client()
+        fourth = proxy.client()
+    assert error_body(third.transport.take(), 503, "too_many_connections") is not None
+    assert third.transport.closed and fourth.transport.closed
+    assert not first.transport.closed and not second.transport.closed
+    assert proxy.ctx.refused_connections == 2
+    assert len([r for r in caplog.records if "max_connections" in r.message]) == 1  # not a flood
+    third.send(get())  # bytes on a refused connection route nothing
+    assert not proxy.pool().opened
+    first.conn.connection_lost(None)
+    fifth = proxy.client()
+    assert not fifth.transport.closed
+    fifth.send(get())
+    await fifth.settle()
+    assert len(proxy.pool().opened) == 1
