@@ -36,7 +36,7 @@ import httptools
 
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
-from splitproxy.dataplane.heads import CONSUMED
+from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
 
 if TYPE_CHECKING:
@@ -259,6 +259,8 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         lname = name.lower()
+        if b"_" in lname and spoofed_forwarding(lname):
+            return
         if lname in CONSUMED:
             prior = ex.wanted.get(lname)
             ex.wanted[lname] = prior + b", " + value if prior is not None else value

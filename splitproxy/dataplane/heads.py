@@ -26,15 +26,21 @@ from splitproxy.dataplane.http11 import (
 from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
 from splitproxy.dataplane.synthetic import UPSTREAM_LINE
 
-CONSUMED: Final = HOP_BY_HOP | {
-    SYNTHETIC,
-    b"expect",
-    b"x-request-id",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-}
+FORWARDING: Final = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
+)
+"""Headers that tell the upstream who the client is: only a trusted peer's are believed."""
+
+CONSUMED: Final = HOP_BY_HOP | FORWARDING | {SYNTHETIC, b"expect", b"x-request-id"}
 """Request headers the proxy consumes or replaces rather than forwards as they came."""
+
+
+def spoofed_forwarding(lname: bytes) -> bool:
+    """``X_Forwarded_For`` and kin: many servers (CGI, WSGI, PHP) read ``_`` as ``-``, so a
+    client could slip a forwarding header past the proxy under that spelling. Never
+    forwarded (nginx drops every header with an underscore by default)."""
+    return lname.replace(b"_", b"-") in FORWARDING
+
 
 # Connection tokens that are options, not names of headers to drop.
 _REQUEST_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -95,6 +101,18 @@ def request_head(
     parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
     if fhost:
         parts += (b"X-Forwarded-Host: ", fhost, b"\r\n")
+    # X-Real-IP and Forwarded (RFC 7239) are rewritten when the client sent them: a trusted
+    # peer's kept (Forwarded: extended), anyone else's replaced by what the proxy saw.
+    real_ip = consumed.get(b"x-real-ip")
+    if real_ip is not None:
+        parts += (b"X-Real-IP: ", real_ip if trusted_peer else peer.encode(), b"\r\n")
+    forwarded = consumed.get(b"forwarded")
+    if forwarded is not None:
+        node = peer.encode() if ":" not in peer else b'"[' + peer.encode() + b']"'
+        element = b"for=" + node + b";proto=http"
+        if trusted_peer:
+            element = forwarded + b", " + element
+        parts += (b"Forwarded: ", element, b"\r\n")
     parts += (via_line, b"X-Request-ID: ", request_id, b"\r\n")
     if synthetic:
         parts.append(UPSTREAM_LINE)

@@ -463,8 +463,10 @@ async def test_over_max_connections_a_new_client_gets_503_and_is_closed(
         third = proxy.client()
         fourth = proxy.client()
     assert error_body(third.transport.take(), 503, "too_many_connections") is not None
-    assert third.transport.closed and fourth.transport.closed
-    assert not first.transport.closed and not second.transport.closed
+    assert third.transport.closed
+    assert fourth.transport.closed
+    assert not first.transport.closed
+    assert not second.transport.closed
     assert proxy.ctx.refused_connections == 2
     assert len([r for r in caplog.records if "max_connections" in r.message]) == 1  # not a flood
     third.send(get())  # bytes on a refused connection route nothing
@@ -475,3 +477,15 @@ async def test_over_max_connections_a_new_client_gets_503_and_is_closed(
     fifth.send(get())
     await fifth.settle()
     assert len(proxy.pool().opened) == 1
+
+
+async def test_forwarding_headers_under_underscore_spellings_never_reach_the_upstream() -> None:
+    proxy = Proxy()
+    client = proxy.client()
+    client.send(get(extra=b"X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX_Custom: kept\r\n"))
+    await client.settle()
+    up = await proxy.upstream()
+    sent = up.transport.take()
+    assert b"6.6.6.6" not in sent
+    assert b"X_Custom: kept\r\n" in sent
+    assert b"X-Forwarded-For: 203.0.113.7\r\n" in sent

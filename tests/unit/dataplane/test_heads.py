@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitproxy.dataplane.heads import request_head, response_head
+from splitproxy.dataplane.heads import request_head, response_head, spoofed_forwarding
 from splitproxy.dataplane.http11 import HOP_BY_HOP, BodyRelay
 
 RID = b"rid-1"
@@ -230,3 +230,25 @@ def test_the_framing_is_the_proxys_own() -> None:
     assert b"Transfer-Encoding: chunked\r\n" in chunked
     assert b"Content-Length" not in chunked
     assert b"Content-Length" not in req([(b"Host", b"h")])  # no body, none invented
+
+
+def test_x_real_ip_and_forwarded_are_believed_only_from_a_trusted_peer() -> None:
+    sent = {b"x-real-ip": b"6.6.6.6", b"forwarded": b"for=6.6.6.6;proto=https"}
+    untrusted = req([(b"Host", b"h")], sent)
+    assert b"X-Real-IP: 203.0.113.7\r\n" in untrusted
+    assert b"Forwarded: for=203.0.113.7;proto=http\r\n" in untrusted
+    assert b"6.6.6.6" not in untrusted
+    trusted = req([(b"Host", b"h")], sent, trusted_peer=True)
+    assert b"X-Real-IP: 6.6.6.6\r\n" in trusted
+    assert b"Forwarded: for=6.6.6.6;proto=https, for=203.0.113.7;proto=http\r\n" in trusted
+    v6 = req([(b"Host", b"h")], {b"forwarded": b"for=x"}, peer="2001:db8::1")
+    assert b'Forwarded: for="[2001:db8::1]";proto=http\r\n' in v6
+    assert b"X-Real-IP" not in req([(b"Host", b"h")])  # none invented
+
+
+@pytest.mark.parametrize(
+    "name", [b"x_forwarded_for", b"X_Forwarded_Proto", b"x_real_ip", b"X_FORWARDED-HOST"]
+)
+def test_underscore_spellings_of_forwarding_headers_are_spoofs(name: bytes) -> None:
+    assert spoofed_forwarding(name.lower())
+    assert not spoofed_forwarding(b"x_custom_header")
