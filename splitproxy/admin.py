@@ -16,6 +16,7 @@ first, so the newest is last).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import math
 import time
@@ -62,6 +63,9 @@ class AdminContext:
     # re-read the routing file now; returns (loaded, problems)
     reload: Callable[[], Awaitable[tuple[bool, list[str]]]] | None = None
     control: Controller | None = None  # the rollout controller
+    # the listener is on a loopback address: only loopback Host names are answered on /api/
+    # (a web page that rebinds its own DNS name to 127.0.0.1 must not reach the API)
+    loopback_only: bool = False
 
 
 ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
@@ -112,6 +116,49 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         code = exc.reason.lower().replace(" ", "_")
         return error_response(exc.status, code, exc.text or exc.reason)
+
+
+# Methods a page can send cross-site without a CORS preflight carry a body: POST (and PUT
+# or PATCH, preflighted anyway but held to the same rule). DELETE is always preflighted, and
+# this API grants no preflight, so a bodiless DELETE needs no Content-Type.
+_MUTATIONS: Final = frozenset({"POST", "PUT", "PATCH"})
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost."})
+
+
+def loopback_host(host: str) -> bool:
+    """Is ``host`` (a Host header: name or address, maybe with a port) a loopback name?"""
+    if host.startswith("["):
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    if name.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What a browser could be tricked into sending never reaches the API: a foreign Host
+    (DNS rebinding), a cross-site mutation (a form or a no-cors fetch cannot send
+    ``Content-Type: application/json`` without a preflight, which this API never grants)."""
+    if request.path.startswith("/api/"):
+        ctx = request.app[ADMIN]
+        if ctx.loopback_only and not loopback_host(request.host):
+            return error_response(
+                403, "bad_host", "the admin API answers only to a loopback Host on this listener"
+            )
+        if request.method in _MUTATIONS:
+            if request.content_type != "application/json":
+                return error_response(
+                    415, "unsupported_media_type", "send 'Content-Type: application/json'"
+                )
+            origin = request.headers.get("Origin")
+            if origin is not None and origin.partition("://")[2].rstrip("/") != request.host:
+                return error_response(403, "cross_origin", "cross-site requests are refused")
+    return await handler(request)
 
 
 @web.middleware
@@ -346,9 +393,12 @@ def _number(request: web.Request, key: str) -> float | None:
     if raw is None:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise AdminError(400, f"invalid_{key}", f"{key!r} must be a number") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise AdminError(400, f"invalid_{key}", f"{key!r} must be a finite number")
+    return value
 
 
 async def get_events(request: web.Request) -> web.Response:
@@ -382,7 +432,7 @@ async def post_reload(request: web.Request) -> web.Response:
 
 def create_admin_app(ctx: AdminContext) -> web.Application:
     """The admin application; `server.py` runs it on its own listener."""
-    app = web.Application(middlewares=[_errors, _auth])
+    app = web.Application(middlewares=[_errors, _guard, _auth])
     app[ADMIN] = ctx
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

@@ -27,7 +27,12 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--listen", "listen", str, "proxy address host:port (default 0.0.0.0:8080)"),
     ("--admin", "admin", str, "admin API address host:port (default 127.0.0.1:9901)"),
     ("--state-dir", "state_dir", Path, "where rollout state is kept"),
-    ("--admin-token", "admin_token", str, "bearer token the admin API requires"),
+    (
+        "--admin-token-file",
+        "admin_token_file",
+        str,
+        "file holding the admin API's bearer token (or SPLITPROXY_ADMIN_TOKEN)",
+    ),
     ("--log-format", "log_format", str, "text or json"),
     ("--log-level", "log_level", str, "debug, info, warning or error"),
     ("--connect-timeout", "connect_timeout", float, "upstream connect timeout, seconds"),
@@ -82,12 +87,29 @@ class Unreachable(Exception):
     """The admin API did not answer (nothing listening, a timeout)."""
 
 
+def _client_token(args: argparse.Namespace) -> str | None:
+    """The token to send: ``--admin-token-file``, else SPLITPROXY_ADMIN_TOKEN, else
+    SPLITPROXY_ADMIN_TOKEN_FILE (never a flag value: it would show in ``ps``)."""
+    from splitproxy.settings import read_token_file
+
+    path = args.admin_token_file or os.environ.get("SPLITPROXY_ADMIN_TOKEN_FILE")
+    token = os.environ.get("SPLITPROXY_ADMIN_TOKEN") if not args.admin_token_file else None
+    if token:
+        return token.strip()
+    if path:
+        try:
+            return read_token_file(Path(path))
+        except ValueError as exc:
+            raise Unreachable(f"admin token: {exc}") from None
+    return None
+
+
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One admin API call; returns (status, decoded JSON); raises `Unreachable`."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(_admin_url(args) + path, data=data, method=method)
     req.add_header("Content-Type", "application/json")
-    token = args.admin_token or os.environ.get("SPLITPROXY_ADMIN_TOKEN")
+    token = _client_token(args)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -316,7 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--admin-url", help="admin API base URL (or SPLITPROXY_ADMIN_URL)")
-        p.add_argument("--admin-token", help="bearer token (or SPLITPROXY_ADMIN_TOKEN)")
+        p.add_argument(
+            "--admin-token-file",
+            help="file holding the bearer token (or SPLITPROXY_ADMIN_TOKEN[_FILE])",
+        )
         p.add_argument("--timeout", type=float, default=5.0, help="seconds")
         return p
 

@@ -29,7 +29,7 @@ import time
 
 from aiohttp import web
 
-from splitproxy.admin import AdminContext, create_admin_app
+from splitproxy.admin import AdminContext, create_admin_app, loopback_host
 from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.client import ClientConnection
 from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
@@ -143,12 +143,13 @@ class Server:
         admin_ctx = AdminContext(
             state=self.state,
             recorder=self.recorder,
-            token=s.admin_token.get_secret_value() if s.admin_token else None,
+            token=s.admin_secret,
             config_path=str(s.config) if s.config else None,
             draining=lambda: self.draining,
             last_error=lambda: self.last_error,
             reload=self.reloader.admin_reload if self.reloader is not None else None,
             control=self.control,
+            loopback_only=loopback_host(s.admin_address[0]),
         )
         runner = self._admin_runner = web.AppRunner(
             create_admin_app(admin_ctx), access_log=None, handle_signals=False

@@ -12,10 +12,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "SPLITPROXY_"
@@ -60,7 +68,10 @@ class Settings(BaseSettings):
     admin: str = "127.0.0.1:9901"
     config: Path | None = None
     state_dir: Path | None = None
+    # the admin API's bearer token: from the environment or a file, never a command-line flag
+    # (a flag's value shows in `ps` to every user of the machine)
     admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -117,6 +128,31 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cidr!r} is not a network") from None
         return v
 
+    @field_validator("admin_token")
+    @classmethod
+    def _token_not_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_token(v.get_secret_value())
+        return v
+
+    @field_validator("admin_token_file")
+    @classmethod
+    def _token_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is not None:
+            if info.data.get("admin_token") is not None:
+                raise ValueError("set admin_token or admin_token_file, not both")
+            read_token_file(v)
+        return v
+
+    @property
+    def admin_secret(self) -> str | None:
+        """The admin token in force (from ``admin_token`` or ``admin_token_file``), if any."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value().strip()
+        if self.admin_token_file is not None:
+            return read_token_file(self.admin_token_file)
+        return None
+
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_address(self.listen)
@@ -124,6 +160,37 @@ class Settings(BaseSettings):
     @property
     def admin_address(self) -> tuple[str, int]:
         return parse_address(self.admin, "127.0.0.1")
+
+
+_TOKEN_FILE_LIMIT = 4096
+
+
+def check_token(token: str) -> str:
+    """A usable bearer token: not empty, visible ASCII only (it travels in a header)."""
+    token = token.strip()
+    if not token:
+        raise ValueError("must not be empty (leave it unset to run the admin API without one)")
+    if not all("!" <= c <= "~" for c in token):
+        raise ValueError("must be visible ASCII characters only")
+    return token
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``: a regular file (never a FIFO that would block), at most 4 KiB,
+    one token (surrounding white space ignored)."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        if info.st_size > _TOKEN_FILE_LIMIT:
+            raise ValueError(f"{path} is larger than {_TOKEN_FILE_LIMIT} bytes")
+        text = path.read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    try:
+        return check_token(text)
+    except ValueError as exc:
+        raise ValueError(f"the token in {path} {exc}") from None
 
 
 class InvalidSettings(Exception):
@@ -134,7 +201,7 @@ class InvalidSettings(Exception):
         super().__init__("\n".join(lines))
 
 
-_SECRETS = frozenset({"admin_token"})  # never echoed in an error
+_SECRETS = frozenset({"admin_token", "admin_token_file"})  # never echoed in an error
 
 
 def _line(field: str, message: str) -> str:

@@ -139,7 +139,11 @@ async def test_unknown_paths_and_invalid_json_get_json_errors(
         async with session.get(base + "/api/v1/nothing") as resp:
             assert resp.status == 404
             assert (await resp.json())["error"]["code"] == "not_found"
-        async with session.put(base + "/api/v1/routes/shop/weight", data=b"{not json") as resp:
+        async with session.put(
+            base + "/api/v1/routes/shop/weight",
+            data=b"{not json",
+            headers={"Content-Type": "application/json"},
+        ) as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "invalid_json"
 

@@ -224,7 +224,11 @@ async def get(server: Server, path: str = "/") -> tuple[int, str]:
 async def admin(server: Server, method: str, path: str) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as session,
-        session.request(method, f"http://127.0.0.1:{server.admin_port}{path}") as resp,
+        session.request(
+            method,
+            f"http://127.0.0.1:{server.admin_port}{path}",
+            headers={"Content-Type": "application/json"},  # mutations are JSON only
+        ) as resp,
     ):
         if resp.content_type == "application/json":
             return resp.status, await resp.json()

@@ -150,7 +150,9 @@ async def drive(server: Server, done: Callable[[], bool], seconds: float = 15.0)
 async def api(server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     url = f"http://127.0.0.1:{server.admin_port}{path}"
     async with aiohttp.ClientSession() as session:
-        async with session.request(method, url, json=body) as resp:
+        # the admin API takes mutations as JSON only (a cross-site form cannot send that)
+        json_type = {"Content-Type": "application/json"}
+        async with session.request(method, url, json=body, headers=json_type) as resp:
             if path == "/metrics":
                 return resp.status, await resp.text()
             return resp.status, await resp.json()

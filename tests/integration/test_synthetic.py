@@ -405,7 +405,7 @@ async def test_the_route_status_shows_the_synthetic_traffic(
     assert entry["rollout"]["synthetic"]["generator"]["sent"] >= generator["sent"]
 
     # paused: the traffic stops, and its last run's counters stay in the status
-    async with session.post(f"{admin}/api/v1/routes/app/pause") as resp:
+    async with session.post(f"{admin}/api/v1/routes/app/pause", json={}) as resp:
         paused = (await resp.json())["rollout"]["synthetic"]
     assert paused["running"] is False
     assert paused["generator"]["running"] is False

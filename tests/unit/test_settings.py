@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +152,51 @@ def test_a_bad_flag_names_its_variable_and_a_bad_secret_is_not_echoed() -> None:
         "splitproxy: invalid setting read_timeout (SPLITPROXY_READ_TIMEOUT): "
         "Input should be greater than 0, got 0",
     ]
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\n"])
+def test_an_empty_admin_token_is_a_start_up_error(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", value)
+    with pytest.raises(InvalidSettings) as info:
+        load_settings()
+    assert len(info.value.lines) == 1
+    assert "SPLITPROXY_ADMIN_TOKEN" in info.value.lines[0]
+    assert "must not be empty" in info.value.lines[0]
+
+
+def test_the_admin_token_can_come_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("s3cret-from-file\n")
+    assert load_settings(admin_token_file=path).admin_secret == "s3cret-from-file"
+    assert load_settings().admin_secret is None
+
+
+@pytest.mark.parametrize("kind", ["empty", "missing", "fifo", "huge", "spaces"])
+def test_a_bad_token_file_is_one_clear_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "token"
+    if kind == "empty":
+        path.write_text("\n")
+    elif kind == "fifo":
+        os.mkfifo(path)  # reading it would block forever: never opened
+    elif kind == "huge":
+        path.write_text("x" * 10_000)
+    elif kind == "spaces":
+        path.write_text("two words")
+    with pytest.raises(InvalidSettings) as info:
+        load_settings(admin_token_file=path)
+    (line,) = info.value.lines
+    assert "admin_token_file (SPLITPROXY_ADMIN_TOKEN_FILE)" in line
+    assert "two words" not in line  # the secret is never echoed
+
+
+def test_a_token_and_a_token_file_together_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("a")
+    monkeypatch.setenv("SPLITPROXY_ADMIN_TOKEN", "b")
+    with pytest.raises(InvalidSettings) as info:
+        load_settings(admin_token_file=path)
+    assert "not both" in info.value.lines[0]
