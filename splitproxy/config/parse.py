@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import ValidationError
@@ -79,12 +79,62 @@ def problems_from(exc: ValidationError) -> list[Problem]:
     return out
 
 
+# A routing file is read whole, by a person's hand: these bounds are far above any real one
+# and far below what would stall the proxy (a file is parsed off the event loop, but still).
+MAX_FILE_BYTES: Final = 4 * 1024 * 1024
+MAX_DEPTH: Final = 64  # nesting of mappings and lists
+MAX_VALUES: Final = 200_000  # values once every alias is expanded (a "billion laughs" file)
+MAX_INT_DIGITS: Final = 30
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """A safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    """A safe loader for hostile input: refuses a key given twice in one mapping (PyYAML
+    keeps the last), a key that is a list or a mapping, integers of more than
+    `MAX_INT_DIGITS` digits, nesting deeper than `MAX_DEPTH`, and aliases that expand to more
+    than `MAX_VALUES` values. Each refusal is a `MarkedYAMLError` with its line."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                message = f"nesting deeper than {MAX_DEPTH} levels"
+                raise yaml.composer.ComposerError(None, None, message, mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node) > MAX_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases expand to more than {MAX_VALUES} values", node.start_mark
+            )
+        return node
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isdigit() for c in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number of {digits} digits", node.start_mark
+            )
+        value: int = super().construct_yaml_int(node)
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *base``: merged by the base constructor, own keys win
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain value, not a list or mapping",
+                    key_node.start_mark,
+                )  # fmt: skip
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -92,6 +142,43 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values ``root`` holds once its aliases are expanded (shared nodes counted
+    at each use), computed without expanding them; stops counting past `MAX_VALUES`."""
+    sizes: dict[int, int] = {}
+    # iterative post-order walk: the graph is acyclic only if no alias points to an ancestor,
+    # and a recursive alias is counted as too big
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(child)] for child in _children(node))
+            sizes[key] = min(total, MAX_VALUES + 1)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return MAX_VALUES + 1  # an alias to its own ancestor: endless
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _duplicate_names(data: dict[str, Any]) -> list[Problem]:
@@ -111,6 +198,9 @@ def _duplicate_names(data: dict[str, Any]) -> list[Problem]:
 
 def parse_routing(text: str, source: str = "") -> RoutingConfig:
     """Parse and validate a routing file's YAML text; raise `ConfigError` naming every problem."""
+    if len(text) > MAX_FILE_BYTES:
+        message = f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB"
+        raise ConfigError([Problem("", message)], source)
     try:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
@@ -119,6 +209,10 @@ def parse_routing(text: str, source: str = "") -> RoutingConfig:
         raise ConfigError([Problem(where, f"invalid YAML: {exc.problem}")], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem("", f"invalid YAML: {exc}")], source) from None
+    except RecursionError:  # a bound above should stop it first; never a traceback
+        raise ConfigError(
+            [Problem("", f"nesting deeper than {MAX_DEPTH} levels")], source
+        ) from None
     if data is None:
         raise ConfigError([Problem("", "the file is empty; it needs 'routes'")], source)
     if not isinstance(data, dict):
