@@ -18,6 +18,7 @@ from splitproxy.config.fields import (
     HeaderName,
     percent_resolution,
 )
+from splitproxy.config.patterns import compile_pattern
 from splitproxy.config.rollout import Rollout
 
 
@@ -113,10 +114,7 @@ class Override(Frozen):
     @classmethod
     def _regex(cls, v: str | None) -> str | None:
         if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression: {exc}") from None
+            compile_pattern(v)  # a ValueError says why (RE2: linear-time matching only)
         return v
 
     @model_validator(mode="after")

@@ -28,13 +28,13 @@ section says, reason ``synthetic``.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
 from splitproxy.config import Backend, Override, Route
+from splitproxy.config.patterns import Pattern, compile_pattern
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 
 BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
@@ -98,7 +98,7 @@ class CompiledOverride:
     header: bytes | None  # lower-cased
     cookie: str | None
     value: str | None
-    regex: re.Pattern[str] | None
+    regex: Pattern | None
 
     @classmethod
     def from_model(cls, o: Override) -> CompiledOverride:
@@ -106,7 +106,7 @@ class CompiledOverride:
             header=o.header.lower().encode("latin-1") if o.header else None,
             cookie=o.cookie,
             value=o.value,
-            regex=re.compile(o.regex) if o.regex is not None else None,
+            regex=compile_pattern(o.regex) if o.regex is not None else None,
         )
 
     def verdict(self, raw: str) -> Version | None:

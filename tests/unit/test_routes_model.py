@@ -496,3 +496,21 @@ def test_a_host_match_with_a_port_is_refused() -> None:
     assert problems(
         "routes:\n  - {name: r, stable: http://s, match: {host: 'shop.example.com:8080'}}\n"
     ) == ["routes[0].match.host: must be a host name without port, or *.domain"]
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=a)a", r"(?<!x)y"])
+def test_regexes_that_cannot_match_in_linear_time_are_refused(pattern: str) -> None:
+    text = one_route(candidate="http://c", overrides=f"[{{cookie: c, regex: '{pattern}'}}]")
+    (line,) = problems(text)
+    assert line.startswith("routes[0].overrides[0].regex: unsupported regular expression")
+    assert "linear time" in line
+
+
+def test_a_catastrophic_pattern_for_backtracking_matches_in_linear_time() -> None:
+    from splitproxy.config.patterns import compile_pattern
+
+    # exponential in a backtracking engine: Python's re would not finish within the test's
+    # timeout (nor this century) on these 100,000 characters
+    pattern = compile_pattern(r"(a+)+b")
+    assert pattern.fullmatch("a" * 100_000) is None
+    assert pattern.fullmatch("a" * 100_000 + "b") is not None

@@ -478,7 +478,8 @@ def test_from_model_compiles_everything_the_data_path_needs() -> None:
     assert compiled.weight_bp == 1250
     assert [o.header for o in compiled.overrides] == [b"x-canary", None]
     assert compiled.overrides[1].regex is not None
-    assert compiled.overrides[1].regex.pattern == "^(1|yes)$"
+    assert compiled.overrides[1].regex.fullmatch("yes")
+    assert not compiled.overrides[1].regex.fullmatch("yes please")
     assert compiled.sticky_header == b"x-user-id"
     assert compiled.sticky_cookie is None
     assert compiled.sticky_max_age == 60
