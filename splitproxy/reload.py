@@ -285,8 +285,8 @@ class Reloader:
                     current.revision,
                 )
             return self._outcome(True, False, (), trigger)
-        try:
-            config = parse_routing(text, str(self.path))
+        try:  # in a thread too: a large file takes a while to parse and validate
+            config = await asyncio.to_thread(parse_routing, text, str(self.path))
         except ConfigError as exc:
             return self._fail(digest, exc, trigger)
         self._judged = digest
