@@ -74,7 +74,7 @@ class ClientState(enum.Enum):
     LAST_REQUEST = enum.auto()  # no further request is read; those read are answered in turn
     TUNNEL = enum.auto()  # after a 101: raw bytes relayed both ways
     LINGERING = enum.auto()  # answered and half-closed: what the client sends is discarded
-    CLOSED = enum.auto()  # the transport is gone
+    CLOSED = enum.auto()  # closing or gone: nothing more is read, parsed or written
 
 
 OPEN: Final = ClientState.OPEN
@@ -98,6 +98,10 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
+
+
+class _Stopped(Exception):
+    """Raised in a parser callback to stop reading requests the connection will not answer."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -187,6 +191,8 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
+            if isinstance(cause, _Stopped):
+                return
             if isinstance(cause, Reject):
                 if self.parser is parser:
                     self._reject(cause.status, cause.code, _REJECT_MESSAGES[cause.code])
@@ -232,6 +238,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.parser is _DISCARD:  # closed or lingering during this very read: stop parsing
+            raise _Stopped
         self.parsing = Exchange(self)
         self.header_bytes = 0
         self.header_count = 0
@@ -527,6 +535,10 @@ class ClientConnection(asyncio.Protocol):
             transport.write_eof()
             self.flow.set_client_reading(True)  # read, to discard
             return
+        # Nothing more is parsed or written, even later in the read that got us here (a
+        # pipelined request behind an answer that closes must not be answered after it).
+        self.parser = _DISCARD
+        self.state = CLOSED
         transport.close()
 
     def abort(self) -> None:

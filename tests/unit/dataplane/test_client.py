@@ -208,7 +208,7 @@ async def test_408_when_headers_never_finish_and_trickling_does_not_help() -> No
     out = client.transport.take()
     error_body(out, 408, "request_timeout")
     assert client.transport.closed  # no lingering for a client too slow to send headers
-    assert client.conn.state is ClientState.LAST_REQUEST
+    assert client.conn.state is ClientState.CLOSED
 
 
 async def test_idle_keep_alive_connection_is_closed() -> None:
