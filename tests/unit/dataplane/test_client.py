@@ -489,3 +489,24 @@ async def test_forwarding_headers_under_underscore_spellings_never_reach_the_ups
     assert b"6.6.6.6" not in sent
     assert b"X_Custom: kept\r\n" in sent
     assert b"X-Forwarded-For: 203.0.113.7\r\n" in sent
+
+
+async def test_draining_closes_idle_connections_now_and_busy_ones_after_their_answer() -> None:
+    proxy = Proxy()
+    idle, half_sent = proxy.client(), proxy.client()
+    idle.send(get())
+    await idle.settle()
+    up = await proxy.upstream()
+    up.reply(OK)
+    assert status_of(idle.transport.take()) == 200
+    half_sent.send(b"GET /slow HTTP/1.1\r\nHost: app.test\r\n")  # mid-request at SIGTERM
+    proxy.ctx.start_draining()
+    assert idle.transport.closed
+    assert not half_sent.transport.closed  # never cut mid-request
+    half_sent.send(b"\r\n")
+    await half_sent.settle()
+    up.reply(OK)  # the pooled connection serves it
+    head, _ = split_response(half_sent.transport.take())
+    assert status_of(head) == 200
+    assert header(head, "Connection") == "close"
+    assert half_sent.transport.closed
