@@ -18,6 +18,7 @@ def test_defaults_listen_everywhere_and_keep_admin_on_loopback() -> None:
     assert s.admin_address == ("127.0.0.1", 9901)
     assert s.log_format == "text"
     assert s.access_log is True
+    assert s.preview_address is None  # no preview listener unless it is set
 
 
 def test_environment_sets_values_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,6 +41,7 @@ def test_environment_sets_values_and_flags_win(monkeypatch: pytest.MonkeyPatch) 
     ("field", "value"),
     [
         ("listen", "nowhere"),
+        ("preview_listen", "nowhere"),
         ("log_format", "xml"),
         ("read_timeout", 0),
         ("trusted_proxies", ["10.0.0.0/33"]),
@@ -150,3 +152,11 @@ def test_a_bad_flag_names_its_variable_and_a_bad_secret_is_not_echoed() -> None:
         "splitproxy: invalid setting read_timeout (SPLITPROXY_READ_TIMEOUT): "
         "Input should be greater than 0, got 0",
     ]
+
+
+def test_the_preview_listener_is_set_like_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITPROXY_PREVIEW_LISTEN", ":8081")
+    assert Settings().preview_address == ("0.0.0.0", 8081)
+    assert Settings(preview_listen="127.0.0.1:0").preview_address == ("127.0.0.1", 0)
+    with pytest.raises(InvalidSettings, match="SPLITPROXY_PREVIEW_LISTEN"):
+        load_settings(preview_listen="8081")
