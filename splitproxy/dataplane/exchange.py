@@ -19,10 +19,8 @@ request to the route and version it names (reason ``synthetic``, ``Exchange.synt
 the upstream gets ``X-Splitproxy-Synthetic: 1`` in its place; a marker with this process's
 token for a route that is gone gets a 404. Any other value is ignored.
 
-Preview requests (``Exchange.preview``: they came in on the preview listener) go to their
-route's candidate whatever the weight, overrides or stickiness (`routing.preview_decision`,
-reason ``preview``, no seed cookie); synthetic markers are not honoured there, and a failed
-attempt is never replayed on stable (the caller asked for the candidate's answer).
+Preview requests (``Exchange.preview``, from the preview listener) go to the candidate
+(`routing.preview_decision`): no marker is honoured, no failure replayed on stable.
 """
 
 from __future__ import annotations
