@@ -26,6 +26,12 @@ if TYPE_CHECKING:  # imported when a command needs it: 'check' must stay light
 _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--listen", "listen", str, "proxy address host:port (default 0.0.0.0:8080)"),
     ("--admin", "admin", str, "admin API address host:port (default 127.0.0.1:9901)"),
+    (
+        "--preview-listen",
+        "preview_listen",
+        str,
+        "preview address host:port: always the candidate (default off)",
+    ),
     ("--state-dir", "state_dir", Path, "where rollout state is kept"),
     (
         "--admin-token-file",

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from splitproxy.dataplane.exchange import Exchange
 
 ACCESS_LOGGER = "splitproxy.access"
+_PREVIEW_JSON = ',"listener":"preview"'  # the JSON line's key for the preview listener
 
 
 class JsonFormatter(logging.Formatter):
@@ -79,8 +80,10 @@ class AccessLog:
         version=candidate reason=weight upstream=http://shop-v2:8080 upstream_status=200
         upstream_ms=2.901 rid=5f0c2a91e3b4-1a rev=2.4+3ad0c9e1b2f4
 
-    (one line; ``-`` for what does not apply, `` error=KIND`` at the end when something
-    failed). JSON: an object with the keys of `fields` plus ``"logger": "splitproxy.access"``.
+    (one line; ``-`` for what does not apply, `` listener=preview`` when the request came in on
+    the preview listener, `` error=KIND`` at the end when something failed). JSON: an object
+    with the keys of `fields` plus ``"logger": "splitproxy.access"`` (and ``"listener":
+    "preview"`` for the preview listener's requests).
 
     Lines go to ``stream``, stderr by default (the one in force when the log is created).
     """
@@ -113,6 +116,7 @@ class AccessLog:
         route = ex.route
         decision = ex.decision
         upstream_ms = round(ex.upstream_duration * 1000, 3) if ex.upstream_duration else None
+        listener = {"listener": "preview"} if ex.preview else {}
         return {
             "time": self._time(self.clock()),
             "client": ex.conn.peer_ip or None,
@@ -131,6 +135,7 @@ class AccessLog:
             "request_id": ex.request_id.decode("latin-1") or None,
             "config_revision": snap.revision if snap is not None else None,
             "error": ex.error_kind or None,
+            **listener,
         }
 
     def line(self, ex: Exchange) -> str:
@@ -152,6 +157,7 @@ class AccessLog:
             f"upstream_ms={f'{ex.upstream_duration * 1000:.3f}' if ex.upstream_duration else '-'} "
             f"rid={ex.request_id.decode('latin-1') or '-'} "
             f"rev={snap.revision if snap is not None else '-'}"
+            f"{' listener=preview' if ex.preview else ''}"
             f"{f' error={error}' if error else ''}"
         )
 
@@ -178,7 +184,8 @@ class AccessLog:
             f'"upstream_duration_ms":{up_ms},'
             f'"request_id":{q(rid.decode("latin-1")) if rid else "null"},'
             f'"config_revision":{q(snap.revision) if snap is not None else "null"},'
-            f'"error":{q(ex.error_kind) if ex.error_kind else "null"}}}'
+            f'"error":{q(ex.error_kind) if ex.error_kind else "null"}'
+            f"{_PREVIEW_JSON if ex.preview else ''}}}"
         )
 
     def log(self, ex: Exchange) -> None:

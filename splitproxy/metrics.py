@@ -22,6 +22,11 @@ Synthetic requests (the proxy's own, ``Exchange.synthetic``) are counted apart: 
 ``splitproxy_synthetic_requests_total``, not in ``splitproxy_requests_total`` or the duration
 histograms, and in the windows' synthetic cells; their routing decisions (reason
 ``synthetic``) and upstream errors are counted like any other.
+
+Preview requests (``Exchange.preview``: from the preview listener, always the candidate) are
+not user traffic: ``splitproxy_requests_total`` and ``splitproxy_request_duration_seconds``
+label them ``traffic="preview"`` (user requests ``traffic="user"``), they stay out of the
+time-to-first-byte histogram, and they never enter the live windows the analyzer reads.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class _Series:
         "durations",
         "errors",
         "finished",
+        "preview",
+        "preview_durations",
         "reasons",
         "started",
         "synthetic",
@@ -122,6 +129,8 @@ class _Series:
         self.version = version  # None: the series of requests never routed to a version
         self.codes: dict[int, int] = {}
         self.synthetic: dict[int, int] = {}  # codes of synthetic requests
+        self.preview: dict[int, int] = {}  # codes of preview requests
+        self.preview_durations: Histogram | None = None  # made by the first preview request
         self.started = 0
         self.finished = 0
         self.reasons: dict[str, int] = {}
@@ -205,9 +214,13 @@ class Recorder:
         status = ex.status
         if route is None or decision is None:
             series = self._get(route.name if route is not None else "", "")
-            series.codes[status] = series.codes.get(status, 0) + 1
+            codes = series.preview if ex.preview else series.codes
+            codes[status] = codes.get(status, 0) + 1
             return
         series = self._get(route.name, ex.version)
+        if ex.preview:
+            self._preview_finished(series, ex)
+            return
         synthetic = ex.synthetic
         codes = series.synthetic if synthetic else series.codes
         codes[status] = codes.get(status, 0) + 1
@@ -238,6 +251,20 @@ class Recorder:
                 _probability(route, decision), ex.path, route.path_prefix, synthetic,
             )  # fmt: skip
 
+    def _preview_finished(self, series: _Series, ex: Exchange) -> None:
+        """A preview request: its own code and duration cells, no window, no time to first
+        byte (it is not user traffic, and the analyzer must never weigh it)."""
+        status = ex.status
+        series.preview[status] = series.preview.get(status, 0) + 1
+        series.finished += 1
+        if status != 101:
+            if series.preview_durations is None:
+                series.preview_durations = Histogram()
+            series.preview_durations.observe(ex.duration)
+        kind = ex.error_kind
+        if kind in UPSTREAM_ERROR_KINDS:
+            series.errors[kind] = series.errors.get(kind, 0) + 1
+
     def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
         """An upstream attempt failed; the exchange goes on (a replay) or ends with a 503."""
         route = ex.route
@@ -252,6 +279,7 @@ class Recorder:
             and decision is not None
             and decision.version == "candidate"
             and series.window is not None
+            and not ex.preview
         ):
             # The candidate failed and the request is replayed on stable: the user will not
             # see the failure, but the analyzer must, with the probability it was routed at.
@@ -295,9 +323,10 @@ class _Collector(Collector):
         r = self.r
         items = sorted(r._series.items())
         requests = CounterMetricFamily(
-            "splitproxy_requests", "Requests answered, by the status the client got.",
-            labels=("route", "version", "code"),
-        )  # fmt: skip
+            "splitproxy_requests",
+            "Requests answered, by the status the client got; traffic: user or preview.",
+            labels=("route", "version", "code", "traffic"),
+        )
         synthetic = CounterMetricFamily(
             "splitproxy_synthetic_requests",
             "The proxy's own synthetic requests (rollout.traffic), by the status they got.",
@@ -305,7 +334,9 @@ class _Collector(Collector):
         )
         for (route, version), series in items:
             for code, n in sorted(series.codes.items()):
-                requests.add_metric((route, version, str(code)), n)
+                requests.add_metric((route, version, str(code), "user"), n)
+            for code, n in sorted(series.preview.items()):
+                requests.add_metric((route, version, str(code), "preview"), n)
             for code, n in sorted(series.synthetic.items()):
                 synthetic.add_metric((route, version, str(code)), n)
         yield requests
@@ -313,8 +344,8 @@ class _Collector(Collector):
 
         durations = HistogramMetricFamily(
             "splitproxy_request_duration_seconds",
-            "Time from the request head to the response's last byte.",
-            labels=("route", "version"),
+            "Time from the request head to the response's last byte; traffic: user or preview.",
+            labels=("route", "version", "traffic"),
         )
         ttfbs = HistogramMetricFamily(
             "splitproxy_upstream_response_header_duration_seconds",
@@ -324,7 +355,12 @@ class _Collector(Collector):
         for (route, version), series in items:
             if series.version is not None:
                 dur, ttfb = series.durations, series.ttfbs
-                durations.add_metric((route, version), dur.cumulative(), dur.sum)
+                durations.add_metric((route, version, "user"), dur.cumulative(), dur.sum)
+                preview = series.preview_durations
+                if preview is not None:
+                    durations.add_metric(
+                        (route, version, "preview"), preview.cumulative(), preview.sum
+                    )
                 ttfbs.add_metric((route, version), ttfb.cumulative(), ttfb.sum)
         yield durations
         yield ttfbs

@@ -3,15 +3,15 @@
 Lifecycle, in order:
 start:    load the routing file (an invalid one stops start-up with its errors), start the
           rollout controller (it resumes saved rollouts from ``state_dir`` and applies their
-          weights), open the admin listener, then the proxy listener, then the sweeper
-          (timeouts, idle pools).
+          weights), open the admin listener, then the proxy listener, then the preview
+          listener (``preview_listen``, when set), then the sweeper (timeouts, idle pools).
 reload:   a watch of the routing file's directory, a stat-and-hash poll, SIGHUP and
           POST /api/v1/reload all ask `reload.Reloader` for a reload; its one worker reads,
           validates and swaps, and a bad file keeps the last good config serving. Pools of
           upstreams no route names any more close after a grace period (`PoolJanitor`).
 SIGTERM:  1. /readyz answers 503 (``drain_delay`` while the listener still accepts);
-          2. the listener closes; idle keep-alive connections close, busy ones after their
-             response; 3. wait for in-flight exchanges, at most ``drain_timeout``;
+          2. the listeners close (proxy and preview); idle keep-alive connections close, busy
+             ones after their response; 3. wait for in-flight exchanges, at most ``drain_timeout``;
           4. cut what is left, close the pools and the admin listener; exit 0.
           (The reloader and the rollout controller stop first: no config or weight changes
           while draining; the controller saves every rollout's state as it stops.)
@@ -90,11 +90,13 @@ class Server:
         self.control: Controller | None = None
         self.draining = False
         self._proxy_server: asyncio.Server | None = None
+        self._preview_server: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.ctx: ProxyContext | None = None
         self.listen_port = 0
+        self.preview_port = 0  # 0: no preview listener
         self.admin_port = 0
 
     # -- config -----------------------------------------------------------------------------
@@ -167,12 +169,26 @@ class Server:
         if self.control is not None and self.control.traffics is not None:
             # synthetic traffic enters through the proxy's own listener, on loopback
             self.control.traffics.base_url = loopback_url(host, self.listen_port)
+        await self._open_preview(ctx)
         self._tasks.append(loop.create_task(self._sweep(ctx)))
         logger.info(
             "splitproxy listening on %s:%d (admin on %s:%d), config revision %s",
             host, self.listen_port, admin_host, self.admin_port,
             self.state.snapshot.revision if self.state.snapshot else "?",
         )  # fmt: skip
+
+    async def _open_preview(self, ctx: ProxyContext) -> None:
+        """The preview listener, when set: the same context (routes, pools, timeouts, drain)
+        as the proxy listener, but its connections send every request to the candidate."""
+        address = self.settings.preview_address
+        if address is None:
+            return
+        host, port = address
+        self._preview_server = await asyncio.get_running_loop().create_server(
+            lambda: ClientConnection(ctx, preview=True), host, port, reuse_address=True
+        )
+        self.preview_port = self._preview_server.sockets[0].getsockname()[1]
+        logger.info("preview listener on %s:%d: always the candidate", host, self.preview_port)
 
     def _follow_snapshots(self, control: Controller, ctx: ProxyContext) -> None:
         """Subscribe every follower of the config snapshot, in the order a swap reaches them:
@@ -265,8 +281,9 @@ class Server:
         ctx = self.ctx
         if s.drain_delay > 0:
             await asyncio.sleep(s.drain_delay)
-        if self._proxy_server is not None:
-            self._proxy_server.close()
+        for listener in (self._proxy_server, self._preview_server):
+            if listener is not None:
+                listener.close()
         if ctx is not None:
             ctx.start_draining()
             loop = asyncio.get_running_loop()
@@ -282,9 +299,10 @@ class Server:
         self._tasks.clear()
         self.pools.abort_all()
         self.janitor.abort_all()
-        if self._proxy_server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._proxy_server.wait_closed(), 1.0)
+        for listener in (self._proxy_server, self._preview_server):
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(listener.wait_closed(), 1.0)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         logger.info("stopped")

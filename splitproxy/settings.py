@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     listen: str = "0.0.0.0:8080"
+    # a second proxy listener whose requests always go to their route's candidate; off if None
+    preview_listen: str | None = None
     admin: str = "127.0.0.1:9901"
     config: Path | None = None
     state_dir: Path | None = None
@@ -112,10 +114,11 @@ class Settings(BaseSettings):
     trusted_proxies: StrList = ()
     via: str = "1.1 splitproxy"
 
-    @field_validator("listen", "admin")
+    @field_validator("listen", "admin", "preview_listen")
     @classmethod
-    def _address(cls, v: str) -> str:
-        parse_address(v)
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_address(v)
         return v
 
     @field_validator("trusted_proxies")
@@ -156,6 +159,10 @@ class Settings(BaseSettings):
     @property
     def listen_address(self) -> tuple[str, int]:
         return parse_address(self.listen)
+
+    @property
+    def preview_address(self) -> tuple[str, int] | None:
+        return parse_address(self.preview_listen) if self.preview_listen is not None else None
 
     @property
     def admin_address(self) -> tuple[str, int]:

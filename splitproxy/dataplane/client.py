@@ -107,8 +107,10 @@ class _Stopped(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests, runs their exchanges in order."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, *, preview: bool = False) -> None:
         self.ctx = ctx
+        # accepted by the preview listener: every request goes to its route's candidate
+        self.preview = preview
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.request_parser = httptools.HttpRequestParser(self)

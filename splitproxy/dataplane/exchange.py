@@ -18,6 +18,9 @@ a per-process marker (``synthetic.py``): the header is always consumed; a valid 
 request to the route and version it names (reason ``synthetic``, ``Exchange.synthetic``), and
 the upstream gets ``X-Splitproxy-Synthetic: 1`` in its place; a marker with this process's
 token for a route that is gone gets a 404. Any other value is ignored.
+
+Preview requests (``Exchange.preview``, from the preview listener) go to the candidate
+(`routing.preview_decision`): no marker is honoured, no failure replayed on stable.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from splitproxy.dataplane.routing import (
     Decision,
     choose,
     find_route,
+    preview_decision,
     retry_decision,
     synthetic_decision,
 )
@@ -107,6 +111,7 @@ class Exchange:
         "method",
         "path",
         "pool",
+        "preview",
         "reject",
         "replayable",
         "req_done",
@@ -176,6 +181,7 @@ class Exchange:
         self.finished = False
         self.tunnel = False
         self.synthetic = False  # the proxy's own request (traffic.py), counted apart
+        self.preview: bool = conn.preview  # came in on the preview listener, counted apart
         self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
 
     # -- request side --------------------------------------------------------------------------
@@ -211,7 +217,8 @@ class Exchange:
         path = (target if q < 0 else target[:q]).decode("latin-1")
         self.path = path
         route = find_route(snapshot.routes, host, path if path != "*" else "/")
-        mark = wanted.get(SYNTHETIC)
+        # the preview listener is the candidate's address: no marker redirects it
+        mark = wanted.get(SYNTHETIC) if not self.preview else None
         forced: Version | None = None
         if mark is not None:
             hit = ctx.synthetic_markers.get(mark)
@@ -232,11 +239,14 @@ class Exchange:
                 413, "body_too_large", f"request body is larger than {limit} bytes", close=True
             )
             return
-        decision = self.decision = (
-            choose(route, wanted, ctx.getrandbits(64))
-            if forced is None
-            else synthetic_decision(route, forced)
-        )
+        if self.preview:
+            decision = self.decision = preview_decision(route)
+        else:
+            decision = self.decision = (
+                choose(route, wanted, ctx.getrandbits(64))
+                if forced is None
+                else synthetic_decision(route, forced)
+            )
         version = self.version = decision.version
         plan = route.candidate if version == CANDIDATE else route.stable
         assert plan is not None
@@ -468,7 +478,7 @@ class Exchange:
             self.retried = True
             decision = self.decision
             assert decision is not None
-            if decision.version == CANDIDATE and self.route is not None:
+            if decision.version == CANDIDATE and self.route is not None and not self.preview:
                 # The user should not see the candidate's failure, but the analyzer must.
                 ctx.observer.attempt_failed(self, CANDIDATE, kind)
                 self.decision = retry_decision()

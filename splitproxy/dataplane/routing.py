@@ -22,7 +22,8 @@ Randomness is injected: the caller passes ``draw``, a uniformly random 64-bit in
 
 The proxy's own synthetic requests (``traffic.py``) skip all of this: they carry a marker the
 data path recognises, and `synthetic_decision` sends them where the rollout's ``traffic``
-section says, reason ``synthetic``.
+section says, reason ``synthetic``. Requests that come in on the preview listener skip it too:
+`preview_decision` sends them to the route's candidate whatever the weight, reason ``preview``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
 
 
-Reason = Literal["override", "sticky", "weight", "fallback", "retry", "synthetic"]
+Reason = Literal["override", "sticky", "weight", "fallback", "retry", "synthetic", "preview"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,7 @@ _FALLBACK = Decision(STABLE, "fallback")
 _DECISIONS: Final[dict[tuple[str, str], Decision]] = {
     (v, r): Decision(v, r)
     for v in (STABLE, CANDIDATE)
-    for r in ("override", "sticky", "weight", "fallback", "retry", "synthetic")
+    for r in ("override", "sticky", "weight", "fallback", "retry", "synthetic", "preview")
 }
 
 
@@ -270,6 +271,12 @@ def synthetic_decision(route: CompiledRoute, target: Version) -> Decision:
     if target == CANDIDATE and route.candidate is None:
         target = STABLE
     return _DECISIONS[target, "synthetic"]
+
+
+def preview_decision(route: CompiledRoute) -> Decision:
+    """Where a request to the preview listener goes: the route's candidate, whatever the
+    weight, overrides or sticky key (and no seed), or stable when the route has none."""
+    return _DECISIONS[STABLE if route.candidate is None else CANDIDATE, "preview"]
 
 
 def retry_decision() -> Decision:

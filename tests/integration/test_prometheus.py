@@ -3,7 +3,9 @@
 Debian's ``prometheus`` is installed when it is missing (as root, with apt-get; the test is
 skipped only where neither is available). The server runs on loopback with a 1 s scrape of
 the admin listener. The candidate fails a known share of requests and is slow for a known
-share; the success-rate and p99 queries from ``docs/observability.md`` must say so.
+share; the success-rate and p99 queries from ``docs/observability.md`` must say so. Requests
+to the preview listener (all failing, all slow) go to the same candidate: the documented
+queries are about user traffic and must not see them.
 """
 
 from __future__ import annotations
@@ -175,7 +177,8 @@ async def prometheus(prometheus_binary: str, tmp_path: Path) -> AsyncIterator[An
 
 @dataclass
 class Candidate:
-    """Every 5th request fails (500); every 10th, from the 2nd, takes 160 ms."""
+    """Every 5th request fails (500); every 10th, from the 2nd, takes 160 ms. ``/preview``
+    requests (not counted in ``served``) all fail, after 400 ms."""
 
     served: int = 0
     failed: int = 0
@@ -183,6 +186,9 @@ class Candidate:
     latencies: list[float] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
+        if request.path == "/preview":
+            await asyncio.sleep(0.4)
+            return web.Response(status=500, text="preview boom")
         n = self.served
         self.served += 1
         if n % 5 == 0:
@@ -242,35 +248,48 @@ async def test_prometheus_queries_agree_with_the_traffic(
                 }
             ]
         }
-        server = await start_proxy(routes)
+        server = await start_proxy(routes, preview_listen="127.0.0.1:0")
         prom = await prometheus(server.admin_port)
         await prom.until('up{job="splitproxy"}', 1)
         base = f"http://127.0.0.1:{server.listen_port}"
 
-        async def drive(session: aiohttp.ClientSession, to_candidate: int, to_stable: int) -> None:
+        preview = f"http://127.0.0.1:{server.preview_port}/preview"
+
+        async def drive(
+            session: aiohttp.ClientSession, to_candidate: int, to_stable: int, previews: int
+        ) -> None:
             sem = asyncio.Semaphore(10)
 
             async def one(canary: str) -> None:
                 async with sem, session.get(f"{base}/x", headers={"X-Canary": canary}) as r:
                     await r.read()
 
+            async def look() -> None:
+                async with sem, session.get(preview) as r:
+                    assert r.status == 500
+                    await r.read()
+
             await asyncio.gather(
                 *(one("always") for _ in range(to_candidate)),
                 *(one("never") for _ in range(to_stable)),
+                *(look() for _ in range(previews)),
             )
 
-        total = 'sum(splitproxy_requests_total{route="app"})'
+        total = 'sum(splitproxy_requests_total{route="app",traffic="user"})'
+        previewed = 'sum(splitproxy_requests_total{route="app",traffic="preview"})'
         async with aiohttp.ClientSession() as session:
             # phase A: every series exists and Prometheus has it
-            await drive(session, 50, 20)
+            await drive(session, 50, 20, 10)
             scraped_a = await prom.until(total, 70)
+            await prom.until(previewed, 10)
             served_a, failed_a = candidate.served, candidate.failed
             await asyncio.sleep(1.5)  # samples with phase A's values only
             window_start = time.time()
             await asyncio.sleep(1.5)
             # phase B: what the queries must describe
-            await drive(session, 100, 40)
-            scraped_b = await prom.until(total, 210)
+            await drive(session, 100, 40, 20)
+            # evaluated once Prometheus has every user request and every preview of phase B
+            scraped_b = max(await prom.until(total, 210), await prom.until(previewed, 30))
         assert scraped_b > scraped_a
 
         sent = candidate.served - served_a

@@ -340,7 +340,8 @@ async def test_judged_synthetic_traffic_alone_carries_a_quiet_service_to_promoti
     assert (
         'splitproxy_synthetic_requests_total{code="200",route="app",version="candidate"}' in metrics
     )
-    assert 'splitproxy_requests_total{code="200",route="app",version="candidate"}' not in metrics
+    user = 'splitproxy_requests_total{code="200",route="app",traffic="user",version="candidate"}'
+    assert user not in metrics
     sent = candidate_v.count
     await asyncio.sleep(0.3)  # promoted: the generator has stopped
     assert candidate_v.count - sent <= 16  # at most what was already in flight

@@ -51,7 +51,7 @@ def exchange(
 ) -> Exchange:
     """A finished `Exchange` of ``route`` as the data path leaves it (``route=None``: no route
     matched; ``routed=False``: rejected before the routing decision)."""
-    conn = cast(ClientConnection, SimpleNamespace(ctx=None, peer_ip="203.0.113.7"))
+    conn = cast(ClientConnection, SimpleNamespace(ctx=None, peer_ip="203.0.113.7", preview=False))
     ex = Exchange(conn)
     snapshot = state.snapshot
     assert snapshot is not None

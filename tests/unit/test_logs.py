@@ -143,3 +143,20 @@ def test_observers_fan_out_to_the_recorder_and_the_access_log() -> None:
 
     quiet = Observers(Recording(), None)  # the access log turned off
     quiet.exchange_finished(ex)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_preview_request_says_its_listener_and_reason(log_format: str) -> None:
+    state = runtime_state()
+    ex = exchange(state, "shop", "candidate", "preview", preview=True)
+    line = write(log_format, ex)
+    if log_format == "text":
+        assert " reason=preview " in line
+        assert line.endswith(" listener=preview\n")
+        user = write("text", exchange(state, "shop", "candidate", "weight"))
+        assert "listener=" not in user
+    else:
+        data = json.loads(line)
+        assert (data["reason"], data["listener"]) == ("preview", "preview")
+        fields = AccessLog("json", clock=lambda: NOW).fields(ex)
+        assert data == {"logger": "splitproxy.access", **fields}

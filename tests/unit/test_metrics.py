@@ -41,6 +41,11 @@ def value(samples: dict[tuple[str, Labels], float], name: str, **labels: str) ->
     return samples.get((name, frozenset(labels.items())))
 
 
+def user(samples: dict[tuple[str, Labels], float], name: str, **labels: str) -> float | None:
+    """`value` of a user-traffic sample (``traffic="user"``)."""
+    return value(samples, name, traffic="user", **labels)
+
+
 def serve(recorder: Recorder, *args: object, **kwargs: object) -> None:
     ex = exchange(recorder.state, *args, **kwargs)  # type: ignore[arg-type]
     if ex.decision is not None:
@@ -107,7 +112,7 @@ def test_durations_fall_in_buckets_from_5_ms_to_30_s(recorder: Recorder) -> None
     assert les[-2] == 30.0
 
     def bucket(le: str) -> float | None:
-        return value(
+        return user(
             s, "splitproxy_request_duration_seconds_bucket", route="shop", version="stable", le=le
         )
 
@@ -116,8 +121,8 @@ def test_durations_fall_in_buckets_from_5_ms_to_30_s(recorder: Recorder) -> None
     assert bucket("0.2") == 4
     assert bucket("30.0") == 5
     assert bucket("+Inf") == 6
-    count = value(s, "splitproxy_request_duration_seconds_count", route="shop", version="stable")
-    total = value(s, "splitproxy_request_duration_seconds_sum", route="shop", version="stable")
+    count = user(s, "splitproxy_request_duration_seconds_count", route="shop", version="stable")
+    total = user(s, "splitproxy_request_duration_seconds_sum", route="shop", version="stable")
     assert count == 6
     assert total == pytest.approx(74.239)
     ttfb = "splitproxy_upstream_response_header_duration_seconds_count"
@@ -129,7 +134,7 @@ def test_series_exist_at_zero_before_the_first_request(recorder: Recorder) -> No
     # rate() and histogram_quantile() need a zero to start from
     assert value(s, "splitproxy_requests_in_flight", route="shop", version="candidate") == 0
     assert (
-        value(
+        user(
             s,
             "splitproxy_request_duration_seconds_bucket",
             route="shop",
@@ -139,8 +144,8 @@ def test_series_exist_at_zero_before_the_first_request(recorder: Recorder) -> No
         == 0
     )
     count = "splitproxy_request_duration_seconds_count"
-    assert value(s, count, route="static", version="stable") == 0
-    assert value(s, count, route="static", version="candidate") is None  # no candidate
+    assert user(s, count, route="static", version="stable") == 0
+    assert user(s, count, route="static", version="candidate") is None  # no candidate
 
 
 def test_upstream_errors_by_kind(recorder: Recorder) -> None:
@@ -182,9 +187,9 @@ def test_a_candidate_failure_replayed_on_stable_counts_against_the_candidate(
     recorder.exchange_finished(ex)
 
     s = scrape(recorder)
-    assert value(s, "splitproxy_requests_total", route="shop", version="stable", code="200") == 1
+    assert user(s, "splitproxy_requests_total", route="shop", version="stable", code="200") == 1
     assert (
-        value(s, "splitproxy_requests_total", route="shop", version="candidate", code="200") is None
+        user(s, "splitproxy_requests_total", route="shop", version="candidate", code="200") is None
     )
     errors = "splitproxy_upstream_errors_total"
     assert value(s, errors, route="shop", version="candidate", kind="connect") == 1
@@ -270,9 +275,9 @@ def test_config_reloads(recorder: Recorder) -> None:
 def test_each_recorder_has_its_own_registry_with_process_metrics() -> None:
     a, b = following(runtime_state()), following(runtime_state())
     serve(a, "shop", "stable")
-    assert value(scrape(a), "splitproxy_requests_total", route="shop", version="stable", code="200")
+    assert user(scrape(a), "splitproxy_requests_total", route="shop", version="stable", code="200")
     assert (
-        value(scrape(b), "splitproxy_requests_total", route="shop", version="stable", code="200")
+        user(scrape(b), "splitproxy_requests_total", route="shop", version="stable", code="200")
         is None
     )
     names = {name for name, _ in scrape(a)}
@@ -289,6 +294,7 @@ def test_no_label_carries_a_path_a_client_or_a_request_id(recorder: Recorder) ->
         "version": {"", "stable", "candidate"},
         "upstream": {"http://shop-v1:8080", "http://shop-v2:8080", "http://static:80"},
         "revision": {"", "1.0", "2.0"},
+        "traffic": {"user", "preview"},
     }
     for (name, labels), _ in scrape(recorder).items():
         if not name.startswith("splitproxy_"):
@@ -305,9 +311,9 @@ def test_no_label_carries_a_path_a_client_or_a_request_id(recorder: Recorder) ->
 def test_a_websocket_session_is_counted_but_is_not_a_latency(recorder: Recorder) -> None:
     serve(recorder, "shop", "stable", status=101, duration=300.0, ttfb=0.002)
     s = scrape(recorder)
-    assert value(s, "splitproxy_requests_total", route="shop", version="stable", code="101") == 1
+    assert user(s, "splitproxy_requests_total", route="shop", version="stable", code="101") == 1
     count = "splitproxy_request_duration_seconds_count"
-    assert value(s, count, route="shop", version="stable") == 0
+    assert user(s, count, route="shop", version="stable") == 0
     (obs,) = recorder.observations("shop", NOW - 1)
     assert (obs.stable.requests, obs.stable.latency.count) == (1, 0)
 
@@ -357,3 +363,35 @@ def test_windows_of_removed_routes_are_dropped_on_reload() -> None:
     state.load(again.config, again.content_hash, NOW + 2)
     serve(recorder, "static", "stable", "fallback")
     assert [o.stable.requests for o in recorder.observations("static", 0.0)] == [1]
+
+
+def test_preview_requests_are_labelled_apart_and_never_reach_the_windows() -> None:
+    clock = Clock()
+    recorder = following(runtime_state(), clock=clock)
+    serve(recorder, "shop", "candidate", "weight", duration=0.120)
+    for status in (200, 200, 503):
+        serve(recorder, "shop", "candidate", "preview", status=status, preview=True)
+    serve(recorder, None, status=404, preview=True)  # no route, on the preview listener
+    s = scrape(recorder)
+    requests = "splitproxy_requests_total"
+    assert user(s, requests, route="shop", version="candidate", code="200") == 1
+    assert user(s, requests, route="shop", version="candidate", code="503") is None
+    preview = {"traffic": "preview"}
+    assert value(s, requests, route="shop", version="candidate", code="200", **preview) == 2
+    assert value(s, requests, route="shop", version="candidate", code="503", **preview) == 1
+    assert value(s, requests, route="", version="", code="404", **preview) == 1
+    assert user(s, requests, route="", version="", code="404") is None
+    count = "splitproxy_request_duration_seconds_count"
+    assert user(s, count, route="shop", version="candidate") == 1
+    assert value(s, count, route="shop", version="candidate", **preview) == 3
+    # a route without preview traffic has no preview histogram, only the user one at zero
+    assert value(s, count, route="shop", version="stable", **preview) is None
+    ttfb = "splitproxy_upstream_response_header_duration_seconds_count"
+    assert value(s, ttfb, route="shop", version="candidate") == 1
+    decisions = "splitproxy_routing_decisions_total"
+    assert value(s, decisions, route="shop", version="candidate", reason="preview") == 3
+    assert recorder.in_flight("shop", "candidate") == 0
+    # the analyzer's windows saw the one user request, none of the preview ones
+    (period,) = recorder.observations("shop", NOW)
+    assert (period.candidate.requests, period.candidate.errors) == (1, 0)
+    assert recorder.summary("shop", NOW + 1)["candidate"].requests == 1

@@ -23,6 +23,7 @@ from splitproxy.dataplane.routing import (
     choose,
     cookie_value,
     find_route,
+    preview_decision,
     salt_for,
 )
 
@@ -513,3 +514,19 @@ def test_an_empty_seed_cookie_gets_a_fresh_seed(draw: int) -> None:
     decision = choose(at(BY_COOKIE, 5000), seed_cookie(""), draw)
     assert decision.reason == "sticky"
     assert decision.seed == f"{draw:016x}"
+
+
+# --- preview ------------------------------------------------------------------------------
+
+
+@given(weight_bp=weights)
+def test_preview_is_the_candidate_at_any_weight_without_a_seed(weight_bp: int) -> None:
+    for route in (PLAIN, BY_COOKIE, BY_HEADER, WITH_CANARY):
+        decision = preview_decision(at(route, weight_bp))
+        assert decision == Decision(CANDIDATE, "preview")
+        assert decision.seed is None  # the preview listener never gives a client a bucket
+
+
+def test_preview_of_a_route_without_candidate_is_stable() -> None:
+    route = compile_route(candidate=None)
+    assert preview_decision(route) == Decision(STABLE, "preview")

@@ -20,6 +20,7 @@ def test_defaults_listen_everywhere_and_keep_admin_on_loopback() -> None:
     assert s.admin_address == ("127.0.0.1", 9901)
     assert s.log_format == "text"
     assert s.access_log is True
+    assert s.preview_address is None  # no preview listener unless it is set
 
 
 def test_environment_sets_values_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,6 +43,7 @@ def test_environment_sets_values_and_flags_win(monkeypatch: pytest.MonkeyPatch) 
     ("field", "value"),
     [
         ("listen", "nowhere"),
+        ("preview_listen", "nowhere"),
         ("log_format", "xml"),
         ("read_timeout", 0),
         ("trusted_proxies", ["10.0.0.0/33"]),
@@ -200,3 +202,11 @@ def test_a_token_and_a_token_file_together_are_refused(
     with pytest.raises(InvalidSettings) as info:
         load_settings(admin_token_file=path)
     assert "not both" in info.value.lines[0]
+
+
+def test_the_preview_listener_is_set_like_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPLITPROXY_PREVIEW_LISTEN", ":8081")
+    assert Settings().preview_address == ("0.0.0.0", 8081)
+    assert Settings(preview_listen="127.0.0.1:0").preview_address == ("127.0.0.1", 0)
+    with pytest.raises(InvalidSettings, match="SPLITPROXY_PREVIEW_LISTEN"):
+        load_settings(preview_listen="8081")
