@@ -30,6 +30,7 @@ import httptools
 
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
 from splitproxy.dataplane.heads import request_head, response_head
+from splitproxy.dataplane.health import BackendHealth
 from splitproxy.dataplane.http11 import (
     CHUNKED,
     IDEMPOTENT_METHODS,
@@ -84,6 +85,7 @@ class Exchange:
     """One request and its response; the unit that metrics and the access log record."""
 
     __slots__ = (
+        "backend_health",
         "body_buffer",
         "body_buffered",
         "body_kind",
@@ -154,6 +156,7 @@ class Exchange:
         self.decision: Decision | None = None
         self.version = ""
         self.pool: UpstreamPool | None = None
+        self.backend_health: BackendHealth | None = None  # of the version it is sent to
         self.upstream_url = ""
         self.up: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
@@ -232,15 +235,18 @@ class Exchange:
                 413, "body_too_large", f"request body is larger than {limit} bytes", close=True
             )
             return
+        rh = ctx.health.routes.get(route.name)
         decision = self.decision = (
-            choose(route, wanted, ctx.getrandbits(64))
+            choose(route, wanted, ctx.getrandbits(64), rh is None or rh.candidate_up)
             if forced is None
             else synthetic_decision(route, forced)
         )
         version = self.version = decision.version
         plan = route.candidate if version == CANDIDATE else route.stable
         assert plan is not None
-        self.pool, self.upstream_url = ctx.pick_pool(plan)
+        bh = None if rh is None else rh.candidate if version == CANDIDATE else rh.stable
+        self.backend_health = bh
+        self.pool, self.upstream_url = ctx.pick_pool(plan, bh)
         self.replayable = self.body_kind is NO_BODY and self.method in IDEMPOTENT_METHODS
         self.head_bytes = self._request_head(raw_host)
         ctx.in_flight += 1
@@ -381,6 +387,9 @@ class Exchange:
     ) -> None:
         self.ttfb = self.ctx.monotonic() - self.started
         self.status = self.upstream_status = status
+        bh = self.backend_health
+        if bh is not None and not bh.clean:  # a failure on record, or an address out
+            self.ctx.health.succeeded(bh, self.upstream_url)
         conn = self.conn
         cookie = b""
         decision = self.decision
@@ -447,6 +456,9 @@ class Exchange:
         stale = up is not None and up.served > 1 and not up.got_response_bytes and kind == "reset"
         if up is not None:
             up.abort()
+        bh = self.backend_health
+        if bh is not None and (connect or (kind != "timeout" and not stale)):
+            ctx.health.failed(bh, self.upstream_url, kind)  # passive ejection counts it
         if may_retry(
             replayable=self.replayable,
             retried=self.retried,
@@ -463,9 +475,14 @@ class Exchange:
                 ctx.observer.attempt_failed(self, CANDIDATE, kind)
                 self.decision = retry_decision()
                 self.version = self.decision.version
-                self.pool, self.upstream_url = ctx.pick_pool(self.route.stable)
+                rh = ctx.health.routes.get(self.route.name)
+                bh = self.backend_health = rh.stable if rh is not None else None
+                self.pool, self.upstream_url = ctx.pick_pool(self.route.stable, bh)
             elif not stale:
                 ctx.observer.attempt_failed(self, decision.version, kind)
+                if self.route is not None:  # on stable: another address if there is one
+                    failed = self.upstream_url
+                    self.pool, self.upstream_url = ctx.pick_pool(self.route.stable, bh, failed)
             self.dispatch()
             return
         self.error_kind = kind
