@@ -372,14 +372,15 @@ class HealthBook:
         self._set(address, eject, f"{why}; out for {seconds:g}s")
 
     # -- what the prober reports ------------------------------------------------------------
-    def check(self, route: str, version: Version, url: str, result: CheckResult) -> None:
-        """An active check of ``url`` ended with ``result``."""
-        rh = self.routes.get(route)
-        backend = rh.backend(version) if rh is not None else None
-        address = backend.by_url.get(url) if backend is not None else None
+    def check(self, probe: Probe, result: CheckResult) -> None:
+        """An active check of ``probe``'s address ended with ``result``."""
+        rh = self.routes.get(probe.route)
+        backend = rh.backend(probe.version) if rh is not None else None
+        address = backend.by_url.get(probe.url) if backend is not None else None
         if address is None:
             return  # a reload removed it while the check ran
-        spec = self._spec(route, version, url)
+        spec = probe.spec
+        route, version, url = probe.route, probe.version, probe.url
         address.last_check = result
         address.checks[result] = address.checks.get(result, 0) + 1
         if result == "success":
@@ -400,12 +401,6 @@ class HealthBook:
             if address.active_up and address.active_failures >= spec.unhealthy_after:
                 why = f"{address.active_failures} checks failed (last: {result})"
                 self._set(address, _active_down, why)
-
-    def _spec(self, route: str, version: Version, url: str) -> HealthCheck:
-        for probe in self._probes:
-            if probe.route == route and probe.version == version and probe.url == url:
-                return probe.spec
-        return TCP_CHECK
 
     # -- transitions ------------------------------------------------------------------------
     def _set(
