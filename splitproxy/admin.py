@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from splitproxy import __version__
+from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.routing import BUCKETS, BackendPlan, CompiledRoute
 from splitproxy.dataplane.state import RuntimeState, Snapshot, weight_source
 from splitproxy.errors import Conflict, InvalidValue, NotReady, RequestRefused, UnknownRoute
@@ -35,6 +36,7 @@ from splitproxy.metrics import Recorder
 from splitproxy.rollout.controller import COMMANDS, Controller
 from splitproxy.rollout.messages import Command
 from splitproxy.views import (
+    AddressView,
     BackendView,
     EventsView,
     EventView,
@@ -66,6 +68,7 @@ class AdminContext:
     # the listener is on a loopback address: only loopback Host names are answered on /api/
     # (a web page that rebinds its own DNS name to 127.0.0.1 must not reach the API)
     loopback_only: bool = False
+    health: HealthBook | None = None  # the upstream addresses' health
 
 
 ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
@@ -223,26 +226,54 @@ def rollout_view(raw: dict[str, object] | None) -> RolloutView | None:
     return cast("RolloutView | None", raw)
 
 
+def address_views(plan: BackendPlan, health: BackendHealth | None) -> list[AddressView]:
+    """Each address of a backend with its health (healthy, never checked, without a book)."""
+    views: list[AddressView] = []
+    for target in plan.targets:
+        a = health.by_url.get(target.url) if health is not None else None
+        state = a.state if a is not None else "healthy"
+        views.append(
+            {
+                "url": target.url,
+                "state": state,
+                "healthy": state == "healthy",
+                "ejected": state in ("ejected", "probing"),
+                "since": a.since if a is not None else 0.0,
+                "consecutive_failures": a.failures if a is not None else 0,
+                "ejected_until": a.ejected_until if a is not None else None,
+                "last_check": a.last_check if a is not None else None,
+                "ready": a.ready if a is not None and health is not None and health.tracked
+                else None,
+            }
+        )  # fmt: skip
+    return views
+
+
 def route_view(
     snapshot: Snapshot,
     route: CompiledRoute,
     recorder: Recorder,
     now: float | None = None,
     control: Controller | None = None,
+    health: HealthBook | None = None,
 ) -> RouteView:
-    """A route as status shows it: backends, the weight and who set it (``rollout``,
-    ``runtime`` or ``file``), its live traffic (``now``: Unix time, default the current
-    time) and its rollout (phase, step, checks with their evidence, recent history; null for
-    a route without a ``rollout``)."""
+    """A route as status shows it: backends (with each address's health), the weight and
+    who set it (``rollout``, ``runtime`` or ``file``), its live traffic (``now``: Unix time,
+    default the current time) and its rollout (phase, step, checks with their evidence,
+    recent history; null for a route without a ``rollout``)."""
     model = snapshot.config.route(route.name)
     assert model is not None
     override = snapshot.overrides.get(route.name)
+    rh = health.route(route.name) if health is not None else None
 
     def backend(version: str, plan: BackendPlan) -> BackendView:
+        bh = (rh.candidate if version == "candidate" else rh.stable) if rh is not None else None
         return {
             "urls": [t.url for t in plan.targets],
             "revision": plan.revision,
             "in_flight": recorder.in_flight(route.name, version),
+            "all_down": bh.all_down if bh is not None else False,
+            "addresses": address_views(plan, bh),
         }
 
     return {
@@ -306,7 +337,8 @@ async def status(request: web.Request) -> web.Response:
         },
         "rollouts": cast(RolloutsView, ctx.control.summary()) if ctx.control is not None else None,
         "routes": [
-            route_view(snapshot, r, ctx.recorder, control=ctx.control) for r in snapshot.routes
+            route_view(snapshot, r, ctx.recorder, control=ctx.control, health=ctx.health)
+            for r in snapshot.routes
         ],
     }
     return web.json_response(body)
@@ -324,7 +356,7 @@ def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
 def _view(ctx: AdminContext, snapshot: Snapshot, name: str) -> RouteView:
     route = snapshot.route(name)
     assert route is not None
-    return route_view(snapshot, route, ctx.recorder, control=ctx.control)
+    return route_view(snapshot, route, ctx.recorder, control=ctx.control, health=ctx.health)
 
 
 async def get_route(request: web.Request) -> web.Response:

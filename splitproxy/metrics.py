@@ -47,6 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, FailureKind, Version
+from splitproxy.dataplane.health import CHECK_RESULTS, HealthBook
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState, Snapshot
@@ -426,3 +427,34 @@ class _Collector(Collector):
             "When the routing file was last loaded successfully (Unix time).",
             value=r.reloads.last_success_at,
         )
+
+
+class HealthCollector(Collector):
+    """Upstream health (``dataplane/health.py``), read from the book on scrape: per address of
+    each route's version, whether it is in rotation, and the active checks by result."""
+
+    def __init__(self, book: HealthBook) -> None:
+        self.book = book
+
+    def collect(self) -> Iterator[Metric]:
+        healthy = GaugeMetricFamily(
+            "splitproxy_upstream_healthy",
+            "1 while the address takes traffic; 0 while ejected, probing or failing its checks.",
+            labels=("route", "version", "upstream"),
+        )
+        checks = CounterMetricFamily(
+            "splitproxy_health_checks", "Active health checks, by result.",
+            labels=("route", "version", "upstream", "result"),
+        )  # fmt: skip
+        for name, rh in sorted(self.book.routes.items()):
+            for backend in (rh.stable, rh.candidate):
+                if backend is None:
+                    continue
+                for address in backend.addresses:
+                    labels = (name, backend.version, address.url)
+                    healthy.add_metric(labels, 1 if address.state == "healthy" else 0)
+                    if backend.tracked:
+                        for result in CHECK_RESULTS:
+                            checks.add_metric((*labels, result), address.checks.get(result, 0))
+        yield healthy
+        yield checks

@@ -2,9 +2,10 @@
 
 Lifecycle, in order:
 start:    load the routing file (an invalid one stops start-up with its errors), start the
-          rollout controller (it resumes saved rollouts from ``state_dir`` and applies their
-          weights), open the admin listener, then the proxy listener, then the preview
-          listener (``preview_listen``, when set), then the sweeper (timeouts, idle pools).
+          health prober (active checks) and the rollout controller (it resumes saved
+          rollouts from ``state_dir`` and applies their weights), open the admin listener,
+          then the proxy listener, then the preview listener (``preview_listen``, when set),
+          then the sweeper (timeouts, idle pools, the end of upstream ejections).
 reload:   a watch of the routing file's directory, a stat-and-hash poll, SIGHUP and
           POST /api/v1/reload all ask `reload.Reloader` for a reload; its one worker reads,
           validates and swaps, and a bad file keeps the last good config serving. Pools of
@@ -33,11 +34,13 @@ from splitproxy.admin import AdminContext, create_admin_app, loopback_host
 from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.client import ClientConnection
 from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.dataplane.health import HealthBook
 from splitproxy.dataplane.pools import PoolRegistry
+from splitproxy.dataplane.probes import Prober
 from splitproxy.dataplane.state import RuntimeState
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.logs import AccessLog, Observers
-from splitproxy.metrics import Recorder
+from splitproxy.metrics import HealthCollector, Recorder
 from splitproxy.reload import (
     ConfigInfoCollector,
     PoolJanitor,
@@ -79,6 +82,11 @@ class Server:
             max_connections=settings.max_upstream_connections,
         )
         self.recorder.registry.register(ConfigInfoCollector(self.state))
+        # which upstream addresses take traffic: passive ejection always, active checks
+        # for backends with `health:` (and a rollout's candidate, for its readiness)
+        self.health = HealthBook()
+        self.prober = Prober(self.health)
+        self.recorder.registry.register(HealthCollector(self.health))
         self.reload_options = reload_options or ReloadOptions(
             watch=settings.reload_watch, poll_interval=settings.reload_poll_interval
         )
@@ -134,7 +142,9 @@ class Server:
         self._load_initial()
         control = self.control = self._build_control()
         ctx = self.ctx = self._build_context()
+        self.health.tick(time.time())
         self._follow_snapshots(control, ctx)
+        self.prober.start()
         if self._routing_text is None and s.config is not None:
             self.reloader = Reloader(
                 s.config, self.state, self.recorder.config_reloaded, self.reload_options
@@ -152,6 +162,7 @@ class Server:
             reload=self.reloader.admin_reload if self.reloader is not None else None,
             control=self.control,
             loopback_only=loopback_host(s.admin_address[0]),
+            health=self.health,
         )
         runner = self._admin_runner = web.AppRunner(
             create_admin_app(admin_ctx), access_log=None, handle_signals=False
@@ -196,11 +207,21 @@ class Server:
         1. the recorder: series (at zero) for the routes' versions, windows of removed routes
            dropped — first, so that everything after it records into series that exist;
         2. the pool janitor: pools of upstreams no route names any more close after a grace;
-        3. the rollout controller: a new config wakes its tick, so rollouts follow it at once;
-        4. the proxy context: the headers the routes read, the synthetic-traffic markers.
+        3. the health book: addresses that stay keep their health, new ones start healthy,
+           a new candidate is not ready until checked; then the prober, which runs the
+           checks the book now asks for (before the controller reads the candidate's health);
+        4. the rollout controller: a new config wakes its tick, so rollouts follow it at once;
+        5. the proxy context: the headers the routes read, the synthetic-traffic markers.
 
         The reloader, the admin API and the controller swap snapshots; they follow none."""
-        for follow in (self.recorder.on_swap, self.janitor.on_swap, control.on_swap, ctx.on_swap):
+        for follow in (
+            self.recorder.on_swap,
+            self.janitor.on_swap,
+            self.health.on_swap,
+            self.prober.on_swap,
+            control.on_swap,
+            ctx.on_swap,
+        ):
             self.state.subscribe(follow)
 
     def _build_context(self) -> ProxyContext:
@@ -226,6 +247,7 @@ class Server:
             max_body_bytes=s.max_body_bytes,
             trusted_proxies=s.trusted_proxies,
             via=s.via,
+            health=self.health,
         )
 
     def _build_control(self) -> Controller:
@@ -253,6 +275,7 @@ class Server:
         while True:
             await asyncio.sleep(tick)
             ctx.sweep(time.monotonic())
+            self.health.tick(time.time())  # ejections that are over turn to probing
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -278,6 +301,7 @@ class Server:
             await self.reloader.stop()
         if self.control is not None:
             await self.control.stop()
+        await self.prober.stop()
         ctx = self.ctx
         if s.drain_delay > 0:
             await asyncio.sleep(s.drain_delay)

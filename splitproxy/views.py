@@ -21,12 +21,29 @@ class MatchView(TypedDict):
     path_prefix: str
 
 
+class AddressView(TypedDict):
+    """One upstream address's health (``dataplane/health.py``)."""
+
+    url: str
+    state: str  # healthy, unhealthy (failing its checks), ejected or probing (half-open)
+    healthy: bool  # takes traffic now
+    ejected: bool  # out after failed requests (``probing`` included)
+    since: float  # Unix time of the last change of ``state``
+    consecutive_failures: int  # failed requests in a row
+    ejected_until: float | None  # Unix time; None when not ejected
+    last_check: str | None  # the latest active check's result; None: not checked (yet)
+    ready: bool | None  # passed ``healthy_after`` checks in a row once; None: not checked
+
+
 class BackendView(TypedDict):
-    """One version's upstreams, its revision, and its requests in flight now."""
+    """One version's upstreams, its revision, its requests in flight now, and its addresses'
+    health; ``all_down``: every address is out, so requests try them anyway (fail open)."""
 
     urls: list[str]
     revision: str | None
     in_flight: int
+    all_down: bool
+    addresses: list[AddressView]
 
 
 class RuntimeWeightView(TypedDict):

@@ -14,12 +14,14 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 from splitproxy.config.fields import (
     ROUTE_NAME,
     CookieName,
+    Duration,
     Frozen,
     HeaderName,
     percent_resolution,
 )
 from splitproxy.config.patterns import compile_pattern
 from splitproxy.config.rollout import Rollout
+from splitproxy.config.vocabulary import CANDIDATE, Version
 
 
 def _upstream_url(value: str) -> str:
@@ -47,6 +49,59 @@ UpstreamURL = Annotated[
 ]
 
 
+def _expect(value: Any) -> Any:
+    """``2xx``, ``3xx``, a status code or a list of codes, as the set of accepted codes."""
+    if isinstance(value, bool):
+        raise ValueError("must be 2xx, 3xx, a status code or a list of status codes")
+    if isinstance(value, str) and value.strip().lower() in ("2xx", "3xx"):
+        first = int(value.strip()[0]) * 100
+        return tuple(range(first, first + 100))
+    codes = value if isinstance(value, list | tuple) else [value]
+    if not codes:
+        raise ValueError("give at least one status code")
+    out = []
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int | str):
+            raise ValueError(f"{code!r} is not a status code")
+        try:
+            number = int(code)
+        except ValueError:
+            raise ValueError(f"{code!r} is not a status code (or 2xx, 3xx)") from None
+        if not 100 <= number <= 599:
+            raise ValueError(f"{number} is not a status code (100-599)")
+        out.append(number)
+    return tuple(sorted(set(out)))
+
+
+class HealthCheck(Frozen):
+    """An active health check of every address of a backend: ``GET path`` each ``interval``;
+    an answer within ``timeout`` with an ``expect``-ed status passes. ``unhealthy_after``
+    consecutive failures take an address out of rotation, ``healthy_after`` consecutive
+    passes put it back (and make a new candidate ready)."""
+
+    path: str = Field(default="/healthz", min_length=1, max_length=2048)
+    interval: Duration = Field(default=2.0, ge=0.1, le=3600.0)
+    timeout: Duration = Field(default=1.0, gt=0.0, le=300.0)
+    unhealthy_after: int = Field(default=3, ge=1, le=100)
+    healthy_after: int = Field(default=2, ge=1, le=100)
+    expect: Annotated[tuple[int, ...], BeforeValidator(_expect)] = tuple(range(200, 300))
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        if any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in v):
+            raise ValueError("must be a plain request path (no spaces or control characters)")
+        return v
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheck:
+        if self.timeout > self.interval:
+            raise ValueError("'timeout' must not be longer than 'interval'")
+        return self
+
+
 def _backend_shorthand(value: Any) -> Any:
     """Accept a URL, a list of URLs, or the full mapping; normalise to the mapping."""
     if isinstance(value, str):
@@ -59,10 +114,12 @@ def _backend_shorthand(value: Any) -> Any:
 
 
 class Backend(Frozen):
-    """One version of the service: one or more URLs (served round-robin) and its revision."""
+    """One version of the service: one or more URLs (served round-robin), its revision, and
+    its own health check (else the route's, if any)."""
 
     url: tuple[UpstreamURL, ...] = Field(min_length=1)
     revision: str | None = Field(default=None, min_length=1, max_length=128)
+    health: HealthCheck | None = None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -152,6 +209,8 @@ class Route(Frozen):
     overrides: tuple[Override, ...] = ()
     sticky: Sticky | None = None
     rollout: Rollout | None = None
+    # the health check of both versions, unless a backend has its own
+    health: HealthCheck | None = None
 
     @field_validator("name")
     @classmethod
@@ -172,6 +231,13 @@ class Route(Frozen):
         if self.candidate is None and self.weight > 0:
             raise ValueError("a weight above 0 needs a 'candidate'")
         return self
+
+    def health_of(self, version: Version) -> HealthCheck | None:
+        """The active health check of ``version``: the backend's own, else the route's."""
+        backend = self.candidate if version == CANDIDATE else self.stable
+        if backend is None:
+            return None
+        return backend.health if backend.health is not None else self.health
 
     @property
     def weight_bp(self) -> int:

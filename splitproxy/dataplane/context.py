@@ -17,8 +17,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from splitproxy.config.vocabulary import FailureKind, Version
+from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
-from splitproxy.dataplane.routing import BackendPlan, CompiledRoute
+from splitproxy.dataplane.routing import BackendPlan, CompiledRoute, Target
 from splitproxy.dataplane.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
 from splitproxy.dataplane.synthetic import PROCESS_TOKEN, TARGETS, marker
 
@@ -84,6 +85,7 @@ class ProxyContext:
         rng: Callable[[int], int] | None = None,
         synthetic_token: str = PROCESS_TOKEN,
         monotonic: Callable[[], float] = time.monotonic,
+        health: HealthBook | None = None,
     ) -> None:
         self.state = state
         self.pools = pools
@@ -114,6 +116,8 @@ class ProxyContext:
         # marker -> (route, target) of the current snapshot: see synthetic.py
         self.synthetic_markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         self._rr: dict[tuple[object, ...], int] = {}
+        # which addresses may take traffic (health.py); the composition root shares its book
+        self.health = health if health is not None else HealthBook()
         self.in_flight = 0
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
@@ -137,8 +141,12 @@ class ProxyContext:
         }
         self._rr = {key: n for key, n in self._rr.items() if key in live}
 
-    def pick_pool(self, plan: BackendPlan) -> tuple[UpstreamPool, str]:
-        """The pool for the next request to ``plan``: round-robin over its URLs."""
+    def pick_pool(
+        self, plan: BackendPlan, health: BackendHealth | None = None, avoid: str = ""
+    ) -> tuple[UpstreamPool, str]:
+        """The pool for the next request to ``plan``: round-robin over its URLs that may take
+        traffic (``health``), other than ``avoid`` (the address a replay just failed on);
+        with none left, round-robin over them all (fail open: a clear 502 beats no try)."""
         targets = plan.targets
         if len(targets) == 1:
             target = targets[0]
@@ -147,7 +155,27 @@ class ProxyContext:
             n = self._rr.get(key, 0)
             self._rr[key] = n + 1
             target = targets[n % len(targets)]
+            if (health is not None and not health.all_available) or avoid:
+                target = self._healthy_turn(targets, n, health, avoid) or target
+        if health is not None and not health.clean:
+            address = health.by_url.get(target.url)
+            if address is not None and address.probing:
+                self.health.take_trial(address)  # half-open: this request is its one try
         return self.pools.get(target.key), target.url
+
+    @staticmethod
+    def _healthy_turn(
+        targets: tuple[Target, ...], n: int, health: BackendHealth | None, avoid: str
+    ) -> Target | None:
+        """From turn ``n`` on, the first target that may take traffic, or None."""
+        by_url = health.by_url if health is not None else {}
+        count = len(targets)
+        for i in range(count):
+            target = targets[(n + i) % count]
+            address = by_url.get(target.url)
+            if target.url != avoid and (address is None or address.available):
+                return target
+        return None
 
     def is_trusted(self, peer: str) -> bool:
         """Is ``peer`` (an IP address) one of the trusted proxies?"""

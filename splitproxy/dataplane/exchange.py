@@ -29,10 +29,9 @@ import asyncio
 import hmac
 from typing import TYPE_CHECKING, Final
 
-import httptools
-
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
-from splitproxy.dataplane.heads import request_head, response_head
+from splitproxy.dataplane.heads import origin_form, request_head, response_head, seed_cookie
+from splitproxy.dataplane.health import BackendHealth
 from splitproxy.dataplane.http11 import (
     CHUNKED,
     IDEMPOTENT_METHODS,
@@ -88,6 +87,7 @@ class Exchange:
     """One request and its response; the unit that metrics and the access log record."""
 
     __slots__ = (
+        "backend_health",
         "body_buffer",
         "body_buffered",
         "body_kind",
@@ -159,6 +159,7 @@ class Exchange:
         self.decision: Decision | None = None
         self.version = ""
         self.pool: UpstreamPool | None = None
+        self.backend_health: BackendHealth | None = None  # of the version it is sent to
         self.upstream_url = ""
         self.up: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
@@ -239,18 +240,21 @@ class Exchange:
                 413, "body_too_large", f"request body is larger than {limit} bytes", close=True
             )
             return
+        rh = ctx.health.routes.get(route.name)
         if self.preview:
             decision = self.decision = preview_decision(route)
         else:
             decision = self.decision = (
-                choose(route, wanted, ctx.getrandbits(64))
+                choose(route, wanted, ctx.getrandbits(64), rh is None or rh.candidate_up)
                 if forced is None
                 else synthetic_decision(route, forced)
             )
         version = self.version = decision.version
         plan = route.candidate if version == CANDIDATE else route.stable
         assert plan is not None
-        self.pool, self.upstream_url = ctx.pick_pool(plan)
+        bh = None if rh is None else rh.candidate if version == CANDIDATE else rh.stable
+        self.backend_health = bh
+        self.pool, self.upstream_url = ctx.pick_pool(plan, bh)
         self.replayable = self.body_kind is NO_BODY and self.method in IDEMPOTENT_METHODS
         self.head_bytes = self._request_head(raw_host)
         ctx.in_flight += 1
@@ -261,22 +265,16 @@ class Exchange:
 
     def _origin_form(self) -> bool:
         """Absolute-form (``GET http://h/p``) to origin-form; ``*`` is kept for OPTIONS."""
-        target = self.target
-        if target == b"*" and self.method == b"OPTIONS":
+        if self.target == b"*" and self.method == b"OPTIONS":
             return True
-        try:
-            url = httptools.parse_url(target)
-        except httptools.HttpParserInvalidURLError:
+        parts = origin_form(self.target)
+        if parts is None:
             self.local(400, "bad_request", "invalid request target", close=True)
             return False
-        if not url.host:
-            self.local(400, "bad_request", "invalid request target", close=True)
-            return False
-        authority = url.host + (b":%d" % url.port if url.port else b"")
+        authority, self.target = parts
         self.wanted[b"host"] = authority
         self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
         self.headers.append((b"Host", authority))
-        self.target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
         return True
 
     def _request_head(self, raw_host: bytes) -> bytes:
@@ -397,16 +395,16 @@ class Exchange:
             self.upstream_failed("protocol")
             return
         self.status = self.upstream_status = status
+        bh = self.backend_health
+        if bh is not None and not bh.clean:  # a failure on record, or an address out
+            self.ctx.health.succeeded(bh, self.upstream_url)
         conn = self.conn
-        cookie = b""
         decision = self.decision
-        if decision is not None and decision.seed is not None and self.route is not None:
-            route = self.route
-            cookie = b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (
-                route.sticky_cookie.encode(),  # type: ignore[union-attr]
-                decision.seed.encode(),
-                route.sticky_max_age,
-            )
+        cookie = (
+            seed_cookie(self.route, decision.seed)
+            if decision is not None and decision.seed is not None and self.route is not None
+            else b""
+        )
         head, self.resp_mode, closing = response_head(
             status,
             reason,
@@ -467,6 +465,9 @@ class Exchange:
         stale = up is not None and up.served > 1 and not up.got_response_bytes and kind == "reset"
         if up is not None:
             up.abort()
+        bh = self.backend_health
+        if bh is not None and (connect or (kind != "timeout" and not stale)):
+            ctx.health.failed(bh, self.upstream_url, kind)  # passive ejection counts it
         if may_retry(
             replayable=self.replayable,
             retried=self.retried,
@@ -483,9 +484,17 @@ class Exchange:
                 ctx.observer.attempt_failed(self, CANDIDATE, kind)
                 self.decision = retry_decision()
                 self.version = self.decision.version
-                self.pool, self.upstream_url = ctx.pick_pool(self.route.stable)
+                rh = ctx.health.routes.get(self.route.name)
+                bh = self.backend_health = rh.stable if rh is not None else None
+                self.pool, self.upstream_url = ctx.pick_pool(self.route.stable, bh)
             elif not stale:
                 ctx.observer.attempt_failed(self, decision.version, kind)
+                route = self.route
+                if route is not None:  # the same version, another address if there is one
+                    plan = route.candidate if decision.version == CANDIDATE else route.stable
+                    assert plan is not None
+                    failed = self.upstream_url
+                    self.pool, self.upstream_url = ctx.pick_pool(plan, bh, failed)
             self.dispatch()
             return
         self.error_kind = kind

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+import httptools
+
 from splitproxy.dataplane.http11 import (
     HOP_BY_HOP,
     RAW,
@@ -23,6 +25,7 @@ from splitproxy.dataplane.http11 import (
     connection_tokens,
     status_line,
 )
+from splitproxy.dataplane.routing import CompiledRoute
 from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
 from splitproxy.dataplane.synthetic import UPSTREAM_LINE
 
@@ -124,6 +127,29 @@ def request_head(
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """An absolute-form target (``http://h:8080/p?q``) as (authority, origin-form target);
+    None when it is not a URL with a host."""
+    try:
+        url = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    if not url.host:
+        return None
+    authority = url.host + (b":%d" % url.port if url.port else b"")
+    return authority, (url.path or b"/") + (b"?" + url.query if url.query else b"")
+
+
+def seed_cookie(route: CompiledRoute, seed: str) -> bytes:
+    """The ``Set-Cookie`` line that gives a new client its sticky seed."""
+    assert route.sticky_cookie is not None
+    return b"Set-Cookie: %s=%s; Max-Age=%d; Path=/; HttpOnly; SameSite=Lax\r\n" % (
+        route.sticky_cookie.encode(),
+        seed.encode(),
+        route.sticky_max_age,
+    )
 
 
 def response_head(

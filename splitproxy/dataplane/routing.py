@@ -5,7 +5,8 @@ Theory of operation
 A route is compiled once per config snapshot into a `CompiledRoute` (lower-cased header names,
 compiled regexes, the weight in basis points). Per request, `choose` walks the design's order:
 
-1. no candidate: stable, reason ``fallback``;
+1. no candidate, or a candidate with no address up (``candidate_up=False``, from the health
+   book): stable, reason ``fallback``, whatever the overrides and sticky buckets say;
 2. overrides, in file order (header or cookie; ``always``/``never``, exact value, regex):
    the first that gives a verdict wins, reason ``override``;
 3. a sticky key (the seed cookie the proxy sets, or a configured header) is hashed into
@@ -223,13 +224,16 @@ def seed_from_draw(draw: int) -> str:
     return f"{draw:016x}"
 
 
-def choose(route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int) -> Decision:
+def choose(
+    route: CompiledRoute, headers: Mapping[bytes, bytes], draw: int, candidate_up: bool = True
+) -> Decision:
     """Pick the version for one request.
 
     ``headers`` maps lower-cased header names to raw values (``b"cookie"`` included when the
-    route reads cookies); ``draw`` is a uniformly random integer in [0, 2**64).
+    route reads cookies); ``draw`` is a uniformly random integer in [0, 2**64);
+    ``candidate_up`` is False while none of the candidate's addresses may take traffic.
     """
-    if route.candidate is None:
+    if route.candidate is None or not candidate_up:
         return _FALLBACK
     if route.overrides:
         cookies = headers.get(b"cookie")

@@ -64,3 +64,15 @@ def test_example_routes_requests_as_documented(config: RoutingConfig) -> None:
     assert choose(shop, {b"x-canary": b"never"}, 0).version == STABLE
     assert choose(shop, {b"cookie": b"canary=yes"}, 0).version == CANDIDATE
     assert choose(api, {b"x-group": b"beta"}, 0).version == CANDIDATE
+
+
+def test_example_api_route_checks_the_health_of_both_versions(config: RoutingConfig) -> None:
+    api = config.route("api")
+    assert api is not None
+    check = api.health_of(CANDIDATE)
+    assert check is not None
+    assert check == api.health_of(STABLE)
+    assert (check.path, check.interval, check.timeout) == ("/healthz", 2.0, 1.0)
+    assert (check.unhealthy_after, check.healthy_after) == (3, 2)
+    assert 204 in check.expect
+    assert 301 not in check.expect

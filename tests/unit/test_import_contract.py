@@ -25,6 +25,7 @@ PURE_MODULES = (
     "splitproxy.errors",
     "splitproxy.dataplane.routing",
     "splitproxy.dataplane.state",
+    "splitproxy.dataplane.health",
     "splitproxy.rollout.analyzer",
     "splitproxy.rollout.messages",
     "splitproxy.rollout.evidence",

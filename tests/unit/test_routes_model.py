@@ -514,3 +514,66 @@ def test_a_catastrophic_pattern_for_backtracking_matches_in_linear_time() -> Non
     pattern = compile_pattern(r"(a+)+b")
     assert pattern.fullmatch("a" * 100_000) is None
     assert pattern.fullmatch("a" * 100_000 + "b") is not None
+
+
+# --- health checks ------------------------------------------------------------------------
+
+
+def test_health_defaults_and_the_route_level_default_applies_to_both_versions() -> None:
+    route = parse(one_route(candidate="http://c", health="{}")).routes[0]
+    check = route.health_of("stable")
+    assert check is not None
+    assert (check.path, check.interval, check.timeout) == ("/healthz", 2.0, 1.0)
+    assert (check.unhealthy_after, check.healthy_after) == (3, 2)
+    assert check.expect == tuple(range(200, 300))
+    assert route.health_of("candidate") == check
+
+
+def test_a_backend_health_check_wins_over_the_route_one() -> None:
+    text = one_route(
+        candidate="{url: http://c, health: {path: /ready, interval: 500ms, timeout: 200ms}}",
+        health="{path: /up, expect: [200, '204']}",
+    )
+    route = parse(text).routes[0]
+    cand, stable = route.health_of("candidate"), route.health_of("stable")
+    assert cand is not None
+    assert stable is not None
+    assert (cand.path, cand.interval, cand.timeout) == ("/ready", 0.5, 0.2)
+    assert cand.expect == tuple(range(200, 300))
+    assert (stable.path, stable.expect) == ("/up", (200, 204))
+
+
+def test_no_health_anywhere_means_no_active_check() -> None:
+    route = parse(one_route(candidate="http://c")).routes[0]
+    assert route.health_of("stable") is None
+    assert route.health_of("candidate") is None
+    assert parse(one_route()).routes[0].health_of("candidate") is None
+
+
+@pytest.mark.parametrize(
+    ("expect", "codes"),
+    [("3xx", tuple(range(300, 400))), ("204", (204,)), ("[301, 200, 200]", (200, 301))],
+)
+def test_health_expect_forms(expect: str, codes: tuple[int, ...]) -> None:
+    check = parse(one_route(health=f"{{expect: {expect}}}")).routes[0].health
+    assert check is not None
+    assert check.expect == codes
+
+
+@pytest.mark.parametrize(
+    ("health", "expected"),
+    [
+        ("{path: healthz}", "routes[0].health.path: must start with '/'"),
+        ("{path: '/a b'}", "routes[0].health.path: must be a plain request path"),
+        ("{expect: 4xx}", "routes[0].health.expect: '4xx' is not a status code (or 2xx, 3xx)"),
+        ("{expect: 700}", "routes[0].health.expect: 700 is not a status code (100-599)"),
+        ("{expect: []}", "routes[0].health.expect: give at least one status code"),
+        ("{interval: 1s, timeout: 2s}", "routes[0].health: 'timeout' must not be longer"),
+        ("{unhealthy_after: 0}", "routes[0].health.unhealthy_after"),
+        ("{interval: soon}", "routes[0].health.interval"),
+        ("{pth: /x}", "routes[0].health.pth"),
+    ],
+)
+def test_invalid_health_names_the_path(health: str, expected: str) -> None:
+    found = problems(one_route(health=health))
+    assert any(p.startswith(expected) for p in found), found

@@ -88,6 +88,18 @@ def test_no_candidate_always_goes_to_stable_with_reason_fallback(draw: int) -> N
     assert choose(route, {}, draw) == Decision(STABLE, "fallback")
 
 
+@given(draw=draws, weight_bp=weights, key=keys)
+def test_a_candidate_that_is_down_gets_nobody_not_even_overrides_or_sticky_users(
+    draw: int, weight_bp: int, key: str
+) -> None:
+    route = at(WITH_CANARY, weight_bp)
+    for headers in ({}, {b"x-canary": b"always"}, seed_cookie(key)):
+        assert choose(route, headers, draw, candidate_up=False) == Decision(STABLE, "fallback")
+    # and back up, the same client lands where its bucket says again
+    assert choose(route, seed_cookie(key), draw) == choose(route, seed_cookie(key), draw ^ 1)
+    assert choose(route, {b"x-canary": b"always"}, draw).version == CANDIDATE
+
+
 # --- weight 0 and 100 ---------------------------------------------------------------------
 
 
