@@ -76,7 +76,7 @@ from splitproxy.config.vocabulary import CANDIDATE, GATES, STABLE, Version
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
+from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalCheck, ExternalPoller, ExternalReader
 from splitproxy.rollout.messages import (
@@ -90,6 +90,7 @@ from splitproxy.rollout.messages import (
 )
 from splitproxy.rollout.metrics import RolloutMetrics
 from splitproxy.rollout.persistence import Persistence
+from splitproxy.rollout.phases import ACTIVE, PHASES, TRANSITIONS
 from splitproxy.rollout.samples import path_class_slots, samples_for
 from splitproxy.rollout.store import StateStore
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
