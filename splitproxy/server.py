@@ -260,7 +260,13 @@ class Server:
                 raise ConfigError([problem]) from None
         else:
             logger.info("no state_dir: rollout state is kept in memory only")
-        control = Controller(self.state, self.recorder, store=store, options=self.control_options)
+        control = Controller(
+            self.state,
+            self.recorder,
+            store=store,
+            options=self.control_options,
+            health=self.health.candidate,  # readiness before judgement, unhealthy timeouts
+        )
         self.recorder.registry.register(control.metrics)
         return control
 

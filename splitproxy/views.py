@@ -94,7 +94,7 @@ class CheckView(TypedDict):
     """One check as judged on one tick (`rollout.analyzer.CheckResult`)."""
 
     name: str
-    kind: str  # threshold, compare, guard or external
+    kind: str  # threshold, compare, guard, external or health (the candidate's availability)
     value: float | None
     min: float | None
     max: float | None
@@ -134,6 +134,15 @@ class GateView(TypedDict):
     attempts: int
     last_at: float | None
     last_detail: str | None
+
+
+class ProgressDeadlineView(TypedDict):
+    """The progress deadline: seconds counted toward it (waiting for readiness and
+    progressing, until the candidate is ready), its limit, and when the candidate was ready."""
+
+    spent: float
+    limit: float
+    ready_at: float | None  # None: not ready yet in this rollout
 
 
 class WindowView(TypedDict):
@@ -224,11 +233,12 @@ class RolloutView(TypedDict):
     failures: int
     failure_limit: int
     paused_reason: str | None
-    waiting_for: str | None
+    waiting_for: str | None  # readiness, a gate (pre-rollout, step, confirm-promotion), pause
     gate: GateView | None
     started_at: float | None
     step_started_at: float | None
     active_time: float  # seconds the rollout has been progressing
+    progress_deadline: ProgressDeadlineView
     interval: float | None  # the current weight step's needs; None outside one
     min_requests: int | None
     window: WindowView

@@ -421,7 +421,12 @@ class Traffic(Frozen):
 
 class Rollout(Frozen):
     """How a route's candidate is rolled out: the steps, their minimum time and sample size,
-    the checks, and the failure policy."""
+    the checks, and the failure policy.
+
+    ``progress_deadline``: how long a rollout may wait for its candidate to become ready
+    (time paused or at a gate or a pause step does not count) before it is rolled back;
+    ``unhealthy_timeout``: how long a candidate may stay unhealthy during a rollout before
+    each such stretch counts as a failed check."""
 
     strategy: Literal["canary"] = "canary"
     steps: tuple[StepSpec, ...] | None = Field(default=None, min_length=1)
@@ -431,6 +436,8 @@ class Rollout(Frozen):
     min_requests: int = Field(default=100, ge=0, strict=True)
     failure_limit: int = Field(default=1, ge=0, strict=True)
     max_duration: Duration | None = None
+    progress_deadline: Duration = 600.0
+    unhealthy_timeout: Duration = 60.0
     on_no_data: Literal["hold", "fail"] = "hold"
     checks: tuple[Check, ...] = ()
     alpha: float = Field(default=0.01, gt=0.0, le=0.2, strict=True)
@@ -443,6 +450,13 @@ class Rollout(Frozen):
     def _strategy(cls, v: Any) -> Any:
         if v in ("ab", "bluegreen"):
             raise ValueError(f"{v!r} is not supported yet; use 'canary'")
+        return v
+
+    @field_validator("progress_deadline", "unhealthy_timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not 0 < v < math.inf:
+            raise ValueError("must be a duration > 0")
         return v
 
     @field_validator("step_weight", "max_weight")

@@ -231,6 +231,10 @@ def rollout_headline(route: RouteView) -> Text:
         attempts = int(gate.get("attempts") or 0) if isinstance(gate, dict) else 0
         asked = f", closed {attempts}×" if attempts else ""
         text.append(f" ({'waiting for' if phase == 'waiting' else 'paused:'} {why}{asked})")
+    deadline = rollout.get("progress_deadline")
+    if isinstance(deadline, dict) and phase != "idle" and deadline.get("ready_at") is None:
+        spent, limit = float(deadline.get("spent") or 0), float(deadline.get("limit") or 0)
+        text.append(f", not ready for {spent:.0f}s of {limit:g}s allowed", style="yellow")
     failures = rollout.get("failures")
     if failures:
         text.append(

@@ -8,22 +8,23 @@ previous tick (an `Observation`), and carries out the actions it returns (`SetWe
     actions = analyzer.tick(now, Observation(candidate="2.4.0", samples=...))
 
 Given the same ticks it makes the same decisions, so a unit test drives hours of a rollout in
-microseconds. This module is the machine only: the phases, the table of moves and the guards
-that decide when each trigger fires. What it knows and how that is weighed is
-`splitproxy.rollout.evidence`; how its state is saved and restored, `splitproxy.rollout.codec`.
+microseconds. This module is the machine's guards, which decide when each trigger fires; the
+phases and the table of moves are `splitproxy.rollout.phases`. What it knows and how that is
+weighed is `splitproxy.rollout.evidence`; what it knows of the candidate's health,
+`splitproxy.rollout.readiness`; how its state is saved and restored, `splitproxy.rollout.codec`.
 
 *Phases.* ``idle`` (no rollout: the file's weight applies), ``progressing`` (a step is
-running), ``waiting`` (a gate, a hook or a pause step holds the next move), ``paused`` (a
+running), ``waiting`` (readiness, a gate or a pause step holds the next move), ``paused`` (a
 human, an incident or ``max_duration`` froze the weights), ``promoted`` (all traffic on the
 candidate until the file names it stable) and ``rolled_back`` (all traffic on stable until a
 new revision or ``retry``). The only moves are those in `TRANSITIONS`, a table kept as data
-at the top of this file: ``TRANSITIONS[phase][trigger] -> next phase``. A move that is not
+(`phases.TRANSITIONS`): ``TRANSITIONS[phase][trigger] -> next phase``. A move that is not
 in the table is a bug, and the analyzer raises rather than guess. A manual command that the
 table does not allow in the current phase is refused, and the refusal goes to the ledger
 (`Analyzer.accepts` answers the same question in advance, for a 409). Every ledger `Event`
 of a move names the trigger that fired.
 
-*Holds.* What holds the next move while ``waiting`` (a gate, a hook, a pause step) is a
+*Holds.* What holds the next move while ``waiting`` (readiness, a gate, a pause step) is a
 `Hold` value: the analyzer has one in ``waiting``, may keep one in ``paused`` (paused while
 waiting: ``resume`` waits again), and has none in any other phase.
 
@@ -33,6 +34,14 @@ revision or the rollout spec changes mid-rollout. A promoted or rolled-back revi
 until the file names another one; ``retry`` starts a rolled-back revision again. The tick on
 which a rollout (re)starts is not used as evidence: its requests were routed under the
 previous regime.
+
+*Readiness.* A rollout (re)starts at weight 0, waiting for its candidate to be ready (when
+the `Observation` says it is not), then goes to its first step through ``pre-rollout``. No
+candidate traffic is evidence until the candidate was ready on an earlier tick. Waiting for
+readiness and progressing count toward ``progress_deadline`` until then: past it, the rollout
+rolls back ("candidate never became ready"). A candidate that becomes unavailable later keeps
+its phase, no step window passes meanwhile, and each whole ``unhealthy_timeout`` of it is a
+failed check (see `splitproxy.rollout.readiness`).
 
 *Steps.* Each step holds a weight for at least ``interval`` **and** ``min_requests``
 candidate requests. Then the absolute checks are judged over the step's window
@@ -53,13 +62,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
-from types import MappingProxyType
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Final, Literal
 
 from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
+from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
@@ -73,106 +82,21 @@ from splitproxy.rollout.messages import (
     Observation,
     SetWeight,
 )
+from splitproxy.rollout.phases import ACTIVE, HOLDING, TRANSITIONS, Held, Hold, Phase, Trigger
+from splitproxy.rollout.readiness import Readiness, is_healthy
 from splitproxy.rollout.status import status_view
-
-# --- the transition table ---------------------------------------------------------------------
-
-Phase = Literal["idle", "progressing", "waiting", "paused", "promoted", "rolled_back"]
-Trigger = Literal[
-    "start",  # a new candidate revision
-    "restart",  # a new revision or a new spec mid-rollout: from the first step again
-    "restore_promoted",  # a revision promoted earlier shows up again
-    "restore_rolled_back",  # a revision rolled back earlier shows up again: it stays so
-    "advance",  # the next weight step
-    "wait",  # a gate, a gating hook or a pause step holds the next move
-    "proceed",  # the gate opened, the hook passed, the pause ended
-    "promote",
-    "rollback",
-    "pause",
-    "resume",
-    "retry",  # a rolled-back revision, from the first step again
-    "abandon",  # the file names no candidate any more
-]
-
-PHASES: Final[tuple[Phase, ...]] = (
-    "idle",
-    "progressing",
-    "waiting",
-    "paused",
-    "promoted",
-    "rolled_back",
-)
-
-TRANSITIONS: Final[Mapping[Phase, Mapping[Trigger, Phase]]] = MappingProxyType(
-    {
-        "idle": {
-            "start": "progressing",
-            "restore_promoted": "promoted",
-            "restore_rolled_back": "rolled_back",
-            "abandon": "idle",
-        },
-        "progressing": {
-            "advance": "progressing",
-            "wait": "waiting",
-            "promote": "promoted",
-            "rollback": "rolled_back",
-            "pause": "paused",
-            "restart": "progressing",
-            "abandon": "idle",
-        },
-        "waiting": {
-            "proceed": "progressing",
-            "promote": "promoted",
-            "rollback": "rolled_back",
-            "pause": "paused",
-            "restart": "progressing",
-            "abandon": "idle",
-        },
-        "paused": {
-            "resume": "progressing",
-            "promote": "promoted",
-            "rollback": "rolled_back",
-            "restart": "progressing",
-            "abandon": "idle",
-        },
-        "promoted": {"start": "progressing", "rollback": "rolled_back", "abandon": "idle"},
-        "rolled_back": {"start": "progressing", "retry": "progressing", "abandon": "idle"},
-    }
-)
-ACTIVE: Final[frozenset[Phase]] = frozenset({"progressing", "waiting", "paused"})
-HOLDING: Final[frozenset[Phase]] = frozenset({"waiting", "paused"})  # the phases with a `Hold`
 
 PATH_CLASS_SLOTS: Final = 10
 HISTORY: Final = 100  # events kept in the state (the full ledger is the caller's)
 FINISHED_KEPT: Final = 16
 
-Held = Gate | Literal["pause"]
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """What holds the next move: a gate (its hook is asked until it answers), or a pause step.
-
-    ``step`` is the plan index the hold stands before (``len(plan)``: promotion); ``until``
-    when a pause step ends (inf: when resumed by hand); ``asked_at`` when the gate's hook was
-    last called. ``since``, ``attempts``, ``last_at`` and ``last_detail`` count the answers
-    that did not open the gate since the wait began: a closed ``confirm-promotion`` is one
-    ledger event per wait (and one more when its detail changes), the rest is counted here.
-    """
-
-    what: Held
-    step: int
-    until: float = math.inf
-    asked_at: float = 0.0
-    since: float | None = None
-    attempts: int = 0
-    last_at: float | None = None
-    last_detail: str | None = None
-
 
 def spec_digest(spec: Rollout) -> str:
-    """A short digest of a rollout spec: a rollout restarts when it changes."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    """A short digest of a rollout spec: a rollout restarts when it changes. The deadlines of
+    readiness and health are left out: changing them restarts nothing (and a state saved
+    before they existed keeps its digest)."""
+    data = spec.model_dump_json(exclude={"progress_deadline", "unhealthy_timeout"})
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 class Analyzer:
@@ -193,6 +117,8 @@ class Analyzer:
             raise ValueError(f"unknown gates: {sorted(unknown)}")
         self.path_class_slots = path_class_slots
         self.evidence = Evidence(spec, path_class_slots=path_class_slots)
+        self.readiness = Readiness()
+        self.health: CandidateHealth | None = None  # as of the latest tick
         self._configure(spec)
         # lifecycle
         self.phase: Phase = "idle"
@@ -226,6 +152,7 @@ class Analyzer:
         """Take a new rollout spec (a reload). If it differs, a running rollout restarts from
         the first step on the next tick."""
         if spec_digest(spec) == self.spec_hash:
+            self.spec = spec  # the deadlines are not part of the digest: they apply at once
             return
         self._configure(spec)
         self.deadline = spec.max_duration
@@ -250,13 +177,21 @@ class Analyzer:
     def tick(self, now: float, observation: Observation) -> list[Action]:
         """Advance to ``now`` with what happened since the previous tick; return the actions."""
         self._actions = []
-        if self.last_now is not None and self.phase == "progressing":
-            self.active_time += max(0.0, now - self.last_now)
-        self.last_now = now
+        elapsed = 0.0 if self.last_now is None else max(0.0, now - self.last_now)
+        if self.phase == "progressing":
+            self.active_time += elapsed
+        readiness, health = self.readiness, observation.health
+        readiness.elapse(elapsed, counting=self._counting())
+        self.last_now, self.health = now, health
 
         fresh = self._follow_revision(now, observation.candidate)
+        readiness.see(now, health)
         evidence = self.evidence
-        evidence.fold(now, observation.samples, tests=self.phase in ACTIVE and not fresh)
+        if self.phase in ACTIVE and not fresh:  # unavailable time is no part of a step
+            window = evidence.window
+            window.start = min(now, window.start + readiness.unserved(now, elapsed, health))
+        judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
+        evidence.fold(now, observation.samples, tests=judging)
         evidence.record_external(now, observation.external)
         for result in observation.gates:
             self._gate_result(now, result)
@@ -265,6 +200,7 @@ class Analyzer:
         self.checks = evidence.evaluate(now) if self.phase in ACTIVE else ()
         if self.phase in ACTIVE:
             self._judge(now)
+        self._candidate_health(now)
         deadline = self.deadline
         if self.phase == "progressing" and deadline is not None and self.active_time > deadline:
             self._pause(now, "max_duration", f"still progressing after {deadline:g}s")
@@ -273,6 +209,12 @@ class Analyzer:
         self.check_hold()
         actions, self._actions = self._actions, []
         return actions
+
+    def _counting(self) -> bool:
+        """Does the time since the previous tick count toward the progress deadline?"""
+        hold = self.hold
+        waiting = self.phase == "waiting" and hold is not None and hold.what == "readiness"
+        return self.phase == "progressing" or waiting
 
     def check_hold(self) -> None:
         """The hold invariant: a `Hold` in ``waiting``, none outside ``waiting``/``paused``."""
@@ -325,6 +267,7 @@ class Analyzer:
         self.hold = None
         self.paused_reason = None
         self.evidence.end()
+        self.readiness.reset()
 
     def _start(self, now: float, candidate: str, trigger: Trigger, message: str) -> None:
         self._reset_rollout()
@@ -333,6 +276,15 @@ class Analyzer:
         self.evidence.fresh_tests()
         kind = {"start": "started", "restart": "restarted", "retry": "retried"}[trigger]
         self._move(now, trigger, kind, message)
+        self.readiness.see(now, self.health)
+        if self.readiness.ready:
+            self._begin(now)
+        else:  # no user traffic until the candidate is ready
+            self._set_weight(0.0)
+            self._wait_for(now, "readiness", 0)
+
+    def _begin(self, now: float) -> None:
+        """The candidate is ready: the first step, through the ``pre-rollout`` gate if any."""
         if "pre-rollout" in self.gates:
             self._set_weight(0.0)
             self._wait_for(now, "pre-rollout", 0)
@@ -359,6 +311,24 @@ class Analyzer:
             names = ", ".join(r.name for r in failing)
             self._rollback(now, f"worse than stable: {names}")
 
+    def _candidate_health(self, now: float) -> None:
+        """An unavailable candidate keeps its phase (the data path sends its share to
+        stable); each whole ``unhealthy_timeout`` of it is a failed check."""
+        readiness, spec = self.readiness, self.spec
+        if self.phase not in ("progressing", "waiting"):
+            return
+        if not readiness.ready and readiness.overdue(spec.progress_deadline):
+            limit = f"{spec.progress_deadline:g}s"
+            self._rollback(now, f"candidate never became ready (progress deadline {limit})")
+            return
+        timeout = spec.unhealthy_timeout
+        result = readiness.check(now, self.health, timeout)
+        if result is not None:
+            self.checks += (result,)
+        if readiness.strike(now, self.health, timeout) and result is not None:
+            since = readiness.unhealthy_since
+            self._failure(now, f"candidate unavailable since t={since:g} for {result.value:g}s")
+
     def _progress(self, now: float) -> None:
         if self.phase == "waiting":
             self._waiting(now)
@@ -366,6 +336,8 @@ class Analyzer:
         hold = self.hold
         if hold is not None:  # resumed while a gate or a pause step was pending
             self._wait_for(now, hold.what, hold.step, until=hold.until)
+            return
+        if not is_healthy(self.health):  # no window passes on traffic it did not serve
             return
         step = self.plan[self.step_index]
         if self._window_outcome(now, step) == "pass":
@@ -421,6 +393,8 @@ class Analyzer:
                 if until == math.inf
                 else f"pause step: waiting until t={until:g}"
             )
+        elif what == "readiness":
+            message = "waiting for the candidate to become ready"
         else:
             message = f"waiting for the {what} gate"
             self._actions.append(CallHook(what, step + 1))
@@ -432,6 +406,10 @@ class Analyzer:
         if hold.what == "pause":
             if now >= hold.until:
                 self._proceed(now, "the pause step ended")
+            return
+        if hold.what == "readiness":
+            if self.readiness.ready:
+                self._proceed(now, "the candidate is ready")
             return
         if hold.what in ("step", "confirm-promotion"):
             step = self.plan[min(self.step_index, len(self.plan) - 1)]
@@ -470,6 +448,8 @@ class Analyzer:
             self._promote(now, message, source=source)
         elif hold.what == "pause":
             self._advance(now)
+        elif hold.what == "readiness":
+            self._begin(now)
         else:
             self._enter_step(now, hold.step)
 

@@ -7,7 +7,8 @@ it stopped after a restart.
 
 The document's shape is version 1 and stays readable: a state saved by an earlier version
 still loads (a saved gate wait without its answers counted, events without their ``trigger``,
-check results without their metric and unit, or with the two-sided intervals of old).
+check results without their metric and unit, or with the two-sided intervals of old; a
+rollout saved before readiness was known counts as ready since it started).
 """
 
 from __future__ import annotations
@@ -18,19 +19,12 @@ from typing import Any, Final, cast
 
 from splitproxy.config import Rollout
 from splitproxy.config.vocabulary import Gate
-from splitproxy.rollout.analyzer import (
-    ACTIVE,
-    HOLDING,
-    PATH_CLASS_SLOTS,
-    Analyzer,
-    Held,
-    Hold,
-    Phase,
-    Trigger,
-)
+from splitproxy.rollout.analyzer import PATH_CLASS_SLOTS, Analyzer
 from splitproxy.rollout.evidence import Evidence, StepWindow
 from splitproxy.rollout.histograms import hist_add
 from splitproxy.rollout.messages import CheckResult, Event
+from splitproxy.rollout.phases import ACTIVE, HOLDING, Held, Hold, Phase, Trigger
+from splitproxy.rollout.readiness import Readiness
 from splitproxy.rollout.sequential import AttributionTest, PathClassTests, RateGuard
 
 VERSION: Final = 1
@@ -61,6 +55,7 @@ def encode(a: Analyzer) -> dict[str, Any]:
         "hook_called_at": hold.asked_at if hold else 0.0,
         "gate": _encode_gate(hold),
         "paused_reason": a.paused_reason,
+        "readiness": a.readiness.to_dict(),
         **_encode_evidence(a.evidence),
         "history": [e.to_dict() for e in a.history],
         "checks": [c.to_dict() for c in a.checks],
@@ -92,6 +87,10 @@ def decode(
     if a.phase in HOLDING:  # earlier versions kept a stale ``pending`` in other phases
         a.hold = _decode_hold(data)
     a.paused_reason = data["paused_reason"]
+    if "readiness" in data:
+        a.readiness = Readiness.from_dict(data["readiness"])
+    elif a.phase in ACTIVE:  # saved before readiness was known: it was taken as ready
+        a.readiness = Readiness(ready_at=a.started_at)
     _decode_evidence(a.evidence, data)
     a.history = [event_from_dict(e) for e in data["history"]]
     a.checks = tuple(check_from_dict(c) for c in data["checks"])

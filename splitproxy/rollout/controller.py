@@ -73,10 +73,11 @@ import aiohttp
 
 from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
 from splitproxy.config.vocabulary import CANDIDATE, GATES, STABLE, Version
+from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
+from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalCheck, ExternalPoller, ExternalReader
 from splitproxy.rollout.messages import (
@@ -90,6 +91,7 @@ from splitproxy.rollout.messages import (
 )
 from splitproxy.rollout.metrics import RolloutMetrics
 from splitproxy.rollout.persistence import Persistence
+from splitproxy.rollout.phases import ACTIVE, PHASES, TRANSITIONS
 from splitproxy.rollout.samples import path_class_slots, samples_for
 from splitproxy.rollout.store import StateStore
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
@@ -179,7 +181,8 @@ class Controller:
     """Ticks the analyzers and applies their actions (see the module docstring).
 
     ``store``: where rollout state is saved (None: memory only); ``hooks`` and ``reader``
-    replace the hook client and the external-check reader (tests); without them the
+    replace the hook client and the external-check reader (tests); ``health`` tells a route's
+    candidate's readiness and availability each tick (None: unknown); without the first two the
     dispatcher and the poller open aiohttp sessions of their own at `start`."""
 
     def __init__(
@@ -190,12 +193,14 @@ class Controller:
         store: StateStore | None = None,
         hooks: HookSender | None = None,
         reader: ExternalReader | None = None,
+        health: Callable[[str], CandidateHealth] | None = None,
         clock: Callable[[], float] = time.time,
         options: ControlOptions | None = None,
     ) -> None:
         self.state = state
         self.recorder = recorder
         self.clock = clock
+        self.health = health  # route -> its candidate's health; None: unknown (ready, healthy)
         self.options = options or ControlOptions()
         self.metrics = RolloutMetrics(self)
         self.persistence = Persistence(store, retry=self.options.tick)
@@ -303,7 +308,8 @@ class Controller:
         gates = self.dispatcher.answers(rt.name)
         external = self.poller.values(rt.name)
         samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
-        observation = Observation(identity, samples, commands, gates, external)
+        health = self.health(rt.name) if self.health is not None else None
+        observation = Observation(identity, samples, commands, gates, external, health)
         self._apply(rt, now, rt.analyzer.tick(now, observation))
         if rt.analyzer.phase in ACTIVE:
             every = self.options.external_interval

@@ -2,11 +2,12 @@
 
 `Observation` is one tick's input: the candidate the routing file names, the traffic as
 `Sample` cells, the human's commands (`ManualCommand`), the gating hooks' answers
-(`GateResult`) and the external checks' values. An `Action` is one tick's output:
-`SetWeight`, `CallHook` or `Emit` (an `Event` for the ledger, carrying the `CheckResult`
-values behind it). The machine that turns one into the other is `splitproxy.rollout.analyzer`;
-how the evidence is weighed, `splitproxy.rollout.evidence`; how these values are written to
-and read from saved state, `splitproxy.rollout.codec`.
+(`GateResult`), the external checks' values and the candidate's health (`CandidateHealth`).
+An `Action` is one tick's output: `SetWeight`, `CallHook` or `Emit` (an `Event` for the
+ledger, carrying the `CheckResult` values behind it). The machine that turns one into the
+other is `splitproxy.rollout.analyzer`; how the evidence is weighed,
+`splitproxy.rollout.evidence`; how these values are written to and read from saved state,
+`splitproxy.rollout.codec`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from splitproxy.config import LATENCY_QUANTILES
 from splitproxy.config.vocabulary import Gate, Version
+from splitproxy.dataplane.health import CandidateHealth
 
 if TYPE_CHECKING:
-    from splitproxy.rollout.analyzer import Phase, Trigger
+    from splitproxy.rollout.phases import Phase, Trigger
 
 # --- inputs -----------------------------------------------------------------------------------
 
@@ -72,7 +74,8 @@ class Observation:
     digest of its URLs when it has none), None when there is no candidate. ``external`` maps
     an external check's name to the value it produced since the previous tick (None when
     the query failed or gave nothing); a web check without ``json_path`` reports 1.0 for a
-    2xx answer and 0.0 otherwise.
+    2xx answer and 0.0 otherwise. ``health``: the candidate's readiness and availability
+    now (None: not known, which counts as ready and healthy; see `readiness`).
     """
 
     candidate: str | None
@@ -80,12 +83,13 @@ class Observation:
     commands: Sequence[ManualCommand] = ()
     gates: Sequence[GateResult] = ()
     external: Mapping[str, float | None] = field(default_factory=dict)
+    health: CandidateHealth | None = None
 
 
 # --- outputs ----------------------------------------------------------------------------------
 
 Verdict = Literal["pass", "fail", "no_data"]
-CheckKind = Literal["threshold", "compare", "guard", "external"]
+CheckKind = Literal["threshold", "compare", "guard", "external", "health"]
 # What a check's value (and its min/max) is measured in: a fraction of requests (error or
 # success rate), seconds (a latency quantile), requests per second, or an e-value (the
 # comparisons and the guard); None: a number of the user's (an external check).
@@ -139,7 +143,7 @@ class CheckResult:
 class Event:
     """A decision, a transition or a refusal, with the evidence behind it.
 
-    ``trigger`` is the row of `analyzer.TRANSITIONS` that fired for a transition (None for an
+    ``trigger`` is the row of `phases.TRANSITIONS` that fired for a transition (None for an
     event that moves no phase: a failed check window, a closed gate, a refusal, the
     controller's own notes)."""
 

@@ -21,7 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from splitproxy.rollout.analyzer import PHASES, Analyzer
+from splitproxy.rollout.analyzer import Analyzer
+from splitproxy.rollout.phases import PHASES
 
 # Seconds a rollout took, from its (re)start to promotion or rollback: 10 s to a day.
 ROLLOUT_DURATION_BUCKETS: Final = (

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from splitproxy.rollout.evidence import step_needs
 
 if TYPE_CHECKING:
-    from splitproxy.rollout.analyzer import Analyzer, Hold
+    from splitproxy.rollout.analyzer import Analyzer
+    from splitproxy.rollout.phases import Hold
 
 
 def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
@@ -16,9 +17,12 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
 
     ``interval`` and ``min_requests`` are what the current step's window needs before it is
     judged (None outside a weight step); ``window`` holds its start, its ``elapsed`` time as of
-    the latest tick and its candidate ``requests`` so far. ``gate``: the gate waited for, with
-    the answers it gave so far (None when not waiting for one). ``checks`` carry their
-    confidence intervals unless ``with_ci`` is false."""
+    the latest tick and its candidate ``requests`` so far. ``waiting_for``: what holds the
+    next move (``readiness``, a gate, ``pause``); ``gate``: the gate waited for, with the
+    answers it gave so far (None when not waiting for one). ``progress_deadline``: the seconds
+    counted toward it (``spent``) and its ``limit``, and when the candidate became ready
+    (``ready_at``; from then on the deadline is met). ``checks`` carry their confidence
+    intervals unless ``with_ci`` is false."""
     evidence = a.evidence
     checks = evidence.with_ci(a.checks) if with_ci else a.checks
     needs = _step_needs(a)
@@ -43,6 +47,11 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
         "started_at": a.started_at,
         "step_started_at": a.step_started_at,
         "active_time": a.active_time,
+        "progress_deadline": {
+            "spent": a.readiness.spent,
+            "limit": a.spec.progress_deadline,
+            "ready_at": a.readiness.ready_at,
+        },
         "interval": needs[0] if needs else None,
         "min_requests": needs[1] if needs else None,
         "window": {"start": window.start, "elapsed": elapsed, "requests": window.requests},
@@ -63,7 +72,7 @@ def _step_needs(a: Analyzer) -> tuple[float, int] | None:
 
 def _gate_status(hold: Hold | None) -> dict[str, Any] | None:
     """The gate waited for and its answers so far (None: not waiting for a gate)."""
-    if hold is None or hold.what == "pause":
+    if hold is None or hold.what in ("pause", "readiness"):
         return None
     return {
         "name": hold.what,

@@ -82,6 +82,7 @@ def rollout(**kw: Any) -> RolloutView:
         "failure_limit": 0,
         "paused_reason": None,
         "waiting_for": None,
+        "progress_deadline": {"spent": 3.0, "limit": 600.0, "ready_at": T0 - 60},
         "window": {"start": T0, "requests": 20},
         "checks": CHECKS,
         "history": [],
@@ -323,6 +324,17 @@ def test_a_waiting_or_paused_rollout_says_why() -> None:
     )
     failures = con.rollout_headline(route(rollout=rollout(failures=1, failure_limit=2)))
     assert failures.plain.endswith(", 1 failed window(s), 2 tolerated")
+
+
+def test_a_rollout_waiting_for_readiness_shows_its_deadline() -> None:
+    deadline = {"spent": 42.0, "limit": 600.0, "ready_at": None}
+    starting = rollout(
+        phase="waiting", step=0, weight=0.0, waiting_for="readiness", progress_deadline=deadline
+    )
+    headline = con.rollout_headline(route(rollout=starting)).plain
+    assert headline.endswith("(waiting for readiness), not ready for 42s of 600s allowed")
+    ready = con.rollout_headline(route(rollout=rollout())).plain
+    assert "not ready" not in ready
 
 
 def test_the_progress_line_summarizes_a_step_for_a_log() -> None:

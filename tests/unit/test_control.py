@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, candidate_identity, content_hash, weight_source
 from splitproxy.errors import Conflict, UnknownRoute
 from splitproxy.metrics import Recorder
@@ -82,6 +83,7 @@ class Rig:
         store: StateStore | None = None,
         reader: Any = None,
         options: ControlOptions | None = None,
+        health: Callable[[str], CandidateHealth] | None = None,
     ) -> None:
         self.now = T0
         self.state = RuntimeState()
@@ -94,6 +96,7 @@ class Rig:
             store=store,
             hooks=self.hooks,
             reader=reader or _no_reader,
+            health=health,
             clock=lambda: self.now,
             options=options,
         )
@@ -162,6 +165,32 @@ async def test_a_good_candidate_is_promoted_and_the_rollout_weight_wins() -> Non
     assert rig.control.metrics.ended == {("shop", "promoted"): 1}
     rig.second()
     assert (rig.phase, rig.weight) == ("promoted", 100)  # until the file names it stable
+
+
+async def test_a_starting_candidate_gets_no_traffic_and_its_refusals_are_not_its_errors() -> None:
+    ready = {"shop": False}
+
+    def health(route: str) -> CandidateHealth:
+        up = ready[route]
+        return CandidateHealth(ready=up, healthy=up, unhealthy_since=None if up else T0)
+
+    rig = Rig(routes(), health=health)
+    rig.control.tick()
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert (rig.phase, rig.weight, status["waiting_for"]) == ("waiting", 0, "readiness")
+    for _ in range(5):  # a sticky user's requests, refused while the container starts
+        rig.recorder.windows.window("shop").observe(rig.now + 0.5, CANDIDATE, 0.001, True, None)
+        rig.second()
+    assert (rig.phase, rig.weight) == ("waiting", 0)
+    ready["shop"] = True
+    rig.second()
+    assert (rig.phase, rig.weight) == ("progressing", 20)
+    rig.until("promoted")
+    assert rig.kinds()[:4] == ["started", "waiting", "proceeded", "step"]
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert status["progress_deadline"]["spent"] == 6.0  # from the start to ready
 
 
 async def test_the_file_naming_the_candidate_stable_ends_the_promotion() -> None:

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config import Rollout
-from splitproxy.config.vocabulary import Gate
-from splitproxy.rollout.analyzer import ACTIVE, PHASES, TRANSITIONS, Analyzer
+from splitproxy.config.vocabulary import GATES, Gate
+from splitproxy.dataplane.health import CandidateHealth
+from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.codec import decode, encode
 from splitproxy.rollout.histograms import hist_quantile
 from splitproxy.rollout.messages import (
@@ -25,6 +26,7 @@ from splitproxy.rollout.messages import (
     Observation,
     Sample,
 )
+from splitproxy.rollout.phases import ACTIVE, PHASES, TRANSITIONS
 from tests.unit.rollout.drive import Driver, cmd, gated, hist, hold_step, spec, started, traffic
 
 T0 = 1_000_000.0
@@ -731,9 +733,15 @@ ticks = st.lists(
         st.sampled_from(["ok", "ok", "errors", "crash", "quiet", "incident"]),
         st.sampled_from([None, "promote", "rollback", "pause", "resume", "retry"]),
         st.sampled_from([None, True, False]),
+        st.sampled_from([None, None, "ready", "starting", "unavailable"]),
     ),
     max_size=60,
 )
+HEALTH = {
+    "ready": lambda now: CandidateHealth(ready=True, healthy=True, unhealthy_since=None),
+    "starting": lambda now: CandidateHealth(ready=False, healthy=False, unhealthy_since=None),
+    "unavailable": lambda now: CandidateHealth(ready=True, healthy=False, unhealthy_since=now - 3),
+}
 TRAFFIC = {
     "ok": (90, 0, 10, 0),
     "errors": (90, 0, 10, 1),
@@ -743,13 +751,14 @@ TRAFFIC = {
 }
 
 
-Script = tuple[str | None, str, str | None, bool | None]
+Script = tuple[str | None, str, str | None, bool | None, str | None]
 
 
-def scripted(a: Analyzer, step: Script) -> Observation:
-    """One scripted tick's observation: a candidate, a traffic kind, a command and an answer
-    to the gate the analyzer holds for (if any)."""
-    candidate, kind, command, gate = step
+def scripted(a: Analyzer, step: Script, now: float = 0.0) -> Observation:
+    """One scripted tick's observation: a candidate, a traffic kind, a command, an answer to
+    the gate the analyzer holds for (if any) and the candidate's health (None: unknown; a
+    candidate unavailable became so three seconds ago)."""
+    candidate, kind, command, gate, health = step
     sn, sx, cn, cx = TRAFFIC[kind]
     p = (a.weight or 0) / 100
     hold = a.hold
@@ -758,8 +767,9 @@ def scripted(a: Analyzer, step: Script) -> Observation:
         [Sample("stable", sn, sx, p, "/"), Sample("candidate", cn, cx, p, "/")],
         commands=[ManualCommand(command)] if command else [],  # type: ignore[arg-type]
         gates=[GateResult(hold.what, hold.step + 1, gate)]
-        if gate is not None and hold is not None and hold.what != "pause"
+        if gate is not None and hold is not None and hold.what in GATES
         else [],
+        health=None if health is None else HEALTH[health](now),
     )
 
 
@@ -768,13 +778,20 @@ def scripted(a: Analyzer, step: Script) -> Observation:
 def test_phases_only_move_along_the_table(script: list[Script], gates: tuple[Gate, ...]) -> None:
     a = Analyzer(
         "shop",
-        spec(steps=[10, {"pause": "3s"}, 50], interval=2, min_requests=5, failure_limit=1),
+        spec(
+            steps=[10, {"pause": "3s"}, 50],
+            interval=2,
+            min_requests=5,
+            failure_limit=1,
+            progress_deadline="5s",
+            unhealthy_timeout="2s",
+        ),
         gates=gates,
     )
     for now, step in enumerate(script):
         before = a.phase
         candidate = step[0]
-        actions = a.tick(float(now), scripted(a, step))
+        actions = a.tick(float(now), scripted(a, step, float(now)))
         phase = before
         for action in actions:
             if isinstance(action, Emit):
@@ -799,6 +816,10 @@ def test_phases_only_move_along_the_table(script: list[Script], gates: tuple[Gat
             assert a.weight == 0
         if a.phase in ACTIVE:
             assert a.revision == candidate
+        if a.hold is not None and a.hold.what == "readiness":  # no user traffic meanwhile
+            assert (a.weight, a.step_index) == (0, -1)
+        if a.phase in ACTIVE and not a.readiness.ready:
+            assert a.readiness.spent <= 5
         saved = json.loads(json.dumps(encode(a)))
         assert encode(decode("shop", a.spec, saved, gates=gates)) == saved
 
@@ -809,11 +830,11 @@ def test_a_hold_is_held_only_while_waiting_or_paused(script: list[Script]) -> No
     steps: list[Any] = [{"pause": "2s"}, 10, {"pause": True}, 50]
     a = Analyzer(
         "shop",
-        spec(steps=steps, interval=2, min_requests=5, failure_limit=1),
+        spec(steps=steps, interval=2, min_requests=5, failure_limit=1, progress_deadline="5s"),
         gates=("pre-rollout", "step", "confirm-promotion"),
     )
     for now, step in enumerate(script):
-        actions = a.tick(float(now), scripted(a, step))
+        actions = a.tick(float(now), scripted(a, step, float(now)))
         hold = a.hold
         if a.phase == "waiting":
             assert hold is not None

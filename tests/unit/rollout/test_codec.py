@@ -115,7 +115,14 @@ def test_an_old_document_without_triggers_loads_and_saves_in_the_same_shape() ->
     assert [e.trigger for e in a.history] == [None] * len(saved["history"])
     assert [e.kind for e in a.history] == [e["kind"] for e in saved["history"]]
     again = encode(a)
-    assert set(again) == set(saved) | {"gate"}  # the same document, the gate's answers added
+    # the same document, the gate's answers and the candidate's readiness added
+    assert set(again) == set(saved) | {"gate", "readiness"}
+    assert again["readiness"] == {
+        "ready_at": saved["started_at"],  # taken as ready since it started, as it was then
+        "spent": 0.0,
+        "unhealthy_since": None,
+        "strikes": 0,
+    }
     assert again["history"][0] == {**saved["history"][0], "trigger": None}
     for key in ("errors_test", "latency_tests", "guard", "trail", "recent", "window"):
         assert again[key] == saved[key]
