@@ -252,7 +252,8 @@ async def test_a_good_candidate_is_promoted(tmp_path: Path, serve: Serve) -> Non
         assert rollout["weight"] == 100
         ledger = await events(proxy)
         kinds = [e["kind"] for e in ledger]
-        assert kinds[:2] == ["started", "step"]
+        # judged only once ready: a readiness wait, then the steps
+        assert kinds[:4] == ["started", "waiting", "proceeded", "step"]
         assert kinds.count("step") == 2  # 10 %, then 50 %
         promoted = decision(ledger, "promoted")
         assert promoted["message"] == "all steps passed"
@@ -405,7 +406,11 @@ async def test_a_confirm_promotion_gate_holds_promotion_until_it_answers_2xx(
     )
     with start_proxy(tmp_path, config) as proxy:
         async with traffic(proxy):
-            rollout = await wait_for(proxy, phase_is("waiting"), "waiting at the gate")
+            rollout = await wait_for(
+                proxy,
+                lambda r: r["phase"] == "waiting" and r["waiting_for"] == "confirm-promotion",
+                "waiting at the gate",
+            )
             assert rollout["waiting_for"] == "confirm-promotion"
             assert rollout["weight"] == 20
             # asked again every interval (1 s) while it says no; the rollout keeps waiting

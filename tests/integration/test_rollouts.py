@@ -177,7 +177,16 @@ async def test_a_good_candidate_is_promoted_with_evidence_hooks_and_metrics(
     assert route["weight"]["source"] == "rollout"
     rollout = route["rollout"]
     assert (rollout["phase"], rollout["step"], rollout["steps"]) == ("promoted", 2, 2)
-    assert [e["kind"] for e in rollout["history"]] == ["started", "step", "step", "promoted"]
+    # the candidate is judged only once it is ready (it answers TCP connects here)
+    assert [e["kind"] for e in rollout["history"]] == [
+        "started",
+        "waiting",
+        "proceeded",
+        "step",
+        "step",
+        "promoted",
+    ]
+    assert rollout["history"][1]["message"] == "waiting for the candidate to become ready"
 
     _, ledger = await api(server, "GET", "/api/v1/events?route=app")
     promoted = ledger["events"][-1]
@@ -195,7 +204,14 @@ async def test_a_good_candidate_is_promoted_with_evidence_hooks_and_metrics(
 
     assert server.control is not None
     await server.control.settle()
-    assert [b["type"] for b in events.bodies] == ["started", "step", "step", "promoted"]
+    assert [b["type"] for b in events.bodies] == [
+        "started",
+        "waiting",
+        "proceeded",
+        "step",
+        "step",
+        "promoted",
+    ]
     assert events.bodies[-1]["weight_after"] == 100
     assert slack.bodies[-1]["text"].startswith("splitproxy · app 2.0: promoted (candidate at 100%)")
 
@@ -228,7 +244,11 @@ async def test_a_restart_mid_rollout_resumes_at_the_same_step_and_weight(
     config = app_route(stable, candidate, steps=[20, {"pause": True}, 50])
     state_dir = tmp_path / "state"
     first = await start(config, state_dir=state_dir)
-    await drive(first, lambda: phase(first) == "waiting")
+    assert first.control is not None
+    control = first.control
+    await drive(
+        first, lambda: control.analyzers()["app"].weight == 20 and phase(first) == "waiting"
+    )
     await first.shutdown()
 
     second = await start(config, state_dir=state_dir)
