@@ -20,6 +20,7 @@ from splitproxy import cli
 from splitproxy.rollout.controller import ControlOptions
 from splitproxy.server import Server
 from splitproxy.settings import Settings
+from tests.integration.proxy_support import free_port
 
 Start = Callable[..., Awaitable[Server]]
 FAST = ControlOptions(tick=0.05, checkpoint=0.5, notify_drain=0.5)
@@ -365,3 +366,52 @@ async def test_judged_synthetic_traffic_alone_carries_a_quiet_service_to_promoti
     sent = candidate_v.count
     await asyncio.sleep(0.3)  # promoted: the generator has stopped
     assert candidate_v.count - sent <= 16  # at most what was already in flight
+
+
+async def test_a_candidate_that_starts_listening_5s_late_is_rolled_out_not_rolled_back(
+    start: Start, serve: Callable[[web.Application], Awaitable[str]]
+) -> None:
+    """The compose flow: the routing file names the new revision while its container is
+    still starting. Connection refusals of a never-ready candidate are not evidence."""
+    stable = await upstream(serve, Upstream("stable"))
+    port = free_port()
+    server = await start(app_route(stable, f"http://127.0.0.1:{port}"))
+    late = Upstream("candidate")
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", late.handle)
+    runner = web.AppRunner(app, access_log=None)
+
+    async def start_late() -> None:
+        await asyncio.sleep(5.0)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    starter = asyncio.create_task(start_late())
+    try:
+        await drive(server, lambda: phase(server) in ("promoted", "rolled_back"), seconds=40)
+    finally:
+        await starter
+        await runner.cleanup()
+    assert phase(server) == "promoted"
+    _, route = await api(server, "GET", "/api/v1/routes/app")
+    kinds = [e["kind"] for e in route["rollout"]["history"]]
+    assert kinds[:3] == ["started", "waiting", "proceeded"]
+    assert "rolled_back" not in kinds
+    assert late.count > 0  # it served users once ready
+
+
+async def test_a_candidate_that_never_listens_is_rolled_back_at_the_progress_deadline(
+    start: Start, serve: Callable[[web.Application], Awaitable[str]]
+) -> None:
+    stable = await upstream(serve, Upstream("stable"))
+    config = app_route(stable, f"http://127.0.0.1:{free_port()}", progress_deadline="4s")
+    server = await start(config)
+    assert server.control is not None
+    analyzer = server.control.analyzers()["app"]
+    await drive(server, lambda: phase(server) == "waiting" and analyzer.weight == 0, seconds=5)
+    await drive(server, lambda: phase(server) == "rolled_back", seconds=15)
+    _, route = await api(server, "GET", "/api/v1/routes/app")
+    last = route["rollout"]["history"][-1]
+    assert last["kind"] == "rolled_back"
+    assert "candidate never became ready" in last["message"]
+    assert route["weight"]["effective"] == 0
