@@ -34,3 +34,12 @@ connection cap of that upstream was reached.
 """
 
 FAILURE_KINDS: Final[tuple[FailureKind, ...]] = ("connect", "timeout", "reset", "protocol", "pool")
+
+FAILURE_WORDS: Final[dict[FailureKind, str]] = {
+    "connect": "refused the connection",
+    "reset": "closed the connection",
+    "protocol": "sent an invalid response",
+    "timeout": "did not answer in time",
+    "pool": "failed",  # (never a 502: a full pool is answered 503 before any attempt)
+}
+"""How a 502 says what the upstream did."""

@@ -10,6 +10,7 @@ the drain at shutdown. `ExchangeObserver` is what metrics and the access log imp
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import random
 import time
@@ -22,6 +23,8 @@ from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
 from splitproxy.dataplane.routing import BackendPlan, CompiledRoute, Target
 from splitproxy.dataplane.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
 from splitproxy.dataplane.synthetic import PROCESS_TOKEN, TARGETS, marker
+
+logger = logging.getLogger("splitproxy.dataplane.context")
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
@@ -101,6 +104,8 @@ class ProxyContext:
         self.max_connections = max_connections  # client connections at once; 0: no limit
         self.refused_connections = 0
         self.capacity_logged_at = float("-inf")
+        self.fd_exhaustions = 0  # upstream connects refused by our own fd limit
+        self.fds_logged_at = float("-inf")
         self.max_header_bytes = max_header_bytes
         self.max_headers = max_headers
         self.max_body_bytes = max_body_bytes
@@ -193,6 +198,19 @@ class ProxyContext:
         for conn in list(self.connections):
             conn.check_timeouts(now)
         self.pools.sweep()
+
+    def out_of_fds(self) -> None:
+        """An upstream connect failed for lack of file descriptors (EMFILE/ENFILE): counted,
+        and logged at most once per 10 s, never as the upstream's failure."""
+        self.fd_exhaustions += 1
+        now = self.clock.now
+        if now - self.fds_logged_at >= 10.0:
+            self.fds_logged_at = now
+            logger.error(
+                "out of file descriptors: %d upstream connects answered 503 so far; raise the "
+                "open-file limit or lower SPLITPROXY_MAX_CONNECTIONS",
+                self.fd_exhaustions,
+            )
 
     def start_draining(self) -> None:
         """Stop keep-alive: idle connections close now, busy ones after their response."""

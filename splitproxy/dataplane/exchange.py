@@ -26,10 +26,11 @@ Preview requests (``Exchange.preview``, from the preview listener) go to the can
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 from typing import TYPE_CHECKING, Final
 
-from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
+from splitproxy.config.vocabulary import CANDIDATE, FAILURE_WORDS, FailureKind, Version
 from splitproxy.dataplane.heads import origin_form, request_head, response_head, seed_cookie
 from splitproxy.dataplane.health import BackendHealth
 from splitproxy.dataplane.http11 import (
@@ -65,13 +66,7 @@ if TYPE_CHECKING:
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODY_BUFFER_LIMIT: Final = 256 * 1024  # request bytes held while the upstream connects
-_FAILURE_WORDS: Final[dict[FailureKind, str]] = {
-    "connect": "refused the connection",
-    "reset": "closed the connection",
-    "protocol": "sent an invalid response",
-    "timeout": "did not answer in time",
-    "pool": "failed",  # (never a 502: a full pool is answered 503 before any attempt)
-}
+OUT_OF_FDS: Final = frozenset({errno.EMFILE, errno.ENFILE})  # the proxy's limit, not upstream
 
 
 class Reject(Exception):
@@ -328,9 +323,13 @@ class Exchange:
             self.connecting = None
             self._pool_exhausted()
             return
-        except OSError:
+        except OSError as exc:
             self.connecting = None
-            self.upstream_failed("connect", connect=True)
+            if exc.errno not in OUT_OF_FDS:
+                self.upstream_failed("connect", connect=True)
+            else:  # the proxy's own fd limit: a 503, never the upstream's failure
+                self.ctx.out_of_fds()
+                self.local(503, "proxy_overloaded", "out of file descriptors", retry_after=True)
             return
         self.connecting = None
         if self.finished:
@@ -502,7 +501,7 @@ class Exchange:
             if kind == "timeout":
                 self.local(504, "upstream_timeout", "the upstream did not answer in time")
             else:
-                self.local(502, "bad_gateway", f"the upstream {_FAILURE_WORDS[kind]}")
+                self.local(502, "bad_gateway", f"the upstream {FAILURE_WORDS[kind]}")
             return
         # The response has started: the only honest signal left is to cut the connection.
         self.conn.abort()

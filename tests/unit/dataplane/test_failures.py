@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+
+import pytest
+
 from tests.unit.dataplane.harness import (
     CANDIDATE_URL,
     Proxy,
     error_body,
     get,
+    header,
     one_route,
+    split_response,
     status_of,
 )
 
@@ -144,3 +150,22 @@ async def test_hop_by_hop_request_headers_never_reach_the_upstream() -> None:
     assert b"\r\nconnection:" not in head
     assert b"\r\nx-kept: 1\r\n" in head
     assert b"\r\nx-forwarded-for: 203.0.113.7\r\n" in head  # an untrusted peer's is replaced
+
+
+async def test_running_out_of_file_descriptors_is_a_503_not_the_upstreams_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = Proxy()
+    for _ in range(3):
+        proxy.pool().failures.append(OSError(errno.EMFILE, "Too many open files"))
+    with caplog.at_level("ERROR", logger="splitproxy.dataplane.context"):
+        for _ in range(3):
+            client = proxy.client()
+            client.send(get())
+            await client.settle()
+            out = client.transport.take()
+            error_body(out, 503, "proxy_overloaded")
+            assert header(split_response(out)[0], "Retry-After") == "1"
+    assert proxy.observer.failed == []  # never counted against the upstream
+    assert proxy.ctx.fd_exhaustions == 3
+    assert len([r for r in caplog.records if "file descriptors" in r.message]) == 1
