@@ -49,6 +49,7 @@ _OVER_CAPACITY: Final = (
     b'{"error": {"code": "too_many_connections", "message": "the proxy is at max_connections", '
     b'"request_id": "%s"}}\n'
 )
+_CRLF: Final = (13, 10)
 _CAPACITY_LOG_EVERY: Final = 10.0  # seconds between two "at max_connections" log lines
 
 _REJECT_MESSAGES: Final = {
@@ -177,6 +178,7 @@ class ClientConnection(asyncio.Protocol):
             and self.current is None
             and not self.blank_since
             and self.state is OPEN
+            and data[0] in _CRLF  # a request's first byte is a letter: no copy made for it
             and not data.strip(b"\r\n")
         ):
             self.blank_since = now
