@@ -31,7 +31,6 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from serving import start_serve, start_upstream
 
-REPO = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on [\d.]+:(\d+) \(admin on [\d.]+:(\d+)\)")
 BAD_FILES = (
     "routes:\n  - name: app\n    stable: [unclosed\n",  # YAML error (line, column)
     "routes:\n  - {name: app, stable: 'http://127.0.0.1:9', weight: 150}\n",  # field error
@@ -56,19 +53,6 @@ BAD_FILES = (
 
 
 # -- the upstreams --------------------------------------------------------------------------
-
-
-async def start_upstream(name: str) -> tuple[web.AppRunner, int]:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=name)
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, int(runner.addresses[0][1])
 
 
 def routes_yaml(stable: int, candidate: int, weight: int, revision: str) -> str:
@@ -210,22 +194,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     proc: asyncio.subprocess.Process | None = None
     try:
         cfg = ConfigFile(root, args.method, routes_yaml(stable_port, cand_port, 0, "g0"))
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "splitproxy", "serve", "-c", str(cfg.path),
-                "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-access-log",
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        match = None
-        deadline = time.monotonic() + 20
-        while match is None and time.monotonic() < deadline and proc.returncode is None:
-            await asyncio.sleep(0.05)
-            match = LISTENING.search(log_path.read_text())
-        if match is None:
-            raise SystemExit(f"splitproxy did not start:\n{log_path.read_text()}")
-        url = f"http://127.0.0.1:{match.group(1)}/"
-        admin = f"http://127.0.0.1:{match.group(2)}"
+        proc, url, admin = await start_serve(cfg.path, log_path, "--no-access-log", timeout=20)
         await asyncio.sleep(0.5)  # the watch is up
 
         load = Load(url)

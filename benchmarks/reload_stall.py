@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
-
-REPO = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"listening on [\d.]+:(\d+) \(admin on [\d.]+:(\d+)\)")
+from serving import start_serve, start_upstream
 
 
 def routing_file(port: int, routes: int, revision: int) -> str:
@@ -58,26 +51,13 @@ def routing_file(port: int, routes: int, revision: int) -> str:
     return "\n".join(lines)
 
 
-async def start_upstream() -> tuple[web.AppRunner, int]:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, int(runner.addresses[0][1])
-
-
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
 
 
 async def run(args: argparse.Namespace) -> int:
-    upstream, port = await start_upstream()
+    upstream, port = await start_upstream("ok")
     root = Path(tempfile.mkdtemp(prefix="reload-stall-"))
     path = root / "routes.yaml"
     path.write_text(routing_file(port, args.routes, 0))
@@ -87,22 +67,8 @@ async def run(args: argparse.Namespace) -> int:
     samples: list[tuple[float, float]] = []  # (start, latency)
     windows: list[tuple[float, float]] = []  # (write, in force)
     try:
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "splitproxy", "serve", "-c", str(path),
-                "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-access-log",
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        match = None
-        deadline = time.monotonic() + 60
-        while match is None and time.monotonic() < deadline and proc.returncode is None:
-            await asyncio.sleep(0.1)
-            match = LISTENING.search(log_path.read_text())
-        if match is None:
-            raise SystemExit(f"splitproxy did not start:\n{log_path.read_text()}")
-        url = f"http://127.0.0.1:{match.group(1)}/"
-        admin = f"http://127.0.0.1:{match.group(2)}/api/v1/status"
+        proc, url, base = await start_serve(path, log_path, "--no-access-log", timeout=60)
+        admin = base + "/api/v1/status"
         stop = asyncio.Event()
 
         async def client(session: aiohttp.ClientSession) -> None:

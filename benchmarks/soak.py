@@ -18,19 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from serving import start_serve, start_upstream
 
-REPO = Path(__file__).resolve().parents[1]
-LISTENING = re.compile(r"listening on [\d.]+:(\d+) \(admin on [\d.]+:(\d+)\)")
 BAD = "routes:\n  - {name: app, stable: 'http://127.0.0.1:9', weight: 150}\n"
 
 
@@ -48,19 +42,6 @@ def routes_yaml(stable: int, candidate: int, revision: int) -> str:
         "      min_requests: 20\n"
         "      checks: [{metric: error_rate, max: 0.05}]\n"
     )
-
-
-async def start_upstream(name: str) -> tuple[web.AppRunner, int]:
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=name)
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, int(runner.addresses[0][1])
 
 
 def rss_and_fds(pid: int) -> tuple[float, int]:
@@ -94,23 +75,7 @@ async def run(args: argparse.Namespace) -> int:
     samples: list[tuple[float, float, int]] = []
     reloads = {"good": 0, "bad": 0}
     try:
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "splitproxy", "serve", "-c", str(path),
-                "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-                "--state-dir", str(root / "state"),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        match = None
-        deadline = time.monotonic() + 30
-        while match is None and time.monotonic() < deadline and proc.returncode is None:
-            await asyncio.sleep(0.1)
-            match = LISTENING.search(log_path.read_text())
-        if match is None:
-            raise SystemExit(f"splitproxy did not start:\n{log_path.read_text()}")
-        url = f"http://127.0.0.1:{match.group(1)}/"
-        admin = f"http://127.0.0.1:{match.group(2)}"
+        proc, url, admin = await start_serve(path, log_path, "--state-dir", str(root / "state"))
         pid = proc.pid
         loop = asyncio.get_running_loop()
         started = loop.time()
