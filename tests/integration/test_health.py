@@ -101,10 +101,12 @@ async def until(check: Callable[[], bool], within: float = 5.0) -> None:
 
 
 async def test_a_dead_stable_replica_costs_a_bounded_number_of_failures(
-    start_proxy: StartProxy, upstreams: Callable[..., Awaitable[Upstream]]
+    start_proxy: StartProxy,
+    upstreams: Callable[..., Awaitable[Upstream]],
+    refused_port: Callable[[], int],
 ) -> None:
     alive = await upstreams("a")
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     server = await start_proxy({"routes": [{"name": "app", "stable": [alive.url, dead]}]})
     async with aiohttp.ClientSession() as session:
         # a request with a body is never replayed: each attempt on the dead one is a 502
@@ -128,11 +130,13 @@ async def test_a_dead_stable_replica_costs_a_bounded_number_of_failures(
 
 
 async def test_without_health_a_dead_replica_only_costs_replays_for_gets(
-    start_proxy: StartProxy, upstreams: Callable[..., Awaitable[Upstream]]
+    start_proxy: StartProxy,
+    upstreams: Callable[..., Awaitable[Upstream]],
+    refused_port: Callable[[], int],
 ) -> None:
     """A GET that fails to connect is replayed on the other stable address, not the same."""
     alive = await upstreams("a")
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{refused_port()}"
     server = await start_proxy({"routes": [{"name": "app", "stable": [dead, alive.url]}]})
     async with aiohttp.ClientSession() as session:
         got = [await send(session, server) for _ in range(10)]
@@ -175,8 +179,9 @@ async def test_an_ejected_address_that_comes_back_is_probed_back_in(
 
 async def test_every_address_down_fails_open_with_502_and_status_says_all_down(
     start_proxy: StartProxy,
+    refused_port: Callable[[], int],
 ) -> None:
-    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    dead = [f"http://127.0.0.1:{refused_port()}" for _ in range(2)]
     server = await start_proxy({"routes": [{"name": "app", "stable": dead}]})
     async with aiohttp.ClientSession() as session:
         codes = [(await send(session, server))[0] for _ in range(8)]
@@ -248,7 +253,9 @@ def probe(port: int, *, tcp: bool = False, **spec: Any) -> Probe:
                  HealthCheck.model_validate(spec), tcp)  # fmt: skip
 
 
-async def test_active_checks_expect_timeout_refused_and_tcp() -> None:
+async def test_active_checks_expect_timeout_refused_and_tcp(
+    refused_port: Callable[[], int],
+) -> None:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(1)
         return web.Response()
@@ -280,7 +287,7 @@ async def test_active_checks_expect_timeout_refused_and_tcp() -> None:
         assert await check_once(probe(port, path="/slow", tcp=True)) == "success"
     finally:
         await server.close()
-    refused = free_port()
+    refused = refused_port()
     assert await check_once(probe(refused)) == "connect_error"
     assert await check_once(probe(refused, tcp=True)) == "connect_error"
 

@@ -62,12 +62,6 @@ async def _app(
     return server
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 async def apps() -> AsyncIterator[tuple[str, str]]:
     """A stable and a candidate app: ``/ok`` 200, ``/fail`` 500, ``/slow`` 2 s, else 404."""
@@ -186,7 +180,7 @@ async def test_the_route_view_shows_the_last_minute_per_version(
 
 
 async def test_proxy_failures_are_counted_with_their_code_and_kind(
-    start_proxy: StartProxy, apps: tuple[str, str]
+    start_proxy: StartProxy, apps: tuple[str, str], refused_port: Callable[[], int]
 ) -> None:
     async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -207,7 +201,7 @@ async def test_proxy_failures_are_counted_with_their_code_and_kind(
         ports = [r.sockets[0].getsockname()[1] for r in raw]
         stable, candidate = apps
         routes = [
-            {"name": "down", "match": {"path_prefix": "/down"}, "stable": f"http://127.0.0.1:{_closed_port()}"},
+            {"name": "down", "match": {"path_prefix": "/down"}, "stable": f"http://127.0.0.1:{refused_port()}"},
             {"name": "reset", "match": {"path_prefix": "/reset"}, "stable": f"http://127.0.0.1:{ports[0]}"},
             {"name": "garbage", "match": {"path_prefix": "/garbage"}, "stable": f"http://127.0.0.1:{ports[1]}"},
             {"name": "hang", "match": {"host": "hang.test"}, "stable": candidate},
@@ -267,11 +261,11 @@ async def _in_flight(server: Server, route: str, n: int) -> bool:
 
 
 async def test_a_candidate_failure_hidden_by_a_retry_still_counts_against_it(
-    start_proxy: StartProxy, apps: tuple[str, str]
+    start_proxy: StartProxy, apps: tuple[str, str], refused_port: Callable[[], int]
 ) -> None:
     stable, _ = apps
     server = await start_proxy(
-        {"routes": [app_route(stable, f"http://127.0.0.1:{_closed_port()}", weight=100)]}
+        {"routes": [app_route(stable, f"http://127.0.0.1:{refused_port()}", weight=100)]}
     )
     assert await send(server, "/app/ok", 3, canary="") == [200] * 3  # GET: replayed on stable
     s = await scrape(server)

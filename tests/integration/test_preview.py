@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -14,7 +14,6 @@ import pytest
 from splitproxy.dataplane.synthetic import HEADER, marker
 from splitproxy.server import Server
 from tests.conftest import StartProxy
-from tests.integration.proxy_support import free_port
 from tests.integration.test_metrics import by, scrape
 from tests.integration.test_synthetic import Upstream
 
@@ -216,12 +215,12 @@ async def test_shutdown_drains_a_preview_request_and_closes_the_preview_listener
 
 
 async def test_a_failing_candidate_is_not_replayed_on_stable_for_a_preview(
-    start_proxy: StartProxy, upstreams: tuple[Upstream, Upstream]
+    start_proxy: StartProxy, upstreams: tuple[Upstream, Upstream], refused_port: Callable[[], int]
 ) -> None:
     stable, candidate = upstreams
     config = routes(stable, candidate)
     # nothing listens at the candidate's address
-    config["routes"][1]["candidate"]["url"] = f"http://127.0.0.1:{free_port()}"
+    config["routes"][1]["candidate"]["url"] = f"http://127.0.0.1:{refused_port()}"
     server = await start_proxy(config, preview_listen="127.0.0.1:0")
     async with aiohttp.ClientSession() as session:
         # the preview asked for the candidate's answer: it gets the failure, not stable's page

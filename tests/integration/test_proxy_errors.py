@@ -8,6 +8,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -21,7 +22,6 @@ from tests.integration.proxy_support import (
     Seen,
     connect,
     exchange,
-    free_port,
     get,
     raw_upstream,
     read_eof,
@@ -45,8 +45,10 @@ def assert_error(resp: RawResponse, status: int, code: str) -> dict[str, str]:
     return err
 
 
-async def test_502_when_the_upstream_refuses(start_proxy: StartProxy) -> None:
-    proxy = await start_proxy(route(f"http://127.0.0.1:{free_port()}"))
+async def test_502_when_the_upstream_refuses(
+    start_proxy: StartProxy, refused_port: Callable[[], int]
+) -> None:
+    proxy = await start_proxy(route(f"http://127.0.0.1:{refused_port()}"))
     resp = await exchange(proxy.listen_port, get(extra="X-Request-ID: refused-1\r\n"))
     err = assert_error(resp, 502, "bad_gateway")
     assert err["request_id"] == "refused-1"

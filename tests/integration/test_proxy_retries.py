@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +18,6 @@ from tests.integration.proxy_support import (
     Seen,
     connect,
     exchange,
-    free_port,
     get,
     raw_upstream,
     read_eof,
@@ -57,12 +57,12 @@ async def aborting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
 
 
 async def test_refused_candidate_is_retried_on_stable(
-    start_proxy: StartProxy, aiohttp_server: AiohttpServer
+    start_proxy: StartProxy, aiohttp_server: AiohttpServer, refused_port: Callable[[], int]
 ) -> None:
     seen: list[Seen] = []
     stable = await aiohttp_server(stable_app(seen))
     proxy = await start_proxy(
-        route(f"http://127.0.0.1:{stable.port}", f"http://127.0.0.1:{free_port()}", weight=100)
+        route(f"http://127.0.0.1:{stable.port}", f"http://127.0.0.1:{refused_port()}", weight=100)
     )
     for method in ("GET", "HEAD", "OPTIONS", "DELETE"):
         resp = await exchange(
@@ -101,7 +101,7 @@ async def test_reset_candidate_is_retried_on_stable(
 
 
 async def test_post_with_a_body_is_not_retried(
-    start_proxy: StartProxy, aiohttp_server: AiohttpServer
+    start_proxy: StartProxy, aiohttp_server: AiohttpServer, refused_port: Callable[[], int]
 ) -> None:
     seen: list[Seen] = []
     stable = await aiohttp_server(stable_app(seen))
@@ -116,7 +116,7 @@ async def test_post_with_a_body_is_not_retried(
         assert candidate.accepted == 1
     # a refused candidate: the POST is not replayed either
     proxy2 = await start_proxy(
-        route(f"http://127.0.0.1:{stable.port}", f"http://127.0.0.1:{free_port()}", weight=100)
+        route(f"http://127.0.0.1:{stable.port}", f"http://127.0.0.1:{refused_port()}", weight=100)
     )
     resp = await exchange(
         proxy2.listen_port, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"

@@ -401,10 +401,12 @@ async def test_a_candidate_that_starts_listening_5s_late_is_rolled_out_not_rolle
 
 
 async def test_a_candidate_that_never_listens_is_rolled_back_at_the_progress_deadline(
-    start: Start, serve: Callable[[web.Application], Awaitable[str]]
+    start: Start,
+    serve: Callable[[web.Application], Awaitable[str]],
+    refused_port: Callable[[], int],
 ) -> None:
     stable = await upstream(serve, Upstream("stable"))
-    config = app_route(stable, f"http://127.0.0.1:{free_port()}", progress_deadline="4s")
+    config = app_route(stable, f"http://127.0.0.1:{refused_port()}", progress_deadline="4s")
     server = await start(config)
     assert server.control is not None
     analyzer = server.control.analyzers()["app"]
