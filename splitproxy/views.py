@@ -160,10 +160,16 @@ class AlphaView(TypedDict):
     guard: float
 
 
+class RejectedStateView(TypedDict):
+    path: str
+    reason: str
+
+
 class RolloutStateView(TypedDict):
     persistent: bool
     file: str | None
     last_error: str | None
+    rejected: RejectedStateView | None  # the saved state set aside at start, and why
 
 
 class HookView(TypedDict):

@@ -71,6 +71,7 @@ class RolloutWeight:
     percent: float
     set_at: float  # wall-clock seconds
     candidate: str  # `candidate_identity` of the candidate it applies to
+    closed: bool = False  # rolled back: the candidate gets no traffic, overrides included
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +144,11 @@ def compile_snapshot(
     driven = dict(rollout_weights or {})
     routes = []
     for route in config.routes:
-        chosen = driven.get(route.name) or overrides.get(route.name)
+        rollout = driven.get(route.name)
+        chosen = rollout or overrides.get(route.name)
         weight_bp = round(chosen.percent * 100) if chosen else None
-        routes.append(CompiledRoute.from_model(route, weight_bp))
+        closed = rollout is not None and rollout.closed
+        routes.append(CompiledRoute.from_model(route, weight_bp, closed=closed))
     return Snapshot(
         config,
         tuple(routes),
@@ -235,13 +238,16 @@ class RuntimeState:
         overrides.pop(name, None)
         return self._swap(self._recompile(current, overrides=overrides))
 
-    def set_rollout_weight(self, name: str, percent: float, now: float, candidate: str) -> Snapshot:
-        """A rollout drives the route: its weight wins (a runtime override is dropped)."""
+    def set_rollout_weight(
+        self, name: str, percent: float, now: float, candidate: str, *, closed: bool = False
+    ) -> Snapshot:
+        """A rollout drives the route: its weight wins (a runtime override is dropped);
+        ``closed``: the candidate was rolled back and gets no traffic at all."""
         current = self._require(name)
         if not 0.0 <= percent <= 100.0:
             raise ValueError(f"a rollout weight of {percent} is not between 0 and 100")
         driven = dict(current.rollout_weights)
-        driven[name] = RolloutWeight(round(percent, 2), now, candidate)
+        driven[name] = RolloutWeight(round(percent, 2), now, candidate, closed)
         overrides = dict(current.overrides)
         overrides.pop(name, None)
         return self._swap(self._recompile(current, overrides=overrides, rollout_weights=driven))

@@ -257,6 +257,24 @@ class Analyzer:
             return True
         return False
 
+    def suspend(self, now: float, candidate: str, message: str) -> list[Action]:
+        """Hold ``candidate`` at 0 %, paused, before any tick: its saved state could not be
+        trusted. ``resume`` then starts from the first step (through readiness), ``promote``
+        and ``rollback`` decide by hand; nothing resumes on its own."""
+        self._actions = []
+        self._reset_rollout()
+        self.revision = candidate
+        self.started_at = now
+        self.last_now = now
+        self.evidence.fresh_tests()
+        self._set_weight(0.0)
+        self.hold = Hold("readiness", 0, asked_at=now, since=now)
+        self.paused_reason = "state_rejected"
+        self._move(now, "suspend", "paused", message)
+        self.check_hold()
+        actions, self._actions = self._actions, []
+        return actions
+
     def _reset_rollout(self) -> None:
         self.step_index = -1
         self.started_at = None

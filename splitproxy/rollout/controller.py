@@ -72,7 +72,7 @@ from typing import Any, Final, cast
 import aiohttp
 
 from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
-from splitproxy.config.vocabulary import CANDIDATE, GATES, STABLE, Version
+from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
@@ -90,18 +90,17 @@ from splitproxy.rollout.messages import (
     SetWeight,
 )
 from splitproxy.rollout.metrics import RolloutMetrics
-from splitproxy.rollout.persistence import Persistence
-from splitproxy.rollout.phases import ACTIVE, PHASES, TRANSITIONS
+from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
+from splitproxy.rollout.phases import ACTIVE
+from splitproxy.rollout.reports import finite, refusal, synthetic_status
 from splitproxy.rollout.samples import path_class_slots, samples_for
-from splitproxy.rollout.store import StateStore
+from splitproxy.rollout.store import StateStore, Verdict
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
-from splitproxy.views import SyntheticView, VersionRequestsView
 
 logger = logging.getLogger("splitproxy.rollout.controller")
 
 COMMANDS: Final[tuple[Command, ...]] = ("promote", "rollback", "pause", "resume", "retry")
 HISTORY_SHOWN: Final = 20  # ledger events in a route's status
-SYNTHETIC_SPAN: Final = 60.0  # seconds of synthetic answers a route's status sums per version
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,29 +131,6 @@ def judges_synthetic(route: Route | None) -> bool:
     """Does this route's rollout count its synthetic traffic in the verdicts?"""
     traffic = route.rollout.traffic if route is not None and route.rollout is not None else None
     return traffic is not None and traffic.judge
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None: JSON has no ``Infinity``
-    (an unbounded confidence interval or an overwhelming e-value shows as null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-def refusal(name: str, command: Command, analyzer: Analyzer) -> str:
-    """Why ``command`` is refused now, and when it would be accepted."""
-    phase = analyzer.phase
-    if command == "resume":
-        allowed = [p for p in PHASES if "resume" in TRANSITIONS[p] or "proceed" in TRANSITIONS[p]]
-    else:
-        allowed = [p for p in PHASES if command in TRANSITIONS[p]]
-    when = " or ".join(allowed)
-    return f"cannot {command} route {name!r}: its rollout is {phase}; {command} applies when {when}"
 
 
 @dataclass(eq=False)
@@ -360,9 +336,13 @@ class Controller:
             if have is not None:
                 self.state.clear_rollout_weight(rt.name)
             return
-        want = round(a.weight, 2)
-        if have is None or have.percent != want or have.candidate != a.revision:
-            self.state.set_rollout_weight(rt.name, want, now, a.revision)
+        want, closed = round(a.weight, 2), a.phase == "rolled_back"
+        if have is None or (have.percent, have.candidate, have.closed) != (
+            want,
+            a.revision,
+            closed,
+        ):
+            self.state.set_rollout_weight(rt.name, want, now, a.revision, closed=closed)
 
     # --- following the routing file -----------------------------------------------------------
 
@@ -382,6 +362,9 @@ class Controller:
                 rt.configure(rollout)
 
     def _create(self, name: str, rollout: Rollout, now: float) -> _Rollout:
+        """A route gained a rollout: resume its saved state if it can be trusted; hold it on
+        stable, paused, if it cannot; and in every case keep the verdicts on record (a
+        revision rolled back stays rolled back whatever became of its state file)."""
         spec = analyzer_spec(rollout)
         gates = rollout.gates
         ledger = self._ledgers.get(name)
@@ -389,16 +372,34 @@ class Controller:
             ledger = self._ledgers[name] = deque(maxlen=self.options.ledger_size)
         slots = path_class_slots(self.recorder.windows)
         restored = self.persistence.restore(name, spec, gates, slots)
-        if restored is None:
-            analyzer = Analyzer(name, spec, gates=gates, path_class_slots=slots)
-            return _Rollout(name, rollout, analyzer, ledger)
-        if not ledger:
-            ledger.extend(restored.ledger)
-        rt = _Rollout(name, rollout, restored.analyzer, ledger)
-        a = rt.analyzer
-        weight = "the file's weight" if a.weight is None else f"weight {a.weight:g}%"
-        message = f"state restored {restored.where}: {a.phase}, step {a.step_index + 1}, {weight}"
-        self._record(rt, self._control_event(rt, now, "state_restored", message))
+        verdicts = self.persistence.verdicts(name)
+        fresh = Analyzer(name, spec, gates=gates, path_class_slots=slots)
+        adopt_verdicts(fresh, verdicts)
+        rt = _Rollout(name, rollout, fresh, ledger)
+        if isinstance(restored, Restored):
+            if not ledger:
+                ledger.extend(restored.ledger)
+            a = restored.analyzer
+            if adopt_verdicts(a, verdicts):
+                ended = verdicts[a.revision or ""]
+                message = f"saved state ({a.phase}) is older than the verdict on record: {ended}"
+                self._record(rt, self._control_event(rt, now, "state_superseded", message))
+                return rt
+            rt.analyzer = a
+            weight = "the file's weight" if a.weight is None else f"weight {a.weight:g}%"
+            message = (
+                f"state restored {restored.where}: {a.phase}, step {a.step_index + 1}, {weight}"
+            )
+            self._record(rt, self._control_event(rt, now, "state_restored", message))
+        elif isinstance(restored, Rejected):
+            route = self.state.snapshot.config.route(name) if self.state.snapshot else None
+            identity = candidate_identity(route) if route is not None else None
+            message = f"saved state rejected ({restored.reason}); kept as {restored.path}.rejected"
+            if identity is None or identity in verdicts:
+                self._record(rt, self._control_event(rt, now, "state_rejected", message))
+            else:
+                held = f"{message}: held on stable, paused (resume starts from the first step)"
+                self._apply(rt, now, fresh.suspend(now, identity, held))
         return rt
 
     def _drop(self, name: str, now: float) -> None:
@@ -493,6 +494,9 @@ class Controller:
             rt.name, event.revision or "-", event.kind, event.phase, event.step, weight,
             event.message,
         )  # fmt: skip
+        if event.kind in ("promoted", "rolled_back", "retried") and event.revision is not None:
+            verdict = cast(Verdict, event.kind)
+            self.persistence.verdict(rt.name, event.revision, verdict, event.at, event.message)
         if event.kind in ("promoted", "rolled_back"):
             started = rt.analyzer.started_at
             seconds = event.at - started if started is not None else 0.0
@@ -536,40 +540,11 @@ class Controller:
         ]
         out["waiting_on_hooks"] = self.dispatcher.waiting(name)
         out["external"] = self.poller.status(name)
-        out["synthetic"] = self._synthetic_status(rt)
+        out["synthetic"] = synthetic_status(
+            rt.name, rt.rollout.traffic, self.traffics, self.recorder, self.clock()
+        )
         out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]
         return cast(dict[str, Any], finite(out))
-
-    def _synthetic_status(self, rt: _Rollout) -> SyntheticView | None:
-        """The route's synthetic traffic: None without ``traffic:``; else the generator's
-        counters (of the run going on, or the last one) and, per version, the synthetic
-        requests the proxy answered in the last `SYNTHETIC_SPAN` seconds."""
-        spec = rt.rollout.traffic
-        if spec is None:
-            return None
-        generator = self.traffics.status(rt.name) if self.traffics is not None else None
-        since = self.clock() - SYNTHETIC_SPAN
-        buckets = self.recorder.observations(rt.name, since)
-
-        def answered(version: Version) -> VersionRequestsView:
-            counts = [b.synthetic(version) for b in buckets]
-            return {
-                "requests": sum(c.requests for c in counts),
-                "errors": sum(c.errors for c in counts),
-            }
-
-        return {
-            "rate": spec.rate,
-            "target": spec.target,
-            "judge": spec.judge,
-            "running": bool(generator and generator["running"]),
-            "generator": generator,
-            "answered": {
-                "window_seconds": SYNTHETIC_SPAN,
-                STABLE: answered(STABLE),
-                CANDIDATE: answered(CANDIDATE),
-            },
-        }
 
     def events(
         self, route: str | None = None, since: float | None = None, limit: int = 100

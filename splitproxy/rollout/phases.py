@@ -33,6 +33,7 @@ Trigger = Literal[
     "resume",
     "retry",  # a rolled-back revision, from the first step again
     "abandon",  # the file names no candidate any more
+    "suspend",  # the saved state could not be trusted: on stable, paused for a human
 ]
 
 PHASES: Final[tuple[Phase, ...]] = (
@@ -50,6 +51,7 @@ TRANSITIONS: Final[Mapping[Phase, Mapping[Trigger, Phase]]] = MappingProxyType(
             "start": "progressing",
             "restore_promoted": "promoted",
             "restore_rolled_back": "rolled_back",
+            "suspend": "paused",
             "abandon": "idle",
         },
         "progressing": {

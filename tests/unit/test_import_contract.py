@@ -33,6 +33,7 @@ PURE_MODULES = (
     "splitproxy.rollout.messages",
     "splitproxy.rollout.evidence",
     "splitproxy.rollout.codec",
+    "splitproxy.rollout.validation",
     "splitproxy.rollout.status",
     "splitproxy.rollout.histograms",
     "splitproxy.rollout.sketch",
