@@ -81,13 +81,13 @@ from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalCheck, ExternalPoller, ExternalReader
 from splitproxy.rollout.messages import (
+    Action,
     CallHook,
     Command,
     Emit,
     Event,
     ManualCommand,
     Observation,
-    SetWeight,
 )
 from splitproxy.rollout.metrics import RolloutMetrics
 from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
@@ -304,7 +304,7 @@ class Controller:
         self,
         rt: _Rollout,
         now: float,
-        actions: Iterable[SetWeight | CallHook | Emit],
+        actions: Iterable[Action],
         rewrite: Callable[[Event], Event] | None = None,
     ) -> None:
         changed = False

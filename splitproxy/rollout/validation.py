@@ -25,7 +25,9 @@ FORMAT: Final = 1
 MAX_LIST: Final = 100_000  # entries in any saved list (ledger, history, trail, ...)
 MAX_FINISHED: Final = 1_000
 MAX_TEXT: Final = 10_000
-_HELD: Final = frozenset({"pre-rollout", "step", "confirm-promotion", "pause", "readiness"})
+_HELD: Final = frozenset(
+    {"pre-rollout", "step", "confirm-promotion", "pause", "readiness", "test", "switch"}
+)
 _EPS: Final = 1e-6
 
 

@@ -11,13 +11,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitproxy.config import Rollout
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.codec import decode, encode
-from splitproxy.rollout.messages import GateResult, ManualCommand
+from splitproxy.rollout.messages import GateResult, ManualCommand, TestOutcome
 from splitproxy.rollout.validation import InvalidState, check_analyzer, check_document
 from tests.unit.rollout.drive import Driver, spec, traffic
 
 SPEC = spec(steps=[10, {"pause": "5s"}, 30, 60], checks=[{"metric": "error_rate", "max": 0.05}])
+BLUEGREEN = Rollout.model_validate(
+    {
+        "strategy": "bluegreen",
+        "iterations": 2,
+        "interval": "5s",
+        "min_requests": 5,
+        "bake": "20s",
+        "auto_promote": False,
+        "test": {"command": ["./smoke"]},
+        "checks": [{"metric": "error_rate", "compare": "stable", "traffic": "all"}],
+    }
+)
 GATES = ("pre-rollout", "step", "confirm-promotion")
 
 Move = tuple[str, int]
@@ -40,11 +53,18 @@ def saved(a: Analyzer) -> dict[str, Any]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(moves=moves, gates=st.lists(st.sampled_from(GATES), unique=True))
+@given(
+    moves=moves,
+    gates=st.lists(st.sampled_from(GATES), unique=True),
+    strategy=st.sampled_from(["canary", "bluegreen"]),
+)
 def test_every_state_the_analyzer_writes_is_one_it_accepts(
-    moves: list[Move], gates: list[str]
+    moves: list[Move], gates: list[str], strategy: str
 ) -> None:
-    d = Driver(Analyzer("shop", SPEC, gates=gates))  # type: ignore[arg-type]
+    rollout = SPEC if strategy == "canary" else BLUEGREEN
+    if strategy == "bluegreen":
+        gates = [g for g in gates if g != "step"]
+    d = Driver(Analyzer("shop", rollout, gates=gates))  # type: ignore[arg-type]
     revision = 2
     for what, seconds in moves:
         for _ in range(seconds):
@@ -54,6 +74,8 @@ def test_every_state_the_analyzer_writes_is_one_it_accepts(
             elif what.startswith("gate") and d.a.hold is not None and d.a.hold.what in GATES:
                 hold = d.a.hold
                 kw["gates"] = [GateResult(hold.what, hold.step + 1, what == "gate_ok")]  # type: ignore[arg-type]
+            elif what.startswith("gate") and d.a.test_attempt:
+                kw["tests"] = [TestOutcome(d.a.test_attempt, what == "gate_ok", "exit")]
             elif what == "new_revision":
                 revision += 1
                 d.candidate = f"v{revision}"
@@ -68,8 +90,8 @@ def test_every_state_the_analyzer_writes_is_one_it_accepts(
                 samples = traffic(p)
             d.tick(samples, **kw)
             data = saved(d.a)
-            check_analyzer(data, "shop", SPEC, d.a.spec_hash)
-            decode("shop", SPEC, data, gates=gates)  # type: ignore[arg-type]
+            check_analyzer(data, "shop", rollout, d.a.spec_hash)
+            decode("shop", rollout, data, gates=gates)  # type: ignore[arg-type]
             if what in ("new_revision", "no_candidate"):
                 d.candidate = f"v{revision}"
 
