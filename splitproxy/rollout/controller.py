@@ -71,7 +71,7 @@ from typing import Any, Final, cast
 
 import aiohttp
 
-from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.config import PrometheusCheck, Rollout, RoutingConfig, WebCheck
 from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
@@ -88,13 +88,21 @@ from splitproxy.rollout.messages import (
     Event,
     ManualCommand,
     Observation,
+    RunTest,
+    TestOutcome,
 )
 from splitproxy.rollout.metrics import RolloutMetrics
 from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
 from splitproxy.rollout.phases import ACTIVE
-from splitproxy.rollout.reports import finite, refusal, synthetic_status
-from splitproxy.rollout.samples import path_class_slots, samples_for
+from splitproxy.rollout.reports import finite, merged_events, refusal, synthetic_status
+from splitproxy.rollout.samples import (
+    analyzer_spec,
+    judges_synthetic,
+    path_class_slots,
+    samples_for,
+)
 from splitproxy.rollout.store import StateStore, Verdict
+from splitproxy.rollout.testjob import TestJobRunner
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 
 logger = logging.getLogger("splitproxy.rollout.controller")
@@ -114,23 +122,6 @@ class ControlOptions:
     # between 0.25 s and 30 s (so each step window sees a fresh value)
     external_interval: float | None = None
     notify_drain: float = 2.0  # at shutdown, how long queued notifications may still go out
-
-
-def analyzer_spec(rollout: Rollout) -> Rollout:
-    """The spec the analyzer sees: without hooks, and without synthetic traffic the verdicts
-    ignore, so editing either restarts nothing (neither changes the evidence)."""
-    update: dict[str, Any] = {}
-    if rollout.hooks:
-        update["hooks"] = ()
-    if rollout.traffic is not None and not rollout.traffic.judge:
-        update["traffic"] = None
-    return rollout.model_copy(update=update) if update else rollout
-
-
-def judges_synthetic(route: Route | None) -> bool:
-    """Does this route's rollout count its synthetic traffic in the verdicts?"""
-    traffic = route.rollout.traffic if route is not None and route.rollout is not None else None
-    return traffic is not None and traffic.judge
 
 
 @dataclass(eq=False)
@@ -184,6 +175,13 @@ class Controller:
             hooks, on_answer=self._wake_up, metrics=self.metrics, drain=self.options.notify_drain
         )
         self.poller = ExternalPoller(reader, clock)
+        self.tests = TestJobRunner(clock, on_done=self._wake_up)
+        # where a blue/green test job reaches the candidate: the preview listener's URL (None:
+        # the candidate's own first address); known once the server listens (`listening`),
+        # and jobs asked for before then wait for it
+        self.preview_url: str | None = None
+        self._listening = False
+        self._pending_tests: dict[str, RunTest] = {}
         self._routes: dict[str, _Rollout] = {}
         self._ledgers: dict[str, deque[dict[str, Any]]] = {}
         self._config: RoutingConfig | None = None
@@ -220,6 +218,7 @@ class Controller:
                 await runner
         await self.poller.close()
         await self.dispatcher.close()
+        await self.tests.close()
         now = self.clock()
         for rt in self._routes.values():
             self._mark(rt, now)
@@ -285,8 +284,15 @@ class Controller:
         external = self.poller.values(rt.name)
         samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
         health = self.health(rt.name) if self.health is not None else None
-        observation = Observation(identity, samples, commands, gates, external, health)
+        tests = [
+            TestOutcome(attempt, r.passed, r.summary())
+            for attempt, r in self.tests.results(rt.name)
+        ]
+        observation = Observation(identity, samples, commands, gates, external, health, tests)
         self._apply(rt, now, rt.analyzer.tick(now, observation))
+        a = rt.analyzer
+        if (a.phase not in ACTIVE or a.test_passed) and self.tests.running(rt.name):
+            self.tests.forget(rt.name)  # the job's verdict can no longer change anything
         if rt.analyzer.phase in ACTIVE:
             every = self.options.external_interval
             if every is None:
@@ -313,6 +319,8 @@ class Controller:
                 event = rewrite(action.event) if rewrite is not None else action.event
                 self._record(rt, event)
                 changed = True
+            elif isinstance(action, RunTest):
+                self._run_test(rt, action)
             elif isinstance(action, CallHook):
                 message = f"waiting for the {action.gate} gate"
                 payload = self._payload(rt, action.gate, action.gate, now, message)
@@ -324,6 +332,33 @@ class Controller:
         active = rt.analyzer.phase in ACTIVE
         if changed or (active and now - rt.saved_at >= self.options.checkpoint):
             self._mark(rt, now)
+
+    def listening(self, preview_url: str | None) -> None:
+        """The proxy listens (``preview_url``: its preview listener, if any): test jobs asked
+        for before now start."""
+        self.preview_url, self._listening = preview_url, True
+        pending, self._pending_tests = self._pending_tests, {}
+        for name, action in pending.items():
+            rt = self._routes.get(name)
+            if rt is not None and rt.analyzer.test_attempt == action.attempt:
+                self._run_test(rt, action)
+
+    def _run_test(self, rt: _Rollout, action: RunTest) -> None:
+        """Start the route's test job against its candidate (blue/green, before the switch)."""
+        if not self._listening:
+            self._pending_tests[rt.name] = action
+            return
+        job = rt.rollout.test
+        snapshot = self.state.snapshot
+        route = snapshot.config.route(rt.name) if snapshot is not None else None
+        if job is None or route is None or route.candidate is None:
+            return
+        env = {
+            "SPLITPROXY_PREVIEW_URL": self.preview_url or route.candidate.urls[0],
+            "SPLITPROXY_ROUTE": rt.name,
+            "SPLITPROXY_REVISION": rt.analyzer.revision or "",
+        }
+        self.tests.start(rt.name, action.attempt, job, env)
 
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
@@ -407,6 +442,7 @@ class Controller:
         rt = self._routes.pop(name)
         self.dispatcher.forget(name)
         self.poller.forget(name)
+        self.tests.forget(name)
         if self.traffics is not None:
             self.traffics.forget(name, discard=True)
 
@@ -543,6 +579,8 @@ class Controller:
         out["synthetic"] = synthetic_status(
             rt.name, rt.rollout.traffic, self.traffics, self.recorder, self.clock()
         )
+        if out.get("bluegreen") is not None:
+            out["bluegreen"]["job"] = self.tests.status(name)
         out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]
         return cast(dict[str, Any], finite(out))
 
@@ -552,12 +590,8 @@ class Controller:
         """The decision ledger, oldest first: the newest ``limit`` events (of ``route``,
         after ``since``)."""
         if route is not None:
-            ledgers: Iterable[deque[dict[str, Any]]] = [self._ledgers.get(route, deque())]
-        else:
-            ledgers = self._ledgers.values()
-        merged = [e for ledger in ledgers for e in ledger if since is None or e["at"] > since]
-        merged.sort(key=lambda e: e["at"])  # stable: a tick's events keep their order
-        return cast(list[dict[str, Any]], finite(merged[-limit:] if limit > 0 else []))
+            return merged_events([self._ledgers.get(route, deque())], since, limit)
+        return merged_events(self._ledgers.values(), since, limit)
 
 
 __all__ = [

@@ -4,8 +4,8 @@ command is refused, a route's synthetic traffic (for the admin API and the conso
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, cast
 
 from splitproxy.config import Traffic
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
@@ -76,3 +76,12 @@ def synthetic_status(
             CANDIDATE: answered(CANDIDATE),
         },
     }
+
+
+def merged_events(
+    ledgers: Iterable[Iterable[dict[str, Any]]], since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` events of ``ledgers`` after ``since``, oldest first, JSON-safe."""
+    merged = [e for ledger in ledgers for e in ledger if since is None or e["at"] > since]
+    merged.sort(key=lambda e: e["at"])  # stable: a tick's events keep their order
+    return cast(list[dict[str, Any]], finite(merged[-limit:] if limit > 0 else []))
