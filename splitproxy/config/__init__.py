@@ -5,8 +5,9 @@ aiohttp, a socket or a clock (only `read_routing_file` reads the file it is give
 ``splitproxy check`` can validate a file without loading the proxy.
 
 By topic: `fields` (names, durations, rates, the `Frozen` base), `routes` (routes and their
-backends), `rollout` (steps, checks, guard, hooks, synthetic traffic), `parse` (YAML to models,
-problems with their paths, reading the file), `vocabulary` (words every layer shares).
+backends), `rollout` (steps, checks, guard, hooks, synthetic traffic), `testjob` (the
+blue/green test job), `parse` (YAML to models, problems with their paths, reading the file),
+`vocabulary` (words every layer shares).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from splitproxy.config.rollout import (
     WebCheck,
 )
 from splitproxy.config.routes import Backend, Match, Override, Route, RoutingConfig, Sticky
+from splitproxy.config.testjob import TestJob
 
 __all__ = [
     "LATENCY_QUANTILES",
@@ -48,6 +50,7 @@ __all__ = [
     "RoutingConfig",
     "Step",
     "Sticky",
+    "TestJob",
     "Traffic",
     "WebCheck",
     "content_hash",
