@@ -247,6 +247,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return _fail(payload, status)
     rollout = payload.get("rollout") or {}
     weight = payload["weight"]["effective"]
+    if args.command == "revert":
+        source = payload["weight"]["source"]
+        print(f"{args.route}: reverted: all traffic on the previous stable (set by {source})")
+        return 0
     print(
         f"{args.route}: {rollout.get('phase', '?')}, step {rollout.get('step', '?')}"
         f"/{rollout.get('steps', '?')}, candidate weight {weight:g}%"
@@ -379,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pause": "freeze a rollout at its current weight",
         "resume": "continue a paused rollout, or pass the gate or pause step it waits at",
         "retry": "start a rolled-back revision again from the first step",
+        "revert": "after a promotion, send all traffic back to the previous stable at once "
+        "(within the rollout's revert_window; the file decides again when it changes the route)",
     }
     for verb, help_ in verbs.items():
         p = client(verb, help_)

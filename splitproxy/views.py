@@ -255,6 +255,15 @@ class BlueGreenView(TypedDict):
     job: JobRunView | None  # the test job's latest run (None: never run here)
 
 
+class RevertView(TypedDict):
+    previous_stable: list[str]  # its URLs
+    previous_revision: str | None
+    promoted: str | None  # the revision promoted over it
+    promoted_at: float
+    until: float  # the window's end
+    open: bool
+
+
 class RolloutView(TypedDict):
     """A route's rollout: phase, plan and position, the step's window and what it needs,
     the checks of the latest tick, hooks, external readings and recent history."""
@@ -287,6 +296,7 @@ class RolloutView(TypedDict):
     external: dict[str, ExternalReadingView]  # by check name
     synthetic: SyntheticView | None  # None: the rollout has no ``traffic:``
     bluegreen: BlueGreenView | None  # None: a canary
+    revert: RevertView | None  # an open revert window after a promotion
     history: list[EventView]
 
 

@@ -18,6 +18,11 @@ Precedence of weights, highest first:
 3. ``file``: the routing file is the desired state.
 
 Every value and the winner show in status.
+
+A **revert** (``rollout/revert.py``) overrides a route's backends: after a promotion whose
+revert window is open, all of the route's requests go to the stable the promotion replaced,
+even when the file no longer names it, until the file changes that route. While a window is
+open, that previous stable is **warm**: its upstream pool is kept (`upstream_keys`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from splitproxy.config import Route, RoutingConfig
+from splitproxy.config import Backend, Route, RoutingConfig
 
 # defined with the routing file it hashes; re-exported for the callers that import it from here
 from splitproxy.config import content_hash as content_hash
-from splitproxy.dataplane.routing import CompiledRoute
+from splitproxy.dataplane.routing import BackendPlan, CompiledRoute
 from splitproxy.errors import Conflict, InvalidValue, NotReady, UnknownRoute
 
 logger = logging.getLogger("splitproxy.dataplane.state")
@@ -86,6 +91,10 @@ class Snapshot:
     rollout_weights: Mapping[str, RolloutWeight] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # route -> the previous stable it is reverted to (all its traffic goes there)
+    reverts: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
+    # route -> a previous stable kept warm while its revert window is open
+    warm: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def revision(self) -> str:
@@ -102,7 +111,9 @@ class Snapshot:
 
 
 def weight_source(snapshot: Snapshot, name: str) -> str:
-    """Who sets the route's weight now: ``rollout``, ``runtime`` or ``file``."""
+    """Who sets the route's weight now: ``revert``, ``rollout``, ``runtime`` or ``file``."""
+    if name in snapshot.reverts:
+        return "revert"
     if name in snapshot.rollout_weights:
         return "rollout"
     if name in snapshot.overrides:
@@ -129,6 +140,8 @@ def upstream_keys(snapshot: Snapshot) -> set[tuple[str, int]]:
         for plan in (route.stable, route.candidate):
             if plan is not None:
                 keys.update(target.key for target in plan.targets)
+    for backend in (*snapshot.warm.values(), *snapshot.reverts.values()):
+        keys.update(target.key for target in BackendPlan.from_model(backend).targets)
     return keys
 
 
@@ -138,12 +151,19 @@ def compile_snapshot(
     loaded_at: float,
     overrides: Mapping[str, WeightOverride],
     rollout_weights: Mapping[str, RolloutWeight] | None = None,
+    reverts: Mapping[str, Backend] | None = None,
+    warm: Mapping[str, Backend] | None = None,
 ) -> Snapshot:
     """Build the immutable snapshot for ``config`` with the rollout weights and the runtime
     weight ``overrides`` applied (a rollout's weight wins)."""
     driven = dict(rollout_weights or {})
     routes = []
     for route in config.routes:
+        back = reverts.get(route.name) if reverts else None
+        if back is not None:  # all of it to the previous stable
+            reverted = route.model_copy(update={"stable": back, "candidate": None})
+            routes.append(CompiledRoute.from_model(reverted))
+            continue
         rollout = driven.get(route.name)
         chosen = rollout or overrides.get(route.name)
         weight_bp = round(chosen.percent * 100) if chosen else None
@@ -156,6 +176,8 @@ def compile_snapshot(
         loaded_at,
         MappingProxyType(dict(overrides)),
         MappingProxyType(driven),
+        MappingProxyType(dict(reverts or {})),
+        MappingProxyType(dict(warm or {})),
     )
 
 
@@ -210,7 +232,14 @@ class RuntimeState:
                 if identity != weight.candidate:  # a new candidate: all on stable until it starts
                     weight = RolloutWeight(0.0, now, identity)
                 driven[name] = weight
-        return self._swap(compile_snapshot(config, digest, now, kept, driven))
+        reverts: dict[str, Backend] = {}
+        warm: dict[str, Backend] = dict(old.warm) if old is not None else {}
+        if old is not None:  # a revert holds until the file changes its route
+            for name, backend in old.reverts.items():
+                before, after = old.config.route(name), config.route(name)
+                if before is not None and before == after:
+                    reverts[name] = backend
+        return self._swap(compile_snapshot(config, digest, now, kept, driven, reverts, warm))
 
     def set_weight(self, name: str, percent: float, now: float, source: str = "admin") -> Snapshot:
         """Override a route's candidate weight at runtime (refused while a rollout drives it)."""
@@ -261,12 +290,34 @@ class RuntimeState:
         del driven[name]
         return self._swap(self._recompile(current, rollout_weights=driven))
 
+    def revert_to(self, name: str, backend: Backend, now: float) -> Snapshot:
+        """Send all of ``name``'s traffic to ``backend`` (a previous stable) until the file
+        changes the route."""
+        current = self._require(name)
+        reverts = dict(current.reverts)
+        reverts[name] = backend
+        return self._swap(self._recompile(current, reverts=reverts))
+
+    def keep_warm(self, name: str, backend: Backend | None) -> Snapshot | None:
+        """Keep ``backend``'s upstream pool for ``name`` (None: no longer)."""
+        current = self._snapshot
+        if current is None or current.warm.get(name) == backend:
+            return current
+        warm = dict(current.warm)
+        if backend is None:
+            warm.pop(name, None)
+        else:
+            warm[name] = backend
+        return self._swap(self._recompile(current, warm=warm))
+
     @staticmethod
     def _recompile(
         current: Snapshot,
         *,
         overrides: Mapping[str, WeightOverride] | None = None,
         rollout_weights: Mapping[str, RolloutWeight] | None = None,
+        reverts: Mapping[str, Backend] | None = None,
+        warm: Mapping[str, Backend] | None = None,
     ) -> Snapshot:
         return compile_snapshot(
             current.config,
@@ -274,6 +325,8 @@ class RuntimeState:
             current.loaded_at,
             current.overrides if overrides is None else overrides,
             current.rollout_weights if rollout_weights is None else rollout_weights,
+            current.reverts if reverts is None else reverts,
+            current.warm if warm is None else warm,
         )
 
     def _require(self, name: str) -> Snapshot:

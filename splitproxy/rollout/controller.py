@@ -16,41 +16,26 @@ it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built f
   background every ``external_interval`` while the rollout is active (by the poller);
 - a manual command, when `Controller.command` ticks a route out of turn.
 
-and applies what comes back:
+and applies what comes back: ``SetWeight`` becomes the route's ``rollout`` weight in
+`state.RuntimeState` (it wins over the file's and runtime weights; ``None`` hands the route back
+to the file; after every tick the state is reconciled with ``analyzer.weight``); ``CallHook``
+goes to the hook dispatcher, whose answer returns as a `GateResult` on the next tick;
+``RunTest`` to the test job runner, whose outcome returns as a `TestOutcome`; ``Emit`` to the
+decision ledger (bounded per route, persisted), the log, the notification hooks and the
+rollout metrics. It also keeps each route's synthetic traffic in step with the phase.
 
-- ``SetWeight`` becomes the route's ``rollout`` weight in `state.RuntimeState`, which wins
-  over the file's and runtime weights (see ``state.py``); ``None`` hands the route back to the
-  file. After every tick the state is reconciled with ``analyzer.weight``, so a resumed
-  analyzer's weight is applied too;
-- ``CallHook`` goes to the hook dispatcher, which POSTs to the route's hooks of that gate (all
-  must answer 2xx); the outcome returns as a `GateResult` on the next tick (a failing
-  ``pre-rollout`` or ``step`` hook is a failed check; ``confirm-promotion`` keeps waiting). A
-  gate without a hook (removed by a reload) passes;
-- ``Emit`` goes to the decision ledger (bounded per route, persisted with the state), to the
-  log, to the ``event`` hooks, to ``post-rollout`` (promoted or rolled back) and ``rollback``
-  hooks, and to the ``splitproxy_rollouts_total`` / duration metrics.
+*The parts*, each owning its asyncio tasks: `persistence.Persistence` (state, ledger and
+verdict writes), `dispatch.HookDispatcher` (gate calls, ordered notifications),
+`external.ExternalPoller` (external checks), `testjob.TestJobRunner` (blue/green test jobs)
+and `revert.RevertWindows` (the previous stable kept warm after a promotion). The metric
+families are `metrics.RolloutMetrics`.
 
-It also keeps each route's synthetic traffic (``traffic.py``) in step with the phase.
-
-*The parts.* The controller composes three parts, each owning its own asyncio tasks (their
-creation, cancellation on close and error logging): `persistence.Persistence` (the state and
-ledger writes, `flush`), `dispatch.HookDispatcher` (gate calls and the ordered, bounded queue
-of notifications) and `external.ExternalPoller` (the external checks' reads). The rollout
-metric families are `metrics.RolloutMetrics` (`Controller.metrics`), which the composition
-root registers with the recorder's registry.
-
-*Config reloads.* When the routing file changes, analyzers are created for routes that gained
-a ``rollout`` (resumed from ``state_dir`` when a saved state exists), reconfigured for changed
-specs (a changed spec restarts a running rollout from its first step; hooks are not part of
-the spec the analyzer sees, so editing a hook does not restart anything), and dropped for
-routes that lost theirs: the rollout is abandoned (recorded) and the file's weight applies.
-
-*Durable state.* With ``state_dir`` set, every tick that emitted an event or moved the weight
-(and every ``checkpoint`` seconds while a rollout is active, and at shutdown) queues the
-route's state for `persistence.Persistence`, which writes it atomically from a background
-thread, one write at a time, newest wins. At start the saved state is resumed: a rollout
-continues at the same step and weight, a rolled-back revision stays rolled back. Without
-``state_dir`` the state lives in memory only, and the status says so.
+*Config reloads* create analyzers for routes that gained a ``rollout`` (resumed from
+``state_dir`` when a trusted saved state exists), reconfigure changed specs (a changed spec
+restarts a running rollout; hooks are not part of the analyzer's spec) and abandon the
+rollouts of routes that lost theirs (the file's weight applies). *Durable state*: every tick
+that emitted an event or moved the weight (and every ``checkpoint`` seconds while active, and
+at shutdown) queues the route's state for a background, atomic write.
 
 *Time.* The analyzer is ticked with wall-clock time (the clock of the live windows), so a
 rollout's time survives a restart; the time the proxy was down counts toward a step's
@@ -94,7 +79,14 @@ from splitproxy.rollout.messages import (
 from splitproxy.rollout.metrics import RolloutMetrics
 from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
 from splitproxy.rollout.phases import ACTIVE
-from splitproxy.rollout.reports import finite, merged_events, refusal, synthetic_status
+from splitproxy.rollout.reports import (
+    finite,
+    gate_payload,
+    merged_events,
+    refusal,
+    synthetic_status,
+)
+from splitproxy.rollout.revert import RevertWindows
 from splitproxy.rollout.samples import (
     analyzer_spec,
     judges_synthetic,
@@ -176,12 +168,7 @@ class Controller:
         )
         self.poller = ExternalPoller(reader, clock)
         self.tests = TestJobRunner(clock, on_done=self._wake_up)
-        # where a blue/green test job reaches the candidate: the preview listener's URL (None:
-        # the candidate's own first address); known once the server listens (`listening`),
-        # and jobs asked for before then wait for it
-        self.preview_url: str | None = None
-        self._listening = False
-        self._pending_tests: dict[str, RunTest] = {}
+        self.reverts = RevertWindows(state)
         self._routes: dict[str, _Rollout] = {}
         self._ledgers: dict[str, deque[dict[str, Any]]] = {}
         self._config: RoutingConfig | None = None
@@ -266,6 +253,8 @@ class Controller:
         if snapshot is None:
             return
         self._reconcile(snapshot, now)
+        for warm in self.reverts.expire(now):
+            logger.info("route %s: the revert window of %s closed", warm.route, warm.promoted)
         for rt in list(self._routes.values()):
             try:
                 self._step(rt, now)
@@ -323,7 +312,7 @@ class Controller:
                 self._run_test(rt, action)
             elif isinstance(action, CallHook):
                 message = f"waiting for the {action.gate} gate"
-                payload = self._payload(rt, action.gate, action.gate, now, message)
+                payload = gate_payload(rt.analyzer, action.gate, now, message)
                 payload["gate_step"] = action.step
                 self.dispatcher.gate(rt.name, rt.rollout.hooks, action, payload)
             else:
@@ -334,31 +323,18 @@ class Controller:
             self._mark(rt, now)
 
     def listening(self, preview_url: str | None) -> None:
-        """The proxy listens (``preview_url``: its preview listener, if any): test jobs asked
-        for before now start."""
-        self.preview_url, self._listening = preview_url, True
-        pending, self._pending_tests = self._pending_tests, {}
-        for name, action in pending.items():
-            rt = self._routes.get(name)
-            if rt is not None and rt.analyzer.test_attempt == action.attempt:
-                self._run_test(rt, action)
+        """The proxy listens (``preview_url``: its preview listener, if any): test jobs may
+        start (those asked for earlier start now)."""
+        self.tests.listening(preview_url)
 
     def _run_test(self, rt: _Rollout, action: RunTest) -> None:
-        """Start the route's test job against its candidate (blue/green, before the switch)."""
-        if not self._listening:
-            self._pending_tests[rt.name] = action
-            return
+        """Ask for the route's test job against its candidate (blue/green, before the switch)."""
         job = rt.rollout.test
         snapshot = self.state.snapshot
         route = snapshot.config.route(rt.name) if snapshot is not None else None
-        if job is None or route is None or route.candidate is None:
-            return
-        env = {
-            "SPLITPROXY_PREVIEW_URL": self.preview_url or route.candidate.urls[0],
-            "SPLITPROXY_ROUTE": rt.name,
-            "SPLITPROXY_REVISION": rt.analyzer.revision or "",
-        }
-        self.tests.start(rt.name, action.attempt, job, env)
+        if job is not None and route is not None and route.candidate is not None:
+            revision = rt.analyzer.revision or ""
+            self.tests.ask(rt.name, action.attempt, job, route.candidate.urls[0], revision)
 
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
@@ -414,6 +390,8 @@ class Controller:
         if isinstance(restored, Restored):
             if not ledger:
                 ledger.extend(restored.ledger)
+            if restored.warm is not None:
+                self.reverts.keep(restored.warm, now)
             a = restored.analyzer
             if adopt_verdicts(a, verdicts):
                 ended = verdicts[a.revision or ""]
@@ -482,29 +460,34 @@ class Controller:
         assert status is not None
         return status
 
-    # --- the ledger ---------------------------------------------------------------------------
+    def revert(self, name: str, *, reason: str = "", source: str = "admin") -> None:
+        """Send all of ``name``'s traffic back to the stable its latest promotion replaced,
+        inside the revert window (see `revert`); `Conflict` with the reason outside it."""
+        snapshot = self.state.snapshot
+        if snapshot is None:
+            raise NotReady("not_ready", "no routing config is loaded yet")
+        now = self.clock()
+        self._reconcile(snapshot, now)
+        if snapshot.config.route(name) is None:
+            raise UnknownRoute(name)
+        warm = self.reverts.take(name, now)
+        why = f": {reason}" if reason else ""
+        rt = self._routes.get(name)
+        if rt is not None and (rt.analyzer.phase, rt.analyzer.revision) == (
+            "promoted",
+            warm.promoted,
+        ):
+            self._step(rt, now, [ManualCommand("rollback", source, f"reverted{why}")])
+            return
+        self.state.revert_to(name, warm.backend, now)
+        urls = ", ".join(warm.backend.urls)
+        message = f"reverted to the previous stable ({urls}) until the file changes the route{why}"
+        logger.info("route %s: %s", name, message)
+        if rt is not None:
+            self._record(rt, self._control_event(rt, now, "reverted", message))
+            self._mark(rt, now)
 
-    def _payload(
-        self, rt: _Rollout, hook: str, kind: str, now: float, message: str
-    ) -> dict[str, Any]:
-        a = rt.analyzer
-        return cast(
-            dict[str, Any],
-            finite(
-                {
-                    "hook": hook,
-                    "type": kind,
-                    "route": rt.name,
-                    "revision": a.revision,
-                    "phase": a.phase,
-                    "step": a.step_index + 1,
-                    "weight": a.weight,
-                    "message": message,
-                    "at": now,
-                    "checks": [c.to_dict() for c in a.checks],
-                }
-            ),
-        )
+    # --- the ledger ---------------------------------------------------------------------------
 
     def _control_event(self, rt: _Rollout, now: float, kind: str, message: str) -> Event:
         a = rt.analyzer
@@ -533,6 +516,11 @@ class Controller:
         if event.kind in ("promoted", "rolled_back", "retried") and event.revision is not None:
             verdict = cast(Verdict, event.kind)
             self.persistence.verdict(rt.name, event.revision, verdict, event.at, event.message)
+        if event.kind == "promoted":
+            snapshot = self.state.snapshot
+            route = snapshot.config.route(rt.name) if snapshot is not None else None
+            window = rt.rollout.revert_window
+            self.reverts.promoted(rt.name, window, route, event.revision, event.at)
         if event.kind in ("promoted", "rolled_back"):
             started = rt.analyzer.started_at
             seconds = event.at - started if started is not None else 0.0
@@ -547,7 +535,8 @@ class Controller:
     def _mark(self, rt: _Rollout, now: float) -> None:
         """Queue the route's state for the next flush."""
         rt.saved_at = now
-        self.persistence.mark(rt.name, rt.analyzer, rt.ledger, now)
+        warm = self.reverts.warm.get(rt.name)
+        self.persistence.mark(rt.name, rt.analyzer, rt.ledger, now, warm)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -579,6 +568,8 @@ class Controller:
         out["synthetic"] = synthetic_status(
             rt.name, rt.rollout.traffic, self.traffics, self.recorder, self.clock()
         )
+        warm = self.reverts.warm.get(name)
+        out["revert"] = warm.view(self.clock()) if warm is not None else None
         if out.get("bluegreen") is not None:
             out["bluegreen"]["job"] = self.tests.status(name)
         out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]

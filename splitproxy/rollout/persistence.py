@@ -39,6 +39,7 @@ from splitproxy.config.vocabulary import Gate
 from splitproxy.rollout.analyzer import FINISHED_KEPT, Analyzer, spec_digest
 from splitproxy.rollout.codec import decode, encode
 from splitproxy.rollout.phases import Phase
+from splitproxy.rollout.revert import WarmStable
 from splitproxy.rollout.store import (
     StateStore,
     StateUnreadable,
@@ -60,6 +61,7 @@ class Restored:
     analyzer: Analyzer
     ledger: list[dict[str, Any]]
     where: str  # "from disk" or "from memory"
+    warm: WarmStable | None = None  # a revert window still to honour
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,23 +110,35 @@ class Persistence:
 
     @staticmethod
     def document(
-        name: str, analyzer: Analyzer, ledger: Iterable[dict[str, Any]], now: float
+        name: str,
+        analyzer: Analyzer,
+        ledger: Iterable[dict[str, Any]],
+        now: float,
+        warm: WarmStable | None = None,
     ) -> dict[str, Any]:
-        """The document saved for a route."""
-        return {
+        """The document saved for a route (``warm``: its revert window, if open)."""
+        doc = {
             "format": STATE_FORMAT,
             "route": name,
             "saved_at": now,
             "analyzer": encode(analyzer),
             "ledger": list(ledger),
         }
+        if warm is not None:
+            doc["warm"] = warm.to_dict()
+        return doc
 
     def mark(
-        self, name: str, analyzer: Analyzer, ledger: Iterable[dict[str, Any]], now: float
+        self,
+        name: str,
+        analyzer: Analyzer,
+        ledger: Iterable[dict[str, Any]],
+        now: float,
+        warm: WarmStable | None = None,
     ) -> None:
         """Queue the route's state for the next flush (nothing to do without a store)."""
         if self.store is not None:
-            self._dirty[name] = self.document(name, analyzer, ledger, now)
+            self._dirty[name] = self.document(name, analyzer, ledger, now, warm)
             self._queued.set()
 
     def retire(
@@ -275,6 +289,7 @@ class Persistence:
             check_analyzer(raw, name, spec, spec_digest(spec))
             analyzer = decode(name, spec, raw, gates=gates, path_class_slots=path_class_slots)
             ledger = [e for e in data.get("ledger", ()) if isinstance(e, dict)]
+            warm = WarmStable.from_dict(data["warm"]) if data.get("warm") is not None else None
         except StateUnreadable as exc:
             return self._reject(name, path, exc.reason)
         except InvalidState as exc:
@@ -282,7 +297,7 @@ class Persistence:
         except Exception as exc:  # a damaged or foreign file must never stop the proxy
             return self._reject(name, path, f"cannot be decoded ({exc!r})")
         self.rejected.pop(name, None)
-        return Restored(analyzer, ledger, "from disk")
+        return Restored(analyzer, ledger, "from disk", warm)
 
     def _reject(self, name: str, path: Path, reason: str) -> Rejected:
         kept = path.with_name(path.name + ".rejected")

@@ -85,3 +85,20 @@ def merged_events(
     merged = [e for ledger in ledgers for e in ledger if since is None or e["at"] > since]
     merged.sort(key=lambda e: e["at"])  # stable: a tick's events keep their order
     return cast(list[dict[str, Any]], finite(merged[-limit:] if limit > 0 else []))
+
+
+def gate_payload(a: Analyzer, gate: str, now: float, message: str) -> dict[str, Any]:
+    """The JSON body a gating hook is called with."""
+    body = {
+        "hook": gate,
+        "type": gate,
+        "route": a.route,
+        "revision": a.revision,
+        "phase": a.phase,
+        "step": a.step_index + 1,
+        "weight": a.weight,
+        "message": message,
+        "at": now,
+        "checks": [c.to_dict() for c in a.checks],
+    }
+    return cast(dict[str, Any], finite(body))

@@ -208,6 +208,33 @@ class TestJobRunner:
         self._run = run
         self._routes: dict[str, _RouteJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # where jobs reach the candidate: the preview listener (None: the candidate's own
+        # address); known once the proxy listens, and jobs asked for before then wait
+        self.preview_url: str | None = None
+        self._listening = False
+        self._asked: dict[str, tuple[int, TestJob, str, str]] = {}
+
+    def listening(self, preview_url: str | None) -> None:
+        """The proxy listens (``preview_url``: its preview listener, if any): jobs asked for
+        until now start, later ones at once."""
+        self.preview_url, self._listening = preview_url, True
+        asked, self._asked = self._asked, {}
+        for route, args in asked.items():
+            self.ask(route, *args)
+
+    def ask(self, route: str, attempt: int, job: TestJob, candidate: str, revision: str) -> None:
+        """Run ``job`` against ``route``'s candidate (``candidate``: its own URL, used when
+        there is no preview listener) with ``SPLITPROXY_PREVIEW_URL``, ``SPLITPROXY_ROUTE``
+        and ``SPLITPROXY_REVISION`` in its environment; deferred until `listening`."""
+        if not self._listening:
+            self._asked[route] = (attempt, job, candidate, revision)
+            return
+        env = {
+            "SPLITPROXY_PREVIEW_URL": self.preview_url or candidate,
+            "SPLITPROXY_ROUTE": route,
+            "SPLITPROXY_REVISION": revision,
+        }
+        self.start(route, attempt, job, env)
 
     def start(self, route: str, attempt: int, job: TestJob, env: Mapping[str, str]) -> None:
         """Start ``job`` for ``route`` as ``attempt``; a job still running for the route is
@@ -293,6 +320,7 @@ class TestJobRunner:
     def forget(self, route: str) -> None:
         """``route`` lost its rollout: cancel its job (the process group is killed) and drop
         its results."""
+        self._asked.pop(route, None)
         state = self._routes.pop(route, None)
         if state is not None and state.task is not None:
             state.task.cancel()

@@ -19,7 +19,13 @@ from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.routing import choose, preview_decision, synthetic_decision
-from splitproxy.dataplane.state import RuntimeState, candidate_identity, content_hash, weight_source
+from splitproxy.dataplane.state import (
+    RuntimeState,
+    candidate_identity,
+    content_hash,
+    upstream_keys,
+    weight_source,
+)
 from splitproxy.errors import Conflict, UnknownRoute
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.controller import Controller, ControlOptions, analyzer_spec, finite
@@ -799,3 +805,96 @@ async def test_the_loop_ticks_and_stops_cleanly(tmp_path: Path) -> None:
     assert rig.weight == 20  # the first tick happened in start(), before any traffic
     await rig.control.stop()
     assert json.loads(store.path("shop").read_text())["analyzer"]["weight"] == 20
+
+
+# --- the revert window ------------------------------------------------------------------------
+
+
+def promoted_rig(store: StateStore | None = None, **rollout: Any) -> Rig:
+    rig = Rig(routes(rollout={"steps": [50], "revert_window": "1h", **rollout}), store=store)
+    rig.control.tick()
+    rig.until("promoted")
+    return rig
+
+
+def moved_on() -> dict[str, Any]:
+    """The GitOps commit after a promotion: the candidate's URL is now the route's stable."""
+    config = routes()
+    route = config["routes"][0]
+    route["stable"] = {"url": "http://candidate:80", "revision": "v2"}
+    del route["candidate"], route["weight"]
+    return config
+
+
+def served(rig: Rig) -> tuple[str, ...]:
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    route = snapshot.route("shop")
+    assert route is not None
+    return tuple(t.url for t in route.stable.targets)
+
+
+async def test_revert_after_the_file_moved_on_sends_everything_to_the_previous_stable() -> None:
+    rig = promoted_rig()
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert status["revert"]["previous_stable"] == ["http://stable:80"]
+    assert status["revert"]["until"] == pytest.approx(rig.now - 1 + 3600, abs=2)
+    rig.load(moved_on())
+    rig.second()
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert served(rig) == ("http://candidate:80",)
+    assert ("stable", 80) in upstream_keys(snapshot)  # kept warm: its pool stays
+    rig.control.revert("shop", reason="pager")
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert served(rig) == ("http://stable:80",)
+    assert weight_source(snapshot, "shop") == "revert"
+    route = snapshot.route("shop")
+    assert route is not None
+    assert route.candidate is None
+    assert rig.kinds()[-1] == "reverted"
+    with pytest.raises(Conflict, match="no promotion to revert"):
+        rig.control.revert("shop")  # used up
+    rig.load(routes(revision="v3"))  # the file decides again once it changes the route
+    assert served(rig) == ("http://stable:80",)
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert "shop" not in snapshot.reverts
+
+
+async def test_revert_while_the_file_still_names_the_candidate_is_its_rollback() -> None:
+    rig = promoted_rig()
+    rig.control.revert("shop")
+    assert (rig.phase, rig.weight) == ("rolled_back", 0)
+    assert rig.control.events("shop")[-1]["message"] == "rolled back by hand: reverted"
+
+
+async def test_revert_outside_the_window_or_without_one_is_refused_with_the_reason() -> None:
+    rig = promoted_rig(revert_window="10s")
+    rig.now += 11
+    rig.control.tick()
+    with pytest.raises(Conflict, match="its revert window closed at 2023-11-14"):
+        rig.control.revert("shop")
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert "shop" not in snapshot.warm
+    plain = Rig(routes(rollout={"steps": [50]}))
+    plain.control.tick()
+    plain.until("promoted")
+    with pytest.raises(Conflict, match="a revert needs 'revert_window'"):
+        plain.control.revert("shop")
+
+
+async def test_an_open_revert_window_survives_a_restart(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    rig = promoted_rig(store)
+    await rig.control.flush()
+    again = Rig(routes(rollout={"steps": [50], "revert_window": "1h"}), store=store)
+    again.now = rig.now + 60
+    again.control.tick()
+    again.load(moved_on())
+    again.second()
+    again.control.revert("shop")
+    assert served(again) == ("http://stable:80",)
