@@ -473,10 +473,9 @@ class Controller:
         warm = self.reverts.take(name, now)
         why = f": {reason}" if reason else ""
         rt = self._routes.get(name)
-        if rt is not None and (rt.analyzer.phase, rt.analyzer.revision) == (
-            "promoted",
-            warm.promoted,
-        ):
+        route = snapshot.config.route(name)
+        named = candidate_identity(route) if route is not None else None
+        if rt is not None and rt.analyzer.phase == "promoted" and named == warm.promoted:
             self._step(rt, now, [ManualCommand("rollback", source, f"reverted{why}")])
             return
         self.state.revert_to(name, warm.backend, now)
