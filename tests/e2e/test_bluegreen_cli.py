@@ -25,7 +25,7 @@ import pytest
 
 from splitproxy.demo.service import Faults, create_app
 from tests.e2e import test_rollout_cli as canary
-from tests.e2e.proc import Proxy, serving
+from tests.e2e.proc import Proxy, cli, serving
 from tests.e2e.test_rollout_cli import (
     ROUTE,
     Serve,
@@ -285,3 +285,36 @@ async def test_a_candidate_that_breaks_under_live_traffic_is_reverted_in_the_bak
         assert after, "no user answer after the revert"
         assert {(a.version, a.status) for a in after} == {("stable", 200)}
         assert await served_by(proxy, 20) == {"stable": 20}
+
+
+@pytest.mark.timeout(60)
+def test_demo_bluegreen_scenario_tests_switches_bakes_and_promotes() -> None:
+    result = cli("demo", "--scenario", "bluegreen", timeout=55)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "scenario bluegreen: candidate 1.1 passes its tests" in out
+    assert "iteration 1 of 2: test traffic only, users on stable" in out
+    assert "iteration 2 of 2: test traffic only, users on stable" in out
+    assert "the test job passed (attempt 1): exit 0: smoke: 9/9 requests passed" in out
+    assert "switched: all traffic on the candidate, baking for 8s" in out
+    assert "bake at 100%" in out  # the log's progress line in the bake
+    assert "promoted     step 3 at 100%: the bake passed" in out
+    assert "✓ promoted after" in out
+    assert "as expected for this candidate" in out
+
+
+@pytest.mark.timeout(60)
+def test_demo_bluegreen_bad_scenario_reverts_in_the_bake() -> None:
+    result = cli("demo", "--scenario", "bluegreen-bad", timeout=55)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "scenario bluegreen-bad: candidate 1.1 passes its tests, but" in out
+    assert "the test job passed (attempt 1)" in out
+    assert "switched: all traffic on the candidate" in out
+    assert "→ the users reach 1.1 now, and it fails 30% of their requests" in out
+    assert "rolled_back  step 3 at 100%" in out  # the decision, in the bake ...
+    assert "✗ " in out  # ... with its evidence: a failed check
+    assert "reverted in the bake: the users were back on stable 1.0" in out
+    assert "✓ rolled back after" in out
+    assert "as expected for this candidate" in out
+    assert "promoted     " not in out
