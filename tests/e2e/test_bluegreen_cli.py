@@ -285,6 +285,15 @@ async def test_a_candidate_that_breaks_under_live_traffic_is_reverted_in_the_bak
         assert after, "no user answer after the revert"
         assert {(a.version, a.status) for a in after} == {("stable", 200)}
         assert await served_by(proxy, 20) == {"stable": 20}
+        # and the console says so (not a terminal: --watch prints one snapshot)
+        admin = f"http://127.0.0.1:{proxy.admin_port}"
+        watch = await asyncio.to_thread(
+            cli, "status", "--watch", "--admin-url", admin, env={"COLUMNS": "200"}
+        )
+        assert watch.returncode == 0, watch.stderr
+        assert "app 1.1: rolled back, blue/green: reverted in the bake" in watch.stdout
+        assert "iteration 1 ✓ → switch ✓ → bake 20s ✗ → reverted" in watch.stdout
+        assert "test job: last (attempt 1): passed, exit 0: smoke: 15 requests" in watch.stdout
 
 
 @pytest.mark.timeout(60)
