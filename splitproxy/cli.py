@@ -407,15 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser(
-        "demo", help="watch a canary rollout of a demo service promote or roll back, live"
+        "demo",
+        help="watch a canary or blue/green rollout of a demo service promote or roll back, live",
     )
     demo.add_argument(
         "--scenario",
-        choices=("good", "bad", "slow", "split"),
+        choices=("good", "bad", "slow", "split", "bluegreen", "bluegreen-bad"),
         default="good",
         help="good: a healthy candidate is promoted; bad: 25%% errors, rolled back; slow: "
         "+200 ms, rolled back by the comparison with stable; split: a burst at a fixed weight "
-        "and the measured split (default: good)",
+        "and the measured split; bluegreen: test traffic only, the switch, the bake, promoted; "
+        "bluegreen-bad: fails once it has the users, reverted in the bake (default: good)",
     )
     demo.add_argument("--rate", type=float, help="requests per second (default 200)")
     demo.add_argument("--requests", type=int, help="split: how many requests (default 400)")

@@ -21,6 +21,14 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from splitproxy.console.bluegreen import (
+    bluegreen_of,
+    job_text,
+    plan_line,
+    stage_headline,
+    stage_text,
+    window_name,
+)
 from splitproxy.console.evidence import (
     check_bound,
     check_detail,
@@ -114,12 +122,27 @@ def step_progress(
     req_done = min(1.0, requests / min_requests) if min_requests > 0 else 1.0
     done = min(time_done, req_done)
     bar = ProgressBar(total=1.0, completed=done, width=width)
-    label = (
-        f"{min(elapsed, interval):.1f}/{interval:g}s, "
-        f"{min(requests, min_requests)}/{min_requests} candidate requests"
-    )
-    line.add_row(Text(f"step {rollout.get('step', '?')}"), bar, Text(label))
+    name = f"step {rollout.get('step', '?')}"
+    label = _window_label(rollout, elapsed, requests, needs)
+    named = window_name(rollout)
+    if named is not None:
+        name = named[0]
+    line.add_row(Text(name), bar, Text(label))
     return line
+
+
+def _window_label(
+    rollout: RolloutView, elapsed: float, requests: int, needs: tuple[float, int]
+) -> str:
+    """``2.0/4s, 30/40 candidate requests``; blue/green: test requests before the switch,
+    the bake's time only after it."""
+    interval, min_requests = needs
+    named = window_name(rollout)
+    what = "candidate requests" if named is None else named[1]
+    label = f"{min(elapsed, interval):.1f}/{interval:g}s"
+    if what:
+        label += f", {min(requests, min_requests)}/{min_requests} {what}"
+    return label
 
 
 def _per_version(
@@ -182,16 +205,17 @@ def progress_line(
     start = window.get("start")
     elapsed = max(0.0, now - float(start)) if start else 0.0
     requests = int(window.get("requests") or 0)
-    line.append(
-        f" step {rollout.get('step', '?')}/{rollout.get('steps', '?')} at "
-        f"{weight(rollout.get('weight'))}: "
+    named = window_name(rollout)
+    where = (
+        f"step {rollout.get('step', '?')}/{rollout.get('steps', '?')}"
+        if named is None
+        else named[0]
     )
-    if needs is not None:
-        interval, min_requests = needs
-        line.append(
-            f"{min(elapsed, interval):.1f}/{interval:g}s, "
-            f"{min(requests, min_requests)}/{min_requests} candidate requests"
-        )
+    line.append(f" {where} at {weight(rollout.get('weight'))}: ")
+    if named is not None and rollout.get("phase") == "waiting":
+        line.append(stage_text(rollout, now))
+    elif needs is not None:
+        line.append(_window_label(rollout, elapsed, requests, needs))
     else:
         line.append(f"window {elapsed:.1f}s, {requests} candidate requests")
     for version, _, t in _per_version(route):
@@ -213,19 +237,26 @@ PHASE_STYLE = {
 }
 
 
-def rollout_headline(route: RouteView) -> Text:
-    """``demo 1.1: progressing, step 2 of 3, candidate at 25% (1 of 0 failures)``."""
+def rollout_headline(route: RouteView, now: float | None = None) -> Text:
+    """``demo 1.1: progressing, step 2 of 3, candidate at 25% (1 of 0 failures)``; blue/green:
+    ``demo 1.1: progressing, blue/green: baking, 12s of 30s left (...)`` as of ``now``."""
     rollout = route.get("rollout") or NO_ROLLOUT
     phase = str(rollout.get("phase", "?"))
     text = Text()
     text.append(f"{route.get('name', '?')} {rollout.get('revision') or ''}".rstrip() + ": ")
     text.append(phase.replace("_", " "), style=PHASE_STYLE.get(phase, "bold"))
-    if phase != "idle":
+    bluegreen = bluegreen_of(rollout) is not None
+    if bluegreen and phase != "idle":
+        text.append(", blue/green: ")
+        text.append(stage_headline(rollout, time.time() if now is None else now))
+    elif phase != "idle":
         text.append(
             f", step {rollout.get('step', '?')} of {rollout.get('steps', '?')}, "
             f"candidate at {weight(rollout.get('weight'))}"
         )
     why = rollout.get("waiting_for") or rollout.get("paused_reason")
+    if bluegreen and phase == "waiting":
+        why = None  # the stage says what the switch waits for
     if why and phase in ("waiting", "paused"):
         gate = rollout.get("gate") if phase == "waiting" else None
         attempts = int(gate.get("attempts") or 0) if isinstance(gate, dict) else 0
@@ -267,9 +298,14 @@ def rollout_panel(
     ``interval`` and ``min_requests`` (default: those the status gives); ``width`` at most
     (the terminal's, if narrower)."""
     rollout = route.get("rollout") or NO_ROLLOUT
-    parts: list[RenderableType] = [rollout_headline(route), steps_line(rollout)]
+    bluegreen = bluegreen_of(rollout) is not None
+    plan = plan_line(rollout) if bluegreen else steps_line(rollout)
+    parts: list[RenderableType] = [rollout_headline(route, now), plan]
     if rollout.get("phase") in ("progressing", "waiting", "paused"):
         parts.append(step_progress(rollout, now, needs))
+    job = job_text(rollout)
+    if job:
+        parts.append(Text(job, style="dim"))
     parts.append(Text())
     parts.append(traffic_table(route))
     checks = rollout.get("checks") or []
@@ -321,6 +357,11 @@ def rollout_cell(rollout: RolloutView | None) -> str:
     phase = rollout["phase"]
     if phase == "idle":
         return "idle"
+    if bluegreen_of(rollout) is not None:
+        lines = [f"{phase} (blue/green)", stage_text(rollout, time.time())]
+        if phase == "paused" and rollout.get("paused_reason"):
+            lines.append(str(rollout.get("paused_reason")))
+        return "\n".join(line for line in [*lines, job_text(rollout)] if line)
     lines = [phase, f"step {rollout['step']}/{rollout['steps']}"]
     weights = rollout.get("weights")
     if weights:

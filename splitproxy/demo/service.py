@@ -2,7 +2,8 @@
 
 Run one with ``python -m splitproxy.demo.service --version stable --port 8001``. Besides the
 JSON greeting on every path, ``/healthz`` answers 200, and ``--error-rate`` / ``--delay-ms``
-make a faulty version for rollback demonstrations.
+make a faulty version for rollback demonstrations. In process, `Faults` can be changed while
+the service runs (a version that breaks only once real users reach it).
 """
 
 from __future__ import annotations
@@ -11,16 +12,28 @@ import argparse
 import asyncio
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 
+
+@dataclass
+class Faults:
+    """What goes wrong with a version: ``error_rate`` of its answers are 500s (0..1), each
+    answer waits ``delay_ms`` first. Mutable: a change applies from the next request on."""
+
+    error_rate: float = 0.0
+    delay_ms: float = 0.0
+
+
 VERSION: web.AppKey[str] = web.AppKey("version", str)
-FAULTS: web.AppKey[tuple[float, float]] = web.AppKey("faults", tuple)
+FAULTS: web.AppKey[Faults] = web.AppKey("faults", Faults)
 
 
 async def _greet(request: web.Request) -> web.Response:
     version = request.app[VERSION]
-    error_rate, delay_ms = request.app[FAULTS]
+    faults = request.app[FAULTS]
+    error_rate, delay_ms = faults.error_rate, faults.delay_ms
     if delay_ms:
         await asyncio.sleep(delay_ms / 1000)
     if error_rate and random.random() < error_rate:
@@ -39,11 +52,15 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": request.app[VERSION]})
 
 
-def create_app(version: str, error_rate: float = 0.0, delay_ms: float = 0.0) -> web.Application:
-    """The demo service as an aiohttp application."""
+def create_app(
+    version: str, error_rate: float = 0.0, delay_ms: float = 0.0, faults: Faults | None = None
+) -> web.Application:
+    """The demo service as an aiohttp application; ``faults``, when given, is the one it
+    reads on every request (``error_rate`` and ``delay_ms`` are then ignored), for the caller
+    to change while it runs."""
     app = web.Application()
     app[VERSION] = version
-    app[FAULTS] = (error_rate, delay_ms)
+    app[FAULTS] = faults if faults is not None else Faults(error_rate, delay_ms)
     app.router.add_get("/healthz", _healthz)
     app.router.add_route("*", "/{tail:.*}", _greet)
     return app

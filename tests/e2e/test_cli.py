@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_check_accepts_the_example_config() -> None:
     result = cli("check", str(REPO / "config" / "splitproxy.yaml"))
     assert result.returncode == 0, result.stderr
-    assert "2 route(s)" in result.stdout
+    assert "3 route(s)" in result.stdout
     assert result.stdout.count("\n") == 1  # one line
 
 
@@ -94,7 +94,7 @@ def test_check_loads_nothing_of_the_proxy() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "0 []"
-    assert "2 route(s)" in result.stdout
+    assert "3 route(s)" in result.stdout
 
 
 async def _echo_forwarded_for() -> TestServer:

@@ -19,10 +19,10 @@ def config() -> RoutingConfig:
 
 
 def test_example_is_valid(config: RoutingConfig) -> None:
-    assert [r.name for r in config.routes] == ["shop", "api"]
+    assert [r.name for r in config.routes] == ["shop", "api", "checkout"]
     assert summary(config) == (
-        "ok: revision example-1, 2 route(s): shop (stable, candidate 10%); "
-        "api (stable, candidate 2.5%)"
+        "ok: revision example-1, 3 route(s): shop (stable, candidate 10%); "
+        "api (stable, candidate 2.5%); checkout (stable, candidate 0%)"
     )
 
 
@@ -76,3 +76,28 @@ def test_example_api_route_checks_the_health_of_both_versions(config: RoutingCon
     assert (check.unhealthy_after, check.healthy_after) == (3, 2)
     assert 204 in check.expect
     assert 301 not in check.expect
+
+
+def test_example_checkout_route_is_the_blue_green_its_comments_describe(
+    config: RoutingConfig,
+) -> None:
+    checkout = config.route("checkout")
+    assert checkout is not None
+    rollout = checkout.rollout
+    assert rollout is not None
+    assert rollout.bluegreen
+    assert (rollout.iterations, rollout.interval, rollout.min_requests) == (2, 60.0, 200)
+    assert (rollout.bake, rollout.auto_promote, rollout.failure_limit) == (600.0, True, 1)
+    # two test windows at 0 % for the users, then the bake at 100 %
+    assert [(s.weight, s.interval) for s in rollout.plan] == [
+        (0.0, None),
+        (0.0, None),
+        (100.0, 600.0),
+    ]
+    assert rollout.test is not None
+    assert rollout.test.command == ("./scripts/smoke.sh", "--suite", "checkout")
+    assert (rollout.test.timeout, dict(rollout.test.env)) == (300.0, {"SMOKE_USER": "smoke-bot"})
+    assert rollout.traffic is not None
+    assert rollout.traffic.paths == ("/", "/cart")
+    compares = [c for c in rollout.checks if getattr(c, "compare", None) == "stable"]
+    assert [getattr(c, "traffic", None) for c in compares] == ["all", "all"]
