@@ -366,6 +366,9 @@ class Analyzer:
             return
         if not is_healthy(self.health):  # no window passes on traffic it did not serve
             return
+        if bluegreen.in_bake(self):
+            bluegreen.bake(self, now)
+            return
         step = self.plan[self.step_index]
         if self._window_outcome(now, step) == "pass":
             self._advance(now)

@@ -15,10 +15,12 @@ Its plan (`config.Rollout.plan`) is ``iterations`` steps at 0 % followed by the 
    ``confirm-promotion`` gate when one is configured, and for a human's ``promote`` when
    ``auto_promote`` is false (hold ``switch``). Then all user traffic moves at once: the bake
    step's weight is 100 % (one snapshot swap in the data path).
-3. *The bake* runs the checks on the new version's live traffic; the comparisons with stable
-   judge it against stable's numbers frozen at the switch (`baseline.Baseline`). Any failure
-   reverts at once (all traffic back to the old version, ``rolled_back``); ``rollback`` by
-   hand does the same. When the bake's window passes, the rollout is ``promoted``.
+3. *The bake* runs the checks on the new version's live traffic: the threshold checks in
+   windows of the rollout's ``interval`` and ``min_requests``, one after the other for as
+   long as the bake lasts, the guard and the comparisons every tick (the comparisons against
+   stable's numbers frozen at the switch, `baseline.Baseline`). Any failure reverts at once
+   (all traffic back to the old version, ``rolled_back``); ``rollback`` by hand does the
+   same. Once ``bake`` has passed and its latest window passed, the rollout is ``promoted``.
 
 The functions here are the analyzer's strategy seams; they drive it through its own moves
 (`Analyzer._wait_for`, `_enter_step`, `_proceed`, `_promote`, `_rollback`), so every change
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from splitproxy.config import Step
 from splitproxy.rollout.messages import RunTest, TestOutcome
 from splitproxy.rollout.phases import Held
 
@@ -42,6 +45,23 @@ TAIL: Final = 300  # characters of a test job's detail kept in an event
 def in_bake(a: Analyzer) -> bool:
     """Has the switch happened (the bake step is the current one)?"""
     return a.spec.bluegreen and a.step_index == a.spec.switch_index
+
+
+def bake(a: Analyzer, now: float) -> None:
+    """One tick of the bake: judge the current window of ``interval`` (a failure reverts, see
+    `Analyzer._failure`); a passed window starts the next, or promotes once the bake is over."""
+    spec = a.spec
+    window = Step.model_construct(
+        weight=100.0, interval=spec.interval, min_requests=spec.min_requests, pause=None
+    )
+    if a._window_outcome(now, window) != "pass":
+        return
+    started = a.step_started_at if a.step_started_at is not None else now
+    length = a.plan[spec.switch_index].interval
+    if now - started >= (spec.interval if length is None else length):
+        a._advance(now)
+    else:
+        a.evidence.restart_window(now)
 
 
 def step_message(a: Analyzer, index: int) -> str:
@@ -127,12 +147,9 @@ def switch_by_hand(a: Analyzer, now: float, message: str, source: str) -> None:
 def test_outcome(a: Analyzer, now: float, outcome: TestOutcome) -> None:
     """The test job ended: a pass opens its hold; a failure is a failed check, after which
     (while the rollout goes on) the job runs again."""
-    if (
-        outcome.attempt != a.test_attempt
-        or a.test_passed
-        or a.phase not in ("progressing", "waiting")
-    ):
-        return
+    running = a.phase in ("progressing", "waiting") and not in_bake(a)
+    if outcome.attempt != a.test_attempt or a.test_passed or not running:
+        return  # stale, already passed, or switched meanwhile (by hand): it decides nothing
     detail = outcome.detail[-TAIL:]
     if outcome.passed:
         a.test_passed = True

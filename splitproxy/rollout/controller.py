@@ -280,7 +280,8 @@ class Controller:
         observation = Observation(identity, samples, commands, gates, external, health, tests)
         self._apply(rt, now, rt.analyzer.tick(now, observation))
         a = rt.analyzer
-        if (a.phase not in ACTIVE or a.test_passed) and self.tests.running(rt.name):
+        switched = a.spec.bluegreen and a.step_index >= a.spec.switch_index
+        if (a.phase not in ACTIVE or a.test_passed or switched) and self.tests.running(rt.name):
             self.tests.forget(rt.name)  # the job's verdict can no longer change anything
         if rt.analyzer.phase in ACTIVE:
             every = self.options.external_interval

@@ -224,3 +224,28 @@ def test_an_observation_with_test_outcomes_is_ignored_by_a_canary() -> None:
     actions = a.tick(0.0, Observation("v2", tests=[TestOutcome(1, False)]))
     assert SetWeight(10.0) in actions
     assert a.failures == 0
+
+
+def test_a_switch_by_hand_at_the_test_hold_is_not_undone_by_the_job_answering_later() -> None:
+    d = BG(bluegreen(test={"command": ["./smoke"]}))
+    for _ in range(30):
+        d.tick()
+    hold = d.a.hold
+    assert hold is not None
+    assert hold.what == "test"
+    d.tick(**cmd("promote", "the suite is flaky, the on-call checked by hand"))
+    assert d.a.weight == 100
+    d.tests = [TestOutcome(1, False, "exit 1")]
+    d.tick()
+    assert (d.phase, d.a.weight, d.a.failures) == ("progressing", 100, 0)
+
+
+def test_the_bake_judges_its_thresholds_window_after_window_and_promotes_at_its_end() -> None:
+    d = BG(bluegreen(bake="60s"))
+    while d.weight != 100:
+        d.tick()
+    switched = d.now
+    d.until("promoted", limit=120)
+    assert d.now - switched >= 60
+    windows = [e for e in d.events() if e.kind == "check_failed"]
+    assert windows == []
