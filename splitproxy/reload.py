@@ -18,8 +18,10 @@ Four triggers ask for a reload; none of them reloads by itself:
 Requests are coalesced by one worker task: file events wait ``debounce`` seconds of quiet
 (at most ``max_delay`` after the first), an explicit request (signal, admin) goes at once, and
 whatever arrives while a reload runs causes exactly one more. The worker reads the file in a
-thread, hashes it, parses and validates it as a whole (`model.parse_routing`), and hands the
-result to `RuntimeState.load`, which compiles the snapshot and swaps one reference. Content
+thread, hashes it, and in that thread parses and validates it as a whole
+(`config.parse_routing`) and compiles the snapshot (`RuntimeState.prepare`, reusing the compiled
+form of every route whose definition did not change); back on the event loop
+`RuntimeState.install` applies the weights that carry over and swaps one reference. Content
 identical to what serves is a no-op. A bad file changes nothing but the error report: it is
 logged with its field paths or YAML line, counted as a failed reload, shown in status, and the
 last good config keeps serving. Passive triggers (watch, poll) skip content the worker has
@@ -48,7 +50,7 @@ from prometheus_client.registry import Collector
 
 from splitproxy.config import RoutingConfig, content_hash, parse_routing, read_routing_bytes
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
-from splitproxy.dataplane.state import RuntimeState, Snapshot, upstream_keys
+from splitproxy.dataplane.state import Prepared, RuntimeState, Snapshot, upstream_keys
 from splitproxy.errors import ConfigError, Problem
 
 logger = logging.getLogger("splitproxy.reload")
@@ -285,21 +287,27 @@ class Reloader:
                     current.revision,
                 )
             return self._outcome(True, False, (), trigger)
-        try:  # in a thread too: a large file takes a while to parse and validate
-            config = await asyncio.to_thread(parse_routing, text, str(self.path))
+        try:  # in a thread too: parsing, validating and compiling a large file takes a while
+            prepared, changes = await asyncio.to_thread(self._prepare, text, digest, current)
         except ConfigError as exc:
             return self._fail(digest, exc, trigger)
         self._judged = digest
-        new = self.state.load(config, digest, self.clock())
+        new = self.state.install(prepared, self.clock())  # on the loop: one swap, few routes
         self._succeed()
         logger.info(
             "routing file loaded (%s): revision %s%s; %s",
             trigger or "start",
             new.revision,
             f" (was {current.revision})" if current is not None else "",
-            describe_changes(current.config if current is not None else None, config),
+            changes,
         )
         return self._outcome(True, True, (), trigger)
+
+    def _prepare(self, text: str, digest: str, current: Snapshot | None) -> tuple[Prepared, str]:
+        """In a worker thread: parse, validate and compile the file, and word its changes."""
+        config = parse_routing(text, str(self.path))
+        prepared = self.state.prepare(config, digest)
+        return prepared, describe_changes(current.config if current is not None else None, config)
 
     def _succeed(self) -> None:
         self.last_error = None

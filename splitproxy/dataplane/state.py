@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from splitproxy.config import Route, RoutingConfig
@@ -85,6 +85,12 @@ class Snapshot:
     rollout_weights: Mapping[str, RolloutWeight] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # route name -> position in `routes`: lookups by name are a dict access, not a scan
+    _positions: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        positions = {route.name: i for i, route in enumerate(self.routes)}
+        object.__setattr__(self, "_positions", positions)
 
     @property
     def revision(self) -> str:
@@ -94,10 +100,16 @@ class Snapshot:
         return f"{self.config.revision}+{short}" if self.config.revision else short
 
     def route(self, name: str) -> CompiledRoute | None:
-        for route in self.routes:
-            if route.name == name:
-                return route
-        return None
+        position = self._positions.get(name)
+        return self.routes[position] if position is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A routing file compiled off the event loop (`RuntimeState.prepare`), with the file's
+    weights; `RuntimeState.install` applies the weights that carry over and swaps it in."""
+
+    snapshot: Snapshot
 
 
 def weight_source(snapshot: Snapshot, name: str) -> str:
@@ -137,15 +149,23 @@ def compile_snapshot(
     loaded_at: float,
     overrides: Mapping[str, WeightOverride],
     rollout_weights: Mapping[str, RolloutWeight] | None = None,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
     """Build the immutable snapshot for ``config`` with the rollout weights and the runtime
-    weight ``overrides`` applied (a rollout's weight wins)."""
+    weight ``overrides`` applied (a rollout's weight wins). A route whose definition equals
+    its definition in ``previous`` keeps its compiled form (with the weight set anew), so a
+    weight change or a reload that edits a few routes compiles only those."""
     driven = dict(rollout_weights or {})
     routes = []
     for route in config.routes:
         chosen = driven.get(route.name) or overrides.get(route.name)
-        weight_bp = round(chosen.percent * 100) if chosen else None
-        routes.append(CompiledRoute.from_model(route, weight_bp))
+        weight_bp = round(chosen.percent * 100) if chosen else route.weight_bp
+        compiled = _reusable(previous, route) if previous is not None else None
+        if compiled is None:
+            compiled = CompiledRoute.from_model(route, weight_bp)
+        elif compiled.weight_bp != weight_bp:
+            compiled = replace(compiled, weight_bp=weight_bp)
+        routes.append(compiled)
     return Snapshot(
         config,
         tuple(routes),
@@ -154,6 +174,14 @@ def compile_snapshot(
         MappingProxyType(dict(overrides)),
         MappingProxyType(driven),
     )
+
+
+def _reusable(previous: Snapshot, route: Route) -> CompiledRoute | None:
+    """``route``'s compiled form in ``previous`` when its definition did not change."""
+    before = previous.config.route(route.name)
+    if before is None or (before is not route and before != route):
+        return None
+    return previous.route(route.name)
 
 
 Listener = Callable[[Snapshot | None, Snapshot], None]
@@ -191,6 +219,20 @@ class RuntimeState:
     def load(self, config: RoutingConfig, digest: str, now: float) -> Snapshot:
         """Install a new routing file. Runtime overrides survive only for unchanged routes;
         rollout weights follow the rules in the module docstring."""
+        return self.install(self.prepare(config, digest), now)
+
+    def prepare(self, config: RoutingConfig, digest: str) -> Prepared:
+        """Compile ``config`` (the slow part of a reload of a large file) without swapping
+        anything: safe in a worker thread, because snapshots are immutable. Routes whose
+        definition equals the serving one keep their compiled form."""
+        base = self._snapshot  # one read: the loop may swap meanwhile, install sorts that out
+        return Prepared(compile_snapshot(config, digest, 0.0, {}, {}, previous=base))
+
+    def install(self, prepared: Prepared, now: float) -> Snapshot:
+        """Swap in a prepared routing file (on the event loop): the weights that carry over
+        from the serving snapshot, whatever it is now, are applied to the few routes they
+        name; everything else was compiled by `prepare`."""
+        config = prepared.snapshot.config
         old = self._snapshot
         kept: dict[str, WeightOverride] = {}
         driven: dict[str, RolloutWeight] = {}
@@ -207,7 +249,21 @@ class RuntimeState:
                 if identity != weight.candidate:  # a new candidate: all on stable until it starts
                     weight = RolloutWeight(0.0, now, identity)
                 driven[name] = weight
-        return self._swap(compile_snapshot(config, digest, now, kept, driven))
+        routes = list(prepared.snapshot.routes)
+        for name, chosen in (kept | driven).items():  # a rollout's weight wins
+            position = prepared.snapshot._positions[name]
+            weight_bp = round(chosen.percent * 100)
+            if routes[position].weight_bp != weight_bp:
+                routes[position] = replace(routes[position], weight_bp=weight_bp)
+        new = Snapshot(
+            config,
+            tuple(routes),
+            prepared.snapshot.content_hash,
+            now,
+            MappingProxyType(kept),
+            MappingProxyType(driven),
+        )
+        return self._swap(new)
 
     def set_weight(self, name: str, percent: float, now: float, source: str = "admin") -> Snapshot:
         """Override a route's candidate weight at runtime (refused while a rollout drives it)."""
@@ -268,6 +324,7 @@ class RuntimeState:
             current.loaded_at,
             current.overrides if overrides is None else overrides,
             current.rollout_weights if rollout_weights is None else rollout_weights,
+            previous=current,  # same definitions: only the weights change, nothing recompiles
         )
 
     def _require(self, name: str) -> Snapshot:
