@@ -107,7 +107,8 @@ async def run(args: argparse.Namespace) -> int:
             proc.terminate()
             await proc.wait()
         await upstream.cleanup()
-        if args.keep_log: print(log_path.read_text()[-args.keep_log:])
+        if args.keep_log:
+            print(log_path.read_text()[-args.keep_log :])
         shutil.rmtree(root, ignore_errors=True)
 
     def overlaps(start: float, latency: float) -> bool:

@@ -14,10 +14,12 @@ from __future__ import annotations
 from splitproxy.config.fields import parse_duration
 from splitproxy.config.parse import (
     content_hash,
+    load_document,
     parse_routing,
     read_routing_bytes,
     read_routing_file,
     summary,
+    validate_routing,
 )
 from splitproxy.config.rollout import (
     LATENCY_QUANTILES,
@@ -51,9 +53,11 @@ __all__ = [
     "Traffic",
     "WebCheck",
     "content_hash",
+    "load_document",
     "parse_duration",
     "parse_routing",
     "read_routing_bytes",
     "read_routing_file",
     "summary",
+    "validate_routing",
 ]

@@ -4,6 +4,7 @@ line, and the runtime-override rule of `splitproxy.dataplane.state`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from splitproxy import reload as reload_module
-from splitproxy.config import RoutingConfig, parse_routing, read_routing_file
+from splitproxy.config import RoutingConfig, load_document, parse_routing, read_routing_file
 from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
 from splitproxy.errors import ConfigError
@@ -198,14 +199,15 @@ async def test_an_unexpected_error_is_reported_and_the_worker_lives_on(
     h = await make(routes(0))
     write(h.path, routes(5))
 
-    def boom(text: str, source: str = "") -> RoutingConfig:
+    def boom(text: str, source: str = "") -> dict[str, object]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(reload_module, "parse_routing", boom)
+    monkeypatch.setattr(reload_module, "load_document", boom)
     outcome = await h.reloader.reload_now()
     assert not outcome.loaded
     assert outcome.problems == ("internal error: RuntimeError('boom')",)
-    monkeypatch.setattr(reload_module, "parse_routing", parse_routing)
+    assert gc.isenabled()  # the collector, paused while the file loads, is back on
+    monkeypatch.setattr(reload_module, "load_document", load_document)
     assert (await h.reloader.reload_now()).changed
 
 
