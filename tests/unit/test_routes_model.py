@@ -577,3 +577,16 @@ def test_health_expect_forms(expect: str, codes: tuple[int, ...]) -> None:
 def test_invalid_health_names_the_path(health: str, expected: str) -> None:
     found = problems(one_route(health=health))
     assert any(p.startswith(expected) for p in found), found
+
+
+def test_a_route_is_found_by_name_in_the_config_and_in_a_copy_with_other_routes() -> None:
+    config = parse_routing(
+        "routes:\n  - {name: a, stable: 'http://a'}\n  - {name: b, stable: 'http://b'}\n"
+    )
+    b = config.route("b")
+    assert b is not None
+    assert b.stable.urls == ("http://b",)
+    assert config.route("c") is None
+    fewer = config.model_copy(update={"routes": config.routes[:1]})
+    assert fewer.route("b") is None  # not the index of the config it was copied from
+    assert fewer.route("a") is config.route("a")
