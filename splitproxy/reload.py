@@ -50,8 +50,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from splitproxy.config import (
+    Route,
     RoutingConfig,
     content_hash,
+    known_routes,
     load_document,
     read_routing_bytes,
     validate_routing,
@@ -204,6 +206,9 @@ class Reloader:
         self.passes = 0  # how many times the reload path has run to its end
         self.watching = False  # the directory watch is up
         self._judged = ""  # the content hash the reload path judged last (good or bad)
+        # the routes of the file validated last, by definition as written (`known_routes`):
+        # a route is valid or not by its definition alone, so these are taken as they are
+        self._known: dict[str, Route] = {}
         self._signature: FileSignature | None = None
         self._wanted = asyncio.Event()
         self._urgent = asyncio.Event()
@@ -343,10 +348,12 @@ class Reloader:
         return self._outcome(True, True, (), trigger)
 
     def _prepare(self, text: str, digest: str, current: Snapshot | None) -> tuple[Prepared, str]:
-        """In a worker thread: parse, validate and compile the file, and word its changes."""
+        """In a worker thread: parse, validate and compile the file, and word its changes.
+        Routes written exactly as in the file loaded last are not validated again."""
         document = load_document(text, str(self.path))
-        config = validate_routing(document, str(self.path))
+        config = validate_routing(document, str(self.path), self._known)
         prepared = self.state.prepare(config, digest)
+        self._known = known_routes(document, config)
         return prepared, describe_changes(current.config if current is not None else None, config)
 
     def _succeed(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from splitproxy.config.fields import parse_duration
 from splitproxy.config.parse import (
     content_hash,
+    known_routes,
     load_document,
     parse_routing,
     read_routing_bytes,
@@ -53,6 +54,7 @@ __all__ = [
     "Traffic",
     "WebCheck",
     "content_hash",
+    "known_routes",
     "load_document",
     "parse_duration",
     "parse_routing",

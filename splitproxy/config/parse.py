@@ -9,6 +9,7 @@ world: no asyncio, socket or clock, so ``splitproxy check`` loads nothing of the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -16,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from splitproxy.config.fields import fmt_number
-from splitproxy.config.routes import RoutingConfig
+from splitproxy.config.routes import Route, RoutingConfig
 from splitproxy.errors import ConfigError, Problem
 
 # Location parts pydantic adds for a tagged union or a wrapped validator: not the user's keys.
@@ -304,9 +305,39 @@ def load_document(text: str, source: str = "") -> dict[str, Any]:
     return data
 
 
-def validate_routing(data: dict[str, Any], source: str = "") -> RoutingConfig:
+def validate_routing(
+    data: dict[str, Any], source: str = "", known: Mapping[str, Route] | None = None
+) -> RoutingConfig:
     """The second half of `parse_routing`: the whole file validated at once (one bad route
-    rejects it), every problem named with its path (``routes[1].weight``)."""
+    rejects it), every problem named with its path (``routes[1].weight``).
+
+    ``known`` (see `known_routes`) holds routes validated before: a route written exactly
+    as one of them is taken as it is, so editing one route of a large file validates one
+    route and leaves the others' objects (and compiled forms) alone. Problems are always
+    worded from the file as written, as a whole."""
+    routes = data.get("routes")
+    if known and isinstance(routes, list):
+        reused = [known.get(route_key(r), r) if isinstance(r, dict) else r for r in routes]
+        try:
+            return _validate({**data, "routes": reused}, source)
+        except ConfigError:
+            pass  # the problems, worded from the file itself below
+    return _validate(data, source)
+
+
+def route_key(raw: dict[str, Any]) -> str:
+    """A route's definition as written, for `validate_routing`'s ``known``: its repr, in
+    which ``1``, ``1.0`` and ``true`` differ as they do to validation."""
+    return repr(raw)
+
+
+def known_routes(data: dict[str, Any], config: RoutingConfig) -> dict[str, Route]:
+    """`route_key` of each route of the document ``config`` was validated from -> its model."""
+    raw = data["routes"]
+    return {route_key(r): route for r, route in zip(raw, config.routes, strict=True)}
+
+
+def _validate(data: dict[str, Any], source: str) -> RoutingConfig:
     duplicates = _duplicate_names(data)
     try:
         config = RoutingConfig.model_validate(data)

@@ -401,3 +401,21 @@ async def test_a_watch_that_cannot_start_leaves_the_poll_working(
     assert not h.reloader.watching
     async with asyncio.timeout(2):  # the watch's retry back-off does not hold up stopping
         await h.reloader.stop()
+
+
+async def test_a_reload_of_an_edited_file_reuses_the_routes_it_did_not_touch(make: Make) -> None:
+    h = await make(routes(0, 5, 10))
+    write(h.path, routes(0, 5, 20))
+    assert (await h.reloader.reload_now()).changed  # the reloader has now seen each route
+    before = h.snapshot
+    write(h.path, routes(0, 7, 20))
+    assert (await h.reloader.reload_now()).changed
+    after = h.snapshot
+    assert after.routes[0] is before.routes[0]
+    assert after.config.routes[2] is before.config.routes[2]  # not validated again
+    assert after.routes[1] is not before.routes[1]
+    assert after.routes[1].weight_bp == 700
+    write(h.path, routes(0, 7, 20) + "routes: []\n")  # a bad file still rejects the whole
+    outcome = await h.reloader.reload_now()
+    assert not outcome.loaded
+    assert h.snapshot is after
