@@ -6,9 +6,9 @@ clients, one small upstream) while its routing file is rewritten ``--writes`` ti
 ~1 MB file (``--routes`` routes with overrides, each write a new revision and a new candidate
 revision for every route, so nothing can be reused). The request latencies are split into
 those that overlapped a reload (from the write until 0.5 s after the new revision is in
-force) and the rest; p50 / p99 / max of both are reported. Whatever holds the interpreter during a reload shows in
-the "during" row: work on the event loop, and, from the reload's thread, long C calls and
-garbage collections (a full collection of the process stops every thread).
+force) and the rest; p50 / p99 / max of both are reported. Whatever holds the interpreter
+during a reload shows in the "during" row: work on the event loop, and, from the reload's
+thread, long C calls and garbage collections (a full collection stops every thread).
 
     .venv/bin/python benchmarks/reload_stall.py                   # 5 writes of ~1 MB
     .venv/bin/python benchmarks/reload_stall.py --routes 100 --writes 3
