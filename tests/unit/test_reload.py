@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,7 @@ async def test_an_unexpected_error_is_reported_and_the_worker_lives_on(
 ) -> None:
     h = await make(routes(0))
     write(h.path, routes(5))
+    interval = sys.getswitchinterval()
 
     def boom(text: str, source: str = "") -> dict[str, object]:
         raise RuntimeError("boom")
@@ -207,6 +209,7 @@ async def test_an_unexpected_error_is_reported_and_the_worker_lives_on(
     assert not outcome.loaded
     assert outcome.problems == ("internal error: RuntimeError('boom')",)
     assert gc.isenabled()  # the collector, paused while the file loads, is back on
+    assert sys.getswitchinterval() == interval  # and threads switch as often as before
     monkeypatch.setattr(reload_module, "load_document", load_document)
     assert (await h.reloader.reload_now()).changed
 
