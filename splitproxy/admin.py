@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, cast
+from typing import Final, Literal, cast
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -387,6 +387,11 @@ async def delete_weight(request: web.Request) -> web.Response:
     return web.json_response(_view(ctx, snapshot, route.name))
 
 
+async def revert(request: web.Request) -> web.StreamResponse:
+    """``POST /api/v1/routes/{name}/revert``: back to the previous stable, inside the window."""
+    return await post_command(request, "revert")
+
+
 def command_handler(command: Command) -> Handler:
     """``POST /api/v1/routes/{name}/<command>``."""
 
@@ -396,8 +401,9 @@ def command_handler(command: Command) -> Handler:
     return handler
 
 
-async def post_command(request: web.Request, command: Command) -> web.Response:
-    """A manual rollout command: carried out at once, saved, answered with the route view."""
+async def post_command(request: web.Request, command: Command | Literal["revert"]) -> web.Response:
+    """A manual rollout command (or ``revert``): carried out at once, saved, answered with the
+    route view."""
     ctx = request.app[ADMIN]
     _, route = _route(request)
     reason = ""
@@ -414,7 +420,10 @@ async def post_command(request: web.Request, command: Command) -> web.Response:
         reason = given
     if ctx.control is None:
         raise NotReady("not_ready", "the rollout controller is not running")
-    ctx.control.command(route.name, command, reason=reason)
+    if command == "revert":
+        ctx.control.revert(route.name, reason=reason)
+    else:
+        ctx.control.command(route.name, command, reason=reason)
     await ctx.control.flush()  # durable before we say it happened
     snapshot = _snapshot(ctx)
     return web.json_response(_view(ctx, snapshot, route.name))
@@ -475,6 +484,7 @@ def create_admin_app(ctx: AdminContext) -> web.Application:
     app.router.add_delete("/api/v1/routes/{name}/weight", delete_weight)
     for command in COMMANDS:
         app.router.add_post(f"/api/v1/routes/{{name}}/{command}", command_handler(command))
+    app.router.add_post("/api/v1/routes/{name}/revert", revert)
     app.router.add_get("/api/v1/events", get_events)
     app.router.add_post("/api/v1/reload", post_reload)
     return app

@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -203,6 +205,8 @@ def _get_status(args: argparse.Namespace) -> tuple[Any, str | None]:
 def cmd_status(args: argparse.Namespace) -> int:
     from splitproxy.console import print_status, watch_status
 
+    if args.wait is not None:
+        return wait_for_outcome(args)
     if args.watch and not args.json:
         if args.interval <= 0:
             print("status: --interval must be > 0", file=sys.stderr)
@@ -217,6 +221,80 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_status(payload)
     return 0
+
+
+def wait_for_outcome(args: argparse.Namespace) -> int:
+    """``status --wait ROUTE``: 0 once promoted, 1 once rolled back (the reason on stderr),
+    2 when ``--wait-timeout`` passes first (or the route has no rollout)."""
+    from splitproxy.config import parse_duration
+
+    try:
+        limit = parse_duration(args.wait_timeout)
+    except ValueError as exc:
+        print(f"status: --wait-timeout: {exc}", file=sys.stderr)
+        return 2
+    deadline = time.monotonic() + limit
+    last = ""
+    while True:
+        try:
+            status, payload = _call(args, "GET", f"/api/v1/routes/{args.wait}")
+        except Unreachable as exc:  # a restarting proxy: keep waiting
+            status, payload = 0, {"error": {"message": str(exc)}}
+        if status == 200:
+            rollout = payload.get("rollout")
+            if rollout is None:
+                print(f"status: route {args.wait!r} has no rollout", file=sys.stderr)
+                return 2
+            phase = rollout["phase"]
+            line = f"{args.wait}: {phase}, step {rollout['step']}/{rollout['steps']}"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if phase == "promoted":
+                return 0
+            if phase == "rolled_back":
+                reasons = [e["message"] for e in rollout["history"] if e["kind"] == "rolled_back"]
+                print(
+                    f"rolled back: {reasons[-1] if reasons else 'see the ledger'}", file=sys.stderr
+                )
+                return 1
+        elif status in (401, 403, 404):
+            _fail(payload, status)
+            return 2
+        if time.monotonic() >= deadline:
+            print(f"status: still {last or 'unknown'} after {args.wait_timeout}", file=sys.stderr)
+            return 2
+        time.sleep(min(args.interval, max(0.05, deadline - time.monotonic())))
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """The decision ledger, oldest first; ``--follow`` keeps printing new events."""
+    since: float | None = None
+    while True:
+        query = {"limit": str(args.limit)}
+        if args.route:
+            query["route"] = args.route
+        if since is not None:
+            query["since"] = repr(since)
+        status, payload = _call(args, "GET", "/api/v1/events?" + urllib.parse.urlencode(query))
+        if status != 200:
+            return _fail(payload, status)
+        for event in payload["events"]:
+            since = max(since or 0.0, event["at"])
+            print(json.dumps(event) if args.json else event_line(event), flush=True)
+        if not args.follow:
+            return 0
+        time.sleep(args.interval)
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One ledger event as a line: when, route, revision, kind, phase, step, weight, message."""
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+    weight = "file" if e.get("weight") is None else f"{e['weight']:g}%"
+    return (
+        f"{at} {e['route']} {e.get('revision') or '-'} {e['kind']} ({e['phase']}, "
+        f"step {e['step']}, {weight}): {e['message']}"
+    )
 
 
 def cmd_weight(args: argparse.Namespace) -> int:
@@ -247,6 +325,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return _fail(payload, status)
     rollout = payload.get("rollout") or {}
     weight = payload["weight"]["effective"]
+    if args.command == "revert":
+        source = payload["weight"]["source"]
+        print(f"{args.route}: reverted: all traffic on the previous stable (set by {source})")
+        return 0
     print(
         f"{args.route}: {rollout.get('phase', '?')}, step {rollout.get('step', '?')}"
         f"/{rollout.get('steps', '?')}, candidate weight {weight:g}%"
@@ -359,8 +441,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh the table and each rollout's checks until Ctrl-C (in a terminal; "
         "otherwise print them once)",
     )
-    status.add_argument("--interval", type=float, default=1.0, help="--watch: seconds")
+    status.add_argument("--interval", type=float, default=1.0, help="--watch/--wait: seconds")
+    status.add_argument(
+        "--wait",
+        metavar="ROUTE",
+        help="for pipelines: wait for ROUTE's rollout to end; exit 0 promoted, 1 rolled back "
+        "(the reason on stderr), 2 on timeout",
+    )
+    status.add_argument("--wait-timeout", default="30m", help="--wait: how long (default 30m)")
     status.set_defaults(func=cmd_status)
+
+    events = client("events", "print the decision ledger (oldest first)")
+    events.add_argument("route", nargs="?", help="only this route's events")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.add_argument("--limit", type=int, default=100, help="events at first (max 1000)")
+    events.add_argument("--interval", type=float, default=1.0, help="--follow: seconds")
+    events.set_defaults(func=cmd_events)
 
     weight = client(
         "weight", "set a route's candidate weight at runtime, or --clear it back to the file's"
@@ -379,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pause": "freeze a rollout at its current weight",
         "resume": "continue a paused rollout, or pass the gate or pause step it waits at",
         "retry": "start a rolled-back revision again from the first step",
+        "revert": "after a promotion, send all traffic back to the previous stable at once "
+        "(within the rollout's revert_window; the file decides again when it changes the route)",
     }
     for verb, help_ in verbs.items():
         p = client(verb, help_)

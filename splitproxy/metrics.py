@@ -253,18 +253,28 @@ class Recorder:
             )  # fmt: skip
 
     def _preview_finished(self, series: _Series, ex: Exchange) -> None:
-        """A preview request: its own code and duration cells, no window, no time to first
-        byte (it is not user traffic, and the analyzer must never weigh it)."""
+        """A preview request: its own code and duration cells, no time to first byte. In the
+        live window it is test traffic (the synthetic cells), never user traffic: only a
+        rollout that judges test traffic (blue/green, or ``traffic: {judge: true}``) weighs it."""
         status = ex.status
         series.preview[status] = series.preview.get(status, 0) + 1
         series.finished += 1
+        latency: float | None = None
         if status != 101:
+            latency = ex.duration
             if series.preview_durations is None:
                 series.preview_durations = Histogram()
-            series.preview_durations.observe(ex.duration)
+            series.preview_durations.observe(latency)
         kind = ex.error_kind
-        if kind in UPSTREAM_ERROR_KINDS:
+        upstream_error = kind in UPSTREAM_ERROR_KINDS
+        if upstream_error:
             series.errors[kind] = series.errors.get(kind, 0) + 1
+        route, window, version = ex.route, series.window, series.version
+        if window is not None and version is not None and route is not None:
+            window.observe(
+                self.clock(), version, latency, status >= 500 or upstream_error,
+                None, ex.path, route.path_prefix, True,
+            )  # fmt: skip
 
     def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
         """An upstream attempt failed; the exchange goes on (a replay) or ends with a 503."""

@@ -181,12 +181,19 @@ class Server:
             # synthetic traffic enters through the proxy's own listener, on loopback
             self.control.traffics.base_url = loopback_url(host, self.listen_port)
         await self._open_preview(ctx)
+        if self.control is not None:  # blue/green test jobs reach the candidate through it
+            preview = self.preview_port and loopback_url(self._preview_host(), self.preview_port)
+            self.control.listening(preview or None)
         self._tasks.append(loop.create_task(self._sweep(ctx)))
         logger.info(
             "splitproxy listening on %s:%d (admin on %s:%d), config revision %s",
             host, self.listen_port, admin_host, self.admin_port,
             self.state.snapshot.revision if self.state.snapshot else "?",
         )  # fmt: skip
+
+    def _preview_host(self) -> str:
+        address = self.settings.preview_address
+        return address[0] if address is not None else "127.0.0.1"
 
     async def _open_preview(self, ctx: ProxyContext) -> None:
         """The preview listener, when set: the same context (routes, pools, timeouts, drain)

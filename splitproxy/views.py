@@ -160,10 +160,16 @@ class AlphaView(TypedDict):
     guard: float
 
 
+class RejectedStateView(TypedDict):
+    path: str
+    reason: str
+
+
 class RolloutStateView(TypedDict):
     persistent: bool
     file: str | None
     last_error: str | None
+    rejected: RejectedStateView | None  # the saved state set aside at start, and why
 
 
 class HookView(TypedDict):
@@ -219,11 +225,51 @@ class SyntheticView(TypedDict):
     answered: SyntheticAnsweredView
 
 
+class JobAttemptsView(TypedDict):
+    attempts: int  # runs so far
+    passed: bool
+
+
+class BaselineView(TypedDict):
+    at: float  # the switch
+    stable_requests: int  # stable's last minute before it
+    stable_error_rate: float | None
+    latency_thresholds: dict[str, float]  # "p99": seconds
+
+
+class JobRunView(TypedDict):
+    attempt: int
+    running: bool
+    started_at: float | None
+    last: dict[str, Any] | None  # passed, exit_code, timed_out, duration, tail
+
+
+class BlueGreenView(TypedDict):
+    stage: str  # idle, testing, baking, promoted, rolled_back or reverted
+    iterations: int
+    iteration: int | None  # 1-based, while active
+    bake: float | None  # seconds
+    auto_promote: bool
+    test: JobAttemptsView | None  # None: no test job
+    baseline: BaselineView | None  # from the switch on
+    job: JobRunView | None  # the test job's latest run (None: never run here)
+
+
+class RevertView(TypedDict):
+    previous_stable: list[str]  # its URLs
+    previous_revision: str | None
+    promoted: str | None  # the revision promoted over it
+    promoted_at: float
+    until: float  # the window's end
+    open: bool
+
+
 class RolloutView(TypedDict):
     """A route's rollout: phase, plan and position, the step's window and what it needs,
     the checks of the latest tick, hooks, external readings and recent history."""
 
     route: str
+    strategy: str  # canary or bluegreen
     phase: str  # idle, progressing, waiting, paused, promoted or rolled_back
     revision: str | None
     step: int  # 1-based; 0 before the first step
@@ -249,6 +295,8 @@ class RolloutView(TypedDict):
     waiting_on_hooks: list[str]
     external: dict[str, ExternalReadingView]  # by check name
     synthetic: SyntheticView | None  # None: the rollout has no ``traffic:``
+    bluegreen: BlueGreenView | None  # None: a canary
+    revert: RevertView | None  # an open revert window after a promotion
     history: list[EventView]
 
 

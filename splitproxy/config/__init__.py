@@ -5,8 +5,9 @@ aiohttp, a socket or a clock (only `read_routing_file` reads the file it is give
 ``splitproxy check`` can validate a file without loading the proxy.
 
 By topic: `fields` (names, durations, rates, the `Frozen` base), `routes` (routes and their
-backends), `rollout` (steps, checks, guard, hooks, synthetic traffic), `parse` (YAML to models,
-problems with their paths, reading the file), `vocabulary` (words every layer shares).
+backends), `rollout` (steps, checks, guard, hooks, strategies), `traffic` (synthetic traffic),
+`testjob` (the blue/green test job), `parse` (YAML to models, problems with their paths,
+reading the file), `vocabulary` (words every layer shares).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from splitproxy.config.rollout import (
     PrometheusCheck,
     Rollout,
     Step,
-    Traffic,
     WebCheck,
 )
 from splitproxy.config.routes import Backend, Match, Override, Route, RoutingConfig, Sticky
+from splitproxy.config.testjob import TestJob
+from splitproxy.config.traffic import Traffic
 
 __all__ = [
     "LATENCY_QUANTILES",
@@ -51,6 +53,7 @@ __all__ = [
     "RoutingConfig",
     "Step",
     "Sticky",
+    "TestJob",
     "Traffic",
     "WebCheck",
     "content_hash",

@@ -7,7 +7,6 @@ gates, the controller its hooks and external checks, the traffic sender its `Tra
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -22,7 +21,6 @@ from pydantic import (
 
 from splitproxy.config.fields import (
     CHECK_NAME,
-    HEADER_NAME,
     Duration,
     Fraction,
     Frozen,
@@ -33,6 +31,8 @@ from splitproxy.config.fields import (
     percent_resolution,
     sub_path_error,
 )
+from splitproxy.config.testjob import TestJob
+from splitproxy.config.traffic import Traffic
 from splitproxy.config.vocabulary import GATES, Gate, HookOn
 
 
@@ -172,6 +172,9 @@ class CompareCheck(_Named):
     metric: Literal["error_rate", "latency"]
     compare: Literal["stable"]
     per_path: bool = Field(default=True, strict=True)
+    # blue/green only: "all" also compares on test traffic before the switch (and on live
+    # traffic against stable's pre-switch baseline in the bake)
+    traffic: Literal["user", "all"] = "user"
     quantiles: tuple[float, ...] = Field(default=(0.95, 0.99), min_length=1, max_length=4)
 
     @field_validator("quantiles")
@@ -346,77 +349,7 @@ class Hook(_Named):
         return self.on in GATES
 
 
-# --- synthetic traffic (traffic.py sends it, synthetic.py marks it) --------------------------
-
-MAX_TRAFFIC_RATE = 1000.0  # requests per second
-_TRAFFIC_PATH = re.compile(r"/[\x21-\x22\x24-\x7e]{0,2047}")  # visible ASCII, no '#'
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
-# set by the proxy or the HTTP client, never by the routing file
-_TRAFFIC_RESERVED = frozenset(
-    {
-        "x-splitproxy-synthetic",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "expect",
-    }
-)
-
-
-class Traffic(Frozen):
-    """Synthetic traffic the proxy sends to the route while its rollout is analysed:
-    ``{rate: 5, paths: [/], headers: {...}, method: GET, judge: false, target: candidate}``.
-
-    ``rate`` requests per second (open loop, at most ``concurrency`` in flight, each bounded by
-    ``timeout``), to ``paths`` in turn, through the proxy's own listener, marked so that the
-    proxy sends them to ``target`` and counts them apart. ``judge: true`` lets them count for
-    the absolute checks, the guard and ``min_requests`` (never for the comparisons with
-    stable, which need randomly routed requests); by default they only exercise the candidate.
-    """
-
-    rate: float = Field(gt=0.0, le=MAX_TRAFFIC_RATE, strict=True)
-    paths: tuple[str, ...] = Field(default=("/",), min_length=1, max_length=100)
-    method: Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"] = "GET"
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = Field(default=None, max_length=65536)
-    judge: bool = Field(default=False, strict=True)
-    target: Literal["candidate", "stable"] = "candidate"
-    concurrency: int = Field(default=16, ge=1, le=256, strict=True)
-    timeout: Duration = 10.0
-
-    @field_validator("paths")
-    @classmethod
-    def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for i, path in enumerate(v):
-            if not _TRAFFIC_PATH.fullmatch(path):
-                raise sub_path_error(
-                    f"[{i}]", "must be a path starting with '/' (visible ASCII, no '#')"
-                )
-        return v
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for header, value in v.items():
-            if not HEADER_NAME.fullmatch(header):
-                raise sub_path_error(f".{header}", "must be a header field name")
-            if header.lower() in _TRAFFIC_RESERVED:
-                raise sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
-            if not _HEADER_VALUE.fullmatch(value):
-                raise sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if not 0 < v <= 300:
-            raise ValueError("must be a duration > 0 and <= 5m")
-        return v
+BAKE = 600.0  # blue/green: how long checks watch the new version after the switch
 
 
 class Rollout(Frozen):
@@ -428,7 +361,7 @@ class Rollout(Frozen):
     ``unhealthy_timeout``: how long a candidate may stay unhealthy during a rollout before
     each such stretch counts as a failed check."""
 
-    strategy: Literal["canary"] = "canary"
+    strategy: Literal["canary", "bluegreen"] = "canary"
     steps: tuple[StepSpec, ...] | None = Field(default=None, min_length=1)
     step_weight: float | None = Field(default=None, gt=0.0, le=100.0, strict=True)
     max_weight: float | None = Field(default=None, gt=0.0, le=100.0, strict=True)
@@ -444,12 +377,20 @@ class Rollout(Frozen):
     guard: Annotated[Guard | None, BeforeValidator(_guard_shorthand)] = Guard()
     hooks: tuple[Hook, ...] = ()
     traffic: Traffic | None = None  # synthetic traffic while the rollout analyses
+    # blue/green: test iterations before the switch, the bake after it
+    iterations: int | None = Field(default=None, ge=1, le=1000, strict=True)
+    bake: Duration | None = None
+    auto_promote: bool = Field(default=True, strict=True)
+    test: TestJob | None = None  # run against the candidate before the switch
+    # every strategy: how long after a promotion `splitproxy revert` may send all traffic
+    # back to the previous stable (kept warm meanwhile)
+    revert_window: Duration | None = None
 
     @field_validator("strategy", mode="before")
     @classmethod
     def _strategy(cls, v: Any) -> Any:
-        if v in ("ab", "bluegreen"):
-            raise ValueError(f"{v!r} is not supported yet; use 'canary'")
+        if v == "ab":
+            raise ValueError("'ab' is not supported yet; use 'canary' or 'bluegreen'")
         return v
 
     @field_validator("progress_deadline", "unhealthy_timeout")
@@ -497,6 +438,15 @@ class Rollout(Frozen):
 
     @model_validator(mode="after")
     def _step_source(self) -> Rollout:
+        if self.strategy == "bluegreen":
+            return self._bluegreen()
+        defaults = {"iterations": None, "bake": None, "auto_promote": True, "test": None}
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                raise ValueError(f"'{name}' applies to strategy: bluegreen")
+        for i, check in enumerate(self.checks):
+            if isinstance(check, CompareCheck) and check.traffic != "user":
+                raise sub_path_error(f".checks[{i}]", "'traffic' applies to strategy: bluegreen")
         linear = self.step_weight is not None or self.max_weight is not None
         if self.steps is not None and linear:
             raise ValueError("give either 'steps' or 'step_weight' with 'max_weight', not both")
@@ -507,6 +457,32 @@ class Rollout(Frozen):
                 raise ValueError("'step_weight' must not be above 'max_weight'")
         return self
 
+    def _bluegreen(self) -> Rollout:
+        for name in ("steps", "step_weight", "max_weight"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"a blue/green rollout has 'iterations', not '{name}'")
+        if "step" in {h.on for h in self.hooks}:
+            raise ValueError("a blue/green rollout has no 'step' hooks (it has no weight steps)")
+        for i, check in enumerate(self.checks):
+            if isinstance(check, CompareCheck) and check.traffic != "all":
+                raise sub_path_error(
+                    f".checks[{i}]",
+                    "before the switch a blue/green candidate sees test traffic only, where a "
+                    "comparison with stable means nothing; add 'traffic: all' to compare anyway "
+                    "(test traffic before the switch, live traffic against stable's pre-switch "
+                    "baseline in the bake), or remove the check",
+                )
+        return self
+
+    @property
+    def bluegreen(self) -> bool:
+        return self.strategy == "bluegreen"
+
+    @property
+    def switch_index(self) -> int:
+        """Blue/green: the plan index of the bake (the step after the switch)."""
+        return self.iterations or 1
+
     @property
     def gates(self) -> frozenset[Gate]:
         """The gating hooks configured (what the analyzer waits for)."""
@@ -516,7 +492,14 @@ class Rollout(Frozen):
     @property
     def plan(self) -> tuple[Step, ...]:
         """The steps in order; ``step_weight`` + ``max_weight`` compile to step, 2·step, …
-        up to and including ``max_weight`` (the last step is clamped to it)."""
+        up to and including ``max_weight`` (the last step is clamped to it). Blue/green:
+        ``iterations`` steps at 0 % (test traffic only), then the bake at 100 %."""
+        if self.strategy == "bluegreen":
+            test = Step.model_construct(weight=0.0, interval=None, min_requests=None, pause=None)
+            bake = Step.model_construct(
+                weight=100.0, interval=BAKE if self.bake is None else self.bake, min_requests=0
+            )
+            return (test,) * self.switch_index + (bake,)
         if self.steps is not None:
             return self.steps
         assert self.step_weight is not None

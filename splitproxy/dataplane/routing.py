@@ -5,8 +5,9 @@ Theory of operation
 A route is compiled once per config snapshot into a `CompiledRoute` (lower-cased header names,
 compiled regexes, the weight in basis points). Per request, `choose` walks the design's order:
 
-1. no candidate, or a candidate with no address up (``candidate_up=False``, from the health
-   book): stable, reason ``fallback``, whatever the overrides and sticky buckets say;
+1. no candidate, a candidate whose rollout rolled it back (``closed``: no user traffic at all),
+   or a candidate with no address up (``candidate_up=False``, from the health book): stable,
+   reason ``fallback``, whatever the overrides and sticky buckets say;
 2. overrides, in file order (header or cookie; ``always``/``never``, exact value, regex):
    the first that gives a verdict wins, reason ``override``;
 3. a sticky key (the seed cookie the proxy sets, or a configured header) is hashed into
@@ -143,9 +144,14 @@ class CompiledRoute:
     salt: bytes
     # header names (lower-cased bytes) this route reads, so the proxy keeps only those
     wanted_headers: frozenset[bytes] = field(default=frozenset())
+    # the rollout rolled the candidate back: no user or synthetic request reaches it, not even
+    # by an override (only the preview listener, an operator's address, still does)
+    closed: bool = False
 
     @classmethod
-    def from_model(cls, route: Route, weight_bp: int | None = None) -> CompiledRoute:
+    def from_model(
+        cls, route: Route, weight_bp: int | None = None, *, closed: bool = False
+    ) -> CompiledRoute:
         overrides = tuple(CompiledOverride.from_model(o) for o in route.overrides)
         sticky = route.sticky
         wanted = {o.header for o in overrides if o.header}
@@ -169,6 +175,7 @@ class CompiledRoute:
             sticky_max_age=sticky.max_age if sticky else 0,
             salt=salt_for(route.name, candidate.revision if candidate else None),
             wanted_headers=frozenset(wanted),
+            closed=closed and candidate is not None,
         )
 
     def matches(self, host: str, path: str) -> bool:
@@ -233,7 +240,7 @@ def choose(
     route reads cookies); ``draw`` is a uniformly random integer in [0, 2**64);
     ``candidate_up`` is False while none of the candidate's addresses may take traffic.
     """
-    if route.candidate is None or not candidate_up:
+    if route.candidate is None or route.closed or not candidate_up:
         return _FALLBACK
     if route.overrides:
         cookies = headers.get(b"cookie")
@@ -272,7 +279,7 @@ def choose(
 def synthetic_decision(route: CompiledRoute, target: Version) -> Decision:
     """Where a synthetic request goes: its ``target``, or stable when the route has no
     candidate to send it to."""
-    if target == CANDIDATE and route.candidate is None:
+    if target == CANDIDATE and (route.candidate is None or route.closed):
         target = STABLE
     return _DECISIONS[target, "synthetic"]
 

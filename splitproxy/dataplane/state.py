@@ -18,6 +18,11 @@ Precedence of weights, highest first:
 3. ``file``: the routing file is the desired state.
 
 Every value and the winner show in status.
+
+A **revert** (``rollout/revert.py``) overrides a route's backends: after a promotion whose
+revert window is open, all of the route's requests go to the stable the promotion replaced,
+even when the file no longer names it, until the file changes that route. While a window is
+open, that previous stable is **warm**: its upstream pool is kept (`upstream_keys`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from splitproxy.config import Route, RoutingConfig
+from splitproxy.config import Backend, Route, RoutingConfig
 
 # defined with the routing file it hashes; re-exported for the callers that import it from here
 from splitproxy.config import content_hash as content_hash
-from splitproxy.dataplane.routing import CompiledRoute
+from splitproxy.dataplane.routing import BackendPlan, CompiledRoute
 from splitproxy.errors import Conflict, InvalidValue, NotReady, UnknownRoute
 
 logger = logging.getLogger("splitproxy.dataplane.state")
@@ -71,6 +76,7 @@ class RolloutWeight:
     percent: float
     set_at: float  # wall-clock seconds
     candidate: str  # `candidate_identity` of the candidate it applies to
+    closed: bool = False  # rolled back: the candidate gets no traffic, overrides included
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,10 @@ class Snapshot:
     rollout_weights: Mapping[str, RolloutWeight] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # route -> the previous stable it is reverted to (all its traffic goes there)
+    reverts: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
+    # route -> a previous stable kept warm while its revert window is open
+    warm: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
     # route name -> position in `routes`: lookups by name are a dict access, not a scan
     _positions: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
@@ -113,7 +123,9 @@ class Prepared:
 
 
 def weight_source(snapshot: Snapshot, name: str) -> str:
-    """Who sets the route's weight now: ``rollout``, ``runtime`` or ``file``."""
+    """Who sets the route's weight now: ``revert``, ``rollout``, ``runtime`` or ``file``."""
+    if name in snapshot.reverts:
+        return "revert"
     if name in snapshot.rollout_weights:
         return "rollout"
     if name in snapshot.overrides:
@@ -140,6 +152,8 @@ def upstream_keys(snapshot: Snapshot) -> set[tuple[str, int]]:
         for plan in (route.stable, route.candidate):
             if plan is not None:
                 keys.update(target.key for target in plan.targets)
+    for backend in (*snapshot.warm.values(), *snapshot.reverts.values()):
+        keys.update(target.key for target in BackendPlan.from_model(backend).targets)
     return keys
 
 
@@ -149,6 +163,8 @@ def compile_snapshot(
     loaded_at: float,
     overrides: Mapping[str, WeightOverride],
     rollout_weights: Mapping[str, RolloutWeight] | None = None,
+    reverts: Mapping[str, Backend] | None = None,
+    warm: Mapping[str, Backend] | None = None,
     previous: Snapshot | None = None,
 ) -> Snapshot:
     """Build the immutable snapshot for ``config`` with the rollout weights and the runtime
@@ -156,16 +172,16 @@ def compile_snapshot(
     its definition in ``previous`` keeps its compiled form (with the weight set anew), so a
     weight change or a reload that edits a few routes compiles only those."""
     driven = dict(rollout_weights or {})
+    reverted = dict(reverts or {})
     routes = []
     for route in config.routes:
-        chosen = driven.get(route.name) or overrides.get(route.name)
-        weight_bp = round(chosen.percent * 100) if chosen else route.weight_bp
-        compiled = _reusable(previous, route) if previous is not None else None
-        if compiled is None:
-            compiled = CompiledRoute.from_model(route, weight_bp)
-        elif compiled.weight_bp != weight_bp:
-            compiled = replace(compiled, weight_bp=weight_bp)
-        routes.append(compiled)
+        name = route.name
+        reusable = _reusable(previous, route) if previous is not None else None
+        routes.append(
+            _compile_route(
+                route, reusable, overrides.get(name), driven.get(name), reverted.get(name)
+            )
+        )
     return Snapshot(
         config,
         tuple(routes),
@@ -173,15 +189,43 @@ def compile_snapshot(
         loaded_at,
         MappingProxyType(dict(overrides)),
         MappingProxyType(driven),
+        MappingProxyType(reverted),
+        MappingProxyType(dict(warm or {})),
     )
 
 
 def _reusable(previous: Snapshot, route: Route) -> CompiledRoute | None:
-    """``route``'s compiled form in ``previous`` when its definition did not change."""
+    """``route``'s compiled form in ``previous`` when its definition did not change (and it
+    was not compiled as a revert, which replaces its backends)."""
     before = previous.config.route(route.name)
     if before is None or (before is not route and before != route):
         return None
+    if route.name in previous.reverts:
+        return None
     return previous.route(route.name)
+
+
+def _compile_route(
+    route: Route,
+    reusable: CompiledRoute | None,
+    override: WeightOverride | None,
+    rollout: RolloutWeight | None,
+    revert: Backend | None,
+) -> CompiledRoute:
+    """``route`` compiled with what applies to it at runtime; from ``reusable`` (its compiled
+    form for the same definition) when there is one, changing only the weight."""
+    if revert is not None:  # all of it to the previous stable
+        reverted = route.model_copy(update={"stable": revert, "candidate": None})
+        return CompiledRoute.from_model(reverted)
+    chosen = rollout or override
+    weight_bp = round(chosen.percent * 100) if chosen else route.weight_bp
+    closed = rollout is not None and rollout.closed
+    if reusable is None:
+        return CompiledRoute.from_model(route, weight_bp, closed=closed)
+    closed = closed and reusable.candidate is not None  # as `CompiledRoute.from_model` has it
+    if (reusable.weight_bp, reusable.closed) != (weight_bp, closed):
+        return replace(reusable, weight_bp=weight_bp, closed=closed)
+    return reusable
 
 
 Listener = Callable[[Snapshot | None, Snapshot], None]
@@ -249,19 +293,29 @@ class RuntimeState:
                 if identity != weight.candidate:  # a new candidate: all on stable until it starts
                     weight = RolloutWeight(0.0, now, identity)
                 driven[name] = weight
-        routes = list(prepared.snapshot.routes)
-        for name, chosen in (kept | driven).items():  # a rollout's weight wins
-            position = prepared.snapshot._positions[name]
-            weight_bp = round(chosen.percent * 100)
-            if routes[position].weight_bp != weight_bp:
-                routes[position] = replace(routes[position], weight_bp=weight_bp)
+        reverts: dict[str, Backend] = {}
+        warm: dict[str, Backend] = dict(old.warm) if old is not None else {}
+        if old is not None:  # a revert holds until the file changes its route
+            for name, backend in old.reverts.items():
+                before, after = old.config.route(name), config.route(name)
+                if before is not None and before == after:
+                    reverts[name] = backend
+        base = prepared.snapshot  # every route compiled as the file has it
+        routes = list(base.routes)
+        for name in kept.keys() | driven.keys() | reverts.keys():  # a few routes, at most
+            i = base._positions[name]
+            routes[i] = _compile_route(
+                config.routes[i], routes[i], kept.get(name), driven.get(name), reverts.get(name)
+            )
         new = Snapshot(
             config,
             tuple(routes),
-            prepared.snapshot.content_hash,
+            base.content_hash,
             now,
             MappingProxyType(kept),
             MappingProxyType(driven),
+            MappingProxyType(reverts),
+            MappingProxyType(warm),
         )
         return self._swap(new)
 
@@ -291,13 +345,16 @@ class RuntimeState:
         overrides.pop(name, None)
         return self._swap(self._recompile(current, overrides=overrides))
 
-    def set_rollout_weight(self, name: str, percent: float, now: float, candidate: str) -> Snapshot:
-        """A rollout drives the route: its weight wins (a runtime override is dropped)."""
+    def set_rollout_weight(
+        self, name: str, percent: float, now: float, candidate: str, *, closed: bool = False
+    ) -> Snapshot:
+        """A rollout drives the route: its weight wins (a runtime override is dropped);
+        ``closed``: the candidate was rolled back and gets no traffic at all."""
         current = self._require(name)
         if not 0.0 <= percent <= 100.0:
             raise ValueError(f"a rollout weight of {percent} is not between 0 and 100")
         driven = dict(current.rollout_weights)
-        driven[name] = RolloutWeight(round(percent, 2), now, candidate)
+        driven[name] = RolloutWeight(round(percent, 2), now, candidate, closed)
         overrides = dict(current.overrides)
         overrides.pop(name, None)
         return self._swap(self._recompile(current, overrides=overrides, rollout_weights=driven))
@@ -311,12 +368,34 @@ class RuntimeState:
         del driven[name]
         return self._swap(self._recompile(current, rollout_weights=driven))
 
+    def revert_to(self, name: str, backend: Backend, now: float) -> Snapshot:
+        """Send all of ``name``'s traffic to ``backend`` (a previous stable) until the file
+        changes the route."""
+        current = self._require(name)
+        reverts = dict(current.reverts)
+        reverts[name] = backend
+        return self._swap(self._recompile(current, reverts=reverts))
+
+    def keep_warm(self, name: str, backend: Backend | None) -> Snapshot | None:
+        """Keep ``backend``'s upstream pool for ``name`` (None: no longer)."""
+        current = self._snapshot
+        if current is None or current.warm.get(name) == backend:
+            return current
+        warm = dict(current.warm)
+        if backend is None:
+            warm.pop(name, None)
+        else:
+            warm[name] = backend
+        return self._swap(self._recompile(current, warm=warm))
+
     @staticmethod
     def _recompile(
         current: Snapshot,
         *,
         overrides: Mapping[str, WeightOverride] | None = None,
         rollout_weights: Mapping[str, RolloutWeight] | None = None,
+        reverts: Mapping[str, Backend] | None = None,
+        warm: Mapping[str, Backend] | None = None,
     ) -> Snapshot:
         return compile_snapshot(
             current.config,
@@ -324,7 +403,9 @@ class RuntimeState:
             current.loaded_at,
             current.overrides if overrides is None else overrides,
             current.rollout_weights if rollout_weights is None else rollout_weights,
-            previous=current,  # same definitions: only the weights change, nothing recompiles
+            current.reverts if reverts is None else reverts,
+            current.warm if warm is None else warm,
+            previous=current,  # same definitions: only weights change, nothing recompiles
         )
 
     def _require(self, name: str) -> Snapshot:

@@ -69,6 +69,7 @@ from typing import Any, Final, Literal
 from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
+from splitproxy.rollout import bluegreen, commands
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
@@ -78,7 +79,6 @@ from splitproxy.rollout.messages import (
     Emit,
     Event,
     GateResult,
-    ManualCommand,
     Observation,
     SetWeight,
 )
@@ -93,10 +93,24 @@ FINISHED_KEPT: Final = 16
 
 def spec_digest(spec: Rollout) -> str:
     """A short digest of a rollout spec: a rollout restarts when it changes. The deadlines of
-    readiness and health are left out: changing them restarts nothing (and a state saved
-    before they existed keeps its digest)."""
-    data = spec.model_dump_json(exclude={"progress_deadline", "unhealthy_timeout"})
+    readiness and health and the revert window are left out: changing them restarts nothing.
+    Fields added since a state could have been saved are left out while at their defaults, so
+    an upgrade keeps every saved rollout's digest."""
+    exclude: dict[str, Any] = {k: True for k in _NOT_DIGESTED}
+    exclude.update({k: True for k, v in _LATER.items() if getattr(spec, k) == v})
+    plain = [i for i, c in enumerate(spec.checks) if getattr(c, "traffic", "user") == "user"]
+    exclude["checks"] = {i: {"traffic"} for i in plain}
+    data = spec.model_dump_json(exclude=exclude)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+_NOT_DIGESTED: Final = ("progress_deadline", "unhealthy_timeout", "revert_window")
+_LATER: Final[dict[str, Any]] = {
+    "iterations": None,
+    "bake": None,
+    "auto_promote": True,
+    "test": None,
+}
 
 
 class Analyzer:
@@ -134,6 +148,8 @@ class Analyzer:
         self.failures = 0
         self.hold: Hold | None = None  # only while waiting, or paused while waiting
         self.paused_reason: str | None = None
+        self.test_attempt = 0  # blue/green: the test job's runs so far, and whether one passed
+        self.test_passed = False
         self.history: list[Event] = []
         self.checks: tuple[CheckResult, ...] = ()
         # the spec changed under a running rollout: it restarts on the next tick
@@ -160,17 +176,7 @@ class Analyzer:
 
     def accepts(self, command: Command) -> bool:
         """Would ``command`` be carried out in the current phase?"""
-        return self._trigger_for(command) is not None
-
-    def _trigger_for(self, command: Command) -> Trigger | None:
-        trigger: Trigger
-        if command == "resume":
-            trigger = "proceed" if self.phase == "waiting" else "resume"
-        else:
-            trigger = command
-        if command == "retry" and self.revision is None:
-            return None
-        return trigger if trigger in TRANSITIONS[self.phase] else None
+        return commands.trigger_for(self, command) is not None
 
     # --- the tick -----------------------------------------------------------------------------
 
@@ -195,8 +201,10 @@ class Analyzer:
         evidence.record_external(now, observation.external)
         for result in observation.gates:
             self._gate_result(now, result)
+        for outcome in observation.tests:
+            bluegreen.test_outcome(self, now, outcome)
         for command in observation.commands:
-            self._command(now, command)
+            commands.carry_out(self, now, command)
         self.checks = evidence.evaluate(now) if self.phase in ACTIVE else ()
         if self.phase in ACTIVE:
             self._judge(now)
@@ -257,6 +265,24 @@ class Analyzer:
             return True
         return False
 
+    def suspend(self, now: float, candidate: str, message: str) -> list[Action]:
+        """Hold ``candidate`` at 0 %, paused, before any tick: its saved state could not be
+        trusted. ``resume`` then starts from the first step (through readiness), ``promote``
+        and ``rollback`` decide by hand; nothing resumes on its own."""
+        self._actions = []
+        self._reset_rollout()
+        self.revision = candidate
+        self.started_at = now
+        self.last_now = now
+        self.evidence.fresh_tests()
+        self._set_weight(0.0)
+        self.hold = Hold("readiness", 0, asked_at=now, since=now)
+        self.paused_reason = "state_rejected"
+        self._move(now, "suspend", "paused", message)
+        self.check_hold()
+        actions, self._actions = self._actions, []
+        return actions
+
     def _reset_rollout(self) -> None:
         self.step_index = -1
         self.started_at = None
@@ -266,6 +292,7 @@ class Analyzer:
         self.failures = 0
         self.hold = None
         self.paused_reason = None
+        self.test_attempt, self.test_passed = 0, False
         self.evidence.end()
         self.readiness.reset()
 
@@ -353,6 +380,9 @@ class Analyzer:
     def _failure(self, now: float, message: str) -> None:
         self.failures += 1
         limit = self.spec.failure_limit
+        if bluegreen.in_bake(self):  # after the switch, any failure reverts at once
+            self._rollback(now, f"failed in the bake: {message}")
+            return
         self._event(now, "check_failed", f"{message} ({self.failures} of {limit} tolerated)")
         if self.failures > limit:
             self._rollback(now, f"more than {limit} failed check windows")
@@ -361,7 +391,9 @@ class Analyzer:
 
     def _advance(self, now: float) -> None:
         nxt = self.step_index + 1
-        if nxt < len(self.plan):
+        if self.spec.bluegreen:
+            bluegreen.advance(self, now, nxt)
+        elif nxt < len(self.plan):
             if "step" in self.gates and self.plan[nxt].weight is not None:
                 self._wait_for(now, "step", nxt)
             else:
@@ -383,7 +415,12 @@ class Analyzer:
             return
         assert step.weight is not None
         self._set_weight(step.weight)
-        self._move(now, "advance", "step", f"step {index + 1}: weight {step.weight:g}%")
+        message = f"step {index + 1}: weight {step.weight:g}%"
+        if self.spec.bluegreen:
+            message = bluegreen.step_message(self, index)
+        self._move(now, "advance", "step", message)
+        if self.spec.bluegreen:
+            bluegreen.on_step(self, now, index)
 
     def _wait_for(self, now: float, what: Held, step: int, *, until: float = math.inf) -> None:
         self.hold = Hold(what, step, until=until, asked_at=now, since=now)
@@ -395,6 +432,10 @@ class Analyzer:
             )
         elif what == "readiness":
             message = "waiting for the candidate to become ready"
+        elif what == "test":
+            message = "waiting for the test job to pass before the switch"
+        elif what == "switch":
+            message = "waiting for promote to switch (auto_promote: false)"
         else:
             message = f"waiting for the {what} gate"
             self._actions.append(CallHook(what, step + 1))
@@ -411,12 +452,15 @@ class Analyzer:
             if self.readiness.ready:
                 self._proceed(now, "the candidate is ready")
             return
-        if hold.what in ("step", "confirm-promotion"):
+        if hold.what == "test" and self.test_passed:
+            self._proceed(now, "the test job passed")
+            return
+        if hold.what in ("step", "confirm-promotion", "test", "switch"):
             step = self.plan[min(self.step_index, len(self.plan) - 1)]
             if self._window_outcome(now, step) == "pass":
                 self.evidence.restart_window(now)
         due = now - hold.asked_at >= self.spec.interval
-        if self.phase == "waiting" and due:  # ask the hook again
+        if self.phase == "waiting" and due and hold.what in GATES:  # ask the hook again
             self.hold = replace(hold, asked_at=now)
             self._actions.append(CallHook(hold.what, hold.step + 1))
 
@@ -444,7 +488,9 @@ class Analyzer:
         assert hold is not None
         self.hold = None
         self._move(now, "proceed", "proceeded", message, source=source)
-        if hold.what == "confirm-promotion":
+        if self.spec.bluegreen and hold.what in bluegreen.SWITCH_HOLDS:
+            bluegreen.proceed(self, now, hold.what)
+        elif hold.what == "confirm-promotion":
             self._promote(now, message, source=source)
         elif hold.what == "pause":
             self._advance(now)
@@ -475,34 +521,11 @@ class Analyzer:
             self.finished.pop(next(iter(self.finished)))
         self.hold = None
 
-    # --- manual commands ----------------------------------------------------------------------
-
-    def _command(self, now: float, cmd: ManualCommand) -> None:
-        source = f"manual:{cmd.source}"
-        why = _suffix(cmd.reason)
-        if self._trigger_for(cmd.command) is None:
-            self._event(now, "refused", f"{cmd.command} refused in phase {self.phase}", source)
-            return
-        if cmd.command == "promote":
-            self._promote(now, "promoted by hand" + why, source)
-        elif cmd.command == "rollback":
-            self._rollback(now, "rolled back by hand" + why, source)
-        elif cmd.command == "pause":
-            self._pause(now, "manual", "paused by hand" + why, source)
-        elif cmd.command == "resume" and self.phase == "waiting":
-            assert self.hold is not None
-            self._proceed(now, f"resumed by hand past {self.hold.what}" + why, source)
-        elif cmd.command == "resume":
-            self.paused_reason = None
-            if self.deadline is not None and self.active_time >= self.deadline:
-                self.deadline = self.active_time + (self.spec.max_duration or 0.0)
-            self._move(now, "resume", "resumed", "resumed by hand" + why, source=source)
-        elif cmd.command == "retry":
-            assert self.revision is not None
-            self.finished.pop(self.revision, None)
-            self._start(now, self.revision, "retry", "retried by hand" + why)
-
     # --- plumbing -----------------------------------------------------------------------------
+
+    def queue(self, action: Action) -> None:
+        """Add an action to this tick's output (for the strategy modules)."""
+        self._actions.append(action)
 
     def _set_weight(self, percent: float | None) -> None:
         if percent != self.weight or percent is None:

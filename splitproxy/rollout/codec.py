@@ -20,6 +20,7 @@ from typing import Any, Final, cast
 from splitproxy.config import Rollout
 from splitproxy.config.vocabulary import Gate
 from splitproxy.rollout.analyzer import PATH_CLASS_SLOTS, Analyzer
+from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.evidence import Evidence, StepWindow
 from splitproxy.rollout.histograms import hist_add
 from splitproxy.rollout.messages import CheckResult, Event
@@ -55,6 +56,8 @@ def encode(a: Analyzer) -> dict[str, Any]:
         "hook_called_at": hold.asked_at if hold else 0.0,
         "gate": _encode_gate(hold),
         "paused_reason": a.paused_reason,
+        "test_attempt": a.test_attempt,
+        "test_passed": a.test_passed,
         "readiness": a.readiness.to_dict(),
         **_encode_evidence(a.evidence),
         "history": [e.to_dict() for e in a.history],
@@ -87,6 +90,8 @@ def decode(
     if a.phase in HOLDING:  # earlier versions kept a stale ``pending`` in other phases
         a.hold = _decode_hold(data)
     a.paused_reason = data["paused_reason"]
+    a.test_attempt = int(data.get("test_attempt", 0))
+    a.test_passed = bool(data.get("test_passed", False))
     if "readiness" in data:
         a.readiness = Readiness.from_dict(data["readiness"])
     elif a.phase in ACTIVE:  # saved before readiness was known: it was taken as ready
@@ -148,6 +153,7 @@ def _encode_evidence(e: Evidence) -> dict[str, Any]:
         "guard": e.guard.to_dict() if e.guard else None,
         "trail": [[s, n, [[b, c] for b, c in sorted(h.items())]] for s, n, h in e.trail],
         "recent": [list(r) for r in e.recent],
+        "baseline": e.baseline.to_dict() if e.baseline is not None else None,
     }
 
 
@@ -171,6 +177,8 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
         hist_add(e.trail_total, h.items())
         e.trail_requests += int(n)
     e.recent = [[float(v) for v in r] for r in data["recent"]]
+    if data.get("baseline") is not None:
+        e.baseline = Baseline.from_dict(data["baseline"])
 
 
 def _float(value: Any, none: float) -> float:

@@ -16,41 +16,26 @@ it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built f
   background every ``external_interval`` while the rollout is active (by the poller);
 - a manual command, when `Controller.command` ticks a route out of turn.
 
-and applies what comes back:
+and applies what comes back: ``SetWeight`` becomes the route's ``rollout`` weight in
+`state.RuntimeState` (it wins over the file's and runtime weights; ``None`` hands the route back
+to the file; after every tick the state is reconciled with ``analyzer.weight``); ``CallHook``
+goes to the hook dispatcher, whose answer returns as a `GateResult` on the next tick;
+``RunTest`` to the test job runner, whose outcome returns as a `TestOutcome`; ``Emit`` to the
+decision ledger (bounded per route, persisted), the log, the notification hooks and the
+rollout metrics. It also keeps each route's synthetic traffic in step with the phase.
 
-- ``SetWeight`` becomes the route's ``rollout`` weight in `state.RuntimeState`, which wins
-  over the file's and runtime weights (see ``state.py``); ``None`` hands the route back to the
-  file. After every tick the state is reconciled with ``analyzer.weight``, so a resumed
-  analyzer's weight is applied too;
-- ``CallHook`` goes to the hook dispatcher, which POSTs to the route's hooks of that gate (all
-  must answer 2xx); the outcome returns as a `GateResult` on the next tick (a failing
-  ``pre-rollout`` or ``step`` hook is a failed check; ``confirm-promotion`` keeps waiting). A
-  gate without a hook (removed by a reload) passes;
-- ``Emit`` goes to the decision ledger (bounded per route, persisted with the state), to the
-  log, to the ``event`` hooks, to ``post-rollout`` (promoted or rolled back) and ``rollback``
-  hooks, and to the ``splitproxy_rollouts_total`` / duration metrics.
+*The parts*, each owning its asyncio tasks: `persistence.Persistence` (state, ledger and
+verdict writes), `dispatch.HookDispatcher` (gate calls, ordered notifications),
+`external.ExternalPoller` (external checks), `testjob.TestJobRunner` (blue/green test jobs)
+and `revert.RevertWindows` (the previous stable kept warm after a promotion). The metric
+families are `metrics.RolloutMetrics`.
 
-It also keeps each route's synthetic traffic (``traffic.py``) in step with the phase.
-
-*The parts.* The controller composes three parts, each owning its own asyncio tasks (their
-creation, cancellation on close and error logging): `persistence.Persistence` (the state and
-ledger writes, `flush`), `dispatch.HookDispatcher` (gate calls and the ordered, bounded queue
-of notifications) and `external.ExternalPoller` (the external checks' reads). The rollout
-metric families are `metrics.RolloutMetrics` (`Controller.metrics`), which the composition
-root registers with the recorder's registry.
-
-*Config reloads.* When the routing file changes, analyzers are created for routes that gained
-a ``rollout`` (resumed from ``state_dir`` when a saved state exists), reconfigured for changed
-specs (a changed spec restarts a running rollout from its first step; hooks are not part of
-the spec the analyzer sees, so editing a hook does not restart anything), and dropped for
-routes that lost theirs: the rollout is abandoned (recorded) and the file's weight applies.
-
-*Durable state.* With ``state_dir`` set, every tick that emitted an event or moved the weight
-(and every ``checkpoint`` seconds while a rollout is active, and at shutdown) queues the
-route's state for `persistence.Persistence`, which writes it atomically from a background
-thread, one write at a time, newest wins. At start the saved state is resumed: a rollout
-continues at the same step and weight, a rolled-back revision stays rolled back. Without
-``state_dir`` the state lives in memory only, and the status says so.
+*Config reloads* create analyzers for routes that gained a ``rollout`` (resumed from
+``state_dir`` when a trusted saved state exists), reconfigure changed specs (a changed spec
+restarts a running rollout; hooks are not part of the analyzer's spec) and abandon the
+rollouts of routes that lost theirs (the file's weight applies). *Durable state*: every tick
+that emitted an event or moved the weight (and every ``checkpoint`` seconds while active, and
+at shutdown) queues the route's state for a background, atomic write.
 
 *Time.* The analyzer is ticked with wall-clock time (the clock of the live windows), so a
 rollout's time survives a restart; the time the proxy was down counts toward a step's
@@ -71,8 +56,8 @@ from typing import Any, Final, cast
 
 import aiohttp
 
-from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
-from splitproxy.config.vocabulary import CANDIDATE, GATES, STABLE, Version
+from splitproxy.config import PrometheusCheck, Rollout, RoutingConfig, WebCheck
+from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
@@ -81,27 +66,41 @@ from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalCheck, ExternalPoller, ExternalReader
 from splitproxy.rollout.messages import (
+    Action,
     CallHook,
     Command,
     Emit,
     Event,
     ManualCommand,
     Observation,
-    SetWeight,
+    RunTest,
+    TestOutcome,
 )
 from splitproxy.rollout.metrics import RolloutMetrics
-from splitproxy.rollout.persistence import Persistence
-from splitproxy.rollout.phases import ACTIVE, PHASES, TRANSITIONS
-from splitproxy.rollout.samples import path_class_slots, samples_for
-from splitproxy.rollout.store import StateStore
+from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
+from splitproxy.rollout.phases import ACTIVE
+from splitproxy.rollout.reports import (
+    finite,
+    gate_payload,
+    merged_events,
+    refusal,
+    synthetic_status,
+)
+from splitproxy.rollout.revert import RevertWindows
+from splitproxy.rollout.samples import (
+    analyzer_spec,
+    judges_synthetic,
+    path_class_slots,
+    samples_for,
+)
+from splitproxy.rollout.store import StateStore, Verdict
+from splitproxy.rollout.testjob import TestJobRunner
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
-from splitproxy.views import SyntheticView, VersionRequestsView
 
 logger = logging.getLogger("splitproxy.rollout.controller")
 
 COMMANDS: Final[tuple[Command, ...]] = ("promote", "rollback", "pause", "resume", "retry")
 HISTORY_SHOWN: Final = 20  # ledger events in a route's status
-SYNTHETIC_SPAN: Final = 60.0  # seconds of synthetic answers a route's status sums per version
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,46 +114,6 @@ class ControlOptions:
     # between 0.25 s and 30 s (so each step window sees a fresh value)
     external_interval: float | None = None
     notify_drain: float = 2.0  # at shutdown, how long queued notifications may still go out
-
-
-def analyzer_spec(rollout: Rollout) -> Rollout:
-    """The spec the analyzer sees: without hooks, and without synthetic traffic the verdicts
-    ignore, so editing either restarts nothing (neither changes the evidence)."""
-    update: dict[str, Any] = {}
-    if rollout.hooks:
-        update["hooks"] = ()
-    if rollout.traffic is not None and not rollout.traffic.judge:
-        update["traffic"] = None
-    return rollout.model_copy(update=update) if update else rollout
-
-
-def judges_synthetic(route: Route | None) -> bool:
-    """Does this route's rollout count its synthetic traffic in the verdicts?"""
-    traffic = route.rollout.traffic if route is not None and route.rollout is not None else None
-    return traffic is not None and traffic.judge
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None: JSON has no ``Infinity``
-    (an unbounded confidence interval or an overwhelming e-value shows as null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-def refusal(name: str, command: Command, analyzer: Analyzer) -> str:
-    """Why ``command`` is refused now, and when it would be accepted."""
-    phase = analyzer.phase
-    if command == "resume":
-        allowed = [p for p in PHASES if "resume" in TRANSITIONS[p] or "proceed" in TRANSITIONS[p]]
-    else:
-        allowed = [p for p in PHASES if command in TRANSITIONS[p]]
-    when = " or ".join(allowed)
-    return f"cannot {command} route {name!r}: its rollout is {phase}; {command} applies when {when}"
 
 
 @dataclass(eq=False)
@@ -208,6 +167,8 @@ class Controller:
             hooks, on_answer=self._wake_up, metrics=self.metrics, drain=self.options.notify_drain
         )
         self.poller = ExternalPoller(reader, clock)
+        self.tests = TestJobRunner(clock, on_done=self._wake_up)
+        self.reverts = RevertWindows(state)
         self._routes: dict[str, _Rollout] = {}
         self._ledgers: dict[str, deque[dict[str, Any]]] = {}
         self._config: RoutingConfig | None = None
@@ -244,6 +205,7 @@ class Controller:
                 await runner
         await self.poller.close()
         await self.dispatcher.close()
+        await self.tests.close()
         now = self.clock()
         for rt in self._routes.values():
             self._mark(rt, now)
@@ -291,6 +253,8 @@ class Controller:
         if snapshot is None:
             return
         self._reconcile(snapshot, now)
+        for warm in self.reverts.expire(now):
+            logger.info("route %s: the revert window of %s closed", warm.route, warm.promoted)
         for rt in list(self._routes.values()):
             try:
                 self._step(rt, now)
@@ -309,8 +273,15 @@ class Controller:
         external = self.poller.values(rt.name)
         samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
         health = self.health(rt.name) if self.health is not None else None
-        observation = Observation(identity, samples, commands, gates, external, health)
+        tests = [
+            TestOutcome(attempt, r.passed, r.summary())
+            for attempt, r in self.tests.results(rt.name)
+        ]
+        observation = Observation(identity, samples, commands, gates, external, health, tests)
         self._apply(rt, now, rt.analyzer.tick(now, observation))
+        a = rt.analyzer
+        if (a.phase not in ACTIVE or a.test_passed) and self.tests.running(rt.name):
+            self.tests.forget(rt.name)  # the job's verdict can no longer change anything
         if rt.analyzer.phase in ACTIVE:
             every = self.options.external_interval
             if every is None:
@@ -328,7 +299,7 @@ class Controller:
         self,
         rt: _Rollout,
         now: float,
-        actions: Iterable[SetWeight | CallHook | Emit],
+        actions: Iterable[Action],
         rewrite: Callable[[Event], Event] | None = None,
     ) -> None:
         changed = False
@@ -337,9 +308,11 @@ class Controller:
                 event = rewrite(action.event) if rewrite is not None else action.event
                 self._record(rt, event)
                 changed = True
+            elif isinstance(action, RunTest):
+                self._run_test(rt, action)
             elif isinstance(action, CallHook):
                 message = f"waiting for the {action.gate} gate"
-                payload = self._payload(rt, action.gate, action.gate, now, message)
+                payload = gate_payload(rt.analyzer, action.gate, now, message)
                 payload["gate_step"] = action.step
                 self.dispatcher.gate(rt.name, rt.rollout.hooks, action, payload)
             else:
@@ -348,6 +321,20 @@ class Controller:
         active = rt.analyzer.phase in ACTIVE
         if changed or (active and now - rt.saved_at >= self.options.checkpoint):
             self._mark(rt, now)
+
+    def listening(self, preview_url: str | None) -> None:
+        """The proxy listens (``preview_url``: its preview listener, if any): test jobs may
+        start (those asked for earlier start now)."""
+        self.tests.listening(preview_url)
+
+    def _run_test(self, rt: _Rollout, action: RunTest) -> None:
+        """Ask for the route's test job against its candidate (blue/green, before the switch)."""
+        job = rt.rollout.test
+        snapshot = self.state.snapshot
+        route = snapshot.config.route(rt.name) if snapshot is not None else None
+        if job is not None and route is not None and route.candidate is not None:
+            revision = rt.analyzer.revision or ""
+            self.tests.ask(rt.name, action.attempt, job, route.candidate.urls[0], revision)
 
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
@@ -360,9 +347,13 @@ class Controller:
             if have is not None:
                 self.state.clear_rollout_weight(rt.name)
             return
-        want = round(a.weight, 2)
-        if have is None or have.percent != want or have.candidate != a.revision:
-            self.state.set_rollout_weight(rt.name, want, now, a.revision)
+        want, closed = round(a.weight, 2), a.phase == "rolled_back"
+        if have is None or (have.percent, have.candidate, have.closed) != (
+            want,
+            a.revision,
+            closed,
+        ):
+            self.state.set_rollout_weight(rt.name, want, now, a.revision, closed=closed)
 
     # --- following the routing file -----------------------------------------------------------
 
@@ -382,6 +373,9 @@ class Controller:
                 rt.configure(rollout)
 
     def _create(self, name: str, rollout: Rollout, now: float) -> _Rollout:
+        """A route gained a rollout: resume its saved state if it can be trusted; hold it on
+        stable, paused, if it cannot; and in every case keep the verdicts on record (a
+        revision rolled back stays rolled back whatever became of its state file)."""
         spec = analyzer_spec(rollout)
         gates = rollout.gates
         ledger = self._ledgers.get(name)
@@ -389,16 +383,36 @@ class Controller:
             ledger = self._ledgers[name] = deque(maxlen=self.options.ledger_size)
         slots = path_class_slots(self.recorder.windows)
         restored = self.persistence.restore(name, spec, gates, slots)
-        if restored is None:
-            analyzer = Analyzer(name, spec, gates=gates, path_class_slots=slots)
-            return _Rollout(name, rollout, analyzer, ledger)
-        if not ledger:
-            ledger.extend(restored.ledger)
-        rt = _Rollout(name, rollout, restored.analyzer, ledger)
-        a = rt.analyzer
-        weight = "the file's weight" if a.weight is None else f"weight {a.weight:g}%"
-        message = f"state restored {restored.where}: {a.phase}, step {a.step_index + 1}, {weight}"
-        self._record(rt, self._control_event(rt, now, "state_restored", message))
+        verdicts = self.persistence.verdicts(name)
+        fresh = Analyzer(name, spec, gates=gates, path_class_slots=slots)
+        adopt_verdicts(fresh, verdicts)
+        rt = _Rollout(name, rollout, fresh, ledger)
+        if isinstance(restored, Restored):
+            if not ledger:
+                ledger.extend(restored.ledger)
+            if restored.warm is not None:
+                self.reverts.keep(restored.warm, now)
+            a = restored.analyzer
+            if adopt_verdicts(a, verdicts):
+                ended = verdicts[a.revision or ""]
+                message = f"saved state ({a.phase}) is older than the verdict on record: {ended}"
+                self._record(rt, self._control_event(rt, now, "state_superseded", message))
+                return rt
+            rt.analyzer = a
+            weight = "the file's weight" if a.weight is None else f"weight {a.weight:g}%"
+            message = (
+                f"state restored {restored.where}: {a.phase}, step {a.step_index + 1}, {weight}"
+            )
+            self._record(rt, self._control_event(rt, now, "state_restored", message))
+        elif isinstance(restored, Rejected):
+            route = self.state.snapshot.config.route(name) if self.state.snapshot else None
+            identity = candidate_identity(route) if route is not None else None
+            message = f"saved state rejected ({restored.reason}); kept as {restored.path}.rejected"
+            if identity is None or identity in verdicts:
+                self._record(rt, self._control_event(rt, now, "state_rejected", message))
+            else:
+                held = f"{message}: held on stable, paused (resume starts from the first step)"
+                self._apply(rt, now, fresh.suspend(now, identity, held))
         return rt
 
     def _drop(self, name: str, now: float) -> None:
@@ -406,6 +420,7 @@ class Controller:
         rt = self._routes.pop(name)
         self.dispatcher.forget(name)
         self.poller.forget(name)
+        self.tests.forget(name)
         if self.traffics is not None:
             self.traffics.forget(name, discard=True)
 
@@ -445,29 +460,33 @@ class Controller:
         assert status is not None
         return status
 
-    # --- the ledger ---------------------------------------------------------------------------
+    def revert(self, name: str, *, reason: str = "", source: str = "admin") -> None:
+        """Send all of ``name``'s traffic back to the stable its latest promotion replaced,
+        inside the revert window (see `revert`); `Conflict` with the reason outside it."""
+        snapshot = self.state.snapshot
+        if snapshot is None:
+            raise NotReady("not_ready", "no routing config is loaded yet")
+        now = self.clock()
+        self._reconcile(snapshot, now)
+        if snapshot.config.route(name) is None:
+            raise UnknownRoute(name)
+        warm = self.reverts.take(name, now)
+        why = f": {reason}" if reason else ""
+        rt = self._routes.get(name)
+        route = snapshot.config.route(name)
+        named = candidate_identity(route) if route is not None else None
+        if rt is not None and rt.analyzer.phase == "promoted" and named == warm.promoted:
+            self._step(rt, now, [ManualCommand("rollback", source, f"reverted{why}")])
+            return
+        self.state.revert_to(name, warm.backend, now)
+        urls = ", ".join(warm.backend.urls)
+        message = f"reverted to the previous stable ({urls}) until the file changes the route{why}"
+        logger.info("route %s: %s", name, message)
+        if rt is not None:
+            self._record(rt, self._control_event(rt, now, "reverted", message))
+            self._mark(rt, now)
 
-    def _payload(
-        self, rt: _Rollout, hook: str, kind: str, now: float, message: str
-    ) -> dict[str, Any]:
-        a = rt.analyzer
-        return cast(
-            dict[str, Any],
-            finite(
-                {
-                    "hook": hook,
-                    "type": kind,
-                    "route": rt.name,
-                    "revision": a.revision,
-                    "phase": a.phase,
-                    "step": a.step_index + 1,
-                    "weight": a.weight,
-                    "message": message,
-                    "at": now,
-                    "checks": [c.to_dict() for c in a.checks],
-                }
-            ),
-        )
+    # --- the ledger ---------------------------------------------------------------------------
 
     def _control_event(self, rt: _Rollout, now: float, kind: str, message: str) -> Event:
         a = rt.analyzer
@@ -493,6 +512,14 @@ class Controller:
             rt.name, event.revision or "-", event.kind, event.phase, event.step, weight,
             event.message,
         )  # fmt: skip
+        if event.kind in ("promoted", "rolled_back", "retried") and event.revision is not None:
+            verdict = cast(Verdict, event.kind)
+            self.persistence.verdict(rt.name, event.revision, verdict, event.at, event.message)
+        if event.kind == "promoted":
+            snapshot = self.state.snapshot
+            route = snapshot.config.route(rt.name) if snapshot is not None else None
+            window = rt.rollout.revert_window
+            self.reverts.promoted(rt.name, window, route, event.revision, event.at)
         if event.kind in ("promoted", "rolled_back"):
             started = rt.analyzer.started_at
             seconds = event.at - started if started is not None else 0.0
@@ -507,7 +534,8 @@ class Controller:
     def _mark(self, rt: _Rollout, now: float) -> None:
         """Queue the route's state for the next flush."""
         rt.saved_at = now
-        self.persistence.mark(rt.name, rt.analyzer, rt.ledger, now)
+        warm = self.reverts.warm.get(rt.name)
+        self.persistence.mark(rt.name, rt.analyzer, rt.ledger, now, warm)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -536,40 +564,15 @@ class Controller:
         ]
         out["waiting_on_hooks"] = self.dispatcher.waiting(name)
         out["external"] = self.poller.status(name)
-        out["synthetic"] = self._synthetic_status(rt)
+        out["synthetic"] = synthetic_status(
+            rt.name, rt.rollout.traffic, self.traffics, self.recorder, self.clock()
+        )
+        warm = self.reverts.warm.get(name)
+        out["revert"] = warm.view(self.clock()) if warm is not None else None
+        if out.get("bluegreen") is not None:
+            out["bluegreen"]["job"] = self.tests.status(name)
         out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]
         return cast(dict[str, Any], finite(out))
-
-    def _synthetic_status(self, rt: _Rollout) -> SyntheticView | None:
-        """The route's synthetic traffic: None without ``traffic:``; else the generator's
-        counters (of the run going on, or the last one) and, per version, the synthetic
-        requests the proxy answered in the last `SYNTHETIC_SPAN` seconds."""
-        spec = rt.rollout.traffic
-        if spec is None:
-            return None
-        generator = self.traffics.status(rt.name) if self.traffics is not None else None
-        since = self.clock() - SYNTHETIC_SPAN
-        buckets = self.recorder.observations(rt.name, since)
-
-        def answered(version: Version) -> VersionRequestsView:
-            counts = [b.synthetic(version) for b in buckets]
-            return {
-                "requests": sum(c.requests for c in counts),
-                "errors": sum(c.errors for c in counts),
-            }
-
-        return {
-            "rate": spec.rate,
-            "target": spec.target,
-            "judge": spec.judge,
-            "running": bool(generator and generator["running"]),
-            "generator": generator,
-            "answered": {
-                "window_seconds": SYNTHETIC_SPAN,
-                STABLE: answered(STABLE),
-                CANDIDATE: answered(CANDIDATE),
-            },
-        }
 
     def events(
         self, route: str | None = None, since: float | None = None, limit: int = 100
@@ -577,12 +580,8 @@ class Controller:
         """The decision ledger, oldest first: the newest ``limit`` events (of ``route``,
         after ``since``)."""
         if route is not None:
-            ledgers: Iterable[deque[dict[str, Any]]] = [self._ledgers.get(route, deque())]
-        else:
-            ledgers = self._ledgers.values()
-        merged = [e for ledger in ledgers for e in ledger if since is None or e["at"] > since]
-        merged.sort(key=lambda e: e["at"])  # stable: a tick's events keep their order
-        return cast(list[dict[str, Any]], finite(merged[-limit:] if limit > 0 else []))
+            return merged_events([self._ledgers.get(route, deque())], since, limit)
+        return merged_events(self._ledgers.values(), since, limit)
 
 
 __all__ = [

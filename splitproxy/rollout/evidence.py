@@ -50,6 +50,7 @@ from splitproxy.config import (
     Step,
     WebCheck,
 )
+from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile
 from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
 from splitproxy.rollout.sequential import (
@@ -119,6 +120,7 @@ class Evidence:
         self.errors_test: PathClassTests | None = None
         self.latency_tests: dict[float, AttributionTest] = {}
         self.guard: RateGuard | None = None
+        self.baseline: Baseline | None = None  # blue/green, from the switch on
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
         self.trail: list[list[Any]] = []
         self.trail_total: dict[float, int] = {}
@@ -163,6 +165,14 @@ class Evidence:
         self.errors_test = PathClassTests(slots) if compare else None
         self.latency_tests = {q: AttributionTest() for q in self.quantiles}
         self.guard = RateGuard(self.spec.guard.error_rate) if self.spec.guard else None
+        self.baseline = None
+
+    def start_baseline(self, now: float) -> None:
+        """Blue/green switch: freeze stable's last minute and trailing quantiles; from now on
+        the comparisons judge the candidate's live traffic against them (`baseline`)."""
+        n = sum(int(s[1]) for s in self.recent)
+        x = sum(int(s[2]) for s in self.recent)
+        self.baseline = Baseline.freeze(now, n, x, self._latency_thresholds())
 
     def end(self) -> None:
         """No rollout runs: drop its window, external values and e-processes."""
@@ -171,6 +181,7 @@ class Evidence:
         self.errors_test = None
         self.latency_tests = {}
         self.guard = None
+        self.baseline = None
 
     def restart_window(self, now: float) -> None:
         """A new step window from ``now`` (a new step, or after a failed window)."""
@@ -231,6 +242,8 @@ class Evidence:
                 self.latency_tests[q].update(p, x, y)
             if self.guard is not None:
                 self.guard.update(cand_n, cand_x)
+            if self.baseline is not None:
+                self.baseline.fold(samples)
         self._trail_add(now, stab_n, stab_x, stable_hist)
 
     def record_external(self, now: float, values: Mapping[str, float | None]) -> None:
@@ -290,10 +303,17 @@ class Evidence:
         thresholds, external checks, the comparisons, the guard."""
         out = [self._threshold_check(now, c) for c in self.threshold_checks]
         out += [self._external_check(c) for c in self.external_checks]
-        if self.error_compare is not None and self.errors_test is not None:
-            out.append(self._error_compare(self.error_compare.key, self.errors_test))
-        if self.latency_compare is not None:
-            out.append(self._latency_compare(self.latency_compare.key))
+        base = self.baseline
+        if base is not None:  # blue/green bake: against stable's numbers before the switch
+            if self.error_compare is not None:
+                out.append(base.error_check(self.error_compare.key, self.alpha.error))
+            if self.latency_compare is not None:
+                out.append(base.latency_check(self.latency_compare.key, self.alpha.latency))
+        else:
+            if self.error_compare is not None and self.errors_test is not None:
+                out.append(self._error_compare(self.error_compare.key, self.errors_test))
+            if self.latency_compare is not None:
+                out.append(self._latency_compare(self.latency_compare.key))
         if self.guard is not None:
             bar = 1 / self.alpha.guard
             e = self.guard.e_value
@@ -350,6 +370,9 @@ class Evidence:
         out = []
         for r in results:
             low: float | None = None
+            if self.baseline is not None:  # a one-sample test: no ratio to bound
+                out.append(r)
+                continue
             if (
                 r.kind == "compare"
                 and self.error_compare

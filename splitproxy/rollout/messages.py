@@ -67,6 +67,18 @@ class GateResult:
 
 
 @dataclass(frozen=True, slots=True)
+class TestOutcome:
+    """How a blue/green test job (a `RunTest`) ended: ``attempt`` echoes the action's;
+    ``detail`` is its exit code and the tail of its output."""
+
+    __test__ = False  # a value type, not a test case (for pytest's collector)
+
+    attempt: int
+    passed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     """Everything the analyzer learns in one tick.
 
@@ -84,6 +96,7 @@ class Observation:
     gates: Sequence[GateResult] = ()
     external: Mapping[str, float | None] = field(default_factory=dict)
     health: CandidateHealth | None = None
+    tests: Sequence[TestOutcome] = ()
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -184,10 +197,18 @@ class CallHook:
 
 
 @dataclass(frozen=True, slots=True)
+class RunTest:
+    """Run the rollout's test job against the candidate (blue/green, before the switch) and
+    report a `TestOutcome` with the same ``attempt``; a newer attempt replaces an older one."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     """Record ``event`` in the ledger (and send it to event hooks)."""
 
     event: Event
 
 
-Action = SetWeight | CallHook | Emit
+Action = SetWeight | CallHook | RunTest | Emit

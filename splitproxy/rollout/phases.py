@@ -33,6 +33,7 @@ Trigger = Literal[
     "resume",
     "retry",  # a rolled-back revision, from the first step again
     "abandon",  # the file names no candidate any more
+    "suspend",  # the saved state could not be trusted: on stable, paused for a human
 ]
 
 PHASES: Final[tuple[Phase, ...]] = (
@@ -50,6 +51,7 @@ TRANSITIONS: Final[Mapping[Phase, Mapping[Trigger, Phase]]] = MappingProxyType(
             "start": "progressing",
             "restore_promoted": "promoted",
             "restore_rolled_back": "rolled_back",
+            "suspend": "paused",
             "abandon": "idle",
         },
         "progressing": {
@@ -83,7 +85,9 @@ TRANSITIONS: Final[Mapping[Phase, Mapping[Trigger, Phase]]] = MappingProxyType(
 ACTIVE: Final[frozenset[Phase]] = frozenset({"progressing", "waiting", "paused"})
 HOLDING: Final[frozenset[Phase]] = frozenset({"waiting", "paused"})  # the phases with a `Hold`
 
-Held = Gate | Literal["pause", "readiness"]
+Held = Gate | Literal["pause", "readiness", "test", "switch"]
+"""What a `Hold` waits for: a gating hook, a pause step, the candidate's readiness, or (blue/green,
+before the switch) the test job's pass and a human's ``promote`` (``auto_promote: false``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,9 @@ What one bucket becomes, per version (a sample only where there is something to 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+from splitproxy.config import Rollout, Route
 from splitproxy.config.vocabulary import VERSIONS
 from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.windows import Period, Windows
@@ -61,3 +63,23 @@ def path_class_slots(windows: Windows) -> int:
     """The ``path_class_slots`` to build the analyzer with: the windows' named classes per
     route (their overflow, `windows.OTHER_CLASS`, is the analyzer's own overflow slot)."""
     return windows.path_classes
+
+
+def analyzer_spec(rollout: Rollout) -> Rollout:
+    """The spec the analyzer sees: without hooks, and without synthetic traffic the verdicts
+    ignore, so editing either restarts nothing (neither changes the evidence)."""
+    update: dict[str, Any] = {}
+    if rollout.hooks:
+        update["hooks"] = ()
+    if rollout.traffic is not None and not rollout.traffic.judge:
+        update["traffic"] = None
+    return rollout.model_copy(update=update) if update else rollout
+
+
+def judges_synthetic(route: Route | None) -> bool:
+    """Does this route's rollout count its test traffic (synthetic and preview requests) in the
+    verdicts? Blue/green always does: before its switch, test traffic is all there is."""
+    rollout = route.rollout if route is not None else None
+    if rollout is None:
+        return False
+    return rollout.bluegreen or (rollout.traffic is not None and rollout.traffic.judge)

@@ -33,6 +33,7 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
     waiting = a.hold if a.phase == "waiting" else None
     return {
         "route": a.route,
+        "strategy": a.spec.strategy,
         "phase": a.phase,
         "revision": a.revision,
         "step": a.step_index + 1,
@@ -57,6 +58,43 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
         "window": {"start": window.start, "elapsed": elapsed, "requests": window.requests},
         "alpha": asdict(evidence.alpha),
         "checks": [c.to_dict() for c in checks],
+        "bluegreen": _bluegreen_status(a),
+    }
+
+
+def _bluegreen_status(a: Analyzer) -> dict[str, Any] | None:
+    """Blue/green only: where the rollout stands relative to the switch, the test job's
+    attempts, and the baseline the bake compares with."""
+    spec = a.spec
+    if not spec.bluegreen:
+        return None
+    switch = spec.switch_index
+    if a.phase == "promoted":
+        stage = "promoted"
+    elif a.phase == "rolled_back":
+        stage = "reverted" if a.step_index == switch else "rolled_back"
+    elif a.step_index >= switch:
+        stage = "baking"
+    else:
+        stage = "testing" if a.active else "idle"
+    base = a.evidence.baseline
+    return {
+        "stage": stage,
+        "iterations": switch,
+        "iteration": min(a.step_index + 1, switch) if a.active else None,
+        "bake": a.plan[switch].interval,
+        "auto_promote": spec.auto_promote,
+        "test": {"attempts": a.test_attempt, "passed": a.test_passed}
+        if spec.test is not None
+        else None,
+        "baseline": None
+        if base is None
+        else {
+            "at": base.at,
+            "stable_requests": base.requests,
+            "stable_error_rate": base.error_rate,
+            "latency_thresholds": {f"p{q * 100:g}": c for q, c in base.thresholds.items()},
+        },
     }
 
 
@@ -72,7 +110,7 @@ def _step_needs(a: Analyzer) -> tuple[float, int] | None:
 
 def _gate_status(hold: Hold | None) -> dict[str, Any] | None:
     """The gate waited for and its answers so far (None: not waiting for a gate)."""
-    if hold is None or hold.what in ("pause", "readiness"):
+    if hold is None or hold.what in ("pause", "readiness", "test", "switch"):
         return None
     return {
         "name": hold.what,

@@ -1,8 +1,18 @@
-"""Durable rollout state: one JSON document per route in ``state_dir``, written atomically.
+"""Durable rollout state: one JSON document per route in ``state_dir``, written atomically,
+and an append-only record of the verdicts of finished revisions.
 
 A write goes to a temporary file in the same directory, is flushed to disk, then renamed over
 the old file (``os.replace`` is atomic on POSIX), and the directory entry is synced: a crash at
 any moment leaves either the old state or the new one, never half of either.
+
+Reads treat the directory as input: only a regular file is opened (without blocking, so a
+FIFO or a device put in its place cannot hang start-up), at most `MAX_STATE_BYTES` are read,
+and what cannot be read or decoded raises `StateUnreadable` with the path and the reason.
+
+``verdicts.jsonl`` (`VerdictRecord`) holds one JSON line per finished revision: promoted,
+rolled back, or retried by hand (which cancels an earlier verdict). Lines are only appended,
+each with an fsync, so losing or truncating a route's state file cannot bring a rolled-back
+revision back: its verdict is still on record.
 """
 
 from __future__ import annotations
@@ -11,13 +21,61 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 logger = logging.getLogger("splitproxy.rollout.store")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+MAX_STATE_BYTES: Final = 32 * 1024 * 1024  # a route's state is ~0.1-0.3 MB at high traffic
+MAX_VERDICT_BYTES: Final = 16 * 1024 * 1024
+VERDICTS_FILE: Final = "verdicts.jsonl"
+COMPACT_AFTER: Final = 4096  # lines in the verdict record before it is rewritten compacted
+KEPT_PER_ROUTE: Final = 64  # newest finished revisions per route a compaction keeps
+
+
+class StateUnreadable(Exception):
+    """A saved state that cannot be used: ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """The bytes of the regular file ``path`` (None when it does not exist).
+
+    Raises `StateUnreadable` for anything else in its place (a FIFO is opened without
+    blocking and refused before any read) and for a file over ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateUnreadable(path, exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateUnreadable(path, "not a regular file")
+        if info.st_size > limit:
+            raise StateUnreadable(path, f"{info.st_size} bytes, more than the {limit} allowed")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # grew while being read
+                raise StateUnreadable(path, f"more than the {limit} bytes allowed")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise StateUnreadable(path, exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
 
 
 class StateStore:
@@ -31,17 +89,20 @@ class StateStore:
         return self.directory / f"{_SAFE.sub('_', route)}.json"
 
     def load(self, route: str) -> dict[str, Any] | None:
-        """The saved state of ``route``, or None when there is none (or it is unreadable)."""
+        """The saved state of ``route``, or None when there is none.
+
+        Raises `StateUnreadable` when the file cannot be read or is not a JSON object."""
         path = self.path(route)
+        raw = read_bounded(path, MAX_STATE_BYTES)
+        if raw is None:
+            return None
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            # Never crash start-up on a damaged file; keep it for a human to look at.
-            logger.error("ignoring unreadable rollout state %s: %s", path, exc)
-            return None
-        return data if isinstance(data, dict) else None
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise StateUnreadable(path, f"not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise StateUnreadable(path, f"a JSON {type(data).__name__}, not an object")
+        return data
 
     def save(self, route: str, data: dict[str, Any]) -> None:
         """Replace the saved state of ``route`` atomically."""
@@ -65,6 +126,10 @@ class StateStore:
     def routes(self) -> list[str]:
         return sorted(p.stem for p in self.directory.glob("*.json"))
 
+    def verdicts(self) -> VerdictRecord:
+        """The append-only record of finished revisions in this directory."""
+        return VerdictRecord(self.directory / VERDICTS_FILE)
+
     def _sync_directory(self) -> None:
         try:
             fd = os.open(self.directory, os.O_RDONLY)
@@ -76,3 +141,142 @@ class StateStore:
             pass
         finally:
             os.close(fd)
+
+
+Verdict = Literal["promoted", "rolled_back", "retried"]
+VERDICTS: Final[frozenset[str]] = frozenset({"promoted", "rolled_back", "retried"})
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictEntry:
+    """One line of the verdict record."""
+
+    route: str
+    revision: str
+    verdict: Verdict
+    at: float
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "route": self.route,
+            "revision": self.revision,
+            "verdict": self.verdict,
+            "at": self.at,
+            "reason": self.reason,
+        }
+
+
+def _entry(line: bytes) -> VerdictEntry | None:
+    """A line of the record, or None when it is not one (a torn last write, an edit)."""
+    try:
+        d = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    route, revision, verdict, at = d.get("route"), d.get("revision"), d.get("verdict"), d.get("at")
+    reason = d.get("reason", "")
+    if not (isinstance(route, str) and isinstance(revision, str) and verdict in VERDICTS):
+        return None
+    if not isinstance(at, int | float) or isinstance(at, bool) or not isinstance(reason, str):
+        return None
+    return VerdictEntry(route, revision, verdict, float(at), reason[:500])
+
+
+class VerdictRecord:
+    """``verdicts.jsonl``: the verdicts of finished revisions, one JSON line each, appended.
+
+    `latest` folds the record into each route's revisions and their latest verdict (a
+    ``retried`` cancels what came before). Lines that are not entries (a torn last line, a
+    hand edit) are skipped and counted in ``skipped``. Past `COMPACT_AFTER` lines, `load`
+    rewrites the record with only the latest entry per revision (atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.skipped = 0
+
+    def append(self, entries: Iterable[VerdictEntry]) -> None:
+        """Add ``entries`` at the end, durably (one write, then fsync)."""
+        data = b"".join(json.dumps(e.to_dict(), sort_keys=True).encode() + b"\n" for e in entries)
+        if not data:
+            return
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
+        fd = os.open(self.path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{self.path} is not a regular file")
+            if os.fstat(fd).st_size and not self._ends_with_newline(fd):
+                data = b"\n" + data  # never glue an entry to a torn line
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _ends_with_newline(fd: int) -> bool:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, 1, size - 1) == b"\n"
+
+    def load(self) -> dict[str, dict[str, VerdictEntry]]:
+        """Route -> revision -> its latest entry (``retried`` ones left out).
+
+        Raises `StateUnreadable` when the record exists but cannot be read."""
+        raw = read_bounded(self.path, MAX_VERDICT_BYTES)
+        if raw is None:
+            return {}
+        latest: dict[tuple[str, str], VerdictEntry] = {}
+        lines = 0
+        self.skipped = 0
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            lines += 1
+            entry = _entry(line)
+            if entry is None:
+                self.skipped += 1
+                continue
+            key = (entry.route, entry.revision)
+            latest.pop(key, None)  # re-inserted: the dict keeps the order of the latest
+            latest[key] = entry
+        if self.skipped:
+            logger.warning("%s: skipped %d lines that are not verdicts", self.path, self.skipped)
+        if lines > COMPACT_AFTER:
+            self._compact(latest.values())
+        out: dict[str, dict[str, VerdictEntry]] = {}
+        for (route, revision), entry in latest.items():
+            if entry.verdict != "retried":
+                out.setdefault(route, {})[revision] = entry
+        return out
+
+    def _compact(self, entries: Iterable[VerdictEntry]) -> None:
+        per_route: dict[str, list[VerdictEntry]] = {}
+        for e in entries:
+            if e.verdict != "retried":
+                per_route.setdefault(e.route, []).append(e)
+        kept = sorted(
+            (e for route in per_route.values() for e in route[-KEPT_PER_ROUTE:]),
+            key=lambda e: e.at,
+        )
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for e in kept:
+                    f.write(json.dumps(e.to_dict(), sort_keys=True).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            logger.warning("could not compact %s: %s", self.path, exc)
+
+
+def finished_from(
+    entries: Mapping[str, VerdictEntry],
+) -> dict[str, Literal["promoted", "rolled_back"]]:
+    """A route's revisions and their final phase, oldest first, from its record entries."""
+    out: dict[str, Literal["promoted", "rolled_back"]] = {}
+    for revision, entry in sorted(entries.items(), key=lambda kv: kv[1].at):
+        if entry.verdict != "retried":
+            out[revision] = entry.verdict
+    return out

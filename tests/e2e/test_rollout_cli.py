@@ -292,6 +292,54 @@ async def test_a_candidate_answering_25_percent_errors_is_rolled_back(
         assert saved["analyzer"]["finished"] == {"1.1": "rolled_back"}
 
 
+async def served_with(proxy: Proxy, headers: dict[str, str], n: int = 20) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        for _ in range(n):
+            async with session.get(f"http://127.0.0.1:{proxy.port}/", headers=headers) as resp:
+                seen[(await resp.json(content_type=None))["version"]] += 1
+    return seen
+
+
+@pytest.mark.timeout(45)
+async def test_state_that_is_damaged_or_lost_never_brings_a_rolled_back_candidate_back(
+    tmp_path: Path, serve: Serve
+) -> None:
+    stable, candidate = await versions(serve, error_rate=0.25)
+    config = write_config(tmp_path / "routes.yaml", stable, candidate)
+    document = yaml.safe_load(config.read_text())
+    document["routes"][0]["overrides"] = [{"header": "X-Canary"}]
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    forced = {"X-Canary": "always"}
+    state = tmp_path / "state" / f"{ROUTE}.json"
+    with start_proxy(tmp_path, config, "first.log") as proxy:
+        assert await served_with(proxy, forced, 5) == Counter(candidate=5)
+        async with traffic(proxy):
+            rollout = await wait_for(proxy, phase_is(*FINISHED), "finished")
+        assert rollout["phase"] == "rolled_back", rollout
+        # rolled back means no traffic at all: the override no longer reaches the candidate
+        assert await served_with(proxy, forced) == Counter(stable=20)
+    record = (tmp_path / "state" / "verdicts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["verdict"] for line in record] == ["rolled_back"]
+
+    state.write_bytes(state.read_bytes()[:200])  # torn: the verdict on record still holds
+    with start_proxy(tmp_path, config, "second.log") as proxy:
+        rollout = (await route_view(proxy))["rollout"]
+        assert (rollout["phase"], rollout["weight"]) == ("rolled_back", 0)
+        assert rollout["state"]["rejected"]["reason"].startswith("not valid JSON")
+        assert await served_with(proxy, forced) == Counter(stable=20)
+
+    state.write_text('{"format": 1, "route": "app", "analyzer": {"phase": "promoted"}}')
+    (tmp_path / "state" / "verdicts.jsonl").unlink()  # and the record lost as well
+    with start_proxy(tmp_path, config, "third.log") as proxy:
+        rollout = (await route_view(proxy))["rollout"]
+        assert (rollout["phase"], rollout["weight"]) == ("paused", 0), rollout
+        assert rollout["state"]["rejected"]["reason"].startswith("analyzer.version")
+        assert await served_by(proxy, 20) == Counter(stable=20)
+        assert "held on stable, paused" in decision(await events(proxy), "paused")["message"]
+        assert "cannot resume the rollout state of route 'app'" in proxy.output()
+
+
 @pytest.mark.timeout(30)
 async def test_a_candidate_200ms_slower_is_rolled_back_by_the_comparison_with_stable(
     tmp_path: Path, serve: Serve

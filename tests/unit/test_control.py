@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.health import CandidateHealth
-from splitproxy.dataplane.state import RuntimeState, candidate_identity, content_hash, weight_source
+from splitproxy.dataplane.routing import choose, preview_decision, synthetic_decision
+from splitproxy.dataplane.state import (
+    RuntimeState,
+    candidate_identity,
+    content_hash,
+    upstream_keys,
+    weight_source,
+)
 from splitproxy.errors import Conflict, UnknownRoute
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.controller import Controller, ControlOptions, analyzer_spec, finite
@@ -559,14 +567,141 @@ async def test_a_rolled_back_candidate_stays_rolled_back_after_a_restart(tmp_pat
     assert (again.phase, again.weight) == ("progressing", 20)
 
 
-async def test_a_damaged_state_file_is_ignored(tmp_path: Path) -> None:
+async def test_a_damaged_state_file_holds_the_route_on_stable_paused_until_resumed(
+    tmp_path: Path,
+) -> None:
     store = StateStore(tmp_path)
-    store.save("shop", {"format": 1, "analyzer": {"phase": "waiting"}})
+    store.path("shop").write_text('{"format": 1, "route": "shop", "analyzer": {"pha')  # torn
+    rig = Rig(routes(), store=store)
+    rig.control.tick()
+    assert (rig.phase, rig.weight) == ("paused", 0)
+    status = rig.control.route_status("shop")
+    assert status is not None
+    rejected = status["state"]["rejected"]
+    assert rejected["path"] == str(store.path("shop"))
+    assert rejected["reason"].startswith("not valid JSON")
+    assert rig.kinds()[-1] == "paused"
+    assert "saved state rejected" in rig.control.events("shop")[-1]["message"]
+    assert (tmp_path / "shop.json.rejected").read_text().endswith('"pha')
+    for _ in range(5):  # nothing moves on its own
+        rig.second()
+    assert (rig.phase, rig.weight) == ("paused", 0)
+    rig.control.command("shop", "resume")  # from the first step, through readiness
+    rig.second()
+    assert (rig.phase, rig.weight) == ("progressing", 20)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"weight": 150.0}, "analyzer.weight: 150 is outside 0..100"),
+        ({"weight": 35.0}, "analyzer.weight: 35% in phase progressing, step 1"),
+        ({"step_index": 9}, "analyzer.step_index: 9 is outside -1..2"),
+        ({"phase": "winning"}, "analyzer.phase: 'winning' is not one of"),
+        ({"revision": None}, "analyzer.revision: a progressing rollout names no revision"),
+        ({"started_at": "yesterday"}, "analyzer.started_at: 'yesterday' is not a number"),
+        ({"phase": "rolled_back"}, "analyzer.weight: 20% in phase rolled_back"),
+        ({"failures": -1}, "analyzer.failures: -1 is outside"),
+    ],
+)
+async def test_a_state_file_that_lies_is_refused_with_the_field_named(
+    tmp_path: Path, change: dict[str, Any], reason: str
+) -> None:
+    store = StateStore(tmp_path)
     rig = Rig(routes(), store=store)
     rig.control.tick()
     assert (rig.phase, rig.weight) == ("progressing", 20)
-    kept = json.loads((tmp_path / "shop.json.rejected").read_text())
-    assert kept["analyzer"] == {"phase": "waiting"}
+    await rig.control.flush()
+    doc = json.loads(store.path("shop").read_text())
+    doc["analyzer"].update(change)
+    store.save("shop", doc)
+    again = Rig(routes(), store=store)
+    again.control.tick()
+    assert (again.phase, again.weight) == ("paused", 0)
+    status = again.control.route_status("shop")
+    assert status is not None
+    assert status["state"]["rejected"]["reason"].startswith(reason)
+
+
+async def test_a_fifo_in_place_of_the_state_file_is_refused_without_blocking(
+    tmp_path: Path,
+) -> None:
+    os.mkfifo(StateStore(tmp_path).path("shop"))
+    rig = Rig(routes(), store=StateStore(tmp_path))
+    rig.control.tick()  # would block forever on open() or read()
+    assert (rig.phase, rig.weight) == ("paused", 0)
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert status["state"]["rejected"]["reason"] == "not a regular file"
+
+
+@pytest.mark.parametrize("damage", ["lost", "truncated", "stale"])
+async def test_a_rolled_back_revision_stays_rolled_back_whatever_became_of_its_state(
+    tmp_path: Path, damage: str
+) -> None:
+    store = StateStore(tmp_path)
+    rig = Rig(routes(), store=store)
+    rig.control.tick()
+    await rig.control.flush()
+    progressing = store.path("shop").read_bytes()
+    rig.until("rolled_back", error_rate=0.5)
+    await rig.control.flush()
+    record = [json.loads(line) for line in (tmp_path / "verdicts.jsonl").read_text().splitlines()]
+    assert [(r["route"], r["revision"], r["verdict"]) for r in record] == [
+        ("shop", "v2", "rolled_back")
+    ]
+    if damage == "lost":
+        store.path("shop").unlink()
+    elif damage == "truncated":
+        store.path("shop").write_bytes(progressing[:100])
+    else:  # an older state, say from a backup: it still says progressing
+        store.path("shop").write_bytes(progressing)
+    again = Rig(routes(), store=store)
+    again.control.tick()
+    assert (again.phase, again.weight) == ("rolled_back", 0)
+    snapshot = again.state.snapshot
+    assert snapshot is not None
+    route = snapshot.route("shop")
+    assert route is not None
+    assert route.closed
+
+
+async def test_a_retried_revision_is_not_held_back_by_its_old_verdict(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    rig = Rig(routes(), store=store)
+    rig.control.tick()
+    rig.until("rolled_back", error_rate=0.5)
+    rig.control.command("shop", "retry")
+    await rig.control.flush()
+    store.path("shop").unlink()  # the state is lost after the retry
+    again = Rig(routes(), store=store)
+    again.control.tick()
+    assert again.phase in ("progressing", "waiting")
+
+
+async def test_after_a_rollback_no_override_reaches_the_candidate() -> None:
+    rig = Rig(routes(overrides=[{"header": "X-Canary"}]))
+    rig.control.tick()
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    route = snapshot.route("shop")
+    assert route is not None
+    assert choose(route, {b"x-canary": b"always"}, 0).version == CANDIDATE
+    rig.until("rolled_back", error_rate=0.5)
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    route = snapshot.route("shop")
+    assert route is not None
+    assert choose(route, {b"x-canary": b"always"}, 0).version == STABLE
+    assert choose(route, {b"x-canary": b"always"}, 0).reason == "fallback"
+    assert synthetic_decision(route, CANDIDATE).version == STABLE
+    assert preview_decision(route).version == CANDIDATE  # the operator's own address still does
+    rig.control.command("shop", "retry")
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    route = snapshot.route("shop")
+    assert route is not None
+    assert not route.closed
 
 
 async def test_active_rollouts_are_checkpointed_and_memory_only_is_said(tmp_path: Path) -> None:
@@ -670,3 +805,96 @@ async def test_the_loop_ticks_and_stops_cleanly(tmp_path: Path) -> None:
     assert rig.weight == 20  # the first tick happened in start(), before any traffic
     await rig.control.stop()
     assert json.loads(store.path("shop").read_text())["analyzer"]["weight"] == 20
+
+
+# --- the revert window ------------------------------------------------------------------------
+
+
+def promoted_rig(store: StateStore | None = None, **rollout: Any) -> Rig:
+    rig = Rig(routes(rollout={"steps": [50], "revert_window": "1h", **rollout}), store=store)
+    rig.control.tick()
+    rig.until("promoted")
+    return rig
+
+
+def moved_on() -> dict[str, Any]:
+    """The GitOps commit after a promotion: the candidate's URL is now the route's stable."""
+    config = routes()
+    route = config["routes"][0]
+    route["stable"] = {"url": "http://candidate:80", "revision": "v2"}
+    del route["candidate"], route["weight"]
+    return config
+
+
+def served(rig: Rig) -> tuple[str, ...]:
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    route = snapshot.route("shop")
+    assert route is not None
+    return tuple(t.url for t in route.stable.targets)
+
+
+async def test_revert_after_the_file_moved_on_sends_everything_to_the_previous_stable() -> None:
+    rig = promoted_rig()
+    status = rig.control.route_status("shop")
+    assert status is not None
+    assert status["revert"]["previous_stable"] == ["http://stable:80"]
+    assert status["revert"]["until"] == pytest.approx(rig.now - 1 + 3600, abs=2)
+    rig.load(moved_on())
+    rig.second()
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert served(rig) == ("http://candidate:80",)
+    assert ("stable", 80) in upstream_keys(snapshot)  # kept warm: its pool stays
+    rig.control.revert("shop", reason="pager")
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert served(rig) == ("http://stable:80",)
+    assert weight_source(snapshot, "shop") == "revert"
+    route = snapshot.route("shop")
+    assert route is not None
+    assert route.candidate is None
+    assert rig.kinds()[-1] == "reverted"
+    with pytest.raises(Conflict, match="no promotion to revert"):
+        rig.control.revert("shop")  # used up
+    rig.load(routes(revision="v3"))  # the file decides again once it changes the route
+    assert served(rig) == ("http://stable:80",)
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert "shop" not in snapshot.reverts
+
+
+async def test_revert_while_the_file_still_names_the_candidate_is_its_rollback() -> None:
+    rig = promoted_rig()
+    rig.control.revert("shop")
+    assert (rig.phase, rig.weight) == ("rolled_back", 0)
+    assert rig.control.events("shop")[-1]["message"] == "rolled back by hand: reverted"
+
+
+async def test_revert_outside_the_window_or_without_one_is_refused_with_the_reason() -> None:
+    rig = promoted_rig(revert_window="10s")
+    rig.now += 11
+    rig.control.tick()
+    with pytest.raises(Conflict, match="its revert window closed at 2023-11-14"):
+        rig.control.revert("shop")
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert "shop" not in snapshot.warm
+    plain = Rig(routes(rollout={"steps": [50]}))
+    plain.control.tick()
+    plain.until("promoted")
+    with pytest.raises(Conflict, match="a revert needs 'revert_window'"):
+        plain.control.revert("shop")
+
+
+async def test_an_open_revert_window_survives_a_restart(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    rig = promoted_rig(store)
+    await rig.control.flush()
+    again = Rig(routes(rollout={"steps": [50], "revert_window": "1h"}), store=store)
+    again.now = rig.now + 60
+    again.control.tick()
+    again.load(moved_on())
+    again.second()
+    again.control.revert("shop")
+    assert served(again) == ("http://stable:80",)

@@ -33,6 +33,7 @@ PURE_MODULES = (
     "splitproxy.rollout.messages",
     "splitproxy.rollout.evidence",
     "splitproxy.rollout.codec",
+    "splitproxy.rollout.validation",
     "splitproxy.rollout.status",
     "splitproxy.rollout.histograms",
     "splitproxy.rollout.sketch",
@@ -212,3 +213,16 @@ def test_imports_point_down_from_the_core() -> None:
                 and m not in {"splitproxy.errors", "splitproxy"}
             }
             assert not outside, [chain(seen, m) for m in outside]
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_grows_past_600_lines() -> None:
+    """Small modules with one job each: a module past the limit is split along its seams."""
+    too_long = {
+        str(path.relative_to(PACKAGE.parent)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert too_long == {}

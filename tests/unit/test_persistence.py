@@ -10,7 +10,7 @@ from unittest import mock
 
 from splitproxy.config import Rollout
 from splitproxy.rollout.analyzer import Analyzer
-from splitproxy.rollout.persistence import Persistence
+from splitproxy.rollout.persistence import Persistence, Rejected, Restored
 from splitproxy.rollout.store import StateStore
 
 SPEC = Rollout.model_validate({"steps": [20, 50]})
@@ -45,7 +45,7 @@ async def test_the_writer_saves_what_is_marked_and_close_saves_the_rest(tmp_path
     await persistence.close()
     assert json.loads(store.path("shop").read_text())["saved_at"] == 2.0
     restored = persistence.restore("shop", SPEC, (), 0)
-    assert restored is not None
+    assert isinstance(restored, Restored)
     assert (restored.where, restored.analyzer.phase) == ("from disk", "idle")
 
 
@@ -68,7 +68,8 @@ async def test_a_damaged_file_is_set_aside_and_memory_only_state_comes_back(
 ) -> None:
     store = StateStore(tmp_path)
     store.save("shop", {"format": 99})
-    assert Persistence(store).restore("shop", SPEC, (), 0) is None
+    rejected = Persistence(store).restore("shop", SPEC, (), 0)
+    assert rejected == Rejected(str(store.path("shop")), "format: 99 is not 1")
     assert json.loads((tmp_path / "shop.json.rejected").read_text()) == {"format": 99}
 
     memory = Persistence(None)
@@ -77,6 +78,6 @@ async def test_a_damaged_file_is_set_aside_and_memory_only_state_comes_back(
     assert memory.restore("shop", SPEC, (), 0) is None
     memory.retire("shop", analyzer(), [{"kind": "abandoned"}], 1.0)
     restored = memory.restore("shop", SPEC, (), 0)
-    assert restored is not None
+    assert isinstance(restored, Restored)
     assert (restored.where, restored.ledger) == ("from memory", [{"kind": "abandoned"}])
     assert memory.restore("shop", SPEC, (), 0) is None  # taken
