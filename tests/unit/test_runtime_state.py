@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from splitproxy.config import content_hash, parse_routing
+from splitproxy.config import Backend, content_hash, parse_routing
 from splitproxy.dataplane.routing import BUCKETS
 from splitproxy.dataplane.state import RuntimeState, Snapshot
 from splitproxy.errors import (
@@ -239,3 +239,23 @@ def test_a_weight_set_while_a_file_compiles_is_kept_when_it_is_swapped_in(
     assert snapshot.overrides["shop"].percent == 70
     assert weight_of(state, "api") == 600
     assert snapshot.loaded_at == 2001.0
+
+
+def test_a_revert_survives_a_reload_that_leaves_its_route_alone_and_ends_with_an_edit(
+    state: RuntimeState,
+) -> None:
+    previous = Backend.model_validate({"url": ["http://shop-v0:8080"]})
+    state.revert_to("shop", previous, now=2000.0)
+    unrelated = FILE.replace("weight: 5\n", "weight: 6\n")
+    load(state, unrelated, now=3000.0)
+    shop = state.snapshot.route("shop") if state.snapshot else None
+    assert shop is not None
+    assert [t.url for t in shop.stable.targets] == ["http://shop-v0:8080"]
+    assert shop.candidate is None
+    edited = unrelated.replace("http://shop-v1:8080", "http://shop-v3:8080")
+    load(state, edited, now=4000.0)  # the file changed the route: the file wins again
+    shop = state.snapshot.route("shop") if state.snapshot else None
+    assert shop is not None
+    assert [t.url for t in shop.stable.targets] == ["http://shop-v3:8080"]
+    assert shop.candidate is not None
+    assert shop.weight_bp == 1000
