@@ -18,8 +18,10 @@ Four triggers ask for a reload; none of them reloads by itself:
 Requests are coalesced by one worker task: file events wait ``debounce`` seconds of quiet
 (at most ``max_delay`` after the first), an explicit request (signal, admin) goes at once, and
 whatever arrives while a reload runs causes exactly one more. The worker reads the file in a
-thread, hashes it, parses and validates it as a whole (`model.parse_routing`), and hands the
-result to `RuntimeState.load`, which compiles the snapshot and swaps one reference. Content
+thread, hashes it, and in that thread parses and validates it as a whole
+(`config.parse_routing`) and compiles the snapshot (`RuntimeState.prepare`, reusing the compiled
+form of every route whose definition did not change); back on the event loop
+`RuntimeState.install` applies the weights that carry over and swaps one reference. Content
 identical to what serves is a no-op. A bad file changes nothing but the error report: it is
 logged with its field paths or YAML line, counted as a failed reload, shown in status, and the
 last good config keeps serving. Passive triggers (watch, poll) skip content the worker has
@@ -35,8 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,9 +50,17 @@ from typing import Final
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from splitproxy.config import RoutingConfig, content_hash, parse_routing, read_routing_bytes
+from splitproxy.config import (
+    Route,
+    RoutingConfig,
+    content_hash,
+    known_routes,
+    load_document,
+    read_routing_bytes,
+    validate_routing,
+)
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
-from splitproxy.dataplane.state import RuntimeState, Snapshot, upstream_keys
+from splitproxy.dataplane.state import Prepared, RuntimeState, Snapshot, upstream_keys
 from splitproxy.errors import ConfigError, Problem
 
 logger = logging.getLogger("splitproxy.reload")
@@ -103,6 +115,54 @@ def file_digest(path: Path) -> str:
         return content_hash(path.read_bytes())
     except OSError:
         return UNREADABLE
+
+
+# A reload that leaves more new objects than this pays for them with one full collection
+# right after the swap; fewer, and the collector's young generations take them as usual.
+SETTLE_OBJECTS: Final = 20_000
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No automatic garbage collection while a file loads, compiles and is swapped in.
+
+    CPython's full collection walks every object and holds the interpreter meanwhile, so
+    the event loop stops for its length. Loading 1 MB of YAML builds a node per value (about
+    a million objects, dropped at the end) and the new config's tens of thousands of objects
+    add a quarter to the heap: left to itself the collector ran two to four full
+    collections per such reload, each 100-300 ms. Paused, reference counting frees the
+    nodes (they hold no cycles), and the reloader then runs one full collection after the
+    swap, when the heap is smallest (only if the reload left many objects: see
+    `SETTLE_OBJECTS`). Cyclic garbage made meanwhile anywhere in the process waits for
+    that collection or the next one. Only the reload worker pauses it, one reload at a time.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# How soon a thread holding the interpreter must hand it back, while a reload's thread runs.
+LOOP_SWITCH_INTERVAL: Final = 0.001
+
+
+@contextlib.contextmanager
+def loop_first() -> Iterator[None]:
+    """The event loop gets the interpreter back within 1 ms, not 5, while a reload works.
+
+    A busy thread keeps the interpreter until the loop has waited ``sys.getswitchinterval()``
+    for it (5 ms by default), and the loop waits again after each of its own waits for the
+    network: a proxied request does several, so each took ~20 ms longer while a large file
+    was parsed. The reload's thread runs somewhat slower in exchange."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, LOOP_SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 # -- what changed --------------------------------------------------------------------------
@@ -167,6 +227,9 @@ class Reloader:
         self.passes = 0  # how many times the reload path has run to its end
         self.watching = False  # the directory watch is up
         self._judged = ""  # the content hash the reload path judged last (good or bad)
+        # the routes of the file validated last, by definition as written (`known_routes`):
+        # a route is valid or not by its definition alone, so these are taken as they are
+        self._known: dict[str, Route] = {}
         self._signature: FileSignature | None = None
         self._wanted = asyncio.Event()
         self._urgent = asyncio.Event()
@@ -285,21 +348,37 @@ class Reloader:
                     current.revision,
                 )
             return self._outcome(True, False, (), trigger)
-        try:  # in a thread too: a large file takes a while to parse and validate
-            config = await asyncio.to_thread(parse_routing, text, str(self.path))
-        except ConfigError as exc:
-            return self._fail(digest, exc, trigger)
-        self._judged = digest
-        new = self.state.load(config, digest, self.clock())
-        self._succeed()
-        logger.info(
-            "routing file loaded (%s): revision %s%s; %s",
-            trigger or "start",
-            new.revision,
-            f" (was {current.revision})" if current is not None else "",
-            describe_changes(current.config if current is not None else None, config),
-        )
+        with collector_paused():  # until the heap has settled: see `collector_paused`
+            try:  # in a thread too: parsing, validating and compiling a large file takes long
+                with loop_first():
+                    prepared, changes = await asyncio.to_thread(
+                        self._prepare, text, digest, current
+                    )
+            except ConfigError as exc:
+                return self._fail(digest, exc, trigger)
+            self._judged = digest
+            new = self.state.install(prepared, self.clock())  # on the loop: one swap, O(1)-ish
+            self._succeed()
+            logger.info(
+                "routing file loaded (%s): revision %s%s; %s",
+                trigger or "start",
+                new.revision,
+                f" (was {current.revision})" if current is not None else "",
+                changes,
+            )
+            del prepared, current, new  # the old config is garbage now, not walked below
+            if gc.get_count()[0] > SETTLE_OBJECTS:
+                await asyncio.to_thread(gc.collect)
         return self._outcome(True, True, (), trigger)
+
+    def _prepare(self, text: str, digest: str, current: Snapshot | None) -> tuple[Prepared, str]:
+        """In a worker thread: parse, validate and compile the file, and word its changes.
+        Routes written exactly as in the file loaded last are not validated again."""
+        document = load_document(text, str(self.path))
+        config = validate_routing(document, str(self.path), self._known)
+        prepared = self.state.prepare(config, digest)
+        self._known = known_routes(document, config)
+        return prepared, describe_changes(current.config if current is not None else None, config)
 
     def _succeed(self) -> None:
         self.last_error = None

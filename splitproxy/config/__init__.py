@@ -15,10 +15,13 @@ from __future__ import annotations
 from splitproxy.config.fields import parse_duration
 from splitproxy.config.parse import (
     content_hash,
+    known_routes,
+    load_document,
     parse_routing,
     read_routing_bytes,
     read_routing_file,
     summary,
+    validate_routing,
 )
 from splitproxy.config.rollout import (
     LATENCY_QUANTILES,
@@ -54,9 +57,12 @@ __all__ = [
     "Traffic",
     "WebCheck",
     "content_hash",
+    "known_routes",
+    "load_document",
     "parse_duration",
     "parse_routing",
     "read_routing_bytes",
     "read_routing_file",
     "summary",
+    "validate_routing",
 ]

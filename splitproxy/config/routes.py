@@ -9,7 +9,7 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
 from splitproxy.config.fields import (
     ROUTE_NAME,
@@ -250,18 +250,23 @@ class RoutingConfig(Frozen):
 
     revision: str | None = Field(default=None, min_length=1, max_length=128)
     routes: tuple[Route, ...] = Field(min_length=1)
+    # name -> route for the routes tuple it was built from: followers look every route up on
+    # each swap, and a scan per lookup made that quadratic (seconds for thousands of routes)
+    _index: tuple[tuple[Route, ...], dict[str, Route]] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> RoutingConfig:
-        seen: set[str] = set()
+        seen: dict[str, Route] = {}
         for route in self.routes:
             if route.name in seen:
                 raise ValueError(f"route name {route.name!r} is used twice")
-            seen.add(route.name)
+            seen[route.name] = route
+        self._index = (self.routes, seen)
         return self
 
     def route(self, name: str) -> Route | None:
-        for route in self.routes:
-            if route.name == name:
-                return route
-        return None
+        """The route named ``name``, or None (a dict lookup)."""
+        index = self._index
+        if index is None or index[0] is not self.routes:  # a copy with other routes
+            index = self._index = (self.routes, {r.name: r for r in self.routes})
+        return index[1].get(name)

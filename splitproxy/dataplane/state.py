@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from splitproxy.config import Backend, Route, RoutingConfig
@@ -95,6 +95,12 @@ class Snapshot:
     reverts: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
     # route -> a previous stable kept warm while its revert window is open
     warm: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
+    # route name -> position in `routes`: lookups by name are a dict access, not a scan
+    _positions: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        positions = {route.name: i for i, route in enumerate(self.routes)}
+        object.__setattr__(self, "_positions", positions)
 
     @property
     def revision(self) -> str:
@@ -104,10 +110,16 @@ class Snapshot:
         return f"{self.config.revision}+{short}" if self.config.revision else short
 
     def route(self, name: str) -> CompiledRoute | None:
-        for route in self.routes:
-            if route.name == name:
-                return route
-        return None
+        position = self._positions.get(name)
+        return self.routes[position] if position is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A routing file compiled off the event loop (`RuntimeState.prepare`), with the file's
+    weights; `RuntimeState.install` applies the weights that carry over and swaps it in."""
+
+    snapshot: Snapshot
 
 
 def weight_source(snapshot: Snapshot, name: str) -> str:
@@ -153,22 +165,23 @@ def compile_snapshot(
     rollout_weights: Mapping[str, RolloutWeight] | None = None,
     reverts: Mapping[str, Backend] | None = None,
     warm: Mapping[str, Backend] | None = None,
+    previous: Snapshot | None = None,
 ) -> Snapshot:
     """Build the immutable snapshot for ``config`` with the rollout weights and the runtime
-    weight ``overrides`` applied (a rollout's weight wins)."""
+    weight ``overrides`` applied (a rollout's weight wins). A route whose definition equals
+    its definition in ``previous`` keeps its compiled form (with the weight set anew), so a
+    weight change or a reload that edits a few routes compiles only those."""
     driven = dict(rollout_weights or {})
+    reverted = dict(reverts or {})
     routes = []
     for route in config.routes:
-        back = reverts.get(route.name) if reverts else None
-        if back is not None:  # all of it to the previous stable
-            reverted = route.model_copy(update={"stable": back, "candidate": None})
-            routes.append(CompiledRoute.from_model(reverted))
-            continue
-        rollout = driven.get(route.name)
-        chosen = rollout or overrides.get(route.name)
-        weight_bp = round(chosen.percent * 100) if chosen else None
-        closed = rollout is not None and rollout.closed
-        routes.append(CompiledRoute.from_model(route, weight_bp, closed=closed))
+        name = route.name
+        reusable = _reusable(previous, route) if previous is not None else None
+        routes.append(
+            _compile_route(
+                route, reusable, overrides.get(name), driven.get(name), reverted.get(name)
+            )
+        )
     return Snapshot(
         config,
         tuple(routes),
@@ -176,9 +189,43 @@ def compile_snapshot(
         loaded_at,
         MappingProxyType(dict(overrides)),
         MappingProxyType(driven),
-        MappingProxyType(dict(reverts or {})),
+        MappingProxyType(reverted),
         MappingProxyType(dict(warm or {})),
     )
+
+
+def _reusable(previous: Snapshot, route: Route) -> CompiledRoute | None:
+    """``route``'s compiled form in ``previous`` when its definition did not change (and it
+    was not compiled as a revert, which replaces its backends)."""
+    before = previous.config.route(route.name)
+    if before is None or (before is not route and before != route):
+        return None
+    if route.name in previous.reverts:
+        return None
+    return previous.route(route.name)
+
+
+def _compile_route(
+    route: Route,
+    reusable: CompiledRoute | None,
+    override: WeightOverride | None,
+    rollout: RolloutWeight | None,
+    revert: Backend | None,
+) -> CompiledRoute:
+    """``route`` compiled with what applies to it at runtime; from ``reusable`` (its compiled
+    form for the same definition) when there is one, changing only the weight."""
+    if revert is not None:  # all of it to the previous stable
+        reverted = route.model_copy(update={"stable": revert, "candidate": None})
+        return CompiledRoute.from_model(reverted)
+    chosen = rollout or override
+    weight_bp = round(chosen.percent * 100) if chosen else route.weight_bp
+    closed = rollout is not None and rollout.closed
+    if reusable is None:
+        return CompiledRoute.from_model(route, weight_bp, closed=closed)
+    closed = closed and reusable.candidate is not None  # as `CompiledRoute.from_model` has it
+    if (reusable.weight_bp, reusable.closed) != (weight_bp, closed):
+        return replace(reusable, weight_bp=weight_bp, closed=closed)
+    return reusable
 
 
 Listener = Callable[[Snapshot | None, Snapshot], None]
@@ -216,6 +263,20 @@ class RuntimeState:
     def load(self, config: RoutingConfig, digest: str, now: float) -> Snapshot:
         """Install a new routing file. Runtime overrides survive only for unchanged routes;
         rollout weights follow the rules in the module docstring."""
+        return self.install(self.prepare(config, digest), now)
+
+    def prepare(self, config: RoutingConfig, digest: str) -> Prepared:
+        """Compile ``config`` (the slow part of a reload of a large file) without swapping
+        anything: safe in a worker thread, because snapshots are immutable. Routes whose
+        definition equals the serving one keep their compiled form."""
+        base = self._snapshot  # one read: the loop may swap meanwhile, install sorts that out
+        return Prepared(compile_snapshot(config, digest, 0.0, {}, {}, previous=base))
+
+    def install(self, prepared: Prepared, now: float) -> Snapshot:
+        """Swap in a prepared routing file (on the event loop): the weights that carry over
+        from the serving snapshot, whatever it is now, are applied to the few routes they
+        name; everything else was compiled by `prepare`."""
+        config = prepared.snapshot.config
         old = self._snapshot
         kept: dict[str, WeightOverride] = {}
         driven: dict[str, RolloutWeight] = {}
@@ -239,7 +300,24 @@ class RuntimeState:
                 before, after = old.config.route(name), config.route(name)
                 if before is not None and before == after:
                     reverts[name] = backend
-        return self._swap(compile_snapshot(config, digest, now, kept, driven, reverts, warm))
+        base = prepared.snapshot  # every route compiled as the file has it
+        routes = list(base.routes)
+        for name in kept.keys() | driven.keys() | reverts.keys():  # a few routes, at most
+            i = base._positions[name]
+            routes[i] = _compile_route(
+                config.routes[i], routes[i], kept.get(name), driven.get(name), reverts.get(name)
+            )
+        new = Snapshot(
+            config,
+            tuple(routes),
+            base.content_hash,
+            now,
+            MappingProxyType(kept),
+            MappingProxyType(driven),
+            MappingProxyType(reverts),
+            MappingProxyType(warm),
+        )
+        return self._swap(new)
 
     def set_weight(self, name: str, percent: float, now: float, source: str = "admin") -> Snapshot:
         """Override a route's candidate weight at runtime (refused while a rollout drives it)."""
@@ -327,6 +405,7 @@ class RuntimeState:
             current.rollout_weights if rollout_weights is None else rollout_weights,
             current.reverts if reverts is None else reverts,
             current.warm if warm is None else warm,
+            previous=current,  # same definitions: only weights change, nothing recompiles
         )
 
     def _require(self, name: str) -> Snapshot:

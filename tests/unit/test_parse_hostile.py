@@ -7,7 +7,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.config import parse_routing
+from splitproxy.config import parse, parse_routing
 from splitproxy.config.parse import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
 from splitproxy.errors import ConfigError
 
@@ -113,3 +113,48 @@ def test_any_yaml_shaped_like_a_routing_file_is_a_config_or_problems_with_paths(
     except ConfigError as exc:
         problems = exc.problems
     assert problems is None or (problems and all(p.message for p in problems))
+
+
+LOADER_CASES = [
+    "routes:\n  - &b {name: r0, stable: 'http://x:1'}\n  - {<<: *b, name: r1}\n",
+    "a: [1, 2.5, yes, no, ~, '3', 0x1f, 1e3, .inf, 2001-12-14]\nb: {c: [d, {e: f}]}\n",
+    "- !!str 12\n- !!int '7'\n- |\n  two\n  lines\n- >-\n  folded\n  text\n",
+    "k: &x [1, 2]\nl: *x\nm: {? a : b}\n",
+]
+
+
+def loaded(text: str, *, reference: bool = False) -> object:
+    """What a loader makes of ``text``: the value, or the problem and where."""
+    try:
+        if reference:  # the pure-Python loader: what users have always been told
+            return yaml.load(text, Loader=parse._StrictLoader)
+        return parse._load_yaml(text)  # libyaml first, when installed
+    except yaml.MarkedYAMLError as exc:
+        return f"{exc.problem} at {exc.problem_mark}"
+
+
+@pytest.mark.parametrize("text", LOADER_CASES)
+def test_the_fast_loader_reads_what_the_strict_loader_reads(text: str) -> None:
+    assert loaded(text) == loaded(text, reference=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(yaml_values, st.booleans())
+def test_the_fast_loader_agrees_on_any_document(value: object, flow: bool) -> None:
+    text = yaml.safe_dump({"v": value}, default_flow_style=flow)
+    assert repr(loaded(text)) == repr(loaded(text, reference=True))  # repr: nan == nan
+
+
+def test_a_bad_file_is_worded_the_same_with_or_without_libyaml(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    texts = [
+        "routes:\n  - name: a\n    stable: http://a\n   bad: x\n",
+        "routes: " + "- " * 3 + "x\n",
+        "routes:\n" + "".join("  " * i + "- \n" for i in range(1, 80)),
+        BILLION_LAUGHS,
+        "routes:\n  - name: a\n    name: b\n",
+    ]
+    with_libyaml = [problem(text) for text in texts]
+    monkeypatch.setattr(parse, "_FastLoader", None)
+    assert [problem(text) for text in texts] == with_libyaml

@@ -4,7 +4,9 @@ line, and the runtime-override rule of `splitproxy.dataplane.state`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from splitproxy import reload as reload_module
-from splitproxy.config import RoutingConfig, parse_routing, read_routing_file
+from splitproxy.config import RoutingConfig, load_document, parse_routing, read_routing_file
 from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.state import RuntimeState, Snapshot, content_hash, upstream_keys
 from splitproxy.errors import ConfigError
@@ -197,15 +199,18 @@ async def test_an_unexpected_error_is_reported_and_the_worker_lives_on(
 ) -> None:
     h = await make(routes(0))
     write(h.path, routes(5))
+    interval = sys.getswitchinterval()
 
-    def boom(text: str, source: str = "") -> RoutingConfig:
+    def boom(text: str, source: str = "") -> dict[str, object]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(reload_module, "parse_routing", boom)
+    monkeypatch.setattr(reload_module, "load_document", boom)
     outcome = await h.reloader.reload_now()
     assert not outcome.loaded
     assert outcome.problems == ("internal error: RuntimeError('boom')",)
-    monkeypatch.setattr(reload_module, "parse_routing", parse_routing)
+    assert gc.isenabled()  # the collector, paused while the file loads, is back on
+    assert sys.getswitchinterval() == interval  # and threads switch as often as before
+    monkeypatch.setattr(reload_module, "load_document", load_document)
     assert (await h.reloader.reload_now()).changed
 
 
@@ -399,3 +404,21 @@ async def test_a_watch_that_cannot_start_leaves_the_poll_working(
     assert not h.reloader.watching
     async with asyncio.timeout(2):  # the watch's retry back-off does not hold up stopping
         await h.reloader.stop()
+
+
+async def test_a_reload_of_an_edited_file_reuses_the_routes_it_did_not_touch(make: Make) -> None:
+    h = await make(routes(0, 5, 10))
+    write(h.path, routes(0, 5, 20))
+    assert (await h.reloader.reload_now()).changed  # the reloader has now seen each route
+    before = h.snapshot
+    write(h.path, routes(0, 7, 20))
+    assert (await h.reloader.reload_now()).changed
+    after = h.snapshot
+    assert after.routes[0] is before.routes[0]
+    assert after.config.routes[2] is before.config.routes[2]  # not validated again
+    assert after.routes[1] is not before.routes[1]
+    assert after.routes[1].weight_bp == 700
+    write(h.path, routes(0, 7, 20) + "routes: []\n")  # a bad file still rejects the whole
+    outcome = await h.reloader.reload_now()
+    assert not outcome.loaded
+    assert h.snapshot is after

@@ -14,8 +14,11 @@ from splitproxy.config import (
     Override,
     RoutingConfig,
     Sticky,
+    known_routes,
+    load_document,
     parse_routing,
     summary,
+    validate_routing,
 )
 from splitproxy.dataplane.routing import BUCKETS
 from splitproxy.errors import (
@@ -577,3 +580,48 @@ def test_health_expect_forms(expect: str, codes: tuple[int, ...]) -> None:
 def test_invalid_health_names_the_path(health: str, expected: str) -> None:
     found = problems(one_route(health=health))
     assert any(p.startswith(expected) for p in found), found
+
+
+def test_a_route_is_found_by_name_in_the_config_and_in_a_copy_with_other_routes() -> None:
+    config = parse_routing(
+        "routes:\n  - {name: a, stable: 'http://a'}\n  - {name: b, stable: 'http://b'}\n"
+    )
+    b = config.route("b")
+    assert b is not None
+    assert b.stable.urls == ("http://b",)
+    assert config.route("c") is None
+    fewer = config.model_copy(update={"routes": config.routes[:1]})
+    assert fewer.route("b") is None  # not the index of the config it was copied from
+    assert fewer.route("a") is config.route("a")
+
+
+KNOWN = "routes:\n  - {name: a, stable: 'http://a', candidate: 'http://a2', weight: 1}\n"
+
+
+def test_a_route_written_as_before_is_taken_as_it_was_validated() -> None:
+    before = load_document(KNOWN)
+    known = known_routes(before, validate_routing(before))
+    edited = load_document(KNOWN + "  - {name: b, stable: 'http://b'}\n")
+    config = validate_routing(edited, known=known)
+    assert config.routes[0] is next(iter(known.values()))
+    assert config.route("b") is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (KNOWN.replace("weight: 1", "weight: true"), "routes[0].weight: Input should be"),
+        (KNOWN + "  - {name: a, stable: 'http://b'}\n", "routes[1].name: route name 'a' is used"),
+        (KNOWN + "  - {name: b, stable: 'ftp://b'}\n", "routes[1].stable.url[0]: 'ftp://b'"),
+    ],
+    ids=["same-value-other-type", "duplicate-of-a-known-route", "bad-route-beside-known"],
+)
+def test_known_routes_change_no_verdict_and_no_wording(text: str, expected: str) -> None:
+    before = load_document(KNOWN)
+    known = known_routes(before, validate_routing(before))
+    with pytest.raises(ConfigError) as fresh:
+        validate_routing(load_document(text))
+    with pytest.raises(ConfigError) as reusing:
+        validate_routing(load_document(text), known=known)
+    assert reusing.value.problems == fresh.value.problems
+    assert str(fresh.value.problems[0]).startswith(expected)

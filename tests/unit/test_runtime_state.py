@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from splitproxy.config import content_hash, parse_routing
+from splitproxy.config import Backend, content_hash, parse_routing
 from splitproxy.dataplane.routing import BUCKETS
 from splitproxy.dataplane.state import RuntimeState, Snapshot
 from splitproxy.errors import (
@@ -194,3 +194,68 @@ def test_clear_weight_restores_the_file_weight(state: RuntimeState) -> None:
     assert dict(snapshot.overrides) == {}
     with pytest.raises(UnknownRoute):
         state.clear_weight("nope")
+
+
+def test_a_reload_keeps_the_compiled_form_of_unchanged_routes(state: RuntimeState) -> None:
+    before = state.snapshot
+    assert before is not None
+    edited = FILE.replace("http://api-v2:8080", "http://api-v3:8080")
+    after = load(state, edited, now=2000.0)
+    assert after.route("shop") is before.route("shop")
+    assert after.route("static") is before.route("static")
+    api = after.route("api")
+    assert api is not None
+    assert api is not before.route("api")
+    assert api.candidate is not None
+    assert [t.url for t in api.candidate.targets] == ["http://api-v3:8080"]
+
+
+def test_a_weight_change_recompiles_only_the_weight(state: RuntimeState) -> None:
+    before = state.snapshot
+    assert before is not None
+    after = state.set_weight("shop", 40, now=2000.0)
+    assert after.route("api") is before.route("api")
+    shop, old_shop = after.route("shop"), before.route("shop")
+    assert shop is not None
+    assert old_shop is not None
+    assert shop.weight_bp == 4000
+    assert old_shop.weight_bp == 1000
+    assert shop.overrides is old_shop.overrides
+    assert shop.salt == old_shop.salt
+    # clearing it restores the weight the file gives
+    state.clear_weight("shop")
+    assert weight_of(state, "shop") == 1000
+
+
+def test_a_weight_set_while_a_file_compiles_is_kept_when_it_is_swapped_in(
+    state: RuntimeState,
+) -> None:
+    edited = FILE.replace("weight: 5\n", "weight: 6\n")
+    prepared = state.prepare(parse_routing(edited), content_hash(edited))  # in the thread
+    state.set_weight("shop", 70, now=2000.0)  # meanwhile, on the loop
+    snapshot = state.install(prepared, now=2001.0)
+    assert state.snapshot is snapshot
+    assert weight_of(state, "shop") == 7000
+    assert snapshot.overrides["shop"].percent == 70
+    assert weight_of(state, "api") == 600
+    assert snapshot.loaded_at == 2001.0
+
+
+def test_a_revert_survives_a_reload_that_leaves_its_route_alone_and_ends_with_an_edit(
+    state: RuntimeState,
+) -> None:
+    previous = Backend.model_validate({"url": ["http://shop-v0:8080"]})
+    state.revert_to("shop", previous, now=2000.0)
+    unrelated = FILE.replace("weight: 5\n", "weight: 6\n")
+    load(state, unrelated, now=3000.0)
+    shop = state.snapshot.route("shop") if state.snapshot else None
+    assert shop is not None
+    assert [t.url for t in shop.stable.targets] == ["http://shop-v0:8080"]
+    assert shop.candidate is None
+    edited = unrelated.replace("http://shop-v1:8080", "http://shop-v3:8080")
+    load(state, edited, now=4000.0)  # the file changed the route: the file wins again
+    shop = state.snapshot.route("shop") if state.snapshot else None
+    assert shop is not None
+    assert [t.url for t in shop.stable.targets] == ["http://shop-v3:8080"]
+    assert shop.candidate is not None
+    assert shop.weight_bp == 1000
