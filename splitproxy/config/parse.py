@@ -9,6 +9,8 @@ world: no asyncio, socket or clock, so ``splitproxy check`` loads nothing of the
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -377,9 +379,23 @@ def content_hash(text: str | bytes) -> str:
 
 
 def read_routing_bytes(path: Path) -> tuple[str, str]:
-    """The file's text and the sha256 of its bytes; `ConfigError` if it cannot be read."""
+    """The file's text and the sha256 of its bytes; `ConfigError` if it cannot be read.
+
+    Only a regular file is read (opened without blocking, so a FIFO or a device put in its
+    place is refused instead of hanging the reload), and no more than just over
+    `MAX_FILE_BYTES` (the parser refuses larger files with their size)."""
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError([Problem("", "not a regular file")], str(path))
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                raw = f.read(MAX_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_FILE_BYTES:
+            message = f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB"
+            raise ConfigError([Problem("", message)], str(path))
     except OSError as exc:
         raise ConfigError(
             [Problem("", f"cannot read the file: {exc.strerror or exc}")], str(path)

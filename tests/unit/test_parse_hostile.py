@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config import parse, parse_routing
-from splitproxy.config.parse import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
+from splitproxy.config.parse import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES, read_routing_bytes
 from splitproxy.errors import ConfigError
 
 BILLION_LAUGHS = "\n".join(
@@ -158,3 +161,21 @@ def test_a_bad_file_is_worded_the_same_with_or_without_libyaml(
     with_libyaml = [problem(text) for text in texts]
     monkeypatch.setattr(parse, "_FastLoader", None)
     assert [problem(text) for text in texts] == with_libyaml
+
+
+def test_a_fifo_a_directory_or_a_huge_file_in_place_of_the_routing_file_is_one_line(
+    tmp_path: Path,
+) -> None:
+    fifo, directory, huge = tmp_path / "fifo.yaml", tmp_path / "dir.yaml", tmp_path / "big.yaml"
+    os.mkfifo(fifo)  # no writer: a blocking open would never return
+    directory.mkdir()
+    with huge.open("wb") as f:
+        f.truncate(MAX_FILE_BYTES + 10)
+    for path, expected in [
+        (fifo, "not a regular file"),
+        (directory, "not a regular file"),
+        (huge, "the file is larger than 4 MiB"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            read_routing_bytes(path)
+        assert [p.message for p in caught.value.problems] == [expected], path
