@@ -270,8 +270,10 @@ async def test_a_candidate_that_breaks_under_live_traffic_is_reverted_in_the_bak
         assert rollout["bluegreen"]["stage"] == "reverted"
         ledger = await events(proxy)
         reverted = decision(ledger, "rolled_back")
-        # the bake's failure, caught within 2 s of the first failing answers (the bake lasts 20)
-        assert reverted["at"] - broke < 2.0, (reverted, broke)
+        # the bake's failure is caught within a tick or two of the first failing answers
+        # (about 1 s here; the bake lasts 20): bounded loosely so a loaded machine's scheduling
+        # cannot fail it, while "at the end of the bake" still would
+        assert reverted["at"] - broke < 5.0, (reverted, broke)
         failed = [c["name"] for c in reverted["checks"] if c["verdict"] == "fail"]
         assert set(failed) & {"guard", "error_rate"}, reverted
         # every answer is 2xx or the candidate's own error, never one the proxy made
