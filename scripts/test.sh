@@ -20,6 +20,13 @@ if ! command -v prometheus >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v
     { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }) ||
     echo "warning: could not install prometheus" >&2
 fi
+# The compose test validates docker-compose.yml with docker-compose (no engine needed).
+if ! command -v docker-compose >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing docker-compose (Debian package) for the compose file test"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }) ||
+    echo "warning: could not install docker-compose" >&2
+fi
 
 echo "== ruff"
 .venv/bin/ruff check splitproxy tests benchmarks
