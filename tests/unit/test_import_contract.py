@@ -38,6 +38,7 @@ PURE_MODULES = (
     "splitproxy.rollout.histograms",
     "splitproxy.rollout.sketch",
     "splitproxy.rollout.sequential",
+    "splitproxy.rollout.abtest",
     "splitproxy.rollout.windows",
     "splitproxy.rollout.samples",
 )
