@@ -326,11 +326,12 @@ class Mirror:
 
     def tap(self, ex: Exchange) -> MirrorTap | None:
         """A tap on ``ex`` if it is to be copied, else None (called once the route and
-        version are chosen). Copies only user requests served by stable, never an Upgrade."""
+        version are chosen). Copies only user requests served by stable, never an Upgrade, and
+        nothing while the queue is full (``dropped``)."""
         route = ex.route
         lane = self.lanes.get(route.name) if route is not None else None
-        if lane is None or ex.method not in lane.methods:
-            return None
+        if lane is None or ex.method not in lane.methods or route is None or route.closed:
+            return None  # (closed: the rollout rolled the candidate back, nothing reaches it)
         decision = ex.decision
         if (
             ex.preview
@@ -345,6 +346,9 @@ class Mirror:
             return None
         if (ex.body_kind is LENGTH and ex.content_length > lane.max_body) or ex.body_received:
             lane.result("skipped")  # too large (or its first bytes already went by)
+            return None
+        if lane.queue.full():  # the candidate is behind: spare this request the tap's work
+            lane.result("dropped")
             return None
         return MirrorTap(lane)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import WSMsgType, web
 from pytest_aiohttp import AiohttpServer
 
@@ -400,3 +401,27 @@ async def test_a_sampled_share_is_mirrored(
     await asyncio.sleep(0.3)
     assert 10 <= len(seen) <= 80  # 20 % of 200 is 40; far outside these bounds is a bug
     assert (await route_status(server, "shadow"))["mirror"]["percent"] == 20
+
+
+async def test_a_reload_starts_and_stops_mirroring(
+    start_proxy: StartProxy, stable: RawUpstream, candidate: tuple[list[Seen], str]
+) -> None:
+    seen, cand = candidate
+    server = await start_proxy({"routes": [route("app", stable.url, cand)]})
+    path = server.settings.config
+    assert path is not None
+
+    async def reload_with(**mirror: Any) -> None:
+        path.write_text(yaml.safe_dump({"routes": [route("app", stable.url, cand, **mirror)]}))
+        outcome = await server.reload()
+        assert outcome.changed
+
+    await send(server.listen_port, request("GET", "/before"))
+    await reload_with(percent=100)
+    await send(server.listen_port, request("GET", "/during"))
+    await eventually(lambda: len(seen) == 1)
+    await reload_with()
+    await send(server.listen_port, request("GET", "/after"))
+    await asyncio.sleep(0.2)
+    assert [s.raw_path for s in seen] == ["/during"]
+    assert (await route_status(server, "app"))["mirror"] is None
