@@ -76,3 +76,17 @@ def test_example_api_route_checks_the_health_of_both_versions(config: RoutingCon
     assert (check.unhealthy_after, check.healthy_after) == (3, 2)
     assert 204 in check.expect
     assert 301 not in check.expect
+
+
+def test_the_commented_mirror_example_is_valid() -> None:
+    # the example's `mirror:` block is commented out; turned on, it must still be valid
+    text = EXAMPLE.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = lines.index("    # mirror:")
+    block = [line.replace("    # ", "    ", 1) for line in lines[start:]]
+    config = parse_routing("\n".join(lines[:start] + block) + "\n", str(EXAMPLE))
+    api = config.route("api")
+    assert api is not None
+    assert api.mirror is not None
+    assert (api.mirror.percent, api.mirror.methods, api.mirror.max_body) == (10.0, ("GET",), 65536)
+    assert api.mirror.compare.json_ignore == ("meta.generated_at", "items.*.updated_at")
