@@ -88,7 +88,7 @@ class Server:
         self.health = HealthBook()
         self.prober = Prober(self.health)
         self.recorder.registry.register(HealthCollector(self.health))
-        self.mirror = Mirror(self.recorder)  # copies of user requests to candidates
+        self.mirror = Mirror(self.recorder, self.clock)  # copies of user requests to candidates
         self.reload_options = reload_options or ReloadOptions(
             watch=settings.reload_watch, poll_interval=settings.reload_poll_interval
         )

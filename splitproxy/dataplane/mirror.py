@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 `Mirror` is built and stopped by the composition root and follows the config snapshots: each
 route with ``mirror:`` (``config/mirror.py``) and a candidate gets a `Lane`, a bounded queue
-(``queue``) drained by ``concurrency`` worker tasks over their own aiohttp session (own
-connector, no cookie jar, no decompression, no automatic headers). A lane is kept across
-snapshots while its settings and the candidate's URLs stay the same.
+(``queue``) drained by ``concurrency`` worker tasks over the proxy's own HTTP/1.1 upstream
+connections (``upstream.py``: its limits on the answer hold), in pools of the lane's own, at
+most ``concurrency`` connections: never the pools users' requests take. A lane is kept
+across snapshots while its settings and the candidate's addresses stay the same.
 
 On the hot path, `Mirror.tap` (from ``Exchange.start``) picks the request or returns None
 after a dict look-up: only user requests routed to stable, of a listed method, never an
@@ -20,8 +21,9 @@ awaited by the exchange, and the user's upstream connection is never touched.
 A worker sends the copy to the candidate with the client's end-to-end headers (hop-by-hop ones
 and those ``Connection`` names dropped, the proxy's own framing), ``X-Request-Id``,
 ``X-Forwarded-For`` and ``X-Splitproxy-Mirror: 1``, bounded by ``timeout``; reads and hashes
-the answer, discards it (``Set-Cookie`` included) and reports a `MirrorOutcome` to the
-observer (the recorder). Copies are never user traffic: they never enter the live windows.
+the answer, discards it (``Set-Cookie`` included; no cookie is ever kept) and reports a
+`MirrorOutcome` to the observer (the recorder). Copies are never user traffic: they never
+enter the live windows.
 """
 
 from __future__ import annotations
@@ -35,12 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import aiohttp
-from yarl import URL
-
 from splitproxy.config.mirror import HEADER
 from splitproxy.config.mirror import Mirror as MirrorSettings
-from splitproxy.config.vocabulary import STABLE
+from splitproxy.config.vocabulary import STABLE, FailureKind
 from splitproxy.dataplane.http11 import LENGTH, NO_BODY, connection_tokens
 from splitproxy.dataplane.mirror_compare import (
     JSON_LIMIT,
@@ -50,18 +49,21 @@ from splitproxy.dataplane.mirror_compare import (
     compare,
     new_digest,
 )
+from splitproxy.dataplane.pools import Clock, PoolExhausted, UpstreamPool
+from splitproxy.dataplane.routing import Target
 from splitproxy.dataplane.state import Snapshot
+from splitproxy.dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.exchange import Exchange
 
 logger = logging.getLogger("splitproxy.dataplane.mirror")
 
+_IDLE_TIMEOUT: Final = 30.0  # a lane's idle connection to the candidate, at most
+
 # never copied as the client sent them: the copy's framing and marker are the proxy's own
 _DROPPED: Final = frozenset({b"content-length", b"transfer-encoding", HEADER.lower().encode()})
-# aiohttp adds these unless told not to: the copy must carry the client's, or none
-_SKIP_AUTO: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_READ: Final = 64 * 1024
+_MARK: Final = HEADER.encode() + b": 1\r\n"
 
 
 class MirrorObserver(Protocol):
@@ -75,51 +77,112 @@ class MirrorObserver(Protocol):
 class Copy:
     """One request to send to the candidate, and the user's answer to compare with."""
 
-    method: str
-    target: str  # origin-form, as the client sent it
+    method: bytes
     path: str
-    headers: tuple[tuple[str, str], ...]
+    head: bytes  # the request head as the candidate gets it, framing included
     body: bytes | None
     primary: Answer
     primary_latency: float
 
 
+class _Reply:
+    """The candidate's answer to one copy, as its upstream connection reports it (a
+    `upstream.ResponseSink`): the status, the body hashed (and kept when small), then done."""
+
+    __slots__ = ("digest", "done", "failure", "size", "small", "status")
+
+    def __init__(self, done: asyncio.Future[None], hash_body: bool, keep_small: bool) -> None:
+        self.done = done
+        self.status = 0
+        self.failure = ""
+        self.size = 0
+        self.digest: Any = new_digest() if hash_body else None
+        self.small: list[bytes] | None = [] if keep_small else None
+
+    def upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> None:
+        self.status = status  # the headers (Set-Cookie included) go nowhere
+        if status == 101:  # no copy asks to switch protocols: the upstream is out of step
+            self.upstream_failed("protocol")
+
+    def upstream_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.digest is not None:
+            self.digest.update(data)
+        small = self.small
+        if small is not None:
+            if self.size <= JSON_LIMIT:
+                small.append(data)
+            else:
+                self.small = None
+
+    def upstream_complete(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        self.upstream_failed("protocol")
+
+    def upstream_failed(self, kind: FailureKind) -> None:
+        self.failure = self.failure or kind
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def upstream_writable(self, writable: bool) -> None:
+        pass  # a copy's body (at most ``max_body``) is written at once
+
+    def answer(self) -> Answer:
+        digest, small = self.digest, self.small
+        return Answer(
+            self.status,
+            digest.digest() if digest is not None else None,
+            b"".join(small) if small is not None else None,
+            self.size,
+        )
+
+
 class Lane:
-    """One route's copies: the bounded queue, its workers and their HTTP session."""
+    """One route's copies: the bounded queue, its workers and their own connection pools
+    (the proxy's HTTP/1.1 upstream connections, never the pools users' requests take)."""
 
     def __init__(
         self,
         route: str,
         settings: MirrorSettings,
-        urls: tuple[str, ...],
+        targets: tuple[Target, ...],
         observer: MirrorObserver,
+        clock: Clock,
         monotonic: Callable[[], float],
     ) -> None:
         self.route = route
         self.settings = settings
-        self.urls = urls
+        self.targets = targets
         self.observer = observer
         self.monotonic = monotonic
         self.methods = frozenset(m.encode() for m in settings.methods)
         self.percent = settings.percent
         self.max_body = settings.max_body
+        self.timeout = settings.timeout
         self.hash_body = settings.compare.body == "hash"
         self.keep_small = bool(settings.compare.json_ignore)
-        self.extra = tuple(settings.headers.items())
+        self.extra = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode())
+                              for n, v in settings.headers.items())  # fmt: skip
+        self.replaced = frozenset(n.lower().encode() for n in settings.headers)
         self.queue: asyncio.Queue[Copy] = asyncio.Queue(settings.queue)
         self._turn = 0
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.concurrency),
-            cookie_jar=aiohttp.DummyCookieJar(),  # a mirror's Set-Cookie reaches no one
-            auto_decompress=False,  # hash the bytes as sent, like the user's
-            skip_auto_headers=_SKIP_AUTO,
-            timeout=aiohttp.ClientTimeout(total=settings.timeout),
-        )
+        self.pools = [
+            UpstreamPool(
+                t.host, t.port, clock, connect_timeout=settings.timeout,
+                idle_timeout=_IDLE_TIMEOUT, max_connections=settings.concurrency,
+            )
+            for t in targets
+        ]  # fmt: skip
         loop = asyncio.get_running_loop()
         self.workers = [loop.create_task(self._work()) for _ in range(settings.concurrency)]
 
-    def same(self, settings: MirrorSettings, urls: tuple[str, ...]) -> bool:
-        return settings == self.settings and urls == self.urls
+    def same(self, settings: MirrorSettings, targets: tuple[Target, ...]) -> bool:
+        return settings == self.settings and targets == self.targets
 
     def result(self, result: MirrorResult) -> None:
         self.observer.mirror_result(self.route, result)
@@ -142,50 +205,48 @@ class Lane:
             self.observer.mirror_compared(self.route, outcome)
 
     async def _send(self, copy: Copy) -> MirrorOutcome:
-        urls = self.urls
-        base = urls[self._turn % len(urls)]
+        pool = self.pools[self._turn % len(self.pools)]
         self._turn += 1
         started = self.monotonic()
-        digest = new_digest() if self.hash_body else None
-        small: bytearray | None = bytearray() if self.keep_small else None
-        size = 0
+        reply = _Reply(asyncio.get_running_loop().create_future(), self.hash_body,
+                       self.keep_small)  # fmt: skip
+        up: UpstreamConnection | None = None
         try:
-            async with self.session.request(
-                copy.method,
-                URL(base + copy.target, encoded=True),
-                headers=copy.headers,
-                data=copy.body,
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                async for data in resp.content.iter_chunked(_READ):
-                    size += len(data)
-                    if digest is not None:
-                        digest.update(data)
-                    if small is not None and size <= JSON_LIMIT:
-                        small += data
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            latency = self.monotonic() - started
-            what = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            return self._outcome(copy, "error", None, latency, f"error: {what}")
+            async with asyncio.timeout(self.timeout):
+                up = pool.take_idle()
+                if up is None:
+                    up = await pool.connect()
+                up.bind(reply, copy.method == b"HEAD")
+                if copy.body:
+                    up.writelines([copy.head, copy.body])
+                else:
+                    up.write(copy.head)
+                await reply.done
+        except TimeoutError:
+            reply.failure = "timeout"
+        except (OSError, PoolExhausted):
+            reply.failure = "connect"
+        finally:
+            if up is not None:
+                if reply.failure or not reply.done.done():  # (cancelled: the lane stops)
+                    up.abort()
+                else:
+                    up.release()
         latency = self.monotonic() - started
-        answer = Answer(
-            status,
-            digest.digest() if digest is not None else None,
-            bytes(small) if small is not None and size <= JSON_LIMIT else None,
-            size,
-        )
+        if reply.failure:
+            return self._outcome(copy, "error", None, latency, f"error: {reply.failure}")
+        answer = reply.answer()
         differed = compare(copy.primary, answer, self.settings.compare)
         if differed is None:
-            return self._outcome(copy, "match", status, latency, "")
-        return self._outcome(copy, "diverged", status, latency, differed)
+            return self._outcome(copy, "match", answer.status, latency, "")
+        return self._outcome(copy, "diverged", answer.status, latency, differed)
 
     @staticmethod
     def _outcome(
         copy: Copy, result: MirrorResult, status: int | None, latency: float, differed: str
     ) -> MirrorOutcome:
         return MirrorOutcome(
-            result, copy.method, copy.path, copy.primary.status, status,
+            result, copy.method.decode("latin-1"), copy.path, copy.primary.status, status,
             copy.primary_latency, latency, differed,
         )  # fmt: skip
 
@@ -195,7 +256,8 @@ class Lane:
         for task in self.workers:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.session.close()
+        for pool in self.pools:
+            pool.abort_all()
 
 
 class MirrorTap:
@@ -247,39 +309,30 @@ class MirrorTap:
             b"".join(small) if small is not None else None,
             self.sent,
         )
-        target = ex.target.decode("latin-1")
-        lane.offer(
-            Copy(
-                ex.method.decode("latin-1"),
-                target,
-                ex.path,
-                copy_headers(ex, lane.extra),
-                b"".join(self.body) if ex.body_kind is not NO_BODY else None,
-                primary,
-                ex.duration,
-            )
-        )
+        body = b"".join(self.body) if ex.body_kind is not NO_BODY else None
+        lane.offer(Copy(ex.method, ex.path, copy_head(ex, lane, body), body, primary, ex.duration))
 
 
-def copy_headers(ex: Exchange, extra: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """The copy's headers: the client's end-to-end ones (less any ``Connection`` names, the
-    framing and a marker the client sent), the request id, the client's address, the marker
-    and the route's own ``headers``."""
+def copy_head(ex: Exchange, lane: Lane, body: bytes | None) -> bytes:
+    """The copy's request head: the client's request line and end-to-end headers (less any
+    ``Connection`` names, the framing and a marker the client sent, and those the route's
+    ``headers`` replace), the request id, the client's address, the marker, the route's
+    ``headers`` and the proxy's own framing (``Content-Length``)."""
     named = ex.wanted.get(b"connection")
     drop = _DROPPED | frozenset(connection_tokens(named)) if named else _DROPPED
-    replaced = {name.lower() for name, _ in extra}
-    out = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in ex.headers
-        if name.lower() not in drop and name.decode("latin-1").lower() not in replaced
-    ]
-    out.append(("X-Request-Id", ex.request_id.decode("latin-1")))
+    if lane.replaced:
+        drop = drop | lane.replaced
+    parts = [b"%s %s HTTP/1.1\r\n" % (ex.method, ex.target)]
+    parts += [b"%s: %s\r\n" % (n, v) for n, v in ex.headers if n.lower() not in drop]
+    parts.append(b"X-Request-Id: %s\r\n" % ex.request_id)
     peer = ex.conn.peer_ip
     if peer:
-        out.append(("X-Forwarded-For", peer))
-    out.append((HEADER, "1"))
-    out.extend(extra)
-    return tuple(out)
+        parts.append(b"X-Forwarded-For: %s\r\n" % peer.encode("latin-1"))
+    parts += [_MARK, lane.extra]
+    if body is not None:
+        parts.append(b"Content-Length: %d\r\n" % len(body))
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class Mirror:
@@ -289,11 +342,13 @@ class Mirror:
     def __init__(
         self,
         observer: MirrorObserver,
+        clock: Clock,
         *,
         rng: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.observer = observer
+        self.clock = clock  # the coarse clock the connections stamp activity with
         self.rng = rng
         self.monotonic = monotonic
         self.lanes: dict[str, Lane] = {}
@@ -307,13 +362,13 @@ class Mirror:
             settings = model.mirror if model is not None else None
             if settings is None or route.candidate is None:
                 continue
-            urls = tuple(t.url for t in route.candidate.targets)
+            targets = route.candidate.targets
             lane = self.lanes.pop(route.name, None)
-            if lane is not None and not lane.same(settings, urls):
+            if lane is not None and not lane.same(settings, targets):
                 self._close(lane)
                 lane = None
             lanes[route.name] = lane or Lane(
-                route.name, settings, urls, self.observer, self.monotonic
+                route.name, settings, targets, self.observer, self.clock, self.monotonic
             )
         for lane in self.lanes.values():
             self._close(lane)

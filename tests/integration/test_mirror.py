@@ -128,7 +128,14 @@ async def test_the_user_gets_the_same_bytes_and_the_candidate_a_marked_copy(
         {
             "routes": [
                 route("plain", stable.url, cand, "/plain"),
-                route("shadow", stable.url, cand, percent=100, methods=["GET", "POST"]),
+                route(
+                    "shadow",
+                    stable.url,
+                    cand,
+                    percent=100,
+                    methods=["GET", "POST"],
+                    headers={"X-Keep": "replaced", "X-Shadow": "yes"},
+                ),
             ]
         }
     )
@@ -148,7 +155,8 @@ async def test_the_user_gets_the_same_bytes_and_the_candidate_a_marked_copy(
         assert copy.header("X-Splitproxy-Mirror") == "1"
         assert copy.header("X-Request-Id") == "fixed-id"
         assert copy.header("Host") == "app.test"
-        assert copy.header("X-Keep") == "yes"
+        assert copy.all("X-Keep") == ["replaced"]  # the route's headers win
+        assert copy.header("X-Shadow") == "yes"
         assert "x-hop" not in copy.names()  # named by Connection: hop-by-hop
         assert copy.all("X-Splitproxy-Mirror") == ["1"]
     assert seen[1].header("Content-Length") == "12"
