@@ -20,7 +20,7 @@ import ipaddress
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast
 
@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from splitproxy import __version__
+from splitproxy.config import Mirror
 from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.routing import BUCKETS, BackendPlan, CompiledRoute
 from splitproxy.dataplane.state import RuntimeState, Snapshot, weight_source
@@ -40,6 +41,8 @@ from splitproxy.views import (
     BackendView,
     EventsView,
     EventView,
+    LatencyView,
+    MirrorView,
     RolloutsView,
     RolloutView,
     RouteView,
@@ -226,6 +229,47 @@ def rollout_view(raw: dict[str, object] | None) -> RolloutView | None:
     return cast("RolloutView | None", raw)
 
 
+def _latency_ms(values: Iterable[float]) -> LatencyView:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p95": None, "p99": None}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99)}
+
+
+def mirror_view(recorder: Recorder, name: str, settings: Mirror) -> MirrorView:
+    """The route's mirroring: copies by result, divergence rate, recent latencies of both
+    sides (the user's answers to the mirrored requests and the copies'), divergent examples."""
+    counts = recorder.mirror_counts(name)
+    stats = recorder.mirror_stats(name)
+    compared = counts["match"] + counts["diverged"]
+    return {
+        "percent": settings.percent,
+        "methods": list(settings.methods),
+        "compare_body": settings.compare.body,
+        "requests": {result: n for result, n in counts.items()},
+        "divergence_rate": round(counts["diverged"] / compared, 6) if compared else None,
+        "latency_ms": {
+            "stable": _latency_ms(stats.recent["stable"] if stats else ()),
+            "candidate": _latency_ms(stats.recent["candidate"] if stats else ()),
+        },
+        "examples": [
+            {
+                "at": at,
+                "method": o.method,
+                "path": o.path,
+                "primary_status": o.primary_status,
+                "mirror_status": o.mirror_status,
+                "differed": o.differed,
+            }
+            for at, o in (stats.examples if stats else ())
+        ],
+    }
+
+
 def address_views(plan: BackendPlan, health: BackendHealth | None) -> list[AddressView]:
     """Each address of a backend with its health (healthy, never checked, without a book)."""
     views: list[AddressView] = []
@@ -297,6 +341,7 @@ def route_view(
         "overrides": [o.model_dump(exclude_none=True) for o in model.overrides],
         "traffic": traffic_view(recorder, route, time.time() if now is None else now),
         "rollout": rollout_view(control.route_status(route.name)) if control is not None else None,
+        "mirror": mirror_view(recorder, route.name, model.mirror) if model.mirror else None,
     }
 
 

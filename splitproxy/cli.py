@@ -178,7 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     # the config package only: validating a file must not load the proxy
-    from splitproxy.config import read_routing_file, summary
+    from splitproxy.config import check_warnings, read_routing_file, summary
 
     try:
         config, _ = read_routing_file(Path(args.file))
@@ -187,6 +187,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
     print(f"{args.file}: {summary(config)}")
+    for warning in check_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

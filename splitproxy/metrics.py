@@ -27,12 +27,20 @@ Preview requests (``Exchange.preview``: from the preview listener, always the ca
 not user traffic: ``splitproxy_requests_total`` and ``splitproxy_request_duration_seconds``
 label them ``traffic="preview"`` (user requests ``traffic="user"``), they stay out of the
 time-to-first-byte histogram, and they never enter the live windows the analyzer reads.
+
+Mirrored copies (``dataplane/mirror.py``: the proxy's copies of user requests to the
+candidate) are not user traffic either: the candidate's answers to them are counted in
+``splitproxy_requests_total{traffic="mirror"}``, never in the duration histograms or the live
+windows; what became of each copy in ``splitproxy_mirror_requests_total{result}``, both
+sides' latencies in ``splitproxy_mirror_duration_seconds``, and the last divergent examples
+per route for status (`Recorder.mirror_counts`, `Recorder.mirror_examples`).
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
@@ -48,6 +56,8 @@ from prometheus_client.registry import Collector
 
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, FailureKind, Version
 from splitproxy.dataplane.health import CHECK_RESULTS, HealthBook
+from splitproxy.dataplane.mirror_compare import RESULTS as MIRROR_RESULTS
+from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState, Snapshot
@@ -65,6 +75,8 @@ LATENCY_BUCKETS: Final = (
 UPSTREAM_ERROR_KINDS: Final = frozenset(FAILURE_KINDS)
 _ROUTED: Final[Mapping[str, Version]] = MappingProxyType({STABLE: STABLE, CANDIDATE: CANDIDATE})
 _LE: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
+MIRROR_EXAMPLES: Final = 20  # divergent copies kept per route for status
+MIRROR_LATENCIES: Final = 1024  # recent latencies per side kept for status' quantiles
 
 
 class Histogram:
@@ -116,6 +128,7 @@ class _Series:
         "durations",
         "errors",
         "finished",
+        "mirror",
         "preview",
         "preview_durations",
         "reasons",
@@ -131,6 +144,7 @@ class _Series:
         self.codes: dict[int, int] = {}
         self.synthetic: dict[int, int] = {}  # codes of synthetic requests
         self.preview: dict[int, int] = {}  # codes of preview requests
+        self.mirror: dict[int, int] = {}  # codes the candidate gave mirrored copies
         self.preview_durations: Histogram | None = None  # made by the first preview request
         self.started = 0
         self.finished = 0
@@ -143,6 +157,22 @@ class _Series:
     @property
     def in_flight(self) -> int:
         return self.started - self.finished
+
+
+class MirrorStats:
+    """What became of one route's mirrored copies: counts by result, both sides' latencies
+    (histograms for Prometheus, recent values for status) and the last divergent examples."""
+
+    __slots__ = ("counts", "durations", "examples", "recent")
+
+    def __init__(self) -> None:
+        self.counts: dict[MirrorResult, int] = dict.fromkeys(MIRROR_RESULTS, 0)
+        self.durations = {STABLE: Histogram(), CANDIDATE: Histogram()}
+        self.recent: dict[str, deque[float]] = {
+            STABLE: deque(maxlen=MIRROR_LATENCIES),
+            CANDIDATE: deque(maxlen=MIRROR_LATENCIES),
+        }
+        self.examples: deque[tuple[float, MirrorOutcome]] = deque(maxlen=MIRROR_EXAMPLES)
 
 
 def _probability(route: CompiledRoute, decision: Decision) -> float | None:
@@ -170,6 +200,7 @@ class Recorder:
         self.windows = windows if windows is not None else Windows()
         self.reloads = ReloadStats()
         self._series: dict[tuple[str, str], _Series] = {}
+        self._mirrors: dict[str, MirrorStats] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
         ProcessCollector(registry=self.registry)
@@ -193,6 +224,8 @@ class Recorder:
             self._get(route.name, "stable")
             if route.candidate is not None:
                 self._get(route.name, "candidate")
+        mirrored = {r.name for r in new.config.routes if r.mirror is not None and r.name in names}
+        self._mirrors = {n: self._mirrors.get(n) or MirrorStats() for n in sorted(mirrored)}
         for (name, _), series in self._series.items():
             if series.version is not None:
                 series.window = self.windows.window(name) if name in names else None
@@ -300,6 +333,40 @@ class Recorder:
                 ex.path, route.path_prefix, ex.synthetic,
             )  # fmt: skip
 
+    # -- MirrorObserver (dataplane/mirror.py) -------------------------------------------------
+    def mirror_result(self, route: str, result: MirrorResult) -> None:
+        """A copy that was never sent: ``dropped`` (the queue was full) or ``skipped``."""
+        stats = self._mirrors.get(route)
+        if stats is not None:
+            stats.counts[result] += 1
+
+    def mirror_compared(self, route: str, outcome: MirrorOutcome) -> None:
+        """A copy that was sent: its result, both latencies, an example when it diverged or
+        failed. Never user traffic: no live window sees it."""
+        stats = self._mirrors.get(route)
+        if stats is None:
+            return
+        stats.counts[outcome.result] += 1
+        for version, latency in ((STABLE, outcome.primary_latency),
+                                 (CANDIDATE, outcome.mirror_latency)):  # fmt: skip
+            stats.durations[version].observe(latency)
+            stats.recent[version].append(latency)
+        if outcome.mirror_status is not None:
+            codes = self._get(route, CANDIDATE).mirror
+            codes[outcome.mirror_status] = codes.get(outcome.mirror_status, 0) + 1
+        if outcome.result != "match":
+            stats.examples.append((self.clock(), outcome))
+
+    def mirror_counts(self, route: str) -> dict[MirrorResult, int]:
+        """The route's copies by result so far (all zero for a route that does not mirror):
+        ``diverged / (match + diverged)`` is its divergence rate."""
+        stats = self._mirrors.get(route)
+        return dict(stats.counts) if stats is not None else dict.fromkeys(MIRROR_RESULTS, 0)
+
+    def mirror_stats(self, route: str) -> MirrorStats | None:
+        """The route's mirror statistics (None: the route does not mirror); status reads it."""
+        return self._mirrors.get(route)
+
     # -- the composition root ------------------------------------------------------------------
     def config_reloaded(self, ok: bool, now: float) -> None:
         """A routing file was loaded (``ok``) or rejected; ``now`` is Unix time."""
@@ -335,7 +402,8 @@ class _Collector(Collector):
         items = sorted(r._series.items())
         requests = CounterMetricFamily(
             "splitproxy_requests",
-            "Requests answered, by the status the client got; traffic: user or preview.",
+            "Requests answered, by the status the client got; traffic: user, preview or mirror "
+            "(the candidate's answers to mirrored copies).",
             labels=("route", "version", "code", "traffic"),
         )
         synthetic = CounterMetricFamily(
@@ -348,6 +416,8 @@ class _Collector(Collector):
                 requests.add_metric((route, version, str(code), "user"), n)
             for code, n in sorted(series.preview.items()):
                 requests.add_metric((route, version, str(code), "preview"), n)
+            for code, n in sorted(series.mirror.items()):
+                requests.add_metric((route, version, str(code), "mirror"), n)
             for code, n in sorted(series.synthetic.items()):
                 synthetic.add_metric((route, version, str(code)), n)
         yield requests
@@ -421,6 +491,8 @@ class _Collector(Collector):
         yield weight
         yield info
 
+        yield from _mirror_families(r)
+
         reloads = CounterMetricFamily(
             "splitproxy_config_reloads", "Routing file loads, by result.", labels=("result",)
         )
@@ -437,6 +509,27 @@ class _Collector(Collector):
             "When the routing file was last loaded successfully (Unix time).",
             value=r.reloads.last_success_at,
         )
+
+
+def _mirror_families(r: Recorder) -> Iterator[Metric]:
+    mirrored = CounterMetricFamily(
+        "splitproxy_mirror_requests",
+        "Copies of user requests for the candidate (mirror), by result: match, diverged, "
+        "error (no answer), dropped (queue full) or skipped (body too large, request cut).",
+        labels=("route", "result"),
+    )
+    durations = HistogramMetricFamily(
+        "splitproxy_mirror_duration_seconds",
+        "Latency of mirrored requests: the user's answer (stable) and the copy's (candidate).",
+        labels=("route", "version"),
+    )
+    for route, stats in sorted(r._mirrors.items()):
+        for result in MIRROR_RESULTS:
+            mirrored.add_metric((route, result), stats.counts[result])
+        for version, hist in stats.durations.items():
+            durations.add_metric((route, version), hist.cumulative(), hist.sum)
+    yield mirrored
+    yield durations
 
 
 class HealthCollector(Collector):

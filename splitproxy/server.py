@@ -35,6 +35,7 @@ from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.client import ClientConnection
 from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
 from splitproxy.dataplane.health import HealthBook
+from splitproxy.dataplane.mirror import Mirror
 from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.probes import Prober
 from splitproxy.dataplane.state import RuntimeState
@@ -87,6 +88,7 @@ class Server:
         self.health = HealthBook()
         self.prober = Prober(self.health)
         self.recorder.registry.register(HealthCollector(self.health))
+        self.mirror = Mirror(self.recorder, self.clock)  # copies of user requests to candidates
         self.reload_options = reload_options or ReloadOptions(
             watch=settings.reload_watch, poll_interval=settings.reload_poll_interval
         )
@@ -143,6 +145,7 @@ class Server:
         control = self.control = self._build_control()
         ctx = self.ctx = self._build_context()
         self.health.tick(time.time())
+        ctx.mirror = self.mirror
         self._follow_snapshots(control, ctx)
         self.prober.start()
         if self._routing_text is None and s.config is not None:
@@ -218,7 +221,8 @@ class Server:
            a new candidate is not ready until checked; then the prober, which runs the
            checks the book now asks for (before the controller reads the candidate's health);
         4. the rollout controller: a new config wakes its tick, so rollouts follow it at once;
-        5. the proxy context: the headers the routes read, the synthetic-traffic markers.
+        5. the proxy context: the headers the routes read, the synthetic-traffic markers;
+        6. the mirror: a lane (queue, workers) per route that mirrors to its candidate.
 
         The reloader, the admin API and the controller swap snapshots; they follow none."""
         for follow in (
@@ -228,6 +232,7 @@ class Server:
             self.prober.on_swap,
             control.on_swap,
             ctx.on_swap,
+            self.mirror.on_swap,
         ):
             self.state.subscribe(follow)
 
@@ -334,6 +339,7 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.mirror.stop()
         self.pools.abort_all()
         self.janitor.abort_all()
         for listener in (self._proxy_server, self._preview_server):

@@ -87,6 +87,38 @@ class TrafficView(TypedDict):
     candidate: VersionSummary | None
 
 
+class MirrorExampleView(TypedDict):
+    """A mirrored copy whose answer differed from the user's, or got none."""
+
+    at: float  # Unix time the copy's answer was judged
+    method: str
+    path: str  # without the query
+    primary_status: int  # what the user got
+    mirror_status: int | None  # what the candidate answered the copy; None: no answer
+    differed: str  # e.g. "status 200 vs 500", "body (12 vs 14 bytes)", "json at a.b"
+
+
+class MirrorLatencyView(TypedDict):
+    """Recent latencies of the mirrored requests: the user's answers and the copies'."""
+
+    stable: LatencyView
+    candidate: LatencyView
+
+
+class MirrorView(TypedDict):
+    """A route's traffic mirroring (``mirror:``): copies by result since the proxy started
+    (match, diverged, error, dropped, skipped), the divergence rate ``diverged / (match +
+    diverged)`` (None before any copy was compared), latencies and the last divergent copies."""
+
+    percent: float
+    methods: list[str]
+    compare_body: str  # hash or none
+    requests: dict[str, int]
+    divergence_rate: float | None
+    latency_ms: MirrorLatencyView
+    examples: list[MirrorExampleView]
+
+
 # --- a route's rollout -------------------------------------------------------------------------
 
 
@@ -314,6 +346,7 @@ class RouteView(TypedDict):
     overrides: list[dict[str, Any]]
     traffic: TrafficView
     rollout: RolloutView | None  # None: the route has no ``rollout``
+    mirror: MirrorView | None  # None: the route has no ``mirror``
 
 
 # --- the whole proxy ---------------------------------------------------------------------------

@@ -6,13 +6,15 @@ aiohttp, a socket or a clock (only `read_routing_file` reads the file it is give
 
 By topic: `fields` (names, durations, rates, the `Frozen` base), `routes` (routes and their
 backends), `rollout` (steps, checks, guard, hooks, strategies), `traffic` (synthetic traffic),
-`testjob` (the blue/green test job), `parse` (YAML to models, problems with their paths,
-reading the file), `vocabulary` (words every layer shares).
+`mirror` (copies of requests to the candidate), `testjob` (the blue/green test job),
+`parse` (YAML to models, problems with their paths, reading the file), `vocabulary` (words
+every layer shares).
 """
 
 from __future__ import annotations
 
 from splitproxy.config.fields import parse_duration
+from splitproxy.config.mirror import Mirror, MirrorCompare, check_warnings
 from splitproxy.config.parse import (
     content_hash,
     known_routes,
@@ -46,6 +48,8 @@ __all__ = [
     "Hook",
     "Match",
     "MetricCheck",
+    "Mirror",
+    "MirrorCompare",
     "Override",
     "PrometheusCheck",
     "Rollout",
@@ -56,6 +60,7 @@ __all__ = [
     "TestJob",
     "Traffic",
     "WebCheck",
+    "check_warnings",
     "content_hash",
     "known_routes",
     "load_document",

@@ -19,6 +19,7 @@ from splitproxy.config.fields import (
     HeaderName,
     percent_resolution,
 )
+from splitproxy.config.mirror import Mirror
 from splitproxy.config.patterns import compile_pattern
 from splitproxy.config.rollout import Rollout
 from splitproxy.config.vocabulary import CANDIDATE, Version
@@ -211,6 +212,7 @@ class Route(Frozen):
     rollout: Rollout | None = None
     # the health check of both versions, unless a backend has its own
     health: HealthCheck | None = None
+    mirror: Mirror | None = None  # copies of requests to the candidate, compared, never seen
 
     @field_validator("name")
     @classmethod
@@ -230,6 +232,8 @@ class Route(Frozen):
     def _weight_needs_candidate(self) -> Route:
         if self.candidate is None and self.weight > 0:
             raise ValueError("a weight above 0 needs a 'candidate'")
+        if self.candidate is None and self.mirror is not None:
+            raise ValueError("'mirror' sends copies to the candidate: it needs a 'candidate'")
         return self
 
     def health_of(self, version: Version) -> HealthCheck | None:

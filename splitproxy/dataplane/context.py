@@ -29,6 +29,7 @@ logger = logging.getLogger("splitproxy.dataplane.context")
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
     from splitproxy.dataplane.exchange import Exchange
+    from splitproxy.dataplane.mirror import Mirror
 
 
 class ExchangeObserver(Protocol):
@@ -124,6 +125,7 @@ class ProxyContext:
         # which addresses may take traffic (health.py); the composition root shares its book
         self.health = health if health is not None else HealthBook()
         self.in_flight = 0
+        self.mirror: Mirror | None = None  # copies to candidates; the composition root sets it
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         """Follow a new snapshot: the headers its routes read, its synthetic markers."""

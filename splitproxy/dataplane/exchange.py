@@ -21,6 +21,9 @@ token for a route that is gone gets a 404. Any other value is ignored.
 
 Preview requests (``Exchange.preview``, from the preview listener) go to the candidate
 (`routing.preview_decision`): no marker is honoured, no failure replayed on stable.
+
+A route with ``mirror:`` copies some of its user requests to the candidate (``mirror.py``):
+the exchange only feeds its `MirrorTap` the body bytes and hands it over when it ends.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from splitproxy.dataplane.http11 import (
     valid_request_id,
 )
 from splitproxy.dataplane.pools import PoolExhausted, UpstreamPool
+from splitproxy.dataplane.replay import retarget
 from splitproxy.dataplane.retry import may_retry
 from splitproxy.dataplane.routing import (
     CompiledRoute,
@@ -54,7 +58,6 @@ from splitproxy.dataplane.routing import (
     choose,
     find_route,
     preview_decision,
-    retry_decision,
     synthetic_decision,
 )
 from splitproxy.dataplane.state import Snapshot
@@ -63,6 +66,7 @@ from splitproxy.dataplane.upstream import CLOSED, UpstreamConnection
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
+    from splitproxy.dataplane.mirror import MirrorTap
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODY_BUFFER_LIMIT: Final = 256 * 1024  # request bytes held while the upstream connects
@@ -104,6 +108,7 @@ class Exchange:
         "http11",
         "keep_alive",
         "method",
+        "mirror",
         "path",
         "pool",
         "preview",
@@ -179,6 +184,7 @@ class Exchange:
         self.synthetic = False  # the proxy's own request (traffic.py), counted apart
         self.preview: bool = conn.preview  # came in on the preview listener, counted apart
         self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
+        self.mirror: MirrorTap | None = None  # a copy for the candidate (mirror.py)
 
     # -- request side --------------------------------------------------------------------------
     def start(self) -> None:
@@ -254,6 +260,7 @@ class Exchange:
         self.head_bytes = self._request_head(raw_host)
         ctx.in_flight += 1
         ctx.observer.exchange_started(self)
+        self.mirror = ctx.mirror.tap(self) if ctx.mirror is not None else None
         if self.expect_continue and not self.req_done:
             self.conn.write(_CONTINUE)
         self.dispatch()
@@ -351,6 +358,8 @@ class Exchange:
             up.write(self.head_bytes)  # (early WebSocket bytes wait for the 101)
 
     def client_body(self, data: bytes) -> None:
+        if self.mirror is not None:
+            self.mirror.request_body(data)
         self.body_received += len(data)
         limit = self.ctx.max_body_bytes
         if limit and self.body_received > limit and not self.finished:
@@ -424,6 +433,8 @@ class Exchange:
 
     def upstream_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
+        if self.mirror is not None:
+            self.mirror.response_body(data)
         if self.resp_mode is RECHUNK:
             self.conn.writelines(chunk(data))
         else:
@@ -476,24 +487,7 @@ class Exchange:
             stale=stale,
         ):
             self.retried = True
-            decision = self.decision
-            assert decision is not None
-            if decision.version == CANDIDATE and self.route is not None and not self.preview:
-                # The user should not see the candidate's failure, but the analyzer must.
-                ctx.observer.attempt_failed(self, CANDIDATE, kind)
-                self.decision = retry_decision()
-                self.version = self.decision.version
-                rh = ctx.health.routes.get(self.route.name)
-                bh = self.backend_health = rh.stable if rh is not None else None
-                self.pool, self.upstream_url = ctx.pick_pool(self.route.stable, bh)
-            elif not stale:
-                ctx.observer.attempt_failed(self, decision.version, kind)
-                route = self.route
-                if route is not None:  # the same version, another address if there is one
-                    plan = route.candidate if decision.version == CANDIDATE else route.stable
-                    assert plan is not None
-                    failed = self.upstream_url
-                    self.pool, self.upstream_url = ctx.pick_pool(plan, bh, failed)
+            retarget(self, kind, stale)
             self.dispatch()
             return
         self.error_kind = kind
@@ -573,6 +567,8 @@ class Exchange:
         if self.route is not None and self.decision is not None:
             ctx.in_flight -= 1
         ctx.observer.exchange_finished(self)
+        if self.mirror is not None:  # hands a copy to the mirror's queue; never waits
+            self.mirror.done(self)
         if self.tunnel:
             self.conn.close()
         else:

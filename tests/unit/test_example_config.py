@@ -101,3 +101,20 @@ def test_example_checkout_route_is_the_blue_green_its_comments_describe(
     assert rollout.traffic.paths == ("/", "/cart")
     compares = [c for c in rollout.checks if getattr(c, "compare", None) == "stable"]
     assert [getattr(c, "traffic", None) for c in compares] == ["all", "all"]
+
+
+def test_the_commented_mirror_example_is_valid() -> None:
+    # the example's `mirror:` block is commented out; turned on, it must still be valid
+    text = EXAMPLE.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = lines.index("    # mirror:")
+    end = start
+    while end < len(lines) and lines[end].startswith("    # "):
+        end += 1
+    block = [line.replace("    # ", "    ", 1) for line in lines[start:end]]
+    config = parse_routing("\n".join(lines[:start] + block + lines[end:]) + "\n", str(EXAMPLE))
+    api = config.route("api")
+    assert api is not None
+    assert api.mirror is not None
+    assert (api.mirror.percent, api.mirror.methods, api.mirror.max_body) == (10.0, ("GET",), 65536)
+    assert api.mirror.compare.json_ignore == ("meta.generated_at", "items.*.updated_at")

@@ -24,6 +24,7 @@ PURE_PACKAGES = ("splitproxy.config",)
 PURE_MODULES = (
     "splitproxy.errors",
     "splitproxy.dataplane.routing",
+    "splitproxy.dataplane.mirror_compare",
     "splitproxy.dataplane.state",
     "splitproxy.dataplane.health",
     "splitproxy.rollout.analyzer",

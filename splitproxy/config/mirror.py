@@ -1,0 +1,176 @@
+"""Traffic mirroring in the routing file: copies of a route's requests sent to its candidate.
+
+``mirror: {percent: 10, methods: [GET, HEAD], max_body: 64KB, timeout: 5s, concurrency: 16,
+queue: 64, headers: {...}, compare: {body: hash, json_ignore: [meta.generated_at]}}``
+
+``dataplane/mirror.py`` sends the copies and compares the answers; users never see them.
+Unsafe methods (POST, PUT, PATCH, DELETE) are mirrored only when ``methods`` names them, and
+`check_warnings` makes ``splitproxy check`` say so: the candidate acts on each copy (a
+second write to a database both versions share, a second e-mail sent).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from splitproxy.config.fields import (
+    HEADER_NAME,
+    Duration,
+    Frozen,
+    percent_resolution,
+    sub_path_error,
+)
+
+if TYPE_CHECKING:
+    from splitproxy.config.routes import RoutingConfig
+
+MirrorMethod = Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+MAX_BODY_LIMIT: Final = 1024 * 1024  # a queued copy holds its body: bounded per route
+HEADER: Final = "X-Splitproxy-Mirror"
+
+_SIZE = re.compile(r"(\d+)\s*(b|kb|kib|k|mb|mib|m)?", re.IGNORECASE)
+_KIB, _MIB = 1024, 1024 * 1024
+_SIZE_UNITS: Final = {"": 1, "b": 1, "k": _KIB, "kb": _KIB, "kib": _KIB, "m": _MIB, "mb": _MIB,
+                      "mib": _MIB}  # fmt: skip
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
+# set by the proxy or its HTTP client for every copy, never by the routing file
+_RESERVED: Final = frozenset(
+    {
+        HEADER.lower(),
+        "x-splitproxy-synthetic",
+        "x-request-id",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+# ``meta.generated_at``, ``items.*.updated_at``: object keys, ``*`` for every element
+_JSON_SEGMENT = re.compile(r"[^.\s]{1,128}")
+
+
+def parse_size(value: Any) -> Any:
+    """A byte count: a number of bytes or ``64KB`` / ``64KiB`` / ``1MB`` (all powers of 1024)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 64KB")
+    if isinstance(value, str):
+        m = _SIZE.fullmatch(value.strip())
+        if m is None:
+            raise ValueError(f"{value!r} is not a size such as 64KB or 1MB")
+        return int(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    return value
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _methods(value: Any) -> Any:
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        return tuple(v.strip().upper() if isinstance(v, str) else v for v in value)
+    return value
+
+
+class MirrorCompare(Frozen):
+    """What is compared besides the status class and latency. ``body: hash`` compares a hash
+    of both bodies (the primary's computed as it streams to the user); ``json_ignore`` compares
+    small JSON bodies with those paths removed (dotted keys, ``*`` for every element)."""
+
+    body: Literal["hash", "none"] = "none"
+    json_ignore: tuple[str, ...] = Field(default=(), max_length=50)
+
+    @field_validator("json_ignore")
+    @classmethod
+    def _paths(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, path in enumerate(v):
+            parts = path.split(".")
+            if len(parts) > 32 or not all(_JSON_SEGMENT.fullmatch(p) for p in parts):
+                raise sub_path_error(
+                    f"[{i}]", "must be a dotted path of keys such as meta.generated_at (* for any)"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _needs_body(self) -> MirrorCompare:
+        if self.json_ignore and self.body != "hash":
+            raise ValueError("'json_ignore' compares bodies: set 'body: hash'")
+        return self
+
+
+class Mirror(Frozen):
+    """Copies of ``percent`` of the route's requests (``methods`` only; bodies up to
+    ``max_body``) sent to the candidate in the background, marked ``X-Splitproxy-Mirror: 1``,
+    each bounded by ``timeout``; at most ``concurrency`` in flight and ``queue`` waiting per
+    route (more are dropped and counted). The answers are compared with the user's, never sent
+    to anyone."""
+
+    percent: float = Field(gt=0.0, le=100.0, strict=True)
+    methods: Annotated[tuple[MirrorMethod, ...], BeforeValidator(_methods)] = Field(
+        default=("GET", "HEAD"), min_length=1
+    )
+    max_body: Size = Field(default=64 * 1024, ge=0, le=MAX_BODY_LIMIT)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = 5.0
+    concurrency: int = Field(default=16, ge=1, le=256, strict=True)
+    queue: int = Field(default=64, ge=1, le=4096, strict=True)
+    compare: MirrorCompare = MirrorCompare()
+
+    @field_validator("percent")
+    @classmethod
+    def _resolution(cls, v: float) -> float:
+        return percent_resolution(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("a method is listed twice")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for header, value in v.items():
+            if not HEADER_NAME.fullmatch(header):
+                raise sub_path_error(f".{header}", "must be a header field name")
+            if header.lower() in _RESERVED:
+                raise sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
+            if not _HEADER_VALUE.fullmatch(value):
+                raise sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0 < v <= 60:
+            raise ValueError("must be a duration > 0 and <= 1m")
+        return v
+
+    @property
+    def unsafe_methods(self) -> tuple[str, ...]:
+        """The listed methods a server may act on (not safe to repeat on the candidate)."""
+        return tuple(m for m in self.methods if m not in SAFE_METHODS)
+
+
+def check_warnings(config: RoutingConfig) -> list[str]:
+    """What ``splitproxy check`` warns about in a valid file: mirrored unsafe methods."""
+    out = []
+    for i, route in enumerate(config.routes):
+        mirror = route.mirror
+        if mirror is not None and mirror.unsafe_methods:
+            listed = ", ".join(mirror.unsafe_methods)
+            out.append(
+                f"routes[{i}].mirror.methods: {listed} mirrored to the candidate: it will act "
+                "on every copy (writes, e-mails, payments happen twice)"
+            )
+    return out
