@@ -221,7 +221,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload, indent=2))
     else:
-        print_status(payload)
+        print_status(payload, wide=args.wide)
     return 0
 
 
@@ -439,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = client("status", "show routes, weights and backends of a running proxy")
     status.add_argument("--json", action="store_true", help="print the raw JSON (once)")
+    status.add_argument(
+        "--wide", action="store_true", help="plain lines, never cut (the default when piped)"
+    )
     status.add_argument(
         "--watch",
         action="store_true",

@@ -382,8 +382,37 @@ def _backend(b: BackendView) -> str:
     return f"{urls} ({b['revision']})" if b.get("revision") else urls
 
 
-def print_status(status: StatusView, console: Console | None = None) -> None:
-    (console or Console()).print(status_table(status))
+def print_status(status: StatusView, console: Console | None = None, *, wide: bool = False) -> None:
+    """The status table in a terminal; piped (or ``wide``), plain lines that no column width
+    cuts: one block per route, ``key: value``, for grep and for logs."""
+    console = console or Console()
+    if console.is_terminal and not wide:
+        console.print(status_table(status))
+        return
+    for line in status_lines(status):
+        print(line)
+
+
+def status_lines(status: StatusView) -> list[str]:
+    """The status as plain lines, nothing folded or cut."""
+    config = status.get("config", {})
+    out = [f"splitproxy {status.get('version', '')} config {config.get('revision', '?')}"]
+    for route in status.get("routes", []):
+        cand = route.get("candidate")
+        w = route["weight"]
+        weight = f"{w['effective']:g}% (set by {w['source']})" if cand else "-"
+        rollout = rollout_cell(route.get("rollout")).replace("\n", "; ")
+        out += [
+            f"route {route['name']}",
+            f"  stable: {_backend(route['stable'])}",
+            f"  candidate: {_backend(cand) if cand else '-'}",
+            f"  weight: {weight}",
+            f"  rollout: {rollout}",
+        ]
+    rollouts = status.get("rollouts")
+    if rollouts and not rollouts.get("persistent"):
+        out.append("rollout state is in memory only (no --state-dir)")
+    return out
 
 
 def watch_view(status: StatusView, now: float) -> Group:

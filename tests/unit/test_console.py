@@ -481,3 +481,25 @@ def test_renders_a_real_analyzer_s_status_and_events() -> None:
     lines = [t.plain for e in emitted for t in con.event_lines(finite(e.to_dict()), T0)]
     assert any("step         step 2 at 50%: step 2: weight 50%" in line for line in lines)
     assert any("✓ error_rate" in line and "n=" in line for line in lines)
+
+
+def test_piped_status_is_plain_lines_that_no_width_cuts() -> None:
+    long_url = "http://" + "very-long-upstream-name." * 6 + "example:8080"
+    status: Any = {
+        "version": "1.0",
+        "config": {"revision": "r1+abc"},
+        "routes": [
+            {
+                "name": "shop",
+                "stable": {"urls": [long_url], "revision": "1.0"},
+                "candidate": {"urls": ["http://c:1"], "revision": "1.1"},
+                "weight": {"effective": 25.0, "source": "rollout"},
+                "rollout": None,
+            }
+        ],
+        "rollouts": {"persistent": False},
+    }
+    lines = con.status_lines(status)
+    assert f"  stable: {long_url} (1.0)" in lines
+    assert "  weight: 25% (set by rollout)" in lines
+    assert lines[-1] == "rollout state is in memory only (no --state-dir)"
