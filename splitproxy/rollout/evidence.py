@@ -71,6 +71,9 @@ TRAIL_MAX_AGE: Final = 3600.0  # kept longer (up to this) while it has too few r
 TRAIL_MIN_REQUESTS: Final = 2000
 STABLE_RECENT: Final = 60.0  # the window in which stable "breaches too" (incident)
 GUARD_MIN_STABLE: Final = 20  # stable requests needed to call an incident
+INCIDENT_WINDOW: Final = 15.0  # seconds: "stable fails in the same seconds" as the candidate
+INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more ...
+INCIDENT_RATIO: Final = 3.0  # ... and the candidate at most this many times stable's rate
 
 Outcome = Literal["pass", "hold", "fail"]
 
@@ -126,6 +129,9 @@ class Evidence:
         self.trail_total: dict[float, int] = {}
         self.trail_requests = 0
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
+        # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
+        # (not saved: after a restart the incident rule starts from the minute rule alone)
+        self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
 
@@ -245,6 +251,9 @@ class Evidence:
             if self.baseline is not None:
                 self.baseline.fold(samples)
         self._trail_add(now, stab_n, stab_x, stable_hist)
+        self.ticks.append((now, stab_n, stab_x, cand_n, cand_x))
+        while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
+            self.ticks.pop(0)
 
     def record_external(self, now: float, values: Mapping[str, float | None]) -> None:
         """The external checks' values produced since the previous tick."""
@@ -292,11 +301,21 @@ class Evidence:
     # --- what it says -------------------------------------------------------------------------
 
     def stable_breaching(self) -> bool:
-        """Is stable itself above the guard's cap over the last minute (an incident)?"""
+        """Is stable failing too (an incident, not the candidate's fault)? Either in the same
+        seconds as the candidate (the last `INCIDENT_WINDOW`: stable at half the guard's cap or
+        more, and the candidate not `INCIDENT_RATIO` times worse than stable), or above the cap
+        over the last minute."""
         assert self.spec.guard is not None
+        cap = self.spec.guard.error_rate
+        n = sum(t[1] for t in self.ticks)
+        x = sum(t[2] for t in self.ticks)
+        if n >= GUARD_MIN_STABLE and x / n >= INCIDENT_SHARE * cap:
+            cn, cx = sum(t[3] for t in self.ticks), sum(t[4] for t in self.ticks)
+            if cn == 0 or cx / cn <= INCIDENT_RATIO * (x / n):
+                return True
         n = sum(int(s[1]) for s in self.recent)
         x = sum(int(s[2]) for s in self.recent)
-        return n >= GUARD_MIN_STABLE and x / n >= self.spec.guard.error_rate
+        return n >= GUARD_MIN_STABLE and x / n >= cap
 
     def evaluate(self, now: float) -> tuple[CheckResult, ...]:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:

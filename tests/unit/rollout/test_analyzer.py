@@ -437,6 +437,15 @@ def test_an_incident_pauses_instead_of_blaming_the_candidate() -> None:
     assert d.phase == "rolled_back"
 
 
+def test_a_shared_incident_after_a_calm_hour_pauses_and_never_rolls_back() -> None:
+    d = started(interval="1h")
+    d.run(3600, samples=traffic(0.1, stable=(900, 0), candidate=(100, 0)))  # 1,000 rps
+    for _ in range(30):  # a 30 s database blip: both versions at 10 %
+        d.tick(traffic(0.1, stable=(900, 90), candidate=(100, 10)))
+        assert d.phase != "rolled_back"
+    assert (d.phase, d.a.paused_reason) == ("paused", "incident")
+
+
 # --- manual commands --------------------------------------------------------------------------
 
 

@@ -85,10 +85,28 @@ def test_stable_breaching_is_stable_s_last_minute_above_the_guard_s_cap() -> Non
     assert e.stable_breaching()
     e.fold(100.0, traffic(0.1, stable=(90, 0)), tests=True)  # the bad minute is over
     assert not e.stable_breaching()
-    e.fold(101.0, [Sample("stable", 10, 4, 0.1)], tests=True)
-    assert not e.stable_breaching()  # 4 of 100 is under the cap of 5 %
-    e.fold(102.0, [Sample("stable", 10, 6, 0.1)], tests=True)
+    crash = Sample("candidate", 10, 10, 0.1)  # the candidate far worse than stable
+    e.fold(101.0, [Sample("stable", 10, 4, 0.1), crash], tests=True)
+    assert not e.stable_breaching()  # 4 of 100 is under the cap of 5 % over the minute
+    e.fold(102.0, [Sample("stable", 10, 6, 0.1), crash], tests=True)
     assert e.stable_breaching()  # 10 of 110 is above it
+
+
+def test_stable_failing_in_the_same_seconds_as_the_candidate_is_an_incident() -> None:
+    """A shared incident (a database blip): both versions at 10 % errors for a few seconds
+    after a calm minute. The minute's average is still under the cap; the same seconds are
+    not."""
+    e = running()
+    for t in range(1, 61):
+        e.fold(float(t), traffic(0.1, stable=(90, 0), candidate=(10, 0)), tests=True)
+    for t in range(61, 69):
+        e.fold(float(t), traffic(0.1, stable=(900, 90), candidate=(100, 10)), tests=True)
+    assert e.stable_breaching()
+    # the same seconds, but the candidate ten times worse than stable: its own fault
+    e2 = running()
+    for t in range(1, 69):
+        e2.fold(float(t), traffic(0.1, stable=(900, 27), candidate=(100, 90)), tests=True)
+    assert not e2.stable_breaching()
 
 
 def test_a_failed_comparison_carries_a_lower_bound_above_one() -> None:
