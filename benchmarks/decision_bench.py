@@ -11,7 +11,8 @@ An offline simulation (no network, stdlib only) of the traffic a canary sees, dr
   stable's p90;
 * scenarios: ``aa`` (no change), ``err_0.5_2``, ``err_0.1_0.5`` (stable at 0.1 %),
   ``p99_+20``, ``p99_+100``, ``one_endpoint`` (the 4.3 %-traffic endpoint fails 10 %),
-  ``crash_30`` (30 % errors everywhere);
+  ``crash_30`` (30 % errors everywhere), ``shared_incident`` (no change, but both versions
+  at 10 % errors for 30 s from 90 s in: a blip that must pause the rollout, never roll back);
 * policies, both run by the `Analyzer` with steps 5/10/20/50 % and 60 s intervals:
   ``splitproxy``: comparison with stable by the e-processes (error rate pooled + per path
   class, latency exceedance of stable's trailing p95/p99), the guard (cap 5 %), α = 1 %,
@@ -83,6 +84,17 @@ class Scenario:
     tail_factor: float = 1.0
     endpoint_error: float | None = None  # candidate's error rate on ONE_ENDPOINT only
     bad: bool = True
+    # a shared incident: both versions at ``incident_error`` from ``incident_at`` seconds into
+    # the rollout for ``incident_for`` seconds (a database blip); it must pause, never roll back
+    incident_at: float | None = None
+    incident_for: float = 30.0
+    incident_error: float = 0.10
+
+    def error(self, candidate: bool, now: float) -> float:
+        at = self.incident_at
+        if at is not None and at <= now < at + self.incident_for:
+            return self.incident_error
+        return self.candidate_error if candidate else self.stable_error
 
 
 SCENARIOS = (
@@ -93,6 +105,7 @@ SCENARIOS = (
     Scenario("p99_+100", tail_factor=2.0),
     Scenario("one_endpoint", endpoint_error=0.10),
     Scenario("crash_30", candidate_error=0.30),
+    Scenario("shared_incident", bad=False, incident_at=90.0),
 )
 SCENARIO = {s.name: s for s in SCENARIOS}
 
@@ -225,6 +238,7 @@ def version_traffic(
     p: float | None,
     scenario: Scenario,
     tail: tuple[float, list[float], list[float]],
+    now: float = 0.0,
 ) -> tuple[list[Sample], int]:
     """One version's samples for one tick: a cell per endpoint plus the latency histogram."""
     out: list[Sample] = []
@@ -234,7 +248,7 @@ def version_traffic(
         n = poisson(rng, mean * share)
         if not n:
             continue
-        rate = scenario.candidate_error if cand else scenario.stable_error
+        rate = scenario.error(cand, now)
         if cand and scenario.endpoint_error is not None and i == ONE_ENDPOINT:
             rate = scenario.endpoint_error
         x = binomial(rng, n, rate)
@@ -275,8 +289,9 @@ def run_once(rps: float, scenario: Scenario, policy: str, seed: int) -> dict[str
         if analyzer.phase in ("promoted", "rolled_back", "paused"):
             break
         p = weight / 100
-        samples, _ = version_traffic(rng, "stable", rps * dt * (1 - p), p, scenario, stable_tail)
-        cand, n = version_traffic(rng, "candidate", rps * dt * p, p, scenario, cand_tail)
+        stable_mean, cand_mean = rps * dt * (1 - p), rps * dt * p
+        samples, _ = version_traffic(rng, "stable", stable_mean, p, scenario, stable_tail, now)
+        cand, n = version_traffic(rng, "candidate", cand_mean, p, scenario, cand_tail, now)
         samples += cand
         cand_requests += n
         now += dt
@@ -345,7 +360,13 @@ def table(results: dict[str, dict[str, Any]], rps: float, policies: Sequence[str
     lines = ["| scenario | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]
     for sc in SCENARIOS:
         row = [results[f"{rps:g}/{sc.name}/{pol}"] for pol in policies]
-        label = "A/A (false rollback)" if not sc.bad else sc.name
+        label = (
+            sc.name
+            if sc.bad
+            else "A/A (false rollback)"
+            if sc.name == "aa"
+            else f"{sc.name} (false rollback)"
+        )
         lines.append(f"| {label} | " + " | ".join(cell(s) for s in row) + " |")
     promo = [results[f"{rps:g}/aa/{pol}"] for pol in policies]
     lines.append(

@@ -302,16 +302,16 @@ class Evidence:
 
     def stable_breaching(self) -> bool:
         """Is stable failing too (an incident, not the candidate's fault)? Either in the same
-        seconds as the candidate (the last `INCIDENT_WINDOW`: stable at half the guard's cap or
-        more, and the candidate not `INCIDENT_RATIO` times worse than stable), or above the cap
-        over the last minute."""
+        seconds as the candidate (in some span of the last ticks ending now, within
+        `INCIDENT_WINDOW`: stable at half the guard's cap or more, and the candidate not
+        `INCIDENT_RATIO` times worse than stable), or above the cap over the last minute."""
         assert self.spec.guard is not None
         cap = self.spec.guard.error_rate
-        n = sum(t[1] for t in self.ticks)
-        x = sum(t[2] for t in self.ticks)
-        if n >= GUARD_MIN_STABLE and x / n >= INCIDENT_SHARE * cap:
-            cn, cx = sum(t[3] for t in self.ticks), sum(t[4] for t in self.ticks)
-            if cn == 0 or cx / cn <= INCIDENT_RATIO * (x / n):
+        n = x = cn = cx = 0
+        for tick in reversed(self.ticks):  # every span of ticks that ends now
+            n, x, cn, cx = n + tick[1], x + tick[2], cn + tick[3], cx + tick[4]
+            failing = n >= GUARD_MIN_STABLE and x / n >= INCIDENT_SHARE * cap
+            if failing and (cn == 0 or cx / cn <= INCIDENT_RATIO * (x / n)):
                 return True
         n = sum(int(s[1]) for s in self.recent)
         x = sum(int(s[2]) for s in self.recent)
