@@ -2,7 +2,7 @@
 # The project's one test command (README, CI): sets up everything the tests need, then runs
 # ruff, mypy and pytest, failing on any of them.
 #   - a virtual environment in .venv with the project and its `dev` extra;
-#   - Debian packages only where a test needs the real server (prometheus), when missing.
+#   - Debian packages only where a test needs the real thing (prometheus, chromium), when missing.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k reload).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,6 +19,13 @@ if ! command -v prometheus >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v
   (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 ||
     { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }) ||
     echo "warning: could not install prometheus" >&2
+fi
+# The dashboard test drives the page in a real headless Chromium.
+if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing chromium (Debian package) for the dashboard browser test"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }) ||
+    echo "warning: could not install chromium" >&2
 fi
 # The compose test validates docker-compose.yml with docker-compose (no engine needed).
 if ! command -v docker-compose >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

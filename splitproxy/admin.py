@@ -2,7 +2,8 @@
 
 Errors are ``{"error": {"code": ..., "message": ...}}``. When an admin token is set, every
 ``/api/`` call needs ``Authorization: Bearer <token>`` (compared in constant time); health
-checks and ``/metrics`` stay open so probes and scrapers need no secret.
+checks and ``/metrics`` stay open so probes and scrapers need no secret, and so does the
+dashboard page at ``/`` (`splitproxy.dashboard`: static files; it asks for the token itself).
 
 Rollouts: ``POST /api/v1/routes/{name}/{promote|rollback|pause|resume|retry}`` (optional body
 ``{"reason": "..."}``) carries a manual command out at once and answers with the route view;
@@ -27,7 +28,7 @@ from typing import Final, Literal, cast
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from splitproxy import __version__
+from splitproxy import __version__, dashboard
 from splitproxy.config import Mirror
 from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.routing import BUCKETS, BackendPlan, CompiledRoute
@@ -520,6 +521,7 @@ def create_admin_app(ctx: AdminContext) -> web.Application:
     """The admin application; `server.py` runs it on its own listener."""
     app = web.Application(middlewares=[_errors, _guard, _auth])
     app[ADMIN] = ctx
+    dashboard.add_routes(app)  # the page at `/`: static, so open like the health checks
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", make_aiohttp_handler(ctx.recorder.registry))
