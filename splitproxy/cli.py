@@ -248,6 +248,8 @@ def wait_for_outcome(args: argparse.Namespace) -> int:
                 print(f"status: route {args.wait!r} has no rollout", file=sys.stderr)
                 return 2
             phase = rollout["phase"]
+            if args.revision is not None and rollout.get("revision") != args.revision:
+                phase = f"waiting for revision {args.revision} (at {rollout.get('revision')})"
             line = f"{args.wait}: {phase}, step {rollout['step']}/{rollout['steps']}"
             if line != last:
                 print(line, flush=True)
@@ -456,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(the reason on stderr), 2 on timeout",
     )
     status.add_argument("--wait-timeout", default="30m", help="--wait: how long (default 30m)")
+    status.add_argument(
+        "--revision",
+        help="--wait: only this candidate revision's outcome counts (right after a commit the "
+        "proxy may still show the previous release's)",
+    )
     status.set_defaults(func=cmd_status)
 
     events = client("events", "print the decision ledger (oldest first)")

@@ -39,9 +39,13 @@ async def test_status_wait_exits_0_promoted_1_rolled_back_2_timeout(
         async with traffic(proxy):
             done = await asyncio.to_thread(
                 cli, "status", "--wait", ROUTE, "--wait-timeout", "25s", "--interval", "0.2",
-                *admin,
+                "--revision", "1.1", *admin,
             )  # fmt: skip
         assert done.returncode == 0, done
+        other = await asyncio.to_thread(
+            cli, "status", "--wait", ROUTE, "--revision", "1.2", "--wait-timeout", "1s", *admin
+        )
+        assert other.returncode == 2, other  # 1.1's promotion is not 1.2's
         assert done.stdout.strip().splitlines()[-1].startswith(f"{ROUTE}: promoted")
         events = await asyncio.to_thread(cli, "events", ROUTE, *admin)
         assert events.returncode == 0, events.stderr
