@@ -193,3 +193,25 @@ def test_an_invalid_file_at_the_first_commit_stops_start_up(repo: Repo) -> None:
     result = serve_once(repo.url)
     assert result.returncode == 1
     assert f"commit {bad}: routes[0].weight: must be <= 100" in result.stderr
+
+
+def test_a_failing_fetch_is_reported_once_and_serving_goes_on(repo: Repo, tmp_path: Path) -> None:
+    first = repo.commit(routes(5), "shop at 5%")
+    env = {"SPLITPROXY_GIT_INTERVAL": "0.1"}
+    with serving(repo.url, tmp_path / "proxy.log", env=env) as proxy:
+        repo.bare.rename(tmp_path / "moved.git")  # the remote goes away
+        deadline = time.monotonic() + 20
+        while status(proxy.admin_port)["config"]["last_error"] is None:
+            assert time.monotonic() < deadline, proxy.output()
+            time.sleep(0.1)
+        body = status(proxy.admin_port)
+        assert "does not appear to be a git repository" in body["config"]["last_error"]
+        assert body["config"]["revision"].startswith(f"{first}+")  # serving goes on
+        assert shop_weight(body) == 5.0
+        time.sleep(1.0)  # about ten more failing fetches: logged once, not once each
+        assert proxy.output().count("does not appear to be a git repository") == 1
+
+        (tmp_path / "moved.git").rename(repo.bare)  # back: the next fetch clears the error
+        admin = ["--admin-url", f"http://127.0.0.1:{proxy.admin_port}"]
+        assert cli("reload", *admin).returncode == 0
+        assert status(proxy.admin_port)["config"]["last_error"] is None
