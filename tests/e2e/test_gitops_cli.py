@@ -146,8 +146,11 @@ def test_commits_to_the_branch_apply_and_a_bad_commit_keeps_the_last_good_one(
 
 def test_the_branch_is_fetched_every_interval_without_a_trigger(repo: Repo, tmp_path: Path) -> None:
     repo.commit(routes(5), "shop at 5%")
-    env = {"SPLITPROXY_GIT_INTERVAL": "0.2"}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"SPLITPROXY_GIT_INTERVAL": "0.2", "TMPDIR": str(scratch)}
     with serving(repo.url, tmp_path / "proxy.log", env=env) as proxy:
+        assert list(scratch.glob("splitproxy-git-*"))  # no state_dir: a temporary mirror
         second = repo.commit(routes(30), "shop at 30%")
         deadline = time.monotonic() + 20
         while shop_weight(status(proxy.admin_port)) != 30.0 and time.monotonic() < deadline:
@@ -155,6 +158,7 @@ def test_the_branch_is_fetched_every_interval_without_a_trigger(repo: Repo, tmp_
         body = status(proxy.admin_port)
         assert shop_weight(body) == 30.0
         assert body["config"]["revision"].startswith(f"{second}+")
+    assert not list(scratch.glob("splitproxy-git-*"))  # removed at exit
 
 
 def test_the_mirror_lives_under_the_state_dir(repo: Repo, tmp_path: Path) -> None:
