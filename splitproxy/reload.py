@@ -259,12 +259,12 @@ class Reloader:
             return
         snapshot = self.state.snapshot
         self._judged = snapshot.content_hash if snapshot is not None else ""
-        self._signature = file_signature(self.path)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._worker(), name="splitproxy-reload"))
         if self.git is not None:  # no file to watch or stat: the branch is fetched instead
             self._tasks.append(loop.create_task(self._fetches(), name="splitproxy-reload-fetch"))
             return
+        self._signature = file_signature(self.path)
         if self.poll_interval > 0:
             self._tasks.append(loop.create_task(self._poll(), name="splitproxy-reload-poll"))
         if self.watch:
