@@ -27,6 +27,13 @@ if ! command -v chromium >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v a
     { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }) ||
     echo "warning: could not install chromium" >&2
 fi
+# The GitOps tests serve a routing file from a real (local, bare) git repository.
+if ! command -v git >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing git (Debian package) for the git+ routing file tests"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git >/dev/null; }) ||
+    echo "warning: could not install git" >&2
+fi
 # The compose test validates docker-compose.yml with docker-compose (no engine needed).
 if ! command -v docker-compose >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   echo "installing docker-compose (Debian package) for the compose file test"

@@ -395,7 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the proxy")
-    serve.add_argument("-c", "--config", type=Path, help="the routing file (or SPLITPROXY_CONFIG)")
+    serve.add_argument(  # a str: a git+URL must keep its //, which a Path would fold
+        "-c", "--config", help="the routing file or git+URL#BRANCH:PATH (or SPLITPROXY_CONFIG)"
+    )
     for flag, dest, kind, help_ in _SERVE_FLAGS:
         serve.add_argument(flag, dest=dest, type=kind, default=None, help=help_)
     serve.add_argument("--no-access-log", action="store_true", help="turn the access log off")

@@ -31,6 +31,13 @@ already judged, so a bad file is reported once, not once a second.
 registry at once (new requests cannot pick them) and close after ``grace`` seconds, so
 requests that started on the previous snapshot finish on their connections. Pools of
 unchanged upstreams and the listeners are never touched.
+
+A routing file in git (`gitsource.GitSource`, ``-c git+URL#BRANCH:PATH``) replaces the watch
+and the poll by a fetch every ``fetch_interval`` (a passive trigger); the worker fetches the
+branch where it would read the file, names errors by commit and puts the short commit id in
+the revision. The rest of the path is the same: a failing fetch is reported like an
+unreadable file (once per change of error), and a commit that leaves the file as it was is
+a no-op.
 """
 
 from __future__ import annotations
@@ -62,12 +69,13 @@ from splitproxy.config import (
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
 from splitproxy.dataplane.state import Prepared, RuntimeState, Snapshot, upstream_keys
 from splitproxy.errors import ConfigError, Problem
+from splitproxy.gitsource import GitError, GitSource, short, with_commit
 
 logger = logging.getLogger("splitproxy.reload")
 
 # Triggers that ask for a reload explicitly: they always re-read and report, even content
 # the worker has judged before. File events (watch, poll) skip content already judged.
-EXPLICIT: Final = frozenset({"sighup", "admin", "api"})
+EXPLICIT: Final = frozenset({"sighup", "admin", "api"})  # the rest: watch, poll, fetch
 # Stands for "the file could not be read" where a content hash is expected.
 UNREADABLE: Final = "unreadable"
 
@@ -96,6 +104,7 @@ class ReloadOptions:
     watch: bool = True  # watch the directory (watchfiles); the poll runs regardless
     read_timeout: float = 10.0  # a read hanging longer (a dead network mount) fails the reload
     pool_grace: float | None = None  # None: the server's connect + read timeouts
+    fetch_interval: float = 30.0  # a routing file in git: fetch its branch this often
 
 
 # -- reading the file ----------------------------------------------------------------------
@@ -201,18 +210,22 @@ def describe_changes(old: RoutingConfig | None, new: RoutingConfig) -> str:
 
 
 class Reloader:
-    """Watches the routing file and applies its changes through one reload path."""
+    """Watches the routing file (or fetches its git branch: ``source`` is a `GitSource`)
+    and applies its changes through one reload path."""
 
     def __init__(
         self,
-        path: Path,
+        source: Path | GitSource,
         state: RuntimeState,
         record: Callable[[bool, float], None],
         options: ReloadOptions = ReloadOptions(),
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = path.absolute()  # not resolved: the symlink chain is what gets swapped
+        self.git = source if isinstance(source, GitSource) else None
+        # not resolved: the symlink chain is what gets swapped
+        self.path = source.absolute() if isinstance(source, Path) else Path(source.spec.path)
+        self.fetch_interval = options.fetch_interval
         self.state = state
         self.record = record  # counts each load or rejection (`Recorder.config_reloaded`)
         self.debounce = options.debounce
@@ -246,9 +259,12 @@ class Reloader:
             return
         snapshot = self.state.snapshot
         self._judged = snapshot.content_hash if snapshot is not None else ""
-        self._signature = file_signature(self.path)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._worker(), name="splitproxy-reload"))
+        if self.git is not None:  # no file to watch or stat: the branch is fetched instead
+            self._tasks.append(loop.create_task(self._fetches(), name="splitproxy-reload-fetch"))
+            return
+        self._signature = file_signature(self.path)
         if self.poll_interval > 0:
             self._tasks.append(loop.create_task(self._poll(), name="splitproxy-reload-poll"))
         if self.watch:
@@ -327,15 +343,19 @@ class Reloader:
     async def _reload(self, triggers: set[str]) -> ReloadOutcome:
         trigger = ",".join(sorted(triggers))
         explicit = bool(triggers & EXPLICIT)
-        try:  # in threads: a stat or read on a dead network mount must not block the loop
-            async with asyncio.timeout(self.read_timeout):
-                self._signature = await asyncio.to_thread(file_signature, self.path)
-                text, digest = await asyncio.to_thread(read_routing_bytes, self.path)
-        except TimeoutError:
-            timed_out = ConfigError([Problem("", "reading the file timed out")], str(self.path))
-            return self._fail(UNREADABLE, timed_out, trigger)
-        except ConfigError as exc:
-            return self._fail(UNREADABLE, exc, trigger, quiet=not explicit)
+        commit: str | None = None
+        if self.git is not None:  # git runs as a subprocess: the loop never waits on it
+            try:
+                fetched = await self.git.fetch()
+            except GitError as exc:
+                problem = ConfigError([Problem("", str(exc))], str(self.git.spec))
+                return self._fail(UNREADABLE, problem, trigger, quiet=not explicit)
+            text, digest, commit = fetched.text, fetched.digest, fetched.commit
+        else:
+            read = await self._read_file(trigger, explicit)
+            if isinstance(read, ReloadOutcome):
+                return read
+            text, digest = read
         current = self.state.snapshot
         if digest == self._judged and not explicit:
             return self._outcome(self.last_error is None, False, self.last_problems, trigger)
@@ -352,7 +372,7 @@ class Reloader:
             try:  # in a thread too: parsing, validating and compiling a large file takes long
                 with loop_first():
                     prepared, changes = await asyncio.to_thread(
-                        self._prepare, text, digest, current
+                        self._prepare, text, digest, current, commit
                     )
             except ConfigError as exc:
                 return self._fail(digest, exc, trigger)
@@ -371,11 +391,29 @@ class Reloader:
                 await asyncio.to_thread(gc.collect)
         return self._outcome(True, True, (), trigger)
 
-    def _prepare(self, text: str, digest: str, current: Snapshot | None) -> tuple[Prepared, str]:
+    async def _read_file(self, trigger: str, explicit: bool) -> tuple[str, str] | ReloadOutcome:
+        """The file's text and hash, or the outcome of a failed read."""
+        try:  # in threads: a stat or read on a dead network mount must not block the loop
+            async with asyncio.timeout(self.read_timeout):
+                self._signature = await asyncio.to_thread(file_signature, self.path)
+                return await asyncio.to_thread(read_routing_bytes, self.path)
+        except TimeoutError:
+            timed_out = ConfigError([Problem("", "reading the file timed out")], str(self.path))
+            return self._fail(UNREADABLE, timed_out, trigger)
+        except ConfigError as exc:
+            return self._fail(UNREADABLE, exc, trigger, quiet=not explicit)
+
+    def _prepare(
+        self, text: str, digest: str, current: Snapshot | None, commit: str | None = None
+    ) -> tuple[Prepared, str]:
         """In a worker thread: parse, validate and compile the file, and word its changes.
-        Routes written exactly as in the file loaded last are not validated again."""
-        document = load_document(text, str(self.path))
-        config = validate_routing(document, str(self.path), self._known)
+        Routes written exactly as in the file loaded last are not validated again. A file
+        from git is named by its commit in errors and in the revision."""
+        source = f"commit {short(commit)}" if commit is not None else str(self.path)
+        document = load_document(text, source)
+        config = validate_routing(document, source, self._known)
+        if commit is not None:
+            config = with_commit(config, commit)
         prepared = self.state.prepare(config, digest)
         self._known = known_routes(document, config)
         return prepared, describe_changes(current.config if current is not None else None, config)
@@ -412,6 +450,12 @@ class Reloader:
         return ReloadOutcome(loaded, changed, revision, problems, trigger)
 
     # -- passive triggers ------------------------------------------------------------------
+    async def _fetches(self) -> None:
+        """A routing file in git: fetch its branch every ``fetch_interval``."""
+        while True:
+            await asyncio.sleep(self.fetch_interval)
+            self.request("fetch")
+
     async def _poll(self) -> None:
         polls = 0
         while True:

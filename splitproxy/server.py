@@ -6,7 +6,10 @@ start:    load the routing file (an invalid one stops start-up with its errors),
           rollouts from ``state_dir`` and applies their weights), open the admin listener,
           then the proxy listener, then the preview listener (``preview_listen``, when set),
           then the sweeper (timeouts, idle pools, the end of upstream ejections).
-reload:   a watch of the routing file's directory, a stat-and-hash poll, SIGHUP and
+          A routing file in git (``-c git+URL#BRANCH:PATH``) is fetched first; a remote that
+          cannot be reached, an unknown branch or a missing file stop start-up in one line.
+reload:   a watch of the routing file's directory (or a fetch of its git branch every
+          ``git_interval``), a stat-and-hash poll, SIGHUP and
           POST /api/v1/reload all ask `reload.Reloader` for a reload; its one worker reads,
           validates and swaps, and a bad file keeps the last good config serving. Pools of
           upstreams no route names any more close after a grace period (`PoolJanitor`).
@@ -40,6 +43,7 @@ from splitproxy.dataplane.pools import PoolRegistry
 from splitproxy.dataplane.probes import Prober
 from splitproxy.dataplane.state import RuntimeState
 from splitproxy.errors import ConfigError, Problem
+from splitproxy.gitsource import Fetched, GitSource, with_commit
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import HealthCollector, Recorder
 from splitproxy.reload import (
@@ -90,13 +94,16 @@ class Server:
         self.recorder.registry.register(HealthCollector(self.health))
         self.mirror = Mirror(self.recorder, self.clock)  # copies of user requests to candidates
         self.reload_options = reload_options or ReloadOptions(
-            watch=settings.reload_watch, poll_interval=settings.reload_poll_interval
+            watch=settings.reload_watch,
+            poll_interval=settings.reload_poll_interval,
+            fetch_interval=settings.git_interval,
         )
         grace = self.reload_options.pool_grace
         if grace is None:  # a request picks its pool, then connects and waits for the head
             grace = settings.connect_timeout + settings.read_timeout
         self.janitor = PoolJanitor(self.pools, self.state, grace)
         self.reloader: Reloader | None = None
+        self.git: GitSource | None = None  # the routing file's git branch (-c git+URL#...)
         self.control: Controller | None = None
         self.draining = False
         self._proxy_server: asyncio.Server | None = None
@@ -110,8 +117,11 @@ class Server:
         self.admin_port = 0
 
     # -- config -----------------------------------------------------------------------------
-    def _load_initial(self) -> None:
-        if self._routing_text is not None:
+    def _load_initial(self, fetched: Fetched | None = None) -> None:
+        if fetched is not None:
+            config = with_commit(parse_routing(fetched.text, fetched.source), fetched.commit)
+            digest = fetched.digest
+        elif self._routing_text is not None:
             config = parse_routing(self._routing_text, "<embedded>")
             digest = content_hash(self._routing_text)
         elif self.settings.config is not None:
@@ -141,16 +151,22 @@ class Server:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self._load_initial()
+        fetched = None
+        spec = s.git_spec if self._routing_text is None else None
+        if spec is not None:  # a failing first fetch stops start-up, in one line
+            self.git = GitSource(spec, s.state_dir)
+            fetched = await self.git.open()
+        self._load_initial(fetched)
         control = self.control = self._build_control()
         ctx = self.ctx = self._build_context()
         self.health.tick(time.time())
         ctx.mirror = self.mirror
         self._follow_snapshots(control, ctx)
         self.prober.start()
-        if self._routing_text is None and s.config is not None:
+        source = self.git or (s.config if self._routing_text is None else None)
+        if source is not None:
             self.reloader = Reloader(
-                s.config, self.state, self.recorder.config_reloaded, self.reload_options
+                source, self.state, self.recorder.config_reloaded, self.reload_options
             )
             self.reloader.start()
         await control.start()
@@ -159,7 +175,7 @@ class Server:
             state=self.state,
             recorder=self.recorder,
             token=s.admin_secret,
-            config_path=str(s.config) if s.config else None,
+            config_path=str(self.git.spec) if self.git else str(s.config) if s.config else None,
             draining=lambda: self.draining,
             last_error=lambda: self.last_error,
             reload=self.reloader.admin_reload if self.reloader is not None else None,
@@ -348,6 +364,8 @@ class Server:
                     await asyncio.wait_for(listener.wait_closed(), 1.0)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.git is not None:
+            self.git.close()
         logger.info("stopped")
 
 

@@ -23,8 +23,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from splitproxy.gitsource import GitSpec, is_git_spec, parse_git_spec
 
 ENV_PREFIX = "SPLITPROXY_"
 
@@ -69,6 +72,11 @@ class Settings(BaseSettings):
     preview_listen: str | None = None
     admin: str = "127.0.0.1:9901"
     config: Path | None = None
+    # the routing file in a git branch: set by giving ``config`` as git+URL#BRANCH:PATH
+    # (`_git_config` moves it here: a Path would fold the URL's //)
+    config_git: str | None = None
+    # how often the branch of a git+ config is fetched (and on SIGHUP, `reload`)
+    git_interval: float = Field(default=30.0, gt=0)
     state_dir: Path | None = None
     # the admin API's bearer token: from the environment or a file, never a command-line flag
     # (a flag's value shows in `ps` to every user of the machine)
@@ -113,6 +121,26 @@ class Settings(BaseSettings):
     # peers whose X-Forwarded-* headers are trusted (appended to); others are overwritten
     trusted_proxies: StrList = ()
     via: str = "1.1 splitproxy"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _git_config(cls, data: Any) -> Any:
+        if isinstance(data, dict) and is_git_spec(data.get("config")):
+            data = dict(data)
+            data["config_git"] = data.pop("config")
+        return data
+
+    @field_validator("config_git")
+    @classmethod
+    def _git_spec(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_git_spec(v)
+        return v
+
+    @property
+    def git_spec(self) -> GitSpec | None:
+        """Where the routing file lives when ``config`` is a git+ URL."""
+        return parse_git_spec(self.config_git) if self.config_git is not None else None
 
     @field_validator("listen", "admin", "preview_listen")
     @classmethod
@@ -212,6 +240,8 @@ _SECRETS = frozenset({"admin_token", "admin_token_file"})  # never echoed in an 
 
 
 def _line(field: str, message: str) -> str:
+    if field == "config_git":  # given as config (see `Settings._git_config`)
+        field = "config"
     return f"splitproxy: invalid setting {field} ({ENV_PREFIX}{field.upper()}): {message}"
 
 

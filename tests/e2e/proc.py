@@ -43,10 +43,10 @@ def cli(
 
 @contextmanager
 def serving(
-    config: Path, log: Path, *extra: str, env: Mapping[str, str] | None = None
+    config: Path | str, log: Path, *extra: str, env: Mapping[str, str] | None = None
 ) -> Iterator[Proxy]:
     """``splitproxy serve`` on free loopback ports (``env``: added to the environment);
-    stopped (SIGKILL at worst) on exit."""
+    stopped (SIGKILL at worst) on exit. ``config``: a file, or a ``git+URL#BRANCH:PATH``."""
     with log.open("w") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "splitproxy", "serve", "-c", str(config),
