@@ -528,7 +528,9 @@ class Controller:
         if rt.rollout.hooks:
             # weight_after: the candidate's weight once the tick's decisions are applied (the
             # event's own weight is the one in force when it was decided)
-            after = {"type": event.kind, "weight_after": rt.analyzer.weight}
+            snapshot = self.state.snapshot  # config_revision: the git commit with a git+ source
+            after = {"type": event.kind, "weight_after": rt.analyzer.weight,
+                     "config_revision": snapshot.revision if snapshot else None}  # fmt: skip
             payload = cast(dict[str, Any], finite({**entry, **after}))
             self.dispatcher.notify(rt.rollout.hooks, event.kind, payload)
 

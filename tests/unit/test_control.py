@@ -477,6 +477,9 @@ async def test_notifications_go_to_event_post_rollout_and_rollback_hooks() -> No
     assert slack[-1]["text"].startswith("splitproxy · shop v2: rolled_back (candidate at 0%).")
     assert events[-1]["weight"] == 20  # when it was decided
     assert events[-1]["weight_after"] == 0
+    snapshot = rig.state.snapshot
+    assert snapshot is not None
+    assert events[-1]["config_revision"] == snapshot.revision  # the commit, from a git source
     (post,) = rig.hooks.bodies("http://ci/post")
     (undo,) = rig.hooks.bodies("http://ci/undo")
     assert post["type"] == undo["type"] == "rolled_back"
