@@ -41,6 +41,21 @@ def check_header_names(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
+
+
+def check_added_headers(headers: dict[str, str], reserved: frozenset[str]) -> dict[str, str]:
+    """Check headers the proxy adds to requests it makes itself (synthetic traffic, mirrored
+    copies): valid names, none the proxy sets (``reserved``, lower-case), printable values."""
+    check_header_names(headers)
+    for header, value in headers.items():
+        if header.lower() in reserved:
+            raise sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
+        if not HEADER_VALUE.fullmatch(value):
+            raise sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
+    return headers
+
+
 class Frozen(BaseModel):
     """The base of every model of the file: immutable, and an unknown key is an error."""
 

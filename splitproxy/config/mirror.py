@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from splitproxy.config.fields import (
-    HEADER_NAME,
     Duration,
     Frozen,
+    check_added_headers,
     percent_resolution,
     sub_path_error,
 )
@@ -36,7 +36,6 @@ _SIZE = re.compile(r"(\d+)\s*(b|kb|kib|k|mb|mib|m)?", re.IGNORECASE)
 _KIB, _MIB = 1024, 1024 * 1024
 _SIZE_UNITS: Final = {"": 1, "b": 1, "k": _KIB, "kb": _KIB, "kib": _KIB, "m": _MIB, "mb": _MIB,
                       "mib": _MIB}  # fmt: skip
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
 # set by the proxy or its HTTP client for every copy, never by the routing file
 _RESERVED: Final = frozenset(
     {
@@ -140,14 +139,7 @@ class Mirror(Frozen):
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for header, value in v.items():
-            if not HEADER_NAME.fullmatch(header):
-                raise sub_path_error(f".{header}", "must be a header field name")
-            if header.lower() in _RESERVED:
-                raise sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
-            if not _HEADER_VALUE.fullmatch(value):
-                raise sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
-        return v
+        return check_added_headers(v, _RESERVED)
 
     @field_validator("timeout")
     @classmethod

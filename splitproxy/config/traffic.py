@@ -10,11 +10,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from splitproxy.config.fields import HEADER_NAME, Duration, Frozen, sub_path_error
+from splitproxy.config.fields import Duration, Frozen, check_added_headers, sub_path_error
 
 MAX_TRAFFIC_RATE = 1000.0  # requests per second
 _TRAFFIC_PATH = re.compile(r"/[\x21-\x22\x24-\x7e]{0,2047}")  # visible ASCII, no '#'
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")
 # set by the proxy or the HTTP client, never by the routing file
 _TRAFFIC_RESERVED = frozenset(
     {
@@ -66,14 +65,7 @@ class Traffic(Frozen):
     @field_validator("headers")
     @classmethod
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for header, value in v.items():
-            if not HEADER_NAME.fullmatch(header):
-                raise sub_path_error(f".{header}", "must be a header field name")
-            if header.lower() in _TRAFFIC_RESERVED:
-                raise sub_path_error(f".{header}", "is set by the proxy, not in the routing file")
-            if not _HEADER_VALUE.fullmatch(value):
-                raise sub_path_error(f".{header}", "must be printable ASCII (no line breaks)")
-        return v
+        return check_added_headers(v, _TRAFFIC_RESERVED)
 
     @field_validator("timeout")
     @classmethod
