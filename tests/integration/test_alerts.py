@@ -33,7 +33,7 @@ from aiohttp.test_utils import TestServer
 from tests.conftest import StartProxy
 from tests.integration.test_prometheus import (  # noqa: F401  (fixtures, used by name)
     Prometheus,
-    _free_port,
+    Prometheuses,
     prometheus_binary,
 )
 
@@ -251,9 +251,7 @@ async def compose_prometheus(
 ) -> AsyncIterator[StartPrometheus]:
     """``await compose_prometheus(admin_port)``: Prometheus with config/prometheus/ (the alert
     rules loaded), scraping and evaluating every second, its one target on loopback."""
-    procs: list[asyncio.subprocess.Process] = []
-    sessions: list[aiohttp.ClientSession] = []
-    log_path = tmp_path / "prometheus.log"
+    servers = Prometheuses(prometheus_binary, tmp_path)
 
     async def start(admin_port: int) -> Prometheus:
         config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
@@ -263,45 +261,12 @@ async def compose_prometheus(
         job["static_configs"] = [{"targets": [f"127.0.0.1:{admin_port}"]}]
         path = tmp_path / "prometheus.yml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        port = _free_port()
-        with log_path.open("wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                prometheus_binary, f"--config.file={path}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        procs.append(proc)
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.returncode is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "prometheus did not become ready in 30 s"
-            try:
-                async with session.get(f"{url}/-/ready") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        return Prometheus(url, session)
+        return await servers.launch(path)
 
     try:
         yield start
     finally:
-        for session in sessions:
-            await session.close()
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await servers.close()
 
 
 def dashboard_queries() -> list[tuple[str, str]]:

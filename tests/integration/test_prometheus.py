@@ -115,36 +115,33 @@ class Prometheus:
         raise AssertionError(f"{promql} stayed at {seen}, expected {expected}")
 
 
-@pytest.fixture
-async def prometheus(prometheus_binary: str, tmp_path: Path) -> AsyncIterator[Any]:
-    """``await prometheus(admin_port)``: a Prometheus scraping that port every second."""
-    procs: list[asyncio.subprocess.Process] = []
-    sessions: list[aiohttp.ClientSession] = []
-    log_path = tmp_path / "prometheus.log"
+class Prometheuses:
+    """Real Prometheus servers on loopback for one test, each with its own config; `close`
+    stops them all (SIGTERM, SIGKILL after 10 s) and closes their sessions."""
 
-    async def start(admin_port: int) -> Prometheus:
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            "scrape_configs:\n"
-            "  - job_name: splitproxy\n"
-            "    scrape_interval: 1s\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{admin_port}']}}]\n"
-        )
+    def __init__(self, binary: str, tmp_path: Path) -> None:
+        self.binary = binary
+        self.tmp_path = tmp_path
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.sessions: list[aiohttp.ClientSession] = []
+
+    async def launch(self, config: Path) -> Prometheus:
+        """Start one with ``config`` and wait (at most 30 s) until it is ready."""
+        log_path = self.tmp_path / "prometheus.log"
         port = _free_port()
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
-                prometheus_binary,
+                self.binary,
                 f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--storage.tsdb.path={self.tmp_path / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        procs.append(proc)
+        self.procs.append(proc)
         session = aiohttp.ClientSession()
-        sessions.append(session)
+        self.sessions.append(session)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -159,12 +156,10 @@ async def prometheus(prometheus_binary: str, tmp_path: Path) -> AsyncIterator[An
             await asyncio.sleep(0.2)
         return Prometheus(url, session)
 
-    try:
-        yield start
-    finally:
-        for session in sessions:
+    async def close(self) -> None:
+        for session in self.sessions:
             await session.close()
-        for proc in procs:
+        for proc in self.procs:
             if proc.returncode is None:
                 proc.terminate()
             try:
@@ -173,6 +168,28 @@ async def prometheus(prometheus_binary: str, tmp_path: Path) -> AsyncIterator[An
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.fixture
+async def prometheus(prometheus_binary: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """``await prometheus(admin_port)``: a Prometheus scraping that port every second."""
+    servers = Prometheuses(prometheus_binary, tmp_path)
+
+    async def start(admin_port: int) -> Prometheus:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: splitproxy\n"
+            "    scrape_interval: 1s\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{admin_port}']}}]\n"
+        )
+        return await servers.launch(config)
+
+    try:
+        yield start
+    finally:
+        await servers.close()
 
 
 @dataclass
