@@ -63,22 +63,19 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Any, Final, Literal
 
 from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
-from splitproxy.rollout import bluegreen, commands
+from splitproxy.rollout import bluegreen, commands, holds
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
-    CallHook,
     CheckResult,
     Command,
     Emit,
     Event,
-    GateResult,
     Observation,
     SetWeight,
 )
@@ -200,7 +197,7 @@ class Analyzer:
         evidence.fold(now, observation.samples, tests=judging)
         evidence.record_external(now, observation.external)
         for result in observation.gates:
-            self._gate_result(now, result)
+            holds.gate_result(self, now, result)
         for outcome in observation.tests:
             bluegreen.test_outcome(self, now, outcome)
         for command in observation.commands:
@@ -358,7 +355,7 @@ class Analyzer:
 
     def _progress(self, now: float) -> None:
         if self.phase == "waiting":
-            self._waiting(now)
+            holds.waiting(self, now)
             return
         hold = self.hold
         if hold is not None:  # resumed while a gate or a pause step was pending
@@ -426,65 +423,7 @@ class Analyzer:
             bluegreen.on_step(self, now, index)
 
     def _wait_for(self, now: float, what: Held, step: int, *, until: float = math.inf) -> None:
-        self.hold = Hold(what, step, until=until, asked_at=now, since=now)
-        if what == "pause":
-            message = (
-                "paused step: waiting for resume"
-                if until == math.inf
-                else f"pause step: waiting until t={until:g}"
-            )
-        elif what == "readiness":
-            message = "waiting for the candidate to become ready"
-        elif what == "test":
-            message = "waiting for the test job to pass before the switch"
-        elif what == "switch":
-            message = "waiting for promote to switch (auto_promote: false)"
-        else:
-            message = f"waiting for the {what} gate"
-            self._actions.append(CallHook(what, step + 1))
-        self._move(now, "wait", "waiting", message)
-
-    def _waiting(self, now: float) -> None:
-        hold = self.hold
-        assert hold is not None
-        if hold.what == "pause":
-            if now >= hold.until:
-                self._proceed(now, "the pause step ended")
-            return
-        if hold.what == "readiness":
-            if self.readiness.ready:
-                self._proceed(now, "the candidate is ready")
-            return
-        if hold.what == "test" and self.test_passed:
-            self._proceed(now, "the test job passed")
-            return
-        if hold.what in ("step", "confirm-promotion", "test", "switch"):
-            step = self.plan[min(self.step_index, len(self.plan) - 1)]
-            if self._window_outcome(now, step) == "pass":
-                self.evidence.restart_window(now)
-        due = now - hold.asked_at >= self.spec.interval
-        if self.phase == "waiting" and due and hold.what in GATES:  # ask the hook again
-            self.hold = replace(hold, asked_at=now)
-            self._actions.append(CallHook(hold.what, hold.step + 1))
-
-    def _gate_result(self, now: float, result: GateResult) -> None:
-        hold = self.hold
-        expected = hold is not None and (hold.what, hold.step + 1) == (result.gate, result.step)
-        if self.phase != "waiting" or hold is None or not expected:
-            return
-        if result.passed:
-            self._proceed(now, f"the {result.gate} gate passed" + _suffix(result.detail))
-            return
-        changed = hold.attempts == 0 or result.detail != hold.last_detail
-        hold = self.hold = replace(
-            hold, attempts=hold.attempts + 1, last_at=now, last_detail=result.detail
-        )
-        if result.gate != "confirm-promotion":
-            self._failure(now, f"the {result.gate} hook failed" + _suffix(result.detail))
-        elif changed:  # once per wait, and when the answer says something new
-            again = f" (answer {hold.attempts})" if hold.attempts > 1 else ""
-            message = "confirm-promotion: not yet" + _suffix(result.detail) + again
-            self._event(now, "gate_closed", message)
+        holds.wait_for(self, now, what, step, until=until)
 
     def _proceed(self, now: float, message: str, source: str = "analyzer") -> None:
         hold = self.hold
@@ -593,7 +532,3 @@ class Analyzer:
     def status(self, *, with_ci: bool = True) -> dict[str, Any]:
         """The route's rollout as the admin API shows it (see `status.status_view`)."""
         return status_view(self, with_ci=with_ci)
-
-
-def _suffix(text: str) -> str:
-    return f": {text}" if text else ""

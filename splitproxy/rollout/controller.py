@@ -47,7 +47,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,15 +55,17 @@ from typing import Any, Final, cast
 
 import aiohttp
 
-from splitproxy.config import PrometheusCheck, Rollout, RoutingConfig, WebCheck
+from splitproxy.config import Rollout, RoutingConfig
 from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
+from splitproxy.rollout import ledger
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
-from splitproxy.rollout.external import ExternalCheck, ExternalPoller, ExternalReader
+from splitproxy.rollout.external import ExternalPoller, ExternalReader
+from splitproxy.rollout.ledger import RouteRollout as _Rollout
 from splitproxy.rollout.messages import (
     Action,
     CallHook,
@@ -93,7 +94,7 @@ from splitproxy.rollout.samples import (
     path_class_slots,
     samples_for,
 )
-from splitproxy.rollout.store import StateStore, Verdict
+from splitproxy.rollout.store import StateStore
 from splitproxy.rollout.testjob import TestJobRunner
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 
@@ -114,26 +115,6 @@ class ControlOptions:
     # between 0.25 s and 30 s (so each step window sees a fresh value)
     external_interval: float | None = None
     notify_drain: float = 2.0  # at shutdown, how long queued notifications may still go out
-
-
-@dataclass(eq=False)
-class _Rollout:
-    """One route's analyzer and what the controller keeps beside it."""
-
-    name: str
-    rollout: Rollout
-    analyzer: Analyzer
-    ledger: deque[dict[str, Any]]
-    last: float = 0.0  # the end of the newest live-window bucket consumed
-    saved_at: float = -math.inf
-
-    def configure(self, rollout: Rollout) -> None:
-        self.rollout = rollout
-        self.analyzer.reconfigure(analyzer_spec(rollout))
-        self.analyzer.gates = rollout.gates
-
-    def external_checks(self) -> tuple[ExternalCheck, ...]:
-        return tuple(c for c in self.rollout.checks if isinstance(c, PrometheusCheck | WebCheck))
 
 
 class Controller:
@@ -490,49 +471,10 @@ class Controller:
     # --- the ledger ---------------------------------------------------------------------------
 
     def _control_event(self, rt: _Rollout, now: float, kind: str, message: str) -> Event:
-        a = rt.analyzer
-        return Event(
-            at=now,
-            route=rt.name,
-            kind=kind,
-            phase=a.phase,
-            previous=a.phase,
-            step=a.step_index + 1,
-            weight=a.weight,
-            revision=a.revision,
-            message=message,
-            source="control",
-        )
+        return ledger.control_event(rt, now, kind, message)
 
     def _record(self, rt: _Rollout, event: Event) -> None:
-        entry = event.to_dict()
-        rt.ledger.append(entry)
-        weight = "file" if event.weight is None else f"{event.weight:g}%"
-        logger.info(
-            "rollout %s %s: %s (%s, step %d, weight %s): %s",
-            rt.name, event.revision or "-", event.kind, event.phase, event.step, weight,
-            event.message,
-        )  # fmt: skip
-        if event.kind in ("promoted", "rolled_back", "retried") and event.revision is not None:
-            verdict = cast(Verdict, event.kind)
-            self.persistence.verdict(rt.name, event.revision, verdict, event.at, event.message)
-        if event.kind == "promoted":
-            snapshot = self.state.snapshot
-            route = snapshot.config.route(rt.name) if snapshot is not None else None
-            window = rt.rollout.revert_window
-            self.reverts.promoted(rt.name, window, route, event.revision, event.at)
-        if event.kind in ("promoted", "rolled_back"):
-            started = rt.analyzer.started_at
-            seconds = event.at - started if started is not None else 0.0
-            self.metrics.rollout_ended(rt.name, event.kind, seconds)
-        if rt.rollout.hooks:
-            # weight_after: the candidate's weight once the tick's decisions are applied (the
-            # event's own weight is the one in force when it was decided)
-            snapshot = self.state.snapshot  # config_revision: the git commit with a git+ source
-            after = {"type": event.kind, "weight_after": rt.analyzer.weight,
-                     "config_revision": snapshot.revision if snapshot else None}  # fmt: skip
-            payload = cast(dict[str, Any], finite({**entry, **after}))
-            self.dispatcher.notify(rt.rollout.hooks, event.kind, payload)
+        ledger.record(self, rt, event)
 
     def _mark(self, rt: _Rollout, now: float) -> None:
         """Queue the route's state for the next flush."""
