@@ -394,7 +394,7 @@ class Analyzer:
             return
         self._event(now, "check_failed", f"{message} ({self.failures} of {limit} tolerated)")
         if self.failures > limit:
-            self._rollback(now, f"more than {limit} failed check windows")
+            self._rollback(now, f"{shadow.where(self)}more than {limit} failed check windows")
         else:
             self.evidence.restart_window(now)
 

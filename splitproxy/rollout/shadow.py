@@ -132,6 +132,11 @@ def in_shadow(a: Analyzer) -> bool:
     return a.phase in HOLDING and hold is not None and hold.what == "shadow"
 
 
+def where(a: Analyzer) -> str:
+    """``"in the shadow, "`` to begin a ledger message with while in the shadow, else ``""``."""
+    return "in the shadow, " if in_shadow(a) else ""
+
+
 def holding(a: Analyzer) -> bool:
     """Is the rollout waiting in its shadow phase (user requests are mirrored meanwhile)?"""
     return a.phase == "waiting" and in_shadow(a)
@@ -281,17 +286,17 @@ def judge(a: Analyzer, now: float) -> bool:
     mirrored answers (with the ledger saying so), unless stable fails too. True when it
     rolled back."""
     by_name = {r.name: r for r in a.checks}
-    where = "in the shadow, " if in_shadow(a) else ""
     test = by_name.get(TEST_NAME)
     if test is not None and test.verdict == "fail" and a.shadow.test is not None:
         cap = a.shadow.test.cap
-        a._rollback(now, f"{where}mirrored answers diverge from stable's clearly above {cap:.2%}")
+        message = f"mirrored answers diverge from stable's clearly above {cap:.2%}"
+        a._rollback(now, where(a) + message)
         return True
     guard = by_name.get("guard")
-    tripped = where and guard is not None and guard.verdict == "fail"
+    tripped = in_shadow(a) and guard is not None and guard.verdict == "fail"
     if tripped and not a.evidence.stable_breaching():
         message = "the guard tripped: mirrored answers' error rate far above the cap"
-        a._rollback(now, where + message)
+        a._rollback(now, where(a) + message)
         return True
     return False
 

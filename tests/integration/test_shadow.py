@@ -4,20 +4,28 @@ the shadow, and the candidate's answers reach the analyzer as evidence."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from pytest_aiohttp import AiohttpServer
 
 from splitproxy.config.mirror import HEADER
 from tests.conftest import StartProxy
-from tests.integration.proxy_support import RawUpstream, Seen, recording_app
-from tests.integration.test_mirror import eventually, request, route_status, send, stable  # noqa: F401
+from tests.integration.proxy_support import RawUpstream, Seen, raw_upstream, recording_app
+from tests.integration.test_mirror import eventually, request, route_status, send, stable_server
+
+
+@pytest.fixture
+async def stable() -> AsyncIterator[RawUpstream]:
+    async with raw_upstream(stable_server) as up:
+        yield up
 
 
 async def test_copies_go_to_the_candidate_only_while_the_rollout_is_in_its_shadow(
     start_proxy: StartProxy,
     stable: RawUpstream,
-    aiohttp_server: AiohttpServer,  # noqa: F811
+    aiohttp_server: AiohttpServer,
 ) -> None:
     seen: list[Seen] = []
     candidate = await aiohttp_server(recording_app(seen))
@@ -46,7 +54,8 @@ async def test_copies_go_to_the_candidate_only_while_the_rollout_is_in_its_shado
 
     async def shadowing() -> bool:
         control.tick()
-        return (await route_status(server, "app"))["rollout"]["waiting_for"] == "shadow"
+        view = await route_status(server, "app")
+        return bool(view["rollout"]["waiting_for"] == "shadow")
 
     await eventually(shadowing)
     for _ in range(5):
@@ -56,7 +65,8 @@ async def test_copies_go_to_the_candidate_only_while_the_rollout_is_in_its_shado
 
     async def counted() -> bool:
         control.tick()
-        return (await route_status(server, "app"))["rollout"]["shadow"]["mirrored"] == 5
+        view = await route_status(server, "app")
+        return bool(view["rollout"]["shadow"]["mirrored"] == 5)
 
     await eventually(counted)  # the analyzer took the candidate's answers as evidence
     control.command("app", "resume", reason="seen enough")  # past the shadow: the first step

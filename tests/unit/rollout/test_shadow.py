@@ -134,7 +134,7 @@ def test_the_threshold_checks_are_judged_on_the_mirrored_answers() -> None:
     d.until("rolled_back", limit=120)
     kinds = d.kinds()
     assert kinds.count("check_failed") == 2  # one failed window tolerated, the second not
-    assert d.messages()[-1] == "more than 1 failed check windows"
+    assert d.messages()[-1] == "in the shadow, more than 1 failed check windows"
     assert set(d.user_weights) == {0.0}
 
 
