@@ -300,3 +300,25 @@ def test_bad_shadows_are_refused(shadow: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigError) as refused:
         routes({"rollout": {"steps": [10], "shadow": shadow}})
     assert str(refused.value.problems[0]).startswith(problem)
+
+
+def test_a_blue_green_rollout_shadows_before_its_first_test_iteration() -> None:
+    rollout = Rollout.model_validate(
+        {
+            "strategy": "bluegreen",
+            "interval": "10s",
+            "min_requests": 0,
+            "bake": "10s",
+            "shadow": {"duration": "5s", "min_requests": 20},
+            "checks": [DIVERGENCE],
+        }
+    )
+    d = Shadow(rollout)
+    d.tick()
+    assert d.a.status()["waiting_for"] == "shadow"
+    d.until("progressing")
+    assert d.a.step_index == 0  # the first test iteration, users still on stable
+    assert d.a.weight == 0.0
+    assert d.events()[-1].message == "iteration 1 of 1: test traffic only, users on stable"
+    d.until("promoted", limit=100)
+    assert d.a.shadow.passed
