@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 
 from splitproxy.config.mirror import HEADER
+from tests.e2e.proc import cli
 from tests.e2e.test_rollout_cli import (
     ROUTE,
     Serve,
@@ -69,6 +70,7 @@ def write(path: Path, stable: str, candidate: str, *, mirror: Any = None, **roll
         "checks": [{"metric": "error_rate", "max": "5%"}],
     }
     spec.update(rollout)
+    spec = {k: v for k, v in spec.items() if v is not None}
     route: dict[str, Any] = {
         "name": ROUTE,
         "stable": {"url": stable, "revision": "1.0"},
@@ -184,3 +186,26 @@ async def test_a_restart_in_the_middle_of_the_shadow_carries_on(
         assert after["shadow"]["started_at"] == before["shadow"]["started_at"]
         assert any(e["kind"] == "state_restored" for e in await events(proxy))
     assert seen["users"] == 0, seen
+
+
+def test_check_refuses_a_divergence_check_without_copies_and_warns_of_an_unjudged_shadow(
+    tmp_path: Path,
+) -> None:
+    no_copies = write(tmp_path / "bad.yaml", "http://127.0.0.1:1", "http://127.0.0.1:2",
+                      shadow=None, checks=[DIVERGENCE])  # fmt: skip
+    result = cli("check", str(no_copies))
+    assert result.returncode == 1
+    assert (
+        f"{no_copies}: routes[0].rollout.checks[0]: 'mirror_divergence' judges mirrored copies: "
+        "give the route 'mirror:' or the rollout 'shadow:'"
+    ) in result.stderr
+    unjudged = write(tmp_path / "ok.yaml", "http://127.0.0.1:1", "http://127.0.0.1:2")
+    result = cli("check", str(unjudged))
+    assert result.returncode == 0, result.stderr
+    assert "warning: routes[0].rollout.shadow: no {metric: mirror_divergence} check" in (
+        result.stderr
+    )
+    judged = write(tmp_path / "judged.yaml", "http://127.0.0.1:1", "http://127.0.0.1:2",
+                   checks=[DIVERGENCE])  # fmt: skip
+    result = cli("check", str(judged))
+    assert (result.returncode, result.stderr) == (0, "")
