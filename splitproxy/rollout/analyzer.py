@@ -36,7 +36,8 @@ which a rollout (re)starts is not used as evidence: its requests were routed und
 previous regime.
 
 *Readiness.* A rollout (re)starts at weight 0, waiting for its candidate to be ready (when
-the `Observation` says it is not), then goes to its first step through ``pre-rollout``. No
+the `Observation` says it is not), then goes to its first step through its shadow phase
+(``shadow:``, judged on mirrored copies: `splitproxy.rollout.shadow`) and ``pre-rollout``. No
 candidate traffic is evidence until the candidate was ready on an earlier tick. Waiting for
 readiness and progressing count toward ``progress_deadline`` until then: past it, the rollout
 rolls back ("candidate never became ready"). A candidate that becomes unavailable later keeps
