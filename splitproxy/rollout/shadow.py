@@ -93,7 +93,11 @@ class ShadowState:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ShadowState:
         """The state `to_dict` wrote; raises KeyError, TypeError or ValueError on a bad one."""
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{str(d)[:60]!r} is not an object")
         test = d.get("test")
+        if test is not None and not isinstance(test, Mapping):
+            raise TypeError(f"test: {str(test)[:60]!r} is not an object")
         st = cls(RateGuard.from_dict(test) if test is not None else None)
         if not isinstance(d["passed"], bool):
             raise TypeError(f"passed: {d['passed']!r} is not a boolean")

@@ -212,9 +212,12 @@ def test_a_restart_mid_shadow_carries_on_where_it_stopped() -> None:
         {"passed": False, "started_at": 0, "answered": 5, "errors": 9, "compared": 0,
          "diverged": 0, "test": None},
         {"passed": False},
+        ["not", "an", "object"],
+        {"passed": False, "started_at": 0, "answered": 0, "errors": 0, "compared": 0,
+         "diverged": 0, "test": [1, 2]},
     ],
 )  # fmt: skip
-def test_a_damaged_shadow_state_is_refused(shadow: dict[str, Any]) -> None:
+def test_a_damaged_shadow_state_is_refused(shadow: Any) -> None:
     rollout = shadowed()
     d = Shadow(rollout)
     d.run(3)
