@@ -68,7 +68,7 @@ from typing import Any, Final, Literal
 from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
-from splitproxy.rollout import bluegreen, commands, holds
+from splitproxy.rollout import ab, bluegreen, commands, holds
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
@@ -107,6 +107,7 @@ _LATER: Final[dict[str, Any]] = {
     "bake": None,
     "auto_promote": True,
     "test": None,
+    "ab": None,
 }
 
 
@@ -147,6 +148,7 @@ class Analyzer:
         self.paused_reason: str | None = None
         self.test_attempt = 0  # blue/green: the test job's runs so far, and whether one passed
         self.test_passed = False
+        self.ab_state: ab.AbState | None = None  # an A/B test's counts (ab.py)
         self.history: list[Event] = []
         self.checks: tuple[CheckResult, ...] = ()
         # the spec changed under a running rollout: it restarts on the next tick
@@ -195,6 +197,7 @@ class Analyzer:
             window.start = min(now, window.start + readiness.unserved(now, elapsed, health))
         judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
         evidence.fold(now, observation.samples, tests=judging)
+        ab.fold(self, now, observation.ab, fresh)
         evidence.record_external(now, observation.external)
         for result in observation.gates:
             holds.gate_result(self, now, result)
@@ -290,6 +293,7 @@ class Analyzer:
         self.hold = None
         self.paused_reason = None
         self.test_attempt, self.test_passed = 0, False
+        ab.reset(self)
         self.evidence.end()
         self.readiness.reset()
 
@@ -365,6 +369,9 @@ class Analyzer:
             return
         if bluegreen.in_bake(self):
             bluegreen.bake(self, now)
+            return
+        if self.spec.ab is not None:
+            ab.progress(self, now)
             return
         step = self.plan[self.step_index]
         if self._window_outcome(now, step) == "pass":
@@ -517,6 +524,7 @@ class Analyzer:
             source=source,
             checks=checks,
             trigger=trigger,
+            ab=ab.event_result(self, now) if evidence else None,
         )
         self.history.append(event)
         del self.history[:-HISTORY]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from splitproxy.rollout import ab
 from splitproxy.rollout.evidence import step_needs
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
         "alpha": asdict(evidence.alpha),
         "checks": [c.to_dict() for c in checks],
         "bluegreen": _bluegreen_status(a),
+        "ab": ab.result(a),
     }
 
 
