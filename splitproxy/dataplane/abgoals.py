@@ -35,13 +35,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from splitproxy.config.abtest import AbTest, AudienceRule, Goal
 from splitproxy.config.patterns import Pattern, compile_pattern
 
 if TYPE_CHECKING:
-    from splitproxy.dataplane.exchange import Exchange
     from splitproxy.dataplane.routing import CompiledRoute, Decision
 
 _FULL: Final = 10_000  # routing.BUCKETS (imported lazily there: routing imports this module)
@@ -63,6 +62,21 @@ class AbCounts:
     @property
     def empty(self) -> bool:
         return not (any(self.users) or self.untracked or any(map(any, self.converted)))
+
+
+class Routed(Protocol):
+    """What the book reads of an exchange (`exchange.Exchange`)."""
+
+    @property
+    def route(self) -> CompiledRoute | None: ...
+    @property
+    def decision(self) -> Decision | None: ...
+    @property
+    def wanted(self) -> Mapping[bytes, bytes]: ...
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def path(self) -> str: ...
 
 
 class _Rule:
@@ -215,7 +229,7 @@ class AbBook:
         table.ab = ab
         return table
 
-    def exposed(self, ex: Exchange) -> None:
+    def exposed(self, ex: Routed) -> None:
         """A request was routed: a user routed by their sticky key while the split is
         partial is exposed to their variant (once)."""
         route, decision = ex.route, ex.decision
@@ -238,7 +252,7 @@ class AbBook:
         users[key] = _CANDIDATE_BIT if candidate else 0
         table.exposed[candidate] += 1
 
-    def response(self, ex: Exchange, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    def response(self, ex: Routed, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """The upstream's response head for ``ex``: count the user's first conversion on each
         goal it matches."""
         route, decision = ex.route, ex.decision

@@ -24,6 +24,7 @@ PURE_PACKAGES = ("splitproxy.config",)
 PURE_MODULES = (
     "splitproxy.errors",
     "splitproxy.dataplane.routing",
+    "splitproxy.dataplane.abgoals",
     "splitproxy.dataplane.mirror_compare",
     "splitproxy.dataplane.state",
     "splitproxy.dataplane.health",
@@ -40,6 +41,7 @@ PURE_MODULES = (
     "splitproxy.rollout.sketch",
     "splitproxy.rollout.sequential",
     "splitproxy.rollout.abtest",
+    "splitproxy.rollout.ab",
     "splitproxy.rollout.windows",
     "splitproxy.rollout.samples",
 )
