@@ -256,3 +256,15 @@ async def test_a_split_driven_off_its_share_pauses_the_test_as_broken(
         users = paused["ab"]["users"]
         assert users["candidate"] > 1.3 * users["stable"]
         assert not client.failures, client.failures
+
+
+@pytest.mark.timeout(80)
+def test_demo_ab_scenario_promotes_the_better_converting_candidate() -> None:
+    result = cli("demo", "--scenario", "ab", timeout=75)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "scenario ab: candidate 1.1's sign-up page converts 25%" in out
+    assert "A/B: stable " in out  # the test's progress, in the log
+    assert "the A/B test's winner is the candidate: candidate converts better: lift +" in out
+    assert "✓ promoted after" in out
+    assert "as expected for this candidate" in out
