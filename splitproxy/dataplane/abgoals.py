@@ -17,13 +17,14 @@ A route whose rollout is ``strategy: ab`` compiles its ``ab:`` section into a `C
   proxy's own error answers (no upstream response) never convert.
 
 *Bounded memory.* The table is a dict from sticky key to a small integer (the variant and
-one bit per goal), at most ``max_users`` keys per route (default 100 000, about 15 MB with
-16-character seeds). Beyond the cap a new user still gets their variant but is not counted
-at all (neither exposed nor converted): the assignment is random and independent of the
-arrival order, so the counted users are a fair sample of both variants and neither test is
-biased; ``untracked`` says how many were left out. The table starts afresh when the proxy
-restarts (the aggregate counts live in the rollout's saved state), when the test restarts
-(`AbBook.follow`) and when the route's A/B spec or candidate revision changes.
+one bit per goal), at most ``max_users`` keys per route (default 100 000: about 100 bytes a
+user with 16-character seeds, so 10 MB). Beyond the cap a new user still gets their variant
+but is not counted at all (neither exposed nor converted): the assignment is random and
+independent of the arrival order, so the counted users are a fair sample of both variants
+and neither test is biased; ``untracked`` says how many were left out. The table starts
+afresh when the proxy restarts (the aggregate counts live in the rollout's saved state),
+when the test restarts (`AbBook.follow`) and when the route's A/B spec or candidate
+revision changes.
 
 The controller takes each route's counts once a tick (`AbBook.take`: the increments since
 the previous take, an `AbCounts`) and hands them to the analyzer (`rollout.ab`). Pure: no
