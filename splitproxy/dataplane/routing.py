@@ -10,6 +10,8 @@ compiled regexes, the weight in basis points). Per request, `choose` walks the d
    reason ``fallback``, whatever the overrides and sticky buckets say;
 2. overrides, in file order (header or cookie; ``always``/``never``, exact value, regex):
    the first that gives a verdict wins, reason ``override``;
+   then, on a route running an A/B test (``strategy: ab``) while its split is partial, a
+   request outside the test's audience goes to stable, reason ``audience`` (`abgoals`);
 3. a sticky key (the seed cookie the proxy sets, or a configured header) is hashed into
    10 000 buckets with a keyed blake2b: candidate iff ``bucket < weight_bp``, reason ``sticky``.
    Because the set ``{bucket < w}`` only grows with ``w``, a client on the candidate at weight

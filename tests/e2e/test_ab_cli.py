@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -268,3 +270,40 @@ def test_demo_ab_scenario_promotes_the_better_converting_candidate() -> None:
     assert "the A/B test's winner is the candidate: candidate converts better: lift +" in out
     assert "✓ promoted after" in out
     assert "as expected for this candidate" in out
+
+
+@pytest.mark.timeout(60)
+async def test_a_restart_mid_test_keeps_its_counts_and_its_clock(
+    tmp_path: Path, serve: Serve
+) -> None:
+    stable = await serve(shop("stable", 0.2))
+    candidate = await serve(shop("candidate", 0.2))
+    config = ab_config(tmp_path, stable, candidate)  # an A/A test of a minute: no decision
+    with start_proxy(tmp_path, config, "first.log") as proxy:
+        async with shoppers(proxy):
+            await wait_for(
+                proxy,
+                lambda r: (r["ab"] or {}).get("users", {}).get("stable", 0) > 40,
+                "counting",
+                20,
+            )
+        before = (await wait_for(proxy, lambda r: True, "read"))["ab"]
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proxy.process.wait, 15) == 0, proxy.output()
+    saved = json.loads((tmp_path / "state" / f"{ROUTE}.json").read_text())["analyzer"]["ab"]
+    assert saved["srm"]["stable_users"] == before["users"]["stable"]
+
+    with start_proxy(tmp_path, config, "second.log") as proxy:
+        after = (await wait_for(proxy, lambda r: r["phase"] == "progressing", "restored"))["ab"]
+        assert after["started_at"] == before["started_at"]
+        assert after["users"] == before["users"]
+        assert after["goals"][0]["stable"]["converted"] == before["goals"][0]["stable"]["converted"]
+        async with shoppers(proxy, ids=lambda n: f"later-{n}"):
+            grown = await wait_for(
+                proxy,
+                lambda r: r["ab"]["users"]["stable"] > before["users"]["stable"] + 20,
+                "counting on",
+                20,
+            )
+        assert grown["phase"] == "progressing"
+        assert grown["ab"]["elapsed"] > after["elapsed"]
