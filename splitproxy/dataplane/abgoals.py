@@ -225,6 +225,8 @@ class AbBook:
 
     def _table(self, route: CompiledRoute, ab: CompiledAb) -> AbTable:
         table = self.tables.get(route.name)
+        if table is not None and table.ab is ab and table.salt == route.salt:
+            return table  # the common case: the same compiled route as before
         if table is None or table.salt != route.salt or table.ab.spec != ab.spec:
             table = self.tables[route.name] = AbTable(ab, route.salt)
         table.ab = ab

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from splitproxy.config import Backend, Override, Route
@@ -63,18 +63,7 @@ class Decision:
 # Decisions without a seed are shared instances: the hot path allocates nothing for them.
 _FALLBACK = Decision(STABLE, "fallback")
 _DECISIONS: Final[dict[tuple[str, str], Decision]] = {
-    (v, r): Decision(v, r)
-    for v in (STABLE, CANDIDATE)
-    for r in (
-        "override",
-        "sticky",
-        "weight",
-        "fallback",
-        "retry",
-        "synthetic",
-        "preview",
-        "audience",
-    )
+    (v, r): Decision(v, r) for v in (STABLE, CANDIDATE) for r in get_args(Reason)
 }
 
 

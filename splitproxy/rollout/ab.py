@@ -121,6 +121,12 @@ def fold(a: Analyzer, now: float, counts: AbCounts | None, fresh: bool) -> None:
     state.untracked += counts.untracked
 
 
+def step_message(spec: AbTest) -> str:
+    """The ledger's words for the test's start."""
+    who = "the audience's users" if spec.audience else "the users"
+    return f"A/B test started: {spec.split:g}% of {who} on the candidate, by their sticky key"
+
+
 def test_started(a: Analyzer) -> float | None:
     """The running test's identity (its start), for the data path's table; None: none."""
     state = a.ab_state
@@ -318,6 +324,7 @@ __all__ = [
     "progress",
     "reset",
     "result",
+    "step_message",
     "test_started",
     "to_dict",
     "verdict",

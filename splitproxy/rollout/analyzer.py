@@ -425,6 +425,8 @@ class Analyzer:
         message = f"step {index + 1}: weight {step.weight:g}%"
         if self.spec.bluegreen:
             message = bluegreen.step_message(self, index)
+        elif self.spec.ab is not None:
+            message = ab.step_message(self.spec.ab)
         self._move(now, "advance", "step", message)
         if self.spec.bluegreen:
             bluegreen.on_step(self, now, index)

@@ -214,3 +214,13 @@ def test_damaged_counts_are_refused(damage: Any, why: str) -> None:
     damage(saved["ab"])
     with pytest.raises(InvalidState, match=f"analyzer.ab: .*{why}"):
         check_analyzer(saved, "shop", ab_spec(), d.a.spec_hash)
+
+
+def test_the_ledger_says_the_test_started_at_the_split() -> None:
+    d = AB(spec=ab_spec(ab={"split": 20, "audience": [{"header": "X-Plan", "value": "pro"}]}))
+    d.tick()
+    step = last(d, "step")
+    assert step.message == (
+        "A/B test started: 20% of the audience's users on the candidate, by their sticky key"
+    )
+    assert d.weight == 20
