@@ -81,18 +81,22 @@ class Routed(Protocol):
 
 
 class _Rule:
-    __slots__ = ("cookie", "header", "regex", "value")
+    __slots__ = ("cookie", "header", "raw", "regex", "value")
 
     def __init__(self, rule: AudienceRule) -> None:
         self.header = rule.header.lower().encode("latin-1") if rule.header else None
         self.cookie = rule.cookie
         self.value = rule.value
+        # a header's exact value, compared as the bytes that came in (no decoding)
+        self.raw = _latin1(rule.value)
         self.regex: Pattern | None = compile_pattern(rule.regex) if rule.regex else None
 
     def holds(self, headers: Mapping[bytes, bytes]) -> bool:
         if self.header is not None:
             raw = headers.get(self.header)
-            text = raw.decode("latin-1") if raw is not None else None
+            if raw is None or self.raw is not None:
+                return raw is not None and raw == self.raw
+            text: str | None = raw.decode("latin-1")
         else:
             assert self.cookie is not None
             text = _cookie(headers.get(b"cookie"), self.cookie)
@@ -155,7 +159,10 @@ class CompiledAb:
         sticky header, when it is the key, is there)?"""
         if self.sticky_header is not None and not headers.get(self.sticky_header):
             return False
-        return all(rule.holds(headers) for rule in self.rules)
+        for rule in self.rules:  # noqa: SIM110 - a loop, not all(): no generator per request
+            if not rule.holds(headers):
+                return False
+        return True
 
     def key(self, headers: Mapping[bytes, bytes], decision: Decision) -> str | None:
         """The user's sticky key: the header, the seed cookie, or the seed just given."""
@@ -305,6 +312,16 @@ class AbBook:
         """The users in the route's table now."""
         table = self.tables.get(route)
         return 0 if table is None else len(table.users)
+
+
+def _latin1(text: str | None) -> bytes | None:
+    """``text`` as header bytes; None when it has none (it can then never match as bytes)."""
+    if text is None:
+        return None
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
 
 
 def _number(raw: bytes | None) -> float:

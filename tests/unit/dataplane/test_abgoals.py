@@ -198,3 +198,19 @@ def test_check_names_the_field() -> None:
     assert problems(GOOD.replace("}]}", "}], min_duration: 2h, max_duration: 1h}")) == [
         "routes[0].rollout.ab.min_duration: must not be longer than 'max_duration'"
     ]
+
+
+def test_audience_rules_all_hold_header_present_cookie_and_regex() -> None:
+    rules = [{"header": "X-Beta"}, {"cookie": "plan", "regex": "pro|team"}]
+    route = ab_route(audience=rules)
+    user = {b"x-user": b"u1", b"x-beta": b"1"}
+    for cookie, admitted in (
+        (b"plan=team; x=1", True),
+        (b"plan=pro", True),
+        (b"plan=free", False),
+        (b"plan=proper", False),  # a full match, not a prefix
+        (None, False),
+    ):
+        headers = dict(user) if cookie is None else {**user, b"cookie": cookie}
+        assert (choose(route, headers, 0).reason != "audience") is admitted, cookie
+    assert choose(route, {b"x-user": b"u1", b"cookie": b"plan=pro"}, 0).reason == "audience"
