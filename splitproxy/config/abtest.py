@@ -228,6 +228,8 @@ def check_ab_rollout(rollout: Rollout) -> Rollout:
             raise sub_path_error(f".{name}", f"an A/B test has no '{name}' (see '{where}')")
     if not rollout.auto_promote:
         raise sub_path_error(".auto_promote", "applies to strategy: bluegreen")
+    if "step" in {h.on for h in rollout.hooks}:
+        raise sub_path_error(".hooks", "an A/B test has no 'step' hooks (it has one step)")
     for i, check in enumerate(rollout.checks):
         if getattr(check, "traffic", "user") != "user":
             raise sub_path_error(f".checks[{i}]", "'traffic' applies to strategy: bluegreen")

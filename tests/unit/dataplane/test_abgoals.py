@@ -192,6 +192,9 @@ def test_check_names_the_field() -> None:
         "routes[0].rollout.ab.goals[2]: give at most one of 'path_prefix' or 'path_regex'",
         "routes[0].rollout.ab.goals[3].status: '6xx' is not a status class (1xx to 5xx)",
     ]
+    assert problems(GOOD + "hooks: [{on: step, url: http://ci/ok}]") == [
+        "routes[0].rollout.hooks: an A/B test has no 'step' hooks (it has one step)"
+    ]
     assert problems("strategy: canary\nsteps: [5]\nab: {goals: [{name: a, method: GET}]}") == [
         "routes[0].rollout.ab: applies to strategy: ab"
     ]
