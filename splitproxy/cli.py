@@ -418,12 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--scenario",
-        choices=("good", "bad", "slow", "split", "bluegreen", "bluegreen-bad"),
+        choices=("good", "bad", "slow", "split", "bluegreen", "bluegreen-bad", "ab"),
         default="good",
         help="good: a healthy candidate is promoted; bad: 25%% errors, rolled back; slow: "
         "+200 ms, rolled back by the comparison with stable; split: a burst at a fixed weight "
         "and the measured split; bluegreen: test traffic only, the switch, the bake, promoted; "
-        "bluegreen-bad: fails once it has the users, reverted in the bake (default: good)",
+        "bluegreen-bad: fails once it has the users, reverted in the bake; ab: an A/B test "
+        "of a sign-up page, the better-converting candidate promoted (default: good)",
     )
     demo.add_argument("--rate", type=float, help="requests per second (default 200)")
     demo.add_argument("--requests", type=int, help="split: how many requests (default 400)")

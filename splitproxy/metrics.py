@@ -56,6 +56,7 @@ from prometheus_client.registry import Collector
 
 from splitproxy.config.mirror import may_mirror
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, FailureKind, Version
+from splitproxy.dataplane.abgoals import AbBook
 from splitproxy.dataplane.health import CHECK_RESULTS, HealthBook
 from splitproxy.dataplane.mirror_compare import RESULTS as MIRROR_RESULTS
 from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
@@ -203,6 +204,7 @@ class Recorder:
         self.clock = clock  # wall time for the live windows
         self.windows = windows if windows is not None else Windows()
         self.reloads = ReloadStats()
+        self.ab = AbBook()  # A/B tests' users and conversions (abgoals.py), taken each tick
         self._series: dict[tuple[str, str], _Series] = {}
         self._mirrors: dict[str, MirrorStats] = {}
         self.registry = CollectorRegistry(auto_describe=True)
@@ -224,6 +226,7 @@ class Recorder:
         """Follow a new snapshot: series for its routes, windows of removed routes dropped."""
         names = {r.name for r in new.routes}
         self.windows.retain(names)
+        self.ab.retain({r.name for r in new.routes if r.ab is not None})
         for route in new.routes:  # series exist (at zero) from the start: rate() needs that
             self._get(route.name, "stable")
             if route.candidate is not None:
@@ -245,6 +248,8 @@ class Recorder:
         reasons = series.reasons
         reason = decision.reason
         reasons[reason] = reasons.get(reason, 0) + 1
+        if route.ab is not None:
+            self.ab.exposed(ex)
 
     def exchange_finished(self, ex: Exchange) -> None:
         route = ex.route

@@ -259,7 +259,7 @@ class Server:
         observer: ExchangeObserver = (
             Observers(self.recorder, access_log) if access_log is not None else self.recorder
         )
-        return ProxyContext(
+        ctx = ProxyContext(
             self.state,
             self.pools,
             observer,
@@ -277,6 +277,8 @@ class Server:
             via=s.via,
             health=self.health,
         )
+        ctx.ab = self.recorder.ab  # one book: the data path counts, the controller takes
+        return ctx
 
     def _build_control(self) -> Controller:
         store: StateStore | None = None

@@ -155,6 +155,7 @@ class EventView(TypedDict):
     # the analyzer's trigger that fired (a row of its table); null for the controller's own
     # events and for entries saved before triggers were recorded
     trigger: str | None
+    ab: NotRequired[AbView]  # an A/B test's result, on the events that carry evidence
 
 
 class GateView(TypedDict):
@@ -313,12 +314,57 @@ class ShadowView(TypedDict):
     divergence: float | None  # diverged / compared
 
 
+class AbArmView(TypedDict):
+    users: int  # exposed
+    converted: int  # converted at least once
+    rate: float | None  # converted / users
+
+
+class AbGoalArmView(AbArmView):
+    value: float  # the sum of the goal's value_header
+
+
+class AbGoalView(TypedDict):
+    name: str
+    primary: bool  # the first goal: the one the decision is made on
+    stable: AbGoalArmView
+    candidate: AbGoalArmView
+    lift: float | None  # 0.05: the candidate converts 5 % more per user
+    lift_interval: list[float | None] | None  # anytime-valid; None: unbounded
+    e_value: float | None
+
+
+class AbView(TypedDict):
+    """An A/B test (strategy: ab): the verdict on the primary goal, and every goal's counts."""
+
+    outcome: str  # running, candidate_wins, stable_wins, no_difference or srm
+    reason: str
+    elapsed: float  # seconds since the test started
+    winner: str | None  # candidate or stable, once declared
+    lift: float | None
+    lift_interval: list[float | None] | None
+    candidate: AbArmView
+    stable: AbArmView
+    e_value: float | None
+    srm_e_value: float | None
+    alpha: dict[str, float]  # total, conversion, srm
+    goal: str  # the primary goal's name
+    split: float  # the candidate's share of the audience's users, percent
+    started_at: float
+    min_duration: float
+    max_duration: float
+    users: dict[str, int]  # stable, candidate
+    untracked: int  # users left out because the table was full
+    broken: bool  # paused for a sample ratio mismatch
+    goals: list[AbGoalView]
+
+
 class RolloutView(TypedDict):
     """A route's rollout: phase, plan and position, the step's window and what it needs,
     the checks of the latest tick, hooks, external readings and recent history."""
 
     route: str
-    strategy: str  # canary or bluegreen
+    strategy: str  # canary, bluegreen or ab
     phase: str  # idle, progressing, waiting, paused, promoted or rolled_back
     revision: str | None
     step: int  # 1-based; 0 before the first step
@@ -347,6 +393,7 @@ class RolloutView(TypedDict):
     synthetic: SyntheticView | None  # None: the rollout has no ``traffic:``
     bluegreen: BlueGreenView | None  # None: a canary
     shadow: ShadowView | None  # None: the rollout has no ``shadow:``
+    ab: AbView | None  # None: not an A/B test, or its test has not begun
     revert: RevertView | None  # an open revert window after a promotion
     history: list[EventView]
 

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from splitproxy.config.abtest import AbTest, ab_plan, check_ab_rollout
 from splitproxy.config.fields import (
     CHECK_NAME,
     Duration,
@@ -364,7 +365,7 @@ class Rollout(Frozen):
     ``unhealthy_timeout``: how long a candidate may stay unhealthy during a rollout before
     each such stretch counts as a failed check."""
 
-    strategy: Literal["canary", "bluegreen"] = "canary"
+    strategy: Literal["canary", "bluegreen", "ab"] = "canary"
     steps: tuple[StepSpec, ...] | None = Field(default=None, min_length=1)
     step_weight: float | None = Field(default=None, gt=0.0, le=100.0, strict=True)
     max_weight: float | None = Field(default=None, gt=0.0, le=100.0, strict=True)
@@ -389,13 +390,7 @@ class Rollout(Frozen):
     # every strategy: how long after a promotion `splitproxy revert` may send all traffic
     # back to the previous stable (kept warm meanwhile)
     revert_window: Duration | None = None
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _strategy(cls, v: Any) -> Any:
-        if v == "ab":
-            raise ValueError("'ab' is not supported yet; use 'canary' or 'bluegreen'")
-        return v
+    ab: AbTest | None = None  # strategy: ab (config/abtest.py)
 
     @field_validator("progress_deadline", "unhealthy_timeout")
     @classmethod
@@ -442,6 +437,8 @@ class Rollout(Frozen):
 
     @model_validator(mode="after")
     def _step_source(self) -> Rollout:
+        if self.strategy == "ab" or self.ab is not None:
+            return check_ab_rollout(self)
         if self.strategy == "bluegreen":
             return self._bluegreen()
         defaults = {"iterations": None, "bake": None, "auto_promote": True, "test": None}
@@ -498,6 +495,8 @@ class Rollout(Frozen):
         """The steps in order; ``step_weight`` + ``max_weight`` compile to step, 2·step, …
         up to and including ``max_weight`` (the last step is clamped to it). Blue/green:
         ``iterations`` steps at 0 % (test traffic only), then the bake at 100 %."""
+        if self.ab is not None:
+            return ab_plan(self.ab)
         if self.strategy == "bluegreen":
             test = Step.model_construct(weight=0.0, interval=None, min_requests=None, pause=None)
             bake = Step.model_construct(

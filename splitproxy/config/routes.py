@@ -18,6 +18,7 @@ from splitproxy.config.fields import (
     Frozen,
     HeaderName,
     percent_resolution,
+    sub_path_error,
 )
 from splitproxy.config.mirror import Mirror, check_divergence
 from splitproxy.config.patterns import compile_pattern
@@ -235,6 +236,8 @@ class Route(Frozen):
         if self.candidate is None and self.mirror is not None:
             raise ValueError("'mirror' sends copies to the candidate: it needs a 'candidate'")
         check_divergence(self)
+        if self.rollout is not None and self.rollout.ab is not None and self.sticky is None:
+            raise sub_path_error(".sticky", "an A/B test needs a sticky key (cookie or header)")
         return self
 
     def health_of(self, version: Version) -> HealthCheck | None:

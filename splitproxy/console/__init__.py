@@ -21,6 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from splitproxy.console.abtest import ab_lines
 from splitproxy.console.bluegreen import (
     bluegreen_of,
     job_text,
@@ -324,6 +325,7 @@ def rollout_panel(
     job = job_text(rollout)
     if job:
         parts.append(Text(job, style="dim"))
+    parts.extend(ab_lines(rollout))  # an A/B test's verdict and counts (console/abtest.py)
     parts.append(Text())
     parts.append(traffic_table(route))
     checks = rollout.get("checks") or []

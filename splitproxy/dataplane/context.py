@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from splitproxy.config.vocabulary import FailureKind, Version
+from splitproxy.dataplane.abgoals import AbBook
 from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
 from splitproxy.dataplane.routing import BackendPlan, CompiledRoute, Target
@@ -126,6 +127,7 @@ class ProxyContext:
         self.health = health if health is not None else HealthBook()
         self.in_flight = 0
         self.mirror: Mirror | None = None  # copies to candidates; the composition root sets it
+        self.ab = AbBook()  # A/B goals (abgoals.py); the composition root shares the recorder's
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         """Follow a new snapshot: the headers its routes read, its synthetic markers."""

@@ -403,6 +403,8 @@ class Exchange:
             self.upstream_failed("protocol")
             return
         self.status = self.upstream_status = status
+        if self.route is not None and self.route.ab is not None:  # an A/B test's goals
+            self.ctx.ab.response(self, status, headers)
         bh = self.backend_health
         if bh is not None and not bh.clean:  # a failure on record, or an address out
             self.ctx.health.succeeded(bh, self.upstream_url)

@@ -10,6 +10,8 @@ compiled regexes, the weight in basis points). Per request, `choose` walks the d
    reason ``fallback``, whatever the overrides and sticky buckets say;
 2. overrides, in file order (header or cookie; ``always``/``never``, exact value, regex):
    the first that gives a verdict wins, reason ``override``;
+   then, on a route running an A/B test (``strategy: ab``) while its split is partial, a
+   request outside the test's audience goes to stable, reason ``audience`` (`abgoals`);
 3. a sticky key (the seed cookie the proxy sets, or a configured header) is hashed into
    10 000 buckets with a keyed blake2b: candidate iff ``bucket < weight_bp``, reason ``sticky``.
    Because the set ``{bucket < w}`` only grows with ``w``, a client on the candidate at weight
@@ -33,17 +35,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from splitproxy.config import Backend, Override, Route
 from splitproxy.config.patterns import Pattern, compile_pattern
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.dataplane.abgoals import CompiledAb, compile_ab
 
 BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
 
 
-Reason = Literal["override", "sticky", "weight", "fallback", "retry", "synthetic", "preview"]
+Reason = Literal[
+    "override", "sticky", "weight", "fallback", "retry", "synthetic", "preview", "audience"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +63,7 @@ class Decision:
 # Decisions without a seed are shared instances: the hot path allocates nothing for them.
 _FALLBACK = Decision(STABLE, "fallback")
 _DECISIONS: Final[dict[tuple[str, str], Decision]] = {
-    (v, r): Decision(v, r)
-    for v in (STABLE, CANDIDATE)
-    for r in ("override", "sticky", "weight", "fallback", "retry", "synthetic", "preview")
+    (v, r): Decision(v, r) for v in (STABLE, CANDIDATE) for r in get_args(Reason)
 }
 
 
@@ -147,6 +150,7 @@ class CompiledRoute:
     # the rollout rolled the candidate back: no user or synthetic request reaches it, not even
     # by an override (only the preview listener, an operator's address, still does)
     closed: bool = False
+    ab: CompiledAb | None = None  # an A/B test's audience and goals (abgoals.py)
 
     @classmethod
     def from_model(
@@ -159,6 +163,13 @@ class CompiledRoute:
             wanted.add(sticky.header.lower().encode("latin-1"))
         candidate = BackendPlan.from_model(route.candidate) if route.candidate else None
         host = route.match.host
+        sticky_header = (
+            sticky.header.lower().encode("latin-1") if sticky and sticky.header else None
+        )
+        spec = route.rollout.ab if route.rollout is not None else None
+        ab = compile_ab(spec, sticky.cookie if sticky else None, sticky_header)
+        if ab is not None:
+            wanted |= ab.wanted
         return cls(
             name=route.name,
             host=None if host is None or host.startswith("*.") else host,
@@ -169,13 +180,12 @@ class CompiledRoute:
             weight_bp=route.weight_bp if weight_bp is None else weight_bp,
             overrides=overrides,
             sticky_cookie=sticky.cookie if sticky else None,
-            sticky_header=sticky.header.lower().encode("latin-1")
-            if sticky and sticky.header
-            else None,
+            sticky_header=sticky_header,
             sticky_max_age=sticky.max_age if sticky else 0,
             salt=salt_for(route.name, candidate.revision if candidate else None),
             wanted_headers=frozenset(wanted),
             closed=closed and candidate is not None,
+            ab=ab,
         )
 
     def matches(self, host: str, path: str) -> bool:
@@ -256,6 +266,8 @@ def choose(
                 if verdict is not None:
                     return _DECISIONS[verdict, "override"]
     weight = route.weight_bp
+    if route.ab is not None and 0 < weight < BUCKETS and not route.ab.admits(headers):
+        return _DECISIONS[STABLE, "audience"]  # an A/B test's outsider: stable, not counted
     key: str | None = None
     if route.sticky_header is not None:
         raw = headers.get(route.sticky_header)

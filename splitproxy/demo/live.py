@@ -340,6 +340,7 @@ def hints(console: Console, proxy: str, admin: str, keep: bool) -> None:
     ):
         console.print("  " + line, soft_wrap=True, highlight=False)
     console.print(
-        "Other scenarios: splitproxy demo --scenario good|bad|slow|split|bluegreen|bluegreen-bad",
+        "Other scenarios: splitproxy demo --scenario "
+        "good|bad|slow|split|bluegreen|bluegreen-bad|ab",
         soft_wrap=True,
     )

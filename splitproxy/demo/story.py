@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from splitproxy.demo import ab as abdemo
 from splitproxy.demo import bluegreen
 from splitproxy.demo.live import (
     IN_FLIGHT,
@@ -324,6 +325,8 @@ def run_demo(
     console = console or Console()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
+            if scenario == "ab":
+                return runner.run(abdemo.ab_demo(settings, rate, keep, console))
             if scenario == "split":
                 return runner.run(_split_demo(settings, requests, rate, weight, keep, console))
             if scenario in bluegreen.SCENARIOS:

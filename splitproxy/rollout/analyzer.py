@@ -69,7 +69,7 @@ from typing import Any, Final, Literal
 from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
-from splitproxy.rollout import bluegreen, commands, holds, shadow
+from splitproxy.rollout import ab, bluegreen, commands, holds, shadow
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
@@ -109,6 +109,7 @@ _LATER: Final[dict[str, Any]] = {
     "auto_promote": True,
     "test": None,
     "shadow": None,
+    "ab": None,
 }
 
 
@@ -150,6 +151,7 @@ class Analyzer:
         self.test_attempt = 0  # blue/green: the test job's runs so far, and whether one passed
         self.test_passed = False
         self.shadow = shadow.fresh(spec)  # the shadow phase and the divergence test
+        self.ab_state: ab.AbState | None = None  # an A/B test's counts (ab.py)
         self.history: list[Event] = []
         self.checks: tuple[CheckResult, ...] = ()
         # the spec changed under a running rollout: it restarts on the next tick
@@ -199,6 +201,7 @@ class Analyzer:
         judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
         evidence.fold(now, observation.samples, tests=judging)
         shadow.fold(self, observation.mirror, judging)
+        ab.fold(self, now, observation.ab, fresh)
         evidence.record_external(now, observation.external)
         for result in observation.gates:
             holds.gate_result(self, now, result)
@@ -295,6 +298,7 @@ class Analyzer:
         self.paused_reason = None
         self.test_attempt, self.test_passed = 0, False
         self.shadow = shadow.fresh(self.spec)
+        ab.reset(self)
         self.evidence.end()
         self.readiness.reset()
 
@@ -376,6 +380,9 @@ class Analyzer:
         if bluegreen.in_bake(self):
             bluegreen.bake(self, now)
             return
+        if self.spec.ab is not None:
+            ab.progress(self, now)
+            return
         step = self.plan[self.step_index]
         if self._window_outcome(now, step) == "pass":
             self._advance(now)
@@ -428,6 +435,8 @@ class Analyzer:
         message = f"step {index + 1}: weight {step.weight:g}%"
         if self.spec.bluegreen:
             message = bluegreen.step_message(self, index)
+        elif self.spec.ab is not None:
+            message = ab.step_message(self.spec.ab)
         self._move(now, "advance", "step", message)
         if self.spec.bluegreen:
             bluegreen.on_step(self, now, index)
@@ -529,6 +538,7 @@ class Analyzer:
             source=source,
             checks=checks,
             trigger=trigger,
+            ab=ab.event_result(self, now) if evidence else None,
         )
         self.history.append(event)
         del self.history[:-HISTORY]

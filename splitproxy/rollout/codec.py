@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 
 from splitproxy.config import Rollout
 from splitproxy.config.vocabulary import Gate
+from splitproxy.rollout import ab
 from splitproxy.rollout.analyzer import PATH_CLASS_SLOTS, Analyzer
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.evidence import Evidence, StepWindow
@@ -62,6 +63,7 @@ def encode(a: Analyzer) -> dict[str, Any]:
         "readiness": a.readiness.to_dict(),
         "shadow": a.shadow.to_dict(),
         **_encode_evidence(a.evidence),
+        **({"ab": ab.to_dict(a)} if a.spec.ab is not None else {}),  # an A/B test's counts
         "history": [e.to_dict() for e in a.history],
         "checks": [c.to_dict() for c in a.checks],
     }
@@ -101,6 +103,7 @@ def decode(
     if data.get("shadow") is not None:  # (saved before shadow phases: none)
         a.shadow = ShadowState.from_dict(data["shadow"])
     _decode_evidence(a.evidence, data)
+    ab.from_dict(a, data.get("ab"))
     a.history = [event_from_dict(e) for e in data["history"]]
     a.checks = tuple(check_from_dict(c) for c in data["checks"])
     if data["spec_hash"] != a.spec_hash and a.phase in ACTIVE:
@@ -227,4 +230,5 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
         source=d.get("source", "analyzer"),
         checks=tuple(check_from_dict(c) for c in d.get("checks", ())),
         trigger=cast("Trigger | None", d.get("trigger")),
+        ab=d.get("ab"),
     )

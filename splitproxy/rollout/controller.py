@@ -64,7 +64,7 @@ from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout import ledger, shadow
+from splitproxy.rollout import ab, ledger, shadow
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalPoller, ExternalReader
@@ -262,11 +262,13 @@ class Controller:
             for attempt, r in self.tests.results(rt.name)
         ]
         mirror = shadow.observed(route, rt.analyzer, self.recorder.mirror_take(rt.name))
+        counts = self.recorder.ab.take(rt.name)  # an A/B test's users and conversions (ab.py)
         observation = Observation(
-            identity, samples, commands, gates, external, health, tests, mirror
+            identity, samples, commands, gates, external, health, tests, mirror, ab=counts
         )
         self._apply(rt, now, rt.analyzer.tick(now, observation))
         a = rt.analyzer
+        self.recorder.ab.follow(rt.name, ab.test_started(a))
         switched = a.spec.bluegreen and a.step_index >= a.spec.switch_index
         if (a.phase not in ACTIVE or a.test_passed or switched) and self.tests.running(rt.name):
             self.tests.forget(rt.name)  # the job's verdict can no longer change anything

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from splitproxy.config import LATENCY_QUANTILES
 from splitproxy.config.vocabulary import Gate, Version
+from splitproxy.dataplane.abgoals import AbCounts
 from splitproxy.dataplane.health import CandidateHealth
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class Observation:
     health: CandidateHealth | None = None
     tests: Sequence[TestOutcome] = ()
     mirror: MirrorSample | None = None  # None: no copies go to the candidate now
+    ab: AbCounts | None = None  # an A/B test's users and conversions since the last tick
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -187,12 +189,18 @@ class Event:
     source: str = "analyzer"
     checks: tuple[CheckResult, ...] = ()
     trigger: Trigger | None = None
+    ab: Mapping[str, Any] | None = None  # an A/B test's result (`rollout.ab.result`)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as plain data (the ledger's and saved state's form; see `codec`)."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "checks"}
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in _APART}
         out["checks"] = [c.to_dict() for c in self.checks]
+        if self.ab is not None:
+            out["ab"] = self.ab
         return out
+
+
+_APART = ("checks", "ab")
 
 
 @dataclass(frozen=True, slots=True)

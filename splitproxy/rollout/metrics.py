@@ -9,6 +9,7 @@ controller and its hook dispatcher bump as things happen.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from typing import Final, Protocol
@@ -91,6 +92,7 @@ class RolloutMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         analyzers = dict(self.source.analyzers()) if self.source is not None else {}
         yield from _gauges(analyzers)
+        yield from _ab_families(analyzers)
         ended = CounterMetricFamily(
             "splitproxy_rollouts", "Rollouts that ended, by result.", labels=("route", "result")
         )
@@ -153,6 +155,52 @@ def _gauges(analyzers: Mapping[str, Analyzer]) -> Iterator[Metric]:
     yield value
     yield threshold
     yield verdict
+
+
+def _ab_families(analyzers: Mapping[str, Analyzer]) -> Iterator[Metric]:
+    """A/B tests (``strategy: ab``): the running or latest test's counts, e-values and lifts
+    (they start again from zero with each new test)."""
+    users = CounterMetricFamily(
+        "splitproxy_ab_users", "Users exposed to each variant of the route's A/B test.",
+        labels=("route", "version"),
+    )  # fmt: skip
+    conversions = CounterMetricFamily(
+        "splitproxy_ab_conversions",
+        "Users of each variant converted on a goal of the route's A/B test (first time only).",
+        labels=("route", "version", "goal"),
+    )
+    e_value = GaugeMetricFamily(
+        "splitproxy_ab_e_value",
+        "The A/B test's e-value on a goal (the primary decides at 1/alpha of its share).",
+        labels=("route", "goal"),
+    )
+    lift = GaugeMetricFamily(
+        "splitproxy_ab_lift",
+        "The candidate's relative difference in conversion rate on a goal (0.05 = +5 %).",
+        labels=("route", "goal"),
+    )
+    srm = GaugeMetricFamily(
+        "splitproxy_ab_srm_e_value", "The A/B test's sample-ratio-mismatch e-value.",
+        labels=("route",),
+    )  # fmt: skip
+    for name, analyzer in sorted(analyzers.items()):
+        spec, state = analyzer.spec.ab, analyzer.ab_state
+        if spec is None or state is None:
+            continue
+        users.add_metric((name, "stable"), state.srm.stable_users)
+        users.add_metric((name, "candidate"), state.srm.candidate_users)
+        srm.add_metric((name,), min(state.srm.e_value, 1e300))
+        for goal, test in zip(spec.goals, state.goals, strict=True):
+            conversions.add_metric((name, "stable", goal.name), test.stable.converted)
+            conversions.add_metric((name, "candidate", goal.name), test.candidate.converted)
+            e_value.add_metric((name, goal.name), min(test.e_value, 1e300))
+            if test.lift is not None and math.isfinite(test.lift):
+                lift.add_metric((name, goal.name), test.lift)
+    yield users
+    yield conversions
+    yield e_value
+    yield lift
+    yield srm
 
 
 __all__ = [

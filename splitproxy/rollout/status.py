@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from splitproxy.rollout import ab
 from splitproxy.rollout.evidence import step_needs
 from splitproxy.rollout.shadow import status as shadow_status
 
@@ -62,6 +63,7 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
         "checks": [c.to_dict() for c in checks],
         "bluegreen": _bluegreen_status(a),
         "shadow": shadow_status(a),
+        "ab": ab.result(a),
     }
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from splitproxy.config import Rollout
+from splitproxy.rollout.ab import check_saved
 from splitproxy.rollout.phases import ACTIVE, HOLDING, PHASES
 from splitproxy.rollout.readiness import Readiness
 from splitproxy.rollout.shadow import ShadowState
@@ -139,6 +140,9 @@ def check_analyzer(data: Mapping[str, Any], route: str, spec: Rollout, spec_hash
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidState(f"analyzer.shadow: {exc!r}") from None
     _check_weight(phase, weight, step_index, spec, same_spec)
+    problem = check_saved(data.get("ab"), spec.ab if same_spec else None)
+    if problem is not None:
+        raise InvalidState(f"analyzer.ab: {problem}")
 
 
 def _check_hold(data: Mapping[str, Any], phase: str, steps: int) -> None:

@@ -24,6 +24,7 @@ PURE_PACKAGES = ("splitproxy.config",)
 PURE_MODULES = (
     "splitproxy.errors",
     "splitproxy.dataplane.routing",
+    "splitproxy.dataplane.abgoals",
     "splitproxy.dataplane.mirror_compare",
     "splitproxy.dataplane.state",
     "splitproxy.dataplane.health",
@@ -42,6 +43,7 @@ PURE_MODULES = (
     "splitproxy.rollout.abtest",
     "splitproxy.rollout.shadow",
     "splitproxy.rollout.mirrored",
+    "splitproxy.rollout.ab",
     "splitproxy.rollout.windows",
     "splitproxy.rollout.samples",
 )

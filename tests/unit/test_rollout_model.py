@@ -228,7 +228,7 @@ def test_the_step_source_is_one_of_two_forms() -> None:
 def test_scalar_problems() -> None:
     assert problems(
         """
-        strategy: ab
+        strategy: blue
         steps: [5]
         interval: 3x
         min_requests: -1
@@ -240,7 +240,7 @@ def test_scalar_problems() -> None:
         colour: blue
         """
     ) == [
-        "routes[0].rollout.strategy: 'ab' is not supported yet; use 'canary' or 'bluegreen'",
+        "routes[0].rollout.strategy: must be 'canary', 'bluegreen' or 'ab'",
         "routes[0].rollout.interval: '3x' is not a duration such as 30s, 5m, 1h30m or 500ms",
         "routes[0].rollout.min_requests: must be >= 0",
         "routes[0].rollout.failure_limit: Input should be a valid integer",
@@ -252,9 +252,9 @@ def test_scalar_problems() -> None:
     ]
 
 
-def test_strategy_must_be_canary_or_bluegreen() -> None:
+def test_strategy_must_be_canary_bluegreen_or_ab() -> None:
     assert problems("{strategy: linear, steps: [5]}") == [
-        "routes[0].rollout.strategy: must be 'canary' or 'bluegreen'"
+        "routes[0].rollout.strategy: must be 'canary', 'bluegreen' or 'ab'"
     ]
 
 
