@@ -488,7 +488,11 @@ def _hours(seconds: float) -> str:
 def _lift_text(lift: float | None, interval: tuple[float, float] | None) -> str:
     if lift is None or interval is None:
         return "no conversions yet"
-    return f"lift {_pct(lift)} (interval {_pct(interval[0])} to {_pct(interval[1])})"
+    # an end at the edge of the searched range (a ratio of e^±12) means "nothing rejected
+    # further": unbounded, not a number of millions of percent
+    low = "-100%" if interval[0] <= math.exp(-BOUND_FAR) * 1.001 - 1.0 else _pct(interval[0])
+    high = "+∞" if interval[1] >= math.exp(BOUND_FAR) * 0.999 - 1.0 else _pct(interval[1])
+    return f"lift {_pct(lift)} (interval {low} to {high})"
 
 
 def judge(

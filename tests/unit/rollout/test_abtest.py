@@ -301,3 +301,13 @@ def test_the_alpha_split_and_the_judges_preconditions() -> None:
             now=0.0,
             min_duration=2 * DEFAULT_MAX_DURATION,
         )
+
+
+def test_an_interval_end_nothing_rejects_is_shown_unbounded() -> None:
+    from splitproxy.rollout.abtest import BOUND_FAR, _lift_text
+
+    far = math.exp(BOUND_FAR) - 1.0
+    assert _lift_text(2.0, (-0.5, far)) == "lift +200.00% (interval -50.00% to +∞)"
+    assert _lift_text(-0.5, (math.exp(-BOUND_FAR) - 1.0, 0.1)) == (
+        "lift -50.00% (interval -100% to +10.00%)"
+    )
