@@ -304,7 +304,8 @@ def test_the_alpha_split_and_the_judges_preconditions() -> None:
 
 
 def test_an_interval_end_nothing_rejects_is_shown_unbounded() -> None:
-    from splitproxy.rollout.abtest import BOUND_FAR, _lift_text
+    from splitproxy.rollout.abtest import _lift_text
+    from splitproxy.rollout.sequential import BOUND_FAR
 
     far = math.exp(BOUND_FAR) - 1.0
     assert _lift_text(2.0, (-0.5, far)) == "lift +200.00% (interval -50.00% to +∞)"
