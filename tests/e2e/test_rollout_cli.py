@@ -287,7 +287,14 @@ async def test_a_candidate_answering_25_percent_errors_is_rolled_back(
         assert failed, rolled_back
         assert {c["name"] for c in failed} & {"guard", "error_rate_vs_stable"}, failed
         assert await served_by(proxy) == Counter(stable=40)
-        saved = json.loads((tmp_path / "state" / f"{ROUTE}.json").read_text())
+        # the state is written in the background after the decision: wait for it (bounded)
+        state = tmp_path / "state" / f"{ROUTE}.json"
+        saved: dict[str, Any] = {}
+        for _ in range(100):
+            saved = json.loads(state.read_text()) if state.exists() else {}
+            if saved.get("analyzer", {}).get("phase") == "rolled_back":
+                break
+            await asyncio.sleep(0.05)
         assert saved["analyzer"]["phase"] == "rolled_back"
         assert saved["analyzer"]["finished"] == {"1.1": "rolled_back"}
 
