@@ -27,14 +27,13 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from splitproxy.config.fields import (
     CHECK_NAME,
-    CookieName,
     Duration,
     Frozen,
     HeaderName,
     percent_resolution,
     sub_path_error,
 )
-from splitproxy.config.patterns import compile_pattern
+from splitproxy.config.matching import HeaderOrCookieRule, RegexText
 
 if TYPE_CHECKING:
     from splitproxy.config.rollout import Rollout, Step
@@ -70,29 +69,9 @@ def _status_class(value: Any) -> Any:
     return tuple(sorted(set(out)))
 
 
-class AudienceRule(Frozen):
+class AudienceRule(HeaderOrCookieRule):
     """Who takes part: a request header or a cookie, present (neither ``value`` nor
     ``regex``), equal to ``value``, or fully matching ``regex``."""
-
-    header: HeaderName | None = None
-    cookie: CookieName | None = None
-    value: str | None = None
-    regex: str | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            compile_pattern(v)
-        return v
-
-    @model_validator(mode="after")
-    def _one_source(self) -> AudienceRule:
-        if (self.header is None) == (self.cookie is None):
-            raise ValueError("give exactly one of 'header' or 'cookie'")
-        if self.value is not None and self.regex is not None:
-            raise ValueError("give at most one of 'value' or 'regex'")
-        return self
 
 
 class Goal(Frozen):
@@ -104,7 +83,7 @@ class Goal(Frozen):
     name: str
     method: str | None = None
     path_prefix: str | None = None
-    path_regex: str | None = None
+    path_regex: RegexText | None = None
     status: Annotated[tuple[int, ...], BeforeValidator(_status_class)] | None = None
     header: HeaderName | None = None
     value: str | None = None
@@ -129,13 +108,6 @@ class Goal(Frozen):
     def _prefix(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith("/"):
             raise ValueError("must start with '/'")
-        return v
-
-    @field_validator("path_regex")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            compile_pattern(v)
         return v
 
     @model_validator(mode="after")

@@ -20,8 +20,8 @@ from splitproxy.config.fields import (
     percent_resolution,
     sub_path_error,
 )
+from splitproxy.config.matching import HeaderOrCookieRule
 from splitproxy.config.mirror import Mirror, check_divergence
-from splitproxy.config.patterns import compile_pattern
 from splitproxy.config.rollout import Rollout
 from splitproxy.config.vocabulary import CANDIDATE, Version
 
@@ -156,33 +156,13 @@ class Match(Frozen):
         return v
 
 
-class Override(Frozen):
+class Override(HeaderOrCookieRule):
     """Force a version from a header or a cookie, before the weighted split.
 
     With neither ``value`` nor ``regex``, the header or cookie's value says where to go:
     ``always`` sends to the candidate, ``never`` to stable, anything else falls through.
     With ``value`` (exact) or ``regex`` (full match), a match sends to the candidate.
     """
-
-    header: HeaderName | None = None
-    cookie: CookieName | None = None
-    value: str | None = None
-    regex: str | None = None
-
-    @field_validator("regex")
-    @classmethod
-    def _regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            compile_pattern(v)  # a ValueError says why (RE2: linear-time matching only)
-        return v
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Override:
-        if (self.header is None) == (self.cookie is None):
-            raise ValueError("give exactly one of 'header' or 'cookie'")
-        if self.value is not None and self.regex is not None:
-            raise ValueError("give at most one of 'value' or 'regex'")
-        return self
 
 
 class Sticky(Frozen):
