@@ -1,13 +1,8 @@
 """The supervisor: ``splitproxy serve --workers N`` starts N worker processes on one listener.
 
-*The listener.* The supervisor binds the proxy listener (and the preview listener, when set)
-once, and each worker inherits the same listening socket and accepts from it. Not
-``SO_REUSEPORT``: with one shared socket a port of 0 means one port for all, a port in use
-fails once and clearly, and a worker that dies strands nothing (with a socket per worker, the
-connections the kernel already queued on the dead worker's socket wait for its restart).
-The price is the balance: the kernel wakes the workers waiting in ``accept`` and the first
-free one takes the connection, so the busier a worker, the fewer new connections it takes;
-long-lived keep-alive connections stay where they landed (see docs/scale-out.md).
+*The listeners* (``listeners.py``): the supervisor binds a socket per worker with
+``SO_REUSEPORT`` (one shared socket where the platform has none), so the kernel spreads new
+connections evenly over the workers; keep-alive connections stay where they landed.
 
 *The workers.* Worker 0 is the leader (the rollout controller, the admin API, the reloader,
 the state directory); it starts first, and the others start once it serves, from its state.
@@ -41,6 +36,7 @@ from typing import TYPE_CHECKING, Final
 
 from splitproxy.dataplane.synthetic import TOKEN_ENV
 from splitproxy.workers.ipc import Channel, Counted, Hello, Members, Observed, Ready, StateUpdate
+from splitproxy.workers.listeners import Listeners
 
 if TYPE_CHECKING:
     from splitproxy.settings import Settings
@@ -70,31 +66,16 @@ class Slot:
         return self.index == 0
 
 
-def bind(address: tuple[str, int], backlog: int = 4096) -> socket.socket:
-    """A listening TCP socket on ``address``, inheritable by the workers."""
-    host, port = address
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, addr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(backlog)
-        sock.setblocking(False)
-        sock.set_inheritable(True)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class Supervisor:
     """Starts, relays between, restarts and stops the workers (see the module docstring)."""
 
     def __init__(self, settings: Settings, count: int) -> None:
         self.settings = settings
         self.slots = [Slot(i) for i in range(count)]
-        self.listeners: dict[str, socket.socket] = {}
+        addresses = {"proxy": settings.listen_address}
+        if settings.preview_address is not None:
+            addresses["preview"] = settings.preview_address
+        self.listeners = Listeners(addresses)
         self.stopping = False
         self.restarts = 0
         self.state: StateUpdate | None = None  # the leader's latest, for a starting follower
@@ -104,12 +85,10 @@ class Supervisor:
     async def run(self) -> int:
         """Serve until SIGTERM or SIGINT; the exit code."""
         try:
-            self.listeners["proxy"] = bind(self.settings.listen_address)
-            if self.settings.preview_address is not None:
-                self.listeners["preview"] = bind(self.settings.preview_address)
+            self.listeners.check()
         except OSError as exc:
             print(f"splitproxy: cannot listen: {exc}", file=sys.stderr)
-            self._close_listeners()
+            self.listeners.close()
             return 1
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -121,7 +100,7 @@ class Supervisor:
         if not leader.ready:  # it could not start: its own message says why
             self.stopping = True
             await leader.task
-            self._close_listeners()
+            self.listeners.close()
             code = leader.process.returncode if leader.process is not None else None
             return code or 1
         for slot in self.slots[1:]:
@@ -150,16 +129,11 @@ class Supervisor:
                 process.send_signal(signum)
 
     async def _shutdown(self) -> None:
-        # no worker accepts any more once each closed its copy: ours goes first
-        self._close_listeners()
+        # no worker accepts any more once each closed its socket: a shared one, ours goes first
+        self.listeners.close()
         tasks = [slot.task for slot in self.slots if slot.task is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
         logger.info("supervisor: every worker drained")
-
-    def _close_listeners(self) -> None:
-        for sock in self.listeners.values():
-            sock.close()
-        self.listeners.clear()
 
     # -- one worker's life, over and over ---------------------------------------------------
     async def _keep(self, slot: Slot) -> None:
@@ -193,13 +167,14 @@ class Supervisor:
                 self.restarts += 1
 
     async def _spawn(self, slot: Slot) -> None:
+        listeners = self.listeners.open()
         ours, theirs = socket.socketpair()
         theirs.set_inheritable(True)
-        fds = [theirs.fileno(), *(s.fileno() for s in self.listeners.values())]
-        preview = self.listeners.get("preview")
+        fds = [theirs.fileno(), *(s.fileno() for s in listeners.values())]
+        preview = listeners.get("preview")
         argv = [
             sys.executable, "-m", "splitproxy.workers.child",
-            str(theirs.fileno()), str(self.listeners["proxy"].fileno()),
+            str(theirs.fileno()), str(listeners["proxy"].fileno()),
             str(preview.fileno() if preview is not None else -1),
         ]  # fmt: skip
         try:
@@ -214,6 +189,7 @@ class Supervisor:
             raise
         finally:
             theirs.close()
+            self.listeners.handed(listeners)
         slot.pid = slot.process.pid
         slot.ready = False
         channel = slot.channel = await Channel.open(ours)
