@@ -235,7 +235,12 @@ class Server:
         )
         await runner.setup()
         admin_host, admin_port = s.admin_address
-        site = web.TCPSite(runner, admin_host, admin_port, reuse_address=True)
+        sock = self.worker.listener("admin") if self.worker is not None else None
+        site: web.BaseSite = (  # a leader's: the supervisor keeps it across restarts
+            web.SockSite(runner, sock)
+            if sock is not None
+            else web.TCPSite(runner, admin_host, admin_port, reuse_address=True)
+        )
         await site.start()
         self.admin_port = _bound_port(runner)
 
@@ -322,7 +327,7 @@ class Server:
             except OSError as exc:
                 problem = Problem("state_dir", f"cannot use {self.settings.state_dir}: {exc}")
                 raise ConfigError([problem]) from None
-        else:
+        elif self.worker is None or self.worker.leader:  # a follower keeps no rollout state
             logger.info("no state_dir: rollout state is kept in memory only")
         control = Controller(
             self.state,

@@ -1,10 +1,11 @@
-"""A worker process: ``python -m splitproxy.workers.child CHANNEL_FD PROXY_FD PREVIEW_FD``.
+"""A worker process: ``python -m splitproxy.workers.child CHANNEL_FD NAME=FD...``.
 
 Started by the supervisor only (``supervisor.py``), never by hand: it inherits the channel to
-the supervisor and the listening sockets as file descriptors (``PREVIEW_FD`` is -1 without a
-preview listener). It reads its `ipc.Hello`, builds a `server.Server` linked to the others
-(`link.WorkerLink`), serves until SIGTERM (or until the supervisor is gone), then drains as a
-single process does. Exit codes: 0 after a drain, 1 when it could not start.
+the supervisor and its listening sockets as file descriptors (``proxy=6``, ``preview=7`` when
+there is a preview listener, ``admin=8`` for the leader). It reads its `ipc.Hello`, builds a
+`server.Server` linked to the others (`link.WorkerLink`), serves until SIGTERM (or until the
+supervisor is gone), then drains as a single process does. Exit codes: 0 after a drain, 1
+when it could not start.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from splitproxy import logs
 from splitproxy.errors import ConfigError
 from splitproxy.server import Server, new_event_loop
 from splitproxy.workers.ipc import Channel, Hello, StateUpdate
-from splitproxy.workers.link import Listener, WorkerLink
+from splitproxy.workers.link import LISTENERS, Listener, WorkerLink
 
 if TYPE_CHECKING:
     from splitproxy.settings import Settings
@@ -83,12 +84,14 @@ async def run(channel_fd: int, listeners: dict[Listener, socket.socket]) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    channel_fd, proxy_fd, preview_fd = (int(a) for a in argv)
-    listeners: dict[Listener, socket.socket] = {"proxy": socket.socket(fileno=proxy_fd)}
-    if preview_fd >= 0:
-        listeners["preview"] = socket.socket(fileno=preview_fd)
+    channel_fd, *named = argv
+    listeners: dict[Listener, socket.socket] = {}
+    for item in named:
+        name, _, fd = item.partition("=")
+        if name in LISTENERS:
+            listeners[cast(Listener, name)] = socket.socket(fileno=int(fd))
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(run(channel_fd, listeners))
+        return runner.run(run(int(channel_fd), listeners))
 
 
 if __name__ == "__main__":

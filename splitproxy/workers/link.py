@@ -48,7 +48,8 @@ logger = logging.getLogger("splitproxy.workers")
 HARVEST_EVERY: Final = 0.25  # seconds between two harvests of the live windows
 COUNT_EVERY: Final = 1.0  # seconds between two sends of a follower's counts
 
-Listener = Literal["proxy", "preview"]
+Listener = Literal["proxy", "preview", "admin"]
+LISTENERS: Final[tuple[Listener, ...]] = ("proxy", "preview", "admin")
 
 
 class Backplane(Protocol):

@@ -48,12 +48,21 @@ def bind(address: tuple[str, int], *, reuse_port: bool, backlog: int = BACKLOG) 
 
 
 class Listeners:
-    """The listening sockets of the workers, for each named address (``proxy``, and
-    ``preview`` when set)."""
+    """The listening sockets of the workers: for each served address (``proxy``, and
+    ``preview`` when set) one per worker, or one shared; and the admin API's, one socket the
+    supervisor keeps for the leader, so a restarted leader answers on the same port (and a
+    client that connects meanwhile waits in the backlog instead of being refused)."""
 
-    def __init__(self, addresses: dict[str, tuple[str, int]], *, reuse_port: bool = REUSEPORT):
+    def __init__(
+        self,
+        served: dict[str, tuple[str, int]],
+        admin: tuple[str, int],
+        *,
+        reuse_port: bool = REUSEPORT,
+    ) -> None:
         self.reuse_port = reuse_port
-        self._addresses = dict(addresses)
+        self._addresses = dict(served)
+        self._admin_address = admin
         self._shared: dict[str, socket.socket] = {}
 
     def check(self) -> None:
@@ -66,13 +75,17 @@ class Listeners:
                 sock.close()
             else:
                 self._shared[name] = sock
+        self._shared["admin"] = bind(self._admin_address, reuse_port=False)
 
-    def open(self) -> dict[str, socket.socket]:
-        """The sockets for a worker about to start (new ones, with ``SO_REUSEPORT``); pass
-        them to `handed` once the worker has them."""
-        if not self.reuse_port:
-            return dict(self._shared)
+    def open(self, *, leader: bool) -> dict[str, socket.socket]:
+        """The sockets for a worker about to start (new ones, with ``SO_REUSEPORT``; the
+        admin API's for the leader); pass them to `handed` once the worker has them."""
         opened: dict[str, socket.socket] = {}
+        if leader:
+            opened["admin"] = self._shared["admin"]
+        if not self.reuse_port:
+            opened.update((n, s) for n, s in self._shared.items() if n != "admin")
+            return opened
         try:
             for name, address in self._addresses.items():
                 opened[name] = bind(address, reuse_port=True)
@@ -82,16 +95,17 @@ class Listeners:
         return opened
 
     def handed(self, sockets: dict[str, socket.socket]) -> None:
-        """A worker holds ``sockets`` now (or failed to start): with ``SO_REUSEPORT`` the
-        supervisor keeps no copy, so a worker's socket closes when the worker exits and the
-        kernel stops sending it connections."""
-        if self.reuse_port:
-            for sock in sockets.values():
+        """A worker holds ``sockets`` now (or failed to start). The supervisor keeps no copy
+        of a worker's own socket: it closes when the worker exits, and the kernel stops
+        sending it connections. The shared ones stay."""
+        shared = set(map(id, self._shared.values()))
+        for sock in sockets.values():
+            if id(sock) not in shared:
                 sock.close()
 
     def close(self) -> None:
-        """No worker will start any more: the shared sockets go (the workers keep theirs
-        until they have drained)."""
+        """No worker will start any more: the shared sockets go (the workers keep their
+        copies until they have drained)."""
         for sock in self._shared.values():
             sock.close()
         self._shared.clear()

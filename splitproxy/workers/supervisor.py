@@ -75,7 +75,7 @@ class Supervisor:
         addresses = {"proxy": settings.listen_address}
         if settings.preview_address is not None:
             addresses["preview"] = settings.preview_address
-        self.listeners = Listeners(addresses)
+        self.listeners = Listeners(addresses, settings.admin_address)
         self.stopping = False
         self.restarts = 0
         self.state: StateUpdate | None = None  # the leader's latest, for a starting follower
@@ -97,12 +97,13 @@ class Supervisor:
         leader = self.slots[0]
         leader.task = loop.create_task(self._keep(leader))
         await leader.started.wait()
-        if not leader.ready:  # it could not start: its own message says why
+        if not leader.ready:  # stopped before it served, or it could not start (it said why)
+            asked = self.stopping
             self.stopping = True
             await leader.task
             self.listeners.close()
             code = leader.process.returncode if leader.process is not None else None
-            return code or 1
+            return 0 if asked else code or 1
         for slot in self.slots[1:]:
             slot.task = loop.create_task(self._keep(slot))
         logger.info("supervisor %d: %d workers", os.getpid(), len(self.slots))
@@ -167,15 +168,13 @@ class Supervisor:
                 self.restarts += 1
 
     async def _spawn(self, slot: Slot) -> None:
-        listeners = self.listeners.open()
+        listeners = self.listeners.open(leader=slot.leader)
         ours, theirs = socket.socketpair()
         theirs.set_inheritable(True)
         fds = [theirs.fileno(), *(s.fileno() for s in listeners.values())]
-        preview = listeners.get("preview")
         argv = [
-            sys.executable, "-m", "splitproxy.workers.child",
-            str(theirs.fileno()), str(listeners["proxy"].fileno()),
-            str(preview.fileno() if preview is not None else -1),
+            sys.executable, "-m", "splitproxy.workers.child", str(theirs.fileno()),
+            *(f"{name}={sock.fileno()}" for name, sock in listeners.items()),
         ]  # fmt: skip
         try:
             slot.process = await asyncio.create_subprocess_exec(

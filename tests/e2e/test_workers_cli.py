@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +29,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.e2e.proc import Proxy, serving
+from tests.e2e.proc import Proxy, cli, serving
 
 ROUTE = "app"
 Serve = Callable[[web.Application], Awaitable[str]]
@@ -278,3 +279,58 @@ async def test_a_killed_worker_is_restarted(tmp_path: Path, serve: Serve) -> Non
         after = await answers_until(proxy, lambda a: len(workers_in(a) - workers_in(before)) == 1)
         assert len(workers_in(after) & workers_in(before)) <= 1
         assert "restarting" in proxy.output()
+
+
+@pytest.mark.timeout(40)
+async def test_a_killed_leader_is_restarted_while_the_follower_serves(
+    tmp_path: Path, serve: Serve
+) -> None:
+    up = Upstream("stable")
+    config = write_config(tmp_path / "routes.yaml", await serve(up.app()))
+    with start_workers(tmp_path, config) as proxy:
+        await answers_until(proxy, lambda a: len(workers_in(a)) == 2)
+        pid = "splitproxy_worker_requests_total"
+        leader = [k for k in samples(await metrics(proxy), pid) if 'worker="0"' in k]
+        leader_pid = int(re.search(r'pid="(\d+)"', leader[0]).group(1))  # type: ignore[union-attr]
+        os.kill(leader_pid, signal.SIGKILL)
+        # users are served all along, by the follower while the leader is away
+        statuses: Counter[int] = Counter()
+
+        async def admin_back() -> bool:
+            statuses[(await fresh(proxy))[0]] += 1
+            try:
+                text = await metrics(proxy)
+            except aiohttp.ClientError:
+                return False
+            return 'worker="0"' in text and f'pid="{leader_pid}"' not in text
+
+        await eventually(admin_back, "a new leader with the admin API")
+        assert set(statuses) == {200}
+        text = await metrics(proxy)
+        assert samples(text, "splitproxy_worker_restarts_total") == {"": 1.0}
+
+
+def test_a_leader_that_cannot_start_stops_start_up(tmp_path: Path) -> None:
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("routes: []\n")
+    result = cli(
+        "serve", "-c", str(bad), "--workers", "2",
+        "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "routes" in result.stderr
+    assert "restarting" not in result.stderr
+
+
+def test_a_port_in_use_stops_start_up(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "routes.yaml", "http://127.0.0.1:9")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(
+            "serve", "-c", str(config), "--workers", "2",
+            "--listen", f"127.0.0.1:{port}", "--admin", "127.0.0.1:0", timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +14,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.dataplane.synthetic import TOKEN_ENV
+from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import samples_for
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.counts import PooledRegistry, WorkerCounts
@@ -37,11 +42,11 @@ def observe(windows: Windows, evs: list[Event]) -> None:
         windows.window("app").observe(T0 + offset, version, 0.01, err, p, path)
 
 
-def totals(samples: list[object]) -> tuple[int, int, int, int]:
+def totals(samples: list[Sample]) -> tuple[int, int, int, int]:
     n = {STABLE: [0, 0], CANDIDATE: [0, 0]}
     for s in samples:
-        n[s.version][0] += s.requests  # type: ignore[attr-defined]
-        n[s.version][1] += s.errors  # type: ignore[attr-defined]
+        n[s.version][0] += s.requests
+        n[s.version][1] += s.errors
     return n[STABLE][0], n[STABLE][1], n[CANDIDATE][0], n[CANDIDATE][1]
 
 
@@ -67,9 +72,9 @@ def test_the_pool_sees_exactly_what_one_process_would_have_seen(
     pooled = leader_windows.observations("app", 0.0)
     single = alone.observations("app", 0.0)
     # per version: the same requests and errors, per path class and in all
-    assert totals(samples_for(pooled)) == totals(samples_for(single))  # type: ignore[arg-type]
+    assert totals(samples_for(pooled)) == totals(samples_for(single))
     for p in (None, 0.1, 0.5):
-        assert totals(samples_for(x for x in pooled if x.probability == p)) == totals(  # type: ignore[arg-type]
+        assert totals(samples_for(x for x in pooled if x.probability == p)) == totals(
             samples_for(x for x in single if x.probability == p)
         )
     # and the same latencies
@@ -145,7 +150,7 @@ class Fixed(Collector):
     def __init__(self, *families: Metric) -> None:
         self.families = families
 
-    def collect(self) -> list[Metric]:  # type: ignore[override]
+    def collect(self) -> list[Metric]:
         return list(self.families)
 
 
@@ -178,3 +183,25 @@ def test_metrics_add_the_followers_data_path_and_keep_the_leaders_gauges() -> No
     counts.set_members({0: 100, 1: 101}, restarts=1)  # worker 2 is gone: its counts go too
     text = generate_latest(PooledRegistry(inner, counts)).decode()
     assert 'code="503"' not in text
+
+
+def test_workers_share_the_synthetic_token_their_supervisor_gives_them() -> None:
+    # the leader's synthetic requests may be accepted by any worker: all must know them
+    code = (
+        "import os\n"
+        "from splitproxy.dataplane import synthetic\n"
+        "print(synthetic.PROCESS_TOKEN, synthetic.TOKEN_ENV in os.environ)\n"
+    )
+    env = {**os.environ, TOKEN_ENV: "f" * 32}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["f" * 32, "False"]  # and no child process inherits it
+    alone = subprocess.run(
+        [sys.executable, "-c", code],
+        env={k: v for k, v in os.environ.items() if k != TOKEN_ENV},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    token = alone.stdout.split()[0]
+    assert len(token) == 32
+    assert token != "f" * 32
