@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from splitproxy import logs
 from splitproxy.errors import ConfigError
@@ -89,7 +89,7 @@ def main(argv: Sequence[str]) -> int:
     for item in named:
         name, _, fd = item.partition("=")
         if name in LISTENERS:
-            listeners[cast(Listener, name)] = socket.socket(fileno=int(fd))
+            listeners[name] = socket.socket(fileno=int(fd))
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(run(int(channel_fd), listeners))
 
