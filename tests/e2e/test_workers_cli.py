@@ -48,6 +48,10 @@ class Upstream:
         self.workers: Counter[str] = Counter()
         self.arrived = 0
 
+    def total(self) -> int:
+        """Requests the proxy's workers sent (its health checks not counted)."""
+        return sum(self.workers.values())
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._answer)
@@ -219,6 +223,31 @@ async def test_a_faulty_candidate_is_rolled_back_on_every_worker_from_pooled_tra
         # and neither sends anyone there any more
         after = await answers_until(proxy, lambda a: len(workers_in(a)) == 2 and len(a) >= 20)
         assert {a["version"] for a in after} == {"stable"}
+
+        async def judged_all() -> bool:  # what the analyzer and status see: both workers' share
+            view = await get_json(url)
+            return bool(view["traffic"]["candidate"]["requests"] == candidate.total())
+
+        await eventually(judged_all, f"status counting all {candidate.total()} candidate requests")
+
+
+@pytest.mark.timeout(40)
+async def test_a_runtime_weight_reaches_every_worker(tmp_path: Path, serve: Serve) -> None:
+    stable, candidate = Upstream("stable"), Upstream("candidate")
+    config = write_config(
+        tmp_path / "routes.yaml", await serve(stable.app()), await serve(candidate.app())
+    )
+    with start_workers(tmp_path, config) as proxy:
+        before = await answers_until(proxy, lambda a: len(workers_in(a)) == 2)
+        assert {a["version"] for a in before} == {"stable"}  # weight 0 in the file
+        async with aiohttp.ClientSession() as session:
+            async with session.put(
+                f"http://127.0.0.1:{proxy.admin_port}/api/v1/routes/{ROUTE}/weight",
+                json={"weight": 100},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+        after = await answers_until(proxy, lambda a: len(workers_in(a, "candidate")) == 2)
+        assert len(workers_in(after, "candidate")) == 2  # set on the leader, served by both
 
 
 @pytest.mark.timeout(40)
