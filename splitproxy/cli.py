@@ -77,6 +77,7 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-connections", "max_connections", int, "client connections at once, 0: from fd limit"),
     ("--max-upstream-connections", "max_upstream_connections", int, "per upstream, 0 for none"),
     ("--reload-poll-interval", "reload_poll_interval", float, "poll the routing file, 0 for never"),
+    ("--workers", "workers", str, "worker processes on the listener: N or auto (default 1)"),
 )
 
 
@@ -173,6 +174,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings is None:
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    if settings.worker_count > 1:
+        from splitproxy.workers.supervisor import supervise
+
+        return supervise(settings, settings.worker_count)
     return serve(settings)
 
 

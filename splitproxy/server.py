@@ -30,6 +30,7 @@ import resource
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -58,6 +59,9 @@ from splitproxy.rollout.store import StateStore
 from splitproxy.rollout.traffic import loopback_url
 from splitproxy.settings import Settings
 
+if TYPE_CHECKING:
+    from splitproxy.workers.link import WorkerLink
+
 logger = logging.getLogger("splitproxy.server")
 
 __all__ = ["Server", "serve"]
@@ -73,12 +77,16 @@ class Server:
         *,
         reload_options: ReloadOptions | None = None,
         control_options: ControlOptions | None = None,
+        worker: WorkerLink | None = None,
     ) -> None:
         self.settings = settings
+        # one of several worker processes (splitproxy/workers): only the leader runs the
+        # controller and the admin API; None: a process alone
+        self.worker = worker
         self.control_options = control_options or ControlOptions()
         self._routing_text = routing_text  # an embedded config (the demo) instead of a file
         self.state = RuntimeState()
-        self.recorder = Recorder(self.state)
+        self.recorder = worker.recorder(self.state) if worker is not None else Recorder(self.state)
         self.clock = CoarseClock(0.0)
         self.pools = PoolRegistry(
             self.clock,
@@ -118,6 +126,10 @@ class Server:
 
     # -- config -----------------------------------------------------------------------------
     def _load_initial(self, fetched: Fetched | None = None) -> None:
+        if self.worker is not None and not self.worker.leader:
+            self.worker.adopt_first(self.state)  # the leader's config and weights
+            self.recorder.config_reloaded(True, time.time())
+            return
         if fetched is not None:
             config = with_commit(parse_routing(fetched.text, fetched.source), fetched.commit)
             digest = fetched.digest
@@ -169,8 +181,43 @@ class Server:
                 source, self.state, self.recorder.config_reloaded, self.reload_options
             )
             self.reloader.start()
-        await control.start()
+        worker = self.worker
+        leads = worker is None or worker.leader
+        if leads:  # a follower serves the weights its leader's controller sets; no admin API
+            await control.start()
+            await self._open_admin()
         loop = asyncio.get_running_loop()
+        host, port = s.listen_address
+        sock = worker.listener("proxy") if worker is not None else None
+        if sock is not None:  # the supervisor's socket: every worker accepts from it
+            self._proxy_server = await loop.create_server(
+                lambda: ClientConnection(ctx), sock=sock, backlog=4096
+            )
+        else:
+            self._proxy_server = await loop.create_server(
+                lambda: ClientConnection(ctx), host, port, backlog=4096, reuse_address=True
+            )
+        self.listen_port = self._proxy_server.sockets[0].getsockname()[1]
+        if self.control is not None and self.control.traffics is not None:
+            # synthetic traffic enters through the proxy's own listener, on loopback
+            self.control.traffics.base_url = loopback_url(host, self.listen_port)
+        await self._open_preview(ctx)
+        if self.control is not None:  # blue/green test jobs reach the candidate through it
+            preview = self.preview_port and loopback_url(self._preview_host(), self.preview_port)
+            self.control.listening(preview or None)
+        self._tasks.append(loop.create_task(self._sweep(ctx)))
+        revision = self.state.snapshot.revision if self.state.snapshot else "?"
+        if worker is not None and not worker.leader:
+            logger.info("splitproxy worker %d listening on %s:%d, config revision %s",
+                        worker.worker, host, self.listen_port, revision)  # fmt: skip
+        else:
+            logger.info(
+                "splitproxy listening on %s:%d (admin on %s:%d), config revision %s",
+                host, self.listen_port, s.admin_address[0], self.admin_port, revision,
+            )  # fmt: skip
+
+    async def _open_admin(self) -> None:
+        s = self.settings
         admin_ctx = AdminContext(
             state=self.state,
             recorder=self.recorder,
@@ -188,27 +235,14 @@ class Server:
         )
         await runner.setup()
         admin_host, admin_port = s.admin_address
-        site = web.TCPSite(runner, admin_host, admin_port, reuse_address=True)
+        sock = self.worker.listener("admin") if self.worker is not None else None
+        site: web.BaseSite = (  # a leader's: the supervisor keeps it across restarts
+            web.SockSite(runner, sock)
+            if sock is not None
+            else web.TCPSite(runner, admin_host, admin_port, reuse_address=True)
+        )
         await site.start()
         self.admin_port = _bound_port(runner)
-        host, port = s.listen_address
-        self._proxy_server = await loop.create_server(
-            lambda: ClientConnection(ctx), host, port, backlog=4096, reuse_address=True
-        )
-        self.listen_port = self._proxy_server.sockets[0].getsockname()[1]
-        if self.control is not None and self.control.traffics is not None:
-            # synthetic traffic enters through the proxy's own listener, on loopback
-            self.control.traffics.base_url = loopback_url(host, self.listen_port)
-        await self._open_preview(ctx)
-        if self.control is not None:  # blue/green test jobs reach the candidate through it
-            preview = self.preview_port and loopback_url(self._preview_host(), self.preview_port)
-            self.control.listening(preview or None)
-        self._tasks.append(loop.create_task(self._sweep(ctx)))
-        logger.info(
-            "splitproxy listening on %s:%d (admin on %s:%d), config revision %s",
-            host, self.listen_port, admin_host, self.admin_port,
-            self.state.snapshot.revision if self.state.snapshot else "?",
-        )  # fmt: skip
 
     def _preview_host(self) -> str:
         address = self.settings.preview_address
@@ -221,9 +255,16 @@ class Server:
         if address is None:
             return
         host, port = address
-        self._preview_server = await asyncio.get_running_loop().create_server(
-            lambda: ClientConnection(ctx, preview=True), host, port, reuse_address=True
-        )
+        loop = asyncio.get_running_loop()
+        sock = self.worker.listener("preview") if self.worker is not None else None
+        if sock is not None:
+            self._preview_server = await loop.create_server(
+                lambda: ClientConnection(ctx, preview=True), sock=sock
+            )
+        else:
+            self._preview_server = await loop.create_server(
+                lambda: ClientConnection(ctx, preview=True), host, port, reuse_address=True
+            )
         self.preview_port = self._preview_server.sockets[0].getsockname()[1]
         logger.info("preview listener on %s:%d: always the candidate", host, self.preview_port)
 
@@ -288,7 +329,7 @@ class Server:
             except OSError as exc:
                 problem = Problem("state_dir", f"cannot use {self.settings.state_dir}: {exc}")
                 raise ConfigError([problem]) from None
-        else:
+        elif self.worker is None or self.worker.leader:  # a follower keeps no rollout state
             logger.info("no state_dir: rollout state is kept in memory only")
         control = Controller(
             self.state,

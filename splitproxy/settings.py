@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import stat
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from splitproxy.gitsource import GitSpec, is_git_spec, parse_git_spec
 
 ENV_PREFIX = "SPLITPROXY_"
+MAX_WORKERS = 64
 
 
 def parse_address(value: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
@@ -122,6 +124,10 @@ class Settings(BaseSettings):
     trusted_proxies: StrList = ()
     via: str = "1.1 splitproxy"
 
+    # worker processes serving the same listener (splitproxy/workers); "auto": one per core.
+    # 1 (the default) is one process, no supervisor.
+    workers: int | Literal["auto"] = 1
+
     @model_validator(mode="before")
     @classmethod
     def _git_config(cls, data: Any) -> Any:
@@ -148,6 +154,25 @@ class Settings(BaseSettings):
         if v is not None:
             parse_address(v)
         return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= MAX_WORKERS:
+            raise ValueError(f"must be between 1 and {MAX_WORKERS}, or auto")
+        return v
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes ``workers`` asks for (``auto``: the cores this process
+        may run on)."""
+        if self.workers == "auto":
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except AttributeError:  # not on Linux
+                cores = os.cpu_count() or 1
+            return max(1, min(MAX_WORKERS, cores))
+        return self.workers
 
     @field_validator("trusted_proxies")
     @classmethod

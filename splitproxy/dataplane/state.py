@@ -116,6 +116,28 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedState:
+    """What another process needs to serve exactly as a snapshot does (`RuntimeState.adopt`):
+    the config and every runtime weight, revert and warm backend, without the compiled routes."""
+
+    config: RoutingConfig
+    content_hash: str
+    loaded_at: float
+    overrides: Mapping[str, WeightOverride]
+    rollout_weights: Mapping[str, RolloutWeight]
+    reverts: Mapping[str, Backend]
+    warm: Mapping[str, Backend]
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> SharedState:
+        return cls(
+            snapshot.config, snapshot.content_hash, snapshot.loaded_at,
+            dict(snapshot.overrides), dict(snapshot.rollout_weights),
+            dict(snapshot.reverts), dict(snapshot.warm),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     """A routing file compiled off the event loop (`RuntimeState.prepare`), with the file's
     weights; `RuntimeState.install` applies the weights that carry over and swaps it in."""
@@ -318,6 +340,20 @@ class RuntimeState:
             MappingProxyType(reverts),
             MappingProxyType(warm),
         )
+        return self._swap(new)
+
+    def adopt(self, shared: SharedState) -> Snapshot:
+        """Install another process's state as it is: a worker follows its leader's config and
+        weights (``splitproxy/workers``). A config with the same content hash as the serving
+        one keeps the serving config object, so followers see a weight change, not a reload."""
+        current = self._snapshot
+        config = shared.config
+        if current is not None and current.content_hash == shared.content_hash:
+            config = current.config
+        new = compile_snapshot(
+            config, shared.content_hash, shared.loaded_at, shared.overrides,
+            shared.rollout_weights, shared.reverts, shared.warm, previous=current,
+        )  # fmt: skip
         return self._swap(new)
 
     def set_weight(self, name: str, percent: float, now: float, source: str = "admin") -> Snapshot:

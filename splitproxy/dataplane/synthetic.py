@@ -13,17 +13,25 @@ instead, so an application can tell synthetic requests from users'. Any other va
 dropped and the request is an ordinary one. The token never leaves the process (it is not
 forwarded, logged or shown), so a client outside cannot force a version with the header, and
 an upstream can trust ``X-Splitproxy-Synthetic: 1``: only the proxy sets it.
+
+Worker processes (``splitproxy/workers``) share one token: the leader sends synthetic requests
+through the shared listener, and whichever worker accepts them must know them. Their supervisor
+makes it and hands it to each worker in `TOKEN_ENV`, which the worker reads and removes at
+import (so no child process of the worker, such as git, inherits it).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Final, Literal
 
 HEADER: Final = "X-Splitproxy-Synthetic"
 HEADER_LOWER: Final = b"x-splitproxy-synthetic"
 UPSTREAM_LINE: Final = b"X-Splitproxy-Synthetic: 1\r\n"  # what the upstream sees
-PROCESS_TOKEN: Final = secrets.token_hex(16)  # 128 random bits, new at every start
+TOKEN_ENV: Final = "SPLITPROXY_WORKER_SYNTHETIC_TOKEN"  # set by the supervisor of workers
+# 128 random bits, new at every start (of the supervisor, with workers)
+PROCESS_TOKEN: Final = os.environ.pop(TOKEN_ENV, "") or secrets.token_hex(16)
 
 Target = Literal["stable", "candidate"]
 TARGETS: Final[tuple[Target, ...]] = ("stable", "candidate")

@@ -46,6 +46,7 @@ PURE_MODULES = (
     "splitproxy.rollout.ab",
     "splitproxy.rollout.windows",
     "splitproxy.rollout.samples",
+    "splitproxy.workers.pooling",
 )
 # IO, event loops, clocks and randomness: what a pure module must not import.
 IMPURE = frozenset(
