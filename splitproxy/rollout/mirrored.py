@@ -42,6 +42,14 @@ class MirrorTally:
             self.diverged += outcome.result == "diverged"
         self.latency.add(outcome.mirror_latency)
 
+    def merge(self, other: MirrorTally) -> None:
+        """Add another tally's answers (another worker's, `splitproxy.workers`)."""
+        self.answered += other.answered
+        self.errors += other.errors
+        self.compared += other.compared
+        self.diverged += other.diverged
+        self.latency.merge(other.latency)
+
     def take(self) -> MirrorSample:
         """What was tallied so far, as a sample; the tally starts again from zero."""
         sample = MirrorSample(

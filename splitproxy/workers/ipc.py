@@ -8,7 +8,8 @@ publish goes to the leader. Messages, by direction:
   latest `StateUpdate`; to the leader, `Members` whenever a worker comes or goes;
 - leader -> followers: `StateUpdate` after every change of its snapshot (a reload, a weight
   the admin API set, a rollout step, a rollback, a revert);
-- follower -> leader: `Observed` (closed live-window buckets) four times a second, and
+- follower -> leader: `Observed` (closed live-window buckets and the tallies of mirrored
+  copies' answers) four times a second, and
   `Counted` (its metric families to sum) once a second;
 - worker -> supervisor: `Ready` once it serves.
 
@@ -24,12 +25,13 @@ import contextlib
 import logging
 import pickle
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client.core import Metric
 
 from splitproxy.dataplane.state import SharedState
+from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.workers.pooling import Periods
 
 if TYPE_CHECKING:  # only composition roots read the settings; a worker receives them whole
@@ -75,6 +77,9 @@ class Observed:
     worker: int
     watermark: float
     periods: Periods
+    # the candidate's answers to mirrored copies since the previous message, by route (a
+    # shadow phase judges them; `rollout.mirrored`)
+    mirrors: dict[str, MirrorTally] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

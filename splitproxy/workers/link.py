@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from splitproxy.dataplane.state import RuntimeState, SharedState, Snapshot
 from splitproxy.metrics import Recorder
+from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.counts import PooledRegistry, WorkerCounts, data_path_families
 from splitproxy.workers.ipc import Counted, Members, Observed, Ready, StateUpdate
@@ -127,6 +128,15 @@ class WorkerLink:
     # -- the leader -------------------------------------------------------------------------
     def _publish_state(self, old: Snapshot | None, new: Snapshot) -> None:
         self.backplane.send(StateUpdate(SharedState.of(new)))
+        if old is None or old.config is not new.config:
+            tests = [r.name for r in new.config.routes if r.rollout and r.rollout.ab]
+            if tests:  # each worker keeps its own table of users (docs/scale-out.md)
+                logger.warning(
+                    "A/B tests on %s count only the users whose requests reach the leader "
+                    "(the per-user tables are not pooled across workers yet: the sample may "
+                    "be skewed); run A/B tests with one worker",
+                    ", ".join(tests),
+                )
 
     def _routes(self) -> list[str]:
         server = self._server
@@ -142,7 +152,22 @@ class WorkerLink:
                 self.pool.contribute(self.worker, now, periods)
                 self.pool.release(now)
             else:
-                self.backplane.send(Observed(self.worker, now, periods), droppable=True)
+                mirrors = self._mirror_tallies()
+                message = Observed(self.worker, now, periods, mirrors)
+                self.backplane.send(message, droppable=True)
+
+    def _mirror_tallies(self) -> dict[str, MirrorTally]:
+        """A follower's tallies of mirrored answers since the previous harvest (for the
+        leader's shadow phase), each route's tally starting again from zero."""
+        server = self._server
+        out: dict[str, MirrorTally] = {}
+        if server is None:
+            return out
+        for route in self._routes():
+            stats = server.recorder.mirror_stats(route)
+            if stats is not None and stats.tally.answered:
+                out[route], stats.tally = stats.tally, MirrorTally()
+        return out
 
     async def _send_counts(self) -> None:
         while True:
@@ -169,6 +194,11 @@ class WorkerLink:
         elif isinstance(message, Observed):
             if self.pool is not None:
                 self.pool.contribute(message.worker, message.watermark, message.periods)
+            server = self._server
+            for route, tally in message.mirrors.items():
+                stats = server.recorder.mirror_stats(route) if server is not None else None
+                if stats is not None:
+                    stats.tally.merge(tally)
         elif isinstance(message, Counted):
             self.counts.update(message.worker, message.pid, message.families)
         elif isinstance(message, Members):

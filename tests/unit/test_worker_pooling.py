@@ -14,11 +14,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
 from splitproxy.dataplane.synthetic import TOKEN_ENV
 from splitproxy.rollout.messages import Sample
+from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.samples import samples_for
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.counts import PooledRegistry, WorkerCounts
+from splitproxy.workers.ipc import Observed
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
 T0 = 1_700_000_000.0
@@ -205,3 +208,23 @@ def test_workers_share_the_synthetic_token_their_supervisor_gives_them() -> None
     token = alone.stdout.split()[0]
     assert len(token) == 32
     assert token != "f" * 32
+
+
+def _outcome(i: int) -> MirrorOutcome:
+    results: tuple[MirrorResult, ...] = ("match", "diverged", "error")
+    result = results[i % 3]
+    status = None if result == "error" else (503 if i % 7 == 0 else 200)
+    return MirrorOutcome(result, "GET", "/p", 200, status, 0.001, 0.001 * (1 + i % 11))
+
+
+def test_the_shadow_sees_every_workers_mirrored_answers() -> None:
+    outcomes = [_outcome(i) for i in range(60)]
+    alone = MirrorTally()
+    for o in outcomes:
+        alone.add(o)
+    leader, follower = MirrorTally(), MirrorTally()
+    for i, o in enumerate(outcomes):
+        (leader if i % 2 else follower).add(o)
+    sent = pickle.loads(pickle.dumps(Observed(1, 10.0, {}, {"shop": follower})))
+    leader.merge(sent.mirrors["shop"])
+    assert leader.take() == alone.take()
