@@ -1,0 +1,54 @@
+"""Sticky users as the unit of the error comparison (pure).
+
+On a sticky route every request of a user goes where the user's key hashes: the user, not the
+request, is what was routed at random. Counting requests then breaks the attribution test's
+null in two ways: the candidate's real share of requests swings with the few heavy users that
+landed in its buckets, and a user who fails whatever the version (a bot, a broken client)
+sends a long run of errors that all carry the same version. Both rolled back A/A rollouts.
+
+Counted per user, the null is exact again: under "the version makes no difference", a user's
+*first* error of the rollout comes from the candidate with probability ``p`` (the share of
+keys on the candidate when it was routed), independently of every other user's; a user
+contributes one event, however heavy, however broken. `UnitTable` remembers which users have
+had their first error, so later ones are not counted again.
+
+*Bounded.* The table holds at most `UNIT_TABLE_CAP` users per route and rollout (64-bit key
+hashes in a set: about 5 MB at the cap). Once it is full, the errors of users it does not hold
+are left out of the comparison (a rule that depends on the past only, so the test stays
+valid) and `UnitTable.skipped` counts them; the thresholds and the guard still see them. The
+table is not saved: after a restart of the proxy a user's error before it may count once more.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+UNIT_TABLE_CAP: Final = 65_536
+
+
+class UnitTable:
+    """The users whose first error the comparison has counted (one rollout, one route)."""
+
+    __slots__ = ("_seen", "cap", "skipped")
+
+    def __init__(self, cap: int = UNIT_TABLE_CAP) -> None:
+        self.cap = cap
+        self._seen: set[int] = set()
+        self.skipped = 0  # errors of users the full table could not take
+
+    def first(self, unit: int) -> bool:
+        """Is this the user's first error (and is it counted)? Records it."""
+        seen = self._seen
+        if unit in seen:
+            return False
+        if len(seen) >= self.cap:
+            self.skipped += 1
+            return False
+        seen.add(unit)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+__all__ = ["UNIT_TABLE_CAP", "UnitTable"]
