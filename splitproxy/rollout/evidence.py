@@ -63,7 +63,7 @@ from splitproxy.rollout.sequential import (
     split_alpha,
 )
 from splitproxy.rollout.thresholds import exceeds, window_alpha
-from splitproxy.rollout.units import UnitTable
+from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
 
@@ -125,6 +125,7 @@ class Evidence:
         self.errors_test: PathClassTests | None = None
         self.latency_tests: dict[float, RecoveringTest] = {}
         self.units = UnitTable()  # sticky users whose first error was counted
+        self.guard_units = RecentUnits()  # ... and those the guard counted lately
         self.restart_at: float | None = None  # the comparisons' next fresh start
         self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
         self.guard: RateGuard | None = None
@@ -176,6 +177,7 @@ class Evidence:
         self.errors_test = PathClassTests(slots, factory=RecoveringTest) if compare else None
         self.latency_tests = {q: RecoveringTest() for q in self.quantiles}
         self.units = UnitTable()
+        self.guard_units = RecentUnits()
         self.restart_at = None
         self.windows_judged = 0
         self.guard = RateGuard(self.spec.guard.error_rate) if self.spec.guard else None
@@ -224,7 +226,8 @@ class Evidence:
         slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
         for s in samples:
             cand = s.version == "candidate"
-            once = s.errors - s.unit_errors + len(s.units)
+            once = s.errors - s.unit_errors  # for the guard and the incident rule
+            once += sum(self.guard_units.count(now, u) for u in s.units)
             if cand:
                 cand_n += s.requests
                 cand_x += s.errors

@@ -73,10 +73,14 @@ def samples_for(periods: Iterable[Period], *, judge_synthetic: bool = False) -> 
 def realized_share(period: Period) -> float | None:
     """The candidate's share of the bucket's requests with a latency, rounded up to a
     thousandth; None when one version had them all (no information on who is slower)."""
-    cand, stable = period.candidate.latency.count, period.stable.latency.count
-    if not cand or not stable:
+    return share_of(period.candidate.latency.count, period.stable.latency.count)
+
+
+def share_of(candidate: int, stable: int) -> float | None:
+    """``candidate / (candidate + stable)`` rounded up to a thousandth, None at 0 or 1."""
+    if not candidate or not stable:
         return None
-    share = math.ceil(1000 * cand / (cand + stable)) / 1000
+    share = math.ceil(1000 * candidate / (candidate + stable)) / 1000
     return share if share < 1.0 else None
 
 

@@ -17,13 +17,21 @@ hashes in a set: about 5 MB at the cap). Once it is full, the errors of users it
 are left out of the comparison (a rule that depends on the past only, so the test stays
 valid) and `UnitTable.skipped` counts them; the thresholds and the guard still see them. The
 table is not saved: after a restart of the proxy a user's error before it may count once more.
+
+*The guard* asks another question ("is the candidate failing far above the cap?"), on
+requests, not users; but one broken client with many requests would answer it alone. So for
+the guard a sticky user's errors count at most once per `GUARD_UNIT_WINDOW` seconds
+(`RecentUnits`, at most `UNIT_TABLE_CAP` users, older entries evicted first; a user it cannot
+hold is counted every time). A crash fails most users, so it still trips the guard at once.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Final
 
 UNIT_TABLE_CAP: Final = 65_536
+GUARD_UNIT_WINDOW: Final = 60.0
 
 
 class UnitTable:
@@ -51,4 +59,29 @@ class UnitTable:
         return len(self._seen)
 
 
-__all__ = ["UNIT_TABLE_CAP", "UnitTable"]
+class RecentUnits:
+    """The sticky users whose error the guard counted in the last `GUARD_UNIT_WINDOW` s."""
+
+    __slots__ = ("_last", "cap", "window")
+
+    def __init__(self, window: float = GUARD_UNIT_WINDOW, cap: int = UNIT_TABLE_CAP) -> None:
+        self.window = window
+        self.cap = cap
+        self._last: OrderedDict[int, float] = OrderedDict()  # oldest count first
+
+    def count(self, now: float, unit: int) -> bool:
+        """Does this user's error count for the guard now? Records it when it does."""
+        last = self._last
+        while last:
+            oldest, at = next(iter(last.items()))
+            if at > now - self.window:
+                break
+            del last[oldest]
+        if unit in last:
+            return False
+        if len(last) < self.cap:
+            last[unit] = now
+        return True
+
+
+__all__ = ["GUARD_UNIT_WINDOW", "UNIT_TABLE_CAP", "RecentUnits", "UnitTable"]
