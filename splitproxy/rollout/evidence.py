@@ -15,7 +15,11 @@ updated (see `splitproxy.rollout.sequential`); each can roll the candidate back 
 
 They share one α per rollout (default 1 %): the guard takes a tenth, the comparison families
 split the rest. The e-processes span the whole rollout, across steps, pauses and restarts of
-the proxy, so checking them every second costs no validity. When the guard trips and stable's
+the proxy, so checking them every second costs no validity. Each comparison is a mixture over
+start times (`splitproxy.rollout.recovery`): every `RESTART_EVERY` seconds a fresh copy
+starts, so evidence in the candidate's favour (a stable-only incident) is not a debt a later
+regression must repay. On a sticky route a user's first error counts once
+(`splitproxy.rollout.units`), and the guard counts a user once a minute. When the guard trips and stable's
 own error rate over the last minute is above the cap as well (`Evidence.stable_breaching`),
 it is an incident, not the candidate's fault.
 
@@ -26,7 +30,9 @@ and errors (for the incident rule); the step's window of candidate traffic for t
 checks (`StepWindow`); the external checks' latest values. Requests not routed at random
 (``p=None``) count for the absolute checks and the guard, never for the comparisons.
 
-*Checks.* `Evidence.evaluate` judges every check of the spec (thresholds on the window,
+*Checks.* `Evidence.evaluate` judges every check of the spec (thresholds on the window, each
+failed only when the window's counts show the rate beyond its line at the window's α,
+`splitproxy.rollout.thresholds`;
 external values newer than the window, the comparisons and the guard) into `CheckResult` values;
 `Evidence.with_ci` adds to a comparison's result the one-sided interval ``[lower, inf)`` for
 the candidate/stable rate ratio that inverts the e-process it decides on, at its α, so a
