@@ -19,9 +19,9 @@ the proxy, so checking them every second costs no validity. Each comparison is a
 start times (`splitproxy.rollout.recovery`): every `RESTART_EVERY` seconds a fresh copy
 starts, so evidence in the candidate's favour (a stable-only incident) is not a debt a later
 regression must repay. On a sticky route a user's first error counts once
-(`splitproxy.rollout.units`), and the guard counts a user once a minute. When the guard trips and stable's
-own error rate over the last minute is above the cap as well (`Evidence.stable_breaching`),
-it is an incident, not the candidate's fault.
+(`splitproxy.rollout.units`), and the guard counts a user once a minute. When the guard
+trips and stable's own error rate over the last minute is above the cap as well
+(`Evidence.stable_breaching`), it is an incident, not the candidate's fault.
 
 *What is kept.* Stable's trailing latency (about ten minutes, at least 2,000 requests when
 available), from which `Evidence.fold` draws the thresholds for the latency test *before* it
