@@ -51,7 +51,8 @@ def _per_request(original: Callable[..., tuple[list[Sample], int]]) -> Callable[
 
 
 def _raw(x: int, n: int, rate: float, alpha: float) -> tuple[bool, float]:
-    return x > rate * n, 0.0
+    over = x > rate * n
+    return over, math.inf if over else 1.0
 
 
 ABLATIONS: dict[str, tuple[tuple[str, ...], Callable[[], Any]]] = {
@@ -59,7 +60,7 @@ ABLATIONS: dict[str, tuple[tuple[str, ...], Callable[[], Any]]] = {
         ("sticky_aa",),
         lambda: patched(bench, "sticky_traffic", _per_request(bench.sticky_traffic)),
     ),
-    "raw_thresholds": (("aa_thresholds",), lambda: patched(evidence, "exceeds", _raw)),
+    "raw_thresholds": (("aa_thresholds",), lambda: patched(evidence, "shown_above", _raw)),
     "no_restarts": (
         ("stable_incident_err_0.5_2", "late_err_0.5_2"),
         lambda: patched(evidence, "RESTART_EVERY", math.inf),
@@ -80,9 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rps", default="1,20,1000")
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--only", help="one ablation by name")
     args = ap.parse_args(argv)
     print("| ablation | rps | scenario | with the fix | without it |\n|---|---|---|---|---|")
     for name, (scenarios, undo) in ABLATIONS.items():
+        if args.only and name != args.only:
+            continue
         for rps in (float(r) for r in args.rps.split(",")):
             runs = args.runs // 4 if rps < 10 else args.runs
             for scenario in scenarios:

@@ -621,8 +621,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", type=Path, help="also write the summaries here")
     ap.add_argument("--tables", action="store_true", help="tables even for a subset")
+    ap.add_argument("--merge", type=Path, nargs="+", help="print tables from --json files")
     args = ap.parse_args(argv)
 
+    if args.merge:  # tables from earlier runs' --json files (later files win per cell)
+        results: dict[str, dict[str, Any]] = {}
+        for path in args.merge:
+            results.update(json.loads(path.read_text())["results"])
+        levels = sorted({float(k.split("/")[0]) for k in results})
+        for rps in levels:
+            print(table(results, rps, args.policies.split(",")))
+        for text in check_bar(results, levels):
+            print(text)
+        return 0
     levels = [float(x) for x in args.rps.split(",")]
     scenarios = args.scenarios.split(",")
     policies = args.policies.split(",")

@@ -68,7 +68,7 @@ from splitproxy.rollout.sequential import (
     mean_log_e,
     split_alpha,
 )
-from splitproxy.rollout.thresholds import exceeds, window_alpha
+from splitproxy.rollout.thresholds import shown_above, window_alpha
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
@@ -134,6 +134,7 @@ class Evidence:
         self.guard_units = RecentUnits()  # ... and those the guard counted lately
         self.restart_at: float | None = None  # the comparisons' next fresh start
         self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
+        self.unshown: set[str] = set()  # thresholds over the line, not shown yet: hold on
         self.guard: RateGuard | None = None
         self.baseline: Baseline | None = None  # blue/green, from the switch on
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
@@ -357,6 +358,7 @@ class Evidence:
     def evaluate(self, now: float) -> tuple[CheckResult, ...]:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
+        self.unshown = set()
         out = [self._threshold_check(now, c) for c in self.threshold_checks]
         out += [self._external_check(c) for c in self.external_checks]
         base = self.baseline
@@ -411,6 +413,8 @@ class Evidence:
         if failed:
             self.windows_judged += 1  # the next window's thresholds test at a smaller α
             return WindowOutcome("fail", "failed: " + ", ".join(failed))
+        if self.unshown:  # over a line but not shown: neither failed nor passed yet
+            return WindowOutcome("hold")
         missing = [r.name for r in judged if r.verdict == "no_data"]
         if missing:
             if fail_without_data:
@@ -481,10 +485,12 @@ class Evidence:
         if result.verdict != "fail" or not sides:
             return result
         level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
-        p_value = min(exceeds(x, sample, share, level)[1] for x, share in sides)
-        shown = p_value <= level
-        detail = f"p={p_value:.2g} at α={level:.2g}" + ("" if shown else ": not shown yet")
-        return replace(result, verdict="fail" if shown else "pass", detail=detail)
+        e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
+        if e >= 1 / level:
+            return replace(result, detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+        self.unshown.add(check.key)  # the window holds on for more requests
+        detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
+        return replace(result, verdict="pass", detail=detail)
 
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))

@@ -3,9 +3,16 @@
 A threshold such as ``{metric: error_rate, max: 1%}`` is a statement about the candidate's
 *rate*, and a step window only holds a sample of it: 3 errors in 120 requests is 2.5 %, yet
 a candidate at 0.5 % shows that often enough to roll back several A/A rollouts in a hundred
-when the raw ratio is compared with the line. So a threshold fails only when the window
-*shows*, beyond its share of α, that the rate is on the wrong side of the line: an exact
-one-sided binomial test of ``H0: rate ≤ max`` (``≥ min``) on the window's counts.
+when the raw ratio is compared with the line. So a threshold fails a window only when the
+window *shows*, within its share of α, that the rate is on the wrong side of the line.
+
+The test is anytime-valid within the window (`shown_above`): for ``H0: rate ≤ line`` the
+likelihood ratio of the window's counts against rates ``m × line`` (``m`` in
+`MULTIPLIERS`), averaged, is a test supermartingale as requests arrive (the guard's test,
+`sequential.RateGuard`, without its fresh starts). So a window whose raw ratio is over the
+line but not shown yet *holds on*: it gathers more requests, failing once the evidence is
+there and passing once the ratio is back under the line; looking at it every tick costs no
+validity.
 
 - ``error_rate`` / ``success_rate``: the window's errors (successes) out of its requests.
 - ``latency_pXX`` with ``max: c``: "pXX above c" means more than ``1 − XX %`` of requests
@@ -24,43 +31,29 @@ of the comparisons' and the guard's (which share ``alpha`` among themselves).
 from __future__ import annotations
 
 import math
+from typing import Final
+
+from splitproxy.rollout.sequential import guard_rates, logsumexp
+
+MULTIPLIERS: Final = (1.5, 2.0, 4.0, 8.0)
 
 
-def binomial_upper_tail(n: int, x: int, p: float) -> float:
-    """``P(X ≥ x)`` for ``X ~ Binomial(n, p)``, summed exactly from the pmf at ``x`` up."""
-    if x <= 0:
-        return 1.0
-    if x > n or p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    log_term = (
-        math.lgamma(n + 1)
-        - math.lgamma(x + 1)
-        - math.lgamma(n - x + 1)
-        + x * math.log(p)
-        + (n - x) * math.log1p(-p)
-    )
-    term = math.exp(log_term)
-    total = term
-    odds = p / (1 - p)
-    k = x
-    while k < n:
-        term *= (n - k) / (k + 1) * odds
-        k += 1
-        total += term
-        if term <= total * 1e-15 and (n - k) / (k + 1) * odds < 1:
-            break
-    return min(1.0, total)
-
-
-def exceeds(x: int, n: int, rate: float, alpha: float) -> tuple[bool, float]:
+def shown_above(x: int, n: int, rate: float, alpha: float) -> tuple[bool, float]:
     """Do ``x`` hits in ``n`` show, at level ``alpha``, a rate above ``rate``? Returns the
-    verdict and the p-value (1 when the observed share is not above ``rate`` at all)."""
+    verdict and the e-value (1 when the observed share is not above ``rate`` at all)."""
     if n <= 0 or x <= rate * n:
         return False, 1.0
-    p_value = binomial_upper_tail(n, x, rate)
-    return p_value <= alpha, p_value
+    if rate <= 0.0:
+        return True, math.inf
+    if rate >= 1.0:
+        return False, 1.0
+    alts = guard_rates(rate, MULTIPLIERS)
+    w = -math.log(len(alts))
+    log_e = logsumexp(
+        w + x * math.log(q / rate) + (n - x) * math.log((1 - q) / (1 - rate)) for q in alts
+    )
+    e = math.exp(log_e) if log_e < 700 else math.inf
+    return e >= 1 / alpha, e
 
 
 def window_alpha(alpha: float, window: int, checks: int) -> float:
@@ -69,4 +62,4 @@ def window_alpha(alpha: float, window: int, checks: int) -> float:
     return alpha / (j * (j + 1)) / max(1, checks)
 
 
-__all__ = ["binomial_upper_tail", "exceeds", "window_alpha"]
+__all__ = ["MULTIPLIERS", "shown_above", "window_alpha"]

@@ -8,7 +8,7 @@ import pytest
 
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import AttributionTest
-from splitproxy.rollout.thresholds import binomial_upper_tail, exceeds, window_alpha
+from splitproxy.rollout.thresholds import shown_above, window_alpha
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 
@@ -56,15 +56,30 @@ def test_a_user_counts_once_for_the_comparison_and_once_a_minute_for_the_guard()
     assert [recent.count(t, 9) for t in (0.0, 30.0, 59.0, 60.0)] == [True, False, False, True]
 
 
-@pytest.mark.parametrize(("n", "x", "p"), [(10, 3, 0.1), (40, 1, 0.01), (200, 9, 0.02)])
-def test_the_binomial_tail_is_the_sum_of_the_pmf(n: int, x: int, p: float) -> None:
-    direct = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(x, n + 1))
-    assert binomial_upper_tail(n, x, p) == pytest.approx(direct, rel=1e-9)
-
-
 def test_a_threshold_needs_the_counts_to_show_the_rate() -> None:
-    assert exceeds(1, 40, 0.01, 0.005)[0] is False  # 2.5 % raw, nothing shown
-    assert exceeds(10, 100, 0.01, 0.005)[0] is True
-    assert exceeds(0, 100, 0.01, 0.5) == (False, 1.0)
+    assert shown_above(1, 40, 0.01, 0.005)[0] is False  # 2.5 % raw, nothing shown
+    assert shown_above(10, 100, 0.01, 0.005)[0] is True
+    assert shown_above(0, 100, 0.01, 0.5) == (False, 1.0)
+    assert shown_above(1, 100, 0.01, 0.5) == (False, 1.0)  # at the line: never shown
+    # the same share on more requests is more evidence
+    assert shown_above(6, 200, 0.01, 1.0)[1] < shown_above(30, 1000, 0.01, 1.0)[1]
     levels = [window_alpha(0.01, j, 1) for j in range(1, 10_000)]
     assert sum(levels) <= 0.01
+
+
+def test_a_candidate_at_the_line_is_rarely_shown_above_it_however_often_it_is_looked_at() -> None:
+    """The chance of ever crossing, looking after every request of a 2,000-request window at
+    exactly the line's rate, computed exactly over the binomial paths: at most the level."""
+    rate, level, n = 0.01, 0.05, 2000
+    alive = {0: 1.0}  # errors so far -> probability of not having crossed yet
+    crossed = 0.0
+    for k in range(1, n + 1):
+        nxt: dict[int, float] = {}
+        for x, prob in alive.items():
+            for hit, p in ((x + 1, prob * rate), (x, prob * (1 - rate))):
+                if shown_above(hit, k, rate, level)[0]:
+                    crossed += p
+                else:
+                    nxt[hit] = nxt.get(hit, 0.0) + p
+        alive = nxt
+    assert crossed <= level
