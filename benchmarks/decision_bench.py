@@ -12,13 +12,21 @@ An offline simulation (no network, stdlib only) of the traffic a canary sees, dr
 * scenarios: ``aa`` (no change), ``err_0.5_2``, ``err_0.1_0.5`` (stable at 0.1 %),
   ``p99_+20``, ``p99_+100``, ``one_endpoint`` (the 4.3 %-traffic endpoint fails 10 %),
   ``crash_30`` (30 % errors everywhere), ``shared_incident`` (no change, but both versions
-  at 10 % errors for 30 s from 90 s in: a blip that must pause the rollout, never roll back);
-* policies, both run by the `Analyzer` with steps 5/10/20/50 % and 60 s intervals:
-  ``splitproxy``: comparison with stable by the e-processes (error rate pooled + per path
-  class, latency exceedance of stable's trailing p95/p99), the guard (cap 5 %), α = 1 %,
-  ``min_requests: 250``; ``flagger``: Flagger's built-in threshold checks (success rate
-  >= 99 %, p99 <= 200 ms = 1.25 × stable p99, no data = failure), failures cumulative,
-  rollback at the 5th (``failure_limit: 4``), no statistics, no guard.
+  at 10 % errors for 30 s from 90 s in: a blip that must pause the rollout, never roll back),
+  ``late_err_0.5_2`` (0.5→2 % from 180 s in), ``stable_incident_err_0.5_2`` (stable alone
+  at 10 % errors from 30 s to 90 s, then the candidate 0.5→2 % from 120 s), ``aa_thresholds``
+  (no change, the product's policy with the docs' ``{error_rate, max: 1%}`` as well),
+  ``sticky_aa`` and ``sticky_err_0.5_2`` (a route sticky by user: Zipf request rates per user,
+  1 % of the users failing every request whatever the version; `StickyUsers`). Rollback
+  times of the late regressions are counted from their onset; a rollback before it is a
+  false one (reported as "before onset");
+* policies, both with steps 5/10/20/50 % and 60 s intervals:
+  ``splitproxy`` (the `Analyzer`): comparison with stable by the e-processes (error rate
+  pooled + per path class, latency exceedance of stable's trailing p95/p99), the guard (cap
+  5 %), α = 1 %, ``min_requests: 250``, ``failure_limit: 1``; ``flagger`` (`FlaggerRule`):
+  Flagger's built-in checks as Flagger judges them (success rate >= 99 %, p99 <= 200 ms =
+  1.25 × stable p99, no data = failure, raw ratios on the window), failures cumulative,
+  rollback at the 5th, no statistics, no guard.
 
 Ticks are 1 s at 1000 rps, 5 s at 20 rps and 10 s at 1 rps. Before the candidate appears the
 analyzer sees 5,000 requests of stable history (its trailing latency window). A run ends at
@@ -29,6 +37,7 @@ rollback (the exposure), and for ``aa`` the median time to promotion.
     .venv/bin/python benchmarks/decision_bench.py            # full run, ~10 min on 2 cores
     .venv/bin/python benchmarks/decision_bench.py --quick    # smoke run, < 1 min
     .venv/bin/python benchmarks/decision_bench.py --rps 1000 --runs 100 --aa-runs 500
+    .venv/bin/python benchmarks/decision_bench.py --merge a.json b.json   # saved runs' tables
 
 Every run has its own seed (derived from rps, scenario, policy and run number), so the
 numbers are reproducible whatever the number of worker processes.
