@@ -54,6 +54,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from splitproxy.config.mirror import may_mirror
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, FailureKind, Version
 from splitproxy.dataplane.health import CHECK_RESULTS, HealthBook
 from splitproxy.dataplane.mirror_compare import RESULTS as MIRROR_RESULTS
@@ -61,6 +62,8 @@ from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState, Snapshot
+from splitproxy.rollout.messages import MirrorSample
+from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.windows import Period, Summary, Window, Windows
 
 if TYPE_CHECKING:
@@ -163,7 +166,7 @@ class MirrorStats:
     """What became of one route's mirrored copies: counts by result, both sides' latencies
     (histograms for Prometheus, recent values for status) and the last divergent examples."""
 
-    __slots__ = ("counts", "durations", "examples", "recent")
+    __slots__ = ("counts", "durations", "examples", "recent", "tally")
 
     def __init__(self) -> None:
         self.counts: dict[MirrorResult, int] = dict.fromkeys(MIRROR_RESULTS, 0)
@@ -173,6 +176,7 @@ class MirrorStats:
             CANDIDATE: deque(maxlen=MIRROR_LATENCIES),
         }
         self.examples: deque[tuple[float, MirrorOutcome]] = deque(maxlen=MIRROR_EXAMPLES)
+        self.tally = MirrorTally()  # the answers since the rollout controller's last tick
 
 
 def _probability(route: CompiledRoute, decision: Decision) -> float | None:
@@ -224,7 +228,7 @@ class Recorder:
             self._get(route.name, "stable")
             if route.candidate is not None:
                 self._get(route.name, "candidate")
-        mirrored = {r.name for r in new.config.routes if r.mirror is not None and r.name in names}
+        mirrored = {r.name for r in new.config.routes if may_mirror(r) and r.name in names}
         self._mirrors = {n: self._mirrors.get(n) or MirrorStats() for n in sorted(mirrored)}
         for (name, _), series in self._series.items():
             if series.version is not None:
@@ -348,6 +352,7 @@ class Recorder:
         if stats is None:
             return
         stats.counts[outcome.result] += 1
+        stats.tally.add(outcome)
         for version, latency in ((STABLE, outcome.primary_latency),
                                  (CANDIDATE, outcome.mirror_latency)):  # fmt: skip
             stats.durations[version].observe(latency)
@@ -363,6 +368,12 @@ class Recorder:
         ``diverged / (match + diverged)`` is its divergence rate."""
         stats = self._mirrors.get(route)
         return dict(stats.counts) if stats is not None else dict.fromkeys(MIRROR_RESULTS, 0)
+
+    def mirror_take(self, route: str) -> MirrorSample | None:
+        """The route's copies answered since the previous call (the rollout controller's, once
+        a tick); None for a route that never mirrors."""
+        stats = self._mirrors.get(route)
+        return stats.tally.take() if stats is not None else None
 
     def mirror_stats(self, route: str) -> MirrorStats | None:
         """The route's mirror statistics (None: the route does not mirror); status reads it."""

@@ -296,6 +296,23 @@ class RevertView(TypedDict):
     open: bool
 
 
+class ShadowView(TypedDict):
+    """A rollout's shadow phase (``shadow:``): where it stands and what the candidate's
+    answers to mirrored copies said so far (``rollout/shadow.py``)."""
+
+    stage: str  # pending, mirroring, paused, passed or rolled_back
+    duration: float
+    min_requests: int
+    started_at: float | None
+    elapsed: float | None  # seconds in the shadow so far; None outside it
+    mirrored: int  # copies sent in the shadow (answered or failed)
+    errors: int  # no answer, or a 5xx
+    error_rate: float | None
+    compared: int  # answers compared with the user's
+    diverged: int
+    divergence: float | None  # diverged / compared
+
+
 class RolloutView(TypedDict):
     """A route's rollout: phase, plan and position, the step's window and what it needs,
     the checks of the latest tick, hooks, external readings and recent history."""
@@ -311,7 +328,8 @@ class RolloutView(TypedDict):
     failures: int
     failure_limit: int
     paused_reason: str | None
-    waiting_for: str | None  # readiness, a gate (pre-rollout, step, confirm-promotion), pause
+    # readiness, shadow, a gate (pre-rollout, step, confirm-promotion), pause, test, switch
+    waiting_for: str | None
     gate: GateView | None
     started_at: float | None
     step_started_at: float | None
@@ -328,6 +346,7 @@ class RolloutView(TypedDict):
     external: dict[str, ExternalReadingView]  # by check name
     synthetic: SyntheticView | None  # None: the rollout has no ``traffic:``
     bluegreen: BlueGreenView | None  # None: a canary
+    shadow: ShadowView | None  # None: the rollout has no ``shadow:``
     revert: RevertView | None  # an open revert window after a promotion
     history: list[EventView]
 

@@ -7,6 +7,11 @@ queue: 64, headers: {...}, compare: {body: hash, json_ignore: [meta.generated_at
 Unsafe methods (POST, PUT, PATCH, DELETE) are mirrored only when ``methods`` names them, and
 `check_warnings` makes ``splitproxy check`` say so: the candidate acts on each copy (a
 second write to a database both versions share, a second e-mail sent).
+
+A rollout's ``shadow: {duration: 5m, min_requests: 500}`` (`Shadow`) mirrors before any user
+reaches the candidate: with the route's ``mirror:`` settings, or `SHADOW_MIRROR` without one.
+The ``{metric: mirror_divergence}`` check judges mirrored copies, so it needs one or the
+other (`check_divergence`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from splitproxy.config.fields import (
 )
 
 if TYPE_CHECKING:
-    from splitproxy.config.routes import RoutingConfig
+    from splitproxy.config.routes import Route, RoutingConfig
 
 MirrorMethod = Literal["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"]
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -154,8 +159,53 @@ class Mirror(Frozen):
         return tuple(m for m in self.methods if m not in SAFE_METHODS)
 
 
+class Shadow(Frozen):
+    """The shadow phase of a rollout: once the candidate is ready, and before any user reaches
+    it, user requests are mirrored to it (the route's ``mirror:``, else `SHADOW_MIRROR`) for at
+    least ``duration`` and ``min_requests`` mirrored answers; the checks are judged on those
+    answers, then the first step starts. A failure rolls back before any user saw the
+    candidate."""
+
+    duration: Duration = 300.0
+    min_requests: int = Field(default=500, ge=0, strict=True)
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, v: float) -> float:
+        if not 0 < v < float("inf"):
+            raise ValueError("must be a duration > 0")
+        return v
+
+
+# the shadow's copies on a route without ``mirror:``: GET and HEAD, all of them, default bounds
+SHADOW_MIRROR: Final = Mirror(percent=100.0)
+DIVERGENCE: Final = "mirror_divergence"  # the check's metric
+
+
+def may_mirror(route: Route) -> bool:
+    """Can copies of this route's requests go to its candidate (now, or in a shadow phase)?"""
+    rollout = route.rollout
+    return route.mirror is not None or (rollout is not None and rollout.shadow is not None)
+
+
+def check_divergence(route: Route) -> None:
+    """Refuse a ``mirror_divergence`` check on a route that never mirrors (it would wait for
+    copies that never come)."""
+    rollout = route.rollout
+    if rollout is None or may_mirror(route):
+        return
+    for i, check in enumerate(rollout.checks):
+        if getattr(check, "metric", None) == DIVERGENCE:
+            raise sub_path_error(
+                f".rollout.checks[{i}]",
+                "'mirror_divergence' judges mirrored copies: give the route 'mirror:' or the "
+                "rollout 'shadow:'",
+            )
+
+
 def check_warnings(config: RoutingConfig) -> list[str]:
-    """What ``splitproxy check`` warns about in a valid file: mirrored unsafe methods."""
+    """What ``splitproxy check`` warns about in a valid file: mirrored unsafe methods, and a
+    shadow phase that judges no divergence."""
     out = []
     for i, route in enumerate(config.routes):
         mirror = route.mirror
@@ -165,4 +215,12 @@ def check_warnings(config: RoutingConfig) -> list[str]:
                 f"routes[{i}].mirror.methods: {listed} mirrored to the candidate: it will act "
                 "on every copy (writes, e-mails, payments happen twice)"
             )
+        rollout = route.rollout
+        if rollout is not None and rollout.shadow is not None:
+            metrics = {getattr(c, "metric", None) for c in rollout.checks}
+            if DIVERGENCE not in metrics:
+                out.append(
+                    f"routes[{i}].rollout.shadow: no {{metric: mirror_divergence}} check: "
+                    "divergence from stable is shown but never judged"
+                )
     return out

@@ -31,6 +31,7 @@ from splitproxy.config.fields import (
     percent_resolution,
     sub_path_error,
 )
+from splitproxy.config.mirror import Shadow
 from splitproxy.config.testjob import TestJob
 from splitproxy.config.traffic import Traffic
 from splitproxy.config.vocabulary import GATES, Gate, HookOn
@@ -86,6 +87,7 @@ MetricName = Literal[
     "latency_p95",
     "latency_p99",
     "request_rate",
+    "mirror_divergence",  # the share of mirrored copies whose answers differed from stable's
 ]
 LATENCY_QUANTILES: dict[str, float] = {
     "latency_p50": 0.50,
@@ -154,10 +156,11 @@ class MetricCheck(_Named):
 def _metric_value(metric: Any, v: Any) -> float:
     if isinstance(metric, str) and metric.startswith("latency_"):
         return parse_duration(v, unit_required=True)
-    value = parse_fraction(v) if metric in ("error_rate", "success_rate") else v
+    rate = metric in ("error_rate", "success_rate", "mirror_divergence")
+    value = parse_fraction(v) if rate else v
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
-    if metric in ("error_rate", "success_rate") and not 0.0 <= value <= 1.0:
+    if rate and not 0.0 <= value <= 1.0:
         raise ValueError("a rate is between 0 and 1 (or 0% and 100%)")
     if metric == "request_rate" and value < 0:
         raise ValueError("must be >= 0 (requests per second)")
@@ -382,6 +385,7 @@ class Rollout(Frozen):
     bake: Duration | None = None
     auto_promote: bool = Field(default=True, strict=True)
     test: TestJob | None = None  # run against the candidate before the switch
+    shadow: Shadow | None = None  # mirrored, judged on its answers, before any user meets it
     # every strategy: how long after a promotion `splitproxy revert` may send all traffic
     # back to the previous stable (kept warm meanwhile)
     revert_window: Duration | None = None

@@ -19,7 +19,7 @@ from splitproxy.config.fields import (
     HeaderName,
     percent_resolution,
 )
-from splitproxy.config.mirror import Mirror
+from splitproxy.config.mirror import Mirror, check_divergence
 from splitproxy.config.patterns import compile_pattern
 from splitproxy.config.rollout import Rollout
 from splitproxy.config.vocabulary import CANDIDATE, Version
@@ -234,6 +234,7 @@ class Route(Frozen):
             raise ValueError("a weight above 0 needs a 'candidate'")
         if self.candidate is None and self.mirror is not None:
             raise ValueError("'mirror' sends copies to the candidate: it needs a 'candidate'")
+        check_divergence(self)
         return self
 
     def health_of(self, version: Version) -> HealthCheck | None:

@@ -49,6 +49,7 @@ from splitproxy.views import (
     CheckView,
     RolloutView,
     RouteView,
+    ShadowView,
     StatusView,
     VersionSummary,
 )
@@ -237,6 +238,21 @@ PHASE_STYLE = {
 }
 
 
+def shadow_progress(shadow: ShadowView | None) -> str:
+    """``: 230 of 500 copies, 45s of 300s, 0.4% diverged`` while the shadow mirrors."""
+    if not shadow or shadow.get("stage") != "mirroring":
+        return ""
+    elapsed = float(shadow.get("elapsed") or 0.0)
+    parts = [
+        f"{shadow.get('mirrored', 0)} of {shadow.get('min_requests', 0)} copies",
+        f"{elapsed:.0f}s of {float(shadow.get('duration') or 0):g}s",
+    ]
+    divergence = shadow.get("divergence")
+    if divergence is not None:
+        parts.append(f"{divergence * 100:.1f}% diverged")
+    return ": " + ", ".join(parts)
+
+
 def rollout_headline(route: RouteView, now: float | None = None) -> Text:
     """``demo 1.1: progressing, step 2 of 3, candidate at 25% (1 of 0 failures)``; blue/green:
     ``demo 1.1: progressing, blue/green: baking, 12s of 30s left (...)`` as of ``now``."""
@@ -261,6 +277,8 @@ def rollout_headline(route: RouteView, now: float | None = None) -> Text:
         gate = rollout.get("gate") if phase == "waiting" else None
         attempts = int(gate.get("attempts") or 0) if isinstance(gate, dict) else 0
         asked = f", closed {attempts}×" if attempts else ""
+        if why == "shadow" and phase == "waiting":
+            asked = shadow_progress(rollout.get("shadow"))
         text.append(f" ({'waiting for' if phase == 'waiting' else 'paused:'} {why}{asked})")
     deadline = rollout.get("progress_deadline")
     if isinstance(deadline, dict) and phase != "idle" and deadline.get("ready_at") is None:

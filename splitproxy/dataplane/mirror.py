@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 `Mirror` is built and stopped by the composition root and follows the config snapshots: each
-route with ``mirror:`` (``config/mirror.py``) and a candidate gets a `Lane`, a bounded queue
+route with ``mirror:`` (``config/mirror.py``) and a candidate, or whose rollout is in its
+shadow phase (the snapshot's rollout weight says so), gets a `Lane`, a bounded queue
 (``queue``) drained by ``concurrency`` worker tasks over the proxy's own HTTP/1.1 upstream
 connections (``upstream.py``: its limits on the answer hold), in pools of the lane's own, at
 most ``concurrency`` connections: never the pools users' requests take. A lane is kept
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from splitproxy.config.mirror import HEADER
+from splitproxy.config.mirror import HEADER, SHADOW_MIRROR
 from splitproxy.config.mirror import Mirror as MirrorSettings
 from splitproxy.config.vocabulary import STABLE, FailureKind
 from splitproxy.dataplane.http11 import LENGTH, NO_BODY, connection_tokens
@@ -355,11 +356,15 @@ class Mirror:
         self._closing: set[asyncio.Task[None]] = set()
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
-        """Follow a new snapshot: a lane per route that mirrors; changed ones start afresh."""
+        """Follow a new snapshot: a lane per route that mirrors (its ``mirror:``, or while
+        its rollout is in the shadow phase, `SHADOW_MIRROR`); changed ones start afresh."""
         lanes: dict[str, Lane] = {}
         for route in new.routes:
             model = new.config.route(route.name)
             settings = model.mirror if model is not None else None
+            driven = new.rollout_weights.get(route.name)
+            if settings is None and driven is not None and driven.shadow:
+                settings = SHADOW_MIRROR  # the rollout's shadow phase, on a route without one
             if settings is None or route.candidate is None:
                 continue
             targets = route.candidate.targets

@@ -77,6 +77,7 @@ class RolloutWeight:
     set_at: float  # wall-clock seconds
     candidate: str  # `candidate_identity` of the candidate it applies to
     closed: bool = False  # rolled back: the candidate gets no traffic, overrides included
+    shadow: bool = False  # the rollout's shadow phase: user requests are mirrored to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,15 +347,23 @@ class RuntimeState:
         return self._swap(self._recompile(current, overrides=overrides))
 
     def set_rollout_weight(
-        self, name: str, percent: float, now: float, candidate: str, *, closed: bool = False
+        self,
+        name: str,
+        percent: float,
+        now: float,
+        candidate: str,
+        *,
+        closed: bool = False,
+        shadow: bool = False,
     ) -> Snapshot:
         """A rollout drives the route: its weight wins (a runtime override is dropped);
-        ``closed``: the candidate was rolled back and gets no traffic at all."""
+        ``closed``: the candidate was rolled back and gets no traffic at all; ``shadow``: the
+        rollout's shadow phase, in which the mirror copies user requests to the candidate."""
         current = self._require(name)
         if not 0.0 <= percent <= 100.0:
             raise ValueError(f"a rollout weight of {percent} is not between 0 and 100")
         driven = dict(current.rollout_weights)
-        driven[name] = RolloutWeight(round(percent, 2), now, candidate, closed)
+        driven[name] = RolloutWeight(round(percent, 2), now, candidate, closed, shadow)
         overrides = dict(current.overrides)
         overrides.pop(name, None)
         return self._swap(self._recompile(current, overrides=overrides, rollout_weights=driven))

@@ -36,7 +36,8 @@ which a rollout (re)starts is not used as evidence: its requests were routed und
 previous regime.
 
 *Readiness.* A rollout (re)starts at weight 0, waiting for its candidate to be ready (when
-the `Observation` says it is not), then goes to its first step through ``pre-rollout``. No
+the `Observation` says it is not), then goes to its first step through its shadow phase
+(``shadow:``, judged on mirrored copies: `splitproxy.rollout.shadow`) and ``pre-rollout``. No
 candidate traffic is evidence until the candidate was ready on an earlier tick. Waiting for
 readiness and progressing count toward ``progress_deadline`` until then: past it, the rollout
 rolls back ("candidate never became ready"). A candidate that becomes unavailable later keeps
@@ -68,7 +69,7 @@ from typing import Any, Final, Literal
 from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
-from splitproxy.rollout import bluegreen, commands, holds
+from splitproxy.rollout import bluegreen, commands, holds, shadow
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
@@ -107,6 +108,7 @@ _LATER: Final[dict[str, Any]] = {
     "bake": None,
     "auto_promote": True,
     "test": None,
+    "shadow": None,
 }
 
 
@@ -147,6 +149,7 @@ class Analyzer:
         self.paused_reason: str | None = None
         self.test_attempt = 0  # blue/green: the test job's runs so far, and whether one passed
         self.test_passed = False
+        self.shadow = shadow.fresh(spec)  # the shadow phase and the divergence test
         self.history: list[Event] = []
         self.checks: tuple[CheckResult, ...] = ()
         # the spec changed under a running rollout: it restarts on the next tick
@@ -195,6 +198,7 @@ class Analyzer:
             window.start = min(now, window.start + readiness.unserved(now, elapsed, health))
         judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
         evidence.fold(now, observation.samples, tests=judging)
+        shadow.fold(self, observation.mirror, judging)
         evidence.record_external(now, observation.external)
         for result in observation.gates:
             holds.gate_result(self, now, result)
@@ -202,7 +206,7 @@ class Analyzer:
             bluegreen.test_outcome(self, now, outcome)
         for command in observation.commands:
             commands.carry_out(self, now, command)
-        self.checks = evidence.evaluate(now) if self.phase in ACTIVE else ()
+        self.checks = evidence.evaluate(now) + shadow.checks(self) if self.phase in ACTIVE else ()
         if self.phase in ACTIVE:
             self._judge(now)
         self._candidate_health(now)
@@ -290,6 +294,7 @@ class Analyzer:
         self.hold = None
         self.paused_reason = None
         self.test_attempt, self.test_passed = 0, False
+        self.shadow = shadow.fresh(self.spec)
         self.evidence.end()
         self.readiness.reset()
 
@@ -308,8 +313,11 @@ class Analyzer:
             self._wait_for(now, "readiness", 0)
 
     def _begin(self, now: float) -> None:
-        """The candidate is ready: the first step, through the ``pre-rollout`` gate if any."""
-        if "pre-rollout" in self.gates:
+        """The candidate is ready: the shadow phase (if any, `shadow`), then the first step,
+        through the ``pre-rollout`` gate if any."""
+        if shadow.due(self):
+            shadow.enter(self, now)
+        elif "pre-rollout" in self.gates:
             self._set_weight(0.0)
             self._wait_for(now, "pre-rollout", 0)
         else:
@@ -319,6 +327,8 @@ class Analyzer:
 
     def _judge(self, now: float) -> None:
         """The anytime checks: guard and comparisons roll back (or pause) at once."""
+        if shadow.judge(self, now):
+            return
         by_name = {r.name: r for r in self.checks}
         guard = by_name.get("guard")
         if guard is not None and guard.verdict == "fail":
@@ -385,7 +395,7 @@ class Analyzer:
             return
         self._event(now, "check_failed", f"{message} ({self.failures} of {limit} tolerated)")
         if self.failures > limit:
-            self._rollback(now, f"more than {limit} failed check windows")
+            self._rollback(now, f"{shadow.where(self)}more than {limit} failed check windows")
         else:
             self.evidence.restart_window(now)
 
@@ -438,6 +448,8 @@ class Analyzer:
             self._advance(now)
         elif hold.what == "readiness":
             self._begin(now)
+        elif hold.what == "shadow":
+            shadow.proceed(self, now)
         else:
             self._enter_step(now, hold.step)
 

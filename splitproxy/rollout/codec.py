@@ -28,6 +28,7 @@ from splitproxy.rollout.phases import ACTIVE, HOLDING, Held, Hold, Phase, Trigge
 from splitproxy.rollout.readiness import Readiness
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import PathClassTests, RateGuard
+from splitproxy.rollout.shadow import ShadowState
 
 VERSION: Final = 1
 _NO_GATE: Final = {"since": None, "attempts": 0, "last_at": None, "last_detail": None}
@@ -60,6 +61,7 @@ def encode(a: Analyzer) -> dict[str, Any]:
         "test_attempt": a.test_attempt,
         "test_passed": a.test_passed,
         "readiness": a.readiness.to_dict(),
+        "shadow": a.shadow.to_dict(),
         **_encode_evidence(a.evidence),
         "history": [e.to_dict() for e in a.history],
         "checks": [c.to_dict() for c in a.checks],
@@ -97,6 +99,8 @@ def decode(
         a.readiness = Readiness.from_dict(data["readiness"])
     elif a.phase in ACTIVE:  # saved before readiness was known: it was taken as ready
         a.readiness = Readiness(ready_at=a.started_at)
+    if data.get("shadow") is not None:  # (saved before shadow phases: none)
+        a.shadow = ShadowState.from_dict(data["shadow"])
     _decode_evidence(a.evidence, data)
     a.history = [event_from_dict(e) for e in data["history"]]
     a.checks = tuple(check_from_dict(c) for c in data["checks"])
@@ -147,6 +151,8 @@ def _encode_evidence(e: Evidence) -> dict[str, Any]:
             "requests": w.requests,
             "errors": w.errors,
             "latency": [[b, c] for b, c in sorted(w.latency.items())],
+            "mirrored": w.mirrored,
+            "diverged": w.diverged,
         },
         "external": {k: list(v) for k, v in e.external.items()},
         "errors_test": e.errors_test.to_dict() if e.errors_test else None,
@@ -165,6 +171,8 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
         int(w["requests"]),
         int(w["errors"]),
         {float(b): int(c) for b, c in w["latency"]},
+        int(w.get("mirrored", 0)),
+        int(w.get("diverged", 0)),
     )
     e.external = {str(k): (v[0], float(v[1])) for k, v in data["external"].items()}
     if data["errors_test"] is not None:

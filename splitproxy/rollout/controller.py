@@ -10,6 +10,8 @@ it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built f
   each exactly once (``observations(route, last, until=now)``, then ``last`` moves to the
   largest ``end`` returned);
 - the candidate the routing file names now (`state.candidate_identity`);
+- the candidate's answers to mirrored copies since the previous tick (`Recorder.mirror_take`,
+  passed on while copies go to it: the route's ``mirror:`` or the shadow phase);
 - the answers of gating hooks that came back since the previous tick (`GateResult`, from the
   hook dispatcher);
 - the values external checks (Prometheus, web) produced since the previous tick, read in the
@@ -18,7 +20,8 @@ it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built f
 
 and applies what comes back: ``SetWeight`` becomes the route's ``rollout`` weight in
 `state.RuntimeState` (it wins over the file's and runtime weights; ``None`` hands the route back
-to the file; after every tick the state is reconciled with ``analyzer.weight``); ``CallHook``
+to the file; after every tick the state is reconciled with ``analyzer.weight``, and marked
+``shadow`` while the rollout is in its shadow phase, which the mirror follows); ``CallHook``
 goes to the hook dispatcher, whose answer returns as a `GateResult` on the next tick;
 ``RunTest`` to the test job runner, whose outcome returns as a `TestOutcome`; ``Emit`` to the
 decision ledger (bounded per route, persisted), the log, the notification hooks and the
@@ -61,7 +64,7 @@ from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.metrics import Recorder
-from splitproxy.rollout import ledger
+from splitproxy.rollout import ledger, shadow
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalPoller, ExternalReader
@@ -258,7 +261,10 @@ class Controller:
             TestOutcome(attempt, r.passed, r.summary())
             for attempt, r in self.tests.results(rt.name)
         ]
-        observation = Observation(identity, samples, commands, gates, external, health, tests)
+        mirror = shadow.observed(route, rt.analyzer, self.recorder.mirror_take(rt.name))
+        observation = Observation(
+            identity, samples, commands, gates, external, health, tests, mirror
+        )
         self._apply(rt, now, rt.analyzer.tick(now, observation))
         a = rt.analyzer
         switched = a.spec.bluegreen and a.step_index >= a.spec.switch_index
@@ -329,13 +335,12 @@ class Controller:
             if have is not None:
                 self.state.clear_rollout_weight(rt.name)
             return
-        want, closed = round(a.weight, 2), a.phase == "rolled_back"
-        if have is None or (have.percent, have.candidate, have.closed) != (
-            want,
-            a.revision,
-            closed,
-        ):
-            self.state.set_rollout_weight(rt.name, want, now, a.revision, closed=closed)
+        want, closed, mirror = round(a.weight, 2), a.phase == "rolled_back", shadow.holding(a)
+        got = None if have is None else (have.percent, have.candidate, have.closed, have.shadow)
+        if got != (want, a.revision, closed, mirror):
+            self.state.set_rollout_weight(
+                rt.name, want, now, a.revision, closed=closed, shadow=mirror
+            )
 
     # --- following the routing file -----------------------------------------------------------
 

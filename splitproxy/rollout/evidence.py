@@ -106,6 +106,8 @@ class StepWindow:
     requests: int = 0
     errors: int = 0
     latency: dict[float, int] = field(default_factory=dict)
+    mirrored: int = 0  # mirrored copies compared with stable's answers (`shadow`)
+    diverged: int = 0  # ... and among them, those that diverged
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,9 @@ class Evidence:
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
         self.spec = spec
-        self.threshold_checks = tuple(c for c in spec.checks if isinstance(c, MetricCheck))
+        self.threshold_checks = tuple(  # mirror_divergence is judged by `shadow`
+            c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
+        )
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
         )

@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from splitproxy.config.vocabulary import GATES
+from splitproxy.rollout import shadow
 from splitproxy.rollout.messages import CallHook, GateResult
 from splitproxy.rollout.phases import Held, Hold
 
@@ -25,6 +26,8 @@ _MESSAGES: dict[str, str] = {
     "readiness": "waiting for the candidate to become ready",
     "test": "waiting for the test job to pass before the switch",
     "switch": "waiting for promote to switch (auto_promote: false)",
+    "shadow": "shadow: user requests mirrored to the candidate, judged on its answers; "
+    "no user reaches it",
 }
 
 
@@ -37,7 +40,7 @@ def wait_for(a: Analyzer, now: float, what: Held, step: int, *, until: float = m
             if until == math.inf
             else f"pause step: waiting until t={until:g}"
         )
-    elif what == "readiness" or what == "test" or what == "switch":
+    elif what == "readiness" or what == "test" or what == "switch" or what == "shadow":
         message = _MESSAGES[what]
     else:  # a gate
         message = f"waiting for the {what} gate"
@@ -50,6 +53,9 @@ def waiting(a: Analyzer, now: float) -> None:
     step's windows (a failure still counts) and ask a gate's hook again every ``interval``."""
     hold = a.hold
     assert hold is not None
+    if hold.what == "shadow":
+        shadow.waiting(a, now)
+        return
     if hold.what == "pause":
         if now >= hold.until:
             a._proceed(now, "the pause step ended")

@@ -87,6 +87,20 @@ class TestOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorSample:
+    """The candidate's answers to mirrored copies since the previous tick (see
+    `splitproxy.rollout.shadow`): ``answered`` copies sent (with or without an answer),
+    ``errors`` among them (no answer, or a 5xx), ``compared`` (an answer compared with the
+    user's) and ``diverged`` among those, and the answers' latency histogram."""
+
+    answered: int = 0
+    errors: int = 0
+    compared: int = 0
+    diverged: int = 0
+    latency: Histogram = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Observation:
     """Everything the analyzer learns in one tick.
 
@@ -105,6 +119,7 @@ class Observation:
     external: Mapping[str, float | None] = field(default_factory=dict)
     health: CandidateHealth | None = None
     tests: Sequence[TestOutcome] = ()
+    mirror: MirrorSample | None = None  # None: no copies go to the candidate now
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -119,7 +134,7 @@ Unit = Literal["fraction", "seconds", "per_second", "e_value"]
 
 def metric_unit(metric: str) -> Unit | None:
     """The unit of a built-in metric's values (`MetricCheck.metric`)."""
-    if metric in ("error_rate", "success_rate"):
+    if metric in ("error_rate", "success_rate", "mirror_divergence"):
         return "fraction"
     if metric in LATENCY_QUANTILES:
         return "seconds"

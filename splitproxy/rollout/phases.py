@@ -85,9 +85,10 @@ TRANSITIONS: Final[Mapping[Phase, Mapping[Trigger, Phase]]] = MappingProxyType(
 ACTIVE: Final[frozenset[Phase]] = frozenset({"progressing", "waiting", "paused"})
 HOLDING: Final[frozenset[Phase]] = frozenset({"waiting", "paused"})  # the phases with a `Hold`
 
-Held = Gate | Literal["pause", "readiness", "test", "switch"]
-"""What a `Hold` waits for: a gating hook, a pause step, the candidate's readiness, or (blue/green,
-before the switch) the test job's pass and a human's ``promote`` (``auto_promote: false``)."""
+Held = Gate | Literal["pause", "readiness", "test", "switch", "shadow"]
+"""What a `Hold` waits for: a gating hook, a pause step, the candidate's readiness, (blue/green,
+before the switch) the test job's pass and a human's ``promote`` (``auto_promote: false``), or
+the shadow phase's verdict on mirrored copies (`splitproxy.rollout.shadow`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from splitproxy.rollout.evidence import step_needs
+from splitproxy.rollout.shadow import status as shadow_status
 
 if TYPE_CHECKING:
     from splitproxy.rollout.analyzer import Analyzer
@@ -22,7 +23,8 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
     answers it gave so far (None when not waiting for one). ``progress_deadline``: the seconds
     counted toward it (``spent``) and its ``limit``, and when the candidate became ready
     (``ready_at``; from then on the deadline is met). ``checks`` carry their confidence
-    intervals unless ``with_ci`` is false."""
+    intervals unless ``with_ci`` is false; ``shadow``: the shadow phase's progress (None
+    without one; see `shadow.status`)."""
     evidence = a.evidence
     checks = evidence.with_ci(a.checks) if with_ci else a.checks
     needs = _step_needs(a)
@@ -59,6 +61,7 @@ def status_view(a: Analyzer, *, with_ci: bool = True) -> dict[str, Any]:
         "alpha": asdict(evidence.alpha),
         "checks": [c.to_dict() for c in checks],
         "bluegreen": _bluegreen_status(a),
+        "shadow": shadow_status(a),
     }
 
 
@@ -110,7 +113,7 @@ def _step_needs(a: Analyzer) -> tuple[float, int] | None:
 
 def _gate_status(hold: Hold | None) -> dict[str, Any] | None:
     """The gate waited for and its answers so far (None: not waiting for a gate)."""
-    if hold is None or hold.what in ("pause", "readiness", "test", "switch"):
+    if hold is None or hold.what in ("pause", "readiness", "test", "switch", "shadow"):
         return None
     return {
         "name": hold.what,

@@ -20,13 +20,14 @@ from typing import Any, Final
 from splitproxy.config import Rollout
 from splitproxy.rollout.phases import ACTIVE, HOLDING, PHASES
 from splitproxy.rollout.readiness import Readiness
+from splitproxy.rollout.shadow import ShadowState
 
 FORMAT: Final = 1
 MAX_LIST: Final = 100_000  # entries in any saved list (ledger, history, trail, ...)
 MAX_FINISHED: Final = 1_000
 MAX_TEXT: Final = 10_000
 _HELD: Final = frozenset(
-    {"pre-rollout", "step", "confirm-promotion", "pause", "readiness", "test", "switch"}
+    {"pre-rollout", "step", "confirm-promotion", "pause", "readiness", "test", "switch", "shadow"}
 )
 _EPS: Final = 1e-6
 
@@ -132,6 +133,11 @@ def check_analyzer(data: Mapping[str, Any], route: str, spec: Rollout, spec_hash
             Readiness.from_dict(data["readiness"])
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidState(f"analyzer.readiness: {exc!r}") from None
+    if data.get("shadow") is not None:
+        try:
+            ShadowState.from_dict(data["shadow"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidState(f"analyzer.shadow: {exc!r}") from None
     _check_weight(phase, weight, step_index, spec, same_spec)
 
 

@@ -136,10 +136,12 @@ class Page:
         return reply["result"].get("value")
 
     async def until(self, expression: str, what: str, timeout: float = 20.0) -> Any:
-        """Evaluate ``expression`` until it is truthy; its value."""
+        """Evaluate ``expression`` until it is truthy; its value. An exception counts as "not
+        yet" (on a busy machine the page may still be loading: an element is not there)."""
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return null; }} }})()"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = await self.js(expression)
+            value = await self.js(guarded)
             if value:
                 return value
             await asyncio.sleep(0.1)
@@ -221,7 +223,12 @@ async def test_the_dashboard_shows_the_rollout_and_rolls_it_back(
     ):
         await progressing(proxy)
         async with aiohttp.ClientSession() as session, page(session, port) as tab:
-            await tab.send("Page.navigate", url=f"http://127.0.0.1:{proxy.admin_port}/")
+            url = f"http://127.0.0.1:{proxy.admin_port}/"
+            await tab.send("Page.navigate", url=url)  # answers before the page has loaded
+            await tab.until(
+                f"location.href === {json.dumps(url)} && document.readyState === 'complete'",
+                "the loaded page",
+            )
             await tab.until("!document.getElementById('auth').hidden", "the token form")
             await tab.js(
                 f"document.getElementById('token').value = {json.dumps(TOKEN)};"

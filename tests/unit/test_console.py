@@ -503,3 +503,13 @@ def test_piped_status_is_plain_lines_that_no_width_cuts() -> None:
     assert f"  stable: {long_url} (1.0)" in lines
     assert "  weight: 25% (set by rollout)" in lines
     assert lines[-1] == "rollout state is in memory only (no --state-dir)"
+
+
+def test_a_rollout_in_its_shadow_shows_the_copies_time_and_divergence() -> None:
+    shadow = {"stage": "mirroring", "duration": 300.0, "min_requests": 500, "started_at": T0,
+              "elapsed": 45.2, "mirrored": 230, "errors": 1, "error_rate": 1 / 230,
+              "compared": 228, "diverged": 1, "divergence": 1 / 228}  # fmt: skip
+    waiting = rollout(phase="waiting", waiting_for="shadow", shadow=shadow)
+    assert con.rollout_headline(route(rollout=waiting)).plain.endswith(
+        "(waiting for shadow: 230 of 500 copies, 45s of 300s, 0.4% diverged)"
+    )

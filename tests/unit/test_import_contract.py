@@ -40,6 +40,8 @@ PURE_MODULES = (
     "splitproxy.rollout.sketch",
     "splitproxy.rollout.sequential",
     "splitproxy.rollout.abtest",
+    "splitproxy.rollout.shadow",
+    "splitproxy.rollout.mirrored",
     "splitproxy.rollout.windows",
     "splitproxy.rollout.samples",
 )

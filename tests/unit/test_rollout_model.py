@@ -315,7 +315,8 @@ def test_check_problems_name_the_check_and_field() -> None:
         "routes[0].rollout.checks[0].max: give a unit, e.g. 500ms or 500s",
         "routes[0].rollout.checks[1].max: a rate is between 0 and 1 (or 0% and 100%)",
         "routes[0].rollout.checks[2].metric: must be 'error_rate', 'success_rate', "
-        "'latency_p50', 'latency_p90', 'latency_p95', 'latency_p99' or 'request_rate'",
+        "'latency_p50', 'latency_p90', 'latency_p95', 'latency_p99', 'request_rate' or "
+        "'mirror_divergence'",
         "routes[0].rollout.checks[3]: a check needs 'metric', 'prometheus' or 'web'",
         "routes[0].rollout.checks[4]: give 'min', 'max' or both",
         "routes[0].rollout.checks[5]: 'quantiles' applies to {metric: latency, compare: stable}",

@@ -122,6 +122,7 @@ def test_an_old_document_without_triggers_loads_and_saves_in_the_same_shape() ->
         "test_attempt",
         "test_passed",
         "baseline",
+        "shadow",
     }
     assert again["readiness"] == {
         "ready_at": saved["started_at"],  # taken as ready since it started, as it was then
@@ -130,8 +131,11 @@ def test_an_old_document_without_triggers_loads_and_saves_in_the_same_shape() ->
         "strikes": 0,
     }
     assert again["history"][0] == {**saved["history"][0], "trigger": None}
-    for key in ("errors_test", "latency_tests", "guard", "trail", "recent", "window"):
+    for key in ("errors_test", "latency_tests", "guard", "trail", "recent"):
         assert again[key] == saved[key]
+    # the window gained the mirrored copies' counts (none in a state saved before them)
+    assert again["window"] == {**saved["window"], "mirrored": 0, "diverged": 0}
+    assert again["shadow"]["passed"] is False
 
 
 def test_a_hold_is_saved_with_its_answers_and_a_paused_wait_resumes_waiting() -> None:
