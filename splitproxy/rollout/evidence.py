@@ -19,7 +19,7 @@ the proxy, so checking them every second costs no validity. Each comparison is a
 start times (`splitproxy.rollout.recovery`): every `RESTART_EVERY` seconds a fresh copy
 starts, so evidence in the candidate's favour (a stable-only incident) is not a debt a later
 regression must repay. On a sticky route a user's first error counts once
-(`splitproxy.rollout.units`), and the guard counts a user once a minute. When the guard
+(`splitproxy.rollout.units`), for the guard as well. When the guard
 trips and stable's own error rate over the last minute is above the cap as well
 (`Evidence.stable_breaching`), it is an incident, not the candidate's fault.
 
@@ -133,7 +133,7 @@ class Evidence:
         self.errors_test: PathClassTests | None = None
         self.latency_tests: dict[float, RecoveringTest] = {}
         self.units = UnitTable()  # sticky users whose first error was counted
-        self.guard_units = RecentUnits()  # ... and those the guard counted lately
+        self.guard_units = RecentUnits()  # ... and those the guard counted
         self.restart_at: float | None = None  # the comparisons' next fresh start
         self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
         self.unshown: set[str] = set()  # thresholds over the line, not shown yet: hold on

@@ -19,19 +19,22 @@ valid) and `UnitTable.skipped` counts them; the thresholds and the guard still s
 table is not saved: after a restart of the proxy a user's error before it may count once more.
 
 *The guard* asks another question ("is the candidate failing far above the cap?"), on
-requests, not users; but one broken client with many requests would answer it alone. So for
-the guard a sticky user's errors count at most once per `GUARD_UNIT_WINDOW` seconds
-(`RecentUnits`, at most `UNIT_TABLE_CAP` users, older entries evicted first; a user it cannot
-hold is counted every time). A crash fails most users, so it still trips the guard at once.
+requests, not users; but one broken client with many requests would answer it alone, and at
+low traffic a single bot can be most of the candidate's requests. So for the guard, too, a
+sticky user's errors count once per rollout (`RecentUnits` with `GUARD_UNIT_WINDOW` = the
+whole rollout; at most `UNIT_TABLE_CAP` users, a user it cannot hold is counted every time).
+A crash fails many users at once, so the guard still sees it at high traffic; at low traffic
+the error comparison (first errors of the candidate's users against stable's) catches it.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Final
 
 UNIT_TABLE_CAP: Final = 65_536
-GUARD_UNIT_WINDOW: Final = 60.0
+GUARD_UNIT_WINDOW: Final = math.inf  # seconds: once per rollout
 
 
 class UnitTable:
@@ -60,7 +63,7 @@ class UnitTable:
 
 
 class RecentUnits:
-    """The sticky users whose error the guard counted in the last `GUARD_UNIT_WINDOW` s."""
+    """The sticky users whose error the guard counted in the last ``window`` seconds."""
 
     __slots__ = ("_last", "cap", "window")
 

@@ -48,7 +48,7 @@ def test_a_recovering_test_saves_and_reads_back_and_reads_a_plain_test() -> None
     assert RecoveringTest.from_dict(old.to_dict()).to_dict() == old.to_dict()
 
 
-def test_a_user_counts_once_for_the_comparison_and_once_a_minute_for_the_guard() -> None:
+def test_a_user_counts_once_and_a_recent_users_table_forgets_after_its_window() -> None:
     table = UnitTable(cap=2)
     assert [table.first(u) for u in (1, 1, 2, 3, 2)] == [True, False, True, False, False]
     assert table.skipped == 1  # user 3 came when the table was full
