@@ -292,6 +292,7 @@ class Recorder:
             window.observe(
                 self.clock(), version, latency, status >= 500 or upstream_error,
                 _probability(route, decision), ex.path, route.path_prefix, synthetic,
+                decision.unit,
             )  # fmt: skip
 
     def _preview_finished(self, series: _Series, ex: Exchange) -> None:
@@ -339,7 +340,7 @@ class Recorder:
             elapsed = max(0.0, time.monotonic() - ex.started) if ex.started else None
             series.window.observe(
                 self.clock(), CANDIDATE, elapsed, True, _probability(route, decision),
-                ex.path, route.path_prefix, ex.synthetic,
+                ex.path, route.path_prefix, ex.synthetic, decision.unit,
             )  # fmt: skip
 
     # -- MirrorObserver (dataplane/mirror.py) -------------------------------------------------

@@ -53,11 +53,13 @@ Reason = Literal[
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """Where a request goes and why; ``seed`` is a new sticky seed for the proxy to set."""
+    """Where a request goes and why; ``seed`` is a new sticky seed for the proxy to set;
+    ``unit``, for a sticky decision, the 64-bit hash of the key (the user, for the analyzer)."""
 
     version: Version
     reason: Reason
     seed: str | None = None
+    unit: int | None = None
 
 
 # Decisions without a seed are shared instances: the hot path allocates nothing for them.
@@ -210,10 +212,15 @@ def salt_for(route_name: str, revision: str | None) -> bytes:
 
 def bucket(key: str, salt: bytes) -> int:
     """A stable bucket in [0, BUCKETS) for a sticky key; the same in every process."""
+    return key_hash(key, salt) % BUCKETS
+
+
+def key_hash(key: str, salt: bytes) -> int:
+    """A sticky key's 64-bit keyed hash: its bucket, and its identity as a unit."""
     digest = hashlib.blake2b(
         key.encode("utf-8", "surrogateescape"), digest_size=8, key=salt
     ).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    return int.from_bytes(digest, "big")
 
 
 def cookie_value(raw: bytes | None, name: str) -> str | None:
@@ -277,10 +284,12 @@ def choose(
         key = cookie_value(headers.get(b"cookie"), route.sticky_cookie)
         if not key:  # no seed yet (or an empty one): give this client its own
             seed = seed_from_draw(draw)
-            version: Version = CANDIDATE if bucket(seed, route.salt) < weight else STABLE
-            return Decision(version, "sticky", seed)
+            unit = key_hash(seed, route.salt)
+            version: Version = CANDIDATE if unit % BUCKETS < weight else STABLE
+            return Decision(version, "sticky", seed, unit)
     if key is not None:
-        return _DECISIONS[CANDIDATE if bucket(key, route.salt) < weight else STABLE, "sticky"]
+        unit = key_hash(key, route.salt)
+        return Decision(CANDIDATE if unit % BUCKETS < weight else STABLE, "sticky", None, unit)
     if weight <= 0:
         return _DECISIONS[STABLE, "weight"]
     if weight >= BUCKETS:

@@ -27,7 +27,8 @@ from splitproxy.rollout.histograms import hist_add
 from splitproxy.rollout.messages import CheckResult, Event
 from splitproxy.rollout.phases import ACTIVE, HOLDING, Held, Hold, Phase, Trigger
 from splitproxy.rollout.readiness import Readiness
-from splitproxy.rollout.sequential import AttributionTest, PathClassTests, RateGuard
+from splitproxy.rollout.recovery import RecoveringTest
+from splitproxy.rollout.sequential import PathClassTests, RateGuard
 from splitproxy.rollout.shadow import ShadowState
 
 VERSION: Final = 1
@@ -178,8 +179,9 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
     )
     e.external = {str(k): (v[0], float(v[1])) for k, v in data["external"].items()}
     if data["errors_test"] is not None:
-        e.errors_test = PathClassTests.from_dict(data["errors_test"])
-    e.latency_tests = {float(q): AttributionTest.from_dict(t) for q, t in data["latency_tests"]}
+        test = data["errors_test"]
+        e.errors_test = PathClassTests.from_dict(test, RecoveringTest.from_dict, RecoveringTest)
+    e.latency_tests = {float(q): RecoveringTest.from_dict(t) for q, t in data["latency_tests"]}
     if data["guard"] is not None:
         e.guard = RateGuard.from_dict(data["guard"])
     for slot, n, hist in data["trail"]:

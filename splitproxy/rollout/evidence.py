@@ -15,9 +15,13 @@ updated (see `splitproxy.rollout.sequential`); each can roll the candidate back 
 
 They share one α per rollout (default 1 %): the guard takes a tenth, the comparison families
 split the rest. The e-processes span the whole rollout, across steps, pauses and restarts of
-the proxy, so checking them every second costs no validity. When the guard trips and stable's
-own error rate over the last minute is above the cap as well (`Evidence.stable_breaching`),
-it is an incident, not the candidate's fault.
+the proxy, so checking them every second costs no validity. Each comparison is a mixture over
+start times (`splitproxy.rollout.recovery`): every `RESTART_EVERY` seconds a fresh copy
+starts, so evidence in the candidate's favour (a stable-only incident) is not a debt a later
+regression must repay. On a sticky route a user's first error counts once
+(`splitproxy.rollout.units`), for the guard as well. When the guard
+trips and stable's own error rate over the last minute is above the cap as well
+(`Evidence.stable_breaching`), it is an incident, not the candidate's fault.
 
 *What is kept.* Stable's trailing latency (about ten minutes, at least 2,000 requests when
 available), from which `Evidence.fold` draws the thresholds for the latency test *before* it
@@ -26,7 +30,9 @@ and errors (for the incident rule); the step's window of candidate traffic for t
 checks (`StepWindow`); the external checks' latest values. Requests not routed at random
 (``p=None``) count for the absolute checks and the guard, never for the comparisons.
 
-*Checks.* `Evidence.evaluate` judges every check of the spec (thresholds on the window,
+*Checks.* `Evidence.evaluate` judges every check of the spec (thresholds on the window, each
+failed only when the window's counts show the rate beyond its line at the window's α,
+`splitproxy.rollout.thresholds`;
 external values newer than the window, the comparisons and the guard) into `CheckResult` values;
 `Evidence.with_ci` adds to a comparison's result the one-sided interval ``[lower, inf)`` for
 the candidate/stable rate ratio that inverts the e-process it decides on, at its α, so a
@@ -53,15 +59,17 @@ from splitproxy.config import (
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile
 from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
+from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
     AlphaSplit,
-    AttributionTest,
     PathClassTests,
     RateGuard,
     lower_confidence_bound,
     mean_log_e,
     split_alpha,
 )
+from splitproxy.rollout.thresholds import shown_above, window_alpha
+from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
 
@@ -123,7 +131,12 @@ class Evidence:
         self.window = StepWindow()
         self.external: dict[str, tuple[float | None, float]] = {}  # name -> (value, at)
         self.errors_test: PathClassTests | None = None
-        self.latency_tests: dict[float, AttributionTest] = {}
+        self.latency_tests: dict[float, RecoveringTest] = {}
+        self.units = UnitTable()  # sticky users whose first error was counted
+        self.guard_units = RecentUnits()  # ... and those the guard counted
+        self.restart_at: float | None = None  # the comparisons' next fresh start
+        self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
+        self.unshown: set[str] = set()  # thresholds over the line, not shown yet: hold on
         self.guard: RateGuard | None = None
         self.baseline: Baseline | None = None  # blue/green, from the switch on
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
@@ -172,8 +185,12 @@ class Evidence:
         """New e-processes for the spec's comparisons and guard."""
         compare = self.error_compare
         slots = self.path_class_slots if compare and compare.per_path else 0
-        self.errors_test = PathClassTests(slots) if compare else None
-        self.latency_tests = {q: AttributionTest() for q in self.quantiles}
+        self.errors_test = PathClassTests(slots, factory=RecoveringTest) if compare else None
+        self.latency_tests = {q: RecoveringTest() for q in self.quantiles}
+        self.units = UnitTable()
+        self.guard_units = RecentUnits()
+        self.restart_at = None
+        self.windows_judged = 0
         self.guard = RateGuard(self.spec.guard.error_rate) if self.spec.guard else None
         self.baseline = None
 
@@ -210,19 +227,26 @@ class Evidence:
         starts: those requests were routed under the previous regime). The latency
         thresholds used are stable's trailing quantiles from before this tick."""
         self.thresholds = thresholds = self._latency_thresholds()
+        if tests:
+            self._restart_due(now)
         cand_n = cand_x = stab_n = stab_x = 0
+        cand_gx = stab_gx = 0  # errors with a sticky user's counted once per bucket
         stable_hist: dict[float, int] = {}
         pooled: dict[float, list[int]] = {}  # p -> [candidate errors, stable errors]
         classes: dict[tuple[float, str], list[int]] = {}
         slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
         for s in samples:
             cand = s.version == "candidate"
+            once = s.errors - s.unit_errors  # for the guard and the incident rule
+            once += sum(self.guard_units.count(now, u) for u in s.units)
             if cand:
                 cand_n += s.requests
                 cand_x += s.errors
+                cand_gx += once
             else:
                 stab_n += s.requests
                 stab_x += s.errors
+                stab_gx += once
                 hist_add(stable_hist, s.latency)
             if not tests:
                 continue
@@ -233,10 +257,12 @@ class Evidence:
             if s.p is None or not 0.0 < s.p < 1.0:
                 continue
             i = 0 if cand else 1
-            if s.errors:
-                pooled.setdefault(s.p, [0, 0])[i] += s.errors
+            # per request, but a sticky user's first error only (`units`)
+            events = s.errors - s.unit_errors + sum(self.units.first(u) for u in s.units)
+            if events:
+                pooled.setdefault(s.p, [0, 0])[i] += events
                 if s.path_class is not None:
-                    classes.setdefault((s.p, s.path_class), [0, 0])[i] += s.errors
+                    classes.setdefault((s.p, s.path_class), [0, 0])[i] += events
             if s.latency:
                 for q, c in thresholds.items():
                     above = hist_above(s.latency, c)
@@ -251,13 +277,25 @@ class Evidence:
             for (q, p), (x, y) in slow.items():
                 self.latency_tests[q].update(p, x, y)
             if self.guard is not None:
-                self.guard.update(cand_n, cand_x)
+                self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
                 self.baseline.fold(samples)
         self._trail_add(now, stab_n, stab_x, stable_hist)
-        self.ticks.append((now, stab_n, stab_x, cand_n, cand_x))
+        self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
+
+    def _restart_due(self, now: float) -> None:
+        """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
+        component (`recovery.RecoveringTest`): evidence debt is not carried for ever."""
+        if self.restart_at is None:
+            self.restart_at = now + RESTART_EVERY
+        elif now >= self.restart_at:
+            self.restart_at = now + RESTART_EVERY
+            errors = self.errors_test.tests() if self.errors_test is not None else []
+            for test in [*errors, *self.latency_tests.values()]:
+                if isinstance(test, RecoveringTest):
+                    test.restart()
 
     def record_external(self, now: float, values: Mapping[str, float | None]) -> None:
         """The external checks' values produced since the previous tick."""
@@ -324,6 +362,7 @@ class Evidence:
     def evaluate(self, now: float) -> tuple[CheckResult, ...]:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
+        self.unshown = set()
         out = [self._threshold_check(now, c) for c in self.threshold_checks]
         out += [self._external_check(c) for c in self.external_checks]
         base = self.baseline
@@ -376,12 +415,17 @@ class Evidence:
         judged = [r for r in checks if r.kind in ("threshold", "external")]
         failed = [r.name for r in judged if r.verdict == "fail"]
         if failed:
+            self.windows_judged += 1  # the next window's thresholds test at a smaller α
             return WindowOutcome("fail", "failed: " + ", ".join(failed))
+        if self.unshown:  # over a line but not shown: neither failed nor passed yet
+            return WindowOutcome("hold")
         missing = [r.name for r in judged if r.verdict == "no_data"]
         if missing:
             if fail_without_data:
+                self.windows_judged += 1
                 return WindowOutcome("fail", "no data: " + ", ".join(missing))
             return WindowOutcome("hold")
+        self.windows_judged += 1
         return WindowOutcome("pass")
 
     def with_ci(self, results: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
@@ -411,28 +455,46 @@ class Evidence:
     # --- the checks ---------------------------------------------------------------------------
 
     def _threshold_check(self, now: float, check: MetricCheck) -> CheckResult:
+        """The measured value, failed only when the window's counts show it on the wrong
+        side of the line at this window's α (`splitproxy.rollout.thresholds`)."""
         w = self.window
         value: float | None = None
         sample = w.requests
-        if check.metric == "error_rate" and w.requests:
-            value = w.errors / w.requests
-        elif check.metric == "success_rate" and w.requests:
-            value = 1 - w.errors / w.requests
+        # (hits, share the line allows) per side: the side fails when hits exceed the share
+        sides: list[tuple[int, float]] = []
+        low, high = check.min, check.max
+        if check.metric in ("error_rate", "success_rate") and w.requests:
+            n, x = w.requests, w.errors
+            value = x / n
+            if check.metric == "success_rate":
+                value, x = 1 - value, n - x
+            if high is not None:
+                sides.append((x, high))
+            if low is not None:
+                sides.append((n - x, 1 - low))
         elif check.metric == "request_rate" and now > w.start:
             value = w.requests / (now - w.start)
         elif check.metric in LATENCY_QUANTILES:
             sample = sum(w.latency.values())
-            value = hist_quantile(w.latency, LATENCY_QUANTILES[check.metric])
-        return _bounded(
-            check.key,
-            "threshold",
-            value,
-            check.min,
-            check.max,
-            sample,
-            metric=check.metric,
-            unit=metric_unit(check.metric),
-        )
+            q = LATENCY_QUANTILES[check.metric]
+            value = hist_quantile(w.latency, q)
+            if high is not None:
+                sides.append((hist_above(w.latency.items(), high), 1 - q))
+            if low is not None:
+                sides.append((sample - hist_above(w.latency.items(), low), q))
+        result = _bounded(
+            check.key, "threshold", value, low, high, sample,
+            metric=check.metric, unit=metric_unit(check.metric),
+        )  # fmt: skip
+        if result.verdict != "fail" or not sides:
+            return result
+        level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
+        e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
+        if e >= 1 / level:
+            return replace(result, detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+        self.unshown.add(check.key)  # the window holds on for more requests
+        detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
+        return replace(result, verdict="pass", detail=detail)
 
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))
@@ -450,6 +512,13 @@ class Evidence:
         worst = test.worst_class()
         if worst is not None:
             detail = f"worst path class {worst[0]}: e={worst[1].e_value:.3g}"
+        if isinstance(test.pooled, RecoveringTest):  # how much debt the fresh starts shed
+            detail = "; ".join(d for d in (f"pooled {test.pooled.debt()}", detail) if d)
+        if len(self.units) or self.units.skipped:
+            detail += f"; sticky users counted once: {len(self.units)}"
+            detail += f" (table full, {self.units.skipped} errors left out)" * bool(
+                self.units.skipped
+            )
         events = test.pooled.events
         verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
         return CheckResult(

@@ -38,6 +38,12 @@ class Sample:
     routed (the weight / 100), or None for requests not routed at random. ``latency`` is a
     sparse histogram: ``(upper bound in seconds, count)`` pairs of a bucket layout shared by
     both versions.
+
+    On a sticky route, ``unit_errors`` of the ``errors`` came from requests routed by a
+    sticky key (a user), and ``units`` names those users (distinct ids of their keys; fewer
+    than ``unit_errors`` when a user failed twice, or when the window's per-bucket table was
+    full). The comparison with stable counts each user's first error once (`units.UnitTable`):
+    a user's requests all go where its key goes, so they are not independent draws.
     """
 
     version: Version
@@ -46,6 +52,8 @@ class Sample:
     p: float | None = None
     path_class: str | None = None
     latency: Histogram = ()
+    unit_errors: int = 0
+    units: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,13 @@ What one bucket becomes, per version (a sample only where there is something to 
   class) with zero requests and errors, ``path_class`` None, the same ``p``;
 - requests that no class holds (a `Period` built without classes) as one sample with
   ``path_class`` None, so the pooled counts stay exact;
+- on a sticky route (`windows.Period.sticky`), each class sample also names the users whose
+  errors it holds (``unit_errors``, ``units``: the analyzer counts a user's first error once),
+  and the latency sample's ``p`` is the bucket's *realized* candidate share of requests with
+  a latency, rounded up to a thousandth: a user's requests all go one way, so the weight is
+  not the chance that a request was the candidate's; given the bucket's requests, a slow one
+  is the candidate's with probability at most that share when the version makes no
+  difference (rounding up keeps the one-sided test conservative);
 - with ``judge_synthetic``, the synthetic requests as one sample with ``p=None``: they count
   for the absolute checks, the guard and the step's ``min_requests``, never for the comparisons
   with stable (they were not routed at random). Without it they are left out entirely.
@@ -24,6 +31,7 @@ What one bucket becomes, per version (a sample only where there is something to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,25 +46,42 @@ def samples_for(periods: Iterable[Period], *, judge_synthetic: bool = False) -> 
     out: list[Sample] = []
     for period in periods:
         p = period.probability
+        p_latency = realized_share(period) if period.sticky and p is not None else p
         for version in VERSIONS:
             counts = period.version(version)
             requests, errors = counts.requests, counts.errors
             for cls in period.path_classes:
                 n, x = cls.counts(version)
                 if n or x:
-                    out.append(Sample(version, n, x, p, cls.name))
+                    ue, units = cls.units(version)
+                    out.append(Sample(version, n, x, p, cls.name, (), ue, units))
                     requests -= n
                     errors -= x
             if requests or errors:
                 out.append(Sample(version, requests, errors, p, None))
             if counts.latency.count:
-                out.append(Sample(version, 0, 0, p, None, counts.latency.histogram()))
+                hist = counts.latency.histogram()
+                out.append(Sample(version, 0, 0, p_latency, None, hist))
             if judge_synthetic:
                 syn = period.synthetic(version)
                 if syn.requests or syn.errors:
                     hist = syn.latency.histogram()
                     out.append(Sample(version, syn.requests, syn.errors, None, None, hist))
     return out
+
+
+def realized_share(period: Period) -> float | None:
+    """The candidate's share of the bucket's requests with a latency, rounded up to a
+    thousandth; None when one version had them all (no information on who is slower)."""
+    return share_of(period.candidate.latency.count, period.stable.latency.count)
+
+
+def share_of(candidate: int, stable: int) -> float | None:
+    """``candidate / (candidate + stable)`` rounded up to a thousandth, None at 0 or 1."""
+    if not candidate or not stable:
+        return None
+    share = math.ceil(1000 * candidate / (candidate + stable)) / 1000
+    return share if share < 1.0 else None
 
 
 def path_class_slots(windows: Windows) -> int:

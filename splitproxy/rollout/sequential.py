@@ -53,7 +53,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 DEFAULT_GRID: Final = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0)
 GUARD_MULTIPLIERS: Final = (2.0, 4.0, 8.0)
@@ -210,6 +210,23 @@ class AttributionTest:
 OVERFLOW_CLASS: Final = "~other"
 
 
+class OneSidedTest(Protocol):
+    """What `PathClassTests` needs of a component: an `AttributionTest`, or a mixture of them
+    over start times (`recovery.RecoveringTest`)."""
+
+    def update(self, p: float, candidate: int, stable: int) -> None: ...
+    def log_e_at(self, r0: float) -> float: ...
+    @property
+    def log_e(self) -> float: ...
+    @property
+    def e_value(self) -> float: ...
+    @property
+    def events(self) -> int: ...
+    def counts(self) -> dict[float, tuple[int, int]]: ...
+    def lower_confidence_bound(self, alpha: float) -> float: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 class PathClassTests:
     """Pooled plus per-path-class attribution tests, averaged into one e-process.
 
@@ -220,22 +237,32 @@ class PathClassTests:
     With ``slots=0`` this is just the pooled test.
     """
 
-    __slots__ = ("_classes", "grid", "pooled", "slots")
+    __slots__ = ("_classes", "factory", "grid", "pooled", "slots")
 
-    def __init__(self, slots: int = 10, grid: Sequence[float] = DEFAULT_GRID) -> None:
+    def __init__(
+        self,
+        slots: int = 10,
+        grid: Sequence[float] = DEFAULT_GRID,
+        factory: Callable[[tuple[float, ...]], OneSidedTest] = AttributionTest,
+    ) -> None:
         self.slots = slots
         self.grid = tuple(grid)
-        self.pooled = AttributionTest(self.grid)
-        self._classes: dict[str, AttributionTest] = {}
+        self.factory = factory
+        self.pooled: OneSidedTest = factory(self.grid)
+        self._classes: dict[str, OneSidedTest] = {}
 
-    def _slot(self, path_class: str) -> AttributionTest:
+    def tests(self) -> list[OneSidedTest]:
+        """Every component: the pooled test, then the classes'."""
+        return [self.pooled, *self._classes.values()]
+
+    def _slot(self, path_class: str) -> OneSidedTest:
         name = path_class
         classes = self._classes
         if name not in classes and len(classes) - (OVERFLOW_CLASS in classes) >= self.slots:
             name = OVERFLOW_CLASS
         test = classes.get(name)
         if test is None:
-            test = classes[name] = AttributionTest(self.grid)
+            test = classes[name] = self.factory(self.grid)
         return test
 
     def update(self, p: float, candidate: int, stable: int, path_class: str | None = None) -> None:
@@ -250,7 +277,7 @@ class PathClassTests:
             self._slot(path_class).update(p, candidate, stable)
 
     @property
-    def classes(self) -> Mapping[str, AttributionTest]:
+    def classes(self) -> Mapping[str, OneSidedTest]:
         return self._classes
 
     @property
@@ -279,7 +306,7 @@ class PathClassTests:
     def e_value(self) -> float:
         return _exp(self.log_e)
 
-    def worst_class(self) -> tuple[str, AttributionTest] | None:
+    def worst_class(self) -> tuple[str, OneSidedTest] | None:
         """The class whose test has the most evidence against the candidate."""
         if not self._classes:
             return None
@@ -294,12 +321,18 @@ class PathClassTests:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PathClassTests:
-        pooled = AttributionTest.from_dict(data["pooled"])
-        out = cls(int(data.get("slots", 10)), pooled.grid)
-        out.pooled = pooled
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        load: Callable[[Mapping[str, Any]], OneSidedTest] = AttributionTest.from_dict,
+        factory: Callable[[tuple[float, ...]], OneSidedTest] = AttributionTest,
+    ) -> PathClassTests:
+        """Read `to_dict`'s form; ``load`` reads a component, ``factory`` makes new ones."""
+        grid = tuple(float(r) for r in data["pooled"].get("grid", DEFAULT_GRID))
+        out = cls(int(data.get("slots", 10)), grid, factory)
+        out.pooled = load(data["pooled"])
         for name, t in data.get("classes", {}).items():
-            out._classes[str(name)] = AttributionTest.from_dict(t)
+            out._classes[str(name)] = load(t)
         return out
 
 
@@ -487,6 +520,7 @@ __all__ = [
     "GUARD_MULTIPLIERS",
     "AlphaSplit",
     "AttributionTest",
+    "OneSidedTest",
     "PathClassTests",
     "RateGuard",
     "events_needed",

@@ -28,11 +28,18 @@ user traffic's counts or classes: they were not routed at random, and the user d
 whether they are judged at all (``rollout.traffic.judge``; see ``samples.py``). They do not
 start a new bucket by themselves.
 
+*Sticky users.* A request routed by a sticky key carries the key's 64-bit hash (``unit``).
+A bucket then notes that it is sticky (`Period.sticky`: its requests are clusters of users,
+so the analyzer attributes slow requests at the bucket's realized candidate share, see
+``samples.py``) and, for its errors, counts per path class and version how many came from
+sticky users and which users they were: at most `UNITS_PER_BUCKET` distinct users per
+version and bucket (the analyzer counts each user's first error once; see ``units.py``).
+
 Costs: O(1) work per observation (a few integer updates, one logarithm and, for user traffic,
 one path classification), and constant memory per route: at most ``capacity`` buckets, each
 with two sketches (`sketch.LatencySketch`, at most `sketch.MAX_BINS` bins), two lists of
 ``2·(limit+1)`` class counters and, when synthetic requests were seen in it, two more
-sketches.
+sketches; with sticky errors, at most ``2·UNITS_PER_BUCKET`` user ids.
 
 Nothing here reads a clock: every call takes ``now`` (seconds; the recorder passes Unix time).
 Time that goes backwards (a wall-clock step) is folded into the newest bucket, so buckets stay
@@ -60,6 +67,7 @@ PATH_CLASS_LIMIT: Final = 8  # named path classes per route; the rest share OTHE
 OTHER_CLASS: Final = "~other"  # = sequential.OVERFLOW_CLASS: the analyzer's overflow slot
 _CLASS_SEGMENT: Final = re.compile(r"[A-Za-z0-9._~-]{0,32}")
 _DIGITS: Final = re.compile(r"[0-9]")
+UNITS_PER_BUCKET: Final = 1024  # distinct sticky users with errors, per version and bucket
 
 
 def _names_a_class(segment: str) -> bool:
@@ -140,12 +148,23 @@ class PathClassCounts:
     stable_errors: int
     candidate_requests: int
     candidate_errors: int
+    # of the errors, how many came from sticky users, and which users (distinct ids)
+    stable_unit_errors: int = 0
+    candidate_unit_errors: int = 0
+    stable_units: tuple[int, ...] = ()
+    candidate_units: tuple[int, ...] = ()
 
     def counts(self, version: Version) -> tuple[int, int]:
         """``(requests, errors)`` of ``version``."""
         if version == CANDIDATE:
             return self.candidate_requests, self.candidate_errors
         return self.stable_requests, self.stable_errors
+
+    def units(self, version: Version) -> tuple[int, tuple[int, ...]]:
+        """``(errors from sticky users, their distinct ids)`` of ``version``."""
+        if version == CANDIDATE:
+            return self.candidate_unit_errors, self.candidate_units
+        return self.stable_unit_errors, self.stable_units
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +187,7 @@ class Period:
     path_classes: tuple[PathClassCounts, ...] = ()
     synthetic_stable: VersionCounts = field(default_factory=_no_counts)
     synthetic_candidate: VersionCounts = field(default_factory=_no_counts)
+    sticky: bool = False  # some requests were routed by a sticky key
 
     def version(self, name: Version) -> VersionCounts:
         return self.candidate if name == CANDIDATE else self.stable
@@ -197,12 +217,15 @@ class _Bucket:
         "class_errors",
         "class_names",
         "class_requests",
+        "class_unit_errors",
         "end",
+        "error_units",
         "errors",
         "latency",
         "probability",
         "requests",
         "start",
+        "sticky",
         "synthetic",
     )
 
@@ -220,6 +243,10 @@ class _Bucket:
         self.class_requests = [0] * (2 * classes.limit + 2)
         self.class_errors = [0] * (2 * classes.limit + 2)
         self.synthetic: _Synthetic | None = None
+        self.sticky = False
+        self.class_unit_errors: list[int] | None = None  # created on the first sticky error
+        # per version: sticky user -> the class cell of its first error in this bucket
+        self.error_units: tuple[dict[int, int], dict[int, int]] = ({}, {})
 
     def counts(self, version: int) -> VersionCounts:
         return VersionCounts(
@@ -228,8 +255,29 @@ class _Bucket:
 
     def path_classes(self) -> tuple[PathClassCounts, ...]:
         req, err = self.class_requests, self.class_errors
+        unit_err = self.class_unit_errors
+        if unit_err is None:
+            return tuple(
+                PathClassCounts(name, req[2 * i], err[2 * i], req[2 * i + 1], err[2 * i + 1])
+                for i, name in enumerate(self.class_names)
+                if req[2 * i] or req[2 * i + 1]
+            )
+        by_cell: dict[int, list[int]] = {}
+        for units in self.error_units:
+            for unit, cell in units.items():
+                by_cell.setdefault(cell, []).append(unit)
         return tuple(
-            PathClassCounts(name, req[2 * i], err[2 * i], req[2 * i + 1], err[2 * i + 1])
+            PathClassCounts(
+                name,
+                req[2 * i],
+                err[2 * i],
+                req[2 * i + 1],
+                err[2 * i + 1],
+                unit_err[2 * i],
+                unit_err[2 * i + 1],
+                tuple(by_cell.get(2 * i, ())),
+                tuple(by_cell.get(2 * i + 1, ())),
+            )
             for i, name in enumerate(self.class_names)
             if req[2 * i] or req[2 * i + 1]
         )
@@ -245,6 +293,7 @@ class _Bucket:
             self.path_classes(),
             syn.counts(_S) if syn is not None else _no_counts(),
             syn.counts(_C) if syn is not None else _no_counts(),
+            self.sticky,
         )
 
 
@@ -279,11 +328,13 @@ class Window:
         path: str | None = None,
         prefix: str = "/",
         synthetic: bool = False,
+        unit: int | None = None,
     ) -> None:
         """Count one request of ``version``: ``latency`` in seconds
         (None for a request whose latency means nothing, such as a WebSocket session).
         ``path`` (without the query) and the route's ``prefix`` give its path class (no
-        ``path``: `OTHER_CLASS`); a ``synthetic`` request goes to the synthetic cells."""
+        ``path``: `OTHER_CLASS`); a ``synthetic`` request goes to the synthetic cells;
+        ``unit`` is the sticky key's hash of a request routed by one."""
         index = _INDEX[version]
         bucket = self._current
         if synthetic:
@@ -311,6 +362,16 @@ class Window:
         if error:
             bucket.errors[index] += 1
             bucket.class_errors[cell] += 1
+        if unit is not None:
+            bucket.sticky = True
+            if error:
+                unit_errors = bucket.class_unit_errors
+                if unit_errors is None:
+                    unit_errors = bucket.class_unit_errors = [0] * len(bucket.class_errors)
+                unit_errors[cell] += 1
+                units = bucket.error_units[index]
+                if unit not in units and len(units) < UNITS_PER_BUCKET:
+                    units[unit] = cell
         if latency is not None:
             bucket.latency[index].add(latency)
 

@@ -23,6 +23,7 @@ from splitproxy.dataplane.routing import (
     choose,
     cookie_value,
     find_route,
+    key_hash,
     preview_decision,
     salt_for,
 )
@@ -243,7 +244,7 @@ def test_seed_cookie_is_found_among_other_cookies_and_header_names_are_case_fold
     assert seed is not None
     cookie = f'a=1;{SEED_COOKIE}="{seed}" ; b=2'.encode()
     assert choose(route, {b"cookie": cookie}, 7) == Decision(
-        choose(route, {}, 42).version, "sticky"
+        choose(route, {}, 42).version, "sticky", unit=key_hash(seed, route.salt)
     )
     assert BY_HEADER.sticky_header == USER_HEADER
 
@@ -272,7 +273,9 @@ def test_overrides_beat_stickiness(key: str, weight_bp: int, draw: int) -> None:
 def test_sticky_stable_user_is_sent_to_candidate_by_override() -> None:
     route = at(WITH_CANARY, 1000)
     key = next(f"user-{i}" for i in range(1000) if bucket(f"user-{i}", route.salt) >= 1000)
-    assert choose(route, seed_cookie(key), 0) == Decision(STABLE, "sticky")
+    assert choose(route, seed_cookie(key), 0) == Decision(
+        STABLE, "sticky", unit=key_hash(key, route.salt)
+    )
     assert choose(route, {**seed_cookie(key), b"x-canary": b"always"}, 0).version == CANDIDATE
 
 

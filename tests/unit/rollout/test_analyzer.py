@@ -128,15 +128,17 @@ def test_absolute_checks_are_recorded_every_tick() -> None:
     assert by_name["error_rate"].verdict == "pass"
     assert (by_name["error_rate"].max, by_name["error_rate"].sample) == (0.05, 20)
     assert by_name["success_rate"].value == pytest.approx(0.95)
-    assert by_name["success_rate"].verdict == "fail"
+    # under the line, but one error in 20 requests does not show a rate above 1 %
+    assert by_name["success_rate"].verdict == "pass"
+    assert by_name["success_rate"].detail.startswith("over the line, not shown yet")
     assert by_name["latency_p99"].value == 0.05
     assert by_name["request_rate"].value == pytest.approx(10.0)
     assert by_name["guard"].kind == "guard"
 
 
 def test_failed_windows_count_and_roll_back_past_the_failure_limit() -> None:
-    d = started(failure_limit=1, checks=[{"metric": "error_rate", "max": 0.05}])
-    bad = traffic(0.1, candidate=(10, 1), stable=(90, 1))  # 10 % errors, under the guard
+    d = started(failure_limit=1, guard=False, checks=[{"metric": "error_rate", "max": 0.05}])
+    bad = traffic(0.1, candidate=(10, 2), stable=(90, 1))  # 20 % errors: shown above 5 %
     for _ in range(11):
         d.tick(bad)
     assert d.a.failures == 1
@@ -336,7 +338,7 @@ def test_a_rollback_s_interval_never_contains_ratio_one() -> None:
         Observation(
             "1.1",
             [
-                Sample("candidate", 30, 4, 0.1, None, ((0.005, 30),)),
+                Sample("candidate", 30, 5, 0.1, None, ((0.005, 30),)),
                 Sample("stable", 270, 0, 0.1, None, ((0.005, 270),)),
             ],
         ),

@@ -53,7 +53,7 @@ def test_the_window_holds_until_long_and_large_enough_then_passes_or_fails() -> 
     assert e.window_outcome(10.0, step, e.evaluate(10.0)).outcome == "hold"  # too few
     e.fold(11.0, traffic(0.1, candidate=(10, 0)), tests=True)
     assert e.window_outcome(11.0, step, e.evaluate(11.0)).outcome == "pass"
-    e.fold(12.0, traffic(0.1, candidate=(20, 10)), tests=True)
+    e.fold(12.0, traffic(0.1, candidate=(20, 15)), tests=True)  # 15 of 40: shown above 10 %
     failed = e.window_outcome(12.0, step, e.evaluate(12.0))
     assert (failed.outcome, failed.reason) == ("fail", "failed: error_rate")
     e.restart_window(12.0)
