@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Final
 
 from splitproxy.config.vocabulary import VERSIONS
 from splitproxy.rollout.sketch import LatencySketch
 from splitproxy.rollout.windows import (
     PATH_CLASS_LIMIT,
+    UNITS_PER_BUCKET,
     PathClassCounts,
     Period,
     Summary,
@@ -57,24 +59,46 @@ def merge_periods(periods: Iterable[Period]) -> list[Period]:
         if have is None:
             by_probability[period.probability] = period
             continue
-        classes: dict[str, list[int]] = {}
-        for cls in (*have.path_classes, *period.path_classes):
-            cell = classes.setdefault(cls.name, [0, 0, 0, 0])
-            cell[0] += cls.stable_requests
-            cell[1] += cls.stable_errors
-            cell[2] += cls.candidate_requests
-            cell[3] += cls.candidate_errors
         by_probability[period.probability] = Period(
             have.start,
             have.end,
             have.probability,
             _add(have.stable, period.stable),
             _add(have.candidate, period.candidate),
-            tuple(PathClassCounts(name, *cell) for name, cell in classes.items()),
+            _merge_classes((*have.path_classes, *period.path_classes)),
             _add(have.synthetic_stable, period.synthetic_stable),
             _add(have.synthetic_candidate, period.synthetic_candidate),
+            have.sticky or period.sticky,
         )
     return list(by_probability.values())
+
+
+def _merge_classes(classes: Iterable[PathClassCounts]) -> tuple[PathClassCounts, ...]:
+    """Path classes of one second from several workers, summed by name. Sticky users with
+    errors are kept once per version (in the first class that names them) and at most
+    `UNITS_PER_BUCKET` per version, as one process's bucket keeps them."""
+    cells: dict[str, list[int]] = {}
+    units: dict[str, tuple[list[int], list[int]]] = {}
+    seen: tuple[set[int], set[int]] = (set(), set())
+    for cls in classes:
+        cell = cells.setdefault(cls.name, [0] * 6)
+        for i, n in enumerate((cls.stable_requests, cls.stable_errors, cls.candidate_requests,
+                               cls.candidate_errors, cls.stable_unit_errors,
+                               cls.candidate_unit_errors)):  # fmt: skip
+            cell[i] += n
+        mine = units.setdefault(cls.name, ([], []))
+        for v, ids in enumerate((cls.stable_units, cls.candidate_units)):
+            for unit in ids:
+                if unit not in seen[v] and len(seen[v]) < UNITS_PER_BUCKET:
+                    seen[v].add(unit)
+                    mine[v].append(unit)
+    out = []
+    for name, (sr, se, cr, ce, sue, cue) in cells.items():
+        stable_units, candidate_units = units[name]
+        counts = PathClassCounts(name, sr, se, cr, ce, sue, cue)
+        out.append(replace(counts, stable_units=tuple(stable_units),
+                           candidate_units=tuple(candidate_units)))  # fmt: skip
+    return tuple(out)
 
 
 class PooledWindows(Windows):

@@ -25,7 +25,8 @@ from splitproxy.workers.ipc import Observed
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
 T0 = 1_700_000_000.0
-Event = tuple[float, bool, bool, float | None, str]  # offset, candidate?, error?, p, path
+# offset, candidate?, error?, p, path, sticky user (None: not routed by a sticky key)
+Event = tuple[float, bool, bool, float | None, str, int | None]
 
 events = st.lists(
     st.tuples(
@@ -34,23 +35,28 @@ events = st.lists(
         st.booleans(),
         st.sampled_from([None, 0.1, 0.5]),
         st.sampled_from(["/a", "/b", "/c/1", "/12345"]),
+        st.sampled_from([None, 1, 2, 3]),
     ),
     max_size=60,
 )
 
 
 def observe(windows: Windows, evs: list[Event]) -> None:
-    for offset, cand, err, p, path in sorted(evs, key=lambda e: e[0]):
+    for offset, cand, err, p, path, unit in sorted(evs, key=lambda e: e[0]):
         version: Version = CANDIDATE if cand else STABLE
-        windows.window("app").observe(T0 + offset, version, 0.01, err, p, path)
+        windows.window("app").observe(T0 + offset, version, 0.01, err, p, path, unit=unit)
 
 
-def totals(samples: list[Sample]) -> tuple[int, int, int, int]:
-    n = {STABLE: [0, 0], CANDIDATE: [0, 0]}
+def totals(samples: list[Sample]) -> tuple[int, ...]:
+    """Per version: requests, errors, errors from sticky users, and those users."""
+    n = {STABLE: [0, 0, 0], CANDIDATE: [0, 0, 0]}
+    users: dict[str, set[int]] = {STABLE: set(), CANDIDATE: set()}
     for s in samples:
         n[s.version][0] += s.requests
         n[s.version][1] += s.errors
-    return n[STABLE][0], n[STABLE][1], n[CANDIDATE][0], n[CANDIDATE][1]
+        n[s.version][2] += s.unit_errors
+        users[s.version].update(s.units)
+    return (*n[STABLE], len(users[STABLE]), *n[CANDIDATE], len(users[CANDIDATE]))
 
 
 @settings(max_examples=60, deadline=None)
