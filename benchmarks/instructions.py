@@ -16,6 +16,7 @@ Named cases (``--case``) are the measurements quoted in README.md; ``--case all`
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -53,6 +54,8 @@ def count(py: str, setup: str, stmt: str, n: int) -> int:
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", py, "-c", code],
             cwd=REPO, capture_output=True, check=True, timeout=900,
+            # the same hashes in both runs: the set-up's cost cancels out exactly
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )  # fmt: skip
         m = re.search(r"^summary:\s+(\d+)", out.read_text(), re.M)
         if m is None:
