@@ -83,6 +83,11 @@ def splitproxy(ctx: Ctx) -> list[str]:
     ]
 
 
+def splitproxy_pipe(ctx: Ctx) -> list[str]:
+    argv = splitproxy(ctx)
+    return [argv[0], str(BENCH / "proxies" / "splitproxy_pipe.py"), *argv[3:]]
+
+
 def splitproxy_nometrics(ctx: Ctx) -> list[str]:
     argv = splitproxy(ctx)
     return [argv[0], str(BENCH / "proxies" / "splitproxy_nometrics.py"), *argv[3:]]
@@ -110,6 +115,13 @@ CONFIGS: list[Config] = [
         "splitproxy-log-json",
         splitproxy,
         env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true", "SPLITPROXY_LOG_FORMAT": "json"},
+        default=False,
+    ),
+    # the access log (text) into a pipe that `cat` drains, rather than into a file
+    Config(
+        "splitproxy-log-pipe",
+        splitproxy_pipe,
+        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true"},
         default=False,
     ),
     Config("splitproxy-nometrics", splitproxy_nometrics, env=SPLITPROXY_ENV, default=False),

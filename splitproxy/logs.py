@@ -1,11 +1,12 @@
 """Logging: the process log (text or JSON lines on stderr) and the access log (a line a request).
 
 The access log does not go through `logging`: a record, a handler and a formatter cost about
-10 µs a line, a large share of what the proxy spends on a request. `AccessLog` formats the line
-itself (about 3.5 µs) and writes the lines of one event-loop pass together to stderr, at the
-start of the next pass: one write per pass, not per request, yet no line waits for a timer
-(measurements in ``docs/observability.md``). Its switch is ``Settings.access_log``, not the
-log level.
+10 µs a line, a large share of what the proxy spends on a request. `AccessLog` keeps each
+request's fields in a tuple, formats the lines of one event-loop pass together at the start of
+the next pass, and hands them to a writer thread (`logwriter.BatchWriter`) as one text: the
+loop never waits on stderr, and a stalled stderr costs dropped lines (counted), not a stalled
+proxy (measurements in ``docs/observability.md``). Its switch is ``Settings.access_log``, not
+the log level.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
+from splitproxy import logwriter
+
 if TYPE_CHECKING:
     from splitproxy.config.vocabulary import FailureKind, Version
     from splitproxy.dataplane.context import ExchangeObserver
     from splitproxy.dataplane.exchange import Exchange
+    from splitproxy.dataplane.state import Snapshot
 
 ACCESS_LOGGER = "splitproxy.access"
 _PREVIEW_JSON = ',"listener":"preview"'  # the JSON line's key for the preview listener
+_REMEMBER = 1024  # entries of a formatting cache (methods, routing parts) before it starts over
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,11 +69,46 @@ _UNSAFE = re.compile(rb'[^\x21-\x7e]|["\\]')
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
-def _target(raw: bytes) -> str:
-    text = raw.decode("latin-1")
-    if _UNSAFE.search(raw) is None:
-        return text
-    return text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+def _escape(raw: bytes) -> str:
+    """A request target with unsafe bytes (`_UNSAFE`), as a text line shows it."""
+    return raw.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def _json_ms(seconds: float) -> str:
+    """``repr(round(seconds * 1000, 3))`` at half the cost: both round the same binary value to
+    three decimals (correctly rounded), and the repr of a number of at most 3 decimals and
+    under 10**12 is those digits without their trailing zeros."""
+    text = f"{seconds * 1000:.3f}".rstrip("0")
+    return text + "0" if text[-1] == "." else text
+
+
+def _remember(cache: dict[Any, str], key: Any, text: str) -> str:
+    """Keep ``text`` in ``cache``, which starts over when full: the keys come from requests
+    (a method is any token), so the cache must stay bounded whatever clients send."""
+    if len(cache) >= _REMEMBER:
+        cache.clear()
+    cache[key] = text
+    return text
+
+
+def _json_routing(route: str | None, version: str, reason: str | None, upstream: str) -> str:
+    """The routing part of a JSON line (route, version, reason, upstream)."""
+    q = _quote
+    return (
+        f'"route":{q(route) if route is not None else "null"},'
+        f'"version":{q(version) if version else "null"},'
+        f'"reason":{q(reason) if reason is not None else "null"},'
+        f'"upstream":{q(upstream) if upstream else "null"}'
+    )
+
+
+# What `AccessLog` keeps of a finished exchange until the end of the loop pass (`_capture`):
+# time, client, method, target, HTTP/1.1?, status, bytes, duration, route, version, reason,
+# upstream, upstream status, upstream duration, request id, snapshot, error, preview?
+Row = tuple[
+    float, str, bytes, bytes, bool, int, int, float, "str | None", str, "str | None", str, int,
+    float, bytes, "Snapshot | None", str, bool,
+]  # fmt: skip
 
 
 class AccessLog:
@@ -85,6 +125,11 @@ class AccessLog:
     with the keys of `fields` plus ``"logger": "splitproxy.access"`` (and ``"listener":
     "preview"`` for the preview listener's requests).
 
+    Per request, `log` only keeps the line's fields in a tuple; the lines of one event-loop
+    pass are formatted together at the start of the next pass and handed to a
+    `logwriter.BatchWriter` as one text: one write per pass, made by a thread of its own when
+    ``stream`` is a file descriptor, so a slow disk or a pipe nobody reads never stalls
+    serving (lines that do not fit its buffer are dropped and counted in `dropped`).
     Lines go to ``stream``, stderr by default (the one in force when the log is created).
     """
 
@@ -94,21 +139,42 @@ class AccessLog:
         stream: IO[str] | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        buffer_bytes: int | None = None,
     ) -> None:
         self.json = log_format == "json"
         self.stream = stream if stream is not None else sys.stderr
         self.clock = clock
-        self._second = -1
+        # lines waiting while the stream is stalled: past this, new lines are dropped
+        limit = logwriter.DEFAULT_LIMIT if buffer_bytes is None else buffer_bytes
+        self.writer = logwriter.BatchWriter(self.stream, limit=limit)
+        self._format = self._json_lines if self.json else self._text_lines
+        self._second = -1  # the last line's second and millisecond, and their text
+        self._ms = -1
         self._stamp = ""
-        self.dropped = 0  # lines the stream refused (a closed or broken stderr)
-        self._pending: list[str] = []
+        self._when = ""
+        # the last line's snapshot, and its revision as the format writes it
+        self._snapshot: Snapshot | None = None
+        self._rev = "-" if log_format != "json" else "null"
+        # formatted once: a method, the routing part of a line (route, version, reason, upstream)
+        self._methods: dict[bytes, str] = {}
+        self._routed: dict[tuple[str | None, str, str | None, str], str] = {}
+        self._pending: list[Row] = []
 
-    def _time(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
+    @property
+    def dropped(self) -> int:
+        """Lines lost: the buffer was full (the stream stalled), or the stream refused them."""
+        return self.writer.dropped_total
+
+    def _capture(self, ex: Exchange) -> Row:
+        route = ex.route
+        decision = ex.decision
+        return (
+            self.clock(), ex.conn.peer_ip, ex.method, ex.target, ex.http11, ex.status,
+            ex.bytes_out, ex.duration, route.name if route is not None else None, ex.version,
+            decision.reason if decision is not None else None, ex.upstream_url,
+            ex.upstream_status, ex.upstream_duration, ex.request_id, ex.snapshot, ex.error_kind,
+            ex.preview,
+        )  # fmt: skip
 
     def fields(self, ex: Exchange) -> dict[str, Any]:
         """The line's fields, as the JSON format writes them."""
@@ -118,7 +184,7 @@ class AccessLog:
         upstream_ms = round(ex.upstream_duration * 1000, 3) if ex.upstream_duration else None
         listener = {"listener": "preview"} if ex.preview else {}
         return {
-            "time": self._time(self.clock()),
+            "time": self._clock_text(self.clock()),
             "client": ex.conn.peer_ip or None,
             "method": ex.method.decode("latin-1"),
             "path": ex.target.decode("latin-1"),
@@ -140,59 +206,117 @@ class AccessLog:
 
     def line(self, ex: Exchange) -> str:
         """The access log line for ``ex`` (without the newline)."""
-        if self.json:
-            return self._json_line(ex)
-        route = ex.route
-        decision = ex.decision
-        snap = ex.snapshot
-        error = ex.error_kind
-        return (
-            f"{self._time(self.clock())} {ex.conn.peer_ip or '-'} "
-            f'"{ex.method.decode("latin-1")} {_target(ex.target)} '
-            f'{"HTTP/1.1" if ex.http11 else "HTTP/1.0"}" {ex.status} {ex.bytes_out} '
-            f"{ex.duration * 1000:.3f}ms route={route.name if route is not None else '-'} "
-            f"version={ex.version or '-'} "
-            f"reason={decision.reason if decision is not None else '-'} "
-            f"upstream={ex.upstream_url or '-'} upstream_status={ex.upstream_status or '-'} "
-            f"upstream_ms={f'{ex.upstream_duration * 1000:.3f}' if ex.upstream_duration else '-'} "
-            f"rid={ex.request_id.decode('latin-1') or '-'} "
-            f"rev={snap.revision if snap is not None else '-'}"
-            f"{' listener=preview' if ex.preview else ''}"
-            f"{f' error={error}' if error else ''}"
-        )
+        return self._format([self._capture(ex)])[:-1]
 
-    def _json_line(self, ex: Exchange) -> str:
-        # what json.dumps({"logger": ..., **self.fields(ex)}) writes, at a third of the cost
-        route = ex.route
-        decision = ex.decision
-        snap = ex.snapshot
+    def _text_lines(self, rows: list[Row]) -> str:
+        """The text lines of ``rows``, each with its newline.
+
+        The hot loop of the access log. What lines of a batch share is formatted once: the
+        time to the millisecond (`_clock_text`), a snapshot's revision, a method, and the
+        routing part (route, version, reason, upstream) per combination."""
+        out: list[str] = []
+        add = out.append
+        unsafe = _UNSAFE.search
+        second_at, ms_at, when = self._second, self._ms, self._when
+        last_snap, rev = self._snapshot, self._rev
+        methods, routed = self._methods, self._routed
+        for (
+            now, peer, method, target, http11, status, nbytes, duration, route, version, reason,
+            upstream, up_status, up_duration, rid, snap, error, preview,
+        ) in rows:  # fmt: skip
+            second = int(now)
+            ms = int((now - second) * 1000)
+            if ms != ms_at or second != second_at:
+                when, second_at, ms_at = self._clock_text(now), second, ms
+            if snap is not last_snap:
+                last_snap, rev = snap, snap.revision if snap is not None else "-"
+            verb = methods.get(method)
+            if verb is None:
+                verb = _remember(methods, method, method.decode("latin-1"))
+            key = (route, version, reason, upstream)
+            routing = routed.get(key)
+            if routing is None:
+                routing = _remember(
+                    routed, key,
+                    f"route={route or '-'} version={version or '-'} reason={reason or '-'} "
+                    f"upstream={upstream or '-'}",
+                )  # fmt: skip
+            add(
+                f"{when} {peer or '-'} "
+                f'"{verb} {_escape(target) if unsafe(target) else target.decode("latin-1")} '
+                f'{"HTTP/1.1" if http11 else "HTTP/1.0"}" {status} {nbytes} '
+                f"{duration * 1000:.3f}ms {routing} upstream_status={up_status or '-'} "
+                f"upstream_ms={f'{up_duration * 1000:.3f}' if up_duration else '-'} "
+                f"rid={rid.decode('latin-1') or '-'} rev={rev}"
+                f"{' listener=preview' if preview else ''}"
+                f"{f' error={error}' if error else ''}"
+            )
+        self._snapshot, self._rev = last_snap, rev
+        add("")
+        return "\n".join(out)
+
+    def _json_lines(self, rows: list[Row]) -> str:
+        """The JSON lines of ``rows``, each with its newline: what
+        ``json.dumps({"logger": ..., **self.fields(ex)})`` writes, at a fraction of the cost.
+        As in `_text_lines`, what lines share is formatted once."""
+        out: list[str] = []
+        add = out.append
         q = _quote
-        up_ms = repr(round(ex.upstream_duration * 1000, 3)) if ex.upstream_duration else "null"
-        rid = ex.request_id
-        peer = ex.conn.peer_ip
-        return (
-            f'{{"logger":"{ACCESS_LOGGER}","time":"{self._time(self.clock())}",'
-            f'"client":{q(peer) if peer else "null"},"method":{q(ex.method.decode("latin-1"))},'
-            f'"path":{q(ex.target.decode("latin-1"))},'
-            f'"protocol":"{"HTTP/1.1" if ex.http11 else "HTTP/1.0"}","status":{ex.status},'
-            f'"bytes":{ex.bytes_out},"duration_ms":{round(ex.duration * 1000, 3)!r},'
-            f'"route":{q(route.name) if route is not None else "null"},'
-            f'"version":{q(ex.version) if ex.version else "null"},'
-            f'"reason":{q(decision.reason) if decision is not None else "null"},'
-            f'"upstream":{q(ex.upstream_url) if ex.upstream_url else "null"},'
-            f'"upstream_status":{ex.upstream_status or "null"},'
-            f'"upstream_duration_ms":{up_ms},'
-            f'"request_id":{q(rid.decode("latin-1")) if rid else "null"},'
-            f'"config_revision":{q(snap.revision) if snap is not None else "null"},'
-            f'"error":{q(ex.error_kind) if ex.error_kind else "null"}'
-            f"{_PREVIEW_JSON if ex.preview else ''}}}"
-        )
+        second_at, ms_at, stamp = self._second, self._ms, self._when
+        last_snap, rev = self._snapshot, self._rev
+        methods, routed = self._methods, self._routed
+        for (
+            now, peer, method, target, http11, status, nbytes, duration, route, version, reason,
+            upstream, up_status, up_duration, rid, snap, error, preview,
+        ) in rows:  # fmt: skip
+            second = int(now)
+            ms = int((now - second) * 1000)
+            if ms != ms_at or second != second_at:
+                stamp, second_at, ms_at = self._clock_text(now), second, ms
+            if snap is not last_snap:
+                last_snap, rev = snap, q(snap.revision) if snap is not None else "null"
+            verb = methods.get(method)
+            if verb is None:
+                verb = _remember(methods, method, q(method.decode("latin-1")))
+            key = (route, version, reason, upstream)
+            routing = routed.get(key)
+            if routing is None:
+                routing = _remember(routed, key, _json_routing(route, version, reason, upstream))
+            # repr(round(x, 3)) without its cost (`_json_ms`)
+            ms_text = f"{duration * 1000:.3f}".rstrip("0")
+            add(
+                f'{{"logger":"{ACCESS_LOGGER}","time":"{stamp}",'
+                f'"client":{q(peer) if peer else "null"},"method":{verb},'
+                f'"path":{q(target.decode("latin-1"))},'
+                f'"protocol":"{"HTTP/1.1" if http11 else "HTTP/1.0"}","status":{status},'
+                f'"bytes":{nbytes},"duration_ms":{ms_text}{"0" if ms_text[-1] == "." else ""},'
+                f'{routing},"upstream_status":{up_status or "null"},'
+                f'"upstream_duration_ms":{_json_ms(up_duration) if up_duration else "null"},'
+                f'"request_id":{q(rid.decode("latin-1")) if rid else "null"},'
+                f'"config_revision":{rev},"error":{q(error) if error else "null"}'
+                f"{_PREVIEW_JSON if preview else ''}}}"
+            )
+        self._snapshot, self._rev = last_snap, rev
+        add("")
+        return "\n".join(out)
+
+    def _clock_text(self, now: float) -> str:
+        """``now`` as the line writes it; the lines of one millisecond share the text."""
+        second = int(now)
+        ms = int((now - second) * 1000)
+        if ms != self._ms or second != self._second:
+            if second != self._second:
+                self._second = second
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._ms = ms
+            self._when = f"{self._stamp}.{ms:03d}Z"
+        return self._when
 
     def log(self, ex: Exchange) -> None:
-        """Queue the line; the lines of one event-loop pass go out in one write, at the start
-        of the next pass (without a running loop, at once)."""
+        """Keep the line's fields; the lines of one event-loop pass are formatted and written
+        together, at the start of the next pass (without a running loop, at once)."""
         pending = self._pending
-        pending.append(self.line(ex))
+        pending.append(self._capture(ex))
         if len(pending) == 1:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -200,16 +324,17 @@ class AccessLog:
                 self.flush()
 
     def flush(self) -> None:
+        """Format the lines kept so far and hand them to the writer as one text."""
         pending = self._pending
         if not pending:
             return
         self._pending = []
-        pending.append("")  # the last newline
-        try:
-            self.stream.write("\n".join(pending))
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed or broken stream must not break the proxy
-            self.dropped += len(pending) - 1
+        self.writer.write(self._format(pending), len(pending))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is kept and queued, waiting at most ``timeout`` s for the stream."""
+        self.flush()
+        self.writer.close(timeout)
 
 
 class Observers:

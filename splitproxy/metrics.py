@@ -578,3 +578,18 @@ class HealthCollector(Collector):
                             checks.add_metric((*labels, result), address.checks.get(result, 0))
         yield healthy
         yield checks
+
+
+class AccessLogCollector(Collector):
+    """``splitproxy_access_log_dropped_total``: access log lines lost because the log's stream
+    stalled (its buffer was full) or refused them (``logs.AccessLog.dropped``)."""
+
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self.dropped = dropped
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "splitproxy_access_log_dropped",
+            "Access log lines dropped: the log's stream was stalled or broken.",
+            value=self.dropped(),
+        )

@@ -46,7 +46,7 @@ from splitproxy.dataplane.state import RuntimeState
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.gitsource import Fetched, GitSource, with_commit
 from splitproxy.logs import AccessLog, Observers
-from splitproxy.metrics import HealthCollector, Recorder
+from splitproxy.metrics import AccessLogCollector, HealthCollector, Recorder
 from splitproxy.reload import (
     ConfigInfoCollector,
     PoolJanitor,
@@ -120,6 +120,10 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.ctx: ProxyContext | None = None
+        self.access_log: AccessLog | None = None
+        self.recorder.registry.register(
+            AccessLogCollector(lambda: self.access_log.dropped if self.access_log else 0)
+        )
         self.listen_port = 0
         self.preview_port = 0  # 0: no preview listener
         self.admin_port = 0
@@ -296,7 +300,7 @@ class Server:
     def _build_context(self) -> ProxyContext:
         s = self.settings
         self.clock.now = time.monotonic()
-        access_log = AccessLog(s.log_format, None) if s.access_log else None
+        access_log = self.access_log = AccessLog(s.log_format, None) if s.access_log else None
         observer: ExchangeObserver = (
             Observers(self.recorder, access_log) if access_log is not None else self.recorder
         )
@@ -399,6 +403,9 @@ class Server:
                 await task
         self._tasks.clear()
         await self.mirror.stop()
+        if self.access_log is not None:  # the last lines, without blocking the loop on them
+            self.access_log.flush()
+            await asyncio.to_thread(self.access_log.close)
         self.pools.abort_all()
         self.janitor.abort_all()
         for listener in (self._proxy_server, self._preview_server):

@@ -42,6 +42,7 @@ from splitproxy.config import Backend, Override, Route
 from splitproxy.config.patterns import Pattern, compile_pattern
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.abgoals import CompiledAb, compile_ab
+from splitproxy.dataplane.lookup import RouteTable
 
 BUCKETS: Final = 10_000  # 0.01 % resolution; never change it, buckets must stay comparable.
 
@@ -236,11 +237,32 @@ def cookie_value(raw: bytes | None, name: str) -> str | None:
 
 
 def find_route(routes: tuple[CompiledRoute, ...], host: str, path: str) -> CompiledRoute | None:
-    """The first route whose match fits, or None."""
+    """The first route (in file order) whose match fits, or None.
+
+    Looked up in the `lookup.RouteTable` of ``routes``, built on the first lookup in a new
+    config and kept while that config serves (one table: the live snapshot's), so the cost
+    does not grow with the number of routes."""
+    table = _table[0]
+    if table.routes is not routes:
+        table = _table[0] = RouteTable(routes)
+    if table.scan:  # a few routes: the scan itself, without a further call
+        for route in routes:
+            if route.matches(host, path):
+                return route
+        return None
+    return table.find(host, path)
+
+
+def scan_routes(routes: tuple[CompiledRoute, ...], host: str, path: str) -> CompiledRoute | None:
+    """`find_route` by a linear scan: the rule itself, which the table must agree with."""
     for route in routes:
         if route.matches(host, path):
             return route
     return None
+
+
+# the table of the routes looked up last (a config's routes are one tuple for its lifetime)
+_table: list[RouteTable] = [RouteTable(())]
 
 
 def seed_from_draw(draw: int) -> str:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import socket
 import struct
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,8 +20,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
+from splitproxy import logwriter
 from splitproxy.server import Server
 from tests.conftest import StartProxy
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)  # (Linux)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -380,3 +387,51 @@ async def test_the_access_log_can_be_turned_off(
     server = await start_proxy({"routes": [app_route(*apps)]}, access_log=False)
     assert await send(server, "/app/ok", 3) == [200] * 3
     assert "/app/ok" not in capsys.readouterr().err
+
+
+async def test_an_access_log_pipe_nobody_reads_does_not_stall_serving(
+    start_proxy: StartProxy, apps: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stderr is a real pipe that nobody reads, as small as Linux allows; the log's buffer small
+    r, w = os.pipe()
+    fcntl.fcntl(w, F_SETPIPE_SZ, 4096)
+    stream = os.fdopen(w, "w", encoding="utf-8")
+    monkeypatch.setattr(logwriter, "DEFAULT_LIMIT", 8 * 1024)
+    monkeypatch.setattr(sys, "stderr", stream)
+    reading = threading.Event()
+    received = bytearray()
+
+    def reader() -> None:
+        reading.wait()
+        os.set_blocking(r, False)
+        while reading.is_set():
+            try:
+                received.extend(os.read(r, 1 << 16))
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        server = await start_proxy({"routes": [app_route(*apps)]}, access_log=True)
+        # ~75 KB of lines: ten times what the pipe and the buffer hold together
+        n = 300
+        assert await send(server, "/app/ok", n) == [200] * n
+        dropped = (await scrape(server))["splitproxy_access_log_dropped_total", frozenset()]
+        assert dropped > 0
+        # the reader comes back: the lines kept are written, whole, and only those
+        reading.set()
+        log = server.access_log
+        assert log is not None
+
+        async def written() -> bool:
+            return log.writer.backlog == 0 and received.count(b"\n") == n - dropped
+
+        await eventually(written)
+        lines = received.decode().splitlines()
+        assert all('"GET /app/ok HTTP/1.1" 200 6 ' in line for line in lines)
+    finally:
+        reading.clear()
+        thread.join(5)
+        stream.close()  # (no line comes after the ones counted; the log's close writes none)
+        os.close(r)

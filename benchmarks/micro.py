@@ -1,0 +1,106 @@
+"""The hot functions' units of work, for ``instructions.py`` (callgrind) and ``timeit``.
+
+Each factory builds its inputs once and returns a function that does one unit of work:
+``access_log(fmt)`` logs 16 finished exchanges and writes them (one event-loop pass of a
+loaded proxy); ``lookup(n)`` picks the route of one request among ``n`` routes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any, cast
+
+import yaml
+
+from splitproxy.config import parse_routing
+from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.exchange import Exchange
+from splitproxy.dataplane.routing import Decision, find_route
+from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.logs import AccessLog
+
+
+class NullStream:
+    """A stream that takes text and keeps none of it (no file descriptor: written inline)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def state_of(routes: list[dict[str, Any]]) -> RuntimeState:
+    text = yaml.safe_dump({"revision": "r7", "routes": routes}, sort_keys=False)
+    state = RuntimeState()
+    state.load(parse_routing(text), content_hash(text), 1_700_000_000.0)
+    return state
+
+
+def finished_exchange(state: RuntimeState) -> Exchange:
+    """A request to the candidate of route ``shop``, answered 200, as the data path leaves it."""
+    conn = cast(ClientConnection, SimpleNamespace(ctx=None, peer_ip="127.0.0.1", preview=False))
+    ex = Exchange(conn)
+    snapshot = state.snapshot
+    assert snapshot is not None
+    ex.snapshot = snapshot
+    ex.method, ex.target, ex.request_id = b"GET", b"/1k", b"5f0c2a91e3b4-1a"
+    ex.route = snapshot.route("shop")
+    ex.decision = Decision("candidate", "sticky")
+    ex.version, ex.upstream_url = "candidate", "http://127.0.0.1:28080"
+    ex.status = ex.upstream_status = 200
+    ex.duration, ex.upstream_duration, ex.bytes_out = 0.000912, 0.000601, 1024
+    return ex
+
+
+def access_log(fmt: str) -> Callable[[], None]:
+    shop = {
+        "name": "shop",
+        "stable": "http://127.0.0.1:28080",
+        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
+        "weight": 50,
+    }
+    ex = finished_exchange(state_of([shop]))
+    log = AccessLog(fmt, cast(Any, NullStream()))
+
+    def run() -> None:
+        # what `AccessLog.log` keeps per request, then the pass's flush (without a running
+        # loop, `log` itself would write each line at once)
+        pending = log._pending
+        for _ in range(16):
+            pending.append(log._capture(ex))
+        log.flush()
+
+    return run
+
+
+def route_table(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    """``n`` routes as a big site has them: exact hosts, wildcards, path prefixes."""
+    rng = random.Random(seed)
+    routes: list[dict[str, Any]] = []
+    for i in range(n - 1):
+        kind = rng.random()
+        match: dict[str, str] = {}
+        if kind < 0.6:
+            match["host"] = f"svc{i}.example.com"
+        elif kind < 0.7:
+            match["host"] = f"*.tenant{i}.example.com"
+        if kind > 0.4:
+            match["path_prefix"] = f"/api/v{i % 7}/svc{i}"
+        routes.append({"name": f"r{i}", "match": match, "stable": "http://127.0.0.1:28080"})
+    # the route the benchmark's requests take: the last one, after every other
+    routes.append({"name": "bench", "stable": "http://127.0.0.1:28080"})
+    return routes
+
+
+def lookup(n: int) -> Callable[[], object]:
+    snapshot = state_of(route_table(n)).snapshot
+    assert snapshot is not None
+    routes = snapshot.routes
+
+    def run() -> object:
+        return find_route(routes, "127.0.0.1", "/1k")
+
+    return run

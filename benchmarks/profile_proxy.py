@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Where splitproxy's CPU goes per request, under the benchmark's load (see README.md).
+
+Starts the benchmark's upstream (nginx) and one ``splitproxy serve`` with the benchmark's
+routing file (a sticky route at weight 50) and the chosen settings, puts wrk's closed-loop
+load on it, and profiles the proxy while it serves:
+
+* ``--tool py-spy`` (default): samples the running proxy (``py-spy record --format raw``,
+  native frames included) for ``--duration`` s and prints the share of samples per function
+  (self and inclusive). Low overhead; the shares are of the proxy's busy time.
+* ``--tool cprofile``: runs the proxy under ``cProfile`` and prints its top functions by own
+  time (deterministic, but it inflates the cost of small Python calls).
+* ``--tool callgrind``: runs the proxy under ``valgrind --tool=callgrind`` with collection
+  off, turns it on for exactly ``--requests`` requests (sent by a small closed-loop client),
+  and prints instructions per request, total and per function. Instruction counts do not
+  depend on the machine's noise, so two builds compare to the percent.
+
+Everything listens on 127.0.0.1 only; every process it starts is stopped by its pid.
+
+    .venv/bin/python benchmarks/profile_proxy.py --log json --tool py-spy
+    .venv/bin/python benchmarks/profile_proxy.py --log off --tool callgrind --requests 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import http.client
+import os
+import pstats
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from configs import COOKIE_HEADER, REPO, ROUTES_YAML, STICKY_COOKIE
+from run import Proc, stop_all, wait_ready
+
+BENCH = Path(__file__).resolve().parent
+
+
+def proxy_env(log: str, run_dir: Path, repo: Path = REPO) -> dict[str, str]:
+    env = {
+        "PYTHONPATH": str(repo),
+        "SPLITPROXY_STATE_DIR": str(run_dir / "state"),
+        "SPLITPROXY_DRAIN_TIMEOUT": "2",
+        "SPLITPROXY_ACCESS_LOG": "false" if log == "off" else "true",
+    }
+    if log != "off":
+        env["SPLITPROXY_LOG_FORMAT"] = log
+    return env
+
+
+def serve_argv(py: str, routes: Path, port: int) -> list[str]:
+    return [py, "-m", "splitproxy", "serve", "-c", str(routes), "--listen",
+            f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port + 1}"]  # fmt: skip
+
+
+def wrk(port: int, path: str, seconds: int, connections: int) -> str:
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+           "-H", COOKIE_HEADER, f"http://127.0.0.1:{port}{path}"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+
+
+def closed_loop(port: int, path: str, n: int, connections: int = 1) -> None:
+    """``n`` requests over ``connections`` keep-alive connections, each one request at a time
+    (several connections: the proxy finishes several requests per loop pass, as under load)."""
+
+    def one(count: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        name, _, value = COOKIE_HEADER.partition(": ")
+        for _ in range(count):
+            c.request("GET", path, headers={name: value})
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                raise SystemExit(f"GET {path}: {r.status}")
+        c.close()
+
+    share = [n // connections + (i < n % connections) for i in range(connections)]
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        for done in [pool.submit(one, k) for k in share]:
+            done.result()
+
+
+def py_spy(a: argparse.Namespace, proxy: Proc, out: Path) -> None:
+    spy = shutil.which("py-spy") or str(Path(a.py).parent / "py-spy")
+    raw = out / "pyspy.txt"
+    rec = subprocess.Popen(
+        ["taskset", "-c", "1", spy, "record", "--pid", str(proxy.pid), "--duration",
+         str(a.duration), "--rate", "200", "--format", "raw", "--gil", "-o", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    print(wrk(a.port, a.path, a.duration + 1, a.connections).strip().splitlines()[-2])
+    rec.wait(timeout=60)
+    self_n: collections.Counter[str] = collections.Counter()
+    by_file: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        total += n
+        if frames:
+            name, _, where = frames[-1].partition(" (")
+            self_n[name] += n
+            path = where.rsplit(":", 1)[0]
+            by_file[path.split("site-packages/")[-1].split("/work/")[-1]] += n
+        for f in {f.partition(" (")[0] for f in frames}:
+            incl[f] += n
+    print(f"\n{total} samples (only while holding the GIL); self % by file")
+    for f, n in by_file.most_common(a.top):
+        print(f"{100 * n / total:6.1f}  {f}")
+    print(f"\nself % (top {a.top})")
+    for f, n in self_n.most_common(a.top):
+        print(f"{100 * n / total:6.1f}  {f}")
+    print(f"\ninclusive % (top {a.top})")
+    for f, n in incl.most_common(a.top):
+        print(f"{100 * n / total:6.1f}  {f}")
+
+
+def cpu(a: argparse.Namespace, proxy: Proc) -> None:
+    """The proxy's user and system CPU time per request, from /proc (no profiler)."""
+
+    def times() -> tuple[int, int]:
+        st = Path(f"/proc/{proxy.pid}/stat").read_text()
+        fields = st[st.rfind(")") + 2 :].split()
+        return int(fields[11]), int(fields[12])
+
+    u0, s0 = times()
+    report = wrk(a.port, a.path, a.duration, a.connections)
+    u1, s1 = times()
+    m = re.search(r"^\s*(\d+) requests in", report, re.M)
+    n = int(m.group(1)) if m else 1
+    hz = os.sysconf("SC_CLK_TCK")
+    user, system = (u1 - u0) * 1e6 / hz / n, (s1 - s0) * 1e6 / hz / n
+    print(
+        f"{n / a.duration:,.0f} req/s; CPU µs/request: user {user:.1f}, system {system:.1f}, "
+        f"total {user + system:.1f}"
+    )
+
+
+def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Path) -> None:
+    cg = out / "callgrind.out"
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}",
+            *serve_argv(a.py, routes, a.port)]  # fmt: skip
+    proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
+    try:
+        wait_ready(a.port, COOKIE_HEADER, proxy, timeout=300)
+        closed_loop(a.port, a.path, 200)  # warm: pools, caches, first-time imports
+        # zero the counters, serve exactly the measured requests, dump (callgrind.out.1)
+        subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+        closed_loop(a.port, a.path, a.requests, a.callgrind_connections)
+        subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True,
+                       capture_output=True, timeout=60)  # fmt: skip
+    finally:
+        proxy.stop(timeout=120)
+    dumps = sorted(out.glob("callgrind.out.*"))
+    if not dumps:
+        raise SystemExit(f"no callgrind dump in {out}")
+    m = re.search(r"^(?:summary|totals):\s+(\d+)", dumps[0].read_text(), re.M)
+    total = int(m.group(1)) if m else 0
+    print(f"instructions per request: {total / a.requests:,.0f} ({a.requests} requests)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--log", choices=["off", "text", "json"], default="json")
+    ap.add_argument("--tool", choices=["py-spy", "cprofile", "callgrind", "cpu"], default="py-spy")
+    ap.add_argument("--path", default="/1k")
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=3000, help="callgrind: requests measured")
+    ap.add_argument(
+        "--callgrind-connections", type=int, default=16, help="callgrind: concurrent clients"
+    )
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--repo", type=Path, default=REPO, help="the checkout to profile")
+    ap.add_argument("--port", type=int, default=29181, help="proxy port (admin: +1)")
+    ap.add_argument("--upstream-port", type=int, default=29180)
+    ap.add_argument("--py", default=str(REPO / ".venv" / "bin" / "python"))
+    a = ap.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="splitproxy-profile-"))
+    print(out, file=sys.stderr)
+    routes = out / "routes.yaml"
+    upstream = f"127.0.0.1:{a.upstream_port}"
+    routes.write_text(ROUTES_YAML.format(upstream=upstream, cookie=STICKY_COOKIE))
+    env = proxy_env(a.log, out, a.repo.resolve())
+    up_argv = ["bash", str(BENCH / "upstream_nginx.sh"), str(a.upstream_port), str(out)]
+    try:
+        up = Proc("upstream", up_argv, "1", out / "upstream.log")
+        wait_ready(a.upstream_port, None, up)
+        if a.tool == "callgrind":
+            callgrind(a, routes, env, out)
+            return
+        argv = serve_argv(a.py, routes, a.port)
+        if a.tool == "cprofile":
+            argv = [a.py, "-m", "cProfile", "-o", str(out / "prof"), *argv[1:]]
+        proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
+        wait_ready(a.port, COOKIE_HEADER, proxy)
+        wrk(a.port, a.path, 2, a.connections)  # warm-up
+        if a.tool == "py-spy":
+            py_spy(a, proxy, out)
+        elif a.tool == "cpu":
+            cpu(a, proxy)
+        else:
+            print(wrk(a.port, a.path, a.duration, a.connections).strip().splitlines()[-2])
+            proxy.stop()
+            stats = pstats.Stats(str(out / "prof"))
+            stats.sort_stats("tottime").print_stats(a.top)
+    finally:
+        stop_all()
+        print(f"(files in {out})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    os.chdir(BENCH)
+    main()
