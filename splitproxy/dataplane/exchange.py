@@ -56,7 +56,6 @@ from splitproxy.dataplane.routing import (
     CompiledRoute,
     Decision,
     choose,
-    find_route,
     preview_decision,
     synthetic_decision,
 )
@@ -218,7 +217,7 @@ class Exchange:
         q = target.find(b"?")
         path = (target if q < 0 else target[:q]).decode("latin-1")
         self.path = path
-        route = find_route(snapshot.routes, host, path if path != "*" else "/")
+        route = snapshot.find(host, path if path != "*" else "/")
         # the preview listener is the candidate's address: no marker redirects it
         mark = wanted.get(SYNTHETIC) if not self.preview else None
         forced: Version | None = None

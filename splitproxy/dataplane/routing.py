@@ -239,18 +239,9 @@ def cookie_value(raw: bytes | None, name: str) -> str | None:
 def find_route(routes: tuple[CompiledRoute, ...], host: str, path: str) -> CompiledRoute | None:
     """The first route (in file order) whose match fits, or None.
 
-    Looked up in the `lookup.RouteTable` of ``routes``, built on the first lookup in a new
-    config and kept while that config serves (one table: the live snapshot's), so the cost
-    does not grow with the number of routes."""
-    table = _table[0]
-    if table.routes is not routes:
-        table = _table[0] = RouteTable(routes)
-    if table.scan:  # a few routes: the scan itself, without a further call
-        for route in routes:
-            if route.matches(host, path):
-                return route
-        return None
-    return table.find(host, path)
+    The data path asks its snapshot (`state.Snapshot.find`), whose `lookup.RouteTable` is
+    built once per config, off the loop; this builds a table for one answer."""
+    return RouteTable(routes).find(host, path)
 
 
 def scan_routes(routes: tuple[CompiledRoute, ...], host: str, path: str) -> CompiledRoute | None:
@@ -259,10 +250,6 @@ def scan_routes(routes: tuple[CompiledRoute, ...], host: str, path: str) -> Comp
         if route.matches(host, path):
             return route
     return None
-
-
-# the table of the routes looked up last (a config's routes are one tuple for its lifetime)
-_table: list[RouteTable] = [RouteTable(())]
 
 
 def seed_from_draw(draw: int) -> str:

@@ -37,6 +37,7 @@ from splitproxy.config import Backend, Route, RoutingConfig
 
 # defined with the routing file it hashes; re-exported for the callers that import it from here
 from splitproxy.config import content_hash as content_hash
+from splitproxy.dataplane.lookup import RouteTable
 from splitproxy.dataplane.routing import BackendPlan, CompiledRoute
 from splitproxy.errors import Conflict, InvalidValue, NotReady, UnknownRoute
 
@@ -96,12 +97,24 @@ class Snapshot:
     reverts: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
     # route -> a previous stable kept warm while its revert window is open
     warm: Mapping[str, Backend] = field(default_factory=lambda: MappingProxyType({}))
+    # which route serves a request (`lookup.RouteTable`); built where the config is compiled
+    # (a reload: in the worker thread), reused with new weights (`RouteTable.rebind`)
+    table: RouteTable | None = field(default=None, repr=False, compare=False)
     # route name -> position in `routes`: lookups by name are a dict access, not a scan
     _positions: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         positions = {route.name: i for i, route in enumerate(self.routes)}
         object.__setattr__(self, "_positions", positions)
+        if self.table is None or self.table.routes is not self.routes:
+            table = self.table.rebind(self.routes) if self.table else RouteTable(self.routes)
+            object.__setattr__(self, "table", table)
+
+    def find(self, host: str, path: str) -> CompiledRoute | None:
+        """The route that serves ``host`` and ``path`` (`routing.find_route`'s rule)."""
+        table = self.table
+        assert table is not None  # set in __post_init__
+        return table.find(host, path)
 
     @property
     def revision(self) -> str:
@@ -205,6 +218,7 @@ def compile_snapshot(
                 route, reusable, overrides.get(name), driven.get(name), reverted.get(name)
             )
         )
+    same = previous is not None and previous.config is config
     return Snapshot(
         config,
         tuple(routes),
@@ -214,6 +228,7 @@ def compile_snapshot(
         MappingProxyType(driven),
         MappingProxyType(reverted),
         MappingProxyType(dict(warm or {})),
+        previous.table if same and previous is not None else None,
     )
 
 
@@ -339,6 +354,7 @@ class RuntimeState:
             MappingProxyType(driven),
             MappingProxyType(reverts),
             MappingProxyType(warm),
+            base.table,  # built by `prepare` (off the loop): only rebound here
         )
         return self._swap(new)
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from splitproxy.config import parse_routing
 from splitproxy.dataplane.lookup import SCAN_MAX, RouteTable
 from splitproxy.dataplane.routing import CompiledRoute, find_route, scan_routes
+from splitproxy.dataplane.state import RuntimeState
 
 TEMPLATE = CompiledRoute.from_model(
     parse_routing("routes: [{name: t, stable: 'http://127.0.0.1:1'}]").routes[0]
@@ -75,3 +76,33 @@ def test_the_first_route_in_file_order_wins_over_a_longer_prefix() -> None:
     assert table.find("eu.shop.test", "/api") is routes[0]
     assert table.find("other.test", "/f1") is routes[4]  # "rest" comes before the fillers
     assert RouteTable(routes[:2]).find("any.test", "/nothing") is None
+
+
+def test_a_weight_change_serves_the_new_weight_from_the_same_indexes() -> None:
+    lines = ["routes:"]
+    for i in range(SCAN_MAX + 20):
+        lines.append(
+            f"  - {{name: r{i}, match: {{host: h{i}.test}}, stable: 'http://127.0.0.1:1', "
+            "candidate: 'http://127.0.0.1:2'}"
+        )
+    state = RuntimeState()
+    before = state.load(parse_routing("\n".join(lines)), "d1", 0.0)
+    after = state.set_weight("r7", 40.0, 1.0)
+    found = after.find("h7.test", "/x")
+    # the route as compiled with the new weight, not the one of the snapshot before
+    assert found is after.route("r7")
+    assert found is not before.route("r7")
+    assert found is not None
+    assert found.weight_bp == 4000
+    assert before.find("h7.test", "/x") is before.route("r7")
+    # found through the indexes built for the file, not built again for a weight
+    assert before.table is not None
+    assert after.table is not None
+    assert after.table._exact is before.table._exact
+    # a reload of another file builds its own
+    reloaded = state.load(
+        parse_routing("\n".join([*lines, lines[1].replace("r0", "z")])), "d2", 2.0
+    )
+    assert reloaded.table is not None
+    assert reloaded.table._exact is not before.table._exact
+    assert reloaded.find("h0.test", "/") is reloaded.route("r0")
