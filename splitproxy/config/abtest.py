@@ -31,6 +31,7 @@ from splitproxy.config.fields import (
     Frozen,
     HeaderName,
     percent_resolution,
+    status_codes,
     sub_path_error,
 )
 from splitproxy.config.matching import HeaderOrCookieRule, RegexText
@@ -47,26 +48,7 @@ def _status_class(value: Any) -> Any:
     """``2xx`` (any class 1xx-5xx), a status code or a list of codes, as the accepted codes."""
     if isinstance(value, bool):
         raise ValueError("must be a status class (2xx), a status code or a list of codes")
-    if isinstance(value, str) and len(value.strip()) == 3 and value.strip()[1:].lower() == "xx":
-        first = value.strip()[0]
-        if first not in "12345":
-            raise ValueError(f"{value!r} is not a status class (1xx to 5xx)")
-        return tuple(range(int(first) * 100, int(first) * 100 + 100))
-    codes = value if isinstance(value, list | tuple) else [value]
-    out = []
-    for code in codes:
-        if isinstance(code, bool) or not isinstance(code, int | str):
-            raise ValueError(f"{code!r} is not a status code")
-        try:
-            number = int(code)
-        except ValueError:
-            raise ValueError(f"{code!r} is not a status code (or 2xx, 3xx, ...)") from None
-        if not 100 <= number <= 599:
-            raise ValueError(f"{number} is not a status code (100-599)")
-        out.append(number)
-    if not out:
-        raise ValueError("give at least one status code")
-    return tuple(sorted(set(out)))
+    return status_codes(value, "12345", "2xx, 3xx, ...")
 
 
 class AudienceRule(HeaderOrCookieRule):

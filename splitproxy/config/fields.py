@@ -126,3 +126,31 @@ def sub_path_error(sub: str, message: str) -> PydanticCustomError:
 def fmt_number(v: Any) -> str:
     """A bound as an error message shows it: ``100`` rather than ``100.0``."""
     return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def status_codes(value: Any, classes: str, hint: str) -> tuple[int, ...]:
+    """A status class (``2xx``, for each first digit in ``classes``), a status code or a
+    list of codes, as the sorted codes it accepts. ``hint`` names the classes in the error of
+    a code that is not one (``"2xx, 3xx"``); with every class allowed (``"12345"``), ``6xx``
+    is refused as a class."""
+    if isinstance(value, str) and len(value.strip()) == 3 and value.strip()[1:].lower() == "xx":
+        first = value.strip()[0]
+        if first in classes:
+            return tuple(range(int(first) * 100, int(first) * 100 + 100))
+        if classes == "12345":
+            raise ValueError(f"{value!r} is not a status class (1xx to 5xx)")
+    codes = value if isinstance(value, list | tuple) else [value]
+    if not codes:
+        raise ValueError("give at least one status code")
+    out = []
+    for code in codes:
+        if isinstance(code, bool) or not isinstance(code, int | str):
+            raise ValueError(f"{code!r} is not a status code")
+        try:
+            number = int(code)
+        except ValueError:
+            raise ValueError(f"{code!r} is not a status code (or {hint})") from None
+        if not 100 <= number <= 599:
+            raise ValueError(f"{number} is not a status code (100-599)")
+        out.append(number)
+    return tuple(sorted(set(out)))

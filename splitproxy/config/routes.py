@@ -18,6 +18,7 @@ from splitproxy.config.fields import (
     Frozen,
     HeaderName,
     percent_resolution,
+    status_codes,
     sub_path_error,
 )
 from splitproxy.config.matching import HeaderOrCookieRule
@@ -55,24 +56,7 @@ def _expect(value: Any) -> Any:
     """``2xx``, ``3xx``, a status code or a list of codes, as the set of accepted codes."""
     if isinstance(value, bool):
         raise ValueError("must be 2xx, 3xx, a status code or a list of status codes")
-    if isinstance(value, str) and value.strip().lower() in ("2xx", "3xx"):
-        first = int(value.strip()[0]) * 100
-        return tuple(range(first, first + 100))
-    codes = value if isinstance(value, list | tuple) else [value]
-    if not codes:
-        raise ValueError("give at least one status code")
-    out = []
-    for code in codes:
-        if isinstance(code, bool) or not isinstance(code, int | str):
-            raise ValueError(f"{code!r} is not a status code")
-        try:
-            number = int(code)
-        except ValueError:
-            raise ValueError(f"{code!r} is not a status code (or 2xx, 3xx)") from None
-        if not 100 <= number <= 599:
-            raise ValueError(f"{number} is not a status code (100-599)")
-        out.append(number)
-    return tuple(sorted(set(out)))
+    return status_codes(value, "23", "2xx, 3xx")
 
 
 class HealthCheck(Frozen):
