@@ -2,7 +2,7 @@
 # The project's one test command (README, CI): sets up everything the tests need, then runs
 # ruff, mypy and pytest, failing on any of them.
 #   - a virtual environment in .venv with the project and its `dev` extra;
-#   - Debian packages only where a test needs the real thing (prometheus, chromium), when missing.
+#   - Debian packages only where a test needs the real thing (prometheus, chromium, redis-server), when missing.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k reload).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,6 +40,14 @@ if ! command -v docker-compose >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && comman
   (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null 2>&1 ||
     { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; }) ||
     echo "warning: could not install docker-compose" >&2
+fi
+
+# The state backend and replica tests run a real Redis server on loopback.
+if ! command -v redis-server >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+  echo "installing redis-server (Debian package) for the Redis state backend tests"
+  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }) ||
+    echo "warning: could not install redis-server" >&2
 fi
 
 echo "== ruff"

@@ -12,6 +12,8 @@ import yaml
 from splitproxy.server import Server
 from splitproxy.settings import Settings
 
+pytest_plugins = ["tests.redis_server"]  # the `redis_server` fixture
+
 StartProxy = Callable[..., Awaitable[Server]]
 
 
