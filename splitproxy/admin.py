@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Literal, cast
+from typing import Any, Final, Literal, cast
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -44,6 +44,7 @@ from splitproxy.views import (
     EventView,
     LatencyView,
     MirrorView,
+    ReplicaView,
     RolloutsView,
     RolloutView,
     RouteView,
@@ -73,6 +74,10 @@ class AdminContext:
     # (a web page that rebinds its own DNS name to 127.0.0.1 must not reach the API)
     loopback_only: bool = False
     health: HealthBook | None = None  # the upstream addresses' health
+    # a replica (splitproxy/replicas): has the leader carry out an admin write and returns its
+    # (status, body), or None when this process leads and carries it out itself
+    forward: Callable[[str, str, dict[str, Any]], Awaitable[tuple[int, Any] | None]] | None = None
+    replica: Callable[[], ReplicaView] | None = None  # this replica's part of the status
 
 
 ADMIN: web.AppKey[AdminContext] = web.AppKey("admin", AdminContext)
@@ -381,13 +386,22 @@ async def status(request: web.Request) -> web.Response:
             "last_reload_successful": ctx.recorder.reloads.last_successful,
             "last_error": ctx.last_error(),
         },
-        "rollouts": cast(RolloutsView, ctx.control.summary()) if ctx.control is not None else None,
+        "rollouts": _rollouts(ctx),
         "routes": [
             route_view(snapshot, r, ctx.recorder, control=ctx.control, health=ctx.health)
             for r in snapshot.routes
         ],
     }
     return web.json_response(body)
+
+
+def _rollouts(ctx: AdminContext) -> RolloutsView | None:
+    if ctx.control is None:
+        return None
+    view = cast(RolloutsView, ctx.control.summary())
+    if ctx.replica is not None:
+        view["replica"] = ctx.replica()
+    return view
 
 
 def _route(request: web.Request) -> tuple[Snapshot, CompiledRoute]:
@@ -411,7 +425,6 @@ async def get_route(request: web.Request) -> web.Response:
 
 
 async def put_weight(request: web.Request) -> web.Response:
-    ctx = request.app[ADMIN]
     _, route = _route(request)
     try:
         body = await request.json()
@@ -420,17 +433,12 @@ async def put_weight(request: web.Request) -> web.Response:
             400, "invalid_json", 'the body must be JSON, e.g. {"weight": 25}'
         ) from None
     weight = body.get("weight") if isinstance(body, dict) else None
-    if isinstance(weight, bool) or not isinstance(weight, int | float):
-        raise AdminError(400, "invalid_weight", 'the body must be {"weight": <0..100>}')
-    snapshot = ctx.state.set_weight(route.name, float(weight), time.time())
-    return web.json_response(_view(ctx, snapshot, route.name))
+    return await _write(request, route.name, "weight", {"weight": weight})
 
 
 async def delete_weight(request: web.Request) -> web.Response:
-    ctx = request.app[ADMIN]
     _, route = _route(request)
-    snapshot = ctx.state.clear_weight(route.name)
-    return web.json_response(_view(ctx, snapshot, route.name))
+    return await _write(request, route.name, "clear_weight", {})
 
 
 async def revert(request: web.Request) -> web.StreamResponse:
@@ -450,9 +458,8 @@ def command_handler(command: Command) -> Handler:
 async def post_command(request: web.Request, command: Command | Literal["revert"]) -> web.Response:
     """A manual rollout command (or ``revert``): carried out at once, saved, answered with the
     route view."""
-    ctx = request.app[ADMIN]
     _, route = _route(request)
-    reason = ""
+    reason: object = ""
     if request.can_read_body:
         try:
             body = await request.json()
@@ -460,19 +467,64 @@ async def post_command(request: web.Request, command: Command | Literal["revert"
             raise AdminError(
                 400, "invalid_json", 'the body must be JSON, e.g. {"reason": "..."}'
             ) from None
-        given = body.get("reason", "") if isinstance(body, dict) else None
-        if not isinstance(given, str) or len(given) > 500:
-            raise AdminError(400, "invalid_reason", '"reason" must be a string (500 characters)')
-        reason = given
+        reason = body.get("reason", "") if isinstance(body, dict) else None
+    return await _write(request, route.name, command, {"reason": reason})
+
+
+async def _write(
+    request: web.Request, name: str, action: str, payload: dict[str, Any]
+) -> web.Response:
+    """Carry out an admin write here, or (a replica that does not lead) have the leader carry
+    it out and answer with the leader's answer."""
+    ctx = request.app[ADMIN]
+    if ctx.forward is not None:
+        answered = await ctx.forward(name, action, payload)
+        if answered is not None:
+            status, body = answered
+            return web.json_response(body, status=status)
+    return web.json_response(await carry_out(ctx, name, action, payload))
+
+
+async def carry_out(
+    ctx: AdminContext, name: str, action: str, payload: dict[str, Any]
+) -> RouteView:
+    """An admin write on route ``name``: ``weight`` (``{"weight": 0..100}``), ``clear_weight``,
+    ``revert`` or a rollout command (``{"reason": "..."}``); the route view afterwards. The one
+    path for this process's API and for the writes another replica forwards (whose payload is
+    checked here again: it came through Redis)."""
+    snapshot = _snapshot(ctx)
+    if snapshot.route(name) is None:
+        raise UnknownRoute(name)
+    if action == "weight":
+        weight = payload.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise AdminError(400, "invalid_weight", 'the body must be {"weight": <0..100>}')
+        snapshot = ctx.state.set_weight(name, float(weight), time.time())
+        return _view(ctx, snapshot, name)
+    if action == "clear_weight":
+        return _view(ctx, ctx.state.clear_weight(name), name)
+    reason = payload.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise AdminError(400, "invalid_reason", '"reason" must be a string (500 characters)')
+    if action != "revert" and action not in COMMANDS:
+        raise AdminError(400, "unknown_action", f"{action!r} is not an admin action")
     if ctx.control is None:
         raise NotReady("not_ready", "the rollout controller is not running")
-    if command == "revert":
-        ctx.control.revert(route.name, reason=reason)
+    if action == "revert":
+        ctx.control.revert(name, reason=reason)
     else:
-        ctx.control.command(route.name, command, reason=reason)
+        ctx.control.command(name, cast(Command, action), reason=reason)
     await ctx.control.flush()  # durable before we say it happened
-    snapshot = _snapshot(ctx)
-    return web.json_response(_view(ctx, snapshot, route.name))
+    return _view(ctx, _snapshot(ctx), name)
+
+
+def refusal_of(exc: Exception) -> tuple[int, dict[str, Any]] | None:
+    """The status and error body that answer ``exc`` (None: not a refusal, a bug)."""
+    if isinstance(exc, AdminError):
+        return exc.status, {"error": {"code": exc.code, "message": exc.message}}
+    if isinstance(exc, RequestRefused):
+        return status_of(exc), {"error": {"code": exc.code, "message": exc.message}}
+    return None
 
 
 def _number(request: web.Request, key: str) -> float | None:

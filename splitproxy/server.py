@@ -30,6 +30,7 @@ import resource
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -60,6 +61,7 @@ from splitproxy.rollout.traffic import loopback_url
 from splitproxy.settings import Settings
 
 if TYPE_CHECKING:
+    from splitproxy.replicas.link import ReplicaLink
     from splitproxy.workers.link import WorkerLink
 
 logger = logging.getLogger("splitproxy.server")
@@ -86,7 +88,15 @@ class Server:
         self.control_options = control_options or ControlOptions()
         self._routing_text = routing_text  # an embedded config (the demo) instead of a file
         self.state = RuntimeState()
-        self.recorder = worker.recorder(self.state) if worker is not None else Recorder(self.state)
+        # one of several replicas sharing a Redis state store (splitproxy/replicas): the
+        # leader decides, every replica serves and pools its observations
+        self.replica = self._replica_link()
+        if self.replica is not None:  # a takeover re-judges what came after the last save
+            self.control_options = replace(
+                self.control_options, checkpoint=min(self.control_options.checkpoint, 2.0)
+            )
+        source = worker if worker is not None else self.replica
+        self.recorder = source.recorder(self.state) if source is not None else Recorder(self.state)
         self.clock = CoarseClock(0.0)
         self.pools = PoolRegistry(
             self.clock,
@@ -127,6 +137,14 @@ class Server:
         self.listen_port = 0
         self.preview_port = 0  # 0: no preview listener
         self.admin_port = 0
+
+    def _replica_link(self) -> ReplicaLink | None:
+        url = getattr(self.settings, "state", None)
+        if url is None or self.worker is not None:
+            return None
+        from splitproxy.replicas.link import ReplicaLink
+
+        return ReplicaLink(url, self.settings.state_namespace)
 
     # -- config -----------------------------------------------------------------------------
     def _load_initial(self, fetched: Fetched | None = None) -> None:
@@ -188,8 +206,13 @@ class Server:
         worker = self.worker
         leads = worker is None or worker.leader
         if leads:  # a follower serves the weights its leader's controller sets; no admin API
+            store = control.persistence.store
+            if self.replica is not None and store is not None:
+                await self.replica.begin(self, store)  # type: ignore[arg-type]
             await control.start()
             await self._open_admin()
+            if self.replica is not None:
+                await self.replica.started()
         loop = asyncio.get_running_loop()
         host, port = s.listen_address
         sock = worker.listener("proxy") if worker is not None else None
@@ -233,7 +256,11 @@ class Server:
             control=self.control,
             loopback_only=loopback_host(s.admin_address[0]),
             health=self.health,
+            forward=self.replica.forward if self.replica is not None else None,
+            replica=self.replica.status if self.replica is not None else None,
         )
+        if self.replica is not None:
+            self.replica.admin = admin_ctx
         runner = self._admin_runner = web.AppRunner(
             create_admin_app(admin_ctx), access_log=None, handle_signals=False
         )
@@ -382,6 +409,8 @@ class Server:
             await self.reloader.stop()
         if self.control is not None:
             await self.control.stop()
+        if self.replica is not None:  # after the last save: then the lease goes back
+            await self.replica.close()
         await self.prober.stop()
         ctx = self.ctx
         if s.drain_delay > 0:

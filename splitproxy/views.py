@@ -433,6 +433,19 @@ class RolloutsView(TypedDict):
     persistent: bool
     note: NotRequired[str]  # memory only: why that matters
     last_error: NotRequired[str | None]  # the last failure to save, with a state directory
+    replica: NotRequired[ReplicaView]  # one of several replicas (a Redis state store)
+
+
+class ReplicaView(TypedDict):
+    """One replica of several sharing a Redis state store."""
+
+    name: str  # host:pid
+    leading: bool  # this replica decides the rollouts
+    fencing_token: int | None  # its leadership's token (None: it follows)
+    state_store_reachable: bool
+    routing_version: int  # the leader's routing state this replica serves
+    pooled_replicas: list[str]  # the replicas whose observations it pools now
+    late_buckets_dropped: int  # buckets that arrived after their second was judged
 
 
 class StatusView(TypedDict):

@@ -161,6 +161,10 @@ class Controller:
         self._traffic_session: aiohttp.ClientSession | None = None
         # synthetic traffic; it starts once the server sets `traffics.base_url` (its listener)
         self.traffics: SyntheticTraffics | None = None
+        # False on a replica that follows another's decisions (splitproxy/replicas): it keeps
+        # its routes' rollouts in step with its routing file and adopts the leader's saved
+        # states (`adopt`), but ticks no analyzer and sets no weight (the leader's do)
+        self.leading = True
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -237,6 +241,8 @@ class Controller:
         if snapshot is None:
             return
         self._reconcile(snapshot, now)
+        if not self.leading:
+            return
         for warm in self.reverts.expire(now):
             logger.info("route %s: the revert window of %s closed", warm.route, warm.promoted)
         for rt in list(self._routes.values()):
@@ -329,7 +335,7 @@ class Controller:
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
         snapshot = self.state.snapshot
-        if snapshot is None or snapshot.config.route(rt.name) is None:
+        if snapshot is None or not self.leading or snapshot.config.route(rt.name) is None:
             return
         a = rt.analyzer
         have = snapshot.rollout_weights.get(rt.name)
@@ -422,6 +428,38 @@ class Controller:
         self.state.clear_rollout_weight(name)
         self._mark(rt, now)
         self.persistence.retire(name, rt.analyzer, rt.ledger, now)
+
+    # --- replicas -----------------------------------------------------------------------------
+
+    def adopt(self, name: str, data: dict[str, Any], where: str) -> bool:
+        """Take another replica's saved state of ``name`` (checked as a restore checks it;
+        nothing written or set aside): the route's phase, step, ledger and revert window
+        become the leader's, and a takeover resumes from them, judging the buckets after
+        the state's ``saved_at`` again. False when the route has no rollout here or the
+        state cannot be trusted."""
+        rt = self._routes.get(name)
+        if rt is None:
+            return False
+        slots = path_class_slots(self.recorder.windows)
+        spec, gates = analyzer_spec(rt.rollout), rt.rollout.gates
+        restored = self.persistence.resume(name, spec, gates, slots, data, where, set_aside=False)
+        if not isinstance(restored, Restored):
+            return False
+        rt.analyzer = restored.analyzer
+        rt.ledger.clear()
+        rt.ledger.extend(restored.ledger)
+        saved_at = data.get("saved_at")
+        if isinstance(saved_at, int | float) and not isinstance(saved_at, bool):
+            rt.last = min(float(saved_at), self.clock())
+        if restored.warm is not None:
+            self.reverts.keep(restored.warm, self.clock())
+        return True
+
+    def lead(self, leading: bool) -> None:
+        """Start (or stop) deciding: a replica took (or lost) the leader's lease."""
+        self.leading = leading
+        if leading:
+            self._wake.set()
 
     # --- manual commands ----------------------------------------------------------------------
 
