@@ -50,8 +50,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.dataplane.state import RuntimeState, SharedState, Snapshot
 from splitproxy.metrics import Recorder
+from splitproxy.replicas.brake import Brake, Trip
 from splitproxy.replicas.channel import Channel, StaleToken
 from splitproxy.rollout.mirrored import MirrorTally
+from splitproxy.rollout.phases import ACTIVE
+from splitproxy.rollout.windows import Period
 from splitproxy.views import ReplicaView
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
@@ -125,6 +128,8 @@ class ReplicaLink:
         self._store: RedisStateStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.admin: AdminContext | None = None  # set by the server once its admin API runs
+        self.brake = Brake()  # this replica's own guard while the store is unreachable
+        self._back = asyncio.Event()  # the store answers again: report the brake's trips
 
     # -- what the server asks ------------------------------------------------------------------
     def recorder(self, state: RuntimeState) -> Recorder:
@@ -169,7 +174,9 @@ class ReplicaLink:
             with contextlib.suppress(Exception):
                 await self.sync()
         loop = asyncio.get_running_loop()
-        for job in (self._elect, self._observe, self._follow, self._commands, self._publish):
+        jobs = (self._elect, self._observe, self._follow, self._commands, self._publish,
+                self._report)  # fmt: skip
+        for job in jobs:
             self._tasks.append(loop.create_task(job(), name=f"splitproxy-replica-{job.__name__}"))
         role = f"leads (fencing token {self.token})" if self.leading else "follows"
         logger.info("replica %s %s; state in %s", self.name, role, self._where())
@@ -366,6 +373,7 @@ class ReplicaLink:
             data = await asyncio.to_thread(store.load, route)
             if data is not None and control.adopt(route, data, store.where(route)):
                 self._doc_versions[route] = seen
+        self._hold_brakes()
         self._reachable()
 
     async def _follow(self) -> None:
@@ -402,6 +410,8 @@ class ReplicaLink:
             now = self.clock()
             periods = self._harvester.harvest(self._routes(), now)
             self.pool.contribute(self.name, now, periods)
+            if not self.reachable:
+                self._judge_locally(periods, now)
             members = {self.name}
             try:
                 await stream.publish(now, periods, {} if self.leading else self._mirror_tallies())
@@ -441,6 +451,60 @@ class ReplicaLink:
             if stats is not None:
                 stats.tally.merge(tally)
 
+    # -- the brake (the store unreachable) ---------------------------------------------------
+    def _judge_locally(self, periods: dict[str, list[Period]], now: float) -> None:
+        """This replica's own buckets through each running rollout's guard (`brake.Brake`)."""
+        for route, analyzer in self._control().analyzers().items():
+            guard, revision = analyzer.spec.guard, analyzer.revision
+            if analyzer.phase not in ACTIVE or guard is None or revision is None:
+                continue
+            bar = 1 / analyzer.evidence.alpha.guard
+            trip = self.brake.judge(route, revision, guard.error_rate, bar, periods.get(route, ()))
+            if trip is not None:
+                logger.error(
+                    "replica %s: route %s: %s; no traffic from this replica goes to its "
+                    "candidate %s", self.name, route, trip.reason, revision,
+                )  # fmt: skip
+                self._close(trip, now)
+
+    def _close(self, trip: Trip, now: float) -> None:
+        server = self._server
+        assert server is not None
+        have = (
+            server.state.snapshot.rollout_weights.get(trip.route) if server.state.snapshot else None
+        )
+        if have is None or have.percent or not have.closed:
+            server.state.set_rollout_weight(trip.route, 0.0, now, trip.revision, closed=True)
+
+    def _hold_brakes(self) -> None:
+        """After adopting the leader's state: a tripped brake stays on while the leader still
+        runs that candidate, and comes off once it does not."""
+        analyzers = self._control().analyzers()
+        for route, trip in list(self.brake.tripped.items()):
+            a = analyzers.get(route)
+            if a is None or a.revision != trip.revision or a.phase not in ACTIVE:
+                self.brake.release(route)
+            else:
+                self._close(trip, self.clock())
+
+    async def _report(self) -> None:
+        """Once the store answers again, ask the leader to roll back what the brake stopped."""
+        while True:
+            await self._back.wait()
+            self._back.clear()
+            for route, trip in list(self.brake.tripped.items()):
+                payload = {"reason": trip.reason[:500]}
+                if self.leading and self.admin is not None:
+                    from splitproxy.admin import carry_out
+
+                    with contextlib.suppress(Exception):
+                        await carry_out(self.admin, route, "rollback", payload)
+                    continue
+                answered = await self.forward(route, "rollback", payload)
+                if answered is not None and answered[0] >= 500:
+                    self._back.set()  # no leader yet: try again
+                    await asyncio.sleep(self.options.elect_every)
+
     # -- helpers -------------------------------------------------------------------------------
     def _control(self) -> Controller:
         server = self._server
@@ -454,6 +518,8 @@ class ReplicaLink:
     def _reachable(self) -> None:
         if not self.reachable:
             logger.warning("replica %s: the state store answers again", self.name)
+            self.brake.reset()
+            self._back.set()
         self.reachable = True
 
     def _unreachable(self, exc: BaseException) -> None:
