@@ -74,11 +74,36 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     resolved = yaml.safe_load(done.stdout)
     proxy = resolved["services"]["splitproxy"]
     assert proxy["depends_on"] == {"app-stable": {"condition": "service_healthy"}}
-    assert set(resolved["volumes"]) == {"splitproxy-state", "prometheus-data"}
+    assert set(resolved["volumes"]) == {"splitproxy-state", "prometheus-data", "redis-data"}
     assert resolved["secrets"]["splitproxy_admin_token"]["file"] == str(
         project / "config" / "compose" / "admin-token"
     )
-    assert set(resolved["services"]) == {"splitproxy", "app-stable", "app-candidate", "prometheus"}
+    replicas = {"redis", "splitproxy-a", "splitproxy-b"}  # the "replicas" profile
+    assert set(resolved["services"]) == {
+        "splitproxy", "app-stable", "app-candidate", "prometheus", *replicas
+    }  # fmt: skip
+    for name in replicas:
+        assert resolved["services"][name]["profiles"] == ["replicas"]
+
+
+def test_the_replicas_profile_runs_two_proxies_on_one_redis_that_keeps_every_write() -> None:
+    services = compose()["services"]
+    redis = services["redis"]
+    assert mounts(redis) == {"/data": "redis-data"}  # Redis's own state survives it
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command
+    assert "--appendfsync always" in command
+    a, b = services["splitproxy-a"], services["splitproxy-b"]
+    for replica in (a, b):
+        env = replica["environment"]
+        assert env["SPLITPROXY_STATE"] == "redis://redis:6379/0"
+        assert "SPLITPROXY_STATE_DIR" not in env  # one state: Redis's
+        assert replica["depends_on"]["redis"] == {"condition": "service_healthy"}
+        assert mounts(replica)["/etc/splitproxy"] == "./config/compose/routing"
+        settings = Settings(state=env["SPLITPROXY_STATE"], admin=env["SPLITPROXY_ADMIN"])
+        assert settings.state == "redis://redis:6379/0"
+    published = [p.split(":")[-2] for r in (a, b) for p in r["ports"]]
+    assert len(set(published)) == 4  # each replica its own host ports
 
 
 def test_the_proxy_waits_for_stable_only_and_has_a_health_check() -> None:
