@@ -25,8 +25,8 @@ OPERATION_TIMEOUT: Final = 2.0
 
 def is_redis_url(value: object) -> bool:
     """True for a ``redis://`` or ``rediss://`` URL (a state setting that is not a path)."""
-    return isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and (
-        "://" in value
+    return (
+        isinstance(value, str) and value.split("://", 1)[0].lower() in SCHEMES and ("://" in value)
     )
 
 
@@ -49,13 +49,15 @@ def check_url(url: str) -> str:
     if not is_redis_url(url):
         raise ValueError(f"{redact(url)} is not a redis:// or rediss:// URL")
     try:
-        redis.connection.parse_url(url)
+        redis.ConnectionPool.from_url(url)  # parses only: it connects at the first command
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ValueError(f"{redact(url)} is not a usable Redis URL ({exc})") from None
     if not parts.hostname:
         raise ValueError(f"{redact(url)} names no host")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError(f"{redact(url)}: the database must be a number (/0)")
     return url
 
 

@@ -276,6 +276,52 @@ def _entry(line: bytes) -> VerdictEntry | None:
     return VerdictEntry(route, revision, verdict, float(at), reason[:500])
 
 
+def fold_verdicts(
+    lines: Iterable[bytes],
+) -> tuple[dict[tuple[str, str], VerdictEntry], int, int]:
+    """The record's lines folded: (route, revision) -> its latest entry, in the order of the
+    latest; the number of lines (blank ones aside); how many were not entries."""
+    latest: dict[tuple[str, str], VerdictEntry] = {}
+    count = skipped = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        count += 1
+        entry = _entry(line)
+        if entry is None:
+            skipped += 1
+            continue
+        key = (entry.route, entry.revision)
+        latest.pop(key, None)  # re-inserted: the dict keeps the order of the latest
+        latest[key] = entry
+    return latest, count, skipped
+
+
+def by_route(latest: Mapping[tuple[str, str], VerdictEntry]) -> dict[str, dict[str, VerdictEntry]]:
+    """Route -> revision -> entry, ``retried`` ones left out."""
+    out: dict[str, dict[str, VerdictEntry]] = {}
+    for (route, revision), entry in latest.items():
+        if entry.verdict != "retried":
+            out.setdefault(route, {})[revision] = entry
+    return out
+
+
+def compacted(entries: Iterable[VerdictEntry]) -> list[VerdictEntry]:
+    """What a compaction keeps: the newest `KEPT_PER_ROUTE` finished revisions per route,
+    oldest first."""
+    per_route: dict[str, list[VerdictEntry]] = {}
+    for e in entries:
+        if e.verdict != "retried":
+            per_route.setdefault(e.route, []).append(e)
+    return sorted((e for route in per_route.values() for e in route[-KEPT_PER_ROUTE:]),
+                  key=lambda e: e.at)  # fmt: skip
+
+
+def entry_line(entry: VerdictEntry) -> bytes:
+    """An entry as a line of the record (without the newline)."""
+    return json.dumps(entry.to_dict(), sort_keys=True).encode()
+
+
 class VerdictRecord:
     """``verdicts.jsonl``: the verdicts of finished revisions, one JSON line each, appended.
 
@@ -291,7 +337,7 @@ class VerdictRecord:
     def append(self, entries: Iterable[VerdictEntry], token: int | None = None) -> None:
         """Add ``entries`` at the end, durably (one write, then fsync; ``token`` is not
         used)."""
-        data = b"".join(json.dumps(e.to_dict(), sort_keys=True).encode() + b"\n" for e in entries)
+        data = b"".join(entry_line(e) + b"\n" for e in entries)
         if not data:
             return
         flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK
@@ -318,44 +364,20 @@ class VerdictRecord:
         raw = read_bounded(self.path, MAX_VERDICT_BYTES)
         if raw is None:
             return {}
-        latest: dict[tuple[str, str], VerdictEntry] = {}
-        lines = 0
-        self.skipped = 0
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            lines += 1
-            entry = _entry(line)
-            if entry is None:
-                self.skipped += 1
-                continue
-            key = (entry.route, entry.revision)
-            latest.pop(key, None)  # re-inserted: the dict keeps the order of the latest
-            latest[key] = entry
+        latest, lines, self.skipped = fold_verdicts(raw.splitlines())
         if self.skipped:
             logger.warning("%s: skipped %d lines that are not verdicts", self.path, self.skipped)
         if lines > COMPACT_AFTER:
             self._compact(latest.values())
-        out: dict[str, dict[str, VerdictEntry]] = {}
-        for (route, revision), entry in latest.items():
-            if entry.verdict != "retried":
-                out.setdefault(route, {})[revision] = entry
-        return out
+        return by_route(latest)
 
     def _compact(self, entries: Iterable[VerdictEntry]) -> None:
-        per_route: dict[str, list[VerdictEntry]] = {}
-        for e in entries:
-            if e.verdict != "retried":
-                per_route.setdefault(e.route, []).append(e)
-        kept = sorted(
-            (e for route in per_route.values() for e in route[-KEPT_PER_ROUTE:]),
-            key=lambda e: e.at,
-        )
+        kept = compacted(entries)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 for e in kept:
-                    f.write(json.dumps(e.to_dict(), sort_keys=True).encode() + b"\n")
+                    f.write(entry_line(e) + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
