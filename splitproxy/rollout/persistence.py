@@ -51,7 +51,6 @@ from splitproxy.rollout.store import (
     Fenced,
     StateBackend,
     StateStore,
-    StateUnavailable,
     StateUnreadable,
     Verdict,
     VerdictEntry,

@@ -60,7 +60,7 @@ class StateUnavailable(OSError):
     """The state backend cannot be reached now (Redis down, a timeout): try again later."""
 
 
-class Fenced(Exception):  # noqa: N818 -- the word of the design: a write is fenced off
+class Fenced(Exception):
     """A write refused for its fencing token: a newer leader has written since (``token``,
     the write's; ``fence``, the newest the backend has seen). Never retried: the newer
     leader's decision stands."""
