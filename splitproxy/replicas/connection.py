@@ -33,6 +33,8 @@ def is_redis_url(value: object) -> bool:
 def redact(url: str) -> str:
     """``url`` without its password (and without a query, which may hold one), for logs and
     the status: ``redis://:***@host:6379/0``."""
+    if "://" not in url:  # not a URL at all (a path?): shown as given, unless it may hold one
+        return url if "@" not in url else "<not a URL>"
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
