@@ -146,6 +146,7 @@ class RedisStateStore:
         self._load = self.client.register_script(_LOAD)
         self._set_aside = self.client.register_script(_SET_ASIDE)
         self._delete = self.client.register_script(_DELETE)
+        self._record: RedisVerdictRecord | None = None
 
     @property
     def location(self) -> str:
@@ -213,7 +214,9 @@ class RedisStateStore:
         return f"{self._location} key {self.keys.rejected} {route}"
 
     def verdicts(self) -> RedisVerdictRecord:
-        return RedisVerdictRecord(self)
+        if self._record is None:
+            self._record = RedisVerdictRecord(self)
+        return self._record
 
     def close(self) -> None:
         self.client.close()

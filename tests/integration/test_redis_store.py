@@ -5,6 +5,7 @@ going away and coming back, hostile documents, and the leader lease."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, cast
@@ -69,7 +70,7 @@ async def leases(redis_server: RedisServer) -> AsyncIterator[Callable[..., Redis
 
 async def until(check: Callable[[], Any], what: str) -> None:
     for _ in range(400):
-        if await check() if asyncio.iscoroutinefunction(check) else check():
+        if await check() if inspect.iscoroutinefunction(check) else check():
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"never: {what}")
