@@ -36,6 +36,14 @@ _SERVE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("--state-dir", "state_dir", Path, "where rollout state is kept"),
     (
+        "--state",
+        "state",
+        str,
+        "rollout state in a Redis shared by replicas: redis://host:6379/0 or rediss:// "
+        "(a password belongs in SPLITPROXY_STATE: a flag shows in ps)",
+    ),
+    ("--state-namespace", "state_namespace", str, "prefix of the Redis keys (default splitproxy)"),
+    (
         "--admin-token-file",
         "admin_token_file",
         str,

@@ -56,7 +56,7 @@ from splitproxy.reload import (
     ReloadOutcome,
 )
 from splitproxy.rollout.controller import Controller, ControlOptions
-from splitproxy.rollout.store import StateStore
+from splitproxy.rollout.store import StateBackend, StateStore
 from splitproxy.rollout.traffic import loopback_url
 from splitproxy.settings import Settings
 
@@ -353,14 +353,23 @@ class Server:
         return ctx
 
     def _build_control(self) -> Controller:
-        store: StateStore | None = None
-        if self.settings.state_dir is not None:
+        store: StateBackend | None = None
+        leads = self.worker is None or self.worker.leader  # a follower keeps no rollout state
+        if self.settings.state is not None and leads:
+            from splitproxy.replicas.redisstore import RedisStateStore
+
+            try:  # connects at its first command: the proxy never waits on Redis to start
+                store = RedisStateStore(self.settings.state, self.settings.state_namespace)
+            except ValueError as exc:
+                raise ConfigError([Problem("state", str(exc))]) from None
+            logger.info("rollout state in Redis at %s", store.location)
+        elif self.settings.state_dir is not None:
             try:
                 store = StateStore(self.settings.state_dir)
             except OSError as exc:
                 problem = Problem("state_dir", f"cannot use {self.settings.state_dir}: {exc}")
                 raise ConfigError([problem]) from None
-        elif self.worker is None or self.worker.leader:  # a follower keeps no rollout state
+        elif leads:
             logger.info("no state_dir: rollout state is kept in memory only")
         control = Controller(
             self.state,

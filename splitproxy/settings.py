@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from splitproxy.gitsource import GitSpec, is_git_spec, parse_git_spec
+from splitproxy.replicas.keys import check_namespace
 
 ENV_PREFIX = "SPLITPROXY_"
 MAX_WORKERS = 64
@@ -80,6 +81,10 @@ class Settings(BaseSettings):
     # how often the branch of a git+ config is fetched (and on SIGHUP, `reload`)
     git_interval: float = Field(default=30.0, gt=0)
     state_dir: Path | None = None
+    # rollout state in a Redis shared by replicas: redis://[:password@]host:6379/0 (rediss://
+    # for TLS); instead of state_dir. Keys are prefixed with state_namespace.
+    state: str | None = None
+    state_namespace: str = "splitproxy"
     # the admin API's bearer token: from the environment or a file, never a command-line flag
     # (a flag's value shows in `ps` to every user of the machine)
     admin_token: SecretStr | None = None
@@ -184,6 +189,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cidr!r} is not a network") from None
         return v
 
+    @field_validator("state")
+    @classmethod
+    def _state(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            if info.data.get("state_dir") is not None:
+                raise ValueError("set state (a Redis URL) or state_dir, not both")
+            from splitproxy.replicas.connection import check_url  # the redis client: not for all
+
+            check_url(v)  # the error names the URL without its password
+        return v
+
+    @field_validator("state_namespace")
+    @classmethod
+    def _state_namespace(cls, v: str) -> str:
+        return check_namespace(v)
+
     @field_validator("admin_token")
     @classmethod
     def _token_not_empty(cls, v: SecretStr | None) -> SecretStr | None:
@@ -261,7 +282,8 @@ class InvalidSettings(Exception):
         super().__init__("\n".join(lines))
 
 
-_SECRETS = frozenset({"admin_token", "admin_token_file"})  # never echoed in an error
+# never echoed in an error (a state URL may hold a password)
+_SECRETS = frozenset({"admin_token", "admin_token_file", "state"})
 
 
 def _line(field: str, message: str) -> str:

@@ -11,7 +11,7 @@ here: the analyzer defines their values, and the console shows unknown ones as t
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 # --- a route ----------------------------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class RejectedStateView(TypedDict):
 
 class RolloutStateView(TypedDict):
     persistent: bool
-    file: str | None
+    file: str | None  # where the route's document lives: a path, or a Redis key and field
     last_error: str | None
     rejected: RejectedStateView | None  # the saved state set aside at start, and why
 
@@ -429,7 +429,9 @@ class ConfigView(TypedDict):
 class RolloutsView(TypedDict):
     """Where rollout state lives."""
 
-    state_dir: str | None
+    backend: NotRequired[Literal["file", "redis"]]  # with a store: which kind
+    location: NotRequired[str]  # the directory, or the Redis URL without its password
+    state_dir: str | None  # the directory of the file backend; None otherwise
     persistent: bool
     note: NotRequired[str]  # memory only: why that matters
     last_error: NotRequired[str | None]  # the last failure to save, with a state directory

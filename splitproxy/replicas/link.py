@@ -289,7 +289,7 @@ class ReplicaLink:
         self._lease_until = self.monotonic() + self.options.lease_ttl - LEASE_MARGIN
         control = self._control()
         control.persistence.token = token
-        control.persistence.forget_verdicts()
+        control.persistence.refresh_verdicts()
         control.lead(True)
         self._published = None
         self._routing_due.set()

@@ -97,7 +97,7 @@ from splitproxy.rollout.samples import (
     path_class_slots,
     samples_for,
 )
-from splitproxy.rollout.store import StateStore
+from splitproxy.rollout.store import StateBackend
 from splitproxy.rollout.testjob import TestJobRunner
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 
@@ -133,7 +133,7 @@ class Controller:
         state: RuntimeState,
         recorder: Recorder,
         *,
-        store: StateStore | None = None,
+        store: StateBackend | None = None,
         hooks: HookSender | None = None,
         reader: ExternalReader | None = None,
         health: Callable[[str], CandidateHealth] | None = None,
@@ -402,7 +402,8 @@ class Controller:
         elif isinstance(restored, Rejected):
             route = self.state.snapshot.config.route(name) if self.state.snapshot else None
             identity = candidate_identity(route) if route is not None else None
-            message = f"saved state rejected ({restored.reason}); kept as {restored.path}.rejected"
+            kept = f"; kept as {restored.kept}" if restored.kept else ""
+            message = f"saved state rejected ({restored.reason}){kept}"
             if identity is None or identity in verdicts:
                 self._record(rt, self._control_event(rt, now, "state_rejected", message))
             else:

@@ -254,7 +254,13 @@ async def test_a_restart_mid_rollout_resumes_at_the_same_step_and_weight(
 
     second = await start(config, state_dir=state_dir)
     status, body = await api(second, "GET", "/api/v1/status")
-    assert body["rollouts"] == {"state_dir": str(state_dir), "persistent": True, "last_error": None}
+    assert body["rollouts"] == {
+        "backend": "file",
+        "location": str(state_dir),
+        "state_dir": str(state_dir),
+        "persistent": True,
+        "last_error": None,
+    }
     (route,) = body["routes"]
     assert route["weight"] == {"effective": 20.0, "file": 0.0, "runtime": None, "source": "rollout"}
     rollout = route["rollout"]

@@ -53,7 +53,7 @@ def test_a_damaged_file_is_an_error_naming_the_path_and_the_reason(
     store.path("shop").write_bytes(content)
     with pytest.raises(StateUnreadable) as caught:
         store.load("shop")
-    assert caught.value.path == store.path("shop")
+    assert caught.value.where == str(store.path("shop"))
     assert caught.value.reason.startswith(reason)
 
 
