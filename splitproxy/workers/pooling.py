@@ -22,7 +22,7 @@ Nothing here reads a clock or does IO: callers pass ``now`` (Unix time).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import replace
 from typing import Final
 
@@ -42,6 +42,8 @@ from splitproxy.rollout.windows import (
 LATE_AFTER: Final = 2.0  # seconds after a second's end: release it without a silent worker
 
 Periods = Mapping[str, list[Period]]  # route -> buckets, oldest first
+# who contributes to a `Pool`: a worker's index on one host, a replica's name across hosts
+Member = Hashable
 
 
 def _add(a: VersionCounts, b: VersionCounts) -> VersionCounts:
@@ -185,26 +187,27 @@ class Harvester:
 class Pool:
     """The leader's collection of every worker's buckets (see the module docstring).
 
-    ``members``: the workers expected to publish (the supervisor says who is alive); a worker
-    no longer a member is not waited for. `release` moves the complete seconds into
+    ``members``: the contributors expected to publish, by any hashable id (a worker's index:
+    the supervisor says who is alive; a replica's name: the heartbeats say who is); one no
+    longer a member is not waited for. `release` moves the complete seconds into
     ``windows``, oldest first."""
 
     def __init__(self, windows: PooledWindows, late_after: float = LATE_AFTER) -> None:
         self.windows = windows
         self.late_after = late_after
-        self.members: set[int] = set()
+        self.members: set[Member] = set()
         self.dropped = 0  # buckets that arrived after their second was released
-        self._watermarks: dict[int, float] = {}
+        self._watermarks: dict[Member, float] = {}
         self._pending: dict[float, dict[str, list[Period]]] = {}  # second start -> route -> buckets
         self._released = 0.0  # every second that starts before this has been released
 
-    def set_members(self, members: Iterable[int]) -> None:
+    def set_members(self, members: Iterable[Member]) -> None:
         self.members = set(members)
         for gone in [w for w in self._watermarks if w not in self.members]:
             del self._watermarks[gone]
 
-    def contribute(self, worker: int, watermark: float, periods: Periods) -> None:
-        """A worker's buckets, complete up to ``watermark``."""
+    def contribute(self, worker: Member, watermark: float, periods: Periods) -> None:
+        """A contributor's buckets, complete up to ``watermark``."""
         if watermark > self._watermarks.get(worker, 0.0):
             self._watermarks[worker] = watermark
         for route, buckets in periods.items():

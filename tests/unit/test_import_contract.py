@@ -47,6 +47,7 @@ PURE_MODULES = (
     "splitproxy.rollout.windows",
     "splitproxy.rollout.samples",
     "splitproxy.workers.pooling",
+    "splitproxy.replicas.wire",
 )
 # IO, event loops, clocks and randomness: what a pure module must not import.
 IMPURE = frozenset(
