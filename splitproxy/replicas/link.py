@@ -140,16 +140,13 @@ class ReplicaLink:
     async def begin(self, server: Server, store: RedisStateStore) -> None:
         """Before the controller starts: connect and try the lease once, so a replica alone
         leads from its first tick; one that does not lead starts as a follower."""
-        from redis.asyncio import Redis
-
+        from splitproxy.replicas.connection import async_client
         from splitproxy.replicas.lease import RedisLease
         from splitproxy.replicas.observations import ObservationStream
 
         self._server = server
         self._store = store
-        client = self._client = Redis.from_url(
-            self.url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+        client = self._client = async_client(self.url)
         self._channel = Channel(client, self.namespace)
         self._lease = RedisLease(client, self.namespace, self.name, ttl=self.options.lease_ttl)
         self._stream = ObservationStream(client, self.namespace, self.name)

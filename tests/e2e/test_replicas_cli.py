@@ -147,10 +147,11 @@ async def test_one_leader_and_a_weight_set_on_any_replica_splits_every_replica_a
         follower = next(p for p in proxies if p is not leader)
         # a weight set through a follower's admin API: the leader carries it out
         view = await post(follower, f"/api/v1/routes/{ROUTE}/weight", {"weight": 30}, "PUT")
-        assert view["weight"] == 30
+        assert view["weight"]["effective"] == 30
 
         async def everywhere() -> bool:
-            return all((await route_view(p))["weight"] == 30 for p in proxies)
+            weights = [(await route_view(p))["weight"]["effective"] for p in proxies]
+            return weights == [30, 30, 30]
 
         await eventually(everywhere, "weight 30 on every replica", limit=5)
         # the same users reach the same version whichever replica they land on
@@ -227,7 +228,7 @@ async def test_a_leader_killed_mid_rollout_is_replaced_at_the_same_step(
             for p in others:
                 await versions(p, 5)
             views = [await replica_view(p) for p in others]
-            return sum(v["leading"] for v in views) == 1
+            return sum(bool(v["leading"]) for v in views) == 1
 
         await eventually(taken_over, "another replica leading", limit=20)
         new = await leader_of(others)
@@ -262,6 +263,7 @@ async def test_a_redis_restart_loses_no_decision_and_replicas_keep_serving(
         follower = next(p for p in proxies if p is not leader)
         paused = await post(follower, f"/api/v1/routes/{ROUTE}/pause", {"reason": "look"})
         assert paused["rollout"]["phase"] == "paused"
+        step = paused["rollout"]["step"]
         redis_server.stop()
         # Redis is gone: every replica keeps serving the split it had
         for p in proxies:
@@ -277,11 +279,11 @@ async def test_a_redis_restart_loses_no_decision_and_replicas_keep_serving(
         for p in proxies:
             view = (await route_view(p))["rollout"]
             assert view["phase"] == "paused", view  # the decision survived the restart
-            assert view["step"] == 1
+            assert view["step"] == step
         resumed = await post(follower, f"/api/v1/routes/{ROUTE}/resume", {})
-        assert resumed["rollout"]["phase"] == "progressing"
+        assert resumed["rollout"]["phase"] in ("progressing", "waiting")  # running again
 
 
 async def _one_leads(proxies: list[Proxy]) -> bool:
     views = [await replica_view(p) for p in proxies]
-    return sum(v["leading"] for v in views) == 1
+    return sum(bool(v["leading"]) for v in views) == 1
