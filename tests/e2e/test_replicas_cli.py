@@ -287,3 +287,77 @@ async def test_a_redis_restart_loses_no_decision_and_replicas_keep_serving(
 async def _one_leads(proxies: list[Proxy]) -> bool:
     views = [await replica_view(p) for p in proxies]
     return sum(bool(v["leading"]) for v in views) == 1
+
+
+def failing_api(version: str) -> web.Application:
+    """An upstream answering ``/api/...`` with a 500 (its health checks pass)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        status = 500 if request.path.startswith("/api") else 200
+        return web.json_response({"version": version}, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+async def statuses(proxy: Proxy, count: int, path: str = "/api/x") -> list[tuple[int, str]]:
+    out = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        for _ in range(count):
+            async with session.get(
+                f"http://127.0.0.1:{proxy.port}{path}", timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                body = await resp.json(content_type=None)
+                out.append((resp.status, body["version"]))
+    return out
+
+
+@pytest.mark.timeout(120)
+async def test_without_redis_a_replica_brakes_a_failing_candidate_on_itself_alone(
+    tmp_path: Path, serve: Serve, redis_server: RedisServer
+) -> None:
+    stable = Upstream("stable")
+    rollout = {"steps": [50], "interval": "1h", "min_requests": 1000}
+    config = write_config(
+        tmp_path / "routes.yaml", await serve(stable.app()), await serve(failing_api("candidate")),
+        **rollout,
+    )  # fmt: skip
+    with replicas(tmp_path, config, redis_server) as proxies:
+
+        async def at_fifty() -> bool:
+            views = [(await route_view(p))["weight"]["effective"] for p in proxies]
+            return views == [50, 50, 50]
+
+        await eventually(at_fifty, "the first step on every replica", limit=30)
+        redis_server.stop()
+
+        async def nobody_leads() -> bool:
+            return not any([(await replica_view(p))["leading"] for p in proxies])
+
+        await eventually(nobody_leads, "the leader stepping down without Redis", limit=15)
+        braked, other = proxies[0], proxies[1]
+        seen: list[tuple[int, str]] = []
+
+        async def braked_on_itself() -> bool:
+            seen.extend(await statuses(braked, 20))
+            return seen[-20:] == [(200, "stable")] * 20
+
+        await eventually(braked_on_itself, "the failing candidate braked on the replica", 30)
+        assert (500, "candidate") in seen  # it did fail there first
+        assert len(seen) <= 400
+        # the brake is that replica's alone: the others still split (no decision without Redis)
+        assert "candidate" in {v for _, v in await statuses(other, 40, "/")}
+        redis_server.start()
+
+        async def rolled_back_everywhere() -> bool:
+            phases = [(await route_view(p))["rollout"]["phase"] for p in proxies]
+            return phases == ["rolled_back"] * 3
+
+        await eventually(rolled_back_everywhere, "rolled back once Redis is back", limit=30)
+        # by the brake's report, or by the leader's guard on the pooled failures: both are
+        # evidence, neither a decision taken blind
+        history = (await route_view(other))["rollout"]["history"]
+        reasons = [e["message"] for e in history if e["kind"] == "rolled_back"]
+        assert len(reasons) == 1, history
+        assert "guard" in reasons[0]
