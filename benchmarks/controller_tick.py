@@ -37,12 +37,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from splitproxy.config import PrometheusCheck, WebCheck, parse_routing  # noqa: E402
-from splitproxy.config.vocabulary import CANDIDATE, STABLE  # noqa: E402
-from splitproxy.dataplane.state import RuntimeState, content_hash  # noqa: E402
-from splitproxy.metrics import Recorder  # noqa: E402
-from splitproxy.rollout.controller import Controller  # noqa: E402
-from splitproxy.rollout.hooks import HookResult  # noqa: E402
+from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.metrics import Recorder
+from splitproxy.rollout.controller import Controller
+from splitproxy.rollout.hooks import HookResult
 
 T0 = 1_700_000_000.0
 PATHS = ("/api/users/7", "/api/orders", "/static/app.js", "/", "/api/cart/3", "/health")
@@ -120,7 +120,7 @@ class Traffic:
             window = windows.window(route.name)
             for k in range(rps):
                 j = self.at = (self.at + 1) % size
-                version = CANDIDATE if (k + 0.5) / rps < p else STABLE
+                version: Version = CANDIDATE if (k + 0.5) / rps < p else STABLE
                 window.observe(
                     now + self.offsets[j] * 0.999,
                     version,
@@ -146,9 +146,7 @@ async def run(args: argparse.Namespace) -> None:
     state.load(parse_routing(text), content_hash(text), now)
     loaded = time.perf_counter() - started
     recorder = Recorder(state, clock=lambda: now)
-    control = Controller(
-        state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now
-    )
+    control = Controller(state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now)
     for follower in (recorder.on_swap, control.on_swap):  # as server.py does
         state.subscribe(follower)
     traffic = Traffic(random.Random(args.seed))
@@ -172,6 +170,8 @@ async def run(args: argparse.Namespace) -> None:
     phases = Counter(a.phase for a in control.analyzers().values())
     weights = Counter(a.weight for a in control.analyzers().values())
     ms = [t * 1000 for t in times]
+    if args.series:
+        print("ticks (ms):", " ".join(f"{m:.0f}" for m in ms))
     print(
         f"{args.routes} routes under rollout, {args.rps} requests per route per second, "
         f"{args.seconds} timed ticks after {args.warmup}"
@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--series", action="store_true", help="print every tick's time")
     args = parser.parse_args()
     if not (1 <= args.routes <= 20_000 and 1 <= args.seconds <= 600 and args.rps <= 1000):
         parser.error("keep it bounded: routes <= 20,000, seconds <= 600, rps <= 1,000")

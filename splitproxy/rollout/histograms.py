@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 
 def hist_add(into: dict[float, int], hist: Iterable[tuple[float, int]], sign: int = 1) -> None:
     """Add (``sign=-1``: subtract) ``hist``'s counts into ``into``; empty buckets go."""
+    get = into.get
     for bound, count in hist:
         if count:
-            left = into.get(bound, 0) + sign * count
+            left = get(bound, 0) + sign * count
             if left:
                 into[bound] = left
             else:
