@@ -57,7 +57,7 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile
+from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile, hist_quantiles
 from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
@@ -314,11 +314,12 @@ class Evidence:
     def _latency_thresholds(self) -> dict[float, float]:
         """Stable's trailing quantiles, from ticks before this one only (predictable)."""
         out: dict[float, float] = {}
-        for q in self.quantiles:
-            if self.trail_requests >= min_threshold_requests(q):
-                c = hist_quantile(self.trail_total, q)
-                if c is not None and c != math.inf:
-                    out[q] = c
+        wanted = [q for q in self.quantiles if self.trail_requests >= min_threshold_requests(q)]
+        if not wanted:
+            return out
+        for q, c in hist_quantiles(self.trail_total, wanted).items():
+            if c is not None and c != math.inf:
+                out[q] = c
         return out
 
     def _trail_add(self, now: float, requests: int, errors: int, hist: dict[float, int]) -> None:

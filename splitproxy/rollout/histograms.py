@@ -35,6 +35,26 @@ def hist_quantile(hist: Mapping[float, int], q: float) -> float | None:
     return max(hist)
 
 
+def hist_quantiles(hist: Mapping[float, int], qs: Iterable[float]) -> dict[float, float | None]:
+    """`hist_quantile` for each of ``qs`` (the same answers), sorting the buckets once."""
+    total = sum(hist.values())
+    if total <= 0:
+        return dict.fromkeys(qs)
+    ordered = sorted(hist)
+    out: dict[float, float | None] = {}
+    for q in qs:
+        rank = q * total
+        seen = 0
+        found: float | None = None
+        for bound in ordered:
+            seen += hist[bound]
+            if seen >= rank:
+                found = bound
+                break
+        out[q] = found if found is not None else ordered[-1]
+    return out
+
+
 def hist_above(hist: Iterable[tuple[float, int]], threshold: float) -> int:
     """Requests in buckets above ``threshold`` (a bucket bound): slower than it."""
     return sum(count for bound, count in hist if bound > threshold)

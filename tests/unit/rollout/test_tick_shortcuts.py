@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
+from splitproxy.rollout.histograms import hist_quantile, hist_quantiles
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import (
     AttributionTest,
@@ -125,3 +126,11 @@ def test_the_backward_scan_returns_what_a_full_scan_returns(
         if b.start >= since and (until is None or b.start + window.resolution <= until)
     ]
     assert list(window._between(since, until)) == want
+
+
+@given(
+    st.dictionaries(st.sampled_from([0.01 * 1.04**k for k in range(60)]), st.integers(-3, 50)),
+    st.lists(st.floats(0, 1), max_size=4),
+)
+def test_quantiles_sorted_once_are_the_quantiles(hist: dict[float, int], qs: list[float]) -> None:
+    assert hist_quantiles(hist, qs) == {q: hist_quantile(hist, q) for q in qs}
