@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 ACCESS_LOGGER = "splitproxy.access"
 _PREVIEW_JSON = ',"listener":"preview"'  # the JSON line's key for the preview listener
+_JSON_HTTP11 = ',"protocol":"HTTP/1.1","status":'
+_JSON_HTTP10 = ',"protocol":"HTTP/1.0","status":'
 _REMEMBER = 1024  # entries of a formatting cache (methods, routing parts) before it starts over
 
 
@@ -158,6 +160,12 @@ class AccessLog:
         # formatted once: a method, the routing part of a line (route, version, reason, upstream)
         self._methods: dict[bytes, str] = {}
         self._routed: dict[tuple[str | None, str, str | None, str], str] = {}
+        # the JSON format's own: each part with the keys around it (`_json_lines`)
+        self._json_head = self._json_head_stamp = ""  # a line's start, and its time stamp
+        self._json_methods: dict[bytes, str] = {}
+        self._json_routed: dict[tuple[str | None, str, str | None, str, int], str] = {}
+        self._json_peers: dict[str, str] = {}
+        self._json_tails: dict[tuple[str, str, bool], str] = {}
         self._pending: list[Row] = []
 
     @property
@@ -258,13 +266,20 @@ class AccessLog:
     def _json_lines(self, rows: list[Row]) -> str:
         """The JSON lines of ``rows``, each with its newline: what
         ``json.dumps({"logger": ..., **self.fields(ex)})`` writes, at a fraction of the cost.
-        As in `_text_lines`, what lines share is formatted once."""
+
+        As in `_text_lines`, what lines share is formatted once, here with the keys around it,
+        so a line is a dozen pieces: the start up to the client (per millisecond), the client
+        (per address), the method, the routing part with the upstream status (per
+        combination), and the end from the revision on (per revision, error and listener)."""
         out: list[str] = []
         add = out.append
         q = _quote
         second_at, ms_at, stamp = self._second, self._ms, self._when
+        head, head_stamp = self._json_head, self._json_head_stamp
         last_snap, rev = self._snapshot, self._rev
-        methods, routed = self._methods, self._routed
+        methods, routed, peers, tails = (
+            self._json_methods, self._json_routed, self._json_peers, self._json_tails,
+        )  # fmt: skip
         for (
             now, peer, method, target, http11, status, nbytes, duration, route, version, reason,
             upstream, up_status, up_duration, rid, snap, error, preview,
@@ -273,30 +288,45 @@ class AccessLog:
             ms = int((now - second) * 1000)
             if ms != ms_at or second != second_at:
                 stamp, second_at, ms_at = self._clock_text(now), second, ms
+            if stamp is not head_stamp:  # (`fields` may have moved the clock text meanwhile)
+                head_stamp = stamp
+                head = f'{{"logger":"{ACCESS_LOGGER}","time":"{stamp}","client":'
             if snap is not last_snap:
                 last_snap, rev = snap, q(snap.revision) if snap is not None else "null"
+            client = peers.get(peer)
+            if client is None:
+                client = _remember(peers, peer, q(peer) if peer else "null")
             verb = methods.get(method)
             if verb is None:
-                verb = _remember(methods, method, q(method.decode("latin-1")))
-            key = (route, version, reason, upstream)
+                verb = f',"method":{q(method.decode("latin-1"))},"path":'
+                verb = _remember(methods, method, verb)
+            key = (route, version, reason, upstream, up_status)
             routing = routed.get(key)
             if routing is None:
-                routing = _remember(routed, key, _json_routing(route, version, reason, upstream))
+                routing = _remember(
+                    routed, key,
+                    f"{_json_routing(route, version, reason, upstream)},"
+                    f'"upstream_status":{up_status or "null"},"upstream_duration_ms":',
+                )  # fmt: skip
+            end = (rev, error, preview)
+            tail = tails.get(end)
+            if tail is None:
+                tail = _remember(
+                    tails, end,
+                    f',"config_revision":{rev},"error":{q(error) if error else "null"}'
+                    f"{_PREVIEW_JSON if preview else ''}}}",
+                )  # fmt: skip
             # repr(round(x, 3)) without its cost (`_json_ms`)
             ms_text = f"{duration * 1000:.3f}".rstrip("0")
             add(
-                f'{{"logger":"{ACCESS_LOGGER}","time":"{stamp}",'
-                f'"client":{q(peer) if peer else "null"},"method":{verb},'
-                f'"path":{q(target.decode("latin-1"))},'
-                f'"protocol":"{"HTTP/1.1" if http11 else "HTTP/1.0"}","status":{status},'
-                f'"bytes":{nbytes},"duration_ms":{ms_text}{"0" if ms_text[-1] == "." else ""},'
-                f'{routing},"upstream_status":{up_status or "null"},'
-                f'"upstream_duration_ms":{_json_ms(up_duration) if up_duration else "null"},'
-                f'"request_id":{q(rid.decode("latin-1")) if rid else "null"},'
-                f'"config_revision":{rev},"error":{q(error) if error else "null"}'
-                f"{_PREVIEW_JSON if preview else ''}}}"
+                f"{head}{client}{verb}{q(target.decode('latin-1'))}"
+                f"{_JSON_HTTP11 if http11 else _JSON_HTTP10}{status}"
+                f',"bytes":{nbytes},"duration_ms":{ms_text}{"0" if ms_text[-1] == "." else ""},'
+                f"{routing}{_json_ms(up_duration) if up_duration else 'null'}"
+                f',"request_id":{q(rid.decode("latin-1")) if rid else "null"}{tail}'
             )
         self._snapshot, self._rev = last_snap, rev
+        self._json_head, self._json_head_stamp = head, head_stamp
         add("")
         return "\n".join(out)
 

@@ -57,7 +57,7 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile
+from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile, hist_quantiles
 from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
@@ -235,10 +235,14 @@ class Evidence:
         pooled: dict[float, list[int]] = {}  # p -> [candidate errors, stable errors]
         classes: dict[tuple[float, str], list[int]] = {}
         slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
+        window = self.window
+        guard_count, first = self.guard_units.count, self.units.first
         for s in samples:
             cand = s.version == "candidate"
+            units, latency = s.units, s.latency
             once = s.errors - s.unit_errors  # for the guard and the incident rule
-            once += sum(self.guard_units.count(now, u) for u in s.units)
+            if units:
+                once += sum(guard_count(now, u) for u in units)
             if cand:
                 cand_n += s.requests
                 cand_x += s.errors
@@ -247,27 +251,32 @@ class Evidence:
                 stab_n += s.requests
                 stab_x += s.errors
                 stab_gx += once
-                hist_add(stable_hist, s.latency)
+                if latency:
+                    hist_add(stable_hist, latency)
             if not tests:
                 continue
             if cand:
-                self.window.requests += s.requests
-                self.window.errors += s.errors
-                hist_add(self.window.latency, s.latency)
-            if s.p is None or not 0.0 < s.p < 1.0:
+                window.requests += s.requests
+                window.errors += s.errors
+                if latency:
+                    hist_add(window.latency, latency)
+            p = s.p
+            if p is None or not 0.0 < p < 1.0:
                 continue
             i = 0 if cand else 1
             # per request, but a sticky user's first error only (`units`)
-            events = s.errors - s.unit_errors + sum(self.units.first(u) for u in s.units)
+            events = s.errors - s.unit_errors
+            if units:
+                events += sum(first(u) for u in units)
             if events:
-                pooled.setdefault(s.p, [0, 0])[i] += events
+                pooled.setdefault(p, [0, 0])[i] += events
                 if s.path_class is not None:
-                    classes.setdefault((s.p, s.path_class), [0, 0])[i] += events
-            if s.latency:
+                    classes.setdefault((p, s.path_class), [0, 0])[i] += events
+            if latency:
                 for q, c in thresholds.items():
-                    above = hist_above(s.latency, c)
+                    above = hist_above(latency, c)
                     if above:
-                        slow.setdefault((q, s.p), [0, 0])[i] += above
+                        slow.setdefault((q, p), [0, 0])[i] += above
         if tests:
             if self.errors_test is not None:
                 for p, (x, y) in pooled.items():
@@ -305,11 +314,12 @@ class Evidence:
     def _latency_thresholds(self) -> dict[float, float]:
         """Stable's trailing quantiles, from ticks before this one only (predictable)."""
         out: dict[float, float] = {}
-        for q in self.quantiles:
-            if self.trail_requests >= min_threshold_requests(q):
-                c = hist_quantile(self.trail_total, q)
-                if c is not None and c != math.inf:
-                    out[q] = c
+        wanted = [q for q in self.quantiles if self.trail_requests >= min_threshold_requests(q)]
+        if not wanted:
+            return out
+        for q, c in hist_quantiles(self.trail_total, wanted).items():
+            if c is not None and c != math.inf:
+                out[q] = c
         return out
 
     def _trail_add(self, now: float, requests: int, errors: int, hist: dict[float, int]) -> None:
@@ -323,13 +333,14 @@ class Evidence:
         while self.recent and self.recent[0][0] < now - STABLE_RECENT:
             self.recent.pop(0)
         if hist:
+            counted = sum(hist.values())
             if self.trail and self.trail[-1][0] == slot:
                 hist_add(self.trail[-1][2], hist.items())
-                self.trail[-1][1] += sum(hist.values())
+                self.trail[-1][1] += counted
             else:
-                self.trail.append([slot, sum(hist.values()), dict(hist)])
+                self.trail.append([slot, counted, dict(hist)])
             hist_add(self.trail_total, hist.items())
-            self.trail_requests += sum(hist.values())
+            self.trail_requests += counted
         while self.trail:
             oldest_slot, oldest_n, oldest_hist = self.trail[0]
             age = now - oldest_slot
@@ -460,33 +471,41 @@ class Evidence:
         w = self.window
         value: float | None = None
         sample = w.requests
-        # (hits, share the line allows) per side: the side fails when hits exceed the share
+        # (hits, share the line allows) per side: the side fails when hits exceed the share;
+        # counted only for a value over a line (most ticks pass: no need to count)
         sides: list[tuple[int, float]] = []
         low, high = check.min, check.max
-        if check.metric in ("error_rate", "success_rate") and w.requests:
+        metric = check.metric
+        quantile = LATENCY_QUANTILES.get(metric)
+        if metric in ("error_rate", "success_rate") and w.requests:
+            value = w.errors / w.requests
+            if metric == "success_rate":
+                value = 1 - value
+        elif metric == "request_rate" and now > w.start:
+            value = w.requests / (now - w.start)
+        elif quantile is not None:
+            sample = sum(w.latency.values())
+            value = hist_quantile(w.latency, quantile)
+        result = _bounded(
+            check.key, "threshold", value, low, high, sample,
+            metric=metric, unit=metric_unit(metric),
+        )  # fmt: skip
+        if result.verdict != "fail":
+            return result
+        if metric in ("error_rate", "success_rate") and w.requests:
             n, x = w.requests, w.errors
-            value = x / n
-            if check.metric == "success_rate":
-                value, x = 1 - value, n - x
+            if metric == "success_rate":
+                x = n - x
             if high is not None:
                 sides.append((x, high))
             if low is not None:
                 sides.append((n - x, 1 - low))
-        elif check.metric == "request_rate" and now > w.start:
-            value = w.requests / (now - w.start)
-        elif check.metric in LATENCY_QUANTILES:
-            sample = sum(w.latency.values())
-            q = LATENCY_QUANTILES[check.metric]
-            value = hist_quantile(w.latency, q)
+        elif quantile is not None:
             if high is not None:
-                sides.append((hist_above(w.latency.items(), high), 1 - q))
+                sides.append((hist_above(w.latency.items(), high), 1 - quantile))
             if low is not None:
-                sides.append((sample - hist_above(w.latency.items(), low), q))
-        result = _bounded(
-            check.key, "threshold", value, low, high, sample,
-            metric=check.metric, unit=metric_unit(check.metric),
-        )  # fmt: skip
-        if result.verdict != "fail" or not sides:
+                sides.append((sample - hist_above(w.latency.items(), low), quantile))
+        if not sides:
             return result
         level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
         e = max(shown_above(x, sample, share, level)[1] for x, share in sides)

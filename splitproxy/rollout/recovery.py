@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Final
 
 from splitproxy.rollout.sequential import (
@@ -40,6 +41,7 @@ RESTART_EVERY: Final = 60.0  # seconds of judged rollout time between two fresh 
 KEEP: Final = 12  # components carried at most
 
 
+@lru_cache(maxsize=256)
 def _log_weight(k: int) -> float:
     return -math.log(k) - math.log(k + 1)
 
@@ -50,18 +52,20 @@ class RecoveringTest:
     It answers like an `AttributionTest` (``update``, ``log_e``, ``log_e_at``, ``events``,
     ``counts``), so the evidence uses either; ``restart`` starts a new component."""
 
-    __slots__ = ("_comps", "_started", "grid", "keep")
+    __slots__ = ("_comps", "_log_e", "_started", "grid", "keep")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, keep: int = KEEP) -> None:
         self.grid: tuple[float, ...] = tuple(grid)
         self.keep = max(1, keep)
         self._started = 1
         self._comps: list[tuple[int, AttributionTest]] = [(1, AttributionTest(self.grid))]
+        self._log_e: float | None = None  # `log_e` as last computed; None after a change
 
     def restart(self) -> None:
         """Start a fresh component from now on (call on a schedule fixed by the past)."""
         if not self._comps[-1][1].events:
             return  # the newest has seen nothing yet: it is as fresh as a new one
+        self._log_e = None
         self._started += 1
         self._comps.append((self._started, AttributionTest(self.grid)))
         if len(self._comps) > self.keep:
@@ -71,18 +75,28 @@ class RecoveringTest:
             self._comps = [*kept, newest]
 
     def update(self, p: float, candidate: int, stable: int) -> None:
+        self._log_e = None
         for _, test in self._comps:
             test.update(p, candidate, stable)
 
     def log_e_at(self, r0: float) -> float:
         """The mixture's log e-value for ``H0: r ≤ r0`` (each component shifted to ``r0``)."""
+        if r0 == 1.0:
+            return self.log_e
+        return self._log_e_at(r0)
+
+    def _log_e_at(self, r0: float) -> float:
         unstarted = math.log(1.0 / (self._started + 1))  # Σ_{k > started} 1/(k(k+1))
         parts = [_log_weight(k) + t.log_e_at(r0) for k, t in self._comps]
-        return logsumexp([*parts, unstarted])
+        parts.append(unstarted)
+        return logsumexp(parts)
 
     @property
     def log_e(self) -> float:
-        return self.log_e_at(1.0)
+        cached = self._log_e
+        if cached is None:
+            cached = self._log_e = self._log_e_at(1.0)
+        return cached
 
     @property
     def e_value(self) -> float:
@@ -153,9 +167,11 @@ class RecoveringTest:
         out = cls(grid, int(data.get("keep", KEEP)))
         if "components" not in data:
             out._comps = [(1, AttributionTest.from_dict(data))]
+            out._log_e = None
             return out
         out._started = int(data["started"])
         out._comps = [(int(k), AttributionTest.from_dict(t)) for k, t in data["components"]]
+        out._log_e = None
         return out
 
 

@@ -62,13 +62,14 @@ NEG_INF: Final = -math.inf
 
 def logsumexp(values: Iterable[float]) -> float:
     """``log(Σ exp(v))`` without overflow; ``-inf`` for no values."""
-    vs = list(values)
+    vs = values if isinstance(values, list) else list(values)
     if not vs:
         return NEG_INF
     top = max(vs)
     if top == NEG_INF or top == math.inf:
         return top
-    return top + math.log(math.fsum(math.exp(v - top) for v in vs))
+    exp = math.exp  # a list, not a generator, into fsum: the same exact sum, cheaper
+    return top + math.log(math.fsum([exp(v - top) for v in vs]))
 
 
 def q_of(r: float, p: float) -> float:
@@ -126,7 +127,7 @@ class AttributionTest:
     routed to the candidate with probability ``p``. ``log_e`` is the log of the e-value.
     """
 
-    __slots__ = ("_counts", "_log_l", "_log_w", "grid")
+    __slots__ = ("_counts", "_log_e", "_log_l", "_log_w", "grid")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID) -> None:
         if not grid or any(r <= 1.0 for r in grid):
@@ -135,6 +136,9 @@ class AttributionTest:
         self._log_w = -math.log(len(self.grid))
         self._log_l = [0.0] * len(self.grid)
         self._counts: dict[float, list[int]] = {}
+        # `log_e` as last computed; None once `_log_l` changed. The controller asks for it
+        # several times a tick per test, and most tests see no new event in a tick.
+        self._log_e: float | None = None
 
     def update(self, p: float, candidate: int, stable: int) -> None:
         if candidate < 0 or stable < 0:
@@ -144,12 +148,18 @@ class AttributionTest:
         cell = self._counts.setdefault(p, [0, 0])
         cell[0] += candidate
         cell[1] += stable
+        self._log_e = None
+        log_l = self._log_l
         for j, (a, b) in enumerate(_coefficients(p, self.grid)):
-            self._log_l[j] += candidate * a + stable * b
+            log_l[j] += candidate * a + stable * b
 
     @property
     def log_e(self) -> float:
-        return logsumexp(self._log_w + v for v in self._log_l)
+        cached = self._log_e
+        if cached is None:
+            w = self._log_w
+            cached = self._log_e = logsumexp([w + v for v in self._log_l])
+        return cached
 
     @property
     def e_value(self) -> float:
@@ -204,6 +214,7 @@ class AttributionTest:
         log_l = data.get("log_l")
         if log_l is not None and len(log_l) == len(test.grid):
             test._log_l = [float(v) for v in log_l]  # bit-exact, not re-summed
+            test._log_e = None
         return test
 
 
@@ -237,7 +248,7 @@ class PathClassTests:
     With ``slots=0`` this is just the pooled test.
     """
 
-    __slots__ = ("_classes", "factory", "grid", "pooled", "slots")
+    __slots__ = ("_classes", "_memo", "factory", "grid", "pooled", "slots")
 
     def __init__(
         self,
@@ -250,6 +261,9 @@ class PathClassTests:
         self.factory = factory
         self.pooled: OneSidedTest = factory(self.grid)
         self._classes: dict[str, OneSidedTest] = {}
+        # (the components' log e-values, the family's): `log_e` is asked for several times a
+        # tick and its inputs rarely change; keyed on them, since `pooled` is updated directly
+        self._memo: tuple[tuple[float, ...], float] | None = None
 
     def tests(self) -> list[OneSidedTest]:
         """Every component: the pooled test, then the classes'."""
@@ -289,6 +303,17 @@ class PathClassTests:
         same weights); `log_e` at ``r0 = 1``."""
         if not self.slots:
             return self.pooled.log_e_at(r0)
+        if r0 == 1.0:
+            key = (self.pooled.log_e, *[t.log_e for t in self._classes.values()])
+            memo = self._memo
+            if memo is not None and memo[0] == key:
+                return memo[1]
+            value = self._log_e_at(r0)
+            self._memo = (key, value)
+            return value
+        return self._log_e_at(r0)
+
+    def _log_e_at(self, r0: float) -> float:
         n_slots = self.slots + 1  # the overflow slot is reserved from the start
         unused = n_slots - len(self._classes)
         per_class = [t.log_e_at(r0) for t in self._classes.values()]
@@ -442,7 +467,8 @@ class RateGuard:
     def _comp_log_e(self, comp: Sequence[int]) -> float:
         k, n, x = comp[0], comp[1], comp[2]
         log_w = -math.log(k) - math.log(k + 1)
-        return log_w + logsumexp(self._log_g + x * a + (n - x) * b for a, b in self._ab)
+        g, y = self._log_g, n - x
+        return log_w + logsumexp([g + x * a + y * b for a, b in self._ab])
 
     @property
     def log_e(self) -> float:

@@ -37,6 +37,10 @@ def _key(value: float) -> int:
     return math.ceil(math.log(value) * _INV_LOG_GAMMA)
 
 
+# key -> ``_GAMMA**key``, the histograms' bucket bounds (at most MAX_KEY - MIN_KEY + 1 keys)
+_BOUNDS: dict[int, float] = {}
+
+
 def _value(key: int) -> float:
     # bin ``key`` holds (gamma**(key-1), gamma**key]; this point is within alpha of all of it
     return 2 * _GAMMA**key / (_GAMMA + 1)
@@ -100,7 +104,15 @@ class LatencySketch:
     def histogram(self) -> tuple[tuple[float, int], ...]:
         """The bins as ``(upper bound in seconds, count)`` pairs, smallest first (one layout
         for every sketch, so histograms of both versions line up)."""
-        return tuple((_GAMMA**key, self.bins[key]) for key in sorted(self.bins))
+        bins = self.bins
+        bounds = _BOUNDS
+        out = []
+        for key in sorted(bins):
+            bound = bounds.get(key)
+            if bound is None:  # the same power as ever, computed once per key
+                bound = bounds[key] = _GAMMA**key
+            out.append((bound, bins[key]))
+        return tuple(out)
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within

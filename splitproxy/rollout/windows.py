@@ -387,10 +387,17 @@ class Window:
         return bucket
 
     def _between(self, since: float, until: float | None) -> Iterator[_Bucket]:
+        # Bucket starts never decrease (`_next`), so the buckets asked for are one run: scan
+        # from the newest back to ``since`` instead of the whole ring every tick.
         res = self.resolution
-        for bucket in self._buckets:
-            if bucket.start >= since and (until is None or bucket.start + res <= until):
-                yield bucket
+        picked: list[_Bucket] = []
+        for bucket in reversed(self._buckets):
+            if bucket.start < since:
+                break
+            if until is None or bucket.start + res <= until:
+                picked.append(bucket)
+        picked.reverse()
+        return iter(picked)
 
     def observations(self, since: float, until: float | None = None) -> list[Period]:
         """The buckets that start at or after ``since`` (oldest first), and, with ``until``,

@@ -63,6 +63,20 @@ def test_bounds_leave_room_for_real_files() -> None:
     assert len(parse_routing(shared).routes) == 300  # merge keys: own keys win, no "twice"
 
 
+def test_a_file_of_ten_thousand_routes_loads() -> None:
+    route = (
+        "  - name: r{i}\n"
+        "    match: {{host: h{i}.example, path_prefix: /p{i}}}\n"
+        "    stable: http://10.0.0.1:80\n"
+        "    candidate: {{url: 'http://10.0.0.2:80', revision: 'c{i}'}}\n"
+        "    sticky: {{cookie: splitproxy_id}}\n"
+        "    overrides: [{{header: X-Canary}}, {{cookie: beta, value: 'yes'}}]\n"
+        "    weight: 10\n"
+    )
+    text = "routes:\n" + "".join(route.format(i=i) for i in range(10_000))
+    assert len(parse_routing(text).routes) == 10_000
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=400))
 def test_any_text_is_a_config_or_a_config_error(text: str) -> None:

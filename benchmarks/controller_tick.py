@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""How long does the rollout controller's tick take with many routes under rollout?
+
+Builds the real pieces the server builds (`RuntimeState`, `Recorder`, `Controller`) for a
+routing file of ``--routes`` routes, each with a canary rollout (four steps, the documented
+checks: error rate and p99 limits and both comparisons with stable), and drives the clock by
+hand: for each simulated second it writes each route's traffic straight into its live window
+(``--rps`` requests split at the weight in force, a few path classes, lognormal latencies, a
+small error rate, every third route sticky by user), then times ``controller.tick(now)``. The
+feeding is not timed; no sleeps, no sockets (the hooks and external reads are stubs).
+
+Reports the median / p99 / max time per tick over ``--seconds`` ticks (after ``--warmup``
+untimed ones), where the rollouts stand at the end, and, with ``--profile``, cProfile's top
+entries (by own time and by cumulative time) over the timed ticks.
+
+    .venv/bin/python benchmarks/controller_tick.py                    # 1,000 routes, 60 ticks
+    .venv/bin/python benchmarks/controller_tick.py --profile --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
+from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.metrics import Recorder
+from splitproxy.rollout.controller import Controller
+from splitproxy.rollout.hooks import HookResult
+
+T0 = 1_700_000_000.0
+PATHS = ("/api/users/7", "/api/orders", "/static/app.js", "/", "/api/cart/3", "/health")
+PATH_SHARES = (0.4, 0.2, 0.15, 0.1, 0.1, 0.05)
+
+
+def routing(routes: int) -> dict[str, Any]:
+    out: list[dict[str, Any]] = []
+    for i in range(routes):
+        route: dict[str, Any] = {
+            "name": f"route-{i}",
+            "match": {"host": f"host-{i}.example"},
+            "stable": f"http://stable-{i}:80",
+            "candidate": {"url": f"http://candidate-{i}:80", "revision": "v2"},
+            "weight": 0,
+            "rollout": {
+                "steps": [5, 10, 25, 50],
+                "interval": "30s",
+                "min_requests": 100,
+                "checks": [
+                    {"metric": "error_rate", "max": "1%"},
+                    {"metric": "latency_p99", "max": "500ms"},
+                    {"metric": "error_rate", "compare": "stable"},
+                    {"metric": "latency", "compare": "stable"},
+                ],
+            },
+        }
+        if i % 3 == 0:
+            route["sticky"] = {"cookie": "splitproxy_id"}
+        out.append(route)
+    out.append({"name": "main", "stable": "http://main:80"})
+    return {"routes": out}
+
+
+class NoHooks:
+    async def post(
+        self,
+        url: str,
+        payload: Mapping[str, Any],
+        *,
+        timeout: float = 10.0,
+        retries: int = 2,
+        headers: Mapping[str, str] | None = None,
+    ) -> HookResult:
+        return HookResult(True, 200, 1, None)
+
+
+async def no_reader(check: PrometheusCheck | WebCheck) -> float | None:
+    return None
+
+
+class Traffic:
+    """Pre-drawn request streams (drawing is not what is measured, nor what is timed)."""
+
+    def __init__(self, rng: random.Random, size: int = 20_000) -> None:
+        self.paths = rng.choices(PATHS, PATH_SHARES, k=size)
+        self.latency = [rng.lognormvariate(-3.0, 0.5) for _ in range(size)]
+        self.errors = [rng.random() < 0.005 for _ in range(size)]
+        self.units = [hash(("user", rng.randrange(500))) for _ in range(size)]
+        self.offsets = [rng.random() for _ in range(size)]
+        self.at = 0
+
+    def second(self, recorder: Recorder, state: RuntimeState, now: float, rps: int) -> None:
+        snapshot = state.snapshot
+        assert snapshot is not None
+        windows = recorder.windows
+        size = len(self.paths)
+        for i, route in enumerate(snapshot.config.routes):
+            if route.rollout is None:
+                continue
+            compiled = snapshot.route(route.name)
+            assert compiled is not None
+            p = compiled.weight_bp / 10_000
+            sticky = i % 3 == 0
+            window = windows.window(route.name)
+            for k in range(rps):
+                j = self.at = (self.at + 1) % size
+                version: Version = CANDIDATE if (k + 0.5) / rps < p else STABLE
+                window.observe(
+                    now + self.offsets[j] * 0.999,
+                    version,
+                    self.latency[j],
+                    self.errors[j],
+                    p,
+                    self.paths[j],
+                    "/",
+                    unit=self.units[j] if sticky else None,
+                )
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+async def run(args: argparse.Namespace) -> None:
+    now = T0
+    text = yaml.safe_dump(routing(args.routes), sort_keys=False)
+    state = RuntimeState()
+    started = time.perf_counter()
+    state.load(parse_routing(text), content_hash(text), now)
+    loaded = time.perf_counter() - started
+    recorder = Recorder(state, clock=lambda: now)
+    control = Controller(state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now)
+    for follower in (recorder.on_swap, control.on_swap):  # as server.py does
+        state.subscribe(follower)
+    traffic = Traffic(random.Random(args.seed))
+    started = time.perf_counter()
+    control.tick(now)  # the first tick creates the analyzers
+    first = time.perf_counter() - started
+    profile = cProfile.Profile() if args.profile else None
+    times: list[float] = []
+    cpus: list[float] = []  # the process's CPU time: what the neighbours' load does not move
+    for second in range(args.warmup + args.seconds):
+        traffic.second(recorder, state, now, args.rps)
+        now += 1.0
+        if profile is not None and second >= args.warmup:
+            profile.enable()
+        started, cpu = time.perf_counter(), time.process_time()
+        control.tick(now)
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if profile is not None:
+            profile.disable()
+        if second >= args.warmup:
+            times.append(elapsed)
+            cpus.append(cpu)
+    phases = Counter(a.phase for a in control.analyzers().values())
+    weights = Counter(a.weight for a in control.analyzers().values())
+    ms = [t * 1000 for t in times]
+    if args.series:
+        print("ticks (ms):", " ".join(f"{m:.0f}" for m in ms))
+    print(
+        f"{args.routes} routes under rollout, {args.rps} requests per route per second, "
+        f"{args.seconds} timed ticks after {args.warmup}"
+    )
+    print(f"load of the routing file: {loaded * 1000:.0f} ms; first tick: {first * 1000:.0f} ms")
+    print(
+        f"tick: median {statistics.median(ms):.1f} ms, p99 {pct(ms, 0.99):.1f} ms, "
+        f"max {max(ms):.1f} ms"
+    )
+    cpu_ms = [t * 1000 for t in cpus]
+    print(
+        f"tick CPU time: median {statistics.median(cpu_ms):.1f} ms, "
+        f"p99 {pct(cpu_ms, 0.99):.1f} ms, max {max(cpu_ms):.1f} ms"
+    )
+    print(f"phases at the end: {dict(phases)}; weights: {dict(weights)}")
+    if profile is not None:
+        for key in ("tottime", "cumulative"):
+            out = io.StringIO()
+            pstats.Stats(profile, stream=out).sort_stats(key).print_stats(args.top)
+            print(f"\n--- cProfile, top {args.top} by {key} ---")
+            print(out.getvalue().split("\n\n", 2)[-1].strip())
+    await control.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routes", type=int, default=1000)
+    parser.add_argument("--rps", type=int, default=20, help="requests per route per second")
+    parser.add_argument("--seconds", type=int, default=60, help="timed ticks")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed ticks first")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--series", action="store_true", help="print every tick's time")
+    args = parser.parse_args()
+    if not (1 <= args.routes <= 20_000 and 1 <= args.seconds <= 600 and args.rps <= 1000):
+        parser.error("keep it bounded: routes <= 20,000, seconds <= 600, rps <= 1,000")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

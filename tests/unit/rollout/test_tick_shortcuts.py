@@ -1,0 +1,136 @@
+"""The controller tick's shortcuts change no number: the cached e-values equal a fresh
+computation bit for bit, and the windows' backward scan returns what a full scan returns."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitproxy.config.vocabulary import CANDIDATE, STABLE
+from splitproxy.rollout.histograms import hist_quantile, hist_quantiles
+from splitproxy.rollout.recovery import RecoveringTest
+from splitproxy.rollout.sequential import (
+    AttributionTest,
+    PathClassTests,
+    RateGuard,
+    logsumexp,
+)
+from splitproxy.rollout.sketch import _GAMMA, LatencySketch
+from splitproxy.rollout.windows import Window
+
+P = st.sampled_from([0.05, 0.1, 0.25, 0.5, 0.0, 1.0])
+UPDATE = st.tuples(P, st.integers(0, 30), st.integers(0, 300))
+# an update, a fresh start of the comparisons, or an update of the pooled test alone
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("update"), UPDATE, st.sampled_from(["/a", "/b", "/c", "~other"])),
+        st.tuples(st.just("restart"), UPDATE, st.just("")),
+        st.tuples(st.just("pooled"), UPDATE, st.just("")),
+    ),
+    max_size=40,
+)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _naive_logsumexp(values: list[float]) -> float:
+    if not values:
+        return -math.inf
+    top = max(values)
+    if top in (-math.inf, math.inf):
+        return top
+    return top + math.log(math.fsum(math.exp(v - top) for v in values))
+
+
+@given(st.lists(st.floats(-800, 800) | st.sampled_from([-math.inf, math.inf]), max_size=12))
+def test_logsumexp_is_the_plain_formula(values: list[float]) -> None:
+    assert _same(logsumexp(values), _naive_logsumexp(values))
+    assert _same(logsumexp(iter(values)), _naive_logsumexp(values))
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_cached_e_values_equal_a_fresh_computation(
+    ops: list[tuple[str, tuple[float, int, int], str]],
+) -> None:
+    family = PathClassTests(3, factory=RecoveringTest)
+    plain = AttributionTest()
+    for kind, (p, x, y), name in ops:
+        if kind == "restart":
+            for test in family.tests():
+                assert isinstance(test, RecoveringTest)
+                test.restart()
+        elif kind == "pooled":  # as `Evidence.fold` does: the pooled test updated directly
+            family.pooled.update(p, x, y)
+        else:
+            family.update(p, x, y, name)
+            plain.update(p, x, y)
+        fresh = PathClassTests.from_dict(
+            family.to_dict(), load=RecoveringTest.from_dict, factory=RecoveringTest
+        )
+        assert _same(family.log_e, fresh.log_e)
+        for test, again in zip(family.tests(), fresh.tests(), strict=True):
+            assert _same(test.log_e, again.log_e)
+        assert _same(plain.log_e, AttributionTest.from_dict(plain.to_dict()).log_e)
+        assert _same(plain.log_e, _naive_logsumexp([plain._log_w + v for v in plain._log_l]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 80), st.integers(0, 80)), max_size=40))
+def test_the_guard_answers_as_its_formula(batches: list[tuple[int, int]]) -> None:
+    guard = RateGuard(0.02, block=20, keep=4)
+    for n, x in batches:
+        guard.update(n + x, x)
+        parts = [
+            -math.log(k)
+            - math.log(k + 1)
+            + _naive_logsumexp([guard._log_g + e * a + (r - e) * b for a, b in guard._ab])
+            for k, r, e in guard._comps
+        ]
+        want = _naive_logsumexp([*parts, math.log(1.0 / (guard._started + 1))]) if parts else 0.0
+        assert _same(guard.log_e, want)
+
+
+def test_a_histogram_bound_is_the_power_it_stands_for() -> None:
+    sketch = LatencySketch()
+    for value in (0.0001, 0.003, 0.02, 0.02, 0.5, 7.0, 100.0):
+        sketch.add(value)
+    for _ in range(2):  # the second time from the table of bounds
+        bounds = [bound for bound, _ in sketch.histogram()]
+        assert bounds == [_GAMMA**key for key in sorted(sketch.bins)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 30), st.sampled_from([0.05, 0.5, None])), min_size=1, max_size=60
+    ),
+    st.floats(0, 35),
+    st.floats(0, 35) | st.none(),
+)
+def test_the_backward_scan_returns_what_a_full_scan_returns(
+    requests: list[tuple[float, float | None]], since: float, until: float | None
+) -> None:
+    window = Window(capacity=8)
+    now = 0.0
+    for step, p in requests:
+        now += step / 10  # the clock moves on, sometimes within a bucket, sometimes not
+        window.observe(now, CANDIDATE if step > 15 else STABLE, 0.01, False, p)
+    want = [
+        b
+        for b in window._buckets
+        if b.start >= since and (until is None or b.start + window.resolution <= until)
+    ]
+    assert list(window._between(since, until)) == want
+
+
+@given(
+    st.dictionaries(st.sampled_from([0.01 * 1.04**k for k in range(60)]), st.integers(-3, 50)),
+    st.lists(st.floats(0, 1), max_size=4),
+)
+def test_quantiles_sorted_once_are_the_quantiles(hist: dict[float, int], qs: list[float]) -> None:
+    assert hist_quantiles(hist, qs) == {q: hist_quantile(hist, q) for q in qs}
