@@ -36,7 +36,12 @@ _REMEMBER = 1024  # entries of a formatting cache (methods, routing parts) befor
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; ``extra={"fields": {...}}`` adds keys."""
+    """One JSON object per line; ``extra={"fields": {...}}`` adds keys; ``worker``: the
+    worker process's index, on every line of a worker (``serve --workers N``)."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -45,6 +50,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.worker is not None:
+            data["worker"] = self.worker
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             data.update(fields)
@@ -53,13 +60,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, separators=(",", ":"))
 
 
-def configure(log_format: str = "text", level: str = "info") -> None:
-    """Send the process log to stderr in the chosen format."""
+def configure(log_format: str = "text", level: str = "info", worker: int | None = None) -> None:
+    """Send the process log to stderr in the chosen format; a worker of ``serve --workers N``
+    names itself on every line (``worker``: its index)."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        who = "" if worker is None else f"[worker {worker}] "
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)-7s {who}%(name)s: %(message)s")
+        )
     root = logging.getLogger("splitproxy")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

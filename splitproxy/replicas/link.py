@@ -56,6 +56,7 @@ from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.phases import ACTIVE
 from splitproxy.rollout.windows import Period
 from splitproxy.views import ReplicaView
+from splitproxy.workers.counts import LateBucketsCollector
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
 if TYPE_CHECKING:
@@ -135,7 +136,10 @@ class ReplicaLink:
     def recorder(self, state: RuntimeState) -> Recorder:
         """The replica's recorder: its data path writes its own buckets, every read (the
         controller's, status's) sees the pool of every replica's."""
-        return Recorder(state, windows=self.windows)
+        recorder = Recorder(state, windows=self.windows)
+        pool = self.pool
+        recorder.registry.register(LateBucketsCollector(lambda: pool.dropped))
+        return recorder
 
     async def begin(self, server: Server, store: RedisStateStore) -> None:
         """Before the controller starts: connect and try the lease once, so a replica alone

@@ -44,7 +44,7 @@ async def run(channel_fd: int, listeners: dict[Listener, socket.socket]) -> int:
         print("splitproxy worker: no hello from the supervisor", file=sys.stderr)
         return 1
     settings = hello.settings
-    logs.configure(settings.log_format, settings.log_level)
+    logs.configure(settings.log_format, settings.log_level, worker=hello.worker)
     link = WorkerLink(hello.worker, channel, listeners)
     if not hello.leader:
         settings = follower_settings(settings)

@@ -15,7 +15,7 @@ dashboard can see the split between them; plus ``splitproxy_worker_restarts_tota
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -150,3 +150,20 @@ class PooledRegistry(CollectorRegistry):
 
     def collect(self) -> Iterator[Metric]:
         yield from self.counts.merge(self.inner.collect())
+
+
+class LateBucketsCollector(Collector):
+    """``splitproxy_pool_late_buckets_total``: 1 s buckets another worker (or replica)
+    published after the pool had already judged their second (``pooling.Pool.dropped``):
+    traffic the analyzer never saw. It should stay at 0; a rising count means a stalled or
+    overloaded worker, or clocks apart between replicas."""
+
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self.dropped = dropped
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "splitproxy_pool_late_buckets",
+            "Buckets of another worker or replica that arrived after their second was judged.",
+            value=self.dropped(),
+        )

@@ -37,7 +37,12 @@ from splitproxy.dataplane.state import RuntimeState, SharedState, Snapshot
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.windows import Windows
-from splitproxy.workers.counts import PooledRegistry, WorkerCounts, data_path_families
+from splitproxy.workers.counts import (
+    LateBucketsCollector,
+    PooledRegistry,
+    WorkerCounts,
+    data_path_families,
+)
 from splitproxy.workers.ipc import Counted, Members, Observed, Ready, StateUpdate
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
@@ -91,6 +96,8 @@ class WorkerLink:
         """The worker's recorder: the leader's reads the pool, and its scrape sums workers."""
         recorder = Recorder(state, windows=self.windows)
         if self.leader:
+            pool = self.pool
+            recorder.registry.register(LateBucketsCollector(lambda: pool.dropped if pool else 0))
             recorder.registry = PooledRegistry(recorder.registry, self.counts)
         return recorder
 

@@ -201,6 +201,10 @@ async def test_two_workers_serve_one_listener_and_count_as_one(
             return bool(view["traffic"]["stable"]["requests"] == sent)
 
         await eventually(status_sums, f"status counting all {sent} requests")
+        # each worker names itself in its log lines; the pool says it judged every bucket
+        assert "[worker 0] " in proxy.output()
+        assert "[worker 1] " in proxy.output()
+        assert samples(await metrics(proxy), "splitproxy_pool_late_buckets_total") == {"": 0.0}
 
 
 @pytest.mark.timeout(60)
