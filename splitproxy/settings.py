@@ -162,9 +162,14 @@ class Settings(BaseSettings):
 
     @field_validator("workers")
     @classmethod
-    def _workers(cls, v: int | str) -> int | str:
+    def _workers(cls, v: int | str, info: ValidationInfo) -> int | str:
         if isinstance(v, int) and not 1 <= v <= MAX_WORKERS:
             raise ValueError(f"must be between 1 and {MAX_WORKERS}, or auto")
+        if v != 1 and info.data.get("state") is not None:
+            raise ValueError(
+                "replicas sharing a Redis state (state) run one process each: run more "
+                "replicas instead of workers"
+            )
         return v
 
     @property

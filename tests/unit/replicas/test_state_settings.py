@@ -83,3 +83,10 @@ def test_every_key_is_under_the_namespace() -> None:
     assert all(name.startswith("shop:") for name in names)
     with pytest.raises(ValueError, match="letters, digits"):
         Keys("shop prod")
+
+
+def test_workers_and_a_redis_state_together_are_refused_naming_both() -> None:
+    with pytest.raises(InvalidSettings, match="workers") as caught:
+        load_settings(state="redis://127.0.0.1:6379/0", workers=2)
+    assert "replicas" in str(caught.value)
+    assert load_settings(state="redis://127.0.0.1:6379/0", workers=1).worker_count == 1
