@@ -441,7 +441,7 @@ class RolloutsView(TypedDict):
 class ReplicaView(TypedDict):
     """One replica of several sharing a Redis state store."""
 
-    name: str  # host:pid
+    name: str  # host:pid:random
     leading: bool  # this replica decides the rollouts
     fencing_token: int | None  # its leadership's token (None: it follows)
     state_store_reachable: bool

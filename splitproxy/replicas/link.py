@@ -42,6 +42,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -87,8 +88,10 @@ class ReplicaOptions:
 
 
 def replica_name() -> str:
-    """This process's name among the replicas: host and pid."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """A name among the replicas: host, pid and a random part (two replicas must never share
+    a name, or each would take the other's lease for its own and skip its observations: a
+    container's pid is often 1 on every host, and tests run several in one process)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class ReplicaLink:
@@ -310,6 +313,14 @@ class ReplicaLink:
     def _on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         if self.leading:
             self._routing_due.set()
+        if old is None or old.config is not new.config:
+            tests = [r.name for r in new.config.routes if r.rollout and r.rollout.ab]
+            if tests:  # docs/scale-out.md: each replica keeps its own table of users
+                logger.warning(
+                    "A/B tests on %s count only the users whose requests reach the leading "
+                    "replica (the per-user tables are not pooled across replicas yet)",
+                    ", ".join(tests),
+                )
 
     async def _publish(self) -> None:
         while True:
