@@ -11,9 +11,7 @@ import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +121,11 @@ def _client_token(args: argparse.Namespace) -> str | None:
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One admin API call; returns (status, decoded JSON); raises `Unreachable`."""
+    # here, not at the top: urllib.request brings ssl, http.client and email (10 MiB) to every
+    # command, `serve` and `check` included, which never call the admin API
+    import urllib.error
+    import urllib.request
+
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(_admin_url(args) + path, data=data, method=method)
     req.add_header("Content-Type", "application/json")

@@ -118,6 +118,9 @@ class _Reply:
             else:
                 self.small = None
 
+    def upstream_read_done(self) -> None:
+        pass  # nothing is held between reads
+
     def upstream_complete(self) -> None:
         if not self.done.done():
             self.done.set_result(None)

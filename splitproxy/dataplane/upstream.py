@@ -66,6 +66,7 @@ class ResponseSink(Protocol):
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
     ) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
+    def upstream_read_done(self) -> None: ...
     def upstream_complete(self) -> None: ...
     def upstream_upgraded(self, rest: bytes) -> None: ...
     def upstream_failed(self, kind: FailureKind) -> None: ...
@@ -164,6 +165,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.pool.host, self.pool.port, MAX_RESPONSE_HEAD,
             )  # fmt: skip
             self._fail("protocol")
+            return
+        if self.state is STREAMING_BODY and self.sink is sink:
+            # The response goes on in a later read: what the exchange holds of it goes out now.
+            sink.upstream_read_done()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost reports
@@ -196,7 +201,8 @@ class UpstreamConnection(asyncio.Protocol):
             raise UpstreamProtocolError("bytes after a complete response")
 
     def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+        # Called once per read the reason phrase spans: the pieces add up (reset at the head's end).
+        self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
@@ -206,6 +212,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         sink = self.sink
+        reason, self.reason = self.reason, b""
         if sink is None:
             return
         status = self.status = self.parser.get_status_code()
@@ -220,7 +227,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.body = _framing(headers)
         self.state = STREAMING_BODY
-        sink.upstream_head(status, self.reason, headers, keep)
+        sink.upstream_head(status, reason, headers, keep)
         if self.head_only and status >= 200 and self.sink is sink:
             # llhttp cannot be told that a response answers HEAD: it would wait for the
             # Content-Length bytes that never come. End the exchange here and start the next

@@ -39,6 +39,7 @@ class MockTransport:
         self.protocol: asyncio.BaseProtocol | None = None
         self.peer = peer
         self.written = bytearray()
+        self.calls: list[bytes] = []  # what each write / writelines call carried
         self.reading = True
         self.closed = False
         self.aborted = False
@@ -51,6 +52,10 @@ class MockTransport:
 
     # -- the transport interface the proxy uses ------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.calls.append(bytes(data))
+        self._put(data)
+
+    def _put(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "write after close"
         self.written += data
         if self.hold:
@@ -61,8 +66,9 @@ class MockTransport:
                 self.protocol.pause_writing()
 
     def writelines(self, lines: list[bytes]) -> None:
+        self.calls.append(b"".join(lines))  # one call: one writev on a real transport
         for data in lines:
-            self.write(data)
+            self._put(data)
 
     def pause_reading(self) -> None:
         self.reading = False

@@ -18,6 +18,7 @@ class Sink:
         self.heads: list[tuple[int, list[tuple[bytes, bytes]]]] = []
         self.body = bytearray()
         self.complete = 0
+        self.reads_done = 0
         self.upgraded: list[bytes] = []
         self.failed: list[FailureKind] = []
         self.writable: list[bool] = []
@@ -29,6 +30,9 @@ class Sink:
 
     def upstream_body(self, data: bytes) -> None:
         self.body += data
+
+    def upstream_read_done(self) -> None:
+        self.reads_done += 1
 
     def upstream_complete(self) -> None:
         self.complete += 1
