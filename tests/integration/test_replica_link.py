@@ -51,9 +51,13 @@ async def test_a_frozen_leaders_late_write_is_refused_and_it_steps_down(
     assert (a.leading, b.leading) == (True, False)  # the first to start took the lease
     old_token = a.token
     assert old_token is not None
+
     # the follower serves the leader's split
-    await until(lambda: second.state.snapshot.rollout_weights.get("app") is not None,
-                "the leader's rollout weight on the follower")  # fmt: skip
+    def followed() -> bool:
+        snapshot = second.state.snapshot
+        return snapshot is not None and snapshot.rollout_weights.get("app") is not None
+
+    await until(followed, "the leader's rollout weight on the follower")
     # freeze the leader: its tasks stop (as in a long pause), its lease runs out
     for task in a._tasks:
         task.cancel()
