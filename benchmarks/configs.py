@@ -62,6 +62,10 @@ routes:
     candidate: {{url: http://{upstream}, revision: "b"}}
     weight: 50
     sticky: {{cookie: {cookie}}}
+    rollout:  # a canary held at its first step (50 %): the controller ticks and judges
+      steps: [50]
+      interval: 1h
+      min_requests: 100000000
 """
 
 
@@ -93,8 +97,9 @@ def splitproxy_nometrics(ctx: Ctx) -> list[str]:
     return [argv[0], str(BENCH / "proxies" / "splitproxy_nometrics.py"), *argv[3:]]
 
 
+# what a user gets from `splitproxy serve` (access log on, text, to the proxy's stderr, here a
+# file), plus a state directory (a rollout runs)
 SPLITPROXY_ENV = {
-    "SPLITPROXY_ACCESS_LOG": "false",
     "SPLITPROXY_STATE_DIR": "{run_dir}/splitproxy-state",
     "SPLITPROXY_DRAIN_TIMEOUT": "2",  # stop promptly between runs
 }
@@ -103,26 +108,20 @@ CONFIGS: list[Config] = [
     Config("direct", None),
     Config("nginx", nginx),
     Config("aiohttp", aiohttp),
-    Config("splitproxy", splitproxy, env=SPLITPROXY_ENV),
-    # access log on (it goes to the proxy's log file under results/<stamp>/logs/)
+    Config("splitproxy", splitproxy, env=SPLITPROXY_ENV),  # the defaults
     Config(
-        "splitproxy-log",
+        "splitproxy-logoff",
         splitproxy,
-        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true"},
+        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "false"},
         default=False,
     ),
     Config(
-        "splitproxy-log-json",
+        "splitproxy-json",
         splitproxy,
-        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true", "SPLITPROXY_LOG_FORMAT": "json"},
+        env={**SPLITPROXY_ENV, "SPLITPROXY_LOG_FORMAT": "json"},
         default=False,
     ),
     # the access log (text) into a pipe that `cat` drains, rather than into a file
-    Config(
-        "splitproxy-log-pipe",
-        splitproxy_pipe,
-        env={**SPLITPROXY_ENV, "SPLITPROXY_ACCESS_LOG": "true"},
-        default=False,
-    ),
+    Config("splitproxy-pipe", splitproxy_pipe, env=SPLITPROXY_ENV, default=False),
     Config("splitproxy-nometrics", splitproxy_nometrics, env=SPLITPROXY_ENV, default=False),
 ]

@@ -32,7 +32,7 @@ from configs import BENCH, CONFIGS, COOKIE_HEADER, REPO, Config, Ctx
 from summarize import summarize
 
 HZ = os.sysconf("SC_CLK_TCK")
-SCENARIOS = "closed:/1k,closed:/64k,open:/1k:2000"
+SCENARIOS = "closed:/1k,closed:/64k,open:/1k:500,open:/1k:2000"
 SIZES = {"/ok": 2, "/1k": 1024, "/64k": 65536}
 
 
