@@ -31,11 +31,9 @@ import yaml
 from aiohttp import web
 
 from splitproxy.dataplane.routing import bucket, salt_for
-from tests.e2e import test_rollout_cli as canary
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import Proxy, cli
-from tests.e2e.test_rollout_cli import ROUTE, Serve, decision, events, start_proxy, wait_for
-
-serve = canary.serve  # the fixture: upstreams on 127.0.0.1
+from tests.e2e.test_rollout_cli import ROUTE, decision, events, start_proxy, wait_for
 
 
 def shop(version: str, signup_rate: float) -> web.Application:

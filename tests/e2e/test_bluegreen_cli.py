@@ -24,11 +24,10 @@ import aiohttp
 import pytest
 
 from splitproxy.demo.service import Faults, create_app
-from tests.e2e import test_rollout_cli as canary
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import Proxy, cli, serving
 from tests.e2e.test_rollout_cli import (
     ROUTE,
-    Serve,
     decision,
     events,
     phase_is,
@@ -37,7 +36,6 @@ from tests.e2e.test_rollout_cli import (
     write_config,
 )
 
-serve = canary.serve  # the fixture: upstreams on 127.0.0.1
 PREVIEW = re.compile(r"preview listener on 127\.0\.0\.1:(\d+)")
 
 # The test job: GETs SPLITPROXY_PREVIEW_URL a few times, records what answered (one line per

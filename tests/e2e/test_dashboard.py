@@ -26,9 +26,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.proc import Proxy, serving
-from tests.e2e.test_rollout_cli import ROUTE, serve, versions, write_config
-
-__all__ = ["serve"]  # the fixture, used by name
+from tests.e2e.test_rollout_cli import ROUTE, versions, write_config
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TOKEN = "dashboard-test-token"

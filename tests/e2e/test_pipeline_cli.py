@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import cli
 from tests.e2e.test_rollout_cli import (
     ROUTE,
-    Serve,
-    serve,  # noqa: F401 - the fixture
     start_proxy,
     traffic,
     versions,
@@ -25,7 +24,7 @@ from tests.e2e.test_rollout_cli import (
 @pytest.mark.timeout(60)
 async def test_status_wait_exits_0_promoted_1_rolled_back_2_timeout(
     tmp_path: Path,
-    serve: Serve,  # noqa: F811 - the fixture imported above
+    serve: Serve,
 ) -> None:
     stable, candidate = await versions(serve)
     config = write_config(tmp_path / "routes.yaml", stable, candidate, steps=[50])

@@ -9,12 +9,10 @@ of its test (``proc.serving``, the ``redis_server`` fixture), every loop is boun
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -22,28 +20,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import Proxy, serving
-from tests.e2e.test_workers_cli import ROUTE, Upstream, write_config
+from tests.e2e.test_workers_cli import ROUTE, Upstream, eventually, get_json, write_config
 from tests.redis_server import RedisServer
-
-Serve = Callable[[web.Application], Awaitable[str]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    servers: list[TestServer] = []
-
-    async def start(app: web.Application) -> str:
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.port}"
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 @contextlib.contextmanager
@@ -69,13 +50,6 @@ def replicas(
             for i in range(count)
         ]
         yield started
-
-
-async def get_json(url: str) -> Any:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            assert resp.status == 200, await resp.text()
-            return await resp.json()
 
 
 async def post(proxy: Proxy, path: str, body: dict[str, Any], method: str = "POST") -> Any:
@@ -106,15 +80,6 @@ async def leader_of(proxies: list[Proxy]) -> Proxy:
     leading = [p for p in proxies if (await replica_view(p))["leading"]]
     assert len(leading) == 1, [p.output()[-2000:] for p in proxies]
     return leading[0]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 15) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never {what}")
 
 
 async def versions(proxy: Proxy, count: int, user: str | None = None) -> list[str]:

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import cli
 from tests.e2e.test_rollout_cli import (
     ROUTE,
-    Serve,
     route_view,
-    serve,  # noqa: F401 - the fixture
     served_by,
     start_proxy,
     traffic,
@@ -65,7 +64,7 @@ async def until_reloaded(proxy: Any, timeout: float = 10.0) -> None:
 @pytest.mark.timeout(45)
 async def test_revert_inside_the_window_and_refused_outside_it(
     tmp_path: Path,
-    serve: Serve,  # noqa: F811 - the fixture imported above
+    serve: Serve,
 ) -> None:
     stable, candidate = await versions(serve)
     path = tmp_path / "routes.yaml"

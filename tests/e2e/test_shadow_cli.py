@@ -20,10 +20,10 @@ import yaml
 from aiohttp import web
 
 from splitproxy.config.mirror import HEADER
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import cli
 from tests.e2e.test_rollout_cli import (
     ROUTE,
-    Serve,
     decision,
     events,
     phase_is,
@@ -32,7 +32,6 @@ from tests.e2e.test_rollout_cli import (
     traffic,
     wait_for,
 )
-from tests.e2e.test_rollout_cli import serve as serve  # the fixture: upstreams on 127.0.0.1
 
 
 def upstream(

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,11 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
+from tests.e2e.conftest import Serve
 from tests.e2e.proc import Proxy, cli, serving
 
 ROUTE = "app"
-Serve = Callable[[web.Application], Awaitable[str]]
 
 
 class Upstream:
@@ -66,22 +65,6 @@ class Upstream:
             await asyncio.sleep(self.delay)
         status = 500 if self.fail_every and self.arrived % self.fail_every == 0 else 200
         return web.json_response({"version": self.version, "worker": worker}, status=status)
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """``await serve(app)``: an aiohttp application on 127.0.0.1; its base URL."""
-    servers: list[TestServer] = []
-
-    async def start(app: web.Application) -> str:
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.port}"
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 def write_config(path: Path, stable: str, candidate: str | None = None, **rollout: Any) -> Path:
