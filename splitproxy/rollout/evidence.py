@@ -149,6 +149,8 @@ class Evidence:
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
+        # the error comparison's latest result and what it was made of (`_error_compare`)
+        self._error_memo: tuple[tuple[Any, ...], CheckResult] | None = None
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -525,6 +527,17 @@ class Evidence:
         return _bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
     def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
+        # Most ticks bring the comparison no new event: the result (its e-values and detail
+        # text) is then the previous tick's, kept while nothing it is made of changed.
+        key = (test.state_key(), name, self.alpha.error, len(self.units), self.units.skipped)
+        memo = self._error_memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        result = self._error_result(name, test)
+        self._error_memo = (key, result)
+        return result
+
+    def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
         bar = 1 / self.alpha.error
         e = test.e_value
         detail = ""
