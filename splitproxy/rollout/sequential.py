@@ -439,7 +439,7 @@ class RateGuard:
     newest always, then those with the largest weighted values.
     """
 
-    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "keep", "rates")
+    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "rates")
 
     def __init__(
         self,
@@ -458,12 +458,14 @@ class RateGuard:
         self._started = 0  # components started so far (k of the newest)
         # per component: [k, requests since it started, errors since it started]
         self._comps: list[list[int]] = []
+        self.changes = 0  # counts the updates: what a memo of a result is keyed on
 
     def update(self, requests: int, errors: int) -> None:
         if errors < 0 or requests < errors:
             raise ValueError("need 0 <= errors <= requests")
         if requests == 0:
             return
+        self.changes += 1
         if not self._comps or self._comps[-1][1] >= self.block:
             self._started += 1
             self._comps.append([self._started, 0, 0])
