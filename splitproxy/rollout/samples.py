@@ -81,7 +81,15 @@ def window_samples(
     """``samples_for(windows.observations(route, since, until), ...)`` and the largest
     ``end`` of those buckets (None without any), read from the live buckets directly: the
     controller's path every tick, which skips building a `Period` (and copying its sketches)
-    per bucket. The same samples, in the same order, as the `Period` path (tested)."""
+    per bucket. The same samples, in the same order, as the `Period` path (tested).
+
+    Windows whose reads are not their own buckets (``workers.pooling.PooledWindows`` answers
+    `observations` from the buckets pooled from every worker or replica) are read through
+    their `observations`, as before."""
+    if type(windows).observations is not Windows.observations:
+        periods = windows.observations(route, since, until)
+        end = max(p.end for p in periods) if periods else None
+        return samples_for(periods, judge_synthetic=judge_synthetic), end
     window = windows.get(route)
     if window is None:
         return [], None

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
 from splitproxy.rollout.samples import samples_for, window_samples
 from splitproxy.rollout.windows import Windows
+from splitproxy.workers.pooling import PooledWindows
 
 PATHS = ["/api/users/7", "/api/orders", "/static/x.js", "/", "/a/b", "/x1", "/x2", "/x3", None]
 REQUEST = st.tuples(
@@ -72,3 +73,19 @@ def test_a_route_without_a_window_has_no_samples() -> None:
     windows = Windows()
     assert window_samples(windows, "nowhere", 0.0, 10.0) == ([], None)
     assert "nowhere" not in windows  # reading creates nothing
+
+
+def test_pooled_windows_are_read_from_the_pool_not_the_local_buckets() -> None:
+    """Workers and replicas: the analyzer judges every member's traffic (the pool), never only
+    the leader's own requests (its local buckets)."""
+    windows = PooledWindows()
+    t0 = 1_700_000_000.0
+    windows.window("r").observe(t0 + 0.5, CANDIDATE, 0.01, True, 0.5, "/a")  # local only
+    other = Windows()
+    for _ in range(3):
+        other.window("r").observe(t0 + 0.5, STABLE, 0.02, False, 0.5, "/a")
+    windows.add("r", other.observations("r", 0.0))  # released by the pool
+    got, end = window_samples(windows, "r", 0.0, t0 + 2)
+    assert got == samples_for(windows.observations("r", 0.0, t0 + 2))
+    assert [(s.version, s.requests, s.errors) for s in got if s.requests] == [(STABLE, 3, 0)]
+    assert end == t0 + 1
