@@ -38,7 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
-from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
+from splitproxy.config.vocabulary import CANDIDATE, STABLE
 from splitproxy.dataplane.state import RuntimeState, content_hash
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.controller import Controller
@@ -95,13 +95,25 @@ async def no_reader(check: PrometheusCheck | WebCheck) -> float | None:
 
 
 class Traffic:
-    """Pre-drawn request streams (drawing is not what is measured, nor what is timed)."""
+    """Each route's requests, drawn afresh every second as a proxy would see them.
 
-    def __init__(self, rng: random.Random, size: int = 20_000) -> None:
+    Latencies, errors and paths come from pre-drawn pools (drawing them is not what is
+    measured), read from a random place per route and second, so no two seconds repeat; a
+    request goes to the candidate with the weight's probability (a fresh draw per request), or,
+    on a sticky route, as its user's key hashes (a user keeps its version, as in
+    `dataplane.routing`: candidate iff the key's bucket < ``weight_bp``), from 500 users per
+    route. ``replay=True`` is the earlier feeding, kept to reproduce its A/A rollbacks: every
+    route got the very same 20 requests every second (the pools were exactly one second of
+    traffic long) and the candidate the same slot of them, so a candidate whose one slot was
+    the slowest of the 20 was slower than stable's p95 every second."""
+
+    def __init__(self, rng: random.Random, size: int = 20_000, *, replay: bool = False) -> None:
+        self.rng = rng
+        self.replay = replay
         self.paths = rng.choices(PATHS, PATH_SHARES, k=size)
         self.latency = [rng.lognormvariate(-3.0, 0.5) for _ in range(size)]
         self.errors = [rng.random() < 0.005 for _ in range(size)]
-        self.units = [hash(("user", rng.randrange(500))) for _ in range(size)]
+        self.users = [rng.randrange(500) for _ in range(size)]
         self.offsets = [rng.random() for _ in range(size)]
         self.at = 0
 
@@ -110,27 +122,41 @@ class Traffic:
         assert snapshot is not None
         windows = recorder.windows
         size = len(self.paths)
+        rng = self.rng
         for i, route in enumerate(snapshot.config.routes):
             if route.rollout is None:
                 continue
             compiled = snapshot.route(route.name)
             assert compiled is not None
-            p = compiled.weight_bp / 10_000
+            bp = compiled.weight_bp
+            p = bp / 10_000
             sticky = i % 3 == 0
             window = windows.window(route.name)
+            start = self.at if self.replay else rng.randrange(size)
             for k in range(rps):
-                j = self.at = (self.at + 1) % size
-                version: Version = CANDIDATE if (k + 0.5) / rps < p else STABLE
+                j = (start + k + 1) % size
+                unit: int | None = None
+                if sticky:  # the earlier feeding's users were shared by all routes
+                    key = ("user", self.users[j]) if self.replay else (i, "user", self.users[j])
+                    unit = hash(key)
+                if self.replay:
+                    cand = (k + 0.5) / rps < p
+                elif unit is not None:
+                    cand = unit % 10_000 < bp
+                else:
+                    cand = rng.random() < p
                 window.observe(
                     now + self.offsets[j] * 0.999,
-                    version,
+                    CANDIDATE if cand else STABLE,
                     self.latency[j],
                     self.errors[j],
                     p,
                     self.paths[j],
                     "/",
-                    unit=self.units[j] if sticky else None,
+                    unit=unit,
                 )
+            if self.replay:
+                self.at = (self.at + rps) % size
 
 
 def pct(values: list[float], p: float) -> float:
@@ -149,7 +175,7 @@ async def run(args: argparse.Namespace) -> None:
     control = Controller(state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now)
     for follower in (recorder.on_swap, control.on_swap):  # as server.py does
         state.subscribe(follower)
-    traffic = Traffic(random.Random(args.seed))
+    traffic = Traffic(random.Random(args.seed), replay=args.replay)
     started = time.perf_counter()
     control.tick(now)  # the first tick creates the analyzers
     first = time.perf_counter() - started
@@ -189,6 +215,13 @@ async def run(args: argparse.Namespace) -> None:
         f"p99 {pct(cpu_ms, 0.99):.1f} ms, max {max(cpu_ms):.1f} ms"
     )
     print(f"phases at the end: {dict(phases)}; weights: {dict(weights)}")
+    why = Counter(
+        next(e.message for e in reversed(a.history) if e.kind == "rolled_back")
+        for a in control.analyzers().values()
+        if a.phase == "rolled_back"
+    )
+    if why:
+        print("rolled back (all A/A: stable and candidate alike):", dict(why))
     if profile is not None:
         for key in ("tottime", "cumulative"):
             out = io.StringIO()
@@ -208,6 +241,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--series", action="store_true", help="print every tick's time")
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="the earlier, unrealistic feeding (the same requests every second): A/A control",
+    )
     args = parser.parse_args()
     if not (1 <= args.routes <= 20_000 and 1 <= args.seconds <= 600 and args.rps <= 1000):
         parser.error("keep it bounded: routes <= 20,000, seconds <= 600, rps <= 1,000")

@@ -95,7 +95,7 @@ from splitproxy.rollout.samples import (
     analyzer_spec,
     judges_synthetic,
     path_class_slots,
-    samples_for,
+    window_samples,
 )
 from splitproxy.rollout.store import StateBackend
 from splitproxy.rollout.testjob import TestJobRunner
@@ -256,12 +256,14 @@ class Controller:
         assert snapshot is not None
         route = snapshot.config.route(rt.name)
         identity = candidate_identity(route) if route is not None else None
-        buckets = self.recorder.observations(rt.name, rt.last, until=now)
-        if buckets:
-            rt.last = max(rt.last, max(b.end for b in buckets))
+        # = samples_for(recorder.observations(name, last, until=now)), without the copies
+        samples, end = window_samples(
+            self.recorder.windows, rt.name, rt.last, now, judge_synthetic=judges_synthetic(route)
+        )
+        if end is not None:
+            rt.last = max(rt.last, end)
         gates = self.dispatcher.answers(rt.name)
         external = self.poller.values(rt.name)
-        samples = samples_for(buckets, judge_synthetic=judges_synthetic(route))
         health = self.health(rt.name) if self.health is not None else None
         tests = [
             TestOutcome(attempt, r.passed, r.summary())

@@ -58,6 +58,7 @@ from splitproxy.config import (
 )
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile, hist_quantiles
+from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
@@ -149,6 +150,10 @@ class Evidence:
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
+        # the comparisons' and the guard's latest results, kept while their inputs do not change
+        self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
+            Kept(), Kept(), Kept()
+        )  # fmt: skip
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -387,24 +392,20 @@ class Evidence:
                 out.append(self._error_compare(self.error_compare.key, self.errors_test))
             if self.latency_compare is not None:
                 out.append(self._latency_compare(self.latency_compare.key))
-        if self.guard is not None:
-            bar = 1 / self.alpha.guard
-            e = self.guard.e_value
-            out.append(
-                CheckResult(
-                    "guard",
-                    "guard",
-                    e,
-                    None,
-                    bar,
-                    self.guard.requests,
-                    "fail" if e >= bar else "pass",
-                    f"candidate error rate far above {self.guard.cap:g}",
-                    metric="error_rate",
-                    unit="e_value",
-                )
-            )
+        guard = self.guard
+        if guard is not None:  # kept while the guard saw no request
+            key = (guard, guard.changes, self.alpha.guard)
+            out.append(self._kept[2].get(key, lambda: self._guard_result(guard)))
         return tuple(out)
+
+    def _guard_result(self, guard: RateGuard) -> CheckResult:
+        bar, e = 1 / self.alpha.guard, guard.e_value
+        verdict: Verdict = "fail" if e >= bar else "pass"
+        detail = f"candidate error rate far above {guard.cap:g}"
+        return CheckResult(
+            "guard", "guard", e, None, bar, guard.requests, verdict, detail, None, "error_rate",
+            "e_value",
+        )  # fmt: skip
 
     def window_outcome(
         self, now: float, step: Step, checks: Iterable[CheckResult]
@@ -525,6 +526,12 @@ class Evidence:
         return _bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
     def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
+        # Most ticks bring the comparison no new event: the result (its e-values and detail
+        # text) is then the previous tick's, kept while nothing it is made of changed.
+        key = (test.state_key(), name, self.alpha.error, len(self.units), self.units.skipped)
+        return self._kept[0].get(key, lambda: self._error_result(name, test))
+
+    def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
         bar = 1 / self.alpha.error
         e = test.e_value
         detail = ""
@@ -545,6 +552,12 @@ class Evidence:
         )
 
     def _latency_compare(self, name: str) -> CheckResult:
+        # kept, like the error comparison's, while neither the thresholds nor a test changed
+        tests = [(t, t.changes) for t in self.latency_tests.values()]
+        key = (name, self.alpha.latency, tuple(self.thresholds.items()), *tests)
+        return self._kept[1].get(key, lambda: self._latency_result(name))
+
+    def _latency_result(self, name: str) -> CheckResult:
         thresholds = self.thresholds
         bar = 1 / self.alpha.latency
         log_e = self._latency_log_e()

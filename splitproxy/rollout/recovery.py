@@ -52,7 +52,7 @@ class RecoveringTest:
     It answers like an `AttributionTest` (``update``, ``log_e``, ``log_e_at``, ``events``,
     ``counts``), so the evidence uses either; ``restart`` starts a new component."""
 
-    __slots__ = ("_comps", "_log_e", "_started", "grid", "keep")
+    __slots__ = ("_comps", "_log_e", "_started", "changes", "grid", "keep")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, keep: int = KEEP) -> None:
         self.grid: tuple[float, ...] = tuple(grid)
@@ -60,12 +60,14 @@ class RecoveringTest:
         self._started = 1
         self._comps: list[tuple[int, AttributionTest]] = [(1, AttributionTest(self.grid))]
         self._log_e: float | None = None  # `log_e` as last computed; None after a change
+        self.changes = 0  # updates and fresh starts: what a memo of a result is keyed on
 
     def restart(self) -> None:
         """Start a fresh component from now on (call on a schedule fixed by the past)."""
         if not self._comps[-1][1].events:
             return  # the newest has seen nothing yet: it is as fresh as a new one
         self._log_e = None
+        self.changes += 1
         self._started += 1
         self._comps.append((self._started, AttributionTest(self.grid)))
         if len(self._comps) > self.keep:
@@ -76,6 +78,7 @@ class RecoveringTest:
 
     def update(self, p: float, candidate: int, stable: int) -> None:
         self._log_e = None
+        self.changes += 1
         for _, test in self._comps:
             test.update(p, candidate, stable)
 

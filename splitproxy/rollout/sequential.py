@@ -127,7 +127,7 @@ class AttributionTest:
     routed to the candidate with probability ``p``. ``log_e`` is the log of the e-value.
     """
 
-    __slots__ = ("_counts", "_log_e", "_log_l", "_log_w", "grid")
+    __slots__ = ("_counts", "_log_e", "_log_l", "_log_w", "changes", "grid")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID) -> None:
         if not grid or any(r <= 1.0 for r in grid):
@@ -139,12 +139,14 @@ class AttributionTest:
         # `log_e` as last computed; None once `_log_l` changed. The controller asks for it
         # several times a tick per test, and most tests see no new event in a tick.
         self._log_e: float | None = None
+        self.changes = 0  # counts the updates: what a memo of anything derived is keyed on
 
     def update(self, p: float, candidate: int, stable: int) -> None:
         if candidate < 0 or stable < 0:
             raise ValueError("event counts cannot be negative")
         if not _valid_p(p) or candidate + stable == 0:
             return
+        self.changes += 1
         cell = self._counts.setdefault(p, [0, 0])
         cell[0] += candidate
         cell[1] += stable
@@ -215,6 +217,7 @@ class AttributionTest:
         if log_l is not None and len(log_l) == len(test.grid):
             test._log_l = [float(v) for v in log_l]  # bit-exact, not re-summed
             test._log_e = None
+            test.changes += 1
         return test
 
 
@@ -227,6 +230,8 @@ class OneSidedTest(Protocol):
 
     def update(self, p: float, candidate: int, stable: int) -> None: ...
     def log_e_at(self, r0: float) -> float: ...
+    @property
+    def changes(self) -> int: ...
     @property
     def log_e(self) -> float: ...
     @property
@@ -268,6 +273,12 @@ class PathClassTests:
     def tests(self) -> list[OneSidedTest]:
         """Every component: the pooled test, then the classes'."""
         return [self.pooled, *self._classes.values()]
+
+    def state_key(self) -> tuple[Any, ...]:
+        """Equal between two calls only when no component was replaced, added or updated
+        since (each component counts its changes): what a memo of a result is keyed on."""
+        pooled = self.pooled
+        return (pooled, pooled.changes, *[(t, t.changes) for t in self._classes.values()])
 
     def _slot(self, path_class: str) -> OneSidedTest:
         name = path_class
@@ -428,7 +439,7 @@ class RateGuard:
     newest always, then those with the largest weighted values.
     """
 
-    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "keep", "rates")
+    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "rates")
 
     def __init__(
         self,
@@ -447,12 +458,14 @@ class RateGuard:
         self._started = 0  # components started so far (k of the newest)
         # per component: [k, requests since it started, errors since it started]
         self._comps: list[list[int]] = []
+        self.changes = 0  # counts the updates: what a memo of a result is keyed on
 
     def update(self, requests: int, errors: int) -> None:
         if errors < 0 or requests < errors:
             raise ValueError("need 0 <= errors <= requests")
         if requests == 0:
             return
+        self.changes += 1
         if not self._comps or self._comps[-1][1] >= self.block:
             self._started += 1
             self._comps.append([self._started, 0, 0])

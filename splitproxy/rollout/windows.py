@@ -399,6 +399,12 @@ class Window:
         picked.reverse()
         return iter(picked)
 
+    def buckets(self, since: float, until: float | None = None) -> list[_Bucket]:
+        """The buckets `observations` would return, themselves rather than `Period` copies:
+        for a reader that turns them into something else at once (``samples.window_samples``)
+        and neither keeps nor changes them."""
+        return list(self._between(since, until))
+
     def observations(self, since: float, until: float | None = None) -> list[Period]:
         """The buckets that start at or after ``since`` (oldest first), and, with ``until``,
         end at or before it. A reader that consumes each bucket once asks for complete ones:
@@ -481,6 +487,10 @@ class Windows:
                 self.capacity, self.resolution, self.path_classes
             )
         return window
+
+    def get(self, route: str) -> Window | None:
+        """The route's window, None when it has none (nothing created)."""
+        return self._windows.get(route)
 
     def observations(self, route: str, since: float, until: float | None = None) -> list[Period]:
         """See `Window.observations`; an unknown route has none."""

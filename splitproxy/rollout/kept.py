@@ -1,0 +1,33 @@
+"""A result kept with the key it was made from, remade only when the key changes (pure).
+
+The rollout tick asks the same questions of every route every second, and most answers do not
+change between two ticks (a comparison that saw no new event, a guard that saw no request).
+`Kept` holds the latest answer with its key: the caller names everything the answer is made
+of (the tests' objects and their change counters, the α, the thresholds), so an equal key
+means an equal answer, and the answer is the very object made the first time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Kept(Generic[T]):
+    """The latest value `get` made, with its key."""
+
+    __slots__ = ("_key", "_value")
+
+    def __init__(self) -> None:
+        self._key: tuple[Hashable, ...] | None = None
+        self._value: T | None = None
+
+    def get(self, key: tuple[Hashable, ...], make: Callable[[], T]) -> T:
+        """The kept value when ``key`` equals the kept key, else ``make()`` (then kept)."""
+        value = self._value
+        if value is None or self._key != key:
+            value = self._value = make()
+            self._key = key
+        return value
