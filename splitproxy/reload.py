@@ -68,6 +68,7 @@ from splitproxy.config import (
 )
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
 from splitproxy.dataplane.state import Prepared, RuntimeState, Snapshot, upstream_keys
+from splitproxy.dataplane.swapdiff import UpstreamKeys
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.gitsource import GitError, GitSource, short, with_commit
 
@@ -538,18 +539,17 @@ class PoolJanitor:
     name leave the registry (so no new request picks them) and are closed after ``grace``;
     closing is itself gentle (idle connections close, busy ones when their exchange ends).
     A request still running on an older snapshot may open a fresh pool for a removed address
-    (a retry, say); the next swap or the next closing pass retires it the same way.
-    """
+    (a retry, say); the next swap or the next closing pass retires it the same way."""
 
     def __init__(self, pools: PoolRegistry, state: RuntimeState, grace: float) -> None:
         self.pools = pools
         self.state = state
         self.grace = grace
         self.retiring: dict[UpstreamPool, asyncio.TimerHandle] = {}
-        self.closed = 0  # pools closed so far
+        self.closed, self.keys = 0, UpstreamKeys()  # pools closed so far; what routes name
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
-        self._retire(upstream_keys(new))
+        self._retire(self.keys.follow(old, new))  # walked anew only if backends changed
 
     def _retire(self, keep: set[tuple[str, int]]) -> None:
         removed = self.pools.retain_only(keep)
