@@ -231,19 +231,23 @@ class HealthBook:
             self.resync(new)
             return
         diff = changed_routes(old, new)
-        routes = self.routes
+        routes, probes = self.routes, self._route_probes
+        moved = False  # did the active checks change (their list is rebuilt only then)?
         for name in diff.removed:
             del routes[name]
             self._candidates.pop(name, None)
-            self._route_probes.pop(name, None)
+            moved |= probes.pop(name, None) is not None
         for name in diff.changed:
             route = new.route(name)
             assert route is not None
+            before = probes.get(name)
             routes[name] = self._follow(new, route, routes.get(name))
+            moved |= probes.get(name) != before
         if diff.renamed:  # the order of the file, as `resync` has it
             routes = self.routes = {r.name: routes[r.name] for r in new.routes}
-        if diff.changed or diff.removed:
-            self._probes = tuple(p for name in routes for p in self._route_probes.get(name, ()))
+        if moved or (diff.renamed and self._probes):
+            self._probes = tuple(p for name in routes for p in probes.get(name, ()))
+        if self._ejected and (diff.changed or diff.removed):
             self._ejected = {a for a in self._ejected if self._live(a)}
         self._followed = new
 

@@ -12,9 +12,12 @@ then keep its state for every other route.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from splitproxy.dataplane.state import Snapshot, upstream_keys
+from splitproxy.dataplane.routing import BackendPlan
+from splitproxy.dataplane.state import Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,47 +26,89 @@ class SwapDiff:
 
     changed: tuple[str, ...]  # in ``new``: added, or defined or compiled anew (in new's order)
     removed: tuple[str, ...]  # in ``old`` only
-    renamed: bool  # the list of names differs (added or removed): an order to rebuild
+    renamed: bool  # the list of names differs (moved, added or removed): an order to rebuild
 
 
 def changed_routes(old: Snapshot, new: Snapshot) -> SwapDiff:
     """The routes of ``new`` whose compiled backends are not those of ``old``, and the
-    routes ``old`` had that ``new`` has not. O(routes) identity checks, no comparison."""
+    routes ``old`` had that ``new`` has not. O(routes) identity checks, no comparison; every
+    follower of one swap asks for the same pair, so the answer is computed once."""
+    for key, held, diff in _LAST:
+        if held is new and key == id(old):
+            return diff  # (``new`` is held, so the ``old`` it replaced is the same object)
+    diff = _diff(old, new)
+    _LAST[:] = [(id(old), new, diff)]
+    return diff
+
+
+_LAST: list[tuple[int, Snapshot, SwapDiff]] = []  # the latest pair asked about
+
+
+def _diff(old: Snapshot, new: Snapshot) -> SwapDiff:
+    before, after = old.routes, new.routes
     changed: list[str] = []
-    for route in new.routes:
-        before = old.route(route.name)
-        if before is route:
-            continue
-        if (
-            before is None
-            or before.stable is not route.stable
-            or before.candidate is not route.candidate
-        ):
+    if len(before) == len(after):  # the usual reload: the same routes in the same order
+        for a, b in zip(before, after, strict=True):
+            if a is b:
+                continue
+            if a.name != b.name:  # moved, added or removed: the general case below
+                changed = []
+                break
+            if a.stable is not b.stable or a.candidate is not b.candidate:
+                changed.append(b.name)
+        else:
+            return SwapDiff(tuple(changed), (), False)
+    for route in after:
+        was = old.route(route.name)
+        if was is None or was.stable is not route.stable or was.candidate is not route.candidate:
             changed.append(route.name)
-    removed = tuple(r.name for r in old.routes if new.route(r.name) is None)
-    added = any(old.route(name) is None for name in changed)
-    return SwapDiff(tuple(changed), removed, bool(removed) or added)
+    removed = tuple(r.name for r in before if new.route(r.name) is None)
+    return SwapDiff(tuple(changed), removed, True)  # some name moved, came or went
 
 
 class UpstreamKeys:
-    """`state.upstream_keys` of each snapshot followed, walked anew only when a swap changed
-    some route's backends (or the warm and reverted ones): a weight or a reload that leaves
-    the backends alone reuses the set (the pool janitor's 10 ms per swap at 10,000 routes)."""
+    """`state.upstream_keys` of each snapshot followed, kept as a count of the routes naming
+    each address: a swap updates the counts of the routes it changed, so that a reload that
+    edits one route of 10,000 does not walk the others (the pool janitor's 10-30 ms per swap
+    on the event loop). Warm and reverted backends (a few) are added each time."""
 
     def __init__(self) -> None:
         self._of: Snapshot | None = None
-        self._keys: set[tuple[str, int]] = set()
+        self._routes: dict[str, tuple[tuple[str, int], ...]] = {}  # route -> its addresses
+        self._counts: Counter[tuple[str, int]] = Counter()
 
     def follow(self, old: Snapshot | None, new: Snapshot) -> set[tuple[str, int]]:
-        """The upstream addresses ``new`` names (the caller must not change the set)."""
-        if old is None or old is not self._of or not _same_backends(old, new):
-            self._keys = upstream_keys(new)
+        """The upstream addresses ``new`` names."""
+        if old is None or old is not self._of:
+            self._routes, self._counts = {}, Counter()
+            names: Iterable[str] = (route.name for route in new.routes)
+        else:
+            diff = changed_routes(old, new)
+            for name in diff.removed:
+                self._drop(self._routes.pop(name))
+            names = diff.changed
+        for name in names:
+            route = new.route(name)
+            assert route is not None
+            named = tuple(
+                target.key
+                for plan in (route.stable, route.candidate)
+                if plan is not None
+                for target in plan.targets
+            )
+            self._drop(self._routes.get(name, ()))
+            self._counts.update(named)
+            self._routes[name] = named
         self._of = new
-        return self._keys
+        keys = set(self._counts)
+        for backend in (*new.warm.values(), *new.reverts.values()):
+            keys.update(target.key for target in BackendPlan.from_model(backend).targets)
+        return keys
 
-
-def _same_backends(old: Snapshot, new: Snapshot) -> bool:
-    diff = changed_routes(old, new)
-    if diff.changed or diff.removed:
-        return False
-    return dict(old.warm) == dict(new.warm) and dict(old.reverts) == dict(new.reverts)
+    def _drop(self, named: tuple[tuple[str, int], ...]) -> None:
+        """A route no longer names these addresses: an address no route names is gone."""
+        counts = self._counts
+        for key in named:
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
