@@ -74,16 +74,21 @@ def load(
         composer.dispose()
     if node is None:
         return None
+    walk = _Walk(max_depth, max_values, max_int_digits, constructor, "&" in text)
     try:
-        return _Walk(max_depth, max_values, max_int_digits, constructor).build(node, 1)
+        return walk.build(node, 1)
     finally:
         release(node)
 
 
-class _Walk:
-    """One pass over a composed document: the bounds, then the values."""
+_Scalar = yaml.ScalarNode
 
-    __slots__ = ("constructor", "max_depth", "max_int_digits", "max_values", "seen")
+
+class _Walk:
+    """One pass over a composed document: the bounds, then the values. A plain string (most
+    of a routing file) is taken where its parent is built, without a call of its own."""
+
+    __slots__ = ("constructor", "count", "max_depth", "max_int_digits", "max_values", "seen")
 
     def __init__(
         self,
@@ -91,42 +96,62 @@ class _Walk:
         max_values: int,
         max_int_digits: int,
         constructor: yaml.constructor.SafeConstructor,
+        anchors: bool,
     ) -> None:
         self.max_depth = max_depth
         self.max_values = max_values
         self.max_int_digits = max_int_digits
         self.constructor = constructor
-        self.seen: set[int] = set()  # ids of the nodes built: a second visit is an alias
+        self.count = 1  # values so far: the root, then each collection's children at once
+        # ids of the collections built, a second visit being an alias; only a text with an
+        # anchor (``&``) can have one (libyaml refuses an alias to an unknown anchor)
+        self.seen: set[int] | None = set() if anchors else None
 
     def build(self, node: yaml.Node, depth: int) -> Any:
-        # the recursion is bounded by `max_depth` (checked before descending)
+        # the recursion is bounded by `max_depth` (checked before descending); a string child
+        # sits one level deeper than its parent, within the strict loader's bound
         if depth > self.max_depth - 1:  # a level short of the bound: declining is always safe
             raise Declined("deep nesting")
-        seen = self.seen
-        key = id(node)
-        if key in seen:
-            raise Declined("an alias")
-        seen.add(key)
-        if len(seen) > self.max_values:
-            raise Declined("too many values")
         tag = node.tag
-        if isinstance(node, yaml.ScalarNode):
+        if node.__class__ is _Scalar:
             if tag == _STR:
                 return node.value
             if tag == _INT and sum(c.isdigit() for c in node.value) > self.max_int_digits:
                 raise Declined("a long number")
             return self.constructor.construct_object(node)  # YAMLError for unknown tags
-        if isinstance(node, yaml.SequenceNode) and tag == _SEQ:
-            return [self.build(child, depth + 1) for child in node.value]
-        if isinstance(node, yaml.MappingNode) and tag == _MAP:
+        seen = self.seen
+        if seen is not None:
+            if id(node) in seen:
+                raise Declined("an alias")
+            seen.add(id(node))
+        value = node.value
+        if node.__class__ is yaml.SequenceNode and tag == _SEQ:
+            self.count += len(value)
+            if self.count > self.max_values:
+                raise Declined("too many values")
+            deeper = depth + 1
+            return [
+                child.value
+                if child.__class__ is _Scalar and child.tag == _STR
+                else self.build(child, deeper)
+                for child in value
+            ]
+        if node.__class__ is yaml.MappingNode and tag == _MAP:
+            self.count += 2 * len(value)
+            if self.count > self.max_values:
+                raise Declined("too many values")
+            deeper = depth + 1
             out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _KEY_TAGS:
+            for key_node, value_node in value:
+                if key_node.__class__ is not _Scalar or key_node.tag not in _KEY_TAGS:
                     raise Declined("an unusual key")
-                name = self.build(key_node, depth + 1)
+                name = key_node.value if key_node.tag == _STR else self.build(key_node, deeper)
                 if name in out:
                     raise Declined("a key given twice")
-                out[name] = self.build(value_node, depth + 1)
+                if value_node.__class__ is _Scalar and value_node.tag == _STR:
+                    out[name] = value_node.value
+                else:
+                    out[name] = self.build(value_node, deeper)
             return out
         raise Declined(f"a {tag} collection")
 
