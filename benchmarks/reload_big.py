@@ -11,8 +11,10 @@ closed-loop clients send requests through it without pause. Then:
    (a) the time from the write to then; (b) the largest gap between two completed client
    requests from the write until one second after it is in force (the stall), against the
    largest gap in a quiet stretch before;
-2. ``GET /api/v1/status`` (every route) ``--status`` times, one after the other: (c) its
-   latency, and the largest gap between two completed client requests meanwhile.
+2. ``GET /api/v1/status`` ``--status`` times, one after the other, for the default page and
+   then with ``?limit=`` of every route: (c) its latency, and the largest gap between two
+   completed client requests meanwhile (a server without pages answers every route both
+   times).
 
     .venv/bin/python benchmarks/reload_big.py                 # 10,000 routes, 3 writes
     .venv/bin/python benchmarks/reload_big.py --routes 1000 --writes 2 --status 3
@@ -121,14 +123,25 @@ async def run(args: argparse.Namespace) -> int:
                     f"write {n}: in force after {took[-1]:.2f} s; "
                     f"largest gap between completed requests {stalls[-1] * 1000:.1f} ms"
                 )
-            latencies: list[float] = []
-            status_from = time.monotonic()
-            for _ in range(args.status):
-                t0 = time.monotonic()
-                async with session.get(f"{base}/api/v1/status") as resp:
-                    body = await resp.read()
-                latencies.append(time.monotonic() - t0)
-            status_gap = gaps(done, status_from, time.monotonic())
+            status_lines = []
+            for label, query in [
+                ("", ""),  # the default page
+                (" every route", f"?limit={args.routes + 1}"),
+            ]:
+                latencies: list[float] = []
+                status_from = time.monotonic()
+                for _ in range(args.status):
+                    t0 = time.monotonic()
+                    async with session.get(f"{base}/api/v1/status{query}") as resp:
+                        body = await resp.read()
+                    latencies.append(time.monotonic() - t0)
+                status_gap = gaps(done, status_from, time.monotonic())
+                status_lines.append(
+                    f"GET /api/v1/status{query}{label} ({len(body) / 1e6:.1f} MB): median "
+                    f"{statistics.median(latencies) * 1000:.0f} ms, "
+                    f"max {max(latencies) * 1000:.0f} ms; "
+                    f"largest gap between completed requests meanwhile {status_gap * 1000:.0f} ms"
+                )
             stop.set()
             await asyncio.gather(*clients)
         print(
@@ -136,11 +149,8 @@ async def run(args: argparse.Namespace) -> int:
             f"stall (largest gap): median {statistics.median(stalls) * 1000:.0f} ms, "
             f"max {max(stalls) * 1000:.0f} ms"
         )
-        print(
-            f"GET /api/v1/status ({len(body) / 1e6:.1f} MB): median "
-            f"{statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms; "
-            f"largest gap between completed requests meanwhile {status_gap * 1000:.0f} ms"
-        )
+        for line in status_lines:
+            print(line)
         print(f"client requests completed: {len(done)}")
     finally:
         if proc is not None and proc.returncode is None:

@@ -28,7 +28,7 @@ from typing import Any, Final, Literal, cast
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from splitproxy import __version__, dashboard
+from splitproxy import __version__, dashboard, statuspage
 from splitproxy.config import Mirror
 from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.routing import BUCKETS, BackendPlan, CompiledRoute
@@ -48,7 +48,6 @@ from splitproxy.views import (
     RolloutsView,
     RolloutView,
     RouteView,
-    StatusView,
     TrafficView,
     VersionSummary,
 )
@@ -372,9 +371,15 @@ def _snapshot(ctx: AdminContext) -> Snapshot:
 
 
 async def status(request: web.Request) -> web.Response:
+    """Everything at a glance; the routes a page at a time (`statuspage`: ``?offset=``,
+    ``?limit=``, ``?route=``), built in slices so that a large config never stalls serving."""
     ctx = request.app[ADMIN]
     snapshot = _snapshot(ctx)
-    body: StatusView = {
+    try:
+        page = statuspage.page_of(request.query)
+    except statuspage.BadPage as exc:
+        raise AdminError(400, exc.code, exc.message) from None
+    head = {
         "version": __version__,
         "ready": not ctx.draining(),
         "draining": ctx.draining(),
@@ -387,12 +392,12 @@ async def status(request: web.Request) -> web.Response:
             "last_error": ctx.last_error(),
         },
         "rollouts": _rollouts(ctx),
-        "routes": [
-            route_view(snapshot, r, ctx.recorder, control=ctx.control, health=ctx.health)
-            for r in snapshot.routes
-        ],
     }
-    return web.json_response(body)
+
+    def view(route: CompiledRoute) -> RouteView:
+        return route_view(snapshot, route, ctx.recorder, control=ctx.control, health=ctx.health)
+
+    return await statuspage.respond(head, page, snapshot.routes, view)
 
 
 def _rollouts(ctx: AdminContext) -> RolloutsView | None:

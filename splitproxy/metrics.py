@@ -54,7 +54,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from splitproxy.config.mirror import may_mirror
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_KINDS, STABLE, FailureKind, Version
 from splitproxy.dataplane.abgoals import AbBook
 from splitproxy.dataplane.health import CHECK_RESULTS, HealthBook
@@ -62,7 +61,8 @@ from splitproxy.dataplane.mirror_compare import RESULTS as MIRROR_RESULTS
 from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
 from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
-from splitproxy.dataplane.state import RuntimeState, Snapshot
+from splitproxy.dataplane.state import RuntimeState
+from splitproxy.metrics_follow import FollowsSnapshots
 from splitproxy.rollout.messages import MirrorSample
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.windows import Period, Summary, Window, Windows
@@ -189,9 +189,10 @@ def _probability(route: CompiledRoute, decision: Decision) -> float | None:
     return None
 
 
-class Recorder:
+class Recorder(FollowsSnapshots):
     """Counts every exchange by route, version, status and decision reason (an
-    `ExchangeObserver`), and keeps the live windows the analyzer and status read."""
+    `ExchangeObserver`), and keeps the live windows the analyzer and status read; follows the
+    snapshots (`on_swap`, metrics_follow.py)."""
 
     def __init__(
         self,
@@ -220,22 +221,12 @@ class Recorder:
             series = self._series[key] = _Series(_ROUTED.get(version))
             if series.version is not None:
                 series.window = self.windows.window(route)
+                followed = self._followed
+                self._stray |= followed is not None and followed.route(route) is None
         return series
 
-    def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
-        """Follow a new snapshot: series for its routes, windows of removed routes dropped."""
-        names = {r.name for r in new.routes}
-        self.windows.retain(names)
-        self.ab.retain({r.name for r in new.routes if r.ab is not None})
-        for route in new.routes:  # series exist (at zero) from the start: rate() needs that
-            self._get(route.name, "stable")
-            if route.candidate is not None:
-                self._get(route.name, "candidate")
-        mirrored = {r.name for r in new.config.routes if may_mirror(r) and r.name in names}
-        self._mirrors = {n: self._mirrors.get(n) or MirrorStats() for n in sorted(mirrored)}
-        for (name, _), series in self._series.items():
-            if series.version is not None:
-                series.window = self.windows.window(name) if name in names else None
+    def _mirror_stats(self) -> MirrorStats:
+        return MirrorStats()
 
     # -- ExchangeObserver ----------------------------------------------------------------------
     def exchange_started(self, ex: Exchange) -> None:

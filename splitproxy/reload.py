@@ -6,14 +6,12 @@ Four triggers ask for a reload; none of them reloads by itself:
 
 - a **directory watch** (watchfiles) on the file's parent directory, filtered by name, so
   editors' rename-on-save, ``mv`` of a temp file and Kubernetes' ``..data`` symlink swap are
-  all seen (a watch on the file itself follows the old inode and goes deaf after the first
-  atomic save);
+  all seen (a watch on the file itself goes deaf after the first atomic save);
 - a **stat-and-hash poll** (every ``poll_interval``): a change of ``(st_dev, st_ino,
   st_mtime_ns, st_size)``, seen through symlinks, asks for a reload, and every
   ``full_check_every`` polls the content is hashed anyway (bind mounts, network file systems
   and coarse mtimes lose what inotify and stat would show);
-- ``SIGHUP``;
-- ``POST /api/v1/reload``, which waits for the outcome.
+- ``SIGHUP``; ``POST /api/v1/reload``, which waits for the outcome.
 
 Requests are coalesced by one worker task: file events wait ``debounce`` seconds of quiet
 (at most ``max_delay`` after the first), an explicit request (signal, admin) goes at once, and
@@ -22,22 +20,17 @@ thread, hashes it, and in that thread parses and validates it as a whole
 (`config.parse_routing`) and compiles the snapshot (`RuntimeState.prepare`, reusing the compiled
 form of every route whose definition did not change); back on the event loop
 `RuntimeState.install` applies the weights that carry over and swaps one reference. Content
-identical to what serves is a no-op. A bad file changes nothing but the error report: it is
-logged with its field paths or YAML line, counted as a failed reload, shown in status, and the
-last good config keeps serving. Passive triggers (watch, poll) skip content the worker has
-already judged, so a bad file is reported once, not once a second.
+identical to what serves is a no-op. A bad file is logged with its field paths or YAML line,
+counted as a failed reload and shown in status; the last good config keeps serving. Passive
+triggers skip content already judged: a bad file is reported once, not once a second.
 
-`PoolJanitor` follows every swap: pools of upstreams that no route names any more leave the
-registry at once (new requests cannot pick them) and close after ``grace`` seconds, so
-requests that started on the previous snapshot finish on their connections. Pools of
-unchanged upstreams and the listeners are never touched.
+`PoolJanitor` follows every swap: pools of upstreams no route names any more leave the
+registry at once and close after ``grace`` seconds (requests on the previous snapshot finish).
 
 A routing file in git (`gitsource.GitSource`, ``-c git+URL#BRANCH:PATH``) replaces the watch
-and the poll by a fetch every ``fetch_interval`` (a passive trigger); the worker fetches the
-branch where it would read the file, names errors by commit and puts the short commit id in
-the revision. The rest of the path is the same: a failing fetch is reported like an
-unreadable file (once per change of error), and a commit that leaves the file as it was is
-a no-op.
+and the poll by a fetch every ``fetch_interval`` (a passive trigger); errors are named by
+commit, the short commit id is in the revision, a failing fetch is told like an unreadable
+file, and a commit that leaves the file as it was is a no-op.
 """
 
 from __future__ import annotations
@@ -68,8 +61,10 @@ from splitproxy.config import (
 )
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
 from splitproxy.dataplane.state import Prepared, RuntimeState, Snapshot, upstream_keys
+from splitproxy.dataplane.swapdiff import UpstreamKeys
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.gitsource import GitError, GitSource, short, with_commit
+from splitproxy.reloadseed import known_at_start
 
 logger = logging.getLogger("splitproxy.reload")
 
@@ -272,6 +267,7 @@ class Reloader:
             self._tasks.append(loop.create_task(self._fetches(), name="splitproxy-reload-fetch"))
             return
         self._signature = file_signature(self.path)
+        self._tasks.append(loop.create_task(self._seed(), name="splitproxy-reload-seed"))
         if self.poll_interval > 0:
             self._tasks.append(loop.create_task(self._poll(), name="splitproxy-reload-poll"))
         if self.watch:
@@ -294,6 +290,11 @@ class Reloader:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(self._outcome(False, False, ("the proxy is stopping",), "stop"))
+
+    async def _seed(self) -> None:  # the first reload then validates only what changed
+        known = await known_at_start(self.state, self.path)
+        if known and not self._known:  # (no reload has set it since)
+            self._known = known
 
     # -- triggers --------------------------------------------------------------------------
     def request(self, trigger: str) -> None:
@@ -538,18 +539,17 @@ class PoolJanitor:
     name leave the registry (so no new request picks them) and are closed after ``grace``;
     closing is itself gentle (idle connections close, busy ones when their exchange ends).
     A request still running on an older snapshot may open a fresh pool for a removed address
-    (a retry, say); the next swap or the next closing pass retires it the same way.
-    """
+    (a retry, say); the next swap or the next closing pass retires it the same way."""
 
     def __init__(self, pools: PoolRegistry, state: RuntimeState, grace: float) -> None:
         self.pools = pools
         self.state = state
         self.grace = grace
         self.retiring: dict[UpstreamPool, asyncio.TimerHandle] = {}
-        self.closed = 0  # pools closed so far
+        self.closed, self.keys = 0, UpstreamKeys()  # pools closed so far; what routes name
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
-        self._retire(upstream_keys(new))
+        self._retire(self.keys.follow(old, new))  # walked anew only if backends changed
 
     def _retire(self, keep: set[tuple[str, int]]) -> None:
         removed = self.pools.retain_only(keep)

@@ -450,6 +450,16 @@ class ReplicaView(TypedDict):
     late_buckets_dropped: int  # buckets that arrived after their second was judged
 
 
+class PageView(TypedDict):
+    """Which routes a status answer holds (`statuspage.Page`)."""
+
+    offset: int
+    limit: int
+    route: str | None  # only routes whose name contains this (None: every route)
+    matched: int  # routes that match ``route``, over every page
+    returned: int  # routes in this answer
+
+
 class StatusView(TypedDict):
     version: str
     ready: bool
@@ -457,7 +467,9 @@ class StatusView(TypedDict):
     uptime_seconds: float
     config: ConfigView
     rollouts: RolloutsView | None  # None: no rollout controller runs
-    routes: list[RouteView]
+    route_count: int  # routes in the config, whatever the page
+    page: PageView
+    routes: list[RouteView]  # this page's (every route of a config up to 1,000 routes)
 
 
 class EventsView(TypedDict):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 from pydantic import ValidationError
 
+from splitproxy.config import nativeyaml
 from splitproxy.config.fields import fmt_number
 from splitproxy.config.routes import Route, RoutingConfig
 from splitproxy.errors import ConfigError, Problem
@@ -232,10 +233,23 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def _load_yaml(text: str) -> Any:
-    """The YAML document in ``text``, through libyaml when it is there. A file the fast
-    loader refuses is read again by the pure-Python one, so every problem is worded (and
-    placed) the same with or without libyaml; only valid files take the fast path."""
+    """The YAML document in ``text``, through libyaml when it is there: composed in C and
+    built by one bounded walk (`nativeyaml`, an ordinary file), else parsed in C and composed
+    in Python (a file with aliases or merge keys). A file either refuses is read again by the
+    pure-Python loader, so every problem is worded (and placed) the same with or without
+    libyaml; only valid files take the fast paths."""
     if _FastLoader is not None:
+        try:
+            return nativeyaml.load(
+                text,
+                max_depth=MAX_DEPTH,
+                max_values=MAX_VALUES,
+                max_int_digits=MAX_INT_DIGITS,
+                constructor=yaml.constructor.SafeConstructor(),
+                release=_release,
+            )
+        except (nativeyaml.Declined, yaml.YAMLError, RecursionError):
+            pass
         try:
             return yaml.load(text, Loader=_FastLoader)
         except (yaml.YAMLError, RecursionError):

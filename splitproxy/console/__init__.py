@@ -406,11 +406,31 @@ def print_status(status: StatusView, console: Console | None = None, *, wide: bo
     """The status table in a terminal; piped (or ``wide``), plain lines that no column width
     cuts: one block per route, ``key: value``, for grep and for logs."""
     console = console or Console()
+    more = more_routes(status)
     if console.is_terminal and not wide:
         console.print(status_table(status))
+        if more:
+            console.print(more)
         return
     for line in status_lines(status):
         print(line)
+    if more:
+        print(more)
+
+
+def more_routes(status: StatusView) -> str | None:
+    """A line saying the answer holds one page of the routes (a config over 1,000 routes),
+    and how to see the others; None when it holds them all."""
+    total = status.get("route_count")
+    shown = len(status.get("routes", []))
+    if total is None or total <= shown:
+        return None
+    page = status.get("page")
+    first = page["offset"] + 1 if page else 1
+    return (
+        f"routes {first}-{first + shown - 1} of {total} shown: GET /api/v1/status?offset=N"
+        "&limit=N (or ?route=NAME-PART) for the others, /api/v1/routes/NAME for one"
+    )
 
 
 def status_lines(status: StatusView) -> list[str]:

@@ -37,8 +37,9 @@ from typing import Final, Literal
 
 from splitproxy.config.routes import HealthCheck, Route
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
-from splitproxy.dataplane.routing import BackendPlan
+from splitproxy.dataplane.routing import BackendPlan, CompiledRoute
 from splitproxy.dataplane.state import Snapshot
+from splitproxy.dataplane.swapdiff import changed_routes
 
 logger = logging.getLogger("splitproxy.health")
 
@@ -214,45 +215,96 @@ class HealthBook:
         self._probes: tuple[Probe, ...] = ()
         self._ejected: set[AddressHealth] = set()
         self._candidates: dict[str, tuple[str, ...]] = {}  # the URLs readiness was earned for
+        self._route_probes: dict[str, tuple[Probe, ...]] = {}  # a route's part of `_probes`
+        self._followed: Snapshot | None = None  # the snapshot `routes` follows
         self.listeners: list[Listener] = []  # (route, version, url, old, new, why)
 
     # -- following the config ---------------------------------------------------------------
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         """Follow a new snapshot: keep the state of addresses that stay, start new ones
-        healthy, forget removed ones; compute the active checks to run."""
+        healthy, forget removed ones; compute the active checks to run.
+
+        Only the routes the swap changed (`swapdiff.changed_routes`) are redone: the others
+        keep their objects, which is what redoing them would give (their state is kept up to
+        date as it changes). `resync` redoes every route."""
+        if old is None or old is not self._followed:
+            self.resync(new)
+            return
+        diff = changed_routes(old, new)
+        routes, probes = self.routes, self._route_probes
+        moved = False  # did the active checks change (their list is rebuilt only then)?
+        for name in diff.removed:
+            del routes[name]
+            self._candidates.pop(name, None)
+            moved |= probes.pop(name, None) is not None
+        for name in diff.changed:
+            route = new.route(name)
+            assert route is not None
+            before = probes.get(name)
+            routes[name] = self._follow(new, route, routes.get(name))
+            moved |= probes.get(name) != before
+        if diff.renamed:  # the order of the file, as `resync` has it
+            routes = self.routes = {r.name: routes[r.name] for r in new.routes}
+        if moved or (diff.renamed and self._probes):
+            self._probes = tuple(p for name in routes for p in probes.get(name, ()))
+        if self._ejected and (diff.changed or diff.removed):
+            self._ejected = {a for a in self._ejected if self._live(a)}
+        self._followed = new
+
+    def resync(self, new: Snapshot) -> None:
+        """Follow ``new`` redoing every route (at the first snapshot, or when the book missed
+        one): what `on_swap` gives by redoing only the changed ones."""
         routes: dict[str, RouteHealth] = {}
-        probes: list[Probe] = []
-        config = new.config
+        self._route_probes = {}
         for route in new.routes:
-            model = config.route(route.name)
-            before = self.routes.get(route.name)
-            stable = self._backend(route.name, STABLE, route.stable, before)
-            candidate = None
-            fresh = False
-            if route.candidate is not None:
-                urls = (t.url for t in route.candidate.targets)
-                identity = (route.candidate.revision or "", *urls)
-                fresh = self._candidates.get(route.name) != identity
-                self._candidates[route.name] = identity
-                candidate = self._backend(
-                    route.name, CANDIDATE, route.candidate, None if fresh else before
-                )
-            else:
-                self._candidates.pop(route.name, None)
-            rh = routes[route.name] = RouteHealth(stable, candidate)
-            if before is not None and not fresh:
-                rh.unhealthy_since = before.unhealthy_since
-            if model is not None:
-                probes += _probes(model, STABLE, stable, route.stable)
-                if candidate is not None and route.candidate is not None:
-                    probes += _probes(model, CANDIDATE, candidate, route.candidate)
-            self._update(rh, self.now)
+            routes[route.name] = self._follow(new, route, self.routes.get(route.name))
         for gone in set(self._candidates) - set(routes):
             del self._candidates[gone]
-        live = self._all(routes)
-        self._ejected = {a for a in self._ejected if a in live}
         self.routes = routes
-        self._probes = tuple(probes)
+        self._probes = tuple(p for name in routes for p in self._route_probes.get(name, ()))
+        self._ejected = {a for a in self._ejected if self._live(a)}
+        self._followed = new
+
+    def _follow(
+        self, new: Snapshot, route: CompiledRoute, before: RouteHealth | None
+    ) -> RouteHealth:
+        """``route``'s health in ``new``, from its health ``before`` (addresses that stay
+        keep their state); records its active checks."""
+        model = new.config.route(route.name)
+        stable = self._backend(route.name, STABLE, route.stable, before)
+        candidate = None
+        fresh = False
+        if route.candidate is not None:
+            urls = (t.url for t in route.candidate.targets)
+            identity = (route.candidate.revision or "", *urls)
+            fresh = self._candidates.get(route.name) != identity
+            self._candidates[route.name] = identity
+            candidate = self._backend(
+                route.name, CANDIDATE, route.candidate, None if fresh else before
+            )
+        else:
+            self._candidates.pop(route.name, None)
+        rh = RouteHealth(stable, candidate)
+        if before is not None and not fresh:
+            rh.unhealthy_since = before.unhealthy_since
+        probes: list[Probe] = []
+        if model is not None:
+            probes += _probes(model, STABLE, stable, route.stable)
+            if candidate is not None and route.candidate is not None:
+                probes += _probes(model, CANDIDATE, candidate, route.candidate)
+        if probes:
+            self._route_probes[route.name] = tuple(probes)
+        else:
+            self._route_probes.pop(route.name, None)
+        self._update(rh, self.now)
+        return rh
+
+    def _live(self, address: AddressHealth) -> bool:
+        """Is ``address`` still one of the book's (not left behind by a swap)?"""
+        backend = address.backend
+        rh = self.routes.get(backend.route)
+        now = rh.backend(backend.version) if rh is not None else None
+        return now is backend and backend.by_url.get(address.url) is address
 
     def _backend(
         self, route: str, version: Version, plan: BackendPlan, before: RouteHealth | None
@@ -271,16 +323,6 @@ class HealthBook:
         backend.by_url = {a.url: a for a in addresses}
         backend.refresh()
         return backend
-
-    @staticmethod
-    def _all(routes: dict[str, RouteHealth]) -> set[AddressHealth]:
-        return {
-            a
-            for rh in routes.values()
-            for b in (rh.stable, rh.candidate)
-            if b is not None
-            for a in b.addresses
-        }
 
     def probes(self) -> tuple[Probe, ...]:
         """The active checks the current config asks for, one per address."""

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -53,6 +53,7 @@ from splitproxy.dataplane.mirror_compare import (
 from splitproxy.dataplane.pools import Clock, PoolExhausted, UpstreamPool
 from splitproxy.dataplane.routing import Target
 from splitproxy.dataplane.state import Snapshot
+from splitproxy.dataplane.swapdiff import changed_routes
 from splitproxy.dataplane.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -357,30 +358,50 @@ class Mirror:
         self.monotonic = monotonic
         self.lanes: dict[str, Lane] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._followed: Snapshot | None = None  # the snapshot `lanes` follows
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         """Follow a new snapshot: a lane per route that mirrors (its ``mirror:``, or while
-        its rollout is in the shadow phase, `SHADOW_MIRROR`); changed ones start afresh."""
-        lanes: dict[str, Lane] = {}
-        for route in new.routes:
-            model = new.config.route(route.name)
-            settings = model.mirror if model is not None else None
-            driven = new.rollout_weights.get(route.name)
-            if settings is None and driven is not None and driven.shadow:
-                settings = SHADOW_MIRROR  # the rollout's shadow phase, on a route without one
-            if settings is None or route.candidate is None:
-                continue
-            targets = route.candidate.targets
-            lane = self.lanes.pop(route.name, None)
-            if lane is not None and not lane.same(settings, targets):
+        its rollout is in the shadow phase, `SHADOW_MIRROR`); changed ones start afresh.
+
+        Only routes the swap changed (`swapdiff.changed_routes`, and those whose rollout
+        entered or left its shadow phase) are looked at again; the lanes of the others stay
+        as they are, which is what looking at them again would give."""
+        if old is None or old is not self._followed:
+            names: Iterable[str] = [route.name for route in new.routes]
+            removed = [name for name in self.lanes if new.route(name) is None]
+        else:
+            diff = changed_routes(old, new)
+            names = {*diff.changed, *_shadow_changes(old, new)}
+            removed = list(diff.removed)
+        for name in removed:
+            gone = self.lanes.pop(name, None)
+            if gone is not None:
+                self._close(gone)
+        for name in names:
+            self._follow(new, name)
+        self._followed = new
+
+    def _follow(self, new: Snapshot, name: str) -> None:
+        """``name``'s lane in ``new``: kept when its settings and targets are the same."""
+        route = new.route(name)
+        model = new.config.route(name)
+        settings = model.mirror if model is not None else None
+        driven = new.rollout_weights.get(name)
+        if settings is None and driven is not None and driven.shadow:
+            settings = SHADOW_MIRROR  # the rollout's shadow phase, on a route without one
+        lane = self.lanes.pop(name, None)
+        if route is None or settings is None or route.candidate is None:
+            if lane is not None:
                 self._close(lane)
-                lane = None
-            lanes[route.name] = lane or Lane(
-                route.name, settings, targets, self.observer, self.clock, self.monotonic
-            )
-        for lane in self.lanes.values():
+            return
+        targets = route.candidate.targets
+        if lane is not None and not lane.same(settings, targets):
             self._close(lane)
-        self.lanes = lanes
+            lane = None
+        self.lanes[name] = lane or Lane(
+            name, settings, targets, self.observer, self.clock, self.monotonic
+        )
 
     def _close(self, lane: Lane) -> None:
         task = asyncio.get_running_loop().create_task(lane.close())
@@ -422,3 +443,16 @@ class Mirror:
         self.lanes = {}
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _shadow_changes(old: Snapshot, new: Snapshot) -> list[str]:
+    """Routes whose rollout entered or left its shadow phase (a weight, not a definition)."""
+    before, after = old.rollout_weights, new.rollout_weights
+    if before is after:
+        return []
+    out = []
+    for name in before.keys() | after.keys():
+        was, now = before.get(name), after.get(name)
+        if (was is not None and was.shadow) != (now is not None and now.shadow):
+            out.append(name)
+    return out

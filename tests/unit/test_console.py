@@ -513,3 +513,17 @@ def test_a_rollout_in_its_shadow_shows_the_copies_time_and_divergence() -> None:
     assert con.rollout_headline(route(rollout=waiting)).plain.endswith(
         "(waiting for shadow: 230 of 500 copies, 45s of 300s, 0.4% diverged)"
     )
+
+
+def test_a_status_page_of_a_large_config_says_how_to_see_the_rest() -> None:
+    one = {"name": "r1", "stable": {"urls": ["http://s:1"], "revision": None},
+           "candidate": None, "weight": {"effective": 0.0, "source": "file"}}  # fmt: skip
+    paged: Any = {"version": "1.0", "config": {"revision": "r"}, "routes": [one],
+                  "route_count": 5000, "page": {"offset": 1000}}  # fmt: skip
+    note = con.more_routes(paged)
+    assert note is not None
+    assert note.startswith("routes 1001-1001 of 5000 shown")
+    whole: Any = {**paged, "route_count": 1}
+    assert con.more_routes(whole) is None  # all of them: nothing to say
+    older: Any = {k: v for k, v in paged.items() if k != "route_count"}  # an older server
+    assert con.more_routes(older) is None

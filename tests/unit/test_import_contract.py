@@ -27,6 +27,7 @@ PURE_MODULES = (
     "splitproxy.dataplane.abgoals",
     "splitproxy.dataplane.mirror_compare",
     "splitproxy.dataplane.state",
+    "splitproxy.dataplane.swapdiff",
     "splitproxy.dataplane.health",
     "splitproxy.rollout.analyzer",
     "splitproxy.rollout.phases",
