@@ -226,7 +226,7 @@ class Recorder:
         """Follow a new snapshot: series for its routes, windows of removed routes dropped."""
         names = {r.name for r in new.routes}
         self.windows.retain(names)
-        self.ab.retain({r.name for r in new.routes if r.ab is not None})
+        self.ab.configure(new.routes)  # the A/B routes (a leader's global tables need them)
         for route in new.routes:  # series exist (at zero) from the start: rate() needs that
             self._get(route.name, "stable")
             if route.candidate is not None:
