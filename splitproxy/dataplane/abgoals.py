@@ -374,11 +374,13 @@ class AbBook:
         return AbLead(epoch, dict(self.tests))
 
     def follow_leader(self, lead: AbLead) -> None:
-        """A follower hears from the leader: a new leader empties this process's tables (so
-        its users are exposed to the new global table again), and the tests are followed."""
+        """A follower hears from the leader: a new leader empties this process's tables of
+        users (so they are exposed to the new global table again: an exposure sent twice counts
+        once), and the tests are followed."""
         if lead.epoch != self.epoch:
             self.epoch = lead.epoch
-            self.tables.clear()
+            for table in self.tables.values():
+                table.users = {}  # the events not shipped yet stay: they are still true
         for route, test in lead.tests.items():
             self.follow(route, test)
 

@@ -138,6 +138,16 @@ def test_a_new_test_or_a_new_leader_starts_afresh() -> None:
     assert sum(taken(fresh).users) == 1
 
 
+def test_events_recorded_before_the_leaders_word_are_still_shipped() -> None:
+    lead, a = leader(), follower()
+    visit(a, "u1", goal=0)  # before the follower heard who leads
+    a.follow_leader(lead.lead_info(epoch=1))
+    visit(a, "u1")  # exposed again on this process: counted once all the same
+    lead.absorb(a.drain())
+    counts = taken(lead)
+    assert (sum(counts.users), sum(counts.converted[0])) == (1, 1)
+
+
 def test_a_batch_for_a_route_without_a_test_is_ignored() -> None:
     lead = leader()
     lead.absorb({"gone": AbEvents(None, ((1, 0, 0.0),))})
