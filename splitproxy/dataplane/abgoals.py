@@ -208,11 +208,12 @@ class AbBook:
     users; with workers or replicas (`share`), followers ship their events and the leader
     (`lead`) counts every process's users once in its global tables (`abpool`)."""
 
-    __slots__ = ("epoch", "limit", "pool", "routes", "shipping", "tables", "tests")
+    __slots__ = ("epoch", "idents", "limit", "pool", "routes", "shipping", "tables", "tests")
 
     def __init__(self) -> None:
         self.tables: dict[str, AbTable] = {}
         self.routes: dict[str, CompiledRoute] = {}  # the A/B routes served now
+        self.idents: dict[str, tuple[AbTest, bytes]] = {}  # what each route's test is
         self.tests: dict[str, float] = {}  # route -> the running test (its start)
         self.shipping = False  # record events (a process among several)
         self.limit = MAX_EVENTS  # events per route between two drains
@@ -231,16 +232,17 @@ class AbBook:
 
     def _pooled(self, name: str) -> PooledTable | None:
         """The leader's global table of route ``name`` (None: not leading, or no A/B test)."""
-        pool, route = self.pool, self.routes.get(name)
-        if pool is None or route is None or route.ab is None:
+        pool, ident = self.pool, self.idents.get(name)
+        if pool is None or ident is None:
             return None
-        spec = route.ab.spec
-        ident = (spec, route.salt)
         table = pool.get(name)
-        if table is None or table.ident != ident:
-            table = pool[name] = PooledTable(
-                len(spec.goals), spec.max_users, self.tests.get(name), ident
-            )
+        if table is not None and (table.ident is ident or table.ident == ident):
+            table.ident = ident  # compared by identity from now on (the spec is a model)
+            return table
+        spec = ident[0]
+        table = pool[name] = PooledTable(
+            len(spec.goals), spec.max_users, self.tests.get(name), ident
+        )
         return table
 
     def exposed(self, ex: Routed) -> None:
@@ -304,7 +306,7 @@ class AbBook:
             return
         heads = {n.lower(): v for n, v in headers} if ab.heads else {}
         variant = flags & _CANDIDATE_BIT
-        pooled = self._pooled(route.name) if self.shipping else None
+        pooled: PooledTable | None = None
         for i, goal in enumerate(ab.goals):
             bit = 2 << i
             if flags & bit or not goal.matches(ex.method, ex.path, status, heads):
@@ -312,8 +314,10 @@ class AbBook:
             value = 0.0
             if goal.value_header is not None:
                 value = _number(heads.get(goal.value_header))
-            if pooled is not None:
-                pooled.convert(user_hash(key, table.salt), i, value)
+            if self.pool is not None:  # the leader: straight into the global table
+                pooled = pooled or self._pooled(route.name)
+                if pooled is not None:
+                    pooled.convert(user_hash(key, table.salt), i, value)
             elif self.shipping:
                 if len(table.events) >= self.limit:
                     continue  # kept back: the goal stays unmarked, a later response retries
@@ -404,6 +408,7 @@ class AbBook:
     def configure(self, routes: Iterable[CompiledRoute]) -> None:
         """The A/B routes served now (the others' tables are dropped)."""
         self.routes = {r.name: r for r in routes if r.ab is not None}
+        self.idents = {n: (r.ab.spec, r.salt) for n, r in self.routes.items() if r.ab}
         self.retain(set(self.routes))
 
     def retain(self, routes: set[str]) -> None:
