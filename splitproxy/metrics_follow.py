@@ -51,8 +51,8 @@ class FollowsSnapshots:
             for one in series:
                 if one is not None and one.version is not None:
                     one.window = self.windows.window(name)
-        tables = self.ab.tables  # a few routes (those that test): the full pass's filter
-        self.ab.retain({n for n in tables if (r := new.route(n)) is not None and r.ab is not None})
+        # the A/B routes as compiled now (a leader's global tables find theirs by identity)
+        self.ab.configure(new.routes)
         changed = set(diff.changed)
         kept = {n for n in self._mirrors if n not in changed}
         mirrored = kept | {n for n in changed if _mirrors(new, n)}
@@ -72,7 +72,7 @@ class FollowsSnapshots:
         self._stray = False
         names = {r.name for r in new.routes}
         self.windows.retain(names)
-        self.ab.retain({r.name for r in new.routes if r.ab is not None})
+        self.ab.configure(new.routes)
         for route in new.routes:
             self._follow_route(new, route.name)
         mirrored = {r.name for r in new.config.routes if may_mirror(r) and r.name in names}

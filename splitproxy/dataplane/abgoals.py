@@ -26,6 +26,10 @@ afresh when the proxy restarts (the aggregate counts live in the rollout's saved
 when the test restarts (`AbBook.follow`) and when the route's A/B spec or candidate
 revision changes.
 
+*Several processes* (``--workers N``, replicas sharing Redis): each process still dedupes in
+its own table, followers ship the events of it with their harvests and the leader counts
+every process's users once in its global tables (`abpool`, `AbBook.share`, `AbBook.lead`).
+
 The controller takes each route's counts once a tick (`AbBook.take`: the increments since
 the previous take, an `AbCounts`) and hands them to the analyzer (`rollout.ab`). Pure: no
 clock, no IO.
@@ -34,35 +38,29 @@ clock, no IO.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
 from splitproxy.config.abtest import AbTest, AudienceRule, Goal
 from splitproxy.config.patterns import Pattern, compile_pattern
+from splitproxy.dataplane.abpool import (
+    GOAL_BASE,
+    MAX_EVENTS,
+    AbCounts,
+    AbEvents,
+    AbLead,
+    Event,
+    PooledTable,
+    Tally,
+    user_hash,
+)
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.routing import CompiledRoute, Decision
 
 _FULL: Final = 10_000  # routing.BUCKETS (imported lazily there: routing imports this module)
 _CANDIDATE_BIT: Final = 1
-
-
-@dataclass(frozen=True, slots=True)
-class AbCounts:
-    """One route's A/B counts over an interval (increments): per variant, as
-    ``(stable, candidate)`` pairs, the users newly exposed and, per goal in the file's order,
-    the users newly converted and the sum of their ``value_header`` values. ``untracked``:
-    users left out because the table was full."""
-
-    users: tuple[int, int] = (0, 0)
-    converted: tuple[tuple[int, int], ...] = ()
-    values: tuple[tuple[float, float], ...] = ()
-    untracked: int = 0
-
-    @property
-    def empty(self) -> bool:
-        return not (any(self.users) or self.untracked or any(map(any, self.converted)))
+_LEFT_OUT: Final = -1  # a user this process does not count (its events could not be shipped)
 
 
 class Routed(Protocol):
@@ -190,53 +188,61 @@ def _cookie(raw: bytes | None, name: str) -> str | None:
     return cookie_value(raw, name)
 
 
-class AbTable:
-    """One route's users (sticky key -> variant bit | a bit per converted goal) and the
-    counts not yet taken."""
+class AbTable(Tally):
+    """One route's users (sticky key -> variant bit | a bit per converted goal; -1: left out)
+    and the counts not yet taken; on a follower, the events not yet shipped (`abpool`)."""
 
-    __slots__ = ("ab", "converted", "exposed", "salt", "test", "untracked", "users", "values")
+    __slots__ = ("ab", "events", "salt", "test", "users")
 
     def __init__(self, ab: CompiledAb, salt: bytes, test: float | None = None) -> None:
+        super().__init__(len(ab.goals))
         self.ab = ab
         self.salt = salt
         self.test = test
         self.users: dict[str, int] = {}
-        n = len(ab.goals)
-        self.exposed = [0, 0]
-        self.converted = [[0, 0] for _ in range(n)]
-        self.values = [[0.0, 0.0] for _ in range(n)]
-        self.untracked = 0
-
-    def take(self) -> AbCounts:
-        counts = AbCounts(
-            (self.exposed[0], self.exposed[1]),
-            tuple((s, c) for s, c in self.converted),
-            tuple((s, c) for s, c in self.values),
-            self.untracked,
-        )
-        n = len(self.ab.goals)
-        self.exposed = [0, 0]
-        self.converted = [[0, 0] for _ in range(n)]
-        self.values = [[0.0, 0.0] for _ in range(n)]
-        self.untracked = 0
-        return counts
+        self.events: list[Event] = []
 
 
 class AbBook:
-    """Every A/B route's table (see the module docstring)."""
+    """Every A/B route's table (see the module docstring). Alone, a process counts its own
+    users; with workers or replicas (`share`), followers ship their events and the leader
+    (`lead`) counts every process's users once in its global tables (`abpool`)."""
 
-    __slots__ = ("tables",)
+    __slots__ = ("epoch", "idents", "limit", "pool", "routes", "shipping", "tables", "tests")
 
     def __init__(self) -> None:
         self.tables: dict[str, AbTable] = {}
+        self.routes: dict[str, CompiledRoute] = {}  # the A/B routes served now
+        self.idents: dict[str, tuple[AbTest, bytes]] = {}  # what each route's test is
+        self.tests: dict[str, float] = {}  # route -> the running test (its start)
+        self.shipping = False  # record events (a process among several)
+        self.limit = MAX_EVENTS  # events per route between two drains
+        self.pool: dict[str, PooledTable] | None = None  # the leader's global tables
+        self.epoch: int | None = None  # the leader a follower ships to
 
     def _table(self, route: CompiledRoute, ab: CompiledAb) -> AbTable:
         table = self.tables.get(route.name)
         if table is not None and table.ab is ab and table.salt == route.salt:
             return table  # the common case: the same compiled route as before
         if table is None or table.salt != route.salt or table.ab.spec != ab.spec:
-            table = self.tables[route.name] = AbTable(ab, route.salt)
+            test = self.tests.get(route.name)
+            table = self.tables[route.name] = AbTable(ab, route.salt, test)
         table.ab = ab
+        return table
+
+    def _pooled(self, name: str) -> PooledTable | None:
+        """The leader's global table of route ``name`` (None: not leading, or no A/B test)."""
+        pool, ident = self.pool, self.idents.get(name)
+        if pool is None or ident is None:
+            return None
+        table = pool.get(name)
+        if table is not None and (table.ident is ident or table.ident == ident):
+            table.ident = ident  # compared by identity from now on (the spec is a model)
+            return table
+        spec = ident[0]
+        table = pool[name] = PooledTable(
+            len(spec.goals), spec.max_users, self.tests.get(name), ident
+        )
         return table
 
     def exposed(self, ex: Routed) -> None:
@@ -255,12 +261,34 @@ class AbBook:
         users = table.users
         if key in users:
             return
-        if len(users) >= ab.spec.max_users:
+        full = len(users) >= ab.spec.max_users
+        candidate = decision.version == "candidate"
+        if self.shipping:
+            self._share_exposure(table, route.name, key, int(candidate), full)
+            return
+        if full:
             table.untracked += 1
             return
-        candidate = decision.version == "candidate"
         users[key] = _CANDIDATE_BIT if candidate else 0
         table.exposed[candidate] += 1
+
+    def _share_exposure(
+        self, table: AbTable, name: str, key: str, candidate: int, full: bool
+    ) -> None:
+        pooled = self._pooled(name)
+        if pooled is not None:  # the leader: straight into the global table
+            if full:
+                pooled.untracked += 1
+                return
+            table.users[key] = candidate
+            pooled.expose(user_hash(key, table.salt), candidate)
+            return
+        if full or len(table.events) >= self.limit:
+            table.users[key] = _LEFT_OUT  # never counted by this process (as beyond the cap)
+            table.untracked += 1
+            return
+        table.users[key] = candidate
+        table.events.append((user_hash(key, table.salt), candidate, 0.0))
 
     def response(self, ex: Routed, status: int, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """The upstream's response head for ``ex``: count the user's first conversion on each
@@ -274,28 +302,57 @@ class AbBook:
             return
         key = ab.key(ex.wanted, decision)
         flags = table.users.get(key) if key is not None else None
-        if flags is None or key is None:
+        if flags is None or key is None or flags < 0:
             return
         heads = {n.lower(): v for n, v in headers} if ab.heads else {}
         variant = flags & _CANDIDATE_BIT
+        pooled: PooledTable | None = None
         for i, goal in enumerate(ab.goals):
             bit = 2 << i
             if flags & bit or not goal.matches(ex.method, ex.path, status, heads):
                 continue
-            flags |= bit
-            table.converted[i][variant] += 1
+            value = 0.0
             if goal.value_header is not None:
-                table.values[i][variant] += _number(heads.get(goal.value_header))
+                value = _number(heads.get(goal.value_header))
+            if self.pool is not None:  # the leader: straight into the global table
+                pooled = pooled or self._pooled(route.name)
+                if pooled is not None:
+                    pooled.convert(user_hash(key, table.salt), i, value)
+            elif self.shipping:
+                if len(table.events) >= self.limit:
+                    continue  # kept back: the goal stays unmarked, a later response retries
+                table.events.append((user_hash(key, table.salt), GOAL_BASE + i, value))
+            else:
+                table.converted[i][variant] += 1
+                table.values[i][variant] += value
+            flags |= bit
         table.users[key] = flags
 
     def take(self, route: str) -> AbCounts | None:
-        """The route's counts since the previous take (None: no table)."""
+        """The route's counts since the previous take (None: no table); the leader's are
+        every process's (its global table)."""
         table = self.tables.get(route)
+        if self.pool is not None:
+            if table is not None:
+                table.take()  # its own counts are in the global table already
+            pooled = self._pooled(route)
+            return None if pooled is None else pooled.take()
         return None if table is None else table.take()
 
     def follow(self, route: str, test: float | None) -> None:
         """The analyzer's test on ``route`` (its start time; None: none runs). A different
         test than the table's starts the table afresh: its users were counted for another."""
+        if test is not None:
+            self.tests[route] = test
+        pooled = self.pool.get(route) if self.pool is not None else None
+        if pooled is not None and test is not None:
+            if pooled.test is not None and pooled.test != test:
+                assert self.pool is not None
+                self.pool[route] = PooledTable(
+                    len(pooled.converted), pooled.max_users, test, pooled.ident
+                )
+            else:
+                pooled.test = test
         table = self.tables.get(route)
         if table is None or test is None:
             return
@@ -304,12 +361,68 @@ class AbBook:
         else:
             table.test = test
 
+    # -- several processes (abpool) -------------------------------------------------------------
+    def share(self, limit: int = MAX_EVENTS) -> None:
+        """This process is one of several: record events (see `abpool`)."""
+        self.shipping = True
+        self.limit = limit
+
+    def lead(self, leading: bool) -> None:
+        """Start (or stop) keeping the global tables. A new leader starts them empty, and its
+        own table too, so its users are counted in them from their next request."""
+        self.pool = {} if leading else None
+        self.tables.clear()
+
+    def lead_info(self, epoch: int) -> AbLead:
+        """What the leader tells followers (`AbLead`)."""
+        return AbLead(epoch, dict(self.tests))
+
+    def follow_leader(self, lead: AbLead) -> None:
+        """A follower hears from the leader: a new leader empties this process's tables of
+        users (so they are exposed to the new global table again: an exposure sent twice counts
+        once), and the tests are followed."""
+        if lead.epoch != self.epoch:
+            self.epoch = lead.epoch
+            for table in self.tables.values():
+                table.users = {}  # the events not shipped yet stay: they are still true
+        for route, test in lead.tests.items():
+            self.follow(route, test)
+
+    def drain(self) -> dict[str, AbEvents]:
+        """A follower's events since the previous drain, by route (to ship with a harvest)."""
+        out: dict[str, AbEvents] = {}
+        for name, table in self.tables.items():
+            if table.events or table.untracked:
+                out[name] = AbEvents(table.test, tuple(table.events), table.untracked)
+                table.events = []
+                table.untracked = 0
+        return out
+
+    def absorb(self, batches: Mapping[str, AbEvents]) -> None:
+        """A follower's batches, in the order it sent them (the leader's side)."""
+        for name, batch in batches.items():
+            pooled = self._pooled(name)
+            if pooled is not None:
+                pooled.apply(batch)
+
+    def configure(self, routes: Iterable[CompiledRoute]) -> None:
+        """The A/B routes served now (the others' tables are dropped)."""
+        self.routes = {r.name: r for r in routes if r.ab is not None}
+        self.idents = {n: (r.ab.spec, r.salt) for n, r in self.routes.items() if r.ab}
+        self.retain(set(self.routes))
+
     def retain(self, routes: set[str]) -> None:
         """Drop the tables of routes that are gone or no longer test."""
         self.tables = {n: t for n, t in self.tables.items() if n in routes}
+        self.tests = {n: t for n, t in self.tests.items() if n in routes}
+        if self.pool is not None:
+            self.pool = {n: t for n, t in self.pool.items() if n in routes}
 
     def size(self, route: str) -> int:
-        """The users in the route's table now."""
+        """The users in the route's table now (the leader's global table, when pooled)."""
+        pooled = self.pool.get(route) if self.pool is not None else None
+        if pooled is not None:
+            return len(pooled.users)
         table = self.tables.get(route)
         return 0 if table is None else len(table.users)
 

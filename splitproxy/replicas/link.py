@@ -28,7 +28,9 @@ reads every ``sync_every`` seconds, in case a note was lost.
 holds the sum of all replicas' traffic in its `PooledWindows`: the leader judges it, and a
 follower that takes over has the same recent past. A second is released once every replica
 heard from in the last few seconds has published past it; a replica that disappears stops
-being waited for, and one without traffic adds nothing.
+being waited for, and one without traffic adds nothing. A follower's harvest also carries
+its A/B tests' events, the leader's its word on the tests: the leader counts every replica's
+users once (`dataplane.abpool`).
 
 *Redis unreachable.* Routing never waits on Redis: each replica keeps serving its last
 known weights. The leader cannot renew its lease and steps down when it may have lapsed, so
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from splitproxy.admin import AdminContext
+    from splitproxy.dataplane.abgoals import AbBook
+    from splitproxy.dataplane.abpool import AbEvents
     from splitproxy.replicas.lease import RedisLease
     from splitproxy.replicas.observations import ObservationStream
     from splitproxy.replicas.redisstore import RedisStateStore
@@ -134,12 +138,14 @@ class ReplicaLink:
         self.admin: AdminContext | None = None  # set by the server once its admin API runs
         self.brake = Brake()  # this replica's own guard while the store is unreachable
         self._back = asyncio.Event()  # the store answers again: report the brake's trips
+        self._ab_events: dict[str, AbEvents] = {}  # A/B events drained, not yet published
 
     # -- what the server asks ------------------------------------------------------------------
     def recorder(self, state: RuntimeState) -> Recorder:
         """The replica's recorder: its data path writes its own buckets, every read (the
         controller's, status's) sees the pool of every replica's."""
         recorder = Recorder(state, windows=self.windows)
+        recorder.ab.share()  # every replica's users counted once, by the leader (abpool)
         pool = self.pool
         recorder.registry.register(LateBucketsCollector(lambda: pool.dropped))
         return recorder
@@ -295,6 +301,7 @@ class ReplicaLink:
         control.persistence.token = token
         control.persistence.refresh_verdicts()
         control.lead(True)
+        self._ab().lead(True)  # an empty global table of A/B users (docs/abtesting.md)
         self._published = None
         self._routing_due.set()
 
@@ -307,20 +314,13 @@ class ReplicaLink:
         control = self._control()
         control.persistence.token = None
         control.lead(False)
+        self._ab().lead(False)
         self._doc_versions.clear()  # adopt the next leader's states afresh
 
     # -- the routing state ---------------------------------------------------------------------
     def _on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         if self.leading:
             self._routing_due.set()
-        if old is None or old.config is not new.config:
-            tests = [r.name for r in new.config.routes if r.rollout and r.rollout.ab]
-            if tests:  # docs/scale-out.md: each replica keeps its own table of users
-                logger.warning(
-                    "A/B tests on %s count only the users whose requests reach the leading "
-                    "replica (the per-user tables are not pooled across replicas yet)",
-                    ", ".join(tests),
-                )
 
     async def _publish(self) -> None:
         while True:
@@ -425,18 +425,36 @@ class ReplicaLink:
             if not self.reachable:
                 self._judge_locally(periods, now)
             members = {self.name}
+            book = self._ab()
+            token = self.token
+            lead = book.lead_info(token) if self.leading and token is not None else None
             try:
-                await stream.publish(now, periods, {} if self.leading else self._mirror_tallies())
+                if self.leading:
+                    await stream.publish(now, periods, {}, lead=lead if book.routes else None)
+                else:
+                    events = self._ab_events
+                    if not events:  # not published yet (Redis away): kept, in order
+                        events = self._ab_events = book.drain()
+                    await stream.publish(now, periods, self._mirror_tallies(), events)
+                    self._ab_events = {}
                 for harvest in await stream.read(block=None):
                     self.pool.contribute(harvest.replica, harvest.watermark, harvest.periods)
                     if self.leading:
                         self._merge_mirrors(harvest.mirrors)
+                        book.absorb(harvest.ab)  # each replica's entries in its order
+                    elif harvest.lead is not None:
+                        book.follow_leader(harvest.lead)
                 members |= await stream.members(now, stale_after=self.options.stale_after)
                 self._reachable()
             except Exception as exc:
                 self._unreachable(exc)
             self.pool.set_members(members)
             self.pool.release(now)
+
+    def _ab(self) -> AbBook:
+        server = self._server
+        assert server is not None
+        return server.recorder.ab
 
     def _routes(self) -> list[str]:
         server = self._server

@@ -1,9 +1,10 @@
 """Replicas' live-window buckets through one Redis stream, and who is alive (async IO, thin).
 
 *Publishing.* Four times a second a replica publishes its harvest (`wire.Harvest`: the
-buckets that closed since its previous one and its mirrored copies' answers, complete up to a
-watermark) as one entry of the stream ``{ns}:observed``: field ``replica`` (its id) and field
-``harvest`` (`wire.encode_harvest` JSON). The stream is trimmed to about `STREAM_MAXLEN`
+buckets that closed since its previous one, its mirrored copies' answers and its A/B events,
+or the leader's word on the A/B tests, complete up to a watermark) as one entry of the stream
+``{ns}:observed``: field ``replica`` (its id) and field ``harvest`` (`wire.encode_harvest`
+JSON). The stream is trimmed to about `STREAM_MAXLEN`
 entries (approximate trimming, which Redis does in whole nodes, cheaply).
 
 *The watermark rides in the stream, always.* An empty harvest is still published, as a small
@@ -31,6 +32,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from splitproxy.dataplane.abpool import AbEvents, AbLead
 from splitproxy.replicas.wire import (
     MAX_HARVEST_BYTES,
     Harvest,
@@ -84,9 +86,12 @@ class ObservationStream:
         watermark: float,
         periods: Mapping[str, list[Period]],
         mirrors: Mapping[str, MirrorTally],
+        ab: Mapping[str, AbEvents] | None = None,
+        lead: AbLead | None = None,
     ) -> None:
-        """Publish a harvest complete up to ``watermark`` (Unix time) and heartbeat."""
-        documents = self._documents(watermark, periods, mirrors)
+        """Publish a harvest complete up to ``watermark`` (Unix time) and heartbeat; with a
+        follower's A/B events (``ab``) or the leader's word on the A/B tests (``lead``)."""
+        documents = self._documents(watermark, periods, mirrors, ab or {}, lead)
         async with self.client.pipeline(transaction=False) as pipe:
             for text in documents:
                 pipe.xadd(
@@ -104,9 +109,11 @@ class ObservationStream:
         watermark: float,
         periods: Mapping[str, list[Period]],
         mirrors: Mapping[str, MirrorTally],
+        ab: Mapping[str, AbEvents],
+        lead: AbLead | None,
     ) -> list[str]:
         """The harvest as one JSON document, or several when it is over the entry limit."""
-        whole = dumps(encode_harvest(watermark, periods, mirrors))
+        whole = dumps(encode_harvest(watermark, periods, mirrors, ab, lead))
         if len(whole) <= self.entry_limit:
             return [whole]
         out: list[str] = []
@@ -123,8 +130,9 @@ class ObservationStream:
             chunk[route] = buckets
             size += one
         out.append(dumps(encode_harvest(self._published, chunk, {})))
-        # the tallies are small (one per route with mirroring): they go with the watermark
-        out.append(dumps(encode_harvest(watermark, {}, mirrors)))
+        # the tallies and A/B events are bounded per route (few routes test): they go with
+        # the watermark, after the buckets
+        out.append(dumps(encode_harvest(watermark, {}, mirrors, ab, lead)))
         return out
 
     # -- reading -------------------------------------------------------------------------------

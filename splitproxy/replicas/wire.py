@@ -10,11 +10,17 @@ Two documents, each with a format version ``"v"`` (`FORMAT`; another version is 
 ``kind = "format"``):
 
 *A harvest* (`encode_harvest`, `decode_harvest`): the closed live-window buckets of one
-replica (`rollout.windows.Period`, by route) and the tallies of its mirrored copies' answers
-(`rollout.mirrored.MirrorTally`), complete up to a watermark (Unix time)::
+replica (`rollout.windows.Period`, by route), the tallies of its mirrored copies' answers
+(`rollout.mirrored.MirrorTally`), complete up to a watermark (Unix time), a follower's A/B
+events and the leader's word on the A/B tests (`dataplane.abpool`)::
 
     {"v": 1, "watermark": 1700000000.25,
-     "periods": {"<route>": [<period>, ...]}, "mirrors": {"<route>": <tally>}}
+     "periods": {"<route>": [<period>, ...]}, "mirrors": {"<route>": <tally>},
+     "ab": {"<route>": {"test": 1700000000.0, "events": [[user, kind, value], ...],
+                        "untracked": 0}},
+     "ab_lead": {"epoch": <fencing token>, "tests": {"<route>": 1700000000.0}}}
+
+An A/B event's user is a 64-bit keyed hash (no user identifier is written); `abwire.py`.
 
 A period is ``{"start", "end", "probability", "stable", "candidate", "classes",
 "synthetic_stable", "synthetic_candidate", "sticky"}`` (the synthetic cells and the classes
@@ -43,6 +49,7 @@ from pydantic import ValidationError
 
 from splitproxy.config import Backend, RoutingConfig
 from splitproxy.config.fields import ROUTE_NAME
+from splitproxy.dataplane.abpool import AbEvents, AbLead
 from splitproxy.dataplane.state import RolloutWeight, SharedState, WeightOverride
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.sketch import MAX_BINS, MAX_LATENCY, MIN_LATENCY, LatencySketch
@@ -401,12 +408,16 @@ class Harvest:
     watermark: float
     periods: dict[str, list[Period]] = field(default_factory=dict)
     mirrors: dict[str, MirrorTally] = field(default_factory=dict)
+    ab: dict[str, AbEvents] = field(default_factory=dict)  # a follower's A/B events
+    lead: AbLead | None = None  # the leader's word on the A/B tests
 
 
 def encode_harvest(
     watermark: float,
     periods: Mapping[str, list[Period]],
     mirrors: Mapping[str, MirrorTally],
+    ab: Mapping[str, AbEvents] | None = None,
+    lead: AbLead | None = None,
 ) -> dict[str, Any]:
     """A harvest's document (the replica's id travels beside it, in the stream entry)."""
     doc: dict[str, Any] = {"v": FORMAT, "watermark": float(watermark)}
@@ -414,11 +425,17 @@ def encode_harvest(
         doc["periods"] = {r: [encode_period(p) for p in ps] for r, ps in periods.items() if ps}
     if mirrors:
         doc["mirrors"] = {route: encode_mirror(t) for route, t in mirrors.items()}
+    from splitproxy.replicas.abwire import encode_ab_events, encode_ab_lead  # imports this
+
+    if ab:
+        doc["ab"] = {route: encode_ab_events(b) for route, b in ab.items()}
+    if lead is not None:
+        doc["ab_lead"] = encode_ab_lead(lead)
     return doc
 
 
 _HARVEST: Final = frozenset({"v", "watermark"})
-_HARVEST_OPTIONAL: Final = frozenset({"periods", "mirrors"})
+_HARVEST_OPTIONAL: Final = frozenset({"periods", "mirrors", "ab", "ab_lead"})
 
 
 def decode_harvest(replica: object, data: object) -> Harvest:
@@ -443,7 +460,14 @@ def decode_harvest(replica: object, data: object) -> Harvest:
         route: decode_mirror(item, f"mirrors.{route}")
         for route, item in _routes(doc.get("mirrors", {}), "mirrors").items()
     }
-    return Harvest(name, watermark, periods, mirrors)
+    from splitproxy.replicas.abwire import decode_ab_events, decode_ab_lead  # imports this
+
+    ab = {
+        route: decode_ab_events(item, f"ab.{route}")
+        for route, item in _routes(doc.get("ab", {}), "ab").items()
+    }
+    lead = decode_ab_lead(doc["ab_lead"]) if "ab_lead" in doc else None
+    return Harvest(name, watermark, periods, mirrors, ab, lead)
 
 
 # -- the routing state -------------------------------------------------------------------------

@@ -8,8 +8,8 @@ publish goes to the leader. Messages, by direction:
   latest `StateUpdate`; to the leader, `Members` whenever a worker comes or goes;
 - leader -> followers: `StateUpdate` after every change of its snapshot (a reload, a weight
   the admin API set, a rollout step, a rollback, a revert);
-- follower -> leader: `Observed` (closed live-window buckets and the tallies of mirrored
-  copies' answers) four times a second, and
+- follower -> leader: `Observed` (closed live-window buckets, the tallies of mirrored
+  copies' answers and the A/B tests' events) four times a second, and
   `Counted` (its metric families to sum) once a second;
 - worker -> supervisor: `Ready` once it serves.
 
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Final
 
 from prometheus_client.core import Metric
 
+from splitproxy.dataplane.abpool import AbEvents, AbLead
 from splitproxy.dataplane.state import SharedState
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.workers.pooling import Periods
@@ -64,9 +65,12 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class StateUpdate:
-    """The leader's config and weights, for followers to serve exactly as it does."""
+    """The leader's config and weights, for followers to serve exactly as it does, and its
+    word on the A/B tests (`dataplane.abpool.AbLead`: who leads, each test's start; sent again
+    when a test starts)."""
 
     state: SharedState
+    ab: AbLead | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,9 @@ class Observed:
     # the candidate's answers to mirrored copies since the previous message, by route (a
     # shadow phase judges them; `rollout.mirrored`)
     mirrors: dict[str, MirrorTally] = field(default_factory=dict)
+    # the A/B tests' events since the previous message, by route (the leader counts every
+    # worker's users once; `dataplane.abpool`)
+    ab: dict[str, AbEvents] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,15 @@ tasks, and `close` stops them.
 state directory, as a single process does. Its windows are `pooling.PooledWindows`: its data
 path writes its own requests, the controller and status read the pool. It publishes its
 snapshot (`dataplane.state.SharedState`) after every swap, takes the followers' buckets into
-the `pooling.Pool` and their counts into `counts.WorkerCounts`.
+the `pooling.Pool`, their counts into `counts.WorkerCounts` and their A/B tests' events into
+its global tables of users (`dataplane.abpool`: each user counted once, whichever workers
+their requests reach).
 
 *A follower* serves the same listener with the leader's config and weights (`RuntimeState.adopt`
 on each `StateUpdate`: a reload, a runtime weight, a rollout step, a rollback or a manual
 command reach it as soon as the leader's snapshot changes), and publishes its closed buckets
-(4 times a second) and its data-path counts (once a second). It runs no controller, no admin
-API and no reloader: nothing in it decides anything.
+and A/B events (4 times a second) and its data-path counts (once a second). It runs no
+controller, no admin API and no reloader: nothing in it decides anything.
 
 `Backplane` is the seam for another transport (a shared store, for replicas on several hosts):
 the link only ever sends and receives the messages of `ipc.py` through it.
@@ -33,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
+from splitproxy.dataplane.abpool import AbLead
 from splitproxy.dataplane.state import RuntimeState, SharedState, Snapshot
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.mirrored import MirrorTally
@@ -89,12 +92,15 @@ class WorkerLink:
         self._harvester = Harvester(self.windows)
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._ab_sent: AbLead | None = None  # the leader's last word on the A/B tests
         self.gone = asyncio.Event()  # the supervisor went away: the worker should stop
 
     # -- what the server asks ----------------------------------------------------------------
     def recorder(self, state: RuntimeState) -> Recorder:
         """The worker's recorder: the leader's reads the pool, and its scrape sums workers."""
         recorder = Recorder(state, windows=self.windows)
+        recorder.ab.share()  # every worker's users counted once, by the leader (abpool)
+        recorder.ab.lead(self.leader)
         if self.leader:
             pool = self.pool
             recorder.registry.register(LateBucketsCollector(lambda: pool.dropped if pool else 0))
@@ -134,16 +140,27 @@ class WorkerLink:
 
     # -- the leader -------------------------------------------------------------------------
     def _publish_state(self, old: Snapshot | None, new: Snapshot) -> None:
-        self.backplane.send(StateUpdate(SharedState.of(new)))
-        if old is None or old.config is not new.config:
-            tests = [r.name for r in new.config.routes if r.rollout and r.rollout.ab]
-            if tests:  # each worker keeps its own table of users (docs/scale-out.md)
-                logger.warning(
-                    "A/B tests on %s count only the users whose requests reach the leader "
-                    "(the per-user tables are not pooled across workers yet: the sample may "
-                    "be skewed); run A/B tests with one worker",
-                    ", ".join(tests),
-                )
+        self.backplane.send(StateUpdate(SharedState.of(new), self._ab_lead()))
+
+    def _ab_lead(self) -> AbLead | None:
+        """The leader's word on the A/B tests (None: no route tests), remembered as sent."""
+        server = self._server
+        if server is None or not server.recorder.ab.routes:
+            self._ab_sent = None
+            return None
+        self._ab_sent = server.recorder.ab.lead_info(os.getpid())
+        return self._ab_sent
+
+    def _publish_tests(self) -> None:
+        """The leader: when an A/B test started (or restarted) since the last word, say so (the
+        followers start their tables afresh for it)."""
+        server = self._server
+        snapshot = server.state.snapshot if server is not None else None
+        if server is None or snapshot is None or not server.recorder.ab.routes:
+            return
+        sent = self._ab_sent
+        if sent is None or sent.tests != server.recorder.ab.tests:
+            self.backplane.send(StateUpdate(SharedState.of(snapshot), self._ab_lead()))
 
     def _routes(self) -> list[str]:
         server = self._server
@@ -158,9 +175,12 @@ class WorkerLink:
             if self.pool is not None:
                 self.pool.contribute(self.worker, now, periods)
                 self.pool.release(now)
+                self._publish_tests()
             else:
                 mirrors = self._mirror_tallies()
-                message = Observed(self.worker, now, periods, mirrors)
+                server = self._server
+                events = server.recorder.ab.drain() if server is not None else {}
+                message = Observed(self.worker, now, periods, mirrors, events)
                 self.backplane.send(message, droppable=True)
 
     def _mirror_tallies(self) -> dict[str, MirrorTally]:
@@ -198,10 +218,14 @@ class WorkerLink:
         if isinstance(message, StateUpdate):
             if not self.leader and self._server is not None:
                 self._server.state.adopt(message.state)
+                if message.ab is not None:
+                    self._server.recorder.ab.follow_leader(message.ab)
         elif isinstance(message, Observed):
             if self.pool is not None:
                 self.pool.contribute(message.worker, message.watermark, message.periods)
             server = self._server
+            if self.leader and server is not None and message.ab:
+                server.recorder.ab.absorb(message.ab)  # in the order the follower sent them
             for route, tally in message.mirrors.items():
                 stats = server.recorder.mirror_stats(route) if server is not None else None
                 if stats is not None:
