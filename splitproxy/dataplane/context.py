@@ -21,9 +21,9 @@ from splitproxy.config.vocabulary import FailureKind, Version
 from splitproxy.dataplane.abgoals import AbBook
 from splitproxy.dataplane.health import BackendHealth, HealthBook
 from splitproxy.dataplane.pools import PoolRegistry, UpstreamPool
-from splitproxy.dataplane.routing import BackendPlan, CompiledRoute, Target
+from splitproxy.dataplane.routing import BackendPlan, Target
 from splitproxy.dataplane.state import BASE_WANTED_HEADERS, RuntimeState, Snapshot
-from splitproxy.dataplane.synthetic import PROCESS_TOKEN, TARGETS, marker
+from splitproxy.dataplane.synthetic import PROCESS_TOKEN
 
 logger = logging.getLogger("splitproxy.dataplane.context")
 
@@ -120,8 +120,6 @@ class ProxyContext:
         self.wanted_headers: frozenset[bytes] = BASE_WANTED_HEADERS
         self.synthetic_token = synthetic_token
         self.synthetic_token_bytes = synthetic_token.encode("latin-1")
-        # marker -> (route, target) of the current snapshot: see synthetic.py
-        self.synthetic_markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
         self._rr: dict[tuple[object, ...], int] = {}
         # which addresses may take traffic (health.py); the composition root shares its book
         self.health = health if health is not None else HealthBook()
@@ -130,25 +128,23 @@ class ProxyContext:
         self.ab = AbBook()  # A/B goals (abgoals.py); the composition root shares the recorder's
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
-        """Follow a new snapshot: the headers its routes read, its synthetic markers."""
+        """Follow a new snapshot: the headers its routes read, and the round-robin counters of
+        the URL lists it still names. (Synthetic markers are read against the snapshot per
+        request: see `synthetic.read_marker`; nothing per route is rebuilt here.)"""
         wanted = set(BASE_WANTED_HEADERS)
-        markers: dict[bytes, tuple[CompiledRoute, Version]] = {}
-        for route in new.routes:
-            wanted |= route.wanted_headers
-            for target in TARGETS:
-                value = marker(route.name, target, self.synthetic_token).encode("latin-1")
-                markers[value] = (route, target)
+        for headers in {route.wanted_headers for route in new.routes}:
+            wanted |= headers
         self.wanted_headers = frozenset(wanted)
-        self.synthetic_markers = markers
-        # round-robin counters only for the URL lists this snapshot still names (reloads
-        # that keep changing multi-URL backends would otherwise grow the dict for ever)
-        live = {
-            plan.targets
-            for route in new.routes
-            for plan in (route.stable, route.candidate)
-            if plan is not None and len(plan.targets) > 1
-        }
-        self._rr = {key: n for key, n in self._rr.items() if key in live}
+        if self._rr:
+            # round-robin counters only for the URL lists this snapshot still names (reloads
+            # that keep changing multi-URL backends would otherwise grow the dict for ever)
+            live = {
+                plan.targets
+                for route in new.routes
+                for plan in (route.stable, route.candidate)
+                if plan is not None and len(plan.targets) > 1
+            }
+            self._rr = {key: n for key, n in self._rr.items() if key in live}
 
     def pick_pool(
         self, plan: BackendPlan, health: BackendHealth | None = None, avoid: str = ""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
 from typing import TYPE_CHECKING, Final
 
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_WORDS, FailureKind, Version
@@ -61,6 +60,7 @@ from splitproxy.dataplane.routing import (
 )
 from splitproxy.dataplane.state import Snapshot
 from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
+from splitproxy.dataplane.synthetic import read_marker
 from splitproxy.dataplane.upstream import CLOSED, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -183,14 +183,15 @@ class Exchange:
         mark = wanted.get(SYNTHETIC) if not self.preview else None
         forced: Version | None = None
         if mark is not None:
-            hit = ctx.synthetic_markers.get(mark)
-            if hit is not None:
-                route, forced = hit
+            ours, name, forced = read_marker(mark, ctx.synthetic_token_bytes)
+            if ours:
+                route = snapshot.route(name) if forced is not None else None
+                if route is None:
+                    # ours, for a route a reload removed (or garbled): never let it pass as
+                    # a user's request
+                    self.local(404, "no_route", "synthetic traffic for a route that is gone")
+                    return
                 self.synthetic = True
-            elif hmac.compare_digest(mark.partition(b" ")[0], ctx.synthetic_token_bytes):
-                # ours, for a route a reload removed: never let it pass as a user's request
-                self.local(404, "no_route", "synthetic traffic for a route that is gone")
-                return
         if route is None:
             self.local(404, "no_route", f"no route matches host {host!r} and path {path!r}")
             return

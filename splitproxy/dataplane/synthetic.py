@@ -22,6 +22,7 @@ import (so no child process of the worker, such as git, inherits it).
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from typing import Final, Literal
@@ -41,3 +42,21 @@ def marker(route: str, target: Target, token: str = PROCESS_TOKEN) -> str:
     """The header value that sends a synthetic request to ``route``'s ``target``. Route names
     are ``[A-Za-z0-9_.-]`` (the model checks them), so the value is a valid header value."""
     return f"{token} {route} {target}"
+
+
+def read_marker(value: bytes, token: bytes) -> tuple[bool, str, Target | None]:
+    """Read a synthetic header's value: (ours, route name, target). ``ours`` is whether the
+    value starts with this process's token (compared in constant time); the name and target
+    are set only when the whole value is a well-formed marker. A value that is ours but not
+    well formed, or that names a route the snapshot no longer has, must never pass as a
+    user's request. Parsing the value (rather than holding every marker of the snapshot in a
+    table) keeps a reload from rebuilding three strings per route."""
+    head, _, rest = value.partition(b" ")
+    if not hmac.compare_digest(head, token):
+        return False, "", None
+    name, _, target = rest.partition(b" ")
+    if target == b"candidate":
+        return True, name.decode("latin-1"), "candidate"
+    if target == b"stable":
+        return True, name.decode("latin-1"), "stable"
+    return True, "", None
