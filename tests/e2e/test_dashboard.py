@@ -236,6 +236,8 @@ async def test_the_dashboard_shows_the_rollout_and_rolls_it_back(
                 f"{ROUTE_CARD}?.querySelector('.phase')?.textContent", "the route's phase"
             )
             assert phase == "progressing"
+            # one route fits on a page: no paging bar in the way
+            assert await tab.js("document.getElementById('routes-bar').hidden") is True
             card = await tab.js(f"{ROUTE_CARD}.innerText")
             assert "canary" in card
             assert "rollout" in card  # who set the weight
@@ -258,3 +260,52 @@ async def test_the_dashboard_shows_the_rollout_and_rolls_it_back(
             )
             assert tab.problems == []
             assert all("401" in text for text in tab.network_errors), tab.network_errors
+
+
+CARDS = "document.querySelectorAll('section.route').length"
+PAGE_INFO = "document.getElementById('page-info').textContent"
+
+
+async def test_a_large_config_is_paged_and_filtered_not_cut_silently(
+    tmp_path: Path, serve: Callable[[Any], Awaitable[str]]
+) -> None:
+    stable, _ = await versions(serve)
+    routes = [
+        {"name": f"route-{i}", "match": {"path_prefix": f"/r{i}/"}, "stable": stable}
+        for i in range(130)
+    ]
+    config = tmp_path / "routes.yaml"
+    config.write_text(json.dumps({"routes": routes}))  # JSON is YAML
+    with (
+        serving(config, tmp_path / "proxy.log", "--no-access-log") as proxy,
+        chromium(tmp_path / "profile") as port,
+    ):
+        async with aiohttp.ClientSession() as session, page(session, port) as tab:
+            url = f"http://127.0.0.1:{proxy.admin_port}/"
+            await tab.send("Page.navigate", url=url)
+            await tab.until(f"{PAGE_INFO} === 'routes 1–100 of 130'", "the first page")
+            assert await tab.js(CARDS) == 100
+            assert await tab.js("document.getElementById('page-prev').disabled") is True
+
+            await tab.js("document.getElementById('page-next').click()")
+            await tab.until(f"{PAGE_INFO} === 'routes 101–130 of 130'", "the second page")
+            await tab.until(f"{CARDS} === 30", "the second page's 30 cards")
+            assert await tab.js("document.getElementById('page-next').disabled") is True
+            assert await tab.js(
+                "document.querySelector('section.route').dataset.route"
+            ) == "route-100"  # fmt: skip
+
+            # a filter starts from its first page: route-12 and route-120 … route-129
+            await tab.js(
+                "const box = document.getElementById('route-filter');"
+                "box.value = 'route-12'; box.dispatchEvent(new Event('input')); true"
+            )
+            await tab.until(
+                f"{PAGE_INFO} === 'routes 1–11 of 11 matching (130 in all)'", "the filtered page"
+            )
+            await tab.until(f"{CARDS} === 11", "the 11 matching cards")
+            names = await tab.js(
+                "[...document.querySelectorAll('section.route')].map(c => c.dataset.route)"
+            )
+            assert names == ["route-12", *(f"route-{i}" for i in range(120, 130))]
+            assert tab.problems == []

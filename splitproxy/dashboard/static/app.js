@@ -9,11 +9,17 @@
   const KEEP = 240; // points kept per chart: 6 minutes at one poll per 1.5 s
   const COMMANDS = ["promote", "rollback", "pause", "resume", "retry"];
   const SVG = "http://www.w3.org/2000/svg";
+  // routes drawn at once: the status API pages them (a config may hold 10,000 routes, and
+  // each card draws four charts); the bar under the header pages through them and filters
+  const PAGE_SIZE = 100;
 
   let token = sessionStorage.getItem(TOKEN_KEY);
   let waitingForToken = false;
   let timer = null;
   let ledgerKey = "";
+  let offset = 0; // the first route shown, within the routes matching the filter
+  let filter = ""; // a part of a route's name, as the status API's ?route= takes it
+  let matched = 0; // how many routes match the filter (the last answer's page.matched)
   const cards = new Map(); // route name -> its elements
   const series = new Map(); // route name -> the values seen at each poll
 
@@ -145,7 +151,7 @@
     if (waitingForToken) return;
     try {
       const [status, ledger] = await Promise.all([
-        api("/api/v1/status"),
+        api(statusPath()),
         api("/api/v1/events?limit=100"),
       ]);
       renderStatus(status);
@@ -155,6 +161,43 @@
       if (err.status !== 401) setConnection("admin API: " + err.message, false);
     }
     if (!waitingForToken) schedule(POLL_MS);
+  }
+
+  function statusPath() {
+    const query = new URLSearchParams({ offset: String(offset), limit: String(PAGE_SIZE) });
+    if (filter) query.set("route", filter);
+    return "/api/v1/status?" + query.toString();
+  }
+
+  function turnPage(delta) {
+    offset = Math.max(0, offset + delta * PAGE_SIZE);
+    schedule(0);
+  }
+
+  function onFilterInput(event) {
+    filter = event.target.value.trim();
+    offset = 0;
+    schedule(150); // typing: wait for a pause before asking
+  }
+
+  function renderPage(status) {
+    const page = status.page || { matched: status.routes.length, returned: status.routes.length };
+    matched = page.matched;
+    if (offset > 0 && offset >= matched) {
+      // the routes shrank under this page (a reload, a narrower filter): back to the last page
+      offset = Math.max(0, Math.floor((matched - 1) / PAGE_SIZE) * PAGE_SIZE);
+      schedule(0);
+    }
+    const total = status.route_count === undefined ? matched : status.route_count;
+    let info;
+    if (!matched) info = filter ? "no route's name contains " + JSON.stringify(filter) : "";
+    else info = "routes " + (offset + 1) + "–" + (offset + page.returned) + " of " + matched;
+    if (matched && filter) info += " matching (" + total + " in all)";
+    document.getElementById("page-info").textContent = info;
+    document.getElementById("page-prev").disabled = offset === 0;
+    document.getElementById("page-next").disabled = offset + page.returned >= matched;
+    // the bar is in the way only when everything fits on one page and nothing is filtered
+    document.getElementById("routes-bar").hidden = total <= PAGE_SIZE && !filter;
   }
 
   async function command(name, verb, card) {
@@ -406,18 +449,24 @@
       + (status.draining ? " · draining" : "")
       + (status.config.last_error ? " · last reload failed: " + status.config.last_error : "");
     const notice = document.getElementById("notice");
-    notice.textContent = status.routes.length ? "" : "No routes are configured.";
+    const none = !status.routes.length && !filter && !(status.route_count > 0);
+    notice.textContent = none ? "No routes are configured." : "";
+    renderPage(status);
     const now = Date.now() / 1000;
     const container = document.getElementById("routes");
     const seen = new Set();
+    let position = 0;
     for (const route of status.routes) {
       seen.add(route.name);
       let card = cards.get(route.name);
       if (!card) {
         card = makeCard(route.name);
         cards.set(route.name, card);
-        container.append(card.root);
       }
+      // in the answer's order (the config's); a card already in its place is not moved
+      const here = container.children[position] || null;
+      if (here !== card.root) container.insertBefore(card.root, here);
+      position += 1;
       renderRoute(card, route, now);
     }
     for (const [name, card] of cards) {
@@ -468,5 +517,8 @@
   }
 
   document.getElementById("auth").addEventListener("submit", onTokenSubmit);
+  document.getElementById("route-filter").addEventListener("input", onFilterInput);
+  document.getElementById("page-prev").addEventListener("click", () => turnPage(-1));
+  document.getElementById("page-next").addEventListener("click", () => turnPage(1));
   schedule(0);
 })();
