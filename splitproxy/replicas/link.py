@@ -60,6 +60,7 @@ from splitproxy.rollout.phases import ACTIVE
 from splitproxy.rollout.windows import Period
 from splitproxy.views import ReplicaView
 from splitproxy.workers.counts import LateBucketsCollector
+from splitproxy.workers.mirrors import merge_tallies, take_tallies
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
 if TYPE_CHECKING:
@@ -435,12 +436,13 @@ class ReplicaLink:
                     events = self._ab_events
                     if not events:  # not published yet (Redis away): kept, in order
                         events = self._ab_events = book.drain()
-                    await stream.publish(now, periods, self._mirror_tallies(), events)
+                    await stream.publish(now, periods, self._take_mirrors(), events)
                     self._ab_events = {}
                 for harvest in await stream.read(block=None):
                     self.pool.contribute(harvest.replica, harvest.watermark, harvest.periods)
                     if self.leading:
-                        self._merge_mirrors(harvest.mirrors)
+                        if self._server is not None:
+                            merge_tallies(self._server.recorder, harvest.mirrors)
                         book.absorb(harvest.ab)  # each replica's entries in its order
                     elif harvest.lead is not None:
                         book.follow_leader(harvest.lead)
@@ -461,25 +463,9 @@ class ReplicaLink:
         snapshot = server.state.snapshot if server is not None else None
         return [r.name for r in snapshot.routes] if snapshot is not None else []
 
-    def _mirror_tallies(self) -> dict[str, MirrorTally]:
-        """A follower's mirrored answers since the previous harvest, for the leader's shadow
-        phase (each route's tally starting again from zero)."""
+    def _take_mirrors(self) -> dict[str, MirrorTally]:
         server = self._server
-        out: dict[str, MirrorTally] = {}
-        if server is None:
-            return out
-        for route in self._routes():
-            stats = server.recorder.mirror_stats(route)
-            if stats is not None and stats.tally.answered:
-                out[route], stats.tally = stats.tally, MirrorTally()
-        return out
-
-    def _merge_mirrors(self, mirrors: dict[str, MirrorTally]) -> None:
-        server = self._server
-        for route, tally in mirrors.items():
-            stats = server.recorder.mirror_stats(route) if server is not None else None
-            if stats is not None:
-                stats.tally.merge(tally)
+        return take_tallies(server.recorder, self._routes()) if server is not None else {}
 
     # -- the brake (the store unreachable) ---------------------------------------------------
     def _judge_locally(self, periods: dict[str, list[Period]], now: float) -> None:

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 from splitproxy.dataplane.abpool import AbLead
 from splitproxy.dataplane.state import RuntimeState, SharedState, Snapshot
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.counts import (
     LateBucketsCollector,
@@ -47,6 +46,7 @@ from splitproxy.workers.counts import (
     data_path_families,
 )
 from splitproxy.workers.ipc import Counted, Members, Observed, Ready, StateUpdate
+from splitproxy.workers.mirrors import merge_tallies, take_tallies
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
 if TYPE_CHECKING:
@@ -177,24 +177,11 @@ class WorkerLink:
                 self.pool.release(now)
                 self._publish_tests()
             else:
-                mirrors = self._mirror_tallies()
                 server = self._server
+                mirrors = take_tallies(server.recorder, self._routes()) if server else {}
                 events = server.recorder.ab.drain() if server is not None else {}
                 message = Observed(self.worker, now, periods, mirrors, events)
                 self.backplane.send(message, droppable=True)
-
-    def _mirror_tallies(self) -> dict[str, MirrorTally]:
-        """A follower's tallies of mirrored answers since the previous harvest (for the
-        leader's shadow phase), each route's tally starting again from zero."""
-        server = self._server
-        out: dict[str, MirrorTally] = {}
-        if server is None:
-            return out
-        for route in self._routes():
-            stats = server.recorder.mirror_stats(route)
-            if stats is not None and stats.tally.answered:
-                out[route], stats.tally = stats.tally, MirrorTally()
-        return out
 
     async def _send_counts(self) -> None:
         while True:
@@ -226,10 +213,8 @@ class WorkerLink:
             server = self._server
             if self.leader and server is not None and message.ab:
                 server.recorder.ab.absorb(message.ab)  # in the order the follower sent them
-            for route, tally in message.mirrors.items():
-                stats = server.recorder.mirror_stats(route) if server is not None else None
-                if stats is not None:
-                    stats.tally.merge(tally)
+            if server is not None:
+                merge_tallies(server.recorder, message.mirrors)
         elif isinstance(message, Counted):
             self.counts.update(message.worker, message.pid, message.families)
         elif isinstance(message, Members):

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,12 +17,14 @@ from prometheus_client.registry import Collector
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
 from splitproxy.dataplane.synthetic import TOKEN_ENV
+from splitproxy.metrics import MirrorStats, Recorder
 from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.samples import samples_for
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.counts import PooledRegistry, WorkerCounts
 from splitproxy.workers.ipc import Observed
+from splitproxy.workers.mirrors import merge_tallies, take_tallies
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
 T0 = 1_700_000_000.0
@@ -234,3 +237,29 @@ def test_the_shadow_sees_every_workers_mirrored_answers() -> None:
     sent = pickle.loads(pickle.dumps(Observed(1, 10.0, {}, {"shop": follower})))
     leader.merge(sent.mirrors["shop"])
     assert leader.take() == alone.take()
+
+
+class _MirroringRecorder:
+    """The one seam the handover uses: each mirroring route's statistics."""
+
+    def __init__(self, *routes: str) -> None:
+        self.stats = {route: MirrorStats() for route in routes}
+
+    def mirror_stats(self, route: str) -> MirrorStats | None:
+        return self.stats.get(route)
+
+
+def test_a_followers_answers_are_handed_over_once_and_counted_once() -> None:
+    outcomes = [_outcome(i) for i in range(40)]
+    alone = MirrorTally()
+    for o in outcomes:
+        alone.add(o)
+    leader, follower = _MirroringRecorder("shop"), _MirroringRecorder("shop", "gone")
+    for i, o in enumerate(outcomes):
+        (leader if i % 3 else follower).stats["shop"].tally.add(o)
+    follower.stats["gone"].tally.add(outcomes[0])  # a route the leader's reload removed
+    handed = take_tallies(cast(Recorder, follower), ["shop", "gone", "quiet"])
+    assert set(handed) == {"shop", "gone"}  # a route without answers sends nothing
+    assert take_tallies(cast(Recorder, follower), ["shop", "gone"]) == {}  # never twice
+    merge_tallies(cast(Recorder, leader), handed)
+    assert leader.stats["shop"].tally.take() == alone.take()
