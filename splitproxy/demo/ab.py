@@ -22,22 +22,15 @@ from typing import TYPE_CHECKING, Final
 import aiohttp
 from aiohttp import web
 from rich.console import Console
-from rich.text import Text
 
 from splitproxy.demo.live import (
     IN_FLIGHT,
-    REFRESH,
-    ROUTE,
     Scenario,
     follow,
-    hints,
     make_view,
-    verdict,
-    wait_for_signal,
 )
+from splitproxy.demo.stage import client_session, keep_running, running, staged
 from splitproxy.rollout import ab
-from splitproxy.rollout.controller import ControlOptions
-from splitproxy.server import Server
 
 if TYPE_CHECKING:
     from splitproxy.settings import Settings
@@ -88,23 +81,11 @@ def shop(version: str, signup_rate: float) -> web.Application:
     return app
 
 
-async def _start(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, next(a[1] for a in runner.addresses if isinstance(a, tuple))
-
-
 async def _users(url: str, rate: float, stop: asyncio.Event, seen: Counter[str]) -> None:
     """``rate`` new users a second, each opening ``/`` then trying ``POST /signup``."""
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
-    timeout = aiohttp.ClientTimeout(total=10)
-    connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
-    async with aiohttp.ClientSession(
-        timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
-    ) as session:
+    async with client_session() as session:
 
         async def visit(n: int) -> None:
             plan = "free" if n % 3 == 0 else "pro"
@@ -131,38 +112,21 @@ async def _users(url: str, rate: float, stop: asyncio.Event, seen: Counter[str])
 
 async def ab_demo(settings: Settings, rate: float, keep: bool, console: Console) -> int:
     """The A/B test under a steady stream of users, shown as it goes; the exit code."""
-    stable_runner, stable_port = await _start(shop("stable", 0.10))
-    candidate_runner, candidate_port = await _start(shop("candidate", 0.25))
-    text = ROUTING.format(
-        stable=stable_port, candidate=candidate_port, min=MIN_DURATION, max=MAX_DURATION
-    )
-    server = Server(settings, routing_text=text, control_options=ControlOptions(tick=REFRESH))
     stop = asyncio.Event()
-    users: asyncio.Task[None] | None = None
-    try:
-        console.print(
-            f"[bold]splitproxy demo[/] · scenario [bold]ab[/]: {SCENARIO.story}; expect it to "
-            "be [bold]promoted[/] once the proxy's own count of sign-ups shows it.",
-            soft_wrap=True,
-        )
-        loop = asyncio.get_running_loop()
-        origin, began = time.time(), loop.time()
-        await server.start()
-        assert server.control is not None
-        control = server.control
-        proxy = f"http://127.0.0.1:{server.listen_port}"
-        admin = f"http://127.0.0.1:{server.admin_port}"
-        console.print(
-            f"stable 1.0 on :{stable_port}, candidate 1.1 on :{candidate_port}, proxy on "
-            f":{server.listen_port}, admin API on :{server.admin_port}; {rate / 2:g} new users/s "
-            "(two in three on the pro plan). The routing file:",
-            soft_wrap=True,
-        )
-        console.print(Text(text.split("\n", 1)[1].rstrip(), style="dim"), soft_wrap=True)
-        console.print()
-        analyzer = control.analyzers()[ROUTE]
+    async with staged(
+        settings,
+        (shop("stable", 0.10), shop("candidate", 0.25)),
+        lambda stable, candidate: ROUTING.format(
+            stable=stable, candidate=candidate, min=MIN_DURATION, max=MAX_DURATION
+        ),
+        console,
+        headline=f"[bold]splitproxy demo[/] · scenario [bold]ab[/]: {SCENARIO.story}; expect "
+        "it to be [bold]promoted[/] once the proxy's own count of sign-ups shows it.",
+        client=f"{rate / 2:g} new users/s (two in three on the pro plan)",
+        limit=DEADLINE,
+    ) as stage:
+        analyzer, origin = stage.analyzer, stage.origin
         seen: Counter[str] = Counter()
-        users = loop.create_task(_users(proxy, rate / 2, stop, seen))
         shown = [0.0]
 
         def on_frame() -> None:  # not a terminal: a line on the test every few seconds
@@ -179,28 +143,17 @@ async def ab_demo(settings: Settings, rate: float, keep: bool, console: Console)
                 highlight=False,
             )
 
-        with make_view(console, origin, "splitproxy demo · scenario ab", None) as view:
-            phase = await follow(server, control, view, origin, began + DEADLINE, on_frame=on_frame)
-        stop.set()
-        await users
-        users = None
-        elapsed = time.time() - origin
+        async with running(_users(stage.proxy, rate / 2, stop, seen)) as users:
+            with make_view(console, origin, "splitproxy demo · scenario ab", None) as view:
+                phase = await follow(
+                    stage.server, stage.control, view, origin, stage.deadline, on_frame=on_frame
+                )
+            stop.set()
+            await users
         console.print()
         console.print("answers by plan and version (after the promotion, every user gets 1.1):")
         for key, n in sorted(seen.items()):
             console.print(f"  {key}: {n}", highlight=False)
-        ledger = control.events(ROUTE, limit=1000)
-        code = verdict(console, SCENARIO, phase, elapsed, ledger, DEADLINE)
-        hints(console, proxy, admin, keep)
-        if keep:
-            await wait_for_signal()
+        code = stage.finish(console, SCENARIO, phase, keep)
+        await keep_running(keep)
         return code
-    finally:
-        stop.set()
-        if users is not None:
-            users.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await users
-        await server.shutdown()
-        await stable_runner.cleanup()
-        await candidate_runner.cleanup()

@@ -12,34 +12,23 @@ of requests with 500 once the users reach it, and the bake reverts it at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 from rich.console import Console
-from rich.text import Text
 
 from splitproxy.demo.live import (
-    IN_FLIGHT,
     OUTCOME,
-    REFRESH,
     ROUTE,
     Scenario,
     Traffic,
     follow,
-    hints,
     make_view,
     split_table,
-    start_upstream,
-    verdict,
-    wait_for_signal,
 )
-from splitproxy.demo.service import Faults
-from splitproxy.rollout.controller import ControlOptions
-from splitproxy.server import Server
+from splitproxy.demo.service import Faults, create_app
+from splitproxy.demo.stage import client_session, keep_running, running, staged
 
 if TYPE_CHECKING:
     from splitproxy.settings import Settings
@@ -126,39 +115,25 @@ async def bluegreen_demo(
 ) -> int:
     """A blue/green rollout of the scenario's candidate under steady traffic, shown as it
     goes; the exit code (0: it ended as the scenario expects)."""
-    stable_runner, stable_port = await start_upstream("stable")
     faults = Faults()  # healthy until the users reach it
-    candidate_runner, candidate_port = await start_upstream("candidate", faults)
-    text = routing(stable_port, candidate_port)
+    versions = (create_app("stable"), create_app("candidate", faults=faults))
     # the test job reaches the candidate through a preview listener of the demo's own
     settings = settings.model_copy(update={"preview_listen": "127.0.0.1:0"})
-    server = Server(settings, routing_text=text, control_options=ControlOptions(tick=REFRESH))
     stop = asyncio.Event()
-    traffic_task: asyncio.Task[None] | None = None
-    try:
-        console.print(
-            f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: {scenario.story}; "
-            f"expect it to be [bold]{OUTCOME[scenario.expect]}[/].",
-            soft_wrap=True,
-        )
-        loop = asyncio.get_running_loop()
-        origin, began = time.time(), loop.time()  # the rollout starts with the server
-        await server.start()
-        assert server.control is not None
-        control = server.control
-        proxy = f"http://127.0.0.1:{server.listen_port}"
-        admin = f"http://127.0.0.1:{server.admin_port}"
-        console.print(
-            f"stable 1.0 on :{stable_port}, candidate 1.1 on :{candidate_port}, proxy on "
-            f":{server.listen_port}, preview listener (always 1.1) on :{server.preview_port}, "
-            f"admin API on :{server.admin_port}; the demo's client sends {rate:g} requests/s "
-            "through the proxy. The routing file:",
-            soft_wrap=True,
-        )
-        console.print(Text(text.split("\n", 1)[1].rstrip(), style="dim"), soft_wrap=True)
-        console.print()
-
-        analyzer = control.analyzers()[ROUTE]
+    async with (
+        staged(
+            settings,
+            versions,
+            routing,
+            console,
+            headline=f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: "
+            f"{scenario.story}; expect it to be [bold]{OUTCOME[scenario.expect]}[/].",
+            client=f"the demo's client sends {rate:g} requests/s through the proxy",
+            limit=DEADLINE,
+        ) as stage,
+        client_session() as session,
+    ):
+        analyzer = stage.analyzer
         broken = False
 
         def on_frame() -> None:
@@ -172,40 +147,26 @@ async def bluegreen_demo(
                     soft_wrap=True,
                 )
 
-        timeout = aiohttp.ClientTimeout(total=10)
-        connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
-        async with aiohttp.ClientSession(
-            timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
-        ) as session:
-            traffic = Traffic(session, proxy + "/", rate, lambda: analyzer.weight)
-            traffic_task = loop.create_task(traffic.run(stop))
+        traffic = Traffic(session, stage.proxy + "/", rate, lambda: analyzer.weight)
+        async with running(traffic.run(stop)) as task:
             title = f"splitproxy demo · scenario {scenario.name}"
-            with make_view(console, origin, title, None) as view:
+            with make_view(console, stage.origin, title, None) as view:
                 phase = await follow(
-                    server, control, view, origin, began + DEADLINE, on_frame=on_frame
+                    stage.server,
+                    stage.control,
+                    view,
+                    stage.origin,
+                    stage.deadline,
+                    on_frame=on_frame,
                 )
             stop.set()
-            await traffic_task
-            traffic_task = None
-            elapsed = time.time() - origin
-            console.print()
-            console.print(split_table(traffic))
-            if traffic.failures:
-                lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
-                console.print(f"the client got no answer for: {lost}", soft_wrap=True)
-        ledger = control.events(ROUTE, limit=1000)
-        _after_switch(console, ledger)
-        code = verdict(console, scenario, phase, elapsed, ledger, DEADLINE)
-        hints(console, proxy, admin, keep)
-        if keep:
-            await wait_for_signal()
+            await task
+        console.print()
+        console.print(split_table(traffic))
+        if traffic.failures:
+            lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
+            console.print(f"the client got no answer for: {lost}", soft_wrap=True)
+        _after_switch(console, stage.control.events(ROUTE, limit=1000))
+        code = stage.finish(console, scenario, phase, keep)
+        await keep_running(keep)
         return code
-    finally:
-        stop.set()
-        if traffic_task is not None:
-            traffic_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await traffic_task
-        await server.shutdown()
-        await stable_runner.cleanup()
-        await candidate_runner.cleanup()

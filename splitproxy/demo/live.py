@@ -55,15 +55,19 @@ class Scenario:
     live_error_rate: float = 0.0  # blue/green: its error rate once the users reach it
 
 
-async def start_upstream(version: str, faults: Faults | None = None) -> tuple[web.AppRunner, int]:
-    """The demo service as ``version`` on a free loopback port (``faults``: its faults, which
-    the caller may change while it runs); its runner and port."""
-    runner = web.AppRunner(create_app(version, faults=faults), access_log=None)
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` on a free loopback port, without an access log; its runner and port."""
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-    return runner, port
+    return runner, next(a[1] for a in runner.addresses if isinstance(a, tuple))
+
+
+async def start_upstream(version: str, faults: Faults | None = None) -> tuple[web.AppRunner, int]:
+    """The demo service as ``version`` on a free loopback port (``faults``: its faults, which
+    the caller may change while it runs); its runner and port."""
+    return await serve_app(create_app(version, faults=faults))
 
 
 async def wait_for_signal() -> None:

@@ -19,7 +19,6 @@ the scenario expects, 1 otherwise. ``--keep`` leaves everything running for curl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Final
@@ -28,27 +27,21 @@ import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from splitproxy.demo import ab as abdemo
 from splitproxy.demo import bluegreen
 from splitproxy.demo.live import (
-    IN_FLIGHT,
     OUTCOME,
-    REFRESH,
-    ROUTE,
     Scenario,
     Traffic,
     follow,
-    hints,
     make_view,
     split_table,
     start_upstream,
-    verdict,
     wait_for_signal,
 )
-from splitproxy.demo.service import Faults
-from splitproxy.rollout.controller import ControlOptions
+from splitproxy.demo.service import Faults, create_app
+from splitproxy.demo.stage import client_session, keep_running, running, staged
 from splitproxy.server import Server, new_event_loop
 
 if TYPE_CHECKING:  # the CLI reads the settings; the demo only passes them on
@@ -234,79 +227,44 @@ async def _rollout_demo(
     settings: Settings, scenario: Scenario, rate: float, keep: bool, console: Console
 ) -> int:
     """A canary rollout of the scenario's candidate under steady traffic, shown as it goes."""
-    stable_runner, stable_port = await start_upstream("stable")
     faults = Faults(scenario.error_rate, scenario.delay_ms)
-    candidate_runner, candidate_port = await start_upstream("candidate", faults)
-    routing = rollout_routing(stable_port, candidate_port)
-    options = ControlOptions(tick=REFRESH)  # decisions show up within a frame
-    server = Server(settings, routing_text=routing, control_options=options)
+    versions = (create_app("stable"), create_app("candidate", faults=faults))
     stop = asyncio.Event()
-    traffic_task: asyncio.Task[None] | None = None
-    try:
-        expect = OUTCOME[scenario.expect]
-        console.print(
-            f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: {scenario.story}; "
-            f"expect it to be [bold]{expect}[/].",
-            soft_wrap=True,
-        )
-        loop = asyncio.get_running_loop()
-        origin, began = time.time(), loop.time()  # the rollout starts with the server
-        await server.start()
-        assert server.control is not None
-        control = server.control
-        proxy = f"http://127.0.0.1:{server.listen_port}"
-        admin = f"http://127.0.0.1:{server.admin_port}"
-        console.print(
-            f"stable 1.0 on :{stable_port}, candidate 1.1 on :{candidate_port}, proxy on "
-            f":{server.listen_port}, admin API on :{server.admin_port}; the demo's client sends "
-            f"{rate:g} requests/s through the proxy. The routing file:",
-            soft_wrap=True,
-        )
-        body = routing.split("\n", 1)[1].rstrip()
-        console.print(Text(body, style="dim"), soft_wrap=True)
-        console.print()
-
-        analyzer = control.analyzers()[ROUTE]
-        timeout = aiohttp.ClientTimeout(total=10)
-        connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
-        async with aiohttp.ClientSession(
-            timeout=timeout, cookie_jar=aiohttp.DummyCookieJar(), connector=connector
-        ) as session:
-            traffic = Traffic(session, proxy + "/", rate, lambda: analyzer.weight)
-            traffic_task = loop.create_task(traffic.run(stop))
+    async with (
+        staged(
+            settings,
+            versions,
+            rollout_routing,
+            console,
+            headline=f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: "
+            f"{scenario.story}; expect it to be [bold]{OUTCOME[scenario.expect]}[/].",
+            client=f"the demo's client sends {rate:g} requests/s through the proxy",
+            limit=DEADLINE,
+        ) as stage,
+        client_session() as session,
+    ):
+        analyzer = stage.analyzer
+        traffic = Traffic(session, stage.proxy + "/", rate, lambda: analyzer.weight)
+        async with running(traffic.run(stop)) as task:
             title = f"splitproxy demo · scenario {scenario.name}"
-            with make_view(console, origin, title, (INTERVAL, MIN_REQUESTS)) as view:
-                phase = await follow(server, control, view, origin, began + DEADLINE)
-            stop.set()
-            await traffic_task
-            traffic_task = None
-            elapsed = time.time() - origin
-
-            console.print()
-            console.print(split_table(traffic))
-            if traffic.failures or traffic.skipped:
-                lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
-                console.print(
-                    f"the client got no answer for: {lost or 'none'}; "
-                    f"not sent (too many in flight): {traffic.skipped}",
-                    soft_wrap=True,
+            with make_view(console, stage.origin, title, (INTERVAL, MIN_REQUESTS)) as view:
+                phase = await follow(
+                    stage.server, stage.control, view, stage.origin, stage.deadline
                 )
-        code = verdict(
-            console, scenario, phase, elapsed, control.events(ROUTE, limit=1000), DEADLINE
-        )
-        hints(console, proxy, admin, keep)
-        if keep:
-            await wait_for_signal()
+            stop.set()
+            await task
+        console.print()
+        console.print(split_table(traffic))
+        if traffic.failures or traffic.skipped:
+            lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
+            console.print(
+                f"the client got no answer for: {lost or 'none'}; "
+                f"not sent (too many in flight): {traffic.skipped}",
+                soft_wrap=True,
+            )
+        code = stage.finish(console, scenario, phase, keep)
+        await keep_running(keep)
         return code
-    finally:
-        stop.set()
-        if traffic_task is not None:
-            traffic_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await traffic_task
-        await server.shutdown()
-        await stable_runner.cleanup()
-        await candidate_runner.cleanup()
 
 
 def run_demo(
