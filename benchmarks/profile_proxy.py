@@ -176,8 +176,9 @@ def cpu(a: argparse.Namespace, proxy: Proc) -> None:
 
 def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Path) -> None:
     cg = out / "callgrind.out"
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}",
-            *serve_argv(a.py, routes, a.port)]  # fmt: skip
+    # one dump per thread: the access log's writer thread is reported apart
+    argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={cg}", *serve_argv(a.py, routes, a.port)]  # fmt: skip
     proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
     try:
         wait_ready(a.port, COOKIE_HEADER, proxy, timeout=300)
@@ -191,12 +192,19 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
                        capture_output=True, timeout=60)  # fmt: skip
     finally:
         proxy.stop(timeout=120)
-    dumps = sorted(out.glob("callgrind.out.*"))
+    # the dump of the measured requests: callgrind.out.1-NN, one file per thread
+    dumps = sorted(out.glob("callgrind.out.1*"))
     if not dumps:
         raise SystemExit(f"no callgrind dump in {out}")
-    m = re.search(r"^(?:summary|totals):\s+(\d+)", dumps[0].read_text(), re.M)
-    total = int(m.group(1)) if m else 0
+    per_thread: list[tuple[str, int]] = []
+    for dump in dumps:
+        m = re.search(r"^(?:summary|totals):\s+(\d+)", dump.read_text(), re.M)
+        per_thread.append((dump.name, int(m.group(1)) if m else 0))
+    total = sum(n for _, n in per_thread)
     print(f"instructions per request: {total / a.requests:,.0f} ({a.requests} requests)")
+    for name, n in per_thread:
+        if n:
+            print(f"  {name}: {n / a.requests:,.0f}")
 
 
 def main() -> None:
