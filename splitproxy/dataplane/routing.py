@@ -336,9 +336,10 @@ def choose(
     weight = route.weight_bp
     if route.ab is not None and 0 < weight < BUCKETS and not route.ab.admits(headers):
         return _DECISIONS[STABLE, "audience"]  # an A/B test's outsider: stable, not counted
-    name: str | bytes | None = route.sticky_header
-    if name is not None:
-        raw = headers.get(name)
+    header = route.sticky_header
+    name: str | bytes | None
+    if header is not None:
+        name, raw = header, headers.get(header)
     else:
         name = route.sticky_cookie
         raw = headers.get(b"cookie") if name is not None else None

@@ -16,9 +16,9 @@ from typing import IO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitproxy import logs
 from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.routing import Decision
-from splitproxy import logs
 from splitproxy.logs import AccessLog
 from splitproxy.logwriter import BatchWriter
 from tests.unit.fakes import exchange, runtime_state
