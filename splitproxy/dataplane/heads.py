@@ -185,7 +185,8 @@ def response_head(
         if lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
+            elif lname == b"connection" and value.lower() not in _RESPONSE_OPTIONS:
+                # (a lone option, the usual ``keep-alive``, names no header to drop)
                 dropped.extend(connection_tokens(value))
             continue
         if lname == b"content-length":
@@ -194,8 +195,9 @@ def response_head(
         elif lname == b"x-request-id":
             echo_id = False  # the upstream's own id is echoed instead of ours
         parts += (name, b": ", value, b"\r\n")
-    if dropped:
-        parts = _without(parts, dropped)
+    drop = {n for n in dropped if n not in _RESPONSE_OPTIONS} if dropped else None
+    if drop:
+        parts = _without(parts, drop)
         length_at = -1 if not has_length else _find(parts, b"content-length")
     if status == 101:
         parts.append(b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n")
@@ -229,11 +231,9 @@ def response_head(
     return b"".join(parts), relay, closing
 
 
-def _without(parts: list[bytes], names: list[bytes]) -> list[bytes]:
-    """Drop the header lines (name, ': ', value, CRLF) whose names a Connection header listed."""
-    drop = {n for n in names if n not in _RESPONSE_OPTIONS}
-    if not drop:
-        return parts
+def _without(parts: list[bytes], drop: set[bytes]) -> list[bytes]:
+    """Drop the header lines (name, ': ', value, CRLF) whose names a Connection header listed
+    (``drop``: lower-cased, options left out)."""
     out = parts[:1]
     for i in range(1, len(parts), 4):
         if parts[i].lower() not in drop:
