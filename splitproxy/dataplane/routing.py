@@ -229,8 +229,10 @@ def key_hash(key: str, salt: bytes) -> int:
 # proxied request: the units of keys seen lately are kept (`_sticky_unit`), by the route's
 # salt, the cookie's (str) or header's (bytes) name and the raw header value, and a known key's
 # decision costs a dictionary look-up. Bounded, since keys come from clients: the table starts
-# over when full (at most ~1.5 MB: an entry is its key, its raw header and two decisions).
+# over when full, and only headers up to `STICKY_RAW_MAX` bytes are kept (at most ~2.5 MB: an
+# entry is its key, its raw header and two decisions); longer ones are parsed every time.
 STICKY_REMEMBERED: Final = 4096
+STICKY_RAW_MAX: Final = 256
 
 
 class _Unit:
@@ -257,9 +259,11 @@ def _sticky_unit(salt: bytes, name: str | bytes, raw: bytes) -> _Unit | None:
             return None
     else:
         key = raw.decode("latin-1")
-    if len(_units) >= STICKY_REMEMBERED:
-        _units.clear()
-    unit = _units[salt, name, raw] = _Unit(key_hash(key, salt))
+    unit = _Unit(key_hash(key, salt))
+    if len(raw) <= STICKY_RAW_MAX:
+        if len(_units) >= STICKY_REMEMBERED:
+            _units.clear()
+        _units[salt, name, raw] = unit
     return unit
 
 
@@ -345,7 +349,7 @@ def choose(
         raw = headers.get(b"cookie") if name is not None else None
     if name is not None:
         # (`_sticky_unit`: a key seen lately costs a look-up, not a parse and a hash)
-        known = _units.get((route.salt, name, raw)) if raw else None
+        known = _units.get((route.salt, name, raw)) if raw and len(raw) <= STICKY_RAW_MAX else None
         if known is None and raw:
             known = _sticky_unit(route.salt, name, raw)
         if known is not None:

@@ -75,7 +75,7 @@ cookies = st.one_of(
         lambda name, value, other: f"{other}; {name}={value}".encode(),
         st.sampled_from(["splitproxy_id", "uid", "other"]),
         cookie_values,
-        st.sampled_from(["theme=dark", "a=1", ""]),
+        st.sampled_from(["theme=dark", "a=1", "", "t=" + "x" * 250]),  # (long: not kept)
     ),
     st.binary(max_size=12),
 )
@@ -112,3 +112,9 @@ def test_the_kept_units_stay_bounded_whatever_keys_clients_send() -> None:
     for i in range(3 * routing.STICKY_REMEMBERED):
         choose(route, {b"cookie": f"splitproxy_id=user-{i}".encode()}, 0)
         assert len(routing._units) <= routing.STICKY_REMEMBERED
+    # a long Cookie header is routed by its key all the same, but never kept
+    routing._units.clear()
+    long = f"splitproxy_id=user-1; t={'x' * routing.STICKY_RAW_MAX}".encode()
+    short = b"splitproxy_id=user-1"
+    assert choose(route, {b"cookie": long}, 0) == choose(route, {b"cookie": short}, 0)
+    assert list(routing._units) == [(route.salt, "splitproxy_id", short)]
