@@ -1,5 +1,6 @@
 """The response head's shortcuts give the bytes the full computation gives: a ``Connection``
-header that is a lone option names nothing to drop, and status lines are kept once made."""
+header that is a lone option names nothing to drop, status lines are kept once made, and what
+a header's name means is kept by its spelling."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from unittest import mock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.dataplane import http11
+from splitproxy.dataplane import heads, http11
 from splitproxy.dataplane.heads import response_head
 from splitproxy.dataplane.http11 import HOP_BY_HOP, RAW, RECHUNK, BodyRelay, connection_tokens
 
@@ -87,13 +88,19 @@ connection_values = st.one_of(
         max_size=3,
     ).map(b", ".join),
 )
+# names as upstreams spell them (any case; a long one is never kept by `heads._kind`)
+framing_names = [b"Content-Length", b"content-length", b"CONTENT-length", b"Transfer-Encoding"]
+other_names = [b"transfer-ENCODING", b"X-Private", b"x-private", b"Foo", b"X-" + b"a" * 70]
 lines = st.one_of(
-    st.tuples(st.sampled_from([b"Connection", b"connection"]), connection_values),
+    st.tuples(st.sampled_from([b"Connection", b"connection", b"CONNECTION"]), connection_values),
     st.tuples(
-        st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"X-Private", b"Foo"]),
+        st.sampled_from(framing_names + other_names),
         st.sampled_from([b"10", b"chunked", b"gzip", b"v"]),
     ),
-    st.tuples(st.sampled_from([b"X-Request-ID", b"Keep-Alive", b"Server"]), st.just(b"a")),
+    st.tuples(
+        st.sampled_from([b"X-Request-ID", b"x-request-id", b"Keep-Alive", b"TE", b"Server"]),
+        st.just(b"a"),
+    ),
 )
 reasons = st.sampled_from([b"", b"OK", b"Not Found", b"Whatever"])
 
@@ -119,7 +126,11 @@ def test_the_response_head_is_the_full_computations_bytes(
     remembered: int,
 ) -> None:
     http11._STATUS_LINES.clear()
-    with mock.patch.object(http11, "_STATUS_LINES_MAX", remembered):
+    heads._kinds.clear()
+    with (
+        mock.patch.object(http11, "_STATUS_LINES_MAX", remembered),
+        mock.patch.object(heads, "_KINDS_MAX", remembered),
+    ):
         for status, reason, headers, is11, no_body, closing in responses:
             got = response_head(
                 status, reason, headers, request_id=b"rid", http11=is11, no_body=no_body,
@@ -130,3 +141,4 @@ def test_the_response_head_is_the_full_computations_bytes(
             )
             assert got == want
             assert len(http11._STATUS_LINES) <= remembered
+            assert len(heads._kinds) <= remembered
