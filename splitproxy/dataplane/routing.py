@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from splitproxy.config import Backend, Override, Route
@@ -226,58 +226,22 @@ def key_hash(key: str, salt: bytes) -> int:
 
 # A user's requests carry the same sticky key, and finding it in the Cookie header, hashing it
 # (keyed BLAKE2b) and making its `Decision` cost ~20 k instructions, nearly a tenth of a
-# proxied request: the units of keys seen lately are kept (`_sticky_unit`), by the route's
+# proxied request: the units of keys seen lately are kept (`_units`), by the route's
 # salt, the cookie's (str) or header's (bytes) name and the raw header value, and a known key's
 # decision costs a dictionary look-up. Bounded, since keys come from clients: the table starts
 # over when full, and only headers up to `STICKY_RAW_MAX` bytes are kept (at most ~2.5 MB: an
-# entry is its key, its raw header and two decisions); longer ones are parsed every time.
+# entry is its key, its raw header and two decisions); longer ones are parsed every time. A
+# key not in the table costs ~6 k instructions more than without it (its entry, the turnover):
+# users who come back only after 4,096 other keys pay that (benchmarks/README.md).
 STICKY_REMEMBERED: Final = 4096
 STICKY_RAW_MAX: Final = 256
 
 
-class _Unit:
-    """A sticky key's unit (`key_hash`), its bucket, and its two decisions once made."""
-
-    __slots__ = ("bucket", "candidate", "stable", "unit")
-
-    def __init__(self, unit: int) -> None:
-        self.unit = unit
-        self.bucket = unit % BUCKETS
-        self.stable: Decision | None = None
-        self.candidate: Decision | None = None
-
-
-_units: dict[tuple[bytes, str | bytes, bytes], _Unit] = {}
-
-
-def _sticky_unit(salt: bytes, name: str | bytes, raw: bytes) -> _Unit | None:
-    """The unit of the sticky key in ``raw`` (a Cookie header when ``name`` is a cookie's
-    name, else the value of the sticky header), or None when a Cookie header lacks it."""
-    if isinstance(name, str):
-        key = cookie_value(raw, name)
-        if not key:
-            return None
-    else:
-        key = raw.decode("latin-1")
-    unit = _Unit(key_hash(key, salt))
-    if len(raw) <= STICKY_RAW_MAX:
-        if len(_units) >= STICKY_REMEMBERED:
-            _units.clear()
-        _units[salt, name, raw] = unit
-    return unit
-
-
-def _sticky_decision(unit: _Unit, weight: int) -> Decision:
-    """``unit``'s decision at ``weight``: candidate iff its bucket is below the weight."""
-    if unit.bucket < weight:
-        decision = unit.candidate
-        if decision is None:
-            decision = unit.candidate = Decision(CANDIDATE, "sticky", None, unit.unit)
-    else:
-        decision = unit.stable
-        if decision is None:
-            decision = unit.stable = Decision(STABLE, "sticky", None, unit.unit)
-    return decision
+# An entry: [bucket, unit, stable's decision, candidate's decision], the decisions made when
+# first needed. A list, not an object: a user's first request pays for its entry, and a
+# list costs a fraction of an instance's ``__init__``.
+_BUCKET, _UNIT, _STABLE, _CANDIDATE = range(4)
+_units: dict[tuple[bytes, str | bytes, bytes], list[Any]] = {}
 
 
 def cookie_value(raw: bytes | None, name: str) -> str | None:
@@ -348,17 +312,32 @@ def choose(
         name = route.sticky_cookie
         raw = headers.get(b"cookie") if name is not None else None
     if name is not None:
-        # (`_sticky_unit`: a key seen lately costs a look-up, not a parse and a hash)
-        known = _units.get((route.salt, name, raw)) if raw and len(raw) <= STICKY_RAW_MAX else None
-        if known is None and raw:
-            known = _sticky_unit(route.salt, name, raw)
+        # a key seen lately costs a look-up, not a parse, a hash and a Decision (`_units`)
+        known: list[Any] | None = None
+        if raw:
+            remember = len(raw) <= STICKY_RAW_MAX
+            if remember:
+                known = _units.get((route.salt, name, raw))
+            if known is None:
+                key = cookie_value(raw, name) if isinstance(name, str) else raw.decode("latin-1")
+                if key:
+                    unit = key_hash(key, route.salt)
+                    known = [unit % BUCKETS, unit, None, None]
+                    if remember:
+                        if len(_units) >= STICKY_REMEMBERED:
+                            _units.clear()
+                        _units[route.salt, name, raw] = known
         if known is not None:
-            return _sticky_decision(known, weight)
+            side = _CANDIDATE if known[_BUCKET] < weight else _STABLE
+            decision: Decision | None = known[side]
+            if decision is None:
+                version: Version = CANDIDATE if side == _CANDIDATE else STABLE
+                decision = known[side] = Decision(version, "sticky", None, known[_UNIT])
+            return decision
         if route.sticky_header is None:  # no seed yet (or an empty one): give the client one
             seed = seed_from_draw(draw)
             unit = key_hash(seed, route.salt)
-            version: Version = CANDIDATE if unit % BUCKETS < weight else STABLE
-            return Decision(version, "sticky", seed, unit)
+            return Decision(CANDIDATE if unit % BUCKETS < weight else STABLE, "sticky", seed, unit)
     if weight <= 0:
         return _DECISIONS[STABLE, "weight"]
     if weight >= BUCKETS:
