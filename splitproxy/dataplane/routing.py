@@ -229,7 +229,7 @@ def key_hash(key: str, salt: bytes) -> int:
 # proxied request: the units of keys seen lately are kept (`_units`), by the route's
 # salt, the cookie's (str) or header's (bytes) name and the raw header value, and a known key's
 # decision costs a dictionary look-up. Bounded, since keys come from clients: the table starts
-# over when full, and only headers up to `STICKY_RAW_MAX` bytes are kept (at most ~2.5 MB: an
+# over when full, and only headers up to `STICKY_RAW_MAX` bytes are kept (at most ~3 MB: an
 # entry is its key, its raw header and two decisions); longer ones are parsed every time. A
 # key not in the table costs ~6 k instructions more than without it (its entry, the turnover):
 # users who come back only after 4,096 other keys pay that (benchmarks/README.md).
