@@ -2,7 +2,9 @@
 
 Each factory builds its inputs once and returns a function that does one unit of work:
 ``access_log(fmt)`` logs 16 finished exchanges and writes them (one event-loop pass of a
-loaded proxy); ``lookup(n)`` picks the route of one request among ``n`` routes.
+loaded proxy); ``lookup(n)`` picks the route of one request among ``n`` routes;
+``sticky_choice()`` routes a returning user of a sticky route at 50 % (the benchmark's
+request); ``nginx_response_head()`` builds the client's head from nginx's response head.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import yaml
 from splitproxy.config import parse_routing
 from splitproxy.dataplane.client import ClientConnection
 from splitproxy.dataplane.exchange import Exchange
-from splitproxy.dataplane.routing import Decision, find_route
+from splitproxy.dataplane.heads import response_head
+from splitproxy.dataplane.routing import Decision, choose, find_route
 from splitproxy.dataplane.state import RuntimeState, content_hash
 from splitproxy.logs import AccessLog
 
@@ -102,5 +105,48 @@ def lookup(n: int) -> Callable[[], object]:
 
     def run() -> object:
         return find_route(routes, "127.0.0.1", "/1k")
+
+    return run
+
+
+def sticky_choice() -> Callable[[], object]:
+    route = {
+        "name": "shop",
+        "stable": "http://127.0.0.1:28080",
+        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
+        "weight": 50,
+        "sticky": {"cookie": "splitproxy_id"},
+    }
+    snapshot = state_of([route]).snapshot
+    assert snapshot is not None
+    compiled = snapshot.route("shop")
+    assert compiled is not None
+    headers = {b"host": b"127.0.0.1:29181", b"cookie": b"splitproxy_id=bench-user-1"}
+
+    def run() -> object:
+        return choose(compiled, headers, 0x5DEECE66D)
+
+    return run
+
+
+# what the benchmark's upstream (nginx) answers to GET /1k
+NGINX_HEADERS = [
+    (b"Server", b"nginx/1.22.1"),
+    (b"Date", b"Sun, 06 Dec 2026 18:00:00 GMT"),
+    (b"Content-Type", b"application/octet-stream"),
+    (b"Content-Length", b"1024"),
+    (b"Last-Modified", b"Sun, 06 Dec 2026 17:00:00 GMT"),
+    (b"Connection", b"keep-alive"),
+    (b"ETag", b'"6750e1a0-400"'),
+    (b"Accept-Ranges", b"bytes"),
+]
+
+
+def nginx_response_head() -> Callable[[], object]:
+    def run() -> object:
+        return response_head(
+            200, b"OK", NGINX_HEADERS, request_id=b"5f0c2a91e3b4-1a", http11=True,
+            no_body=False, closing=False, upgrade=None,
+        )  # fmt: skip
 
     return run

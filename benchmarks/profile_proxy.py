@@ -2,8 +2,11 @@
 """Where splitproxy's CPU goes per request, under the benchmark's load (see README.md).
 
 Starts the benchmark's upstream (nginx) and one ``splitproxy serve`` with the benchmark's
-routing file (a sticky route at weight 50) and the chosen settings, puts wrk's closed-loop
-load on it, and profiles the proxy while it serves:
+routing file (a sticky route whose canary rollout is held at 50 %) and the chosen settings
+(by default what ``splitproxy serve`` users get: the access log on, text, here to a file;
+metrics on), waits until the rollout has reached its step (before that the candidate gets
+nothing and the proxy would be profiled at weight 0), puts wrk's closed-loop load on it, and
+profiles the proxy while it serves:
 
 * ``--tool py-spy`` (default): samples the running proxy (``py-spy record --format raw``,
   native frames included) for ``--duration`` s and prints the share of samples per function
@@ -17,7 +20,7 @@ load on it, and profiles the proxy while it serves:
 
 Everything listens on 127.0.0.1 only; every process it starts is stopped by its pid.
 
-    .venv/bin/python benchmarks/profile_proxy.py --log json --tool py-spy
+    .venv/bin/python benchmarks/profile_proxy.py --tool py-spy      # the defaults (log text)
     .venv/bin/python benchmarks/profile_proxy.py --log off --tool callgrind --requests 3000
 """
 
@@ -27,6 +30,7 @@ import argparse
 import collections
 import concurrent.futures
 import http.client
+import json
 import os
 import pstats
 import re
@@ -34,10 +38,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from configs import COOKIE_HEADER, REPO, ROUTES_YAML, STICKY_COOKIE
-from run import Proc, stop_all, wait_ready
+from run import Proc, http_get, stop_all, wait_ready
 
 BENCH = Path(__file__).resolve().parent
 
@@ -57,6 +62,31 @@ def proxy_env(log: str, run_dir: Path, repo: Path = REPO) -> dict[str, str]:
 def serve_argv(py: str, routes: Path, port: int) -> list[str]:
     return [py, "-m", "splitproxy", "serve", "-c", str(routes), "--listen",
             f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port + 1}"]  # fmt: skip
+
+
+def wait_rollout(admin_port: int, proc: Proc, timeout: float = 300.0) -> None:
+    """Wait until the route's rollout has stepped to its weight (50 %): it starts at 0 % and
+    steps once the candidate passes its health checks, a second or two after start (more under
+    valgrind). Profiling before that would measure a proxy that sends nobody to the candidate."""
+    deadline = time.time() + timeout
+    view: object = None
+    while time.time() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.p.returncode} (see its log)")
+        try:
+            status, body = http_get(admin_port, "/api/v1/routes/bench", None, timeout=5.0)
+        except OSError:
+            status, body = 0, b""
+        if status == 200:
+            view = json.loads(body)
+            assert isinstance(view, dict)
+            rollout = view.get("rollout")
+            if rollout is None:
+                raise SystemExit("the benchmark's route has no rollout: the profile needs one")
+            if view["weight"]["effective"] > 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the rollout did not step within {timeout}s: {view}")
 
 
 def wrk(port: int, path: str, seconds: int, connections: int) -> str:
@@ -146,11 +176,13 @@ def cpu(a: argparse.Namespace, proxy: Proc) -> None:
 
 def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Path) -> None:
     cg = out / "callgrind.out"
-    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}",
-            *serve_argv(a.py, routes, a.port)]  # fmt: skip
+    # one dump per thread: the access log's writer thread is reported apart
+    argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={cg}", *serve_argv(a.py, routes, a.port)]  # fmt: skip
     proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
     try:
         wait_ready(a.port, COOKIE_HEADER, proxy, timeout=300)
+        wait_rollout(a.port + 1, proxy)
         closed_loop(a.port, a.path, 200)  # warm: pools, caches, first-time imports
         # zero the counters, serve exactly the measured requests, dump (callgrind.out.1)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
@@ -160,19 +192,26 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
                        capture_output=True, timeout=60)  # fmt: skip
     finally:
         proxy.stop(timeout=120)
-    dumps = sorted(out.glob("callgrind.out.*"))
+    # the dump of the measured requests: callgrind.out.1-NN, one file per thread
+    dumps = sorted(out.glob("callgrind.out.1*"))
     if not dumps:
         raise SystemExit(f"no callgrind dump in {out}")
-    m = re.search(r"^(?:summary|totals):\s+(\d+)", dumps[0].read_text(), re.M)
-    total = int(m.group(1)) if m else 0
+    per_thread: list[tuple[str, int]] = []
+    for dump in dumps:
+        m = re.search(r"^(?:summary|totals):\s+(\d+)", dump.read_text(), re.M)
+        per_thread.append((dump.name, int(m.group(1)) if m else 0))
+    total = sum(n for _, n in per_thread)
     print(f"instructions per request: {total / a.requests:,.0f} ({a.requests} requests)")
+    for name, n in per_thread:
+        if n:
+            print(f"  {name}: {n / a.requests:,.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--log", choices=["off", "text", "json"], default="json")
+    ap.add_argument("--log", choices=["off", "text", "json"], default="text", help="the access log")
     ap.add_argument("--tool", choices=["py-spy", "cprofile", "callgrind", "cpu"], default="py-spy")
     ap.add_argument("--path", default="/1k")
     ap.add_argument("--duration", type=int, default=10)
@@ -205,6 +244,7 @@ def main() -> None:
             argv = [a.py, "-m", "cProfile", "-o", str(out / "prof"), *argv[1:]]
         proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
         wait_ready(a.port, COOKIE_HEADER, proxy)
+        wait_rollout(a.port + 1, proxy)
         wrk(a.port, a.path, 2, a.connections)  # warm-up
         if a.tool == "py-spy":
             py_spy(a, proxy, out)

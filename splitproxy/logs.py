@@ -18,7 +18,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from splitproxy import logwriter
 
@@ -79,6 +79,15 @@ def configure(log_format: str = "text", level: str = "info", worker: int | None 
 
 # bytes of a request target that a text line shows escaped: controls, space, '"', '\', non-ASCII
 _UNSAFE = re.compile(rb'[^\x21-\x7e]|["\\]')
+# The bytes a text line shows as they are (`_UNSAFE`'s complement): ``target.translate(None,
+# _SAFE)`` deletes them, so what is left is the unsafe bytes; a quarter to half the cost of
+# `_UNSAFE.search` on the short targets most requests carry (one C loop, no regex engine).
+_SAFE: Final = bytes(b for b in range(0x21, 0x7F) if b not in b'"\\')
+# Status codes as text, indexed by the code: a tuple lookup where formatting an int costs
+# several times more (the text line writes two codes per request)
+_CODES: Final = tuple(str(code) for code in range(1000))
+# the end of a time stamp, from the millisecond on: ``.123Z``
+_MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
@@ -170,7 +179,7 @@ class AccessLog:
         self._rev = "-" if log_format != "json" else "null"
         # formatted once: a method, the routing part of a line (route, version, reason, upstream)
         self._methods: dict[bytes, str] = {}
-        self._routed: dict[tuple[str | None, str, str | None, str], str] = {}
+        self._routed: dict[tuple[str | None, str, str | None, str, int], str] = {}
         # the JSON format's own: each part with the keys around it (`_json_lines`)
         self._json_head = self._json_head_stamp = ""  # a line's start, and its time stamp
         self._json_methods: dict[bytes, str] = {}
@@ -232,10 +241,12 @@ class AccessLog:
 
         The hot loop of the access log. What lines of a batch share is formatted once: the
         time to the millisecond (`_clock_text`), a snapshot's revision, a method, and the
-        routing part (route, version, reason, upstream) per combination."""
+        routing part (route, version, reason, upstream, upstream status) per combination;
+        status codes come from a table (`_CODES`), and a target is checked for bytes to
+        escape with one ``translate`` (`_SAFE`)."""
         out: list[str] = []
         add = out.append
-        unsafe = _UNSAFE.search
+        codes, safe = _CODES, _SAFE
         second_at, ms_at, when = self._second, self._ms, self._when
         last_snap, rev = self._snapshot, self._rev
         methods, routed = self._methods, self._routed
@@ -252,19 +263,21 @@ class AccessLog:
             verb = methods.get(method)
             if verb is None:
                 verb = _remember(methods, method, method.decode("latin-1"))
-            key = (route, version, reason, upstream)
+            key = (route, version, reason, upstream, up_status)
             routing = routed.get(key)
             if routing is None:
                 routing = _remember(
                     routed, key,
                     f"route={route or '-'} version={version or '-'} reason={reason or '-'} "
-                    f"upstream={upstream or '-'}",
+                    f"upstream={upstream or '-'} upstream_status={up_status or '-'}",
                 )  # fmt: skip
+            path = _escape(target) if target.translate(None, safe) else target.decode("latin-1")
             add(
                 f"{when} {peer or '-'} "
-                f'"{verb} {_escape(target) if unsafe(target) else target.decode("latin-1")} '
-                f'{"HTTP/1.1" if http11 else "HTTP/1.0"}" {status} {nbytes} '
-                f"{duration * 1000:.3f}ms {routing} upstream_status={up_status or '-'} "
+                f'"{verb} {path} '
+                f'{"HTTP/1.1" if http11 else "HTTP/1.0"}" '
+                f"{codes[status] if 0 <= status < 1000 else status} {nbytes} "
+                f"{duration * 1000:.3f}ms {routing} "
                 f"upstream_ms={f'{up_duration * 1000:.3f}' if up_duration else '-'} "
                 f"rid={rid.decode('latin-1') or '-'} rev={rev}"
                 f"{' listener=preview' if preview else ''}"
@@ -350,7 +363,7 @@ class AccessLog:
                 self._second = second
                 self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._ms = ms
-            self._when = f"{self._stamp}.{ms:03d}Z"
+            self._when = self._stamp + _MILLIS[ms]
         return self._when
 
     def log(self, ex: Exchange) -> None:

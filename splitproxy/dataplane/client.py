@@ -49,6 +49,10 @@ _OVER_CAPACITY: Final = (
     b'"request_id": "%s"}}\n'
 )
 _CRLF: Final = (13, 10)
+# ``b"_" in name`` first tries its operand as an int, and the TypeError it raises and swallows
+# (a formatted message) costs ~1.8 k instructions, on every header; testing the byte's value
+# is a memchr
+_UNDERSCORE: Final = ord("_")
 _CAPACITY_LOG_EVERY: Final = 10.0  # seconds between two "at max_connections" log lines
 
 _REJECT_MESSAGES: Final = {
@@ -303,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         lname = name.lower()
-        if b"_" in lname and spoofed_forwarding(lname):
+        if _UNDERSCORE in lname and spoofed_forwarding(lname):
             return
         if lname in CONSUMED:
             prior = ex.wanted.get(lname)

@@ -180,22 +180,31 @@ def response_head(
     echo_id = True
     dropped: list[bytes] = []
     relay = RAW
+    kinds = _kinds
     for name, value in headers:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == b"transfer-encoding":
+        kind = kinds.get(name)
+        if kind is None:
+            kind = _kind(name)
+        if kind:  # (most headers are _PLAIN: one test)
+            if kind == _TRANSFER_ENCODING:
                 chunked = b"chunked" in value.lower()
-            elif lname == b"connection":
-                dropped.extend(connection_tokens(value))
-            continue
-        if lname == b"content-length":
-            has_length = True
-            length_at = len(parts)
-        elif lname == b"x-request-id":
-            echo_id = False  # the upstream's own id is echoed instead of ours
+                continue
+            if kind == _CONNECTION:
+                if value.lower() not in _RESPONSE_OPTIONS:
+                    # (a lone option, the usual ``keep-alive``, names no header to drop)
+                    dropped.extend(connection_tokens(value))
+                continue
+            if kind == _HOP:
+                continue
+            if kind == _LENGTH:
+                has_length = True
+                length_at = len(parts)
+            else:  # _REQUEST_ID: the upstream's own id is echoed instead of ours
+                echo_id = False
         parts += (name, b": ", value, b"\r\n")
-    if dropped:
-        parts = _without(parts, dropped)
+    drop = {n for n in dropped if n not in _RESPONSE_OPTIONS} if dropped else None
+    if drop:
+        parts = _without(parts, drop)
         length_at = -1 if not has_length else _find(parts, b"content-length")
     if status == 101:
         parts.append(b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n")
@@ -229,11 +238,39 @@ def response_head(
     return b"".join(parts), relay, closing
 
 
-def _without(parts: list[bytes], names: list[bytes]) -> list[bytes]:
-    """Drop the header lines (name, ': ', value, CRLF) whose names a Connection header listed."""
-    drop = {n for n in names if n not in _RESPONSE_OPTIONS}
-    if not drop:
-        return parts
+# What a response header's name means to `response_head`, by the name as the upstream spelled
+# it: lower-casing each name and testing it against the hop-by-hop set and two names cost
+# several times the look-up, for every header of every response. Bounded (names come from
+# upstreams): names up to 64 bytes are kept, and the table starts over when full.
+_PLAIN, _HOP, _TRANSFER_ENCODING, _CONNECTION, _LENGTH, _REQUEST_ID = range(6)
+_kinds: dict[bytes, int] = {}
+_KINDS_MAX: Final = 512
+
+
+def _kind(name: bytes) -> int:
+    lname = name.lower()
+    if lname == b"transfer-encoding":
+        kind = _TRANSFER_ENCODING
+    elif lname == b"connection":
+        kind = _CONNECTION
+    elif lname in HOP_BY_HOP:
+        kind = _HOP
+    elif lname == b"content-length":
+        kind = _LENGTH
+    elif lname == b"x-request-id":
+        kind = _REQUEST_ID
+    else:
+        kind = _PLAIN
+    if len(name) <= 64:
+        if len(_kinds) >= _KINDS_MAX:
+            _kinds.clear()
+        _kinds[name] = kind
+    return kind
+
+
+def _without(parts: list[bytes], drop: set[bytes]) -> list[bytes]:
+    """Drop the header lines (name, ': ', value, CRLF) whose names a Connection header listed
+    (``drop``: lower-cased, options left out)."""
     out = parts[:1]
     for i in range(1, len(parts), 4):
         if parts[i].lower() not in drop:

@@ -63,10 +63,23 @@ IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"
 _REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
+# Status lines made lately, by status and reason: an upstream answers with a handful, and
+# formatting one costs several times the look-up. Bounded (reasons come from upstreams): it
+# starts over when full.
+_STATUS_LINES: dict[tuple[int, bytes | None], bytes] = {}
+_STATUS_LINES_MAX: Final = 256
+
+
 def status_line(status: int, reason: bytes | None = None) -> bytes:
     """``HTTP/1.1 200 OK\\r\\n``; the upstream's reason phrase is kept when it sent one."""
-    phrase = reason if reason else _REASONS.get(status, b"")
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        phrase = reason if reason else _REASONS.get(status, b"")
+        line = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+        if len(_STATUS_LINES) >= _STATUS_LINES_MAX:
+            _STATUS_LINES.clear()
+        _STATUS_LINES[status, reason] = line
+    return line
 
 
 def connection_tokens(value: bytes) -> list[bytes]:

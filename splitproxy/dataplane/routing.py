@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from splitproxy.config import Backend, Override, Route
@@ -224,6 +224,26 @@ def key_hash(key: str, salt: bytes) -> int:
     return int.from_bytes(digest, "big")
 
 
+# A user's requests carry the same sticky key, and finding it in the Cookie header, hashing it
+# (keyed BLAKE2b) and making its `Decision` cost ~20 k instructions, nearly a tenth of a
+# proxied request: the units of keys seen lately are kept (`_units`), by the route's
+# salt, the cookie's (str) or header's (bytes) name and the raw header value, and a known key's
+# decision costs a dictionary look-up. Bounded, since keys come from clients: the table starts
+# over when full, and only headers up to `STICKY_RAW_MAX` bytes are kept (at most ~3 MB: an
+# entry is its key, its raw header and two decisions); longer ones are parsed every time. A
+# key not in the table costs ~6 k instructions more than without it (its entry, the turnover):
+# users who come back only after 4,096 other keys pay that (benchmarks/README.md).
+STICKY_REMEMBERED: Final = 4096
+STICKY_RAW_MAX: Final = 256
+
+
+# An entry: [bucket, unit, stable's decision, candidate's decision], the decisions made when
+# first needed. A list, not an object: a user's first request pays for its entry, and a
+# list costs a fraction of an instance's ``__init__``.
+_BUCKET, _UNIT, _STABLE, _CANDIDATE = range(4)
+_units: dict[tuple[bytes, str | bytes, bytes], list[Any]] = {}
+
+
 def cookie_value(raw: bytes | None, name: str) -> str | None:
     """The value of cookie ``name`` in a raw ``Cookie`` header, or None."""
     if not raw:
@@ -284,21 +304,40 @@ def choose(
     weight = route.weight_bp
     if route.ab is not None and 0 < weight < BUCKETS and not route.ab.admits(headers):
         return _DECISIONS[STABLE, "audience"]  # an A/B test's outsider: stable, not counted
-    key: str | None = None
-    if route.sticky_header is not None:
-        raw = headers.get(route.sticky_header)
+    header = route.sticky_header
+    name: str | bytes | None
+    if header is not None:
+        name, raw = header, headers.get(header)
+    else:
+        name = route.sticky_cookie
+        raw = headers.get(b"cookie") if name is not None else None
+    if name is not None:
+        # a key seen lately costs a look-up, not a parse, a hash and a Decision (`_units`)
+        known: list[Any] | None = None
         if raw:
-            key = raw.decode("latin-1")
-    elif route.sticky_cookie is not None:
-        key = cookie_value(headers.get(b"cookie"), route.sticky_cookie)
-        if not key:  # no seed yet (or an empty one): give this client its own
+            remember = len(raw) <= STICKY_RAW_MAX
+            if remember:
+                known = _units.get((route.salt, name, raw))
+            if known is None:
+                key = cookie_value(raw, name) if isinstance(name, str) else raw.decode("latin-1")
+                if key:
+                    unit = key_hash(key, route.salt)
+                    known = [unit % BUCKETS, unit, None, None]
+                    if remember:
+                        if len(_units) >= STICKY_REMEMBERED:
+                            _units.clear()
+                        _units[route.salt, name, raw] = known
+        if known is not None:
+            side = _CANDIDATE if known[_BUCKET] < weight else _STABLE
+            decision: Decision | None = known[side]
+            if decision is None:
+                version: Version = CANDIDATE if side == _CANDIDATE else STABLE
+                decision = known[side] = Decision(version, "sticky", None, known[_UNIT])
+            return decision
+        if route.sticky_header is None:  # no seed yet (or an empty one): give the client one
             seed = seed_from_draw(draw)
             unit = key_hash(seed, route.salt)
-            version: Version = CANDIDATE if unit % BUCKETS < weight else STABLE
-            return Decision(version, "sticky", seed, unit)
-    if key is not None:
-        unit = key_hash(key, route.salt)
-        return Decision(CANDIDATE if unit % BUCKETS < weight else STABLE, "sticky", None, unit)
+            return Decision(CANDIDATE if unit % BUCKETS < weight else STABLE, "sticky", seed, unit)
     if weight <= 0:
         return _DECISIONS[STABLE, "weight"]
     if weight >= BUCKETS:

@@ -16,6 +16,7 @@ from typing import IO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from splitproxy import logs
 from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.routing import Decision
 from splitproxy.logs import AccessLog
@@ -100,7 +101,8 @@ def exchanges(draw: st.DrawFn) -> Exchange:
     ex.method = draw(st.sampled_from([b"GET", b"POST", b"PURGE", b"M\xe9"]))
     ex.target = draw(st.binary(max_size=40).map(lambda b: b"/" + b))
     ex.http11 = draw(st.booleans())
-    ex.status = draw(st.sampled_from([101, 200, 404, 499, 502, 503]))
+    # (the text format takes codes under 1000 from a table, others formatted)
+    ex.status = draw(st.one_of(st.sampled_from([101, 200, 404, 499, 502]), st.integers(0, 1200)))
     ex.bytes_out = draw(st.integers(0, 10**9))
     ex.duration = draw(durations)
     ex.request_id = draw(st.binary(max_size=20))
@@ -112,7 +114,7 @@ def exchanges(draw: st.DrawFn) -> Exchange:
         reason = draw(st.sampled_from(["weight", "sticky", "preview", None]))
         ex.decision = Decision(ex.version or "stable", reason) if reason else None  # type: ignore[arg-type]
         ex.upstream_url = draw(st.sampled_from(["", "http://shop-v2:8080", "http://é:1"]))
-        ex.upstream_status = draw(st.sampled_from([0, 200, 500]))
+        ex.upstream_status = draw(st.sampled_from([0, 200, 500, 999, 1000, 1234]))
         ex.upstream_duration = draw(durations)
     return ex
 
@@ -236,3 +238,10 @@ def test_a_stream_without_a_descriptor_is_written_at_once() -> None:
     writer.write("a\nb\n", 2)
     assert sink.text == "a\nb\n"
     assert writer.fd is None
+
+
+def test_the_bytes_a_text_line_shows_as_they_are_are_exactly_the_safe_ones() -> None:
+    # `_text_lines` deletes the safe bytes with translate: what remains must be the unsafe ones
+    for b in range(256):
+        one = bytes([b])
+        assert bool(one.translate(None, logs._SAFE)) == (_UNSAFE.search(one) is not None)
