@@ -89,6 +89,26 @@ def wait_rollout(admin_port: int, proc: Proc, timeout: float = 300.0) -> None:
     raise RuntimeError(f"the rollout did not step within {timeout}s: {view}")
 
 
+def settle(proc: Proc, window: float = 2.0, busy: float = 0.5, timeout: float = 900.0) -> None:
+    """Wait until the proxy's start-up work is done: under valgrind, the reloader reads the
+    serving file once more in a thread after start (`reloadseed`: a minute with 10,000 routes)
+    and would be counted against the measured requests. Done: less than ``busy`` of a core
+    used over ``window`` seconds."""
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / hz
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        before = cpu_seconds()
+        time.sleep(window)
+        if cpu_seconds() - before < busy * window:
+            return
+    raise RuntimeError(f"the proxy was still busy after {timeout:g}s")
+
+
 def wrk(port: int, path: str, seconds: int, connections: int) -> str:
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
            "-H", COOKIE_HEADER, f"http://127.0.0.1:{port}{path}"]  # fmt: skip
@@ -183,6 +203,7 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
     try:
         wait_ready(a.port, COOKIE_HEADER, proxy, timeout=300)
         wait_rollout(a.port + 1, proxy)
+        settle(proxy)
         closed_loop(a.port, a.path, 200)  # warm: pools, caches, first-time imports
         # zero the counters, serve exactly the measured requests, dump (callgrind.out.1)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
