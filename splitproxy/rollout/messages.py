@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from splitproxy.config import LATENCY_QUANTILES
 from splitproxy.config.vocabulary import Gate, Version
@@ -30,8 +30,7 @@ Command = Literal["promote", "rollback", "pause", "resume", "retry"]
 Histogram = tuple[tuple[float, int], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(NamedTuple):
     """What one version served during one tick, for one candidate probability and path class.
 
     ``p`` is the probability that a unit was routed to the candidate when these requests were
@@ -44,6 +43,11 @@ class Sample:
     than ``unit_errors`` when a user failed twice, or when the window's per-bucket table was
     full). The comparison with stable counts each user's first error once (`units.UnitTable`):
     a user's requests all go where its key goes, so they are not independent draws.
+
+    A named tuple, not a frozen dataclass: the controller makes about ten per route per tick
+    (a thousand routes: ten thousand a second), and a tuple is made in a third of the time a
+    frozen dataclass's ``__init__`` takes (it sets each field through ``object.__setattr__``).
+    Immutable and compared by value all the same.
     """
 
     version: Version
