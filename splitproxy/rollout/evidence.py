@@ -57,9 +57,17 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile, hist_quantiles
+from splitproxy.rollout.histograms import hist_above, hist_merge, hist_quantile, hist_quantiles
 from splitproxy.rollout.kept import Kept
-from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
+from splitproxy.rollout.messages import (
+    CheckKind,
+    CheckResult,
+    Histogram,
+    Sample,
+    Unit,
+    Verdict,
+    metric_unit,
+)
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
     AlphaSplit,
@@ -70,15 +78,11 @@ from splitproxy.rollout.sequential import (
     split_alpha,
 )
 from splitproxy.rollout.thresholds import shown_above, window_alpha
+from splitproxy.rollout.trailing import trail_add
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
 
-TRAIL_SLOT: Final = 10.0  # seconds per slot of stable's trailing latency
-TRAIL_WINDOW: Final = 600.0  # stable's trailing window for the latency thresholds
-TRAIL_MAX_AGE: Final = 3600.0  # kept longer (up to this) while it has too few requests
-TRAIL_MIN_REQUESTS: Final = 2000
-STABLE_RECENT: Final = 60.0  # the window in which stable "breaches too" (incident)
 GUARD_MIN_STABLE: Final = 20  # stable requests needed to call an incident
 INCIDENT_WINDOW: Final = 15.0  # seconds: "stable fails in the same seconds" as the candidate
 INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more ...
@@ -236,7 +240,7 @@ class Evidence:
             self._restart_due(now)
         cand_n = cand_x = stab_n = stab_x = 0
         cand_gx = stab_gx = 0  # errors with a sticky user's counted once per bucket
-        stable_hist: dict[float, int] = {}
+        stable_latency: list[Histogram] = []  # into stable's trailing history (`trailing`)
         pooled: dict[float, list[int]] = {}  # p -> [candidate errors, stable errors]
         classes: dict[tuple[float, str], list[int]] = {}
         slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
@@ -257,14 +261,14 @@ class Evidence:
                 stab_x += s.errors
                 stab_gx += once
                 if latency:
-                    hist_add(stable_hist, latency)
+                    stable_latency.append(latency)
             if not tests:
                 continue
             if cand:
                 window.requests += s.requests
                 window.errors += s.errors
                 if latency:
-                    hist_add(window.latency, latency)
+                    hist_merge(window.latency, latency)
             p = s.p
             if p is None or not 0.0 < p < 1.0:
                 continue
@@ -294,7 +298,7 @@ class Evidence:
                 self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
                 self.baseline.fold(samples)
-        self._trail_add(now, stab_n, stab_x, stable_hist)
+        trail_add(self, now, stab_n, stab_x, stable_latency)
         self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
@@ -326,35 +330,6 @@ class Evidence:
             if c is not None and c != math.inf:
                 out[q] = c
         return out
-
-    def _trail_add(self, now: float, requests: int, errors: int, hist: dict[float, int]) -> None:
-        slot = math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
-        if requests or hist:
-            if self.recent and self.recent[-1][0] == slot:
-                self.recent[-1][1] += requests
-                self.recent[-1][2] += errors
-            else:
-                self.recent.append([slot, requests, errors])
-        while self.recent and self.recent[0][0] < now - STABLE_RECENT:
-            self.recent.pop(0)
-        if hist:
-            counted = sum(hist.values())
-            if self.trail and self.trail[-1][0] == slot:
-                hist_add(self.trail[-1][2], hist.items())
-                self.trail[-1][1] += counted
-            else:
-                self.trail.append([slot, counted, dict(hist)])
-            hist_add(self.trail_total, hist.items())
-            self.trail_requests += counted
-        while self.trail:
-            oldest_slot, oldest_n, oldest_hist = self.trail[0]
-            age = now - oldest_slot
-            keep_for_count = self.trail_requests - oldest_n < TRAIL_MIN_REQUESTS
-            if age <= TRAIL_WINDOW or (keep_for_count and age <= TRAIL_MAX_AGE):
-                break
-            self.trail.pop(0)
-            hist_add(self.trail_total, oldest_hist.items(), -1)
-            self.trail_requests -= oldest_n
 
     # --- what it says -------------------------------------------------------------------------
 

@@ -21,6 +21,15 @@ def hist_add(into: dict[float, int], hist: Iterable[tuple[float, int]], sign: in
                 into.pop(bound, None)
 
 
+def hist_merge(into: dict[float, int], hist: Iterable[tuple[float, int]]) -> None:
+    """`hist_add` of positive counts into positive counts (no bucket can empty): the tick's
+    path, without the check for an emptied bucket."""
+    get = into.get
+    for bound, count in hist:
+        if count:
+            into[bound] = get(bound, 0) + count
+
+
 def hist_quantile(hist: Mapping[float, int], q: float) -> float | None:
     """The upper bound of the bucket holding the q-quantile (None when empty): the smallest
     bound whose cumulative count reaches ``q`` × the total. Counts are positive, as in every
