@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
@@ -436,7 +436,7 @@ class Evidence:
                 low = self.errors_test.lower_confidence_bound(self.alpha.error)
             elif r.kind == "compare" and self.latency_tests:
                 low = lower_confidence_bound(self._latency_log_e, self.alpha.latency)
-            out.append(replace(r, ci=(low, math.inf)) if low is not None else r)
+            out.append(r._replace(ci=(low, math.inf)) if low is not None else r)
         return tuple(out)
 
     # --- the checks ---------------------------------------------------------------------------
@@ -486,10 +486,10 @@ class Evidence:
         level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
         e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
         if e >= 1 / level:
-            return replace(result, detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+            return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
         self.unshown.add(check.key)  # the window holds on for more requests
         detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
-        return replace(result, verdict="pass", detail=detail)
+        return result._replace(verdict="pass", detail=detail)
 
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))
