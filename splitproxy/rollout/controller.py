@@ -254,7 +254,7 @@ class Controller:
     def _step(self, rt: _Rollout, now: float, commands: Sequence[ManualCommand] = ()) -> None:
         snapshot = self.state.snapshot
         assert snapshot is not None
-        route = snapshot.config.route(rt.name)
+        route = rt.route_in(snapshot.config)
         identity = candidate_identity(route) if route is not None else None
         # = samples_for(recorder.observations(name, last, until=now)), without the copies
         samples, end = window_samples(
@@ -337,7 +337,7 @@ class Controller:
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
         snapshot = self.state.snapshot
-        if snapshot is None or not self.leading or snapshot.config.route(rt.name) is None:
+        if snapshot is None or not self.leading or rt.route_in(snapshot.config) is None:
             return
         a = rt.analyzer
         have = snapshot.rollout_weights.get(rt.name)
