@@ -3,11 +3,14 @@
 - `hist_quantile` / `hist_quantiles` walk down from the largest bound (p95 and p99 lie in the
   top buckets): for any histogram and any q, the bound found walking up from the smallest;
 - `LatencySketch.histogram` reads the bounds from a table made at import: for any latencies,
-  the pairs ``(γ^key, count)`` in key order, bit for bit.
+  the pairs ``(γ^key, count)`` in key order, bit for bit;
+- `thresholds.shown_above` keeps each line's alternatives and their logs: for any counts, line
+  and level, the verdict and the e-value computed afresh, bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from hypothesis import given, settings
@@ -15,7 +18,9 @@ from hypothesis import strategies as st
 
 from splitproxy.rollout import sketch
 from splitproxy.rollout.histograms import hist_quantile, hist_quantiles
+from splitproxy.rollout.sequential import guard_rates, logsumexp
 from splitproxy.rollout.sketch import LatencySketch
+from splitproxy.rollout.thresholds import MULTIPLIERS, shown_above
 
 
 def walking_up(hist: Mapping[float, int], q: float) -> float | None:
@@ -87,3 +92,34 @@ def test_a_bin_outside_the_layout_still_gets_its_bound() -> None:
         (sketch._GAMMA**sketch._MIN_KEY, 1),
         (sketch._GAMMA ** (sketch._MAX_KEY + 3), 2),
     )
+
+
+def shown_above_afresh(x: int, n: int, rate: float, alpha: float) -> tuple[bool, float]:
+    """`thresholds.shown_above` as it was, each alternative's logs computed on every call."""
+    if n <= 0 or x <= rate * n:
+        return False, 1.0
+    if rate <= 0.0:
+        return True, math.inf
+    if rate >= 1.0:
+        return False, 1.0
+    alts = guard_rates(rate, MULTIPLIERS)
+    w = -math.log(len(alts))
+    log_e = logsumexp(
+        w + x * math.log(q / rate) + (n - x) * math.log((1 - q) / (1 - rate)) for q in alts
+    )
+    e = math.exp(log_e) if log_e < 700 else math.inf
+    return e >= 1 / alpha, e
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(0, 100_000),
+    st.integers(0, 100_000),
+    st.one_of(st.sampled_from([0.0, 0.001, 0.01, 0.05, 0.5, 0.99, 1.0]), st.floats(0.0, 1.0)),
+    st.sampled_from([0.01, 0.001, 1e-5]),
+)
+def test_a_threshold_shown_with_kept_logs_is_shown_afresh(
+    x: int, n: int, rate: float, alpha: float
+) -> None:
+    x = min(x, n)
+    assert shown_above(x, n, rate, alpha) == shown_above_afresh(x, n, rate, alpha)
