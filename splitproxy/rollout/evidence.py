@@ -154,6 +154,7 @@ class Evidence:
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
+        self._needs: tuple[CompareCheck | None, tuple[tuple[float, int], ...]] = (None, ())
         # the comparisons' and the guard's latest results, kept while their inputs do not change
         self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
             Kept(), Kept(), Kept()
@@ -323,7 +324,11 @@ class Evidence:
     def _latency_thresholds(self) -> dict[float, float]:
         """Stable's trailing quantiles, from ticks before this one only (predictable)."""
         out: dict[float, float] = {}
-        wanted = [q for q in self.quantiles if self.trail_requests >= min_threshold_requests(q)]
+        seen, needs = self._needs  # (q, requests it needs) per quantile, made once per check
+        if seen is not self.latency_compare:
+            needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
+            self._needs = (self.latency_compare, needs)
+        wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
         for q, c in hist_quantiles(self.trail_total, wanted).items():
