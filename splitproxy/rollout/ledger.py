@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.dataplane.state import candidate_identity
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.external import ExternalCheck
 from splitproxy.rollout.messages import Event
 from splitproxy.rollout.reports import finite
-from splitproxy.rollout.samples import analyzer_spec
+from splitproxy.rollout.samples import analyzer_spec, judges_synthetic
 from splitproxy.rollout.store import Verdict
 
 if TYPE_CHECKING:
@@ -38,8 +39,11 @@ class RouteRollout:
     last: float = 0.0  # the end of the newest live-window bucket consumed
     saved_at: float = -math.inf
     # what the tick asks each second, kept with what it was read from (compared by identity):
-    # a routing file's routes tuple -> this route in it; a spec -> its external checks
-    _route: tuple[object, Route | None] = field(default=(None, None), init=False, repr=False)
+    # a routing file's routes tuple -> this route in it, its candidate's identity and whether
+    # its rollout judges test traffic; a spec -> its external checks
+    _route: tuple[object, Route | None, str | None, bool] = field(
+        default=(None, None, None, False), init=False, repr=False
+    )
     _external: tuple[object, tuple[ExternalCheck, ...]] = field(
         default=(None, ()), init=False, repr=False
     )
@@ -50,13 +54,20 @@ class RouteRollout:
         self.analyzer.gates = rollout.gates
 
     def route_in(self, config: RoutingConfig) -> Route | None:
-        """``config.route(self.name)``, looked up again only for another tuple of routes (a
-        pydantic model's private index is slow to reach, and the tick asks twice a route)."""
-        seen, route = self._route
-        if seen is not config.routes:
+        """``config.route(self.name)`` (see `follow`)."""
+        return self.follow(config)[0]
+
+    def follow(self, config: RoutingConfig) -> tuple[Route | None, str | None, bool]:
+        """This route in ``config``, its candidate's `candidate_identity` and whether its
+        rollout judges test traffic (`judges_synthetic`): made again only for another tuple
+        of routes (a route is immutable; a pydantic model's private index is slow to reach,
+        and the tick asks twice a route)."""
+        kept = self._route
+        if kept[0] is not config.routes:
             route = config.route(self.name)
-            self._route = (config.routes, route)
-        return route
+            identity = candidate_identity(route) if route is not None else None
+            kept = self._route = (config.routes, route, identity, judges_synthetic(route))
+        return kept[1], kept[2], kept[3]
 
     def external_checks(self) -> tuple[ExternalCheck, ...]:
         seen, checks = self._external

@@ -1,6 +1,7 @@
 """What `ledger.RouteRollout` keeps for the tick is what asking afresh gives: over any run of
 routing files (routes added, dropped, changed, the same routes in a copied config) and of
-specs, its route is ``config.route(name)`` and its external checks those of its spec."""
+specs, its route is ``config.route(name)`` (with its candidate's identity and whether it
+judges test traffic) and its external checks those of its spec."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config import PrometheusCheck, Rollout, RoutingConfig, WebCheck
+from splitproxy.dataplane.state import candidate_identity
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.ledger import RouteRollout
+from splitproxy.rollout.samples import judges_synthetic
 from tests.unit.rollout.drive import spec
 
 CHECKS: list[dict[str, Any]] = [
@@ -63,6 +66,9 @@ def test_the_kept_route_and_checks_are_the_fresh_ones(ops: list[tuple[str, Any, 
         else:
             rt.configure(spec(checks=[CHECKS[i] for i in arg]))
         for _ in range(2):  # the second answer is the kept one
-            assert rt.route_in(current) is current.route("a")
+            route = current.route("a")
+            assert rt.route_in(current) is route
+            identity = candidate_identity(route) if route is not None else None
+            assert rt.follow(current) == (route, identity, judges_synthetic(route))
             fresh = tuple(c for c in rt.rollout.checks if isinstance(c, PrometheusCheck | WebCheck))
             assert rt.external_checks() == fresh
