@@ -57,7 +57,7 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_merge, hist_quantile, hist_quantiles
+from splitproxy.rollout.histograms import hist_above, hist_merge, hist_quantile
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
     CheckKind,
@@ -78,7 +78,7 @@ from splitproxy.rollout.sequential import (
     split_alpha,
 )
 from splitproxy.rollout.thresholds import shown_above, window_alpha
-from splitproxy.rollout.trailing import trail_add
+from splitproxy.rollout.trailing import trail_add, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
@@ -148,6 +148,7 @@ class Evidence:
         self.trail: list[list[Any]] = []
         self.trail_total: dict[float, int] = {}
         self.trail_requests = 0
+        self.trail_bounds: list[float] | None = None  # trail_total's, largest first (kept)
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
@@ -331,7 +332,7 @@ class Evidence:
         wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
-        for q, c in hist_quantiles(self.trail_total, wanted).items():
+        for q, c in trail_quantiles(self, wanted).items():
             if c is not None and c != math.inf:
                 out[q] = c
         return out

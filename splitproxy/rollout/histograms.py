@@ -42,11 +42,18 @@ def hist_quantile(hist: Mapping[float, int], q: float) -> float | None:
 
 def hist_quantiles(hist: Mapping[float, int], qs: Iterable[float]) -> dict[float, float | None]:
     """`hist_quantile` for each of ``qs`` (the same answers), sorting the buckets once."""
+    return hist_quantiles_from(hist, sorted(hist, reverse=True), qs)
+
+
+def hist_quantiles_from(
+    hist: Mapping[float, int], descending: list[float], qs: Iterable[float]
+) -> dict[float, float | None]:
+    """`hist_quantiles` given ``hist``'s bounds sorted largest first (kept by a caller whose
+    histogram seldom gains or loses a bucket)."""
     total = sum(hist.values())
     if total <= 0:
         return dict.fromkeys(qs)
-    ordered = sorted(hist, reverse=True)
-    return {q: _from_top(hist, ordered, total, q) for q in qs}
+    return {q: _from_top(hist, descending, total, q) for q in qs}
 
 
 def _from_top(hist: Mapping[float, int], descending: list[float], total: int, q: float) -> float:

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from splitproxy.rollout.histograms import hist_add
+from splitproxy.rollout.histograms import hist_add, hist_quantiles_from
 from splitproxy.rollout.messages import Histogram
 
 if TYPE_CHECKING:
@@ -43,13 +43,15 @@ def trail_add(
     current = trail[-1] if trail and trail[-1][0] == slot else None
     into: dict[float, int] = current[2] if current is not None else {}
     get_slot, get_total = into.get, total.get
-    counted = 0
+    counted, known = 0, len(total)
     for hist in hists:
         for bound, count in hist:
             if count:
                 into[bound] = get_slot(bound, 0) + count
                 total[bound] = get_total(bound, 0) + count
                 counted += count
+    if len(total) != known:  # a new bucket: the sorted bounds kept for the quantiles are stale
+        e.trail_bounds = None
     recent = e.recent
     if requests or counted:
         if recent and recent[-1][0] == slot:
@@ -74,3 +76,15 @@ def trail_add(
         trail.pop(0)
         hist_add(total, oldest_hist.items(), -1)
         e.trail_requests -= oldest_n
+        e.trail_bounds = None  # buckets may have emptied
+
+
+def trail_quantiles(e: Evidence, qs: Sequence[float]) -> dict[float, float | None]:
+    """``hist_quantiles(e.trail_total, qs)``, with the sum's bounds sorted again only when
+    `trail_add` changed which buckets it has (a new latency bucket, an aged-out slot): the
+    tick asks every second, and after the first minutes a tick seldom opens a bucket."""
+    total = e.trail_total
+    bounds = e.trail_bounds
+    if bounds is None or len(bounds) != len(total):  # (also a sum written by `codec`)
+        bounds = e.trail_bounds = sorted(total, reverse=True)
+    return hist_quantiles_from(total, bounds, qs)

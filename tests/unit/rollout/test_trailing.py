@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.rollout.evidence import Evidence
-from splitproxy.rollout.histograms import hist_add
+from splitproxy.rollout.evidence import Evidence, min_threshold_requests
+from splitproxy.rollout.histograms import hist_add, hist_quantiles
 from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.trailing import (
     STABLE_RECENT,
@@ -72,6 +72,12 @@ class Before:
             self.trail_requests -= oldest_n
 
 
+def thresholds_afresh(before: Before) -> dict[float, float]:
+    wanted = [q for q in (0.95, 0.99) if before.trail_requests >= min_threshold_requests(q)]
+    found = hist_quantiles(before.trail_total, wanted) if wanted else {}
+    return {q: c for q, c in found.items() if c is not None and c != math.inf}
+
+
 BOUNDS = [0.004, 0.01, 0.05, 0.2, 1.0, 3.0]
 SAMPLE = st.tuples(
     st.sampled_from(["stable", "stable", "candidate"]),
@@ -113,3 +119,16 @@ def test_the_trail_is_the_one_kept_before(
         assert e.trail_requests == before.trail_requests
         assert e.recent == before.recent
         assert e.window.latency == window
+        # the thresholds drawn from it with the bounds kept sorted are those sorted afresh
+        assert e._latency_thresholds() == thresholds_afresh(before)
+
+
+def test_a_tick_that_opens_a_bucket_and_ages_one_out_sorts_the_bounds_again() -> None:
+    # as many buckets after the tick as before (3 s gone, 1 s new): the kept order must go
+    e = Evidence(spec(checks=[{"metric": "latency", "compare": "stable"}]), path_class_slots=2)
+    e.fresh_tests()
+    for now, bound in ((0.0, 3.0), (590.0, 0.01), (700.0, 1.0)):
+        e.fold(now, [Sample("stable", 2500, 0, 0.1, None, ((bound, 2500),))], tests=False)
+        e._latency_thresholds()  # as the next tick does first
+    assert e.trail_total == {0.01: 2500, 1.0: 2500}
+    assert e._latency_thresholds() == {0.95: 1.0, 0.99: 1.0}
