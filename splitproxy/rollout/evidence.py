@@ -173,6 +173,10 @@ class Evidence:
         compare = [c for c in spec.checks if isinstance(c, CompareCheck)]
         self.error_compare = next((c for c in compare if c.metric == "error_rate"), None)
         self.latency_compare = next((c for c in compare if c.metric == "latency"), None)
+        # their names, formatted once (a pydantic property making an f-string on each tick)
+        self.compare_keys = tuple(
+            c.key if c else "" for c in (self.error_compare, self.latency_compare)
+        )
         self.alpha: AlphaSplit = split_alpha(
             spec.alpha,
             error=self.error_compare is not None,
@@ -370,9 +374,9 @@ class Evidence:
                 out.append(base.latency_check(self.latency_compare.key, self.alpha.latency))
         else:
             if self.error_compare is not None and self.errors_test is not None:
-                out.append(self._error_compare(self.error_compare.key, self.errors_test))
+                out.append(self._error_compare(self.compare_keys[0], self.errors_test))
             if self.latency_compare is not None:
-                out.append(self._latency_compare(self.latency_compare.key))
+                out.append(self._latency_compare(self.compare_keys[1]))
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
