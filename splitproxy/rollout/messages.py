@@ -13,7 +13,8 @@ other is `splitproxy.rollout.analyzer`; how the evidence is weighed,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from splitproxy.config import LATENCY_QUANTILES
@@ -105,8 +106,7 @@ class MirrorSample:
     latency: Histogram = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
+class Observation(NamedTuple):
     """Everything the analyzer learns in one tick.
 
     ``candidate`` identifies the candidate the routing file names now (its revision, or a
@@ -115,13 +115,15 @@ class Observation:
     the query failed or gave nothing); a web check without ``json_path`` reports 1.0 for a
     2xx answer and 0.0 otherwise. ``health``: the candidate's readiness and availability
     now (None: not known, which counts as ready and healthy; see `readiness`).
+
+    A named tuple, like `Sample`: the controller makes one per route per tick.
     """
 
     candidate: str | None
     samples: Sequence[Sample] = ()
     commands: Sequence[ManualCommand] = ()
     gates: Sequence[GateResult] = ()
-    external: Mapping[str, float | None] = field(default_factory=dict)
+    external: Mapping[str, float | None] = MappingProxyType({})  # read only: one for all
     health: CandidateHealth | None = None
     tests: Sequence[TestOutcome] = ()
     mirror: MirrorSample | None = None  # None: no copies go to the candidate now
