@@ -185,6 +185,8 @@ async def run(args: argparse.Namespace) -> None:
     for second in range(args.warmup + args.seconds):
         traffic.second(recorder, state, now, args.rps)
         now += 1.0
+        if args.feed_only and second >= args.warmup:
+            continue  # callgrind's baseline: the same feeding without the timed ticks
         if profile is not None and second >= args.warmup:
             profile.enable()
         started, cpu = time.perf_counter(), time.process_time()
@@ -197,6 +199,9 @@ async def run(args: argparse.Namespace) -> None:
             cpus.append(cpu)
     phases = Counter(a.phase for a in control.analyzers().values())
     weights = Counter(a.weight for a in control.analyzers().values())
+    if args.feed_only:
+        await control.stop()
+        return
     ms = [t * 1000 for t in times]
     if args.series:
         print("ticks (ms):", " ".join(f"{m:.0f}" for m in ms))
@@ -241,6 +246,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--series", action="store_true", help="print every tick's time")
+    parser.add_argument(
+        "--feed-only",
+        action="store_true",
+        help="feed the timed seconds but do not tick them: the baseline that callgrind's "
+        "count for a run with ticks is compared with (instructions per tick = the difference)",
+    )
     parser.add_argument(
         "--replay",
         action="store_true",

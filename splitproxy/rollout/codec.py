@@ -189,6 +189,7 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
         e.trail.append([float(slot), int(n), h])
         hist_add(e.trail_total, h.items())
         e.trail_requests += int(n)
+    e.trail_bounds = None  # a new sum: its sorted bounds are made afresh
     e.recent = [[float(v) for v in r] for r in data["recent"]]
     if data.get("baseline") is not None:
         e.baseline = Baseline.from_dict(data["baseline"])

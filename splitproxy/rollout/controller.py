@@ -254,11 +254,10 @@ class Controller:
     def _step(self, rt: _Rollout, now: float, commands: Sequence[ManualCommand] = ()) -> None:
         snapshot = self.state.snapshot
         assert snapshot is not None
-        route = snapshot.config.route(rt.name)
-        identity = candidate_identity(route) if route is not None else None
+        route, identity, judge = rt.follow(snapshot.config)
         # = samples_for(recorder.observations(name, last, until=now)), without the copies
         samples, end = window_samples(
-            self.recorder.windows, rt.name, rt.last, now, judge_synthetic=judges_synthetic(route)
+            self.recorder.windows, rt.name, rt.last, now, judge_synthetic=judge
         )
         if end is not None:
             rt.last = max(rt.last, end)
@@ -337,7 +336,7 @@ class Controller:
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
         snapshot = self.state.snapshot
-        if snapshot is None or not self.leading or snapshot.config.route(rt.name) is None:
+        if snapshot is None or not self.leading or rt.route_in(snapshot.config) is None:
             return
         a = rt.analyzer
         have = snapshot.rollout_weights.get(rt.name)

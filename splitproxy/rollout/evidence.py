@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
@@ -57,9 +57,17 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_add, hist_quantile, hist_quantiles
+from splitproxy.rollout.histograms import hist_above, hist_merge, hist_quantile
 from splitproxy.rollout.kept import Kept
-from splitproxy.rollout.messages import CheckKind, CheckResult, Sample, Unit, Verdict, metric_unit
+from splitproxy.rollout.messages import (
+    CheckKind,
+    CheckResult,
+    Histogram,
+    Sample,
+    Unit,
+    Verdict,
+    metric_unit,
+)
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
     AlphaSplit,
@@ -70,15 +78,11 @@ from splitproxy.rollout.sequential import (
     split_alpha,
 )
 from splitproxy.rollout.thresholds import shown_above, window_alpha
+from splitproxy.rollout.trailing import trail_add, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
 
-TRAIL_SLOT: Final = 10.0  # seconds per slot of stable's trailing latency
-TRAIL_WINDOW: Final = 600.0  # stable's trailing window for the latency thresholds
-TRAIL_MAX_AGE: Final = 3600.0  # kept longer (up to this) while it has too few requests
-TRAIL_MIN_REQUESTS: Final = 2000
-STABLE_RECENT: Final = 60.0  # the window in which stable "breaches too" (incident)
 GUARD_MIN_STABLE: Final = 20  # stable requests needed to call an incident
 INCIDENT_WINDOW: Final = 15.0  # seconds: "stable fails in the same seconds" as the candidate
 INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more ...
@@ -144,12 +148,14 @@ class Evidence:
         self.trail: list[list[Any]] = []
         self.trail_total: dict[float, int] = {}
         self.trail_requests = 0
+        self.trail_bounds: list[float] | None = None  # trail_total's, largest first (kept)
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
+        self._needs: tuple[CompareCheck | None, tuple[tuple[float, int], ...]] = (None, ())
         # the comparisons' and the guard's latest results, kept while their inputs do not change
         self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
             Kept(), Kept(), Kept()
@@ -167,6 +173,10 @@ class Evidence:
         compare = [c for c in spec.checks if isinstance(c, CompareCheck)]
         self.error_compare = next((c for c in compare if c.metric == "error_rate"), None)
         self.latency_compare = next((c for c in compare if c.metric == "latency"), None)
+        # their names, formatted once (a pydantic property making an f-string on each tick)
+        self.compare_keys = tuple(
+            c.key if c else "" for c in (self.error_compare, self.latency_compare)
+        )
         self.alpha: AlphaSplit = split_alpha(
             spec.alpha,
             error=self.error_compare is not None,
@@ -236,7 +246,7 @@ class Evidence:
             self._restart_due(now)
         cand_n = cand_x = stab_n = stab_x = 0
         cand_gx = stab_gx = 0  # errors with a sticky user's counted once per bucket
-        stable_hist: dict[float, int] = {}
+        stable_latency: list[Histogram] = []  # into stable's trailing history (`trailing`)
         pooled: dict[float, list[int]] = {}  # p -> [candidate errors, stable errors]
         classes: dict[tuple[float, str], list[int]] = {}
         slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
@@ -257,14 +267,14 @@ class Evidence:
                 stab_x += s.errors
                 stab_gx += once
                 if latency:
-                    hist_add(stable_hist, latency)
+                    stable_latency.append(latency)
             if not tests:
                 continue
             if cand:
                 window.requests += s.requests
                 window.errors += s.errors
                 if latency:
-                    hist_add(window.latency, latency)
+                    hist_merge(window.latency, latency)
             p = s.p
             if p is None or not 0.0 < p < 1.0:
                 continue
@@ -294,7 +304,7 @@ class Evidence:
                 self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
                 self.baseline.fold(samples)
-        self._trail_add(now, stab_n, stab_x, stable_hist)
+        trail_add(self, now, stab_n, stab_x, stable_latency)
         self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
@@ -319,42 +329,17 @@ class Evidence:
     def _latency_thresholds(self) -> dict[float, float]:
         """Stable's trailing quantiles, from ticks before this one only (predictable)."""
         out: dict[float, float] = {}
-        wanted = [q for q in self.quantiles if self.trail_requests >= min_threshold_requests(q)]
+        seen, needs = self._needs  # (q, requests it needs) per quantile, made once per check
+        if seen is not self.latency_compare:
+            needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
+            self._needs = (self.latency_compare, needs)
+        wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
-        for q, c in hist_quantiles(self.trail_total, wanted).items():
+        for q, c in trail_quantiles(self, wanted).items():
             if c is not None and c != math.inf:
                 out[q] = c
         return out
-
-    def _trail_add(self, now: float, requests: int, errors: int, hist: dict[float, int]) -> None:
-        slot = math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
-        if requests or hist:
-            if self.recent and self.recent[-1][0] == slot:
-                self.recent[-1][1] += requests
-                self.recent[-1][2] += errors
-            else:
-                self.recent.append([slot, requests, errors])
-        while self.recent and self.recent[0][0] < now - STABLE_RECENT:
-            self.recent.pop(0)
-        if hist:
-            counted = sum(hist.values())
-            if self.trail and self.trail[-1][0] == slot:
-                hist_add(self.trail[-1][2], hist.items())
-                self.trail[-1][1] += counted
-            else:
-                self.trail.append([slot, counted, dict(hist)])
-            hist_add(self.trail_total, hist.items())
-            self.trail_requests += counted
-        while self.trail:
-            oldest_slot, oldest_n, oldest_hist = self.trail[0]
-            age = now - oldest_slot
-            keep_for_count = self.trail_requests - oldest_n < TRAIL_MIN_REQUESTS
-            if age <= TRAIL_WINDOW or (keep_for_count and age <= TRAIL_MAX_AGE):
-                break
-            self.trail.pop(0)
-            hist_add(self.trail_total, oldest_hist.items(), -1)
-            self.trail_requests -= oldest_n
 
     # --- what it says -------------------------------------------------------------------------
 
@@ -389,9 +374,9 @@ class Evidence:
                 out.append(base.latency_check(self.latency_compare.key, self.alpha.latency))
         else:
             if self.error_compare is not None and self.errors_test is not None:
-                out.append(self._error_compare(self.error_compare.key, self.errors_test))
+                out.append(self._error_compare(self.compare_keys[0], self.errors_test))
             if self.latency_compare is not None:
-                out.append(self._latency_compare(self.latency_compare.key))
+                out.append(self._latency_compare(self.compare_keys[1]))
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
@@ -461,7 +446,7 @@ class Evidence:
                 low = self.errors_test.lower_confidence_bound(self.alpha.error)
             elif r.kind == "compare" and self.latency_tests:
                 low = lower_confidence_bound(self._latency_log_e, self.alpha.latency)
-            out.append(replace(r, ci=(low, math.inf)) if low is not None else r)
+            out.append(r._replace(ci=(low, math.inf)) if low is not None else r)
         return tuple(out)
 
     # --- the checks ---------------------------------------------------------------------------
@@ -511,10 +496,10 @@ class Evidence:
         level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
         e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
         if e >= 1 / level:
-            return replace(result, detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+            return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
         self.unshown.add(check.key)  # the window holds on for more requests
         detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
-        return replace(result, verdict="pass", detail=detail)
+        return result._replace(verdict="pass", detail=detail)
 
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))

@@ -21,38 +21,56 @@ def hist_add(into: dict[float, int], hist: Iterable[tuple[float, int]], sign: in
                 into.pop(bound, None)
 
 
+def hist_merge(into: dict[float, int], hist: Iterable[tuple[float, int]]) -> None:
+    """`hist_add` of positive counts into positive counts (no bucket can empty): the tick's
+    path, without the check for an emptied bucket."""
+    get = into.get
+    for bound, count in hist:
+        if count:
+            into[bound] = get(bound, 0) + count
+
+
 def hist_quantile(hist: Mapping[float, int], q: float) -> float | None:
-    """The upper bound of the bucket holding the q-quantile (None when empty)."""
+    """The upper bound of the bucket holding the q-quantile (None when empty): the smallest
+    bound whose cumulative count reaches ``q`` × the total. Counts are positive, as in every
+    histogram here (`hist_add` drops the buckets it empties)."""
     total = sum(hist.values())
     if total <= 0:
         return None
-    rank = q * total
-    seen = 0
-    for bound in sorted(hist):
-        seen += hist[bound]
-        if seen >= rank:
-            return bound
-    return max(hist)
+    return _from_top(hist, sorted(hist, reverse=True), total, q)
 
 
 def hist_quantiles(hist: Mapping[float, int], qs: Iterable[float]) -> dict[float, float | None]:
     """`hist_quantile` for each of ``qs`` (the same answers), sorting the buckets once."""
+    return hist_quantiles_from(hist, sorted(hist, reverse=True), qs)
+
+
+def hist_quantiles_from(
+    hist: Mapping[float, int], descending: list[float], qs: Iterable[float]
+) -> dict[float, float | None]:
+    """`hist_quantiles` given ``hist``'s bounds sorted largest first (kept by a caller whose
+    histogram seldom gains or loses a bucket)."""
     total = sum(hist.values())
     if total <= 0:
         return dict.fromkeys(qs)
-    ordered = sorted(hist)
-    out: dict[float, float | None] = {}
-    for q in qs:
-        rank = q * total
-        seen = 0
-        found: float | None = None
-        for bound in ordered:
-            seen += hist[bound]
-            if seen >= rank:
-                found = bound
-                break
-        out[q] = found if found is not None else ordered[-1]
-    return out
+    return {q: _from_top(hist, descending, total, q) for q in qs}
+
+
+def _from_top(hist: Mapping[float, int], descending: list[float], total: int, q: float) -> float:
+    """The smallest bound whose cumulative count (the total less the counts above it) reaches
+    ``q * total``, walking down from the largest bound. The same bound as walking up and
+    stopping at the first that reaches it (the counts are integers, so both cumulative sums
+    are exact), but the tail quantiles the rollout asks for (p95, p99) lie a few buckets from
+    the top, where walking up crosses nearly every bucket each tick."""
+    rank = q * total
+    seen = total  # the cumulative count up to and including ``bound``
+    found = descending[0]  # the largest bound, if none reaches the rank (q > 1)
+    for bound in descending:
+        if seen < rank:
+            break
+        found = bound
+        seen -= hist[bound]
+    return found
 
 
 def hist_above(hist: Iterable[tuple[float, int]], threshold: float) -> int:

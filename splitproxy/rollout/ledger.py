@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from splitproxy.config import PrometheusCheck, Rollout, WebCheck
+from splitproxy.config import PrometheusCheck, Rollout, Route, RoutingConfig, WebCheck
+from splitproxy.dataplane.state import candidate_identity
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.external import ExternalCheck
 from splitproxy.rollout.messages import Event
 from splitproxy.rollout.reports import finite
-from splitproxy.rollout.samples import analyzer_spec
+from splitproxy.rollout.samples import analyzer_spec, judges_synthetic
 from splitproxy.rollout.store import Verdict
 
 if TYPE_CHECKING:
@@ -37,14 +38,44 @@ class RouteRollout:
     ledger: deque[dict[str, Any]]
     last: float = 0.0  # the end of the newest live-window bucket consumed
     saved_at: float = -math.inf
+    # what the tick asks each second, kept with what it was read from (compared by identity):
+    # a routing file's routes tuple -> this route in it, its candidate's identity and whether
+    # its rollout judges test traffic; a spec -> its external checks
+    _route: tuple[object, Route | None, str | None, bool] = field(
+        default=(None, None, None, False), init=False, repr=False
+    )
+    _external: tuple[object, tuple[ExternalCheck, ...]] = field(
+        default=(None, ()), init=False, repr=False
+    )
 
     def configure(self, rollout: Rollout) -> None:
         self.rollout = rollout
         self.analyzer.reconfigure(analyzer_spec(rollout))
         self.analyzer.gates = rollout.gates
 
+    def route_in(self, config: RoutingConfig) -> Route | None:
+        """``config.route(self.name)`` (see `follow`)."""
+        return self.follow(config)[0]
+
+    def follow(self, config: RoutingConfig) -> tuple[Route | None, str | None, bool]:
+        """This route in ``config``, its candidate's `candidate_identity` and whether its
+        rollout judges test traffic (`judges_synthetic`): made again only for another tuple
+        of routes (a route is immutable; a pydantic model's private index is slow to reach,
+        and the tick asks twice a route)."""
+        kept = self._route
+        if kept[0] is not config.routes:
+            route = config.route(self.name)
+            identity = candidate_identity(route) if route is not None else None
+            kept = self._route = (config.routes, route, identity, judges_synthetic(route))
+        return kept[1], kept[2], kept[3]
+
     def external_checks(self) -> tuple[ExternalCheck, ...]:
-        return tuple(c for c in self.rollout.checks if isinstance(c, PrometheusCheck | WebCheck))
+        seen, checks = self._external
+        if seen is not self.rollout:
+            rollout = self.rollout
+            checks = tuple(c for c in rollout.checks if isinstance(c, PrometheusCheck | WebCheck))
+            self._external = (rollout, checks)
+        return checks
 
 
 def control_event(rt: RouteRollout, now: float, kind: str, message: str) -> Event:

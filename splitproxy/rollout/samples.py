@@ -114,11 +114,13 @@ def window_samples(
                 by_cell = {}
                 for unit, cell in b.error_units[v].items():
                     by_cell.setdefault(cell, []).append(unit)
-            for i, name in enumerate(names):
-                if not (req[2 * i] or req[2 * i + 1]):
+            cell = v - 2  # class i's cell of this version is 2 * i + v; the other's, cell ^ 1
+            for name in names:
+                cell += 2
+                n = req[cell]
+                if not (n or req[cell ^ 1]):  # no request of this class in either version
                     continue
-                cell = 2 * i + v
-                n, x = req[cell], err[cell]
+                x = err[cell]
                 if n or x:
                     if by_cell is None or unit_err is None:
                         append(Sample(version, n, x, p, name))

@@ -479,9 +479,8 @@ class RateGuard:
 
     def _comp_log_e(self, comp: Sequence[int]) -> float:
         k, n, x = comp[0], comp[1], comp[2]
-        log_w = -math.log(k) - math.log(k + 1)
         g, y = self._log_g, n - x
-        return log_w + logsumexp([g + x * a + y * b for a, b in self._ab])
+        return _log_weight(k) + logsumexp([g + x * a + y * b for a, b in self._ab])
 
     @property
     def log_e(self) -> float:
@@ -548,6 +547,13 @@ def split_alpha(alpha: float, *, error: bool, latency: bool, guard: bool) -> Alp
         latency=each if latency else 0.0,
         guard=guard_share,
     )
+
+
+@lru_cache(maxsize=1024)
+def _log_weight(k: int) -> float:
+    """A guard component's log prior weight, ``log(1/(k(k+1)))``: the newest components'
+    ``k`` recur on every tick's e-value (a guard carries up to twelve of them)."""
+    return -math.log(k) - math.log(k + 1)
 
 
 def _exp(log_value: float) -> float:

@@ -37,8 +37,9 @@ def _key(value: float) -> int:
     return math.ceil(math.log(value) * _INV_LOG_GAMMA)
 
 
-# key -> ``_GAMMA**key``, the histograms' bucket bounds (at most MAX_KEY - MIN_KEY + 1 keys)
-_BOUNDS: dict[int, float] = {}
+# key -> ``_GAMMA**key``, the histograms' bucket bounds: every key a sketch makes, made once
+# (`histogram` runs for each version of each closed bucket of each route, every tick)
+_BOUNDS: dict[int, float] = {key: _GAMMA**key for key in range(_MIN_KEY, _MAX_KEY + 1)}
 
 
 def _value(key: int) -> float:
@@ -105,14 +106,12 @@ class LatencySketch:
         """The bins as ``(upper bound in seconds, count)`` pairs, smallest first (one layout
         for every sketch, so histograms of both versions line up)."""
         bins = self.bins
-        bounds = _BOUNDS
-        out = []
-        for key in sorted(bins):
-            bound = bounds.get(key)
-            if bound is None:  # the same power as ever, computed once per key
-                bound = bounds[key] = _GAMMA**key
-            out.append((bound, bins[key]))
-        return tuple(out)
+        keys = sorted(bins)
+        try:
+            bounds = list(map(_BOUNDS.__getitem__, keys))
+        except KeyError:  # a key outside the layout (bins set by hand): the same power
+            bounds = [_BOUNDS.setdefault(key, _GAMMA**key) for key in keys]
+        return tuple(zip(bounds, map(bins.__getitem__, keys), strict=True))
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within

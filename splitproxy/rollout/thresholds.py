@@ -31,6 +31,7 @@ of the comparisons' and the guard's (which share ``alpha`` among themselves).
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Final
 
 from splitproxy.rollout.sequential import guard_rates, logsumexp
@@ -47,13 +48,21 @@ def shown_above(x: int, n: int, rate: float, alpha: float) -> tuple[bool, float]
         return True, math.inf
     if rate >= 1.0:
         return False, 1.0
-    alts = guard_rates(rate, MULTIPLIERS)
-    w = -math.log(len(alts))
-    log_e = logsumexp(
-        w + x * math.log(q / rate) + (n - x) * math.log((1 - q) / (1 - rate)) for q in alts
-    )
+    w, coefficients = _alternatives(rate)
+    y = n - x
+    log_e = logsumexp([w + x * a + y * b for a, b in coefficients])
     e = math.exp(log_e) if log_e < 700 else math.inf
     return e >= 1 / alpha, e
+
+
+@lru_cache(maxsize=256)
+def _alternatives(rate: float) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """The log prior weight of each alternative rate ``q`` and its per-hit and per-miss log
+    likelihood ratios ``(log(q/rate), log((1-q)/(1-rate)))``: the same for every tick of a
+    window over its line (a check's line is fixed; the tick asks until the window decides)."""
+    alts = guard_rates(rate, MULTIPLIERS)
+    coefficients = tuple((math.log(q / rate), math.log((1 - q) / (1 - rate))) for q in alts)
+    return -math.log(len(alts)), coefficients
 
 
 def window_alpha(alpha: float, window: int, checks: int) -> float:

@@ -1,0 +1,134 @@
+"""Stable's trailing history kept in one pass (`trailing.trail_add`) is the history the tick
+kept before, merging the tick's stable histograms first and adding the merged one to its slot
+and to the sum: over any run of ticks (gaps that fill a slot, open the next, or age the oldest
+out; few requests, so old slots are kept for their count), the same slots, sum, request count
+and last minute, and the same thresholds drawn from them, tick after tick."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitproxy.rollout.evidence import Evidence, min_threshold_requests
+from splitproxy.rollout.histograms import hist_add, hist_quantiles
+from splitproxy.rollout.messages import Sample
+from splitproxy.rollout.trailing import (
+    STABLE_RECENT,
+    TRAIL_MAX_AGE,
+    TRAIL_MIN_REQUESTS,
+    TRAIL_SLOT,
+    TRAIL_WINDOW,
+)
+from tests.unit.rollout.drive import spec
+
+
+class Before:
+    """The trailing history as `Evidence._trail_add` kept it before `trailing` existed."""
+
+    def __init__(self) -> None:
+        self.trail: list[list[Any]] = []
+        self.trail_total: dict[float, int] = {}
+        self.trail_requests = 0
+        self.recent: list[list[float]] = []
+
+    def fold(self, now: float, samples: list[Sample]) -> None:
+        n = x = 0
+        hist: dict[float, int] = {}
+        for s in samples:
+            if s.version == "stable":
+                n += s.requests
+                x += s.errors
+                if s.latency:
+                    hist_add(hist, s.latency)
+        slot = math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
+        if n or hist:
+            if self.recent and self.recent[-1][0] == slot:
+                self.recent[-1][1] += n
+                self.recent[-1][2] += x
+            else:
+                self.recent.append([slot, n, x])
+        while self.recent and self.recent[0][0] < now - STABLE_RECENT:
+            self.recent.pop(0)
+        if hist:
+            counted = sum(hist.values())
+            if self.trail and self.trail[-1][0] == slot:
+                hist_add(self.trail[-1][2], hist.items())
+                self.trail[-1][1] += counted
+            else:
+                self.trail.append([slot, counted, dict(hist)])
+            hist_add(self.trail_total, hist.items())
+            self.trail_requests += counted
+        while self.trail:
+            oldest_slot, oldest_n, oldest_hist = self.trail[0]
+            age = now - oldest_slot
+            keep_for_count = self.trail_requests - oldest_n < TRAIL_MIN_REQUESTS
+            if age <= TRAIL_WINDOW or (keep_for_count and age <= TRAIL_MAX_AGE):
+                break
+            self.trail.pop(0)
+            hist_add(self.trail_total, oldest_hist.items(), -1)
+            self.trail_requests -= oldest_n
+
+
+def thresholds_afresh(before: Before) -> dict[float, float]:
+    wanted = [q for q in (0.95, 0.99) if before.trail_requests >= min_threshold_requests(q)]
+    found = hist_quantiles(before.trail_total, wanted) if wanted else {}
+    return {q: c for q, c in found.items() if c is not None and c != math.inf}
+
+
+BOUNDS = [0.004, 0.01, 0.05, 0.2, 1.0, 3.0]
+SAMPLE = st.tuples(
+    st.sampled_from(["stable", "stable", "candidate"]),
+    st.integers(0, 300),  # requests
+    st.integers(0, 5),  # errors
+    st.dictionaries(st.sampled_from(BOUNDS), st.integers(0, 900), max_size=4),  # latency
+)
+TICK = st.tuples(
+    st.sampled_from([0.0, 1.0, 3.0, 10.0, 61.0, 700.0, 4000.0]),  # seconds since the last
+    st.lists(SAMPLE, max_size=4),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(TICK, max_size=60), st.booleans())
+def test_the_trail_is_the_one_kept_before(
+    ticks: list[tuple[float, list[tuple[str, int, int, dict[float, int]]]]], judging: bool
+) -> None:
+    checks = [{"metric": "latency", "compare": "stable"}, {"metric": "latency_p99", "max": "1s"}]
+    e = Evidence(spec(checks=checks), path_class_slots=2)
+    e.fresh_tests()
+    before = Before()
+    window: dict[float, int] = {}
+    now = 0.0
+    for gap, cells in ticks:
+        now += gap
+        samples = [
+            Sample(version, n, min(x, n), 0.1, None, tuple(sorted(hist.items())))  # type: ignore[arg-type]
+            for version, n, x, hist in cells
+        ]
+        e.fold(now, samples, tests=judging)
+        before.fold(now, samples)
+        if judging:
+            for s in samples:
+                if s.version == "candidate":
+                    hist_add(window, s.latency)
+        assert e.trail == before.trail
+        assert e.trail_total == before.trail_total
+        assert e.trail_requests == before.trail_requests
+        assert e.recent == before.recent
+        assert e.window.latency == window
+        # the thresholds drawn from it with the bounds kept sorted are those sorted afresh
+        assert e._latency_thresholds() == thresholds_afresh(before)
+
+
+def test_a_tick_that_opens_a_bucket_and_ages_one_out_sorts_the_bounds_again() -> None:
+    # as many buckets after the tick as before (3 s gone, 1 s new): the kept order must go
+    e = Evidence(spec(checks=[{"metric": "latency", "compare": "stable"}]), path_class_slots=2)
+    e.fresh_tests()
+    for now, bound in ((0.0, 3.0), (590.0, 0.01), (700.0, 1.0)):
+        e.fold(now, [Sample("stable", 2500, 0, 0.1, None, ((bound, 2500),))], tests=False)
+        e._latency_thresholds()  # as the next tick does first
+    assert e.trail_total == {0.01: 2500, 1.0: 2500}
+    assert e._latency_thresholds() == {0.95: 1.0, 0.99: 1.0}
