@@ -426,7 +426,11 @@ def guard_rates(cap: float, multipliers: Sequence[float] = GUARD_MULTIPLIERS) ->
         q = m * cap
         if q >= 1.0:  # keep the point strictly between cap and 1
             q = cap + (1.0 - cap) * (1.0 - 1.0 / (2.0 * m))
-        rates.add(q)
+        # a cap a hair under 1 (1 - 2**-53) has no float strictly between it and 1: the folded
+        # point rounds to 1.0 (log(1 - q) undefined). Such a line can never be shown exceeded,
+        # so the test is left with no alternative (an e-value that never grows)
+        if cap < q < 1.0:
+            rates.add(q)
     return tuple(sorted(rates))
 
 
@@ -454,7 +458,7 @@ class RateGuard:
         self.block = max(1, block)
         self.keep = max(1, keep)
         self._ab = tuple((math.log(q / cap), math.log((1 - q) / (1 - cap))) for q in self.rates)
-        self._log_g = -math.log(len(self.rates))
+        self._log_g = -math.log(len(self.rates)) if self.rates else 0.0
         self._started = 0  # components started so far (k of the newest)
         # per component: [k, requests since it started, errors since it started]
         self._comps: list[list[int]] = []
@@ -518,7 +522,7 @@ class RateGuard:
         if rates != guard.rates:
             guard.rates = rates
             guard._ab = tuple((math.log(q / cap), math.log((1 - q) / (1 - cap))) for q in rates)
-            guard._log_g = -math.log(len(rates))
+            guard._log_g = -math.log(len(rates)) if rates else 0.0
         guard._started = int(data.get("started", 0))
         guard._comps = [[int(v) for v in c] for c in data.get("components", ())]
         return guard

@@ -49,6 +49,8 @@ def shown_above(x: int, n: int, rate: float, alpha: float) -> tuple[bool, float]
     if rate >= 1.0:
         return False, 1.0
     w, coefficients = _alternatives(rate)
+    if not coefficients:  # a line a hair under 1: nothing above it can be shown
+        return False, 1.0
     y = n - x
     log_e = logsumexp([w + x * a + y * b for a, b in coefficients])
     e = math.exp(log_e) if log_e < 700 else math.inf
@@ -62,7 +64,7 @@ def _alternatives(rate: float) -> tuple[float, tuple[tuple[float, float], ...]]:
     window over its line (a check's line is fixed; the tick asks until the window decides)."""
     alts = guard_rates(rate, MULTIPLIERS)
     coefficients = tuple((math.log(q / rate), math.log((1 - q) / (1 - rate))) for q in alts)
-    return -math.log(len(alts)), coefficients
+    return (-math.log(len(alts)) if alts else 0.0), coefficients
 
 
 def window_alpha(alpha: float, window: int, checks: int) -> float:

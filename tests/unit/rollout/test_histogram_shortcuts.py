@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from splitproxy.rollout import sketch
 from splitproxy.rollout.histograms import hist_quantile, hist_quantiles
-from splitproxy.rollout.sequential import guard_rates, logsumexp
+from splitproxy.rollout.sequential import RateGuard, guard_rates, logsumexp
 from splitproxy.rollout.sketch import LatencySketch
 from splitproxy.rollout.thresholds import MULTIPLIERS, shown_above
 
@@ -104,6 +105,8 @@ def shown_above_afresh(x: int, n: int, rate: float, alpha: float) -> tuple[bool,
     if rate >= 1.0:
         return False, 1.0
     alts = guard_rates(rate, MULTIPLIERS)
+    if not alts:
+        return False, 1.0
     w = -math.log(len(alts))
     log_e = logsumexp(
         w + x * math.log(q / rate) + (n - x) * math.log((1 - q) / (1 - rate)) for q in alts
@@ -112,7 +115,7 @@ def shown_above_afresh(x: int, n: int, rate: float, alpha: float) -> tuple[bool,
     return e >= 1 / alpha, e
 
 
-@example(1, 1, 0.9999999999999999, 0.01)  # an alternative at 1.0: both raise
+@example(1, 1, 0.9999999999999999, 0.01)  # no float between the line and 1: never shown
 @settings(max_examples=400, deadline=None)
 @given(
     st.integers(0, 100_000),
@@ -128,9 +131,23 @@ def test_a_threshold_shown_with_kept_logs_is_shown_afresh(
 
 
 def outcome(f: Callable[[int, int, float, float], tuple[bool, float]], *args: Any) -> object:
-    """The answer, or the error: a line a hair under 1 (0.9999999999999999) puts an
-    alternative rate at 1.0 and its log out of the domain, before as now."""
+    """The answer, or the error (neither raises for any line in [0, 1]: compared all the
+    same, so an error would have to be the same error)."""
     try:
         return f(*args)
     except ValueError as exc:
         return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("cap", [0.9999999999999999, 0.999999999999999, 0.5])
+def test_a_line_a_hair_under_one_is_never_crossed_and_never_crashes(cap: float) -> None:
+    """A guard or threshold at 99.99999999999999 % (valid in a config: below 100 %) had an
+    alternative rounded to 1.0 and raised "math domain error" in the tick."""
+    guard = RateGuard(cap)
+    for _ in range(50):
+        guard.update(100, 100)  # every request failed: still not above such a line
+    assert math.isfinite(guard.log_e) or guard.log_e == -math.inf
+    assert RateGuard.from_dict(guard.to_dict()).e_value == guard.e_value
+    shown, e = shown_above(1000, 1000, cap, 0.01)
+    assert shown is (cap == 0.5)  # 1,000 errors in 1,000 show a 50 % line crossed, never those
+    assert e >= 0.0
