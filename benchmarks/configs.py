@@ -55,6 +55,11 @@ def aiohttp(ctx: Ctx) -> list[str]:
     return [ctx.py, str(script), "--port", str(ctx.port), "--upstream", ctx.upstream]
 
 
+def ceiling(ctx: Ctx) -> list[str]:
+    script = BENCH / "proxies" / "ceiling.py"
+    return [ctx.py, str(script), "--port", str(ctx.port), "--upstream", ctx.upstream]
+
+
 ROUTES_YAML = """\
 routes:
   - name: bench
@@ -108,6 +113,8 @@ CONFIGS: list[Config] = [
     Config("direct", None),
     Config("nginx", nginx),
     Config("aiohttp", aiohttp),
+    # the least a Python proxy on uvloop and httptools does per request (proxies/ceiling.py)
+    Config("ceiling", ceiling, default=False),
     Config("splitproxy", splitproxy, env=SPLITPROXY_ENV),  # the defaults
     Config(
         "splitproxy-logoff",
