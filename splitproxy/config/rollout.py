@@ -180,6 +180,9 @@ class CompareCheck(_Named):
     # traffic against stable's pre-switch baseline in the bake)
     traffic: Literal["user", "all"] = "user"
     quantiles: tuple[float, ...] = Field(default=(0.95, 0.99), min_length=1, max_length=4)
+    # latency only: a request is slow above stable's quantile plus this share of it, for both
+    # versions alike (0: any slowdown the counts can show fails; 20%: only one beyond a fifth)
+    tolerance: Fraction = Field(default=0.0, ge=0.0, le=10.0)
 
     @field_validator("quantiles")
     @classmethod
@@ -196,6 +199,8 @@ class CompareCheck(_Named):
         given = self.model_fields_set
         if self.metric == "error_rate" and "quantiles" in given:
             raise ValueError("'quantiles' applies to {metric: latency, compare: stable}")
+        if self.metric == "error_rate" and "tolerance" in given:
+            raise ValueError("'tolerance' applies to {metric: latency, compare: stable}")
         if self.metric == "latency" and "per_path" in given:
             raise ValueError("'per_path' applies to {metric: error_rate, compare: stable}")
         return self

@@ -208,7 +208,7 @@ routes:
         - {{metric: error_rate, max: 2%}}
         - {{metric: latency_p99, max: 500ms}}
         - {{metric: error_rate, compare: stable}}   # sequential tests against stable,
-        - {{metric: latency, compare: stable}}      # judged every tick
+        - {{metric: latency, compare: stable, tolerance: 25%}}   # judged every tick
 """
 
 

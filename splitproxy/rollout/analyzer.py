@@ -96,13 +96,19 @@ def spec_digest(spec: Rollout) -> str:
     an upgrade keeps every saved rollout's digest."""
     exclude: dict[str, Any] = {k: True for k in _NOT_DIGESTED}
     exclude.update({k: True for k, v in _LATER.items() if getattr(spec, k) == v})
-    plain = [i for i, c in enumerate(spec.checks) if getattr(c, "traffic", "user") == "user"]
-    exclude["checks"] = {i: {"traffic"} for i in plain}
+    checks: dict[int, set[str]] = {}
+    for i, check in enumerate(spec.checks):
+        later = {k for k, v in _LATER_IN_CHECKS.items() if getattr(check, k, v) == v}
+        if later:
+            checks[i] = later
+    exclude["checks"] = checks
     data = spec.model_dump_json(exclude=exclude)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 _NOT_DIGESTED: Final = ("progress_deadline", "unhealthy_timeout", "revert_window")
+# fields of a check added since a state could have been saved, with their defaults
+_LATER_IN_CHECKS: Final[dict[str, Any]] = {"traffic": "user", "tolerance": 0.0}
 _LATER: Final[dict[str, Any]] = {
     "iterations": None,
     "bake": None,

@@ -71,8 +71,10 @@ class Baseline:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
-    def fold(self, samples: Sequence[Sample]) -> None:
-        """The candidate's user traffic of one tick (requests routed by the split)."""
+    def fold(self, samples: Sequence[Sample], tolerance: float = 0.0) -> None:
+        """The candidate's user traffic of one tick (requests routed by the split); a request
+        is slow beyond stable's quantile plus ``tolerance`` of it (the check's)."""
+        limits = {q: c * (1.0 + tolerance) for q, c in self.thresholds.items()}
         for s in samples:
             if s.version != "candidate" or s.p is None:
                 continue
@@ -81,7 +83,7 @@ class Baseline:
             if s.latency:
                 n = sum(c for _, c in s.latency)
                 for q, test in self.latency_tests.items():
-                    test.update(n, hist_above(s.latency, self.thresholds[q]))
+                    test.update(n, hist_above(s.latency, limits[q]))
 
     def error_check(self, name: str, alpha: float) -> CheckResult:
         test = self.errors_test
@@ -94,7 +96,7 @@ class Baseline:
         verdict: Verdict = "fail" if e >= bar else ("pass" if test.requests else "no_data")
         return _result(name, "error_rate", e, bar, test.requests, verdict, detail)
 
-    def latency_check(self, name: str, alpha: float) -> CheckResult:
+    def latency_check(self, name: str, alpha: float, tolerance: float = 0.0) -> CheckResult:
         bar = 1 / alpha
         if not self.latency_tests:
             detail = "stable's latency history before the switch was too short"
@@ -105,6 +107,8 @@ class Baseline:
         detail = "vs stable before the switch: " + ", ".join(
             f"p{q * 100:g} {c * 1000:.4g}ms" for q, c in self.thresholds.items()
         )
+        if tolerance:
+            detail += f", slow beyond +{tolerance * 100:g}%"
         verdict: Verdict = "fail" if e >= bar else ("pass" if n else "no_data")
         return _result(name, "latency", e, bar, n, verdict, detail)
 

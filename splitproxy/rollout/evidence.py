@@ -252,6 +252,12 @@ class Evidence:
         slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
         window = self.window
         guard_count, first = self.guard_units.count, self.units.first
+        # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
+        compare = self.latency_compare
+        if compare is not None and compare.tolerance:
+            limits = {q: c * (1.0 + compare.tolerance) for q, c in thresholds.items()}
+        else:
+            limits = thresholds
         for s in samples:
             cand = s.version == "candidate"
             units, latency = s.units, s.latency
@@ -288,7 +294,7 @@ class Evidence:
                 if s.path_class is not None:
                     classes.setdefault((p, s.path_class), [0, 0])[i] += events
             if latency:
-                for q, c in thresholds.items():
+                for q, c in limits.items():
                     above = hist_above(latency, c)
                     if above:
                         slow.setdefault((q, p), [0, 0])[i] += above
@@ -303,7 +309,8 @@ class Evidence:
             if self.guard is not None:
                 self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
-                self.baseline.fold(samples)
+                compare = self.latency_compare
+                self.baseline.fold(samples, compare.tolerance if compare else 0.0)
         trail_add(self, now, stab_n, stab_x, stable_latency)
         self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
@@ -371,7 +378,8 @@ class Evidence:
             if self.error_compare is not None:
                 out.append(base.error_check(self.error_compare.key, self.alpha.error))
             if self.latency_compare is not None:
-                out.append(base.latency_check(self.latency_compare.key, self.alpha.latency))
+                compare = self.latency_compare
+                out.append(base.latency_check(compare.key, self.alpha.latency, compare.tolerance))
         else:
             if self.error_compare is not None and self.errors_test is not None:
                 out.append(self._error_compare(self.compare_keys[0], self.errors_test))
@@ -549,6 +557,9 @@ class Evidence:
         e = math.exp(log_e) if log_e < 700 else math.inf
         events = sum(t.events for t in self.latency_tests.values())
         detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds.items())
+        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
+        if thresholds and tolerance:
+            detail += f", slow beyond +{tolerance * 100:g}%"
         if not thresholds and not events:
             detail = "stable history too short"
             return CheckResult(

@@ -102,7 +102,7 @@ def test_every_option() -> None:
           - {metric: success_rate, min: 99%}
           - {metric: latency_p50, max: 0.05s}
           - {metric: request_rate, min: 1, name: traffic}
-          - {metric: latency, compare: stable, quantiles: [0.9, 0.99]}
+          - {metric: latency, compare: stable, quantiles: [0.9, 0.99], tolerance: 20%}
           - {metric: error_rate, compare: stable, per_path: false, name: errors}
           - {prometheus: "http://prom:9090", query: "sum(rate(x[1m]))", max: 3, timeout: 5s}
           - {web: "https://ci.internal/ok", name: ci}
@@ -122,7 +122,9 @@ def test_every_option() -> None:
     assert r.guard == Guard(error_rate=0.1)
     assert r.checks[0] == MetricCheck(metric="success_rate", min=0.99)
     assert r.checks[2].key == "traffic"
-    assert r.checks[3] == CompareCheck(metric="latency", compare="stable", quantiles=(0.9, 0.99))
+    assert r.checks[3] == CompareCheck(
+        metric="latency", compare="stable", quantiles=(0.9, 0.99), tolerance=0.2
+    )
     assert r.checks[4].key == "errors"
     prom = r.checks[5]
     assert isinstance(prom, PrometheusCheck)
@@ -310,6 +312,8 @@ def test_check_problems_name_the_check_and_field() -> None:
           - {metric: success_rate, min: 0.99, max: 0.9}
           - {metric: error_rate, max: 0.1, name: "bad name"}
           - 5
+          - {metric: error_rate, compare: stable, tolerance: 10%}
+          - {metric: latency, compare: stable, tolerance: -5%}
         """
     ) == [
         "routes[0].rollout.checks[0].max: give a unit, e.g. 500ms or 500s",
@@ -329,6 +333,8 @@ def test_check_problems_name_the_check_and_field() -> None:
         "routes[0].rollout.checks[11]: 'min' must not be above 'max'",
         "routes[0].rollout.checks[12].name: must be 1-64 letters, digits, '_', '.', ':' or '-'",
         "routes[0].rollout.checks[13]: a check needs 'metric', 'prometheus' or 'web'",
+        "routes[0].rollout.checks[14]: 'tolerance' applies to {metric: latency, compare: stable}",
+        "routes[0].rollout.checks[15].tolerance: must be >= 0",
     ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from splitproxy.rollout.evidence import Evidence, min_threshold_requests
-from splitproxy.rollout.messages import Sample
+from splitproxy.rollout.messages import CheckResult, Sample
 from tests.unit.rollout.drive import hist, spec, traffic
 
 LATENCY = [{"metric": "latency", "compare": "stable", "quantiles": [0.95]}]
@@ -130,3 +130,29 @@ def test_the_end_of_a_rollout_drops_its_tests_but_keeps_stable_s_history() -> No
     assert (e.errors_test, e.latency_tests, e.guard, e.external) == (None, {}, None, {})
     assert e.trail_requests == 90
     assert e.evaluate(2.0) == ()  # nothing runs: no comparisons, no guard, no checks
+
+
+def _latency_verdict(tolerance: str | None, candidate_at: float, ticks: int = 30) -> CheckResult:
+    """Stable: p95 at 500 ms; the candidate's 10 requests a tick all take ``candidate_at``."""
+    check: dict[str, object] = {"metric": "latency", "compare": "stable", "quantiles": [0.95]}
+    if tolerance is not None:
+        check["tolerance"] = tolerance
+    e = running(checks=[check])
+    needed = min_threshold_requests(0.95)
+    e.fold(0.0, [Sample("stable", needed, 0, None, None, hist(needed, needed // 10))], tests=True)
+    for t in range(1, ticks + 1):
+        stable = Sample("stable", 90, 0, 0.1, "/", hist(90, 9))
+        candidate = Sample("candidate", 10, 0, 0.1, "/", ((candidate_at, 10),))
+        e.fold(float(t), [stable, candidate], tests=True)
+    (latency,) = [c for c in e.evaluate(float(ticks)) if c.name == "latency_vs_stable"]
+    return latency
+
+
+def test_a_tolerance_forgives_a_small_slowdown_and_not_a_large_one() -> None:
+    # 10 % slower than stable's p95 on every request: shown without a tolerance
+    assert _latency_verdict(None, 0.55).verdict == "fail"
+    forgiven = _latency_verdict("20%", 0.55)
+    assert (forgiven.verdict, forgiven.sample) == ("no_data", 0)  # not one slow request
+    assert forgiven.detail == "stable p95 500ms, slow beyond +20%"
+    # four times stable's p95: beyond any 20 % margin
+    assert _latency_verdict("20%", 2.0).verdict == "fail"
