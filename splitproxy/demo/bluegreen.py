@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final
 from rich.console import Console
 
 from splitproxy.demo.live import (
-    OUTCOME,
     ROUTE,
     Scenario,
     Traffic,
@@ -28,7 +27,14 @@ from splitproxy.demo.live import (
     split_table,
 )
 from splitproxy.demo.service import Faults, create_app
-from splitproxy.demo.stage import client_session, keep_running, running, staged
+from splitproxy.demo.stage import (
+    client_session,
+    headline,
+    keep_running,
+    running,
+    staged,
+    steady_client,
+)
 
 if TYPE_CHECKING:
     from splitproxy.settings import Settings
@@ -126,9 +132,8 @@ async def bluegreen_demo(
             versions,
             routing,
             console,
-            headline=f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: "
-            f"{scenario.story}; expect it to be [bold]{OUTCOME[scenario.expect]}[/].",
-            client=f"the demo's client sends {rate:g} requests/s through the proxy",
+            headline=headline(scenario),
+            client=steady_client(rate),
             limit=DEADLINE,
         ) as stage,
         client_session() as session,

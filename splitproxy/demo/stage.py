@@ -24,6 +24,7 @@ from rich.text import Text
 
 from splitproxy.demo.live import (
     IN_FLIGHT,
+    OUTCOME,
     REFRESH,
     ROUTE,
     Scenario,
@@ -39,6 +40,19 @@ if TYPE_CHECKING:
     from splitproxy.rollout.analyzer import Analyzer
     from splitproxy.rollout.controller import Controller
     from splitproxy.settings import Settings
+
+
+def headline(scenario: Scenario) -> str:
+    """What a scenario shows and how it should end, before anything starts."""
+    return (
+        f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: {scenario.story}; "
+        f"expect it to be [bold]{OUTCOME[scenario.expect]}[/]."
+    )
+
+
+def steady_client(rate: float) -> str:
+    """What the steady client of the canary and blue/green scenarios sends."""
+    return f"the demo's client sends {rate:g} requests/s through the proxy"
 
 
 def client_session() -> aiohttp.ClientSession:

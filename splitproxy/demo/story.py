@@ -31,7 +31,6 @@ from rich.table import Table
 from splitproxy.demo import ab as abdemo
 from splitproxy.demo import bluegreen
 from splitproxy.demo.live import (
-    OUTCOME,
     Scenario,
     Traffic,
     follow,
@@ -41,7 +40,14 @@ from splitproxy.demo.live import (
     wait_for_signal,
 )
 from splitproxy.demo.service import Faults, create_app
-from splitproxy.demo.stage import client_session, keep_running, running, staged
+from splitproxy.demo.stage import (
+    client_session,
+    headline,
+    keep_running,
+    running,
+    staged,
+    steady_client,
+)
 from splitproxy.server import Server, new_event_loop
 
 if TYPE_CHECKING:  # the CLI reads the settings; the demo only passes them on
@@ -236,9 +242,8 @@ async def _rollout_demo(
             versions,
             rollout_routing,
             console,
-            headline=f"[bold]splitproxy demo[/] · scenario [bold]{scenario.name}[/]: "
-            f"{scenario.story}; expect it to be [bold]{OUTCOME[scenario.expect]}[/].",
-            client=f"the demo's client sends {rate:g} requests/s through the proxy",
+            headline=headline(scenario),
+            client=steady_client(rate),
             limit=DEADLINE,
         ) as stage,
         client_session() as session,
