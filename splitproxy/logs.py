@@ -84,7 +84,7 @@ _UNSAFE = re.compile(rb'[^\x21-\x7e]|["\\]')
 # `_UNSAFE.search` on the short targets most requests carry (one C loop, no regex engine).
 _SAFE: Final = bytes(b for b in range(0x21, 0x7F) if b not in b'"\\')
 # Status codes as text, indexed by the code: a tuple lookup where formatting an int costs
-# several times more (the text line writes two codes per request)
+# several times more (the upstream's code is part of the routing text, formatted once)
 _CODES: Final = tuple(str(code) for code in range(1000))
 # the end of a time stamp, from the millisecond on: ``.123Z``
 _MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))

@@ -253,11 +253,10 @@ class Evidence:
         window = self.window
         guard_count, first = self.guard_units.count, self.units.first
         # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
-        compare = self.latency_compare
-        if compare is not None and compare.tolerance:
-            limits = {q: c * (1.0 + compare.tolerance) for q, c in thresholds.items()}
-        else:
-            limits = thresholds
+        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
+        limits = (
+            {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
+        )
         for s in samples:
             cand = s.version == "candidate"
             units, latency = s.units, s.latency
@@ -309,8 +308,7 @@ class Evidence:
             if self.guard is not None:
                 self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
-                compare = self.latency_compare
-                self.baseline.fold(samples, compare.tolerance if compare else 0.0)
+                self.baseline.fold(samples, tolerance)
         trail_add(self, now, stab_n, stab_x, stable_latency)
         self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
