@@ -11,6 +11,7 @@ is what the full pass gives (tests/unit/test_metrics_follow.py checks it).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from splitproxy.config.mirror import may_mirror
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from splitproxy.rollout.windows import Windows
 
 
-class FollowsSnapshots:
+class FollowsSnapshots(ABC):
     """The Recorder's part that follows the snapshots (`on_swap`)."""
 
     windows: Windows
@@ -32,11 +33,13 @@ class FollowsSnapshots:
     _followed: Snapshot | None = None  # the snapshot the series follow
     _stray = False  # a series was made for a route the followed snapshot has not
 
+    @abstractmethod
     def _get(self, route: str, version: str) -> Any:
-        raise NotImplementedError
+        """The series of ``route``'s ``version`` (made when first asked; the Recorder's)."""
 
+    @abstractmethod
     def _mirror_stats(self) -> Any:
-        raise NotImplementedError
+        """A route's new, empty mirror statistics (the Recorder's)."""
 
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         """Follow a new snapshot: series for its routes, windows of removed routes dropped."""
