@@ -11,7 +11,6 @@ of requests with 500 once the users reach it, and the bake reverts it at once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from typing import TYPE_CHECKING, Any, Final
@@ -21,19 +20,14 @@ from rich.console import Console
 from splitproxy.demo.live import (
     ROUTE,
     Scenario,
-    Traffic,
-    follow,
-    make_view,
-    split_table,
 )
 from splitproxy.demo.service import Faults, create_app
 from splitproxy.demo.stage import (
-    client_session,
     headline,
     keep_running,
-    running,
     staged,
     steady_client,
+    steady_rollout,
 )
 
 if TYPE_CHECKING:
@@ -125,19 +119,15 @@ async def bluegreen_demo(
     versions = (create_app("stable"), create_app("candidate", faults=faults))
     # the test job reaches the candidate through a preview listener of the demo's own
     settings = settings.model_copy(update={"preview_listen": "127.0.0.1:0"})
-    stop = asyncio.Event()
-    async with (
-        staged(
-            settings,
-            versions,
-            routing,
-            console,
-            headline=headline(scenario),
-            client=steady_client(rate),
-            limit=DEADLINE,
-        ) as stage,
-        client_session() as session,
-    ):
+    async with staged(
+        settings,
+        versions,
+        routing,
+        console,
+        headline=headline(scenario),
+        client=steady_client(rate),
+        limit=DEADLINE,
+    ) as stage:
         analyzer = stage.analyzer
         broken = False
 
@@ -152,25 +142,7 @@ async def bluegreen_demo(
                     soft_wrap=True,
                 )
 
-        traffic = Traffic(session, stage.proxy + "/", rate, lambda: analyzer.weight)
-        async with running(traffic.run(stop)) as task:
-            title = f"splitproxy demo · scenario {scenario.name}"
-            with make_view(console, stage.origin, title, None) as view:
-                phase = await follow(
-                    stage.server,
-                    stage.control,
-                    view,
-                    stage.origin,
-                    stage.deadline,
-                    on_frame=on_frame,
-                )
-            stop.set()
-            await task
-        console.print()
-        console.print(split_table(traffic))
-        if traffic.failures:
-            lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
-            console.print(f"the client got no answer for: {lost}", soft_wrap=True)
+        phase = await steady_rollout(stage, console, scenario, rate, None, on_frame)
         _after_switch(console, stage.control.events(ROUTE, limit=1000))
         code = stage.finish(console, scenario, phase, keep)
         await keep_running(keep)

@@ -28,8 +28,12 @@ from splitproxy.demo.live import (
     REFRESH,
     ROUTE,
     Scenario,
+    Traffic,
+    follow,
     hints,
+    make_view,
     serve_app,
+    split_table,
     verdict,
     wait_for_signal,
 )
@@ -141,6 +145,47 @@ async def staged(
         await server.shutdown()
         await stable_runner.cleanup()
         await candidate_runner.cleanup()
+
+
+async def steady_rollout(
+    stage: Stage,
+    console: Console,
+    scenario: Scenario,
+    rate: float,
+    needs: tuple[float, int] | None,
+    on_frame: Callable[[], None] | None = None,
+) -> str:
+    """The canary and blue/green scenarios' part: the steady client sends ``rate`` requests a
+    second through the proxy while the rollout runs, shown live (``needs``: a step's interval
+    and requests, for the view); then the split the client measured and what went unanswered.
+    The phase the rollout ended in."""
+    stop = asyncio.Event()
+    analyzer = stage.analyzer
+    async with client_session() as session:
+        traffic = Traffic(session, stage.proxy + "/", rate, lambda: analyzer.weight)
+        async with running(traffic.run(stop)) as task:
+            title = f"splitproxy demo · scenario {scenario.name}"
+            with make_view(console, stage.origin, title, needs) as view:
+                phase = await follow(
+                    stage.server,
+                    stage.control,
+                    view,
+                    stage.origin,
+                    stage.deadline,
+                    on_frame=on_frame,
+                )
+            stop.set()
+            await task
+    console.print()
+    console.print(split_table(traffic))
+    if traffic.failures or traffic.skipped:
+        lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
+        console.print(
+            f"the client got no answer for: {lost or 'none'}; "
+            f"not sent (too many in flight): {traffic.skipped}",
+            soft_wrap=True,
+        )
+    return phase
 
 
 @contextlib.asynccontextmanager

@@ -32,21 +32,16 @@ from splitproxy.demo import ab as abdemo
 from splitproxy.demo import bluegreen
 from splitproxy.demo.live import (
     Scenario,
-    Traffic,
-    follow,
-    make_view,
-    split_table,
     start_upstream,
     wait_for_signal,
 )
 from splitproxy.demo.service import Faults, create_app
 from splitproxy.demo.stage import (
-    client_session,
     headline,
     keep_running,
-    running,
     staged,
     steady_client,
+    steady_rollout,
 )
 from splitproxy.server import Server, new_event_loop
 
@@ -235,38 +230,16 @@ async def _rollout_demo(
     """A canary rollout of the scenario's candidate under steady traffic, shown as it goes."""
     faults = Faults(scenario.error_rate, scenario.delay_ms)
     versions = (create_app("stable"), create_app("candidate", faults=faults))
-    stop = asyncio.Event()
-    async with (
-        staged(
-            settings,
-            versions,
-            rollout_routing,
-            console,
-            headline=headline(scenario),
-            client=steady_client(rate),
-            limit=DEADLINE,
-        ) as stage,
-        client_session() as session,
-    ):
-        analyzer = stage.analyzer
-        traffic = Traffic(session, stage.proxy + "/", rate, lambda: analyzer.weight)
-        async with running(traffic.run(stop)) as task:
-            title = f"splitproxy demo · scenario {scenario.name}"
-            with make_view(console, stage.origin, title, (INTERVAL, MIN_REQUESTS)) as view:
-                phase = await follow(
-                    stage.server, stage.control, view, stage.origin, stage.deadline
-                )
-            stop.set()
-            await task
-        console.print()
-        console.print(split_table(traffic))
-        if traffic.failures or traffic.skipped:
-            lost = ", ".join(f"{n} {kind}" for kind, n in traffic.failures.items())
-            console.print(
-                f"the client got no answer for: {lost or 'none'}; "
-                f"not sent (too many in flight): {traffic.skipped}",
-                soft_wrap=True,
-            )
+    async with staged(
+        settings,
+        versions,
+        rollout_routing,
+        console,
+        headline=headline(scenario),
+        client=steady_client(rate),
+        limit=DEADLINE,
+    ) as stage:
+        phase = await steady_rollout(stage, console, scenario, rate, (INTERVAL, MIN_REQUESTS))
         code = stage.finish(console, scenario, phase, keep)
         await keep_running(keep)
         return code
