@@ -15,8 +15,6 @@ Requests go out on keep-alive connections; when none is idle a new one is opened
 usage: loadgen_open.py --host 127.0.0.1 --port 18081 --path /1k --rate 2000 --duration 10 \
            [--header 'Cookie: splitproxy_id=bench-user-1']
 prints one line: OPENJSON {...}   (latencies in microseconds)
-
-Adapted from the shared reference harness (bench/loadgen_open.py).
 """
 
 from __future__ import annotations

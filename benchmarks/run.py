@@ -6,7 +6,6 @@ the proxy fresh (pinned with taskset, own session), check it, warm it up, measur
 time and peak RSS, stop it (SIGTERM, then SIGKILL). One upstream nginx serves the whole run.
 Everything listens on and targets 127.0.0.1 only; every run is bounded in time.
 Writes results/<stamp>/runs.jsonl (one JSON object per run), meta.json, logs/, summary.md.
-Adapted from the shared reference harness (bench/run.py).
 """
 
 from __future__ import annotations

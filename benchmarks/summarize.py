@@ -4,7 +4,7 @@
 usage: summarize.py RESULTS_DIR [--ref nginx] [--limit direct] [-o summary.md]
 Medians over rounds; "a–b" is the min–max over rounds. Ratios and latency differences are
 paired: computed per round against the reference measured in the same round, then the median
-(min–max) is taken. Adapted from the shared reference harness (bench/summarize.py).
+(min–max) is taken.
 """
 
 from __future__ import annotations

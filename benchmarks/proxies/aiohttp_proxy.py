@@ -3,8 +3,7 @@
 
 usage: aiohttp_proxy.py --port 18081 --upstream 127.0.0.1:18080 [--loop uvloop|asyncio]
 One shared ClientSession (keep-alive pool, no limit, no decompression), body streamed
-through a StreamResponse. Copied from the shared reference harness
-(bench/proxies/aiohttp_proxy.py), minus its multi-process mode.
+through a StreamResponse; one process.
 """
 
 from __future__ import annotations
