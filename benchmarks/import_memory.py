@@ -30,9 +30,9 @@ IMPORTS = [
     "uvloop",
     "httptools",
     "pydantic",
-    "pydantic_settings",
+    "watchfiles",  # the reloader's directory watch (its awatch pulls anyio)
     "yaml",
-    "re2",
+    "re2",  # only once a routing file has a regex (config/patterns.py)
     "prometheus_client",
     "aiohttp.web",
     "splitproxy.config",
