@@ -33,6 +33,8 @@ def compile_pattern(pattern: str) -> Pattern:
         re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"invalid regular expression: {exc}") from None
+    except RecursionError:  # "((((...a))))": Python's parser recurses once per group
+        raise ValueError("a regular expression nested too deeply") from None
     re2, options = _re2()
     try:
         compiled: Pattern = re2.compile(pattern, options)
