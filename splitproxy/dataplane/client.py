@@ -383,11 +383,11 @@ class ClientConnection(asyncio.Protocol):
                 self._stop_requests()
 
     # -- used by exchanges ---------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.state is not CLOSED and self.transport is not None:
             self.transport.write(data)
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         if self.state is not CLOSED and self.transport is not None:
             self.transport.writelines(data)
 

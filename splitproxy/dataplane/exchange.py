@@ -398,10 +398,10 @@ class Exchange:
         else:  # held: written with the body's first bytes, or at the end of this read
             self.held = head
 
-    def upstream_body(self, data: bytes) -> None:
+    def upstream_body(self, data: bytes | memoryview) -> None:
         self.bytes_out += len(data)
-        if self.mirror is not None:
-            self.mirror.response_body(data)
+        if self.mirror is not None:  # (it may keep what it gets: a copy, not a view of a read)
+            self.mirror.response_body(data if isinstance(data, bytes) else bytes(data))
         held = self.held
         if self.resp_mode is RECHUNK:
             self.conn.writelines([held, *chunk(data)] if held else chunk(data))
