@@ -7,7 +7,8 @@ version, on transports that only count what is written. Each call sends the benc
 request and answers it with nginx's response head and a ``size``-byte body (one read for
 1 KB; 64 KB arrives in the reads nginx's writes make on loopback: 16 KB each here), so the
 count is the data path's own Python work per exchange: parsing, routing, both heads, the
-relay and the return to the pool. The observer does nothing (metrics and the access log are
+relay and the return to the pool. The heap is frozen after set-up, as the server's is. The
+observer does nothing (metrics and the access log are
 counted apart, by `profile_proxy.py`).
 
     .venv/bin/python benchmarks/instructions.py -n 20000 \\
@@ -17,6 +18,7 @@ counted apart, by `profile_proxy.py`).
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -150,4 +152,7 @@ def relay(size: int, read: int = 16 * 1024) -> Callable[[], None]:
         assert client.current is None, "the response did not complete"
 
     run()
+    # as the server does after loading its config (`reload.settle_heap`): without it a full
+    # collection walking the set-up's objects lands on some runs and not others
+    gc.freeze()
     return run

@@ -414,6 +414,8 @@ class ClientConnection(asyncio.Protocol):
                 nxt.local(status, code, message, close=True)
                 return
             nxt.start()
+        elif self.flow.reading and not self.flow.upstream_full and self.state is OPEN:
+            return  # (the usual case: reading, and `update_reading` would keep it so)
         self.update_reading()
 
     def update_reading(self) -> None:
