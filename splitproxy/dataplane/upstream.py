@@ -83,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_clock",
         "body",
+        "bound_at",
         "got_response_bytes",
         "head_only",
         "head_seen",
@@ -94,6 +95,7 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "paused",
         "pool",
+        "reads",
         "reason",
         "served",
         "sink",
@@ -122,6 +124,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_response_bytes = False
         self.head_seen = 0  # bytes received while waiting for the response head
         self.served = 0
+        # Reads parsed so far, and how many there had been when the exchange served was bound:
+        # one bound during a read (a pipelined request taking the connection back from the
+        # pool as the previous response completes) cannot be answered by the rest of that read.
+        self.reads = 0
+        self.bound_at = -1
         self.idle_since = 0.0
         self.last_read = 0.0
 
@@ -148,6 +155,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.got_response_bytes = True
+        self.reads += 1
         waiting = self.state is WAITING_HEAD
         parser = self.parser
         fed: bytes | memoryview = data
@@ -249,7 +257,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.sink is None:
+        if self.sink is None or self.bound_at == self.reads:
             raise UpstreamProtocolError("bytes after a complete response")
 
     def on_status(self, reason: bytes) -> None:
@@ -321,6 +329,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_response_bytes = False
         self.head_seen = 0
         self.served += 1
+        self.bound_at = self.reads
         self.last_read = self._clock.now
 
     def write(self, data: bytes) -> None:

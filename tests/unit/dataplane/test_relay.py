@@ -244,3 +244,26 @@ def test_relaying_unparsed_is_the_parsers_answer(
     with mock.patch.object(upstream, "RELAY_MIN", 1 << 60):  # every byte through the parser
         full = run(script, cuts, extra, cut_short)
     assert fast == full
+
+
+@pytest.mark.parametrize("size", [3, BIG], ids=["parsed", "relayed"])
+async def test_bytes_after_a_response_are_never_the_answer_to_a_pipelined_request(
+    size: int,
+) -> None:
+    proxy = Proxy()
+    client = proxy.client()
+    pool = proxy.pool()
+    up, transport = connected(pool)
+    pool._open.add(up)
+    pool.put_idle(up)
+    client.send(get("/one") + get("/two"))
+    await client.settle()
+    assert transport.take().count(b"GET ") == 1
+    # the answer to /one, and an answer nobody asked for yet, in one read
+    up.data_received(ok(body_of(size)) + ok(b"smuggle"))
+    await client.settle()
+    answers = client.transport.take()
+    assert b"smuggle" not in answers
+    assert answers.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert pool_state(up) is UpstreamState.CLOSED
+    assert pool.take_idle() is not up
