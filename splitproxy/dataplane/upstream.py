@@ -40,6 +40,39 @@ MAX_RESPONSE_HEADERS: Final = 128
 # through the parser (which copies each piece): past this size the copies cost more than the
 # fresh parser the connection then needs. Smaller ones are parsed (and copied) as before.
 RELAY_MIN: Final = 8 * 1024
+# Reads land in a buffer of the proxy's (`get_buffer`), not in a new bytes object each: a read
+# of at least `VIEW_MIN` bytes is handed on as a view of it (no copy); a smaller one is copied
+# out. A view the client's transport still holds (it could not write it all at once) pins its
+# buffer, and the next read gets a new one: at most READ_SIZE / VIEW_MIN (4x) the bytes held.
+READ_SIZE: Final = 128 * 1024
+_BLANK: Final = b"\r\n\r\n"  # where a head ends
+VIEW_MIN: Final = 32 * 1024
+
+
+class _ReadBuffer:
+    """The buffer upstream reads land in: one for all connections (the loop reads one at a
+    time), replaced when a view of an earlier read is still alive somewhere."""
+
+    __slots__ = ("buf", "lent")
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.lent = False  # a view of ``buf`` went out since it was last found free
+
+    def take(self) -> bytearray:
+        """The buffer for the next read: ``buf``, unless a view of it is still alive."""
+        buf = self.buf
+        self.lent = False
+        try:
+            buf.append(0)  # a bytearray cannot change size while a view of it is alive
+        except BufferError:
+            buf = self.buf = bytearray(READ_SIZE)
+        else:
+            del buf[-1]
+        return buf
+
+
+_READS: Final = _ReadBuffer()
 
 
 class UpstreamProtocolError(Exception):
@@ -77,7 +110,7 @@ class ResponseSink(Protocol):
     def upstream_writable(self, writable: bool) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One TCP connection to an upstream, reused across exchanges while it stays healthy."""
 
     __slots__ = (
@@ -140,7 +173,20 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        reads = _READS
+        return reads.take() if reads.lent else reads.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        reads = _READS
+        if nbytes >= VIEW_MIN:
+            reads.lent = True
+            self.data_received(memoryview(reads.buf)[:nbytes], reads.buf)
+        else:
+            self.data_received(memoryview(reads.buf)[:nbytes].tobytes())
+
+    def data_received(self, data: bytes | memoryview, whole: bytes | bytearray = b"") -> None:
+        """A read: ``data``, bytes or (from `buffer_updated`) a view of ``whole``'s start."""
         self.last_read = self._clock.now
         sink = self.sink
         if self.left > 0 and sink is not None:
@@ -169,7 +215,9 @@ class UpstreamConnection(asyncio.Protocol):
                     # a body framed by Content-Length after it is relayed without the parser
                     # copying it (`_relay`). Otherwise the same parser reads on from there:
                     # the same bytes in the same order as if it had been given the read whole.
-                    end = data.find(b"\r\n\r\n") + 4
+                    scan = whole if whole else data
+                    end = -1 if isinstance(scan, memoryview) else scan.find(_BLANK, 0, len(data))
+                    end += 4
                     if 4 <= end < len(data):
                         view = memoryview(data)
                         parser.feed_data(view[:end])
@@ -183,7 +231,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.close()
                 return
             self.state = UPGRADED
-            sink.upstream_upgraded(data[at + exc.args[0] :])
+            sink.upstream_upgraded(bytes(data[at + exc.args[0] :]))
             return
         except httptools.HttpParserError as exc:
             if self.sink is not None:

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from splitproxy.dataplane import upstream
 from splitproxy.dataplane.context import CoarseClock
 from splitproxy.dataplane.pools import UpstreamPool
-from splitproxy.dataplane.upstream import RELAY_MIN, UpstreamConnection, UpstreamState
+from splitproxy.dataplane.upstream import (
+    RELAY_MIN,
+    VIEW_MIN,
+    UpstreamConnection,
+    UpstreamState,
+)
 from tests.unit.dataplane.harness import (
     STABLE_URL,
     MockTransport,
@@ -200,8 +205,23 @@ def wire_of(kind: str, n: int) -> bytes:
     return b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n" % BIG
 
 
+def read(up: UpstreamConnection, data: bytes, buffered: bool) -> None:
+    """One read, as a plain protocol gets it or as the loop fills the proxy's buffer."""
+    if not buffered:
+        up.data_received(data)
+        return
+    buf = up.get_buffer(-1)
+    assert len(buf) >= len(data)
+    buf[: len(data)] = data
+    up.buffer_updated(len(data))
+
+
 def run(
-    script: list[tuple[str, int]], cuts: list[int], extra: bytes, cut_short: bool
+    script: list[tuple[str, int]],
+    cuts: list[int],
+    extra: bytes,
+    cut_short: bool,
+    buffered: bool = False,
 ) -> list[tuple[object, ...]]:
     """Each response served on one connection, its bytes in reads cut at ``cuts``; what the
     sinks saw and what became of the connection."""
@@ -218,7 +238,7 @@ def run(
         marks = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
         for a, b in itertools.pairwise(marks):
             if up.state is not UpstreamState.CLOSED:
-                up.data_received(wire[a:b])
+                read(up, wire[a:b], buffered)
         if last and cut_short and up.state is not UpstreamState.CLOSED:
             up.connection_lost(None)
         seen.append(([s for s, _ in sink.heads], bytes(sink.body), sink.complete, sink.failed))
@@ -233,14 +253,19 @@ def run(
 @settings(max_examples=150, deadline=None)
 @given(
     responses,
-    st.lists(st.integers(0, 4 * RELAY_MIN), max_size=6),
+    st.lists(st.integers(0, 5 * VIEW_MIN), max_size=6),
     st.sampled_from([b"", b"X", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"]),
+    st.booleans(),
     st.booleans(),
 )
 def test_relaying_unparsed_is_the_parsers_answer(
-    script: list[tuple[str, int]], cuts: list[int], extra: bytes, cut_short: bool
+    script: list[tuple[str, int]],
+    cuts: list[int],
+    extra: bytes,
+    cut_short: bool,
+    buffered: bool,
 ) -> None:
-    fast = run(script, cuts, extra, cut_short)
+    fast = run(script, cuts, extra, cut_short, buffered)
     with mock.patch.object(upstream, "RELAY_MIN", 1 << 60):  # every byte through the parser
         full = run(script, cuts, extra, cut_short)
     assert fast == full
@@ -267,3 +292,46 @@ async def test_bytes_after_a_response_are_never_the_answer_to_a_pipelined_reques
     assert answers.startswith(b"HTTP/1.1 200 OK\r\n")
     assert pool_state(up) is UpstreamState.CLOSED
     assert pool.take_idle() is not up
+
+
+class Keeper(Sink):
+    """A sink that keeps what it is given, views included (as a transport that could not
+    write them at once does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kept: list[bytes | memoryview] = []
+
+    def upstream_body(self, data: bytes | memoryview) -> None:
+        super().upstream_body(data)
+        self.kept.append(data)
+
+
+def test_a_read_still_held_as_a_view_is_never_overwritten(pool: UpstreamPool) -> None:
+    up, _ = connected(pool)
+    sink = Keeper()
+    up.bind(sink, head_only=False)
+    body = body_of(6 * VIEW_MIN)
+    wire = ok(body)
+    first = up.get_buffer(-1)
+    reads = [wire[: 2 * VIEW_MIN], wire[2 * VIEW_MIN : 4 * VIEW_MIN], wire[4 * VIEW_MIN :]]
+    for data in reads:
+        read(up, data, buffered=True)
+    assert sink.complete == 1
+    assert any(isinstance(k, memoryview) for k in sink.kept)  # handed on uncopied
+    assert b"".join(bytes(k) for k in sink.kept) == body  # none overwritten by a later read
+    assert up.get_buffer(-1) is not first  # still pinned: the next read goes elsewhere
+    sink.kept.clear()
+    again = up.get_buffer(-1)
+    assert up.get_buffer(-1) is again  # nothing holds it: reused
+
+
+def test_a_small_read_is_copied_out_of_the_buffer(pool: UpstreamPool) -> None:
+    up, _ = connected(pool)
+    sink = Keeper()
+    up.bind(sink, head_only=False)
+    buf = up.get_buffer(-1)
+    read(up, ok(b"small"), buffered=True)
+    assert sink.kept == [b"small"]
+    assert all(isinstance(k, bytes) for k in sink.kept)
+    assert up.get_buffer(-1) is buf
