@@ -262,21 +262,25 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         connection closes after this response instead of going back to the pool."""
         left = self.left
         n = len(data)
-        if n < left:
+        done = n >= left
+        if done:
+            self.left = -1
+            self.parser = httptools.HttpResponseParser(self)
+            if n > left:
+                self.keep_alive = False
+                data = data[:left]
+                n = left
+        else:
             self.left = left - n
-            sink.upstream_body(data)
-            if self.sink is sink:
-                sink.upstream_read_done()
-            return
-        self.left = -1
-        self.parser = httptools.HttpResponseParser(self)
-        if n > left:
-            self.keep_alive = False
-            data = data[:left]
+        if n < VIEW_MIN and isinstance(data, memoryview):
+            data = data.tobytes()  # a small view would keep a whole read buffer alive
         sink.upstream_body(data)
         if self.sink is sink:
-            self.sink = None
-            sink.upstream_complete()
+            if done:
+                self.sink = None
+                sink.upstream_complete()
+            else:
+                sink.upstream_read_done()
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost reports

@@ -335,3 +335,20 @@ def test_a_small_read_is_copied_out_of_the_buffer(pool: UpstreamPool) -> None:
     assert sink.kept == [b"small"]
     assert all(isinstance(k, bytes) for k in sink.kept)
     assert up.get_buffer(-1) is buf
+
+
+def test_a_small_piece_of_a_large_read_is_copied_out(pool: UpstreamPool) -> None:
+    """A large read whose body part is small (a long head, or the end of a body and the
+    bytes after it) hands on a copy: a small view would keep the whole buffer alive."""
+    up, _ = connected(pool)
+    sink = Keeper()
+    up.bind(sink, head_only=False)
+    body = body_of(RELAY_MIN)
+    head = ok(body, b"X-Long: %s\r\n" % (b"v" * (2 * VIEW_MIN)))[: -len(body)]
+    buf = up.get_buffer(-1)
+    read(up, head + body[:100], buffered=True)
+    read(up, body[100:] + b"X" * VIEW_MIN, buffered=True)
+    assert bytes(sink.body) == body
+    assert sink.complete == 1
+    assert all(isinstance(k, bytes) for k in sink.kept)
+    assert up.get_buffer(-1) is buf
