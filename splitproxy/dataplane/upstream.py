@@ -40,10 +40,11 @@ MAX_RESPONSE_HEADERS: Final = 128
 # through the parser (which copies each piece): past this size the copies cost more than the
 # fresh parser the connection then needs. Smaller ones are parsed (and copied) as before.
 RELAY_MIN: Final = 8 * 1024
-# Reads land in a buffer of the proxy's (`get_buffer`), not in a new bytes object each: a read
-# of at least `VIEW_MIN` bytes is handed on as a view of it (no copy); a smaller one is copied
-# out. A view the client's transport still holds (it could not write it all at once) pins its
-# buffer, and the next read gets a new one: at most READ_SIZE / VIEW_MIN (4x) the bytes held.
+# Reads land in a buffer of the proxy's (`get_buffer`), not in a new bytes object each, and
+# are parsed from it; body bytes of at least `VIEW_MIN` are handed on as a view of it (no
+# copy), smaller pieces copied out (`_hand_on`). A view the client's transport still holds
+# (it could not write it all at once) pins its buffer, and the next read gets a new one: at
+# most READ_SIZE / VIEW_MIN (4x) the bytes held.
 READ_SIZE: Final = 128 * 1024
 _BLANK: Final = b"\r\n\r\n"  # where a head ends
 VIEW_MIN: Final = 32 * 1024
@@ -73,6 +74,14 @@ class _ReadBuffer:
 
 
 _READS: Final = _ReadBuffer()
+
+
+def _hand_on(data: bytes | memoryview) -> bytes | memoryview:
+    """What a sink gets of a read: a view under `VIEW_MIN` bytes is copied out (the sink may
+    keep it, and it would keep a whole read buffer alive)."""
+    if len(data) < VIEW_MIN and isinstance(data, memoryview):
+        return data.tobytes()
+    return data
 
 
 class UpstreamProtocolError(Exception):
@@ -179,11 +188,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         reads = _READS
-        if nbytes >= VIEW_MIN:
+        if nbytes >= VIEW_MIN:  # (only a view this large is ever handed on: see `_hand_on`)
             reads.lent = True
-            self.data_received(memoryview(reads.buf)[:nbytes], reads.buf)
-        else:
-            self.data_received(memoryview(reads.buf)[:nbytes].tobytes())
+        self.data_received(memoryview(reads.buf)[:nbytes], reads.buf)
 
     def data_received(self, data: bytes | memoryview, whole: bytes | bytearray = b"") -> None:
         """A read: ``data``, bytes or (from `buffer_updated`) a view of ``whole``'s start."""
@@ -194,7 +201,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         if self.state is UPGRADED:
             if sink is not None:
-                sink.upstream_body(data)
+                sink.upstream_body(_hand_on(data))
             return
         if sink is None:
             # Bytes on an idle connection: the upstream is out of step with us. Never reuse it.
@@ -272,9 +279,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 n = left
         else:
             self.left = left - n
-        if n < VIEW_MIN and isinstance(data, memoryview):
-            data = data.tobytes()  # a small view would keep a whole read buffer alive
-        sink.upstream_body(data)
+        sink.upstream_body(_hand_on(data))
         if self.sink is sink:
             if done:
                 self.sink = None

@@ -352,3 +352,20 @@ def test_a_small_piece_of_a_large_read_is_copied_out(pool: UpstreamPool) -> None
     assert sink.complete == 1
     assert all(isinstance(k, bytes) for k in sink.kept)
     assert up.get_buffer(-1) is buf
+
+
+def test_a_tunnel_hands_on_small_reads_as_copies(pool: UpstreamPool) -> None:
+    up, _ = connected(pool)
+    sink = Keeper()
+    up.bind(sink, head_only=False)
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    read(up, switch, buffered=True)
+    assert up.state is UpstreamState.UPGRADED
+    buf = up.get_buffer(-1)
+    read(up, b"\x81\x02hi", buffered=True)
+    read(up, b"\x82" * VIEW_MIN, buffered=True)
+    assert [type(k) for k in sink.kept] == [bytes, memoryview]
+    assert bytes(sink.body) == b"\x81\x02hi" + b"\x82" * VIEW_MIN
+    assert up.get_buffer(-1) is not buf  # the large one is still held
