@@ -383,11 +383,11 @@ class ClientConnection(asyncio.Protocol):
                 self._stop_requests()
 
     # -- used by exchanges ---------------------------------------------------------------------
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.state is not CLOSED and self.transport is not None:
             self.transport.write(data)
 
-    def writelines(self, data: list[bytes]) -> None:
+    def writelines(self, data: list[bytes | memoryview]) -> None:
         if self.state is not CLOSED and self.transport is not None:
             self.transport.writelines(data)
 
@@ -414,6 +414,8 @@ class ClientConnection(asyncio.Protocol):
                 nxt.local(status, code, message, close=True)
                 return
             nxt.start()
+        elif self.flow.reading and not self.flow.upstream_full and self.state is OPEN:
+            return  # (the usual case: reading, and `update_reading` would keep it so)
         self.update_reading()
 
     def update_reading(self) -> None:

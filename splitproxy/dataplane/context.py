@@ -166,7 +166,9 @@ class ProxyContext:
             address = health.by_url.get(target.url)
             if address is not None and address.probing:
                 self.health.take_trial(address)  # half-open: this request is its one try
-        return self.pools.get(target.key), target.url
+        at = target.key
+        pool = self.pools.pools.get(at)  # (`PoolRegistry.get`, inline: a known address)
+        return pool if pool is not None else self.pools.get(at), target.url
 
     @staticmethod
     def _healthy_turn(

@@ -45,7 +45,6 @@ from splitproxy.dataplane.http11 import (
     RECHUNK,
     chunk,
     local_response,
-    no_body_status,
     valid_request_id,
 )
 from splitproxy.dataplane.pools import PoolExhausted, UpstreamPool
@@ -218,7 +217,22 @@ class Exchange:
         self.backend_health = bh
         self.pool, self.upstream_url = ctx.pick_pool(plan, bh)
         self.replayable = self.body_kind is NO_BODY and self.method in IDEMPOTENT_METHODS
-        self.head_bytes = self._request_head(raw_host)
+        peer = self.conn.peer_ip
+        self.head_bytes = request_head(
+            self.method,
+            self.target,
+            self.headers,
+            wanted,
+            peer=peer,
+            trusted_peer=ctx.is_trusted(peer) if ctx.trusted else False,
+            raw_host=raw_host,
+            via_line=ctx.via_line,
+            request_id=self.request_id,
+            synthetic=self.synthetic,
+            chunked=self.body_kind is CHUNKED,
+            content_length=self.content_length if b"content-length" in wanted else None,
+            upgrade=self.upgrade,
+        )
         ctx.in_flight += 1
         ctx.observer.exchange_started(self)
         self.mirror = ctx.mirror.tap(self) if ctx.mirror is not None else None
@@ -239,26 +253,6 @@ class Exchange:
         self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
         self.headers.append((b"Host", authority))
         return True
-
-    def _request_head(self, raw_host: bytes) -> bytes:
-        """The request head for the upstream (`heads.request_head`)."""
-        ctx = self.ctx
-        peer = self.conn.peer_ip
-        return request_head(
-            self.method,
-            self.target,
-            self.headers,
-            self.wanted,
-            peer=peer,
-            trusted_peer=ctx.is_trusted(peer) if ctx.trusted else False,
-            raw_host=raw_host,
-            via_line=ctx.via_line,
-            request_id=self.request_id,
-            synthetic=self.synthetic,
-            chunked=self.body_kind is CHUNKED,
-            content_length=self.content_length if b"content-length" in self.wanted else None,
-            upgrade=self.upgrade,
-        )
 
     def dispatch(self) -> None:
         """Send the request on a pooled connection, or open one. A retry opens a new one
@@ -376,7 +370,8 @@ class Exchange:
             if decision is not None and decision.seed is not None and self.route is not None
             else b""
         )
-        no_body = self.method == b"HEAD" or no_body_status(status)
+        # (`http11.no_body_status`, inline: this runs for every response)
+        no_body = self.method == b"HEAD" or status < 200 or status == 204 or status == 304
         head, self.resp_mode, closing = response_head(
             status,
             reason,
@@ -398,10 +393,10 @@ class Exchange:
         else:  # held: written with the body's first bytes, or at the end of this read
             self.held = head
 
-    def upstream_body(self, data: bytes) -> None:
+    def upstream_body(self, data: bytes | memoryview) -> None:
         self.bytes_out += len(data)
-        if self.mirror is not None:
-            self.mirror.response_body(data)
+        if self.mirror is not None:  # (it may keep what it gets: a copy, not a view of a read)
+            self.mirror.response_body(data if isinstance(data, bytes) else bytes(data))
         held = self.held
         if self.resp_mode is RECHUNK:
             self.conn.writelines([held, *chunk(data)] if held else chunk(data))
@@ -421,7 +416,9 @@ class Exchange:
     def upstream_complete(self) -> None:
         if self.finished:
             return
-        self.upstream_read_done()  # (a head held for a body that was empty)
+        if self.held:  # a head held for a body that was empty (`upstream_read_done`)
+            self.conn.write(self.held)
+            self.held = b""
         if self.resp_mode is RECHUNK:
             self.conn.write(LAST_CHUNK)
         up = self.up

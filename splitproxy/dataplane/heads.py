@@ -178,6 +178,7 @@ def response_head(
     length_at = -1
     has_length = False
     echo_id = True
+    named = False  # a Connection header named an option or a header
     dropped: list[bytes] = []
     relay = RAW
     kinds = _kinds
@@ -190,9 +191,13 @@ def response_head(
                 chunked = b"chunked" in value.lower()
                 continue
             if kind == _CONNECTION:
-                if value.lower() not in _RESPONSE_OPTIONS:
+                if value.lower() in _RESPONSE_OPTIONS:
                     # (a lone option, the usual ``keep-alive``, names no header to drop)
-                    dropped.extend(connection_tokens(value))
+                    named = True
+                else:
+                    tokens = connection_tokens(value)
+                    named = named or bool(tokens)
+                    dropped.extend(tokens)
                 continue
             if kind == _HOP:
                 continue
@@ -211,6 +216,10 @@ def response_head(
     elif no_body:
         pass
     elif chunked:
+        if named and has_length and not drop:
+            # two Content-Lengths (a head the parser refuses): with a Connection header, the
+            # first is the one dropped, as when that header names one to drop
+            length_at = _find(parts, b"content-length")
         if length_at >= 0:  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
             parts[length_at : length_at + 4] = []
         if http11:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from http import HTTPStatus
-from typing import Final
+from typing import Final, overload
 
 
 class RequestBody(enum.Enum):
@@ -87,7 +87,11 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [t.strip().lower() for t in value.split(b",") if t.strip()]
 
 
-def chunk(data: bytes) -> list[bytes]:
+@overload
+def chunk(data: bytes) -> list[bytes]: ...
+@overload
+def chunk(data: bytes | memoryview) -> list[bytes | memoryview]: ...
+def chunk(data: bytes | memoryview) -> list[bytes] | list[bytes | memoryview]:
     """The pieces of one chunk of a chunked body (for ``writelines``)."""
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 

@@ -108,14 +108,14 @@ class _Reply:
         if status == 101:  # no copy asks to switch protocols: the upstream is out of step
             self.upstream_failed("protocol")
 
-    def upstream_body(self, data: bytes) -> None:
+    def upstream_body(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.digest is not None:
             self.digest.update(data)
         small = self.small
         if small is not None:
             if self.size <= JSON_LIMIT:
-                small.append(data)
+                small.append(bytes(data))  # (a view would keep the whole read it came in)
             else:
                 self.small = None
 

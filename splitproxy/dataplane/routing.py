@@ -77,10 +77,11 @@ class Target:
     host: str
     port: int
     url: str
+    # (host, port): the pool's key, made once (each request looks its pool up by it)
+    key: tuple[str, int] = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.host, self.port))
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,7 +121,7 @@ class MockTransport:
             self.protocol.resume_writing()
 
 
-def attach(protocol: asyncio.Protocol, transport: MockTransport) -> None:
+def attach(protocol: asyncio.BaseProtocol, transport: MockTransport) -> None:
     transport.protocol = protocol
     protocol.connection_made(transport)  # type: ignore[arg-type]
 

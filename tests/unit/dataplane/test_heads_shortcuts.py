@@ -142,3 +142,20 @@ def test_the_response_head_is_the_full_computations_bytes(
             assert got == want
             assert len(http11._STATUS_LINES) <= remembered
             assert len(heads._kinds) <= remembered
+
+
+def test_two_lengths_beside_chunked_and_a_lone_connection_option() -> None:
+    """A head the parser refuses (two Content-Lengths beside chunked), found by the test above:
+    with a ``Connection`` header, the first length is the one dropped, as in the reference."""
+    headers = [
+        (b"Connection", b"keep-alive"),
+        (b"Content-Length", b"10"),
+        (b"Content-Length", b"chunked"),
+        (b"Transfer-Encoding", b"chunked"),
+    ]
+    got = response_head(
+        200, b"", headers, request_id=b"rid", http11=False, no_body=False, closing=False,
+        upgrade=None,
+    )  # fmt: skip
+    assert got == reference_head(200, b"", headers, http11_=False, no_body=False, closing=False)
+    assert b"Content-Length: chunked\r\n" in got[0]

@@ -28,7 +28,7 @@ class Sink:
     ) -> None:
         self.heads.append((status, headers))
 
-    def upstream_body(self, data: bytes) -> None:
+    def upstream_body(self, data: bytes | memoryview) -> None:
         self.body += data
 
     def upstream_read_done(self) -> None:

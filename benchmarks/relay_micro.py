@@ -1,0 +1,158 @@
+"""One request relayed through the data path in-process, for ``instructions.py`` (callgrind).
+
+`relay(size)` builds what `profile_proxy.py` drives over sockets, minus the sockets, the event
+loop's IO and the observers: a `ProxyContext` with the benchmark's route (sticky cookie, a
+candidate at 50 %), one keep-alive client connection and a pooled upstream connection per
+version, on transports that only count what is written. Each call sends the benchmark's
+request and answers it with nginx's response head and a ``size``-byte body (one read for
+1 KB; 64 KB arrives in the reads nginx's writes make on loopback: 16 KB each here), so the
+count is the data path's own Python work per exchange: parsing, routing, both heads, the
+relay and the return to the pool. The heap is frozen after set-up, as the server's is. The
+observer does nothing (metrics and the access log are
+counted apart, by `profile_proxy.py`).
+
+    .venv/bin/python benchmarks/instructions.py -n 20000 \\
+        --setup 'from benchmarks.relay_micro import relay; run = relay(1024)' --stmt 'run()'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from splitproxy.config import parse_routing
+from splitproxy.config.vocabulary import FailureKind, Version
+from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.context import CoarseClock, ProxyContext
+from splitproxy.dataplane.exchange import Exchange
+from splitproxy.dataplane.pools import PoolRegistry
+from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.dataplane.upstream import UpstreamConnection
+
+UPSTREAM = "127.0.0.1:30200"
+# configs.py's route and cookie (not imported: the benchmarks import it as a top-level module
+# and mypy would see the file twice)
+COOKIE_HEADER = "Cookie: splitproxy_id=bench-user-1"
+ROUTES_YAML = """\
+routes:
+  - name: bench
+    stable: http://{upstream}
+    candidate: {{url: http://{upstream}, revision: "b"}}
+    weight: 50
+    sticky: {{cookie: splitproxy_id}}
+    rollout: {{steps: [50], interval: 1h, min_requests: 100000000}}
+"""
+
+
+class CountingTransport:
+    """A transport that keeps only the number of bytes written."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for data in lines:
+            self.written += len(data)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+class NullObserver:
+    def exchange_started(self, ex: Exchange) -> None:
+        pass
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        pass
+
+    def attempt_failed(self, ex: Exchange, version: Version, kind: FailureKind) -> None:
+        pass
+
+
+def response(size: int) -> bytes:
+    """nginx's answer to ``GET /1k`` (and kin) as it arrives, head and body."""
+    return (
+        b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 18:00:00 GMT\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n"
+        b"Last-Modified: Sun, 06 Dec 2026 17:00:00 GMT\r\nConnection: keep-alive\r\n"
+        b'ETag: "6750e1a0-400"\r\nAccept-Ranges: bytes\r\n\r\n' % size
+    ) + b"x" * size
+
+
+def relay(size: int, read: int = 16 * 1024) -> Callable[[], None]:
+    """A function that relays one request and its ``size``-byte response (reads of ``read``)."""
+    routes = ROUTES_YAML.format(upstream=UPSTREAM)
+    state = RuntimeState()
+    clock = CoarseClock(1000.0)
+    pools = PoolRegistry(clock, connect_timeout=1.0, idle_timeout=60.0)
+    ctx = ProxyContext(
+        state, pools, NullObserver(), clock,
+        header_timeout=10.0, body_timeout=60.0, read_timeout=60.0, client_idle_timeout=75.0,
+        max_header_bytes=32 * 1024, max_headers=100, max_body_bytes=0,
+    )  # fmt: skip
+    state.subscribe(ctx.on_swap)
+    state.load(parse_routing(yaml.safe_dump(yaml.safe_load(routes))), content_hash(routes), 1000.0)
+    host, port = UPSTREAM.split(":")
+    pool = pools.get((host, int(port)))
+    ups = []
+    for _ in range(2):  # (both versions name the same address: one pool)
+        up = UpstreamConnection(pool)
+        up.connection_made(CountingTransport())  # type: ignore[arg-type]
+        pool._open.add(up)
+        pool.put_idle(up)
+        ups.append(up)
+
+    async def make() -> ClientConnection:
+        conn = ClientConnection(ctx)
+        conn.connection_made(CountingTransport())  # type: ignore[arg-type]
+        return conn
+
+    client = asyncio.new_event_loop().run_until_complete(make())
+    request = b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:30201\r\n%s\r\n\r\n" % (
+        b"1k" if size == 1024 else b"%dk" % (size // 1024),
+        COOKIE_HEADER.encode(),
+    )
+    whole = response(size)
+    head_end = whole.index(b"\r\n\r\n") + 4
+    reads = [whole[: head_end + min(size, read - head_end)]]
+    at = len(reads[0])
+    while at < len(whole):
+        reads.append(whole[at : at + read])
+        at += read
+
+    def run() -> None:
+        client.data_received(request)
+        ex = client.current
+        up = ex.up if ex is not None else None
+        assert up is not None, "the request did not reach an upstream"
+        for data in reads:
+            up.data_received(data)
+        assert client.current is None, "the response did not complete"
+
+    run()
+    # as the server does after loading its config (`reload.settle_heap`): without it a full
+    # collection walking the set-up's objects lands on some runs and not others
+    gc.freeze()
+    return run
