@@ -18,6 +18,7 @@ the pure-Python composer and constructor.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,6 +37,8 @@ _STR: Final = "tag:yaml.org,2002:str"
 _SEQ: Final = "tag:yaml.org,2002:seq"
 _MAP: Final = "tag:yaml.org,2002:map"
 _INT: Final = "tag:yaml.org,2002:int"
+# a ``!`` where a tag can start: the text's start, or after a blank or a flow indicator
+_TAG: Final = re.compile(r"(?:^|[\s,\[{])!")
 
 
 class Declined(Exception):
@@ -74,6 +77,12 @@ def load(
         composer.dispose()
     if node is None:
         return None
+    if "!" in text and _TAG.search(text):
+        # libyaml and PyYAML's own scanner part ways on the bare ``!`` tag (one builds "", the
+        # other null or an error), and routing files have no use for tags: the careful way
+        raise Declined("a tag")
+    if "?" in text:
+        _decline_flow_questions(node)
     walk = _Walk(max_depth, max_values, max_int_digits, constructor, "&" in text)
     try:
         return walk.build(node, 1)
@@ -82,6 +91,31 @@ def load(
 
 
 _Scalar = yaml.ScalarNode
+
+
+def _decline_flow_questions(node: yaml.Node) -> None:
+    """`Declined` for a plain scalar with a ``?`` inside a flow collection (``{a?: 1}``).
+
+    libyaml reads such a scalar whole; PyYAML's own scanner, which the careful loaders use,
+    ends a plain scalar at ``?`` in flow context and then refuses the document. The two must
+    never disagree on what a file means, so such a text takes the careful way. Only a text
+    with a ``?`` gets this walk (iterative: libyaml bounds the depth, this adds no recursion).
+    """
+    stack: list[tuple[yaml.Node, bool]] = [(node, False)]
+    while stack:
+        item, in_flow = stack.pop()
+        if item.__class__ is _Scalar:
+            if in_flow and not item.style and "?" in item.value:  # plain: "" or None
+                raise Declined("a '?' in a flow collection's plain scalar")
+            continue
+        if isinstance(item, yaml.MappingNode):
+            flow = in_flow or bool(item.flow_style)
+            for key, value in item.value:
+                stack.append((key, flow))
+                stack.append((value, flow))
+        elif isinstance(item, yaml.SequenceNode):
+            flow = in_flow or bool(item.flow_style)
+            stack.extend((child, flow) for child in item.value)
 
 
 class _Walk:

@@ -103,3 +103,31 @@ def test_the_value_bound_holds_without_aliases() -> None:
             text, max_depth=64, max_values=100, max_int_digits=30,
             constructor=yaml.constructor.SafeConstructor(), release=parse._release,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["{v: {0?: null}}\n", "v: [a?b, c]\n", "v: [x, {y: z?}]\n"])
+def test_a_question_mark_in_a_flow_plain_scalar_takes_the_careful_way(text: str) -> None:
+    # libyaml reads `0?` whole where PyYAML's scanner refuses the document: never disagree
+    with pytest.raises(yaml.YAMLError):
+        strict(text)
+    with pytest.raises(nativeyaml.Declined, match=r"'\?'"):
+        native(text)
+
+
+def test_a_question_mark_outside_flow_or_quoted_still_takes_the_quick_path() -> None:
+    text = "v:\n  0?: null\nw: {'a?': 1}\nurl: http://h/x?y=1\n"
+    assert (
+        native(text) == strict(text) == {"v": {"0?": None}, "w": {"a?": 1}, "url": "http://h/x?y=1"}
+    )
+
+
+@pytest.mark.parametrize("text", ["v:\n- !\n", "{v: [{'': !, '0': null}]}\n", "v: !!str 5\n"])
+def test_a_tag_takes_the_careful_way(text: str) -> None:
+    # the bare `!` is read as "" by libyaml and as null (or refused) by PyYAML's scanner
+    with pytest.raises(nativeyaml.Declined, match="a tag"):
+        native(text)
+
+
+def test_an_exclamation_mark_inside_a_value_is_no_tag() -> None:
+    text = "v: a!b\nw: 'x!y'\n"
+    assert native(text) == strict(text) == {"v": "a!b", "w": "x!y"}
