@@ -269,7 +269,7 @@ class Recorder(FollowsSnapshots):
         else:
             series.finished += 1
         # The histograms' `Histogram.observe`, inlined: this runs for every request, and a
-        # Python call costs more than the bucket's update (test_metrics_shortcuts.py).
+        # Python call costs more than the bucket's update (test_observer_shortcuts.py).
         latency: float | None = None
         if status != 101:  # a WebSocket session's length is not a latency
             latency = ex.duration
