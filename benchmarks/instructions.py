@@ -38,6 +38,17 @@ CASES: dict[str, tuple[str, str, int]] = {
         "run()",
         16,
     ),
+    "recorder": ("from benchmarks.micro import recorder; run = recorder()", "run()", 1),
+    "log-pass-text": (
+        "from benchmarks.micro import access_log_pass; run = access_log_pass('text')",
+        "run()",
+        16,
+    ),
+    "log-pass-json": (
+        "from benchmarks.micro import access_log_pass; run = access_log_pass('json')",
+        "run()",
+        16,
+    ),
     "route-1": ("from benchmarks.micro import lookup; run = lookup(1)", "run()", 1),
     "route-100": ("from benchmarks.micro import lookup; run = lookup(100)", "run()", 1),
     "route-10000": ("from benchmarks.micro import lookup; run = lookup(10000)", "run()", 1),

@@ -2,7 +2,10 @@
 
 Each factory builds its inputs once and returns a function that does one unit of work:
 ``access_log(fmt)`` logs 16 finished exchanges and writes them (one event-loop pass of a
-loaded proxy); ``lookup(n)`` picks the route of one request among ``n`` routes;
+loaded proxy); ``access_log_pass(fmt)`` the same as the data path drives it, in a loop pass;
+``recorder()`` counts one exchange (started and finished: the series, the duration
+histograms, the live window, its path class and latency sketch) as metrics and the rollout's
+windows do for every request; ``lookup(n)`` picks the route of one request among ``n`` routes;
 ``sticky_choice()`` routes a returning user of a sticky route at 50 % (the benchmark's
 request); ``nginx_response_head()`` builds the client's head from nginx's response head.
 """
@@ -23,6 +26,7 @@ from splitproxy.dataplane.heads import response_head
 from splitproxy.dataplane.routing import Decision, choose, find_route
 from splitproxy.dataplane.state import RuntimeState, content_hash
 from splitproxy.logs import AccessLog
+from splitproxy.metrics import Recorder
 
 
 class NullStream:
@@ -75,6 +79,78 @@ def access_log(fmt: str) -> Callable[[], None]:
         for _ in range(16):
             pending.append(log._capture(ex))
         log.flush()
+
+    return run
+
+
+class NullRecorder:
+    """A recorder that counts nothing: what is left is the access log's share."""
+
+    def exchange_started(self, ex: Exchange) -> None:
+        pass
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        pass
+
+    def attempt_failed(self, ex: Exchange, version: str, kind: str) -> None:
+        pass
+
+
+def access_log_pass(fmt: str) -> Callable[[], None]:
+    """One event-loop pass of a loaded proxy with the access log on, as the data path drives
+    it: 16 exchanges finish (`Observers.exchange_finished`, the log keeps each one's fields),
+    then the loop runs the pass's flush (formatting, the hand-over to the writer). asyncio's
+    own loop stands in for uvloop (it can run one pass: ``_run_once``)."""
+    import asyncio
+
+    from splitproxy.logs import Observers
+
+    shop = {
+        "name": "shop",
+        "stable": "http://127.0.0.1:28080",
+        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
+        "weight": 50,
+    }
+    ex = finished_exchange(state_of([shop]))
+    observers = Observers(cast(Any, NullRecorder()), AccessLog(fmt, cast(Any, NullStream())))
+    loop = asyncio.new_event_loop()
+    asyncio.events._set_running_loop(loop)  # as if the data path ran in it
+    finished = observers.exchange_finished
+    run_once = cast(Any, loop)._run_once
+
+    def run() -> None:
+        for _ in range(16):
+            finished(ex)
+        run_once()
+
+    return run
+
+
+def recorder() -> Callable[[], None]:
+    """What the recorder does per request of the benchmark (a returning user of a sticky
+    route at 50 %, answered 200 by the candidate), started and finished."""
+    route = {
+        "name": "shop",
+        "stable": "http://127.0.0.1:28080",
+        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
+        "weight": 50,
+        "sticky": {"cookie": "splitproxy_id"},
+    }
+    state = state_of([route])
+    now = [1_700_000_000.0]
+    rec = Recorder(state, clock=lambda: now[0])
+    state.subscribe(rec.on_swap)
+    assert state.snapshot is not None
+    rec.on_swap(None, state.snapshot)
+    ex = finished_exchange(state)
+    ex.decision = Decision("candidate", "sticky", unit=0x5DEECE66D)
+    ex.path, ex.ttfb = "/1k", 0.000588
+    started, finished = rec.exchange_started, rec.exchange_finished
+
+    def run() -> None:
+        now[0] += 0.0001  # 10,000 requests a second: a new window bucket every 10,000 calls
+        started(ex)
+        finished(ex)
 
     return run
 

@@ -62,6 +62,7 @@ class BatchWriter:
         self.written = 0  # characters the thread has written or failed to (thread's counter)
         self.written_lines = 0
         self.failed = 0  # lines the thread could not write (thread's counter)
+        self.writes = 0  # writes the thread made (thread's counter)
         # (a C queue: a put costs a fraction of a microsecond, and wakes the thread if idle)
         self._queue: queue.SimpleQueue[tuple[str, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -106,14 +107,21 @@ class BatchWriter:
             self.dropped += lines
 
     def _run(self) -> None:
+        # Idle, the thread waits on the queue, and the first batch wakes it. Busy, it does not
+        # go back to waiting on the queue after a write: it lingers again and takes what came
+        # meanwhile. Waiting on the queue would make the loop's next `put` wake it (a futex
+        # call in the loop's thread) and cost one more hand-over of the GIL per write: the
+        # loop thread pays each one (test_logwriter_rhythm.py counts the waits).
         waiting = self._queue
-        end = False
-        while not end:
-            item = waiting.get()
-            if item is not None and self.linger:
-                time.sleep(self.linger)
+        linger = self.linger
+        item = waiting.get()
+        lingered = False
+        while True:
+            if item is not None and linger and not lingered:
+                time.sleep(linger)
             parts: list[str] = []
             lines = 0
+            end = False
             while item is not None:  # everything waiting goes out in one write
                 parts.append(item[0])
                 lines += item[1]
@@ -129,6 +137,18 @@ class BatchWriter:
                     self.failed += lines
                 self.written += len(text)
                 self.written_lines += lines
+            if end:
+                return
+            self.writes += 1
+            lingered = False
+            if linger:  # busy: the next batch is most likely on its way
+                time.sleep(linger)
+                lingered = True
+            try:
+                item = waiting.get_nowait()
+            except queue.Empty:  # quiet: wait on the queue, the next batch lingers anew
+                item = waiting.get()
+                lingered = False
 
     def _write_fd(self, data: bytes) -> bool:
         fd = self.fd

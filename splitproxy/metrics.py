@@ -234,7 +234,8 @@ class Recorder(FollowsSnapshots):
         decision = ex.decision
         if route is None or decision is None:
             return
-        series = self._get(route.name, ex.version)
+        # a hit is one dict look-up, without `_get`'s call; a miss makes the series
+        series = self._series.get((route.name, ex.version)) or self._get(route.name, ex.version)
         series.started += 1
         reasons = series.reasons
         reason = decision.reason
@@ -251,27 +252,36 @@ class Recorder(FollowsSnapshots):
             codes = series.preview if ex.preview else series.codes
             codes[status] = codes.get(status, 0) + 1
             return
-        series = self._get(route.name, ex.version)
+        name = route.name
+        series = self._series.get((name, ex.version)) or self._get(name, ex.version)
         if ex.preview:
             self._preview_finished(series, ex)
             return
         synthetic = ex.synthetic
         codes = series.synthetic if synthetic else series.codes
         codes[status] = codes.get(status, 0) + 1
-        retried = decision.reason == "retry"
+        reason = decision.reason
+        retried = reason == "retry"
         if retried:
             # it started on the candidate, which failed; stable answered
-            self._get(route.name, "candidate").finished += 1
+            self._get(name, "candidate").finished += 1
             series.reasons["retry"] = series.reasons.get("retry", 0) + 1
         else:
             series.finished += 1
+        # The histograms' `Histogram.observe`, inlined: this runs for every request, and a
+        # Python call costs more than the bucket's update (test_observer_shortcuts.py).
         latency: float | None = None
         if status != 101:  # a WebSocket session's length is not a latency
             latency = ex.duration
             if not synthetic:
-                series.durations.observe(latency)
-        if ex.ttfb and not synthetic:
-            series.ttfbs.observe(ex.ttfb)
+                hist = series.durations
+                hist.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+                hist.sum += latency
+        ttfb = ex.ttfb
+        if ttfb and not synthetic:
+            hist = series.ttfbs
+            hist.counts[bisect_left(LATENCY_BUCKETS, ttfb)] += 1
+            hist.sum += ttfb
         kind = ex.error_kind
         upstream_error = kind in UPSTREAM_ERROR_KINDS
         if upstream_error:
@@ -282,8 +292,10 @@ class Recorder(FollowsSnapshots):
         if window is not None and version is not None and not retried:
             window.observe(
                 self.clock(), version, latency, status >= 500 or upstream_error,
-                _probability(route, decision), ex.path, route.path_prefix, synthetic,
-                decision.unit,
+                # `_probability`, inlined
+                route.weight_bp / WEIGHT_BUCKETS if reason == "weight" or reason == "sticky"
+                else None,
+                ex.path, route.path_prefix, synthetic, decision.unit,
             )  # fmt: skip
 
     def _preview_finished(self, series: _Series, ex: Exchange) -> None:

@@ -68,6 +68,10 @@ OTHER_CLASS: Final = "~other"  # = sequential.OVERFLOW_CLASS: the analyzer's ove
 _CLASS_SEGMENT: Final = re.compile(r"[A-Za-z0-9._~-]{0,32}")
 _DIGITS: Final = re.compile(r"[0-9]")
 UNITS_PER_BUCKET: Final = 1024  # distinct sticky users with errors, per version and bucket
+# paths whose class a route's `PathClasses` keeps (`classify`), and the longest kept: at most
+# ~20 KB a route whatever clients send (a path seen again is the common case, and short)
+SEEN_PATHS: Final = 128
+SEEN_PATH_CHARS: Final = 64
 
 
 def _names_a_class(segment: str) -> bool:
@@ -83,7 +87,7 @@ class PathClasses:
     it only ever grows, so a bucket that holds on to it can always name its counters.
     """
 
-    __slots__ = ("_base", "_depth", "_index", "_prefix", "limit", "names")
+    __slots__ = ("_base", "_depth", "_index", "_prefix", "_seen", "limit", "names")
 
     def __init__(self, limit: int = PATH_CLASS_LIMIT) -> None:
         if limit < 0:
@@ -94,22 +98,43 @@ class PathClasses:
         self._prefix: str | None = None
         self._base = ""
         self._depth = 1
+        # the classes of the paths seen lately under ``_prefix``: one look-up for a path seen
+        # before (most requests), where `_classify` splits it; bounded, starts over when full
+        self._seen: dict[str, int] = {}
 
     def classify(self, path: str, prefix: str = "/") -> int:
         """The class of ``path`` (the request's path, without its query) on a route that
-        matches ``prefix``: 0 (`OTHER_CLASS`) or ``1..limit``."""
-        if prefix is not self._prefix:  # a route's prefix is one string object per snapshot
+        matches ``prefix``: 0 (`OTHER_CLASS`) or ``1..limit``.
+
+        A path's class never changes once given (see `_classify`), so the answer is kept per
+        path while the prefix stays the same object (a route's prefix is one string object
+        per snapshot)."""
+        if prefix is not self._prefix:
             self._prefix = prefix
             self._base = prefix.rstrip("/")
             self._depth = self._base.count("/") + 1
+            self._seen = {}
+        seen = self._seen
+        index = seen.get(path)
+        if index is None:
+            index = self._classify(path)
+            if len(path) <= SEEN_PATH_CHARS:
+                if len(seen) >= SEEN_PATHS:
+                    seen.clear()
+                seen[path] = index
+        return index
+
+    def _classify(self, path: str) -> int:
+        """`classify` in full: the class of the path's segment after the prefix, given now
+        if the segment names a class and one is left. The answer for a path never changes
+        once given: a segment keeps its class, a segment that does not look like a name
+        never gets one, and once the classes are all given they stay so."""
         depth = self._depth
         parts = path.split("/", depth + 1)
         segment = parts[depth] if len(parts) > depth else ""
         index = self._index.get(segment)
         if index is not None:
             return index
-        # whether a segment gets a class depends on the segment alone: the answer for a path
-        # never changes once given
         names = self.names
         if len(names) > self.limit or not _names_a_class(segment):
             return 0
@@ -357,7 +382,13 @@ class Window:
             else:  # opened by synthetic requests only: it takes the users' probability
                 bucket.probability = probability
         bucket.requests[index] += 1
-        cell = index if path is None else 2 * self.classes.classify(path, prefix) + index
+        if path is None:
+            cell = index
+        else:
+            # `classify`'s look-up of a path seen before, without the call (most requests)
+            classes = self.classes
+            seen = classes._seen.get(path) if prefix is classes._prefix else None
+            cell = 2 * (classes.classify(path, prefix) if seen is None else seen) + index
         bucket.class_requests[cell] += 1
         if error:
             bucket.errors[index] += 1
