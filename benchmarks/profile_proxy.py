@@ -249,7 +249,10 @@ def main() -> None:
     a = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="splitproxy-profile-"))
     print(out, file=sys.stderr)
-    routes = out / "routes.yaml"
+    # the routing file in a folder of its own: the reloader watches its folder, and the
+    # proxy's log (its stderr, in ``out``) would wake the watch on every write
+    (out / "config").mkdir()
+    routes = out / "config" / "routes.yaml"
     upstream = f"127.0.0.1:{a.upstream_port}"
     routes.write_text(ROUTES_YAML.format(upstream=upstream, cookie=STICKY_COOKIE))
     env = proxy_env(a.log, out, a.repo.resolve())
