@@ -488,11 +488,26 @@ class RateGuard:
 
     @property
     def log_e(self) -> float:
-        if not self._comps:
+        comps = self._comps
+        if not comps:
             return 0.0
+        # `_comp_log_e` of each component, written out: the guard asks on every tick with a
+        # candidate request, for up to `keep` components, and two calls per component (it and
+        # its `logsumexp`) were most of the cost. The same operations in the same order.
+        g, ab = self._log_g, self._ab
+        exp, log, fsum = math.exp, math.log, math.fsum
+        parts = []
+        for k, n, x in comps:
+            y = n - x
+            terms = [g + x * a + y * b for a, b in ab]
+            top = max(terms) if terms else NEG_INF
+            if top != NEG_INF and top != math.inf:
+                top = top + log(fsum([exp(v - top) for v in terms]))
+            parts.append(_log_weight(k) + top)
         # components never started carry their prior weight at value 1
         unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
-        return logsumexp([*(self._comp_log_e(c) for c in self._comps), math.log(unstarted)])
+        parts.append(log(unstarted))
+        return logsumexp(parts)
 
     @property
     def e_value(self) -> float:
