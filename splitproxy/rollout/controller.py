@@ -336,7 +336,23 @@ class Controller:
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
         snapshot = self.state.snapshot
-        if snapshot is None or not self.leading or rt.route_in(snapshot.config) is None:
+        if snapshot is None or not self.leading:
+            return
+        a = rt.analyzer
+        closed, mirror = a.phase == "rolled_back", shadow.holding(a)
+        # What this does is a function of the snapshot (immutable: any weight set anywhere
+        # swaps it) and these values; most ticks change neither, and the state then already
+        # is what the previous call left it as.
+        synced = (a.weight, a.revision, closed, mirror)
+        if rt.synced[0] is snapshot and rt.synced[1] == synced:
+            return
+        self._set_weight(rt, snapshot, now, closed, mirror)
+        rt.synced = (self.state.snapshot, synced)
+
+    def _set_weight(
+        self, rt: _Rollout, snapshot: Snapshot, now: float, closed: bool, mirror: bool
+    ) -> None:
+        if rt.route_in(snapshot.config) is None:
             return
         a = rt.analyzer
         have = snapshot.rollout_weights.get(rt.name)
@@ -344,7 +360,7 @@ class Controller:
             if have is not None:
                 self.state.clear_rollout_weight(rt.name)
             return
-        want, closed, mirror = round(a.weight, 2), a.phase == "rolled_back", shadow.holding(a)
+        want = round(a.weight, 2)
         got = None if have is None else (have.percent, have.candidate, have.closed, have.shadow)
         if got != (want, a.revision, closed, mirror):
             self.state.set_rollout_weight(

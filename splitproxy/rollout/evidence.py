@@ -57,7 +57,11 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_merge, hist_quantile
+from splitproxy.rollout.histograms import (
+    hist_above,
+    hist_merge,
+    hist_quantile_from,
+)
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
     CheckKind,
@@ -113,6 +117,17 @@ class StepWindow:
     latency: dict[float, int] = field(default_factory=dict)
     mirrored: int = 0  # mirrored copies compared with stable's answers (`shadow`)
     diverged: int = 0  # ... and among them, those that diverged
+    # ``latency``'s bounds, largest first, as `latency_bounds` last sorted them: buckets are
+    # only ever added to a window (counts are positive), so an equal length means the same
+    bounds: list[float] | None = field(default=None, compare=False, repr=False)
+
+    def latency_bounds(self) -> list[float]:
+        """``sorted(self.latency, reverse=True)``, sorted again only when a bucket was added
+        (the threshold checks ask every tick; a tick seldom opens a bucket)."""
+        bounds = self.bounds
+        if bounds is None or len(bounds) != len(self.latency):
+            bounds = self.bounds = sorted(self.latency, reverse=True)
+        return bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,9 +490,10 @@ class Evidence:
                 value = 1 - value
         elif metric == "request_rate" and now > w.start:
             value = w.requests / (now - w.start)
-        elif quantile is not None:
+        elif quantile is not None:  # = hist_quantile(w.latency, quantile), kept bounds
             sample = sum(w.latency.values())
-            value = hist_quantile(w.latency, quantile)
+            if sample > 0:
+                value = hist_quantile_from(w.latency, w.latency_bounds(), sample, quantile)
         result = _bounded(
             check.key, "threshold", value, low, high, sample,
             metric=metric, unit=metric_unit(metric),
