@@ -339,8 +339,13 @@ class Analyzer:
         """The anytime checks: guard and comparisons roll back (or pause) at once."""
         if shadow.judge(self, now):
             return
-        by_name = {r.name: r for r in self.checks}
-        guard = by_name.get("guard")
+        guard = None  # the last result named "guard", and the failed comparisons, in one pass
+        failing = []
+        for r in self.checks:
+            if r.name == "guard":
+                guard = r
+            if r.kind == "compare" and r.verdict == "fail":
+                failing.append(r)
         if guard is not None and guard.verdict == "fail":
             if self.evidence.stable_breaching():
                 self.evidence.restart_guard()
@@ -350,7 +355,6 @@ class Analyzer:
                 return
             self._rollback(now, "the guard tripped: candidate error rate far above the cap")
             return
-        failing = [r for r in self.checks if r.kind == "compare" and r.verdict == "fail"]
         if failing:
             names = ", ".join(r.name for r in failing)
             self._rollback(now, f"worse than stable: {names}")

@@ -175,6 +175,10 @@ class Evidence:
         self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
             Kept(), Kept(), Kept()
         )  # fmt: skip
+        # counts the updates and fresh starts of the comparisons' tests, which happen here
+        # only (`fold`, `_restart_due`; a test replaced is another object): what their kept
+        # results are keyed on, cheaper than every component's own change count each tick
+        self.compare_changes = 0
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -272,47 +276,49 @@ class Evidence:
         limits = (
             {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
         )
-        for s in samples:
-            cand = s.version == "candidate"
-            units, latency = s.units, s.latency
-            once = s.errors - s.unit_errors  # for the guard and the incident rule
+        limit_items = tuple(limits.items())
+        # each sample unpacked once (a named tuple's fields are properties: eight lookups)
+        for version, requests, errors, p, path_class, latency, unit_errors, units in samples:
+            cand = version == "candidate"
+            once = errors - unit_errors  # for the guard and the incident rule
             if units:
                 once += sum(guard_count(now, u) for u in units)
             if cand:
-                cand_n += s.requests
-                cand_x += s.errors
+                cand_n += requests
+                cand_x += errors
                 cand_gx += once
             else:
-                stab_n += s.requests
-                stab_x += s.errors
+                stab_n += requests
+                stab_x += errors
                 stab_gx += once
                 if latency:
                     stable_latency.append(latency)
             if not tests:
                 continue
             if cand:
-                window.requests += s.requests
-                window.errors += s.errors
+                window.requests += requests
+                window.errors += errors
                 if latency:
                     hist_merge(window.latency, latency)
-            p = s.p
             if p is None or not 0.0 < p < 1.0:
                 continue
             i = 0 if cand else 1
             # per request, but a sticky user's first error only (`units`)
-            events = s.errors - s.unit_errors
+            events = errors - unit_errors
             if units:
                 events += sum(first(u) for u in units)
             if events:
                 pooled.setdefault(p, [0, 0])[i] += events
-                if s.path_class is not None:
-                    classes.setdefault((p, s.path_class), [0, 0])[i] += events
+                if path_class is not None:
+                    classes.setdefault((p, path_class), [0, 0])[i] += events
             if latency:
-                for q, c in limits.items():
+                for q, c in limit_items:
                     above = hist_above(latency, c)
                     if above:
                         slow.setdefault((q, p), [0, 0])[i] += above
         if tests:
+            if pooled or slow:
+                self.compare_changes += 1
             if self.errors_test is not None:
                 for p, (x, y) in pooled.items():
                     self.errors_test.pooled.update(p, x, y)
@@ -336,6 +342,7 @@ class Evidence:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
+            self.compare_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
             for test in [*errors, *self.latency_tests.values()]:
                 if isinstance(test, RecoveringTest):
@@ -535,7 +542,8 @@ class Evidence:
     def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
-        key = (test.state_key(), name, self.alpha.error, len(self.units), self.units.skipped)
+        units = self.units
+        key = (test, self.compare_changes, name, self.alpha.error, len(units), units.skipped)
         return self._kept[0].get(key, lambda: self._error_result(name, test))
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
@@ -560,8 +568,9 @@ class Evidence:
 
     def _latency_compare(self, name: str) -> CheckResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
-        tests = [(t, t.changes) for t in self.latency_tests.values()]
-        key = (name, self.alpha.latency, tuple(self.thresholds.items()), *tests)
+        thresholds = tuple(self.thresholds.items())
+        key = (name, self.alpha.latency, thresholds, self.compare_changes, *self.latency_tests)
+        key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         return self._kept[1].get(key, lambda: self._latency_result(name))
 
     def _latency_result(self, name: str) -> CheckResult:

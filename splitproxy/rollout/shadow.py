@@ -289,6 +289,9 @@ def judge(a: Analyzer, now: float) -> bool:
     clearly above ``max`` rolls back at once; in the shadow, so does the guard tripped by the
     mirrored answers (with the ledger saying so), unless stable fails too. True when it
     rolled back."""
+    shadowing = in_shadow(a)
+    if a.shadow.test is None and not shadowing:
+        return False  # neither rule can fire (the tick's case on a route without a shadow)
     by_name = {r.name: r for r in a.checks}
     test = by_name.get(TEST_NAME)
     if test is not None and test.verdict == "fail" and a.shadow.test is not None:
@@ -297,7 +300,7 @@ def judge(a: Analyzer, now: float) -> bool:
         a._rollback(now, where(a) + message)
         return True
     guard = by_name.get("guard")
-    tripped = in_shadow(a) and guard is not None and guard.verdict == "fail"
+    tripped = shadowing and guard is not None and guard.verdict == "fail"
     if tripped and not a.evidence.stable_breaching():
         message = "the guard tripped: mirrored answers' error rate far above the cap"
         a._rollback(now, where(a) + message)
