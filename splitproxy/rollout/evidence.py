@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
-    LATENCY_QUANTILES,
     CompareCheck,
     MetricCheck,
     PrometheusCheck,
@@ -57,20 +56,17 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
+from splitproxy.rollout.deferred import DeferredThresholds, bounded
 from splitproxy.rollout.histograms import (
     hist_above,
     hist_merge,
-    hist_quantile_from,
 )
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
-    CheckKind,
     CheckResult,
     Histogram,
     Sample,
-    Unit,
     Verdict,
-    metric_unit,
 )
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
@@ -81,7 +77,6 @@ from splitproxy.rollout.sequential import (
     mean_log_e,
     split_alpha,
 )
-from splitproxy.rollout.thresholds import shown_above, window_alpha
 from splitproxy.rollout.trailing import trail_add, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
@@ -156,7 +151,8 @@ class Evidence:
         self.guard_units = RecentUnits()  # ... and those the guard counted
         self.restart_at: float | None = None  # the comparisons' next fresh start
         self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
-        self.unshown: set[str] = set()  # thresholds over the line, not shown yet: hold on
+        # the threshold checks' results of the latest `evaluate`, made when first read
+        self._deferred: DeferredThresholds | None = None
         self.guard: RateGuard | None = None
         self.baseline: Baseline | None = None  # blue/green, from the switch on
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
@@ -186,6 +182,7 @@ class Evidence:
         self.threshold_checks = tuple(  # mirror_divergence is judged by `shadow`
             c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
         )
+        self.threshold_keys = frozenset(c.key for c in self.threshold_checks)
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
         )
@@ -262,6 +259,7 @@ class Evidence:
         thresholds used are stable's trailing quantiles from before this tick."""
         self.thresholds = thresholds = self._latency_thresholds()
         if tests:
+            self.detach()
             self._restart_due(now)
         cand_n = cand_x = stab_n = stab_x = 0
         cand_gx = stab_gx = 0  # errors with a sticky user's counted once per bucket
@@ -335,6 +333,12 @@ class Evidence:
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
 
+    def detach(self) -> None:
+        """The step's window is about to change: results still unmade keep what they read."""
+        deferred = self._deferred
+        if deferred is not None:
+            deferred.detach()
+
     def _restart_due(self, now: float) -> None:
         """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
         component (`recovery.RecoveringTest`): evidence debt is not carried for ever."""
@@ -390,9 +394,25 @@ class Evidence:
     def evaluate(self, now: float) -> tuple[CheckResult, ...]:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
-        self.unshown = set()
-        out = [self._threshold_check(now, c) for c in self.threshold_checks]
-        out += [self._external_check(c) for c in self.external_checks]
+        thresholds, rest = self.evaluate_deferred(now)
+        return thresholds.results() + rest
+
+    @property
+    def unshown(self) -> set[str]:
+        """The threshold checks over their line but not shown to be yet, as of the latest
+        `evaluate`: the window holds on (made with those results, when first asked)."""
+        deferred = self._deferred
+        return deferred.unshown() if deferred is not None else set()
+
+    def evaluate_deferred(self, now: float) -> tuple[DeferredThresholds, tuple[CheckResult, ...]]:
+        """`evaluate`, with the threshold checks' results made only when read (`deferred`):
+        ``(thresholds, the others)``; the tick's path (they decide nothing until the step's
+        window is long and large enough)."""
+        self.detach()  # the previous results may still be read, once this window changed
+        deferred = self._deferred = DeferredThresholds(
+            now, self.window, self.threshold_checks, self.spec.alpha, self.windows_judged
+        )
+        out = [self._external_check(c) for c in self.external_checks]
         base = self.baseline
         if base is not None:  # blue/green bake: against stable's numbers before the switch
             if self.error_compare is not None:
@@ -409,7 +429,7 @@ class Evidence:
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
             out.append(self._kept[2].get(key, lambda: self._guard_result(guard)))
-        return tuple(out)
+        return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
         bar, e = 1 / self.alpha.guard, guard.e_value
@@ -479,57 +499,6 @@ class Evidence:
 
     # --- the checks ---------------------------------------------------------------------------
 
-    def _threshold_check(self, now: float, check: MetricCheck) -> CheckResult:
-        """The measured value, failed only when the window's counts show it on the wrong
-        side of the line at this window's α (`splitproxy.rollout.thresholds`)."""
-        w = self.window
-        value: float | None = None
-        sample = w.requests
-        # (hits, share the line allows) per side: the side fails when hits exceed the share;
-        # counted only for a value over a line (most ticks pass: no need to count)
-        sides: list[tuple[int, float]] = []
-        low, high = check.min, check.max
-        metric = check.metric
-        quantile = LATENCY_QUANTILES.get(metric)
-        if metric in ("error_rate", "success_rate") and w.requests:
-            value = w.errors / w.requests
-            if metric == "success_rate":
-                value = 1 - value
-        elif metric == "request_rate" and now > w.start:
-            value = w.requests / (now - w.start)
-        elif quantile is not None:  # = hist_quantile(w.latency, quantile), kept bounds
-            sample = sum(w.latency.values())
-            if sample > 0:
-                value = hist_quantile_from(w.latency, w.latency_bounds(), sample, quantile)
-        result = _bounded(
-            check.key, "threshold", value, low, high, sample,
-            metric=metric, unit=metric_unit(metric),
-        )  # fmt: skip
-        if result.verdict != "fail":
-            return result
-        if metric in ("error_rate", "success_rate") and w.requests:
-            n, x = w.requests, w.errors
-            if metric == "success_rate":
-                x = n - x
-            if high is not None:
-                sides.append((x, high))
-            if low is not None:
-                sides.append((n - x, 1 - low))
-        elif quantile is not None:
-            if high is not None:
-                sides.append((hist_above(w.latency.items(), high), 1 - quantile))
-            if low is not None:
-                sides.append((sample - hist_above(w.latency.items(), low), quantile))
-        if not sides:
-            return result
-        level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
-        e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
-        if e >= 1 / level:
-            return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
-        self.unshown.add(check.key)  # the window holds on for more requests
-        detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
-        return result._replace(verdict="pass", detail=detail)
-
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))
         if at < self.window.start:
@@ -537,7 +506,7 @@ class Evidence:
         low, high = check.min, check.max
         if isinstance(check, WebCheck) and check.json_path is None:
             low, high = 1.0, None
-        return _bounded(check.key, "external", value, low, high, 0 if value is None else 1)
+        return bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
     def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
@@ -597,23 +566,3 @@ class Evidence:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
         stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
         return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
-
-
-def _bounded(
-    name: str,
-    kind: CheckKind,
-    value: float | None,
-    low: float | None,
-    high: float | None,
-    sample: int,
-    *,
-    metric: str | None = None,
-    unit: Unit | None = None,
-) -> CheckResult:
-    if value is None:
-        verdict: Verdict = "no_data"
-    elif (low is not None and value < low) or (high is not None and value > high):
-        verdict = "fail"
-    else:
-        verdict = "pass"
-    return CheckResult(name, kind, value, low, high, sample, verdict, metric=metric, unit=unit)

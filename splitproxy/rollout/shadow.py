@@ -215,6 +215,7 @@ def fold(a: Analyzer, sample: MirrorSample | None, judging: bool) -> None:
         st.test.update(sample.compared, sample.diverged)
     if not holding(a):
         return  # in the steps the windows hold the users' traffic: copies are no part of it
+    a.evidence.detach()  # (done by the fold already; the window changes here too)
     window.requests += sample.answered
     window.errors += sample.errors
     hist_add(window.latency, sample.latency)
