@@ -18,11 +18,16 @@ its error-rate line (failed windows, some users failing again and again).
 
     .venv/bin/python benchmarks/tick_decisions.py --routes 64 --seconds 400
     .venv/bin/python benchmarks/tick_decisions.py --out /tmp/a.json   # per-route fingerprints
-    PYTHONHASHSEED=0 .venv/bin/python benchmarks/tick_decisions.py --bench --replay --seconds 65
+    PYTHONHASHSEED=0 .venv/bin/python benchmarks/tick_decisions.py --bench --routes 200 \
+        --seconds 245 --seed 2 --out /tmp/b.json
+    PYTHONHASHSEED=0 .venv/bin/python benchmarks/tick_decisions.py --bench --replay \
+        --routes 1000 --seconds 65 --final-only --out /tmp/c.json
 
 ``--bench`` fingerprints the tick benchmark's own routes and feeding instead (``--replay``:
-its earlier feeding, whose 49 A/A rollbacks are the ones to keep; its sticky keys are hashed
-strings, so fix ``PYTHONHASHSEED`` to compare two runs).
+its earlier feeding, whose 49 A/A rollbacks are the ones to keep). Its sticky keys are hashed
+strings, so fix ``PYTHONHASHSEED`` to compare two runs (two trees: run each, compare the
+``--out`` files). ``--final-only`` fingerprints the end state alone, without reading every
+tick's results: the path on which deferred results are never read.
 """
 
 from __future__ import annotations

@@ -340,22 +340,19 @@ class Controller:
             return
         a = rt.analyzer
         closed, mirror = a.phase == "rolled_back", shadow.holding(a)
-        # What this does is a function of the snapshot (immutable: any weight set anywhere
-        # swaps it) and these values; most ticks change neither, and the state then already
-        # is what the previous call left it as.
+        # neither the snapshot (swapped by any weight set) nor these changed: nothing to do
         synced = (a.weight, a.revision, closed, mirror)
-        if rt.synced[0] is snapshot and rt.synced[1] == synced:
-            return
-        self._set_weight(rt, snapshot, now, closed, mirror)
-        rt.synced = (self.state.snapshot, synced)
+        if rt.synced[0] is not snapshot or rt.synced[1] != synced:
+            self._set_weight(rt, snapshot, now, closed, mirror)
+            rt.synced = (self.state.snapshot, synced)
 
     def _set_weight(
-        self, rt: _Rollout, snapshot: Snapshot, now: float, closed: bool, mirror: bool
+        self, rt: _Rollout, snap: Snapshot, now: float, closed: bool, mirror: bool
     ) -> None:
-        if rt.route_in(snapshot.config) is None:
+        if rt.route_in(snap.config) is None:
             return
         a = rt.analyzer
-        have = snapshot.rollout_weights.get(rt.name)
+        have = snap.rollout_weights.get(rt.name)
         if a.weight is None or a.revision is None:
             if have is not None:
                 self.state.clear_rollout_weight(rt.name)
