@@ -245,9 +245,9 @@ class Analyzer:
         """``checks = evidence.evaluate(now) + shadow.checks(self)``, the threshold checks'
         results made only when read (`deferred`); made at once if one is named like a result
         the anytime decisions look up by name (`_judge`, `shadow.judge`)."""
-        deferred, rest = self.evidence.evaluate_deferred(now)
+        thresholds, rest = self.evidence.evaluate_deferred(now)
         eager = not _EAGER_NAMES.isdisjoint(self.evidence.threshold_keys)
-        self._checks.defer(deferred, rest, shadow.checks(self), eager=eager)
+        self._checks.defer(thresholds, rest + shadow.checks(self), eager=eager)
 
     def _counting(self) -> bool:
         """Does the time since the previous tick count toward the progress deadline?"""

@@ -22,7 +22,6 @@ window's outcome reads them all, but only once the window is long and large enou
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -33,9 +32,6 @@ from splitproxy.rollout.thresholds import shown_above, window_alpha
 
 if TYPE_CHECKING:
     from splitproxy.rollout.evidence import StepWindow
-    from splitproxy.rollout.sequential import RateGuard
-
-GuardState = tuple[tuple[tuple[int, int, int], ...], int]  # `RateGuard.state`
 
 
 class DeferredThresholds:
@@ -45,8 +41,6 @@ class DeferredThresholds:
         "_alpha",
         "_checks",
         "_errors",
-        "_guard",
-        "_guard_made",
         "_judged",
         "_latency",
         "_needs_latency",
@@ -76,24 +70,6 @@ class DeferredThresholds:
         self._judged = judged
         self._results: tuple[CheckResult, ...] | None = None
         self._unshown: set[str] = set()
-        self._guard: tuple[RateGuard, GuardState, float] | None = None
-        self._guard_made: tuple[CheckResult, ...] = ()
-
-    def defer_guard(self, guard: RateGuard, alpha: float) -> None:
-        """Make the guard's result when read too, from its state now (copied): for a guard
-        known to pass (`Evidence.evaluate_deferred`), its e-value decides nothing."""
-        self._guard = (guard, guard.state(), alpha)
-
-    def guard_results(self) -> tuple[CheckResult, ...]:
-        """The deferred guard's result (made once), or nothing when it was not deferred."""
-        deferred = self._guard
-        if deferred is not None:
-            guard, state, alpha = deferred
-            comps = state[0]
-            requests = comps[0][1] if comps else 0
-            self._guard_made = (guard_result(guard, guard.log_e_of(state), requests, alpha),)
-            self._guard = None
-        return self._guard_made
 
     @property
     def pending(self) -> bool:
@@ -191,16 +167,14 @@ class Checks:
 
     def __init__(self) -> None:
         self._made: tuple[CheckResult, ...] | None = ()
-        self._pending: (
-            tuple[DeferredThresholds, tuple[CheckResult, ...], tuple[CheckResult, ...]] | None
-        ) = None
+        self._pending: tuple[DeferredThresholds, tuple[CheckResult, ...]] | None = None
 
     def get(self) -> tuple[CheckResult, ...]:
         made = self._made
         if made is None:
             assert self._pending is not None
-            deferred, mid, tail = self._pending
-            made = self._made = deferred.results() + mid + deferred.guard_results() + tail
+            thresholds, rest = self._pending
+            made = self._made = thresholds.results() + rest
             self._pending = None
         return made
 
@@ -208,38 +182,21 @@ class Checks:
         self._made, self._pending = value, None
 
     def defer(
-        self,
-        deferred: DeferredThresholds,
-        mid: tuple[CheckResult, ...],
-        tail: tuple[CheckResult, ...],
-        *,
-        eager: bool,
+        self, thresholds: DeferredThresholds, rest: tuple[CheckResult, ...], *, eager: bool
     ) -> None:
-        """The tick's results: the deferred thresholds, ``mid``, the deferred guard (if it
-        was deferred), ``tail`` (all made now if ``eager``)."""
-        self._made, self._pending = None, (deferred, mid, tail)
+        """The tick's results: ``thresholds`` first, then ``rest`` (made now if ``eager``)."""
+        self._made, self._pending = None, (thresholds, rest)
         if eager:
             self.get()
 
     def anytime(self) -> tuple[CheckResult, ...]:
-        """The results the anytime decisions read: all but the deferred ones while those are
-        unmade (none is a comparison; a threshold check named like the guard is made at once;
-        the guard is deferred only when it passes and no other check bears its name)."""
+        """The results the anytime decisions read: all but the threshold checks' while those
+        are unmade (none of them is a comparison; one named like the guard is made at once)."""
         pending = self._pending
-        return pending[1] + pending[2] if pending is not None else self.get()
+        return pending[1] if pending is not None else self.get()
 
     def __iter__(self) -> Iterator[CheckResult]:
         return iter(self.get())
-
-
-def guard_result(guard: RateGuard, log_e: float, requests: int, alpha: float) -> CheckResult:
-    """The guard's result at its log e-value ``log_e`` (``requests``: its oldest component's)."""
-    bar, e = 1 / alpha, math.exp(log_e) if log_e < 700 else math.inf
-    verdict: Verdict = "fail" if e >= bar else "pass"
-    detail = f"candidate error rate far above {guard.cap:g}"
-    return CheckResult(
-        "guard", "guard", e, None, bar, requests, verdict, detail, None, "error_rate", "e_value"
-    )
 
 
 def bounded(

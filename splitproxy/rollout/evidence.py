@@ -56,7 +56,7 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.deferred import DeferredThresholds, bounded, guard_result
+from splitproxy.rollout.deferred import DeferredThresholds, bounded
 from splitproxy.rollout.histograms import (
     hist_above,
     hist_merge,
@@ -153,8 +153,6 @@ class Evidence:
         self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
         # the threshold checks' results of the latest `evaluate`, made when first read
         self._deferred: DeferredThresholds | None = None
-        # the guard whose e-value was made last, its errors then, and that e-value
-        self._guard_made: tuple[RateGuard, int, float] | None = None
         self.guard: RateGuard | None = None
         self.baseline: Baseline | None = None  # blue/green, from the switch on
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
@@ -185,7 +183,6 @@ class Evidence:
             c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
         )
         self.threshold_keys = frozenset(c.key for c in self.threshold_checks)
-        self.guard_alone = all(c.key != "guard" for c in spec.checks)
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
         )
@@ -397,8 +394,8 @@ class Evidence:
     def evaluate(self, now: float) -> tuple[CheckResult, ...]:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
-        deferred, rest = self.evaluate_deferred(now)
-        return deferred.results() + rest + deferred.guard_results()
+        thresholds, rest = self.evaluate_deferred(now)
+        return thresholds.results() + rest
 
     @property
     def unshown(self) -> set[str]:
@@ -431,32 +428,17 @@ class Evidence:
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
-            kept = self._kept[2]
-            if not kept.holds(key) and self._guard_passes(guard):
-                deferred.defer_guard(guard, self.alpha.guard)  # (after the others, as here)
-            else:
-                out.append(kept.get(key, lambda: self._guard_result(guard)))
+            out.append(self._kept[2].get(key, lambda: self._guard_result(guard)))
         return deferred, tuple(out)
 
-    def _guard_passes(self, guard: RateGuard) -> bool:
-        """Is ``guard`` sure to pass, its e-value unmade? When its latest e-value made was
-        below the bar (by a margin far above rounding) and only error-free batches came since
-        (they never raise it: `RateGuard.errors_seen`); and when no other check is named
-        "guard" (the anytime decisions find the guard by name, `deferred.Checks.anytime`)."""
-        made = self._guard_made
-        return (
-            made is not None
-            and made[0] is guard
-            and made[1] == guard.errors_seen
-            and made[2] * (1.0 + 1e-9) < 1 / self.alpha.guard
-            and self.guard_alone
-        )
-
     def _guard_result(self, guard: RateGuard) -> CheckResult:
-        result = guard_result(guard, guard.log_e, guard.requests, self.alpha.guard)
-        assert result.value is not None
-        self._guard_made = (guard, guard.errors_seen, result.value)
-        return result
+        bar, e = 1 / self.alpha.guard, guard.e_value
+        verdict: Verdict = "fail" if e >= bar else "pass"
+        detail = f"candidate error rate far above {guard.cap:g}"
+        return CheckResult(
+            "guard", "guard", e, None, bar, guard.requests, verdict, detail, None, "error_rate",
+            "e_value",
+        )  # fmt: skip
 
     def window_outcome(
         self, now: float, step: Step, checks: Iterable[CheckResult]

@@ -24,10 +24,6 @@ class Kept(Generic[T]):
         self._key: tuple[Hashable, ...] | None = None
         self._value: T | None = None
 
-    def holds(self, key: tuple[Hashable, ...]) -> bool:
-        """Is a value kept for ``key``?"""
-        return self._value is not None and self._key == key
-
     def get(self, key: tuple[Hashable, ...], make: Callable[[], T]) -> T:
         """The kept value when ``key`` equals the kept key, else ``make()`` (then kept)."""
         value = self._value

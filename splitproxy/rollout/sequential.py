@@ -407,10 +407,7 @@ class RateGuard:
     newest always, then those with the largest weighted values.
     """
 
-    __slots__ = (
-        "_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "errors_seen", "keep",
-        "rates",
-    )  # fmt: skip
+    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "rates")
 
     def __init__(
         self,
@@ -430,10 +427,6 @@ class RateGuard:
         # per component: [k, requests since it started, errors since it started]
         self._comps: list[list[int]] = []
         self.changes = 0  # counts the updates: what a memo of a result is keyed on
-        # errors added so far: between two equal counts, only error-free batches came, and
-        # those never raise the e-value (each component's ratio and the weight not yet
-        # started only shrink), which lets the evidence know a guard still passes
-        self.errors_seen = 0
 
     def update(self, requests: int, errors: int) -> None:
         if errors < 0 or requests < errors:
@@ -441,7 +434,6 @@ class RateGuard:
         if requests == 0:
             return
         self.changes += 1
-        self.errors_seen += errors
         if not self._comps or self._comps[-1][1] >= self.block:
             self._started += 1
             self._comps.append([self._started, 0, 0])
@@ -460,16 +452,7 @@ class RateGuard:
 
     @property
     def log_e(self) -> float:
-        return self.log_e_of((self._comps, self._started))
-
-    def state(self) -> tuple[tuple[tuple[int, int, int], ...], int]:
-        """What the e-value is made of and updates change: the components and the count
-        started (a copy: the value can be made later from it, `log_e_of`)."""
-        return tuple((c[0], c[1], c[2]) for c in self._comps), self._started
-
-    def log_e_of(self, state: tuple[Sequence[Sequence[int]], int]) -> float:
-        """`log_e` of this guard at ``state`` (see `state`)."""
-        comps, started = state
+        comps = self._comps
         if not comps:
             return 0.0
         # `_comp_log_e` of each component, written out: the guard asks on every tick with a
@@ -486,7 +469,7 @@ class RateGuard:
                 top = top + log(fsum([exp(v - top) for v in terms]))
             parts.append(_log_weight(k) + top)
         # components never started carry their prior weight at value 1
-        unstarted = 1.0 / (started + 1)  # Σ_{k > started} 1/(k(k+1))
+        unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
         parts.append(log(unstarted))
         return logsumexp(parts)
 

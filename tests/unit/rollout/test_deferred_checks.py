@@ -18,14 +18,7 @@ from splitproxy.rollout.codec import encode
 from splitproxy.rollout.deferred import DeferredThresholds, bounded
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.histograms import hist_above, hist_quantile
-from splitproxy.rollout.messages import (
-    CheckResult,
-    GateResult,
-    ManualCommand,
-    Sample,
-    Verdict,
-    metric_unit,
-)
+from splitproxy.rollout.messages import CheckResult, GateResult, ManualCommand, Sample, metric_unit
 from splitproxy.rollout.thresholds import shown_above, window_alpha
 from tests.unit.rollout.drive import Driver, spec, traffic
 
@@ -173,63 +166,3 @@ def test_a_threshold_check_named_guard_is_made_at_once() -> None:
     assert d.a._checks._pending is None
     assert [c.name for c in d.a.checks] == ["guard"]
     assert not math.isnan(d.now)
-
-
-GUARD_OP = st.one_of(
-    st.tuples(st.just("fold"), st.integers(0, 40), st.integers(0, 3)),
-    st.tuples(st.just("evaluate"), st.none(), st.none()),
-    st.tuples(st.just("read"), st.integers(0, 5), st.none()),
-    st.tuples(st.just("restart"), st.none(), st.none()),
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.sampled_from([0.01, 0.05, 0.2]), st.lists(GUARD_OP, max_size=60))
-def test_a_deferred_guard_passes_and_shows_the_e_value_of_its_tick(
-    cap: float, ops: list[tuple[str, Any, Any]]
-) -> None:
-    e = Evidence(spec(guard={"error_rate": cap}, checks=[]), path_class_slots=2)
-    e.fresh_tests()
-    now = 0.0
-    made: list[tuple[DeferredThresholds, tuple[CheckResult, ...]]] = []
-    for op, a, b in ops:
-        now += 1.0
-        guard = e.guard
-        assert guard is not None
-        if op == "fold":
-            e.fold(now, [Sample("candidate", a, min(a, b), 0.1, "/")], tests=True)
-        elif op == "evaluate":
-            bar, value = 1 / e.alpha.guard, guard.e_value  # the guard's result before
-            verdict: Verdict = "fail" if value >= bar else "pass"
-            want = CheckResult(
-                "guard", "guard", value, None, bar, guard.requests, verdict,
-                f"candidate error rate far above {guard.cap:g}", None, "error_rate", "e_value",
-            )  # fmt: skip
-            deferred, rest = e.evaluate_deferred(now)
-            if deferred._guard is not None:  # deferred: only a passing guard
-                assert want.verdict == "pass"
-                assert rest == ()
-                made.append((deferred, (want,)))
-            else:
-                assert rest == (want,)
-                made.append((deferred, ()))
-        elif op == "read" and made:
-            deferred, wanted = made[a % len(made)]
-            assert deferred.guard_results() == wanted
-        elif op == "restart":
-            e.restart_guard()
-    for deferred, wanted in made:
-        assert deferred.guard_results() == wanted
-
-
-def test_a_guard_that_sees_only_successes_is_deferred_until_an_error() -> None:
-    e = Evidence(spec(guard={"error_rate": 0.05}, checks=[]), path_class_slots=2)
-    e.fresh_tests()
-    deferred = []
-    for now, errors in enumerate([0, 0, 0, 1, 0, 0]):
-        e.fold(float(now), [Sample("candidate", 20, errors, 0.1, "/")], tests=True)
-        thresholds, rest = e.evaluate_deferred(float(now))
-        deferred.append(thresholds._guard is not None)
-        assert len(rest + thresholds.guard_results()) == 1
-    # the first e-value is made; then deferred until the error, made again, deferred again
-    assert deferred == [False, True, True, False, True, True]
