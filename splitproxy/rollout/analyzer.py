@@ -70,6 +70,7 @@ from splitproxy.config import Rollout, Step
 from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.rollout import ab, bluegreen, commands, holds, shadow
+from splitproxy.rollout.deferred import Checks
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.messages import (
     Action,
@@ -85,6 +86,7 @@ from splitproxy.rollout.readiness import Readiness, is_healthy
 from splitproxy.rollout.status import status_view
 
 PATH_CLASS_SLOTS: Final = 10
+_EAGER_NAMES: Final = frozenset({"guard", shadow.TEST_NAME})  # see `_defer_checks`
 HISTORY: Final = 100  # events kept in the state (the full ledger is the caller's)
 FINISHED_KEPT: Final = 16
 
@@ -159,7 +161,7 @@ class Analyzer:
         self.shadow = shadow.fresh(spec)  # the shadow phase and the divergence test
         self.ab_state: ab.AbState | None = None  # an A/B test's counts (ab.py)
         self.history: list[Event] = []
-        self.checks: tuple[CheckResult, ...] = ()
+        self._checks = Checks()  # `checks`, made when first read (`deferred`)
         # the spec changed under a running rollout: it restarts on the next tick
         self.spec_changed = False
         self._actions: list[Action] = []
@@ -215,9 +217,11 @@ class Analyzer:
             bluegreen.test_outcome(self, now, outcome)
         for command in observation.commands:
             commands.carry_out(self, now, command)
-        self.checks = evidence.evaluate(now) + shadow.checks(self) if self.phase in ACTIVE else ()
         if self.phase in ACTIVE:
+            self._defer_checks(now)
             self._judge(now)
+        else:
+            self.checks = ()
         self._candidate_health(now)
         deadline = self.deadline
         if self.phase == "progressing" and deadline is not None and self.active_time > deadline:
@@ -227,6 +231,23 @@ class Analyzer:
         self.check_hold()
         actions, self._actions = self._actions, []
         return actions
+
+    @property
+    def checks(self) -> tuple[CheckResult, ...]:
+        """One `CheckResult` per check as of the latest tick (see the module docstring)."""
+        return self._checks.get()
+
+    @checks.setter
+    def checks(self, value: tuple[CheckResult, ...]) -> None:
+        self._checks.set(value)
+
+    def _defer_checks(self, now: float) -> None:
+        """``checks = evidence.evaluate(now) + shadow.checks(self)``, the threshold checks'
+        results made only when read (`deferred`); made at once if one is named like a result
+        the anytime decisions look up by name (`_judge`, `shadow.judge`)."""
+        thresholds, rest = self.evidence.evaluate_deferred(now)
+        eager = not _EAGER_NAMES.isdisjoint(self.evidence.threshold_keys)
+        self._checks.defer(thresholds, rest + shadow.checks(self), eager=eager)
 
     def _counting(self) -> bool:
         """Does the time since the previous tick count toward the progress deadline?"""
@@ -339,8 +360,13 @@ class Analyzer:
         """The anytime checks: guard and comparisons roll back (or pause) at once."""
         if shadow.judge(self, now):
             return
-        by_name = {r.name: r for r in self.checks}
-        guard = by_name.get("guard")
+        guard = None  # the last result named "guard", and the failed comparisons, in one pass
+        failing = []
+        for r in self._checks.anytime():
+            if r.name == "guard":
+                guard = r
+            if r.kind == "compare" and r.verdict == "fail":
+                failing.append(r)
         if guard is not None and guard.verdict == "fail":
             if self.evidence.stable_breaching():
                 self.evidence.restart_guard()
@@ -350,7 +376,6 @@ class Analyzer:
                 return
             self._rollback(now, "the guard tripped: candidate error rate far above the cap")
             return
-        failing = [r for r in self.checks if r.kind == "compare" and r.verdict == "fail"]
         if failing:
             names = ", ".join(r.name for r in failing)
             self._rollback(now, f"worse than stable: {names}")
@@ -395,7 +420,7 @@ class Analyzer:
 
     def _window_outcome(self, now: float, step: Step) -> Literal["pass", "hold", "fail"]:
         """The step window's outcome; a failed window counts (and may roll back)."""
-        outcome = self.evidence.window_outcome(now, step, self.checks)
+        outcome = self.evidence.window_outcome(now, step, self._checks)
         if outcome.outcome == "fail":
             self._failure(now, outcome.reason)
         return outcome.outcome

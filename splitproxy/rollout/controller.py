@@ -336,15 +336,28 @@ class Controller:
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
         """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
         snapshot = self.state.snapshot
-        if snapshot is None or not self.leading or rt.route_in(snapshot.config) is None:
+        if snapshot is None or not self.leading:
             return
         a = rt.analyzer
-        have = snapshot.rollout_weights.get(rt.name)
+        closed, mirror = a.phase == "rolled_back", shadow.holding(a)
+        # neither the snapshot (swapped by any weight set) nor these changed: nothing to do
+        synced = (a.weight, a.revision, closed, mirror)
+        if rt.synced[0] is not snapshot or rt.synced[1] != synced:
+            self._set_weight(rt, snapshot, now, closed, mirror)
+            rt.synced = (self.state.snapshot, synced)
+
+    def _set_weight(
+        self, rt: _Rollout, snap: Snapshot, now: float, closed: bool, mirror: bool
+    ) -> None:
+        if rt.route_in(snap.config) is None:
+            return
+        a = rt.analyzer
+        have = snap.rollout_weights.get(rt.name)
         if a.weight is None or a.revision is None:
             if have is not None:
                 self.state.clear_rollout_weight(rt.name)
             return
-        want, closed, mirror = round(a.weight, 2), a.phase == "rolled_back", shadow.holding(a)
+        want = round(a.weight, 2)
         got = None if have is None else (have.percent, have.candidate, have.closed, have.shadow)
         if got != (want, a.revision, closed, mirror):
             self.state.set_rollout_weight(

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
-    LATENCY_QUANTILES,
     CompareCheck,
     MetricCheck,
     PrometheusCheck,
@@ -57,16 +56,17 @@ from splitproxy.config import (
     WebCheck,
 )
 from splitproxy.rollout.baseline import Baseline
-from splitproxy.rollout.histograms import hist_above, hist_merge, hist_quantile
+from splitproxy.rollout.deferred import DeferredThresholds, bounded
+from splitproxy.rollout.histograms import (
+    hist_above,
+    hist_merge,
+)
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
-    CheckKind,
     CheckResult,
     Histogram,
     Sample,
-    Unit,
     Verdict,
-    metric_unit,
 )
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.sequential import (
@@ -77,7 +77,6 @@ from splitproxy.rollout.sequential import (
     mean_log_e,
     split_alpha,
 )
-from splitproxy.rollout.thresholds import shown_above, window_alpha
 from splitproxy.rollout.trailing import trail_add, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
@@ -113,6 +112,17 @@ class StepWindow:
     latency: dict[float, int] = field(default_factory=dict)
     mirrored: int = 0  # mirrored copies compared with stable's answers (`shadow`)
     diverged: int = 0  # ... and among them, those that diverged
+    # ``latency``'s bounds, largest first, as `latency_bounds` last sorted them: buckets are
+    # only ever added to a window (counts are positive), so an equal length means the same
+    bounds: list[float] | None = field(default=None, compare=False, repr=False)
+
+    def latency_bounds(self) -> list[float]:
+        """``sorted(self.latency, reverse=True)``, sorted again only when a bucket was added
+        (the threshold checks ask every tick; a tick seldom opens a bucket)."""
+        bounds = self.bounds
+        if bounds is None or len(bounds) != len(self.latency):
+            bounds = self.bounds = sorted(self.latency, reverse=True)
+        return bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +151,8 @@ class Evidence:
         self.guard_units = RecentUnits()  # ... and those the guard counted
         self.restart_at: float | None = None  # the comparisons' next fresh start
         self.windows_judged = 0  # step windows judged in this rollout (thresholds' α)
-        self.unshown: set[str] = set()  # thresholds over the line, not shown yet: hold on
+        # the threshold checks' results of the latest `evaluate`, made when first read
+        self._deferred: DeferredThresholds | None = None
         self.guard: RateGuard | None = None
         self.baseline: Baseline | None = None  # blue/green, from the switch on
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
@@ -160,6 +171,10 @@ class Evidence:
         self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
             Kept(), Kept(), Kept()
         )  # fmt: skip
+        # counts the updates and fresh starts of the comparisons' tests, which happen here
+        # only (`fold`, `_restart_due`; a test replaced is another object): what their kept
+        # results are keyed on, cheaper than every component's own change count each tick
+        self.compare_changes = 0
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -167,6 +182,7 @@ class Evidence:
         self.threshold_checks = tuple(  # mirror_divergence is judged by `shadow`
             c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
         )
+        self.threshold_keys = frozenset(c.key for c in self.threshold_checks)
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
         )
@@ -243,6 +259,7 @@ class Evidence:
         thresholds used are stable's trailing quantiles from before this tick."""
         self.thresholds = thresholds = self._latency_thresholds()
         if tests:
+            self.detach()
             self._restart_due(now)
         cand_n = cand_x = stab_n = stab_x = 0
         cand_gx = stab_gx = 0  # errors with a sticky user's counted once per bucket
@@ -257,47 +274,49 @@ class Evidence:
         limits = (
             {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
         )
-        for s in samples:
-            cand = s.version == "candidate"
-            units, latency = s.units, s.latency
-            once = s.errors - s.unit_errors  # for the guard and the incident rule
+        limit_items = tuple(limits.items())
+        # each sample unpacked once (a named tuple's fields are properties: eight lookups)
+        for version, requests, errors, p, path_class, latency, unit_errors, units in samples:
+            cand = version == "candidate"
+            once = errors - unit_errors  # for the guard and the incident rule
             if units:
                 once += sum(guard_count(now, u) for u in units)
             if cand:
-                cand_n += s.requests
-                cand_x += s.errors
+                cand_n += requests
+                cand_x += errors
                 cand_gx += once
             else:
-                stab_n += s.requests
-                stab_x += s.errors
+                stab_n += requests
+                stab_x += errors
                 stab_gx += once
                 if latency:
                     stable_latency.append(latency)
             if not tests:
                 continue
             if cand:
-                window.requests += s.requests
-                window.errors += s.errors
+                window.requests += requests
+                window.errors += errors
                 if latency:
                     hist_merge(window.latency, latency)
-            p = s.p
             if p is None or not 0.0 < p < 1.0:
                 continue
             i = 0 if cand else 1
             # per request, but a sticky user's first error only (`units`)
-            events = s.errors - s.unit_errors
+            events = errors - unit_errors
             if units:
                 events += sum(first(u) for u in units)
             if events:
                 pooled.setdefault(p, [0, 0])[i] += events
-                if s.path_class is not None:
-                    classes.setdefault((p, s.path_class), [0, 0])[i] += events
+                if path_class is not None:
+                    classes.setdefault((p, path_class), [0, 0])[i] += events
             if latency:
-                for q, c in limits.items():
+                for q, c in limit_items:
                     above = hist_above(latency, c)
                     if above:
                         slow.setdefault((q, p), [0, 0])[i] += above
         if tests:
+            if pooled or slow:
+                self.compare_changes += 1
             if self.errors_test is not None:
                 for p, (x, y) in pooled.items():
                     self.errors_test.pooled.update(p, x, y)
@@ -314,6 +333,12 @@ class Evidence:
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
 
+    def detach(self) -> None:
+        """The step's window is about to change: results still unmade keep what they read."""
+        deferred = self._deferred
+        if deferred is not None:
+            deferred.detach()
+
     def _restart_due(self, now: float) -> None:
         """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
         component (`recovery.RecoveringTest`): evidence debt is not carried for ever."""
@@ -321,6 +346,7 @@ class Evidence:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
+            self.compare_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
             for test in [*errors, *self.latency_tests.values()]:
                 if isinstance(test, RecoveringTest):
@@ -368,9 +394,25 @@ class Evidence:
     def evaluate(self, now: float) -> tuple[CheckResult, ...]:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
-        self.unshown = set()
-        out = [self._threshold_check(now, c) for c in self.threshold_checks]
-        out += [self._external_check(c) for c in self.external_checks]
+        thresholds, rest = self.evaluate_deferred(now)
+        return thresholds.results() + rest
+
+    @property
+    def unshown(self) -> set[str]:
+        """The threshold checks over their line but not shown to be yet, as of the latest
+        `evaluate`: the window holds on (made with those results, when first asked)."""
+        deferred = self._deferred
+        return deferred.unshown() if deferred is not None else set()
+
+    def evaluate_deferred(self, now: float) -> tuple[DeferredThresholds, tuple[CheckResult, ...]]:
+        """`evaluate`, with the threshold checks' results made only when read (`deferred`):
+        ``(thresholds, the others)``; the tick's path (they decide nothing until the step's
+        window is long and large enough)."""
+        self.detach()  # the previous results may still be read, once this window changed
+        deferred = self._deferred = DeferredThresholds(
+            now, self.window, self.threshold_checks, self.spec.alpha, self.windows_judged
+        )
+        out = [self._external_check(c) for c in self.external_checks]
         base = self.baseline
         if base is not None:  # blue/green bake: against stable's numbers before the switch
             if self.error_compare is not None:
@@ -387,7 +429,7 @@ class Evidence:
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
             out.append(self._kept[2].get(key, lambda: self._guard_result(guard)))
-        return tuple(out)
+        return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
         bar, e = 1 / self.alpha.guard, guard.e_value
@@ -457,56 +499,6 @@ class Evidence:
 
     # --- the checks ---------------------------------------------------------------------------
 
-    def _threshold_check(self, now: float, check: MetricCheck) -> CheckResult:
-        """The measured value, failed only when the window's counts show it on the wrong
-        side of the line at this window's α (`splitproxy.rollout.thresholds`)."""
-        w = self.window
-        value: float | None = None
-        sample = w.requests
-        # (hits, share the line allows) per side: the side fails when hits exceed the share;
-        # counted only for a value over a line (most ticks pass: no need to count)
-        sides: list[tuple[int, float]] = []
-        low, high = check.min, check.max
-        metric = check.metric
-        quantile = LATENCY_QUANTILES.get(metric)
-        if metric in ("error_rate", "success_rate") and w.requests:
-            value = w.errors / w.requests
-            if metric == "success_rate":
-                value = 1 - value
-        elif metric == "request_rate" and now > w.start:
-            value = w.requests / (now - w.start)
-        elif quantile is not None:
-            sample = sum(w.latency.values())
-            value = hist_quantile(w.latency, quantile)
-        result = _bounded(
-            check.key, "threshold", value, low, high, sample,
-            metric=metric, unit=metric_unit(metric),
-        )  # fmt: skip
-        if result.verdict != "fail":
-            return result
-        if metric in ("error_rate", "success_rate") and w.requests:
-            n, x = w.requests, w.errors
-            if metric == "success_rate":
-                x = n - x
-            if high is not None:
-                sides.append((x, high))
-            if low is not None:
-                sides.append((n - x, 1 - low))
-        elif quantile is not None:
-            if high is not None:
-                sides.append((hist_above(w.latency.items(), high), 1 - quantile))
-            if low is not None:
-                sides.append((sample - hist_above(w.latency.items(), low), quantile))
-        if not sides:
-            return result
-        level = window_alpha(self.spec.alpha, self.windows_judged + 1, len(self.threshold_checks))
-        e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
-        if e >= 1 / level:
-            return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
-        self.unshown.add(check.key)  # the window holds on for more requests
-        detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
-        return result._replace(verdict="pass", detail=detail)
-
     def _external_check(self, check: PrometheusCheck | WebCheck) -> CheckResult:
         value, at = self.external.get(check.key, (None, -math.inf))
         if at < self.window.start:
@@ -514,12 +506,13 @@ class Evidence:
         low, high = check.min, check.max
         if isinstance(check, WebCheck) and check.json_path is None:
             low, high = 1.0, None
-        return _bounded(check.key, "external", value, low, high, 0 if value is None else 1)
+        return bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
     def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
-        key = (test.state_key(), name, self.alpha.error, len(self.units), self.units.skipped)
+        units = self.units
+        key = (test, self.compare_changes, name, self.alpha.error, len(units), units.skipped)
         return self._kept[0].get(key, lambda: self._error_result(name, test))
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
@@ -544,8 +537,9 @@ class Evidence:
 
     def _latency_compare(self, name: str) -> CheckResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
-        tests = [(t, t.changes) for t in self.latency_tests.values()]
-        key = (name, self.alpha.latency, tuple(self.thresholds.items()), *tests)
+        thresholds = tuple(self.thresholds.items())
+        key = (name, self.alpha.latency, thresholds, self.compare_changes, *self.latency_tests)
+        key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         return self._kept[1].get(key, lambda: self._latency_result(name))
 
     def _latency_result(self, name: str) -> CheckResult:
@@ -572,23 +566,3 @@ class Evidence:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
         stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
         return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
-
-
-def _bounded(
-    name: str,
-    kind: CheckKind,
-    value: float | None,
-    low: float | None,
-    high: float | None,
-    sample: int,
-    *,
-    metric: str | None = None,
-    unit: Unit | None = None,
-) -> CheckResult:
-    if value is None:
-        verdict: Verdict = "no_data"
-    elif (low is not None and value < low) or (high is not None and value > high):
-        verdict = "fail"
-    else:
-        verdict = "pass"
-    return CheckResult(name, kind, value, low, high, sample, verdict, metric=metric, unit=unit)

@@ -40,6 +40,13 @@ def hist_quantile(hist: Mapping[float, int], q: float) -> float | None:
     return _from_top(hist, sorted(hist, reverse=True), total, q)
 
 
+def hist_quantile_from(
+    hist: Mapping[float, int], descending: list[float], total: int, q: float
+) -> float:
+    """`hist_quantile` given ``hist``'s bounds sorted largest first and its (positive) total."""
+    return _from_top(hist, descending, total, q)
+
+
 def hist_quantiles(hist: Mapping[float, int], qs: Iterable[float]) -> dict[float, float | None]:
     """`hist_quantile` for each of ``qs`` (the same answers), sorting the buckets once."""
     return hist_quantiles_from(hist, sorted(hist, reverse=True), qs)

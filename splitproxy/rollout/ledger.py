@@ -47,6 +47,9 @@ class RouteRollout:
     _external: tuple[object, tuple[ExternalCheck, ...]] = field(
         default=(None, ()), init=False, repr=False
     )
+    # the snapshot `Controller._sync_weight` last left in force, with the analyzer's weight,
+    # revision, closed and shadow flags it synced then (compared by identity, then by value)
+    synced: tuple[object, tuple[object, ...]] = field(default=(None, ()), init=False, repr=False)
 
     def configure(self, rollout: Rollout) -> None:
         self.rollout = rollout

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Protocol
 
+from splitproxy.rollout.bounds import BOUND_FAR, lower_confidence_bound
+
 DEFAULT_GRID: Final = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0)
 GUARD_MULTIPLIERS: Final = (2.0, 4.0, 8.0)
 NEG_INF: Final = -math.inf
@@ -379,44 +381,6 @@ def mean_log_e(log_es: Sequence[float]) -> float:
     return logsumexp(log_es) - math.log(len(log_es))
 
 
-BOUND_FAR: Final = 12.0  # |log r0| searched: e^12 ≈ 1.6e5; beyond it a bound is reported there
-
-
-def lower_confidence_bound(log_e_at: Callable[[float], float], alpha: float) -> float:
-    """Invert a one-sided test into an anytime-valid lower (1 − α) confidence bound for ``r``.
-
-    ``log_e_at(r0)`` is the log of an e-process for ``H0: r ≤ r0`` that does not grow with
-    ``r0``, and ``log_e_at(1.0)`` is the e-process a decision is taken on. ``r0`` is rejected
-    when ``e ≥ 1/α``, the decision's own comparison; the bound is the least ``r0`` not
-    rejected, found by bisection in ``log r0`` and rounded down (conservative): ``0`` when
-    the data reject no ``r0`` (down to ``e^-12``), ``e^12`` at most. When ``r0 = 1`` is
-    rejected, so that the test has found the candidate worse, the bound is above 1.
-    """
-    bar = 1 / alpha
-
-    def rejected(log_r0: float) -> bool:
-        return _exp(log_e_at(math.exp(log_r0) if log_r0 else 1.0)) >= bar
-
-    if rejected(0.0):
-        lo, hi = 0.0, BOUND_FAR
-        if rejected(hi):
-            return math.exp(hi)
-    else:
-        lo, hi = -BOUND_FAR, 0.0
-        if not rejected(lo):
-            return 0.0
-    while hi - lo > 1e-6:  # lo is rejected, hi is not (a ratio to a millionth)
-        mid = (lo + hi) / 2
-        if rejected(mid):
-            lo = mid
-        else:
-            hi = mid
-    bound = math.exp(lo)
-    if lo >= 0.0:  # r0 = 1 was rejected: every r0 ≤ 1 is (the e-process falls with r0)
-        bound = max(bound, math.nextafter(1.0, math.inf))
-    return bound
-
-
 def guard_rates(cap: float, multipliers: Sequence[float] = GUARD_MULTIPLIERS) -> tuple[float, ...]:
     """The alternative rates of the guard: ``m·cap``, folded into (cap, 1) when too large."""
     if not 0.0 < cap < 1.0:
@@ -488,11 +452,26 @@ class RateGuard:
 
     @property
     def log_e(self) -> float:
-        if not self._comps:
+        comps = self._comps
+        if not comps:
             return 0.0
+        # `_comp_log_e` of each component, written out: the guard asks on every tick with a
+        # candidate request, for up to `keep` components, and two calls per component (it and
+        # its `logsumexp`) were most of the cost. The same operations in the same order.
+        g, ab = self._log_g, self._ab
+        exp, log, fsum = math.exp, math.log, math.fsum
+        parts = []
+        for k, n, x in comps:
+            y = n - x
+            terms = [g + x * a + y * b for a, b in ab]
+            top = max(terms) if terms else NEG_INF
+            if top != NEG_INF and top != math.inf:
+                top = top + log(fsum([exp(v - top) for v in terms]))
+            parts.append(_log_weight(k) + top)
         # components never started carry their prior weight at value 1
         unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
-        return logsumexp([*(self._comp_log_e(c) for c in self._comps), math.log(unstarted)])
+        parts.append(log(unstarted))
+        return logsumexp(parts)
 
     @property
     def e_value(self) -> float:
@@ -565,6 +544,7 @@ def _exp(log_value: float) -> float:
 
 
 __all__ = [
+    "BOUND_FAR",
     "DEFAULT_GRID",
     "GUARD_MULTIPLIERS",
     "AlphaSplit",

@@ -215,6 +215,7 @@ def fold(a: Analyzer, sample: MirrorSample | None, judging: bool) -> None:
         st.test.update(sample.compared, sample.diverged)
     if not holding(a):
         return  # in the steps the windows hold the users' traffic: copies are no part of it
+    a.evidence.detach()  # (done by the fold already; the window changes here too)
     window.requests += sample.answered
     window.errors += sample.errors
     hist_add(window.latency, sample.latency)
@@ -289,6 +290,9 @@ def judge(a: Analyzer, now: float) -> bool:
     clearly above ``max`` rolls back at once; in the shadow, so does the guard tripped by the
     mirrored answers (with the ledger saying so), unless stable fails too. True when it
     rolled back."""
+    shadowing = in_shadow(a)
+    if a.shadow.test is None and not shadowing:
+        return False  # neither rule can fire (the tick's case on a route without a shadow)
     by_name = {r.name: r for r in a.checks}
     test = by_name.get(TEST_NAME)
     if test is not None and test.verdict == "fail" and a.shadow.test is not None:
@@ -297,7 +301,7 @@ def judge(a: Analyzer, now: float) -> bool:
         a._rollback(now, where(a) + message)
         return True
     guard = by_name.get("guard")
-    tripped = in_shadow(a) and guard is not None and guard.verdict == "fail"
+    tripped = shadowing and guard is not None and guard.verdict == "fail"
     if tripped and not a.evidence.stable_breaching():
         message = "the guard tripped: mirrored answers' error rate far above the cap"
         a._rollback(now, where(a) + message)

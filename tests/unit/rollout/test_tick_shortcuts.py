@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
-from splitproxy.rollout.histograms import hist_quantile, hist_quantiles
+from splitproxy.rollout.evidence import StepWindow
+from splitproxy.rollout.histograms import (
+    hist_merge,
+    hist_quantile,
+    hist_quantile_from,
+    hist_quantiles,
+)
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import (
     AttributionTest,
@@ -134,3 +140,37 @@ def test_the_backward_scan_returns_what_a_full_scan_returns(
 )
 def test_quantiles_sorted_once_are_the_quantiles(hist: dict[float, int], qs: list[float]) -> None:
     assert hist_quantiles(hist, qs) == {q: hist_quantile(hist, q) for q in qs}
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([0.001, 0.02, 0.3, 0.9, 0.9999999999999999]),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 80)), max_size=40),
+)
+def test_the_guards_written_out_e_value_is_its_components_bit_for_bit(
+    cap: float, batches: list[tuple[int, int]]
+) -> None:
+    guard = RateGuard(cap, block=20, keep=4)
+    for n, x in batches:
+        guard.update(n + x, x)
+        comps = [guard._comp_log_e(c) for c in guard._comps]
+        want = logsumexp([*comps, math.log(1.0 / (guard._started + 1))]) if comps else 0.0
+        assert _same(guard.log_e, want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(st.integers(-40, 40), st.integers(1, 5)), max_size=8), max_size=20),
+    st.sampled_from([0.5, 0.9, 0.95, 0.99, 1.0]),
+)
+def test_a_windows_kept_bounds_give_the_quantile_sorted_afresh(
+    ticks: list[list[tuple[int, int]]], q: float
+) -> None:
+    window = StepWindow()
+    for tick in ticks:
+        hist_merge(window.latency, [(1.1**key, count) for key, count in tick])
+        assert window.latency_bounds() == sorted(window.latency, reverse=True)
+        total = sum(window.latency.values())
+        if total:
+            got = hist_quantile_from(window.latency, window.latency_bounds(), total, q)
+            assert got == hist_quantile(window.latency, q)

@@ -1,0 +1,220 @@
+"""The threshold checks of one tick, judged only when someone reads them (pure).
+
+A threshold check (error rate, a latency quantile, the request rate over the step's window) is
+decided on only once the step's window is long and large enough (`Evidence.window_outcome`):
+until then, its result is shown (status, events, saved state) but decides nothing. With a
+thousand routes each waiting out its ``interval``, computing every result every second was
+about a sixth of the tick, for results that no one read before the next tick replaced them.
+
+`DeferredThresholds` keeps what the results are made of, as `Evidence.evaluate` saw it, and
+makes them on the first read: the window's counts and start, the failed windows so far (the
+α of this window), the spec's α and checks, and the window's latency histogram. Every value
+but the histogram is copied at once (the window is changed in place by later ticks); the
+histogram is copied only if the window is about to change while the results are still unmade
+(`detach`, from `Evidence.fold` and before the next `Evidence.evaluate_deferred`), so a result
+made late is the one made on time, bit for bit.
+
+`Checks` is what `Analyzer.checks` reads: the deferred thresholds joined with the tick's other
+results (the comparisons, the guard, external and shadow checks, made on time as before) on
+the first read. The anytime decisions (`Analyzer._judge`) read the others only; the step
+window's outcome reads them all, but only once the window is long and large enough.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from splitproxy.config import LATENCY_QUANTILES, MetricCheck
+from splitproxy.rollout.histograms import hist_above, hist_quantile_from
+from splitproxy.rollout.messages import CheckKind, CheckResult, Unit, Verdict, metric_unit
+from splitproxy.rollout.thresholds import shown_above, window_alpha
+
+if TYPE_CHECKING:
+    from splitproxy.rollout.evidence import StepWindow
+
+
+class DeferredThresholds:
+    """The threshold checks' results at one tick, made on the first `results` (see above)."""
+
+    __slots__ = (
+        "_alpha",
+        "_checks",
+        "_errors",
+        "_judged",
+        "_latency",
+        "_needs_latency",
+        "_now",
+        "_requests",
+        "_results",
+        "_start",
+        "_unshown",
+        "_window",
+    )
+
+    def __init__(
+        self,
+        now: float,
+        window: StepWindow,
+        checks: Sequence[MetricCheck],
+        alpha: float,
+        judged: int,
+    ) -> None:
+        self._now = now
+        self._window: StepWindow | None = window  # its histogram is read in place until `detach`
+        self._latency: dict[float, int] | None = None
+        self._requests, self._errors, self._start = window.requests, window.errors, window.start
+        self._checks = tuple(checks)
+        self._needs_latency = any(c.metric in LATENCY_QUANTILES for c in self._checks)
+        self._alpha = alpha
+        self._judged = judged
+        self._results: tuple[CheckResult, ...] | None = None
+        self._unshown: set[str] = set()
+
+    @property
+    def pending(self) -> bool:
+        """Not made yet."""
+        return self._results is None
+
+    def detach(self) -> None:
+        """The window is about to change: keep a copy of its histogram if still needed."""
+        window = self._window
+        if window is not None and self._results is None:
+            self._latency = dict(window.latency) if self._needs_latency else None
+            self._window = None
+
+    def results(self) -> tuple[CheckResult, ...]:
+        """Each threshold check's result, in the spec's order (made once)."""
+        results = self._results
+        if results is None:
+            results = self._results = tuple(self._check(c) for c in self._checks)
+            self._window = self._latency = None  # nothing more to read
+        return results
+
+    def unshown(self) -> set[str]:
+        """The checks over their line but not shown to be yet: the window holds on."""
+        self.results()
+        return self._unshown
+
+    def _histogram(self) -> tuple[dict[float, int], list[float]]:
+        window = self._window
+        if window is not None:
+            return window.latency, window.latency_bounds()
+        latency = self._latency if self._latency is not None else {}
+        return latency, sorted(latency, reverse=True)
+
+    def _check(self, check: MetricCheck) -> CheckResult:
+        """The measured value, failed only when the window's counts show it on the wrong
+        side of the line at this window's α (`splitproxy.rollout.thresholds`)."""
+        requests, errors, now = self._requests, self._errors, self._now
+        value: float | None = None
+        sample = requests
+        # (hits, share the line allows) per side: the side fails when hits exceed the share;
+        # counted only for a value over a line (most ticks pass: no need to count)
+        sides: list[tuple[int, float]] = []
+        low, high = check.min, check.max
+        metric = check.metric
+        quantile = LATENCY_QUANTILES.get(metric)
+        latency: dict[float, int] = {}
+        if metric in ("error_rate", "success_rate") and requests:
+            value = errors / requests
+            if metric == "success_rate":
+                value = 1 - value
+        elif metric == "request_rate" and now > self._start:
+            value = requests / (now - self._start)
+        elif quantile is not None:  # = hist_quantile(latency, quantile), the bounds kept
+            latency, bounds = self._histogram()
+            sample = sum(latency.values())
+            if sample > 0:
+                value = hist_quantile_from(latency, bounds, sample, quantile)
+        result = bounded(
+            check.key, "threshold", value, low, high, sample,
+            metric=metric, unit=metric_unit(metric),
+        )  # fmt: skip
+        if result.verdict != "fail":
+            return result
+        if metric in ("error_rate", "success_rate") and requests:
+            n, x = requests, errors
+            if metric == "success_rate":
+                x = n - x
+            if high is not None:
+                sides.append((x, high))
+            if low is not None:
+                sides.append((n - x, 1 - low))
+        elif quantile is not None:
+            if high is not None:
+                sides.append((hist_above(latency.items(), high), 1 - quantile))
+            if low is not None:
+                sides.append((sample - hist_above(latency.items(), low), quantile))
+        if not sides:
+            return result
+        level = window_alpha(self._alpha, self._judged + 1, len(self._checks))
+        e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
+        if e >= 1 / level:
+            return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+        self._unshown.add(check.key)  # the window holds on for more requests
+        detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
+        return result._replace(verdict="pass", detail=detail)
+
+
+class Checks:
+    """`Analyzer.checks`: a tuple set by hand, or, after a tick, the threshold checks'
+    `DeferredThresholds` and the other results (made on their tick), joined on the first read.
+    Iterating it reads it (`Evidence.window_outcome` does so only past the window's length and
+    size)."""
+
+    __slots__ = ("_made", "_pending")
+
+    def __init__(self) -> None:
+        self._made: tuple[CheckResult, ...] | None = ()
+        self._pending: tuple[DeferredThresholds, tuple[CheckResult, ...]] | None = None
+
+    def get(self) -> tuple[CheckResult, ...]:
+        made = self._made
+        if made is None:
+            assert self._pending is not None
+            thresholds, rest = self._pending
+            made = self._made = thresholds.results() + rest
+            self._pending = None
+        return made
+
+    def set(self, value: tuple[CheckResult, ...]) -> None:
+        self._made, self._pending = value, None
+
+    def defer(
+        self, thresholds: DeferredThresholds, rest: tuple[CheckResult, ...], *, eager: bool
+    ) -> None:
+        """The tick's results: ``thresholds`` first, then ``rest`` (made now if ``eager``)."""
+        self._made, self._pending = None, (thresholds, rest)
+        if eager:
+            self.get()
+
+    def anytime(self) -> tuple[CheckResult, ...]:
+        """The results the anytime decisions read: all but the threshold checks' while those
+        are unmade (none of them is a comparison; one named like the guard is made at once)."""
+        pending = self._pending
+        return pending[1] if pending is not None else self.get()
+
+    def __iter__(self) -> Iterator[CheckResult]:
+        return iter(self.get())
+
+
+def bounded(
+    name: str,
+    kind: CheckKind,
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    sample: int,
+    *,
+    metric: str | None = None,
+    unit: Unit | None = None,
+) -> CheckResult:
+    """A result that fails when ``value`` lies outside ``[low, high]`` (no value: no data)."""
+    if value is None:
+        verdict: Verdict = "no_data"
+    elif (low is not None and value < low) or (high is not None and value > high):
+        verdict = "fail"
+    else:
+        verdict = "pass"
+    return CheckResult(name, kind, value, low, high, sample, verdict, metric=metric, unit=unit)
