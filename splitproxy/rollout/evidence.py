@@ -160,6 +160,7 @@ class Evidence:
         self.trail_total: dict[float, int] = {}
         self.trail_requests = 0
         self.trail_bounds: list[float] | None = None  # trail_total's, largest first (kept)
+        self.trail_mark: dict[float, int] | None = None  # the open slot's left unwritten
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
