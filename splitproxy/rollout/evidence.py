@@ -174,10 +174,6 @@ class Evidence:
         # only (`fold`, `_restart_due`; a test replaced is another object): what their kept
         # results are keyed on, cheaper than every component's own change count each tick
         self.compare_changes = 0
-        # ... and of the error comparison's alone: a tick with a slow request and no error
-        # (most ticks) leaves its result as it was
-        self.error_changes = 0
-        self._latency_detail: Kept[str] = Kept()  # its text, while stable's quantiles stay
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -320,8 +316,6 @@ class Evidence:
         if tests:
             if pooled or slow:
                 self.compare_changes += 1
-                if pooled:  # (``classes`` only ever grows with ``pooled``)
-                    self.error_changes += 1
             if self.errors_test is not None:
                 for p, (x, y) in pooled.items():
                     self.errors_test.pooled.update(p, x, y)
@@ -352,7 +346,6 @@ class Evidence:
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
             self.compare_changes += 1
-            self.error_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
             for test in [*errors, *self.latency_tests.values()]:
                 if isinstance(test, RecoveringTest):
@@ -523,7 +516,7 @@ class Evidence:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
-        key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
+        key = (test, self.compare_changes, name, self.alpha.error, len(units), units.skipped)
         return self._kept[0].get(key, lambda: self._error_result(name, test))
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
@@ -559,10 +552,10 @@ class Evidence:
         log_e = self._latency_log_e()
         e = math.exp(log_e) if log_e < 700 else math.inf
         events = sum(t.events for t in self.latency_tests.values())
+        detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds.items())
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        detail = self._latency_detail.get(
-            (*thresholds.items(), tolerance), lambda: latency_detail(thresholds, tolerance)
-        )
+        if thresholds and tolerance:
+            detail += f", slow beyond +{tolerance * 100:g}%"
         if not thresholds and not events:
             detail = "stable history too short"
             return CheckResult(
@@ -577,11 +570,3 @@ class Evidence:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
         stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
         return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
-
-
-def latency_detail(thresholds: Mapping[float, float], tolerance: float) -> str:
-    """The latency comparison's text: stable's quantiles it tests against, the tolerance."""
-    detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds.items())
-    if thresholds and tolerance:
-        detail += f", slow beyond +{tolerance * 100:g}%"
-    return detail
