@@ -30,6 +30,7 @@ from splitproxy.rollout.readiness import Readiness
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import PathClassTests, RateGuard
 from splitproxy.rollout.shadow import ShadowState
+from splitproxy.rollout.trailing import trail_settle
 
 VERSION: Final = 1
 _NO_GATE: Final = {"since": None, "attempts": 0, "last_at": None, "last_detail": None}
@@ -161,7 +162,7 @@ def _encode_evidence(e: Evidence) -> dict[str, Any]:
         "errors_test": e.errors_test.to_dict() if e.errors_test else None,
         "latency_tests": [[q, t.to_dict()] for q, t in sorted(e.latency_tests.items())],
         "guard": e.guard.to_dict() if e.guard else None,
-        "trail": [[s, n, [[b, c] for b, c in sorted(h.items())]] for s, n, h in e.trail],
+        "trail": [[s, n, [[b, c] for b, c in sorted(h.items())]] for s, n, h in trail_settle(e)],
         "recent": [list(r) for r in e.recent],
         "baseline": e.baseline.to_dict() if e.baseline is not None else None,
     }
@@ -190,6 +191,7 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
         hist_add(e.trail_total, h.items())
         e.trail_requests += int(n)
     e.trail_bounds = None  # a new sum: its sorted bounds are made afresh
+    e.trail_mark = None  # every slot's histogram written out
     e.recent = [[float(v) for v in r] for r in data["recent"]]
     if data.get("baseline") is not None:
         e.baseline = Baseline.from_dict(data["baseline"])

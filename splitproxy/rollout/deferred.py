@@ -59,13 +59,16 @@ class DeferredThresholds:
         checks: Sequence[MetricCheck],
         alpha: float,
         judged: int,
+        needs_latency: bool | None = None,
     ) -> None:
         self._now = now
         self._window: StepWindow | None = window  # its histogram is read in place until `detach`
         self._latency: dict[float, int] | None = None
         self._requests, self._errors, self._start = window.requests, window.errors, window.start
-        self._checks = tuple(checks)
-        self._needs_latency = any(c.metric in LATENCY_QUANTILES for c in self._checks)
+        self._checks = checks if isinstance(checks, tuple) else tuple(checks)
+        if needs_latency is None:  # (``needs_latency``: the same, known to the caller)
+            needs_latency = any(c.metric in LATENCY_QUANTILES for c in self._checks)
+        self._needs_latency = needs_latency
         self._alpha = alpha
         self._judged = judged
         self._results: tuple[CheckResult, ...] | None = None

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
+    LATENCY_QUANTILES,
     CompareCheck,
     MetricCheck,
     PrometheusCheck,
@@ -57,10 +58,7 @@ from splitproxy.config import (
 )
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.deferred import DeferredThresholds, bounded
-from splitproxy.rollout.histograms import (
-    hist_above,
-    hist_merge,
-)
+from splitproxy.rollout.histograms import hist_merge, slow_counts
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
     CheckResult,
@@ -160,6 +158,7 @@ class Evidence:
         self.trail_total: dict[float, int] = {}
         self.trail_requests = 0
         self.trail_bounds: list[float] | None = None  # trail_total's, largest first (kept)
+        self.trail_mark: dict[float, int] | None = None  # the open slot's left unwritten
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
@@ -183,6 +182,7 @@ class Evidence:
             c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
         )
         self.threshold_keys = frozenset(c.key for c in self.threshold_checks)
+        self.threshold_latency = any(c.metric in LATENCY_QUANTILES for c in self.threshold_checks)
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
         )
@@ -275,6 +275,7 @@ class Evidence:
             {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
         )
         limit_items = tuple(limits.items())
+        lowest = min(limits.values(), default=0.0)
         # each sample unpacked once (a named tuple's fields are properties: eight lookups)
         for version, requests, errors, p, path_class, latency, unit_errors, units in samples:
             cand = version == "candidate"
@@ -309,11 +310,9 @@ class Evidence:
                 pooled.setdefault(p, [0, 0])[i] += events
                 if path_class is not None:
                     classes.setdefault((p, path_class), [0, 0])[i] += events
-            if latency:
-                for q, c in limit_items:
-                    above = hist_above(latency, c)
-                    if above:
-                        slow.setdefault((q, p), [0, 0])[i] += above
+            if latency and limit_items:
+                for q, above in slow_counts(latency, limit_items, lowest):
+                    slow.setdefault((q, p), [0, 0])[i] += above
         if tests:
             if pooled or slow:
                 self.compare_changes += 1
@@ -410,7 +409,12 @@ class Evidence:
         window is long and large enough)."""
         self.detach()  # the previous results may still be read, once this window changed
         deferred = self._deferred = DeferredThresholds(
-            now, self.window, self.threshold_checks, self.spec.alpha, self.windows_judged
+            now,
+            self.window,
+            self.threshold_checks,
+            self.spec.alpha,
+            self.windows_judged,
+            self.threshold_latency,
         )
         out = [self._external_check(c) for c in self.external_checks]
         base = self.baseline

@@ -6,7 +6,7 @@ so adding, subtracting and comparing them bucket by bucket is exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 
 def hist_add(into: dict[float, int], hist: Iterable[tuple[float, int]], sign: int = 1) -> None:
@@ -83,3 +83,18 @@ def _from_top(hist: Mapping[float, int], descending: list[float], total: int, q:
 def hist_above(hist: Iterable[tuple[float, int]], threshold: float) -> int:
     """Requests in buckets above ``threshold`` (a bucket bound): slower than it."""
     return sum(count for bound, count in hist if bound > threshold)
+
+
+def slow_counts(
+    hist: Iterable[tuple[float, int]], limits: Sequence[tuple[float, float]], lowest: float
+) -> list[tuple[float, int]]:
+    """``(q, hist_above(hist, c))`` for each ``(q, c)`` of ``limits`` whose count is not
+    zero, in their order (``lowest``: the smallest ``c``): one pass over the buckets for all
+    the limits, where most buckets lie below all of them and are passed over at once."""
+    above = [0] * len(limits)
+    for bound, count in hist:
+        if bound > lowest:
+            for j, (_, c) in enumerate(limits):
+                if bound > c:
+                    above[j] += count
+    return [(limits[j][0], n) for j, n in enumerate(above) if n]

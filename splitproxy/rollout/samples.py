@@ -99,6 +99,9 @@ def window_samples(
     res = window.resolution
     out: list[Sample] = []
     append = out.append
+    # `Sample(...)` without its generated `__new__` (a Python frame filling in the defaults,
+    # about fifteen samples per route and tick): the same named tuple, every field given
+    new = tuple.__new__
     for b in buckets:
         p = b.probability
         latency = b.latency
@@ -123,17 +126,18 @@ def window_samples(
                 x = err[cell]
                 if n or x:
                     if by_cell is None or unit_err is None:
-                        append(Sample(version, n, x, p, name))
+                        append(new(Sample, (version, n, x, p, name, (), 0, ())))
                     else:
                         units = tuple(by_cell.get(cell, ()))
-                        append(Sample(version, n, x, p, name, (), unit_err[cell], units))
+                        append(new(Sample, (version, n, x, p, name, (), unit_err[cell], units)))
                     requests -= n
                     errors -= x
             if requests or errors:
-                append(Sample(version, requests, errors, p, None))
+                append(new(Sample, (version, requests, errors, p, None, (), 0, ())))
             sketch = latency[v]
             if sketch.count:
-                append(Sample(version, 0, 0, p_latency, None, sketch.histogram()))
+                hist = sketch.histogram()
+                append(new(Sample, (version, 0, 0, p_latency, None, hist, 0, ())))
             syn = b.synthetic
             if judge_synthetic and syn is not None:
                 n, x = syn.requests[v], syn.errors[v]

@@ -11,14 +11,17 @@ Two records of stable's past outlive a rollout (they are the Evidence's ``recent
 
 `trail_add` takes one tick's stable traffic, its latency as the samples' histograms: each is
 added straight into its slot and into the sum in one pass (the tick used to merge them into a
-histogram of the tick first, then add that twice: three passes over the same buckets).
+histogram of the tick first, then add that twice: three passes over the same buckets), and
+only into the sum while its slot is open: the slot's histogram is the sum less the sum of the
+slots before it (``trail_mark``), written out once when the next slot opens (`trail_settle`;
+also for `codec`, which saves every slot). The sum is what the thresholds read every tick.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.rollout.histograms import hist_add, hist_quantiles_from
 from splitproxy.rollout.messages import Histogram
@@ -37,19 +40,37 @@ def trail_add(
     e: Evidence, now: float, requests: int, errors: int, hists: Sequence[Histogram]
 ) -> None:
     """Add one tick's stable traffic (``hists``: its samples' latency histograms, counts
-    positive as everywhere) to ``e``'s trailing history, and drop what has aged out."""
+    positive as everywhere) to ``e``'s trailing history, and drop what has aged out.
+
+    Each bucket goes into the sum only: the open slot's histogram is left unwritten while
+    ``e.trail_mark`` holds the sum of the slots before it (it is the sum less the mark, made
+    by `trail_settle` when the next slot opens or a reader asks). A slot written out by then
+    (`trail_settle` mid-slot, a state restored by `codec`) is written to bucket by bucket
+    for the rest of its seconds, as before."""
     slot = math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
     trail, total = e.trail, e.trail_total
     current = trail[-1] if trail and trail[-1][0] == slot else None
-    into: dict[float, int] = current[2] if current is not None else {}
-    get_slot, get_total = into.get, total.get
+    opening = current is None and bool(hists)
+    if opening:  # a new slot may open: the open one is complete
+        trail_settle(e)
+        e.trail_mark = dict(total)  # the sum of every slot before the new one
+    into = current[2] if current is not None and e.trail_mark is None else None
+    get_total = total.get
     counted, known = 0, len(total)
-    for hist in hists:
-        for bound, count in hist:
-            if count:
-                into[bound] = get_slot(bound, 0) + count
-                total[bound] = get_total(bound, 0) + count
-                counted += count
+    if into is None:
+        for hist in hists:
+            for bound, count in hist:
+                if count:
+                    total[bound] = get_total(bound, 0) + count
+                    counted += count
+    else:
+        get_slot = into.get
+        for hist in hists:
+            for bound, count in hist:
+                if count:
+                    into[bound] = get_slot(bound, 0) + count
+                    total[bound] = get_total(bound, 0) + count
+                    counted += count
     if len(total) != known:  # a new bucket: the sorted bounds kept for the quantiles are stale
         e.trail_bounds = None
     recent = e.recent
@@ -65,18 +86,40 @@ def trail_add(
         if current is not None:
             current[1] += counted
         else:
-            trail.append([slot, counted, into])
+            trail.append([slot, counted, {}])  # its histogram: the sum less the mark
         e.trail_requests += counted
+    elif opening:
+        e.trail_mark = None  # no slot opened after all: the last one stays written out
     while trail:
-        oldest_slot, oldest_n, oldest_hist = trail[0]
+        oldest_slot, oldest_n = trail[0][0], trail[0][1]
         age = now - oldest_slot
         keep_for_count = e.trail_requests - oldest_n < TRAIL_MIN_REQUESTS
         if age <= TRAIL_WINDOW or (keep_for_count and age <= TRAIL_MAX_AGE):
             break
-        trail.pop(0)
+        if len(trail) == 1:  # the open slot itself (no stable traffic for ten minutes)
+            trail_settle(e)
+        oldest_hist = trail.pop(0)[2]
         hist_add(total, oldest_hist.items(), -1)
+        if e.trail_mark is not None:  # a slot before the open one: in the mark too
+            hist_add(e.trail_mark, oldest_hist.items(), -1)
         e.trail_requests -= oldest_n
         e.trail_bounds = None  # buckets may have emptied
+
+
+def trail_settle(e: Evidence) -> list[list[Any]]:
+    """Write out the open slot's histogram (the sum less the mark) and return ``e.trail``,
+    every slot's histogram in place: what `codec` saves. Changes nothing that is read."""
+    mark = e.trail_mark
+    if mark is not None:
+        e.trail_mark = None
+        if e.trail:
+            get = mark.get
+            e.trail[-1][2] = {
+                bound: count - get(bound, 0)
+                for bound, count in e.trail_total.items()
+                if count != get(bound, 0)
+            }
+    return e.trail
 
 
 def trail_quantiles(e: Evidence, qs: Sequence[float]) -> dict[float, float | None]:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
+from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import samples_for, window_samples
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.pooling import PooledWindows
@@ -64,6 +65,7 @@ def test_the_direct_path_gives_the_period_paths_samples(
         periods = windows.observations("r", last, until=now)
         got, end = window_samples(windows, "r", last, now, judge_synthetic=judge)
         assert got == samples_for(periods, judge_synthetic=judge)
+        assert all(type(s) is Sample and len(s) == len(Sample._fields) for s in got)
         assert end == (max(p.end for p in periods) if periods else None)
         if end is not None:
             last = max(last, end)

@@ -166,3 +166,16 @@ def test_a_threshold_check_named_guard_is_made_at_once() -> None:
     assert d.a._checks._pending is None
     assert [c.name for c in d.a.checks] == ["guard"]
     assert not math.isnan(d.now)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(CHECKS), unique_by=lambda c: c["metric"]))
+def test_whether_the_results_read_the_histogram_is_known_from_the_spec(
+    checks: list[dict[str, Any]],
+) -> None:
+    # `Evidence` works out once per spec what `DeferredThresholds` would from its checks
+    e = Evidence(spec(checks=checks), path_class_slots=2)
+    deferred, _ = e.evaluate_deferred(1.0)
+    afresh = DeferredThresholds(1.0, e.window, list(e.threshold_checks), 0.05, 0)
+    assert deferred._needs_latency == afresh._needs_latency
+    assert afresh._needs_latency == any(c.metric in LATENCY_QUANTILES for c in e.threshold_checks)

@@ -4,6 +4,8 @@
   top buckets): for any histogram and any q, the bound found walking up from the smallest;
 - `LatencySketch.histogram` reads the bounds from a table made at import: for any latencies,
   the pairs ``(γ^key, count)`` in key order, bit for bit;
+- `slow_counts` counts the buckets above several limits in one pass: for any histogram (in
+  any order) and limits, each limit's `hist_above`, the zeros left out, in the limits' order;
 - `thresholds.shown_above` keeps each line's alternatives and their logs: for any counts, line
   and level, the verdict and the e-value computed afresh, bit for bit.
 """
@@ -19,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from splitproxy.rollout import sketch
-from splitproxy.rollout.histograms import hist_quantile, hist_quantiles
+from splitproxy.rollout.histograms import hist_above, hist_quantile, hist_quantiles, slow_counts
 from splitproxy.rollout.sequential import RateGuard, guard_rates, logsumexp
 from splitproxy.rollout.sketch import LatencySketch
 from splitproxy.rollout.thresholds import MULTIPLIERS, shown_above
@@ -60,6 +62,22 @@ def test_a_quantile_from_the_top_is_the_one_from_the_bottom(
 @given(HISTS, st.lists(QS, max_size=4))
 def test_quantiles_at_once_are_each_quantile(hist: dict[float, int], qs: list[float]) -> None:
     assert hist_quantiles(hist, qs) == {q: walking_up(hist, q) for q in qs}
+
+
+LIMITS = [0.001, 0.002, 0.0021, 0.05, 0.7, 3.0]  # bounds and limits: ties both ways
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(LIMITS), st.integers(1, 50)), max_size=12),
+    st.lists(st.tuples(QS, st.sampled_from([*LIMITS, 0.0, 0.0021, 0.7, 9.0])), max_size=4),
+)
+def test_slow_counts_in_one_pass_are_each_limits_count(
+    pairs: list[tuple[float, int]], limits: list[tuple[float, float]]
+) -> None:
+    lowest = min((c for _, c in limits), default=0.0)
+    want = [(q, n) for q, c in limits if (n := hist_above(pairs, c))]
+    assert slow_counts(pairs, limits, lowest) == want
 
 
 def test_ties_at_the_rank_take_the_lower_bound() -> None:

@@ -6,6 +6,7 @@ and last minute, and the same thresholds drawn from them, tick after tick."""
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -21,6 +22,7 @@ from splitproxy.rollout.trailing import (
     TRAIL_MIN_REQUESTS,
     TRAIL_SLOT,
     TRAIL_WINDOW,
+    trail_settle,
 )
 from tests.unit.rollout.drive import spec
 
@@ -72,6 +74,12 @@ class Before:
             self.trail_requests -= oldest_n
 
 
+def settled(e: Evidence) -> list[list[Any]]:
+    """``e``'s slots with the open one's histogram written out, ``e`` itself left as it is
+    (reading mid-slot would write the rest of the slot bucket by bucket: see the test below)."""
+    return trail_settle(copy.deepcopy(e))
+
+
 def thresholds_afresh(before: Before) -> dict[float, float]:
     wanted = [q for q in (0.95, 0.99) if before.trail_requests >= min_threshold_requests(q)]
     found = hist_quantiles(before.trail_total, wanted) if wanted else {}
@@ -92,17 +100,21 @@ TICK = st.tuples(
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(TICK, max_size=60), st.booleans())
+@given(st.lists(TICK, max_size=60), st.booleans(), st.lists(st.booleans(), min_size=1))
 def test_the_trail_is_the_one_kept_before(
-    ticks: list[tuple[float, list[tuple[str, int, int, dict[float, int]]]]], judging: bool
+    ticks: list[tuple[float, list[tuple[str, int, int, dict[float, int]]]]],
+    judging: bool,
+    reads: list[bool],
 ) -> None:
+    """... read or not between ticks (``reads``: as `codec` does, the open slot's histogram
+    written out, so the rest of its slot is written bucket by bucket)."""
     checks = [{"metric": "latency", "compare": "stable"}, {"metric": "latency_p99", "max": "1s"}]
     e = Evidence(spec(checks=checks), path_class_slots=2)
     e.fresh_tests()
     before = Before()
     window: dict[float, int] = {}
     now = 0.0
-    for gap, cells in ticks:
+    for i, (gap, cells) in enumerate(ticks):
         now += gap
         samples = [
             Sample(version, n, min(x, n), 0.1, None, tuple(sorted(hist.items())))  # type: ignore[arg-type]
@@ -114,13 +126,16 @@ def test_the_trail_is_the_one_kept_before(
             for s in samples:
                 if s.version == "candidate":
                     hist_add(window, s.latency)
-        assert e.trail == before.trail
+        assert settled(e) == before.trail  # (the open slot's histogram is made when read)
         assert e.trail_total == before.trail_total
         assert e.trail_requests == before.trail_requests
         assert e.recent == before.recent
         assert e.window.latency == window
         # the thresholds drawn from it with the bounds kept sorted are those sorted afresh
         assert e._latency_thresholds() == thresholds_afresh(before)
+        if reads[i % len(reads)]:
+            assert trail_settle(e) == before.trail
+            assert e.trail_mark is None
 
 
 def test_a_tick_that_opens_a_bucket_and_ages_one_out_sorts_the_bounds_again() -> None:
