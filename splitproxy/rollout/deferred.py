@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING
 
 from splitproxy.config import LATENCY_QUANTILES, MetricCheck
 from splitproxy.rollout.histograms import hist_above, hist_quantile_from
-from splitproxy.rollout.messages import CheckKind, CheckResult, Unit, Verdict, metric_unit
+from splitproxy.rollout.messages import (
+    CheckKind,
+    CheckResult,
+    Unit,
+    bounded_verdict,
+    metric_unit,
+)
 from splitproxy.rollout.thresholds import shown_above, window_alpha
 
 if TYPE_CHECKING:
@@ -214,10 +220,5 @@ def bounded(
     unit: Unit | None = None,
 ) -> CheckResult:
     """A result that fails when ``value`` lies outside ``[low, high]`` (no value: no data)."""
-    if value is None:
-        verdict: Verdict = "no_data"
-    elif (low is not None and value < low) or (high is not None and value > high):
-        verdict = "fail"
-    else:
-        verdict = "pass"
+    verdict = bounded_verdict(value, low, high)
     return CheckResult(name, kind, value, low, high, sample, verdict, metric=metric, unit=unit)

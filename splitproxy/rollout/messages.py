@@ -140,6 +140,15 @@ CheckKind = Literal["threshold", "compare", "guard", "external", "health"]
 Unit = Literal["fraction", "seconds", "per_second", "e_value"]
 
 
+def bounded_verdict(value: float | None, low: float | None, high: float | None) -> Verdict:
+    """A threshold's verdict: no value is no data; outside ``[low, high]`` fails."""
+    if value is None:
+        return "no_data"
+    if (low is not None and value < low) or (high is not None and value > high):
+        return "fail"
+    return "pass"
+
+
 def metric_unit(metric: str) -> Unit | None:
     """The unit of a built-in metric's values (`MetricCheck.metric`)."""
     if metric in ("error_rate", "success_rate", "mirror_divergence"):

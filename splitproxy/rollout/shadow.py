@@ -43,7 +43,7 @@ from splitproxy.config import MetricCheck, Rollout, Step
 from splitproxy.config.mirror import DIVERGENCE
 from splitproxy.rollout.evidence import step_needs
 from splitproxy.rollout.histograms import hist_add
-from splitproxy.rollout.messages import CheckResult, MirrorSample, Verdict
+from splitproxy.rollout.messages import CheckResult, MirrorSample, Verdict, bounded_verdict
 from splitproxy.rollout.phases import HOLDING
 from splitproxy.rollout.sequential import RateGuard
 
@@ -273,12 +273,7 @@ def _bounded(
     sample: int,
     detail: str,
 ) -> CheckResult:
-    if value is None:
-        verdict: Verdict = "no_data"
-    elif (low is not None and value < low) or (high is not None and value > high):
-        verdict = "fail"
-    else:
-        verdict = "pass"
+    verdict = bounded_verdict(value, low, high)
     return CheckResult(
         name, "threshold", value, low, high, sample, verdict, detail, metric=DIVERGENCE,
         unit="fraction",

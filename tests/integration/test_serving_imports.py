@@ -47,7 +47,8 @@ routes:
 NOT_FOR_SERVING = ("rich", "redis", "splitproxy.console", "splitproxy.demo")
 
 
-def test_serving_imports_no_console_demo_rich_or_redis(tmp_path: Path) -> None:
+def _served_modules(tmp_path: Path) -> list[str]:
+    """``sys.modules`` of a real server started in a fresh interpreter, once it is up."""
     routes = tmp_path / "routes.yaml"
     routes.write_text(ROUTES)
     out = subprocess.run(
@@ -60,6 +61,11 @@ def test_serving_imports_no_console_demo_rich_or_redis(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     modules: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
     assert "aiohttp.web" in modules  # it did serve, admin API included
+    return modules
+
+
+def test_serving_imports_no_console_demo_rich_or_redis(tmp_path: Path) -> None:
+    modules = _served_modules(tmp_path)
     loaded = [m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_FOR_SERVING)]
     assert loaded == []
 
@@ -70,17 +76,6 @@ LAZY_FOR_SERVING = ("re2", "_re2", "pydantic_settings", "dotenv")
 
 
 def test_serving_without_a_regex_loads_no_re2(tmp_path: Path) -> None:
-    routes = tmp_path / "routes.yaml"
-    routes.write_text(ROUTES)
-    out = subprocess.run(
-        [sys.executable, "-c", _SERVE_AND_LIST, str(routes), str(tmp_path / "state")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("SPLITPROXY_")},
-    )
-    assert out.returncode == 0, out.stderr
-    modules: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "aiohttp.web" in modules
+    modules = _served_modules(tmp_path)
     loaded = [m for m in modules if any(m == n or m.startswith(n + ".") for n in LAZY_FOR_SERVING)]
     assert loaded == []
