@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import pstats
 import random
@@ -159,6 +160,53 @@ class Traffic:
                 self.at = (self.at + rps) % size
 
 
+class Collections:
+    """The collector's runs, by generation, with their duration (`gc.callbacks`)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, float]] = []  # (generation, seconds)
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.runs.append((info["generation"], time.perf_counter() - self._started))
+
+    def take(self) -> list[tuple[int, float]]:
+        runs, self.runs = self.runs, []
+        return runs
+
+
+async def timed(control: Controller, now: float, *, paced: bool) -> tuple[float, float, float]:
+    """One tick (``paced``: the background loop's pass, in slices; else `Controller.tick`):
+    its wall and CPU time, and the longest a probe task on the same loop waited for a turn
+    (it yields at every turn, so its longest wait is the loop's longest stall)."""
+    done = False
+    longest = 0.0
+
+    async def probe() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0)
+            at = time.perf_counter()
+            longest, last = max(longest, at - last), at
+
+    task = asyncio.get_running_loop().create_task(probe())
+    await asyncio.sleep(0)  # the probe is waiting for its next turn when the tick begins
+    started, cpu = time.perf_counter(), time.process_time()
+    if paced:
+        await control.paced_tick(now)
+    else:
+        control.tick(now)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await asyncio.sleep(0)  # the probe's turn after the tick: its wait through the tick
+    done = True
+    await task
+    return elapsed, cpu, longest
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
@@ -182,6 +230,13 @@ async def run(args: argparse.Namespace) -> None:
     profile = cProfile.Profile() if args.profile else None
     times: list[float] = []
     cpus: list[float] = []  # the process's CPU time: what the neighbours' load does not move
+    stalls: list[float] = []  # the longest the probe waited for the loop, per tick
+    collections = Collections()
+    gc.callbacks.append(collections)
+    full: list[tuple[int, float]] = []  # (timed tick, seconds) of each full collection
+    young = Counter[int]()
+    if args.freeze:
+        gc.freeze()  # as the server does after loading its config (`reload.settle_heap`)
     for second in range(args.warmup + args.seconds):
         traffic.second(recorder, state, now, args.rps)
         now += 1.0
@@ -189,14 +244,20 @@ async def run(args: argparse.Namespace) -> None:
             continue  # callgrind's baseline: the same feeding without the timed ticks
         if profile is not None and second >= args.warmup:
             profile.enable()
-        started, cpu = time.perf_counter(), time.process_time()
-        control.tick(now)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        collections.take()
+        elapsed, cpu, stall = await timed(control, now, paced=args.paced)
+        if args.freeze_every:
+            gc.freeze()
         if profile is not None:
             profile.disable()
+        runs = collections.take()
         if second >= args.warmup:
             times.append(elapsed)
             cpus.append(cpu)
+            stalls.append(stall)
+            full.extend((second + 2, took) for generation, took in runs if generation == 2)
+            young.update(generation for generation, _ in runs if generation < 2)
+    gc.callbacks.remove(collections)
     phases = Counter(a.phase for a in control.analyzers().values())
     weights = Counter(a.weight for a in control.analyzers().values())
     if args.feed_only:
@@ -219,6 +280,20 @@ async def run(args: argparse.Namespace) -> None:
         f"tick CPU time: median {statistics.median(cpu_ms):.1f} ms, "
         f"p99 {pct(cpu_ms, 0.99):.1f} ms, max {max(cpu_ms):.1f} ms"
     )
+    stall_ms = [t * 1000 for t in stalls]
+    print(
+        f"longest loop stall per tick ({'paced pass' if args.paced else 'synchronous tick'}): "
+        f"median {statistics.median(stall_ms):.1f} ms, p99 {pct(stall_ms, 0.99):.1f} ms, "
+        f"max {max(stall_ms):.1f} ms"
+    )
+    fulls = ", ".join(f"tick {tick}: {took * 1000:.0f} ms" for tick, took in full)
+    print(
+        f"collections in the timed ticks: {young[0]} of generation 0, {young[1]} of 1, "
+        f"{len(full)} full{f' ({fulls})' if full else ''}"
+    )
+    print(f"objects the collector tracks: {len(gc.get_objects())}, frozen: {gc.get_freeze_count()}")
+    gc.unfreeze()
+    print("cyclic garbage at the end:", gc.collect())
     print(f"phases at the end: {dict(phases)}; weights: {dict(weights)}")
     why = Counter(
         next(e.message for e in reversed(a.history) if e.kind == "rolled_back")
@@ -246,6 +321,18 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--series", action="store_true", help="print every tick's time")
+    parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="time the background loop's pass (in slices, yielding between them) instead of "
+        "the synchronous tick",
+    )
+    parser.add_argument("--freeze-every", action="store_true")
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="gc.freeze() once the routes are built, as the server does after a config load",
+    )
     parser.add_argument(
         "--feed-only",
         action="store_true",
