@@ -123,16 +123,10 @@ class Pass:
 
 class Ticker:
     """The background loop: ``run`` (a pass) ``interval`` seconds after the previous one ended,
-    or as soon as it ended after a `wake`; one task, so passes never overlap; then ``after``
-    (settling the heap: `heap.settle_after_pass`)."""
+    or as soon as it ended after a `wake`; one task, so passes never overlap."""
 
-    def __init__(
-        self,
-        run: Callable[[], Awaitable[object]],
-        interval: float,
-        after: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.run, self.interval, self.after = run, interval, after
+    def __init__(self, run: Callable[[], Awaitable[object]], interval: float) -> None:
+        self.run, self.interval = run, interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -159,7 +153,6 @@ class Ticker:
             self._wake.clear()  # before the pass: a wake during it starts the next one at once
             try:
                 await self.run()
-                self.after()
             except Exception:  # a bug must not stop rollouts for good
                 logger.exception("rollout tick failed")
 
