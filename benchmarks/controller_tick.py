@@ -11,10 +11,18 @@ feeding is not timed; no sleeps, no sockets (the hooks and external reads are st
 
 Reports the median / p99 / max time per tick over ``--seconds`` ticks (after ``--warmup``
 untimed ones), where the rollouts stand at the end, and, with ``--profile``, cProfile's top
-entries (by own time and by cumulative time) over the timed ticks.
+entries (by own time and by cumulative time) over the timed ticks. Each tick runs on the event
+loop beside a probe task that yields at every turn: its longest wait is the loop's longest
+stall in that tick (in wall time, and in CPU time, which the machine's other load does not
+move). ``--paced`` times the background loop's pass in slices (`Controller.paced_tick`)
+instead of the synchronous `Controller.tick`. The collector's runs in the timed ticks are
+counted by generation (`gc.callbacks`), each full one with its tick and duration; ``--settle``
+freezes the heap after each tick (what that would buy; the server does not: see
+``cyclic_garbage.py``).
 
     .venv/bin/python benchmarks/controller_tick.py                    # 1,000 routes, 60 ticks
     .venv/bin/python benchmarks/controller_tick.py --profile --seconds 20
+    .venv/bin/python benchmarks/controller_tick.py --paced --seconds 30   # the loop's stalls
 """
 
 from __future__ import annotations
@@ -42,8 +50,9 @@ from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
 from splitproxy.dataplane.state import RuntimeState, content_hash
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.controller import Controller
+from splitproxy.rollout.controller import Controller, ControlOptions
 from splitproxy.rollout.hooks import HookResult
+from splitproxy.rollout.pacing import SLICE_BUDGET
 
 T0 = 1_700_000_000.0
 PATHS = ("/api/users/7", "/api/orders", "/static/app.js", "/", "/api/cart/3", "/health")
@@ -229,7 +238,10 @@ async def run(args: argparse.Namespace) -> None:
     state.load(parse_routing(text), content_hash(text), now)
     loaded = time.perf_counter() - started
     recorder = Recorder(state, clock=lambda: now)
-    control = Controller(state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now)
+    options = ControlOptions(slice_budget=args.slice_budget)
+    control = Controller(
+        state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now, options=options
+    )
     for follower in (recorder.on_swap, control.on_swap):  # as server.py does
         state.subscribe(follower)
     traffic = Traffic(random.Random(args.seed), replay=args.replay)
@@ -337,6 +349,12 @@ def main() -> None:
         action="store_true",
         help="time the background loop's pass (in slices, yielding between them) instead of "
         "the synchronous tick",
+    )
+    parser.add_argument(
+        "--slice-budget",
+        type=float,
+        default=SLICE_BUDGET,
+        help="with --paced: seconds per slice (under callgrind, scale it with the slow-down)",
     )
     parser.add_argument(
         "--settle",
