@@ -189,7 +189,7 @@ class Collections:
 
 async def timed(
     control: Controller, now: float, *, paced: bool, settle: bool
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, float, float, int]:
     """One tick (``paced``: the background loop's pass, in slices; else `Controller.tick`; then,
     with ``settle``, a young collection and `gc.freeze`): its wall and CPU time, and the
     longest a probe task on the same loop waited for a turn, in wall time and in the thread's
@@ -198,11 +198,13 @@ async def timed(
     wall measure; the probe's own turns, a few µs each, are in the tick's CPU time)."""
     done = False
     longest = longest_cpu = 0.0
+    turns = -1  # the probe's turns from the tick on: a paced pass's slices (1 for a tick)
 
     async def probe() -> None:
-        nonlocal longest, longest_cpu
+        nonlocal longest, longest_cpu, turns
         last, last_cpu = time.perf_counter(), time.thread_time()
         while not done:
+            turns += 1
             await asyncio.sleep(0)
             at, at_cpu = time.perf_counter(), time.thread_time()
             longest, last = max(longest, at - last), at
@@ -222,7 +224,7 @@ async def timed(
     await asyncio.sleep(0)  # the probe's turn after the tick: its wait through the tick
     done = True
     await task
-    return elapsed, cpu, longest, longest_cpu
+    return elapsed, cpu, longest, longest_cpu, turns
 
 
 def pct(values: list[float], p: float) -> float:
@@ -253,6 +255,7 @@ async def run(args: argparse.Namespace) -> None:
     cpus: list[float] = []  # the process's CPU time: what the neighbours' load does not move
     stalls: list[float] = []  # the longest the probe waited for the loop, per tick
     stalls_cpu: list[float] = []  # ... in the thread's CPU time
+    slices: list[int] = []  # the slices of each tick
     collections = Collections()
     gc.callbacks.append(collections)
     full: list[tuple[int, float]] = []  # (timed tick, seconds) of each full collection
@@ -265,7 +268,7 @@ async def run(args: argparse.Namespace) -> None:
         if profile is not None and second >= args.warmup:
             profile.enable()
         collections.take()
-        elapsed, cpu, stall, stall_cpu = await timed(
+        elapsed, cpu, stall, stall_cpu, turns = await timed(
             control, now, paced=args.paced, settle=args.settle
         )
         if profile is not None:
@@ -276,6 +279,7 @@ async def run(args: argparse.Namespace) -> None:
             cpus.append(cpu)
             stalls.append(stall)
             stalls_cpu.append(stall_cpu)
+            slices.append(turns)
             full.extend((second + 2, took) for generation, took in runs if generation == 2)
             young.update(generation for generation, _ in runs if generation < 2)
     gc.callbacks.remove(collections)
@@ -309,6 +313,7 @@ async def run(args: argparse.Namespace) -> None:
             f"median {statistics.median(stall_ms):.1f} ms, p99 {pct(stall_ms, 0.99):.1f} ms, "
             f"max {max(stall_ms):.1f} ms"
         )
+    print(f"slices per tick: median {statistics.median(slices):.0f}, max {max(slices)}")
     fulls = ", ".join(f"tick {tick}: {took * 1000:.0f} ms" for tick, took in full)
     print(
         f"collections in the timed ticks: {young[0]} of generation 0, {young[1]} of 1, "
