@@ -3,14 +3,19 @@
 Theory of operation
 -------------------
 A tick steps every route under rollout, synchronously (`Controller.tick`): with 1,000 routes
-that is 95-170 ms of CPU, and the event loop, which also serves every request, does nothing
-else meanwhile. The background loop (`Ticker`, `Controller.paced_tick`) makes the pass *in slices*
-instead: it steps routes until a slice has used ``budget`` seconds of a monotonic clock
+that is 80-170 ms of CPU, and the event loop, which also serves every request, does nothing
+else meanwhile. The background loop (`Ticker`, `Controller.paced_tick`) makes the pass *in
+slices* instead: it steps routes until a slice has used ``budget`` seconds of a monotonic clock
 (`run_slice`: checked after each route, so a slice overruns its budget by at most one route,
 and steps at least one), then yields one turn of the event loop (`asyncio.sleep(0)`: every
 ready callback runs and the sockets are polled), and goes on (`run_paced`). The longest stall
 a pass causes is a slice, not the pass. The clock is injected (the tests drive it) and is a
-monotonic one: the budget measures time spent, not the time of day.
+monotonic one: the budget measures time spent, not the time of day; wall time rather than
+CPU time, since a request waits in wall time.
+
+Two stretches are not sliced: the reconcile at the start of a pass (a reload that adds many
+rollouts creates their analyzers in one go) and a full garbage collection, which lands where
+the allocations trigger it (`benchmarks/README.md`, "Pacing": why the heap is not frozen).
 
 The rules, and why:
 
@@ -24,8 +29,8 @@ The rules, and why:
   manual command may reconcile a new one). A route is never stepped on a config that is gone:
   before each slice the pass checks that the config it reconciled is still the one in force,
   and ends otherwise. The reload woke the loop (`Controller.on_swap`), so the next pass, with
-  its reconcile, starts at once and steps every route again (routes stepped twice, at two
-  close times, are as routes ticked on a reload today).
+  its reconcile, starts at once and steps every route again (a route stepped in both passes
+  is stepped at two close times, as a wake between two ticks always did).
 - *Leadership.* A replica that loses the leader's lease mid-pass (`Controller.lead(False)`)
   steps no further route: the pass ends at the next slice.
 - *Manual commands.* A command steps its route at once, at the clock's time, between two slices
@@ -42,8 +47,8 @@ The rules, and why:
 - *Stopping.* `Controller.stop` cancels the loop: the cancellation arrives where the pass
   yields, between two routes (never inside one), and stop then saves every rollout as before.
 
-`Controller.tick(now)` stays the synchronous pass (start-up, tests, benchmarks); its routes are
-stepped by the same code, with an unbounded budget.
+`Controller.tick(now)` stays the synchronous pass (start-up, tests, benchmarks): the same
+reconcile and the same steps, all at once.
 """
 
 from __future__ import annotations
