@@ -166,7 +166,11 @@ async def test_two_workers_serve_one_listener_and_count_as_one(
     up = Upstream("stable")
     config = write_config(tmp_path / "routes.yaml", await serve(up.app()))
     with start_workers(tmp_path, config) as proxy:
-        assert len(children(proxy.process.pid)) == 2
+
+        async def two() -> bool:  # the follower starts once the leader serves
+            return len(children(proxy.process.pid)) == 2
+
+        await eventually(two, "two worker processes")
         answers = await answers_until(proxy, lambda a: len(workers_in(a)) == 2)
         assert len(workers_in(answers)) == 2  # two processes answered on one port
         sent = len(answers)
