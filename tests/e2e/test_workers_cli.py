@@ -159,6 +159,20 @@ def children(pid: int) -> set[int]:
     return found
 
 
+async def kill_the_follower(proxy: Proxy) -> None:
+    """SIGKILL worker 1 and wait until the supervisor has started another in its place."""
+    pids = children(proxy.process.pid)
+    assert len(pids) == 2
+    [follower] = pids - {await leader_pid(proxy)}
+    os.kill(follower, signal.SIGKILL)
+
+    async def replaced() -> bool:
+        now = children(proxy.process.pid)
+        return len(now) == 2 and follower not in now
+
+    await eventually(replaced, "a new worker in place of the killed one")
+
+
 @pytest.mark.timeout(40)
 async def test_two_workers_serve_one_listener_and_count_as_one(
     tmp_path: Path, serve: Serve
@@ -293,16 +307,7 @@ async def test_a_killed_worker_is_restarted(tmp_path: Path, serve: Serve) -> Non
     config = write_config(tmp_path / "routes.yaml", await serve(up.app()))
     with start_workers(tmp_path, config) as proxy:
         before = await answers_until(proxy, lambda a: len(workers_in(a)) == 2)
-        pids = children(proxy.process.pid)
-        assert len(pids) == 2
-        [follower] = pids - {await leader_pid(proxy)}
-        os.kill(follower, signal.SIGKILL)
-
-        async def replaced() -> bool:
-            now = children(proxy.process.pid)
-            return len(now) == 2 and follower not in now
-
-        await eventually(replaced, "a new worker in place of the killed one")
+        await kill_the_follower(proxy)
         # the new worker serves (a request-id prefix not seen before), the other one still does
         after = await answers_until(proxy, lambda a: len(workers_in(a) - workers_in(before)) == 1)
         assert len(workers_in(after) & workers_in(before)) <= 1
@@ -402,15 +407,7 @@ async def test_only_the_leader_checks_health_and_every_worker_follows(
         answers = await answers_until(proxy, lambda got: len(workers_in(got)) == 2)
         assert {x["version"] for x in answers} == {"b"}, Counter(map(str, answers))
         # a worker started now learns where A stands from the leader, without checking it
-        pids = children(proxy.process.pid)
-        [follower] = pids - {await leader_pid(proxy)}
-        os.kill(follower, signal.SIGKILL)
-
-        async def replaced() -> bool:
-            now = children(proxy.process.pid)
-            return len(now) == 2 and follower not in now
-
-        await eventually(replaced, "a new worker in place of the killed one")
+        await kill_the_follower(proxy)
         await asyncio.sleep(1)
         first = workers_in(answers)
         answers = await answers_until(proxy, lambda got: bool(workers_in(got) - first))
