@@ -205,27 +205,42 @@ def encode_sketch(sketch: LatencySketch) -> dict[str, Any]:
     return {"bins": [[k, n] for k, n in sorted(sketch.bins.items())], "sum": float(sketch.total)}
 
 
+_SKETCH: Final = frozenset({"bins", "sum"})
+
+
 def decode_sketch(data: object, where: str = "latency") -> LatencySketch:
-    doc = _object(data, where, frozenset({"bins", "sum"}))
+    doc = _object(data, where, _SKETCH)
     sketch = LatencySketch()
     bins = sketch.bins
     for i, pair in enumerate(_list(doc["bins"], f"{where}.bins", MAX_BINS)):
-        at = f"{where}.bins[{i}]"
-        if not isinstance(pair, list) or len(pair) != 2:
-            raise WireError(f"{at}: expected [key, count]")
-        key, n = pair
-        if type(key) is not int or not MIN_BIN <= key <= MAX_BIN:
-            raise WireError(f"{at}: {str(key)[:32]} is not a bin between {MIN_BIN} and {MAX_BIN}")
-        if key in bins:
-            raise WireError(f"{at}: bin {key} twice")
-        if _count(n, f"{at}.count") == 0:
-            raise WireError(f"{at}: an empty bin")
+        # the usual bin in one test (a bin's path is written only for its error)
+        if type(pair) is list and len(pair) == 2:
+            key, n = pair
+            if (type(key) is int and MIN_BIN <= key <= MAX_BIN and key not in bins
+                    and type(n) is int and 0 < n <= MAX_COUNT):  # fmt: skip
+                bins[key] = n
+                continue
+        key, n = _checked_bin(pair, f"{where}.bins[{i}]", bins)
         bins[key] = n
     sketch.count = sum(bins.values())
     if sketch.count > MAX_COUNT:
         raise WireError(f"{where}: {sketch.count} latencies, over the limit of {MAX_COUNT}")
     sketch.total = _number(doc["sum"], f"{where}.sum", 0.0)
     return sketch
+
+
+def _checked_bin(pair: object, at: str, bins: dict[int, int]) -> tuple[int, int]:
+    """A bin ``[key, count]`` with every check made one by one (the reason of a refusal)."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise WireError(f"{at}: expected [key, count]")
+    key, n = pair
+    if type(key) is not int or not MIN_BIN <= key <= MAX_BIN:
+        raise WireError(f"{at}: {str(key)[:32]} is not a bin between {MIN_BIN} and {MAX_BIN}")
+    if key in bins:
+        raise WireError(f"{at}: bin {key} twice")
+    if _count(n, f"{at}.count") == 0:
+        raise WireError(f"{at}: an empty bin")
+    return key, n
 
 
 def _encode_counts(counts: VersionCounts) -> dict[str, Any]:
@@ -266,10 +281,34 @@ def _encode_class(cls: PathClassCounts) -> dict[str, Any]:
     return doc
 
 
-def _decode_class(data: object, where: str, seen: tuple[set[int], set[int]]) -> PathClassCounts:
-    """A path class; ``seen`` holds each version's sticky users of the bucket so far (a user
-    is noted once per bucket, in the class of its first error)."""
-    doc = _object(data, where, frozenset({"name", "counts"}), frozenset({"units"}))
+_CLASS: Final = frozenset({"name", "counts"})
+_CLASS_OPTIONAL: Final = frozenset({"units"})
+
+
+def _decode_class(
+    data: object, period: str, index: int, seen: tuple[set[int], set[int]]
+) -> PathClassCounts:
+    """The ``index``-th path class of the bucket at ``period``; ``seen`` holds each version's
+    sticky users of the bucket so far (a user is noted once per bucket, in the class of its
+    first error)."""
+    # The usual class (no list of sticky users) in one test; anything else, valid or not,
+    # goes through every check (`_checked_class`), which says what is wrong.
+    if type(data) is dict and len(data) == 2:
+        name, counts = data.get("name"), data.get("counts")
+        if (type(name) is str and len(name) <= MAX_TEXT
+                and type(counts) is list and len(counts) == 6):  # fmt: skip
+            sr, se, cr, ce, sue, cue = counts
+            if (type(sr) is int and type(se) is int and type(cr) is int and type(ce) is int
+                    and type(sue) is int and type(cue) is int
+                    and 0 <= sue <= se <= sr <= MAX_COUNT
+                    and 0 <= cue <= ce <= cr <= MAX_COUNT):  # fmt: skip
+                return PathClassCounts(name, sr, se, cr, ce, sue, cue)
+    return _checked_class(data, f"{period}.classes[{index}]", seen)
+
+
+def _checked_class(data: object, where: str, seen: tuple[set[int], set[int]]) -> PathClassCounts:
+    """`_decode_class` with every check made one by one."""
+    doc = _object(data, where, _CLASS, _CLASS_OPTIONAL)
     name = _text(doc["name"], f"{where}.name")
     counts = _list(doc["counts"], f"{where}.counts", 6)
     if len(counts) != 6:
@@ -337,15 +376,19 @@ def decode_period(data: object, where: str = "period") -> Period:
     seen: tuple[set[int], set[int]] = (set(), set())
     names: set[str] = set()
     classes = []
+    sr = se = cr = ce = 0
     for i, item in enumerate(_list(doc.get("classes", []), f"{where}.classes", MAX_CLASSES)):
-        cls = _decode_class(item, f"{where}.classes[{i}]", seen)
+        cls = _decode_class(item, where, i, seen)
         if cls.name in names:
             raise WireError(f"{where}.classes[{i}]: class {cls.name[:64]!r} twice")
         names.add(cls.name)
         classes.append(cls)
+        sr += cls.stable_requests
+        se += cls.stable_errors
+        cr += cls.candidate_requests
+        ce += cls.candidate_errors
     # the classes split the user traffic: together they are the bucket's counts
-    sums = [sum(c.counts(v)[k] for c in classes) for v in ("stable", "candidate") for k in (0, 1)]
-    if sums != [stable.requests, stable.errors, candidate.requests, candidate.errors]:
+    if (sr, se, cr, ce) != (stable.requests, stable.errors, candidate.requests, candidate.errors):
         raise WireError(f"{where}: the path classes do not add up to the versions' counts")
     return Period(
         start, end, probability, stable, candidate, tuple(classes),
