@@ -169,10 +169,12 @@ class Evidence:
         self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
             Kept(), Kept(), Kept()
         )  # fmt: skip
-        # counts the updates and fresh starts of the comparisons' tests, which happen here
-        # only (`fold`, `_restart_due`; a test replaced is another object): what their kept
-        # results are keyed on, cheaper than every component's own change count each tick
-        self.compare_changes = 0
+        # count the updates and fresh starts of the error and the latency comparisons'
+        # tests, which happen here only (`fold`, `_restart_due`; a test replaced is another
+        # object): what their kept results are keyed on, cheaper than every component's own
+        # change count each tick. One each: once stable's thresholds are in, slow requests
+        # come nearly every tick, errors about one tick in ten (0.5 %, 20 a second)
+        self.error_changes = self.latency_changes = 0
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -270,8 +272,8 @@ class Evidence:
             self, now, samples, tests, tuple(limits.items())
         )
         if tests:
-            if pooled or slow:
-                self.compare_changes += 1
+            self.error_changes += bool(pooled)
+            self.latency_changes += bool(slow)
             if self.errors_test is not None:
                 for p, (x, y) in pooled.items():
                     self.errors_test.pooled.update(p, x, y)
@@ -301,7 +303,8 @@ class Evidence:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
-            self.compare_changes += 1
+            self.error_changes += 1
+            self.latency_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
             for test in [*errors, *self.latency_tests.values()]:
                 if isinstance(test, RecoveringTest):
@@ -472,7 +475,7 @@ class Evidence:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
-        key = (test, self.compare_changes, name, self.alpha.error, len(units), units.skipped)
+        key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
         return self._kept[0].get(key, lambda: self._error_result(name, test))
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
@@ -498,7 +501,7 @@ class Evidence:
     def _latency_compare(self, name: str) -> CheckResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
         thresholds = tuple(self.thresholds.items())
-        key = (name, self.alpha.latency, thresholds, self.compare_changes, *self.latency_tests)
+        key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
         key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         return self._kept[1].get(key, lambda: self._latency_result(name))
 
