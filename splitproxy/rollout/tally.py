@@ -24,11 +24,11 @@ always did; `Evidence.fold` applies the rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from splitproxy.rollout.histograms import hist_merge, slow_counts
-from splitproxy.rollout.messages import Histogram, Sample
+from splitproxy.rollout.histograms import hist_merge, slow_counts, slow_counts_sorted
+from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import BucketFeed, share_of
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ class Tally(NamedTuple):
     stab_n: int
     stab_x: int
     stab_gx: int
-    stable_latency: list[Histogram]  # into stable's trailing history (`trailing`)
+    # into stable's trailing history (`trailing.trail_add`, which reads each once)
+    stable_latency: list[Iterable[tuple[float, int]]]
     pooled: dict[float, list[int]]  # p -> [candidate events, stable events]
     classes: dict[tuple[float, str], list[int]]  # (p, path class) -> the same
     slow: dict[tuple[float, float], list[int]]  # (q, p) -> [candidate, stable]
@@ -66,7 +67,7 @@ def tally_samples(
     """The tick's sums from its samples (with ``tests``, the step window updated)."""
     cand_n = cand_x = stab_n = stab_x = 0
     cand_gx = stab_gx = 0
-    stable_latency: list[Histogram] = []
+    stable_latency: list[Iterable[tuple[float, int]]] = []
     pooled: dict[float, list[int]] = {}
     classes: dict[tuple[float, str], list[int]] = {}
     slow: dict[tuple[float, float], list[int]] = {}
@@ -121,7 +122,7 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
     n_by = [0, 0]  # per version (0 stable, 1 candidate): requests, errors, guard's errors
     x_by = [0, 0]
     gx_by = [0, 0]
-    stable_latency: list[Histogram] = []
+    stable_latency: list[Iterable[tuple[float, int]]] = []
     pooled: dict[float, list[int]] = {}
     classes: dict[tuple[float, str], list[int]] = {}
     slow: dict[tuple[float, float], list[int]] = {}
@@ -185,13 +186,14 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
                     pooled.setdefault(pj, [0, 0])[i] += events
             sketch = latency[v]
             if sketch.count and (v == 0 or tests):
-                hist = sketch.histogram()
-                if v == 0:
-                    stable_latency.append(hist)
+                # the histogram's columns, walked by each reader once (no pair per bin kept)
+                bounds, counts = sketch.columns()
+                if v == 0:  # read once, by `trail_add`
+                    stable_latency.append(zip(bounds, counts, strict=True))
                 else:
-                    hist_merge(window.latency, hist)
-                if slow_too:
-                    for q, above in slow_counts(hist, limits, lowest):
+                    hist_merge(window.latency, zip(bounds, counts, strict=True))
+                if slow_too:  # from the top: only the buckets above the lowest limit
+                    for q, above in slow_counts_sorted(bounds, counts, limits, lowest):
                         slow.setdefault((q, pl), [0, 0])[i] += above
             if v == 1 and tests:
                 window.requests += requests

@@ -49,8 +49,10 @@ def _evidence(cap: int) -> Evidence:
 
 
 def _plain(t: Tally) -> list[Any]:
-    """The tally with its dictionaries' order made visible."""
-    return [list(v.items()) if isinstance(v, dict) else v for v in t]
+    """The tally with its dictionaries' order made visible (and its histograms read)."""
+    out: list[Any] = [list(v.items()) if isinstance(v, dict) else v for v in t]
+    out[6] = [tuple(h) for h in t.stable_latency]
+    return out
 
 
 def _side_effects(e: Evidence) -> list[Any]:
