@@ -110,9 +110,8 @@ def test_the_buckets_tally_up_as_their_samples_do(
         )
     first = window.buckets(T0 - 1.0)[:1]
     for b in first:  # requests and errors no class holds: the samples' remainder (by hand)
-        for v, extra in enumerate(outside):
-            b.requests[v] += extra
-            b.errors[v] += extra // 2
+        b.requests = [n + extra for n, extra in zip(b.requests, outside, strict=True)]
+        b.errors = [x + extra // 2 for x, extra in zip(b.errors, outside, strict=True)]
     quantiles = (0.95, 0.99, 0.5)
     bounds = tuple(zip(quantiles, limits, strict=False))
     direct, made = _evidence(cap), _evidence(cap)
