@@ -192,6 +192,9 @@ class AccessLog:
         self._targets: dict[bytes, str] = {}
         self._json_targets: dict[bytes, str] = {}
         self._pending: list[Row] = []
+        # the loop the lines' flush was last scheduled on: `asyncio.get_running_loop()` makes a
+        # getpid system call on each call (Python 3.11), and `log` would ask once per loop pass
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def dropped(self) -> int:
@@ -397,10 +400,15 @@ class AccessLog:
             ex.preview,
         ))  # fmt: skip
         if len(pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                self.flush()
+            loop = self._loop
+            if loop is None or not loop.is_running():
+                try:
+                    loop = self._loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self._loop = None
+                    self.flush()
+                    return
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Format the lines kept so far and hand them to the writer as one text."""

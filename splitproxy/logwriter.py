@@ -20,6 +20,7 @@ import queue
 import select
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Final
 
 DEFAULT_LIMIT: Final = 4 * 1024 * 1024  # bytes of lines waiting for a stuck writer
@@ -48,11 +49,17 @@ class BatchWriter:
     """
 
     def __init__(
-        self, stream: IO[str], *, limit: int = DEFAULT_LIMIT, linger: float = LINGER
+        self,
+        stream: IO[str],
+        *,
+        limit: int = DEFAULT_LIMIT,
+        linger: float = LINGER,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.stream = stream
         self.limit = limit
         self.linger = linger
+        self.sleep = sleep  # how the thread lingers (tests script what arrives meanwhile)
         self.fd = _fileno(stream)
         self.encoding = getattr(stream, "encoding", None) or "utf-8"
         self.errors = getattr(stream, "errors", None) or "backslashreplace"
@@ -114,11 +121,12 @@ class BatchWriter:
         # loop thread pays each one (test_logwriter_rhythm.py counts the waits).
         waiting = self._queue
         linger = self.linger
+        sleep = self.sleep
         item = waiting.get()
         lingered = False
         while True:
             if item is not None and linger and not lingered:
-                time.sleep(linger)
+                sleep(linger)
             parts: list[str] = []
             lines = 0
             end = False
@@ -142,7 +150,7 @@ class BatchWriter:
             self.writes += 1
             lingered = False
             if linger:  # busy: the next batch is most likely on its way
-                time.sleep(linger)
+                sleep(linger)
                 lingered = True
             try:
                 item = waiting.get_nowait()

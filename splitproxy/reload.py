@@ -152,7 +152,9 @@ def settle_heap() -> None:
     by reference counting when dropped (the replaced config is: a reload leaves no cycles,
     measured 0 cyclic objects per reload), so the collector's work stays that of the objects
     made since the last reload. The price: cyclic garbage alive at this instant is never
-    collected; there is next to none (the reload's own objects hold no cycles)."""
+    collected; there is next to none (the reload's own objects hold no cycles), and objects
+    frozen while alive must not end in cycles: a client or upstream connection open at a
+    reload lets go of its parser and transport when it closes, so it is freed then."""
     gc.freeze()
 
 

@@ -2,7 +2,8 @@
 
 Lifecycle, in order:
 start:    load the routing file (an invalid one stops start-up with its errors), start the
-          health prober (active checks) and the rollout controller (it resumes saved
+          health prober (active checks; a follower worker follows the leader's instead) and
+          the rollout controller (it resumes saved
           rollouts from ``state_dir`` and applies their weights), open the admin listener,
           then the proxy listener, then the preview listener (``preview_listen``, when set),
           then the sweeper (timeouts, idle pools, the end of upstream ejections).
@@ -196,7 +197,8 @@ class Server:
         self.health.tick(time.time())
         ctx.mirror = self.mirror
         self._follow_snapshots(control, ctx)
-        self.prober.start()
+        if self.worker is None or self.worker.leader:  # a follower follows the leader's checks
+            self.prober.start()
         source = self.git or (s.config if self._routing_text is None else None)
         if source is not None:
             self.reloader = Reloader(

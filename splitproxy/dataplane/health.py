@@ -218,6 +218,9 @@ class HealthBook:
         self._route_probes: dict[str, tuple[Probe, ...]] = {}  # a route's part of `_probes`
         self._followed: Snapshot | None = None  # the snapshot `routes` follows
         self.listeners: list[Listener] = []  # (route, version, url, old, new, why)
+        # told every active check result first (the leader worker shares them: workers/checks)
+        self.on_check: Callable[[Probe, CheckResult], None] | None = None
+        self._probe_index: tuple[tuple[Probe, ...], dict[tuple[str, str, str], Probe]] = ((), {})
 
     # -- following the config ---------------------------------------------------------------
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
@@ -346,6 +349,27 @@ class HealthBook:
         cand = rh.candidate
         return CandidateHealth(cand.ready, cand.healthy, rh.unhealthy_since)
 
+    def address(self, route: str, version: Version, url: str) -> AddressHealth | None:
+        """The address ``url`` of ``route``'s ``version``, if the config still names it."""
+        rh = self.routes.get(route)
+        backend = rh.backend(version) if rh is not None else None
+        return backend.by_url.get(url) if backend is not None else None
+
+    def probe(self, route: str, version: Version, url: str) -> Probe | None:
+        """This book's active check of that address (None: its config asks for none)."""
+        probes, index = self._probe_index
+        if probes is not self._probes:
+            probes = self._probes
+            index = {(p.route, p.version, p.url): p for p in probes}
+            self._probe_index = (probes, index)
+        return index.get((route, version, url))
+
+    def set_active(self, address: AddressHealth, up: bool, why: str) -> None:
+        """Put ``address`` in or out of rotation by active checks (the leader worker's,
+        for a follower that runs none)."""
+        if address.active_up != up:
+            self._set(address, _active_up if up else _active_down, why)
+
     def addresses(self) -> Iterator[AddressHealth]:
         for rh in self.routes.values():
             for backend in (rh.stable, rh.candidate):
@@ -416,9 +440,9 @@ class HealthBook:
     # -- what the prober reports ------------------------------------------------------------
     def check(self, probe: Probe, result: CheckResult) -> None:
         """An active check of ``probe``'s address ended with ``result``."""
-        rh = self.routes.get(probe.route)
-        backend = rh.backend(probe.version) if rh is not None else None
-        address = backend.by_url.get(probe.url) if backend is not None else None
+        if self.on_check is not None:
+            self.on_check(probe, result)
+        address = self.address(probe.route, probe.version, probe.url)
         if address is None:
             return  # a reload removed it while the check ran
         spec = probe.spec

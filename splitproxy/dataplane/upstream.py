@@ -84,6 +84,10 @@ def _hand_on(data: bytes | memoryview) -> bytes | memoryview:
     return data
 
 
+# a lost connection's parser: never fed, it only stands in for the one let go
+_SPENT_PARSER: Final = httptools.HttpResponseParser(object())
+
+
 class UpstreamProtocolError(Exception):
     """The upstream's answer cannot be relayed safely (raised inside parser callbacks)."""
 
@@ -295,6 +299,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.state = CLOSED
         self.pool.forget(self)
         sink = self.sink
+        # Let go of the parser (it holds this protocol's bound callbacks) and the transport (it
+        # holds this protocol): the connection is freed by reference counting once the
+        # exchange lets go of it, not left in cycles to the collector, which a `gc.freeze()`
+        # of the heap (reload.py, after each swap) would have kept for good.
+        self.parser = _SPENT_PARSER
+        self.transport = None
         if sink is None:
             return
         if was is UPGRADED or self.body is ResponseBody.UNTIL_CLOSE:
@@ -390,12 +400,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.last_read = self._clock.now
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        transport = self.transport
+        if transport is not None:  # (None once lost: what a lost transport did, drop it)
+            transport.write(data)
 
     def writelines(self, data: list[bytes]) -> None:
-        assert self.transport is not None
-        self.transport.writelines(data)
+        transport = self.transport
+        if transport is not None:
+            transport.writelines(data)
 
     def pause_reading(self) -> None:
         if self.transport is not None and self.state is not CLOSED:

@@ -1,7 +1,7 @@
 """What replicas say to each other through Redis besides the state documents (async IO, thin).
 
 *The routing state* (``{ns}:routing``, with ``{ns}:routing_version``): the leader's runtime
-weights, rollout weights, reverts and warm backends (`wire.encode_routing`), written by one
+weights, rollout weights, reverts and warm backends (`routingwire.encode_routing`), written by one
 Lua script that refuses a stale fencing token exactly as the state documents' writes do, and
 announced on the ``{ns}:changed`` channel. Followers adopt it onto their own routing file.
 

@@ -17,7 +17,7 @@ weights, reverts and warm backends (`channel.Channel.write_routing`). It carries
 writes the other replicas forward (`forward` on their side, `_commands` on its side).
 
 *A follower* serves its own routing file with the leader's routing state adopted on top
-(`wire.RoutingState.apply_to`), and adopts the leader's state documents into its controller
+(`routingwire.RoutingState.apply_to`), and adopts the leader's state documents into its controller
 (`Controller.adopt`): status on any replica shows the same phase, and a replica that takes
 over resumes at the same step. A change note on ``{ns}:changed`` wakes it at once; it also
 reads every ``sync_every`` seconds, in case a note was lost.
@@ -335,7 +335,7 @@ class ReplicaLink:
                 self._routing_due.set()  # try again
 
     async def _publish_now(self) -> None:
-        from splitproxy.replicas.wire import encode_routing
+        from splitproxy.replicas.routingwire import encode_routing
 
         server, channel, token = self._server, self._channel, self.token
         snapshot = server.state.snapshot if server is not None else None
@@ -356,7 +356,8 @@ class ReplicaLink:
     async def sync(self, *, force: bool = False) -> None:
         """Adopt the leader's routing state and the state documents that changed (all of them
         with ``force``)."""
-        from splitproxy.replicas.wire import WireError, decode_routing
+        from splitproxy.replicas.routingwire import decode_routing
+        from splitproxy.replicas.wire import WireError
 
         server, channel, store = self._server, self._channel, self._store
         assert server is not None

@@ -6,7 +6,7 @@ and consistency before it builds a value, and refuses with `WireError` and the r
 field path and what is wrong), never with another exception and never after allocating more
 than the bounds below allow. Encoders write exactly what the decoders accept.
 
-Two documents, each with a format version ``"v"`` (`FORMAT`; another version is refused,
+Documents carry a format version ``"v"`` (`FORMAT`; another version is refused,
 ``kind = "format"``):
 
 *A harvest* (`encode_harvest`, `decode_harvest`): the closed live-window buckets of one
@@ -30,9 +30,7 @@ the two cannot disagree); a path class ``{"name", "counts": [stable requests, st
 candidate requests, candidate errors, stable sticky errors, candidate sticky errors],
 "units": [[stable user ids], [candidate user ids]]}``.
 
-*The routing state* (`encode_routing`, `decode_routing`): a snapshot's runtime weights,
-rollout weights, reverts and warm backends, without its config; a replica adopts it onto its
-own routing file (`RoutingState.apply_to`, then `RuntimeState.adopt`).
+The routing state a leader writes for its followers is `routingwire.py`'s, on the checks here.
 """
 
 from __future__ import annotations
@@ -42,15 +40,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
-from types import MappingProxyType
 from typing import Any, Final
 
-from pydantic import ValidationError
-
-from splitproxy.config import Backend, RoutingConfig
 from splitproxy.config.fields import ROUTE_NAME
 from splitproxy.dataplane.abpool import AbEvents, AbLead
-from splitproxy.dataplane.state import RolloutWeight, SharedState, WeightOverride
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.rollout.sketch import MAX_BINS, MAX_LATENCY, MIN_LATENCY, LatencySketch
 from splitproxy.rollout.windows import UNITS_PER_BUCKET, PathClassCounts, Period, VersionCounts
@@ -212,27 +205,42 @@ def encode_sketch(sketch: LatencySketch) -> dict[str, Any]:
     return {"bins": [[k, n] for k, n in sorted(sketch.bins.items())], "sum": float(sketch.total)}
 
 
+_SKETCH: Final = frozenset({"bins", "sum"})
+
+
 def decode_sketch(data: object, where: str = "latency") -> LatencySketch:
-    doc = _object(data, where, frozenset({"bins", "sum"}))
+    doc = _object(data, where, _SKETCH)
     sketch = LatencySketch()
     bins = sketch.bins
     for i, pair in enumerate(_list(doc["bins"], f"{where}.bins", MAX_BINS)):
-        at = f"{where}.bins[{i}]"
-        if not isinstance(pair, list) or len(pair) != 2:
-            raise WireError(f"{at}: expected [key, count]")
-        key, n = pair
-        if type(key) is not int or not MIN_BIN <= key <= MAX_BIN:
-            raise WireError(f"{at}: {str(key)[:32]} is not a bin between {MIN_BIN} and {MAX_BIN}")
-        if key in bins:
-            raise WireError(f"{at}: bin {key} twice")
-        if _count(n, f"{at}.count") == 0:
-            raise WireError(f"{at}: an empty bin")
+        # the usual bin in one test (a bin's path is written only for its error)
+        if type(pair) is list and len(pair) == 2:
+            key, n = pair
+            if (type(key) is int and MIN_BIN <= key <= MAX_BIN and key not in bins
+                    and type(n) is int and 0 < n <= MAX_COUNT):  # fmt: skip
+                bins[key] = n
+                continue
+        key, n = _checked_bin(pair, f"{where}.bins[{i}]", bins)
         bins[key] = n
     sketch.count = sum(bins.values())
     if sketch.count > MAX_COUNT:
         raise WireError(f"{where}: {sketch.count} latencies, over the limit of {MAX_COUNT}")
     sketch.total = _number(doc["sum"], f"{where}.sum", 0.0)
     return sketch
+
+
+def _checked_bin(pair: object, at: str, bins: dict[int, int]) -> tuple[int, int]:
+    """A bin ``[key, count]`` with every check made one by one (the reason of a refusal)."""
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise WireError(f"{at}: expected [key, count]")
+    key, n = pair
+    if type(key) is not int or not MIN_BIN <= key <= MAX_BIN:
+        raise WireError(f"{at}: {str(key)[:32]} is not a bin between {MIN_BIN} and {MAX_BIN}")
+    if key in bins:
+        raise WireError(f"{at}: bin {key} twice")
+    if _count(n, f"{at}.count") == 0:
+        raise WireError(f"{at}: an empty bin")
+    return key, n
 
 
 def _encode_counts(counts: VersionCounts) -> dict[str, Any]:
@@ -273,10 +281,34 @@ def _encode_class(cls: PathClassCounts) -> dict[str, Any]:
     return doc
 
 
-def _decode_class(data: object, where: str, seen: tuple[set[int], set[int]]) -> PathClassCounts:
-    """A path class; ``seen`` holds each version's sticky users of the bucket so far (a user
-    is noted once per bucket, in the class of its first error)."""
-    doc = _object(data, where, frozenset({"name", "counts"}), frozenset({"units"}))
+_CLASS: Final = frozenset({"name", "counts"})
+_CLASS_OPTIONAL: Final = frozenset({"units"})
+
+
+def _decode_class(
+    data: object, period: str, index: int, seen: tuple[set[int], set[int]]
+) -> PathClassCounts:
+    """The ``index``-th path class of the bucket at ``period``; ``seen`` holds each version's
+    sticky users of the bucket so far (a user is noted once per bucket, in the class of its
+    first error)."""
+    # The usual class (no list of sticky users) in one test; anything else, valid or not,
+    # goes through every check (`_checked_class`), which says what is wrong.
+    if type(data) is dict and len(data) == 2:
+        name, counts = data.get("name"), data.get("counts")
+        if (type(name) is str and len(name) <= MAX_TEXT
+                and type(counts) is list and len(counts) == 6):  # fmt: skip
+            sr, se, cr, ce, sue, cue = counts
+            if (type(sr) is int and type(se) is int and type(cr) is int and type(ce) is int
+                    and type(sue) is int and type(cue) is int
+                    and 0 <= sue <= se <= sr <= MAX_COUNT
+                    and 0 <= cue <= ce <= cr <= MAX_COUNT):  # fmt: skip
+                return PathClassCounts(name, sr, se, cr, ce, sue, cue)
+    return _checked_class(data, f"{period}.classes[{index}]", seen)
+
+
+def _checked_class(data: object, where: str, seen: tuple[set[int], set[int]]) -> PathClassCounts:
+    """`_decode_class` with every check made one by one."""
+    doc = _object(data, where, _CLASS, _CLASS_OPTIONAL)
     name = _text(doc["name"], f"{where}.name")
     counts = _list(doc["counts"], f"{where}.counts", 6)
     if len(counts) != 6:
@@ -344,15 +376,19 @@ def decode_period(data: object, where: str = "period") -> Period:
     seen: tuple[set[int], set[int]] = (set(), set())
     names: set[str] = set()
     classes = []
+    sr = se = cr = ce = 0
     for i, item in enumerate(_list(doc.get("classes", []), f"{where}.classes", MAX_CLASSES)):
-        cls = _decode_class(item, f"{where}.classes[{i}]", seen)
+        cls = _decode_class(item, where, i, seen)
         if cls.name in names:
             raise WireError(f"{where}.classes[{i}]: class {cls.name[:64]!r} twice")
         names.add(cls.name)
         classes.append(cls)
+        sr += cls.stable_requests
+        se += cls.stable_errors
+        cr += cls.candidate_requests
+        ce += cls.candidate_errors
     # the classes split the user traffic: together they are the bucket's counts
-    sums = [sum(c.counts(v)[k] for c in classes) for v in ("stable", "candidate") for k in (0, 1)]
-    if sums != [stable.requests, stable.errors, candidate.requests, candidate.errors]:
+    if (sr, se, cr, ce) != (stable.requests, stable.errors, candidate.requests, candidate.errors):
         raise WireError(f"{where}: the path classes do not add up to the versions' counts")
     return Period(
         start, end, probability, stable, candidate, tuple(classes),
@@ -470,131 +506,19 @@ def decode_harvest(replica: object, data: object) -> Harvest:
     return Harvest(name, watermark, periods, mirrors, ab, lead)
 
 
-# -- the routing state -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RoutingState:
-    """A snapshot's runtime weights, rollout weights, reverts and warm backends (by route),
-    without its config: what a follower adopts from the leader."""
-
-    overrides: Mapping[str, WeightOverride] = field(default_factory=dict)
-    rollout_weights: Mapping[str, RolloutWeight] = field(default_factory=dict)
-    reverts: Mapping[str, Backend] = field(default_factory=dict)
-    warm: Mapping[str, Backend] = field(default_factory=dict)
-
-    def apply_to(self, config: RoutingConfig, content_hash: str, loaded_at: float) -> SharedState:
-        """This state on a replica's own routing file, for `RuntimeState.adopt`. Entries for
-        routes the file does not name are left out (the leader's file may be a reload ahead
-        or behind; what applies to a route the replica does not serve means nothing there)."""
-        names = {route.name for route in config.routes}
-
-        def mine(values: Mapping[str, Any]) -> dict[str, Any]:
-            return {name: v for name, v in values.items() if name in names}
-
-        return SharedState(
-            config, content_hash, loaded_at,
-            mine(self.overrides), mine(self.rollout_weights), mine(self.reverts), mine(self.warm),
-        )  # fmt: skip
-
-
-def _backend(backend: Backend) -> dict[str, Any]:
-    return backend.model_dump(mode="json")
-
-
-def encode_routing(shared: SharedState) -> dict[str, Any]:
-    """The routing state of ``shared`` (its config left out), routes in name order (equal
-    states give equal documents)."""
-    return {
-        "v": FORMAT,
-        "overrides": {
-            name: {"percent": float(o.percent), "set_at": float(o.set_at), "source": o.source}
-            for name, o in sorted(shared.overrides.items())
-        },
-        "rollout_weights": {
-            name: {
-                "percent": float(w.percent),
-                "set_at": float(w.set_at),
-                "candidate": w.candidate,
-                "closed": w.closed,
-                "shadow": w.shadow,
-            }
-            for name, w in sorted(shared.rollout_weights.items())
-        },
-        "reverts": {name: _backend(b) for name, b in sorted(shared.reverts.items())},
-        "warm": {name: _backend(b) for name, b in sorted(shared.warm.items())},
-    }
-
-
-_ROUTING: Final = frozenset({"v", "overrides", "rollout_weights", "reverts", "warm"})
-_OVERRIDE: Final = frozenset({"percent", "set_at", "source"})
-_ROLLOUT: Final = frozenset({"percent", "set_at", "candidate", "closed", "shadow"})
-
-
-def _decode_backend(data: object, where: str) -> Backend:
-    if not isinstance(data, dict):
-        raise WireError(f"{where}: expected a backend, got {_kind(data)}")
-    try:
-        return Backend.model_validate(data)
-    except (ValidationError, ValueError, TypeError) as exc:
-        first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise WireError(f"{where}: not a backend: {first}") from None
-
-
-def decode_routing(data: object) -> RoutingState:
-    """The routing state ``data`` (a decoded JSON value) holds."""
-    _format(data, "routing")
-    doc = _object(data, "routing", _ROUTING)
-    overrides = {}
-    for name, item in _routes(doc["overrides"], "overrides").items():
-        at = f"overrides.{name}"
-        o = _object(item, at, _OVERRIDE)
-        overrides[name] = WeightOverride(
-            _number(o["percent"], f"{at}.percent", 0.0, 100.0),
-            _number(o["set_at"], f"{at}.set_at"),
-            _text(o["source"], f"{at}.source"),
-        )
-    weights = {}
-    for name, item in _routes(doc["rollout_weights"], "rollout_weights").items():
-        at = f"rollout_weights.{name}"
-        w = _object(item, at, _ROLLOUT)
-        weights[name] = RolloutWeight(
-            _number(w["percent"], f"{at}.percent", 0.0, 100.0),
-            _number(w["set_at"], f"{at}.set_at"),
-            _text(w["candidate"], f"{at}.candidate"),
-            _flag(w["closed"], f"{at}.closed"),
-            _flag(w["shadow"], f"{at}.shadow"),
-        )
-    reverts = {
-        name: _decode_backend(item, f"reverts.{name}")
-        for name, item in _routes(doc["reverts"], "reverts").items()
-    }
-    warm = {
-        name: _decode_backend(item, f"warm.{name}")
-        for name, item in _routes(doc["warm"], "warm").items()
-    }
-    return RoutingState(
-        MappingProxyType(overrides),
-        MappingProxyType(weights),
-        MappingProxyType(reverts),
-        MappingProxyType(warm),
-    )
-
-
 __all__ = [
     "FORMAT",
     "MAX_HARVEST_BYTES",
     "Harvest",
-    "RoutingState",
     "WireError",
     "decode_harvest",
     "decode_mirror",
     "decode_period",
-    "decode_routing",
     "decode_sketch",
     "dumps",
     "encode_harvest",
     "encode_mirror",
     "encode_period",
-    "encode_routing",
     "encode_sketch",
     "loads",
 ]

@@ -92,7 +92,7 @@ from splitproxy.rollout.samples import (
     analyzer_spec,
     judges_synthetic,
     path_class_slots,
-    window_samples,
+    window_feed,
 )
 from splitproxy.rollout.store import StateBackend
 from splitproxy.rollout.testjob import TestJobRunner
@@ -271,8 +271,8 @@ class Controller:
         snapshot = self.state.snapshot
         assert snapshot is not None
         route, identity, judge = rt.follow(snapshot.config)
-        # = samples_for(recorder.observations(name, last, until=now)), without the copies
-        samples, end = window_samples(
+        # = samples_for(recorder.observations(name, last, until=now)), as the buckets (`tally`)
+        samples, end = window_feed(
             self.recorder.windows, rt.name, rt.last, now, judge_synthetic=judge
         )
         if end is not None:

@@ -58,11 +58,9 @@ from splitproxy.config import (
 )
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.deferred import DeferredThresholds, bounded
-from splitproxy.rollout.histograms import hist_merge, slow_counts
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
     CheckResult,
-    Histogram,
     Sample,
     Verdict,
 )
@@ -75,6 +73,7 @@ from splitproxy.rollout.sequential import (
     mean_log_e,
     split_alpha,
 )
+from splitproxy.rollout.tally import tally
 from splitproxy.rollout.trailing import trail_add, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
@@ -170,10 +169,12 @@ class Evidence:
         self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
             Kept(), Kept(), Kept()
         )  # fmt: skip
-        # counts the updates and fresh starts of the comparisons' tests, which happen here
-        # only (`fold`, `_restart_due`; a test replaced is another object): what their kept
-        # results are keyed on, cheaper than every component's own change count each tick
-        self.compare_changes = 0
+        # count the updates and fresh starts of the error and the latency comparisons'
+        # tests, which happen here only (`fold`, `_restart_due`; a test replaced is another
+        # object): what their kept results are keyed on, cheaper than every component's own
+        # change count each tick. One each: once stable's thresholds are in, slow requests
+        # come nearly every tick, errors about one tick in ten (0.5 %, 20 a second)
+        self.error_changes = self.latency_changes = 0
 
     def configure(self, spec: Rollout) -> None:
         """Take the rollout spec's checks, α and guard (the running tests are kept)."""
@@ -261,61 +262,18 @@ class Evidence:
         if tests:
             self.detach()
             self._restart_due(now)
-        cand_n = cand_x = stab_n = stab_x = 0
-        cand_gx = stab_gx = 0  # errors with a sticky user's counted once per bucket
-        stable_latency: list[Histogram] = []  # into stable's trailing history (`trailing`)
-        pooled: dict[float, list[int]] = {}  # p -> [candidate errors, stable errors]
-        classes: dict[tuple[float, str], list[int]] = {}
-        slow: dict[tuple[float, float], list[int]] = {}  # (q, p) -> [candidate, stable]
-        window = self.window
-        guard_count, first = self.guard_units.count, self.units.first
         # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
         limits = (
             {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
         )
-        limit_items = tuple(limits.items())
-        lowest = min(limits.values(), default=0.0)
-        # each sample unpacked once (a named tuple's fields are properties: eight lookups)
-        for version, requests, errors, p, path_class, latency, unit_errors, units in samples:
-            cand = version == "candidate"
-            once = errors - unit_errors  # for the guard and the incident rule
-            if units:
-                once += sum(guard_count(now, u) for u in units)
-            if cand:
-                cand_n += requests
-                cand_x += errors
-                cand_gx += once
-            else:
-                stab_n += requests
-                stab_x += errors
-                stab_gx += once
-                if latency:
-                    stable_latency.append(latency)
-            if not tests:
-                continue
-            if cand:
-                window.requests += requests
-                window.errors += errors
-                if latency:
-                    hist_merge(window.latency, latency)
-            if p is None or not 0.0 < p < 1.0:
-                continue
-            i = 0 if cand else 1
-            # per request, but a sticky user's first error only (`units`)
-            events = errors - unit_errors
-            if units:
-                events += sum(first(u) for u in units)
-            if events:
-                pooled.setdefault(p, [0, 0])[i] += events
-                if path_class is not None:
-                    classes.setdefault((p, path_class), [0, 0])[i] += events
-            if latency and limit_items:
-                for q, above in slow_counts(latency, limit_items, lowest):
-                    slow.setdefault((q, p), [0, 0])[i] += above
+        # the sums, from the live buckets themselves on the controller's path (`tally`)
+        cand_n, _, cand_gx, stab_n, stab_x, stab_gx, stable_latency, pooled, classes, slow = tally(
+            self, now, samples, tests, tuple(limits.items())
+        )
         if tests:
-            if pooled or slow:
-                self.compare_changes += 1
+            self.error_changes += bool(pooled)
+            self.latency_changes += bool(slow)
             if self.errors_test is not None:
                 for p, (x, y) in pooled.items():
                     self.errors_test.pooled.update(p, x, y)
@@ -345,7 +303,8 @@ class Evidence:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
-            self.compare_changes += 1
+            self.error_changes += 1
+            self.latency_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
             for test in [*errors, *self.latency_tests.values()]:
                 if isinstance(test, RecoveringTest):
@@ -516,7 +475,7 @@ class Evidence:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
-        key = (test, self.compare_changes, name, self.alpha.error, len(units), units.skipped)
+        key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
         return self._kept[0].get(key, lambda: self._error_result(name, test))
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
@@ -542,7 +501,7 @@ class Evidence:
     def _latency_compare(self, name: str) -> CheckResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
         thresholds = tuple(self.thresholds.items())
-        key = (name, self.alpha.latency, thresholds, self.compare_changes, *self.latency_tests)
+        key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
         key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         return self._kept[1].get(key, lambda: self._latency_result(name))
 

@@ -114,7 +114,9 @@ class Observation(NamedTuple):
     an external check's name to the value it produced since the previous tick (None when
     the query failed or gave nothing); a web check without ``json_path`` reports 1.0 for a
     2xx answer and 0.0 otherwise. ``health``: the candidate's readiness and availability
-    now (None: not known, which counts as ready and healthy; see `readiness`).
+    now (None: not known, which counts as ready and healthy; see `readiness`). The controller's
+    ``samples`` are a `samples.BucketFeed`: its live buckets, which `Evidence.fold` folds as
+    they are (``tally``) and which read as a sequence are their samples.
 
     A named tuple, like `Sample`: the controller makes one per route per tick.
     """

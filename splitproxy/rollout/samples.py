@@ -27,18 +27,23 @@ What one bucket becomes, per version (a sample only where there is something to 
 - with ``judge_synthetic``, the synthetic requests as one sample with ``p=None``: they count
   for the absolute checks, the guard and the step's ``min_requests``, never for the comparisons
   with stable (they were not routed at random). Without it they are left out entirely.
+
+The controller's own path makes no samples at all: `window_feed` hands the analyzer the live
+buckets as a `BucketFeed`, which `Evidence.fold` folds as they are (``tally.tally_buckets``:
+the sums these samples would give, in their order) and which turns into these samples only
+if something else reads it as a sequence.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, overload
 
 from splitproxy.config import Rollout, Route
 from splitproxy.config.vocabulary import VERSIONS
 from splitproxy.rollout.messages import Sample
-from splitproxy.rollout.windows import Period, Windows
+from splitproxy.rollout.windows import Period, Windows, _Bucket
 
 
 def samples_for(periods: Iterable[Period], *, judge_synthetic: bool = False) -> list[Sample]:
@@ -96,7 +101,68 @@ def window_samples(
     buckets = window.buckets(since, until)
     if not buckets:
         return [], None
-    res = window.resolution
+    return bucket_samples(buckets, judge_synthetic), buckets[-1].start + window.resolution
+
+
+def window_feed(
+    windows: Windows,
+    route: str,
+    since: float,
+    until: float,
+    *,
+    judge_synthetic: bool = False,
+) -> tuple[Sequence[Sample], float | None]:
+    """`window_samples`, with the live buckets handed on as a `BucketFeed` (no `Sample`s
+    made: `Evidence.fold` folds the buckets themselves) where the windows are this process's
+    own; the controller's path every tick."""
+    if type(windows).observations is not Windows.observations:
+        return window_samples(windows, route, since, until, judge_synthetic=judge_synthetic)
+    window = windows.get(route)
+    if window is None:
+        return [], None
+    buckets = window.buckets(since, until)
+    if not buckets:
+        return [], None
+    return BucketFeed(buckets, judge_synthetic), buckets[-1].start + window.resolution
+
+
+class BucketFeed(Sequence[Sample]):
+    """A tick's live buckets as the analyzer's samples: `Evidence.fold` reads the buckets
+    (``tally.tally_buckets``: the same sums, in the same order, without a `Sample` each);
+    anyone else who reads it as a sequence gets `bucket_samples`' samples, made on the first
+    read. Valid only while the buckets do not change: within the tick that read them (the
+    windows are written by the same event loop, never during a tick)."""
+
+    __slots__ = ("_samples", "buckets", "judge_synthetic")
+
+    def __init__(self, buckets: list[_Bucket], judge_synthetic: bool) -> None:
+        self.buckets = buckets
+        self.judge_synthetic = judge_synthetic
+        self._samples: list[Sample] | None = None
+
+    def samples(self) -> list[Sample]:
+        """`bucket_samples` of the buckets (made once)."""
+        out = self._samples
+        if out is None:
+            out = self._samples = bucket_samples(self.buckets, self.judge_synthetic)
+        return out
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Sample]: ...
+    def __getitem__(self, index: int | slice) -> Sample | Sequence[Sample]:
+        return self.samples()[index]
+
+    def __len__(self) -> int:
+        return len(self.samples())
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples())
+
+
+def bucket_samples(buckets: Iterable[_Bucket], judge_synthetic: bool) -> list[Sample]:
+    """The samples of live buckets (`window_samples` without the look-up)."""
     out: list[Sample] = []
     append = out.append
     # `Sample(...)` without its generated `__new__` (a Python frame filling in the defaults,
@@ -143,7 +209,7 @@ def window_samples(
                 n, x = syn.requests[v], syn.errors[v]
                 if n or x:
                     append(Sample(version, n, x, None, None, syn.latency[v].histogram()))
-    return out, buckets[-1].start + res
+    return out
 
 
 def realized_share(period: Period) -> float | None:

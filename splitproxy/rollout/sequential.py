@@ -129,7 +129,7 @@ class AttributionTest:
     routed to the candidate with probability ``p``. ``log_e`` is the log of the e-value.
     """
 
-    __slots__ = ("_counts", "_log_e", "_log_l", "_log_w", "changes", "grid")
+    __slots__ = ("_counts", "_events", "_log_e", "_log_l", "_log_w", "changes", "grid")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID) -> None:
         if not grid or any(r <= 1.0 for r in grid):
@@ -138,6 +138,10 @@ class AttributionTest:
         self._log_w = -math.log(len(self.grid))
         self._log_l = [0.0] * len(self.grid)
         self._counts: dict[float, list[int]] = {}
+        # `events`, counted as they come: the sum over ``_counts`` is asked several times a
+        # tick (results, fresh starts), and a sticky route's tests hold a ``p`` per realized
+        # share (hundreds of them after a few minutes)
+        self._events = 0
         # `log_e` as last computed; None once `_log_l` changed. The controller asks for it
         # several times a tick per test, and most tests see no new event in a tick.
         self._log_e: float | None = None
@@ -152,6 +156,7 @@ class AttributionTest:
         cell = self._counts.setdefault(p, [0, 0])
         cell[0] += candidate
         cell[1] += stable
+        self._events += candidate + stable
         self._log_e = None
         log_l = self._log_l
         for j, (a, b) in enumerate(_coefficients(p, self.grid)):
@@ -187,8 +192,8 @@ class AttributionTest:
 
     @property
     def events(self) -> int:
-        """Events seen at an informative ``p`` (both versions)."""
-        return sum(x + y for x, y in self._counts.values())
+        """Events seen at an informative ``p`` (both versions): ``Σ x + y`` over `counts`."""
+        return self._events
 
     @property
     def candidate_events(self) -> int:

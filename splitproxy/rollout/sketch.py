@@ -105,13 +105,19 @@ class LatencySketch:
     def histogram(self) -> tuple[tuple[float, int], ...]:
         """The bins as ``(upper bound in seconds, count)`` pairs, smallest first (one layout
         for every sketch, so histograms of both versions line up)."""
+        bounds, counts = self.columns()
+        return tuple(zip(bounds, counts, strict=True))
+
+    def columns(self) -> tuple[list[float], list[int]]:
+        """`histogram` as two columns, the bounds and the counts: for a reader that walks it
+        (``zip``) once or twice and keeps nothing (``tally``), without a pair per bin."""
         bins = self.bins
         keys = sorted(bins)
         try:
             bounds = list(map(_BOUNDS.__getitem__, keys))
         except KeyError:  # a key outside the layout (bins set by hand): the same power
             bounds = [_BOUNDS.setdefault(key, _GAMMA**key) for key in keys]
-        return tuple(zip(bounds, map(bins.__getitem__, keys), strict=True))
+        return bounds, list(map(bins.__getitem__, keys))
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within

@@ -20,11 +20,10 @@ also for `codec`, which saves every slot). The sum is what the thresholds read e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.rollout.histograms import hist_add, hist_quantiles_from
-from splitproxy.rollout.messages import Histogram
 
 if TYPE_CHECKING:
     from splitproxy.rollout.evidence import Evidence
@@ -37,10 +36,14 @@ STABLE_RECENT: Final = 60.0  # the window in which stable "breaches too" (incide
 
 
 def trail_add(
-    e: Evidence, now: float, requests: int, errors: int, hists: Sequence[Histogram]
+    e: Evidence,
+    now: float,
+    requests: int,
+    errors: int,
+    hists: Sequence[Iterable[tuple[float, int]]],
 ) -> None:
-    """Add one tick's stable traffic (``hists``: its samples' latency histograms, counts
-    positive as everywhere) to ``e``'s trailing history, and drop what has aged out.
+    """Add one tick's stable traffic (``hists``: its latency histograms, each read once,
+    counts positive as everywhere) to ``e``'s trailing history, and drop what has aged out.
 
     Each bucket goes into the sum only: the open slot's histogram is left unwritten while
     ``e.trail_mark`` holds the sum of the slots before it (it is the sum less the mark, made

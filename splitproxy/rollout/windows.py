@@ -37,9 +37,9 @@ version and bucket (the analyzer counts each user's first error once; see ``unit
 
 Costs: O(1) work per observation (a few integer updates, one logarithm and, for user traffic,
 one path classification), and constant memory per route: at most ``capacity`` buckets, each
-with two sketches (`sketch.LatencySketch`, at most `sketch.MAX_BINS` bins), two lists of
-``2·(limit+1)`` class counters and, when synthetic requests were seen in it, two more
-sketches; with sticky errors, at most ``2·UNITS_PER_BUCKET`` user ids.
+with two sketches (`sketch.LatencySketch`, at most `sketch.MAX_BINS` bins), ``2·(limit+1)``
+class counters (tuples once closed: untracked by the collector) and, with synthetic requests,
+two more sketches; with sticky errors, at most ``2·UNITS_PER_BUCKET`` user ids.
 
 Nothing here reads a clock: every call takes ``now`` (seconds; the recorder passes Unix time).
 Time that goes backwards (a wall-clock step) is folded into the newest bucket, so buckets stay
@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -72,6 +72,9 @@ UNITS_PER_BUCKET: Final = 1024  # distinct sticky users with errors, per version
 # ~20 KB a route whatever clients send (a path seen again is the common case, and short)
 SEEN_PATHS: Final = 128
 SEEN_PATH_CHARS: Final = 64
+# a bucket's sticky users with errors, per version, until its first sticky error: one empty
+# pair for every bucket (read only: `Window.observe` gives a bucket its own before writing)
+_NO_UNITS: Final[tuple[dict[int, int], dict[int, int]]] = ({}, {})
 
 
 def _names_a_class(segment: str) -> bool:
@@ -238,6 +241,8 @@ class _Synthetic:
 
 
 class _Bucket:
+    """A window's bucket as its readers see it (closed: `_OpenBucket.sealed`, or the open one)."""
+
     __slots__ = (
         "class_errors",
         "class_names",
@@ -254,24 +259,21 @@ class _Bucket:
         "synthetic",
     )
 
-    def __init__(
-        self, start: float, end: float, probability: float | None, classes: PathClasses
-    ) -> None:
-        self.start = start
-        self.end = end
-        self.probability = probability
-        self.requests = [0, 0]
-        self.errors = [0, 0]
-        self.latency = (LatencySketch(), LatencySketch())
-        # counters per (class index, version) at ``2 * index + version``
-        self.class_names = classes.names
-        self.class_requests = [0] * (2 * classes.limit + 2)
-        self.class_errors = [0] * (2 * classes.limit + 2)
-        self.synthetic: _Synthetic | None = None
-        self.sticky = False
-        self.class_unit_errors: list[int] | None = None  # created on the first sticky error
-        # per version: sticky user -> the class cell of its first error in this bucket
-        self.error_units: tuple[dict[int, int], dict[int, int]] = ({}, {})
+    start: float
+    end: float
+    probability: float | None
+    requests: Sequence[int]  # per version
+    errors: Sequence[int]
+    latency: tuple[LatencySketch, LatencySketch]
+    class_names: list[str]
+    # counters per (class index, version) at ``2 * index + version``
+    class_requests: Sequence[int]
+    class_errors: Sequence[int]
+    synthetic: _Synthetic | None
+    sticky: bool
+    class_unit_errors: Sequence[int] | None  # made on the first sticky error
+    # per version: sticky user -> the class cell of its first error in this bucket
+    error_units: tuple[dict[int, int], dict[int, int]]
 
     def counts(self, version: int) -> VersionCounts:
         return VersionCounts(
@@ -322,6 +324,51 @@ class _Bucket:
         )
 
 
+class _OpenBucket(_Bucket):
+    """The bucket `Window.observe` writes to, its counters lists. Once a newer one opens, the
+    ring keeps a `sealed` copy, its counters tuples: the collector stops tracking tuples of
+    numbers, never lists, and a ring holds up to ``capacity`` buckets (120 a route: with
+    1,000 routes, each bucket's four lists and pair of tables were over half of the objects
+    a full collection walks)."""
+
+    __slots__ = ()
+    requests: list[int]
+    errors: list[int]
+    class_requests: list[int]
+    class_errors: list[int]
+    class_unit_errors: list[int] | None
+
+    def __init__(
+        self, start: float, end: float, probability: float | None, classes: PathClasses
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.probability = probability
+        self.requests = [0, 0]
+        self.errors = [0, 0]
+        self.latency = (LatencySketch(), LatencySketch())
+        self.class_names = classes.names
+        self.class_requests = [0] * (2 * classes.limit + 2)
+        self.class_errors = [0] * (2 * classes.limit + 2)
+        self.synthetic = None
+        self.sticky = False
+        self.class_unit_errors = None  # made on the first sticky error, with `error_units`
+        self.error_units = _NO_UNITS
+
+    def sealed(self) -> _Bucket:
+        """A copy for the ring once this bucket is closed (never written again): tuples."""
+        out = _Bucket.__new__(_Bucket)
+        out.start, out.end, out.probability = self.start, self.end, self.probability
+        out.requests, out.errors = tuple(self.requests), tuple(self.errors)
+        out.latency, out.class_names = self.latency, self.class_names
+        out.class_requests, out.class_errors = tuple(self.class_requests), tuple(self.class_errors)
+        out.synthetic, out.sticky = self.synthetic, self.sticky
+        unit_err = self.class_unit_errors
+        out.class_unit_errors = tuple(unit_err) if unit_err is not None else None
+        out.error_units = self.error_units
+        return out
+
+
 class Window:
     """The recent traffic of one route: a ring of at most ``capacity`` buckets."""
 
@@ -335,7 +382,7 @@ class Window:
         self.resolution = resolution
         self.classes = PathClasses(path_classes)
         self._buckets: deque[_Bucket] = deque(maxlen=capacity)
-        self._current: _Bucket | None = None
+        self._current: _OpenBucket | None = None
 
     @property
     def capacity(self) -> int:
@@ -399,6 +446,7 @@ class Window:
                 unit_errors = bucket.class_unit_errors
                 if unit_errors is None:
                     unit_errors = bucket.class_unit_errors = [0] * len(bucket.class_errors)
+                    bucket.error_units = ({}, {})  # its own (until now the shared empty pair)
                 unit_errors[cell] += 1
                 units = bucket.error_units[index]
                 if unit not in units and len(units) < UNITS_PER_BUCKET:
@@ -406,15 +454,19 @@ class Window:
         if latency is not None:
             bucket.latency[index].add(latency)
 
-    def _next(self, now: float, probability: float | None) -> _Bucket:
-        current = self._current
+    def _next(self, now: float, probability: float | None) -> _OpenBucket:
+        buckets = self._buckets
         start = now - now % self.resolution
-        if current is None and self._buckets:
-            current = self._buckets[-1]
-        if current is not None and start < current.start:
-            start = current.start  # the clock went back: stay in order
-        bucket = self._current = _Bucket(start, start + self.resolution, probability, self.classes)
-        self._buckets.append(bucket)
+        newest = buckets[-1] if buckets else None
+        if newest is not None and start < newest.start:
+            start = newest.start  # the clock went back: stay in order
+        current = self._current
+        if current is not None and newest is current:
+            buckets[-1] = current.sealed()  # closed: written no more (`_OpenBucket`)
+        bucket = self._current = _OpenBucket(
+            start, start + self.resolution, probability, self.classes
+        )
+        buckets.append(bucket)
         return bucket
 
     def _between(self, since: float, until: float | None) -> Iterator[_Bucket]:

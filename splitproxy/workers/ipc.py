@@ -7,7 +7,8 @@ publish goes to the leader. Messages, by direction:
 - supervisor -> worker: `Hello` (who it is, the settings), then, to a follower, the leader's
   latest `StateUpdate`; to the leader, `Members` whenever a worker comes or goes;
 - leader -> followers: `StateUpdate` after every change of its snapshot (a reload, a weight
-  the admin API set, a rollout step, a rollback, a revert);
+  the admin API set, a rollout step, a rollback, a revert); `Checked`, its active health
+  checks' results, four times a second when there are any (`checks.py`);
 - follower -> leader: `Observed` (closed live-window buckets, the tallies of mirrored
   copies' answers and the A/B tests' events) four times a second, and
   `Counted` (its metric families to sum) once a second;
@@ -30,7 +31,9 @@ from typing import TYPE_CHECKING, Final
 
 from prometheus_client.core import Metric
 
+from splitproxy.config.vocabulary import Version
 from splitproxy.dataplane.abpool import AbEvents, AbLead
+from splitproxy.dataplane.health import CheckResult
 from splitproxy.dataplane.state import SharedState
 from splitproxy.rollout.mirrored import MirrorTally
 from splitproxy.workers.pooling import Periods
@@ -96,6 +99,22 @@ class Counted:
     worker: int
     pid: int
     families: list[Metric]
+
+
+# an active health check's result: route, version, address, result (dataplane.health)
+CheckedResult = tuple[str, Version, str, CheckResult]
+# where an address stands by the checks: route, version, address, in rotation, ready,
+# consecutive passes, consecutive failures, the last result
+Standing = tuple[str, Version, str, bool, bool, int, int, CheckResult | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """The leader's active health check results since its previous message, in order, and
+    when due (a worker came or went) every checked address's standing (`workers.checks`)."""
+
+    results: tuple[CheckedResult, ...]
+    standing: tuple[Standing, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

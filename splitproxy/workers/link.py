@@ -18,7 +18,8 @@ their requests reach).
 on each `StateUpdate`: a reload, a runtime weight, a rollout step, a rollback or a manual
 command reach it as soon as the leader's snapshot changes), and publishes its closed buckets
 and A/B events (4 times a second) and its data-path counts (once a second). It runs no
-controller, no admin API and no reloader: nothing in it decides anything.
+controller, no admin API, no reloader and no active health checks (it follows the leader's,
+`checks.py`): nothing in it decides anything.
 
 `Backplane` is the seam for another transport (a shared store, for replicas on several hosts):
 the link only ever sends and receives the messages of `ipc.py` through it.
@@ -39,13 +40,14 @@ from splitproxy.dataplane.abpool import AbLead
 from splitproxy.dataplane.state import RuntimeState, SharedState, Snapshot
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.windows import Windows
+from splitproxy.workers.checks import SharedChecks, follow
 from splitproxy.workers.counts import (
     LateBucketsCollector,
     PooledRegistry,
     WorkerCounts,
     data_path_families,
 )
-from splitproxy.workers.ipc import Counted, Members, Observed, Ready, StateUpdate
+from splitproxy.workers.ipc import Checked, Counted, Members, Observed, Ready, StateUpdate
 from splitproxy.workers.mirrors import merge_tallies, take_tallies
 from splitproxy.workers.pooling import Harvester, Pool, PooledWindows
 
@@ -93,6 +95,7 @@ class WorkerLink:
         self._server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ab_sent: AbLead | None = None  # the leader's last word on the A/B tests
+        self._checks: SharedChecks | None = None  # the leader's active checks, to share
         self.gone = asyncio.Event()  # the supervisor went away: the worker should stop
 
     # -- what the server asks ----------------------------------------------------------------
@@ -125,6 +128,7 @@ class WorkerLink:
         loop = asyncio.get_running_loop()
         if self.leader:
             server.state.subscribe(self._publish_state)
+            self._checks = SharedChecks(server.health)
         else:
             self._tasks.append(loop.create_task(self._send_counts()))
         self._tasks.append(loop.create_task(self._harvest()))
@@ -176,6 +180,9 @@ class WorkerLink:
                 self.pool.contribute(self.worker, now, periods)
                 self.pool.release(now)
                 self._publish_tests()
+                checked = self._checks.take() if self._checks is not None else None
+                if checked is not None:
+                    self.backplane.send(checked)
             else:
                 server = self._server
                 mirrors = take_tallies(server.recorder, self._routes()) if server else {}
@@ -217,7 +224,12 @@ class WorkerLink:
                 merge_tallies(server.recorder, message.mirrors)
         elif isinstance(message, Counted):
             self.counts.update(message.worker, message.pid, message.families)
+        elif isinstance(message, Checked):
+            if not self.leader and self._server is not None:
+                follow(self._server.health, message)
         elif isinstance(message, Members):
+            if self._checks is not None:
+                self._checks.members_changed()
             if self.pool is not None:
                 self.pool.set_members(message.pids)
             self.counts.set_members(message.pids, message.restarts)

@@ -35,7 +35,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from splitproxy.dataplane.synthetic import TOKEN_ENV
-from splitproxy.workers.ipc import Channel, Counted, Hello, Members, Observed, Ready, StateUpdate
+from splitproxy.workers.ipc import (
+    Channel,
+    Checked,
+    Counted,
+    Hello,
+    Members,
+    Observed,
+    Ready,
+    StateUpdate,
+)
 from splitproxy.workers.listeners import Listeners
 
 if TYPE_CHECKING:
@@ -207,8 +216,9 @@ class Supervisor:
                 self._members()
                 if not slot.leader:
                     logger.info("worker %d (pid %d) serving", slot.index, slot.pid)
-            elif isinstance(message, StateUpdate):
-                self.state = message
+            elif isinstance(message, StateUpdate | Checked):
+                if isinstance(message, StateUpdate):
+                    self.state = message
                 for other in self.slots[1:]:
                     if other.channel is not None:
                         other.channel.send(message)

@@ -159,6 +159,20 @@ def children(pid: int) -> set[int]:
     return found
 
 
+async def kill_the_follower(proxy: Proxy) -> None:
+    """SIGKILL worker 1 and wait until the supervisor has started another in its place."""
+    pids = children(proxy.process.pid)
+    assert len(pids) == 2
+    [follower] = pids - {await leader_pid(proxy)}
+    os.kill(follower, signal.SIGKILL)
+
+    async def replaced() -> bool:
+        now = children(proxy.process.pid)
+        return len(now) == 2 and follower not in now
+
+    await eventually(replaced, "a new worker in place of the killed one")
+
+
 @pytest.mark.timeout(40)
 async def test_two_workers_serve_one_listener_and_count_as_one(
     tmp_path: Path, serve: Serve
@@ -166,7 +180,11 @@ async def test_two_workers_serve_one_listener_and_count_as_one(
     up = Upstream("stable")
     config = write_config(tmp_path / "routes.yaml", await serve(up.app()))
     with start_workers(tmp_path, config) as proxy:
-        assert len(children(proxy.process.pid)) == 2
+
+        async def two() -> bool:  # the follower starts once the leader serves
+            return len(children(proxy.process.pid)) == 2
+
+        await eventually(two, "two worker processes")
         answers = await answers_until(proxy, lambda a: len(workers_in(a)) == 2)
         assert len(workers_in(answers)) == 2  # two processes answered on one port
         sent = len(answers)
@@ -289,16 +307,7 @@ async def test_a_killed_worker_is_restarted(tmp_path: Path, serve: Serve) -> Non
     config = write_config(tmp_path / "routes.yaml", await serve(up.app()))
     with start_workers(tmp_path, config) as proxy:
         before = await answers_until(proxy, lambda a: len(workers_in(a)) == 2)
-        pids = children(proxy.process.pid)
-        assert len(pids) == 2
-        [follower] = pids - {await leader_pid(proxy)}
-        os.kill(follower, signal.SIGKILL)
-
-        async def replaced() -> bool:
-            now = children(proxy.process.pid)
-            return len(now) == 2 and follower not in now
-
-        await eventually(replaced, "a new worker in place of the killed one")
+        await kill_the_follower(proxy)
         # the new worker serves (a request-id prefix not seen before), the other one still does
         after = await answers_until(proxy, lambda a: len(workers_in(a) - workers_in(before)) == 1)
         assert len(workers_in(after) & workers_in(before)) <= 1
@@ -356,3 +365,56 @@ def test_a_port_in_use_stops_start_up(tmp_path: Path) -> None:
         )  # fmt: skip
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+class Checked(Upstream):
+    """An upstream whose ``/health`` counts the checks it gets and answers 503 once ``down``."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.checks = 0
+        self.down = False
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        if request.path == "/health":
+            self.checks += 1
+            return web.Response(status=503 if self.down else 200)
+        return await super()._answer(request)
+
+
+@pytest.mark.timeout(60)
+async def test_only_the_leader_checks_health_and_every_worker_follows(
+    tmp_path: Path, serve: Serve
+) -> None:
+    a, b = Checked("a"), Checked("b")
+    config = tmp_path / "routes.yaml"
+    route = {
+        "name": ROUTE,
+        "stable": [await serve(a.app()), await serve(b.app())],
+        "health": {"path": "/health", "interval": "0.2s", "timeout": "0.2s",
+                   "unhealthy_after": 1, "healthy_after": 1},
+    }  # fmt: skip
+    config.write_text(yaml.safe_dump({"routes": [route]}, sort_keys=False))
+    with start_workers(tmp_path, config) as proxy:
+        await answers_until(proxy, lambda got: len(workers_in(got)) == 2)
+        # one worker checks: about 10 checks in 2 s at 0.2 s (two workers would make 20)
+        before = a.checks
+        await asyncio.sleep(2)
+        assert 5 <= a.checks - before <= 14, a.checks - before
+        # A fails its checks: both workers take it out of rotation, on the leader's word
+        a.down = True
+        await asyncio.sleep(1)
+        answers = await answers_until(proxy, lambda got: len(workers_in(got)) == 2)
+        assert {x["version"] for x in answers} == {"b"}, Counter(map(str, answers))
+        # a worker started now learns where A stands from the leader, without checking it
+        await kill_the_follower(proxy)
+        await asyncio.sleep(1)
+        first = workers_in(answers)
+        answers = await answers_until(proxy, lambda got: bool(workers_in(got) - first))
+        assert {x["version"] for x in answers} == {"b"}, Counter(map(str, answers))
+        # A recovers: back in rotation in every worker
+        a.down = False
+        await asyncio.sleep(1)
+        answers = await answers_until(
+            proxy, lambda got: len(workers_in(got, "a")) == 2 and len(workers_in(got, "b")) == 2
+        )

@@ -245,3 +245,25 @@ def test_the_bytes_a_text_line_shows_as_they_are_are_exactly_the_safe_ones() -> 
     for b in range(256):
         one = bytes([b])
         assert bool(one.translate(None, logs._SAFE)) == (_UNSAFE.search(one) is not None)
+
+
+def test_each_loop_pass_flushes_its_lines_on_the_loop_that_runs_now() -> None:
+    # The log keeps the loop it scheduled its last flush on (asking asyncio costs a system
+    # call); a loop that has stopped must not be used again: a new loop gets the next flush,
+    # and a caller without a loop is written at once.
+    sink = Sink()
+    log = AccessLog("text", sink)  # type: ignore[arg-type]
+    ex = exchange(STATE, "shop", "candidate", "sticky")
+
+    async def one_pass(n: int) -> tuple[str, str]:
+        for _ in range(n):
+            log.log(ex)
+        before = sink.text  # nothing written within the pass
+        await asyncio.sleep(0)
+        return before, sink.text
+
+    for n in (2, 3):  # two loops, one after the other
+        before, after = asyncio.run(one_pass(n))
+        assert after.count("\n") - before.count("\n") == n
+    log.log(ex)  # no loop running now: at once
+    assert sink.text.count("\n") == 6

@@ -1,6 +1,8 @@
 """The log writer's rhythm: a busy writer lingers between writes instead of waiting on its
 queue (whose next put would wake it: one more GIL hand-over per write for the loop's thread),
-and still writes every line, in order; a quiet one waits on the queue."""
+and still writes every line, in order; a quiet one waits on the queue. The thread's linger is
+scripted (`BatchWriter`'s ``sleep``), so what arrives while it lingers does not depend on
+the machine's timing."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
@@ -54,37 +56,54 @@ def drained_pipe() -> Iterator[tuple[IO[str], list[bytes]]]:
         os.close(r)
 
 
+def wait_until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, "the writer thread did not get there"
+        time.sleep(0.001)
+
+
 def test_a_busy_writer_lingers_instead_of_waiting_on_its_queue() -> None:
+    # Busy, scripted: while the thread lingers, the next batch arrives (its `sleep` hands it
+    # over, as the loop would during those 50 ms), so after each write there is more waiting.
+    lines = [f"line {n}\n" for n in range(120)]
+    script = iter(lines[1:])
+
+    def linger(seconds: float) -> None:
+        assert seconds == 0.05
+        line = next(script, None)
+        if line is not None:
+            writer.write(line, 1)
+
     with drained_pipe() as (stream, got):
-        writer = BatchWriter(stream, linger=0.05)
+        writer = BatchWriter(stream, linger=0.05, sleep=linger)
         waiting = CountingQueue()
         writer._queue = waiting  # type: ignore[assignment]
-        lines = [f"line {n}\n" for n in range(120)]
-        for line in lines:  # a batch every 5 ms for 0.6 s: busy all along
-            writer.write(line, 1)
-            time.sleep(0.005)
+        writer.write(lines[0], 1)
+        wait_until(lambda: writer.written_lines == 120)
         writer.close(timeout=5)
     assert b"".join(got).decode() == "".join(lines)
-    assert writer.written_lines == 120
     assert writer.dropped_total == 0
-    # one wait for the first batch; a writer that waited after each write waits ~12 times
-    # (a stalled test thread may leave the queue empty for a whole linger now and then)
-    assert waiting.waits <= 3
-    assert 2 <= writer.writes <= 16
+    # one wait for the first batch, one for the end (close): a writer that went back to its
+    # queue after each write would wait ~120 times, and each of those is a wake-up the loop
+    # thread pays for
+    assert waiting.waits == 2
+    # the first write takes two batches (one arrived during the first linger), then one each
+    assert writer.writes == 119
 
 
 def test_a_quiet_writer_waits_on_its_queue_and_writes_each_batch() -> None:
+    # Quiet: nothing arrives while the thread lingers; each batch is put only once the
+    # thread waits on its queue again, so each is its own write and its own wake-up.
     with drained_pipe() as (stream, got):
-        writer = BatchWriter(stream, linger=0.01)
+        writer = BatchWriter(stream, linger=0.01, sleep=lambda seconds: None)
         waiting = CountingQueue()
         writer._queue = waiting  # type: ignore[assignment]
-        for n in range(3):  # far apart: each batch is its own write
+        for n in range(3):  # (the first batch starts the thread)
             writer.write(f"quiet {n}\n", 1)
-            deadline = time.monotonic() + 5
-            while writer.written_lines <= n and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.05)  # past the linger after the write: back to waiting
+            waits = n + 2  # written, and waiting on its queue again
+            wait_until(lambda: waiting.waits == waits)  # noqa: B023 (called at once)
         writer.close(timeout=5)
     assert b"".join(got).decode() == "quiet 0\nquiet 1\nquiet 2\n"
     assert writer.writes == 3
-    assert waiting.waits >= 3
+    assert waiting.waits == 4

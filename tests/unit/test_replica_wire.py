@@ -17,16 +17,14 @@ from hypothesis import strategies as st
 from splitproxy.config import Backend, content_hash, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
 from splitproxy.dataplane.state import RuntimeState, SharedState
+from splitproxy.replicas.routingwire import RoutingState, decode_routing, encode_routing
 from splitproxy.replicas.wire import (
     MAX_BIN,
     Harvest,
-    RoutingState,
     WireError,
     decode_harvest,
-    decode_routing,
     dumps,
     encode_harvest,
-    encode_routing,
     loads,
 )
 from splitproxy.rollout.mirrored import MirrorTally

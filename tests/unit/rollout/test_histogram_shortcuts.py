@@ -6,6 +6,7 @@
   the pairs ``(γ^key, count)`` in key order, bit for bit;
 - `slow_counts` counts the buckets above several limits in one pass: for any histogram (in
   any order) and limits, each limit's `hist_above`, the zeros left out, in the limits' order;
+  `slow_counts_sorted` (a sketch's columns, walked from the top) gives the same;
 - `thresholds.shown_above` keeps each line's alternatives and their logs: for any counts, line
   and level, the verdict and the e-value computed afresh, bit for bit.
 """
@@ -21,7 +22,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from splitproxy.rollout import sketch
-from splitproxy.rollout.histograms import hist_above, hist_quantile, hist_quantiles, slow_counts
+from splitproxy.rollout.histograms import (
+    hist_above,
+    hist_quantile,
+    hist_quantiles,
+    slow_counts,
+    slow_counts_sorted,
+)
 from splitproxy.rollout.sequential import RateGuard, guard_rates, logsumexp
 from splitproxy.rollout.sketch import LatencySketch
 from splitproxy.rollout.thresholds import MULTIPLIERS, shown_above
@@ -78,6 +85,11 @@ def test_slow_counts_in_one_pass_are_each_limits_count(
     lowest = min((c for _, c in limits), default=0.0)
     want = [(q, n) for q, c in limits if (n := hist_above(pairs, c))]
     assert slow_counts(pairs, limits, lowest) == want
+    merged: dict[float, int] = {}
+    for bound, count in pairs:  # a sketch's columns: each bound once, increasing
+        merged[bound] = merged.get(bound, 0) + count
+    bounds = sorted(merged)
+    assert slow_counts_sorted(bounds, [merged[b] for b in bounds], limits, lowest) == want
 
 
 def test_ties_at_the_rank_take_the_lower_bound() -> None:
