@@ -17,12 +17,12 @@ stall in that tick (in wall time, and in CPU time, which the machine's other loa
 move). ``--paced`` times the background loop's pass in slices (`Controller.paced_tick`)
 instead of the synchronous `Controller.tick`. The collector's runs in the timed ticks are
 counted by generation (`gc.callbacks`), each full one with its tick and duration; ``--settle``
-freezes the heap after each tick (what that would buy; the server does not: see
-``cyclic_garbage.py``).
+settles the heap after each tick as the background loop does after each pass (so ``--paced
+--settle`` is the loop as the server runs it).
 
     .venv/bin/python benchmarks/controller_tick.py                    # 1,000 routes, 60 ticks
     .venv/bin/python benchmarks/controller_tick.py --profile --seconds 20
-    .venv/bin/python benchmarks/controller_tick.py --paced --seconds 30   # the loop's stalls
+    .venv/bin/python benchmarks/controller_tick.py --paced --settle --seconds 30  # as served
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
 from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.heap import settle_after_pass
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.controller import Controller, ControlOptions
 from splitproxy.rollout.hooks import HookResult
@@ -217,9 +218,8 @@ async def timed(
         await control.paced_tick(now)
     else:
         control.tick(now)
-    if settle:  # a young collection (its cyclic garbage freed, not frozen), then the freeze
-        gc.collect(1)
-        gc.freeze()
+    if settle:  # as the background loop does after each pass
+        settle_after_pass()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await asyncio.sleep(0)  # the probe's turn after the tick: its wait through the tick
     done = True
@@ -364,8 +364,9 @@ def main() -> None:
     parser.add_argument(
         "--settle",
         action="store_true",
-        help="after each tick a young collection, then gc.freeze() (what freezing the heap "
-        "after each pass would buy; not done by the server: see benchmarks/README.md)",
+        help="settle the heap after each tick, as the background loop does after each pass "
+        "(`heap.settle_after_pass`: a young collection, then gc.freeze()); with --paced: the "
+        "background loop as the server runs it",
     )
     parser.add_argument(
         "--feed-only",

@@ -46,7 +46,7 @@ interval and ``max_duration`` (the step still needs its ``min_requests``).
 
 *Pacing.* The background loop steps the routes in slices of a few ms with a turn of the event
 loop between two, so serving never waits for a whole tick (`pacing`: the rules for reloads,
-commands, leadership and ``stop`` mid-pass).
+commands, leadership and ``stop`` mid-pass), and settles the heap after each pass (`heap`).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
+from splitproxy.heap import settle_after_pass
 from splitproxy.metrics import Recorder
 from splitproxy.rollout import ab, ledger, shadow
 from splitproxy.rollout.analyzer import Analyzer
@@ -145,7 +146,7 @@ class Controller:
         self.health = health  # route -> its candidate's health; None: unknown (ready, healthy)
         self.options = options or ControlOptions()
         self.metrics = RolloutMetrics(self)
-        self.ticker = Ticker(self.paced_tick, self.options.tick)
+        self.ticker = Ticker(self.paced_tick, self.options.tick, after=settle_after_pass)
         self.persistence = Persistence(store, retry=self.options.tick)
         self.dispatcher = HookDispatcher(
             hooks, on_answer=self.ticker.wake, metrics=self.metrics, drain=self.options.notify_drain

@@ -14,8 +14,10 @@ monotonic one: the budget measures time spent, not the time of day; wall time ra
 CPU time, since a request waits in wall time.
 
 Two stretches are not sliced: the reconcile at the start of a pass (a reload that adds many
-rollouts creates their analyzers in one go) and a full garbage collection, which lands where
-the allocations trigger it (`benchmarks/README.md`, "Pacing": why the heap is not frozen).
+rollouts creates their analyzers in one go) and a garbage collection. So that no full
+collection walks the routes' million objects, the loop settles the heap after each pass
+(`heap.settle_after_pass`: a young collection, then `gc.freeze`; `benchmarks/README.md`,
+"Pacing").
 
 The rules, and why:
 
@@ -128,10 +130,16 @@ class Pass:
 
 class Ticker:
     """The background loop: ``run`` (a pass) ``interval`` seconds after the previous one ended,
-    or as soon as it ended after a `wake`; one task, so passes never overlap."""
+    or as soon as it ended after a `wake`; one task, so passes never overlap; ``after`` each
+    pass (the controller's: `heap.settle_after_pass`)."""
 
-    def __init__(self, run: Callable[[], Awaitable[object]], interval: float) -> None:
-        self.run, self.interval = run, interval
+    def __init__(
+        self,
+        run: Callable[[], Awaitable[object]],
+        interval: float,
+        after: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.run, self.interval, self.after = run, interval, after
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -158,6 +166,7 @@ class Ticker:
             self._wake.clear()  # before the pass: a wake during it starts the next one at once
             try:
                 await self.run()
+                self.after()
             except Exception:  # a bug must not stop rollouts for good
                 logger.exception("rollout tick failed")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,30 @@ async def test_a_manual_command_outside_a_pass_is_stepped_as_before() -> None:
     p.log.clear()
     p.control.command("r2", "pause")
     assert p.steps() == ["r2@0"]
+
+
+async def test_the_background_loop_settles_the_heap_after_each_pass() -> None:
+    p = Paced(many(), tick=3600.0)
+    await p.control.start()
+    try:
+        gc.unfreeze()
+        kept = Node()
+        assert any(o is kept for o in gc.get_objects())
+        p.log.clear()
+        p.control.ticker.wake()
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if len(p.steps()) == ROUTES and gc.get_freeze_count():
+                break
+        assert len(p.steps()) == ROUTES
+        assert not any(o is kept for o in gc.get_objects())  # frozen: no collection walks it
+    finally:
+        await p.control.stop()
+        gc.unfreeze()
+
+
+class Node:
+    """An object the collector tracks."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []

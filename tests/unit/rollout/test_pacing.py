@@ -136,6 +136,7 @@ def test_a_pass_holds_while_its_config_is_in_force_and_the_replica_leads() -> No
 async def test_the_ticker_never_overlaps_passes_and_waits_its_interval_after_a_long_one() -> None:
     loop = asyncio.get_running_loop()
     spans: list[tuple[float, float]] = []
+    settled: list[float] = []
     running = 0
 
     async def long_pass() -> None:  # three times the interval
@@ -147,19 +148,22 @@ async def test_the_ticker_never_overlaps_passes_and_waits_its_interval_after_a_l
         spans.append((started, loop.time()))
         running -= 1
 
-    ticker = Ticker(long_pass, 0.01)
+    ticker = Ticker(long_pass, 0.01, after=lambda: settled.append(loop.time()))
     ticker.start()
     while len(spans) < 3:
         await asyncio.sleep(0.005)
     await ticker.stop()
     for (_, ended), (started, _) in itertools.pairwise(spans):
         assert started - ended >= 0.009  # the interval after the previous pass, never within it
+    assert len(settled) >= 3  # ``after`` each pass, once it ended
+    assert all(end <= at for (_, end), at in zip(spans, settled, strict=False))
 
 
 async def test_a_failing_pass_is_logged_and_the_ticker_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     runs = 0
+    settled = 0
 
     async def flaky() -> None:
         nonlocal runs
@@ -167,12 +171,16 @@ async def test_a_failing_pass_is_logged_and_the_ticker_goes_on(
         if runs == 1:
             raise RuntimeError("a bug")
 
-    ticker = Ticker(flaky, 3600.0)
+    def after() -> None:
+        nonlocal settled
+        settled += 1
+
+    ticker = Ticker(flaky, 3600.0, after=after)
     ticker.start()
     for _ in range(2):
         ticker.wake()
         for _ in range(20):
             await asyncio.sleep(0)
     await ticker.stop()
-    assert runs == 2
+    assert (runs, settled) == (2, 1)  # the failed pass settles nothing; the next one runs
     assert "rollout tick failed" in caplog.text
