@@ -218,7 +218,9 @@ async def timed(
         await control.paced_tick(now)
     else:
         control.tick(now)
-    if settle:  # as the background loop does after each pass
+    if settle:  # as the background loop does after each pass: a turn of the loop, then settle
+        if paced:
+            await asyncio.sleep(0)
         settle_after_pass()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await asyncio.sleep(0)  # the probe's turn after the tick: its wait through the tick

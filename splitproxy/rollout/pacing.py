@@ -166,6 +166,7 @@ class Ticker:
             self._wake.clear()  # before the pass: a wake during it starts the next one at once
             try:
                 await self.run()
+                await asyncio.sleep(0)  # a turn first: the settling is a stall of its own
                 self.after()
             except Exception:  # a bug must not stop rollouts for good
                 logger.exception("rollout tick failed")

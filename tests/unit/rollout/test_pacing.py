@@ -150,7 +150,7 @@ async def test_the_ticker_never_overlaps_passes_and_waits_its_interval_after_a_l
 
     ticker = Ticker(long_pass, 0.01, after=lambda: settled.append(loop.time()))
     ticker.start()
-    while len(spans) < 3:
+    while len(settled) < 3:
         await asyncio.sleep(0.005)
     await ticker.stop()
     for (_, ended), (started, _) in itertools.pairwise(spans):
