@@ -28,6 +28,7 @@ from splitproxy.dataplane.http11 import (
 from splitproxy.dataplane.routing import CompiledRoute
 from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
 from splitproxy.dataplane.synthetic import UPSTREAM_LINE
+from splitproxy.dataplane.upstream_head import Fields
 
 FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
@@ -172,68 +173,37 @@ def response_head(
     client connection after this response; ``upgrade``: the client's ``Upgrade`` value (a 101
     states it back); ``extra``: whole header lines the proxy adds (a sticky ``Set-Cookie``).
     A 101 never closes: the connection becomes a tunnel.
+
+    What comes of the upstream's status, reason and headers alone (`_Prepared`) is made once
+    per `upstream_head.Fields` (one per distinct head the upstream sends) and kept on it.
     """
-    parts = [status_line(status, reason)]
-    chunked = False
-    length_at = -1
-    has_length = False
-    echo_id = True
-    named = False  # a Connection header named an option or a header
-    dropped: list[bytes] = []
+    prepared = headers.prepared if type(headers) is Fields else None
+    if (
+        type(prepared) is not _Prepared
+        or prepared.status != status
+        or prepared.reason is not reason
+    ):
+        prepared = _Prepared(status, reason, headers)
+        if type(headers) is Fields:
+            headers.prepared = prepared
     relay = RAW
-    kinds = _kinds
-    for name, value in headers:
-        kind = kinds.get(name)
-        if kind is None:
-            kind = _kind(name)
-        if kind:  # (most headers are _PLAIN: one test)
-            if kind == _TRANSFER_ENCODING:
-                chunked = b"chunked" in value.lower()
-                continue
-            if kind == _CONNECTION:
-                if value.lower() in _RESPONSE_OPTIONS:
-                    # (a lone option, the usual ``keep-alive``, names no header to drop)
-                    named = True
-                else:
-                    tokens = connection_tokens(value)
-                    named = named or bool(tokens)
-                    dropped.extend(tokens)
-                continue
-            if kind == _HOP:
-                continue
-            if kind == _LENGTH:
-                has_length = True
-                length_at = len(parts)
-            else:  # _REQUEST_ID: the upstream's own id is echoed instead of ours
-                echo_id = False
-        parts += (name, b": ", value, b"\r\n")
-    drop = {n for n in dropped if n not in _RESPONSE_OPTIONS} if dropped else None
-    if drop:
-        parts = _without(parts, drop)
-        length_at = -1 if not has_length else _find(parts, b"content-length")
     if status == 101:
-        parts.append(b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n")
+        parts = [
+            prepared.kept,
+            b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n",
+        ]
     elif no_body:
-        pass
-    elif chunked:
-        if named and has_length and not drop:
-            # two Content-Lengths (a head the parser refuses): with a Connection header, the
-            # first is the one dropped, as when that header names one to drop
-            length_at = _find(parts, b"content-length")
-        if length_at >= 0:  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
-            parts[length_at : length_at + 4] = []
+        parts = [prepared.kept]
+    elif prepared.chunked or not prepared.has_length:
+        parts = [prepared.unframed]
         if http11:
             parts.append(b"Transfer-Encoding: chunked\r\n")
             relay = RECHUNK
         else:
             closing = True
-    elif not has_length:
-        if http11:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            relay = RECHUNK
-        else:
-            closing = True
-    if echo_id:
+    else:
+        parts = [prepared.kept]
+    if prepared.echo_id:
         parts += (b"X-Request-ID: ", request_id, b"\r\n")
     if extra:
         parts.append(extra)
@@ -245,6 +215,69 @@ def response_head(
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(b"\r\n")
     return b"".join(parts), relay, closing
+
+
+class _Prepared:
+    """The part of the client's head that the upstream's status, reason and headers make:
+    the status line and the headers kept (``kept``), the same less the Content-Length that a
+    chunked body overrides (``unframed``), and what the rest depends on."""
+
+    __slots__ = ("chunked", "echo_id", "has_length", "kept", "reason", "status", "unframed")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        parts = [status_line(status, reason)]
+        chunked = False
+        length_at = -1
+        has_length = False
+        echo_id = True
+        named = False  # a Connection header named an option or a header
+        dropped: list[bytes] = []
+        kinds = _kinds
+        for name, value in headers:
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _kind(name)
+            if kind:  # (most headers are _PLAIN: one test)
+                if kind == _TRANSFER_ENCODING:
+                    chunked = b"chunked" in value.lower()
+                    continue
+                if kind == _CONNECTION:
+                    if value.lower() in _RESPONSE_OPTIONS:
+                        # (a lone option, the usual ``keep-alive``, names no header to drop)
+                        named = True
+                    else:
+                        tokens = connection_tokens(value)
+                        named = named or bool(tokens)
+                        dropped.extend(tokens)
+                    continue
+                if kind == _HOP:
+                    continue
+                if kind == _LENGTH:
+                    has_length = True
+                    length_at = len(parts)
+                else:  # _REQUEST_ID: the upstream's own id is echoed instead of ours
+                    echo_id = False
+            parts += (name, b": ", value, b"\r\n")
+        drop = {n for n in dropped if n not in _RESPONSE_OPTIONS} if dropped else None
+        if drop:
+            parts = _without(parts, drop)
+            length_at = -1 if not has_length else _find(parts, b"content-length")
+        self.kept = b"".join(parts)
+        if chunked:
+            if named and has_length and not drop:
+                # two Content-Lengths (a head the parser refuses): with a Connection header,
+                # the first is the one dropped, as when that header names one to drop
+                length_at = _find(parts, b"content-length")
+            if length_at >= 0:  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
+                parts[length_at : length_at + 4] = []
+            self.unframed = b"".join(parts)
+        else:
+            self.unframed = self.kept
+        self.chunked = chunked
+        self.has_length = has_length
+        self.echo_id = echo_id
 
 
 # What a response header's name means to `response_head`, by the name as the upstream spelled
