@@ -395,6 +395,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.parser = httptools.HttpResponseParser(self)
             self.sink = None
             sink.upstream_complete()
+            if self.head_at < self.read_len:
+                # More bytes in this read: no response may follow an answer to HEAD unasked
+                # (the old parser would have taken them for the body that never comes).
+                raise UpstreamProtocolError("bytes after a complete response")
 
     def on_body(self, body: bytes) -> None:
         if self.left > 0:
