@@ -236,6 +236,7 @@ class Recorder(FollowsSnapshots):
             return
         # a hit is one dict look-up, without `_get`'s call; a miss makes the series
         series = self._series.get((route.name, ex.version)) or self._get(route.name, ex.version)
+        ex.observed = series  # for `exchange_finished`: series are never replaced
         series.started += 1
         reasons = series.reasons
         reason = decision.reason
@@ -253,7 +254,11 @@ class Recorder(FollowsSnapshots):
             codes[status] = codes.get(status, 0) + 1
             return
         name = route.name
-        series = self._series.get((name, ex.version)) or self._get(name, ex.version)
+        kept: _Series | None = ex.observed  # (the process has one recorder)
+        if kept is not None and kept.version == ex.version:
+            series = kept
+        else:  # not started, or replayed on stable since (reason "retry")
+            series = self._series.get((name, ex.version)) or self._get(name, ex.version)
         if ex.preview:
             self._preview_finished(series, ex)
             return
