@@ -38,7 +38,8 @@ class Fields(list[tuple[bytes, bytes]]):
 
 # head bytes -> (reason, fields, body, length, why its body cannot be relayed or "")
 Head = tuple[bytes, Fields, ResponseBody, int, str]
-_TABLE: dict[bytes, Head] = {}
+KNOWN: dict[bytes, Head] = {}
+"""The heads read lately, by their bytes (`read_head` fills it; callers may look first)."""
 
 
 def read_head(head: bytes, max_fields: int) -> Head:
@@ -46,7 +47,7 @@ def read_head(head: bytes, max_fields: int) -> Head:
     line; llhttp has accepted it): its reason phrase, its fields, where its body ends when it
     has one (`framing`) and the transfer coding that stops it from being relayed, if any.
     More than ``max_fields`` fields: `HeadError`."""
-    known = _TABLE.get(head)
+    known = KNOWN.get(head)
     if known is not None:
         return known
     reason, fields = head_fields(head)
@@ -55,9 +56,9 @@ def read_head(head: bytes, max_fields: int) -> Head:
     body, length, bad = framing(fields)
     known = (reason, Fields(fields), body, length, bad)
     if len(head) <= KEEP_MAX:
-        if len(_TABLE) >= TABLE_MAX:
-            _TABLE.clear()
-        _TABLE[head] = known
+        if len(KNOWN) >= TABLE_MAX:
+            KNOWN.clear()
+        KNOWN[head] = known
     return known
 
 

@@ -258,13 +258,13 @@ def test_more_response_headers_than_the_limit_spread_over_reads_are_refused() ->
 
 
 def test_heads_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream_head, "_TABLE", {})
+    monkeypatch.setattr(upstream_head, "KNOWN", {})
     for i in range(upstream_head.TABLE_MAX + 10):
         read_head(b"HTTP/1.1 200 OK\r\nX: %d" % i, MAX_RESPONSE_HEADERS)
-    assert 0 < len(upstream_head._TABLE) <= upstream_head.TABLE_MAX
+    assert 0 < len(upstream_head.KNOWN) <= upstream_head.TABLE_MAX
     big = b"HTTP/1.1 200 OK\r\nX: " + b"v" * upstream_head.KEEP_MAX
     first = read_head(big, MAX_RESPONSE_HEADERS)
-    assert big not in upstream_head._TABLE
+    assert big not in upstream_head.KNOWN
     assert read_head(big, MAX_RESPONSE_HEADERS) == first
 
 
