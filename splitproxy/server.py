@@ -38,7 +38,7 @@ from aiohttp import web
 from splitproxy.admin import AdminContext, create_admin_app, loopback_host
 from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.client import ClientConnection
-from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.dataplane.context import CoarseClock, ProxyContext
 from splitproxy.dataplane.health import HealthBook
 from splitproxy.dataplane.mirror import Mirror
 from splitproxy.dataplane.pools import PoolRegistry
@@ -46,7 +46,7 @@ from splitproxy.dataplane.probes import Prober
 from splitproxy.dataplane.state import RuntimeState
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.gitsource import Fetched, GitSource, with_commit
-from splitproxy.logs import AccessLog, Observers
+from splitproxy.logs import AccessLog
 from splitproxy.metrics import AccessLogCollector, HealthCollector, Recorder
 from splitproxy.reload import (
     ConfigInfoCollector,
@@ -328,14 +328,12 @@ class Server:
         s = self.settings
         self.clock.now = time.monotonic()
         access_log = self.access_log = AccessLog(s.log_format, None) if s.access_log else None
-        observer: ExchangeObserver = (
-            Observers(self.recorder, access_log) if access_log is not None else self.recorder
-        )
         ctx = ProxyContext(
             self.state,
             self.pools,
-            observer,
+            self.recorder,
             self.clock,
+            log=access_log.log if access_log is not None else None,
             header_timeout=s.header_timeout,
             body_timeout=s.body_timeout,
             read_timeout=s.read_timeout,

@@ -547,6 +547,9 @@ class Exchange:
         if self.route is not None and self.decision is not None:
             ctx.in_flight -= 1
         ctx.observer.exchange_finished(self)
+        log = ctx.log
+        if log is not None:
+            log(self)
         if self.mirror is not None:  # hands a copy to the mirror's queue; never waits
             self.mirror.done(self)
         if self.tunnel:
