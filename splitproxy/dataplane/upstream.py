@@ -26,7 +26,7 @@ import httptools
 
 from splitproxy.config.vocabulary import FailureKind
 from splitproxy.dataplane.http11 import ResponseBody
-from splitproxy.dataplane.upstream_head import KNOWN, HeadError, read_head
+from splitproxy.dataplane.upstream_head import HeadError, read_head
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.pools import UpstreamPool
@@ -371,14 +371,12 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 raise UpstreamProtocolError(f"more than {MAX_RESPONSE_HEADERS} response headers")
             return
         self.read = b""
-        head = bytes(read[at:end])
-        known = KNOWN.get(head)  # (`read_head`'s look-up, without its call: heads come back)
-        if known is None:
-            try:
-                known = read_head(head, MAX_RESPONSE_HEADERS)
-            except HeadError as exc:
-                raise UpstreamProtocolError(*exc.args) from None
-        reason, headers, body, length, unsupported = known
+        try:
+            reason, headers, body, length, unsupported = read_head(
+                bytes(read[at:end]), status, MAX_RESPONSE_HEADERS
+            )
+        except HeadError as exc:
+            raise UpstreamProtocolError(*exc.args) from None
         keep = self.keep_alive = self.parser.should_keep_alive()
         # (`http11.no_body_status`, inline: this runs for every response)
         if self.head_only or status < 200 or status == 204 or status == 304:

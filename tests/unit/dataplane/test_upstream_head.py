@@ -1,12 +1,14 @@
-"""The response head read from its bytes (`upstream_head.read_head`, no per-line callbacks)
+"""The response head read from its bytes (`heads.response_fields`, no per-line callbacks)
 gives what the former per-header path gave: llhttp's ``on_status`` and ``on_header`` pieces,
-the same refusals, and byte for byte the same client head (`heads.response_head`), over any
-status line, header lines and whitespace, any split of the head over reads, interim responses
-before it and line ends before those; and again when the head comes back (kept by its bytes)."""
+the same refusals, the same framing, and byte for byte the same client head
+(`heads.response_head`), over any status line, header lines and whitespace, any split of the
+head over reads, interim responses before it and line ends before those; and again when its
+lines come back (kept by their bytes)."""
 
 from __future__ import annotations
 
 import itertools
+from unittest import mock
 
 import httptools
 import pytest
@@ -14,17 +16,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from splitproxy.config.vocabulary import FailureKind
+from splitproxy.dataplane import heads as heads_module
 from splitproxy.dataplane import upstream_head
 from splitproxy.dataplane.context import CoarseClock
-from splitproxy.dataplane.heads import response_head
-from splitproxy.dataplane.http11 import BodyRelay, no_body_status
+from splitproxy.dataplane.heads import Fields, response_fields, response_head
+from splitproxy.dataplane.http11 import BodyRelay, ResponseBody, no_body_status
 from splitproxy.dataplane.pools import UpstreamPool
 from splitproxy.dataplane.upstream import (
     MAX_RESPONSE_HEADERS,
     UpstreamConnection,
     UpstreamState,
 )
-from splitproxy.dataplane.upstream_head import Fields, framing, head_fields, read_head
+from splitproxy.dataplane.upstream_head import HeadError, read_head
 from tests.unit.dataplane.harness import MockTransport, attach
 
 Heads = list[tuple[int, bytes, list[tuple[bytes, bytes]]]]  # the final heads; None: refused
@@ -32,6 +35,27 @@ Heads = list[tuple[int, bytes, list[tuple[bytes, bytes]]]]  # the final heads; N
 
 class Refused(Exception):
     pass
+
+
+def old_framing(headers: list[tuple[bytes, bytes]]) -> tuple[ResponseBody, int, str]:
+    """`upstream._framing` as it was (its refusal as the message it raised)."""
+    framed = False
+    chunked = False
+    length = -1
+    for name, value in headers:
+        n = len(name)
+        if n == 14 or n == 17:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    return ResponseBody.FRAMED, -1, f"unsupported transfer coding {value[:64]!r}"
+                framed = chunked = True
+            elif lname == b"content-length":
+                framed = True
+                length = int(value)
+    if not framed:
+        return ResponseBody.UNTIL_CLOSE, -1, ""
+    return ResponseBody.FRAMED, -1 if chunked else length, ""
 
 
 class PerHeader:
@@ -58,7 +82,7 @@ class PerHeader:
         status = self.parser.get_status_code()
         if status < 200:
             return
-        if not no_body_status(status) and framing(headers)[2]:
+        if not no_body_status(status) and old_framing(headers)[2]:
             raise Refused
         self.heads.append((status, reason, headers))
 
@@ -102,6 +126,15 @@ class Sink:
 
     def upstream_writable(self, writable: bool) -> None:
         pass
+
+
+FRAMINGS: list[tuple[object, ...]] = []  # what `response_fields` said of each final head
+
+
+def spied_fields(status: int, lines: list[bytes]) -> tuple[bytes, Fields, ResponseBody, int, str]:
+    read = response_fields(status, lines)
+    FRAMINGS.append(read[2:])
+    return read
 
 
 def from_bytes(reads: list[bytes], buffered: bool) -> Heads | None:
@@ -199,8 +232,15 @@ def test_the_head_read_from_its_bytes_is_the_per_header_paths(
 ) -> None:
     reads = cut(wire, cuts)
     want = per_header(reads)
-    assert from_bytes(reads, buffered) == want
-    assert from_bytes(reads, buffered) == want  # again: the head is now kept by its bytes
+    FRAMINGS.clear()
+    with (
+        mock.patch.object(upstream_head, "KEPT", upstream_head._Kept()),
+        mock.patch.object(upstream_head, "response_fields", spied_fields),
+    ):
+        assert from_bytes(reads, buffered) == want
+        assert from_bytes(reads, buffered) == want  # again: the head (its lines) now kept
+    if want:  # the framing the former `_framing` found (llhttp refused what it would refuse)
+        assert [old_framing(want[0][2])] == FRAMINGS
 
 
 @settings(max_examples=400, deadline=None)
@@ -238,13 +278,16 @@ def test_the_client_head_is_the_same_byte_for_byte(
     assert heads[0] == heads[1] == heads[2] == heads[3]
 
 
-def test_head_fields_reads_names_values_and_the_reason_as_llhttp_does() -> None:
-    head = b"HTTP/1.1 200  Very  Ok \r\nA:b  \r\nB:\t x\t\r\nC:\r\nD:: e:f"
-    assert head_fields(head) == (
-        b" Very  Ok ",
-        [(b"A", b"b  "), (b"B", b"x\t"), (b"C", b""), (b"D", b": e:f")],
+def test_the_reason_and_values_are_read_as_llhttp_gives_them() -> None:
+    head = (
+        b"HTTP/1.1 200  Very  Ok \r\nA:b  \r\nB:\t x\t\r\nC:\r\nD:: e:f\r\n"
+        b"Content-Length: 0\r\n\r\n"
     )
-    assert head_fields(b"ICE/1.1 204")[0] == b""
+    assert from_bytes([head], buffered=False) == [
+        (200, b" Very  Ok ", [(b"A", b"b  "), (b"B", b"x\t"), (b"C", b""), (b"D", b": e:f"),
+                              (b"Content-Length", b"0")]),
+    ]  # fmt: skip
+    assert per_header([head]) == from_bytes([head], buffered=False)
 
 
 def test_more_response_headers_than_the_limit_spread_over_reads_are_refused() -> None:
@@ -257,21 +300,66 @@ def test_more_response_headers_than_the_limit_spread_over_reads_are_refused() ->
     assert len(ok[0][2]) == MAX_RESPONSE_HEADERS
 
 
-def test_heads_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(upstream_head, "KNOWN", {})
-    for i in range(upstream_head.TABLE_MAX + 10):
-        read_head(b"HTTP/1.1 200 OK\r\nX: %d" % i, MAX_RESPONSE_HEADERS)
-    assert 0 < len(upstream_head.KNOWN) <= upstream_head.TABLE_MAX
-    big = b"HTTP/1.1 200 OK\r\nX: " + b"v" * upstream_head.KEEP_MAX
-    first = read_head(big, MAX_RESPONSE_HEADERS)
-    assert big not in upstream_head.KNOWN
-    assert read_head(big, MAX_RESPONSE_HEADERS) == first
+def test_the_lines_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heads_module, "_lines", {})
+    monkeypatch.setattr(heads_module, "_LINES_MAX", 8)
+    for i in range(20):
+        response_fields(200, [b"HTTP/1.1 200 OK", b"X: %d" % i, b"Y:  " + b"v" * 300])
+        assert 0 < len(heads_module._lines) <= 8
+    assert all(len(line) <= 256 for line in heads_module._lines)
 
 
-def test_a_kept_head_is_the_same_head_read_afresh() -> None:
+def test_a_head_read_again_from_kept_lines_is_the_same() -> None:
+    lines = [b"HTTP/1.1 200 OK", b"Content-Length: 12", b"Connection: keep-alive", b"A:b"]
+    first = response_fields(200, lines)
+    again = response_fields(200, lines)
+    assert first == again == (
+        b"OK", [(b"Content-Length", b"12"), (b"Connection", b"keep-alive"), (b"A", b"b")],
+        ResponseBody.FRAMED, 12, "",
+    )  # fmt: skip
+    assert per_header([b"\r\n".join(lines) + b"\r\n\r\n"]) == [(200, first[0], first[1])]
+
+
+def test_a_kept_head_is_the_head_read_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream_head, "KEPT", upstream_head._Kept())
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: keep-alive"
-    kept = read_head(head, MAX_RESPONSE_HEADERS)
-    assert read_head(head, MAX_RESPONSE_HEADERS) is kept
-    reason, fields = head_fields(head)
-    assert kept[:2] == (reason, fields)
-    assert kept[2:] == framing(fields)
+    kept = read_head(head, 200, MAX_RESPONSE_HEADERS)
+    assert read_head(head, 200, MAX_RESPONSE_HEADERS) is kept
+    assert kept == response_fields(200, head.split(b"\r\n"))
+    with pytest.raises(HeadError):
+        read_head(head + b"\r\nX: 1" * MAX_RESPONSE_HEADERS, 200, MAX_RESPONSE_HEADERS)
+
+
+def test_heads_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = upstream_head._Kept()
+    monkeypatch.setattr(upstream_head, "KEPT", kept)
+    for i in range(upstream_head.TABLE_MAX + 10):
+        read_head(b"HTTP/1.1 200 OK\r\nX: %d" % i, 200, MAX_RESPONSE_HEADERS)
+        read_head(b"HTTP/1.1 200 OK\r\nX: %d" % i, 200, MAX_RESPONSE_HEADERS)  # (it paid)
+        assert 0 < len(kept.heads) <= upstream_head.TABLE_MAX
+    assert kept.pause == 0
+    big = b"HTTP/1.1 200 OK\r\nX: " + b"v" * upstream_head.KEEP_MAX
+    first = read_head(big, 200, MAX_RESPONSE_HEADERS)
+    assert big not in kept.heads
+    assert read_head(big, 200, MAX_RESPONSE_HEADERS) == first
+
+
+def test_heads_that_never_come_back_pause_the_keeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = upstream_head._Kept()
+    monkeypatch.setattr(upstream_head, "KEPT", kept)
+    monkeypatch.setattr(upstream_head, "PAUSE", 5)
+    n = 0
+
+    def new_head() -> bytes:
+        nonlocal n
+        n += 1
+        head = b"HTTP/1.1 200 OK\r\nX-Request-ID: %d" % n
+        read_head(head, 200, MAX_RESPONSE_HEADERS)
+        return head
+
+    for _ in range(upstream_head.TABLE_MAX + 1):  # a table's worth, none found again
+        new_head()
+    assert (len(kept.heads), kept.pause) == (1, 5)
+    paused = [new_head() for _ in range(5)]
+    assert not any(head in kept.heads for head in paused)
+    assert new_head() in kept.heads  # keeping again
