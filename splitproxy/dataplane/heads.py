@@ -313,7 +313,7 @@ def response_fields(
     fields as llhttp's callbacks give them, where the body ends when it has one (FRAMED by
     Content-Length or chunked, else UNTIL_CLOSE; the Content-Length that frames it, else -1),
     and why it cannot be relayed ("": it can), a transfer coding other than ``chunked``.
-    When no Connection header names a header and no transfer coding is set (nginx's heads),
+    When no Connection header names a header (nor a length stands beside a transfer coding),
     the same pass makes `Fields.prepared`, the client head's part `response_head` would make.
 
     What llhttp accepts makes the reading simple: the status line is ``<protocol>/<d>.<d>
@@ -327,11 +327,11 @@ def response_fields(
     reason = first[first.find(b" ") + 5 :]
     fields = Fields()
     kept: list[bytes] = []
-    framed = chunked = has_length = False
+    framed = chunked = has_length = te_chunked = coded = False
     length = -1
     echo_id = True
     unsupported = ""
-    simple = True  # nothing for `_prepare`'s drops and re-framing to do
+    simple = True  # no Connection header names a header: nothing for `_prepare` to drop
     known = _lines.get
     for line in lines[1:]:
         read = known(line)
@@ -347,7 +347,8 @@ def response_fields(
                         unsupported = f"unsupported transfer coding {value[:64]!r}"
                     else:
                         framed = chunked = True
-                simple = False
+                coded = True
+                te_chunked = b"chunked" in value.lower()  # (`_prepare`'s: the last one says)
                 continue
             if kind == _CONNECTION:
                 if value.lower() not in _RESPONSE_OPTIONS:
@@ -363,12 +364,12 @@ def response_fields(
             else:
                 echo_id = False
         kept.append(out)
-    if simple:
+    if simple and not (coded and has_length):  # (llhttp refuses a length beside a coding)
         head = status_line(status, reason)
         if kept:
             head += b"\r\n".join(kept) + b"\r\n"
         fields.prepared = Prepared(
-            status, reason, head, head, chunked=False, has_length=has_length, echo_id=echo_id
+            status, reason, head, head, chunked=te_chunked, has_length=has_length, echo_id=echo_id
         )
     if unsupported:
         return reason, fields, ResponseBody.FRAMED, -1, unsupported
