@@ -234,9 +234,8 @@ class Recorder(FollowsSnapshots):
         decision = ex.decision
         if route is None or decision is None:
             return
-        # a hit is one dict look-up, without `_get`'s call; a miss makes the series
-        series = self._series.get((route.name, ex.version)) or self._get(route.name, ex.version)
-        ex.observed = series  # for `exchange_finished`: series are never replaced
+        key = (route.name, ex.version)  # a hit: one look-up, no `_get` call; kept by the exchange
+        series = ex.observed = self._series.get(key) or self._get(*key)
         series.started += 1
         reasons = series.reasons
         reason = decision.reason
@@ -254,10 +253,8 @@ class Recorder(FollowsSnapshots):
             codes[status] = codes.get(status, 0) + 1
             return
         name = route.name
-        kept: _Series | None = ex.observed  # (the process has one recorder)
-        if kept is not None and kept.version == ex.version:
-            series = kept
-        else:  # not started, or replayed on stable since (reason "retry")
+        # the series the start found, unless none or replayed on another version since
+        if (series := ex.observed) is None or series.version != ex.version:
             series = self._series.get((name, ex.version)) or self._get(name, ex.version)
         if ex.preview:
             self._preview_finished(series, ex)
