@@ -8,6 +8,9 @@ the framing the proxy sends. `response_head` builds what the client receives fro
 upstream's status and headers: hop-by-hop ones and those ``Connection`` names dropped, the
 framing chosen for the client (kept, re-chunked, or close-delimited for HTTP/1.0), the request
 id echoed and the keep-alive decision stated. Every other header keeps its bytes and order.
+`response_fields` reads an upstream's head from its lines (llhttp has checked them) and makes,
+in the same pass, the part of the client's head that depends on the upstream alone
+(`Prepared`, kept on the `Fields`), so that `response_head` only adds the client's part.
 """
 
 from __future__ import annotations
