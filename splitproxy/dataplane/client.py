@@ -102,8 +102,7 @@ class _Discard:
 
 
 _DISCARD: Final = _Discard()
-# a closed connection's parser: never fed, it only stands in for the one let go
-_SPENT_PARSER: Final = httptools.HttpRequestParser(_DISCARD)
+_SPENT_PARSER: Final = httptools.HttpRequestParser(_DISCARD)  # a closed connection's: never fed
 
 
 class _Stopped(Exception):
@@ -269,11 +268,8 @@ class ClientConnection(asyncio.Protocol):
                 ex.client_gone()
         self.queue.clear()
         self.current = self.parsing = self.tunnel = self.upgrading = None
-        # Nothing of a closed connection is used again. Letting go of its parser (which holds
-        # this protocol's bound callbacks) and its transport (which holds this protocol) frees
-        # the connection by reference counting as soon as it ends, instead of leaving a dozen
-        # objects in cycles to the collector; and a `gc.freeze()` (reload.py's `settle_heap`
-        # after each swap) would have kept every connection alive at that instant for good.
+        # Nothing of a closed connection is used again: without its parser (our bound callbacks)
+        # and transport, refcounting frees it; frozen (`heap`), a cycle would be kept for good.
         self.parser = _DISCARD
         self.request_parser = _SPENT_PARSER
         self.transport = self.flow.transport = None
