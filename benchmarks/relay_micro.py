@@ -101,8 +101,10 @@ def response(size: int) -> bytes:
     ) + b"x" * size
 
 
-def relay(size: int, read: int = 16 * 1024) -> Callable[[], None]:
-    """A function that relays one request and its ``size``-byte response (reads of ``read``)."""
+def relay(size: int, read: int = 16 * 1024, unique: bool = False) -> Callable[[], None]:
+    """A function that relays one request and its ``size``-byte response (reads of ``read``).
+    ``unique``: every response head differs from all before it (an ``X-Seq`` header counts),
+    as an upstream's that echo each request's id do: no head is ever seen twice."""
     routes = ROUTES_YAML.format(upstream=UPSTREAM)
     state = RuntimeState()
     clock = CoarseClock(1000.0)
@@ -134,21 +136,34 @@ def relay(size: int, read: int = 16 * 1024) -> Callable[[], None]:
         b"1k" if size == 1024 else b"%dk" % (size // 1024),
         COOKIE_HEADER.encode(),
     )
+
+    def split(whole: bytes) -> list[bytes]:
+        head_end = whole.index(b"\r\n\r\n") + 4
+        reads = [whole[: head_end + min(size, read - head_end)]]
+        at = len(reads[0])
+        while at < len(whole):
+            reads.append(whole[at : at + read])
+            at += read
+        return reads
+
     whole = response(size)
-    head_end = whole.index(b"\r\n\r\n") + 4
-    reads = [whole[: head_end + min(size, read - head_end)]]
-    at = len(reads[0])
-    while at < len(whole):
-        reads.append(whole[at : at + read])
-        at += read
+    reads = split(whole)
+    seq = [0]
 
     def run() -> None:
         client.data_received(request)
         ex = client.current
         up = ex.up if ex is not None else None
         assert up is not None, "the request did not reach an upstream"
-        for data in reads:
-            up.data_received(data)
+        if unique:
+            seq[0] += 1
+            first = b"HTTP/1.1 200 OK\r\nX-Seq: %d\r\n" % seq[0] + reads[0][17:]
+            up.data_received(first)
+            for data in reads[1:]:
+                up.data_received(data)
+        else:
+            for data in reads:
+                up.data_received(data)
         assert client.current is None, "the response did not complete"
 
     run()

@@ -234,8 +234,8 @@ class Recorder(FollowsSnapshots):
         decision = ex.decision
         if route is None or decision is None:
             return
-        # a hit is one dict look-up, without `_get`'s call; a miss makes the series
-        series = self._series.get((route.name, ex.version)) or self._get(route.name, ex.version)
+        key = (route.name, ex.version)  # a hit: one look-up, no `_get` call; kept by the exchange
+        series = ex.observed = self._series.get(key) or self._get(*key)
         series.started += 1
         reasons = series.reasons
         reason = decision.reason
@@ -253,7 +253,9 @@ class Recorder(FollowsSnapshots):
             codes[status] = codes.get(status, 0) + 1
             return
         name = route.name
-        series = self._series.get((name, ex.version)) or self._get(name, ex.version)
+        # the series the start found, unless none or replayed on another version since
+        if (series := ex.observed) is None or series.version != ex.version:
+            series = self._series.get((name, ex.version)) or self._get(name, ex.version)
         if ex.preview:
             self._preview_finished(series, ex)
             return

@@ -39,7 +39,7 @@ from aiohttp import web
 from splitproxy.admin import AdminContext, create_admin_app, loopback_host
 from splitproxy.config import content_hash, parse_routing, read_routing_file
 from splitproxy.dataplane.client import ClientConnection
-from splitproxy.dataplane.context import CoarseClock, ExchangeObserver, ProxyContext
+from splitproxy.dataplane.context import CoarseClock, ProxyContext
 from splitproxy.dataplane.health import HealthBook
 from splitproxy.dataplane.mirror import Mirror
 from splitproxy.dataplane.pools import PoolRegistry
@@ -47,7 +47,7 @@ from splitproxy.dataplane.probes import Prober
 from splitproxy.dataplane.state import RuntimeState
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.gitsource import Fetched, GitSource, with_commit
-from splitproxy.logs import AccessLog, Observers
+from splitproxy.logs import AccessLog
 from splitproxy.metrics import AccessLogCollector, HealthCollector, Recorder
 from splitproxy.reload import (
     ConfigInfoCollector,
@@ -330,14 +330,12 @@ class Server:
         s = self.settings
         self.clock.now = time.monotonic()
         access_log = self.access_log = AccessLog(s.log_format, None) if s.access_log else None
-        observer: ExchangeObserver = (
-            Observers(self.recorder, access_log) if access_log is not None else self.recorder
-        )
         ctx = ProxyContext(
             self.state,
             self.pools,
-            observer,
+            self.recorder,
             self.clock,
+            log=access_log.log if access_log is not None else None,
             header_timeout=s.header_timeout,
             body_timeout=s.body_timeout,
             read_timeout=s.read_timeout,

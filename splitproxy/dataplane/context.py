@@ -91,10 +91,15 @@ class ProxyContext:
         synthetic_token: str = PROCESS_TOKEN,
         monotonic: Callable[[], float] = time.monotonic,
         health: HealthBook | None = None,
+        log: Callable[[Exchange], None] | None = None,
     ) -> None:
         self.state = state
         self.pools = pools
         self.observer = observer
+        # Also told of every finished exchange, after the observer: the access log's `log`.
+        # (Called by the exchange itself: a fan-out object in between was one more Python
+        # call per request.)
+        self.log = log
         self.clock = clock
         # the precise clock of latencies (start, first byte, end); tests pass their own
         self.monotonic = monotonic

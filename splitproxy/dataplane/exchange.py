@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.config.vocabulary import CANDIDATE, FAILURE_WORDS, FailureKind, Version
 from splitproxy.dataplane.heads import origin_form, request_head, response_head, seed_cookie
@@ -87,7 +87,7 @@ class Exchange:
         "backend_health", "body_buffer", "body_buffered", "body_kind", "body_received",
         "bytes_out", "client_head_sent", "conn", "connecting", "content_length", "ctx",
         "decision", "duration", "error_kind", "expect_continue", "finished", "head_bytes",
-        "headers", "held", "host", "http11", "keep_alive", "method", "mirror", "path",
+        "headers", "held", "host", "http11", "keep_alive", "method", "mirror", "observed", "path",
         "pool", "preview", "reject", "replayable", "req_done", "request_id", "resp_mode",
         "retried", "route", "snapshot", "started", "status", "synthetic", "target", "ttfb",
         "tunnel", "up", "upgrade", "upstream_duration", "upstream_sent_at",
@@ -144,6 +144,9 @@ class Exchange:
         self.preview: bool = conn.preview  # came in on the preview listener, counted apart
         self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
         self.mirror: MirrorTap | None = None  # a copy for the candidate (mirror.py)
+        # What the observer's `exchange_started` found for its `exchange_finished` (the
+        # recorder's series of this route and version), so the finish need not look it up.
+        self.observed: Any = None
 
     # -- request side --------------------------------------------------------------------------
     def start(self) -> None:
@@ -544,6 +547,9 @@ class Exchange:
         if self.route is not None and self.decision is not None:
             ctx.in_flight -= 1
         ctx.observer.exchange_finished(self)
+        log = ctx.log
+        if log is not None:
+            log(self)
         if self.mirror is not None:  # hands a copy to the mirror's queue; never waits
             self.mirror.done(self)
         if self.tunnel:

@@ -8,6 +8,9 @@ the framing the proxy sends. `response_head` builds what the client receives fro
 upstream's status and headers: hop-by-hop ones and those ``Connection`` names dropped, the
 framing chosen for the client (kept, re-chunked, or close-delimited for HTTP/1.0), the request
 id echoed and the keep-alive decision stated. Every other header keeps its bytes and order.
+`response_fields` reads an upstream's head from its lines (llhttp has checked them) and makes,
+in the same pass, the part of the client's head that depends on the upstream alone
+(`Prepared`, kept on the `Fields`), so that `response_head` only adds the client's part.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from splitproxy.dataplane.http11 import (
     RAW,
     RECHUNK,
     BodyRelay,
+    ResponseBody,
     connection_tokens,
     status_line,
 )
@@ -172,7 +176,86 @@ def response_head(
     client connection after this response; ``upgrade``: the client's ``Upgrade`` value (a 101
     states it back); ``extra``: whole header lines the proxy adds (a sticky ``Set-Cookie``).
     A 101 never closes: the connection becomes a tunnel.
+
+    What comes of the upstream's status, reason and headers alone (`Prepared`) may come
+    with them (`Fields.prepared`, made as `response_fields` read the head).
     """
+    prepared = headers.prepared if type(headers) is Fields else None
+    if prepared is None or prepared.status != status or prepared.reason is not reason:
+        prepared = _prepare(status, reason, headers)
+        if type(headers) is Fields:
+            headers.prepared = prepared
+    relay = RAW
+    if status == 101:
+        parts = [
+            prepared.kept,
+            b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n",
+        ]
+    elif no_body:
+        parts = [prepared.kept]
+    elif prepared.chunked or not prepared.has_length:
+        parts = [prepared.unframed]
+        if http11:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            relay = RECHUNK
+        else:
+            closing = True
+    else:
+        parts = [prepared.kept]
+    if prepared.echo_id:
+        parts += (b"X-Request-ID: ", request_id, b"\r\n")
+    if extra:
+        parts.append(extra)
+    if status == 101:
+        closing = False
+    elif closing:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts), relay, closing
+
+
+class Prepared:
+    """The part of the client's head that the upstream's status, reason and headers make:
+    the status line and the headers kept (``kept``), the same less the Content-Length that a
+    chunked body overrides (``unframed``), and what the rest depends on."""
+
+    __slots__ = ("chunked", "echo_id", "has_length", "kept", "reason", "status", "unframed")
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        kept: bytes,
+        unframed: bytes,
+        *,
+        chunked: bool,
+        has_length: bool,
+        echo_id: bool,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.kept = kept
+        self.unframed = unframed
+        self.chunked = chunked
+        self.has_length = has_length
+        self.echo_id = echo_id
+
+
+class Fields(list[tuple[bytes, bytes]]):
+    """A response head's fields (name, value) in order, as `response_fields` read them, with
+    what `response_head` makes of them and the status line when `response_fields` made it
+    in the same pass (``prepared``; None: `response_head` makes it)."""
+
+    __slots__ = ("prepared",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prepared: Prepared | None = None
+
+
+def _prepare(status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> Prepared:
     parts = [status_line(status, reason)]
     chunked = False
     length_at = -1
@@ -180,7 +263,6 @@ def response_head(
     echo_id = True
     named = False  # a Connection header named an option or a header
     dropped: list[bytes] = []
-    relay = RAW
     kinds = _kinds
     for name, value in headers:
         kind = kinds.get(name)
@@ -211,40 +293,117 @@ def response_head(
     if drop:
         parts = _without(parts, drop)
         length_at = -1 if not has_length else _find(parts, b"content-length")
-    if status == 101:
-        parts.append(b"Connection: Upgrade\r\nUpgrade: " + (upgrade or b"websocket") + b"\r\n")
-    elif no_body:
-        pass
-    elif chunked:
+    kept = b"".join(parts)
+    unframed = kept
+    if chunked:
         if named and has_length and not drop:
             # two Content-Lengths (a head the parser refuses): with a Connection header, the
             # first is the one dropped, as when that header names one to drop
             length_at = _find(parts, b"content-length")
         if length_at >= 0:  # RFC 9112 6.3: Transfer-Encoding overrides Content-Length
             parts[length_at : length_at + 4] = []
-        if http11:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            relay = RECHUNK
-        else:
-            closing = True
-    elif not has_length:
-        if http11:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-            relay = RECHUNK
-        else:
-            closing = True
-    if echo_id:
-        parts += (b"X-Request-ID: ", request_id, b"\r\n")
-    if extra:
-        parts.append(extra)
-    if status == 101:
-        closing = False
-    elif closing:
-        parts.append(b"Connection: close\r\n")
-    elif not http11:
-        parts.append(b"Connection: keep-alive\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts), relay, closing
+        unframed = b"".join(parts)
+    return Prepared(
+        status, reason, kept, unframed, chunked=chunked, has_length=has_length, echo_id=echo_id
+    )
+
+
+def response_fields(
+    status: int, lines: list[bytes]
+) -> tuple[bytes, Fields, ResponseBody, int, str]:
+    """What the lines of a response head that llhttp accepted say (``lines``: the status line,
+    then each header line, without their CRLF), read in one pass: the reason phrase, the
+    fields as llhttp's callbacks give them, where the body ends when it has one (FRAMED by
+    Content-Length or chunked, else UNTIL_CLOSE; the Content-Length that frames it, else -1),
+    and why it cannot be relayed ("": it can), a transfer coding other than ``chunked``.
+    When no Connection header names a header (nor a length stands beside a transfer coding),
+    the same pass makes `Fields.prepared`, the client head's part `response_head` would make.
+
+    What llhttp accepts makes the reading simple: the status line is ``<protocol>/<d>.<d>
+    <3 digits>`` and, after one space, the reason (all of the rest, spaces too); no name is
+    empty nor has whitespace before its colon; no line is folded (obs-fold is refused); a
+    value is what follows the colon less the leading spaces and tabs (llhttp keeps the
+    trailing ones). (llhttp has refused a malformed or repeated Content-Length, and one beside
+    Transfer-Encoding.) ``tests/unit/dataplane/test_upstream_head.py`` checks all of it
+    against llhttp's callbacks and the former computation."""
+    first = lines[0]
+    reason = first[first.find(b" ") + 5 :]
+    fields = Fields()
+    kept: list[bytes] = []
+    framed = chunked = has_length = te_chunked = coded = False
+    length = -1
+    echo_id = True
+    unsupported = ""
+    simple = True  # no Connection header names a header: nothing for `_prepare` to drop
+    known = _lines.get
+    for line in lines[1:]:
+        read = known(line)
+        if read is None:
+            read = _read_line(line)
+        field, kind, out = read
+        fields.append(field)
+        if kind:
+            value = field[1]
+            if kind == _TRANSFER_ENCODING:
+                if not unsupported:  # (the first one the body cannot be relayed with counts)
+                    if value.strip().lower() != b"chunked":
+                        unsupported = f"unsupported transfer coding {value[:64]!r}"
+                    else:
+                        framed = chunked = True
+                coded = True
+                te_chunked = b"chunked" in value.lower()  # (`_prepare`'s: the last one says)
+                continue
+            if kind == _CONNECTION:
+                if value.lower() not in _RESPONSE_OPTIONS:
+                    simple = False
+                continue
+            if kind == _HOP:
+                continue
+            if kind == _LENGTH:
+                has_length = True
+                if not unsupported:
+                    framed = True
+                    length = int(value)
+            else:
+                echo_id = False
+        kept.append(out)
+    if simple and not (coded and has_length):  # (llhttp refuses a length beside a coding)
+        head = status_line(status, reason)
+        if kept:
+            head += b"\r\n".join(kept) + b"\r\n"
+        fields.prepared = Prepared(
+            status, reason, head, head, chunked=te_chunked, has_length=has_length, echo_id=echo_id
+        )
+    if unsupported:
+        return reason, fields, ResponseBody.FRAMED, -1, unsupported
+    if not framed:
+        return reason, fields, ResponseBody.UNTIL_CLOSE, -1, ""
+    return reason, fields, ResponseBody.FRAMED, -1 if chunked else length, ""
+
+
+# Header lines read lately, by their bytes: an upstream's heads share most of their lines
+# (``Server``, ``Content-Type``, ``Connection: keep-alive``...) even when ``Date``,
+# ``Content-Length`` or an echoed request id make each head new. Each is kept as its field
+# (name, value), its kind and the line as the client gets it. Bounded (lines come from
+# upstreams): lines up to 256 bytes, at most 1,024; the table starts over when full.
+_lines: dict[bytes, tuple[tuple[bytes, bytes], int, bytes]] = {}
+_LINES_MAX: Final = 1024
+
+
+def _read_line(line: bytes) -> tuple[tuple[bytes, bytes], int, bytes]:
+    name, _, raw = line.partition(b":")
+    value = raw.lstrip(b" \t")
+    kind = _kinds.get(name)
+    if kind is None:
+        kind = _kind(name)
+    # the line as it came when it is already ``name: value`` (one space), as most are
+    out = line if len(raw) - len(value) == 1 and raw[0] == 32 else name + b": " + value
+    read = ((name, value), kind, out)
+    if len(line) <= 256:
+        if len(_lines) >= _LINES_MAX:
+            _lines.clear()
+        _lines[line] = read
+    return read
 
 
 # What a response header's name means to `response_head`, by the name as the upstream spelled

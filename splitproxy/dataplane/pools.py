@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from splitproxy.dataplane.upstream import UpstreamConnection
+from splitproxy.dataplane.upstream import CLOSED, UpstreamConnection
 
 
 class Clock(Protocol):
@@ -65,7 +65,7 @@ class UpstreamPool:
         deadline = self.clock.now - self.idle_timeout
         while idle:
             conn = idle.pop()
-            if conn.closed:
+            if conn.state is CLOSED:  # (`conn.closed`, without the property's call)
                 continue
             if conn.idle_since < deadline:
                 conn.close()

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 import httptools
 
 from splitproxy.config.vocabulary import FailureKind
-from splitproxy.dataplane.http11 import ResponseBody, no_body_status
+from splitproxy.dataplane.http11 import ResponseBody
+from splitproxy.dataplane.upstream_head import HeadError, read_head
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.pools import UpstreamPool
@@ -131,9 +132,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "body",
         "bound_at",
         "got_response_bytes",
+        "head_at",
         "head_only",
+        "head_pieces",
         "head_seen",
-        "headers",
         "idle_since",
         "keep_alive",
         "last_read",
@@ -141,8 +143,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         "parser",
         "paused",
         "pool",
+        "read",
+        "read_len",
         "reads",
-        "reason",
         "served",
         "sink",
         "state",
@@ -157,8 +160,14 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.parser = httptools.HttpResponseParser(self)
         self.state = IDLE
         self.sink: ResponseSink | None = None  # the exchange served (WAITING_HEAD onwards)
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
+        # The read being parsed while a response head is awaited (``read_len`` bytes of it), where
+        # the next head begins in it, and the pieces of a head begun in earlier reads: the head's
+        # lines are taken from these bytes when llhttp has found its end (`on_headers_complete`),
+        # not piece by piece from llhttp's callbacks (a Python call per header line).
+        self.read: bytes | bytearray = b""
+        self.read_len = 0
+        self.head_at = 0
+        self.head_pieces: list[bytes] = []
         self.status = 0
         self.keep_alive = False
         # Body bytes still to come of a response framed by Content-Length (-1: none, or not
@@ -219,6 +228,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         at = 0  # where ``fed`` starts in ``data``
         try:
             if waiting:
+                # (what `on_headers_complete` reads: bytes or the read buffer, never a view)
+                scan = self.read = whole or (data if isinstance(data, bytes) else bytes(data))
+                self.read_len = len(data)
+                self.head_at = 0
                 seen = self.head_seen
                 self.head_seen = seen + len(data)
                 if seen == 0 and len(data) > RELAY_MIN:
@@ -226,8 +239,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                     # a body framed by Content-Length after it is relayed without the parser
                     # copying it (`_relay`). Otherwise the same parser reads on from there:
                     # the same bytes in the same order as if it had been given the read whole.
-                    scan = whole if whole else data
-                    end = -1 if isinstance(scan, memoryview) else scan.find(_BLANK, 0, len(data))
+                    end = scan.find(_BLANK, 0, len(data))
                     end += 4
                     if 4 <= end < len(data):
                         view = memoryview(data)
@@ -255,13 +267,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             else:
                 self.close()  # bytes after a complete response: out of step, never reuse
             return
-        if waiting and self.state is WAITING_HEAD and self.head_seen > MAX_RESPONSE_HEAD:
-            logger.warning(
-                "upstream %s:%d: response head over %d bytes",
-                self.pool.host, self.pool.port, MAX_RESPONSE_HEAD,
-            )  # fmt: skip
-            self._fail("protocol")
-            return
+        if waiting and self.state is WAITING_HEAD:
+            if self.head_seen > MAX_RESPONSE_HEAD:
+                logger.warning(
+                    "upstream %s:%d: response head over %d bytes",
+                    self.pool.host, self.pool.port, MAX_RESPONSE_HEAD,
+                )  # fmt: skip
+                self._fail("protocol")
+                return
+            if self.sink is sink:
+                # The head goes on in the next read: keep what this one has of it (a copy: the
+                # read buffer is reused). At most MAX_RESPONSE_HEAD bytes, by the test above.
+                self.head_pieces.append(bytes(self.read[self.head_at : self.read_len]))
+            self.read = b""  # (never keep a read buffer alive past its read)
         if self.state is STREAMING_BODY and self.sink is sink:
             # The response goes on in a later read: what the exchange holds of it goes out now.
             sink.upstream_read_done()
@@ -327,32 +345,56 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         if self.sink is None or self.bound_at == self.reads:
             raise UpstreamProtocolError("bytes after a complete response")
 
-    def on_status(self, reason: bytes) -> None:
-        # Called once per read the reason phrase spans: the pieces add up (reset at the head's end).
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        if len(headers) >= MAX_RESPONSE_HEADERS:
-            raise UpstreamProtocolError(f"more than {MAX_RESPONSE_HEADERS} response headers")
-        headers.append((name, value))
+    # (No ``on_status`` nor ``on_header``: httptools calls only the callbacks a protocol has,
+    # and without them llhttp still checks every line of the head but makes no Python call
+    # per line. `on_headers_complete` takes the lines from the bytes read instead.)
 
     def on_headers_complete(self) -> None:
         sink = self.sink
-        reason, self.reason = self.reason, b""
         if sink is None:
             return
+        read = self.read
+        n = self.read_len
+        at = self.head_at
+        pieces = self.head_pieces
+        if pieces:  # the head began in an earlier read (rare): read it from a copy of all
+            pieces.append(bytes(read[:n]))
+            read = b"".join(pieces)
+            self.head_pieces = []
+            at = 0
+            n = len(read)
+            base = n - self.read_len  # where this read begins in the copy
+        else:
+            base = 0
+        while read[at] == 13 or read[at] == 10:  # llhttp skips line ends before a message
+            at += 1
+        # llhttp has accepted the head: every line of it ends in CRLF and no CR stands alone,
+        # so the first blank line after the status line is its end
+        end = read.find(_BLANK, at, n)
+        if end < 0:  # (cannot be, as said: never guess at a head)
+            raise UpstreamProtocolError("response head without its end")
+        self.head_at = end + 4 - base  # where the next message would begin in this read
         status = self.status = self.parser.get_status_code()
         if status < 200 and status != 101:
             # Interim responses (100, 103) are not forwarded: the proxy answered Expect itself.
-            self.headers = []
+            if read.count(b"\r\n", at, end) > MAX_RESPONSE_HEADERS:  # (one per header line)
+                raise UpstreamProtocolError(f"more than {MAX_RESPONSE_HEADERS} response headers")
             return
+        self.read = b""
+        try:
+            reason, headers, body, length, unsupported = read_head(
+                bytes(read[at:end]), status, MAX_RESPONSE_HEADERS
+            )
+        except HeadError as exc:
+            raise UpstreamProtocolError(*exc.args) from None
         keep = self.keep_alive = self.parser.should_keep_alive()
-        headers, self.headers = self.headers, []
-        if self.head_only or no_body_status(status):
+        # (`http11.no_body_status`, inline: this runs for every response)
+        if self.head_only or status < 200 or status == 204 or status == 304:
             self.body = ResponseBody.NONE
         else:
-            self.body, length = _framing(headers)
+            if unsupported:
+                raise UpstreamProtocolError(unsupported)
+            self.body = body
             if length >= RELAY_MIN:
                 self.left = length
         self.state = STREAMING_BODY
@@ -364,6 +406,10 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             self.parser = httptools.HttpResponseParser(self)
             self.sink = None
             sink.upstream_complete()
+            if self.head_at < self.read_len:
+                # More bytes in this read: no response may follow an answer to HEAD unasked
+                # (the old parser would have taken them for the body that never comes).
+                raise UpstreamProtocolError("bytes after a complete response")
 
     def on_body(self, body: bytes) -> None:
         if self.left > 0:
@@ -373,11 +419,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             sink.upstream_body(body)
 
     def on_message_complete(self) -> None:
+        # (Trailer fields of a chunked body are dropped: no callback ever makes them.)
         self.left = -1
-        if self.headers:
-            # Trailer fields of a chunked body: dropped (the Trailer header is hop-by-hop),
-            # and never carried into the next response's head.
-            self.headers = []
         sink = self.sink
         if sink is None or self.status < 200 or self.status == 101:
             return
@@ -395,6 +438,8 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.left = -1
         self.got_response_bytes = False
         self.head_seen = 0
+        if self.head_pieces:
+            self.head_pieces = []
         self.served += 1
         self.bound_at = self.reads
         self.last_read = self._clock.now
@@ -460,30 +505,3 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             f"<UpstreamConnection {self.pool.host}:{self.pool.port} {self.state.name.lower()} "
             f"served={self.served}>"
         )
-
-
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[ResponseBody, int]:
-    """Where the response body ends: FRAMED by Content-Length or chunked, else UNTIL_CLOSE;
-    and the Content-Length when it frames the body (else -1).
-
-    A transfer coding other than ``chunked`` (``xchunked``, ``gzip, chunked``) cannot be
-    relayed without decoding or telling the client: refused (the caller answers 502). (The
-    parser has refused a malformed or repeated Content-Length, and one beside
-    Transfer-Encoding, before this is called.)"""
-    framed = False
-    chunked = False
-    length = -1
-    for name, value in headers:
-        n = len(name)
-        if n == 14 or n == 17:
-            lname = name.lower()
-            if lname == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    raise UpstreamProtocolError(f"unsupported transfer coding {value[:64]!r}")
-                framed = chunked = True
-            elif lname == b"content-length":
-                framed = True
-                length = int(value)
-    if not framed:
-        return ResponseBody.UNTIL_CLOSE, -1
-    return ResponseBody.FRAMED, -1 if chunked else length
