@@ -11,10 +11,18 @@ feeding is not timed; no sleeps, no sockets (the hooks and external reads are st
 
 Reports the median / p99 / max time per tick over ``--seconds`` ticks (after ``--warmup``
 untimed ones), where the rollouts stand at the end, and, with ``--profile``, cProfile's top
-entries (by own time and by cumulative time) over the timed ticks.
+entries (by own time and by cumulative time) over the timed ticks. Each tick runs on the event
+loop beside a probe task that yields at every turn: its longest wait is the loop's longest
+stall in that tick (in wall time, and in CPU time, which the machine's other load does not
+move). ``--paced`` times the background loop's pass in slices (`Controller.paced_tick`)
+instead of the synchronous `Controller.tick`. The collector's runs in the timed ticks are
+counted by generation (`gc.callbacks`), each full one with its tick and duration; ``--settle``
+settles the heap after each tick as the background loop does after each pass (so ``--paced
+--settle`` is the loop as the server runs it).
 
     .venv/bin/python benchmarks/controller_tick.py                    # 1,000 routes, 60 ticks
     .venv/bin/python benchmarks/controller_tick.py --profile --seconds 20
+    .venv/bin/python benchmarks/controller_tick.py --paced --settle --seconds 30  # as served
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import io
 import pstats
 import random
@@ -40,9 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from splitproxy.config import PrometheusCheck, WebCheck, parse_routing
 from splitproxy.config.vocabulary import CANDIDATE, STABLE
 from splitproxy.dataplane.state import RuntimeState, content_hash
+from splitproxy.heap import settle_after_pass
 from splitproxy.metrics import Recorder
-from splitproxy.rollout.controller import Controller
+from splitproxy.rollout.controller import Controller, ControlOptions
 from splitproxy.rollout.hooks import HookResult
+from splitproxy.rollout.pacing import SLICE_BUDGET
 
 T0 = 1_700_000_000.0
 PATHS = ("/api/users/7", "/api/orders", "/static/app.js", "/", "/api/cart/3", "/health")
@@ -159,6 +170,65 @@ class Traffic:
                 self.at = (self.at + rps) % size
 
 
+class Collections:
+    """The collector's runs, by generation, with their duration (`gc.callbacks`)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, float]] = []  # (generation, seconds)
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.runs.append((info["generation"], time.perf_counter() - self._started))
+
+    def take(self) -> list[tuple[int, float]]:
+        runs, self.runs = self.runs, []
+        return runs
+
+
+async def timed(
+    control: Controller, now: float, *, paced: bool, settle: bool
+) -> tuple[float, float, float, float, int]:
+    """One tick (``paced``: the background loop's pass, in slices; else `Controller.tick`; then,
+    with ``settle``, a young collection and `gc.freeze`): its wall and CPU time, and the
+    longest a probe task on the same loop waited for a turn, in wall time and in the thread's
+    CPU time (the probe yields at every turn, so its longest wait is the loop's longest stall;
+    the CPU measure is the stall on an idle machine, whatever the neighbours' load does to the
+    wall measure; the probe's own turns, a few µs each, are in the tick's CPU time)."""
+    done = False
+    longest = longest_cpu = 0.0
+    turns = -1  # the probe's turns from the tick on: a paced pass's slices (1 for a tick)
+
+    async def probe() -> None:
+        nonlocal longest, longest_cpu, turns
+        last, last_cpu = time.perf_counter(), time.thread_time()
+        while not done:
+            turns += 1
+            await asyncio.sleep(0)
+            at, at_cpu = time.perf_counter(), time.thread_time()
+            longest, last = max(longest, at - last), at
+            longest_cpu, last_cpu = max(longest_cpu, at_cpu - last_cpu), at_cpu
+
+    task = asyncio.get_running_loop().create_task(probe())
+    await asyncio.sleep(0)  # the probe is waiting for its next turn when the tick begins
+    started, cpu = time.perf_counter(), time.process_time()
+    if paced:
+        await control.paced_tick(now)
+    else:
+        control.tick(now)
+    if settle:  # as the background loop does after each pass: a turn of the loop, then settle
+        if paced:
+            await asyncio.sleep(0)
+        settle_after_pass()
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    await asyncio.sleep(0)  # the probe's turn after the tick: its wait through the tick
+    done = True
+    await task
+    return elapsed, cpu, longest, longest_cpu, turns
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
@@ -172,7 +242,10 @@ async def run(args: argparse.Namespace) -> None:
     state.load(parse_routing(text), content_hash(text), now)
     loaded = time.perf_counter() - started
     recorder = Recorder(state, clock=lambda: now)
-    control = Controller(state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now)
+    options = ControlOptions(slice_budget=args.slice_budget)
+    control = Controller(
+        state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now, options=options
+    )
     for follower in (recorder.on_swap, control.on_swap):  # as server.py does
         state.subscribe(follower)
     traffic = Traffic(random.Random(args.seed), replay=args.replay)
@@ -182,6 +255,13 @@ async def run(args: argparse.Namespace) -> None:
     profile = cProfile.Profile() if args.profile else None
     times: list[float] = []
     cpus: list[float] = []  # the process's CPU time: what the neighbours' load does not move
+    stalls: list[float] = []  # the longest the probe waited for the loop, per tick
+    stalls_cpu: list[float] = []  # ... in the thread's CPU time
+    slices: list[int] = []  # the slices of each tick
+    collections = Collections()
+    gc.callbacks.append(collections)
+    full: list[tuple[int, float]] = []  # (timed tick, seconds) of each full collection
+    young = Counter[int]()
     for second in range(args.warmup + args.seconds):
         traffic.second(recorder, state, now, args.rps)
         now += 1.0
@@ -189,14 +269,22 @@ async def run(args: argparse.Namespace) -> None:
             continue  # callgrind's baseline: the same feeding without the timed ticks
         if profile is not None and second >= args.warmup:
             profile.enable()
-        started, cpu = time.perf_counter(), time.process_time()
-        control.tick(now)
-        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        collections.take()
+        elapsed, cpu, stall, stall_cpu, turns = await timed(
+            control, now, paced=args.paced, settle=args.settle
+        )
         if profile is not None:
             profile.disable()
+        runs = collections.take()
         if second >= args.warmup:
             times.append(elapsed)
             cpus.append(cpu)
+            stalls.append(stall)
+            stalls_cpu.append(stall_cpu)
+            slices.append(turns)
+            full.extend((second + 2, took) for generation, took in runs if generation == 2)
+            young.update(generation for generation, _ in runs if generation < 2)
+    gc.callbacks.remove(collections)
     phases = Counter(a.phase for a in control.analyzers().values())
     weights = Counter(a.weight for a in control.analyzers().values())
     if args.feed_only:
@@ -219,6 +307,23 @@ async def run(args: argparse.Namespace) -> None:
         f"tick CPU time: median {statistics.median(cpu_ms):.1f} ms, "
         f"p99 {pct(cpu_ms, 0.99):.1f} ms, max {max(cpu_ms):.1f} ms"
     )
+    how = "paced pass" if args.paced else "synchronous tick"
+    for clock, values in (("wall", stalls), ("CPU", stalls_cpu)):
+        stall_ms = [t * 1000 for t in values]
+        print(
+            f"longest loop stall per tick ({how}), {clock} time: "
+            f"median {statistics.median(stall_ms):.1f} ms, p99 {pct(stall_ms, 0.99):.1f} ms, "
+            f"max {max(stall_ms):.1f} ms"
+        )
+    print(f"slices per tick: median {statistics.median(slices):.0f}, max {max(slices)}")
+    fulls = ", ".join(f"tick {tick}: {took * 1000:.0f} ms" for tick, took in full)
+    print(
+        f"collections in the timed ticks: {young[0]} of generation 0, {young[1]} of 1, "
+        f"{len(full)} full{f' ({fulls})' if full else ''}"
+    )
+    print(f"objects the collector tracks: {len(gc.get_objects())}, frozen: {gc.get_freeze_count()}")
+    gc.unfreeze()  # what a full collection finds now would have leaked, had it been frozen
+    print(f"cyclic garbage at the end (objects): {gc.collect()}")
     print(f"phases at the end: {dict(phases)}; weights: {dict(weights)}")
     why = Counter(
         next(e.message for e in reversed(a.history) if e.kind == "rolled_back")
@@ -246,6 +351,25 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the timed ticks")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--series", action="store_true", help="print every tick's time")
+    parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="time the background loop's pass (in slices, yielding between them) instead of "
+        "the synchronous tick",
+    )
+    parser.add_argument(
+        "--slice-budget",
+        type=float,
+        default=SLICE_BUDGET,
+        help="with --paced: seconds per slice (under callgrind, scale it with the slow-down)",
+    )
+    parser.add_argument(
+        "--settle",
+        action="store_true",
+        help="settle the heap after each tick, as the background loop does after each pass "
+        "(`heap.settle_after_pass`: a young collection, then gc.freeze()); with --paced: the "
+        "background loop as the server runs it",
+    )
     parser.add_argument(
         "--feed-only",
         action="store_true",

@@ -18,6 +18,7 @@ its error-rate line (failed windows, some users failing again and again).
 
     .venv/bin/python benchmarks/tick_decisions.py --routes 64 --seconds 400
     .venv/bin/python benchmarks/tick_decisions.py --out /tmp/a.json   # per-route fingerprints
+    .venv/bin/python benchmarks/tick_decisions.py --paced --slice-budget 0   # in slices
     PYTHONHASHSEED=0 .venv/bin/python benchmarks/tick_decisions.py --bench --routes 200 \
         --seconds 245 --seed 2 --out /tmp/b.json
     PYTHONHASHSEED=0 .venv/bin/python benchmarks/tick_decisions.py --bench --replay \
@@ -33,6 +34,7 @@ tick's results: the path on which deferred results are never read.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import random
@@ -54,7 +56,7 @@ from splitproxy.dataplane.abpool import AbCounts
 from splitproxy.dataplane.state import RuntimeState, content_hash
 from splitproxy.metrics import Recorder
 from splitproxy.rollout.codec import encode
-from splitproxy.rollout.controller import Controller
+from splitproxy.rollout.controller import Controller, ControlOptions
 
 KINDS = 8
 COMPARE = [
@@ -236,8 +238,12 @@ def _checks(checks: Any) -> str:
     return repr([tuple(c) for c in checks])
 
 
-def run(args: argparse.Namespace) -> dict[str, str]:
-    """Drive the ticks; each route's fingerprint (sha256 of what it decided and showed)."""
+async def run(args: argparse.Namespace) -> dict[str, str]:
+    """Drive the ticks; each route's fingerprint (sha256 of what it decided and showed).
+
+    ``--paced``: each tick is the background loop's pass in slices (`Controller.paced_tick`),
+    ``--slice-budget`` seconds each (0: one route per slice, a turn of the loop between every
+    two routes), on a real event loop."""
     now = T0
     config = bench_routing(args.routes) if args.bench else routing(args.routes)
     text = yaml.safe_dump(config, sort_keys=False)
@@ -247,7 +253,10 @@ def run(args: argparse.Namespace) -> dict[str, str]:
     rng = random.Random(args.seed)
     if not args.bench:
         recorder.ab = AbShim(recorder.ab, random.Random(args.seed + 1))  # type: ignore[assignment]
-    control = Controller(state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now)
+    options = ControlOptions(slice_budget=args.slice_budget)
+    control = Controller(
+        state, recorder, hooks=NoHooks(), reader=no_reader, clock=lambda: now, options=options
+    )
     for follower in (recorder.on_swap, control.on_swap):
         state.subscribe(follower)
     feed = Traffic(rng, replay=args.replay) if args.bench else Mix(rng, args.rps)
@@ -261,7 +270,10 @@ def run(args: argparse.Namespace) -> dict[str, str]:
         else:
             feed.second(recorder, state, now)
         now += 1.0
-        control.tick(now)
+        if args.paced:
+            assert await control.paced_tick(now)
+        else:
+            control.tick(now)
         if args.every_tick:
             for name, a in control.analyzers().items():
                 line = f"{a.phase} {a.weight!r} {a.step_index} {_checks(a.checks)}\n"
@@ -294,10 +306,12 @@ def main() -> None:
         help="fingerprint the end state only (not every tick's checks: the lazy paths' view)",
     )
     parser.add_argument("--out", type=Path, help="write the fingerprints here (JSON)")
+    parser.add_argument("--paced", action="store_true", help="tick with the paced pass")
+    parser.add_argument("--slice-budget", type=float, default=0.005, help="with --paced")
     args = parser.parse_args()
     if not (1 <= args.routes <= 20_000 and 1 <= args.seconds <= 3600 and args.rps <= 1000):
         parser.error("keep it bounded: routes <= 20,000, seconds <= 3,600, rps <= 1,000")
-    fingerprints = run(args)
+    fingerprints = asyncio.run(run(args))
     total = hashlib.sha256(json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:16]
     print(f"{len(fingerprints)} routes, {args.seconds} ticks: fingerprint {total}")
     if args.out is not None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import sys
@@ -64,6 +63,7 @@ from splitproxy.dataplane.state import Prepared, RuntimeState, Snapshot, upstrea
 from splitproxy.dataplane.swapdiff import UpstreamKeys
 from splitproxy.errors import ConfigError, Problem
 from splitproxy.gitsource import GitError, GitSource, short, with_commit
+from splitproxy.heap import collector_paused, settle_heap
 from splitproxy.reloadseed import known_at_start
 
 logger = logging.getLogger("splitproxy.reload")
@@ -119,43 +119,6 @@ def file_digest(path: Path) -> str:
         return content_hash(path.read_bytes())
     except OSError:
         return UNREADABLE
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No automatic garbage collection while a file loads, compiles and is swapped in.
-
-    CPython's full collection walks every object and holds the interpreter meanwhile, so
-    the event loop stops for its length. Loading 1 MB of YAML builds a node per value (about
-    a million objects, dropped at the end) and the new config's tens of thousands of objects
-    add a quarter to the heap: left to itself the collector ran two to four full
-    collections per such reload, each 100-300 ms. Paused, reference counting frees the
-    nodes (they hold no cycles). After the swap the reloader does not collect: it freezes
-    the heap (`settle_heap`). Only the reload worker pauses it, one reload at a time.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def settle_heap() -> None:
-    """After a swap: move every object alive now out of the collector's sight (`gc.freeze`).
-
-    A full collection walks every object and holds the interpreter meanwhile: with a
-    10,000-route config it took 350-400 ms, a stall for every request in flight, whether it
-    ran right after the swap (as it used to) or later on its own (the new config's objects
-    count toward the next one). Frozen objects are never walked again; they are still freed
-    by reference counting when dropped (the replaced config is: a reload leaves no cycles,
-    measured 0 cyclic objects per reload), so the collector's work stays that of the objects
-    made since the last reload. The price: cyclic garbage alive at this instant is never
-    collected; there is next to none (the reload's own objects hold no cycles), and objects
-    frozen while alive must not end in cycles: a client or upstream connection open at a
-    reload lets go of its parser and transport when it closes, so it is freed then."""
-    gc.freeze()
 
 
 # How soon a thread holding the interpreter must hand it back, while a reload's thread runs.

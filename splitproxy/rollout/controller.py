@@ -43,18 +43,20 @@ at shutdown) queues the route's state for a background, atomic write.
 *Time.* The analyzer is ticked with wall-clock time (the clock of the live windows), so a
 rollout's time survives a restart; the time the proxy was down counts toward a step's
 interval and ``max_duration`` (the step still needs its ``min_requests``).
+
+*Pacing.* The background loop steps the routes in slices of a few ms with a turn of the event
+loop between two, so serving never waits for a whole tick (`pacing`: the rules for reloads,
+commands, leadership and ``stop`` mid-pass), and settles the heap after each pass (`heap`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import aiohttp
 
@@ -63,6 +65,7 @@ from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
+from splitproxy.heap import settle_after_pass
 from splitproxy.metrics import Recorder
 from splitproxy.rollout import ab, ledger, shadow
 from splitproxy.rollout.analyzer import Analyzer
@@ -81,15 +84,10 @@ from splitproxy.rollout.messages import (
     TestOutcome,
 )
 from splitproxy.rollout.metrics import RolloutMetrics
+from splitproxy.rollout.pacing import SLICE_BUDGET, Pass, Ticker, run_paced
 from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
 from splitproxy.rollout.phases import ACTIVE
-from splitproxy.rollout.reports import (
-    finite,
-    gate_payload,
-    merged_events,
-    refusal,
-    synthetic_status,
-)
+from splitproxy.rollout.reports import finite, gate_payload, merged_events, refusal, rollout_status
 from splitproxy.rollout.revert import RevertWindows
 from splitproxy.rollout.samples import (
     analyzer_spec,
@@ -104,7 +102,6 @@ from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 logger = logging.getLogger("splitproxy.rollout.controller")
 
 COMMANDS: Final[tuple[Command, ...]] = ("promote", "rollback", "pause", "resume", "retry")
-HISTORY_SHOWN: Final = 20  # ledger events in a route's status
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +109,7 @@ class ControlOptions:
     """Tuning of the controller (the defaults suit production; tests shorten them)."""
 
     tick: float = 1.0  # seconds between ticks
+    slice_budget: float = SLICE_BUDGET  # seconds a pass steps routes between two loop turns
     checkpoint: float = 10.0  # save an active rollout's state at least this often
     ledger_size: int = 200  # events kept (and persisted) per route
     # seconds between two reads of an external check; None: half the rollout's interval,
@@ -138,26 +136,28 @@ class Controller:
         reader: ExternalReader | None = None,
         health: Callable[[str], CandidateHealth] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         options: ControlOptions | None = None,
     ) -> None:
         self.state = state
         self.recorder = recorder
         self.clock = clock
+        self.monotonic = monotonic  # measures a slice of a pass (see `pacing`)
         self.health = health  # route -> its candidate's health; None: unknown (ready, healthy)
         self.options = options or ControlOptions()
         self.metrics = RolloutMetrics(self)
+        self.ticker = Ticker(self.paced_tick, self.options.tick, after=settle_after_pass)
         self.persistence = Persistence(store, retry=self.options.tick)
         self.dispatcher = HookDispatcher(
-            hooks, on_answer=self._wake_up, metrics=self.metrics, drain=self.options.notify_drain
+            hooks, on_answer=self.ticker.wake, metrics=self.metrics, drain=self.options.notify_drain
         )
         self.poller = ExternalPoller(reader, clock)
-        self.tests = TestJobRunner(clock, on_done=self._wake_up)
+        self.tests = TestJobRunner(clock, on_done=self.ticker.wake)
         self.reverts = RevertWindows(state)
         self._routes: dict[str, _Rollout] = {}
         self._ledgers: dict[str, deque[dict[str, Any]]] = {}
         self._config: RoutingConfig | None = None
-        self._wake = asyncio.Event()
-        self._runner: asyncio.Task[None] | None = None
+        self._pass: Pass | None = None  # the background loop's pass in progress
         self._traffic_session: aiohttp.ClientSession | None = None
         # synthetic traffic; it starts once the server sets `traffics.base_url` (its listener)
         self.traffics: SyntheticTraffics | None = None
@@ -181,16 +181,11 @@ class Controller:
         self.tick()
         await self.persistence.flush()
         self.persistence.start()
-        loop = asyncio.get_running_loop()
-        self._runner = loop.create_task(self._run(), name="splitproxy-control")
+        self.ticker.start()
 
     async def stop(self) -> None:
         """Stop ticking, let queued notifications go out (briefly), save every rollout."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        await self.ticker.stop()  # a pass in progress ends between two routes (see `pacing`)
         await self.poller.close()
         await self.dispatcher.close()
         await self.tests.close()
@@ -205,23 +200,10 @@ class Controller:
             await self._traffic_session.close()
             self._traffic_session = None
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.options.tick)
-            self._wake.clear()
-            try:
-                self.tick()
-            except Exception:  # a bug must not stop rollouts for good
-                logger.exception("rollout tick failed")
-
-    def _wake_up(self) -> None:
-        self._wake.set()
-
     def on_swap(self, old: Snapshot | None, new: Snapshot) -> None:
         """Follow a new snapshot: a new config wakes the tick, so rollouts follow it now."""
         if old is None or old.config is not new.config:
-            self._wake.set()  # a reload: follow it now, not within a second
+            self.ticker.wake()  # a reload: follow it now, not within a second
 
     async def flush(self) -> None:
         """Write the queued rollout states now (see `persistence.Persistence.flush`)."""
@@ -235,21 +217,56 @@ class Controller:
     # --- the tick -----------------------------------------------------------------------------
 
     def tick(self, now: float | None = None) -> None:
-        """Tick every rollout once (``now``: Unix time, default the clock's)."""
+        """Tick every rollout once (``now``: Unix time, default the clock's), all at once."""
         now = self.clock() if now is None else now
+        for rt in self._begin(now):
+            self._tick_route(rt, now)
+
+    async def paced_tick(self, now: float | None = None) -> bool:
+        """`tick`, in slices with a turn of the event loop between two (the background loop's
+        pass; see `pacing` for its rules). False when it ended early (a new config, or
+        leadership lost: the rest of the routes wait for the next pass)."""
+        now = self.clock() if now is None else now
+        routes = self._begin(now)
+        this = self._pass = Pass(self._config)
+
+        def step(rt: _Rollout) -> None:
+            if rt.name not in this.stepped:  # stepped later than ``now`` by a command
+                self._tick_route(rt, now)
+
+        def proceed() -> bool:
+            snapshot = self.state.snapshot
+            return this.holds(snapshot.config if snapshot else None, self.leading)
+
+        budget, clock = self.options.slice_budget, self.monotonic
+        try:
+            return await run_paced(routes, step, budget=budget, clock=clock, proceed=proceed)
+        finally:
+            self._pass = None
+
+    def _begin(self, now: float) -> list[_Rollout]:
+        """A pass's start (reconcile, expired revert windows); the routes to step, if leading."""
         snapshot = self.state.snapshot
         if snapshot is None:
-            return
+            return []
         self._reconcile(snapshot, now)
         if not self.leading:
-            return
+            return []
         for warm in self.reverts.expire(now):
             logger.info("route %s: the revert window of %s closed", warm.route, warm.promoted)
-        for rt in list(self._routes.values()):
-            try:
-                self._step(rt, now)
-            except Exception:  # one route's failure must not stop the others
-                logger.exception("rollout of route %r: tick failed", rt.name)
+        return list(self._routes.values())
+
+    def _tick_route(self, rt: _Rollout, now: float) -> None:
+        try:
+            self._step(rt, now)
+        except Exception:  # one route's failure must not stop the others
+            logger.exception("rollout of route %r: tick failed", rt.name)
+
+    def _out_of_turn(self, rt: _Rollout, now: float, command: ManualCommand) -> None:
+        """Step ``rt`` now with a manual command; a pass in progress leaves it out."""
+        if self._pass is not None:
+            self._pass.stepped.add(rt.name)
+        self._step(rt, now, [command])
 
     def _step(self, rt: _Rollout, now: float, commands: Sequence[ManualCommand] = ()) -> None:
         snapshot = self.state.snapshot
@@ -474,7 +491,7 @@ class Controller:
         """Start (or stop) deciding: a replica took (or lost) the leader's lease."""
         self.leading = leading
         if leading:
-            self._wake.set()
+            self.ticker.wake()
 
     # --- manual commands ----------------------------------------------------------------------
 
@@ -497,7 +514,7 @@ class Controller:
             raise Conflict("no_rollout", f"route {name!r} has no 'rollout' in the file")
         if not rt.analyzer.accepts(command):
             raise Conflict("command_refused", refusal(name, command, rt.analyzer))
-        self._step(rt, now, [ManualCommand(command, source, reason)])
+        self._out_of_turn(rt, now, ManualCommand(command, source, reason))
         status = self.route_status(name)
         assert status is not None
         return status
@@ -518,7 +535,7 @@ class Controller:
         route = snapshot.config.route(name)
         named = candidate_identity(route) if route is not None else None
         if rt is not None and rt.analyzer.phase == "promoted" and named == warm.promoted:
-            self._step(rt, now, [ManualCommand("rollback", source, f"reverted{why}")])
+            self._out_of_turn(rt, now, ManualCommand("rollback", source, f"reverted{why}"))
             return
         self.state.revert_to(name, warm.backend, now)
         urls = ", ".join(warm.backend.urls)
@@ -559,34 +576,15 @@ class Controller:
     def route_status(self, name: str) -> dict[str, Any] | None:
         """A route's rollout as the admin API shows it; None for a route without one."""
         rt = self._routes.get(name)
-        if rt is None:
-            return None
-        out = rt.analyzer.status()
-        out["state"] = self.persistence.route_state(name)
-        out["hooks"] = [
-            {"on": h.on, "name": h.name, "format": h.format, "gating": h.gating}
-            for h in rt.rollout.hooks
-        ]
-        out["waiting_on_hooks"] = self.dispatcher.waiting(name)
-        out["external"] = self.poller.status(name)
-        out["synthetic"] = synthetic_status(
-            rt.name, rt.rollout.traffic, self.traffics, self.recorder, self.clock()
-        )
-        warm = self.reverts.warm.get(name)
-        out["revert"] = warm.view(self.clock()) if warm is not None else None
-        if out.get("bluegreen") is not None:
-            out["bluegreen"]["job"] = self.tests.status(name)
-        out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]
-        return cast(dict[str, Any], finite(out))
+        return None if rt is None else rollout_status(self, rt)
 
     def events(
         self, route: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """The decision ledger, oldest first: the newest ``limit`` events (of ``route``,
         after ``since``)."""
-        if route is not None:
-            return merged_events([self._ledgers.get(route, deque())], since, limit)
-        return merged_events(self._ledgers.values(), since, limit)
+        ledgers = self._ledgers.values() if route is None else [self._ledgers.get(route, deque())]
+        return merged_events(ledgers, since, limit)
 
 
 __all__ = [

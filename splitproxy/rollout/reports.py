@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from splitproxy.config import Traffic
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
@@ -16,7 +16,12 @@ from splitproxy.rollout.phases import PHASES, TRANSITIONS
 from splitproxy.rollout.traffic import SyntheticTraffics
 from splitproxy.views import SyntheticView, VersionRequestsView
 
+if TYPE_CHECKING:
+    from splitproxy.rollout.controller import Controller
+    from splitproxy.rollout.ledger import RouteRollout
+
 SYNTHETIC_SPAN: Final = 60.0  # seconds of synthetic answers a route's status sums per version
+HISTORY_SHOWN: Final = 20  # ledger events in a route's status
 
 
 def finite(value: Any) -> Any:
@@ -76,6 +81,28 @@ def synthetic_status(
             CANDIDATE: answered(CANDIDATE),
         },
     }
+
+
+def rollout_status(control: Controller, rt: RouteRollout) -> dict[str, Any]:
+    """``rt``'s rollout as the admin API shows it (`Controller.route_status`)."""
+    name = rt.name
+    out = rt.analyzer.status()
+    out["state"] = control.persistence.route_state(name)
+    out["hooks"] = [
+        {"on": h.on, "name": h.name, "format": h.format, "gating": h.gating}
+        for h in rt.rollout.hooks
+    ]
+    out["waiting_on_hooks"] = control.dispatcher.waiting(name)
+    out["external"] = control.poller.status(name)
+    out["synthetic"] = synthetic_status(
+        name, rt.rollout.traffic, control.traffics, control.recorder, control.clock()
+    )
+    warm = control.reverts.warm.get(name)
+    out["revert"] = warm.view(control.clock()) if warm is not None else None
+    if out.get("bluegreen") is not None:
+        out["bluegreen"]["job"] = control.tests.status(name)
+    out["history"] = list(rt.ledger)[-HISTORY_SHOWN:]
+    return cast(dict[str, Any], finite(out))
 
 
 def merged_events(
