@@ -157,7 +157,9 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.pool = pool
         self._clock = pool.clock
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        # made once connected: a parser holds this protocol's bound callbacks, a cycle, and a
+        # protocol whose connect fails is dropped without `connection_lost` to break it
+        self.parser = _SPENT_PARSER
         self.state = IDLE
         self.sink: ResponseSink | None = None  # the exchange served (WAITING_HEAD onwards)
         # The read being parsed while a response head is awaited (``read_len`` bytes of it), where
@@ -194,6 +196,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.parser = httptools.HttpResponseParser(self)
 
     def get_buffer(self, sizehint: int) -> bytearray:
         reads = _READS

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from splitproxy.dataplane.client import ClientConnection
@@ -67,3 +67,18 @@ async def test_closed_client_and_upstream_connections_leave_no_cycles(
             assert alive(ClientConnection) == 0
             pooled = sum(pool.open_count for pool in proxy.pools.pools.values())
             assert alive(UpstreamConnection) == pooled  # only the ones kept for reuse
+
+
+async def test_upstream_connections_that_never_connect_leave_no_cycles(
+    start_proxy: StartProxy, refused_port: Callable[[], int]
+) -> None:
+    proxy = await start_proxy(route(f"http://127.0.0.1:{refused_port()}"))
+    with collector_off():
+        for n in range(20):
+            async with connect(proxy.listen_port) as (reader, writer):
+                writer.write(get(f"/{n}"))
+                assert (await asyncio.wait_for(read_response(reader), 5)).status == 502
+        await asyncio.sleep(0.05)
+        # uvloop makes the protocol before it connects, and one whose connect fails gets no
+        # `connection_lost`
+        assert alive(UpstreamConnection) == 0
