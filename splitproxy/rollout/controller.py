@@ -65,7 +65,7 @@ from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
-from splitproxy.heap import settle_after_pass
+from splitproxy.heap import Settler
 from splitproxy.metrics import Recorder
 from splitproxy.rollout import ab, ledger, shadow
 from splitproxy.rollout.analyzer import Analyzer
@@ -146,7 +146,7 @@ class Controller:
         self.health = health  # route -> its candidate's health; None: unknown (ready, healthy)
         self.options = options or ControlOptions()
         self.metrics = RolloutMetrics(self)
-        self.ticker = Ticker(self.paced_tick, self.options.tick, after=settle_after_pass)
+        self.ticker = Ticker(self.paced_tick, self.options.tick, after=Settler())
         self.persistence = Persistence(store, retry=self.options.tick)
         self.dispatcher = HookDispatcher(
             hooks, on_answer=self.ticker.wake, metrics=self.metrics, drain=self.options.notify_drain

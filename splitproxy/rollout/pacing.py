@@ -16,8 +16,8 @@ CPU time, since a request waits in wall time.
 Two stretches are not sliced: the reconcile at the start of a pass (a reload that adds many
 rollouts creates their analyzers in one go) and a garbage collection. So that no full
 collection walks the routes' million objects, the loop settles the heap after each pass
-(`heap.settle_after_pass`: a young collection, then `gc.freeze`; `benchmarks/README.md`,
-"Pacing").
+(`heap.Settler`: a young collection, then `gc.freeze`, and one full collection every 600
+passes; `benchmarks/README.md`, "Pacing").
 
 The rules, and why:
 
@@ -131,7 +131,7 @@ class Pass:
 class Ticker:
     """The background loop: ``run`` (a pass) ``interval`` seconds after the previous one ended,
     or as soon as it ended after a `wake`; one task, so passes never overlap; ``after`` each
-    pass (the controller's: `heap.settle_after_pass`)."""
+    pass (the controller's: `heap.Settler`)."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from splitproxy.heap import collector_paused, settle_after_pass
+from splitproxy.heap import Settler, collector_paused, settle_after_pass
 
 
 class Node:
@@ -68,3 +68,20 @@ def test_the_collector_paused_comes_back_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+@pytest.mark.usefixtures("unfrozen")
+def test_garbage_frozen_while_alive_is_freed_by_the_periodic_full_collection() -> None:
+    settle = Settler(full_every=3)
+    node = Node()
+    node.other = node
+    ref = weakref.ref(node)
+    settle()  # frozen while alive
+    del node  # now a cycle among frozen objects: no young collection sees it
+    settle()
+    assert ref() is not None
+    assert settle.full_collections == 0
+    settle()  # the third: unfrozen, collected in full, frozen again
+    assert ref() is None
+    assert settle.full_collections == 1
+    assert gc.get_freeze_count() > 0
