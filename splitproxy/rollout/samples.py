@@ -95,13 +95,8 @@ def window_samples(
         periods = windows.observations(route, since, until)
         end = max(p.end for p in periods) if periods else None
         return samples_for(periods, judge_synthetic=judge_synthetic), end
-    window = windows.get(route)
-    if window is None:
-        return [], None
-    buckets = window.buckets(since, until)
-    if not buckets:
-        return [], None
-    return bucket_samples(buckets, judge_synthetic), buckets[-1].start + window.resolution
+    buckets, end = _live_buckets(windows, route, since, until)
+    return (bucket_samples(buckets, judge_synthetic), end) if buckets else ([], None)
 
 
 def window_feed(
@@ -117,13 +112,20 @@ def window_feed(
     own; the controller's path every tick."""
     if type(windows).observations is not Windows.observations:
         return window_samples(windows, route, since, until, judge_synthetic=judge_synthetic)
+    buckets, end = _live_buckets(windows, route, since, until)
+    return (BucketFeed(buckets, judge_synthetic), end) if buckets else ([], None)
+
+
+def _live_buckets(
+    windows: Windows, route: str, since: float, until: float
+) -> tuple[list[_Bucket], float | None]:
+    """The route's own live buckets in ``[since, until)`` and the end of the last (none: an
+    empty list and None)."""
     window = windows.get(route)
     if window is None:
         return [], None
     buckets = window.buckets(since, until)
-    if not buckets:
-        return [], None
-    return BucketFeed(buckets, judge_synthetic), buckets[-1].start + window.resolution
+    return (buckets, buckets[-1].start + window.resolution) if buckets else ([], None)
 
 
 class BucketFeed(Sequence[Sample]):
