@@ -39,6 +39,16 @@ class NullStream:
         pass
 
 
+# the benchmark's route: stable and candidate at weight 50 (sticky: a returning user's cookie)
+SHOP: dict[str, Any] = {
+    "name": "shop",
+    "stable": "http://127.0.0.1:28080",
+    "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
+    "weight": 50,
+}
+STICKY_SHOP: dict[str, Any] = {**SHOP, "sticky": {"cookie": "splitproxy_id"}}
+
+
 def state_of(routes: list[dict[str, Any]]) -> RuntimeState:
     text = yaml.safe_dump({"revision": "r7", "routes": routes}, sort_keys=False)
     state = RuntimeState()
@@ -63,13 +73,7 @@ def finished_exchange(state: RuntimeState) -> Exchange:
 
 
 def access_log(fmt: str) -> Callable[[], None]:
-    shop = {
-        "name": "shop",
-        "stable": "http://127.0.0.1:28080",
-        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
-        "weight": 50,
-    }
-    ex = finished_exchange(state_of([shop]))
+    ex = finished_exchange(state_of([SHOP]))
     log = AccessLog(fmt, cast(Any, NullStream()))
 
     def run() -> None:
@@ -98,20 +102,15 @@ class NullRecorder:
 
 def access_log_pass(fmt: str) -> Callable[[], None]:
     """One event-loop pass of a loaded proxy with the access log on, as the data path drives
-    it: 16 exchanges finish (`Observers.exchange_finished`, the log keeps each one's fields),
+    it: 16 exchanges finish (the recorder, then the log keeps each one's fields; through
+    `Observers`, one call more per exchange than the data path's own `ProxyContext.log`),
     then the loop runs the pass's flush (formatting, the hand-over to the writer). asyncio's
     own loop stands in for uvloop (it can run one pass: ``_run_once``)."""
     import asyncio
 
     from splitproxy.logs import Observers
 
-    shop = {
-        "name": "shop",
-        "stable": "http://127.0.0.1:28080",
-        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
-        "weight": 50,
-    }
-    ex = finished_exchange(state_of([shop]))
+    ex = finished_exchange(state_of([SHOP]))
     observers = Observers(cast(Any, NullRecorder()), AccessLog(fmt, cast(Any, NullStream())))
     loop = asyncio.new_event_loop()
     asyncio.events._set_running_loop(loop)  # as if the data path ran in it
@@ -129,14 +128,7 @@ def access_log_pass(fmt: str) -> Callable[[], None]:
 def recorder() -> Callable[[], None]:
     """What the recorder does per request of the benchmark (a returning user of a sticky
     route at 50 %, answered 200 by the candidate), started and finished."""
-    route = {
-        "name": "shop",
-        "stable": "http://127.0.0.1:28080",
-        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
-        "weight": 50,
-        "sticky": {"cookie": "splitproxy_id"},
-    }
-    state = state_of([route])
+    state = state_of([STICKY_SHOP])
     now = [1_700_000_000.0]
     rec = Recorder(state, clock=lambda: now[0])
     state.subscribe(rec.on_swap)
@@ -186,14 +178,7 @@ def lookup(n: int) -> Callable[[], object]:
 
 
 def sticky_choice() -> Callable[[], object]:
-    route = {
-        "name": "shop",
-        "stable": "http://127.0.0.1:28080",
-        "candidate": {"url": "http://127.0.0.1:28080", "revision": "b"},
-        "weight": 50,
-        "sticky": {"cookie": "splitproxy_id"},
-    }
-    snapshot = state_of([route]).snapshot
+    snapshot = state_of([STICKY_SHOP]).snapshot
     assert snapshot is not None
     compiled = snapshot.route("shop")
     assert compiled is not None
