@@ -12,18 +12,7 @@ from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import samples_for, window_samples
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.pooling import PooledWindows
-
-PATHS = ["/api/users/7", "/api/orders", "/static/x.js", "/", "/a/b", "/x1", "/x2", "/x3", None]
-REQUEST = st.tuples(
-    st.floats(0.0, 6.0),  # seconds after the start (buckets of 1 s)
-    st.sampled_from([STABLE, CANDIDATE]),
-    st.none() | st.floats(0.0001, 5.0),  # latency
-    st.booleans(),  # error
-    st.sampled_from([0, 0, 0, 1]),  # which of the second's two probabilities
-    st.sampled_from(PATHS),
-    st.booleans(),  # synthetic
-    st.none() | st.integers(0, 6),  # sticky user
-)
+from tests.unit.rollout.bucket_requests import REQUEST
 
 
 @settings(max_examples=200, deadline=None)

@@ -19,19 +19,9 @@ from splitproxy.rollout.samples import BucketFeed, window_feed, window_samples
 from splitproxy.rollout.tally import Tally, tally, tally_buckets, tally_samples
 from splitproxy.rollout.units import RecentUnits, UnitTable
 from splitproxy.rollout.windows import Windows
+from tests.unit.rollout.bucket_requests import PATHS, REQUEST
 from tests.unit.rollout.drive import spec
 
-PATHS = ["/api/users/7", "/api/orders", "/static/x.js", "/", "/a/b", "/x1", "/x2", "/x3", None]
-REQUEST = st.tuples(
-    st.floats(0.0, 6.0),  # seconds after the start (buckets of 1 s)
-    st.sampled_from([STABLE, CANDIDATE]),
-    st.none() | st.floats(0.0001, 5.0),  # latency
-    st.booleans(),  # error
-    st.sampled_from([0, 0, 0, 1]),  # which of the second's two probabilities
-    st.sampled_from(PATHS),
-    st.booleans(),  # synthetic
-    st.none() | st.integers(0, 6),  # sticky user
-)
 T0 = 1_700_000_000.0
 CHECKS = [
     {"metric": "error_rate", "max": "1%"},

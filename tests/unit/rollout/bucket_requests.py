@@ -1,0 +1,20 @@
+"""Requests as a live window observes them, drawn by hypothesis: the input of the tests that
+hold the controller's bucket paths (samples, tally) to the `Period` path."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from splitproxy.config.vocabulary import CANDIDATE, STABLE
+
+PATHS = ["/api/users/7", "/api/orders", "/static/x.js", "/", "/a/b", "/x1", "/x2", "/x3", None]
+REQUEST = st.tuples(
+    st.floats(0.0, 6.0),  # seconds after the start (buckets of 1 s)
+    st.sampled_from([STABLE, CANDIDATE]),
+    st.none() | st.floats(0.0001, 5.0),  # latency
+    st.booleans(),  # error
+    st.sampled_from([0, 0, 0, 1]),  # which of the second's two probabilities
+    st.sampled_from(PATHS),
+    st.booleans(),  # synthetic
+    st.none() | st.integers(0, 6),  # sticky user
+)
