@@ -105,6 +105,29 @@ def _coefficients(p: float, grid: tuple[float, ...]) -> tuple[tuple[float, float
     return tuple(out)
 
 
+_TABLE_MAX: Final = 4096  # p values kept per grid (a sticky route has one per realized share)
+
+
+@lru_cache(maxsize=64)
+def coefficient_table(grid: tuple[float, ...]) -> dict[float, tuple[tuple[float, float], ...]]:
+    """One grid's `_coefficients` by ``p``, filled as they are asked for: a test holds its
+    grid's table, so an update looks up ``p`` alone (`_coefficients` hashes the grid, eight
+    floats, on every call). Emptied when full: entries are remade, exactly, when asked again."""
+    return {}
+
+
+def coefficients_in(
+    table: dict[float, tuple[tuple[float, float], ...]], p: float, grid: tuple[float, ...]
+) -> tuple[tuple[float, float], ...]:
+    """``_coefficients(p, grid)`` through ``grid``'s `coefficient_table`."""
+    coefs = table.get(p)
+    if coefs is None:
+        if len(table) >= _TABLE_MAX:
+            table.clear()
+        coefs = table[p] = _coefficients(p, grid)
+    return coefs
+
+
 def _valid_p(p: float) -> bool:
     """Events routed at ``p`` = 0 or 1 carry no information about the version."""
     return 0.0 < p < 1.0
@@ -129,12 +152,13 @@ class AttributionTest:
     routed to the candidate with probability ``p``. ``log_e`` is the log of the e-value.
     """
 
-    __slots__ = ("_counts", "_events", "_log_e", "_log_l", "_log_w", "changes", "grid")
+    __slots__ = ("_counts", "_events", "_log_e", "_log_l", "_log_w", "_table", "changes", "grid")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID) -> None:
         if not grid or any(r <= 1.0 for r in grid):
             raise ValueError("the grid needs ratios above 1")
         self.grid: tuple[float, ...] = tuple(grid)
+        self._table = coefficient_table(self.grid)
         self._log_w = -math.log(len(self.grid))
         self._log_l = [0.0] * len(self.grid)
         self._counts: dict[float, list[int]] = {}
@@ -152,14 +176,23 @@ class AttributionTest:
             raise ValueError("event counts cannot be negative")
         if not _valid_p(p) or candidate + stable == 0:
             return
+        self.add(coefficients_in(self._table, p, self.grid), p, candidate, stable)
+
+    def add(
+        self, coefs: tuple[tuple[float, float], ...], p: float, candidate: int, stable: int
+    ) -> None:
+        """`update` past its checks, with ``coefs = _coefficients(p, grid)`` given: the
+        components of a `recovery.RecoveringTest` share a grid, and look ``p`` up once."""
         self.changes += 1
-        cell = self._counts.setdefault(p, [0, 0])
+        cell = self._counts.get(p)
+        if cell is None:
+            cell = self._counts[p] = [0, 0]
         cell[0] += candidate
         cell[1] += stable
         self._events += candidate + stable
         self._log_e = None
         log_l = self._log_l
-        for j, (a, b) in enumerate(_coefficients(p, self.grid)):
+        for j, (a, b) in enumerate(coefs):
             log_l[j] += candidate * a + stable * b
 
     @property
