@@ -499,13 +499,23 @@ class RateGuard:
         g, ab = self._log_g, self._ab
         exp, log, fsum = math.exp, math.log, math.fsum
         parts = []
-        for k, n, x in comps:
-            y = n - x
-            terms = [g + x * a + y * b for a, b in ab]
-            top = max(terms) if terms else NEG_INF
-            if top != NEG_INF and top != math.inf:
-                top = top + log(fsum([exp(v - top) for v in terms]))
-            parts.append(_log_weight(k) + top)
+        if len(ab) == 3:  # the usual three rates, unrolled: no list comprehension's frames
+            (a1, b1), (a2, b2), (a3, b3) = ab
+            for k, n, x in comps:
+                y = n - x
+                t1, t2, t3 = g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3
+                top = max(t1, t2, t3)  # max of a list of them: the same float
+                if top != NEG_INF and top != math.inf:
+                    top = top + log(fsum((exp(t1 - top), exp(t2 - top), exp(t3 - top))))
+                parts.append(_log_weight(k) + top)
+        else:
+            for k, n, x in comps:
+                y = n - x
+                terms = [g + x * a + y * b for a, b in ab]
+                top = max(terms) if terms else NEG_INF
+                if top != NEG_INF and top != math.inf:
+                    top = top + log(fsum([exp(v - top) for v in terms]))
+                parts.append(_log_weight(k) + top)
         # components never started carry their prior weight at value 1
         unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
         parts.append(log(unstarted))

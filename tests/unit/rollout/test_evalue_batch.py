@@ -16,6 +16,7 @@ from splitproxy.rollout.recovery import RecoveringTest, _log_weight
 from splitproxy.rollout.sequential import (
     DEFAULT_GRID,
     AttributionTest,
+    RateGuard,
     _coefficients,
     coefficient_table,
     logsumexp,
@@ -163,3 +164,28 @@ def test_a_full_table_is_emptied_and_refilled_exactly(monkeypatch: pytest.Monkey
         assert table[p] == _coefficients(p, grid)
         assert test._log_l == plain.log_l
         assert _same(test.log_e, plain.log_e)
+
+
+def _guard_formula(guard: RateGuard) -> float:
+    parts = [
+        -math.log(k)
+        - math.log(k + 1)
+        + logsumexp([guard._log_g + e * a + (r - e) * b for a, b in guard._ab])
+        for k, r, e in guard._comps
+    ]
+    return logsumexp([*parts, math.log(1.0 / (guard._started + 1))]) if parts else 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    # caps with three alternative rates, and with fewer (folded into (cap, 1), or none left)
+    st.sampled_from([0.02, 0.1, 0.2, 0.3, 0.45, 0.6, 0.9, 1 - 2**-53]) | st.floats(1e-6, 0.999),
+    st.lists(st.tuples(st.integers(0, 80), st.integers(0, 80)), max_size=40),
+)
+def test_the_guard_unrolled_or_not_answers_as_its_formula(
+    cap: float, batches: list[tuple[int, int]]
+) -> None:
+    guard = RateGuard(cap, block=20, keep=4)
+    for n, x in batches:
+        guard.update(n + x, x)
+        assert _same(guard.log_e, _guard_formula(guard))
