@@ -93,10 +93,12 @@ class RecoveringTest:
             return
         if not 0.0 < p < 1.0 or candidate + stable == 0:
             return  # what each component's `AttributionTest.update` would pass over
-        # every component's `update`, with ``p``'s coefficients looked up once for all
+        # every component's `update`, with ``p``'s coefficients looked up, and the increments
+        # of the log-likelihood ratios worked out, once for all
         coefs = coefficients_in(self._table, p, self.grid)
+        increments = [candidate * a + stable * b for a, b in coefs]
         for _, test in self._comps:
-            test.add(coefs, p, candidate, stable)
+            test.add(increments, p, candidate, stable)
 
     def log_e_at(self, r0: float) -> float:
         """The mixture's log e-value for ``H0: r ≤ r0`` (each component shifted to ``r0``)."""

@@ -50,6 +50,7 @@ Values are kept in log space and combined with `logsumexp`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -176,13 +177,14 @@ class AttributionTest:
             raise ValueError("event counts cannot be negative")
         if not _valid_p(p) or candidate + stable == 0:
             return
-        self.add(coefficients_in(self._table, p, self.grid), p, candidate, stable)
+        coefs = coefficients_in(self._table, p, self.grid)
+        self.add([candidate * a + stable * b for a, b in coefs], p, candidate, stable)
 
-    def add(
-        self, coefs: tuple[tuple[float, float], ...], p: float, candidate: int, stable: int
-    ) -> None:
-        """`update` past its checks, with ``coefs = _coefficients(p, grid)`` given: the
-        components of a `recovery.RecoveringTest` share a grid, and look ``p`` up once."""
+    def add(self, increments: list[float], p: float, candidate: int, stable: int) -> None:
+        """`update` past its checks, given the log-likelihood ratios' increments: ``candidate
+        * a + stable * b`` per grid point, ``(a, b)`` its `_coefficients` at ``p``. The
+        components of a `recovery.RecoveringTest` share a grid and get the same batches: it
+        works them out once for all."""
         self.changes += 1
         cell = self._counts.get(p)
         if cell is None:
@@ -191,9 +193,9 @@ class AttributionTest:
         cell[1] += stable
         self._events += candidate + stable
         self._log_e = None
+        # ``log_l[j] += increments[j]`` for every j, in one call (the same list, written over)
         log_l = self._log_l
-        for j, (a, b) in enumerate(coefs):
-            log_l[j] += candidate * a + stable * b
+        log_l[:] = map(operator.add, log_l, increments)
 
     @property
     def log_e(self) -> float:
