@@ -30,11 +30,10 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
+from splitproxy.rollout.ratios import coefficient_table, coefficients_in
 from splitproxy.rollout.sequential import (
     DEFAULT_GRID,
     AttributionTest,
-    coefficient_table,
-    coefficients_in,
     logsumexp,
     lower_confidence_bound,
 )

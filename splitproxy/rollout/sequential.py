@@ -57,6 +57,7 @@ from functools import lru_cache
 from typing import Any, Final, Protocol
 
 from splitproxy.rollout.bounds import BOUND_FAR, lower_confidence_bound
+from splitproxy.rollout.ratios import coefficient_table, coefficients_in, q_of
 
 DEFAULT_GRID: Final = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0)
 GUARD_MULTIPLIERS: Final = (2.0, 4.0, 8.0)
@@ -75,11 +76,6 @@ def logsumexp(values: Iterable[float]) -> float:
     return top + math.log(math.fsum([exp(v - top) for v in vs]))
 
 
-def q_of(r: float, p: float) -> float:
-    """The chance an event comes from the candidate when its rate is ``r`` × stable's."""
-    return r * p / (r * p + 1.0 - p)
-
-
 def kl_bernoulli(q: float, p: float) -> float:
     """``KL(Bernoulli(q) ‖ Bernoulli(p))``: the expected log-evidence per event."""
     out = 0.0
@@ -94,39 +90,6 @@ def events_needed(r: float, p: float, alpha: float, weight: float) -> float:
     """Roughly how many events a grid point ``r`` of prior ``weight`` needs to reach ``1/α``
     when the true ratio is ``r`` (the sizing formula of the reference)."""
     return (math.log(1 / alpha) + math.log(1 / weight)) / kl_bernoulli(q_of(r, p), p)
-
-
-@lru_cache(maxsize=4096)
-def _coefficients(p: float, grid: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
-    """Per grid point: the log-likelihood ratio of one candidate and one stable event."""
-    out = []
-    for r in grid:
-        q = q_of(r, p)
-        out.append((math.log(q / p), math.log((1 - q) / (1 - p))))
-    return tuple(out)
-
-
-_TABLE_MAX: Final = 4096  # p values kept per grid (a sticky route has one per realized share)
-
-
-@lru_cache(maxsize=64)
-def coefficient_table(grid: tuple[float, ...]) -> dict[float, tuple[tuple[float, float], ...]]:
-    """One grid's `_coefficients` by ``p``, filled as they are asked for: a test holds its
-    grid's table, so an update looks up ``p`` alone (`_coefficients` hashes the grid, eight
-    floats, on every call). Emptied when full: entries are remade, exactly, when asked again."""
-    return {}
-
-
-def coefficients_in(
-    table: dict[float, tuple[tuple[float, float], ...]], p: float, grid: tuple[float, ...]
-) -> tuple[tuple[float, float], ...]:
-    """``_coefficients(p, grid)`` through ``grid``'s `coefficient_table`."""
-    coefs = table.get(p)
-    if coefs is None:
-        if len(table) >= _TABLE_MAX:
-            table.clear()
-        coefs = table[p] = _coefficients(p, grid)
-    return coefs
 
 
 def _valid_p(p: float) -> bool:
@@ -182,7 +145,7 @@ class AttributionTest:
 
     def add(self, increments: list[float], p: float, candidate: int, stable: int) -> None:
         """`update` past its checks, given the log-likelihood ratios' increments: ``candidate
-        * a + stable * b`` per grid point, ``(a, b)`` its `_coefficients` at ``p``. The
+        * a + stable * b`` per grid point, ``(a, b)`` its `ratios.coefficients` at ``p``. The
         components of a `recovery.RecoveringTest` share a grid and get the same batches: it
         works them out once for all."""
         self.changes += 1

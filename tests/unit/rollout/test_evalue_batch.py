@@ -11,14 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitproxy.rollout import sequential
+from splitproxy.rollout import ratios
+from splitproxy.rollout.ratios import coefficient_table, coefficients
 from splitproxy.rollout.recovery import RecoveringTest, _log_weight
 from splitproxy.rollout.sequential import (
     DEFAULT_GRID,
     AttributionTest,
     RateGuard,
-    _coefficients,
-    coefficient_table,
     logsumexp,
 )
 
@@ -39,7 +38,7 @@ def _same(a: float, b: float) -> bool:
 
 class _Plain:
     """The attribution test's statistic as written before the batching: the coefficients made
-    by `_coefficients` on each update, the log-likelihoods updated in place."""
+    by `ratios.coefficients` on each update, the log-likelihoods updated in place."""
 
     def __init__(self, grid: tuple[float, ...]) -> None:
         self.grid = grid
@@ -52,7 +51,7 @@ class _Plain:
         cell = self.counts.setdefault(p, [0, 0])
         cell[0] += candidate
         cell[1] += stable
-        for j, (a, b) in enumerate(_coefficients(p, self.grid)):
+        for j, (a, b) in enumerate(coefficients(p, self.grid)):
             self.log_l[j] += candidate * a + stable * b
 
     @property
@@ -152,7 +151,7 @@ def test_negative_counts_are_refused_as_before() -> None:
 
 
 def test_a_full_table_is_emptied_and_refilled_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sequential, "_TABLE_MAX", 5)
+    monkeypatch.setattr(ratios, "TABLE_MAX", 5)
     grid = (1.25, 2.5, 7.0)  # a table of its own, not shared with other tests' grids
     test, plain = AttributionTest(grid), _Plain(grid)
     table = coefficient_table(grid)
@@ -161,7 +160,7 @@ def test_a_full_table_is_emptied_and_refilled_exactly(monkeypatch: pytest.Monkey
         test.update(p, i % 3, i % 7 + 1)
         plain.update(p, i % 3, i % 7 + 1)
         assert len(table) <= 5
-        assert table[p] == _coefficients(p, grid)
+        assert table[p] == coefficients(p, grid)
         assert test._log_l == plain.log_l
         assert _same(test.log_e, plain.log_e)
 
