@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
@@ -90,6 +91,23 @@ Outcome = Literal["pass", "hold", "fail"]
 def min_threshold_requests(q: float) -> int:
     """Stable requests needed before its q-quantile is a usable latency threshold."""
     return math.ceil(20 / (1 - q))
+
+
+@lru_cache(maxsize=256, typed=True)
+def latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
+    """The latency comparison's detail text. Made once per set of stable's quantiles: they
+    are bucket bounds and move seldom, while the result is remade on nearly every tick."""
+    detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds)
+    if thresholds and tolerance:
+        detail += f", slow beyond +{tolerance * 100:g}%"
+    return detail
+
+
+@lru_cache(maxsize=64, typed=True)
+def guard_detail(cap: float) -> str:
+    """The guard's detail text, made once per cap (its result is remade on every tick with a
+    candidate request)."""
+    return f"candidate error rate far above {cap:g}"
 
 
 def step_needs(spec: Rollout, step: Step) -> tuple[float, int]:
@@ -397,7 +415,7 @@ class Evidence:
     def _guard_result(self, guard: RateGuard) -> CheckResult:
         bar, e = 1 / self.alpha.guard, guard.e_value
         verdict: Verdict = "fail" if e >= bar else "pass"
-        detail = f"candidate error rate far above {guard.cap:g}"
+        detail = guard_detail(guard.cap)
         return CheckResult(
             "guard", "guard", e, None, bar, guard.requests, verdict, detail, None, "error_rate",
             "e_value",
@@ -511,10 +529,8 @@ class Evidence:
         log_e = self._latency_log_e()
         e = math.exp(log_e) if log_e < 700 else math.inf
         events = sum(t.events for t in self.latency_tests.values())
-        detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds.items())
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        if thresholds and tolerance:
-            detail += f", slow beyond +{tolerance * 100:g}%"
+        detail = latency_detail(tuple(thresholds.items()), tolerance)
         if not thresholds and not events:
             detail = "stable history too short"
             return CheckResult(

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Final
 
+from splitproxy.rollout.ratios import coefficient_table, coefficients_in
 from splitproxy.rollout.sequential import (
     DEFAULT_GRID,
     AttributionTest,
@@ -52,10 +53,14 @@ class RecoveringTest:
     It answers like an `AttributionTest` (``update``, ``log_e``, ``log_e_at``, ``events``,
     ``counts``), so the evidence uses either; ``restart`` starts a new component."""
 
-    __slots__ = ("_comps", "_log_e", "_started", "changes", "grid", "keep")
+    __slots__ = ("_comps", "_log_e", "_one_grid", "_started", "_table", "changes", "grid", "keep")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID, keep: int = KEEP) -> None:
         self.grid: tuple[float, ...] = tuple(grid)
+        self._table = coefficient_table(self.grid)
+        # every component on this grid (always, but for a state read in with another grid in
+        # a component): what lets `update` look the coefficients up once for all of them
+        self._one_grid = True
         self.keep = max(1, keep)
         self._started = 1
         self._comps: list[tuple[int, AttributionTest]] = [(1, AttributionTest(self.grid))]
@@ -79,8 +84,20 @@ class RecoveringTest:
     def update(self, p: float, candidate: int, stable: int) -> None:
         self._log_e = None
         self.changes += 1
+        if candidate < 0 or stable < 0:
+            raise ValueError("event counts cannot be negative")
+        if not self._one_grid:
+            for _, test in self._comps:
+                test.update(p, candidate, stable)
+            return
+        if not 0.0 < p < 1.0 or candidate + stable == 0:
+            return  # what each component's `AttributionTest.update` would pass over
+        # every component's `update`, with ``p``'s coefficients looked up, and the increments
+        # of the log-likelihood ratios worked out, once for all
+        coefs = coefficients_in(self._table, p, self.grid)
+        increments = [candidate * a + stable * b for a, b in coefs]
         for _, test in self._comps:
-            test.update(p, candidate, stable)
+            test.add(increments, p, candidate, stable)
 
     def log_e_at(self, r0: float) -> float:
         """The mixture's log e-value for ``H0: r ≤ r0`` (each component shifted to ``r0``)."""
@@ -97,8 +114,10 @@ class RecoveringTest:
     @property
     def log_e(self) -> float:
         cached = self._log_e
-        if cached is None:
-            cached = self._log_e = self._log_e_at(1.0)
+        if cached is None:  # `_log_e_at(1.0)`, each component's `log_e_at(1.0)` its `log_e`
+            parts = [_log_weight(k) + t.log_e for k, t in self._comps]
+            parts.append(math.log(1.0 / (self._started + 1)))
+            cached = self._log_e = logsumexp(parts)
         return cached
 
     @property
@@ -171,10 +190,12 @@ class RecoveringTest:
         if "components" not in data:
             out._comps = [(1, AttributionTest.from_dict(data))]
             out._log_e = None
+            out._one_grid = out._comps[0][1].grid == out.grid
             return out
         out._started = int(data["started"])
         out._comps = [(int(k), AttributionTest.from_dict(t)) for k, t in data["components"]]
         out._log_e = None
+        out._one_grid = all(t.grid == out.grid for _, t in out._comps)
         return out
 
 

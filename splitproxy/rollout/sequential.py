@@ -50,12 +50,14 @@ Values are kept in log space and combined with `logsumexp`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Protocol
 
 from splitproxy.rollout.bounds import BOUND_FAR, lower_confidence_bound
+from splitproxy.rollout.ratios import coefficient_table, coefficients_in, q_of
 
 DEFAULT_GRID: Final = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0, 20.0)
 GUARD_MULTIPLIERS: Final = (2.0, 4.0, 8.0)
@@ -74,11 +76,6 @@ def logsumexp(values: Iterable[float]) -> float:
     return top + math.log(math.fsum([exp(v - top) for v in vs]))
 
 
-def q_of(r: float, p: float) -> float:
-    """The chance an event comes from the candidate when its rate is ``r`` × stable's."""
-    return r * p / (r * p + 1.0 - p)
-
-
 def kl_bernoulli(q: float, p: float) -> float:
     """``KL(Bernoulli(q) ‖ Bernoulli(p))``: the expected log-evidence per event."""
     out = 0.0
@@ -93,16 +90,6 @@ def events_needed(r: float, p: float, alpha: float, weight: float) -> float:
     """Roughly how many events a grid point ``r`` of prior ``weight`` needs to reach ``1/α``
     when the true ratio is ``r`` (the sizing formula of the reference)."""
     return (math.log(1 / alpha) + math.log(1 / weight)) / kl_bernoulli(q_of(r, p), p)
-
-
-@lru_cache(maxsize=4096)
-def _coefficients(p: float, grid: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
-    """Per grid point: the log-likelihood ratio of one candidate and one stable event."""
-    out = []
-    for r in grid:
-        q = q_of(r, p)
-        out.append((math.log(q / p), math.log((1 - q) / (1 - p))))
-    return tuple(out)
 
 
 def _valid_p(p: float) -> bool:
@@ -129,12 +116,13 @@ class AttributionTest:
     routed to the candidate with probability ``p``. ``log_e`` is the log of the e-value.
     """
 
-    __slots__ = ("_counts", "_events", "_log_e", "_log_l", "_log_w", "changes", "grid")
+    __slots__ = ("_counts", "_events", "_log_e", "_log_l", "_log_w", "_table", "changes", "grid")
 
     def __init__(self, grid: Sequence[float] = DEFAULT_GRID) -> None:
         if not grid or any(r <= 1.0 for r in grid):
             raise ValueError("the grid needs ratios above 1")
         self.grid: tuple[float, ...] = tuple(grid)
+        self._table = coefficient_table(self.grid)
         self._log_w = -math.log(len(self.grid))
         self._log_l = [0.0] * len(self.grid)
         self._counts: dict[float, list[int]] = {}
@@ -152,15 +140,25 @@ class AttributionTest:
             raise ValueError("event counts cannot be negative")
         if not _valid_p(p) or candidate + stable == 0:
             return
+        coefs = coefficients_in(self._table, p, self.grid)
+        self.add([candidate * a + stable * b for a, b in coefs], p, candidate, stable)
+
+    def add(self, increments: list[float], p: float, candidate: int, stable: int) -> None:
+        """`update` past its checks, given the log-likelihood ratios' increments: ``candidate
+        * a + stable * b`` per grid point, ``(a, b)`` its `ratios.coefficients` at ``p``. The
+        components of a `recovery.RecoveringTest` share a grid and get the same batches: it
+        works them out once for all."""
         self.changes += 1
-        cell = self._counts.setdefault(p, [0, 0])
+        cell = self._counts.get(p)
+        if cell is None:
+            cell = self._counts[p] = [0, 0]
         cell[0] += candidate
         cell[1] += stable
         self._events += candidate + stable
         self._log_e = None
+        # ``log_l[j] += increments[j]`` for every j, in one call (the same list, written over)
         log_l = self._log_l
-        for j, (a, b) in enumerate(_coefficients(p, self.grid)):
-            log_l[j] += candidate * a + stable * b
+        log_l[:] = map(operator.add, log_l, increments)
 
     @property
     def log_e(self) -> float:
@@ -466,13 +464,23 @@ class RateGuard:
         g, ab = self._log_g, self._ab
         exp, log, fsum = math.exp, math.log, math.fsum
         parts = []
-        for k, n, x in comps:
-            y = n - x
-            terms = [g + x * a + y * b for a, b in ab]
-            top = max(terms) if terms else NEG_INF
-            if top != NEG_INF and top != math.inf:
-                top = top + log(fsum([exp(v - top) for v in terms]))
-            parts.append(_log_weight(k) + top)
+        if len(ab) == 3:  # the usual three rates, unrolled: no list comprehension's frames
+            (a1, b1), (a2, b2), (a3, b3) = ab
+            for k, n, x in comps:
+                y = n - x
+                t1, t2, t3 = g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3
+                top = max(t1, t2, t3)  # max of a list of them: the same float
+                if top != NEG_INF and top != math.inf:
+                    top = top + log(fsum((exp(t1 - top), exp(t2 - top), exp(t3 - top))))
+                parts.append(_log_weight(k) + top)
+        else:
+            for k, n, x in comps:
+                y = n - x
+                terms = [g + x * a + y * b for a, b in ab]
+                top = max(terms) if terms else NEG_INF
+                if top != NEG_INF and top != math.inf:
+                    top = top + log(fsum([exp(v - top) for v in terms]))
+                parts.append(_log_weight(k) + top)
         # components never started carry their prior weight at value 1
         unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
         parts.append(log(unstarted))

@@ -41,6 +41,7 @@ PURE_MODULES = (
     "splitproxy.rollout.histograms",
     "splitproxy.rollout.sketch",
     "splitproxy.rollout.sequential",
+    "splitproxy.rollout.ratios",
     "splitproxy.rollout.abtest",
     "splitproxy.rollout.shadow",
     "splitproxy.rollout.mirrored",
