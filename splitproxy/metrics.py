@@ -107,6 +107,9 @@ class Recorder(FollowsSnapshots):
         self.reloads = ReloadStats()
         self.ab = AbBook()  # A/B tests' users and conversions (abgoals.py), taken each tick
         self._series: dict[tuple[str, str], Series] = {}
+        # the same series by version, then route name: two look-ups by string (their hashes
+        # cached) where ``_series`` needs a tuple made and hashed per exchange
+        self._by_version: dict[str, dict[str, Series]] = {}
         self._mirrors: dict[str, MirrorStats] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -119,6 +122,7 @@ class Recorder(FollowsSnapshots):
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = Series(_ROUTED.get(version))
+            self._by_version.setdefault(version, {})[route] = series
             if series.version is not None:
                 series.window = self.windows.window(route)
                 followed = self._followed
@@ -134,8 +138,10 @@ class Recorder(FollowsSnapshots):
         decision = ex.decision
         if route is None or decision is None:
             return
-        key = (route.name, ex.version)  # a hit: one look-up, no `_get` call; kept by the exchange
-        series = ex.observed = self._series.get(key) or self._get(*key)
+        try:  # a hit: two look-ups, no `_get` call; kept by the exchange for its finish
+            series = ex.observed = self._by_version[ex.version][route.name]
+        except KeyError:
+            series = ex.observed = self._get(route.name, ex.version)
         # started, and its reason: counted when read (`Series.fold`), one append now
         raw = series.raw_reasons
         raw.append(decision.reason)
@@ -178,14 +184,16 @@ class Recorder(FollowsSnapshots):
         if len(raw) >= FOLD_AT:
             series.fold()
         kind = ex.error_kind
-        upstream_error = kind in UPSTREAM_ERROR_KINDS
-        if upstream_error:
+        if kind is not None and kind in UPSTREAM_ERROR_KINDS:
             errors = series.errors
             errors[kind] = errors.get(kind, 0) + 1
+            error = True
+        else:
+            error = status >= 500
         window, version = series.window, series.version
         if window is not None and version is not None:  # a window is only given to a version
             window.observe(
-                self.clock(), version, latency, status >= 500 or upstream_error,
+                self.clock(), version, latency, error,
                 # `_probability`, inlined
                 route.weight_bp / WEIGHT_BUCKETS if reason == "weight" or reason == "sticky"
                 else None,

@@ -6,12 +6,12 @@ reload tallies: plain numbers, exported on scrape by ``metrics._Collector``.
 counters themselves: they append the request's routing reason, status, duration and time to
 first byte to short lists on the series (one ``list.append`` each, which CPython runs without
 a Python call), and `Series.fold` turns the lists into the counters in C-level passes
-(``Counter``, ``functools.reduce``, ``list.sort`` and a few bisects) once a list holds
+(``list.count``, ``sum``, ``list.sort`` and a few bisects) once a list holds
 `FOLD_AT` values, and before anything reads them: every counter a reader sees (``codes``,
 ``reasons``, ``started``, ``finished``, ``durations``, ``ttfbs``, ``in_flight``) is a property
 that folds first. The counts are sums, so folding later adds the same numbers; the histograms'
-sums are folded in arrival order (``reduce(add, …)``: the same float additions, in the same
-order, as adding each value as it comes), so the exposed values are identical to counting each
+sums are folded in arrival order (`sketch.sequential_sum`: the same float additions, in the
+same order, as adding each value as it comes), so the exposed values are identical to counting each
 request at once (``tests/unit/test_recorder_lean.py`` pits them against each other).
 Bounded: at most `FOLD_AT` values per list, four lists per series.
 """
@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
-from functools import reduce
-from operator import add
 from typing import Final, TypeVar
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
 from splitproxy.dataplane.mirror_compare import RESULTS as MIRROR_RESULTS
 from splitproxy.dataplane.mirror_compare import MirrorOutcome, MirrorResult
 from splitproxy.rollout.mirrored import MirrorTally
+from splitproxy.rollout.sketch import sequential_sum
 from splitproxy.rollout.windows import Window
 
 # Seconds: Prometheus' defaults plus resolution around typical 200 ms - 1 s p99 thresholds.
@@ -60,7 +59,7 @@ class Histogram:
     def fold(self, values: list[float]) -> None:
         """`observe` each of ``values`` in order (and empty the list): the same counts and the
         same sum, bit for bit, in a few C-level passes instead of a Python call per value."""
-        total = reduce(add, values, self.sum)  # the same additions in the same order
+        total = sequential_sum(values, self.sum)  # the same additions in the same order
         if total != total:  # a NaN (never a duration from a monotonic clock): one at a time
             for value in values:
                 self.observe(value)
@@ -111,7 +110,12 @@ class ReloadStats:
 
 
 def _count_into(counts: dict[_K, int], values: list[_K]) -> None:
-    for value, n in Counter(values).items():  # Counter counts in C
+    first = values[0]
+    n = values.count(first)  # mostly one status, one reason: compared by identity, in C
+    if n == len(values):
+        counts[first] = counts.get(first, 0) + n
+        return
+    for value, n in Counter(values).items():
         counts[value] = counts.get(value, 0) + n
 
 

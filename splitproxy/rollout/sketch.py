@@ -7,6 +7,12 @@ bin layout, so the histograms of both versions line up bucket by bucket (the ana
 from __future__ import annotations
 
 import math
+import sys
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from functools import reduce
+from itertools import repeat
+from operator import add, mul
 from typing import Final
 
 RELATIVE_ACCURACY: Final = 0.02  # the promise: a quantile is within 2 % of the true value
@@ -22,6 +28,19 @@ MAX_BINS: Final = _MAX_KEY - _MIN_KEY + 1
 
 _ceil = math.ceil
 _log = math.log
+
+
+def _reduce_sum(values: Iterable[float], start: float) -> float:
+    return reduce(add, values, start)
+
+
+# ``start + values[0] + values[1] + …``, added one at a time in order: what adding each value as
+# it comes gives, bit for bit. The builtin ``sum`` does exactly that for floats up to 3.11 (in
+# C, a double accumulator: ~60 instructions a value against ~290 for ``reduce``); from 3.12 on
+# it compensates the rounding, which is more exact but not the same number.
+sequential_sum: Final[Callable[[Iterable[float], float], float]] = (
+    sum if sys.version_info < (3, 12) else _reduce_sum
+)
 
 
 def nearest_rank(q: float, n: int) -> int:
@@ -71,6 +90,33 @@ class LatencySketch:
         bins[key] = bins.get(key, 0) + 1
         self.count += 1
         self.total += value
+
+    def add_all(self, values: list[float]) -> None:
+        """`add` each of ``values``, in order: the same bins, count and total (the same
+        additions in the same order), in C-level passes over the list instead of a Python call
+        per value (the live windows hand their latencies over in batches)."""
+        if not values:
+            return
+        try:  # each value's key as `add` computes it inside the tracked range
+            keys = sorted(map(_ceil, map(mul, map(_log, values), repeat(_INV_LOG_GAMMA))))
+        except (ValueError, OverflowError):  # 0 or below, NaN, infinity: `add` clamps them
+            keys = None
+        # A value at or below MIN_LATENCY (above MAX_LATENCY) has a key at most _MIN_KEY (at
+        # least _MAX_KEY): the clamped key when it is that bound, else clamped one at a time.
+        if keys is None or keys[0] < _MIN_KEY or keys[-1] > _MAX_KEY:
+            for value in values:
+                self.add(value)
+            return
+        bins = self.bins
+        n = len(keys)
+        i = 0
+        while i < n:  # a run of equal keys at a time (sorted: a few runs)
+            key = keys[i]
+            j = bisect_right(keys, key, i)
+            bins[key] = bins.get(key, 0) + j - i
+            i = j
+        self.count += n
+        self.total = sequential_sum(values, self.total)
 
     def merge(self, other: LatencySketch) -> None:
         bins = self.bins
