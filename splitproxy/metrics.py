@@ -5,8 +5,9 @@ Handlers never call prometheus-client's ``.labels()``. The data path calls one v
 composition root calls `Recorder.config_reloaded`), which bumps plain integers in one
 `Series` per route and version, and feeds the route's live `windows.Window`. A custom collector
 turns the numbers into metric families only when ``/metrics`` is scraped. Per exchange that is
-two dict look-ups, a few integer updates, two bisects and one sketch update (measured in
-``docs/observability.md``).
+two dict look-ups, a few appends to the series' raw lists (counted when read, or every
+`metrics_series.FOLD_AT` exchanges: see ``metrics_series.py``) and the window's observation
+(measured in ``docs/observability.md``).
 
 Every app gets its own `CollectorRegistry` (tests build many apps in one process), with the
 process, platform and GC collectors next to splitproxy's own.
@@ -61,13 +62,14 @@ from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState
 from splitproxy.metrics_follow import FollowsSnapshots
-from splitproxy.metrics_series import FOLD_AT, MirrorStats, ReloadStats, Series
+from splitproxy.metrics_series import FOLD_AT, ReloadStats, Series
 
 # what the recorder's users and tests import from here
 from splitproxy.metrics_series import LATENCY_BUCKETS as LATENCY_BUCKETS
 from splitproxy.metrics_series import MIRROR_EXAMPLES as MIRROR_EXAMPLES
 from splitproxy.metrics_series import MIRROR_LATENCIES as MIRROR_LATENCIES
 from splitproxy.metrics_series import Histogram as Histogram
+from splitproxy.metrics_series import MirrorStats as MirrorStats
 from splitproxy.rollout.messages import MirrorSample
 from splitproxy.rollout.windows import Period, Summary, Windows
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import math
 import sys
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from functools import reduce
-from itertools import repeat
-from operator import add, mul
+from operator import add
 from typing import Final
 
 RELATIVE_ACCURACY: Final = 0.02  # the promise: a quantile is within 2 % of the true value
@@ -56,6 +55,33 @@ def _key(value: float) -> int:
     return math.ceil(math.log(value) * _INV_LOG_GAMMA)
 
 
+def _add_key(value: float) -> int:
+    """The bin `add` gives ``value``: `_key`, and NaN in the last bin."""
+    if MIN_LATENCY < value < MAX_LATENCY:
+        return math.ceil(math.log(value) * _INV_LOG_GAMMA)
+    return _MIN_KEY if value <= MIN_LATENCY else _MAX_KEY
+
+
+def _first_with_key(key: int) -> float:
+    """The smallest float `_add_key` puts in bin ``key`` or above (``key > _MIN_KEY``): from
+    ``γ^(key-1)``, the bin's edge, a float at a time (the logarithm's rounding moves the edge
+    by a few floats; a few thousand steps in all, at import)."""
+    value = _GAMMA ** (key - 1)
+    if _add_key(value) >= key:
+        while _add_key(below := math.nextafter(value, 0.0)) >= key:
+            value = below
+        return value
+    while _add_key(value) < key:
+        value = math.nextafter(value, math.inf)
+    return value
+
+
+# Where each bin starts as `add` computes it: ``_MIN_KEY + bisect_right(_STARTS, value)`` is
+# ``_add_key(value)`` for any value but NaN, given a logarithm that is monotonic around each
+# edge, as a faithful one is (tests/unit/test_recorder_lean.py checks the floats around every
+# edge). `add_all` finds where a run of sorted values leaves its bin with it.
+_STARTS: Final = [_first_with_key(key) for key in range(_MIN_KEY + 1, _MAX_KEY + 1)]
+
 # key -> ``_GAMMA**key``, the histograms' bucket bounds: every key a sketch makes, made once
 # (`histogram` runs for each version of each closed bucket of each route, every tick)
 _BOUNDS: dict[int, float] = {key: _GAMMA**key for key in range(_MIN_KEY, _MAX_KEY + 1)}
@@ -93,30 +119,27 @@ class LatencySketch:
 
     def add_all(self, values: list[float]) -> None:
         """`add` each of ``values``, in order: the same bins, count and total (the same
-        additions in the same order), in C-level passes over the list instead of a Python call
-        per value (the live windows hand their latencies over in batches)."""
+        additions in the same order). Sorted, the values fall into a few runs, one per bin,
+        found by bisection (`_STARTS`): a few C calls per bin instead of a logarithm, a product
+        and a ceiling per value (the live windows hand their latencies over in batches)."""
         if not values:
             return
-        try:  # each value's key as `add` computes it inside the tracked range
-            keys = sorted(map(_ceil, map(mul, map(_log, values), repeat(_INV_LOG_GAMMA))))
-        except (ValueError, OverflowError):  # 0 or below, NaN, infinity: `add` clamps them
-            keys = None
-        # A value at or below MIN_LATENCY (above MAX_LATENCY) has a key at most _MIN_KEY (at
-        # least _MAX_KEY): the clamped key when it is that bound, else clamped one at a time.
-        if keys is None or keys[0] < _MIN_KEY or keys[-1] > _MAX_KEY:
+        total = sequential_sum(values, self.total)
+        if total != total:  # a NaN (they do not sort): one at a time
             for value in values:
                 self.add(value)
             return
+        ordered = sorted(values)
         bins = self.bins
-        n = len(keys)
+        n = len(ordered)
         i = 0
-        while i < n:  # a run of equal keys at a time (sorted: a few runs)
-            key = keys[i]
-            j = bisect_right(keys, key, i)
+        while i < n:  # a bin at a time: a logarithm per bin rather than per value
+            key = _MIN_KEY + bisect_right(_STARTS, ordered[i])
+            j = bisect_left(ordered, _STARTS[key - _MIN_KEY], i) if key < _MAX_KEY else n
             bins[key] = bins.get(key, 0) + j - i
             i = j
         self.count += n
-        self.total = sequential_sum(values, self.total)
+        self.total = total
 
     def merge(self, other: LatencySketch) -> None:
         bins = self.bins

@@ -370,10 +370,13 @@ class Window:
         if path is None:
             cell = index
         else:
-            # `classify`'s look-up of a path seen before, without the call (most requests)
             classes = self.classes
-            seen = classes._seen.get(path) if prefix is classes._prefix else None
-            cell = 2 * (classes.classify(path, prefix) if seen is None else seen) + index
+            try:  # `classify`'s look-up of a path seen before, without the call (most requests)
+                if prefix is not classes._prefix:
+                    raise KeyError(prefix)
+                cell = 2 * classes._seen[path] + index
+            except KeyError:
+                cell = 2 * classes.classify(path, prefix) + index
         bucket.class_requests[cell] += 1
         if error:
             bucket.errors[index] += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+from bisect import bisect_right
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import retry_decision
 from splitproxy.metrics import UPSTREAM_ERROR_KINDS, Recorder, _Collector
 from splitproxy.metrics_series import FOLD_AT, Histogram
-from splitproxy.rollout import windows
+from splitproxy.rollout import sketch, windows
 from splitproxy.rollout.sketch import LatencySketch, sequential_sum
 from splitproxy.rollout.windows import Windows
 from tests.unit.fakes import exchange, runtime_state
@@ -204,6 +205,21 @@ def test_add_all_is_add_one_at_a_time(batch: list[float]) -> None:
     assert many.bins == one.bins
     assert many.count == one.count
     assert _bits(many.total) == _bits(one.total)
+
+
+def test_the_bin_starts_are_the_keys_of_add_around_every_edge() -> None:
+    """``_MIN_KEY + bisect_right(_STARTS, v)`` is `add`'s bin for the 129 floats around each
+    bin's edge (where the logarithm's rounding decides) and for the clamped values."""
+    checked = [0.0, -1.0, 5e-324, sketch.MIN_LATENCY, sketch.MAX_LATENCY, math.inf, -math.inf]
+    for start in sketch._STARTS:
+        value = start
+        for _ in range(64):
+            value = math.nextafter(value, 0.0)
+        for _ in range(129):
+            checked.append(value)
+            value = math.nextafter(value, math.inf)
+    for value in checked:
+        assert sketch._MIN_KEY + bisect_right(sketch._STARTS, value) == sketch._add_key(value)
 
 
 @settings(max_examples=300, deadline=None)
