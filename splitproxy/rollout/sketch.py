@@ -7,11 +7,6 @@ bin layout, so the histograms of both versions line up bucket by bucket (the ana
 from __future__ import annotations
 
 import math
-import sys
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
-from functools import reduce
-from operator import add
 from typing import Final
 
 RELATIVE_ACCURACY: Final = 0.02  # the promise: a quantile is within 2 % of the true value
@@ -29,19 +24,6 @@ _ceil = math.ceil
 _log = math.log
 
 
-def _reduce_sum(values: Iterable[float], start: float) -> float:
-    return reduce(add, values, start)
-
-
-# ``start + values[0] + values[1] + …``, added one at a time in order: what adding each value as
-# it comes gives, bit for bit. The builtin ``sum`` does exactly that for floats up to 3.11 (in
-# C, a double accumulator: ~60 instructions a value against ~290 for ``reduce``); from 3.12 on
-# it compensates the rounding, which is more exact but not the same number.
-sequential_sum: Final[Callable[[Iterable[float], float], float]] = (
-    sum if sys.version_info < (3, 12) else _reduce_sum
-)
-
-
 def nearest_rank(q: float, n: int) -> int:
     """The 0-based rank of the ``q``-quantile of ``n`` sorted values: ``⌈q·n⌉ - 1``."""
     return max(0, math.ceil(q * n - 1e-9) - 1)
@@ -54,33 +36,6 @@ def _key(value: float) -> int:
         return _MAX_KEY
     return math.ceil(math.log(value) * _INV_LOG_GAMMA)
 
-
-def _add_key(value: float) -> int:
-    """The bin `add` gives ``value``: `_key`, and NaN in the last bin."""
-    if MIN_LATENCY < value < MAX_LATENCY:
-        return math.ceil(math.log(value) * _INV_LOG_GAMMA)
-    return _MIN_KEY if value <= MIN_LATENCY else _MAX_KEY
-
-
-def _first_with_key(key: int) -> float:
-    """The smallest float `_add_key` puts in bin ``key`` or above (``key > _MIN_KEY``): from
-    ``γ^(key-1)``, the bin's edge, a float at a time (the logarithm's rounding moves the edge
-    by a few floats; a few thousand steps in all, at import)."""
-    value = _GAMMA ** (key - 1)
-    if _add_key(value) >= key:
-        while _add_key(below := math.nextafter(value, 0.0)) >= key:
-            value = below
-        return value
-    while _add_key(value) < key:
-        value = math.nextafter(value, math.inf)
-    return value
-
-
-# Where each bin starts as `add` computes it: ``_MIN_KEY + bisect_right(_STARTS, value)`` is
-# ``_add_key(value)`` for any value but NaN, given a logarithm that is monotonic around each
-# edge, as a faithful one is (tests/unit/test_recorder_lean.py checks the floats around every
-# edge). `add_all` finds where a run of sorted values leaves its bin with it.
-_STARTS: Final = [_first_with_key(key) for key in range(_MIN_KEY + 1, _MAX_KEY + 1)]
 
 # key -> ``_GAMMA**key``, the histograms' bucket bounds: every key a sketch makes, made once
 # (`histogram` runs for each version of each closed bucket of each route, every tick)
@@ -116,30 +71,6 @@ class LatencySketch:
         bins[key] = bins.get(key, 0) + 1
         self.count += 1
         self.total += value
-
-    def add_all(self, values: list[float]) -> None:
-        """`add` each of ``values``, in order: the same bins, count and total (the same
-        additions in the same order). Sorted, the values fall into a few runs, one per bin,
-        found by bisection (`_STARTS`): a few C calls per bin instead of a logarithm, a product
-        and a ceiling per value (the live windows hand their latencies over in batches)."""
-        if not values:
-            return
-        total = sequential_sum(values, self.total)
-        if total != total:  # a NaN (they do not sort): one at a time
-            for value in values:
-                self.add(value)
-            return
-        ordered = sorted(values)
-        bins = self.bins
-        n = len(ordered)
-        i = 0
-        while i < n:  # a bin at a time: a logarithm per bin rather than per value
-            key = _MIN_KEY + bisect_right(_STARTS, ordered[i])
-            j = bisect_left(ordered, _STARTS[key - _MIN_KEY], i) if key < _MAX_KEY else n
-            bins[key] = bins.get(key, 0) + j - i
-            i = j
-        self.count += n
-        self.total = total
 
     def merge(self, other: LatencySketch) -> None:
         bins = self.bins

@@ -35,10 +35,11 @@ so the analyzer attributes slow requests at the bucket's realized candidate shar
 sticky users and which users they were: at most `UNITS_PER_BUCKET` distinct users per
 version and bucket (the analyzer counts each user's first error once; see ``units.py``).
 
-Costs: O(1) work per observation (a few integer updates, a path class look-up, a latency held
-for its sketch), and constant memory per route: at most ``capacity`` buckets, each with two
-sketches (at most `sketch.MAX_BINS` bins), ``2·(limit+1)`` class counters (tuples once closed)
-and, with synthetic requests, two more sketches; with sticky errors, ``2·UNITS_PER_BUCKET`` ids.
+Costs: O(1) work per observation (a few integer updates, one logarithm and, for user traffic,
+one path classification), and constant memory per route: at most ``capacity`` buckets, each
+with two sketches (`sketch.LatencySketch`, at most `sketch.MAX_BINS` bins), ``2·(limit+1)``
+class counters (tuples once closed: untracked by the collector) and, with synthetic requests,
+two more sketches; with sticky errors, at most ``2·UNITS_PER_BUCKET`` user ids.
 
 Nothing here reads a clock: every call takes ``now`` (seconds; the recorder passes Unix time).
 Time that goes backwards (a wall-clock step) is folded into the newest bucket, so buckets stay
@@ -47,17 +48,13 @@ in order.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, VERSIONS, Version
-from splitproxy.rollout.pathclasses import OTHER_CLASS as OTHER_CLASS
-from splitproxy.rollout.pathclasses import PATH_CLASS_LIMIT as PATH_CLASS_LIMIT
-from splitproxy.rollout.pathclasses import SEEN_PATH_CHARS as SEEN_PATH_CHARS
-from splitproxy.rollout.pathclasses import SEEN_PATHS as SEEN_PATHS
-from splitproxy.rollout.pathclasses import PathClasses as PathClasses
 from splitproxy.rollout.sketch import LatencySketch
 
 # a bucket keeps its per-version counters in lists, at these indexes
@@ -66,11 +63,91 @@ _INDEX: Final[dict[Version, int]] = {STABLE: 0, CANDIDATE: 1}
 _S: Final = 0
 _C: Final = 1
 
+PATH_CLASS_LIMIT: Final = 8  # named path classes per route; the rest share OTHER_CLASS
+OTHER_CLASS: Final = "~other"  # = sequential.OVERFLOW_CLASS: the analyzer's overflow slot
+_CLASS_SEGMENT: Final = re.compile(r"[A-Za-z0-9._~-]{0,32}")
+_DIGITS: Final = re.compile(r"[0-9]")
 UNITS_PER_BUCKET: Final = 1024  # distinct sticky users with errors, per version and bucket
-LATENCY_BATCH: Final = 32  # latencies an open bucket holds per version (`_OpenBucket`)
+# paths whose class a route's `PathClasses` keeps (`classify`), and the longest kept: at most
+# ~20 KB a route whatever clients send (a path seen again is the common case, and short)
+SEEN_PATHS: Final = 128
+SEEN_PATH_CHARS: Final = 64
 # a bucket's sticky users with errors, per version, until its first sticky error: one empty
 # pair for every bucket (read only: `Window.observe` gives a bucket its own before writing)
 _NO_UNITS: Final[tuple[dict[int, int], dict[int, int]]] = ({}, {})
+
+
+def _names_a_class(segment: str) -> bool:
+    """Does this path segment look like an endpoint's name rather than an id, hash or date?"""
+    return _CLASS_SEGMENT.fullmatch(segment) is not None and len(_DIGITS.findall(segment)) < 3
+
+
+class PathClasses:
+    """A route's path classes: a bounded map from a request path to a small integer.
+
+    Index 0 is `OTHER_CLASS`; indexes 1..``limit`` are given to new segments in order of first
+    sight, while they last (see the module docstring). `names` maps an index back to a name;
+    it only ever grows, so a bucket that holds on to it can always name its counters.
+    """
+
+    __slots__ = ("_base", "_depth", "_index", "_prefix", "_seen", "limit", "names")
+
+    def __init__(self, limit: int = PATH_CLASS_LIMIT) -> None:
+        if limit < 0:
+            raise ValueError("a path class limit is >= 0")
+        self.limit = limit
+        self.names: list[str] = [OTHER_CLASS]
+        self._index: dict[str, int] = {}
+        self._prefix: str | None = None
+        self._base = ""
+        self._depth = 1
+        # the classes of the paths seen lately under ``_prefix``: one look-up for a path seen
+        # before (most requests), where `_classify` splits it; bounded, starts over when full
+        self._seen: dict[str, int] = {}
+
+    def classify(self, path: str, prefix: str = "/") -> int:
+        """The class of ``path`` (the request's path, without its query) on a route that
+        matches ``prefix``: 0 (`OTHER_CLASS`) or ``1..limit``.
+
+        A path's class never changes once given (see `_classify`), so the answer is kept per
+        path while the prefix stays the same object (a route's prefix is one string object
+        per snapshot)."""
+        if prefix is not self._prefix:
+            self._prefix = prefix
+            self._base = prefix.rstrip("/")
+            self._depth = self._base.count("/") + 1
+            self._seen = {}
+        seen = self._seen
+        index = seen.get(path)
+        if index is None:
+            index = self._classify(path)
+            if len(path) <= SEEN_PATH_CHARS:
+                if len(seen) >= SEEN_PATHS:
+                    seen.clear()
+                seen[path] = index
+        return index
+
+    def _classify(self, path: str) -> int:
+        """`classify` in full: the class of the path's segment after the prefix, given now
+        if the segment names a class and one is left. The answer for a path never changes
+        once given: a segment keeps its class, a segment that does not look like a name
+        never gets one, and once the classes are all given they stay so."""
+        depth = self._depth
+        parts = path.split("/", depth + 1)
+        segment = parts[depth] if len(parts) > depth else ""
+        index = self._index.get(segment)
+        if index is not None:
+            return index
+        names = self.names
+        if len(names) > self.limit or not _names_a_class(segment):
+            return 0
+        index = self._index[segment] = len(names)
+        names.append(f"{self._base}/{segment}" if segment else self._base or "/")
+        return index
+
+    def __len__(self) -> int:
+        """How many named classes are given (`OTHER_CLASS` not counted)."""
+        return len(self.names) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,10 +329,9 @@ class _OpenBucket(_Bucket):
     ring keeps a `sealed` copy, its counters tuples: the collector stops tracking tuples of
     numbers, never lists, and a ring holds up to ``capacity`` buckets (120 a route: with
     1,000 routes, each bucket's four lists and pair of tables were over half of the objects
-    a full collection walks). Its latencies wait in ``raw`` (at most `LATENCY_BATCH` per
-    version) until ``latency`` is read: an append per request, one `LatencySketch.add_all`."""
+    a full collection walks)."""
 
-    __slots__ = ("_latency", "raw")
+    __slots__ = ()
     requests: list[int]
     errors: list[int]
     class_requests: list[int]
@@ -270,8 +346,7 @@ class _OpenBucket(_Bucket):
         self.probability = probability
         self.requests = [0, 0]
         self.errors = [0, 0]
-        self._latency = (LatencySketch(), LatencySketch())
-        self.raw: tuple[list[float], list[float]] = ([], [])
+        self.latency = (LatencySketch(), LatencySketch())
         self.class_names = classes.names
         self.class_requests = [0] * (2 * classes.limit + 2)
         self.class_errors = [0] * (2 * classes.limit + 2)
@@ -279,19 +354,6 @@ class _OpenBucket(_Bucket):
         self.sticky = False
         self.class_unit_errors = None  # made on the first sticky error, with `error_units`
         self.error_units = _NO_UNITS
-
-    @property
-    def latency(self) -> tuple[LatencySketch, LatencySketch]:
-        for sketch, raw in zip(self._latency, self.raw, strict=True):
-            if raw:  # the same bins, count and total as `add` one at a time
-                sketch.add_all(raw)
-                raw.clear()
-        return self._latency
-
-    @latency.setter
-    def latency(self, sketches: tuple[LatencySketch, LatencySketch]) -> None:
-        _ = self.latency  # the waiting latencies were the old sketches'
-        self._latency = sketches
 
     def sealed(self) -> _Bucket:
         """A copy for the ring once this bucket is closed (never written again): tuples."""
@@ -370,13 +432,10 @@ class Window:
         if path is None:
             cell = index
         else:
+            # `classify`'s look-up of a path seen before, without the call (most requests)
             classes = self.classes
-            try:  # `classify`'s look-up of a path seen before, without the call (most requests)
-                if prefix is not classes._prefix:
-                    raise KeyError(prefix)
-                cell = 2 * classes._seen[path] + index
-            except KeyError:
-                cell = 2 * classes.classify(path, prefix) + index
+            seen = classes._seen.get(path) if prefix is classes._prefix else None
+            cell = 2 * (classes.classify(path, prefix) if seen is None else seen) + index
         bucket.class_requests[cell] += 1
         if error:
             bucket.errors[index] += 1
@@ -393,10 +452,7 @@ class Window:
                 if unit not in units and len(units) < UNITS_PER_BUCKET:
                     units[unit] = cell
         if latency is not None:
-            raw = bucket.raw[index]
-            raw.append(latency)
-            if len(raw) >= LATENCY_BATCH:
-                _ = bucket.latency  # its sketch takes the batch
+            bucket.latency[index].add(latency)
 
     def _next(self, now: float, probability: float | None) -> _OpenBucket:
         buckets = self._buckets

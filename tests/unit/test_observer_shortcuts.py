@@ -15,7 +15,7 @@ from splitproxy import logs
 from splitproxy.dataplane.exchange import Exchange
 from splitproxy.logs import AccessLog, Observers
 from splitproxy.metrics import LATENCY_BUCKETS, Histogram, Recorder, _probability
-from splitproxy.rollout import pathclasses, windows
+from splitproxy.rollout import windows
 from splitproxy.rollout.windows import PathClasses, Window, Windows
 from tests.unit.fakes import exchange, runtime_state
 from tests.unit.test_access_log_batches import (
@@ -208,8 +208,8 @@ def test_classify_with_its_path_cache_is_classify_in_full(
     """Over any paths and prefixes (prefix objects changing as at a swap), with caches of
     any size and any longest path kept: the same classes, given in the same order."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(pathclasses, "SEEN_PATHS", cache)
-    mp.setattr(pathclasses, "SEEN_PATH_CHARS", longest)
+    mp.setattr(windows, "SEEN_PATHS", cache)
+    mp.setattr(windows, "SEEN_PATH_CHARS", longest)
     try:
         cached, full = PathClasses(limit), PathClasses(limit)
         for path, prefix in asked:
