@@ -39,6 +39,11 @@ CASES: dict[str, tuple[str, str, int]] = {
         16,
     ),
     "recorder": ("from benchmarks.micro import recorder; run = recorder()", "run()", 1),
+    "recorder-varied": (
+        "from benchmarks.micro import recorder; run = recorder(varied=True)",
+        "run()",
+        1,
+    ),
     "log-pass-text": (
         "from benchmarks.micro import access_log_pass; run = access_log_pass('text')",
         "run()",

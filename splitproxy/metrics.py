@@ -3,10 +3,11 @@
 Handlers never call prometheus-client's ``.labels()``. The data path calls one verb per event
 (`Recorder.exchange_started`, `Recorder.exchange_finished`, `Recorder.attempt_failed`; the
 composition root calls `Recorder.config_reloaded`), which bumps plain integers in one
-`_Series` per route and version, and feeds the route's live `windows.Window`. A custom collector
+`Series` per route and version, and feeds the route's live `windows.Window`. A custom collector
 turns the numbers into metric families only when ``/metrics`` is scraped. Per exchange that is
-two dict look-ups, a few integer updates, two bisects and one sketch update (measured in
-``docs/observability.md``).
+two dict look-ups, a few appends to the series' raw lists (counted when read, or every
+`metrics_series.FOLD_AT` exchanges: see ``metrics_series.py``) and the window's observation
+(measured in ``docs/observability.md``).
 
 Every app gets its own `CollectorRegistry` (tests build many apps in one process), with the
 process, platform and GC collectors next to splitproxy's own.
@@ -39,8 +40,6 @@ per route for status (`Recorder.mirror_counts`, `Recorder.mirror_examples`).
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
@@ -63,121 +62,24 @@ from splitproxy.dataplane.routing import BUCKETS as WEIGHT_BUCKETS
 from splitproxy.dataplane.routing import CompiledRoute, Decision
 from splitproxy.dataplane.state import RuntimeState
 from splitproxy.metrics_follow import FollowsSnapshots
+from splitproxy.metrics_series import FOLD_AT, ReloadStats, Series
+
+# what the recorder's users and tests import from here
+from splitproxy.metrics_series import LATENCY_BUCKETS as LATENCY_BUCKETS
+from splitproxy.metrics_series import MIRROR_EXAMPLES as MIRROR_EXAMPLES
+from splitproxy.metrics_series import MIRROR_LATENCIES as MIRROR_LATENCIES
+from splitproxy.metrics_series import Histogram as Histogram
+from splitproxy.metrics_series import MirrorStats as MirrorStats
 from splitproxy.rollout.messages import MirrorSample
-from splitproxy.rollout.mirrored import MirrorTally
-from splitproxy.rollout.windows import Period, Summary, Window, Windows
+from splitproxy.rollout.windows import Period, Summary, Windows
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.exchange import Exchange
 
-# Seconds: Prometheus' defaults plus resolution around typical 200 ms - 1 s p99 thresholds.
-LATENCY_BUCKETS: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0,
-)  # fmt: skip
 # ``kind`` of splitproxy_upstream_errors_total. ``pool``: the proxy's own per-upstream
 # connection limit was reached (the request got a 503 without reaching the upstream).
 UPSTREAM_ERROR_KINDS: Final = frozenset(FAILURE_KINDS)
 _ROUTED: Final[Mapping[str, Version]] = MappingProxyType({STABLE: STABLE, CANDIDATE: CANDIDATE})
-_LE: Final = (*(repr(b) for b in LATENCY_BUCKETS), "+Inf")
-MIRROR_EXAMPLES: Final = 20  # divergent copies kept per route for status
-MIRROR_LATENCIES: Final = 1024  # recent latencies per side kept for status' quantiles
-
-
-class Histogram:
-    """Bucket counts and a sum; cumulative only when exported."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        # bisect_left: the first bucket whose upper bound is >= value, i.e. value <= le.
-        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out = []
-        total = 0
-        for le, count in zip(_LE, self.counts, strict=True):
-            total += count
-            out.append((le, float(total)))
-        return out
-
-
-class ReloadStats:
-    """Outcomes of config loads, for the ``splitproxy_config_*`` metrics."""
-
-    def __init__(self) -> None:
-        self.success = 0
-        self.failure = 0
-        self.last_successful = True
-        self.last_success_at = 0.0
-
-    def record(self, ok: bool, now: float) -> None:
-        if ok:
-            self.success += 1
-            self.last_success_at = now
-        else:
-            self.failure += 1
-        self.last_successful = ok
-
-
-class _Series:
-    """Everything counted for one route and version."""
-
-    __slots__ = (
-        "codes",
-        "durations",
-        "errors",
-        "finished",
-        "mirror",
-        "preview",
-        "preview_durations",
-        "reasons",
-        "started",
-        "synthetic",
-        "ttfbs",
-        "version",
-        "window",
-    )
-
-    def __init__(self, version: Version | None) -> None:
-        self.version = version  # None: the series of requests never routed to a version
-        self.codes: dict[int, int] = {}
-        self.synthetic: dict[int, int] = {}  # codes of synthetic requests
-        self.preview: dict[int, int] = {}  # codes of preview requests
-        self.mirror: dict[int, int] = {}  # codes the candidate gave mirrored copies
-        self.preview_durations: Histogram | None = None  # made by the first preview request
-        self.started = 0
-        self.finished = 0
-        self.reasons: dict[str, int] = {}
-        self.errors: dict[str, int] = {}
-        self.durations = Histogram()
-        self.ttfbs = Histogram()
-        self.window: Window | None = None
-
-    @property
-    def in_flight(self) -> int:
-        return self.started - self.finished
-
-
-class MirrorStats:
-    """What became of one route's mirrored copies: counts by result, both sides' latencies
-    (histograms for Prometheus, recent values for status) and the last divergent examples."""
-
-    __slots__ = ("counts", "durations", "examples", "recent", "tally")
-
-    def __init__(self) -> None:
-        self.counts: dict[MirrorResult, int] = dict.fromkeys(MIRROR_RESULTS, 0)
-        self.durations = {STABLE: Histogram(), CANDIDATE: Histogram()}
-        self.recent: dict[str, deque[float]] = {
-            STABLE: deque(maxlen=MIRROR_LATENCIES),
-            CANDIDATE: deque(maxlen=MIRROR_LATENCIES),
-        }
-        self.examples: deque[tuple[float, MirrorOutcome]] = deque(maxlen=MIRROR_EXAMPLES)
-        self.tally = MirrorTally()  # the answers since the rollout controller's last tick
 
 
 def _probability(route: CompiledRoute, decision: Decision) -> float | None:
@@ -206,7 +108,10 @@ class Recorder(FollowsSnapshots):
         self.windows = windows if windows is not None else Windows()
         self.reloads = ReloadStats()
         self.ab = AbBook()  # A/B tests' users and conversions (abgoals.py), taken each tick
-        self._series: dict[tuple[str, str], _Series] = {}
+        self._series: dict[tuple[str, str], Series] = {}
+        # the same series by version, then route name: two look-ups by string (their hashes
+        # cached) where ``_series`` needs a tuple made and hashed per exchange
+        self._by_version: dict[str, dict[str, Series]] = {}
         self._mirrors: dict[str, MirrorStats] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -214,11 +119,12 @@ class Recorder(FollowsSnapshots):
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
 
-    def _get(self, route: str, version: str) -> _Series:
+    def _get(self, route: str, version: str) -> Series:
         key = (route, version)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(_ROUTED.get(version))
+            series = self._series[key] = Series(_ROUTED.get(version))
+            self._by_version.setdefault(version, {})[route] = series
             if series.version is not None:
                 series.window = self.windows.window(route)
                 followed = self._followed
@@ -234,12 +140,15 @@ class Recorder(FollowsSnapshots):
         decision = ex.decision
         if route is None or decision is None:
             return
-        key = (route.name, ex.version)  # a hit: one look-up, no `_get` call; kept by the exchange
-        series = ex.observed = self._series.get(key) or self._get(*key)
-        series.started += 1
-        reasons = series.reasons
-        reason = decision.reason
-        reasons[reason] = reasons.get(reason, 0) + 1
+        try:  # a hit: two look-ups, no `_get` call; kept by the exchange for its finish
+            series = ex.observed = self._by_version[ex.version][route.name]
+        except KeyError:
+            series = ex.observed = self._get(route.name, ex.version)
+        # started, and its reason: counted when read (`Series.fold`), one append now
+        raw = series.raw_reasons
+        raw.append(decision.reason)
+        if len(raw) >= FOLD_AT:
+            series.fold()
         if route.ab is not None:
             self.ab.exposed(ex)
 
@@ -249,64 +158,95 @@ class Recorder(FollowsSnapshots):
         status = ex.status
         if route is None or decision is None:
             series = self._get(route.name if route is not None else "", "")
-            codes = series.preview if ex.preview else series.codes
+            codes = series.preview if ex.preview else series._codes
             codes[status] = codes.get(status, 0) + 1
             return
-        name = route.name
         # the series the start found, unless none or replayed on another version since
         if (series := ex.observed) is None or series.version != ex.version:
+            name = route.name
             series = self._series.get((name, ex.version)) or self._get(name, ex.version)
         if ex.preview:
             self._preview_finished(series, ex)
             return
-        synthetic = ex.synthetic
-        codes = series.synthetic if synthetic else series.codes
-        codes[status] = codes.get(status, 0) + 1
         reason = decision.reason
-        retried = reason == "retry"
-        if retried:
-            # it started on the candidate, which failed; stable answered
-            self._get(name, "candidate").finished += 1
-            series.reasons["retry"] = series.reasons.get("retry", 0) + 1
-        else:
-            series.finished += 1
-        # The histograms' `Histogram.observe`, inlined: this runs for every request, and a
-        # Python call costs more than the bucket's update (test_observer_shortcuts.py).
+        if ex.synthetic or reason == "retry":
+            self._rare_finished(series, ex, route, decision)
+            return
+        # User traffic: the status and latencies go to the series' raw lists, counted into
+        # its counters and histograms when read (`Series.fold`: the same numbers).
+        raw = series.raw_codes
+        raw.append(status)
         latency: float | None = None
         if status != 101:  # a WebSocket session's length is not a latency
             latency = ex.duration
-            if not synthetic:
-                hist = series.durations
-                hist.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
-                hist.sum += latency
+            series.raw_durations.append(latency)
+        ttfb = ex.ttfb
+        if ttfb:
+            series.raw_ttfbs.append(ttfb)
+        if len(raw) >= FOLD_AT:
+            series.fold()
+        kind = ex.error_kind
+        if kind is not None and kind in UPSTREAM_ERROR_KINDS:
+            errors = series.errors
+            errors[kind] = errors.get(kind, 0) + 1
+            error = True
+        else:
+            error = status >= 500
+        window, version = series.window, series.version
+        if window is not None and version is not None:  # a window is only given to a version
+            window.observe(
+                self.clock(), version, latency, error,
+                # `_probability`, inlined
+                route.weight_bp / WEIGHT_BUCKETS if reason == "weight" or reason == "sticky"
+                else None,
+                ex.path, route.path_prefix, False, decision.unit,
+            )  # fmt: skip
+
+    def _rare_finished(
+        self, series: Series, ex: Exchange, route: CompiledRoute, decision: Decision
+    ) -> None:
+        """`exchange_finished` of a synthetic request or of a replayed one, counted at once
+        (the counts are sums: whenever the raw lists are folded, they add up the same)."""
+        status = ex.status
+        synthetic = ex.synthetic
+        codes = series.synthetic if synthetic else series._codes
+        codes[status] = codes.get(status, 0) + 1
+        retried = decision.reason == "retry"
+        if retried:
+            # it started on the candidate, which failed; stable answered
+            self._get(route.name, CANDIDATE)._finished += 1
+            series._reasons["retry"] = series._reasons.get("retry", 0) + 1
+        else:
+            series._finished += 1
+        latency: float | None = None
+        if status != 101:
+            latency = ex.duration
+            if not synthetic:  # after the values already waiting: the sum keeps their order
+                series.raw_durations.append(latency)
         ttfb = ex.ttfb
         if ttfb and not synthetic:
-            hist = series.ttfbs
-            hist.counts[bisect_left(LATENCY_BUCKETS, ttfb)] += 1
-            hist.sum += ttfb
+            series.raw_ttfbs.append(ttfb)
+        series.fold()
         kind = ex.error_kind
         upstream_error = kind in UPSTREAM_ERROR_KINDS
         if upstream_error:
-            errors = series.errors
-            errors[kind] = errors.get(kind, 0) + 1
+            series.errors[kind] = series.errors.get(kind, 0) + 1
         window, version = series.window, series.version
         # a retried one was observed when it failed; a window is only ever given to a version
         if window is not None and version is not None and not retried:
             window.observe(
                 self.clock(), version, latency, status >= 500 or upstream_error,
-                # `_probability`, inlined
-                route.weight_bp / WEIGHT_BUCKETS if reason == "weight" or reason == "sticky"
-                else None,
-                ex.path, route.path_prefix, synthetic, decision.unit,
+                _probability(route, decision), ex.path, route.path_prefix, synthetic,
+                decision.unit,
             )  # fmt: skip
 
-    def _preview_finished(self, series: _Series, ex: Exchange) -> None:
+    def _preview_finished(self, series: Series, ex: Exchange) -> None:
         """A preview request: its own code and duration cells, no time to first byte. In the
         live window it is test traffic (the synthetic cells), never user traffic: only a
         rollout that judges test traffic (blue/green, or ``traffic: {judge: true}``) weighs it."""
         status = ex.status
         series.preview[status] = series.preview.get(status, 0) + 1
-        series.finished += 1
+        series._finished += 1
         latency: float | None = None
         if status != 101:
             latency = ex.duration

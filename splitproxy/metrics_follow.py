@@ -28,7 +28,7 @@ class FollowsSnapshots(ABC):
 
     windows: Windows
     ab: AbBook
-    _series: dict[tuple[str, str], Any]  # metrics._Series
+    _series: dict[tuple[str, str], Any]  # metrics_series.Series
     _mirrors: dict[str, Any]  # metrics.MirrorStats
     _followed: Snapshot | None = None  # the snapshot the series follow
     _stray = False  # a series was made for a route the followed snapshot has not
