@@ -36,31 +36,16 @@ import httptools
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
-from splitproxy.dataplane.request_head import PerHeader, read_request_head
+from splitproxy.dataplane.request_head import REJECT_MESSAGES, PerHeader, read_request_head
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.context import ProxyContext
 
 logger = logging.getLogger("splitproxy.dataplane.client")
 
-# The answer to a connection over `max_connections`: no request is read, nothing is routed.
-_OVER_CAPACITY: Final = (
-    b'{"error": {"code": "too_many_connections", "message": "the proxy is at max_connections", '
-    b'"request_id": "%s"}}\n'
-)
 _CRLF: Final = (13, 10)
 _BLANK: Final = b"\r\n\r\n"  # where a head ends
-_CAPACITY_LOG_EVERY: Final = 10.0  # seconds between two "at max_connections" log lines
 
-_REJECT_MESSAGES: Final = {
-    "request_timeout": "the request headers took too long",
-    "uri_too_long": "the request target is too long",
-    "headers_too_large": "the request headers are too large",
-    "body_too_large": "the request body is too large",
-    "duplicate_header": "the request repeats Host or Content-Length",
-    "upgrade_with_body": "an Upgrade request cannot carry a body",
-    "version_not_supported": "only HTTP/1.0 and HTTP/1.1 are supported",
-}
 # After answering a request whose body was not read (413, an early error), the proxy half-closes
 # and reads and discards what the client still sends, for at most this long (nginx's lingering
 # close): closing at once with unread bytes would reset the connection and lose the answer.
@@ -116,35 +101,11 @@ class ClientConnection(asyncio.Protocol):
     # Slots: one of these lives as long as its connection, idle keep-alive ones included
     # (thousands at once); a __dict__ would cost a few hundred bytes more each.
     __slots__ = (
-        "at",
-        "blank_since",
-        "closing",
-        "ctx",
-        "current",
-        "flow",
-        "head_at",
-        "head_seen",
-        "in_head",
-        "last_activity",
-        "linger",
-        "linger_began",
-        "loop",
-        "next_at",
-        "parser",
-        "parsing",
-        "peer_ip",
-        "preview",
-        "queue",
-        "read",
-        "request_began",
-        "request_parser",
-        "slow",
-        "state",
-        "transport",
-        "tunnel",
-        "upgrading",
-        "wanted_names",
-    )
+        "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen",
+        "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
+        "parsing", "peer_ip", "preview", "queue", "read", "request_began", "request_parser",
+        "slow", "state", "transport", "tunnel", "upgrading", "wanted_names",
+    )  # fmt: skip
 
     def __init__(self, ctx: ProxyContext, *, preview: bool = False) -> None:
         self.ctx = ctx
@@ -152,12 +113,11 @@ class ClientConnection(asyncio.Protocol):
         self.preview = preview
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        # The parser has no on_url nor on_header: a head is read from the bytes of the read
-        # that completes it (`on_headers_complete`), where it began at ``at`` (after the body
-        # framed by Content-Length of the request before it, ``next_at`` into the next read).
-        # What the head cannot be read from (it spans reads, llhttp refuses it, a chunked body
-        # follows it) the per-header path parses (`request_head.PerHeader`, ``slow``) until
-        # a read ends between requests.
+        # No on_url nor on_header: a head is read from the read that completes it, where it
+        # began at ``at`` (``next_at``: after a body framed by length, in the next read). The
+        # per-header path (`request_head.PerHeader`, ``slow``) parses what cannot be read so
+        # (a head spanning reads, a refused head, a chunked body) until a read ends between
+        # requests.
         self.request_parser = httptools.HttpRequestParser(self)
         self.parser: _Feed = self.request_parser  # _DISCARD once no more requests are read
         self.slow: PerHeader | None = None
@@ -197,25 +157,9 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         ctx = self.ctx
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
-            ctx.refused_connections += 1
-            now = ctx.clock.now
-            if now - ctx.capacity_logged_at >= _CAPACITY_LOG_EVERY:
-                ctx.capacity_logged_at = now
-                logger.warning(
-                    "at max_connections (%d): refusing new client connections with 503 "
-                    "(%d so far); raise SPLITPROXY_MAX_CONNECTIONS or the fd limit",
-                    ctx.max_connections, ctx.refused_connections,
-                )  # fmt: skip
             self.state = CLOSED
             self.parser = _DISCARD
-            request_id = ctx.request_ids.next()
-            body = _OVER_CAPACITY % request_id
-            self.transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                b"Retry-After: 1\r\nConnection: close\r\nX-Request-ID: %s\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (request_id, len(body), body)
-            )
-            self.transport.close()
+            ctx.refuse_connection(self.transport)
             return
         ctx.connections.add(self)
         if ctx.draining:
@@ -272,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             if isinstance(cause, Reject):
                 if self.parser is parser:
-                    self._reject(cause.status, cause.code, _REJECT_MESSAGES[cause.code])
+                    self._reject(cause.status, cause.code, REJECT_MESSAGES[cause.code])
                 return
             if not isinstance(cause, _TakeOver):
                 logger.error("internal error while handling a request", exc_info=cause or exc)
@@ -295,16 +239,14 @@ class ClientConnection(asyncio.Protocol):
             self._feed(slow.parser, data[self.head_at :])
             return
         if self.in_head and parser is self.request_parser:
-            # A refusal of the per-header path may come before llhttp's error: it reads the
-            # head again from its start (in this read: else the path has it already).
+            # a refusal of the per-header path may come before llhttp's error
             slow = self._per_header(data[self.at :])
             if self.parser is not slow.parser:
                 return
         self._reject(400, "bad_request", f"malformed request: {refused}")
 
     def _per_header(self, data: bytes) -> PerHeader:
-        """Hand the request under way to the per-header path, its bytes so far from its
-        start in ``data``."""
+        """Hand the request under way to the per-header path (``data``: it from its start)."""
         slow = self.slow = PerHeader(self, skip_begin=True, mute=False)
         if self.parser is self.request_parser:
             self.parser = slow.parser
@@ -387,9 +329,7 @@ class ClientConnection(asyncio.Protocol):
         elif ex.body_kind is CHUNKED:
             # Its trailer fields go through the per-header checks: `PerHeader` parses on
             # from the body, its parser given the head again (muted) to start from there.
-            slow = self.slow = PerHeader(self, skip_begin=True, mute=True)
-            slow.header_bytes = size
-            slow.header_count = count
+            self.slow = PerHeader(self, skip_begin=True, mute=True, counted=(size, count))
             raise _TakeOver
 
     def head_complete(self, parser: httptools.HttpRequestParser, version: str) -> None:
@@ -534,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.head_seen += n
         if self.head_seen > 2 * self.ctx.max_header_bytes + 4096:
-            self._reject(431, "headers_too_large", _REJECT_MESSAGES["headers_too_large"])
+            self._reject(431, "headers_too_large", REJECT_MESSAGES["headers_too_large"])
 
     def _upgrade_requested(self, rest: bytes) -> None:
         """The parser saw a complete Upgrade request and reads no further: bytes after it

@@ -29,6 +29,16 @@ if TYPE_CHECKING:
 # (a formatted message) costs ~1.8 k instructions, on every header; testing the byte's value
 # is a memchr
 _UNDERSCORE: Final = ord("_")
+# What the client is told when its request is refused, by the refusal's code
+REJECT_MESSAGES: Final = {
+    "request_timeout": "the request headers took too long",
+    "uri_too_long": "the request target is too long",
+    "headers_too_large": "the request headers are too large",
+    "body_too_large": "the request body is too large",
+    "duplicate_header": "the request repeats Host or Content-Length",
+    "upgrade_with_body": "an Upgrade request cannot carry a body",
+    "version_not_supported": "only HTTP/1.0 and HTTP/1.1 are supported",
+}
 _COOKIE: Final = b"cookie"
 _SINGLE: Final = frozenset({b"host", b"content-length"})  # a second one is refused
 
@@ -116,14 +126,21 @@ class PerHeader:
 
     ``skip_begin``: the message under way was begun by the connection's own parser (its
     exchange exists); ``mute``: the head under way was read already (a chunked request, taken
-    over at its body): nothing of it is done again."""
+    over at its body): nothing of it is done again; ``counted``: the bytes and fields its head
+    counted against the limits (trailer fields count on from there)."""
 
     __slots__ = ("conn", "header_bytes", "header_count", "mute", "parser", "skip_begin")
 
-    def __init__(self, conn: ClientConnection, *, skip_begin: bool, mute: bool) -> None:
+    def __init__(
+        self,
+        conn: ClientConnection,
+        *,
+        skip_begin: bool,
+        mute: bool,
+        counted: tuple[int, int] = (0, 0),
+    ) -> None:
         self.conn = conn
-        self.header_bytes = 0
-        self.header_count = 0
+        self.header_bytes, self.header_count = counted  # (of the head, for the trailers)
         self.skip_begin = skip_begin
         self.mute = mute
         self.parser = httptools.HttpRequestParser(self)
