@@ -42,11 +42,12 @@ REJECT_MESSAGES: Final = {
 _COOKIE: Final = b"cookie"
 _SINGLE: Final = frozenset({b"host", b"content-length"})  # a second one is refused
 
-# A header line as read before: (name, value, what it counts against the limits, the name
-# lower-cased, whether it is dropped: a forwarding header spelled with underscores). Clients
-# send the same lines again and again (User-Agent, Accept..., the Host). Bounded (lines come
-# from clients): lines up to 256 bytes, at most 1,024; the table starts over when full.
-Line = tuple[bytes, bytes, int, bytes, bool]
+# A header line as read before: its field (name, value), what it counts against the limits,
+# the name lower-cased, whether it is dropped (a forwarding header spelled with underscores).
+# Clients send the same lines again and again (User-Agent, Accept..., the Host). Bounded
+# (lines come from clients): lines up to 256 bytes, at most 1,024; the table starts over
+# when full.
+Line = tuple[tuple[bytes, bytes], int, bytes, bool]
 _lines: dict[bytes, Line] = {}
 _LINES_MAX: Final = 1024
 
@@ -55,7 +56,7 @@ def _read_line(line: bytes) -> Line:
     name, _, raw = line.partition(b":")
     value = raw.lstrip(b" \t")
     lname = name.lower()
-    read = (name, value, len(name) + len(value) + 4, lname,
+    read = ((name, value), len(name) + len(value) + 4, lname,
             _UNDERSCORE in lname and spoofed_forwarding(lname))  # fmt: skip
     if len(line) <= 256:
         if len(_lines) >= _LINES_MAX:
@@ -64,16 +65,45 @@ def _read_line(line: bytes) -> Line:
     return read
 
 
+# What follows a head's target (its version, then its header lines) -> what the lines say:
+# headers forwarded, wanted and consumed ones, bytes and count. A client sends the same
+# header lines with each request (only the target changes from one to the next), so a
+# head's cost is a look-up by its bytes; a Python loop over the lines costs ~2.5 k
+# instructions a line. Kept only when read without refusal, for the wanted names they were
+# read with; the limits are checked again at each look-up (within them whole, within them at
+# every header). Bounded: up to `KEEP_MAX` bytes, `TABLE_MAX` of them, the table starts over
+# when full; when a whole table's worth of heads brought fewer look-ups that found one than
+# heads kept (every client new, or cookies that change each time), keeping pauses for
+# `PAUSE` heads.
+Fields = list[tuple[bytes, bytes]]
+KEEP_MAX: Final = 4096
+TABLE_MAX: Final = 256
+PAUSE: Final = 4096
+
+
+class _Kept:
+    __slots__ = ("heads", "hits", "names", "pause")
+
+    def __init__(self) -> None:
+        self.heads: dict[bytes, tuple[Fields, dict[bytes, bytes], int, int]] = {}
+        self.names: frozenset[bytes] = frozenset()  # the wanted names they were read with
+        self.hits = 0
+        self.pause = 0
+
+
+KEPT: Final = _Kept()
+
+
 def read_request_head(
     head: bytes, max_bytes: int, max_headers: int, wanted_names: frozenset[bytes]
-) -> tuple[bytes, list[tuple[bytes, bytes]], dict[bytes, bytes], int, int]:
+) -> tuple[bytes, Fields, dict[bytes, bytes], int, int]:
     """What a request head that llhttp accepted says (``head``: its request line and header
     lines, without the blank line; HTTP/1.x, so the line has a version): the target, the
     headers forwarded in order, the wanted and consumed headers by lower-cased name (joined
     with ", ", cookies with "; "), and the header bytes and count as the limits count them.
     Refused as the per-header path refuses (`Reject`): a target over ``max_bytes`` (414);
     then, header by header, over ``max_bytes`` or ``max_headers`` (431) or a second Host or
-    Content-Length among ``wanted_names`` (400).
+    Content-Length among ``wanted_names`` (400). The list and dict are the caller's.
 
     What llhttp accepts makes the reading simple: the request line is the method, spaces, the
     target (no whitespace in it), spaces and the version; every line ends in CRLF, no CR nor
@@ -81,20 +111,57 @@ def read_request_head(
     a value is what follows the colon less its leading spaces and tabs (llhttp keeps the
     trailing ones). ``tests/unit/dataplane/test_request_head.py`` checks it against
     `PerHeader` over any head and any split of it over reads."""
-    lines = head.split(b"\r\n")
-    target = lines[0].split()[1]
+    parts = head.split(b" ", 2)  # (one call: each bytes method call costs ~1 k instructions)
+    target = parts[1] if len(parts) == 3 else b""
+    if target:
+        rest = parts[2]  # the version, then the header lines
+    else:  # spaces before the target (llhttp allows several), or no version
+        line, crlf, block = head.partition(b"\r\n")
+        words = line.split()
+        target = words[1]
+        rest = (words[2] if len(words) > 2 else b"") + crlf + block
     if len(target) > max_bytes:
         raise Reject(414, "uri_too_long")
-    headers: list[tuple[bytes, bytes]] = []
+    kept = KEPT
+    if kept.names is not wanted_names:
+        kept.heads.clear()
+        kept.names = wanted_names
+    known = kept.heads.get(rest)
+    if known is not None:
+        headers, wanted, size, count = known
+        if size <= max_bytes and count <= max_headers:
+            kept.hits += 1
+            return target, headers.copy(), wanted.copy(), size, count
+    headers, wanted, size, count = _read_fields(rest, max_bytes, max_headers, wanted_names)
+    if kept.pause:
+        kept.pause -= 1
+    elif len(rest) <= KEEP_MAX:
+        heads = kept.heads
+        if len(heads) >= TABLE_MAX:
+            heads.clear()
+            if kept.hits < TABLE_MAX:
+                kept.pause = PAUSE
+            kept.hits = 0
+        heads[rest] = (headers.copy(), wanted.copy(), size, count)
+    return target, headers, wanted, size, count
+
+
+def _read_fields(
+    rest: bytes, max_bytes: int, max_headers: int, wanted_names: frozenset[bytes]
+) -> tuple[Fields, dict[bytes, bytes], int, int]:
+    """The header lines of ``rest`` (the version, then the header lines), one by one."""
+    headers: Fields = []
     wanted: dict[bytes, bytes] = {}
     size = 0
     count = 0
     known = _lines.get
-    for line in lines[1:]:
+    lines = rest.split(b"\r\n")
+    del lines[0]
+    for line in lines:
         read = known(line)
         if read is None:
             read = _read_line(line)
-        name, value, n, lname, dropped = read
+        field, n, lname, dropped = read
         size += n
         count += 1
         if size > max_bytes or count > max_headers:
@@ -103,10 +170,11 @@ def read_request_head(
             continue
         if lname in CONSUMED:
             prior = wanted.get(lname)
-            wanted[lname] = prior + b", " + value if prior is not None else value
+            wanted[lname] = prior + b", " + field[1] if prior is not None else field[1]
             continue
-        headers.append((name, value))
+        headers.append(field)
         if lname in wanted_names:
+            value = field[1]
             prior = wanted.get(lname)
             if prior is None:
                 wanted[lname] = value
@@ -116,7 +184,7 @@ def read_request_head(
                 raise Reject(400, "duplicate_header")
             else:
                 wanted[lname] = prior + b", " + value
-    return target, headers, wanted, size, count
+    return headers, wanted, size, count
 
 
 class PerHeader:
