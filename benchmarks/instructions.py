@@ -59,6 +59,11 @@ CASES: dict[str, tuple[str, str, int]] = {
         "run()",
         1,
     ),
+    "relay-1k-browser-new": (
+        "from benchmarks.relay_micro import relay; run = relay(1024, browser=True, new_heads=True)",
+        "run()",
+        1,
+    ),
     "response-head": (
         "from benchmarks.micro import nginx_response_head; run = nginx_response_head()",
         "run()",

@@ -122,12 +122,18 @@ def response(size: int) -> bytes:
 
 
 def relay(
-    size: int, read: int = 16 * 1024, unique: bool = False, browser: bool = False
+    size: int,
+    read: int = 16 * 1024,
+    unique: bool = False,
+    browser: bool = False,
+    new_heads: bool = False,
 ) -> Callable[[], None]:
     """A function that relays one request and its ``size``-byte response (reads of ``read``).
     ``unique``: every response head differs from all before it (an ``X-Seq`` header counts),
     as an upstream's that echo each request's id do: no head is ever seen twice. ``browser``:
-    the request carries a browser's 15 headers (`BROWSER_LINES`), not two."""
+    the request carries a browser's 15 headers (`BROWSER_LINES`), not two. ``new_heads``:
+    every request head differs from all before it (a header counts), as if each came from a
+    new client: none is ever seen twice."""
     routes = ROUTES_YAML.format(upstream=UPSTREAM)
     state = RuntimeState()
     clock = CoarseClock(1000.0)
@@ -175,7 +181,11 @@ def relay(
     seq = [0]
 
     def run() -> None:
-        client.data_received(request)
+        if new_heads:
+            seq[0] += 1
+            client.data_received(request[:-2] + b"X-Client: %d\r\n\r\n" % seq[0])
+        else:
+            client.data_received(request)
         ex = client.current
         up = ex.up if ex is not None else None
         assert up is not None, "the request did not reach an upstream"
