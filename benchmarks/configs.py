@@ -20,6 +20,25 @@ REPO = BENCH.parent
 # Every request of every config carries it, so splitproxy's sticky hash runs on each one.
 STICKY_COOKIE = "splitproxy_id"
 COOKIE_HEADER = f"Cookie: {STICKY_COOKIE}=bench-user-1"
+# What a browser sends with a page's request besides Host and the cookie (Chrome's, 13
+# lines): ``profile_proxy.py --browser-head`` sends it, where wrk's requests carry two headers.
+BROWSER_HEADERS = (
+    ("Connection", "keep-alive"),
+    ("sec-ch-ua", '"Chromium";v="131", "Not_A Brand";v="24"'),
+    ("sec-ch-ua-mobile", "?0"),
+    ("sec-ch-ua-platform", '"Linux"'),
+    ("Upgrade-Insecure-Requests", "1"),
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+     "Chrome/131.0.0.0 Safari/537.36"),
+    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+     "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"),
+    ("Sec-Fetch-Site", "same-origin"),
+    ("Sec-Fetch-Mode", "navigate"),
+    ("Sec-Fetch-User", "?1"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,17 @@ CASES: dict[str, tuple[str, str, int]] = {
     "route-100": ("from benchmarks.micro import lookup; run = lookup(100)", "run()", 1),
     "route-10000": ("from benchmarks.micro import lookup; run = lookup(10000)", "run()", 1),
     "sticky": ("from benchmarks.micro import sticky_choice; run = sticky_choice()", "run()", 1),
+    "relay-1k": ("from benchmarks.relay_micro import relay; run = relay(1024)", "run()", 1),
+    "relay-1k-browser": (
+        "from benchmarks.relay_micro import relay; run = relay(1024, browser=True)",
+        "run()",
+        1,
+    ),
+    "relay-1k-browser-new": (
+        "from benchmarks.relay_micro import relay; run = relay(1024, browser=True, new_heads=True)",
+        "run()",
+        1,
+    ),
     "response-head": (
         "from benchmarks.micro import nginx_response_head; run = nginx_response_head()",
         "run()",

@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from configs import COOKIE_HEADER, REPO, ROUTES_YAML, STICKY_COOKIE
+from configs import BROWSER_HEADERS, COOKIE_HEADER, REPO, ROUTES_YAML, STICKY_COOKIE
 from run import Proc, http_get, stop_all, wait_ready
 
 BENCH = Path(__file__).resolve().parent
@@ -115,15 +115,18 @@ def wrk(port: int, path: str, seconds: int, connections: int) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
 
 
-def closed_loop(port: int, path: str, n: int, connections: int = 1) -> None:
+def closed_loop(port: int, path: str, n: int, connections: int = 1, browser: bool = False) -> None:
     """``n`` requests over ``connections`` keep-alive connections, each one request at a time
-    (several connections: the proxy finishes several requests per loop pass, as under load)."""
+    (several connections: the proxy finishes several requests per loop pass, as under load).
+    Each request carries Host, the cookie and ``Accept-Encoding: identity``; ``browser``: a
+    browser's head instead (`configs.BROWSER_HEADERS`, 15 headers)."""
+    name, _, value = COOKIE_HEADER.partition(": ")
+    headers = {name: value, **dict(BROWSER_HEADERS)} if browser else {name: value}
 
     def one(count: int) -> None:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        name, _, value = COOKIE_HEADER.partition(": ")
         for _ in range(count):
-            c.request("GET", path, headers={name: value})
+            c.request("GET", path, headers=headers)
             r = c.getresponse()
             r.read()
             if r.status != 200:
@@ -204,11 +207,11 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
         wait_ready(a.port, COOKIE_HEADER, proxy, timeout=300)
         wait_rollout(a.port + 1, proxy)
         settle(proxy)
-        closed_loop(a.port, a.path, 200)  # warm: pools, caches, first-time imports
+        closed_loop(a.port, a.path, 200, browser=a.browser_head)  # warm: pools, caches, imports
         # zero the counters, serve exactly the measured requests, dump (callgrind.out.1)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
                        capture_output=True, timeout=60)  # fmt: skip
-        closed_loop(a.port, a.path, a.requests, a.callgrind_connections)
+        closed_loop(a.port, a.path, a.requests, a.callgrind_connections, a.browser_head)
         subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True,
                        capture_output=True, timeout=60)  # fmt: skip
     finally:
@@ -240,6 +243,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000, help="callgrind: requests measured")
     ap.add_argument(
         "--callgrind-connections", type=int, default=16, help="callgrind: concurrent clients"
+    )
+    ap.add_argument(
+        "--browser-head",
+        action="store_true",
+        help="callgrind: requests with a browser's 15 headers (wrk's carry two)",
     )
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout to profile")

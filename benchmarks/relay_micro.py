@@ -48,6 +48,26 @@ routes:
 """
 
 
+# configs.BROWSER_HEADERS as lines (copied for the same reason)
+BROWSER_LINES = (
+    b"Connection: keep-alive\r\n"
+    b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\n'
+    b"sec-ch-ua-mobile: ?0\r\n"
+    b'sec-ch-ua-platform: "Linux"\r\n'
+    b"Upgrade-Insecure-Requests: 1\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    b"Chrome/131.0.0.0 Safari/537.36\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    b"image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7\r\n"
+    b"Sec-Fetch-Site: same-origin\r\n"
+    b"Sec-Fetch-Mode: navigate\r\n"
+    b"Sec-Fetch-User: ?1\r\n"
+    b"Sec-Fetch-Dest: document\r\n"
+    b"Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    b"Accept-Language: en-US,en;q=0.9,de;q=0.8\r\n"
+)
+
+
 class CountingTransport:
     """A transport that keeps only the number of bytes written."""
 
@@ -101,10 +121,19 @@ def response(size: int) -> bytes:
     ) + b"x" * size
 
 
-def relay(size: int, read: int = 16 * 1024, unique: bool = False) -> Callable[[], None]:
+def relay(
+    size: int,
+    read: int = 16 * 1024,
+    unique: bool = False,
+    browser: bool = False,
+    new_heads: bool = False,
+) -> Callable[[], None]:
     """A function that relays one request and its ``size``-byte response (reads of ``read``).
     ``unique``: every response head differs from all before it (an ``X-Seq`` header counts),
-    as an upstream's that echo each request's id do: no head is ever seen twice."""
+    as an upstream's that echo each request's id do: no head is ever seen twice. ``browser``:
+    the request carries a browser's 15 headers (`BROWSER_LINES`), not two. ``new_heads``:
+    every request head differs from all before it (a header counts), as if each came from a
+    new client: none is ever seen twice."""
     routes = ROUTES_YAML.format(upstream=UPSTREAM)
     state = RuntimeState()
     clock = CoarseClock(1000.0)
@@ -132,8 +161,9 @@ def relay(size: int, read: int = 16 * 1024, unique: bool = False) -> Callable[[]
         return conn
 
     client = asyncio.new_event_loop().run_until_complete(make())
-    request = b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:30201\r\n%s\r\n\r\n" % (
+    request = b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:30201\r\n%s%s\r\n\r\n" % (
         b"1k" if size == 1024 else b"%dk" % (size // 1024),
+        BROWSER_LINES if browser else b"",
         COOKIE_HEADER.encode(),
     )
 
@@ -151,7 +181,11 @@ def relay(size: int, read: int = 16 * 1024, unique: bool = False) -> Callable[[]
     seq = [0]
 
     def run() -> None:
-        client.data_received(request)
+        if new_heads:
+            seq[0] += 1
+            client.data_received(request[:-2] + b"X-Client: %d\r\n\r\n" % seq[0])
+        else:
+            client.data_received(request)
         ex = client.current
         up = ex.up if ex is not None else None
         assert up is not None, "the request did not reach an upstream"

@@ -35,35 +35,17 @@ import httptools
 
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
-from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
+from splitproxy.dataplane.request_head import REJECT_MESSAGES, PerHeader, read_request_head
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.context import ProxyContext
 
 logger = logging.getLogger("splitproxy.dataplane.client")
 
-# The answer to a connection over `max_connections`: no request is read, nothing is routed.
-_OVER_CAPACITY: Final = (
-    b'{"error": {"code": "too_many_connections", "message": "the proxy is at max_connections", '
-    b'"request_id": "%s"}}\n'
-)
 _CRLF: Final = (13, 10)
-# ``b"_" in name`` first tries its operand as an int, and the TypeError it raises and swallows
-# (a formatted message) costs ~1.8 k instructions, on every header; testing the byte's value
-# is a memchr
-_UNDERSCORE: Final = ord("_")
-_CAPACITY_LOG_EVERY: Final = 10.0  # seconds between two "at max_connections" log lines
+_BLANK: Final = b"\r\n\r\n"  # where a head ends
 
-_REJECT_MESSAGES: Final = {
-    "request_timeout": "the request headers took too long",
-    "uri_too_long": "the request target is too long",
-    "headers_too_large": "the request headers are too large",
-    "body_too_large": "the request body is too large",
-    "duplicate_header": "the request repeats Host or Content-Length",
-    "upgrade_with_body": "an Upgrade request cannot carry a body",
-    "version_not_supported": "only HTTP/1.0 and HTTP/1.1 are supported",
-}
 # After answering a request whose body was not read (413, an early error), the proxy half-closes
 # and reads and discards what the client still sends, for at most this long (nginx's lingering
 # close): closing at once with unread bytes would reset the connection and lose the answer.
@@ -109,38 +91,21 @@ class _Stopped(Exception):
     """Raised in a parser callback to stop reading requests the connection will not answer."""
 
 
+class _TakeOver(Exception):
+    """Raised once a chunked request's head is read: `PerHeader` parses on from its body."""
+
+
 class ClientConnection(asyncio.Protocol):
     """One client TCP connection: parses requests, runs their exchanges in order."""
 
     # Slots: one of these lives as long as its connection, idle keep-alive ones included
     # (thousands at once); a __dict__ would cost a few hundred bytes more each.
     __slots__ = (
-        "_wanted",
-        "blank_since",
-        "closing",
-        "ctx",
-        "current",
-        "flow",
-        "head_seen",
-        "header_bytes",
-        "header_count",
-        "in_head",
-        "last_activity",
-        "linger",
-        "linger_began",
-        "loop",
-        "parser",
-        "parsing",
-        "peer_ip",
-        "preview",
-        "queue",
-        "request_began",
-        "request_parser",
-        "state",
-        "transport",
-        "tunnel",
-        "upgrading",
-    )
+        "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen",
+        "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
+        "parsing", "peer_ip", "preview", "queue", "read", "request_began", "request_parser",
+        "slow", "state", "transport", "tunnel", "upgrading", "wanted_names",
+    )  # fmt: skip
 
     def __init__(self, ctx: ProxyContext, *, preview: bool = False) -> None:
         self.ctx = ctx
@@ -148,8 +113,18 @@ class ClientConnection(asyncio.Protocol):
         self.preview = preview
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        # No on_url nor on_header: a head is read from the read that completes it, where it
+        # began at ``at`` (``next_at``: after a body framed by length, in the next read). The
+        # per-header path (`request_head.PerHeader`, ``slow``) parses what cannot be read so
+        # (a head spanning reads, a refused head, a chunked body) until a read ends between
+        # requests.
         self.request_parser = httptools.HttpRequestParser(self)
         self.parser: _Feed = self.request_parser  # _DISCARD once no more requests are read
+        self.slow: PerHeader | None = None
+        self.read = b""
+        self.at = 0
+        self.head_at = 0
+        self.next_at = 0
         self.peer_ip = ""
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
@@ -157,8 +132,6 @@ class ClientConnection(asyncio.Protocol):
         # where an empty deque costs 760 (its first block); popping its head is O(n) over a
         # handful of entries at most.
         self.queue: list[Exchange] = []
-        self.header_bytes = 0
-        self.header_count = 0
         self.in_head = False  # between the first byte of a request and the end of its headers
         self.head_seen = -1  # bytes received since then (-1: not counted in the first read)
         self.state = OPEN
@@ -175,7 +148,7 @@ class ClientConnection(asyncio.Protocol):
         # so without this a client sending CRLF forever would never meet a timeout.
         self.blank_since = 0.0
         self.last_activity = ctx.clock.now
-        self._wanted = ctx.wanted_headers
+        self.wanted_names = ctx.wanted_headers
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -184,25 +157,9 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
         ctx = self.ctx
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
-            ctx.refused_connections += 1
-            now = ctx.clock.now
-            if now - ctx.capacity_logged_at >= _CAPACITY_LOG_EVERY:
-                ctx.capacity_logged_at = now
-                logger.warning(
-                    "at max_connections (%d): refusing new client connections with 503 "
-                    "(%d so far); raise SPLITPROXY_MAX_CONNECTIONS or the fd limit",
-                    ctx.max_connections, ctx.refused_connections,
-                )  # fmt: skip
             self.state = CLOSED
             self.parser = _DISCARD
-            request_id = ctx.request_ids.next()
-            body = _OVER_CAPACITY % request_id
-            self.transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                b"Retry-After: 1\r\nConnection: close\r\nX-Request-ID: %s\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (request_id, len(body), body)
-            )
-            self.transport.close()
+            ctx.refuse_connection(self.transport)
             return
         ctx.connections.add(self)
         if ctx.draining:
@@ -225,6 +182,29 @@ class ClientConnection(asyncio.Protocol):
                 tunnel.up.write(data)
             return
         parser = self.parser
+        if parser is self.request_parser:
+            self.read = data
+            self.at = self.next_at
+            self._feed(parser, data)
+            self.read = b""
+            self.next_at = max(self.at - len(data), 0)  # (a body that goes on in the next read)
+            if self.in_head and self.parser is parser:
+                # The head goes on in the next read: the per-header path takes it from its
+                # start, so that its limits hold before its end arrives.
+                self._per_header(data[self.at :])
+        else:
+            self._feed(parser, data)
+        slow = self.slow
+        if slow is not None and self.parsing is None and self.parser is slow.parser:
+            # between requests: the next head is read from its bytes again
+            self.slow = None
+            self.parser = self.request_parser = httptools.HttpRequestParser(self)
+            self.next_at = 0
+        if self.in_head:
+            self._head_progress(len(data))
+
+    def _feed(self, parser: _Feed, data: bytes) -> None:
+        refused: httptools.HttpParserError | None = None
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -236,19 +216,43 @@ class ClientConnection(asyncio.Protocol):
                 return
             if isinstance(cause, Reject):
                 if self.parser is parser:
-                    self._reject(cause.status, cause.code, _REJECT_MESSAGES[cause.code])
-            else:
+                    self._reject(cause.status, cause.code, REJECT_MESSAGES[cause.code])
+                return
+            if not isinstance(cause, _TakeOver):
                 logger.error("internal error while handling a request", exc_info=cause or exc)
                 self._reject(500, "internal_error", "the proxy failed to handle this request")
-            return
+                return
         except httptools.HttpParserError as exc:
-            if self.parser is parser:
-                self._reject(400, "bad_request", f"malformed request: {exc}")
-            # else: bytes after the connection's last request (Connection: close, an early
-            # answer, an upgrade): not parsed any more, ignored
+            if self.parser is not parser:
+                # bytes after the connection's last request (Connection: close, an early
+                # answer, an upgrade): not parsed any more, ignored
+                return
+            refused = exc
+        else:
             return
-        if self.in_head:
-            self._head_progress(len(data))
+        # (out of the handlers: an exception raised in one would take theirs as its context)
+        if refused is None:  # a chunked request: its head again, muted, then its body
+            slow = self.slow
+            assert slow is not None
+            if self.parser is parser:
+                self.parser = slow.parser
+            self._feed(slow.parser, data[self.head_at :])
+            return
+        if self.in_head and parser is self.request_parser:
+            # a refusal of the per-header path may come before llhttp's error
+            slow = self._per_header(data[self.at :])
+            if self.parser is not slow.parser:
+                return
+        self._reject(400, "bad_request", f"malformed request: {refused}")
+
+    def _per_header(self, data: bytes) -> PerHeader:
+        """Hand the request under way to the per-header path (``data``: it from its start)."""
+        slow = self.slow = PerHeader(self, skip_begin=True, mute=False)
+        if self.parser is self.request_parser:
+            self.parser = slow.parser
+        if data:
+            self._feed(slow.parser, data)
+        return slow
 
     def eof_received(self) -> bool:
         """The client half-closed: finish answering what it asked, then close."""
@@ -267,7 +271,7 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None and not ex.finished:
                 ex.client_gone()
         self.queue.clear()
-        self.current = self.parsing = self.tunnel = self.upgrading = None
+        self.current = self.parsing = self.tunnel = self.upgrading = self.slow = None
         # Nothing of a closed connection is used again: without its parser (our bound callbacks)
         # and transport, refcounting frees it; frozen (`heap`), a cycle would be kept for good.
         self.parser = _DISCARD
@@ -287,58 +291,54 @@ class ClientConnection(asyncio.Protocol):
         if self.parser is _DISCARD:  # closed or lingering during this very read: stop parsing
             raise _Stopped
         self.parsing = Exchange(self)
-        self.header_bytes = 0
-        self.header_count = 0
         self.in_head = True
         self.head_seen = -1
         self.request_began = self.ctx.clock.now
         self.blank_since = 0.0
-        self._wanted = self.ctx.wanted_headers
-
-    def on_url(self, url: bytes) -> None:
-        ex = self.parsing
-        assert ex is not None
-        ex.target = ex.target + url if ex.target else url
-        if len(ex.target) > self.ctx.max_header_bytes:
-            raise Reject(414, "uri_too_long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value) + 4
-        self.header_count += 1
-        if (
-            self.header_bytes > self.ctx.max_header_bytes
-            or self.header_count > self.ctx.max_headers
-        ):
-            raise Reject(431, "headers_too_large")
-        ex = self.parsing
-        assert ex is not None
-        lname = name.lower()
-        if _UNDERSCORE in lname and spoofed_forwarding(lname):
-            return
-        if lname in CONSUMED:
-            prior = ex.wanted.get(lname)
-            ex.wanted[lname] = prior + b", " + value if prior is not None else value
-            return
-        ex.headers.append((name, value))
-        if lname in self._wanted:
-            prior = ex.wanted.get(lname)
-            if prior is None:
-                ex.wanted[lname] = value
-            elif lname == b"cookie":
-                ex.wanted[lname] = prior + b"; " + value
-            elif lname == b"host" or lname == b"content-length":
-                raise Reject(400, "duplicate_header")
-            else:
-                ex.wanted[lname] = prior + b", " + value
+        self.wanted_names = self.ctx.wanted_headers
 
     def on_headers_complete(self) -> None:
+        """The head is whole in ``read`` from ``at`` (llhttp skipped the line ends before it):
+        read it in one pass (`request_head.read_request_head`)."""
+        ex = self.parsing
+        assert ex is not None
+        read = self.read
+        at = self.at
+        while read[at] == 13 or read[at] == 10:
+            at += 1
+        self.head_at = at
+        parser = self.request_parser
+        version = parser.get_http_version()
+        ctx = self.ctx
+        if version == "0.9":  # no headers: only the target is checked before the 505
+            ex.target = read[at : read.find(b"\r\n", at)].split()[1]
+            if len(ex.target) > ctx.max_header_bytes:
+                raise Reject(414, "uri_too_long")
+            self.head_complete(parser, version)
+            return
+        # llhttp has accepted the head: every line of it ends in CRLF and no CR stands alone,
+        # so the first blank line after the request line is its end
+        end = read.find(_BLANK, at) if at else read.find(_BLANK)
+        ex.target, ex.headers, ex.wanted, size, count = read_request_head(
+            read[at:end], ctx.max_header_bytes, ctx.max_headers, self.wanted_names
+        )
+        self.at = end + 4
+        self.head_complete(parser, version)
+        if ex.body_kind is LENGTH:
+            self.at += ex.content_length  # (where the next request begins)
+        elif ex.body_kind is CHUNKED:
+            # Its trailer fields go through the per-header checks: `PerHeader` parses on
+            # from the body, its parser given the head again (muted) to start from there.
+            self.slow = PerHeader(self, skip_begin=True, mute=True, counted=(size, count))
+            raise _TakeOver
+
+    def head_complete(self, parser: httptools.HttpRequestParser, version: str) -> None:
+        """The request's head is read: its framing, then it starts or waits its turn."""
         ex = self.parsing
         assert ex is not None
         self.in_head = False
-        parser = self.request_parser
         ex.method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        version = parser.get_http_version()
         if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers and no status
             raise Reject(505, "version_not_supported")
         ex.http11 = version == "1.1"
@@ -474,7 +474,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.head_seen += n
         if self.head_seen > 2 * self.ctx.max_header_bytes + 4096:
-            self._reject(431, "headers_too_large", _REJECT_MESSAGES["headers_too_large"])
+            self._reject(431, "headers_too_large", REJECT_MESSAGES["headers_too_large"])
 
     def _upgrade_requested(self, rest: bytes) -> None:
         """The parser saw a complete Upgrade request and reads no further: bytes after it

@@ -9,13 +9,14 @@ the drain at shutdown. `ExchangeObserver` is what metrics and the access log imp
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from splitproxy.config.vocabulary import FailureKind, Version
 from splitproxy.dataplane.abgoals import AbBook
@@ -26,6 +27,12 @@ from splitproxy.dataplane.state import BASE_WANTED_HEADERS, RuntimeState, Snapsh
 from splitproxy.dataplane.synthetic import PROCESS_TOKEN
 
 logger = logging.getLogger("splitproxy.dataplane.context")
+
+# The answer to a connection over `max_connections`: no request is read, nothing is routed.
+_OVER_CAPACITY: Final = (
+    b'{"error": {"code": "too_many_connections", "message": "the proxy is at max_connections", '
+    b'"request_id": "%s"}}\n'
+)
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
@@ -205,6 +212,27 @@ class ProxyContext:
         for conn in list(self.connections):
             conn.check_timeouts(now)
         self.pools.sweep()
+
+    def refuse_connection(self, transport: asyncio.Transport) -> None:
+        """A client connection over `max_connections`: answered 503 and closed, no request
+        read, nothing routed; counted, and logged at most once per 10 s."""
+        self.refused_connections += 1
+        now = self.clock.now
+        if now - self.capacity_logged_at >= 10.0:
+            self.capacity_logged_at = now
+            logger.warning(
+                "at max_connections (%d): refusing new client connections with 503 "
+                "(%d so far); raise SPLITPROXY_MAX_CONNECTIONS or the fd limit",
+                self.max_connections, self.refused_connections,
+            )  # fmt: skip
+        request_id = self.request_ids.next()
+        body = _OVER_CAPACITY % request_id
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nX-Request-ID: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (request_id, len(body), body)
+        )
+        transport.close()
 
     def out_of_fds(self) -> None:
         """An upstream connect failed for lack of file descriptors (EMFILE/ENFILE): counted,
