@@ -9,8 +9,10 @@ same order (414 for the target, then 431 or a repeated Host or Content-Length pe
 
 `PerHeader` is that per-header path, kept for what the one pass cannot see whole: a head that
 spans reads (its limits must hold before its end arrives), a head llhttp refuses (a refusal of
-the proxy's may come before llhttp's error), and a chunked body (its trailer fields went
-through the same checks). It is the former computation, unchanged, on a parser of its own.
+the proxy's may come before llhttp's error), and a chunked body (its trailer fields count
+against the header limits). It is the former computation on a parser of its own, but for
+trailer fields, which it counts and drops: before, a chunked request queued behind another
+got the trailer fields read before its turn among the headers it sent upstream.
 """
 
 from __future__ import annotations
@@ -197,7 +199,9 @@ class PerHeader:
     over at its body): nothing of it is done again; ``counted``: the bytes and fields its head
     counted against the limits (trailer fields count on from there)."""
 
-    __slots__ = ("conn", "header_bytes", "header_count", "mute", "parser", "skip_begin")
+    __slots__ = (
+        "conn", "header_bytes", "header_count", "mute", "parser", "skip_begin", "trailers",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -211,6 +215,7 @@ class PerHeader:
         self.header_bytes, self.header_count = counted  # (of the head, for the trailers)
         self.skip_begin = skip_begin
         self.mute = mute
+        self.trailers = False  # past the head: what `on_header` gets are trailer fields
         self.parser = httptools.HttpRequestParser(self)
 
     def on_message_begin(self) -> None:
@@ -220,6 +225,7 @@ class PerHeader:
         self.conn.on_message_begin()
         self.header_bytes = 0
         self.header_count = 0
+        self.trailers = False
 
     def on_url(self, url: bytes) -> None:
         if self.mute:
@@ -241,6 +247,11 @@ class PerHeader:
             or self.header_count > conn.ctx.max_headers
         ):
             raise Reject(431, "headers_too_large")
+        if self.trailers:
+            # A chunked body's trailer fields count against the limits and go no further:
+            # the proxy forwards no trailers, and they are no headers (a request queued behind
+            # another has not made its upstream head yet: they must not end up in it).
+            return
         ex = conn.parsing
         assert ex is not None
         lname = name.lower()
@@ -263,6 +274,7 @@ class PerHeader:
                 ex.wanted[lname] = prior + b", " + value
 
     def on_headers_complete(self) -> None:
+        self.trailers = True
         if self.mute:
             self.mute = False  # (the body and what follows are this parser's)
             return

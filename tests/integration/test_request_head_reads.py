@@ -1,6 +1,7 @@
 """Request heads over real sockets, in one read or in many: the upstream gets the same head
-byte for byte, pipelined requests and a chunked body's trailer fields are read as before, and
-the limits (414, 431) hold while a head that spans reads is still incomplete."""
+byte for byte, pipelined requests and a chunked body's trailer fields are read as before (the
+trailer fields never forwarded, even for a request queued behind another), and the limits
+(414, 431) hold while a head that spans reads is still incomplete."""
 
 from __future__ import annotations
 
@@ -73,8 +74,6 @@ async def test_pipelined_requests_and_trailers_over_reads(start_proxy: StartProx
         b"Transfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n"
     )
-    # (first: a queued chunked request starts once its turn comes, and trailer fields read
-    # by then go upstream among its headers, as they always did)
     stream = b"\r\n" + chunked + BROWSER + BROWSER.replace(b"q=1", b"q=2")
     whole = await heads_seen(start_proxy, [stream], 3)
     assert [h.split(b" ", 2)[1] for h in whole] == [b"/up", b"/page?q=1", b"/page?q=2"]
@@ -109,3 +108,40 @@ async def test_the_limits_hold_before_a_split_head_ends(
             resp = await asyncio.wait_for(read_response(reader), 5)
         assert resp.status == status
         assert up.accepted == 0
+
+
+async def test_a_queued_chunked_request_sends_no_trailer_field_upstream(
+    start_proxy: StartProxy,
+) -> None:
+    # The first request is answered late: the chunked one behind it is read whole, trailer
+    # fields included, before its turn comes and its upstream head is made.
+    heads: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            if b"Transfer-Encoding: chunked" in head:
+                await reader.readuntil(b"\r\n0\r\n\r\n")
+            else:
+                await asyncio.sleep(0.2)
+            heads.append(head)
+            writer.write(OK)
+            await writer.drain()
+
+    chunked = (
+        b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: t\r\nCookie: injected=1\r\n"
+        b"X-Forwarded-Host: evil.test\r\n\r\n"
+    )
+    async with raw_upstream(handler) as up:
+        proxy = await start_proxy(route(up.url))
+        async with connect(proxy.listen_port) as (reader, writer):
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n" + chunked)
+            await writer.drain()
+            for _ in range(2):
+                resp = await asyncio.wait_for(read_response(reader), 5)
+                assert resp.status == 200, resp
+    assert [h.split(b" ", 2)[1] for h in heads] == [b"/slow", b"/up"]
+    assert b"X-Trailer" not in heads[1]
+    assert b"injected" not in heads[1]
+    assert b"evil.test" not in heads[1]

@@ -39,14 +39,16 @@ _REJECT_MESSAGES: Final = {
 class OldClient(ClientConnection):
     """The former client connection: every request parsed with llhttp's ``on_url`` and
     ``on_header`` callbacks and the checks they made, as it was before the head was read
-    from its bytes (the rest, from the end of the head on, is the connection's own)."""
+    from its bytes (the rest, from the end of the head on, is the connection's own), but for
+    trailer fields: counted against the limits, then dropped, as the client does now."""
 
-    __slots__ = ("header_bytes", "header_count")
+    __slots__ = ("header_bytes", "header_count", "trailers")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # (its parser sees on_url and on_header below)
         self.header_bytes = 0
         self.header_count = 0
+        self.trailers = False
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.ctx.clock.now
@@ -91,6 +93,7 @@ class OldClient(ClientConnection):
         super().on_message_begin()
         self.header_bytes = 0
         self.header_count = 0
+        self.trailers = False
 
     def on_url(self, url: bytes) -> None:
         ex = self.parsing
@@ -107,6 +110,8 @@ class OldClient(ClientConnection):
             or self.header_count > self.ctx.max_headers
         ):
             raise Reject(431, "headers_too_large")
+        if self.trailers:  # (counted, then dropped: see `request_head.PerHeader`)
+            return
         ex = self.parsing
         assert ex is not None
         lname = name.lower()
@@ -129,6 +134,7 @@ class OldClient(ClientConnection):
                 ex.wanted[lname] = prior + b", " + value
 
     def on_headers_complete(self) -> None:
+        self.trailers = True
         parser = self.request_parser
         self.head_complete(parser, parser.get_http_version())
 
