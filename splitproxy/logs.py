@@ -18,6 +18,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from math import floor
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from splitproxy import logwriter
@@ -89,6 +90,24 @@ _SAFE: Final = bytes(b for b in range(0x21, 0x7F) if b not in b'"\\')
 _CODES: Final = tuple(str(code) for code in range(1000))
 # the end of a time stamp, from the millisecond on: ``.123Z``
 _MILLIS: Final = tuple(f".{ms:03d}Z" for ms in range(1000))
+# `AccessLog._stamp_span`: a time stamp's interval leaves this much of a millisecond out at either
+# end; below `_SPAN_SECONDS` (year 2242) a clock value's spacing is under 2 µs, well inside it.
+_SPAN_MARGIN: Final = 0.005
+_SPAN_SECONDS: Final = 2**33
+# where the interval of a time stamp ends, from the start of its second, by millisecond
+_SPAN_ENDS: Final = tuple((ms + 1 - _SPAN_MARGIN) / 1000 for ms in range(1000))
+_NO_SPAN: Final = (1.0, 0.0)  # an interval that holds no clock value
+# A duration's ``f"{seconds * 1000:.3f}"`` (text) or ``repr(round(seconds * 1000, 3))`` (JSON)
+# from its whole microseconds ``n``: `_CODES[n // 1000]` and these by ``n % 1000``. The float
+# formatting costs ~2.4 k instructions a number, this ~1.6 k. ``n`` is ``floor(seconds * 1e6 +
+# 0.5)``, exact unless the fraction is within `_TIE` of a rounding tie: below 10**6 µs the two
+# products' rounding errs by under 10**-9 µs, so outside that margin both round to the same
+# integer; at a tie, or from 1 s on, or for what is not a positive number, the lines format the
+# float (tests/unit/test_access_log_numbers.py pits both against every float).
+_FRACS: Final = tuple(f".{n:03d}" for n in range(1000))
+_JSON_FRACS: Final = tuple(f".{n:03d}".rstrip("0") if n else ".0" for n in range(1000))
+_TIE: Final = 1e-6
+_UNTIE: Final = 1 - _TIE
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
@@ -103,6 +122,11 @@ def _json_ms(seconds: float) -> str:
     under 10**12 is those digits without their trailing zeros."""
     text = f"{seconds * 1000:.3f}".rstrip("0")
     return text + "0" if text[-1] == "." else text
+
+
+def _text_end(preview: bool, error: str) -> str:
+    """The end of a text line from a preview request or a failed one."""
+    return f"{' listener=preview' if preview else ''}{f' error={error}' if error else ''}"
 
 
 def _remember(cache: dict[Any, str], key: Any, text: str) -> str:
@@ -175,9 +199,14 @@ class AccessLog:
         self._ms = -1
         self._stamp = ""
         self._when = ""
+        # a batch's last time stamp and the clock values it surely stands for (`_stamp_span`;
+        # kept apart from `_when`, which `fields` may move meanwhile)
+        self._span = ("", 1.0, 0.0)
+        self._second_span = _NO_SPAN  # `_second` as an interval of clock values, if covered
         # the last line's snapshot, and its revision as the format writes it
         self._snapshot: Snapshot | None = None
         self._rev = "-" if log_format != "json" else "null"
+        self._text_rev = " rev=-"  # `_rev` as a text line ends with it
         # formatted once: a method, the routing part of a line (route, version, reason, upstream)
         self._methods: dict[bytes, str] = {}
         self._routed: dict[tuple[str | None, str, str | None, str, int], str] = {}
@@ -248,54 +277,60 @@ class AccessLog:
         """The text lines of ``rows``, each with its newline.
 
         The hot loop of the access log. What lines of a batch share is formatted once: the
-        time to the millisecond (`_clock_text`), a snapshot's revision, a method, and the
+        time to the millisecond (`_stamp_span`), a snapshot's revision, a method, and the
         routing part (route, version, reason, upstream, upstream status) per combination;
         status codes come from a table (`_CODES`), and a target is checked for bytes to
         escape with one ``translate`` (`_SAFE`)."""
         out: list[str] = []
         add = out.append
-        codes, safe = _CODES, _SAFE
-        second_at, ms_at, when = self._second, self._ms, self._when
-        last_snap, rev = self._snapshot, self._rev
+        codes, safe, ints, fracs = _CODES, _SAFE, _CODES, _FRACS
+        when, lo, hi = self._span
+        last_snap, rev = self._snapshot, self._text_rev
         methods, routed, targets = self._methods, self._routed, self._targets
         for (
             now, peer, method, target, http11, status, nbytes, duration, route, version, reason,
             upstream, up_status, up_duration, rid, snap, error, preview,
         ) in rows:  # fmt: skip
-            second = int(now)
-            ms = int((now - second) * 1000)
-            if ms != ms_at or second != second_at:
-                when, second_at, ms_at = self._clock_text(now), second, ms
+            if not lo <= now < hi:  # another millisecond (or near the edge of one)
+                when, lo, hi = self._stamp_span(now)
             if snap is not last_snap:
-                last_snap, rev = snap, snap.revision if snap is not None else "-"
+                last_snap, rev = snap, f" rev={snap.revision}" if snap is not None else " rev=-"
             verb = methods.get(method)
             if verb is None:
-                verb = _remember(methods, method, method.decode("latin-1"))
+                verb = _remember(methods, method, f'"{method.decode("latin-1")} ')
             key = (route, version, reason, upstream, up_status)
             routing = routed.get(key)
             if routing is None:
                 routing = _remember(
                     routed, key,
-                    f"route={route or '-'} version={version or '-'} reason={reason or '-'} "
-                    f"upstream={upstream or '-'} upstream_status={up_status or '-'}",
+                    f"ms route={route or '-'} version={version or '-'} reason={reason or '-'} "
+                    f"upstream={upstream or '-'} upstream_status={up_status or '-'} upstream_ms=",
                 )  # fmt: skip
             path = targets.get(target)
             if path is None:
                 path = _escape(target) if target.translate(None, safe) else target.decode("latin-1")
                 if len(target) <= _REMEMBER_TARGET:
                     _remember(targets, target, path)
+            # the durations' ``:.3f`` from the whole microseconds (`_ms3`), where exact
+            u = duration * 1e6 + 0.5
+            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
+                ms, ms3 = ints[n // 1000], fracs[n % 1000]
+            else:
+                ms, ms3 = f"{duration * 1000:.3f}", ""
+            u = up_duration * 1e6 + 0.5
+            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
+                up, up3 = ints[n // 1000], fracs[n % 1000]
+            else:
+                up, up3 = f"{up_duration * 1000:.3f}" if up_duration else "-", ""
             add(
-                f"{when} {peer or '-'} "
-                f'"{verb} {path} '
-                f'{"HTTP/1.1" if http11 else "HTTP/1.0"}" '
+                f"{when} {peer or '-'} {verb}{path}"
+                f'{" HTTP/1.1" if http11 else " HTTP/1.0"}" '
                 f"{codes[status] if 0 <= status < 1000 else status} {nbytes} "
-                f"{duration * 1000:.3f}ms {routing} "
-                f"upstream_ms={f'{up_duration * 1000:.3f}' if up_duration else '-'} "
-                f"rid={rid.decode('latin-1') or '-'} rev={rev}"
-                f"{' listener=preview' if preview else ''}"
-                f"{f' error={error}' if error else ''}"
+                f"{ms}{ms3}{routing}{up}{up3} rid={rid.decode('latin-1') or '-'}{rev}"
+                f"{_text_end(preview, error) if preview or error else ''}"
             )
-        self._snapshot, self._rev = last_snap, rev
+        self._snapshot, self._text_rev = last_snap, rev
+        self._span = (when, lo, hi)
         add("")
         return "\n".join(out)
 
@@ -309,8 +344,8 @@ class AccessLog:
         combination), and the end from the revision on (per revision, error and listener)."""
         out: list[str] = []
         add = out.append
-        q = _quote
-        second_at, ms_at, stamp = self._second, self._ms, self._when
+        q, ints, fracs = _quote, _CODES, _JSON_FRACS
+        stamp, lo, hi = self._span
         head, head_stamp = self._json_head, self._json_head_stamp
         last_snap, rev = self._snapshot, self._rev
         methods, routed, peers, tails, targets = (
@@ -321,10 +356,8 @@ class AccessLog:
             now, peer, method, target, http11, status, nbytes, duration, route, version, reason,
             upstream, up_status, up_duration, rid, snap, error, preview,
         ) in rows:  # fmt: skip
-            second = int(now)
-            ms = int((now - second) * 1000)
-            if ms != ms_at or second != second_at:
-                stamp, second_at, ms_at = self._clock_text(now), second, ms
+            if not lo <= now < hi:  # another millisecond (or near the edge of one)
+                stamp, lo, hi = self._stamp_span(now)
             if stamp is not head_stamp:  # (`fields` may have moved the clock text meanwhile)
                 head_stamp = stamp
                 head = f'{{"logger":"{ACCESS_LOGGER}","time":"{stamp}","client":'
@@ -358,19 +391,52 @@ class AccessLog:
                 path = q(target.decode("latin-1"))
                 if len(target) <= _REMEMBER_TARGET:
                     _remember(targets, target, path)
-            # repr(round(x, 3)) without its cost (`_json_ms`)
-            ms_text = f"{duration * 1000:.3f}".rstrip("0")
+            # repr(round(x, 3)) without its cost (`_json_ms`), from the whole microseconds
+            # where exact (as in `_text_lines`)
+            u = duration * 1e6 + 0.5
+            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
+                ms, ms3 = ints[n // 1000], fracs[n % 1000]
+            else:
+                ms, ms3 = _json_ms(duration), ""
+            u = up_duration * 1e6 + 0.5
+            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
+                up, up3 = ints[n // 1000], fracs[n % 1000]
+            else:
+                up, up3 = _json_ms(up_duration) if up_duration else "null", ""
             add(
                 f"{head}{client}{verb}{path}"
                 f"{_JSON_HTTP11 if http11 else _JSON_HTTP10}{status}"
-                f',"bytes":{nbytes},"duration_ms":{ms_text}{"0" if ms_text[-1] == "." else ""},'
-                f"{routing}{_json_ms(up_duration) if up_duration else 'null'}"
+                f',"bytes":{nbytes},"duration_ms":{ms}{ms3},{routing}{up}{up3}'
                 f',"request_id":{q(rid.decode("latin-1")) if rid else "null"}{tail}'
             )
         self._snapshot, self._rev = last_snap, rev
         self._json_head, self._json_head_stamp = head, head_stamp
+        self._span = (stamp, lo, hi)
         add("")
         return "\n".join(out)
+
+    def _stamp_span(self, now: float) -> tuple[str, float, float]:
+        """``now``'s time stamp (what `_clock_text` gives) and an interval ``[now, hi)`` of
+        clock values that surely have the same one: the lines that follow within it take the
+        text with two float comparisons, where `_clock_text`'s two ``int()`` conversions cost
+        about a tenth of a line.
+
+        ``hi`` stops `_SPAN_MARGIN` short of the next millisecond, further than the float
+        arithmetic here can err (within a second, a clock value's millisecond never decreases
+        as the value grows, so every value between ``now`` and ``hi`` has ``now``'s). A new
+        millisecond of the same second costs a subtraction, a product and a ``floor`` (the
+        ``int()`` of a non-negative number); clocks the interval does not cover (before
+        second 1, from `_SPAN_SECONDS` on, not a number) get an empty one."""
+        start, end = self._second_span
+        if start <= now < end:
+            # (`now - start` is exact: below one and a multiple of `now`'s spacing)
+            ms = floor((now - start) * 1000)
+            return self._stamp + _MILLIS[ms], now, start + _SPAN_ENDS[ms]
+        when = self._clock_text(now)
+        start, end = self._second_span
+        if start <= now < end:
+            return when, now, start + _SPAN_ENDS[self._ms]
+        return when, 1.0, 0.0
 
     def _clock_text(self, now: float) -> str:
         """``now`` as the line writes it; the lines of one millisecond share the text."""
@@ -380,6 +446,9 @@ class AccessLog:
             if second != self._second:
                 self._second = second
                 self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+                self._second_span = (
+                    (float(second), float(second + 1)) if 1 <= second < _SPAN_SECONDS else _NO_SPAN
+                )
             self._ms = ms
             self._when = self._stamp + _MILLIS[ms]
         return self._when
