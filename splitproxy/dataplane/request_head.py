@@ -23,6 +23,7 @@ import httptools
 
 from splitproxy.dataplane.exchange import Reject
 from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
+from splitproxy.dataplane.keptheads import KeptHeads
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
@@ -83,14 +84,12 @@ TABLE_MAX: Final = 256
 PAUSE: Final = 4096
 
 
-class _Kept:
-    __slots__ = ("heads", "hits", "names", "pause")
+class _Kept(KeptHeads[tuple[Fields, dict[bytes, bytes], int, int]]):
+    __slots__ = ("names",)
 
     def __init__(self) -> None:
-        self.heads: dict[bytes, tuple[Fields, dict[bytes, bytes], int, int]] = {}
+        super().__init__(KEEP_MAX, TABLE_MAX, PAUSE)
         self.names: frozenset[bytes] = frozenset()  # the wanted names they were read with
-        self.hits = 0
-        self.pause = 0
 
 
 KEPT: Final = _Kept()
@@ -135,16 +134,10 @@ def read_request_head(
             kept.hits += 1
             return target, headers.copy(), wanted.copy(), size, count
     headers, wanted, size, count = _read_fields(rest, max_bytes, max_headers, wanted_names)
-    if kept.pause:
+    if not kept.pause and len(rest) <= KEEP_MAX:  # (copies only for a head to be kept)
+        kept.keep(rest, (headers.copy(), wanted.copy(), size, count))
+    elif kept.pause:
         kept.pause -= 1
-    elif len(rest) <= KEEP_MAX:
-        heads = kept.heads
-        if len(heads) >= TABLE_MAX:
-            heads.clear()
-            if kept.hits < TABLE_MAX:
-                kept.pause = PAUSE
-            kept.hits = 0
-        heads[rest] = (headers.copy(), wanted.copy(), size, count)
     return target, headers, wanted, size, count
 
 

@@ -8,8 +8,9 @@ loops over the fields. An upstream often sends the same head again and again (ng
 files differ by the ``Date`` second), so what a head says is kept by its bytes (`read_head`):
 the next response with that head costs a look-up. Heads that never come back (an echoed
 request id, a body's own length) would only churn the table: when a whole table's worth of
-heads brought fewer look-ups that found one than heads kept, keeping pauses for `PAUSE` heads.
-Bounded: heads up to `KEEP_MAX` bytes, `TABLE_MAX` of them; the table starts over when full.
+heads brought fewer look-ups that found one than heads kept, keeping pauses for `PAUSE` heads
+(`keptheads.KeptHeads`). Bounded: heads up to `KEEP_MAX` bytes, `TABLE_MAX` of them; the
+table starts over when full.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Final
 
 from splitproxy.dataplane.heads import Fields, response_fields
 from splitproxy.dataplane.http11 import ResponseBody
+from splitproxy.dataplane.keptheads import KeptHeads
 
 KEEP_MAX: Final = 2048  # bytes of a head kept with what it says (nginx's are ~300)
 TABLE_MAX: Final = 256
@@ -32,15 +34,9 @@ class HeadError(Exception):
 Head = tuple[bytes, Fields, ResponseBody, int, str]
 
 
-class _Kept:
-    """The heads read lately, by their bytes, and whether keeping them pays."""
-
-    __slots__ = ("heads", "hits", "pause")
-
-    def __init__(self) -> None:
-        self.heads: dict[bytes, Head] = {}
-        self.hits = 0  # look-ups that found their head since the table last started over
-        self.pause = 0  # heads still to read without keeping them
+def _Kept() -> KeptHeads[Head]:
+    """An empty table of heads (the data path's is `KEPT`)."""
+    return KeptHeads(KEEP_MAX, TABLE_MAX, PAUSE)
 
 
 KEPT: Final = _Kept()
@@ -62,14 +58,5 @@ def read_head(head: bytes, status: int, max_fields: int) -> Head:
     if len(lines) > max_fields + 1:  # (the status line, then one per header)
         raise HeadError(f"more than {max_fields} response headers")
     known = response_fields(status, lines)
-    if kept.pause:
-        kept.pause -= 1
-    elif len(head) <= KEEP_MAX:
-        heads = kept.heads
-        if len(heads) >= TABLE_MAX:
-            heads.clear()
-            if kept.hits < TABLE_MAX:
-                kept.pause = PAUSE
-            kept.hits = 0
-        heads[head] = known
+    kept.keep(head, known)
     return known

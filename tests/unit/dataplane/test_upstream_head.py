@@ -345,9 +345,9 @@ def test_heads_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_heads_that_never_come_back_pause_the_keeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream_head, "PAUSE", 5)  # (a table takes it when made)
     kept = upstream_head._Kept()
     monkeypatch.setattr(upstream_head, "KEPT", kept)
-    monkeypatch.setattr(upstream_head, "PAUSE", 5)
     n = 0
 
     def new_head() -> bytes:
