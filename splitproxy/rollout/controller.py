@@ -55,12 +55,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Final
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 
-from splitproxy.config import Rollout, RoutingConfig
+from splitproxy.config import Rollout, Route, RoutingConfig
 from splitproxy.config.vocabulary import GATES
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identity
@@ -84,7 +84,8 @@ from splitproxy.rollout.messages import (
     TestOutcome,
 )
 from splitproxy.rollout.metrics import RolloutMetrics
-from splitproxy.rollout.pacing import SLICE_BUDGET, Pass, Ticker, run_paced
+from splitproxy.rollout.options import COMMANDS, ControlOptions
+from splitproxy.rollout.pacing import Pass, Ticker, make_paced, run_paced
 from splitproxy.rollout.persistence import Persistence, Rejected, Restored, adopt_verdicts
 from splitproxy.rollout.phases import ACTIVE
 from splitproxy.rollout.reports import finite, gate_payload, merged_events, refusal, rollout_status
@@ -100,22 +101,6 @@ from splitproxy.rollout.testjob import TestJobRunner
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 
 logger = logging.getLogger("splitproxy.rollout.controller")
-
-COMMANDS: Final[tuple[Command, ...]] = ("promote", "rollback", "pause", "resume", "retry")
-
-
-@dataclass(frozen=True, slots=True)
-class ControlOptions:
-    """Tuning of the controller (the defaults suit production; tests shorten them)."""
-
-    tick: float = 1.0  # seconds between ticks
-    slice_budget: float = SLICE_BUDGET  # seconds a pass steps routes between two loop turns
-    checkpoint: float = 10.0  # save an active rollout's state at least this often
-    ledger_size: int = 200  # events kept (and persisted) per route
-    # seconds between two reads of an external check; None: half the rollout's interval,
-    # between 0.25 s and 30 s (so each step window sees a fresh value)
-    external_interval: float | None = None
-    notify_drain: float = 2.0  # at shutdown, how long queued notifications may still go out
 
 
 class Controller:
@@ -227,6 +212,7 @@ class Controller:
         pass; see `pacing` for its rules). False when it ended early (a new config, or
         leadership lost: the rest of the routes wait for the next pass)."""
         now = self.clock() if now is None else now
+        await self._create_paced(now)
         routes = self._begin(now)
         this = self._pass = Pass(self._config)
 
@@ -382,6 +368,26 @@ class Controller:
             )
 
     # --- following the routing file -----------------------------------------------------------
+
+    async def _create_paced(self, now: float) -> None:
+        """Before a paced pass's reconcile: the rollouts a new config adds, made in slices at
+        ``now`` (each reads its saved state: 1,000 at once held the loop 56 ms, without files),
+        as the reconcile would make them, which then finds them made (`pacing.make_paced`)."""
+
+        def create(route: Route) -> None:
+            if route.rollout is not None and route.name not in self._routes:  # (or a command)
+                self._routes[route.name] = self._create(route.name, route.rollout, now)
+
+        def missing(config: RoutingConfig) -> list[Route]:
+            return [
+                r for r in config.routes if r.rollout is not None and r.name not in self._routes
+            ]
+
+        state, budget = self.state, self.options.slice_budget
+        await make_paced(
+            lambda: state.snapshot.config if state.snapshot is not None else None,
+            lambda: self._config, missing, create, budget=budget, clock=self.monotonic,
+        )  # fmt: skip
 
     def _reconcile(self, snapshot: Snapshot, now: float) -> None:
         config = snapshot.config
@@ -588,11 +594,6 @@ class Controller:
 
 
 __all__ = [
-    "COMMANDS",
-    "GATES",
-    "ControlOptions",
-    "Controller",
-    "analyzer_spec",
-    "finite",
+    "COMMANDS", "GATES", "ControlOptions", "Controller", "analyzer_spec", "finite",
     "judges_synthetic",
-]
+]  # fmt: skip

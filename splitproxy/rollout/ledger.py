@@ -52,6 +52,8 @@ class RouteRollout:
     synced: tuple[object, tuple[object, ...]] = field(default=(None, ()), init=False, repr=False)
 
     def configure(self, rollout: Rollout) -> None:
+        if rollout is self.rollout:  # made for it (or a reload kept the route): nothing new
+            return
         self.rollout = rollout
         self.analyzer.reconfigure(analyzer_spec(rollout))
         self.analyzer.gates = rollout.gates

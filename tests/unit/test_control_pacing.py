@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from splitproxy.config.vocabulary import CANDIDATE, STABLE, Version
-from splitproxy.rollout.controller import ControlOptions
+from splitproxy.errors import Conflict
+from splitproxy.rollout.codec import encode
+from splitproxy.rollout.controller import ControlOptions, analyzer_spec
 from splitproxy.rollout.ledger import RouteRollout
 from splitproxy.rollout.store import StateStore
 from tests.unit.test_control import T0, Rig
@@ -314,3 +316,115 @@ class Node:
 
     def __init__(self) -> None:
         self.items: list[object] = []
+
+
+def bare() -> dict[str, Any]:
+    """The routes of `many`, none with a rollout yet."""
+    config = many()
+    for route in config["routes"]:
+        del route["rollout"]
+    return config
+
+
+class Making(Paced):
+    """`Paced`, whose rollouts' creations (each reads its saved state) are recorded too and
+    cost ``make`` seconds of the stopwatch each."""
+
+    def __init__(self, config: dict[str, Any], *, make: float = 0.001) -> None:
+        super().__init__(config)
+        create = self.control._create
+
+        def recorded(name: str, rollout: Any, now: float) -> RouteRollout:
+            self.t += make
+            self.log.append(f"make {name}@{now - T0:g}")
+            return create(name, rollout, now)
+
+        self.control._create = recorded  # type: ignore[method-assign]
+
+    def made(self) -> list[str]:
+        return [e for e in self.log if e.startswith("make ")]
+
+    def steps(self) -> list[str]:
+        return [e for e in super().steps() if not e.startswith("make ")]
+
+
+async def test_the_rollouts_a_reload_adds_are_made_in_slices_before_the_pass() -> None:
+    p = Making(bare())
+    assert await p.control.paced_tick()
+    probe = await p.probing()
+    p.rig.load(many())  # twelve rollouts at once
+    assert await p.control.paced_tick()
+    await stopped(probe)
+    made = [f"make r{i}@0" for i in range(ROUTES)]
+    steps = [f"r{i}@0" for i in range(ROUTES)]
+    # 1 ms each, 3.5 ms a slice: the makes in slices of their own, then the steps
+    assert p.slices() == [made[0:4], made[4:8], made[8:12], steps[0:4], steps[4:8], steps[8:12]]
+
+
+async def test_rollouts_made_in_slices_are_those_the_synchronous_tick_makes() -> None:
+    sliced, whole = Making(bare()), Making(bare())
+    for rig in (sliced, whole):
+        rig.control.tick()
+        rig.rig.load(many())
+    assert await sliced.control.paced_tick()
+    whole.control.tick()
+    assert list(sliced.control.analyzers()) == list(whole.control.analyzers())  # same order
+    for name in whole.control.analyzers():
+        assert sliced.control.route_status(name) == whole.control.route_status(name)
+    assert sliced.made() == whole.made()
+
+
+async def test_a_reload_while_rollouts_are_made_makes_those_of_the_new_file() -> None:
+    p = Making(bare())
+    p.control.tick()
+    p.rig.load(many())
+    pass_ = asyncio.get_running_loop().create_task(p.control.paced_tick())
+    await asyncio.sleep(0)  # the first slice: r0-r3 made
+    p.rig.load(many(ROUTES - 2, without=6))  # r6 has no rollout any more, r10 and r11 are gone
+    assert await pass_  # the making goes on with the new file, then the pass steps its routes
+    assert sorted(p.control.analyzers()) == sorted(f"r{i}" for i in range(10) if i != 6)
+    assert sorted(p.made()) == sorted(f"make r{i}@0" for i in range(10) if i != 6)
+    assert [s.split("@")[0] for s in p.steps()] == [f"r{i}" for i in range(10) if i != 6]
+
+
+async def test_a_command_while_rollouts_are_made_makes_the_rest_at_once_and_none_twice() -> None:
+    p = Making(bare())
+    p.control.tick()
+    p.rig.load(many())
+    pass_ = asyncio.get_running_loop().create_task(p.control.paced_tick())
+    await asyncio.sleep(0)  # r0-r3 made
+    with contextlib.suppress(Conflict):  # (idle, not started yet: refused, but reconciled)
+        p.control.command("r9", "pause")  # reconciles first: r4-r11 made at once
+    assert len(p.made()) == ROUTES
+    assert await pass_
+    assert sorted(p.made()) == sorted(f"make r{i}@0" for i in range(ROUTES))
+    assert len(p.control.analyzers()) == ROUTES
+
+
+def test_a_rollout_configured_with_its_own_spec_is_as_if_reconfigured_in_full() -> None:
+    # `RouteRollout.configure` skips the rollout object it already has (the reconcile after
+    # `make_paced`, or a reload that kept the route): the same state as reconfiguring anew.
+    p = Paced(many(2))
+    p.control.tick()
+    p.rig.now += 1
+    p.control.tick()
+    rt = p.control._routes["r0"]
+    full = Paced(many(2))
+    full.control.tick()
+    full.rig.now += 1
+    full.control.tick()
+    twin = full.control._routes["r0"]
+    rt.configure(rt.rollout)  # skipped
+    twin.analyzer.reconfigure(analyzer_spec(twin.rollout))  # what it skips
+    twin.analyzer.gates = twin.rollout.gates
+    assert encode(rt.analyzer) == encode(twin.analyzer)
+    other = many(2)
+    other["routes"][0]["rollout"]["steps"] = [30, 60]
+    p.rig.load(other)
+    snapshot = p.rig.state.snapshot
+    assert snapshot is not None
+    changed = snapshot.config.route("r0").rollout  # type: ignore[union-attr]
+    assert changed is not None
+    rt.configure(changed)  # another object: taken
+    assert rt.rollout is changed
+    assert rt.analyzer.spec_changed
