@@ -12,7 +12,7 @@ from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import samples_for, window_samples
 from splitproxy.rollout.windows import Windows
 from splitproxy.workers.pooling import PooledWindows
-from tests.unit.rollout.bucket_requests import REQUEST
+from tests.unit.rollout.bucket_requests import REQUEST, observe_requests
 
 
 @settings(max_examples=200, deadline=None)
@@ -33,21 +33,7 @@ def test_the_direct_path_gives_the_period_paths_samples(
     windows = Windows(capacity=5, path_classes=limit)  # a small ring: old buckets fall out
     window = windows.window("r")
     t0 = 1_700_000_000.0
-    for at, version, latency, error, which, path, synthetic, unit in sorted(
-        requests, key=lambda r: r[0]
-    ):
-        p = probabilities[2 * int(at) + which]  # mostly one per second: buckets of many
-        window.observe(
-            t0 + at,
-            STABLE if version == STABLE else CANDIDATE,
-            latency,
-            error,
-            p,
-            path,
-            "/",
-            synthetic=synthetic,
-            unit=unit,
-        )
+    observe_requests(window, t0, requests, probabilities)
     last = t0 - 1.0
     for read in sorted(reads):  # the controller's reads: each bucket once, complete ones
         now = t0 + read

@@ -19,7 +19,7 @@ from splitproxy.rollout.samples import BucketFeed, window_feed, window_samples
 from splitproxy.rollout.tally import Tally, tally, tally_buckets, tally_samples
 from splitproxy.rollout.units import RecentUnits, UnitTable
 from splitproxy.rollout.windows import Windows
-from tests.unit.rollout.bucket_requests import PATHS, REQUEST
+from tests.unit.rollout.bucket_requests import PATHS, REQUEST, observe_requests
 from tests.unit.rollout.drive import spec
 
 T0 = 1_700_000_000.0
@@ -83,21 +83,7 @@ def test_the_buckets_tally_up_as_their_samples_do(
 ) -> None:
     windows = Windows(capacity=5, path_classes=limit)  # a small ring: old buckets fall out
     window = windows.window("r")
-    for at, version, latency, error, which, path, synthetic, unit in sorted(
-        requests, key=lambda r: r[0]
-    ):
-        p = probabilities[2 * int(at) + which]
-        window.observe(
-            T0 + at,
-            STABLE if version == STABLE else CANDIDATE,
-            latency,
-            error,
-            p,
-            path,
-            "/",
-            synthetic=synthetic,
-            unit=unit,
-        )
+    observe_requests(window, T0, requests, probabilities)
     first = window.buckets(T0 - 1.0)[:1]
     for b in first:  # requests and errors no class holds: the samples' remainder (by hand)
         b.requests = [n + extra for n, extra in zip(b.requests, outside, strict=True)]
