@@ -133,15 +133,15 @@ async def make_paced(
     loop so that the pass's first slice does not follow the last one at once. A new config
     mid-way starts it over from there (``make`` is given each item once per round, and skips
     what is made meanwhile)."""
-    turned = True
+    made_any = False
     while (config := wanted()) is not None and config is not made():
         items = missing(config)
-        turned = turned and not items
+        made_any = made_any or bool(items)
         if await run_paced(
             items, make, budget=budget, clock=clock, proceed=lambda: wanted() is config
         ):
             break
-    if not turned:
+    if made_any:
         await asyncio.sleep(0)
 
 
