@@ -12,8 +12,8 @@ heads. Bounded: keys up to ``keep_max`` bytes, ``table_max`` of them; the table 
 when full.
 
 The look-up stays the caller's (``heads.get(key)``, then ``hits += 1`` when found): it runs
-for every head and a method call would cost more than the look-up itself. `keep` runs after
-a miss only.
+for every head and a method call would cost more than the look-up itself. `keeping` and
+`keep` run after a miss only.
 """
 
 from __future__ import annotations
@@ -36,13 +36,17 @@ class KeptHeads(Generic[V]):
         self.table_max = table_max
         self.pause_for = pause_for
 
-    def keep(self, key: bytes, value: V) -> None:
-        """After a miss: keep what ``key`` said, unless keeping is paused or it is too long."""
+    def keeping(self, key: bytes) -> bool:
+        """After a miss: whether what ``key`` says is to be kept (`keep`), or keeping is
+        paused (counted down here) or ``key`` too long. Asked first, so that a caller makes
+        the value it would keep only when it is kept."""
         if self.pause:
             self.pause -= 1
-            return
-        if len(key) > self.keep_max:
-            return
+            return False
+        return len(key) <= self.keep_max
+
+    def keep(self, key: bytes, value: V) -> None:
+        """Keep what ``key`` says (after `keeping` said so); a full table starts over."""
         heads = self.heads
         if len(heads) >= self.table_max:
             heads.clear()

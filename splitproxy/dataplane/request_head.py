@@ -134,10 +134,8 @@ def read_request_head(
             kept.hits += 1
             return target, headers.copy(), wanted.copy(), size, count
     headers, wanted, size, count = _read_fields(rest, max_bytes, max_headers, wanted_names)
-    if not kept.pause and len(rest) <= KEEP_MAX:  # (copies only for a head to be kept)
+    if kept.keeping(rest):
         kept.keep(rest, (headers.copy(), wanted.copy(), size, count))
-    elif kept.pause:
-        kept.pause -= 1
     return target, headers, wanted, size, count
 
 

@@ -58,5 +58,6 @@ def read_head(head: bytes, status: int, max_fields: int) -> Head:
     if len(lines) > max_fields + 1:  # (the status line, then one per header)
         raise HeadError(f"more than {max_fields} response headers")
     known = response_fields(status, lines)
-    kept.keep(head, known)
+    if kept.keeping(head):
+        kept.keep(head, known)
     return known
