@@ -1,0 +1,126 @@
+"""`Exchange.start`'s shortcuts against the full computations they stand for.
+
+The host a connection's last Host header named is kept on the connection (`ClientConnection.host`)
+and the route found through the snapshot's table directly; a single address with nothing on
+record gets its pool without `ProxyContext.pick_pool`; a route without a mirror lane skips
+`Mirror.tap`. Each answer must be the one the full computation gives, whatever the sequence of
+Host headers on one keep-alive connection, and whatever the health on record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from splitproxy.dataplane.exchange import Exchange
+from splitproxy.dataplane.heads import host_name
+from splitproxy.dataplane.routing import scan_routes
+from tests.unit.dataplane.harness import CANDIDATE_URL, STABLE_URL, Proxy
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+ROUTES: dict[str, Any] = {
+    "routes": [
+        {
+            "name": "a",
+            "match": {"host": "app.test", "path_prefix": "/a"},
+            "stable": {"url": STABLE_URL, "health": {"path": "/ready"}},
+        },
+        {"name": "w", "match": {"host": "*.wild.test"}, "stable": CANDIDATE_URL},
+        {"name": "any", "stable": STABLE_URL},
+    ]
+}
+
+HOSTS = st.one_of(
+    st.sampled_from(
+        [
+            "app.test",
+            "APP.Test",
+            "app.test:8080",
+            "x.wild.test",
+            "X.WILD.test:1",
+            "[::1]",
+            "[::1]:80",
+            "other.test",
+            "app.test.",
+        ]
+    ),
+    st.text(alphabet="aAp.t:[]19-", min_size=1, max_size=12),
+)
+PATHS = st.sampled_from(["/a", "/a/b?q=1", "/b", "/", "*", "http://abs.test/a?x"])
+
+
+def former_host(raw: bytes) -> str:
+    """The host as `Exchange.start` made it from every request's Host header before."""
+    host = raw.decode("latin-1").lower()
+    if host[-1:] != "]":
+        host = host.rsplit(":", 1)[0] if ":" in host else host
+    return host
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(HOSTS, PATHS, st.booleans()), min_size=1, max_size=8))
+async def test_one_connection_routes_each_request_as_a_fresh_look_up_would(
+    requests: list[tuple[str, str, bool]],
+) -> None:
+    proxy = Proxy(ROUTES)
+    client = proxy.client()
+    snapshot = proxy.state.snapshot
+    assert snapshot is not None
+    proxy.ctx.health.on_swap(None, snapshot)  # (as the server's book follows its snapshots)
+    health = proxy.ctx.health.routes["a"]
+    for host, path, dirty in requests:
+        health.stable.clean = not dirty  # a failure on record: the shortcut steps aside
+        method = b"OPTIONS" if path == "*" else b"GET"
+        client.send(b"%s %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (method, path.encode(), host.encode()))
+        await client.settle()
+        ex = proxy.observer.started[-1] if proxy.observer.started else None
+        if ex is None or ex.finished:  # answered by the proxy itself (no route, bad target)
+            assert client.conn.current is None
+            if client.conn.transport is None or client.transport.closed:
+                return
+            continue
+        raw = ex.wanted[b"host"]
+        assert ex.host == former_host(raw) == host_name(raw)
+        lookup_path = ex.path if ex.path != "*" else "/"
+        assert ex.route is scan_routes(snapshot.routes, ex.host, lookup_path)
+        assert ex.route is not None
+        plan = ex.route.stable
+        assert (ex.pool, ex.upstream_url) == proxy.ctx.pick_pool(plan, ex.backend_health)
+        assert ex.up is not None
+        ex.up.data_received(OK)
+        assert ex.finished
+        proxy.observer.started.clear()
+
+
+def test_host_name_is_the_former_parse() -> None:
+    for raw in (b"A.b:80", b"[::1]:8", b"[::1]", b"x", b"", b"a:b:c", b"\xe9.test"):
+        assert host_name(raw) == former_host(raw)
+
+
+class Lanes:
+    """A mirror with a lane for route ``a`` only, counting its taps."""
+
+    def __init__(self) -> None:
+        self.lanes = {"a": object()}
+        self.tapped: list[str] = []
+
+    def tap(self, ex: Exchange) -> None:
+        assert ex.route is not None
+        self.tapped.append(ex.route.name)
+
+
+@pytest.mark.parametrize(("path", "host", "tapped"), [("/a", "app.test", ["a"]), ("/b", "x", [])])
+async def test_a_route_without_a_lane_is_not_offered_to_the_mirror(
+    path: str, host: str, tapped: list[str]
+) -> None:
+    proxy = Proxy(ROUTES)
+    mirror = Lanes()
+    proxy.ctx.mirror = mirror  # type: ignore[assignment]
+    client = proxy.client()
+    client.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode()))
+    await client.settle()
+    assert mirror.tapped == tapped
