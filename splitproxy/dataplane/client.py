@@ -386,7 +386,10 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         if ex is not None:
-            ex.client_done()
+            if ex.body_kind is not CHUNKED:  # (`ex.client_done`, inline: no last chunk to send)
+                ex.req_done = True
+            else:
+                ex.client_done()
             if not ex.keep_alive:
                 # The connection ends after this exchange (its own close decision comes from
                 # ex.keep_alive when it is answered: exchanges ahead of it keep theirs).

@@ -33,6 +33,7 @@ import errno
 from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
+from splitproxy.dataplane.client_state import CLOSED as CLIENT_CLOSED
 from splitproxy.dataplane.heads import (
     host_name,
     origin_form,
@@ -336,15 +337,19 @@ class Exchange:
     def _attach(self, up: UpstreamConnection) -> None:
         self.up = up
         up.bind(self, self.method == b"HEAD")
-        self.conn.flow.upstream_attached(up)
+        conn = self.conn
+        if conn.flow.client_full:  # (`FlowControl.upstream_attached`, inline)
+            up.pause_reading()  # the client has not taken the previous response yet
         self.upstream_sent_at = self.ctx.monotonic()
         if self.body_buffer and self.upgrade is None:
             up.writelines([self.head_bytes, *self.body_buffer])
             self.body_buffer = []
             self.body_buffered = 0
-            self.conn.update_reading()
-        else:
-            up.write(self.head_bytes)  # (early WebSocket bytes wait for the 101)
+            conn.update_reading()
+        else:  # (`up.write`, inline; early WebSocket bytes wait for the 101)
+            transport = up.transport
+            if transport is not None:
+                transport.write(self.head_bytes)
 
     def client_body(self, data: bytes) -> None:
         if self.mirror is not None:
@@ -435,7 +440,10 @@ class Exchange:
         if self.resp_mode is RECHUNK:
             self.conn.writelines([held, *chunk(data)] if held else chunk(data))
         elif held:  # one call, uncopied (joining them measured no cheaper, even for 1 KB)
-            self.conn.writelines([held, data])
+            conn = self.conn  # (`conn.writelines`, inline: the usual response's one write)
+            transport = conn.transport
+            if transport is not None and conn.state is not CLIENT_CLOSED:
+                transport.writelines([held, data])
         else:
             self.conn.write(data)
         self.held = b""
