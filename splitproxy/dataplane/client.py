@@ -44,7 +44,12 @@ from splitproxy.dataplane.client_state import ClientState as ClientState  # (re-
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
-from splitproxy.dataplane.request_head import REJECT_MESSAGES, PerHeader, read_request_head
+from splitproxy.dataplane.request_head import (
+    REJECT_MESSAGES,
+    PerHeader,
+    read_request_head,
+    surely_http11,
+)
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.context import ProxyContext
@@ -312,7 +317,13 @@ class ClientConnection(asyncio.Protocol):
             at += 1
         self.head_at = at
         parser = self.request_parser
-        version = parser.get_http_version()
+        # llhttp has accepted the head: every line of it ends in CRLF and no CR stands alone,
+        # so the first blank line after the request line is its end
+        end = read.find(_BLANK, at) if at else read.find(_BLANK)
+        head = read[at:end]
+        parts = head.split(b" ", 2)
+        keep_alive = parser.should_keep_alive()
+        version = "1.1" if surely_http11(parts, keep_alive) else parser.get_http_version()
         ctx = self.ctx
         if version == "0.9":  # no headers: only the target is checked before the 505
             ex.target = read[at : read.find(b"\r\n", at)].split()[1]
@@ -320,14 +331,11 @@ class ClientConnection(asyncio.Protocol):
                 raise Reject(414, "uri_too_long")
             self.head_complete(parser, version)
             return
-        # llhttp has accepted the head: every line of it ends in CRLF and no CR stands alone,
-        # so the first blank line after the request line is its end
-        end = read.find(_BLANK, at) if at else read.find(_BLANK)
         ex.target, ex.headers, ex.wanted, size, count = read_request_head(
-            read[at:end], ctx.max_header_bytes, ctx.max_headers, self.wanted_names
+            head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
         )
         self.at = end + 4
-        self.head_complete(parser, version)
+        self.head_complete(parser, version, keep_alive)
         if ex.body_kind is LENGTH:
             self.at += ex.content_length  # (where the next request begins)
         elif ex.body_kind is CHUNKED:
@@ -336,13 +344,16 @@ class ClientConnection(asyncio.Protocol):
             self.slow = PerHeader(self, skip_begin=True, mute=True, counted=(size, count))
             raise _TakeOver
 
-    def head_complete(self, parser: httptools.HttpRequestParser, version: str) -> None:
-        """The request's head is read: its framing, then it starts or waits its turn."""
+    def head_complete(
+        self, parser: httptools.HttpRequestParser, version: str, keep_alive: bool | None = None
+    ) -> None:
+        """The request's head is read: its framing, then it starts or waits its turn
+        (``keep_alive``: the parser's `should_keep_alive`, when the caller asked it)."""
         ex = self.parsing
         assert ex is not None
         self.in_head = False
         ex.method = parser.get_method()
-        ex.keep_alive = parser.should_keep_alive()
+        ex.keep_alive = parser.should_keep_alive() if keep_alive is None else keep_alive
         if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers and no status
             raise Reject(505, "version_not_supported")
         ex.http11 = version == "1.1"

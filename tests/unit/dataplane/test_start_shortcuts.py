@@ -1,22 +1,27 @@
-"""`Exchange.start`'s shortcuts against the full computations they stand for.
+"""`Exchange.start`'s shortcuts, and the client's, against the full computations they stand for.
 
 The host a connection's last Host header named is kept on the connection (`ClientConnection.host`)
 and the route found through the snapshot's table directly; a single address with nothing on
 record gets its pool without `ProxyContext.pick_pool`; a route without a mirror lane skips
-`Mirror.tap`. Each answer must be the one the full computation gives, whatever the sequence of
-Host headers on one keep-alive connection, and whatever the health on record.
+`Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` kept alive is taken for
+HTTP/1.1 without asking llhttp (`request_head.surely_http11`). Each answer must be the one the
+full computation gives, whatever the sequence of Host headers on one keep-alive connection,
+and whatever the health on record.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+import httptools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.heads import host_name
+from splitproxy.dataplane.request_head import surely_http11
 from splitproxy.dataplane.routing import scan_routes
 from tests.unit.dataplane.harness import CANDIDATE_URL, STABLE_URL, Proxy
 
@@ -124,3 +129,51 @@ async def test_a_route_without_a_lane_is_not_offered_to_the_mirror(
     client.send(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path.encode(), host.encode()))
     await client.settle()
     assert mirror.tapped == tapped
+
+
+class _Version:
+    """Notes the version llhttp gives a head (as the client reads it: to its first blank line)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.seen: list[tuple[bytes, str, bool]] = []
+        self.data = b""
+
+    def on_headers_complete(self) -> None:
+        end = self.data.find(b"\r\n\r\n")
+        parser = self.parser
+        self.seen.append((self.data[:end], parser.get_http_version(), parser.should_keep_alive()))
+
+
+@settings(max_examples=600)
+@given(
+    st.sampled_from([b"GET", b"POST", b"CONNECT", b"OPTIONS"]),
+    st.sampled_from([b" ", b"  "]),
+    st.sampled_from([b"/", b"/x", b"*", b"HTTP/1.1", b"a:1", b"/HTTP/1.1", b"http://a/b"]),
+    st.sampled_from([b" HTTP/1.1", b" HTTP/1.0", b"", b"  HTTP/1.1", b" HTTP/1.1 ", b" HTTP/2.0"]),
+    st.lists(
+        st.sampled_from(
+            [
+                b"X: HTTP/1.1",
+                b"Host: a",
+                b"Y: a HTTP/1.1",
+                b"Connection: keep-alive",
+                b"Connection: close",
+            ]
+        ),
+        max_size=3,
+    ),
+)
+def test_a_head_said_to_be_http11_is_so_for_llhttp(
+    method: bytes, spaces: bytes, target: bytes, version: bytes, lines: list[bytes]
+) -> None:
+    data = method + spaces + target + version + b"\r\n" + b"".join(x + b"\r\n" for x in lines)
+    reader = _Version()
+    reader.data = data + b"\r\n"
+    with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
+        reader.parser.feed_data(reader.data)  # (refused or CONNECT: what was seen is checked)
+    for head, llhttp_says, keep_alive in reader.seen:
+        if surely_http11(head.split(b" ", 2), keep_alive):
+            assert llhttp_says == "1.1", head
+        elif keep_alive and (head + b"\r\n").startswith(method + b" " + target + b" HTTP/1.1\r\n"):
+            raise AssertionError(f"the usual head was not recognised: {head!r}")
