@@ -189,7 +189,8 @@ class ClientConnection(asyncio.Protocol):
             if failed is not None:
                 self._failed(parser, data, failed)
             self.read = b""
-            self.next_at = max(self.at - len(data), 0)  # (a body that goes on in the next read)
+            left = self.at - len(data)  # (a body that goes on in the next read)
+            self.next_at = left if left > 0 else 0  # (no `max`: a builtin call, every read)
             if self.in_head and self.parser is parser:
                 # The head goes on in the next read: the per-header path takes it from its
                 # start, so that its limits hold before its end arrives.
@@ -323,7 +324,10 @@ class ClientConnection(asyncio.Protocol):
         head = read[at:end]
         parts = head.split(b" ", 2)
         keep_alive = parser.should_keep_alive()
-        version = "1.1" if surely_http11(parts, keep_alive) else parser.get_http_version()
+        if surely_http11(parts, keep_alive):  # (and the method is the line's first word)
+            version, method = "1.1", parts[0]
+        else:
+            version, method = parser.get_http_version(), parser.get_method()
         ctx = self.ctx
         if version == "0.9":  # no headers: only the target is checked before the 505
             ex.target = read[at : read.find(b"\r\n", at)].split()[1]
@@ -335,6 +339,7 @@ class ClientConnection(asyncio.Protocol):
             head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
         )
         self.at = end + 4
+        ex.method = method  # (not before: a head refused above is answered as if no method)
         self.head_complete(parser, version, keep_alive)
         if ex.body_kind is LENGTH:
             self.at += ex.content_length  # (where the next request begins)
@@ -348,12 +353,15 @@ class ClientConnection(asyncio.Protocol):
         self, parser: httptools.HttpRequestParser, version: str, keep_alive: bool | None = None
     ) -> None:
         """The request's head is read: its framing, then it starts or waits its turn
-        (``keep_alive``: the parser's `should_keep_alive`, when the caller asked it)."""
+        (``keep_alive``: the parser's `should_keep_alive`, when the caller asked it and set
+        the exchange's method)."""
         ex = self.parsing
         assert ex is not None
         self.in_head = False
-        ex.method = parser.get_method()
-        ex.keep_alive = parser.should_keep_alive() if keep_alive is None else keep_alive
+        if keep_alive is None:  # (else the method is read already, as is this)
+            ex.method = parser.get_method()
+            keep_alive = parser.should_keep_alive()
+        ex.keep_alive = keep_alive
         if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers and no status
             raise Reject(505, "version_not_supported")
         ex.http11 = version == "1.1"

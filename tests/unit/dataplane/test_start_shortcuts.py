@@ -4,9 +4,9 @@ The host a connection's last Host header named is kept on the connection (`Clien
 and the route found through the snapshot's table directly; a single address with nothing on
 record gets its pool without `ProxyContext.pick_pool`; a route without a mirror lane skips
 `Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` kept alive is taken for
-HTTP/1.1 without asking llhttp (`request_head.surely_http11`). Each answer must be the one the
-full computation gives, whatever the sequence of Host headers on one keep-alive connection,
-and whatever the health on record.
+HTTP/1.1, its first word for the method, without asking llhttp (`request_head.surely_http11`).
+Each answer must be the one the full computation gives, whatever the sequence of Host headers
+on one keep-alive connection, and whatever the health on record.
 """
 
 from __future__ import annotations
@@ -136,13 +136,14 @@ class _Version:
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
-        self.seen: list[tuple[bytes, str, bool]] = []
+        self.seen: list[tuple[bytes, str, bool, bytes]] = []
         self.data = b""
 
     def on_headers_complete(self) -> None:
         end = self.data.find(b"\r\n\r\n")
         parser = self.parser
-        self.seen.append((self.data[:end], parser.get_http_version(), parser.should_keep_alive()))
+        version, keep_alive = parser.get_http_version(), parser.should_keep_alive()
+        self.seen.append((self.data[:end], version, keep_alive, parser.get_method()))
 
 
 @settings(max_examples=600)
@@ -172,8 +173,9 @@ def test_a_head_said_to_be_http11_is_so_for_llhttp(
     reader.data = data + b"\r\n"
     with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
         reader.parser.feed_data(reader.data)  # (refused or CONNECT: what was seen is checked)
-    for head, llhttp_says, keep_alive in reader.seen:
-        if surely_http11(head.split(b" ", 2), keep_alive):
-            assert llhttp_says == "1.1", head
+    for head, llhttp_says, keep_alive, llhttp_method in reader.seen:
+        parts = head.split(b" ", 2)
+        if surely_http11(parts, keep_alive):
+            assert (llhttp_says, llhttp_method) == ("1.1", parts[0]), head
         elif keep_alive and (head + b"\r\n").startswith(method + b" " + target + b" HTTP/1.1\r\n"):
             raise AssertionError(f"the usual head was not recognised: {head!r}")
