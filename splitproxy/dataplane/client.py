@@ -97,8 +97,9 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen", "host",
         "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
-        "parsing", "peer_ip", "preview", "queue", "raw_host", "read", "request_began",
-        "request_parser", "slow", "state", "transport", "tunnel", "upgrading", "wanted_names",
+        "parsing", "path", "peer_ip", "preview", "queue", "raw_host", "read", "request_began",
+        "request_parser", "slow", "state", "target", "transport", "tunnel", "upgrading",
+        "wanted_names",
     )  # fmt: skip
 
     def __init__(self, ctx: ProxyContext, *, preview: bool = False) -> None:
@@ -120,7 +121,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_at = 0
         self.next_at = 0
         self.peer_ip = ""
-        self.raw_host, self.host = b"", ""  # the last Host header and its host (`host_name`)
+        # The last request's Host header and host (`heads.host_name`), target and path: a
+        # connection's requests name one host, and often the same target, each made once.
+        self.raw_host, self.host, self.target, self.path = b"", "", b"", ""
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
         # Pipelined requests behind `current`: almost always empty, and a list costs 56 bytes
@@ -324,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
         head = read[at:end]
         parts = head.split(b" ", 2)
         keep_alive = parser.should_keep_alive()
-        if surely_http11(parts, keep_alive):  # (and the method is the line's first word)
+        if surely_http11(parts):  # (and the method is the line's first word)
             version, method = "1.1", parts[0]
         else:
             version, method = parser.get_http_version(), parser.get_method()

@@ -186,8 +186,12 @@ class Exchange:
             host = conn.host = host_name(raw_host)
             conn.raw_host = raw_host
         self.host = host
-        q = target.find(b"?")
-        path = (target if q < 0 else target[:q]).decode("latin-1")
+        if target == conn.target:  # (a client asking for the same target again: its path)
+            path = conn.path
+        else:
+            q = target.find(b"?")
+            path = conn.path = (target if q < 0 else target[:q]).decode("latin-1")
+            conn.target = target
         self.path = path
         table = snapshot.table  # (`Snapshot.find`, inline: every request runs it)
         assert table is not None

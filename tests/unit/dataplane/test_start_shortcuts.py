@@ -1,10 +1,10 @@
 """`Exchange.start`'s shortcuts, and the client's, against the full computations they stand for.
 
-The host a connection's last Host header named is kept on the connection (`ClientConnection.host`)
+The host and path of a connection's last request are kept on the connection (`ClientConnection`)
 and the route found through the snapshot's table directly; a single address with nothing on
 record gets its pool without `ProxyContext.pick_pool`; a route without a mirror lane skips
-`Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` kept alive is taken for
-HTTP/1.1, its first word for the method, without asking llhttp (`request_head.surely_http11`).
+`Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` is taken for HTTP/1.1, its
+first word for the method, without asking llhttp (`request_head.surely_http11`).
 Each answer must be the one the full computation gives, whatever the sequence of Host headers
 on one keep-alive connection, and whatever the health on record.
 """
@@ -55,7 +55,9 @@ HOSTS = st.one_of(
     ),
     st.text(alphabet="aAp.t:[]19-", min_size=1, max_size=12),
 )
-PATHS = st.sampled_from(["/a", "/a/b?q=1", "/b", "/", "*", "http://abs.test/a?x"])
+PATHS = st.sampled_from(
+    ["/a", "/a/b?q=1", "/a/b?q=2", "/b", "/", "*", "http://abs.test/a?x", "/a?"]
+)
 
 
 def former_host(raw: bytes) -> str:
@@ -90,6 +92,8 @@ async def test_one_connection_routes_each_request_as_a_fresh_look_up_would(
             continue
         raw = ex.wanted[b"host"]
         assert ex.host == former_host(raw) == host_name(raw)
+        q = ex.target.find(b"?")
+        assert ex.path == (ex.target if q < 0 else ex.target[:q]).decode("latin-1")
         lookup_path = ex.path if ex.path != "*" else "/"
         assert ex.route is scan_routes(snapshot.routes, ex.host, lookup_path)
         assert ex.route is not None
@@ -136,14 +140,13 @@ class _Version:
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
-        self.seen: list[tuple[bytes, str, bool, bytes]] = []
+        self.seen: list[tuple[bytes, str, bytes]] = []
         self.data = b""
 
     def on_headers_complete(self) -> None:
         end = self.data.find(b"\r\n\r\n")
         parser = self.parser
-        version, keep_alive = parser.get_http_version(), parser.should_keep_alive()
-        self.seen.append((self.data[:end], version, keep_alive, parser.get_method()))
+        self.seen.append((self.data[:end], parser.get_http_version(), parser.get_method()))
 
 
 @settings(max_examples=600)
@@ -173,9 +176,9 @@ def test_a_head_said_to_be_http11_is_so_for_llhttp(
     reader.data = data + b"\r\n"
     with contextlib.suppress(httptools.HttpParserError, httptools.HttpParserUpgrade):
         reader.parser.feed_data(reader.data)  # (refused or CONNECT: what was seen is checked)
-    for head, llhttp_says, keep_alive, llhttp_method in reader.seen:
+    for head, llhttp_says, llhttp_method in reader.seen:
         parts = head.split(b" ", 2)
-        if surely_http11(parts, keep_alive):
+        if surely_http11(parts):
             assert (llhttp_says, llhttp_method) == ("1.1", parts[0]), head
-        elif keep_alive and (head + b"\r\n").startswith(method + b" " + target + b" HTTP/1.1\r\n"):
+        elif (head + b"\r\n").startswith(method + b" " + target + b" HTTP/1.1\r\n"):
             raise AssertionError(f"the usual head was not recognised: {head!r}")
