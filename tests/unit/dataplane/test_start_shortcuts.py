@@ -182,3 +182,18 @@ def test_a_head_said_to_be_http11_is_so_for_llhttp(
             assert (llhttp_says, llhttp_method) == ("1.1", parts[0]), head
         elif (head + b"\r\n").startswith(method + b" " + target + b" HTTP/1.1\r\n"):
             raise AssertionError(f"the usual head was not recognised: {head!r}")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"GET /\r\nX: HTTP/1.1\r\n\r\n", b"GET /\r\nX: HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"],
+)
+async def test_an_http09_line_followed_by_a_version_like_header_is_refused_as_before(
+    line: bytes,
+) -> None:
+    proxy = Proxy(ROUTES)
+    client = proxy.client()
+    client.send(line)
+    await client.settle()
+    assert client.transport.take().startswith(b"HTTP/1.1 505 ")
+    assert proxy.pool(STABLE_URL).opened == []
