@@ -27,16 +27,29 @@ relayed; other upgrades (h2c) are served as plain requests.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
+from splitproxy.dataplane.client_state import (
+    CLOSED,
+    LAST_REQUEST,
+    LINGERING,
+    OPEN,
+    TUNNEL,
+    check_timeouts,
+)
+from splitproxy.dataplane.client_state import ClientState as ClientState  # (re-exported)
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
-from splitproxy.dataplane.request_head import REJECT_MESSAGES, PerHeader, read_request_head
+from splitproxy.dataplane.request_head import (
+    REJECT_MESSAGES,
+    PerHeader,
+    read_request_head,
+    surely_http11,
+)
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.context import ProxyContext
@@ -45,29 +58,6 @@ logger = logging.getLogger("splitproxy.dataplane.client")
 
 _CRLF: Final = (13, 10)
 _BLANK: Final = b"\r\n\r\n"  # where a head ends
-
-# After answering a request whose body was not read (413, an early error), the proxy half-closes
-# and reads and discards what the client still sends, for at most this long (nginx's lingering
-# close): closing at once with unread bytes would reset the connection and lose the answer.
-_LINGER_IDLE: Final = 2.0
-_LINGER_MAX: Final = 10.0
-
-
-class ClientState(enum.Enum):
-    """Where a client connection is in its life (see the module docstring)."""
-
-    OPEN = enum.auto()  # requests are parsed as they come
-    LAST_REQUEST = enum.auto()  # no further request is read; those read are answered in turn
-    TUNNEL = enum.auto()  # after a 101: raw bytes relayed both ways
-    LINGERING = enum.auto()  # answered and half-closed: what the client sends is discarded
-    CLOSED = enum.auto()  # closing or gone: nothing more is read, parsed or written
-
-
-OPEN: Final = ClientState.OPEN
-LAST_REQUEST: Final = ClientState.LAST_REQUEST
-TUNNEL: Final = ClientState.TUNNEL
-LINGERING: Final = ClientState.LINGERING
-CLOSED: Final = ClientState.CLOSED
 
 
 class _Feed(Protocol):
@@ -87,6 +77,10 @@ _DISCARD: Final = _Discard()
 _SPENT_PARSER: Final = httptools.HttpRequestParser(_DISCARD)  # a closed connection's: never fed
 
 
+# what a parser's feed_data raises (an upgrade is not an HttpParserError)
+_FAILED: Final = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
+
 class _Stopped(Exception):
     """Raised in a parser callback to stop reading requests the connection will not answer."""
 
@@ -101,10 +95,11 @@ class ClientConnection(asyncio.Protocol):
     # Slots: one of these lives as long as its connection, idle keep-alive ones included
     # (thousands at once); a __dict__ would cost a few hundred bytes more each.
     __slots__ = (
-        "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen",
+        "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen", "host",
         "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
-        "parsing", "peer_ip", "preview", "queue", "read", "request_began", "request_parser",
-        "slow", "state", "transport", "tunnel", "upgrading", "wanted_names",
+        "parsing", "path", "peer_ip", "preview", "queue", "raw_host", "read", "request_began",
+        "request_parser", "slow", "state", "target", "transport", "tunnel", "upgrading",
+        "wanted_names",
     )  # fmt: skip
 
     def __init__(self, ctx: ProxyContext, *, preview: bool = False) -> None:
@@ -126,6 +121,9 @@ class ClientConnection(asyncio.Protocol):
         self.head_at = 0
         self.next_at = 0
         self.peer_ip = ""
+        # The last request's Host header and host (`heads.host_name`), target and path: a
+        # connection's requests name one host, and often the same target, each made once.
+        self.raw_host, self.host, self.target, self.path = b"", "", b"", ""
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
         # Pipelined requests behind `current`: almost always empty, and a list costs 56 bytes
@@ -185,9 +183,17 @@ class ClientConnection(asyncio.Protocol):
         if parser is self.request_parser:
             self.read = data
             self.at = self.next_at
-            self._feed(parser, data)
+            try:  # (`_feed`, inline: the parser refuses almost no read)
+                parser.feed_data(data)
+            except _FAILED as exc:
+                failed: Exception | None = exc
+            else:
+                failed = None
+            if failed is not None:
+                self._failed(parser, data, failed)
             self.read = b""
-            self.next_at = max(self.at - len(data), 0)  # (a body that goes on in the next read)
+            left = self.at - len(data)  # (a body that goes on in the next read)
+            self.next_at = left if left > 0 else 0  # (no `max`: a builtin call, every read)
             if self.in_head and self.parser is parser:
                 # The head goes on in the next read: the per-header path takes it from its
                 # start, so that its limits hold before its end arrives.
@@ -204,13 +210,23 @@ class ClientConnection(asyncio.Protocol):
             self._head_progress(len(data))
 
     def _feed(self, parser: _Feed, data: bytes) -> None:
-        refused: httptools.HttpParserError | None = None
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except _FAILED as exc:
+            failed: Exception = exc
+        else:
+            return
+        # (out of the handler: an exception raised in it would take this one as its context)
+        self._failed(parser, data, failed)
+
+    def _failed(self, parser: _Feed, data: bytes, exc: Exception) -> None:
+        """``parser`` raised ``exc`` on ``data``: an upgrade, a callback's exception, or a
+        refused request."""
+        refused: Exception | None = None
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._upgrade_requested(data[exc.args[0] :])
             return
-        except httptools.HttpParserCallbackError as exc:
+        if isinstance(exc, httptools.HttpParserCallbackError):
             cause = exc.__context__
             if isinstance(cause, _Stopped):
                 return
@@ -222,15 +238,12 @@ class ClientConnection(asyncio.Protocol):
                 logger.error("internal error while handling a request", exc_info=cause or exc)
                 self._reject(500, "internal_error", "the proxy failed to handle this request")
                 return
-        except httptools.HttpParserError as exc:
+        else:
             if self.parser is not parser:
                 # bytes after the connection's last request (Connection: close, an early
                 # answer, an upgrade): not parsed any more, ignored
                 return
             refused = exc
-        else:
-            return
-        # (out of the handlers: an exception raised in one would take theirs as its context)
         if refused is None:  # a chunked request: its head again, muted, then its body
             slow = self.slow
             assert slow is not None
@@ -308,7 +321,16 @@ class ClientConnection(asyncio.Protocol):
             at += 1
         self.head_at = at
         parser = self.request_parser
-        version = parser.get_http_version()
+        # llhttp has accepted the head: every line of it ends in CRLF and no CR stands alone,
+        # so the first blank line after the request line is its end
+        end = read.find(_BLANK, at) if at else read.find(_BLANK)
+        head = read[at:end]
+        parts = head.split(b" ", 2)
+        keep_alive = parser.should_keep_alive()
+        if surely_http11(parts):  # (and the method is the line's first word)
+            version, method = "1.1", parts[0]
+        else:
+            version, method = parser.get_http_version(), parser.get_method()
         ctx = self.ctx
         if version == "0.9":  # no headers: only the target is checked before the 505
             ex.target = read[at : read.find(b"\r\n", at)].split()[1]
@@ -316,14 +338,12 @@ class ClientConnection(asyncio.Protocol):
                 raise Reject(414, "uri_too_long")
             self.head_complete(parser, version)
             return
-        # llhttp has accepted the head: every line of it ends in CRLF and no CR stands alone,
-        # so the first blank line after the request line is its end
-        end = read.find(_BLANK, at) if at else read.find(_BLANK)
         ex.target, ex.headers, ex.wanted, size, count = read_request_head(
-            read[at:end], ctx.max_header_bytes, ctx.max_headers, self.wanted_names
+            head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
         )
         self.at = end + 4
-        self.head_complete(parser, version)
+        ex.method = method  # (not before: a head refused above is answered as if no method)
+        self.head_complete(parser, version, keep_alive)
         if ex.body_kind is LENGTH:
             self.at += ex.content_length  # (where the next request begins)
         elif ex.body_kind is CHUNKED:
@@ -332,13 +352,19 @@ class ClientConnection(asyncio.Protocol):
             self.slow = PerHeader(self, skip_begin=True, mute=True, counted=(size, count))
             raise _TakeOver
 
-    def head_complete(self, parser: httptools.HttpRequestParser, version: str) -> None:
-        """The request's head is read: its framing, then it starts or waits its turn."""
+    def head_complete(
+        self, parser: httptools.HttpRequestParser, version: str, keep_alive: bool | None = None
+    ) -> None:
+        """The request's head is read: its framing, then it starts or waits its turn
+        (``keep_alive``: the parser's `should_keep_alive`, when the caller asked it and set
+        the exchange's method)."""
         ex = self.parsing
         assert ex is not None
         self.in_head = False
-        ex.method = parser.get_method()
-        ex.keep_alive = parser.should_keep_alive()
+        if keep_alive is None:  # (else the method is read already, as is this)
+            ex.method = parser.get_method()
+            keep_alive = parser.should_keep_alive()
+        ex.keep_alive = keep_alive
         if version != "1.1" and version != "1.0":  # HTTP/0.9 has no headers and no status
             raise Reject(505, "version_not_supported")
         ex.http11 = version == "1.1"
@@ -382,7 +408,10 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         if ex is not None:
-            ex.client_done()
+            if ex.body_kind is not CHUNKED:  # (`ex.client_done`, inline: no last chunk to send)
+                ex.req_done = True
+            else:
+                ex.client_done()
             if not ex.keep_alive:
                 # The connection ends after this exchange (its own close decision comes from
                 # ex.keep_alive when it is answered: exchanges ahead of it keep theirs).
@@ -520,45 +549,7 @@ class ClientConnection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """Enforce the timeouts at ``now`` (the sweeper's clock): the module docstring's list."""
-        ctx = self.ctx
-        state = self.state
-        if state is LINGERING:
-            if now - self.last_activity > _LINGER_IDLE or now - self.linger_began > _LINGER_MAX:
-                assert self.transport is not None
-                self.transport.close()
-            return
-        if state is TUNNEL:
-            tunnel = self.tunnel
-            up = tunnel.up if tunnel is not None else None
-            last = max(self.last_activity, up.last_read) if up is not None else self.last_activity
-            if now - last > ctx.tunnel_idle_timeout:
-                self.abort()  # no byte either way: a dead peer must not hold two sockets
-            return
-        flow = self.flow
-        ex = self.current
-        if ex is not None and not ex.finished:
-            if flow.client_full and now - flow.full_since > ctx.body_timeout:
-                self.abort()  # the client stopped reading the response
-                return
-            up = ex.up
-            if up is not None and not flow.client_full and (ex.req_done or flow.upstream_full):
-                # Waiting on the upstream: for the response (from the later of the request's
-                # last byte and the upstream's last byte), or for it to take the body.
-                since = max(up.last_read, ex.upstream_sent_at, self.last_activity)
-                if now - since > ctx.read_timeout:
-                    ex.upstream_failed("timeout")
-                    return
-            if not ex.req_done and flow.reading and now - self.last_activity > ctx.body_timeout:
-                self.abort()
-            return
-        parsing = self.parsing
-        if parsing is not None:
-            if now - self.request_began > ctx.header_timeout:
-                self._reject(408, "request_timeout", "the request headers took too long")
-        elif self.blank_since and now - self.blank_since > ctx.header_timeout:
-            self.close()  # only empty lines since: no request is coming
-        elif now - self.last_activity > ctx.client_idle_timeout:
-            self.close()
+        check_timeouts(self, now)
 
     def drain(self) -> None:
         """Close now if idle, else after the current exchange (the proxy is stopping)."""

@@ -32,8 +32,15 @@ import asyncio
 import errno
 from typing import TYPE_CHECKING, Any, Final
 
-from splitproxy.config.vocabulary import CANDIDATE, FAILURE_WORDS, FailureKind, Version
-from splitproxy.dataplane.heads import origin_form, request_head, response_head, seed_cookie
+from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
+from splitproxy.dataplane.client_state import CLOSED as CLIENT_CLOSED
+from splitproxy.dataplane.heads import (
+    host_name,
+    origin_form,
+    request_head,
+    response_head,
+    seed_cookie,
+)
 from splitproxy.dataplane.health import BackendHealth
 from splitproxy.dataplane.http11 import (
     CHUNKED,
@@ -48,8 +55,7 @@ from splitproxy.dataplane.http11 import (
     valid_request_id,
 )
 from splitproxy.dataplane.pools import PoolExhausted, UpstreamPool
-from splitproxy.dataplane.replay import retarget
-from splitproxy.dataplane.retry import may_retry
+from splitproxy.dataplane.replay import attempt_failed
 from splitproxy.dataplane.routing import (
     CompiledRoute,
     Decision,
@@ -173,14 +179,23 @@ class Exchange:
                 self.local(400, "bad_request", "HTTP/1.1 requests need a Host header", close=True)
                 return
             raw_host = b""
-        host = raw_host.decode("latin-1").lower()
-        if host[-1:] != "]":
-            host = host.rsplit(":", 1)[0] if ":" in host else host
+        conn = self.conn
+        if raw_host == conn.raw_host:  # a connection's requests name one host, nearly always
+            host = conn.host
+        else:
+            host = conn.host = host_name(raw_host)
+            conn.raw_host = raw_host
         self.host = host
-        q = target.find(b"?")
-        path = (target if q < 0 else target[:q]).decode("latin-1")
+        if target == conn.target:  # (a client asking for the same target again: its path)
+            path = conn.path
+        else:
+            q = target.find(b"?")
+            path = conn.path = (target if q < 0 else target[:q]).decode("latin-1")
+            conn.target = target
         self.path = path
-        route = snapshot.find(host, path if path != "*" else "/")
+        table = snapshot.table  # (`Snapshot.find`, inline: every request runs it)
+        assert table is not None
+        route = table.find(host, path if path != "*" else "/")
         # the preview listener is the candidate's address: no marker redirects it
         mark = wanted.get(SYNTHETIC) if not self.preview else None
         forced: Version | None = None
@@ -218,30 +233,51 @@ class Exchange:
         assert plan is not None
         bh = None if rh is None else rh.candidate if version == CANDIDATE else rh.stable
         self.backend_health = bh
-        self.pool, self.upstream_url = ctx.pick_pool(plan, bh)
-        self.replayable = self.body_kind is NO_BODY and self.method in IDEMPOTENT_METHODS
-        peer = self.conn.peer_ip
+        targets = plan.targets
+        pool = None
+        if len(targets) == 1 and (bh is None or bh.clean):
+            # (`ProxyContext.pick_pool`'s answer for one address with nothing on record,
+            # inline: its pool is known once a request has gone there)
+            target_ = targets[0]
+            pool = ctx.pools.pools.get(target_.key)
+            self.upstream_url = target_.url
+        if pool is None:
+            pool, self.upstream_url = ctx.pick_pool(plan, bh)
+        self.pool = pool
+        body_kind = self.body_kind
+        method = self.method
+        self.replayable = body_kind is NO_BODY and method in IDEMPOTENT_METHODS
+        peer = conn.peer_ip
+        # (positional: a call by keywords matches each name, and this runs for every request)
         self.head_bytes = request_head(
-            self.method,
+            method,
             self.target,
             self.headers,
             wanted,
-            peer=peer,
-            trusted_peer=ctx.is_trusted(peer) if ctx.trusted else False,
-            raw_host=raw_host,
-            via_line=ctx.via_line,
-            request_id=self.request_id,
-            synthetic=self.synthetic,
-            chunked=self.body_kind is CHUNKED,
-            content_length=self.content_length if b"content-length" in wanted else None,
-            upgrade=self.upgrade,
+            peer,
+            ctx.is_trusted(peer) if ctx.trusted else False,
+            raw_host,
+            ctx.via_line,
+            self.request_id,
+            self.synthetic,
+            body_kind is CHUNKED,
+            self.content_length if b"content-length" in wanted else None,
+            self.upgrade,
         )
         ctx.in_flight += 1
         ctx.observer.exchange_started(self)
-        self.mirror = ctx.mirror.tap(self) if ctx.mirror is not None else None
+        mirror = ctx.mirror
+        # (`Mirror.tap` finds nothing to copy for a route without a lane: not asked then)
+        self.mirror = (
+            mirror.tap(self) if mirror is not None and route.name in mirror.lanes else None
+        )
         if self.expect_continue and not self.req_done:
-            self.conn.write(_CONTINUE)
-        self.dispatch()
+            conn.write(_CONTINUE)
+        up = pool.take_idle()  # (`dispatch`'s first step, inline: a first try, never retried)
+        if up is not None:
+            self._attach(up)
+        else:
+            self.dispatch()
 
     def _origin_form(self) -> bool:
         """Absolute-form (``GET http://h/p``) to origin-form; ``*`` is kept for OPTIONS."""
@@ -305,15 +341,19 @@ class Exchange:
     def _attach(self, up: UpstreamConnection) -> None:
         self.up = up
         up.bind(self, self.method == b"HEAD")
-        self.conn.flow.upstream_attached(up)
+        conn = self.conn
+        if conn.flow.client_full:  # (`FlowControl.upstream_attached`, inline)
+            up.pause_reading()  # the client has not taken the previous response yet
         self.upstream_sent_at = self.ctx.monotonic()
         if self.body_buffer and self.upgrade is None:
             up.writelines([self.head_bytes, *self.body_buffer])
             self.body_buffer = []
             self.body_buffered = 0
-            self.conn.update_reading()
-        else:
-            up.write(self.head_bytes)  # (early WebSocket bytes wait for the 101)
+            conn.update_reading()
+        else:  # (`up.write`, inline; early WebSocket bytes wait for the 101)
+            transport = up.transport
+            if transport is not None:
+                transport.write(self.head_bytes)
 
     def client_body(self, data: bytes) -> None:
         if self.mirror is not None:
@@ -379,12 +419,12 @@ class Exchange:
             status,
             reason,
             headers,
-            request_id=self.request_id,
-            http11=self.http11,
-            no_body=no_body,
-            closing=not self.keep_alive or conn.closing or self.ctx.draining or not self.req_done,
-            upgrade=self.upgrade,
-            extra=cookie,
+            self.request_id,
+            self.http11,
+            no_body,
+            not self.keep_alive or conn.closing or self.ctx.draining or not self.req_done,
+            self.upgrade,
+            cookie,
         )
         if status == 101:
             self.tunnel = True
@@ -404,7 +444,10 @@ class Exchange:
         if self.resp_mode is RECHUNK:
             self.conn.writelines([held, *chunk(data)] if held else chunk(data))
         elif held:  # one call, uncopied (joining them measured no cheaper, even for 1 KB)
-            self.conn.writelines([held, data])
+            conn = self.conn  # (`conn.writelines`, inline: the usual response's one write)
+            transport = conn.transport
+            if transport is not None and conn.state is not CLIENT_CLOSED:
+                transport.writelines([held, data])
         else:
             self.conn.write(data)
         self.held = b""
@@ -445,41 +488,10 @@ class Exchange:
 
     def upstream_failed(self, kind: FailureKind, connect: bool = False) -> None:
         """The attempt failed (``connect``: while opening the connection): replay it on
-        stable if `retry.may_retry` allows, else answer 502/504, or cut a started response."""
-        if self.finished:
-            return
-        self.upstream_read_done()  # the head went out before the failure, as it always did
-        ctx = self.ctx
-        up = self.up
-        self.up = None
-        stale = up is not None and up.served > 1 and not up.got_response_bytes and kind == "reset"
-        if up is not None:
-            up.abort()
-        bh = self.backend_health
-        if bh is not None and (connect or (kind != "timeout" and not stale)):
-            ctx.health.failed(bh, self.upstream_url, kind)  # passive ejection counts it
-        if may_retry(
-            replayable=self.replayable,
-            retried=self.retried,
-            response_started=self.client_head_sent,
-            kind=kind,
-            connecting=connect,
-            stale=stale,
-        ):
-            self.retried = True
-            retarget(self, kind, stale)
-            self.dispatch()
-            return
-        self.error_kind = kind
-        if not self.client_head_sent:
-            if kind == "timeout":
-                self.local(504, "upstream_timeout", "the upstream did not answer in time")
-            else:
-                self.local(502, "bad_gateway", f"the upstream {FAILURE_WORDS[kind]}")
-            return
-        # The response has started: the only honest signal left is to cut the connection.
-        self.conn.abort()
-        self.finish()
+        stable if `retry.may_retry` allows, else answer 502/504, or cut a started response
+        (`replay.attempt_failed`)."""
+        if not self.finished:
+            attempt_failed(self, kind, connect)
 
     def upstream_writable(self, writable: bool) -> None:
         self.conn.flow.upstream_write_paused(not writable)

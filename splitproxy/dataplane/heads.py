@@ -63,8 +63,7 @@ def request_head(
     target: bytes,
     headers: list[tuple[bytes, bytes]],
     consumed: Mapping[bytes, bytes],
-    *,
-    peer: str,
+    peer: str,  # (positional too: the exchange calls it so for every request)
     trusted_peer: bool,
     raw_host: bytes,
     via_line: bytes,
@@ -133,6 +132,15 @@ def request_head(
     return b"".join(parts)
 
 
+def host_name(raw_host: bytes) -> str:
+    """The host a ``Host`` header names, as routes match it: lower-cased, without its port
+    (an IPv6 literal in brackets keeps its colons)."""
+    host = raw_host.decode("latin-1").lower()
+    if host[-1:] != "]":
+        host = host.rsplit(":", 1)[0] if ":" in host else host
+    return host
+
+
 def origin_form(target: bytes) -> tuple[bytes, bytes] | None:
     """An absolute-form target (``http://h:8080/p?q``) as (authority, origin-form target);
     None when it is not a URL with a host."""
@@ -160,8 +168,7 @@ def response_head(
     status: int,
     reason: bytes,
     headers: list[tuple[bytes, bytes]],
-    *,
-    request_id: bytes,
+    request_id: bytes,  # (positional too: the exchange calls it so for every response)
     http11: bool,
     no_body: bool,
     closing: bool,

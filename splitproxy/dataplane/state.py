@@ -273,12 +273,10 @@ class RuntimeState:
     """Holds the current snapshot; the only place that swaps it."""
 
     def __init__(self) -> None:
-        self._snapshot: Snapshot | None = None
+        # The current snapshot, or None before the first load. Read by every request: a plain
+        # attribute (a property is a Python call per read); `_swap` is the only writer.
+        self.snapshot: Snapshot | None = None
         self._listeners: list[Listener] = []
-
-    @property
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(old, new)`` after every swap, in the order of subscription; when a
@@ -286,11 +284,11 @@ class RuntimeState:
 
         The composition root (``server.py``) subscribes every follower, in one place."""
         self._listeners.append(listener)
-        if self._snapshot is not None:
-            listener(None, self._snapshot)
+        if self.snapshot is not None:
+            listener(None, self.snapshot)
 
     def _swap(self, new: Snapshot) -> Snapshot:
-        old, self._snapshot = self._snapshot, new
+        old, self.snapshot = self.snapshot, new
         for listener in self._listeners:
             try:
                 listener(old, new)
@@ -307,7 +305,7 @@ class RuntimeState:
         """Compile ``config`` (the slow part of a reload of a large file) without swapping
         anything: safe in a worker thread, because snapshots are immutable. Routes whose
         definition equals the serving one keep their compiled form."""
-        base = self._snapshot  # one read: the loop may swap meanwhile, install sorts that out
+        base = self.snapshot  # one read: the loop may swap meanwhile, install sorts that out
         return Prepared(compile_snapshot(config, digest, 0.0, {}, {}, previous=base))
 
     def install(self, prepared: Prepared, now: float) -> Snapshot:
@@ -315,7 +313,7 @@ class RuntimeState:
         from the serving snapshot, whatever it is now, are applied to the few routes they
         name; everything else was compiled by `prepare`."""
         config = prepared.snapshot.config
-        old = self._snapshot
+        old = self.snapshot
         kept: dict[str, WeightOverride] = {}
         driven: dict[str, RolloutWeight] = {}
         if old is not None:
@@ -362,7 +360,7 @@ class RuntimeState:
         """Install another process's state as it is: a worker follows its leader's config and
         weights (``splitproxy/workers``). A config with the same content hash as the serving
         one keeps the serving config object, so followers see a weight change, not a reload."""
-        current = self._snapshot
+        current = self.snapshot
         config = shared.config
         if current is not None and current.content_hash == shared.content_hash:
             config = current.config
@@ -422,7 +420,7 @@ class RuntimeState:
 
     def clear_rollout_weight(self, name: str) -> Snapshot | None:
         """The rollout hands the route back to the file; None when it had no rollout weight."""
-        current = self._snapshot
+        current = self.snapshot
         if current is None or name not in current.rollout_weights:
             return None
         driven = dict(current.rollout_weights)
@@ -439,7 +437,7 @@ class RuntimeState:
 
     def keep_warm(self, name: str, backend: Backend | None) -> Snapshot | None:
         """Keep ``backend``'s upstream pool for ``name`` (None: no longer)."""
-        current = self._snapshot
+        current = self.snapshot
         if current is None or current.warm.get(name) == backend:
             return current
         warm = dict(current.warm)
@@ -494,7 +492,7 @@ class RuntimeState:
         )
 
     def _require(self, name: str) -> Snapshot:
-        current = self._snapshot
+        current = self.snapshot
         if current is None:
             raise NotReady("not_ready", "no routing config is loaded yet")
         if current.config.route(name) is None:

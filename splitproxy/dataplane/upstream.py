@@ -202,14 +202,23 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         reads = _READS
         return reads.take() if reads.lent else reads.buf
 
-    def buffer_updated(self, nbytes: int) -> None:
-        reads = _READS
-        if nbytes >= VIEW_MIN:  # (only a view this large is ever handed on: see `_hand_on`)
-            reads.lent = True
-        self.data_received(memoryview(reads.buf)[:nbytes], reads.buf)
+    def data_received(self, data: bytes) -> None:
+        """A read as bytes (the loop reads into `get_buffer`'s instead)."""
+        self.buffer_updated(len(data), data)
 
-    def data_received(self, data: bytes | memoryview, whole: bytes | bytearray = b"") -> None:
-        """A read: ``data``, bytes or (from `buffer_updated`) a view of ``whole``'s start."""
+    def buffer_updated(self, nbytes: int, read: bytes | None = None) -> None:
+        """A read: ``nbytes`` at the start of the read buffer, or ``read`` (`data_received`).
+        (One Python call per read: the loop's path does not go through `data_received`.)"""
+        data: bytes | memoryview
+        whole: bytes | bytearray
+        if read is None:
+            reads = _READS
+            whole = reads.buf
+            if nbytes >= VIEW_MIN:  # (only a view this large is ever handed on: `_hand_on`)
+                reads.lent = True
+            data = memoryview(whole)[:nbytes]
+        else:
+            data = whole = read
         self.last_read = self._clock.now
         sink = self.sink
         if self.left > 0 and sink is not None:
@@ -232,19 +241,19 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         try:
             if waiting:
                 # (what `on_headers_complete` reads: bytes or the read buffer, never a view)
-                scan = self.read = whole or (data if isinstance(data, bytes) else bytes(data))
-                self.read_len = len(data)
+                scan = self.read = whole
+                self.read_len = nbytes
                 self.head_at = 0
                 seen = self.head_seen
-                self.head_seen = seen + len(data)
-                if seen == 0 and len(data) > RELAY_MIN:
+                self.head_seen = seen + nbytes
+                if seen == 0 and nbytes > RELAY_MIN:
                     # The head begins a large read: parse up to its likely end first, so that
                     # a body framed by Content-Length after it is relayed without the parser
                     # copying it (`_relay`). Otherwise the same parser reads on from there:
                     # the same bytes in the same order as if it had been given the read whole.
-                    end = scan.find(_BLANK, 0, len(data))
+                    end = scan.find(_BLANK, 0, nbytes)
                     end += 4
-                    if 4 <= end < len(data):
+                    if 4 <= end < nbytes:
                         view = memoryview(data)
                         parser.feed_data(view[:end])
                         fed, at = view[end:], end
