@@ -393,7 +393,7 @@ class Analyzer:
         timeout = spec.unhealthy_timeout
         result = readiness.check(now, self.health, timeout)
         if result is not None:
-            self.checks += (result,)
+            self._checks.append(result)
         if readiness.strike(now, self.health, timeout) and result is not None:
             since = readiness.unhealthy_since
             self._failure(now, f"candidate unavailable since t={since:g} for {result.value:g}s")

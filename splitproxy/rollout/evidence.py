@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
@@ -60,12 +59,17 @@ from splitproxy.config import (
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.deferred import DeferredThresholds, bounded
 from splitproxy.rollout.kept import Kept
-from splitproxy.rollout.messages import (
-    CheckResult,
-    Sample,
-    Verdict,
-)
+from splitproxy.rollout.messages import CheckResult, Sample
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
+from splitproxy.rollout.results import (
+    LazyResult,
+    error_result,
+    guard_result,
+    latency_result,
+    made,
+)
+from splitproxy.rollout.results import guard_detail as guard_detail  # (where they were)
+from splitproxy.rollout.results import latency_detail as latency_detail
 from splitproxy.rollout.sequential import (
     AlphaSplit,
     PathClassTests,
@@ -91,23 +95,6 @@ Outcome = Literal["pass", "hold", "fail"]
 def min_threshold_requests(q: float) -> int:
     """Stable requests needed before its q-quantile is a usable latency threshold."""
     return math.ceil(20 / (1 - q))
-
-
-@lru_cache(maxsize=256, typed=True)
-def latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
-    """The latency comparison's detail text. Made once per set of stable's quantiles: they
-    are bucket bounds and move seldom, while the result is remade on nearly every tick."""
-    detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds)
-    if thresholds and tolerance:
-        detail += f", slow beyond +{tolerance * 100:g}%"
-    return detail
-
-
-@lru_cache(maxsize=64, typed=True)
-def guard_detail(cap: float) -> str:
-    """The guard's detail text, made once per cap (its result is remade on every tick with a
-    candidate request)."""
-    return f"candidate error rate far above {cap:g}"
 
 
 def step_needs(spec: Rollout, step: Step) -> tuple[float, int]:
@@ -184,7 +171,7 @@ class Evidence:
         self.thresholds: dict[float, float] = {}
         self._needs: tuple[CompareCheck | None, tuple[tuple[float, int], ...]] = (None, ())
         # the comparisons' and the guard's latest results, kept while their inputs do not change
-        self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
+        self._kept: tuple[Kept[LazyResult], Kept[LazyResult], Kept[LazyResult]] = (
             Kept(), Kept(), Kept()
         )  # fmt: skip
         # count the updates and fresh starts of the error and the latency comparisons'
@@ -371,7 +358,7 @@ class Evidence:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
         thresholds, rest = self.evaluate_deferred(now)
-        return thresholds.results() + rest
+        return thresholds.results() + tuple([made(r) for r in rest])
 
     @property
     def unshown(self) -> set[str]:
@@ -380,10 +367,12 @@ class Evidence:
         deferred = self._deferred
         return deferred.unshown() if deferred is not None else set()
 
-    def evaluate_deferred(self, now: float) -> tuple[DeferredThresholds, tuple[CheckResult, ...]]:
-        """`evaluate`, with the threshold checks' results made only when read (`deferred`):
-        ``(thresholds, the others)``; the tick's path (they decide nothing until the step's
-        window is long and large enough)."""
+    def evaluate_deferred(
+        self, now: float
+    ) -> tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]]:
+        """`evaluate`, with the threshold checks' results made only when read (`deferred`)
+        and the comparisons' and the guard's numbers too (`results`: their verdicts are
+        known at once): ``(thresholds, the others)``; the tick's path."""
         self.detach()  # the previous results may still be read, once this window changed
         deferred = self._deferred = DeferredThresholds(
             now,
@@ -393,7 +382,8 @@ class Evidence:
             self.windows_judged,
             self.threshold_latency,
         )
-        out = [self._external_check(c) for c in self.external_checks]
+        out: list[CheckResult | LazyResult] = []
+        out += [self._external_check(c) for c in self.external_checks]
         base = self.baseline
         if base is not None:  # blue/green bake: against stable's numbers before the switch
             if self.error_compare is not None:
@@ -409,17 +399,12 @@ class Evidence:
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
-            out.append(self._kept[2].get(key, lambda: self._guard_result(guard)))
+            out.append(self._kept[2].get(key, lambda: guard_result(guard, 1 / self.alpha.guard)))
         return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
-        bar, e = 1 / self.alpha.guard, guard.e_value
-        verdict: Verdict = "fail" if e >= bar else "pass"
-        detail = guard_detail(guard.cap)
-        return CheckResult(
-            "guard", "guard", e, None, bar, guard.requests, verdict, detail, None, "error_rate",
-            "e_value",
-        )  # fmt: skip
+        """The guard's result now, made (what the tick's kept one reads as)."""
+        return guard_result(guard, 1 / self.alpha.guard).result()
 
     def window_outcome(
         self, now: float, step: Step, checks: Iterable[CheckResult]
@@ -489,57 +474,36 @@ class Evidence:
             low, high = 1.0, None
         return bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
-    def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
+    def _error_compare(self, name: str, test: PathClassTests) -> LazyResult:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
         key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
-        return self._kept[0].get(key, lambda: self._error_result(name, test))
+        return self._kept[0].get(key, lambda: self._error_lazy(name, test))
+
+    def _error_lazy(self, name: str, test: PathClassTests) -> LazyResult:
+        units = self.units
+        return error_result(name, test, 1 / self.alpha.error, len(units), units.skipped)
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
-        bar = 1 / self.alpha.error
-        e = test.e_value
-        detail = ""
-        worst = test.worst_class()
-        if worst is not None:
-            detail = f"worst path class {worst[0]}: e={worst[1].e_value:.3g}"
-        if isinstance(test.pooled, RecoveringTest):  # how much debt the fresh starts shed
-            detail = "; ".join(d for d in (f"pooled {test.pooled.debt()}", detail) if d)
-        if len(self.units) or self.units.skipped:
-            detail += f"; sticky users counted once: {len(self.units)}"
-            detail += f" (table full, {self.units.skipped} errors left out)" * bool(
-                self.units.skipped
-            )
-        events = test.pooled.events
-        verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
-        return CheckResult(
-            name, "compare", e, None, bar, events, verdict, detail, None, "error_rate", "e_value"
-        )
+        """The error comparison's result now, made (what the tick's kept one reads as)."""
+        return self._error_lazy(name, test).result()
 
-    def _latency_compare(self, name: str) -> CheckResult:
+    def _latency_compare(self, name: str) -> LazyResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
         thresholds = tuple(self.thresholds.items())
         key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
         key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
-        return self._kept[1].get(key, lambda: self._latency_result(name))
+        return self._kept[1].get(key, lambda: self._latency_lazy(name, thresholds))
+
+    def _latency_lazy(self, name: str, thresholds: tuple[tuple[float, float], ...]) -> LazyResult:
+        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
+        bar = 1 / self.alpha.latency
+        return latency_result(name, self.latency_tests, thresholds, tolerance, bar)
 
     def _latency_result(self, name: str) -> CheckResult:
-        thresholds = self.thresholds
-        bar = 1 / self.alpha.latency
-        log_e = self._latency_log_e()
-        e = math.exp(log_e) if log_e < 700 else math.inf
-        events = sum(t.events for t in self.latency_tests.values())
-        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        detail = latency_detail(tuple(thresholds.items()), tolerance)
-        if not thresholds and not events:
-            detail = "stable history too short"
-            return CheckResult(
-                name, "compare", e, None, bar, 0, "no_data", detail, None, "latency", "e_value"
-            )
-        verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
-        return CheckResult(
-            name, "compare", e, None, bar, events, verdict, detail, None, "latency", "e_value"
-        )
+        """The latency comparison's result now, made (what the tick's kept one reads as)."""
+        return self._latency_lazy(name, tuple(self.thresholds.items())).result()
 
     def _latency_log_e(self, r0: float = 1.0) -> float:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×

@@ -47,6 +47,14 @@ def _log_weight(k: int) -> float:
     return -math.log(k) - math.log(k + 1)
 
 
+def mixture_log_e(started: int, comps: Sequence[tuple[int, float]]) -> float:
+    """A mixture's log e-value from its carried components' ``(k, log e-value)``, ``started``
+    of them started so far (those not started yet count at their prior weight, value 1)."""
+    parts = [_log_weight(k) + log_e for k, log_e in comps]
+    parts.append(math.log(1.0 / (started + 1)))  # Σ_{k > started} 1/(k(k+1))
+    return logsumexp(parts)
+
+
 class RecoveringTest:
     """A mixture over start times of `AttributionTest` (see the module docstring).
 
@@ -106,18 +114,14 @@ class RecoveringTest:
         return self._log_e_at(r0)
 
     def _log_e_at(self, r0: float) -> float:
-        unstarted = math.log(1.0 / (self._started + 1))  # Σ_{k > started} 1/(k(k+1))
-        parts = [_log_weight(k) + t.log_e_at(r0) for k, t in self._comps]
-        parts.append(unstarted)
-        return logsumexp(parts)
+        return mixture_log_e(self._started, [(k, t.log_e_at(r0)) for k, t in self._comps])
 
     @property
     def log_e(self) -> float:
         cached = self._log_e
         if cached is None:  # `_log_e_at(1.0)`, each component's `log_e_at(1.0)` its `log_e`
-            parts = [_log_weight(k) + t.log_e for k, t in self._comps]
-            parts.append(math.log(1.0 / (self._started + 1)))
-            cached = self._log_e = logsumexp(parts)
+            comps = [(k, t.log_e) for k, t in self._comps]
+            cached = self._log_e = mixture_log_e(self._started, comps)
         return cached
 
     @property
@@ -199,4 +203,4 @@ class RecoveringTest:
         return out
 
 
-__all__ = ["KEEP", "RESTART_EVERY", "RecoveringTest"]
+__all__ = ["KEEP", "RESTART_EVERY", "RecoveringTest", "mixture_log_e"]

@@ -1,0 +1,225 @@
+"""The e-processes as they stood at one tick, for results made later (pure).
+
+The comparisons' and the guard's results are made when first read (`results`), which may be
+ticks after the tests moved on. A snapshot here keeps what each e-value is made of and makes
+it, bit for bit, as the live test would have at the snapshot's tick: the same functions
+(`sequential.attribution_log_e`, `recovery.mixture_log_e`, `sequential.family_log_e`,
+`sequential.guard_log_e`) on the same floats. Taking one copies no number: the tests never
+write a list they have made (`AttributionTest.add` makes a new list of log-likelihood ratios,
+`RateGuard.update` a new list of component tuples), so a snapshot holds the lists themselves.
+
+Each snapshot also gives a *ceiling*, an upper bound on its log e-value that costs a ``max``
+instead of the log-sum-exps. Every e-value here is an average of components with weights
+summing to at most 1, the rest counting at value 1 (a mixture's components not started yet,
+a family's unused slots), and a component's e-value is a mean of ``exp`` of its
+log-likelihood ratios: so ``log E <= max(0, the largest ratio)``. `surely_below` turns it into
+a verdict: when the ceiling is below the bar by more than the floats' rounding could make up
+(`SLACK`), the e-value made in floats is below it too, and nothing need be made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Final
+
+from splitproxy.rollout.recovery import RecoveringTest, mixture_log_e
+from splitproxy.rollout.sequential import (
+    NEG_INF,
+    AttributionTest,
+    OneSidedTest,
+    PathClassTests,
+    RateGuard,
+    attribution_log_e,
+    family_log_e,
+    guard_log_e,
+)
+
+# Far above the rounding of a log-sum-exp whose largest term is near a bar (a few ulps of
+# numbers of a few units; an e-value this close to its bar is simply made)
+SLACK: Final = 1e-6
+
+
+@lru_cache(maxsize=64)
+def _log_bar(bar: float) -> float:
+    return math.log(bar)
+
+
+def surely_below(ceiling: float, bar: float) -> bool:
+    """Is an e-value whose log is at most ``ceiling`` below ``bar`` once made in floats?
+    (False when it cannot tell: then the e-value must be made.)"""
+    return ceiling < _log_bar(bar) - SLACK
+
+
+def ceiling(leaves: Sequence[Sequence[float]]) -> float:
+    """``max(0, every log-likelihood ratio in leaves)``: see the module docstring."""
+    top = max(map(max, leaves), default=NEG_INF) if all(leaves) else math.inf
+    if top > 0.0:
+        return top
+    return 0.0 if top <= 0.0 else math.inf  # a NaN first: no ceiling
+
+
+def _exp(log_value: float) -> float:
+    return math.exp(log_value) if log_value < 700 else math.inf
+
+
+class FrozenAttribution:
+    """An `AttributionTest` at one moment: its weight and log-likelihood ratios."""
+
+    __slots__ = ("events", "log_l", "log_w")
+
+    def __init__(self, test: AttributionTest) -> None:
+        self.log_w, self.log_l, self.events = test._log_w, test._log_l, test.events
+
+    @property
+    def log_e(self) -> float:
+        return attribution_log_e(self.log_w, self.log_l)
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    def leaves(self) -> list[list[float]]:
+        return [self.log_l]
+
+
+class FrozenMixture:
+    """A `RecoveringTest` at one moment: ``(k, weight, ratios)`` per carried component."""
+
+    __slots__ = ("_comp_log_es", "comps", "events", "started")
+
+    def __init__(self, test: RecoveringTest) -> None:
+        self.started = test._started
+        self.comps = [(k, t._log_w, t._log_l) for k, t in test._comps]
+        self.events = test.events
+        self._comp_log_es: list[float] | None = None
+
+    def comp_log_es(self) -> list[float]:
+        """Each carried component's log e-value (`AttributionTest.log_e`)."""
+        out = self._comp_log_es
+        if out is None:
+            out = self._comp_log_es = [attribution_log_e(w, log_l) for _, w, log_l in self.comps]
+        return out
+
+    @property
+    def log_e(self) -> float:
+        ks = [k for k, _, _ in self.comps]
+        return mixture_log_e(self.started, list(zip(ks, self.comp_log_es(), strict=True)))
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    def debt(self) -> str:
+        """`RecoveringTest.debt` as it read at the snapshot."""
+        logs = self.comp_log_es()
+        weighted = [_mixture_weight(k) + c for (k, _, _), c in zip(self.comps, logs, strict=True)]
+        best = max(range(len(logs)), key=weighted.__getitem__)  # the first of equals, as `max`
+        first = self.comps[0][0] == 1
+        head = f"from start e={_exp(logs[0]):.3g}" if first else "start dropped"
+        k = self.comps[best][0]
+        return f"{head}, restarts {self.started - 1}, best restart #{k} e={_exp(logs[best]):.3g}"
+
+    def leaves(self) -> list[list[float]]:
+        return [log_l for _, _, log_l in self.comps]
+
+
+def _mixture_weight(k: int) -> float:
+    return -math.log(k) - math.log(k + 1)  # `recovery._log_weight`, the same operations
+
+
+Frozen = FrozenAttribution | FrozenMixture
+
+
+def freeze(test: OneSidedTest) -> Frozen:
+    """A snapshot of one comparison test (either kind the evidence holds)."""
+    if isinstance(test, RecoveringTest):
+        return FrozenMixture(test)
+    if isinstance(test, AttributionTest):
+        return FrozenAttribution(test)
+    raise TypeError(f"no snapshot of a {type(test).__name__}")
+
+
+class FrozenFamily:
+    """A `PathClassTests` at one moment: the pooled test's and each class's snapshot."""
+
+    __slots__ = ("classes", "pooled", "slots")
+
+    def __init__(self, family: PathClassTests) -> None:
+        self.slots = family.slots
+        self.pooled = freeze(family.pooled)
+        self.classes = [(name, freeze(t)) for name, t in family.classes.items()]
+
+    @property
+    def log_e(self) -> float:
+        if not self.slots:
+            return self.pooled.log_e
+        per_class = [t.log_e for _, t in self.classes]
+        return family_log_e(self.slots, self.pooled.log_e, per_class)
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    def worst_class(self) -> tuple[str, Frozen] | None:
+        """`PathClassTests.worst_class` as it read at the snapshot."""
+        if not self.classes:
+            return None
+        return max(self.classes, key=lambda kv: kv[1].log_e)
+
+    def ceiling(self) -> float:
+        """See the module docstring; no ceiling (``inf``) for a family holding more classes
+        than slots, which `family_log_e` cannot weigh."""
+        if self.slots and len(self.classes) > self.slots + 1:
+            return math.inf
+        leaves = self.pooled.leaves()
+        if self.slots:
+            for _, t in self.classes:
+                leaves += t.leaves()
+        return ceiling(leaves)
+
+
+class GuardView:
+    """A `RateGuard` at one moment: its components (never written again) and rates."""
+
+    __slots__ = ("ab", "cap", "comps", "g", "started")
+
+    def __init__(self, guard: RateGuard) -> None:
+        self.comps, self.started, self.cap = guard._comps, guard._started, guard.cap
+        self.ab, self.g = guard._ab, guard._log_g
+
+    @property
+    def log_e(self) -> float:
+        return guard_log_e(self.comps, self.started, self.ab, self.g)
+
+    @property
+    def e_value(self) -> float:
+        return _exp(self.log_e)
+
+    @property
+    def requests(self) -> int:
+        """`RateGuard.requests` at the snapshot."""
+        return self.comps[0][1] if self.comps else 0
+
+    def ceiling(self) -> float:
+        """``max(0, max over components and rates of t - g)``: a component's log e-value is a
+        log-mean-exp of its terms ``t = g + x·a + y·b`` with ``g = -log(rates)``, so at most
+        its largest term less ``g``. The terms are the very floats `guard_log_e` makes."""
+        g, ab = self.g, self.ab
+        top = NEG_INF
+        if not ab:  # no alternative rate: every component's e-value is 0
+            return 0.0
+        if len(ab) == 3:
+            (a1, b1), (a2, b2), (a3, b3) = ab
+            for _, n, x in self.comps:
+                y = n - x
+                top = max(top, g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3)
+        else:
+            for _, n, x in self.comps:
+                y = n - x
+                top = max(top, *[g + x * a + y * b for a, b in ab])
+        top -= g
+        if top > 0.0:
+            return top
+        return 0.0 if top <= 0.0 else math.inf
