@@ -277,6 +277,14 @@ class Evidence:
             self, now, samples, tests, tuple(limits.items())
         )
         if tests:
+            # the results still unmade keep what they read, before their tests change
+            kept_error, kept_latency, kept_guard = self._kept
+            if pooled or classes:
+                _detach(kept_error)
+            if slow:
+                _detach(kept_latency)
+            if cand_n:
+                _detach(kept_guard)
             self.error_changes += bool(pooled)
             self.latency_changes += bool(slow)
             if self.errors_test is not None:
@@ -308,6 +316,8 @@ class Evidence:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
+            _detach(self._kept[0])  # (see `fold`)
+            _detach(self._kept[1])
             self.error_changes += 1
             self.latency_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
@@ -492,20 +502,33 @@ class Evidence:
     def _latency_compare(self, name: str) -> LazyResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
         thresholds = tuple(self.thresholds.items())
+        tests = tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
-        key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
-        return self._kept[1].get(key, lambda: self._latency_lazy(name, thresholds))
+        key += tests
+        return self._kept[1].get(key, lambda: self._latency_lazy(name, thresholds, tests))
 
-    def _latency_lazy(self, name: str, thresholds: tuple[tuple[float, float], ...]) -> LazyResult:
+    def _latency_lazy(
+        self,
+        name: str,
+        thresholds: tuple[tuple[float, float], ...],
+        tests: tuple[RecoveringTest, ...],
+    ) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        bar = 1 / self.alpha.latency
-        return latency_result(name, self.latency_tests, thresholds, tolerance, bar)
+        return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
 
     def _latency_result(self, name: str) -> CheckResult:
         """The latency comparison's result now, made (what the tick's kept one reads as)."""
-        return self._latency_lazy(name, tuple(self.thresholds.items())).result()
+        thresholds = tuple(self.thresholds.items())
+        return self._latency_lazy(name, thresholds, tuple(self.latency_tests.values())).result()
 
     def _latency_log_e(self, r0: float = 1.0) -> float:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
         stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
         return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
+
+
+def _detach(kept: Kept[LazyResult]) -> None:
+    """A kept result still unmade takes a snapshot of its tests (`LazyResult.detach`)."""
+    result = kept.value
+    if result is not None:
+        result.detach()

@@ -60,6 +60,61 @@ def ceiling(leaves: Sequence[Sequence[float]]) -> float:
     return 0.0 if top <= 0.0 else math.inf  # a NaN first: no ceiling
 
 
+def leaves_of(test: OneSidedTest) -> list[list[float]]:
+    """A live comparison test's log-likelihood ratios, every component's (for a ceiling)."""
+    if isinstance(test, RecoveringTest):
+        return [t._log_l for _, t in test._comps]
+    if isinstance(test, AttributionTest):
+        return [test._log_l]
+    return [[math.inf]]  # another kind of test: no ceiling
+
+
+def family_ceiling(family: PathClassTests | FrozenFamily) -> float:
+    """A ceiling of a family's log e-value (live or a snapshot); ``inf`` for one holding more
+    classes than slots, which `family_log_e` cannot weigh."""
+    slots = family.slots
+    if isinstance(family, PathClassTests):
+        n_classes = len(family.classes)
+        leaves = leaves_of(family.pooled)
+        if slots:
+            for t in family.classes.values():
+                leaves += leaves_of(t)
+    else:
+        n_classes = len(family.classes)
+        leaves = family.pooled.leaves()
+        if slots:
+            for _, frozen in family.classes:
+                leaves += frozen.leaves()
+    if slots and n_classes > slots + 1:
+        return math.inf
+    return ceiling(leaves)
+
+
+def guard_ceiling(
+    comps: Sequence[tuple[int, int, int]], ab: Sequence[tuple[float, float]], g: float
+) -> float:
+    """A ceiling of `sequential.guard_log_e`: ``max(0, max over components and rates of
+    t - g)``. A component's log e-value is a log-mean-exp of its terms ``t = g + x·a + y·b``
+    (``g = -log(rates)``), so at most its largest term less ``g``; the terms are the very
+    floats `guard_log_e` makes."""
+    if not ab:  # no alternative rate: every component's e-value is 0
+        return 0.0
+    top = NEG_INF
+    if len(ab) == 3:
+        (a1, b1), (a2, b2), (a3, b3) = ab
+        for _, n, x in comps:
+            y = n - x
+            top = max(top, g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3)
+    else:
+        for _, n, x in comps:
+            y = n - x
+            top = max(top, *[g + x * a + y * b for a, b in ab])
+    top -= g
+    if top > 0.0:
+        return top
+    return 0.0 if top <= 0.0 else math.inf
+
+
 def _exp(log_value: float) -> float:
     return math.exp(log_value) if log_value < 700 else math.inf
 
@@ -168,17 +223,6 @@ class FrozenFamily:
             return None
         return max(self.classes, key=lambda kv: kv[1].log_e)
 
-    def ceiling(self) -> float:
-        """See the module docstring; no ceiling (``inf``) for a family holding more classes
-        than slots, which `family_log_e` cannot weigh."""
-        if self.slots and len(self.classes) > self.slots + 1:
-            return math.inf
-        leaves = self.pooled.leaves()
-        if self.slots:
-            for _, t in self.classes:
-                leaves += t.leaves()
-        return ceiling(leaves)
-
 
 class GuardView:
     """A `RateGuard` at one moment: its components (never written again) and rates."""
@@ -203,23 +247,4 @@ class GuardView:
         return self.comps[0][1] if self.comps else 0
 
     def ceiling(self) -> float:
-        """``max(0, max over components and rates of t - g)``: a component's log e-value is a
-        log-mean-exp of its terms ``t = g + x·a + y·b`` with ``g = -log(rates)``, so at most
-        its largest term less ``g``. The terms are the very floats `guard_log_e` makes."""
-        g, ab = self.g, self.ab
-        top = NEG_INF
-        if not ab:  # no alternative rate: every component's e-value is 0
-            return 0.0
-        if len(ab) == 3:
-            (a1, b1), (a2, b2), (a3, b3) = ab
-            for _, n, x in self.comps:
-                y = n - x
-                top = max(top, g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3)
-        else:
-            for _, n, x in self.comps:
-                y = n - x
-                top = max(top, *[g + x * a + y * b for a, b in ab])
-        top -= g
-        if top > 0.0:
-            return top
-        return 0.0 if top <= 0.0 else math.inf
+        return guard_ceiling(self.comps, self.ab, self.g)

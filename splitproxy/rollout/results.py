@@ -16,7 +16,7 @@ has no data); one that may reach it is made at once and judged as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Protocol
 
@@ -26,7 +26,10 @@ from splitproxy.rollout.frozen import (
     FrozenMixture,
     GuardView,
     ceiling,
+    family_ceiling,
     freeze,
+    guard_ceiling,
+    leaves_of,
     surely_below,
 )
 from splitproxy.rollout.messages import CheckKind, CheckResult, Verdict
@@ -47,25 +50,20 @@ class Judged(Protocol):
 
 class LazyResult:
     """A `CheckResult` whose name, kind and verdict are known now and whose numbers and
-    detail are made on the first `result` (then kept)."""
+    detail are made on the first `result` (then kept). This class holds one made at once;
+    the comparisons' and the guard's own kinds below make theirs when read."""
 
-    __slots__ = ("_made", "_make", "kind", "name", "verdict")
+    __slots__ = ("_made", "kind", "name", "verdict")
 
     def __init__(
-        self,
-        name: str,
-        kind: CheckKind,
-        verdict: Verdict,
-        make: Callable[[], CheckResult] | None,
-        made: CheckResult | None = None,
+        self, name: str, kind: CheckKind, verdict: Verdict, made: CheckResult | None = None
     ) -> None:
-        self.name, self.kind, self.verdict = name, kind, verdict
-        self._make, self._made = make, made
+        self.name, self.kind, self.verdict, self._made = name, kind, verdict, made
 
     @classmethod
     def of(cls, result: CheckResult) -> LazyResult:
         """A result made already (its e-value was needed for the verdict)."""
-        return cls(result.name, result.kind, result.verdict, None, result)
+        return cls(result.name, result.kind, result.verdict, result)
 
     @property
     def pending(self) -> bool:
@@ -75,10 +73,21 @@ class LazyResult:
     def result(self) -> CheckResult:
         made = self._made
         if made is None:
-            assert self._make is not None
             made = self._made = self._make()
-            self._make = None  # the snapshot is no longer needed
         return made
+
+    def _make(self) -> CheckResult:
+        raise AssertionError("a result made at once has nothing left to make")
+
+    def detach(self) -> None:
+        """The tests are about to change: a result still unmade keeps a snapshot of them
+        (`frozen`), to be made later as it reads now. (`Evidence.fold` calls it before it
+        updates or restarts a test: the only places they change.)"""
+
+
+class StaleResult(AssertionError):
+    """A lazy result read after its tests changed without a `LazyResult.detach` first: a
+    wrong number would be shown, so nothing is."""
 
 
 def made(result: CheckResult | LazyResult) -> CheckResult:
@@ -111,21 +120,47 @@ def error_result(
 ) -> LazyResult:
     """The error comparison's result: ``test`` against ``bar`` (1/α), ``units`` sticky users
     counted once so far, ``skipped`` errors their full table left out."""
-    family = FrozenFamily(test)
-    if not surely_below(family.ceiling(), bar):
-        return LazyResult.of(_error(name, family, bar, units, skipped))
-    verdict: Verdict = "pass" if family.pooled.events else "no_data"
-    return LazyResult(name, "compare", verdict, lambda: _error(name, family, bar, units, skipped))
+    if not surely_below(family_ceiling(test), bar):
+        return LazyResult.of(_error(name, test, bar, units, skipped))
+    verdict: Verdict = "pass" if test.pooled.events else "no_data"
+    return _LazyError(name, verdict, test, bar, units, skipped)
 
 
-def _error(name: str, family: FrozenFamily, bar: float, units: int, skipped: int) -> CheckResult:
+class _LazyError(LazyResult):
+    __slots__ = ("_bar", "_family", "_skipped", "_units", "_version")
+
+    def __init__(
+        self, name: str, verdict: Verdict, family: PathClassTests, bar: float, units: int,
+        skipped: int,
+    ) -> None:  # fmt: skip
+        super().__init__(name, "compare", verdict)
+        self._family: PathClassTests | FrozenFamily = family
+        self._version = family.state_key()
+        self._bar, self._units, self._skipped = bar, units, skipped
+
+    def detach(self) -> None:
+        family = self._family
+        if self._made is None and isinstance(family, PathClassTests):
+            self._family = FrozenFamily(family)
+
+    def _make(self) -> CheckResult:
+        family = self._family
+        if isinstance(family, PathClassTests) and family.state_key() != self._version:
+            raise StaleResult(self.name)
+        return _error(self.name, family, self._bar, self._units, self._skipped)
+
+
+def _error(
+    name: str, family: PathClassTests | FrozenFamily, bar: float, units: int, skipped: int
+) -> CheckResult:
     e = family.e_value
     detail = ""
     worst = family.worst_class()
     if worst is not None:
         detail = f"worst path class {worst[0]}: e={worst[1].e_value:.3g}"
-    if isinstance(family.pooled, FrozenMixture):  # how much debt the fresh starts shed
-        detail = "; ".join(d for d in (f"pooled {family.pooled.debt()}", detail) if d)
+    pooled = family.pooled
+    if isinstance(pooled, RecoveringTest | FrozenMixture):  # the debt fresh starts shed
+        detail = "; ".join(d for d in (f"pooled {pooled.debt()}", detail) if d)
     if units or skipped:
         detail += f"; sticky users counted once: {units}"
         detail += f" (table full, {skipped} errors left out)" * bool(skipped)
@@ -141,38 +176,63 @@ def _error(name: str, family: FrozenFamily, bar: float, units: int, skipped: int
 
 def latency_result(
     name: str,
-    tests: Mapping[float, RecoveringTest],
+    tests: tuple[RecoveringTest, ...],
     thresholds: tuple[tuple[float, float], ...],
     tolerance: float,
     bar: float,
 ) -> LazyResult:
     """The latency comparison's result: the mean over ``tests`` (one per quantile) against
     ``bar``, with stable's quantiles ``thresholds`` and the check's ``tolerance``."""
-    frozen = [freeze(t) for t in tests.values()]
-    events = sum(t.events for t in frozen)
+    events = sum(t.events for t in tests)
     if not thresholds and not events:
         verdict: Verdict = "no_data"
     else:
-        leaves = [log_l for t in frozen for log_l in t.leaves()]
+        leaves = [log_l for t in tests for log_l in leaves_of(t)]
         if not surely_below(ceiling(leaves), bar):
-            return LazyResult.of(_latency(name, frozen, events, thresholds, tolerance, bar))
+            return LazyResult.of(_latency(name, tests, events, thresholds, tolerance, bar))
         verdict = "pass" if events else "no_data"
+    return _LazyLatency(name, verdict, tests, events, thresholds, tolerance, bar)
 
-    def make() -> CheckResult:
-        return _latency(name, frozen, events, thresholds, tolerance, bar)
 
-    return LazyResult(name, "compare", verdict, make)
+class _LazyLatency(LazyResult):
+    __slots__ = ("_bar", "_events", "_frozen", "_tests", "_thresholds", "_tolerance", "_version")
+
+    def __init__(
+        self, name: str, verdict: Verdict, tests: tuple[RecoveringTest, ...], events: int,
+        thresholds: tuple[tuple[float, float], ...], tolerance: float, bar: float,
+    ) -> None:  # fmt: skip
+        super().__init__(name, "compare", verdict)
+        self._tests = tests
+        self._version = [t.changes for t in tests]
+        self._frozen: list[Frozen] | None = None
+        self._events, self._thresholds, self._tolerance, self._bar = (
+            events, thresholds, tolerance, bar,
+        )  # fmt: skip
+
+    def detach(self) -> None:
+        if self._made is None and self._frozen is None:
+            self._frozen = [freeze(t) for t in self._tests]
+
+    def _make(self) -> CheckResult:
+        tests: Sequence[RecoveringTest | Frozen] | None = self._frozen
+        if tests is None:
+            if [t.changes for t in self._tests] != self._version:
+                raise StaleResult(self.name)
+            tests = self._tests
+        return _latency(
+            self.name, tests, self._events, self._thresholds, self._tolerance, self._bar
+        )
 
 
 def _latency(
     name: str,
-    frozen: Sequence[Frozen],
+    tests: Sequence[RecoveringTest | Frozen],
     events: int,
     thresholds: tuple[tuple[float, float], ...],
     tolerance: float,
     bar: float,
 ) -> CheckResult:
-    log_e = mean_log_e([t.log_e for t in frozen])
+    log_e = mean_log_e([t.log_e for t in tests])
     e = math.exp(log_e) if log_e < 700 else math.inf
     detail = latency_detail(thresholds, tolerance)
     if not thresholds and not events:
@@ -191,16 +251,35 @@ def _latency(
 
 def guard_result(guard: RateGuard, bar: float) -> LazyResult:
     """The guard's result against ``bar`` (1/α of the guard)."""
-    view = GuardView(guard)
-    if not surely_below(view.ceiling(), bar):
-        return LazyResult.of(_guard(view, bar))
-    return LazyResult("guard", "guard", "pass", lambda: _guard(view, bar))
+    if not surely_below(guard_ceiling(guard._comps, guard._ab, guard._log_g), bar):
+        return LazyResult.of(_guard(guard, bar))
+    return _LazyGuard(guard, bar)
 
 
-def _guard(view: GuardView, bar: float) -> CheckResult:
-    e = view.e_value
+class _LazyGuard(LazyResult):
+    __slots__ = ("_bar", "_guard", "_version")
+
+    def __init__(self, guard: RateGuard, bar: float) -> None:
+        super().__init__("guard", "guard", "pass")
+        self._guard: RateGuard | GuardView = guard
+        self._version, self._bar = guard.changes, bar
+
+    def detach(self) -> None:
+        guard = self._guard
+        if self._made is None and isinstance(guard, RateGuard):
+            self._guard = GuardView(guard)
+
+    def _make(self) -> CheckResult:
+        guard = self._guard
+        if isinstance(guard, RateGuard) and guard.changes != self._version:
+            raise StaleResult(self.name)
+        return _guard(guard, self._bar)
+
+
+def _guard(guard: RateGuard | GuardView, bar: float) -> CheckResult:
+    e = guard.e_value
     verdict: Verdict = "fail" if e >= bar else "pass"
     return CheckResult(
-        "guard", "guard", e, None, bar, view.requests, verdict, guard_detail(view.cap), None,
+        "guard", "guard", e, None, bar, guard.requests, verdict, guard_detail(guard.cap), None,
         "error_rate", "e_value",
     )  # fmt: skip

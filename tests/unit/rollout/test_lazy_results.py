@@ -6,8 +6,9 @@ full computation.
 - The ceilings are sound: whenever `surely_below` says an e-value is below its bar, the e-value
   made in floats is below it (bars put right at the e-value included).
 - Over any run of ticks, each tick's lazy results carry the verdict of the evaluation before
-  this change (kept verbatim below) and, made at once, some ticks later or at the end, equal
-  its results in every field.
+  this change (kept verbatim below) and, made at once, after the next tick's fold (as the
+  events of gate answers and commands read them) or at the end, equal its results in every
+  field. (Older ones are held by no one: `Analyzer.checks` holds the latest tick's.)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +27,20 @@ from splitproxy.rollout.frozen import (
     FrozenMixture,
     GuardView,
     ceiling,
+    family_ceiling,
     freeze,
     surely_below,
 )
 from splitproxy.rollout.messages import CheckResult, Sample, Verdict
 from splitproxy.rollout.recovery import RecoveringTest
-from splitproxy.rollout.results import LazyResult, made
+from splitproxy.rollout.results import (
+    LazyResult,
+    StaleResult,
+    error_result,
+    guard_result,
+    latency_result,
+    made,
+)
 from splitproxy.rollout.sequential import (
     AttributionTest,
     PathClassTests,
@@ -121,8 +131,8 @@ def test_a_family_snapshot_is_the_live_family(slots: int, ops: list[Any], mixed:
     assert (worst is None) == (live is None)
     if worst is not None and live is not None:
         assert (worst[0], worst[1].e_value) == (live[0], live[1].e_value)
-    assert surely_below(frozen.ceiling(), 1e300) or frozen.ceiling() == math.inf
-    _sound(frozen.ceiling(), family.log_e)
+    assert family_ceiling(frozen) == family_ceiling(family)
+    _sound(family_ceiling(family), family.log_e)
 
 
 GUARD_OPS = st.lists(st.tuples(st.integers(0, 80), st.integers(0, 20)), max_size=60)
@@ -276,6 +286,9 @@ def test_lazy_results_are_the_full_ones_whenever_read(
         if op == "restore" and e.errors_test is not None:  # as codec.decode does
             data = e.errors_test.to_dict()
             e.errors_test = PathClassTests.from_dict(data, RecoveringTest.from_dict, RecoveringTest)
+        for r, then_result in later:  # the previous tick's, read after this tick's fold
+            assert made(r) == then_result
+        later = []
         _, rest = e.evaluate_deferred(now)
         assert e.errors_test is not None
         assert e.guard is not None
@@ -291,12 +304,13 @@ def test_lazy_results_are_the_full_ones_whenever_read(
                 assert made(r) == then[r.name]
             elif when == "later":
                 later.append((r, then[r.name]))
-    for r, then_result in later:  # read after later ticks moved the tests on
+    for r, then_result in later:
         assert made(r) == then_result
 
 
 def test_checks_append_leaves_the_lazy_results_unmade() -> None:
-    pending = LazyResult("guard", "guard", "pass", lambda: CheckResult(*_GUARD))
+    pending = guard_result(RateGuard(0.05), 1000.0)
+    expected = guard_result(RateGuard(0.05), 1000.0).result()
     checks = Checks()
     window = StepWindow()
     checks.defer(DeferredThresholds(1.0, window, (), 0.01, 0), (pending,), eager=False)
@@ -304,10 +318,36 @@ def test_checks_append_leaves_the_lazy_results_unmade() -> None:
     checks.append(health)
     assert pending.pending
     assert [r.name for r in checks.anytime()] == ["guard", "candidate_health"]
-    assert checks.get() == (CheckResult(*_GUARD), health)
+    assert checks.get() == (expected, health)
     assert not pending.pending
     checks.append(health)  # after the results were made: appended to them
-    assert checks.get() == (CheckResult(*_GUARD), health, health)
+    assert checks.get() == (expected, health, health)
 
 
-_GUARD: tuple[Any, ...] = ("guard", "guard", 0.5, None, 1000.0, 10, "pass", "d")
+def test_a_result_read_after_its_tests_changed_unsnapshotted_refuses() -> None:
+    """The safety net behind `Evidence.fold`'s detaching: a wrong number is never shown."""
+    guard = RateGuard(0.05)
+    result = guard_result(guard, 1000.0)
+    guard.update(10, 0)
+    with pytest.raises(StaleResult):
+        result.result()
+    tests = (RecoveringTest(), RecoveringTest())
+    latency = latency_result("latency_vs_stable", tests, ((0.95, 0.1),), 0.0, 222.0)
+    tests[1].update(0.5, 1, 1)
+    with pytest.raises(StaleResult):
+        latency.result()
+    family = PathClassTests(2, factory=RecoveringTest)
+    errors = error_result("error_rate_vs_stable", family, 222.0, 0, 0)
+    family.update(0.5, 1, 0, "/a")
+    with pytest.raises(StaleResult):
+        errors.result()
+
+
+def test_a_detached_result_reads_as_it_was() -> None:
+    guard = RateGuard(0.05)
+    guard.update(40, 1)
+    result = guard_result(guard, 1000.0)
+    then = guard_result(guard, 1000.0).result()
+    result.detach()
+    guard.update(10, 0)
+    assert result.result() == then
