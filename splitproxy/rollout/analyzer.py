@@ -420,7 +420,7 @@ class Analyzer:
 
     def _window_outcome(self, now: float, step: Step) -> Literal["pass", "hold", "fail"]:
         """The step window's outcome; a failed window counts (and may roll back)."""
-        outcome = self.evidence.window_outcome(now, step, self._checks)
+        outcome = self.evidence.window_outcome(now, step, self._checks.judged())
         if outcome.outcome == "fail":
             self._failure(now, outcome.reason)
         return outcome.outcome

@@ -171,8 +171,8 @@ class DeferredThresholds:
 class Checks:
     """`Analyzer.checks`: a tuple set by hand, or, after a tick, the threshold checks'
     `DeferredThresholds` and the other results (the comparisons' and the guard's numbers made
-    when read, `results`), joined on the first read. Iterating it reads it
-    (`Evidence.window_outcome` does so only past the window's length and size)."""
+    when read, `results`), joined on the first read. Iterating it reads it; the step window's
+    outcome reads `judged` (only past the window's length and size)."""
 
     __slots__ = ("_made", "_pending")
 
@@ -219,6 +219,15 @@ class Checks:
         the comparisons and the guard by their verdicts alone."""
         pending = self._pending
         return pending[1] if pending is not None else self.get()
+
+    def judged(self) -> Sequence[Judged]:
+        """What the step window's outcome reads: the threshold checks' results (made now),
+        then the others, the comparisons and the guard by their verdicts alone (it judges
+        the threshold and external checks only)."""
+        pending = self._pending
+        if pending is None:
+            return self.get()
+        return pending[0].results() + pending[1]
 
     def __iter__(self) -> Iterator[CheckResult]:
         return iter(self.get())

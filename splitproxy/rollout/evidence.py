@@ -62,6 +62,7 @@ from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import CheckResult, Sample
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
 from splitproxy.rollout.results import (
+    Judged,
     LazyResult,
     error_result,
     guard_result,
@@ -416,9 +417,7 @@ class Evidence:
         """The guard's result now, made (what the tick's kept one reads as)."""
         return guard_result(guard, 1 / self.alpha.guard).result()
 
-    def window_outcome(
-        self, now: float, step: Step, checks: Iterable[CheckResult]
-    ) -> WindowOutcome:
+    def window_outcome(self, now: float, step: Step, checks: Iterable[Judged]) -> WindowOutcome:
         """Has the step's window passed (long and large enough, every absolute check in
         ``checks`` passed), must it hold on, or has it failed (``on_no_data: fail`` turns a
         window without data into a failure)?"""

@@ -308,7 +308,7 @@ def test_lazy_results_are_the_full_ones_whenever_read(
         assert made(r) == then_result
 
 
-def test_checks_append_leaves_the_lazy_results_unmade() -> None:
+def test_checks_append_and_judged_leave_the_lazy_results_unmade() -> None:
     pending = guard_result(RateGuard(0.05), 1000.0)
     expected = guard_result(RateGuard(0.05), 1000.0).result()
     checks = Checks()
@@ -318,7 +318,10 @@ def test_checks_append_leaves_the_lazy_results_unmade() -> None:
     checks.append(health)
     assert pending.pending
     assert [r.name for r in checks.anytime()] == ["guard", "candidate_health"]
+    judged = [(r.name, r.kind, r.verdict) for r in checks.judged()]
+    assert pending.pending  # the window's outcome reads the verdicts only
     assert checks.get() == (expected, health)
+    assert judged == [(r.name, r.kind, r.verdict) for r in checks.get()]
     assert not pending.pending
     checks.append(health)  # after the results were made: appended to them
     assert checks.get() == (expected, health, health)
