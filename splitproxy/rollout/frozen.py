@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Final
 
-from splitproxy.rollout.recovery import RecoveringTest, mixture_log_e
+from splitproxy.rollout.recovery import RecoveringTest, log_weight, mixture_log_e
 from splitproxy.rollout.sequential import (
     NEG_INF,
     AttributionTest,
@@ -115,6 +115,31 @@ def guard_ceiling(
     return 0.0 if top <= 0.0 else math.inf
 
 
+# `guard_loose_ceiling` gives up on components with more requests: their products' rounding
+# (a few ulps of numbers up to 2**20 * |log-ratio|) must stay far inside `SLACK`
+_LOOSE_REQUESTS: Final = 2**20
+
+
+def guard_loose_ceiling(
+    comps: Sequence[tuple[int, int, int]], ab: Sequence[tuple[float, float]]
+) -> float:
+    """A looser ceiling of `sequential.guard_log_e`, a third of `guard_ceiling`'s arithmetic:
+    with ``x``, ``y ≥ 0``, ``x·max(a) + y·max(b)`` bounds each rate's ``x·a + y·b``; ``inf``
+    for a component too large for it."""
+    if not ab:
+        return 0.0
+    a_top = max(a for a, _ in ab)
+    b_top = max(b for _, b in ab)
+    top = 0.0
+    for _, n, x in comps:
+        if n > _LOOSE_REQUESTS:
+            return math.inf
+        v = x * a_top + (n - x) * b_top
+        if v > top:
+            top = v
+    return top
+
+
 def _exp(log_value: float) -> float:
     return math.exp(log_value) if log_value < 700 else math.inf
 
@@ -157,10 +182,13 @@ class FrozenMixture:
             out = self._comp_log_es = [attribution_log_e(w, log_l) for _, w, log_l in self.comps]
         return out
 
+    def _weighted(self) -> list[float]:
+        logs = self.comp_log_es()
+        return [log_weight(k) + c for (k, _, _), c in zip(self.comps, logs, strict=True)]
+
     @property
     def log_e(self) -> float:
-        ks = [k for k, _, _ in self.comps]
-        return mixture_log_e(self.started, list(zip(ks, self.comp_log_es(), strict=True)))
+        return mixture_log_e(self.started, self._weighted())
 
     @property
     def e_value(self) -> float:
@@ -169,7 +197,7 @@ class FrozenMixture:
     def debt(self) -> str:
         """`RecoveringTest.debt` as it read at the snapshot."""
         logs = self.comp_log_es()
-        weighted = [_mixture_weight(k) + c for (k, _, _), c in zip(self.comps, logs, strict=True)]
+        weighted = self._weighted()
         best = max(range(len(logs)), key=weighted.__getitem__)  # the first of equals, as `max`
         first = self.comps[0][0] == 1
         head = f"from start e={_exp(logs[0]):.3g}" if first else "start dropped"
@@ -178,10 +206,6 @@ class FrozenMixture:
 
     def leaves(self) -> list[list[float]]:
         return [log_l for _, _, log_l in self.comps]
-
-
-def _mixture_weight(k: int) -> float:
-    return -math.log(k) - math.log(k + 1)  # `recovery._log_weight`, the same operations
 
 
 Frozen = FrozenAttribution | FrozenMixture

@@ -29,6 +29,7 @@ from splitproxy.rollout.frozen import (
     family_ceiling,
     freeze,
     guard_ceiling,
+    guard_loose_ceiling,
     leaves_of,
     surely_below,
 )
@@ -251,7 +252,10 @@ def _latency(
 
 def guard_result(guard: RateGuard, bar: float) -> LazyResult:
     """The guard's result against ``bar`` (1/α of the guard)."""
-    if not surely_below(guard_ceiling(guard._comps, guard._ab, guard._log_g), bar):
+    comps, ab = guard._comps, guard._ab
+    if not surely_below(guard_loose_ceiling(comps, ab), bar) and not surely_below(
+        guard_ceiling(comps, ab, guard._log_g), bar
+    ):
         return LazyResult.of(_guard(guard, bar))
     return _LazyGuard(guard, bar)
 

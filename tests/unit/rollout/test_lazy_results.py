@@ -29,6 +29,7 @@ from splitproxy.rollout.frozen import (
     ceiling,
     family_ceiling,
     freeze,
+    guard_loose_ceiling,
     surely_below,
 )
 from splitproxy.rollout.messages import CheckResult, Sample, Verdict
@@ -163,6 +164,9 @@ def test_a_guard_view_is_the_live_guard_and_its_ceiling_is_sound(
             guard.log_e, guard.e_value, guard.requests,
         )  # fmt: skip
         _sound(view.ceiling(), guard.log_e)
+        loose = guard_loose_ceiling(guard._comps, guard._ab)
+        _sound(loose, guard.log_e)
+        assert loose >= view.ceiling() - 1e-9
     view = GuardView(guard)
     then = (guard.log_e, guard.requests)
     restored = RateGuard.from_dict(guard.to_dict())
@@ -170,6 +174,15 @@ def test_a_guard_view_is_the_live_guard_and_its_ceiling_is_sound(
     for n, x in later:
         guard.update(n + x, x)
     assert (view.log_e, view.requests) == then
+
+
+def test_the_loose_guard_ceiling_gives_up_on_huge_components() -> None:
+    guard = RateGuard(0.05)
+    guard.update(2**20, 0)
+    assert guard_loose_ceiling(guard._comps, guard._ab) == 0.0  # at its size limit
+    guard.update(1, 1)
+    assert guard_loose_ceiling(guard._comps, guard._ab) == math.inf
+    assert GuardView(guard).ceiling() < 3.0  # the tight one answers (log 8: the newest one)
 
 
 def _sound(top: float, log_e: float) -> None:
