@@ -220,14 +220,18 @@ class Checks:
         pending = self._pending
         return pending[1] if pending is not None else self.get()
 
-    def judged(self) -> Sequence[Judged]:
-        """What the step window's outcome reads: the threshold checks' results (made now),
-        then the others, the comparisons and the guard by their verdicts alone (it judges
-        the threshold and external checks only)."""
+    def judged(self) -> Iterator[Judged]:
+        """What the step window's outcome reads: the threshold checks' results, then the
+        others, the comparisons and the guard by their verdicts alone (it judges the
+        threshold and external checks only). A generator: nothing is made, not even the
+        threshold checks' results, unless the outcome gets as far as reading them (a window
+        long and large enough); it reads the results as they are then."""
         pending = self._pending
         if pending is None:
-            return self.get()
-        return pending[0].results() + pending[1]
+            yield from self.get()
+            return
+        yield from pending[0].results()
+        yield from pending[1]
 
     def __iter__(self) -> Iterator[CheckResult]:
         return iter(self.get())

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import Final
 
 from splitproxy.rollout.recovery import RecoveringTest, log_weight, mixture_log_e
@@ -53,11 +54,18 @@ def surely_below(ceiling: float, bar: float) -> bool:
 
 
 def ceiling(leaves: Sequence[Sequence[float]]) -> float:
-    """``max(0, every log-likelihood ratio in leaves)``: see the module docstring."""
-    top = max(map(max, leaves), default=NEG_INF) if all(leaves) else math.inf
-    if top > 0.0:
-        return top
-    return 0.0 if top <= 0.0 else math.inf  # a NaN first: no ceiling
+    """``max(0, every log-likelihood ratio in leaves)``: see the module docstring (``inf``,
+    no ceiling, for an empty list of ratios or one whose ``max`` reads a NaN)."""
+    top = NEG_INF
+    for leaf in leaves:
+        if not leaf:
+            return math.inf
+        m = max(leaf)
+        if not m <= top:  # larger, or a NaN
+            if m != m:
+                return math.inf
+            top = m
+    return top if top > 0.0 else 0.0
 
 
 def leaves_of(test: OneSidedTest) -> list[list[float]]:
@@ -91,7 +99,7 @@ def family_ceiling(family: PathClassTests | FrozenFamily) -> float:
 
 
 def guard_ceiling(
-    comps: Sequence[tuple[int, int, int]], ab: Sequence[tuple[float, float]], g: float
+    comps: Sequence[Sequence[int]], ab: Sequence[tuple[float, float]], g: float
 ) -> float:
     """A ceiling of `sequential.guard_log_e`: ``max(0, max over components and rates of
     t - g)``. A component's log e-value is a log-mean-exp of its terms ``t = g + x·a + y·b``
@@ -121,15 +129,14 @@ _LOOSE_REQUESTS: Final = 2**20
 
 
 def guard_loose_ceiling(
-    comps: Sequence[tuple[int, int, int]], ab: Sequence[tuple[float, float]]
+    comps: Sequence[Sequence[int]], ab: tuple[tuple[float, float], ...]
 ) -> float:
     """A looser ceiling of `sequential.guard_log_e`, a third of `guard_ceiling`'s arithmetic:
     with ``x``, ``y ≥ 0``, ``x·max(a) + y·max(b)`` bounds each rate's ``x·a + y·b``; ``inf``
     for a component too large for it."""
     if not ab:
         return 0.0
-    a_top = max(a for a, _ in ab)
-    b_top = max(b for _, b in ab)
+    a_top, b_top = _tops(ab)
     top = 0.0
     for _, n, x in comps:
         if n > _LOOSE_REQUESTS:
@@ -138,6 +145,28 @@ def guard_loose_ceiling(
         if v > top:
             top = v
     return top
+
+
+@lru_cache(maxsize=64)
+def _tops(ab: tuple[tuple[float, float], ...]) -> tuple[float, float]:
+    return max(a for a, _ in ab), max(b for _, b in ab)
+
+
+def mixtures_ceiling(tests: Sequence[OneSidedTest]) -> float:
+    """`ceiling` of the tests' log-likelihood ratios, read in place (no list is made: the
+    tick asks for the latency comparison's every time its tests change)."""
+    top = NEG_INF
+    for test in tests:
+        if isinstance(test, RecoveringTest):
+            for _, t in test._comps:
+                m = max(t._log_l)
+                if not m <= top:  # larger, or a NaN: no ceiling
+                    if m != m:
+                        return math.inf
+                    top = m
+        else:
+            return ceiling(leaves_of(test))
+    return top if top > 0.0 else 0.0
 
 
 def _exp(log_value: float) -> float:
@@ -249,13 +278,19 @@ class FrozenFamily:
 
 
 class GuardView:
-    """A `RateGuard` at one moment: its components (never written again) and rates."""
+    """A `RateGuard` at one moment: its components ``(k, requests, errors)``, copied flat
+    (one tuple: the guard adds to its components in place), and its rates."""
 
-    __slots__ = ("ab", "cap", "comps", "g", "started")
+    __slots__ = ("ab", "cap", "flat", "g", "started")
 
     def __init__(self, guard: RateGuard) -> None:
-        self.comps, self.started, self.cap = guard._comps, guard._started, guard.cap
-        self.ab, self.g = guard._ab, guard._log_g
+        self.flat = tuple(chain.from_iterable(guard._comps))
+        self.started, self.cap, self.ab, self.g = guard._started, guard.cap, guard._ab, guard._log_g
+
+    @property
+    def comps(self) -> list[tuple[int, ...]]:
+        flat = self.flat
+        return [flat[i : i + 3] for i in range(0, len(flat), 3)]
 
     @property
     def log_e(self) -> float:
@@ -268,7 +303,7 @@ class GuardView:
     @property
     def requests(self) -> int:
         """`RateGuard.requests` at the snapshot."""
-        return self.comps[0][1] if self.comps else 0
+        return self.flat[1] if self.flat else 0
 
     def ceiling(self) -> float:
         return guard_ceiling(self.comps, self.ab, self.g)

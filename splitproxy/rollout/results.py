@@ -25,12 +25,11 @@ from splitproxy.rollout.frozen import (
     FrozenFamily,
     FrozenMixture,
     GuardView,
-    ceiling,
     family_ceiling,
     freeze,
     guard_ceiling,
     guard_loose_ceiling,
-    leaves_of,
+    mixtures_ceiling,
     surely_below,
 )
 from splitproxy.rollout.messages import CheckKind, CheckResult, Verdict
@@ -184,12 +183,13 @@ def latency_result(
 ) -> LazyResult:
     """The latency comparison's result: the mean over ``tests`` (one per quantile) against
     ``bar``, with stable's quantiles ``thresholds`` and the check's ``tolerance``."""
-    events = sum(t.events for t in tests)
+    events = 0
+    for t in tests:
+        events += t.events
     if not thresholds and not events:
         verdict: Verdict = "no_data"
     else:
-        leaves = [log_l for t in tests for log_l in leaves_of(t)]
-        if not surely_below(ceiling(leaves), bar):
+        if not surely_below(mixtures_ceiling(tests), bar):
             return LazyResult.of(_latency(name, tests, events, thresholds, tolerance, bar))
         verdict = "pass" if events else "no_data"
     return _LazyLatency(name, verdict, tests, events, thresholds, tolerance, bar)
@@ -204,7 +204,7 @@ class _LazyLatency(LazyResult):
     ) -> None:  # fmt: skip
         super().__init__(name, "compare", verdict)
         self._tests = tests
-        self._version = [t.changes for t in tests]
+        self._version = _changes(tests)
         self._frozen: list[Frozen] | None = None
         self._events, self._thresholds, self._tolerance, self._bar = (
             events, thresholds, tolerance, bar,
@@ -217,12 +217,20 @@ class _LazyLatency(LazyResult):
     def _make(self) -> CheckResult:
         tests: Sequence[RecoveringTest | Frozen] | None = self._frozen
         if tests is None:
-            if [t.changes for t in self._tests] != self._version:
+            if _changes(self._tests) != self._version:
                 raise StaleResult(self.name)
             tests = self._tests
         return _latency(
             self.name, tests, self._events, self._thresholds, self._tolerance, self._bar
         )
+
+
+def _changes(tests: tuple[RecoveringTest, ...]) -> int:
+    """The tests' change counters summed: they only grow, so an equal sum is no change."""
+    total = 0
+    for t in tests:
+        total += t.changes
+    return total
 
 
 def _latency(

@@ -437,10 +437,8 @@ class RateGuard:
         self._ab = tuple((math.log(q / cap), math.log((1 - q) / (1 - cap))) for q in self.rates)
         self._log_g = -math.log(len(self.rates)) if self.rates else 0.0
         self._started = 0  # components started so far (k of the newest)
-        # per component: (k, requests since it started, errors since it started); the list
-        # and its tuples are never written again, only replaced, so a result made later
-        # reads them as they were (`frozen.GuardView`)
-        self._comps: list[tuple[int, int, int]] = []
+        # per component: [k, requests since it started, errors since it started]
+        self._comps: list[list[int]] = []
         self.changes = 0  # counts the updates: what a memo of a result is keyed on
 
     def update(self, requests: int, errors: int) -> None:
@@ -449,16 +447,16 @@ class RateGuard:
         if requests == 0:
             return
         self.changes += 1
-        comps = self._comps
-        if not comps or comps[-1][1] >= self.block:
+        if not self._comps or self._comps[-1][1] >= self.block:
             self._started += 1
-            comps = [*comps, (self._started, 0, 0)]
-        comps = [(k, n + requests, x + errors) for k, n, x in comps]
-        if len(comps) > self.keep:
-            newest = comps[-1]
-            rest = sorted(comps[:-1], key=self._comp_log_e, reverse=True)
-            comps = [*sorted(rest[: self.keep - 1], key=lambda c: c[0]), newest]
-        self._comps = comps
+            self._comps.append([self._started, 0, 0])
+        for comp in self._comps:
+            comp[1] += requests
+            comp[2] += errors
+        if len(self._comps) > self.keep:
+            newest = self._comps[-1]
+            rest = sorted(self._comps[:-1], key=self._comp_log_e, reverse=True)
+            self._comps = [*sorted(rest[: self.keep - 1], key=lambda c: c[0]), newest]
 
     def _comp_log_e(self, comp: Sequence[int]) -> float:
         k, n, x = comp[0], comp[1], comp[2]
@@ -499,12 +497,12 @@ class RateGuard:
             guard._ab = tuple((math.log(q / cap), math.log((1 - q) / (1 - cap))) for q in rates)
             guard._log_g = -math.log(len(rates)) if rates else 0.0
         guard._started = int(data.get("started", 0))
-        guard._comps = [(int(k), int(n), int(x)) for k, n, x in data.get("components", ())]
+        guard._comps = [[int(v) for v in c] for c in data.get("components", ())]
         return guard
 
 
 def guard_log_e(
-    comps: Sequence[tuple[int, int, int]],
+    comps: Sequence[Sequence[int]],
     started: int,
     ab: Sequence[tuple[float, float]],
     g: float,

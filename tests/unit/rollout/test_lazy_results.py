@@ -30,6 +30,7 @@ from splitproxy.rollout.frozen import (
     family_ceiling,
     freeze,
     guard_loose_ceiling,
+    mixtures_ceiling,
     surely_below,
 )
 from splitproxy.rollout.messages import CheckResult, Sample, Verdict
@@ -200,6 +201,9 @@ def _sound(top: float, log_e: float) -> None:
 def test_a_mixture_ceiling_is_sound(ops: list[Any], keep: int) -> None:
     test = _mixture(ops, keep)
     _sound(ceiling(freeze(test).leaves()), test.log_e)
+    other = _mixture(ops[::-1], keep)
+    both = [*freeze(test).leaves(), *freeze(other).leaves()]
+    assert mixtures_ceiling((test, other)) == ceiling(both)  # read in place, the same
 
 
 @given(st.lists(st.lists(st.floats(allow_nan=True), min_size=1, max_size=8), max_size=4))
@@ -326,12 +330,15 @@ def test_checks_append_and_judged_leave_the_lazy_results_unmade() -> None:
     expected = guard_result(RateGuard(0.05), 1000.0).result()
     checks = Checks()
     window = StepWindow()
-    checks.defer(DeferredThresholds(1.0, window, (), 0.01, 0), (pending,), eager=False)
+    deferred = DeferredThresholds(1.0, window, (), 0.01, 0)
+    checks.defer(deferred, (pending,), eager=False)
     health = CheckResult("candidate_health", "health", 3.0, None, 10.0, 0, "pass")
     checks.append(health)
     assert pending.pending
     assert [r.name for r in checks.anytime()] == ["guard", "candidate_health"]
-    judged = [(r.name, r.kind, r.verdict) for r in checks.judged()]
+    judging = checks.judged()
+    assert deferred.pending  # nothing made until the outcome reads it
+    judged = [(r.name, r.kind, r.verdict) for r in judging]
     assert pending.pending  # the window's outcome reads the verdicts only
     assert checks.get() == (expected, health)
     assert judged == [(r.name, r.kind, r.verdict) for r in checks.get()]
