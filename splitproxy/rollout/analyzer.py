@@ -207,7 +207,10 @@ class Analyzer:
             window = evidence.window
             window.start = min(now, window.start + readiness.unserved(now, elapsed, health))
         judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
-        evidence.fold(now, observation.samples, tests=judging)
+        # the previous tick's results are read after the fold only by the events of gate
+        # answers, test jobs and commands (below, before this tick's `_defer_checks`)
+        read_after = bool(observation.gates or observation.tests or observation.commands)
+        evidence.fold(now, observation.samples, tests=judging, read_after=read_after)
         shadow.fold(self, observation.mirror, judging)
         ab.fold(self, now, observation.ab, fresh)
         evidence.record_external(now, observation.external)

@@ -259,15 +259,24 @@ class Evidence:
 
     # --- what comes in ------------------------------------------------------------------------
 
-    def fold(self, now: float, samples: Sequence[Sample], *, tests: bool) -> None:
+    def fold(
+        self, now: float, samples: Sequence[Sample], *, tests: bool, read_after: bool = True
+    ) -> None:
         """Take one tick's traffic. Stable's history always grows; with ``tests``, the
         candidate's window and the e-processes are updated too (not on the tick a rollout
         starts: those requests were routed under the previous regime). The latency
-        thresholds used are stable's trailing quantiles from before this tick."""
+        thresholds used are stable's trailing quantiles from before this tick.
+
+        ``read_after``: the latest evaluation's comparisons and guard may still be read after
+        this fold, so those still unmade first take a snapshot of the tests it changes
+        (`results.LazyResult.detach`). False leaves them to go stale unread (read all the
+        same, they raise `results.StaleResult`): the analyzer's tick, when no event of its
+        own can read them before its next evaluation."""
         self.thresholds = thresholds = self._latency_thresholds()
+        keep = tests and read_after
         if tests:
             self.detach()
-            self._restart_due(now)
+            self._restart_due(now, keep)
         # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
         limits = (
@@ -277,7 +286,7 @@ class Evidence:
         cand_n, _, cand_gx, stab_n, stab_x, stab_gx, stable_latency, pooled, classes, slow = tally(
             self, now, samples, tests, tuple(limits.items())
         )
-        if tests:
+        if keep:
             # the results still unmade keep what they read, before their tests change
             kept_error, kept_latency, kept_guard = self._kept
             if pooled or classes:
@@ -286,6 +295,7 @@ class Evidence:
                 _detach(kept_latency)
             if cand_n:
                 _detach(kept_guard)
+        if tests:
             self.error_changes += bool(pooled)
             self.latency_changes += bool(slow)
             if self.errors_test is not None:
@@ -310,15 +320,16 @@ class Evidence:
         if deferred is not None:
             deferred.detach()
 
-    def _restart_due(self, now: float) -> None:
+    def _restart_due(self, now: float, keep: bool) -> None:
         """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
         component (`recovery.RecoveringTest`): evidence debt is not carried for ever."""
         if self.restart_at is None:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
-            _detach(self._kept[0])  # (see `fold`)
-            _detach(self._kept[1])
+            if keep:  # (see `fold`)
+                _detach(self._kept[0])
+                _detach(self._kept[1])
             self.error_changes += 1
             self.latency_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []

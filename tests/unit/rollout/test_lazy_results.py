@@ -374,3 +374,26 @@ def test_a_detached_result_reads_as_it_was() -> None:
     result.detach()
     guard.update(10, 0)
     assert result.result() == then
+
+
+def test_a_fold_with_no_reader_after_it_leaves_the_results_to_go_stale() -> None:
+    """`Evidence.fold(read_after=False)` takes no snapshot: a result of the previous
+    evaluation read all the same refuses (`StaleResult`) instead of showing new numbers;
+    with a reader after it (the default), it reads as it was."""
+    for read_after in (False, True):
+        e = Evidence(spec(checks=CHECKS), path_class_slots=2)
+        e.fresh_tests()
+        e.fold(
+            1.0, [Sample("candidate", 20, 1, 0.5, "/a"), Sample("stable", 20, 0, 0.5)], tests=True
+        )
+        _, rest = e.evaluate_deferred(1.0)
+        guard = next(r for r in rest if r.name == "guard")
+        assert isinstance(guard, LazyResult)
+        assert guard.pending
+        then = _guard_then(e, e.guard)  # type: ignore[arg-type]
+        e.fold(2.0, [Sample("candidate", 20, 0, 0.5, "/a")], tests=True, read_after=read_after)
+        if read_after:
+            assert guard.result() == then
+        else:
+            with pytest.raises(StaleResult):
+                guard.result()
