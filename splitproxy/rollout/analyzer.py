@@ -207,7 +207,10 @@ class Analyzer:
             window = evidence.window
             window.start = min(now, window.start + readiness.unserved(now, elapsed, health))
         judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
-        evidence.fold(now, observation.samples, tests=judging)
+        # the previous tick's results are read after the fold only by the events of gate
+        # answers, test jobs and commands (below, before this tick's `_defer_checks`)
+        read_after = bool(observation.gates or observation.tests or observation.commands)
+        evidence.fold(now, observation.samples, tests=judging, read_after=read_after)
         shadow.fold(self, observation.mirror, judging)
         ab.fold(self, now, observation.ab, fresh)
         evidence.record_external(now, observation.external)
@@ -393,7 +396,7 @@ class Analyzer:
         timeout = spec.unhealthy_timeout
         result = readiness.check(now, self.health, timeout)
         if result is not None:
-            self.checks += (result,)
+            self._checks.append(result)
         if readiness.strike(now, self.health, timeout) and result is not None:
             since = readiness.unhealthy_since
             self._failure(now, f"candidate unavailable since t={since:g} for {result.value:g}s")
@@ -420,7 +423,7 @@ class Analyzer:
 
     def _window_outcome(self, now: float, step: Step) -> Literal["pass", "hold", "fail"]:
         """The step window's outcome; a failed window counts (and may roll back)."""
-        outcome = self.evidence.window_outcome(now, step, self._checks)
+        outcome = self.evidence.window_outcome(now, step, self._checks.judged())
         if outcome.outcome == "fail":
             self._failure(now, outcome.reason)
         return outcome.outcome

@@ -34,6 +34,8 @@ from splitproxy.rollout.messages import (
     bounded_verdict,
     metric_unit,
 )
+from splitproxy.rollout.results import Judged, LazyResult
+from splitproxy.rollout.results import made as made_now
 from splitproxy.rollout.thresholds import shown_above, window_alpha
 
 if TYPE_CHECKING:
@@ -168,41 +170,68 @@ class DeferredThresholds:
 
 class Checks:
     """`Analyzer.checks`: a tuple set by hand, or, after a tick, the threshold checks'
-    `DeferredThresholds` and the other results (made on their tick), joined on the first read.
-    Iterating it reads it (`Evidence.window_outcome` does so only past the window's length and
-    size)."""
+    `DeferredThresholds` and the other results (the comparisons' and the guard's numbers made
+    when read, `results`), joined on the first read. Iterating it reads it; the step window's
+    outcome reads `judged` (only past the window's length and size)."""
 
     __slots__ = ("_made", "_pending")
 
     def __init__(self) -> None:
         self._made: tuple[CheckResult, ...] | None = ()
-        self._pending: tuple[DeferredThresholds, tuple[CheckResult, ...]] | None = None
+        self._pending: tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]] | None
+        self._pending = None
 
     def get(self) -> tuple[CheckResult, ...]:
         made = self._made
         if made is None:
             assert self._pending is not None
             thresholds, rest = self._pending
-            made = self._made = thresholds.results() + rest
+            made = self._made = thresholds.results() + tuple([made_now(r) for r in rest])
             self._pending = None
         return made
 
     def set(self, value: tuple[CheckResult, ...]) -> None:
         self._made, self._pending = value, None
 
+    def append(self, result: CheckResult) -> None:
+        """One more result after the others (the candidate's health), nothing made for it."""
+        pending = self._pending
+        if pending is None:
+            self.set((*self.get(), result))
+        else:
+            self._pending = (pending[0], (*pending[1], result))
+
     def defer(
-        self, thresholds: DeferredThresholds, rest: tuple[CheckResult, ...], *, eager: bool
+        self,
+        thresholds: DeferredThresholds,
+        rest: tuple[CheckResult | LazyResult, ...],
+        *,
+        eager: bool,
     ) -> None:
         """The tick's results: ``thresholds`` first, then ``rest`` (made now if ``eager``)."""
         self._made, self._pending = None, (thresholds, rest)
         if eager:
             self.get()
 
-    def anytime(self) -> tuple[CheckResult, ...]:
+    def anytime(self) -> Sequence[Judged]:
         """The results the anytime decisions read: all but the threshold checks' while those
-        are unmade (none of them is a comparison; one named like the guard is made at once)."""
+        are unmade (none of them is a comparison; one named like the guard is made at once),
+        the comparisons and the guard by their verdicts alone."""
         pending = self._pending
         return pending[1] if pending is not None else self.get()
+
+    def judged(self) -> Iterator[Judged]:
+        """What the step window's outcome reads: the threshold checks' results, then the
+        others, the comparisons and the guard by their verdicts alone (it judges the
+        threshold and external checks only). A generator: nothing is made, not even the
+        threshold checks' results, unless the outcome gets as far as reading them (a window
+        long and large enough); it reads the results as they are then."""
+        pending = self._pending
+        if pending is None:
+            yield from self.get()
+            return
+        yield from pending[0].results()
+        yield from pending[1]
 
     def __iter__(self) -> Iterator[CheckResult]:
         return iter(self.get())

@@ -45,7 +45,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final, Literal
 
 from splitproxy.config import (
@@ -60,12 +59,18 @@ from splitproxy.config import (
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.deferred import DeferredThresholds, bounded
 from splitproxy.rollout.kept import Kept
-from splitproxy.rollout.messages import (
-    CheckResult,
-    Sample,
-    Verdict,
-)
+from splitproxy.rollout.messages import CheckResult, Sample
 from splitproxy.rollout.recovery import RESTART_EVERY, RecoveringTest
+from splitproxy.rollout.results import (
+    Judged,
+    LazyResult,
+    error_result,
+    guard_result,
+    latency_result,
+    made,
+)
+from splitproxy.rollout.results import guard_detail as guard_detail  # (where they were)
+from splitproxy.rollout.results import latency_detail as latency_detail
 from splitproxy.rollout.sequential import (
     AlphaSplit,
     PathClassTests,
@@ -91,23 +96,6 @@ Outcome = Literal["pass", "hold", "fail"]
 def min_threshold_requests(q: float) -> int:
     """Stable requests needed before its q-quantile is a usable latency threshold."""
     return math.ceil(20 / (1 - q))
-
-
-@lru_cache(maxsize=256, typed=True)
-def latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
-    """The latency comparison's detail text. Made once per set of stable's quantiles: they
-    are bucket bounds and move seldom, while the result is remade on nearly every tick."""
-    detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds)
-    if thresholds and tolerance:
-        detail += f", slow beyond +{tolerance * 100:g}%"
-    return detail
-
-
-@lru_cache(maxsize=64, typed=True)
-def guard_detail(cap: float) -> str:
-    """The guard's detail text, made once per cap (its result is remade on every tick with a
-    candidate request)."""
-    return f"candidate error rate far above {cap:g}"
 
 
 def step_needs(spec: Rollout, step: Step) -> tuple[float, int]:
@@ -184,7 +172,7 @@ class Evidence:
         self.thresholds: dict[float, float] = {}
         self._needs: tuple[CompareCheck | None, tuple[tuple[float, int], ...]] = (None, ())
         # the comparisons' and the guard's latest results, kept while their inputs do not change
-        self._kept: tuple[Kept[CheckResult], Kept[CheckResult], Kept[CheckResult]] = (
+        self._kept: tuple[Kept[LazyResult], Kept[LazyResult], Kept[LazyResult]] = (
             Kept(), Kept(), Kept()
         )  # fmt: skip
         # count the updates and fresh starts of the error and the latency comparisons'
@@ -271,15 +259,24 @@ class Evidence:
 
     # --- what comes in ------------------------------------------------------------------------
 
-    def fold(self, now: float, samples: Sequence[Sample], *, tests: bool) -> None:
+    def fold(
+        self, now: float, samples: Sequence[Sample], *, tests: bool, read_after: bool = True
+    ) -> None:
         """Take one tick's traffic. Stable's history always grows; with ``tests``, the
         candidate's window and the e-processes are updated too (not on the tick a rollout
         starts: those requests were routed under the previous regime). The latency
-        thresholds used are stable's trailing quantiles from before this tick."""
+        thresholds used are stable's trailing quantiles from before this tick.
+
+        ``read_after``: the latest evaluation's comparisons and guard may still be read after
+        this fold, so those still unmade first take a snapshot of the tests it changes
+        (`results.LazyResult.detach`). False leaves them to go stale unread (read all the
+        same, they raise `results.StaleResult`): the analyzer's tick, when no event of its
+        own can read them before its next evaluation."""
         self.thresholds = thresholds = self._latency_thresholds()
+        keep = tests and read_after
         if tests:
             self.detach()
-            self._restart_due(now)
+            self._restart_due(now, keep)
         # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
         limits = (
@@ -289,6 +286,15 @@ class Evidence:
         cand_n, _, cand_gx, stab_n, stab_x, stab_gx, stable_latency, pooled, classes, slow = tally(
             self, now, samples, tests, tuple(limits.items())
         )
+        if keep:
+            # the results still unmade keep what they read, before their tests change
+            kept_error, kept_latency, kept_guard = self._kept
+            if pooled or classes:
+                _detach(kept_error)
+            if slow:
+                _detach(kept_latency)
+            if cand_n:
+                _detach(kept_guard)
         if tests:
             self.error_changes += bool(pooled)
             self.latency_changes += bool(slow)
@@ -314,13 +320,16 @@ class Evidence:
         if deferred is not None:
             deferred.detach()
 
-    def _restart_due(self, now: float) -> None:
+    def _restart_due(self, now: float, keep: bool) -> None:
         """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
         component (`recovery.RecoveringTest`): evidence debt is not carried for ever."""
         if self.restart_at is None:
             self.restart_at = now + RESTART_EVERY
         elif now >= self.restart_at:
             self.restart_at = now + RESTART_EVERY
+            if keep:  # (see `fold`)
+                _detach(self._kept[0])
+                _detach(self._kept[1])
             self.error_changes += 1
             self.latency_changes += 1
             errors = self.errors_test.tests() if self.errors_test is not None else []
@@ -371,7 +380,7 @@ class Evidence:
         """Every check of the spec as it stands at ``now``, in the spec's order of kinds:
         thresholds, external checks, the comparisons, the guard."""
         thresholds, rest = self.evaluate_deferred(now)
-        return thresholds.results() + rest
+        return thresholds.results() + tuple([made(r) for r in rest])
 
     @property
     def unshown(self) -> set[str]:
@@ -380,10 +389,12 @@ class Evidence:
         deferred = self._deferred
         return deferred.unshown() if deferred is not None else set()
 
-    def evaluate_deferred(self, now: float) -> tuple[DeferredThresholds, tuple[CheckResult, ...]]:
-        """`evaluate`, with the threshold checks' results made only when read (`deferred`):
-        ``(thresholds, the others)``; the tick's path (they decide nothing until the step's
-        window is long and large enough)."""
+    def evaluate_deferred(
+        self, now: float
+    ) -> tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]]:
+        """`evaluate`, with the threshold checks' results made only when read (`deferred`)
+        and the comparisons' and the guard's numbers too (`results`: their verdicts are
+        known at once): ``(thresholds, the others)``; the tick's path."""
         self.detach()  # the previous results may still be read, once this window changed
         deferred = self._deferred = DeferredThresholds(
             now,
@@ -393,7 +404,8 @@ class Evidence:
             self.windows_judged,
             self.threshold_latency,
         )
-        out = [self._external_check(c) for c in self.external_checks]
+        out: list[CheckResult | LazyResult] = []
+        out += [self._external_check(c) for c in self.external_checks]
         base = self.baseline
         if base is not None:  # blue/green bake: against stable's numbers before the switch
             if self.error_compare is not None:
@@ -409,21 +421,14 @@ class Evidence:
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             key = (guard, guard.changes, self.alpha.guard)
-            out.append(self._kept[2].get(key, lambda: self._guard_result(guard)))
+            out.append(self._kept[2].get(key, lambda: guard_result(guard, 1 / self.alpha.guard)))
         return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
-        bar, e = 1 / self.alpha.guard, guard.e_value
-        verdict: Verdict = "fail" if e >= bar else "pass"
-        detail = guard_detail(guard.cap)
-        return CheckResult(
-            "guard", "guard", e, None, bar, guard.requests, verdict, detail, None, "error_rate",
-            "e_value",
-        )  # fmt: skip
+        """The guard's result now, made (what the tick's kept one reads as)."""
+        return guard_result(guard, 1 / self.alpha.guard).result()
 
-    def window_outcome(
-        self, now: float, step: Step, checks: Iterable[CheckResult]
-    ) -> WindowOutcome:
+    def window_outcome(self, now: float, step: Step, checks: Iterable[Judged]) -> WindowOutcome:
         """Has the step's window passed (long and large enough, every absolute check in
         ``checks`` passed), must it hold on, or has it failed (``on_no_data: fail`` turns a
         window without data into a failure)?"""
@@ -489,59 +494,51 @@ class Evidence:
             low, high = 1.0, None
         return bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
-    def _error_compare(self, name: str, test: PathClassTests) -> CheckResult:
+    def _error_compare(self, name: str, test: PathClassTests) -> LazyResult:
         # Most ticks bring the comparison no new event: the result (its e-values and detail
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
         key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
-        return self._kept[0].get(key, lambda: self._error_result(name, test))
+        return self._kept[0].get(key, lambda: self._error_lazy(name, test))
+
+    def _error_lazy(self, name: str, test: PathClassTests) -> LazyResult:
+        units = self.units
+        return error_result(name, test, 1 / self.alpha.error, len(units), units.skipped)
 
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
-        bar = 1 / self.alpha.error
-        e = test.e_value
-        detail = ""
-        worst = test.worst_class()
-        if worst is not None:
-            detail = f"worst path class {worst[0]}: e={worst[1].e_value:.3g}"
-        if isinstance(test.pooled, RecoveringTest):  # how much debt the fresh starts shed
-            detail = "; ".join(d for d in (f"pooled {test.pooled.debt()}", detail) if d)
-        if len(self.units) or self.units.skipped:
-            detail += f"; sticky users counted once: {len(self.units)}"
-            detail += f" (table full, {self.units.skipped} errors left out)" * bool(
-                self.units.skipped
-            )
-        events = test.pooled.events
-        verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
-        return CheckResult(
-            name, "compare", e, None, bar, events, verdict, detail, None, "error_rate", "e_value"
-        )
+        """The error comparison's result now, made (what the tick's kept one reads as)."""
+        return self._error_lazy(name, test).result()
 
-    def _latency_compare(self, name: str) -> CheckResult:
+    def _latency_compare(self, name: str) -> LazyResult:
         # kept, like the error comparison's, while neither the thresholds nor a test changed
         thresholds = tuple(self.thresholds.items())
+        tests = tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
-        key += tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
-        return self._kept[1].get(key, lambda: self._latency_result(name))
+        key += tests
+        return self._kept[1].get(key, lambda: self._latency_lazy(name, thresholds, tests))
+
+    def _latency_lazy(
+        self,
+        name: str,
+        thresholds: tuple[tuple[float, float], ...],
+        tests: tuple[RecoveringTest, ...],
+    ) -> LazyResult:
+        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
+        return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
 
     def _latency_result(self, name: str) -> CheckResult:
-        thresholds = self.thresholds
-        bar = 1 / self.alpha.latency
-        log_e = self._latency_log_e()
-        e = math.exp(log_e) if log_e < 700 else math.inf
-        events = sum(t.events for t in self.latency_tests.values())
-        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        detail = latency_detail(tuple(thresholds.items()), tolerance)
-        if not thresholds and not events:
-            detail = "stable history too short"
-            return CheckResult(
-                name, "compare", e, None, bar, 0, "no_data", detail, None, "latency", "e_value"
-            )
-        verdict: Verdict = "fail" if e >= bar else ("pass" if events else "no_data")
-        return CheckResult(
-            name, "compare", e, None, bar, events, verdict, detail, None, "latency", "e_value"
-        )
+        """The latency comparison's result now, made (what the tick's kept one reads as)."""
+        thresholds = tuple(self.thresholds.items())
+        return self._latency_lazy(name, thresholds, tuple(self.latency_tests.values())).result()
 
     def _latency_log_e(self, r0: float = 1.0) -> float:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
         stable's" (the mean over quantiles; at ``r0 = 1``, the one `_latency_compare` judges)."""
         return mean_log_e([t.log_e_at(r0) for t in self.latency_tests.values()])
+
+
+def _detach(kept: Kept[LazyResult]) -> None:
+    """A kept result still unmade takes a snapshot of its tests (`LazyResult.detach`)."""
+    result = kept.value
+    if result is not None:
+        result.detach()

@@ -31,3 +31,8 @@ class Kept(Generic[T]):
             value = self._value = make()
             self._key = key
         return value
+
+    @property
+    def value(self) -> T | None:
+        """The kept value (None before the first `get`)."""
+        return self._value

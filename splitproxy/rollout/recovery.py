@@ -47,6 +47,19 @@ def _log_weight(k: int) -> float:
     return -math.log(k) - math.log(k + 1)
 
 
+def mixture_log_e(started: int, parts: list[float]) -> float:
+    """A mixture's log e-value from its carried components' weighted log e-values (``parts``:
+    ``log_weight(k) + log_e`` each, extended here), ``started`` components started so far
+    (those not started yet count at their prior weight, value 1)."""
+    parts.append(math.log(1.0 / (started + 1)))  # Σ_{k > started} 1/(k(k+1))
+    return logsumexp(parts)
+
+
+def log_weight(k: int) -> float:
+    """Component ``k``'s log prior weight, ``log(1/(k(k+1)))``."""
+    return _log_weight(k)
+
+
 class RecoveringTest:
     """A mixture over start times of `AttributionTest` (see the module docstring).
 
@@ -106,18 +119,15 @@ class RecoveringTest:
         return self._log_e_at(r0)
 
     def _log_e_at(self, r0: float) -> float:
-        unstarted = math.log(1.0 / (self._started + 1))  # Σ_{k > started} 1/(k(k+1))
         parts = [_log_weight(k) + t.log_e_at(r0) for k, t in self._comps]
-        parts.append(unstarted)
-        return logsumexp(parts)
+        return mixture_log_e(self._started, parts)
 
     @property
     def log_e(self) -> float:
         cached = self._log_e
         if cached is None:  # `_log_e_at(1.0)`, each component's `log_e_at(1.0)` its `log_e`
             parts = [_log_weight(k) + t.log_e for k, t in self._comps]
-            parts.append(math.log(1.0 / (self._started + 1)))
-            cached = self._log_e = logsumexp(parts)
+            cached = self._log_e = mixture_log_e(self._started, parts)
         return cached
 
     @property
@@ -199,4 +209,4 @@ class RecoveringTest:
         return out
 
 
-__all__ = ["KEEP", "RESTART_EVERY", "RecoveringTest"]
+__all__ = ["KEEP", "RESTART_EVERY", "RecoveringTest", "log_weight", "mixture_log_e"]

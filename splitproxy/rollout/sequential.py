@@ -76,6 +76,11 @@ def logsumexp(values: Iterable[float]) -> float:
     return top + math.log(math.fsum([exp(v - top) for v in vs]))
 
 
+def attribution_log_e(log_w: float, log_l: Sequence[float]) -> float:
+    """An attribution test's log e-value from its log-likelihood ratios (equal weights)."""
+    return logsumexp([log_w + v for v in log_l])
+
+
 def kl_bernoulli(q: float, p: float) -> float:
     """``KL(Bernoulli(q) ‖ Bernoulli(p))``: the expected log-evidence per event."""
     out = 0.0
@@ -156,16 +161,15 @@ class AttributionTest:
         cell[1] += stable
         self._events += candidate + stable
         self._log_e = None
-        # ``log_l[j] += increments[j]`` for every j, in one call (the same list, written over)
-        log_l = self._log_l
-        log_l[:] = map(operator.add, log_l, increments)
+        # ``log_l[j] += increments[j]`` for every j, in one call, into a new list: a list once
+        # made is never written again, so a result made later reads it as it was (`frozen`)
+        self._log_l = list(map(operator.add, self._log_l, increments))
 
     @property
     def log_e(self) -> float:
         cached = self._log_e
         if cached is None:
-            w = self._log_w
-            cached = self._log_e = logsumexp([w + v for v in self._log_l])
+            cached = self._log_e = attribution_log_e(self._log_w, self._log_l)
         return cached
 
     @property
@@ -330,13 +334,8 @@ class PathClassTests:
         return self._log_e_at(r0)
 
     def _log_e_at(self, r0: float) -> float:
-        n_slots = self.slots + 1  # the overflow slot is reserved from the start
-        unused = n_slots - len(self._classes)
         per_class = [t.log_e_at(r0) for t in self._classes.values()]
-        if unused:
-            per_class.append(math.log(unused))
-        mean_class = logsumexp(per_class) - math.log(n_slots)
-        return logsumexp((math.log(0.5) + self.pooled.log_e_at(r0), math.log(0.5) + mean_class))
+        return family_log_e(self.slots, self.pooled.log_e_at(r0), per_class)
 
     def lower_confidence_bound(self, alpha: float) -> float:
         """The one-sided lower (1 − α) bound for ``r`` from the family's own e-process, the one
@@ -375,6 +374,17 @@ class PathClassTests:
         for name, t in data.get("classes", {}).items():
             out._classes[str(name)] = load(t)
         return out
+
+
+def family_log_e(slots: int, pooled: float, per_class: list[float]) -> float:
+    """`PathClassTests`' log e-value (``slots`` > 0) from its components' (``per_class`` is
+    extended with the unused slots')."""
+    n_slots = slots + 1  # the overflow slot is reserved from the start
+    unused = n_slots - len(per_class)
+    if unused:
+        per_class.append(math.log(unused))
+    mean_class = logsumexp(per_class) - math.log(n_slots)
+    return logsumexp((math.log(0.5) + pooled, math.log(0.5) + mean_class))
 
 
 def mean_log_e(log_es: Sequence[float]) -> float:
@@ -455,36 +465,7 @@ class RateGuard:
 
     @property
     def log_e(self) -> float:
-        comps = self._comps
-        if not comps:
-            return 0.0
-        # `_comp_log_e` of each component, written out: the guard asks on every tick with a
-        # candidate request, for up to `keep` components, and two calls per component (it and
-        # its `logsumexp`) were most of the cost. The same operations in the same order.
-        g, ab = self._log_g, self._ab
-        exp, log, fsum = math.exp, math.log, math.fsum
-        parts = []
-        if len(ab) == 3:  # the usual three rates, unrolled: no list comprehension's frames
-            (a1, b1), (a2, b2), (a3, b3) = ab
-            for k, n, x in comps:
-                y = n - x
-                t1, t2, t3 = g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3
-                top = max(t1, t2, t3)  # max of a list of them: the same float
-                if top != NEG_INF and top != math.inf:
-                    top = top + log(fsum((exp(t1 - top), exp(t2 - top), exp(t3 - top))))
-                parts.append(_log_weight(k) + top)
-        else:
-            for k, n, x in comps:
-                y = n - x
-                terms = [g + x * a + y * b for a, b in ab]
-                top = max(terms) if terms else NEG_INF
-                if top != NEG_INF and top != math.inf:
-                    top = top + log(fsum([exp(v - top) for v in terms]))
-                parts.append(_log_weight(k) + top)
-        # components never started carry their prior weight at value 1
-        unstarted = 1.0 / (self._started + 1)  # Σ_{k > started} 1/(k(k+1))
-        parts.append(log(unstarted))
-        return logsumexp(parts)
+        return guard_log_e(self._comps, self._started, self._ab, self._log_g)
 
     @property
     def e_value(self) -> float:
@@ -518,6 +499,44 @@ class RateGuard:
         guard._started = int(data.get("started", 0))
         guard._comps = [[int(v) for v in c] for c in data.get("components", ())]
         return guard
+
+
+def guard_log_e(
+    comps: Sequence[Sequence[int]],
+    started: int,
+    ab: Sequence[tuple[float, float]],
+    g: float,
+) -> float:
+    """`RateGuard.log_e` from its components ``(k, requests, errors)``, the number started,
+    its rates' coefficients ``(a, b)`` and their log weight ``g``."""
+    if not comps:
+        return 0.0
+    # `_comp_log_e` of each component, written out: the guard asks on every tick with a
+    # candidate request, for up to `keep` components, and two calls per component (it and
+    # its `logsumexp`) were most of the cost. The same operations in the same order.
+    exp, log, fsum = math.exp, math.log, math.fsum
+    parts = []
+    if len(ab) == 3:  # the usual three rates, unrolled: no list comprehension's frames
+        (a1, b1), (a2, b2), (a3, b3) = ab
+        for k, n, x in comps:
+            y = n - x
+            t1, t2, t3 = g + x * a1 + y * b1, g + x * a2 + y * b2, g + x * a3 + y * b3
+            top = max(t1, t2, t3)  # max of a list of them: the same float
+            if top != NEG_INF and top != math.inf:
+                top = top + log(fsum((exp(t1 - top), exp(t2 - top), exp(t3 - top))))
+            parts.append(_log_weight(k) + top)
+    else:
+        for k, n, x in comps:
+            y = n - x
+            terms = [g + x * a + y * b for a, b in ab]
+            top = max(terms) if terms else NEG_INF
+            if top != NEG_INF and top != math.inf:
+                top = top + log(fsum([exp(v - top) for v in terms]))
+            parts.append(_log_weight(k) + top)
+    # components never started carry their prior weight at value 1
+    unstarted = 1.0 / (started + 1)  # Σ_{k > started} 1/(k(k+1))
+    parts.append(log(unstarted))
+    return logsumexp(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -565,7 +584,10 @@ __all__ = [
     "OneSidedTest",
     "PathClassTests",
     "RateGuard",
+    "attribution_log_e",
     "events_needed",
+    "family_log_e",
+    "guard_log_e",
     "guard_rates",
     "kl_bernoulli",
     "logsumexp",
