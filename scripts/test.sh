@@ -3,7 +3,7 @@
 # ruff, mypy and pytest, failing on any of them.
 #   - a virtual environment in .venv with the project and its `dev` extra;
 #   - Debian packages only where a test needs the real thing (prometheus, chromium, redis-server), when missing.
-# Extra arguments go to pytest (e.g. scripts/test.sh -k reload).
+# Extra arguments go to pytest (e.g. scripts/test.sh -k reload; -n 0 for no worker processes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -56,4 +56,9 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+# Four pytest-xdist workers, each test handed to the next free one (worksteal): the suite mostly
+# waits (rollout intervals, bakes, subprocess proxies: its CPU time is under half its serial
+# wall time), so four overlap those waits even on CI's two cores. Every test uses free ports
+# and its own tmp_path, so tests are independent of which worker runs them.
+# PYTEST_WORKERS=0 (or a later `-n 0`) runs them one after another in this process.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-4}" --dist worksteal "$@"
