@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,16 @@ def gone(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
-async def eventually_gone(pid: int) -> bool:
-    # a killed process finishes exiting a moment after it closes its files
-    for _ in range(200):
-        if gone(pid):
-            return True
+async def eventually_gone(pid: int, within: float = 10.0) -> bool:
+    # a killed process finishes exiting a moment after it closes its files; on a loaded
+    # machine that moment once outlasted 200 polls 10 ms apart, so the bound is wall time
+    # (still far short of the 60 s the jobs' processes would otherwise sleep)
+    deadline = time.monotonic() + within
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
         await asyncio.sleep(0.01)
-    return False
+    return True
 
 
 def read_pids(path: Path) -> list[int]:
