@@ -3,7 +3,7 @@
 # ruff, mypy and pytest, failing on any of them.
 #   - a virtual environment in .venv with the project and its `dev` extra;
 #   - Debian packages only where a test needs the real thing (prometheus, chromium, redis-server), when missing.
-# Extra arguments go to pytest (e.g. scripts/test.sh -k reload).
+# Extra arguments go to pytest (e.g. scripts/test.sh -k reload; -n 0 for no worker processes).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -56,4 +56,14 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+# The project's bytecode, written once here: every test subprocess (`python -m splitproxy ...`)
+# imports the package, and where PYTHONDONTWRITEBYTECODE is set each one would
+# compile it from source again (about a quarter of its start-up CPU). Stale files are not a
+# risk: Python checks each one against its source's mtime and size.
+.venv/bin/python -m compileall -q splitproxy tests >/dev/null
+# Four pytest-xdist workers, each test handed to the next free one (worksteal): the suite mostly
+# waits (rollout intervals, bakes, subprocess proxies: its CPU time is under half its serial
+# wall time), so four overlap those waits even on CI's two cores. Every test binds port 0 or
+# holds its ports (tests/helpers.py, held_port) and writes under its own tmp_path.
+# PYTEST_WORKERS=0 (or a later `-n 0`) runs them one after another in this process.
+.venv/bin/python -m pytest -n "${PYTEST_WORKERS:-4}" --dist worksteal "$@"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import held_port
+
 START_TIMEOUT = 10.0
 
 
@@ -105,13 +107,15 @@ class RedisServer:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A started ``redis-server`` on a free loopback port, stopped when the test ends."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(Exception):
-            server.stop()
+    # the port is held for the whole test, so a restart finds it still free
+    with held_port() as held:
+        server = RedisServer(tmp_path / "redis", int(held.getsockname()[1]))
+        server.start()
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(Exception):
+                server.stop()
 
 
 __all__ = ["RedisServer", "free_port", "redis_server"]

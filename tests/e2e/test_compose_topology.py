@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import pytest
 import yaml
 
 from tests.e2e.proc import Proxy, cli, serving
+from tests.helpers import held_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTE = "app"
@@ -41,12 +41,6 @@ STEP_INTERVAL = "4s"  # the file's interval, shortened for the test
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     return data
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _argv(entrypoint: list[str], port: int) -> list[str]:
@@ -61,24 +55,26 @@ def _argv(entrypoint: list[str], port: int) -> list[str]:
 def demo_service(entrypoint: list[str], log: Path) -> Iterator[int]:
     """One compose app service as a process on a free loopback port (its port); healthy
     (``/healthz`` 200) on entry, stopped on exit."""
-    port = _free_port()
+    held = held_port()  # until the service answers on it
+    port = int(held.getsockname()[1])
     with log.open("w") as sink:
         process = subprocess.Popen(
             _argv(entrypoint, port), stdout=sink, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"no /healthz in 15 s:\n{log.read_text()}"
-            try:
-                # the compose health check's own probe
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
+        with held:
+            deadline = time.monotonic() + 15
+            while True:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, f"no /healthz in 15 s:\n{log.read_text()}"
+                try:
+                    # the compose health check's own probe
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
         yield port
     finally:
         if process.poll() is None:

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import uvloop
 
+from tests.helpers import held_port
+
 LoopFactory = Any
 
 
@@ -37,6 +39,24 @@ def refused_port() -> Iterator[Callable[[], int]]:
         held.append(sock)
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+    yield reserve
+    for sock in held:
+        sock.close()
+
+
+@pytest.fixture
+def late_port() -> Iterator[Callable[[], int]]:
+    """Loopback ports for an upstream that starts listening later in the test.
+
+    Each port is a `held_port` until the test ends: connections are refused until the upstream
+    listens on it, and no other ``bind(0)`` is handed it meanwhile.
+    """
+    held: list[socket.socket] = []
+
+    def reserve() -> int:
+        held.append(held_port())
+        return int(held[-1].getsockname()[1])
 
     yield reserve
     for sock in held:

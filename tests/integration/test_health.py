@@ -20,7 +20,6 @@ from splitproxy.dataplane.health import PassivePolicy, Probe
 from splitproxy.dataplane.probes import check_once
 from splitproxy.server import Server
 from tests.conftest import StartProxy
-from tests.integration.proxy_support import free_port
 from tests.integration.test_metrics import by, scrape
 
 FAST = PassivePolicy(eject_after=3, base_ejection=0.3, max_ejection=1.0)
@@ -146,10 +145,12 @@ async def test_without_health_a_dead_replica_only_costs_replays_for_gets(
 
 
 async def test_an_ejected_address_that_comes_back_is_probed_back_in(
-    start_proxy: StartProxy, upstreams: Callable[..., Awaitable[Upstream]]
+    start_proxy: StartProxy,
+    upstreams: Callable[..., Awaitable[Upstream]],
+    late_port: Callable[[], int],
 ) -> None:
     alive = await upstreams("a")
-    port = free_port()
+    port = late_port()
     server = await start_proxy(
         {"routes": [{"name": "app", "stable": [alive.url, f"http://127.0.0.1:{port}"]}]}
     )
@@ -293,10 +294,12 @@ async def test_active_checks_expect_timeout_refused_and_tcp(
 
 
 async def test_a_rollout_candidate_without_health_is_made_ready_by_tcp_probes(
-    start_proxy: StartProxy, upstreams: Callable[..., Awaitable[Upstream]]
+    start_proxy: StartProxy,
+    upstreams: Callable[..., Awaitable[Upstream]],
+    late_port: Callable[[], int],
 ) -> None:
     stable = await upstreams("stable")
-    port = free_port()
+    port = late_port()
     rollout = {"steps": [{"weight": 10, "interval": "1m"}]}
     server = await start_proxy(
         {

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +29,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import StartProxy
+from tests.helpers import held_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
@@ -73,12 +73,6 @@ def prometheus_binary() -> str:
     found = _installed()
     assert found is not None
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -128,7 +122,8 @@ class Prometheuses:
     async def launch(self, config: Path) -> Prometheus:
         """Start one with ``config`` and wait (at most 30 s) until it is ready."""
         log_path = self.tmp_path / "prometheus.log"
-        port = _free_port()
+        held = held_port()  # until prometheus is ready on it
+        port = int(held.getsockname()[1])
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -144,16 +139,17 @@ class Prometheuses:
         self.sessions.append(session)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
-        while True:
-            assert proc.returncode is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "prometheus did not become ready in 30 s"
-            try:
-                async with session.get(f"{url}/-/ready") as resp:
-                    if resp.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
+        with held:
+            while True:
+                assert proc.returncode is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, "prometheus did not become ready in 30 s"
+                try:
+                    async with session.get(f"{url}/-/ready") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
         return Prometheus(url, session)
 
     async def close(self) -> None:

@@ -19,8 +19,8 @@ import yaml
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from tests.e2e.proc import LISTENING
 from tests.helpers import route
-from tests.integration.proxy_support import free_port
 
 SIZE = 200 * 1024 * 1024
 BLOCK = 1024 * 1024
@@ -68,15 +68,27 @@ class ProxyProcess:
 async def proxy_process(tmp_path: Path, upstream: str) -> AsyncIterator[ProxyProcess]:
     config = tmp_path / "routes.yaml"
     config.write_text(yaml.safe_dump(route(upstream)))
-    port, admin = free_port(), free_port()
     log = tmp_path / "proxy.log"
+    # Ports from the proxy's own bind(0), read from its start-up line: a port picked here and
+    # closed before the proxy binds it can meanwhile go to another listener (another test's,
+    # when tests run side by side), which then answered this test's /livez.
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "splitproxy", "serve", "-c", str(config),
-            "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin}", "--no-access-log",
+            "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--no-access-log",
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
+        listening = None
+        for _ in range(200):
+            assert proc.returncode is None, log.read_text()
+            listening = LISTENING.search(log.read_text())
+            if listening is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the proxy did not start:\n" + log.read_text())
+        port, admin = int(listening.group(1)), int(listening.group(2))
         async with aiohttp.ClientSession() as s:
             for _ in range(200):
                 assert proc.returncode is None, log.read_text()

@@ -27,6 +27,24 @@ def _wait_for(proxy: Proxy, pattern: str, within: float = 15.0) -> re.Match[str]
     raise AssertionError(f"{pattern!r} not logged within {within}s:\n{proxy.output()}")
 
 
+def _wait_until_caught(proxy: Proxy, sig: signal.Signals, within: float = 15.0) -> None:
+    """Wait until the process has its handler for ``sig`` (``SigCgt`` in /proc/PID/status).
+
+    The proxy logs "listening" and then installs its handlers: a signal sent between the two
+    (a loaded machine can pause the process right there) met the default action and killed it.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{proxy.process.pid}/status").read_text()
+        found = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)
+        assert found is not None, status
+        if int(found[1], 16) >> (sig - 1) & 1:
+            return
+        assert proxy.process.poll() is None, f"splitproxy exited:\n{proxy.output()}"
+        time.sleep(0.02)
+    raise AssertionError(f"no handler for {sig.name} within {within}s:\n{proxy.output()}")
+
+
 def _status(proxy: Proxy) -> str:
     url = f"http://127.0.0.1:{proxy.admin_port}/api/v1/status"
     with urllib.request.urlopen(url, timeout=5) as resp:
@@ -81,6 +99,7 @@ def test_sighup_reaches_the_reload_path_of_a_running_proxy(tmp_path: Path) -> No
         # a good change, made by hand and announced with SIGHUP (the watch may be first)
         (tmp_path / "next.yaml").write_text(GOOD.replace("routes:", "revision: v2\nroutes:"))
         (tmp_path / "next.yaml").replace(path)
+        _wait_until_caught(proxy, signal.SIGHUP)
         proxy.process.send_signal(signal.SIGHUP)
         _wait_for(proxy, r"routing file loaded \(.*\): revision v2\+")
         assert '"revision": "v2+' in _status(proxy)

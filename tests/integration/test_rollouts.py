@@ -20,7 +20,6 @@ from splitproxy import cli
 from splitproxy.rollout.controller import ControlOptions
 from splitproxy.server import Server
 from splitproxy.settings import Settings
-from tests.integration.proxy_support import free_port
 
 Start = Callable[..., Awaitable[Server]]
 FAST = ControlOptions(tick=0.05, checkpoint=0.5, notify_drain=0.5)
@@ -375,12 +374,14 @@ async def test_judged_synthetic_traffic_alone_carries_a_quiet_service_to_promoti
 
 
 async def test_a_candidate_that_starts_listening_5s_late_is_rolled_out_not_rolled_back(
-    start: Start, serve: Callable[[web.Application], Awaitable[str]]
+    start: Start,
+    serve: Callable[[web.Application], Awaitable[str]],
+    late_port: Callable[[], int],
 ) -> None:
     """The compose flow: the routing file names the new revision while its container is
     still starting. Connection refusals of a never-ready candidate are not evidence."""
     stable = await upstream(serve, Upstream("stable"))
-    port = free_port()
+    port = late_port()
     server = await start(app_route(stable, f"http://127.0.0.1:{port}"))
     late = Upstream("candidate")
     app = web.Application()
