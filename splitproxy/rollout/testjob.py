@@ -110,6 +110,22 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+async def _kill_spawned(
+    spawn: asyncio.Future[tuple[asyncio.SubprocessTransport, Any]], collect: _Collect
+) -> None:
+    """A run cancelled while its job was being started: let the start finish (a few loop
+    passes), then kill the job's whole group and wait for it to exit."""
+    try:
+        transport, _ = await spawn
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return  # it never started
+    try:
+        _signal_group(transport.get_pid(), signal.SIGKILL)
+        await collect.exited
+    finally:
+        transport.close()
+
+
 async def run_test_job(
     job: TestJob, env: Mapping[str, str], *, kill_grace: float = KILL_GRACE
 ) -> TestJobResult:
@@ -119,8 +135,8 @@ async def run_test_job(
     loop = asyncio.get_running_loop()
     started = loop.time()
     collect = _Collect(loop)
-    try:
-        transport, _ = await loop.subprocess_exec(
+    spawn = asyncio.ensure_future(
+        loop.subprocess_exec(
             lambda: collect,
             *job.command,
             stdin=subprocess.DEVNULL,
@@ -130,6 +146,14 @@ async def run_test_job(
             env={**os.environ, **job.env, **env},
             start_new_session=True,
         )
+    )
+    try:
+        # shielded: cancelled while asyncio still connects the job's pipes, the spawn itself
+        # would kill the job's main process only, and what it started meanwhile would live on
+        transport, _ = await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        await _kill_spawned(spawn, collect)
+        raise
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         where = f" in {job.cwd!r}" if job.cwd is not None else ""
         reason = f"could not start {job.command[0]!r}{where}: {exc}"

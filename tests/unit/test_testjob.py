@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,48 @@ async def test_a_cancelled_run_kills_the_job_before_the_cancellation_goes_on(
     pids = tmp_path / "pids"
     run = asyncio.create_task(run_test_job(sleeper(pids), {}))
     leader, child = await pids_written(pids, 2)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert gone(leader)
+    assert await eventually_gone(child)
+
+
+def spawned_job(marker: Path) -> bool:
+    """Has this process started a job whose command line names ``marker``?"""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == me and str(marker).encode() in cmdline:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started(
+    tmp_path: Path,
+) -> None:
+    # asyncio connects a job's pipes over a few loop passes after forking it; a run cancelled
+    # then must still kill the job's whole group, not only its main process
+    pids = tmp_path / "pids"
+    run = asyncio.create_task(run_test_job(sleeper(pids), {}))
+    for _ in range(100):
+        await asyncio.sleep(0)  # one loop pass at a time, until the job is forked
+        if spawned_job(pids):
+            break
+    else:
+        raise AssertionError("the job was never started")
+    # the loop is held (no pass: the pipes stay unconnected) until the job started its child
+    for _ in range(1000):
+        if read_pids(pids):
+            break
+        time.sleep(0.01)  # noqa: ASYNC251 (holding the loop is the point)
+    leader, child = read_pids(pids)
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
