@@ -327,8 +327,8 @@ async def test_close_kills_every_route_s_job(tmp_path: Path) -> None:
     everyone = await pids_written(tmp_path / "a", 2) + await pids_written(tmp_path / "b", 2)
     # Let the runner's tasks finish starting the jobs (asyncio connects the pipes over a few
     # loop passes): the pids can be read before that when this process was paused while the
-    # jobs started (a loaded machine), and a job cancelled inside `subprocess_exec` has only
-    # its main process killed, not its group (a separate edge, not what this test is about).
+    # jobs started (a loaded machine). A job cancelled that early is its own case
+    # (`test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started`).
     for _ in range(20):
         await asyncio.sleep(0)
     await runner.close()
