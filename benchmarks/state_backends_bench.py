@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from splitproxy.replicas.redisstore import RedisStateStore
 from splitproxy.rollout.store import StateBackend, StateStore
+from tests.helpers import held_port
 from tests.redis_server import RedisServer
 
 
@@ -56,8 +57,9 @@ def main() -> None:
     doc = document(args.kb)
     with tempfile.TemporaryDirectory() as tmp:
         run("files", StateStore(Path(tmp) / "state"), doc, args.rounds)
-        server = RedisServer(Path(tmp) / "redis")
-        server.start()
+        with held_port() as held:  # held until the server has bound it
+            server = RedisServer(Path(tmp) / "redis", int(held.getsockname()[1]))
+            server.start()
         try:
             redis_store = RedisStateStore(server.url, "bench")
             run("redis", redis_store, doc, args.rounds)

@@ -25,22 +25,17 @@ from tests.helpers import held_port
 START_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RedisServer:
     """One ``redis-server`` process on loopback (see the module docstring)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int) -> None:
+        """``port``: one the caller holds until the server has bound it (`held_port`)."""
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (scripts/test.sh installs it)")
         self.binary = binary
         self.directory = directory
-        self.port = port or free_port()
+        self.port = port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,4 +113,4 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
                 server.stop()
 
 
-__all__ = ["RedisServer", "free_port", "redis_server"]
+__all__ = ["RedisServer", "redis_server"]
