@@ -61,7 +61,13 @@ def trail_add(
     get_total = total.get
     counted, known = 0, len(total)
     low, at = e.trail_low, e.trail_at.values()  # (a few buckets of a tick lie above `low`)
-    if into is None:
+    if into is None and not at:  # no quantile asked yet (too few requests): nothing to count
+        for hist in hists:
+            for bound, count in hist:
+                if count:
+                    total[bound] = get_total(bound, 0) + count
+                    counted += count
+    elif into is None:
         for hist in hists:
             for bound, count in hist:
                 if count:
