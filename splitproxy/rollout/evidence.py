@@ -80,7 +80,7 @@ from splitproxy.rollout.sequential import (
     split_alpha,
 )
 from splitproxy.rollout.tally import tally
-from splitproxy.rollout.trailing import trail_add, trail_quantiles
+from splitproxy.rollout.trailing import QuantileAt, trail_add, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
@@ -163,6 +163,10 @@ class Evidence:
         self.trail_total: dict[float, int] = {}
         self.trail_requests = 0
         self.trail_bounds: list[float] | None = None  # trail_total's, largest first (kept)
+        # while trail_bounds is kept: trail_total's sum and each quantile's last bucket
+        self.trail_count = 0
+        self.trail_at: dict[float, QuantileAt] = {}
+        self.trail_low = math.inf  # the smallest bound in trail_at (buckets above it count)
         self.trail_mark: dict[float, int] | None = None  # the open slot's left unwritten
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]

@@ -55,8 +55,7 @@ def hist_quantiles(hist: Mapping[float, int], qs: Iterable[float]) -> dict[float
 def hist_quantiles_from(
     hist: Mapping[float, int], descending: list[float], qs: Iterable[float]
 ) -> dict[float, float | None]:
-    """`hist_quantiles` given ``hist``'s bounds sorted largest first (kept by a caller whose
-    histogram seldom gains or loses a bucket)."""
+    """`hist_quantiles` given ``hist``'s bounds sorted largest first."""
     total = sum(hist.values())
     if total <= 0:
         return dict.fromkeys(qs)
