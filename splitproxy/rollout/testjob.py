@@ -110,6 +110,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+# the kills of jobs whose run was cancelled while they started, until each is done
+_KILLING: set[asyncio.Future[None]] = set()
+
+
 async def _kill_spawned(
     spawn: asyncio.Future[tuple[asyncio.SubprocessTransport, Any]], collect: _Collect
 ) -> None:
@@ -152,7 +156,11 @@ async def run_test_job(
         # would kill the job's main process only, and what it started meanwhile would live on
         transport, _ = await asyncio.shield(spawn)
     except asyncio.CancelledError:
-        await _kill_spawned(spawn, collect)
+        # in a task of its own: cancelled again meanwhile, the run still leaves no job behind
+        killing = asyncio.ensure_future(_kill_spawned(spawn, collect))
+        _KILLING.add(killing)  # (the loop keeps only weak references to tasks)
+        killing.add_done_callback(_KILLING.discard)
+        await asyncio.shield(killing)
         raise
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         where = f" in {job.cwd!r}" if job.cwd is not None else ""

@@ -251,6 +251,32 @@ async def test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started(
     assert await eventually_gone(child)
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_a_run_cancelled_twice_while_its_job_starts_still_kills_the_job(
+    tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    run = asyncio.create_task(run_test_job(sleeper(pids), {}))
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if spawned_job(pids):
+            break
+    else:
+        raise AssertionError("the job was never started")
+    for _ in range(1000):  # the loop held until the job started its child, as above
+        if read_pids(pids):
+            break
+        time.sleep(0.01)  # noqa: ASYNC251 (holding the loop is the point)
+    leader, child = read_pids(pids)
+    run.cancel()
+    await asyncio.sleep(0)  # the run takes the first cancellation and waits for the start
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert await eventually_gone(leader)
+    assert await eventually_gone(child)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_700_000_000.0
