@@ -41,6 +41,20 @@ TICK = st.tuples(
 Cell = tuple[str, int, int, float | None, str | None, list[int], list[tuple[float, int]]]
 
 
+def samples_of(cells: list[Cell]) -> list[Sample]:
+    """The tick's samples from drawn cells (errors at most the requests, the sticky users among
+    the errors, the latency histogram sorted by bound)."""
+    samples = []
+    for version, n, x, p, cls, users, latency in cells:
+        x = min(x, n)
+        units = tuple(users[:x])
+        hist = tuple(sorted(dict(latency).items()))
+        samples.append(
+            Sample(version, n, x, p, cls, hist, len(units), units)  # type: ignore[arg-type]
+        )
+    return samples
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(TICK, max_size=40))
 def test_the_error_comparison_is_the_fresh_one_every_tick(
@@ -52,15 +66,7 @@ def test_the_error_comparison_is_the_fresh_one_every_tick(
     now = 0.0
     for gap, cells, op in ticks:
         now += gap
-        samples = []
-        for version, n, x, p, cls, users, latency in cells:
-            x = min(x, n)
-            units = tuple(users[:x])
-            hist = tuple(sorted(dict(latency).items()))
-            samples.append(
-                Sample(version, n, x, p, cls, hist, len(units), units)  # type: ignore[arg-type]
-            )
-        e.fold(now, samples, tests=True)
+        e.fold(now, samples_of(cells), tests=True)
         if op == "restore" and e.errors_test is not None:  # as codec.decode does
             data = e.errors_test.to_dict()
             e.errors_test = PathClassTests.from_dict(data, RecoveringTest.from_dict, RecoveringTest)

@@ -53,7 +53,7 @@ from splitproxy.rollout.sequential import (
 )
 from splitproxy.rollout.units import UnitTable
 from tests.unit.rollout.drive import spec
-from tests.unit.rollout.test_evaluate_memo import TICK
+from tests.unit.rollout.test_evaluate_memo import TICK, samples_of
 
 P = st.sampled_from([0.01, 0.05, 0.1, 0.25, 0.5, 0.9])
 BATCH = st.tuples(P, st.integers(0, 30), st.integers(0, 30))  # p, candidate, stable events
@@ -293,13 +293,7 @@ def test_lazy_results_are_the_full_ones_whenever_read(
     later: list[tuple[LazyResult | CheckResult, CheckResult]] = []
     for (gap, cells, op), when in ticks:
         now += gap
-        samples = []
-        for version, n, x, p, cls, users, latency in cells:
-            x = min(x, n)
-            units = tuple(users[:x])
-            hist = tuple(sorted(dict(latency).items()))
-            samples.append(Sample(version, n, x, p, cls, hist, len(units), units))
-        e.fold(now, samples, tests=True)
+        e.fold(now, samples_of(cells), tests=True)
         if op == "restore" and e.errors_test is not None:  # as codec.decode does
             data = e.errors_test.to_dict()
             e.errors_test = PathClassTests.from_dict(data, RecoveringTest.from_dict, RecoveringTest)
