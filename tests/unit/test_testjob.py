@@ -224,13 +224,10 @@ def spawned_job(marker: Path) -> bool:
     return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-async def test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started(
-    tmp_path: Path,
-) -> None:
-    # asyncio connects a job's pipes over a few loop passes after forking it; a run cancelled
-    # then must still kill the job's whole group, not only its main process
-    pids = tmp_path / "pids"
+async def run_caught_starting(pids: Path) -> tuple[asyncio.Task[Any], int, int]:
+    """A run of `sleeper` held where asyncio has forked its job but not yet connected its
+    pipes (a few loop passes), the job's child started meanwhile: the run, the job's pid and
+    its child's."""
     run = asyncio.create_task(run_test_job(sleeper(pids), {}))
     for _ in range(100):
         await asyncio.sleep(0)  # one loop pass at a time, until the job is forked
@@ -244,6 +241,16 @@ async def test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started(
             break
         time.sleep(0.01)  # noqa: ASYNC251 (holding the loop is the point)
     leader, child = read_pids(pids)
+    return run, leader, child
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+async def test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started(
+    tmp_path: Path,
+) -> None:
+    # asyncio connects a job's pipes over a few loop passes after forking it; a run cancelled
+    # then must still kill the job's whole group, not only its main process
+    run, leader, child = await run_caught_starting(tmp_path / "pids")
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
@@ -255,19 +262,7 @@ async def test_a_run_cancelled_while_its_job_starts_kills_what_the_job_started(
 async def test_a_run_cancelled_twice_while_its_job_starts_still_kills_the_job(
     tmp_path: Path,
 ) -> None:
-    pids = tmp_path / "pids"
-    run = asyncio.create_task(run_test_job(sleeper(pids), {}))
-    for _ in range(100):
-        await asyncio.sleep(0)
-        if spawned_job(pids):
-            break
-    else:
-        raise AssertionError("the job was never started")
-    for _ in range(1000):  # the loop held until the job started its child, as above
-        if read_pids(pids):
-            break
-        time.sleep(0.01)  # noqa: ASYNC251 (holding the loop is the point)
-    leader, child = read_pids(pids)
+    run, leader, child = await run_caught_starting(tmp_path / "pids")
     run.cancel()
     await asyncio.sleep(0)  # the run takes the first cancellation and waits for the start
     run.cancel()
