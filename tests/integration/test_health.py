@@ -197,7 +197,9 @@ async def test_a_candidate_failing_its_check_gets_no_user_traffic_until_healthy(
 ) -> None:
     stable = await upstreams("stable")
     cand = await upstreams("candidate")
-    check = {"path": "/healthz", "interval": "100ms", "timeout": "100ms",
+    # a timeout of 300 ms, not 100: no check may time out here (asserted at the end), and a
+    # loopback check answered in under a millisecond took over 100 ms once on a loaded CI
+    check = {"path": "/healthz", "interval": "300ms", "timeout": "300ms",
              "unhealthy_after": 2, "healthy_after": 2}  # fmt: skip
     server = await start_proxy(
         {
