@@ -64,6 +64,18 @@ def serve_argv(py: str, routes: Path, port: int) -> list[str]:
             f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port + 1}"]  # fmt: skip
 
 
+def proxy_argv(a: argparse.Namespace, routes: Path) -> list[str]:
+    """The measured proxy's command: ``splitproxy serve``, or with ``--proxy ceiling`` the
+    benchmark's Python ceiling (``proxies/ceiling.py``: the least a Python proxy on uvloop and
+    httptools does per request) in front of the same upstream, for its floor in the same
+    units."""
+    if a.proxy == "ceiling":
+        upstream = f"127.0.0.1:{a.upstream_port}"
+        return [a.py, str(BENCH / "proxies" / "ceiling.py"), "--port", str(a.port),
+                "--upstream", upstream]  # fmt: skip
+    return serve_argv(a.py, routes, a.port)
+
+
 def wait_rollout(admin_port: int, proc: Proc, timeout: float = 300.0) -> None:
     """Wait until the route's rollout has stepped to its weight (50 %): it starts at 0 % and
     steps once the candidate passes its health checks, a second or two after start (more under
@@ -179,23 +191,23 @@ def py_spy(a: argparse.Namespace, proxy: Proc, out: Path) -> None:
 def cpu(a: argparse.Namespace, proxy: Proc) -> None:
     """The proxy's user and system CPU time per request, from /proc (no profiler)."""
 
-    def times() -> tuple[int, int]:
+    def times() -> tuple[int, int, int]:
         st = Path(f"/proc/{proxy.pid}/stat").read_text()
         fields = st[st.rfind(")") + 2 :].split()
-        return int(fields[11]), int(fields[12])
+        return int(fields[11]), int(fields[12]), int(fields[7])  # utime, stime, minflt
 
-    u0, s0 = times()
+    u0, s0, f0 = times()
     threads0 = thread_counts(proxy.pid)
     report = wrk(a.port, a.path, a.duration, a.connections)
     threads1 = thread_counts(proxy.pid)
-    u1, s1 = times()
+    u1, s1, f1 = times()
     m = re.search(r"^\s*(\d+) requests in", report, re.M)
     n = int(m.group(1)) if m else 1
     hz = os.sysconf("SC_CLK_TCK")
     user, system = (u1 - u0) * 1e6 / hz / n, (s1 - s0) * 1e6 / hz / n
     print(
         f"{n / a.duration:,.0f} req/s; CPU µs/request: user {user:.1f}, system {system:.1f}, "
-        f"total {user + system:.1f}"
+        f"total {user + system:.1f}; page faults per request {(f1 - f0) / n:.3f}"
     )
     # Per thread: context switches per 1,000 requests (voluntary: it waited, a futex or a
     # read; involuntary: preempted) and CPU µs per request. Counts, not times: the machine's
@@ -234,12 +246,13 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
     cg = out / "callgrind.out"
     # one dump per thread: the access log's writer thread is reported apart
     argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-            f"--callgrind-out-file={cg}", *serve_argv(a.py, routes, a.port)]  # fmt: skip
+            f"--callgrind-out-file={cg}", *proxy_argv(a, routes)]  # fmt: skip
     proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
     try:
         wait_ready(a.port, COOKIE_HEADER, proxy, timeout=300)
-        wait_rollout(a.port + 1, proxy)
-        settle(proxy)
+        if a.proxy == "splitproxy":
+            wait_rollout(a.port + 1, proxy)
+            settle(proxy)
         closed_loop(a.port, a.path, 200, browser=a.browser_head)  # warm: pools, caches, imports
         # zero the counters, serve exactly the measured requests, dump (callgrind.out.1)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
@@ -270,6 +283,12 @@ def main() -> None:
     )
     ap.add_argument("--log", choices=["off", "text", "json"], default="text", help="the access log")
     ap.add_argument("--tool", choices=["py-spy", "cprofile", "callgrind", "cpu"], default="py-spy")
+    ap.add_argument(
+        "--proxy",
+        choices=["splitproxy", "ceiling"],
+        default="splitproxy",
+        help="what is measured: splitproxy, or the benchmark's Python ceiling (its floor)",
+    )
     ap.add_argument("--path", default="/1k")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=64)
@@ -304,12 +323,13 @@ def main() -> None:
         if a.tool == "callgrind":
             callgrind(a, routes, env, out)
             return
-        argv = serve_argv(a.py, routes, a.port)
+        argv = proxy_argv(a, routes)
         if a.tool == "cprofile":
             argv = [a.py, "-m", "cProfile", "-o", str(out / "prof"), *argv[1:]]
         proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
         wait_ready(a.port, COOKIE_HEADER, proxy)
-        wait_rollout(a.port + 1, proxy)
+        if a.proxy == "splitproxy":
+            wait_rollout(a.port + 1, proxy)
         wrk(a.port, a.path, 2, a.connections)  # warm-up
         if a.tool == "py-spy":
             py_spy(a, proxy, out)
