@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--upstream-port", type=int, default=29280)
     ap.add_argument("--py", default=str(REPO / ".venv" / "bin" / "python"))
     a = ap.parse_args()
+    a.proxy = "splitproxy"  # profile_proxy.callgrind also measures its ceiling; here, splitproxy
     sizes = [int(s) for s in a.sizes.split(",")]
     if any(s < 1 for s in sizes):
         raise SystemExit("--sizes: every size is at least 1")
