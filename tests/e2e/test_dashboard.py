@@ -88,6 +88,8 @@ class Page:
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.problems: list[str] = []
         self.network_errors: list[str] = []
+        # requests held by ``Fetch.enable`` (its ``Fetch.requestPaused`` events), in order
+        self.paused: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
@@ -103,7 +105,9 @@ class Page:
                 self._event(data["method"], data.get("params", {}))
 
     def _event(self, method: str, params: dict[str, Any]) -> None:
-        if method == "Runtime.exceptionThrown":
+        if method == "Fetch.requestPaused":
+            self.paused.put_nowait(params)
+        elif method == "Runtime.exceptionThrown":
             self.problems.append(f"exception: {params['exceptionDetails']}")
         elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
             self.problems.append(f"console.{params['type']}: {params['args']}")
@@ -258,6 +262,73 @@ async def test_the_dashboard_shows_the_rollout_and_rolls_it_back(
                 ".some(r => r.innerText.includes('rolled_back'))",
                 "the rollback in the ledger",
             )
+            assert tab.problems == []
+            assert all("401" in text for text in tab.network_errors), tab.network_errors
+
+
+async def test_a_late_refusal_of_a_request_sent_before_the_token_keeps_the_token(
+    tmp_path: Path, serve: Callable[[Any], Awaitable[str]]
+) -> None:
+    """The page's poll sends two requests at once. Before the token is given both are refused,
+    and the second refusal may come back after the user submitted the token: it refuses no
+    token, so the page keeps the one given (it used to wipe it and ask again, "That token was
+    refused."). The browser holds that second request until the token is in, then lets it go."""
+    stable, candidate = await versions(serve)
+    config = write_config(
+        tmp_path / "routes.yaml", stable, candidate, interval="60s", min_requests=100000
+    )
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    with (
+        serving(
+            config,
+            tmp_path / "proxy.log",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--no-access-log",
+            "--drain-timeout",
+            "2",
+            env={"SPLITPROXY_ADMIN_TOKEN_FILE": str(token)},
+        ) as proxy,  # fmt: skip
+        chromium(tmp_path / "profile") as port,
+    ):
+        async with aiohttp.ClientSession() as session, page(session, port) as tab:
+            await tab.send("Fetch.enable", patterns=[{"urlPattern": "*/api/v1/events*"}])
+            await tab.send("Page.navigate", url=f"http://127.0.0.1:{proxy.admin_port}/")
+            held = await asyncio.wait_for(tab.paused.get(), 20)  # the first poll's, no token
+            assert "Authorization" not in held["request"]["headers"]
+            await tab.until("!document.getElementById('auth').hidden", "the token form")
+
+            async def let_go() -> None:  # every later events request goes on at once
+                while True:
+                    later = await tab.paused.get()
+                    await tab.send("Fetch.continueRequest", requestId=later["requestId"])
+
+            releaser = asyncio.get_running_loop().create_task(let_go())
+            try:
+                await tab.js(
+                    f"document.getElementById('token').value = {json.dumps(TOKEN)};"
+                    "document.getElementById('auth').requestSubmit(); true"
+                )
+                await tab.until(
+                    f"{ROUTE_CARD}?.querySelector('.phase')?.textContent", "the route's phase"
+                )
+                refused = len(tab.network_errors)
+                await tab.send("Fetch.continueRequest", requestId=held["requestId"])
+                # its 401 reached the page (Chromium logs it), then the page polled again
+                deadline = time.monotonic() + 20
+                while len(tab.network_errors) == refused and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert len(tab.network_errors) > refused, "the held request never came back"
+                await asyncio.sleep(2)  # the page has read it, and polled again (every 1.5 s)
+                assert await tab.js("document.getElementById('auth').hidden") is True
+                stored = await tab.js("sessionStorage.getItem('splitproxy.adminToken')")
+                assert stored == TOKEN
+                assert await tab.js("document.getElementById('conn').className") == "conn ok"
+            finally:
+                releaser.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await releaser
             assert tab.problems == []
             assert all("401" in text for text in tab.network_errors), tab.network_errors
 

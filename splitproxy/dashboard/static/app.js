@@ -83,7 +83,8 @@
   async function api(path, method = "GET", body = undefined) {
     if (!path.startsWith("/api/")) throw new Error("only this listener's API is called");
     const headers = { Accept: "application/json" };
-    if (token) headers.Authorization = "Bearer " + token;
+    const sent = token; // the token this request carries (null: none)
+    if (sent) headers.Authorization = "Bearer " + sent;
     const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -97,7 +98,10 @@
       data = null;
     }
     if (resp.status === 401) {
-      askForToken(token ? "That token was refused." : "");
+      // Only a refusal of the token in use asks again: a request sent before the user gave
+      // one (the poll's two requests go out together, and the second's 401 may come back
+      // after the form was submitted) must not wipe the token given since.
+      if (token === sent) askForToken(sent ? "That token was refused." : "");
       throw new ApiError(401, "a token is needed");
     }
     if (!resp.ok) {
