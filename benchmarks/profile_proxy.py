@@ -245,7 +245,11 @@ def thread_counts(pid: int) -> dict[int, tuple[str, int, int, int]]:
 def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Path) -> None:
     cg = out / "callgrind.out"
     # one dump per thread: the access log's writer thread is reported apart
-    argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+    # --cache-sim: callgrind also simulates the first-level and last-level caches, so the
+    # misses per request show whether a cost grows with cold caches (the 64 KB bodies streamed
+    # through them) rather than with instructions
+    sim = ["--cache-sim=yes"] if a.cache_sim else []
+    argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes", *sim,
             f"--callgrind-out-file={cg}", *proxy_argv(a, routes)]  # fmt: skip
     proxy = Proc("splitproxy", argv, "0", out / "proxy.log", env, cwd=out)
     try:
@@ -266,15 +270,25 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
     dumps = sorted(out.glob("callgrind.out.1*"))
     if not dumps:
         raise SystemExit(f"no callgrind dump in {out}")
-    per_thread: list[tuple[str, int]] = []
+    per_thread: list[tuple[str, list[int]]] = []
+    events: list[str] = ["Ir"]
     for dump in dumps:
-        m = re.search(r"^(?:summary|totals):\s+(\d+)", dump.read_text(), re.M)
-        per_thread.append((dump.name, int(m.group(1)) if m else 0))
-    total = sum(n for _, n in per_thread)
+        text = dump.read_text()
+        e = re.search(r"^events:\s+(.+)$", text, re.M)
+        if e:
+            events = e.group(1).split()
+        m = re.search(r"^(?:summary|totals):\s+([\d ]+)$", text, re.M)
+        per_thread.append((dump.name, [int(v) for v in m.group(1).split()] if m else []))
+    total = sum(counts[0] for _, counts in per_thread if counts)
     print(f"instructions per request: {total / a.requests:,.0f} ({a.requests} requests)")
-    for name, n in per_thread:
-        if n:
-            print(f"  {name}: {n / a.requests:,.0f}")
+    for name, counts in per_thread:
+        if counts and counts[0]:
+            print(f"  {name}: {counts[0] / a.requests:,.0f}")
+    if len(events) > 1:
+        print("per request, all threads (callgrind's simulated caches):")
+        for i, event in enumerate(events):
+            n = sum(counts[i] for _, counts in per_thread if len(counts) > i)
+            print(f"  {event}: {n / a.requests:,.1f}")
 
 
 def main() -> None:
@@ -300,6 +314,11 @@ def main() -> None:
         "--browser-head",
         action="store_true",
         help="callgrind: requests with a browser's 15 headers (wrk's carry two)",
+    )
+    ap.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="callgrind: also count simulated cache misses (first level, last level) per request",
     )
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout to profile")
