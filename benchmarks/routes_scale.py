@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--py", default=str(REPO / ".venv" / "bin" / "python"))
     a = ap.parse_args()
     a.proxy = "splitproxy"  # profile_proxy.callgrind also measures its ceiling; here, splitproxy
+    a.cache_sim = False  # and its cache misses, on request; here, instructions only
     sizes = [int(s) for s in a.sizes.split(",")]
     if any(s < 1 for s in sizes):
         raise SystemExit("--sizes: every size is at least 1")
