@@ -64,6 +64,11 @@ CASES: dict[str, tuple[str, str, int]] = {
         "run()",
         1,
     ),
+    "log-sparse-off": (
+        "from benchmarks.micro import access_log_sparse; run = access_log_sparse('off')",
+        "run()",
+        1,
+    ),
     "route-1": ("from benchmarks.micro import lookup; run = lookup(1)", "run()", 1),
     "route-100": ("from benchmarks.micro import lookup; run = lookup(100)", "run()", 1),
     "route-10000": ("from benchmarks.micro import lookup; run = lookup(10000)", "run()", 1),
