@@ -149,5 +149,11 @@ CONFIGS: list[Config] = [
     ),
     # the access log (text) into a pipe that `cat` drains, rather than into a file
     Config("splitproxy-pipe", splitproxy_pipe, env=SPLITPROXY_ENV, default=False),
+    Config(
+        "splitproxy-json-pipe",
+        splitproxy_pipe,
+        env={**SPLITPROXY_ENV, "SPLITPROXY_LOG_FORMAT": "json"},
+        default=False,
+    ),
     Config("splitproxy-nometrics", splitproxy_nometrics, env=SPLITPROXY_ENV, default=False),
 ]

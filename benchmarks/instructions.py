@@ -54,6 +54,21 @@ CASES: dict[str, tuple[str, str, int]] = {
         "run()",
         16,
     ),
+    "log-sparse-text": (
+        "from benchmarks.micro import access_log_sparse; run = access_log_sparse('text')",
+        "run()",
+        1,
+    ),
+    "log-sparse-json": (
+        "from benchmarks.micro import access_log_sparse; run = access_log_sparse('json')",
+        "run()",
+        1,
+    ),
+    "log-sparse-off": (
+        "from benchmarks.micro import access_log_sparse; run = access_log_sparse('off')",
+        "run()",
+        1,
+    ),
     "route-1": ("from benchmarks.micro import lookup; run = lookup(1)", "run()", 1),
     "route-100": ("from benchmarks.micro import lookup; run = lookup(100)", "run()", 1),
     "route-10000": ("from benchmarks.micro import lookup; run = lookup(10000)", "run()", 1),

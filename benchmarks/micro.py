@@ -3,6 +3,7 @@
 Each factory builds its inputs once and returns a function that does one unit of work:
 ``access_log(fmt)`` logs 16 finished exchanges and writes them (one event-loop pass of a
 loaded proxy); ``access_log_pass(fmt)`` the same as the data path drives it, in a loop pass;
+``access_log_sparse(fmt)`` one exchange per loop pass (below saturation), logged to a descriptor;
 ``recorder()`` counts one exchange (started and finished: the series, the duration
 histograms, the live window, its path class and latency sketch) as metrics and the rollout's
 windows do for every request; ``lookup(n)`` picks the route of one request among ``n`` routes;
@@ -122,6 +123,36 @@ def access_log_pass(fmt: str) -> Callable[[], None]:
         for _ in range(16):
             finished(ex)
         run_once()
+
+    return run
+
+
+def access_log_sparse(fmt: str) -> Callable[[], None]:
+    """A proxy below saturation: each event-loop pass finishes one exchange, and the access
+    log writes to a descriptor (``/dev/null``, through its writer thread), as ``serve`` does.
+    A pass is one iteration of a uvloop loop (``run_forever`` until a ``stop`` called soon),
+    with a callback for the pass's I/O; ``fmt="off"``: the pass without the log."""
+    import os
+
+    import uvloop
+
+    from splitproxy.logs import Observers
+
+    ex = finished_exchange(state_of([SHOP]))
+    stream = open(os.devnull, "w")  # noqa: SIM115 (open while the benchmark runs)
+    log = AccessLog(fmt, stream) if fmt != "off" else None
+    observers = Observers(cast(Any, NullRecorder()), log)
+    loop = uvloop.new_event_loop()
+    finished = observers.exchange_finished
+    call_soon, stop, run_forever = loop.call_soon, loop.stop, loop.run_forever
+
+    def io() -> None:
+        finished(ex)  # (in the loop: the log schedules its hand-over on it)
+
+    def run() -> None:
+        call_soon(io)
+        call_soon(stop)
+        run_forever()
 
     return run
 

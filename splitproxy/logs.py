@@ -2,8 +2,8 @@
 
 The access log does not go through `logging`: a record, a handler and a formatter cost about
 10 µs a line, a large share of what the proxy spends on a request. `AccessLog` keeps each
-request's fields in a tuple, formats the lines of one event-loop pass together at the start of
-the next pass, and hands them to a writer thread (`logwriter.BatchWriter`) as one text: the
+request's fields in a tuple, formats the lines of 50 ms (at most 128 of them) together, and
+hands them to a writer thread (`logwriter.BatchWriter`) as one text: the
 loop never waits on stderr, and a stalled stderr costs dropped lines (counted), not a stalled
 proxy (measurements in ``docs/observability.md``). Its switch is ``Settings.access_log``, not
 the log level.
@@ -35,6 +35,13 @@ _JSON_HTTP11 = ',"protocol":"HTTP/1.1","status":'
 _JSON_HTTP10 = ',"protocol":"HTTP/1.0","status":'
 _REMEMBER = 1024  # entries of a formatting cache (methods, routing parts) before it starts over
 _REMEMBER_TARGET = 256  # bytes of the longest request target a formatting cache keeps
+# Seconds the lines of a writer thread's log wait before the loop formats and hands them over
+# (the thread lingers as long after a wake-up): a loop pass carries one or two lines below
+# saturation, and handing each pass's lines over cost ~4 k instructions (a callback, the
+# batch's set-up, the queue). At most this many lines wait: past it they go at once (a batch's
+# formatting holds the loop ~1.5 µs a line).
+_HAND_OVER: Final = 0.05
+_HAND_OVER_LINES: Final = 128
 
 
 class JsonFormatter(logging.Formatter):
@@ -172,11 +179,12 @@ class AccessLog:
     with the keys of `fields` plus ``"logger": "splitproxy.access"`` (and ``"listener":
     "preview"`` for the preview listener's requests).
 
-    Per request, `log` only keeps the line's fields in a tuple; the lines of one event-loop
-    pass are formatted together at the start of the next pass and handed to a
-    `logwriter.BatchWriter` as one text: one write per pass, made by a thread of its own when
-    ``stream`` is a file descriptor, so a slow disk or a pipe nobody reads never stalls
-    serving (lines that do not fit its buffer are dropped and counted in `dropped`).
+    Per request, `log` only keeps the line's fields in a tuple; the lines of `_HAND_OVER`
+    seconds (at most `_HAND_OVER_LINES`; of one event-loop pass for a stream without a file
+    descriptor) are formatted together and handed to a `logwriter.BatchWriter` as one text,
+    written by a thread of its own when ``stream`` is a file descriptor, so a slow disk or a
+    pipe nobody reads never stalls serving (lines that do not fit its buffer are dropped and
+    counted in `dropped`).
     Lines go to ``stream``, stderr by default (the one in force when the log is created).
     """
 
@@ -222,8 +230,9 @@ class AccessLog:
         self._json_targets: dict[bytes, str] = {}
         self._pending: list[Row] = []
         # the loop the lines' flush was last scheduled on: `asyncio.get_running_loop()` makes a
-        # getpid system call on each call (Python 3.11), and `log` would ask once per loop pass
+        # getpid system call on each call (Python 3.11), and `log` would ask once per batch
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._due = False  # a hand-over (`_hand_over`) is scheduled on `_loop`
 
     @property
     def dropped(self) -> int:
@@ -454,8 +463,8 @@ class AccessLog:
         return self._when
 
     def log(self, ex: Exchange) -> None:
-        """Keep the line's fields; the lines of one event-loop pass are formatted and written
-        together, at the start of the next pass (without a running loop, at once)."""
+        """Keep the line's fields; they are formatted and handed over with the others of their
+        batch (`_schedule`; without a running loop, at once)."""
         # `_capture`, inlined: this runs for every request, and spares a Python call there
         # (test_observer_shortcuts.py checks that both keep the same row)
         route = ex.route
@@ -468,16 +477,36 @@ class AccessLog:
             ex.upstream_status, ex.upstream_duration, ex.request_id, ex.snapshot, ex.error_kind,
             ex.preview,
         ))  # fmt: skip
-        if len(pending) == 1:
-            loop = self._loop
-            if loop is None or not loop.is_running():
-                try:
-                    loop = self._loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    self._loop = None
-                    self.flush()
-                    return
-            loop.call_soon(self.flush)
+        n = len(pending)
+        if n == 1:
+            self._schedule()
+        elif n >= _HAND_OVER_LINES:
+            self.flush()
+
+    def _schedule(self) -> None:
+        """Have the loop hand the lines over: after `_HAND_OVER` s when a writer thread
+        writes them (the thread waits that long for more anyway), at the next loop pass for
+        a stream without a descriptor (written at once: a caller reads it after the pass);
+        at once without a running loop."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            try:
+                loop = self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._loop = None
+                self.flush()
+                return
+        elif self._due:  # a hand-over is already due on this loop: it takes these too
+            return
+        self._due = True
+        if self.writer.fd is None:
+            loop.call_soon(self._hand_over)
+        else:
+            loop.call_later(_HAND_OVER, self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._due = False
+        self.flush()
 
     def flush(self) -> None:
         """Format the lines kept so far and hand them to the writer as one text."""

@@ -186,7 +186,7 @@ class Recorder(FollowsSnapshots):
         if len(raw) >= FOLD_AT:
             series.fold()
         kind = ex.error_kind
-        if kind is not None and kind in UPSTREAM_ERROR_KINDS:
+        if kind and kind in UPSTREAM_ERROR_KINDS:  # (mostly "": no set look-up)
             errors = series.errors
             errors[kind] = errors.get(kind, 0) + 1
             error = True

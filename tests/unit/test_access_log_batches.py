@@ -199,7 +199,8 @@ async def test_a_pipe_nobody_reads_does_not_stall_the_loop_and_counts_drops() ->
             for _ in range(50):
                 log.log(ex)
                 logged += 1
-            await asyncio.sleep(0)  # the next loop pass: the batch is formatted and handed over
+            await asyncio.sleep(0)  # the next loop pass (every 128 lines: handed over at once)
+        log.flush()  # the lines still waiting for their hand-over (50 ms)
         assert log.dropped > 0
         assert log.writer.backlog <= 64 * 1024
         # the reader comes back: what was kept is written whole, and only that
@@ -267,3 +268,30 @@ def test_each_loop_pass_flushes_its_lines_on_the_loop_that_runs_now() -> None:
         assert after.count("\n") - before.count("\n") == n
     log.log(ex)  # no loop running now: at once
     assert sink.text.count("\n") == 6
+
+
+async def test_a_writer_threads_lines_wait_their_hand_over_then_go_whole_and_in_order() -> None:
+    # Lines for a writer thread (a stream with a descriptor) are handed over `_HAND_OVER` s
+    # after the first of them, all together, or at once when `_HAND_OVER_LINES` wait; each
+    # line is the one `line` gives for its exchange.
+    with pipe() as (r, stream):
+        log = AccessLog("text", stream, clock=lambda: 1_700_000_000.25)
+        exchanges = [exchange(STATE, "shop", "candidate", "sticky") for _ in range(3)]
+        for i, ex in enumerate(exchanges):
+            ex.request_id = b"rid-%d" % i
+            log.log(ex)
+        await asyncio.sleep(0)
+        assert log.writer.handed_lines == 0  # not at the next loop pass
+        await asyncio.sleep(logs._HAND_OVER * 4)
+        assert log.writer.handed_lines == 3  # one batch, after its wait
+        expected = "".join(log.line(ex) + "\n" for ex in exchanges)
+        assert read_all(r, len(expected)).decode() == expected
+        for _ in range(logs._HAND_OVER_LINES):  # a full batch goes at once, within the pass
+            log.log(exchanges[0])
+        assert log.writer.handed_lines == 3 + logs._HAND_OVER_LINES
+        log.log(exchanges[1])  # the next one waits for the hand-over already due
+        await asyncio.sleep(logs._HAND_OVER * 4)
+        assert log.writer.handed_lines == 4 + logs._HAND_OVER_LINES
+        log.close()
+        rest = (1 + logs._HAND_OVER_LINES) * (len(log.line(exchanges[0])) + 1)
+        assert len(read_all(r, rest)) == rest  # every line written, none twice
