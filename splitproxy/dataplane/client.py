@@ -338,7 +338,7 @@ class ClientConnection(asyncio.Protocol):
                 raise Reject(414, "uri_too_long")
             self.head_complete(parser, version)
             return
-        ex.target, ex.headers, ex.wanted, size, count = read_request_head(
+        ex.target, ex.headers, ex.wanted, size, count, ex.forwarding = read_request_head(
             head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
         )
         self.at = end + 4

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
 from splitproxy.dataplane.client_state import CLOSED as CLIENT_CLOSED
 from splitproxy.dataplane.heads import (
+    Forwarding,
     host_name,
     origin_form,
     request_head,
@@ -92,11 +93,11 @@ class Exchange:
     __slots__ = (
         "backend_health", "body_buffer", "body_buffered", "body_kind", "body_received",
         "bytes_out", "client_head_sent", "conn", "connecting", "content_length", "ctx",
-        "decision", "duration", "error_kind", "expect_continue", "finished", "head_bytes",
-        "headers", "held", "host", "http11", "keep_alive", "method", "mirror", "observed", "path",
-        "pool", "preview", "reject", "replayable", "req_done", "request_id", "resp_mode",
-        "retried", "route", "snapshot", "started", "status", "synthetic", "target", "ttfb",
-        "tunnel", "up", "upgrade", "upstream_duration", "upstream_sent_at",
+        "decision", "duration", "error_kind", "expect_continue", "finished", "forwarding",
+        "head_bytes", "headers", "held", "host", "http11", "keep_alive", "method", "mirror",
+        "observed", "path", "pool", "preview", "reject", "replayable", "req_done", "request_id",
+        "resp_mode", "retried", "route", "snapshot", "started", "status", "synthetic", "target",
+        "ttfb", "tunnel", "up", "upgrade", "upstream_duration", "upstream_sent_at",
         "upstream_status", "upstream_url", "version", "wanted",
     )  # fmt: skip
 
@@ -107,6 +108,8 @@ class Exchange:
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.wanted: dict[bytes, bytes] = {}
+        # what the head sends upstream, when its bytes are kept (`heads.Forwarding`)
+        self.forwarding: Forwarding | None = None
         self.keep_alive = True
         self.http11 = True
         self.upgrade: bytes | None = None
@@ -263,6 +266,7 @@ class Exchange:
             body_kind is CHUNKED,
             self.content_length if b"content-length" in wanted else None,
             self.upgrade,
+            self.forwarding,
         )
         ctx.in_flight += 1
         ctx.observer.exchange_started(self)
@@ -288,6 +292,7 @@ class Exchange:
             self.local(400, "bad_request", "invalid request target", close=True)
             return False
         authority, self.target = parts
+        self.forwarding = None  # (its Host and headers change: not the kept head's any more)
         self.wanted[b"host"] = authority
         self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
         self.headers.append((b"Host", authority))
