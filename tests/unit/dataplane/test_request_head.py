@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from splitproxy.dataplane import request_head
 from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.context import RequestIds
 from splitproxy.dataplane.exchange import Exchange, Reject
 from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
 from splitproxy.dataplane.request_head import read_request_head
@@ -256,7 +257,7 @@ async def run(pieces: list[bytes], old: bool, **limits: Any) -> tuple[Any, ...]:
     """What a connection did with ``pieces``: the bytes to the client and to each upstream
     connection, its exchanges, and how it ended."""
     proxy = Proxy(**limits)
-    proxy.ctx.request_ids._prefix = b"same"
+    proxy.ctx.request_ids = RequestIds(b"same")
     if old:
         former = OldClient(proxy.ctx)
         transport = MockTransport()
