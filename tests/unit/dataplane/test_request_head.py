@@ -93,6 +93,9 @@ class OldClient(ClientConnection):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        assert self.parsing is not None
+        self.parsing.headers = []  # (an exchange's own, to fill: see `PerHeader.fill`)
+        self.parsing.wanted = {}
         self.header_bytes = 0
         self.header_count = 0
         self.trailers = False
@@ -253,6 +256,15 @@ def exchange_fields(ex: Exchange) -> tuple[Any, ...]:
             ex.body_received, ex.req_done, ex.finished, ex.reject)  # fmt: skip
 
 
+def kept_as_read() -> None:
+    """Every kept head's entry is what reading its bytes gives: its headers and wanted ones are
+    shared by the exchanges that repeat it, and none of them changed them."""
+    kept = request_head.KEPT
+    for rest, (headers, wanted, size, count, _) in kept.heads.items():
+        read = request_head._read_fields(rest, 10**9, 10**9, kept.names)
+        assert (headers, wanted, size, count) == read
+
+
 async def run(pieces: list[bytes], old: bool, **limits: Any) -> tuple[Any, ...]:
     """What a connection did with ``pieces``: the bytes to the client and to each upstream
     connection, its exchanges, and how it ended."""
@@ -280,6 +292,7 @@ async def run(pieces: list[bytes], old: bool, **limits: Any) -> tuple[Any, ...]:
                 while answered.get(n, 0) < complete and not transport.closed:
                     answered[n] = answered.get(n, 0) + 1
                     up.data_received(OK)
+    kept_as_read()
     conn = client.conn
     exchanges = [exchange_fields(ex) for ex in proxy.observer.started]
     pending = [exchange_fields(ex) for ex in (conn.current, *conn.queue, conn.parsing) if ex]
