@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
 from splitproxy.dataplane.client_state import CLOSED as CLIENT_CLOSED
 from splitproxy.dataplane.heads import (
+    NO_HEADERS,
+    NO_WANTED,
     Forwarding,
     host_name,
     origin_form,
@@ -75,13 +76,6 @@ if TYPE_CHECKING:
     from splitproxy.dataplane.mirror import MirrorTap
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-# An exchange's headers until its head is read: shared and immutable (a change would raise,
-# never leak into another exchange); the one pass gives it the head's own
-# (`request_head.read_request_head`), the per-header path new ones to fill
-# (`request_head.PerHeader.fill`). (Allocating an empty list and dict per exchange, then
-# replacing them, cost ~0.5 k instructions.)
-NO_HEADERS: Final = cast("list[tuple[bytes, bytes]]", ())
-NO_WANTED: Final = cast("dict[bytes, bytes]", MappingProxyType({}))
 BODY_BUFFER_LIMIT: Final = 256 * 1024  # request bytes held while the upstream connects
 OUT_OF_FDS: Final = frozenset({errno.EMFILE, errno.ENFILE})  # the proxy's limit, not upstream
 
@@ -262,23 +256,19 @@ class Exchange:
         method = self.method
         self.replayable = body_kind is NO_BODY and method in IDEMPOTENT_METHODS
         peer = conn.peer_ip
-        # (positional: a call by keywords matches each name, and this runs for every request)
-        self.head_bytes = request_head(
-            method,
-            self.target,
-            self.headers,
-            wanted,
-            peer,
-            ctx.is_trusted(peer) if ctx.trusted else False,
-            raw_host,
-            ctx.via_line,
-            self.request_id,
-            self.synthetic,
-            body_kind is CHUNKED,
-            self.content_length if b"content-length" in wanted else None,
-            self.upgrade,
-            self.forwarding,
-        )
+        trusted = ctx.is_trusted(peer) if ctx.trusted else False
+        fw = self.forwarding
+        if (fw is not None and fw.via is ctx.via_line and fw.trusted is trusted
+                and not self.synthetic and self.upgrade is None):  # fmt: skip
+            # (`request_head` from a kept head's parts, inline: a repeated head's way)
+            self.head_bytes = b"".join((method, b" ", self.target, fw.before_peer,
+                conn.peer_bytes, fw.before_id, self.request_id, fw.end))  # fmt: skip
+        else:  # (positional: a call by keywords matches each name)
+            self.head_bytes = request_head(
+                method, self.target, self.headers, wanted, peer, trusted, raw_host, ctx.via_line,
+                self.request_id, self.synthetic, body_kind is CHUNKED,
+                self.content_length if b"content-length" in wanted else None, self.upgrade, fw,
+            )  # fmt: skip
         ctx.in_flight += 1
         ctx.observer.exchange_started(self)
         mirror = ctx.mirror

@@ -16,7 +16,8 @@ in the same pass, the part of the client's head that depends on the upstream alo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from types import MappingProxyType
+from typing import Final, cast
 
 import httptools
 
@@ -49,6 +50,13 @@ def spoofed_forwarding(lname: bytes) -> bool:
     return lname.replace(b"_", b"-") in FORWARDING
 
 
+# An exchange's headers until its head is read (`exchange.Exchange`): shared and immutable (a
+# change would raise, never reach another exchange); the one pass gives it the head's own
+# (`request_head.read_request_head`), the per-header path new ones (`PerHeader.fill`).
+# (An empty list and dict per exchange, then replaced, cost ~0.5 k instructions.)
+NO_HEADERS: Final = cast("list[tuple[bytes, bytes]]", ())
+NO_WANTED: Final = cast("dict[bytes, bytes]", MappingProxyType({}))
+
 # Connection tokens that are options, not names of headers to drop.
 _REQUEST_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Headers a request's ``Connection`` can never remove: the framing and the Host the upstream
@@ -66,7 +74,9 @@ class Forwarding:
     head's own bytes (its header lines, the consumed ones, the Host, the framing) or from
     ``via`` and ``trusted``, which it was made for; a request that differs in those, is
     synthetic, asks for an upgrade or carries ``X-Real-IP`` or ``Forwarded`` (their values
-    name the peer) takes the full path. ``via`` None: not made (yet)."""
+    name the peer) takes the full path. ``via`` None: not made (yet). (`Exchange.start`
+    joins the parts itself when they fit its request: a call with `request_head`'s 14
+    arguments cost ~1.5 k instructions.)"""
 
     __slots__ = ("before_id", "before_peer", "end", "trusted", "via")
 

@@ -250,7 +250,7 @@ class PerHeader:
 
     def fill(self) -> None:
         """The exchange being parsed gets headers of its own for ``on_header`` to fill (an
-        exchange starts with immutable empty ones, `exchange.NO_HEADERS`)."""
+        exchange starts with immutable empty ones, `heads.NO_HEADERS`)."""
         ex = self.conn.parsing
         assert ex is not None
         ex.headers = []
