@@ -97,9 +97,9 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen", "host",
         "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
-        "parsing", "path", "peer_ip", "preview", "queue", "raw_host", "read", "request_began",
-        "request_parser", "slow", "state", "target", "transport", "tunnel", "upgrading",
-        "wanted_names",
+        "parsing", "path", "peer_bytes", "peer_ip", "preview", "queue", "raw_host", "read",
+        "request_began", "request_parser", "slow", "state", "target", "transport", "tunnel",
+        "upgrading", "wanted_names",
     )  # fmt: skip
 
     def __init__(self, ctx: ProxyContext, *, preview: bool = False) -> None:
@@ -121,6 +121,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_at = 0
         self.next_at = 0
         self.peer_ip = ""
+        self.peer_bytes = b""  # (encoded once: the upstream head names it in every request)
         # The last request's Host header and host (`heads.host_name`), target and path: a
         # connection's requests name one host, and often the same target, each made once.
         self.raw_host, self.host, self.target, self.path = b"", "", b"", ""
@@ -153,6 +154,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = self.flow.transport = cast(asyncio.Transport, transport)  # (uvloop)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.peer_bytes = self.peer_ip.encode()
         ctx = self.ctx
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self.state = CLOSED
@@ -338,7 +340,7 @@ class ClientConnection(asyncio.Protocol):
                 raise Reject(414, "uri_too_long")
             self.head_complete(parser, version)
             return
-        ex.target, ex.headers, ex.wanted, size, count = read_request_head(
+        ex.target, ex.headers, ex.wanted, size, count, ex.forwarding = read_request_head(
             head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
         )
         self.at = end + 4

@@ -15,7 +15,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain, count
 from typing import TYPE_CHECKING, Final, Protocol
 
 from splitproxy.config.vocabulary import FailureKind, Version
@@ -59,18 +60,32 @@ class CoarseClock:
         self.now = now
 
 
+# The last two hex digits of a count, padded: a count from 256 on is its ``n // 256`` in hex,
+# then these (``%x`` of 256 * k + j is ``%x`` of k, then ``%02x`` of j)
+_LOW: Final = tuple(b"%02x" % j for j in range(256))
+
+
 class RequestIds:
-    """Request ids unique per process start: a random prefix and a counter."""
+    """Request ids unique per process start: a random prefix (or ``prefix``) and a count,
+    ``<prefix>-<count in hex>``, from 1.
 
-    __slots__ = ("_n", "_prefix")
+    ``next()`` is the ``__next__`` of a C-level iterator: the ids come in blocks of 256 that
+    share all but their last two hex digits, each block a `map` that appends those digits
+    to its start (made once per block), chained over an `itertools.count` of blocks. An id
+    costs a bytes concatenation and no Python frame (a method formatting each cost ~2 k
+    instructions a request)."""
 
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex().encode()
-        self._n = 0
+    __slots__ = ("next",)
 
-    def next(self) -> bytes:
-        self._n += 1
-        return b"%s-%x" % (self._prefix, self._n)
+    def __init__(self, prefix: bytes | None = None) -> None:
+        start = (os.urandom(6).hex().encode() if prefix is None else prefix) + b"-"
+
+        def block(k: int) -> Iterator[bytes]:
+            return map((start + b"%x" % k).__add__, _LOW)
+
+        first = map(start.__add__, [b"%x" % j for j in range(1, 256)])  # (no padding)
+        blocks = chain.from_iterable(map(block, count(1)))
+        self.next: Callable[[], bytes] = chain(first, blocks).__next__
 
 
 class ProxyContext:

@@ -35,6 +35,9 @@ from typing import TYPE_CHECKING, Any, Final
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
 from splitproxy.dataplane.client_state import CLOSED as CLIENT_CLOSED
 from splitproxy.dataplane.heads import (
+    NO_HEADERS,
+    NO_WANTED,
+    Forwarding,
     host_name,
     origin_form,
     request_head,
@@ -92,11 +95,11 @@ class Exchange:
     __slots__ = (
         "backend_health", "body_buffer", "body_buffered", "body_kind", "body_received",
         "bytes_out", "client_head_sent", "conn", "connecting", "content_length", "ctx",
-        "decision", "duration", "error_kind", "expect_continue", "finished", "head_bytes",
-        "headers", "held", "host", "http11", "keep_alive", "method", "mirror", "observed", "path",
-        "pool", "preview", "reject", "replayable", "req_done", "request_id", "resp_mode",
-        "retried", "route", "snapshot", "started", "status", "synthetic", "target", "ttfb",
-        "tunnel", "up", "upgrade", "upstream_duration", "upstream_sent_at",
+        "decision", "duration", "error_kind", "expect_continue", "finished", "forwarding",
+        "head_bytes", "headers", "held", "host", "http11", "keep_alive", "method", "mirror",
+        "observed", "path", "pool", "preview", "reject", "replayable", "req_done", "request_id",
+        "resp_mode", "retried", "route", "snapshot", "started", "status", "synthetic", "target",
+        "ttfb", "tunnel", "up", "upgrade", "upstream_duration", "upstream_sent_at",
         "upstream_status", "upstream_url", "version", "wanted",
     )  # fmt: skip
 
@@ -105,8 +108,12 @@ class Exchange:
         self.ctx = conn.ctx
         self.method = b""
         self.target = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.wanted: dict[bytes, bytes] = {}
+        # (read-only: a kept head's are shared, see `request_head`; until the head is read,
+        # the immutable NO_HEADERS and NO_WANTED)
+        self.headers = NO_HEADERS
+        self.wanted = NO_WANTED
+        # what the head sends upstream, when its bytes are kept (`heads.Forwarding`)
+        self.forwarding: Forwarding | None = None
         self.keep_alive = True
         self.http11 = True
         self.upgrade: bytes | None = None
@@ -173,6 +180,7 @@ class Exchange:
             if not self._origin_form():
                 return
             target = self.target
+            wanted = self.wanted  # (a new one, with the target's Host)
         raw_host = wanted.get(b"host")
         if raw_host is None:
             if self.http11:
@@ -248,22 +256,19 @@ class Exchange:
         method = self.method
         self.replayable = body_kind is NO_BODY and method in IDEMPOTENT_METHODS
         peer = conn.peer_ip
-        # (positional: a call by keywords matches each name, and this runs for every request)
-        self.head_bytes = request_head(
-            method,
-            self.target,
-            self.headers,
-            wanted,
-            peer,
-            ctx.is_trusted(peer) if ctx.trusted else False,
-            raw_host,
-            ctx.via_line,
-            self.request_id,
-            self.synthetic,
-            body_kind is CHUNKED,
-            self.content_length if b"content-length" in wanted else None,
-            self.upgrade,
-        )
+        trusted = ctx.is_trusted(peer) if ctx.trusted else False
+        fw = self.forwarding
+        if (fw is not None and fw.via is ctx.via_line and fw.trusted is trusted
+                and not self.synthetic and self.upgrade is None):  # fmt: skip
+            # (`request_head` from a kept head's parts, inline: a repeated head's way)
+            self.head_bytes = b"".join((method, b" ", self.target, fw.before_peer,
+                conn.peer_bytes, fw.before_id, self.request_id, fw.end))  # fmt: skip
+        else:  # (positional: a call by keywords matches each name)
+            self.head_bytes = request_head(
+                method, self.target, self.headers, wanted, peer, trusted, raw_host, ctx.via_line,
+                self.request_id, self.synthetic, body_kind is CHUNKED,
+                self.content_length if b"content-length" in wanted else None, self.upgrade, fw,
+            )  # fmt: skip
         ctx.in_flight += 1
         ctx.observer.exchange_started(self)
         mirror = ctx.mirror
@@ -288,7 +293,9 @@ class Exchange:
             self.local(400, "bad_request", "invalid request target", close=True)
             return False
         authority, self.target = parts
-        self.wanted[b"host"] = authority
+        self.forwarding = None  # (its Host and headers change: not the kept head's any more)
+        # new ones: a kept head's are shared by the requests that repeat it (`request_head`)
+        self.wanted = {**self.wanted, b"host": authority}
         self.headers = [(n, v) for n, v in self.headers if n.lower() != b"host"]
         self.headers.append((b"Host", authority))
         return True

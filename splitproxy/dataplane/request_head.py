@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from splitproxy.dataplane.exchange import Reject
-from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
+from splitproxy.dataplane.heads import CONSUMED, Forwarding, spoofed_forwarding
 from splitproxy.dataplane.keptheads import KeptHeads
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ TABLE_MAX: Final = 256
 PAUSE: Final = 4096
 
 
-class _Kept(KeptHeads[tuple[Fields, dict[bytes, bytes], int, int]]):
+class _Kept(KeptHeads[tuple[Fields, dict[bytes, bytes], int, int, Forwarding]]):
     __slots__ = ("names",)
 
     def __init__(self) -> None:
@@ -116,14 +116,18 @@ def read_request_head(
     max_headers: int,
     wanted_names: frozenset[bytes],
     parts: list[bytes] | None = None,
-) -> tuple[bytes, Fields, dict[bytes, bytes], int, int]:
+) -> tuple[bytes, Fields, dict[bytes, bytes], int, int, Forwarding | None]:
     """What a request head that llhttp accepted says (``head``: its request line and header
     lines, without the blank line; HTTP/1.x, so the line has a version): the target, the
     headers forwarded in order, the wanted and consumed headers by lower-cased name (joined
     with ", ", cookies with "; "), and the header bytes and count as the limits count them.
     Refused as the per-header path refuses (`Reject`): a target over ``max_bytes`` (414);
     then, header by header, over ``max_bytes`` or ``max_headers`` (431) or a second Host or
-    Content-Length among ``wanted_names`` (400). The list and dict are the caller's.
+    Content-Length among ``wanted_names`` (400). The list and dict are read-only: a kept
+    head's are shared by every request that repeats it (whoever would change them makes new
+    ones, as `Exchange._origin_form` does; copying them cost ~0.9 k instructions). Last,
+    the head's `heads.Forwarding` when its bytes are kept (None: they are not): what it
+    sends upstream, made once for every request that repeats it.
 
     What llhttp accepts makes the reading simple: the request line is the method, spaces, the
     target (no whitespace in it), spaces and the version; every line ends in CRLF, no CR nor
@@ -150,14 +154,16 @@ def read_request_head(
         kept.names = wanted_names
     known = kept.heads.get(rest)
     if known is not None:
-        headers, wanted, size, count = known
+        headers, wanted, size, count, forwarding = known
         if size <= max_bytes and count <= max_headers:
             kept.hits += 1
-            return target, headers.copy(), wanted.copy(), size, count
+            return target, headers, wanted, size, count, forwarding
     headers, wanted, size, count = _read_fields(rest, max_bytes, max_headers, wanted_names)
     if kept.keeping(rest):
-        kept.keep(rest, (headers.copy(), wanted.copy(), size, count))
-    return target, headers, wanted, size, count
+        made = Forwarding()
+        kept.keep(rest, (headers, wanted, size, count, made))
+        return target, headers, wanted, size, count, made
+    return target, headers, wanted, size, count, None
 
 
 def _read_fields(
@@ -229,15 +235,26 @@ class PerHeader:
         self.mute = mute
         self.trailers = False  # past the head: what `on_header` gets are trailer fields
         self.parser = httptools.HttpRequestParser(self)
+        if skip_begin and not mute:  # (the connection's parser began it: its head is ours)
+            self.fill()
 
     def on_message_begin(self) -> None:
         if self.skip_begin:
             self.skip_begin = False
             return
         self.conn.on_message_begin()
+        self.fill()
         self.header_bytes = 0
         self.header_count = 0
         self.trailers = False
+
+    def fill(self) -> None:
+        """The exchange being parsed gets headers of its own for ``on_header`` to fill (an
+        exchange starts with immutable empty ones, `heads.NO_HEADERS`)."""
+        ex = self.conn.parsing
+        assert ex is not None
+        ex.headers = []
+        ex.wanted = {}
 
     def on_url(self, url: bytes) -> None:
         if self.mute:

@@ -8,7 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from splitproxy.dataplane.heads import request_head, response_head, spoofed_forwarding
+from splitproxy.dataplane.heads import (
+    Forwarding,
+    request_head,
+    response_head,
+    spoofed_forwarding,
+)
 from splitproxy.dataplane.http11 import HOP_BY_HOP, BodyRelay
 
 RID = b"rid-1"
@@ -252,3 +257,57 @@ def test_x_real_ip_and_forwarded_are_believed_only_from_a_trusted_peer() -> None
 def test_underscore_spellings_of_forwarding_headers_are_spoofs(name: bytes) -> None:
     assert spoofed_forwarding(name.lower())
     assert not spoofed_forwarding(b"x_custom_header")
+
+
+# -- a kept head's parts (`heads.Forwarding`) -------------------------------------------------
+_NAMES = [b"Host", b"Accept", b"content-length", b"Content-Length", b"Keep-Alive", b"X-A", b"te"]
+_CONSUMED = {
+    b"connection": [b"keep-alive", b"close", b"x-a, te", b"Content-Length, host", b"X-A"],
+    b"x-forwarded-for": [b"1.2.3.4", b""],
+    b"x-forwarded-proto": [b"https", b""],
+    b"x-forwarded-host": [b"front.test", b""],
+    b"x-real-ip": [b"6.6.6.6"],
+    b"forwarded": [b"for=6.6.6.6"],
+}
+_VIAS = [b"Via: 1.1 splitproxy\r\n", b"", b"Via: 2.0 other\r\n"]
+# what differs from one request to the next for the same head bytes
+_REQUEST = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from([b"GET", b"POST", b"CONNECT"]),
+        "target": st.sampled_from([b"/", b"/a?b", b"*"]),
+        "peer": st.sampled_from(["203.0.113.7", "10.0.0.1", "2001:db8::1"]),
+        "trusted_peer": st.booleans(),
+        "via_line": st.sampled_from(_VIAS),
+        "request_id": st.sampled_from([b"rid-1", b"rid-2", b"x" * 40]),
+        "synthetic": st.booleans(),
+        "upgrade": st.sampled_from([None, None, b"websocket"]),
+    }
+)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from([b"1", b"a b", b""])), max_size=5),
+    st.dictionaries(st.sampled_from(list(_CONSUMED)), st.integers(0, 4), max_size=3),
+    st.sampled_from([b"app.test", b""]),
+    st.sampled_from([(False, None), (False, 0), (False, 12), (True, None)]),
+    st.lists(_REQUEST, min_size=1, max_size=6),
+)
+def test_a_kept_head_forwards_what_the_full_path_forwards(
+    headers: list[tuple[bytes, bytes]],
+    picks: dict[bytes, int],
+    raw_host: bytes,
+    framing: tuple[bool, int | None],
+    requests: list[dict[str, Any]],
+) -> None:
+    # One head's bytes (its lines, consumed headers, Host and framing) sent again and again by
+    # requests that differ in all the rest: its parts, made by the first, then reused or made
+    # again, give each request the bytes the full path gives it.
+    consumed = {name: _CONSUMED[name][i % len(_CONSUMED[name])] for name, i in picks.items()}
+    chunked, length = framing
+    kept = Forwarding()
+    for options in requests:
+        fixed: dict[str, Any] = {"raw_host": raw_host, "chunked": chunked, "content_length": length}
+        full = request_head(headers=headers, consumed=consumed, **fixed, **options)
+        assert (
+            request_head(headers=headers, consumed=consumed, **fixed, **options, kept=kept) == full
+        )

@@ -10,6 +10,7 @@ bodies with trailers, and any split of the bytes over reads."""
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Final
 
 import httptools
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from splitproxy.dataplane import request_head
 from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.context import RequestIds
 from splitproxy.dataplane.exchange import Exchange, Reject
 from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
 from splitproxy.dataplane.request_head import read_request_head
@@ -91,6 +93,9 @@ class OldClient(ClientConnection):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        assert self.parsing is not None
+        self.parsing.headers = []  # (an exchange's own, to fill: see `PerHeader.fill`)
+        self.parsing.wanted = {}
         self.header_bytes = 0
         self.header_count = 0
         self.trailers = False
@@ -251,11 +256,20 @@ def exchange_fields(ex: Exchange) -> tuple[Any, ...]:
             ex.body_received, ex.req_done, ex.finished, ex.reject)  # fmt: skip
 
 
+def kept_as_read() -> None:
+    """Every kept head's entry is what reading its bytes gives: its headers and wanted ones are
+    shared by the exchanges that repeat it, and none of them changed them."""
+    kept = request_head.KEPT
+    for rest, (headers, wanted, size, count, _) in kept.heads.items():
+        read = request_head._read_fields(rest, 10**9, 10**9, kept.names)
+        assert (headers, wanted, size, count) == read
+
+
 async def run(pieces: list[bytes], old: bool, **limits: Any) -> tuple[Any, ...]:
     """What a connection did with ``pieces``: the bytes to the client and to each upstream
     connection, its exchanges, and how it ended."""
     proxy = Proxy(**limits)
-    proxy.ctx.request_ids._prefix = b"same"
+    proxy.ctx.request_ids = RequestIds(b"same")
     if old:
         former = OldClient(proxy.ctx)
         transport = MockTransport()
@@ -278,6 +292,7 @@ async def run(pieces: list[bytes], old: bool, **limits: Any) -> tuple[Any, ...]:
                 while answered.get(n, 0) < complete and not transport.closed:
                     answered[n] = answered.get(n, 0) + 1
                     up.data_received(OK)
+    kept_as_read()
     conn = client.conn
     exchanges = [exchange_fields(ex) for ex in proxy.observer.started]
     pending = [exchange_fields(ex) for ex in (conn.current, *conn.queue, conn.parsing) if ex]
@@ -353,7 +368,7 @@ def test_the_one_pass_reads_what_llhttp_reads(data: bytes) -> None:
     request_head._lines.clear()
     for _ in range(2):  # read, then read again from the lines kept
         try:
-            target, headers, got, size, count = read_request_head(head, 10**6, 10**6, wanted)
+            target, headers, got, size, count, _ = read_request_head(head, 10**6, 10**6, wanted)
         except Reject as exc:
             refused = exc.code
             assert refused == "duplicate_header"  # (no limit is near)
@@ -391,3 +406,65 @@ def test_the_first_refusal_in_the_head_is_the_one_given(head: bytes, code: str) 
     with pytest.raises(Reject) as refused:
         read_request_head(head.rstrip(b"\r\n"), 150, 50, frozenset({b"host"}))
     assert refused.value.code == code
+
+
+# -- what a kept head sends upstream (`heads.Forwarding`) -----------------------------------
+def upstream_heads(sent: bytes) -> list[bytes]:
+    """The heads in what an upstream connection received, X-Request-ID's value blanked."""
+    heads = [h for h in sent.split(b"\r\n\r\n") if h]
+    return [re.sub(rb"X-Request-ID: [^\r]*", b"X-Request-ID: -", h) for h in heads]
+
+
+async def test_a_repeated_head_sends_the_bytes_the_full_path_sends() -> None:
+    line = b"GET /a HTTP/1.1\r\nHost: app.test\r\nCookie: c=1\r\nConnection: keep-alive, x-drop"
+    request = line + b"\r\nX-Drop: 1\r\nX-Forwarded-For: 9.9.9.9\r\nContent-Length: 0\r\n\r\n"
+    pieces = [request, request.replace(b"/a", b"/b"), request]
+    hits = request_head.KEPT.hits
+    new = await run(pieces, old=False)
+    assert request_head.KEPT.hits >= hits + 2  # (the second and third from the kept head)
+    assert new == await run(pieces, old=True)
+    first, second, third = upstream_heads(new[2][0])
+    assert first == third == second.replace(b"/b", b"/a")
+    assert b"X-Drop" not in first
+    assert b"9.9.9.9" not in first
+    ids = re.findall(rb"X-Request-ID: ([^\r]*)", new[2][0])
+    assert len(set(ids)) == 3
+
+
+async def test_a_kept_head_gets_each_requests_own_peer_id_and_host() -> None:
+    # the same head bytes from an untrusted client, a trusted proxy and in absolute form
+    # (whose Host the target replaces), then through a proxy with another Via
+    head = b" HTTP/1.1\r\nHost: app.test\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+    proxy = Proxy(trusted_proxies=("10.0.0.0/8",))
+    sent = []
+    for peer, target in [
+        ("203.0.113.9", b"/p"),
+        ("203.0.113.9", b"http://other.test/p"),
+        ("203.0.113.9", b"/p"),
+        ("10.1.1.1", b"/p"),
+        ("10.1.1.1", b"/p"),
+    ]:
+        client = proxy.client((peer, 40000))
+        client.send(b"GET " + target + head)
+        await client.settle()
+        up = await proxy.upstream(n=len(proxy.pool().opened))
+        sent.append(up.transport.take())
+        up.reply(OK)
+    other = Proxy(via="2.0 other")
+    client = other.client(("203.0.113.9", 40000))
+    client.send(b"GET /p" + head)
+    await client.settle()
+    sent.append((await other.upstream()).transport.take())
+    untrusted, absolute, untrusted_again, trusted, trusted_again, via = sent
+    assert upstream_heads(untrusted_again) == upstream_heads(untrusted)
+    assert upstream_heads(trusted_again) == upstream_heads(trusted)
+    assert b"X-Forwarded-For: 203.0.113.9\r\n" in untrusted
+    assert b"X-Forwarded-For: 1.2.3.4, 10.1.1.1\r\n" in trusted
+    assert b"Host: other.test\r\n" in absolute
+    assert b"app.test" not in absolute
+    assert b"X-Forwarded-Host: other.test\r\n" in absolute
+    assert b"Via: 2.0 other\r\n" in via
+    assert b"splitproxy" not in via
+    assert b"Via: 1.1 splitproxy\r\n" in untrusted
+    ids = [re.search(rb"X-Request-ID: ([^\r]*)", s) for s in sent]
+    assert len({m.group(1) for m in ids if m}) == 6

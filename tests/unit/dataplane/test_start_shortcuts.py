@@ -4,7 +4,8 @@ The host and path of a connection's last request are kept on the connection (`Cl
 and the route found through the snapshot's table directly; a single address with nothing on
 record gets its pool without `ProxyContext.pick_pool`; a route without a mirror lane skips
 `Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` is taken for HTTP/1.1, its
-first word for the method, without asking llhttp (`request_head.surely_http11`).
+first word for the method, without asking llhttp (`request_head.surely_http11`); request ids are
+made in blocks (`context.RequestIds`).
 Each answer must be the one the full computation gives, whatever the sequence of Host headers
 on one keep-alive connection, and whatever the health on record.
 """
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from splitproxy.dataplane.context import RequestIds
 from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.heads import host_name
 from splitproxy.dataplane.request_head import surely_http11
@@ -197,3 +199,17 @@ async def test_an_http09_line_followed_by_a_version_like_header_is_refused_as_be
     await client.settle()
     assert client.transport.take().startswith(b"HTTP/1.1 505 ")
     assert proxy.pool(STABLE_URL).opened == []
+
+
+def test_request_ids_are_the_prefix_and_the_count_in_hex() -> None:
+    # made in blocks of 256 (`RequestIds`): the ids the former ``b"%s-%x" % (prefix, n)``
+    # made, across the blocks' edges and the count's growing digits (0xff, 0x100, 0x10000)
+    ids = RequestIds(b"0a1b2c3d4e5f")
+    assert [ids.next() for _ in range(0x10200)] == [
+        b"0a1b2c3d4e5f-%x" % n for n in range(1, 0x10201)
+    ]
+    one, two = RequestIds(), RequestIds()  # a random prefix each: unique per process start
+    first = one.next()
+    assert first.endswith(b"-1")
+    assert len(first) == 12 + 2
+    assert first != two.next()
