@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import InitVar, dataclass, field, replace
 from types import MappingProxyType
 
 from splitproxy.config import Backend, Route, RoutingConfig
@@ -102,9 +102,15 @@ class Snapshot:
     table: RouteTable | None = field(default=None, repr=False, compare=False)
     # route name -> position in `routes`: lookups by name are a dict access, not a scan
     _positions: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    # ``positions``: the positions, when known (not kept as a field: `_positions` is). A
+    # snapshot of the same config with new weights (`RuntimeState._recompile`) has the same
+    # names in the same places; making them again on each of a tick's weight changes cost
+    # O(routes) each.
+    positions: InitVar[Mapping[str, int] | None] = None
 
-    def __post_init__(self) -> None:
-        positions = {route.name: i for i, route in enumerate(self.routes)}
+    def __post_init__(self, positions: Mapping[str, int] | None) -> None:
+        if positions is None:
+            positions = {route.name: i for i, route in enumerate(self.routes)}
         object.__setattr__(self, "_positions", positions)
         if self.table is None or self.table.routes is not self.routes:
             table = self.table.rebind(self.routes) if self.table else RouteTable(self.routes)
@@ -387,14 +393,14 @@ class RuntimeState:
             raise InvalidValue("invalid_weight", "weight must be between 0 and 100")
         overrides = dict(current.overrides)
         overrides[name] = WeightOverride(round(percent, 2), now, source)
-        return self._swap(self._recompile(current, overrides=overrides))
+        return self._swap(self._recompile(current, name, overrides=overrides))
 
     def clear_weight(self, name: str) -> Snapshot:
         """Drop a runtime override: the file's weight applies again (unless a rollout's does)."""
         current = self._require(name)
         overrides = dict(current.overrides)
         overrides.pop(name, None)
-        return self._swap(self._recompile(current, overrides=overrides))
+        return self._swap(self._recompile(current, name, overrides=overrides))
 
     def set_rollout_weight(
         self,
@@ -416,7 +422,9 @@ class RuntimeState:
         driven[name] = RolloutWeight(round(percent, 2), now, candidate, closed, shadow)
         overrides = dict(current.overrides)
         overrides.pop(name, None)
-        return self._swap(self._recompile(current, overrides=overrides, rollout_weights=driven))
+        return self._swap(
+            self._recompile(current, name, overrides=overrides, rollout_weights=driven)
+        )
 
     def clear_rollout_weight(self, name: str) -> Snapshot | None:
         """The rollout hands the route back to the file; None when it had no rollout weight."""
@@ -425,7 +433,7 @@ class RuntimeState:
             return None
         driven = dict(current.rollout_weights)
         del driven[name]
-        return self._swap(self._recompile(current, rollout_weights=driven))
+        return self._swap(self._recompile(current, name, rollout_weights=driven))
 
     def revert_to(self, name: str, backend: Backend, now: float) -> Snapshot:
         """Send all of ``name``'s traffic to ``backend`` (a previous stable) until the file
@@ -433,7 +441,7 @@ class RuntimeState:
         current = self._require(name)
         reverts = dict(current.reverts)
         reverts[name] = backend
-        return self._swap(self._recompile(current, reverts=reverts))
+        return self._swap(self._recompile(current, name, reverts=reverts))
 
     def keep_warm(self, name: str, backend: Backend | None) -> Snapshot | None:
         """Keep ``backend``'s upstream pool for ``name`` (None: no longer)."""
@@ -445,50 +453,56 @@ class RuntimeState:
             warm.pop(name, None)
         else:
             warm[name] = backend
-        return self._swap(self._recompile(current, warm=warm))
+        return self._swap(self._recompile(current, name, warm=warm))
 
     @staticmethod
     def _recompile(
         current: Snapshot,
+        name: str,
         *,
-        overrides: Mapping[str, WeightOverride] | None = None,
-        rollout_weights: Mapping[str, RolloutWeight] | None = None,
-        reverts: Mapping[str, Backend] | None = None,
-        warm: Mapping[str, Backend] | None = None,
+        overrides: dict[str, WeightOverride] | None = None,
+        rollout_weights: dict[str, RolloutWeight] | None = None,
+        reverts: dict[str, Backend] | None = None,
+        warm: dict[str, Backend] | None = None,
     ) -> Snapshot:
-        """``current`` with new runtime weights, reverts or warm backends: only the routes
-        whose entry changed are compiled again (a weight change on a file of 10,000 routes
-        touches one route, not all of them), and the route index is rebound, not rebuilt."""
-        o = current.overrides if overrides is None else overrides
-        r = current.rollout_weights if rollout_weights is None else rollout_weights
-        v = current.reverts if reverts is None else reverts
-        w = current.warm if warm is None else warm
-        routes = list(current.routes)
-        config = current.config
-        pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
-            (current.overrides, o),
-            (current.rollout_weights, r),
-            (current.reverts, v),
+        """``current`` with route ``name``'s runtime weight, revert or warm backend changed
+        (the new mappings, made by the caller and handed over: not copied again; the others
+        are ``current``'s). Only that route is compiled again, and only when its entry
+        changed; the other routes, their positions and the route index are reused (rebound,
+        not rebuilt). Nothing here walks all the routes: a rollout's tick may change the
+        weights of hundreds of routes of a file of thousands, one call each."""
+        o = current.overrides if overrides is None else MappingProxyType(overrides)
+        r = (
+            current.rollout_weights
+            if rollout_weights is None
+            else MappingProxyType(rollout_weights)
         )
-        for old, new in pairs:
-            for name in old.keys() | new.keys():
-                i = current._positions.get(name)
-                if i is None or old.get(name) == new.get(name):
-                    continue
-                route = config.routes[i]
-                routes[i] = _compile_route(
-                    route, _reusable(current, route), o.get(name), r.get(name), v.get(name)
-                )
+        v = current.reverts if reverts is None else MappingProxyType(reverts)
+        w = current.warm if warm is None else MappingProxyType(warm)
+        routes = current.routes
+        config = current.config
+        i = current._positions.get(name)
+        if i is not None and (
+            current.overrides.get(name) != o.get(name)
+            or current.rollout_weights.get(name) != r.get(name)
+            or current.reverts.get(name) != v.get(name)
+        ):
+            route = config.routes[i]
+            compiled = _compile_route(
+                route, _reusable(current, route), o.get(name), r.get(name), v.get(name)
+            )
+            routes = (*routes[:i], compiled, *routes[i + 1 :])
         return Snapshot(
             config,
-            tuple(routes),
+            routes,
             current.content_hash,
             current.loaded_at,
-            MappingProxyType(dict(o)),
-            MappingProxyType(dict(r)),
-            MappingProxyType(dict(v)),
-            MappingProxyType(dict(w)),
+            o,
+            r,
+            v,
+            w,
             current.table,
+            positions=current._positions,
         )
 
     def _require(self, name: str) -> Snapshot:

@@ -271,7 +271,7 @@ MANY = "routes:\n" + "".join(
 )
 _ops = st.lists(
     st.tuples(
-        st.sampled_from(["weight", "clear", "rollout", "unroll", "revert"]),
+        st.sampled_from(["weight", "clear", "rollout", "unroll", "revert", "warm", "cool"]),
         st.integers(0, 5),
         st.sampled_from([0.0, 12.5, 50.0, 100.0]),
         st.booleans(),
@@ -299,11 +299,14 @@ def test_a_runtime_change_serves_what_compiling_the_whole_file_would(
     ops: list[tuple[str, int, float, bool]],
 ) -> None:
     # weight changes recompile only the routes they name: the result must be what compiling
-    # every route afresh with the same runtime weights and reverts gives
+    # every route afresh with the same runtime weights and reverts gives, every other route
+    # the same object as before, and the positions by name still right
     state = RuntimeState()
     load(state, MANY)
     for op, i, percent, closed in ops:
         name = f"r{i}"
+        before = state.snapshot
+        assert before is not None
         with contextlib.suppress(Conflict):
             if op == "weight":
                 state.set_weight(name, percent, 1.0)
@@ -313,10 +316,16 @@ def test_a_runtime_change_serves_what_compiling_the_whole_file_would(
                 state.set_rollout_weight(name, percent, 1.0, "rev", closed=closed)
             elif op == "unroll":
                 state.clear_rollout_weight(name)
-            else:
+            elif op == "revert":
                 state.revert_to(name, Backend.model_validate({"url": ["http://127.0.0.1:99"]}), 1.0)
+            elif op == "warm":
+                state.keep_warm(name, Backend.model_validate({"url": ["http://127.0.0.1:98"]}))
+            else:
+                state.keep_warm(name, None)
         now = state.snapshot
         assert now is not None
+        assert all(a is b for a, b in zip(before.routes, now.routes, strict=True) if a.name != name)
+        assert [now.route(r.name) for r in now.routes] == list(now.routes)
         fresh = compile_snapshot(
             now.config, now.content_hash, now.loaded_at, now.overrides,
             now.rollout_weights, now.reverts, now.warm,
