@@ -343,11 +343,20 @@ class Controller:
             return
         a = rt.analyzer
         closed, mirror = a.phase == "rolled_back", shadow.holding(a)
-        # neither the snapshot (swapped by any weight set) nor these changed: nothing to do
+        # `_set_weight` reads the config, this route's rollout weight and these: when none
+        # changed, nothing to do. Not the snapshot itself: every other route's weight change
+        # swaps it (a tick makes dozens), and keeps this route's weight object and the config
         synced = (a.weight, a.revision, closed, mirror)
-        if rt.synced[0] is not snapshot or rt.synced[1] != synced:
+        config, have = rt.synced[0]
+        if (
+            config is not snapshot.config
+            or have is not snapshot.rollout_weights.get(rt.name)
+            or rt.synced[1] != synced
+        ):
             self._set_weight(rt, snapshot, now, closed, mirror)
-            rt.synced = (self.state.snapshot, synced)
+            now_in = self.state.snapshot
+            assert now_in is not None  # (a weight set swaps a snapshot in, never out)
+            rt.synced = ((now_in.config, now_in.rollout_weights.get(rt.name)), synced)
 
     def _set_weight(
         self, rt: _Rollout, snap: Snapshot, now: float, closed: bool, mirror: bool

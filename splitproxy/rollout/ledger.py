@@ -47,9 +47,12 @@ class RouteRollout:
     _external: tuple[object, tuple[ExternalCheck, ...]] = field(
         default=(None, ()), init=False, repr=False
     )
-    # the snapshot `Controller._sync_weight` last left in force, with the analyzer's weight,
-    # revision, closed and shadow flags it synced then (compared by identity, then by value)
-    synced: tuple[object, tuple[object, ...]] = field(default=(None, ()), init=False, repr=False)
+    # the config and this route's rollout weight `Controller._sync_weight` last left in force
+    # (compared by identity), with the analyzer's weight, revision, closed and shadow flags it
+    # synced then (by value)
+    synced: tuple[tuple[object, object], tuple[object, ...]] = field(
+        default=((None, None), ()), init=False, repr=False
+    )
 
     def configure(self, rollout: Rollout) -> None:
         if rollout is self.rollout:  # made for it (or a reload kept the route): nothing new
