@@ -198,31 +198,36 @@ async def progressing(proxy: Proxy) -> None:
 ROUTE_CARD = f"document.querySelector('section.route[data-route=\"{ROUTE}\"]')"
 
 
-async def test_the_dashboard_shows_the_rollout_and_rolls_it_back(
+async def held_rollout(
     tmp_path: Path, serve: Callable[[Any], Awaitable[str]]
-) -> None:
+) -> contextlib.AbstractContextManager[Proxy]:
+    """``splitproxy serve`` (to enter) with the two versions and a canary rollout that stays at
+    its first step until rolled back (long steps, a high request floor), behind the admin
+    token ``TOKEN``."""
     stable, candidate = await versions(serve)
-    # long steps and a high request floor: the rollout stays at its first step until rolled back
     config = write_config(
         tmp_path / "routes.yaml", stable, candidate, interval="60s", min_requests=100000
     )
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
-    with (
-        serving(
-            config,
-            tmp_path / "proxy.log",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--no-access-log",
-            "--drain-delay",
-            "0",
-            "--drain-timeout",
-            "2",
-            env={"SPLITPROXY_ADMIN_TOKEN_FILE": str(token)},
-        ) as proxy,  # fmt: skip
-        chromium(tmp_path / "profile") as port,
-    ):
+    return serving(
+        config,
+        tmp_path / "proxy.log",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--no-access-log",
+        "--drain-delay",
+        "0",
+        "--drain-timeout",
+        "2",
+        env={"SPLITPROXY_ADMIN_TOKEN_FILE": str(token)},
+    )  # fmt: skip
+
+
+async def test_the_dashboard_shows_the_rollout_and_rolls_it_back(
+    tmp_path: Path, serve: Callable[[Any], Awaitable[str]]
+) -> None:
+    with await held_rollout(tmp_path, serve) as proxy, chromium(tmp_path / "profile") as port:
         await progressing(proxy)
         async with aiohttp.ClientSession() as session, page(session, port) as tab:
             url = f"http://127.0.0.1:{proxy.admin_port}/"
@@ -273,25 +278,7 @@ async def test_a_late_refusal_of_a_request_sent_before_the_token_keeps_the_token
     and the second refusal may come back after the user submitted the token: it refuses no
     token, so the page keeps the one given (it used to wipe it and ask again, "That token was
     refused."). The browser holds that second request until the token is in, then lets it go."""
-    stable, candidate = await versions(serve)
-    config = write_config(
-        tmp_path / "routes.yaml", stable, candidate, interval="60s", min_requests=100000
-    )
-    token = tmp_path / "token"
-    token.write_text(TOKEN + "\n")
-    with (
-        serving(
-            config,
-            tmp_path / "proxy.log",
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--no-access-log",
-            "--drain-timeout",
-            "2",
-            env={"SPLITPROXY_ADMIN_TOKEN_FILE": str(token)},
-        ) as proxy,  # fmt: skip
-        chromium(tmp_path / "profile") as port,
-    ):
+    with await held_rollout(tmp_path, serve) as proxy, chromium(tmp_path / "profile") as port:
         async with aiohttp.ClientSession() as session, page(session, port) as tab:
             await tab.send("Fetch.enable", patterns=[{"urlPattern": "*/api/v1/events*"}])
             await tab.send("Page.navigate", url=f"http://127.0.0.1:{proxy.admin_port}/")
