@@ -39,12 +39,14 @@ from splitproxy.dataplane.client_state import (
     OPEN,
     TUNNEL,
     check_timeouts,
+    head_progress,
 )
 from splitproxy.dataplane.client_state import ClientState as ClientState  # (re-exported)
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
 from splitproxy.dataplane.request_head import (
+    KEPT,
     REJECT_MESSAGES,
     PerHeader,
     read_request_head,
@@ -209,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
             self.parser = self.request_parser = httptools.HttpRequestParser(self)
             self.next_at = 0
         if self.in_head:
-            self._head_progress(len(data))
+            head_progress(self, len(data))
 
     def _feed(self, parser: _Feed, data: bytes) -> None:
         try:
@@ -329,20 +331,33 @@ class ClientConnection(asyncio.Protocol):
         head = read[at:end]
         parts = head.split(b" ", 2)
         keep_alive = parser.should_keep_alive()
-        if surely_http11(parts):  # (and the method is the line's first word)
+        ctx = self.ctx
+        kept = KEPT
+        known = None
+        if len(parts) == 3:  # (`surely_http11` and `read_request_head`'s look-up, inline)
+            target, rest = parts[1], parts[2]
+            if (rest[:10] == b"HTTP/1.1\r\n" and target and 10 not in target and kept.names
+                    is self.wanted_names and len(target) <= ctx.max_header_bytes):  # fmt: skip
+                known = kept.heads.get(rest)
+        if known is not None and known[2] <= ctx.max_header_bytes and known[3] <= ctx.max_headers:
+            kept.hits += 1  # (a repeated head, HTTP/1.1: what it said before)
+            ex.target = target
+            ex.headers, ex.wanted, size, count, ex.forwarding = known
             version, method = "1.1", parts[0]
         else:
-            version, method = parser.get_http_version(), parser.get_method()
-        ctx = self.ctx
-        if version == "0.9":  # no headers: only the target is checked before the 505
-            ex.target = read[at : read.find(b"\r\n", at)].split()[1]
-            if len(ex.target) > ctx.max_header_bytes:
-                raise Reject(414, "uri_too_long")
-            self.head_complete(parser, version)
-            return
-        ex.target, ex.headers, ex.wanted, size, count, ex.forwarding = read_request_head(
-            head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
-        )
+            if surely_http11(parts):  # (and the method is the line's first word)
+                version, method = "1.1", parts[0]
+            else:
+                version, method = parser.get_http_version(), parser.get_method()
+            if version == "0.9":  # no headers: only the target is checked before the 505
+                ex.target = read[at : read.find(b"\r\n", at)].split()[1]
+                if len(ex.target) > ctx.max_header_bytes:
+                    raise Reject(414, "uri_too_long")
+                self.head_complete(parser, version)
+                return
+            ex.target, ex.headers, ex.wanted, size, count, ex.forwarding = read_request_head(
+                head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
+            )
         self.at = end + 4
         ex.method = method  # (not before: a head refused above is answered as if no method)
         self.head_complete(parser, version, keep_alive)
@@ -496,16 +511,6 @@ class ClientConnection(asyncio.Protocol):
         self.parser = _DISCARD
         if self.state is OPEN:
             self.state = LAST_REQUEST
-
-    def _head_progress(self, n: int) -> None:
-        """A request head spans reads: bound it before its end arrives (a header line that
-        never ends would otherwise grow in the parser's buffer)."""
-        if self.head_seen < 0:
-            self.head_seen = 0  # the read the request began in is bounded by the read size
-            return
-        self.head_seen += n
-        if self.head_seen > 2 * self.ctx.max_header_bytes + 4096:
-            self._reject(431, "headers_too_large", REJECT_MESSAGES["headers_too_large"])
 
     def _upgrade_requested(self, rest: bytes) -> None:
         """The parser saw a complete Upgrade request and reads no further: bytes after it

@@ -5,7 +5,8 @@ the sweeper's clock, the timeouts listed there: ``header_timeout`` from a reques
 to the end of its headers (408); ``body_timeout`` between request body bytes, and for a client
 that stops taking the response; ``read_timeout`` while waiting on the upstream (504 before the
 response, a cut connection after); ``client_idle_timeout`` between requests; the lingering
-close's bounds; a tunnel's idle time.
+close's bounds; a tunnel's idle time. `head_progress` bounds a request head that spans reads
+before its end arrives.
 """
 
 from __future__ import annotations
@@ -81,3 +82,17 @@ def check_timeouts(conn: ClientConnection, now: float) -> None:
         conn.close()  # only empty lines since: no request is coming
     elif now - conn.last_activity > ctx.client_idle_timeout:
         conn.close()
+
+
+def head_progress(conn: ClientConnection, n: int) -> None:
+    """``n`` more bytes of a request head that spans reads: bound it before its end arrives
+    (a header line that never ends would otherwise grow in the parser's buffer)."""
+    if conn.head_seen < 0:
+        conn.head_seen = 0  # the read the request began in is bounded by the read size
+        return
+    conn.head_seen += n
+    if conn.head_seen > 2 * conn.ctx.max_header_bytes + 4096:
+        # (here: `request_head` imports `exchange`, which imports this module)
+        from splitproxy.dataplane.request_head import REJECT_MESSAGES
+
+        conn._reject(431, "headers_too_large", REJECT_MESSAGES["headers_too_large"])
