@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from splitproxy.dataplane.client_state import (
     CLOSED,
+    DISCARD,
     LAST_REQUEST,
     LINGERING,
     OPEN,
     TUNNEL,
+    Feed,
     check_timeouts,
     head_progress,
 )
@@ -55,6 +57,8 @@ from splitproxy.dataplane.request_head import (
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.context import ProxyContext
+    from splitproxy.dataplane.lookup import RouteTable
+    from splitproxy.dataplane.routing import CompiledRoute
 
 logger = logging.getLogger("splitproxy.dataplane.client")
 
@@ -62,21 +66,7 @@ _CRLF: Final = (13, 10)
 _BLANK: Final = b"\r\n\r\n"  # where a head ends
 
 
-class _Feed(Protocol):
-    def feed_data(self, data: bytes) -> None: ...
-
-
-class _Discard:
-    """Stands in for the request parser once no more requests are read from a connection."""
-
-    __slots__ = ()
-
-    def feed_data(self, data: bytes) -> None:
-        pass
-
-
-_DISCARD: Final = _Discard()
-_SPENT_PARSER: Final = httptools.HttpRequestParser(_DISCARD)  # a closed connection's: never fed
+_SPENT_PARSER: Final = httptools.HttpRequestParser(DISCARD)  # a closed connection's: never fed
 
 
 # what a parser's feed_data raises (an upgrade is not an HttpParserError)
@@ -97,8 +87,8 @@ class ClientConnection(asyncio.Protocol):
     # Slots: one of these lives as long as its connection, idle keep-alive ones included
     # (thousands at once); a __dict__ would cost a few hundred bytes more each.
     __slots__ = (
-        "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen", "host",
-        "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
+        "at", "blank_since", "closing", "ctx", "current", "flow", "found", "head_at", "head_seen",
+        "host", "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
         "parsing", "path", "peer_bytes", "peer_ip", "preview", "queue", "raw_host", "read",
         "request_began", "request_parser", "slow", "state", "target", "transport", "tunnel",
         "upgrading", "wanted_names",
@@ -116,7 +106,7 @@ class ClientConnection(asyncio.Protocol):
         # (a head spanning reads, a refused head, a chunked body) until a read ends between
         # requests.
         self.request_parser = httptools.HttpRequestParser(self)
-        self.parser: _Feed = self.request_parser  # _DISCARD once no more requests are read
+        self.parser: Feed = self.request_parser  # DISCARD once no more requests are read
         self.slow: PerHeader | None = None
         self.read = b""
         self.at = 0
@@ -124,9 +114,11 @@ class ClientConnection(asyncio.Protocol):
         self.next_at = 0
         self.peer_ip = ""
         self.peer_bytes = b""  # (encoded once: the upstream head names it in every request)
-        # The last request's Host header and host (`heads.host_name`), target and path: a
-        # connection's requests name one host, and often the same target, each made once.
+        # The last request's Host header and host (`heads.host_name`), target and path, and the
+        # route a table found for them (`found`; None: ask): a connection's requests name one
+        # host, and often the same target, each made and looked up once.
         self.raw_host, self.host, self.target, self.path = b"", "", b"", ""
+        self.found: tuple[RouteTable, CompiledRoute | None] | None = None
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
         # Pipelined requests behind `current`: almost always empty, and a list costs 56 bytes
@@ -160,7 +152,7 @@ class ClientConnection(asyncio.Protocol):
         ctx = self.ctx
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self.state = CLOSED
-            self.parser = _DISCARD
+            self.parser = DISCARD
             ctx.refuse_connection(self.transport)
             return
         ctx.connections.add(self)
@@ -213,7 +205,7 @@ class ClientConnection(asyncio.Protocol):
         if self.in_head:
             head_progress(self, len(data))
 
-    def _feed(self, parser: _Feed, data: bytes) -> None:
+    def _feed(self, parser: Feed, data: bytes) -> None:
         try:
             parser.feed_data(data)
         except _FAILED as exc:
@@ -223,7 +215,7 @@ class ClientConnection(asyncio.Protocol):
         # (out of the handler: an exception raised in it would take this one as its context)
         self._failed(parser, data, failed)
 
-    def _failed(self, parser: _Feed, data: bytes, exc: Exception) -> None:
+    def _failed(self, parser: Feed, data: bytes, exc: Exception) -> None:
         """``parser`` raised ``exc`` on ``data``: an upgrade, a callback's exception, or a
         refused request."""
         refused: Exception | None = None
@@ -291,7 +283,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = self.parsing = self.tunnel = self.upgrading = self.slow = None
         # Nothing of a closed connection is used again: without its parser (our bound callbacks)
         # and transport, refcounting frees it; frozen (`heap`), a cycle would be kept for good.
-        self.parser = _DISCARD
+        self.parser = DISCARD
         self.request_parser = _SPENT_PARSER
         self.transport = self.flow.transport = None
 
@@ -305,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.parser is _DISCARD:  # closed or lingering during this very read: stop parsing
+        if self.parser is DISCARD:  # closed or lingering during this very read: stop parsing
             raise _Stopped
         self.parsing = Exchange(self)
         self.in_head = True
@@ -508,7 +500,7 @@ class ClientConnection(asyncio.Protocol):
         self.update_reading()
 
     def _read_no_more(self) -> None:
-        self.parser = _DISCARD
+        self.parser = DISCARD
         if self.state is OPEN:
             self.state = LAST_REQUEST
 
@@ -577,13 +569,13 @@ class ClientConnection(asyncio.Protocol):
         ):
             self.state = LINGERING
             self.linger_began = self.last_activity = self.ctx.clock.now
-            self.parser = _DISCARD
+            self.parser = DISCARD
             transport.write_eof()
             self.flow.set_client_reading(True)  # read, to discard
             return
         # Nothing more is parsed or written, even later in the read that got us here (a
         # pipelined request behind an answer that closes must not be answered after it).
-        self.parser = _DISCARD
+        self.parser = DISCARD
         self.state = CLOSED
         transport.close()
 

@@ -6,13 +6,14 @@ to the end of its headers (408); ``body_timeout`` between request body bytes, an
 that stops taking the response; ``read_timeout`` while waiting on the upstream (504 before the
 response, a cut connection after); ``client_idle_timeout`` between requests; the lingering
 close's bounds; a tunnel's idle time. `head_progress` bounds a request head that spans reads
-before its end arrives.
+before its end arrives. `DISCARD` stands in for the parser of a connection that reads no more
+requests.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
@@ -39,6 +40,24 @@ LAST_REQUEST: Final = ClientState.LAST_REQUEST
 TUNNEL: Final = ClientState.TUNNEL
 LINGERING: Final = ClientState.LINGERING
 CLOSED: Final = ClientState.CLOSED
+
+
+class Feed(Protocol):
+    """What a connection feeds its reads to: its request parser, or `DISCARD`."""
+
+    def feed_data(self, data: bytes) -> None: ...
+
+
+class _Discard:
+    """Stands in for the request parser once no more requests are read from a connection."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+DISCARD: Final = _Discard()
 
 
 def check_timeouts(conn: ClientConnection, now: float) -> None:

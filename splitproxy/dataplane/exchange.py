@@ -113,6 +113,7 @@ class Exchange(ExchangeRecord):
         else:
             host = conn.host = host_name(raw_host)
             conn.raw_host = raw_host
+            conn.found = None
         self.host = host
         if target == conn.target:  # (a client asking for the same target again: its path)
             path = conn.path
@@ -120,10 +121,16 @@ class Exchange(ExchangeRecord):
             q = target.find(b"?")
             path = conn.path = (target if q < 0 else target[:q]).decode("latin-1")
             conn.target = target
+            conn.found = None
         self.path = path
         table = snapshot.table  # (`Snapshot.find`, inline: every request runs it)
         assert table is not None
-        route = table.find(host, path if path != "*" else "/")
+        found = conn.found  # (what this table found for this host and path before)
+        if found is not None and found[0] is table:
+            route = found[1]
+        else:
+            route = table.find(host, path if path != "*" else "/")
+            conn.found = (table, route)
         # the preview listener is the candidate's address: no marker redirects it
         mark = wanted.get(SYNTHETIC) if not self.preview else None
         forced: Version | None = None
