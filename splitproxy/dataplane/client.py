@@ -28,23 +28,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from splitproxy.dataplane.client_state import (
     CLOSED,
+    DISCARD,
     LAST_REQUEST,
     LINGERING,
     OPEN,
     TUNNEL,
+    Feed,
     check_timeouts,
+    head_progress,
 )
 from splitproxy.dataplane.client_state import ClientState as ClientState  # (re-exported)
 from splitproxy.dataplane.exchange import BODY_BUFFER_LIMIT, Exchange, Reject
 from splitproxy.dataplane.flow import FlowControl
 from splitproxy.dataplane.http11 import CHUNKED, LENGTH, NO_BODY
 from splitproxy.dataplane.request_head import (
+    KEPT,
     REJECT_MESSAGES,
     PerHeader,
     read_request_head,
@@ -53,6 +57,8 @@ from splitproxy.dataplane.request_head import (
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.context import ProxyContext
+    from splitproxy.dataplane.lookup import RouteTable
+    from splitproxy.dataplane.routing import CompiledRoute
 
 logger = logging.getLogger("splitproxy.dataplane.client")
 
@@ -60,21 +66,7 @@ _CRLF: Final = (13, 10)
 _BLANK: Final = b"\r\n\r\n"  # where a head ends
 
 
-class _Feed(Protocol):
-    def feed_data(self, data: bytes) -> None: ...
-
-
-class _Discard:
-    """Stands in for the request parser once no more requests are read from a connection."""
-
-    __slots__ = ()
-
-    def feed_data(self, data: bytes) -> None:
-        pass
-
-
-_DISCARD: Final = _Discard()
-_SPENT_PARSER: Final = httptools.HttpRequestParser(_DISCARD)  # a closed connection's: never fed
+_SPENT_PARSER: Final = httptools.HttpRequestParser(DISCARD)  # a closed connection's: never fed
 
 
 # what a parser's feed_data raises (an upgrade is not an HttpParserError)
@@ -95,8 +87,8 @@ class ClientConnection(asyncio.Protocol):
     # Slots: one of these lives as long as its connection, idle keep-alive ones included
     # (thousands at once); a __dict__ would cost a few hundred bytes more each.
     __slots__ = (
-        "at", "blank_since", "closing", "ctx", "current", "flow", "head_at", "head_seen", "host",
-        "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
+        "at", "blank_since", "closing", "ctx", "current", "flow", "found", "head_at", "head_seen",
+        "host", "in_head", "last_activity", "linger", "linger_began", "loop", "next_at", "parser",
         "parsing", "path", "peer_bytes", "peer_ip", "preview", "queue", "raw_host", "read",
         "request_began", "request_parser", "slow", "state", "target", "transport", "tunnel",
         "upgrading", "wanted_names",
@@ -114,7 +106,7 @@ class ClientConnection(asyncio.Protocol):
         # (a head spanning reads, a refused head, a chunked body) until a read ends between
         # requests.
         self.request_parser = httptools.HttpRequestParser(self)
-        self.parser: _Feed = self.request_parser  # _DISCARD once no more requests are read
+        self.parser: Feed = self.request_parser  # DISCARD once no more requests are read
         self.slow: PerHeader | None = None
         self.read = b""
         self.at = 0
@@ -122,9 +114,11 @@ class ClientConnection(asyncio.Protocol):
         self.next_at = 0
         self.peer_ip = ""
         self.peer_bytes = b""  # (encoded once: the upstream head names it in every request)
-        # The last request's Host header and host (`heads.host_name`), target and path: a
-        # connection's requests name one host, and often the same target, each made once.
+        # The last request's Host header and host (`heads.host_name`), target and path, and the
+        # route a table found for them (`found`; None: ask): a connection's requests name one
+        # host, and often the same target, each made and looked up once.
         self.raw_host, self.host, self.target, self.path = b"", "", b"", ""
+        self.found: tuple[RouteTable, CompiledRoute | None] | None = None
         self.parsing: Exchange | None = None
         self.current: Exchange | None = None
         # Pipelined requests behind `current`: almost always empty, and a list costs 56 bytes
@@ -158,7 +152,7 @@ class ClientConnection(asyncio.Protocol):
         ctx = self.ctx
         if ctx.max_connections and len(ctx.connections) >= ctx.max_connections:
             self.state = CLOSED
-            self.parser = _DISCARD
+            self.parser = DISCARD
             ctx.refuse_connection(self.transport)
             return
         ctx.connections.add(self)
@@ -209,9 +203,9 @@ class ClientConnection(asyncio.Protocol):
             self.parser = self.request_parser = httptools.HttpRequestParser(self)
             self.next_at = 0
         if self.in_head:
-            self._head_progress(len(data))
+            head_progress(self, len(data))
 
-    def _feed(self, parser: _Feed, data: bytes) -> None:
+    def _feed(self, parser: Feed, data: bytes) -> None:
         try:
             parser.feed_data(data)
         except _FAILED as exc:
@@ -221,7 +215,7 @@ class ClientConnection(asyncio.Protocol):
         # (out of the handler: an exception raised in it would take this one as its context)
         self._failed(parser, data, failed)
 
-    def _failed(self, parser: _Feed, data: bytes, exc: Exception) -> None:
+    def _failed(self, parser: Feed, data: bytes, exc: Exception) -> None:
         """``parser`` raised ``exc`` on ``data``: an upgrade, a callback's exception, or a
         refused request."""
         refused: Exception | None = None
@@ -289,7 +283,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = self.parsing = self.tunnel = self.upgrading = self.slow = None
         # Nothing of a closed connection is used again: without its parser (our bound callbacks)
         # and transport, refcounting frees it; frozen (`heap`), a cycle would be kept for good.
-        self.parser = _DISCARD
+        self.parser = DISCARD
         self.request_parser = _SPENT_PARSER
         self.transport = self.flow.transport = None
 
@@ -303,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.parser is _DISCARD:  # closed or lingering during this very read: stop parsing
+        if self.parser is DISCARD:  # closed or lingering during this very read: stop parsing
             raise _Stopped
         self.parsing = Exchange(self)
         self.in_head = True
@@ -329,20 +323,33 @@ class ClientConnection(asyncio.Protocol):
         head = read[at:end]
         parts = head.split(b" ", 2)
         keep_alive = parser.should_keep_alive()
-        if surely_http11(parts):  # (and the method is the line's first word)
+        ctx = self.ctx
+        kept = KEPT
+        known = None
+        if len(parts) == 3:  # (`surely_http11` and `read_request_head`'s look-up, inline)
+            target, rest = parts[1], parts[2]
+            if (rest[:10] == b"HTTP/1.1\r\n" and target and 10 not in target and kept.names
+                    is self.wanted_names and len(target) <= ctx.max_header_bytes):  # fmt: skip
+                known = kept.heads.get(rest)
+        if known is not None and known[2] <= ctx.max_header_bytes and known[3] <= ctx.max_headers:
+            kept.hits += 1  # (a repeated head, HTTP/1.1: what it said before)
+            ex.target = target
+            ex.headers, ex.wanted, size, count, ex.forwarding = known
             version, method = "1.1", parts[0]
         else:
-            version, method = parser.get_http_version(), parser.get_method()
-        ctx = self.ctx
-        if version == "0.9":  # no headers: only the target is checked before the 505
-            ex.target = read[at : read.find(b"\r\n", at)].split()[1]
-            if len(ex.target) > ctx.max_header_bytes:
-                raise Reject(414, "uri_too_long")
-            self.head_complete(parser, version)
-            return
-        ex.target, ex.headers, ex.wanted, size, count, ex.forwarding = read_request_head(
-            head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
-        )
+            if surely_http11(parts):  # (and the method is the line's first word)
+                version, method = "1.1", parts[0]
+            else:
+                version, method = parser.get_http_version(), parser.get_method()
+            if version == "0.9":  # no headers: only the target is checked before the 505
+                ex.target = read[at : read.find(b"\r\n", at)].split()[1]
+                if len(ex.target) > ctx.max_header_bytes:
+                    raise Reject(414, "uri_too_long")
+                self.head_complete(parser, version)
+                return
+            ex.target, ex.headers, ex.wanted, size, count, ex.forwarding = read_request_head(
+                head, ctx.max_header_bytes, ctx.max_headers, self.wanted_names, parts
+            )
         self.at = end + 4
         ex.method = method  # (not before: a head refused above is answered as if no method)
         self.head_complete(parser, version, keep_alive)
@@ -493,19 +500,9 @@ class ClientConnection(asyncio.Protocol):
         self.update_reading()
 
     def _read_no_more(self) -> None:
-        self.parser = _DISCARD
+        self.parser = DISCARD
         if self.state is OPEN:
             self.state = LAST_REQUEST
-
-    def _head_progress(self, n: int) -> None:
-        """A request head spans reads: bound it before its end arrives (a header line that
-        never ends would otherwise grow in the parser's buffer)."""
-        if self.head_seen < 0:
-            self.head_seen = 0  # the read the request began in is bounded by the read size
-            return
-        self.head_seen += n
-        if self.head_seen > 2 * self.ctx.max_header_bytes + 4096:
-            self._reject(431, "headers_too_large", REJECT_MESSAGES["headers_too_large"])
 
     def _upgrade_requested(self, rest: bytes) -> None:
         """The parser saw a complete Upgrade request and reads no further: bytes after it
@@ -572,13 +569,13 @@ class ClientConnection(asyncio.Protocol):
         ):
             self.state = LINGERING
             self.linger_began = self.last_activity = self.ctx.clock.now
-            self.parser = _DISCARD
+            self.parser = DISCARD
             transport.write_eof()
             self.flow.set_client_reading(True)  # read, to discard
             return
         # Nothing more is parsed or written, even later in the read that got us here (a
         # pipelined request behind an answer that closes must not be answered after it).
-        self.parser = _DISCARD
+        self.parser = DISCARD
         self.state = CLOSED
         transport.close()
 

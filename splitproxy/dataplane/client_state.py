@@ -5,13 +5,15 @@ the sweeper's clock, the timeouts listed there: ``header_timeout`` from a reques
 to the end of its headers (408); ``body_timeout`` between request body bytes, and for a client
 that stops taking the response; ``read_timeout`` while waiting on the upstream (504 before the
 response, a cut connection after); ``client_idle_timeout`` between requests; the lingering
-close's bounds; a tunnel's idle time.
+close's bounds; a tunnel's idle time. `head_progress` bounds a request head that spans reads
+before its end arrives. `DISCARD` stands in for the parser of a connection that reads no more
+requests.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from splitproxy.dataplane.client import ClientConnection
@@ -38,6 +40,24 @@ LAST_REQUEST: Final = ClientState.LAST_REQUEST
 TUNNEL: Final = ClientState.TUNNEL
 LINGERING: Final = ClientState.LINGERING
 CLOSED: Final = ClientState.CLOSED
+
+
+class Feed(Protocol):
+    """What a connection feeds its reads to: its request parser, or `DISCARD`."""
+
+    def feed_data(self, data: bytes) -> None: ...
+
+
+class _Discard:
+    """Stands in for the request parser once no more requests are read from a connection."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+DISCARD: Final = _Discard()
 
 
 def check_timeouts(conn: ClientConnection, now: float) -> None:
@@ -81,3 +101,17 @@ def check_timeouts(conn: ClientConnection, now: float) -> None:
         conn.close()  # only empty lines since: no request is coming
     elif now - conn.last_activity > ctx.client_idle_timeout:
         conn.close()
+
+
+def head_progress(conn: ClientConnection, n: int) -> None:
+    """``n`` more bytes of a request head that spans reads: bound it before its end arrives
+    (a header line that never ends would otherwise grow in the parser's buffer)."""
+    if conn.head_seen < 0:
+        conn.head_seen = 0  # the read the request began in is bounded by the read size
+        return
+    conn.head_seen += n
+    if conn.head_seen > 2 * conn.ctx.max_header_bytes + 4096:
+        # (here: `request_head` imports `exchange`, which imports this module)
+        from splitproxy.dataplane.request_head import REJECT_MESSAGES
+
+        conn._reject(431, "headers_too_large", REJECT_MESSAGES["headers_too_large"])

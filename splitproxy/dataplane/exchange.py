@@ -28,23 +28,20 @@ the exchange only feeds its `MirrorTap` the body bytes and hands it over when it
 
 from __future__ import annotations
 
-import asyncio
 import errno
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 from splitproxy.config.vocabulary import CANDIDATE, FailureKind, Version
 from splitproxy.dataplane.client_state import CLOSED as CLIENT_CLOSED
+from splitproxy.dataplane.exchange_record import ExchangeRecord
 from splitproxy.dataplane.heads import (
-    NO_HEADERS,
-    NO_WANTED,
-    Forwarding,
+    Fields,
     host_name,
     origin_form,
     request_head,
     response_head,
     seed_cookie,
 )
-from splitproxy.dataplane.health import BackendHealth
 from splitproxy.dataplane.http11 import (
     CHUNKED,
     IDEMPOTENT_METHODS,
@@ -59,21 +56,10 @@ from splitproxy.dataplane.http11 import (
 )
 from splitproxy.dataplane.pools import PoolExhausted, UpstreamPool
 from splitproxy.dataplane.replay import attempt_failed
-from splitproxy.dataplane.routing import (
-    CompiledRoute,
-    Decision,
-    choose,
-    preview_decision,
-    synthetic_decision,
-)
-from splitproxy.dataplane.state import Snapshot
+from splitproxy.dataplane.routing import choose, preview_decision, synthetic_decision
 from splitproxy.dataplane.synthetic import HEADER_LOWER as SYNTHETIC
 from splitproxy.dataplane.synthetic import read_marker
 from splitproxy.dataplane.upstream import CLOSED, UpstreamConnection
-
-if TYPE_CHECKING:
-    from splitproxy.dataplane.client import ClientConnection
-    from splitproxy.dataplane.mirror import MirrorTap
 
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODY_BUFFER_LIMIT: Final = 256 * 1024  # request bytes held while the upstream connects
@@ -89,77 +75,11 @@ class Reject(Exception):
         self.code = code
 
 
-class Exchange:
-    """One request and its response; the unit that metrics and the access log record."""
+class Exchange(ExchangeRecord):
+    """One request and its response; the unit that metrics and the access log record (its
+    fields and their defaults: `exchange_record.ExchangeRecord`)."""
 
-    __slots__ = (
-        "backend_health", "body_buffer", "body_buffered", "body_kind", "body_received",
-        "bytes_out", "client_head_sent", "conn", "connecting", "content_length", "ctx",
-        "decision", "duration", "error_kind", "expect_continue", "finished", "forwarding",
-        "head_bytes", "headers", "held", "host", "http11", "keep_alive", "method", "mirror",
-        "observed", "path", "pool", "preview", "reject", "replayable", "req_done", "request_id",
-        "resp_mode", "retried", "route", "snapshot", "started", "status", "synthetic", "target",
-        "ttfb", "tunnel", "up", "upgrade", "upstream_duration", "upstream_sent_at",
-        "upstream_status", "upstream_url", "version", "wanted",
-    )  # fmt: skip
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
-        self.ctx = conn.ctx
-        self.method = b""
-        self.target = b""
-        # (read-only: a kept head's are shared, see `request_head`; until the head is read,
-        # the immutable NO_HEADERS and NO_WANTED)
-        self.headers = NO_HEADERS
-        self.wanted = NO_WANTED
-        # what the head sends upstream, when its bytes are kept (`heads.Forwarding`)
-        self.forwarding: Forwarding | None = None
-        self.keep_alive = True
-        self.http11 = True
-        self.upgrade: bytes | None = None
-        self.expect_continue = False
-        self.body_kind = NO_BODY
-        self.content_length = 0
-        self.body_received = 0
-        self.body_buffer: list[bytes] = []
-        self.body_buffered = 0
-        self.req_done = False
-        self.replayable = False
-        self.route: CompiledRoute | None = None
-        self.snapshot: Snapshot | None = None
-        self.decision: Decision | None = None
-        self.version = ""
-        self.pool: UpstreamPool | None = None
-        self.backend_health: BackendHealth | None = None  # of the version it is sent to
-        self.upstream_url = ""
-        self.up: UpstreamConnection | None = None
-        self.connecting: asyncio.Task[None] | None = None
-        self.head_bytes = b""
-        self.request_id = b""
-        self.host = ""
-        self.path = ""
-        self.started = 0.0
-        self.upstream_sent_at = 0.0
-        self.ttfb = 0.0
-        self.duration = 0.0
-        self.upstream_duration = 0.0
-        self.status = 0
-        self.upstream_status = 0
-        self.bytes_out = 0
-        self.client_head_sent = False
-        self.held = b""  # the response head, until its body's first bytes (upstream_body)
-        self.resp_mode = RAW
-        self.retried = False
-        self.error_kind = ""  # a FailureKind, "client_closed", or the proxy's error code
-        self.finished = False
-        self.tunnel = False
-        self.synthetic = False  # the proxy's own request (traffic.py), counted apart
-        self.preview: bool = conn.preview  # came in on the preview listener, counted apart
-        self.reject: tuple[int, str, str] | None = None  # answer this when its turn comes
-        self.mirror: MirrorTap | None = None  # a copy for the candidate (mirror.py)
-        # What the observer's `exchange_started` found for its `exchange_finished` (the
-        # recorder's series of this route and version), so the finish need not look it up.
-        self.observed: Any = None
+    __slots__ = ()
 
     # -- request side --------------------------------------------------------------------------
     def start(self) -> None:
@@ -193,6 +113,7 @@ class Exchange:
         else:
             host = conn.host = host_name(raw_host)
             conn.raw_host = raw_host
+            conn.found = None
         self.host = host
         if target == conn.target:  # (a client asking for the same target again: its path)
             path = conn.path
@@ -200,10 +121,16 @@ class Exchange:
             q = target.find(b"?")
             path = conn.path = (target if q < 0 else target[:q]).decode("latin-1")
             conn.target = target
+            conn.found = None
         self.path = path
         table = snapshot.table  # (`Snapshot.find`, inline: every request runs it)
         assert table is not None
-        route = table.find(host, path if path != "*" else "/")
+        found = conn.found  # (what this table found for this host and path before)
+        if found is not None and found[0] is table:
+            route = found[1]
+        else:
+            route = table.find(host, path if path != "*" else "/")
+            conn.found = (table, route)
         # the preview listener is the candidate's address: no marker redirects it
         mark = wanted.get(SYNTHETIC) if not self.preview else None
         forced: Version | None = None
@@ -422,17 +349,19 @@ class Exchange:
         )
         # (`http11.no_body_status`, inline: this runs for every response)
         no_body = self.method == b"HEAD" or status < 200 or status == 204 or status == 304
-        head, self.resp_mode, closing = response_head(
-            status,
-            reason,
-            headers,
-            self.request_id,
-            self.http11,
-            no_body,
-            not self.keep_alive or conn.closing or self.ctx.draining or not self.req_done,
-            self.upgrade,
-            cookie,
-        )
+        closing = not self.keep_alive or conn.closing or self.ctx.draining or not self.req_done
+        prepared = headers.prepared if type(headers) is Fields else None
+        if (prepared is not None and prepared.framed is not None and not closing
+                and not cookie and self.http11 and prepared.status == status
+                and prepared.reason is reason):  # fmt: skip
+            # (`response_head`'s answer for the usual response, inline: `Prepared.framed`)
+            head = b"".join((prepared.framed, self.request_id, b"\r\n\r\n"))
+            self.resp_mode = RAW
+        else:
+            head, self.resp_mode, closing = response_head(
+                status, reason, headers, self.request_id, self.http11, no_body, closing,
+                self.upgrade, cookie,
+            )  # fmt: skip
         if status == 101:
             self.tunnel = True
         if closing:

@@ -314,9 +314,15 @@ def response_head(
 class Prepared:
     """The part of the client's head that the upstream's status, reason and headers make:
     the status line and the headers kept (``kept``), the same less the Content-Length that a
-    chunked body overrides (``unframed``), and what the rest depends on."""
+    chunked body overrides (``unframed``), and what the rest depends on. ``framed``: the
+    client's whole head up to the request id's value when the body is framed by its
+    Content-Length and the request id is echoed (``kept`` + ``X-Request-ID: ``; None
+    otherwise): an HTTP/1.1 client kept alive with nothing added (the usual response) gets
+    it, the id and the two line ends (`Exchange.upstream_head`, without a call here)."""
 
-    __slots__ = ("chunked", "echo_id", "has_length", "kept", "reason", "status", "unframed")
+    __slots__ = (
+        "chunked", "echo_id", "framed", "has_length", "kept", "reason", "status", "unframed",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -336,6 +342,11 @@ class Prepared:
         self.chunked = chunked
         self.has_length = has_length
         self.echo_id = echo_id
+        self.framed = (
+            kept + b"X-Request-ID: "
+            if echo_id and has_length and not chunked and status != 101
+            else None
+        )
 
 
 class Fields(list[tuple[bytes, bytes]]):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from splitproxy.dataplane import request_head
 from splitproxy.dataplane.client import ClientConnection
+from splitproxy.dataplane.client_state import head_progress
 from splitproxy.dataplane.context import RequestIds
 from splitproxy.dataplane.exchange import Exchange, Reject
 from splitproxy.dataplane.heads import CONSUMED, spoofed_forwarding
@@ -89,7 +90,7 @@ class OldClient(ClientConnection):
                 self._reject(400, "bad_request", f"malformed request: {exc}")
             return
         if self.in_head:
-            self._head_progress(len(data))
+            head_progress(self, len(data))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -468,3 +469,56 @@ async def test_a_kept_head_gets_each_requests_own_peer_id_and_host() -> None:
     assert b"Via: 1.1 splitproxy\r\n" in untrusted
     ids = [re.search(rb"X-Request-ID: ([^\r]*)", s) for s in sent]
     assert len({m.group(1) for m in ids if m}) == 6
+
+
+async def _kept_then(
+    rest: bytes, target: bytes, old: bool, limits: dict[str, Any], names: bool
+) -> tuple[bytes, bytes, list[dict[bytes, bytes]]]:
+    """What a client got for ``GET /p`` + ``rest``, then what another got for ``GET target``
+    + ``rest`` once the proxy's ``limits`` changed (``names``: and the names it wants), and
+    the wanted headers of each exchange started."""
+    proxy = Proxy()
+    proxy.ctx.request_ids = RequestIds(b"same")
+    got = []
+    for second, t in enumerate((b"/p", target)):
+        if second:
+            for name, value in limits.items():
+                setattr(proxy.ctx, name, value)
+            if names:
+                proxy.ctx.wanted_headers = proxy.ctx.wanted_headers | {b"x-a"}
+        if old:
+            former = OldClient(proxy.ctx)
+            client = Client(former, MockTransport())
+            attach(former, client.transport)
+        else:
+            client = proxy.client()
+        client.send(b"GET " + t + rest)
+        await client.settle()
+        for up, transport in proxy.pool().opened:
+            if transport.take():
+                up.data_received(OK)
+        got.append(bytes(client.transport.written))
+    wanted = [dict(ex.wanted) for ex in proxy.observer.started]  # (x-a's among them, or not)
+    return got[0], got[1], wanted
+
+
+@pytest.mark.parametrize(
+    ("limits", "target", "names", "status"),
+    [
+        ({"max_header_bytes": 60}, b"/p", False, 431),  # the kept head's bytes over the limit
+        ({"max_headers": 2}, b"/p", False, 431),  # its count over the limit
+        ({"max_header_bytes": 70}, b"/" + b"a" * 80, False, 414),  # a target over it
+        ({}, b"/p", True, 200),  # other wanted names: read again
+        ({}, b"/q", False, 200),
+    ],
+)
+async def test_a_kept_head_meets_the_proxys_limits_of_the_moment_as_the_full_path(
+    limits: dict[str, Any], target: bytes, names: bool, status: int
+) -> None:
+    rest = b" HTTP/1.1\r\nHost: app.test\r\nX-A: " + b"1" * 30 + b"\r\nX-B: 2\r\n\r\n"
+    hits = request_head.KEPT.hits
+    new = await _kept_then(rest, target, False, limits, names)
+    assert request_head.KEPT.hits > hits or status != 200 or names  # (the kept head's way)
+    assert new == await _kept_then(rest, target, True, limits, names)
+    assert new[0].startswith(b"HTTP/1.1 200 ")
+    assert new[1].startswith(b"HTTP/1.1 %d " % status)

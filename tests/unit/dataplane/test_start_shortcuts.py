@@ -1,11 +1,11 @@
 """`Exchange.start`'s shortcuts, and the client's, against the full computations they stand for.
 
-The host and path of a connection's last request are kept on the connection (`ClientConnection`)
-and the route found through the snapshot's table directly; a single address with nothing on
-record gets its pool without `ProxyContext.pick_pool`; a route without a mirror lane skips
-`Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` is taken for HTTP/1.1, its
-first word for the method, without asking llhttp (`request_head.surely_http11`); request ids are
-made in blocks (`context.RequestIds`).
+The host and path of a connection's last request are kept on the connection (`ClientConnection`),
+with the route the snapshot's table found for them (asked again of another table); a single
+address with nothing on record gets its pool without `ProxyContext.pick_pool`; a route without
+a mirror lane skips `Mirror.tap`; a request line ``method SP target SP HTTP/1.1`` is taken for
+HTTP/1.1, its first word for the method, without asking llhttp
+(`request_head.surely_http11`); request ids are made in blocks (`context.RequestIds`).
 Each answer must be the one the full computation gives, whatever the sequence of Host headers
 on one keep-alive connection, and whatever the health on record.
 """
@@ -17,14 +17,17 @@ from typing import Any
 
 import httptools
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from splitproxy.config import parse_routing
 from splitproxy.dataplane.context import RequestIds
 from splitproxy.dataplane.exchange import Exchange
 from splitproxy.dataplane.heads import host_name
 from splitproxy.dataplane.request_head import surely_http11
 from splitproxy.dataplane.routing import scan_routes
+from splitproxy.dataplane.state import content_hash
 from tests.unit.dataplane.harness import CANDIDATE_URL, STABLE_URL, Proxy
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -101,6 +104,51 @@ async def test_one_connection_routes_each_request_as_a_fresh_look_up_would(
         assert ex.route is not None
         plan = ex.route.stable
         assert (ex.pool, ex.upstream_url) == proxy.ctx.pick_pool(plan, ex.backend_health)
+        assert ex.up is not None
+        ex.up.data_received(OK)
+        assert ex.finished
+        proxy.observer.started.clear()
+
+
+# another config: the same hosts and paths, other routes (another prefix, another order)
+ROUTES_B: dict[str, Any] = {
+    "routes": [
+        {"name": "b", "match": {"host": "app.test", "path_prefix": "/a/b"}, "stable": STABLE_URL},
+        {"name": "any", "match": {"path_prefix": "/a"}, "stable": CANDIDATE_URL},
+        {"name": "w", "match": {"host": "*.wild.test"}, "stable": STABLE_URL},
+    ]
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(HOSTS, PATHS, st.sampled_from([None, None, ROUTES, ROUTES_B])),
+        min_size=1,
+        max_size=8,
+    )
+)
+async def test_a_connections_route_follows_each_new_snapshot(
+    requests: list[tuple[str, str, Any]],
+) -> None:
+    proxy = Proxy(ROUTES)
+    client = proxy.client()
+    for n, (host, path, swap) in enumerate(requests):
+        if swap is not None:  # a reload between two requests (the same config, or the other)
+            text = yaml.safe_dump(swap, sort_keys=False)
+            proxy.state.load(parse_routing(text), content_hash(text), 1000.0 + n)
+        snapshot = proxy.state.snapshot
+        assert snapshot is not None
+        method = b"OPTIONS" if path == "*" else b"GET"
+        client.send(b"%s %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (method, path.encode(), host.encode()))
+        await client.settle()
+        ex = proxy.observer.started[-1] if proxy.observer.started else None
+        if ex is None or ex.finished:  # answered by the proxy itself (no route, bad target)
+            if client.conn.transport is None or client.transport.closed:
+                return
+            continue
+        lookup_path = ex.path if ex.path != "*" else "/"
+        assert ex.route is scan_routes(snapshot.routes, ex.host, lookup_path)
         assert ex.up is not None
         ex.up.data_received(OK)
         assert ex.finished
