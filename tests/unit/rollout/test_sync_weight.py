@@ -1,7 +1,8 @@
 """`Controller._sync_weight` skips the state while neither the config, the route's own
-rollout weight in force nor the analyzer's weight changed: after any run of analyzer weights, phases and outside changes to the state
-(a weight cleared or set by someone else, another route's weight, a reload), the route's
-rollout weight in force is the one the analyzer says, as when synced afresh each time."""
+rollout weight in force nor the analyzer's weight changed: after any run of analyzer weights,
+phases and outside changes to the state (a weight cleared or set by someone else, another
+route's weight, a reload), the route's rollout weight in force is the one the analyzer says,
+as when synced afresh each time."""
 
 from __future__ import annotations
 
