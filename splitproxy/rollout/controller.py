@@ -99,6 +99,7 @@ from splitproxy.rollout.samples import (
 from splitproxy.rollout.store import StateBackend
 from splitproxy.rollout.testjob import TestJobRunner
 from splitproxy.rollout.traffic import SyntheticTraffics, route_host
+from splitproxy.rollout.weightsync import sync_weight
 
 logger = logging.getLogger("splitproxy.rollout.controller")
 
@@ -337,44 +338,9 @@ class Controller:
             self.tests.ask(rt.name, action.attempt, job, route.candidate.urls[0], revision)
 
     def _sync_weight(self, rt: _Rollout, now: float) -> None:
-        """Make the route's rollout weight what the analyzer says (applies ``SetWeight``)."""
-        snapshot = self.state.snapshot
-        if snapshot is None or not self.leading:
-            return
-        a = rt.analyzer
-        closed, mirror = a.phase == "rolled_back", shadow.holding(a)
-        # `_set_weight` reads the config, this route's rollout weight and these: when none
-        # changed, nothing to do. Not the snapshot itself: every other route's weight change
-        # swaps it (a tick makes dozens), and keeps this route's weight object and the config
-        synced = (a.weight, a.revision, closed, mirror)
-        config, have = rt.synced[0]
-        if (
-            config is not snapshot.config
-            or have is not snapshot.rollout_weights.get(rt.name)
-            or rt.synced[1] != synced
-        ):
-            self._set_weight(rt, snapshot, now, closed, mirror)
-            now_in = self.state.snapshot
-            assert now_in is not None  # (a weight set swaps a snapshot in, never out)
-            rt.synced = ((now_in.config, now_in.rollout_weights.get(rt.name)), synced)
-
-    def _set_weight(
-        self, rt: _Rollout, snap: Snapshot, now: float, closed: bool, mirror: bool
-    ) -> None:
-        if rt.route_in(snap.config) is None:
-            return
-        a = rt.analyzer
-        have = snap.rollout_weights.get(rt.name)
-        if a.weight is None or a.revision is None:
-            if have is not None:
-                self.state.clear_rollout_weight(rt.name)
-            return
-        want = round(a.weight, 2)
-        got = None if have is None else (have.percent, have.candidate, have.closed, have.shadow)
-        if got != (want, a.revision, closed, mirror):
-            self.state.set_rollout_weight(
-                rt.name, want, now, a.revision, closed=closed, shadow=mirror
-            )
+        """Make the route's rollout weight what the analyzer says (`weightsync`), as leader."""
+        if self.leading:
+            sync_weight(self.state, rt, now)
 
     # --- following the routing file -----------------------------------------------------------
 
