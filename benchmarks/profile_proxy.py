@@ -30,6 +30,7 @@ import argparse
 import collections
 import concurrent.futures
 import http.client
+import itertools
 import json
 import os
 import pstats
@@ -127,18 +128,28 @@ def wrk(port: int, path: str, seconds: int, connections: int) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
 
 
-def closed_loop(port: int, path: str, n: int, connections: int = 1, browser: bool = False) -> None:
+def closed_loop(
+    port: int,
+    path: str,
+    n: int,
+    connections: int = 1,
+    browser: bool = False,
+    vary: bool = False,
+) -> None:
     """``n`` requests over ``connections`` keep-alive connections, each one request at a time
     (several connections: the proxy finishes several requests per loop pass, as under load).
     Each request carries Host, the cookie and ``Accept-Encoding: identity``; ``browser``: a
-    browser's head instead (`configs.BROWSER_HEADERS`, 15 headers)."""
+    browser's head instead (`configs.BROWSER_HEADERS`, 15 headers). ``vary``: each request's
+    target is one of its own (``path?n=K``, the same file), so nothing the proxy keeps per
+    connection for a repeated target (the route it found) serves it."""
     name, _, value = COOKIE_HEADER.partition(": ")
     headers = {name: value, **dict(BROWSER_HEADERS)} if browser else {name: value}
+    sent = itertools.count()
 
     def one(count: int) -> None:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         for _ in range(count):
-            c.request("GET", path, headers=headers)
+            c.request("GET", f"{path}?n={next(sent)}" if vary else path, headers=headers)
             r = c.getresponse()
             r.read()
             if r.status != 200:
@@ -257,11 +268,13 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
         if a.proxy == "splitproxy":
             wait_rollout(a.port + 1, proxy)
             settle(proxy)
-        closed_loop(a.port, a.path, 200, browser=a.browser_head)  # warm: pools, caches, imports
+        closed_loop(a.port, a.path, 200, browser=a.browser_head, vary=a.vary_target)  # warm-up
         # zero the counters, serve exactly the measured requests, dump (callgrind.out.1)
         subprocess.run(["callgrind_control", "-z", str(proxy.pid)], check=True,
                        capture_output=True, timeout=60)  # fmt: skip
-        closed_loop(a.port, a.path, a.requests, a.callgrind_connections, a.browser_head)
+        closed_loop(
+            a.port, a.path, a.requests, a.callgrind_connections, a.browser_head, a.vary_target
+        )
         subprocess.run(["callgrind_control", "-d", str(proxy.pid)], check=True,
                        capture_output=True, timeout=60)  # fmt: skip
     finally:
@@ -314,6 +327,12 @@ def main() -> None:
         "--browser-head",
         action="store_true",
         help="callgrind: requests with a browser's 15 headers (wrk's carry two)",
+    )
+    ap.add_argument(
+        "--vary-target",
+        action="store_true",
+        help="callgrind: each request a target of its own (path?n=K): the route is looked up "
+        "every time, not kept by the connection for a repeated target",
     )
     ap.add_argument(
         "--cache-sim",
