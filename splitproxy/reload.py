@@ -296,7 +296,8 @@ class Reloader:
                 if delay <= 0:
                     break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._urgent.wait()
             self._wanted.clear()
             self._urgent.clear()
             triggers, self._triggers = self._triggers, set()
@@ -490,7 +491,8 @@ class Reloader:
                     self.path.parent, exc, self.poll_interval, delay,
                 )  # fmt: skip
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_watch.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stop_watch.wait()
         self.watching = False
 
 

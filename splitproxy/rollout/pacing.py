@@ -191,8 +191,12 @@ class Ticker:
 
     async def _loop(self) -> None:
         while True:
+            # (`asyncio.timeout`, not `wait_for`: on 3.11 a cancel that lands as the interval
+            # ends comes out of `wait_for` as a TimeoutError, which this suppresses: `stop`
+            # then waited for a loop that never ended, and the shutdown with it)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()  # before the pass: a wake during it starts the next one at once
             try:
                 await self.run()

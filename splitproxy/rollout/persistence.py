@@ -316,7 +316,8 @@ class Persistence:
         while not self._closing:
             if self._dirty or self._verdicts_due:  # a failed write waits before a retry
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._queued.wait(), self.retry)
+                    async with asyncio.timeout(self.retry):
+                        await self._queued.wait()
             else:
                 await self._queued.wait()
             self._queued.clear()

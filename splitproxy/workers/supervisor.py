@@ -171,7 +171,8 @@ class Supervisor:
                 slot.index, slot.pid, code, slot.backoff,
             )  # fmt: skip
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), slot.backoff)
+                async with asyncio.timeout(slot.backoff):
+                    await self._stop.wait()
             slot.backoff = min(BACKOFF_MAX, slot.backoff * 2)
             if not self.stopping:
                 self.restarts += 1
