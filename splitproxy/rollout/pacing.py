@@ -191,12 +191,14 @@ class Ticker:
 
     async def _loop(self) -> None:
         while True:
-            # (`asyncio.timeout`, not `wait_for`: on 3.11 a cancel that lands as the interval
-            # ends comes out of `wait_for` as a TimeoutError, which this suppresses: `stop`
-            # then waited for a loop that never ended, and the shutdown with it)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
-                    await self._wake.wait()
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            # On 3.11 `wait_for` returns a wait that ended in the same turn as a cancel of
+            # this task and drops the cancel: `stop` then waited for a loop that went on, and
+            # a shutdown with it. The cancel is still counted: honour it here.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             self._wake.clear()  # before the pass: a wake during it starts the next one at once
             try:
                 await self.run()
