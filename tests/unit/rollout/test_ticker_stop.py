@@ -17,12 +17,7 @@ async def test_a_stop_in_the_same_turn_as_a_wake_ends_the_loop() -> None:
     ticker.start()
     await asyncio.sleep(0)  # the loop waits for a wake (or the minute)
     ticker.wake()  # the wait ends...
-    stopping = asyncio.ensure_future(ticker.stop())  # ...and the cancel lands in that turn
-    # (`asyncio.wait`: it cancels nothing at its timeout; a second cancel would end the loop)
-    done, _ = await asyncio.wait({stopping}, timeout=2)
-    if not done:
-        stopping.cancel()
-    assert done, "stop did not return: the loop went on after its cancel"
+    await stopped(ticker)  # ...and the cancel lands in that turn
 
 
 async def test_a_stop_while_waiting_and_after_a_pass_ends_the_loop() -> None:
@@ -36,5 +31,16 @@ async def test_a_stop_while_waiting_and_after_a_pass_ends_the_loop() -> None:
     ticker.wake()
     async with asyncio.timeout(2):
         await ran.wait()
-        await asyncio.sleep(0.01)  # back to waiting
-        await ticker.stop()
+    await asyncio.sleep(0.01)  # back to waiting
+    await stopped(ticker)
+
+
+async def stopped(ticker: Ticker) -> None:
+    """Fail unless ``ticker.stop()`` returns within 2 s. (`asyncio.wait`: a timeout that
+    cancelled the waiting `stop` would cancel the loop a second time and end it, hiding a
+    first cancel the loop dropped.)"""
+    stopping = asyncio.ensure_future(ticker.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=2)
+    if not done:
+        stopping.cancel()
+    assert done, "stop did not return: the loop went on after its cancel"
