@@ -304,7 +304,9 @@ def callgrind(a: argparse.Namespace, routes: Path, env: dict[str, str], out: Pat
             print(f"  {event}: {n / a.requests:,.1f}")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line, with every option `callgrind` and the other tools read (other
+    benchmarks that drive `callgrind` start from its defaults: ``parser().parse_args([])``)."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -344,7 +346,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=29181, help="proxy port (admin: +1)")
     ap.add_argument("--upstream-port", type=int, default=29180)
     ap.add_argument("--py", default=str(REPO / ".venv" / "bin" / "python"))
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     out = Path(tempfile.mkdtemp(prefix="splitproxy-profile-"))
     print(out, file=sys.stderr)
     # the routing file in a folder of its own: the reloader watches its folder, and the

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from configs import REPO, ROUTES_YAML, STICKY_COOKIE
 from profile_proxy import BENCH, callgrind, proxy_env
+from profile_proxy import parser as profile_parser
 from run import Proc, stop_all, wait_ready
 
 
@@ -66,7 +67,9 @@ def measure(a: argparse.Namespace, size: int, out: Path, upstream: str) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-def main() -> None:
+def options(argv: list[str] | None = None) -> argparse.Namespace:
+    """This benchmark's options on top of `profile_proxy`'s defaults, so that every option its
+    `callgrind` reads is there (an option added there is never missing here)."""
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,12 +84,19 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=29281, help="proxy port (admin: +1)")
     ap.add_argument("--upstream-port", type=int, default=29280)
     ap.add_argument("--py", default=str(REPO / ".venv" / "bin" / "python"))
-    a = ap.parse_args()
-    # what profile_proxy.callgrind reads beyond these options, at what this benchmark measures:
-    # splitproxy (not the ceiling), wrk's two-header requests, instructions only, and each
-    # request a target of its own: a connection keeps the route it found for a repeated
-    # target, and this benchmark is about finding it
-    a.proxy, a.browser_head, a.cache_sim, a.vary_target = "splitproxy", False, False, True
+    a = profile_parser().parse_args([])
+    vars(a).update(vars(ap.parse_args(argv)))  # this benchmark's values over those defaults
+    # what this benchmark measures: splitproxy (not the ceiling), wrk's two-header requests,
+    # instructions only, and each request a target of its own: a connection keeps the route
+    # it found for a repeated target, and this benchmark is about finding it
+    a.tool, a.proxy, a.browser_head, a.cache_sim, a.vary_target = (
+        "callgrind", "splitproxy", False, False, True,
+    )  # fmt: skip
+    return a
+
+
+def main() -> None:
+    a = options()
     sizes = [int(s) for s in a.sizes.split(",")]
     if any(s < 1 for s in sizes):
         raise SystemExit("--sizes: every size is at least 1")
