@@ -136,6 +136,12 @@ class WindowOutcome:
     reason: str = ""
 
 
+# the outcomes without a reason, made once (a frozen dataclass sets each field through
+# ``object.__setattr__``: every route's window is asked every tick, and most hold on)
+HOLD: Final = WindowOutcome("hold")
+PASS: Final = WindowOutcome("pass")
+
+
 class Evidence:
     """The statistics and the check results of one route's rollout (see the module docstring).
 
@@ -438,30 +444,30 @@ class Evidence:
         window without data into a failure)?"""
         interval, wanted = step_needs(self.spec, step)
         if now - self.window.start < interval:
-            return WindowOutcome("hold")
+            return HOLD
         n = self.window.requests
         fail_without_data = self.spec.on_no_data == "fail"
         if n == 0:
             if fail_without_data:
                 return WindowOutcome("fail", "no candidate traffic in the window")
-            return WindowOutcome("hold")
+            return HOLD
         if n < wanted:
-            return WindowOutcome("hold")
+            return HOLD
         judged = [r for r in checks if r.kind in ("threshold", "external")]
         failed = [r.name for r in judged if r.verdict == "fail"]
         if failed:
             self.windows_judged += 1  # the next window's thresholds test at a smaller α
             return WindowOutcome("fail", "failed: " + ", ".join(failed))
         if self.unshown:  # over a line but not shown: neither failed nor passed yet
-            return WindowOutcome("hold")
+            return HOLD
         missing = [r.name for r in judged if r.verdict == "no_data"]
         if missing:
             if fail_without_data:
                 self.windows_judged += 1
                 return WindowOutcome("fail", "no data: " + ", ".join(missing))
-            return WindowOutcome("hold")
+            return HOLD
         self.windows_judged += 1
-        return WindowOutcome("pass")
+        return PASS
 
     def with_ci(self, results: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
         """The results with anytime-valid one-sided confidence intervals ``[lower, inf)`` for
