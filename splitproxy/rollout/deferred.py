@@ -34,12 +34,16 @@ from splitproxy.rollout.messages import (
     bounded_verdict,
     metric_unit,
 )
-from splitproxy.rollout.results import Judged, LazyResult
+from splitproxy.rollout.results import Judged, LazyResult, StaleResult
 from splitproxy.rollout.results import made as made_now
 from splitproxy.rollout.thresholds import shown_above, window_alpha
 
 if TYPE_CHECKING:
     from splitproxy.rollout.evidence import StepWindow
+
+
+# the histogram of a window that changed with no copy kept (`DeferredThresholds.detach`)
+_STALE: dict[float, int] = {}
 
 
 class DeferredThresholds:
@@ -87,11 +91,19 @@ class DeferredThresholds:
         """Not made yet."""
         return self._results is None
 
-    def detach(self) -> None:
-        """The window is about to change: keep a copy of its histogram if still needed."""
+    def detach(self, keep: bool = True) -> None:
+        """The window is about to change: keep a copy of its histogram if still needed.
+        ``keep`` false: no one reads these results any more (`Evidence.fold` with no reader
+        after it), so none is kept; a latency check read all the same refuses
+        (`results.StaleResult`) rather than show another tick's numbers."""
         window = self._window
         if window is not None and self._results is None:
-            self._latency = dict(window.latency) if self._needs_latency else None
+            if not self._needs_latency:
+                self._latency = None
+            elif keep:
+                self._latency = dict(window.latency)
+            else:
+                self._latency = _STALE
             self._window = None
 
     def results(self) -> tuple[CheckResult, ...]:
@@ -112,6 +124,8 @@ class DeferredThresholds:
         if window is not None:
             return window.latency, window.latency_bounds()
         latency = self._latency if self._latency is not None else {}
+        if latency is _STALE:
+            raise StaleResult("the step window's histogram changed, unkept")
         return latency, sorted(latency, reverse=True)
 
     def _check(self, check: MetricCheck) -> CheckResult:

@@ -279,13 +279,14 @@ class Evidence:
 
         ``read_after``: the latest evaluation's comparisons and guard may still be read after
         this fold, so those still unmade first take a snapshot of the tests it changes
-        (`results.LazyResult.detach`). False leaves them to go stale unread (read all the
-        same, they raise `results.StaleResult`): the analyzer's tick, when no event of its
-        own can read them before its next evaluation."""
+        (`results.LazyResult.detach`), and the threshold checks one of the step window's
+        histogram. False leaves them to go stale unread (read all the same, they raise
+        `results.StaleResult`): the analyzer's tick, when no event of its own can read them
+        before its next evaluation."""
         self.thresholds = thresholds = self._latency_thresholds()
         keep = tests and read_after
         if tests:
-            self.detach()
+            self.detach(keep)
             self._restart_due(now, keep)
         # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
@@ -324,11 +325,12 @@ class Evidence:
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
 
-    def detach(self) -> None:
-        """The step's window is about to change: results still unmade keep what they read."""
+    def detach(self, keep: bool = True) -> None:
+        """The step's window is about to change: results still unmade keep what they read
+        (``keep`` false: they go stale unread, see `fold`)."""
         deferred = self._deferred
         if deferred is not None:
-            deferred.detach()
+            deferred.detach(keep)
 
     def _restart_due(self, now: float, keep: bool) -> None:
         """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
