@@ -417,7 +417,8 @@ class Evidence:
             self.threshold_latency,
         )
         out: list[CheckResult | LazyResult] = []
-        out += [self._external_check(c) for c in self.external_checks]
+        if self.external_checks:
+            out += [self._external_check(c) for c in self.external_checks]
         base = self.baseline
         if base is not None:  # blue/green bake: against stable's numbers before the switch
             if self.error_compare is not None:
@@ -432,8 +433,9 @@ class Evidence:
                 out.append(self._latency_compare(self.compare_keys[1]))
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
-            key = (guard, guard.changes, self.alpha.guard)
-            out.append(self._kept[2].get(key, lambda: guard_result(guard, 1 / self.alpha.guard)))
+            alpha = self.alpha.guard
+            key = (guard, guard.changes, alpha)
+            out.append(self._kept[2].get(key, guard_result, guard, 1 / alpha))
         return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
@@ -511,7 +513,7 @@ class Evidence:
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
         key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
-        return self._kept[0].get(key, lambda: self._error_lazy(name, test))
+        return self._kept[0].get(key, self._error_lazy, name, test)
 
     def _error_lazy(self, name: str, test: PathClassTests) -> LazyResult:
         units = self.units
@@ -527,7 +529,7 @@ class Evidence:
         tests = tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
         key += tests
-        return self._kept[1].get(key, lambda: self._latency_lazy(name, thresholds, tests))
+        return self._kept[1].get(key, self._latency_lazy, name, thresholds, tests)
 
     def _latency_lazy(
         self,
