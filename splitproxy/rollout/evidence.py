@@ -91,6 +91,9 @@ INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more .
 INCIDENT_RATIO: Final = 3.0  # ... and the candidate at most this many times stable's rate
 
 Outcome = Literal["pass", "hold", "fail"]
+# the latency check its needs are for; (q, stable requests it needs) per quantile; every q; the
+# most any q needs
+_Needs = tuple[CompareCheck | None, tuple[tuple[float, int], ...], list[float], int]
 
 
 def min_threshold_requests(q: float) -> int:
@@ -180,7 +183,7 @@ class Evidence:
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
-        self._needs: tuple[CompareCheck | None, tuple[tuple[float, int], ...]] = (None, ())
+        self._needs: _Needs = (None, (), [], 0)
         # the comparisons' and the guard's latest results, kept while their inputs do not change
         self._kept: tuple[Kept[LazyResult], Kept[LazyResult], Kept[LazyResult]] = (
             Kept(), Kept(), Kept()
@@ -357,11 +360,18 @@ class Evidence:
     def _latency_thresholds(self) -> dict[float, float]:
         """Stable's trailing quantiles, from ticks before this one only (predictable)."""
         out: dict[float, float] = {}
-        seen, needs = self._needs  # (q, requests it needs) per quantile, made once per check
+        # (q, requests it needs) per quantile, made once per check, with every q and the
+        # most any needs: after the first minutes stable's history has enough for all of them
+        seen, needs, every, most = self._needs
         if seen is not self.latency_compare:
             needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
-            self._needs = (self.latency_compare, needs)
-        wanted = [q for q, least in needs if self.trail_requests >= least]
+            every = [q for q, _ in needs]
+            most = max([least for _, least in needs], default=0)
+            self._needs = (self.latency_compare, needs, every, most)
+        if self.trail_requests >= most:
+            wanted = every
+        else:
+            wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
         for q, c in trail_quantiles(self, wanted).items():
