@@ -131,7 +131,7 @@ class LatencySketch:
         sum, the step window, the slow counts), without sorting the keys or a list of either
         column. Valid while the sketch is not written (a closed bucket's, or within a tick)."""
         bins = self.bins
-        return zip(map(_bound_of, bins), bins.values())
+        return zip(map(_bound_of, bins), bins.values(), strict=True)
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within
