@@ -84,7 +84,9 @@ class DeferredThresholds:
         self._alpha = alpha
         self._judged = judged
         self._results: tuple[CheckResult, ...] | None = None
-        self._unshown: set[str] = set()
+        # made with the first check over its line but not shown (a set per route per tick,
+        # kept for a tick, was a young container for the collector to walk)
+        self._unshown: set[str] | None = None
 
     @property
     def pending(self) -> bool:
@@ -117,7 +119,7 @@ class DeferredThresholds:
     def unshown(self) -> set[str]:
         """The checks over their line but not shown to be yet: the window holds on."""
         self.results()
-        return self._unshown
+        return self._unshown if self._unshown is not None else set()
 
     def _histogram(self) -> tuple[dict[float, int], list[float]]:
         window = self._window
@@ -177,6 +179,8 @@ class DeferredThresholds:
         e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
         if e >= 1 / level:
             return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+        if self._unshown is None:
+            self._unshown = set()
         self._unshown.add(check.key)  # the window holds on for more requests
         detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
         return result._replace(verdict="pass", detail=detail)
