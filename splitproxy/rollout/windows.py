@@ -471,8 +471,7 @@ class Window:
 
     def _between(self, since: float, until: float | None) -> list[_Bucket]:
         # Bucket starts never decrease (`_next`), so the buckets asked for are one run: scan
-        # from the newest back to ``since`` instead of the whole ring every tick. (A new list,
-        # oldest first: the caller's.)
+        # from the newest back to ``since`` instead of the whole ring (a new list, the caller's)
         res = self.resolution
         picked: list[_Bucket] = []
         for bucket in reversed(self._buckets):
