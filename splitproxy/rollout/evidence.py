@@ -93,7 +93,7 @@ INCIDENT_RATIO: Final = 3.0  # ... and the candidate at most this many times sta
 Outcome = Literal["pass", "hold", "fail"]
 # the latency check its needs are for; (q, stable requests it needs) per quantile; every q; the
 # most any q needs
-_Needs = tuple[CompareCheck | None, tuple[tuple[float, int], ...], list[float], int]
+_Needs = tuple[CompareCheck | None, tuple[tuple[float, int], ...], tuple[float, ...], int]
 
 
 def min_threshold_requests(q: float) -> int:
@@ -183,7 +183,7 @@ class Evidence:
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
-        self._needs: _Needs = (None, (), [], 0)
+        self._needs: _Needs = (None, (), (), 0)
         # the comparisons' and the guard's latest results, kept while their inputs do not change
         self._kept: tuple[Kept[LazyResult], Kept[LazyResult], Kept[LazyResult]] = (
             Kept(), Kept(), Kept()
@@ -365,12 +365,11 @@ class Evidence:
         seen, needs, every, most = self._needs
         if seen is not self.latency_compare:
             needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
-            every = [q for q, _ in needs]
+            every = tuple([q for q, _ in needs])
             most = max([least for _, least in needs], default=0)
             self._needs = (self.latency_compare, needs, every, most)
-        if self.trail_requests >= most:
-            wanted = every
-        else:
+        wanted: Sequence[float] = every
+        if self.trail_requests < most:
             wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
