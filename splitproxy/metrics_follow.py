@@ -18,6 +18,7 @@ from splitproxy.config.mirror import may_mirror
 from splitproxy.dataplane.swapdiff import changed_routes
 
 if TYPE_CHECKING:
+    from splitproxy.config import RoutingConfig
     from splitproxy.dataplane.abgoals import AbBook
     from splitproxy.dataplane.state import Snapshot
     from splitproxy.rollout.windows import Windows
@@ -54,8 +55,11 @@ class FollowsSnapshots(ABC):
             for one in series:
                 if one is not None and one.version is not None:
                     one.window = self.windows.window(name)
-        # the A/B routes as compiled now (a leader's global tables find theirs by identity)
-        self.ab.configure(new.routes)
+        # the A/B routes as compiled now (a leader's global tables find theirs by identity);
+        # nothing to do for a file without A/B tests while the book holds none (a walk of
+        # every route on each of a tick's weight changes)
+        if _runs_ab(new.config) or self.ab.holds_any():
+            self.ab.configure(new.routes)
         changed = set(diff.changed)
         kept = {n for n in self._mirrors if n not in changed}
         mirrored = kept | {n for n in changed if _mirrors(new, n)}
@@ -87,6 +91,21 @@ class FollowsSnapshots(ABC):
     def _mirror_table(self, mirrored: set[str]) -> None:
         """The mirror counts of ``mirrored`` routes, in name order; kept where they were."""
         self._mirrors = {n: self._mirrors.get(n) or self._mirror_stats() for n in sorted(mirrored)}
+
+
+# the latest routing config asked about, and whether any of its routes runs an A/B test
+_AB_OF: list[tuple[RoutingConfig, bool]] = []
+
+
+def _runs_ab(config: RoutingConfig) -> bool:
+    """Does any route of ``config`` run an A/B test (``rollout.ab``, what compiles into a
+    route's ``ab``)? Known once per config: a snapshot's weight changes keep its config."""
+    for seen, runs in _AB_OF:
+        if seen is config:
+            return runs
+    runs = any(r.rollout is not None and r.rollout.ab is not None for r in config.routes)
+    _AB_OF[:] = [(config, runs)]
+    return runs
 
 
 def _mirrors(snapshot: Snapshot, name: str) -> bool:

@@ -405,6 +405,11 @@ class AbBook:
             if pooled is not None:
                 pooled.apply(batch)
 
+    def holds_any(self) -> bool:
+        """Does the book hold any route's test, table or identity? (None: `configure` with no
+        A/B route among those served changes nothing.)"""
+        return bool(self.routes or self.idents or self.tables or self.tests or self.pool)
+
     def configure(self, routes: Iterable[CompiledRoute]) -> None:
         """The A/B routes served now (the others' tables are dropped)."""
         self.routes = {r.name: r for r in routes if r.ab is not None}

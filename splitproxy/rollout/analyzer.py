@@ -197,11 +197,13 @@ class Analyzer:
         if self.phase == "progressing":
             self.active_time += elapsed
         readiness, health = self.readiness, observation.health
-        readiness.elapse(elapsed, counting=self._counting())
+        if readiness.ready_at is None:  # (once the candidate was ready, neither does a thing)
+            readiness.elapse(elapsed, counting=self._counting())
         self.last_now, self.health = now, health
 
         fresh = self._follow_revision(now, observation.candidate)
-        readiness.see(now, health)
+        if readiness.ready_at is None:
+            readiness.see(now, health)
         evidence = self.evidence
         if self.phase in ACTIVE and not fresh:  # unavailable time is no part of a step
             window = evidence.window
@@ -392,6 +394,11 @@ class Analyzer:
         if not readiness.ready and readiness.overdue(spec.progress_deadline):
             limit = f"{spec.progress_deadline:g}s"
             self._rollback(now, f"candidate never became ready (progress deadline {limit})")
+            return
+        if readiness.ready_at is None or is_healthy(self.health):
+            # (nearly every tick: no check to show, no strike, the stretch forgotten; what
+            # `Readiness.check` and `Readiness.strike` come to then)
+            readiness.unhealthy_since, readiness.strikes = None, 0
             return
         timeout = spec.unhealthy_timeout
         result = readiness.check(now, self.health, timeout)

@@ -102,6 +102,8 @@ from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 from splitproxy.rollout.weightsync import sync_weight
 
 logger = logging.getLogger("splitproxy.rollout.controller")
+_NOTHING: tuple[TestOutcome, ...] = ()
+_new = tuple.__new__
 
 
 class Controller:
@@ -268,26 +270,34 @@ class Controller:
         gates = self.dispatcher.answers(rt.name)
         external = self.poller.values(rt.name)
         health = self.health(rt.name) if self.health is not None else None
-        tests = [
-            TestOutcome(attempt, r.passed, r.summary())
-            for attempt, r in self.tests.results(rt.name)
-        ]
+        finished = self.tests.results(rt.name)
+        tests = (
+            [TestOutcome(attempt, r.passed, r.summary()) for attempt, r in finished]
+            if finished
+            else _NOTHING
+        )
         mirror = shadow.observed(route, rt.analyzer, self.recorder.mirror_take(rt.name))
         counts = self.recorder.ab.take(rt.name)  # an A/B test's users and conversions (ab.py)
-        observation = Observation(
-            identity, samples, commands, gates, external, health, tests, mirror, ab=counts
+        # (the named tuple's own ``__new__`` is a Python function: one call per route and tick)
+        observation = _new(
+            Observation,
+            (identity, samples, commands, gates, external, health, tests, mirror, counts),
         )
         self._apply(rt, now, rt.analyzer.tick(now, observation))
         a = rt.analyzer
-        self.recorder.ab.follow(rt.name, ab.test_started(a))
+        test = ab.test_started(a)
+        if test is not None:  # (following no test changes nothing: most routes, every tick)
+            self.recorder.ab.follow(rt.name, test)
         switched = a.spec.bluegreen and a.step_index >= a.spec.switch_index
         if (a.phase not in ACTIVE or a.test_passed or switched) and self.tests.running(rt.name):
             self.tests.forget(rt.name)  # the job's verdict can no longer change anything
         if rt.analyzer.phase in ACTIVE:
-            every = self.options.external_interval
-            if every is None:
-                every = max(0.25, min(30.0, rt.rollout.interval / 2))
-            self.poller.poll(rt.name, rt.external_checks(), every, now)
+            checks = rt.external_checks()
+            if checks:  # (polling none starts nothing)
+                every = self.options.external_interval
+                if every is None:
+                    every = max(0.25, min(30.0, rt.rollout.interval / 2))
+                self.poller.poll(rt.name, checks, every, now)
         if self.traffics is not None and route is not None and route.rollout is not None:
             self.traffics.update(
                 rt.name,

@@ -34,12 +34,16 @@ from splitproxy.rollout.messages import (
     bounded_verdict,
     metric_unit,
 )
-from splitproxy.rollout.results import Judged, LazyResult
+from splitproxy.rollout.results import Judged, LazyResult, StaleResult
 from splitproxy.rollout.results import made as made_now
 from splitproxy.rollout.thresholds import shown_above, window_alpha
 
 if TYPE_CHECKING:
     from splitproxy.rollout.evidence import StepWindow
+
+
+# the histogram of a window that changed with no copy kept (`DeferredThresholds.detach`)
+_STALE: dict[float, int] = {}
 
 
 class DeferredThresholds:
@@ -80,18 +84,28 @@ class DeferredThresholds:
         self._alpha = alpha
         self._judged = judged
         self._results: tuple[CheckResult, ...] | None = None
-        self._unshown: set[str] = set()
+        # made with the first check over its line but not shown (a set per route per tick,
+        # kept for a tick, was a young container for the collector to walk)
+        self._unshown: set[str] | None = None
 
     @property
     def pending(self) -> bool:
         """Not made yet."""
         return self._results is None
 
-    def detach(self) -> None:
-        """The window is about to change: keep a copy of its histogram if still needed."""
+    def detach(self, keep: bool = True) -> None:
+        """The window is about to change: keep a copy of its histogram if still needed.
+        ``keep`` false: no one reads these results any more (`Evidence.fold` with no reader
+        after it), so none is kept; a latency check read all the same refuses
+        (`results.StaleResult`) rather than show another tick's numbers."""
         window = self._window
         if window is not None and self._results is None:
-            self._latency = dict(window.latency) if self._needs_latency else None
+            if not self._needs_latency:
+                self._latency = None
+            elif keep:
+                self._latency = dict(window.latency)
+            else:
+                self._latency = _STALE
             self._window = None
 
     def results(self) -> tuple[CheckResult, ...]:
@@ -105,13 +119,15 @@ class DeferredThresholds:
     def unshown(self) -> set[str]:
         """The checks over their line but not shown to be yet: the window holds on."""
         self.results()
-        return self._unshown
+        return self._unshown if self._unshown is not None else set()
 
     def _histogram(self) -> tuple[dict[float, int], list[float]]:
         window = self._window
         if window is not None:
             return window.latency, window.latency_bounds()
         latency = self._latency if self._latency is not None else {}
+        if latency is _STALE:
+            raise StaleResult("the step window's histogram changed, unkept")
         return latency, sorted(latency, reverse=True)
 
     def _check(self, check: MetricCheck) -> CheckResult:
@@ -163,6 +179,8 @@ class DeferredThresholds:
         e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
         if e >= 1 / level:
             return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")
+        if self._unshown is None:
+            self._unshown = set()
         self._unshown.add(check.key)  # the window holds on for more requests
         detail = f"over the line, not shown yet: e={e:.3g} < {1 / level:.3g}"
         return result._replace(verdict="pass", detail=detail)

@@ -91,6 +91,9 @@ INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more .
 INCIDENT_RATIO: Final = 3.0  # ... and the candidate at most this many times stable's rate
 
 Outcome = Literal["pass", "hold", "fail"]
+# the latency check its needs are for; (q, stable requests it needs) per quantile; every q; the
+# most any q needs
+_Needs = tuple[CompareCheck | None, tuple[tuple[float, int], ...], tuple[float, ...], int]
 
 
 def min_threshold_requests(q: float) -> int:
@@ -136,6 +139,12 @@ class WindowOutcome:
     reason: str = ""
 
 
+# the outcomes without a reason, made once (a frozen dataclass sets each field through
+# ``object.__setattr__``: every route's window is asked every tick, and most hold on)
+HOLD: Final = WindowOutcome("hold")
+PASS: Final = WindowOutcome("pass")
+
+
 class Evidence:
     """The statistics and the check results of one route's rollout (see the module docstring).
 
@@ -174,7 +183,7 @@ class Evidence:
         self.ticks: list[tuple[float, int, int, int, int]] = []
         # stable's trailing quantiles as they were before the latest `fold`
         self.thresholds: dict[float, float] = {}
-        self._needs: tuple[CompareCheck | None, tuple[tuple[float, int], ...]] = (None, ())
+        self._needs: _Needs = (None, (), (), 0)
         # the comparisons' and the guard's latest results, kept while their inputs do not change
         self._kept: tuple[Kept[LazyResult], Kept[LazyResult], Kept[LazyResult]] = (
             Kept(), Kept(), Kept()
@@ -273,13 +282,14 @@ class Evidence:
 
         ``read_after``: the latest evaluation's comparisons and guard may still be read after
         this fold, so those still unmade first take a snapshot of the tests it changes
-        (`results.LazyResult.detach`). False leaves them to go stale unread (read all the
-        same, they raise `results.StaleResult`): the analyzer's tick, when no event of its
-        own can read them before its next evaluation."""
+        (`results.LazyResult.detach`), and the threshold checks one of the step window's
+        histogram. False leaves them to go stale unread (read all the same, they raise
+        `results.StaleResult`): the analyzer's tick, when no event of its own can read them
+        before its next evaluation."""
         self.thresholds = thresholds = self._latency_thresholds()
         keep = tests and read_after
         if tests:
-            self.detach()
+            self.detach(keep)
             self._restart_due(now, keep)
         # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
@@ -318,11 +328,12 @@ class Evidence:
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
 
-    def detach(self) -> None:
-        """The step's window is about to change: results still unmade keep what they read."""
+    def detach(self, keep: bool = True) -> None:
+        """The step's window is about to change: results still unmade keep what they read
+        (``keep`` false: they go stale unread, see `fold`)."""
         deferred = self._deferred
         if deferred is not None:
-            deferred.detach()
+            deferred.detach(keep)
 
     def _restart_due(self, now: float, keep: bool) -> None:
         """Every `RESTART_EVERY` seconds of judged time, each comparison starts a fresh
@@ -349,11 +360,17 @@ class Evidence:
     def _latency_thresholds(self) -> dict[float, float]:
         """Stable's trailing quantiles, from ticks before this one only (predictable)."""
         out: dict[float, float] = {}
-        seen, needs = self._needs  # (q, requests it needs) per quantile, made once per check
+        # (q, requests it needs) per quantile, made once per check, with every q and the
+        # most any needs: after the first minutes stable's history has enough for all of them
+        seen, needs, every, most = self._needs
         if seen is not self.latency_compare:
             needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
-            self._needs = (self.latency_compare, needs)
-        wanted = [q for q, least in needs if self.trail_requests >= least]
+            every = tuple([q for q, _ in needs])
+            most = max([least for _, least in needs], default=0)
+            self._needs = (self.latency_compare, needs, every, most)
+        wanted: Sequence[float] = every
+        if self.trail_requests < most:
+            wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
         for q, c in trail_quantiles(self, wanted).items():
@@ -409,7 +426,8 @@ class Evidence:
             self.threshold_latency,
         )
         out: list[CheckResult | LazyResult] = []
-        out += [self._external_check(c) for c in self.external_checks]
+        if self.external_checks:
+            out += [self._external_check(c) for c in self.external_checks]
         base = self.baseline
         if base is not None:  # blue/green bake: against stable's numbers before the switch
             if self.error_compare is not None:
@@ -424,8 +442,9 @@ class Evidence:
                 out.append(self._latency_compare(self.compare_keys[1]))
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
-            key = (guard, guard.changes, self.alpha.guard)
-            out.append(self._kept[2].get(key, lambda: guard_result(guard, 1 / self.alpha.guard)))
+            alpha = self.alpha.guard
+            key = (guard, guard.changes, alpha)
+            out.append(self._kept[2].get(key, guard_result, guard, 1 / alpha))
         return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
@@ -438,30 +457,30 @@ class Evidence:
         window without data into a failure)?"""
         interval, wanted = step_needs(self.spec, step)
         if now - self.window.start < interval:
-            return WindowOutcome("hold")
+            return HOLD
         n = self.window.requests
         fail_without_data = self.spec.on_no_data == "fail"
         if n == 0:
             if fail_without_data:
                 return WindowOutcome("fail", "no candidate traffic in the window")
-            return WindowOutcome("hold")
+            return HOLD
         if n < wanted:
-            return WindowOutcome("hold")
+            return HOLD
         judged = [r for r in checks if r.kind in ("threshold", "external")]
         failed = [r.name for r in judged if r.verdict == "fail"]
         if failed:
             self.windows_judged += 1  # the next window's thresholds test at a smaller α
             return WindowOutcome("fail", "failed: " + ", ".join(failed))
         if self.unshown:  # over a line but not shown: neither failed nor passed yet
-            return WindowOutcome("hold")
+            return HOLD
         missing = [r.name for r in judged if r.verdict == "no_data"]
         if missing:
             if fail_without_data:
                 self.windows_judged += 1
                 return WindowOutcome("fail", "no data: " + ", ".join(missing))
-            return WindowOutcome("hold")
+            return HOLD
         self.windows_judged += 1
-        return WindowOutcome("pass")
+        return PASS
 
     def with_ci(self, results: Iterable[CheckResult]) -> tuple[CheckResult, ...]:
         """The results with anytime-valid one-sided confidence intervals ``[lower, inf)`` for
@@ -503,7 +522,7 @@ class Evidence:
         # text) is then the previous tick's, kept while nothing it is made of changed.
         units = self.units
         key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
-        return self._kept[0].get(key, lambda: self._error_lazy(name, test))
+        return self._kept[0].get(key, self._error_lazy, name, test)
 
     def _error_lazy(self, name: str, test: PathClassTests) -> LazyResult:
         units = self.units
@@ -519,7 +538,7 @@ class Evidence:
         tests = tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
         key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
         key += tests
-        return self._kept[1].get(key, lambda: self._latency_lazy(name, thresholds, tests))
+        return self._kept[1].get(key, self._latency_lazy, name, thresholds, tests)
 
     def _latency_lazy(
         self,

@@ -97,27 +97,3 @@ def slow_counts(
                 if bound > c:
                     above[j] += count
     return [(limits[j][0], n) for j, n in enumerate(above) if n]
-
-
-def slow_counts_sorted(
-    bounds: Sequence[float],
-    counts: Sequence[int],
-    limits: Sequence[tuple[float, float]],
-    lowest: float,
-) -> list[tuple[float, int]]:
-    """`slow_counts` of ``zip(bounds, counts)`` for ``bounds`` in increasing order (a sketch's
-    columns): walked from the largest bound down to the first at or below ``lowest``, so the
-    cost is the buckets above the smallest limit (after stable's thresholds set in, the one
-    or two of a tick's fifteen or so that lie above its p95), not every bucket."""
-    above = [0] * len(limits)
-    i = len(bounds)
-    while i:
-        i -= 1
-        bound = bounds[i]
-        if bound <= lowest:
-            break
-        count = counts[i]
-        for j, (_, c) in enumerate(limits):
-            if bound > c:
-                above[j] += count
-    return [(limits[j][0], n) for j, n in enumerate(above) if n]

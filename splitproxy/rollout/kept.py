@@ -10,7 +10,7 @@ means an equal answer, and the answer is the very object made the first time.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -24,11 +24,13 @@ class Kept(Generic[T]):
         self._key: tuple[Hashable, ...] | None = None
         self._value: T | None = None
 
-    def get(self, key: tuple[Hashable, ...], make: Callable[[], T]) -> T:
-        """The kept value when ``key`` equals the kept key, else ``make()`` (then kept)."""
+    def get(self, key: tuple[Hashable, ...], make: Callable[..., T], *args: Any) -> T:
+        """The kept value when ``key`` equals the kept key, else ``make(*args)`` (then kept).
+        (Arguments rather than a closure: the tick asks every route every second, and most
+        answers are kept, so no function object is made for them.)"""
         value = self._value
         if value is None or self._key != key:
-            value = self._value = make()
+            value = self._value = make(*args)
             self._key = key
         return value
 

@@ -7,6 +7,7 @@ bin layout, so the histograms of both versions line up bucket by bucket (the ana
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Final
 
 RELATIVE_ACCURACY: Final = 0.02  # the promise: a quantile is within 2 % of the true value
@@ -37,9 +38,18 @@ def _key(value: float) -> int:
     return math.ceil(math.log(value) * _INV_LOG_GAMMA)
 
 
-# key -> ``_GAMMA**key``, the histograms' bucket bounds: every key a sketch makes, made once
-# (`histogram` runs for each version of each closed bucket of each route, every tick)
-_BOUNDS: dict[int, float] = {key: _GAMMA**key for key in range(_MIN_KEY, _MAX_KEY + 1)}
+class _Bounds(dict[int, float]):
+    """key -> ``_GAMMA**key``, the histograms' bucket bounds: every key a sketch makes, made
+    once (a sketch's bins are read for each version of each closed bucket of each route, every
+    tick); a key outside the layout (bins set by hand) gets the same power, kept."""
+
+    def __missing__(self, key: int) -> float:
+        bound = self[key] = _GAMMA**key
+        return bound
+
+
+_BOUNDS: Final = _Bounds({key: _GAMMA**key for key in range(_MIN_KEY, _MAX_KEY + 1)})
+_bound_of = _BOUNDS.__getitem__
 
 
 def _value(key: int) -> float:
@@ -113,11 +123,15 @@ class LatencySketch:
         (``zip``) once or twice and keeps nothing (``tally``), without a pair per bin."""
         bins = self.bins
         keys = sorted(bins)
-        try:
-            bounds = list(map(_BOUNDS.__getitem__, keys))
-        except KeyError:  # a key outside the layout (bins set by hand): the same power
-            bounds = [_BOUNDS.setdefault(key, _GAMMA**key) for key in keys]
-        return bounds, list(map(bins.__getitem__, keys))
+        return list(map(_bound_of, keys)), list(map(bins.__getitem__, keys))
+
+    def pairs(self) -> Iterator[tuple[float, int]]:
+        """`histogram`'s pairs in the bins' own order (not sorted), made as they are read:
+        for a reader that adds them up once and needs no order (``tally``: stable's trailing
+        sum, the step window, the slow counts), without sorting the keys or a list of either
+        column. Valid while the sketch is not written (a closed bucket's, or within a tick)."""
+        bins = self.bins
+        return zip(map(_bound_of, bins), bins.values(), strict=True)
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within

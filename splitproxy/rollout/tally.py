@@ -25,9 +25,10 @@ always did; `Evidence.fold` applies the rest.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
-from splitproxy.rollout.histograms import hist_merge, slow_counts, slow_counts_sorted
+from splitproxy.rollout.histograms import hist_merge, slow_counts
 from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import BucketFeed, share_of
 
@@ -52,6 +53,8 @@ class Tally(NamedTuple):
 
 
 Limits = tuple[tuple[float, float], ...]  # (q, the latency a request is slow beyond)
+_limit = itemgetter(1)
+_new = tuple.__new__
 
 
 def tally(e: Evidence, now: float, samples: Sequence[Sample], tests: bool, limits: Limits) -> Tally:
@@ -73,7 +76,7 @@ def tally_samples(
     slow: dict[tuple[float, float], list[int]] = {}
     window = e.window
     guard_count, first = e.guard_units.count, e.units.first
-    lowest = min((c for _, c in limits), default=0.0)
+    lowest = min(map(_limit, limits), default=0.0)
     # each sample unpacked once (a named tuple's fields are properties: eight lookups)
     for version, requests, errors, p, path_class, latency, unit_errors, units in samples:
         cand = version == "candidate"
@@ -128,7 +131,7 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
     slow: dict[tuple[float, float], list[int]] = {}
     window = e.window
     guard_count, first = e.guard_units.count, e.units.first
-    lowest = min((c for _, c in limits), default=0.0)
+    lowest = min(map(_limit, limits), default=0.0)
     judge_synthetic = feed.judge_synthetic
     for b in feed.buckets:
         p = b.probability
@@ -190,14 +193,14 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
                     pooled.setdefault(pj, [0, 0])[i] += events
             sketch = latency[v]
             if sketch.count and (v == 0 or tests):
-                # the histogram's columns, walked by each reader once (no pair per bin kept)
-                bounds, counts = sketch.columns()
+                # the histogram's pairs in the bins' order, made as each reader walks them
+                # once: sums and counts need no order (no keys sorted, no columns made)
                 if v == 0:  # read once, by `trail_add`
-                    stable_latency.append(zip(bounds, counts, strict=True))
+                    stable_latency.append(sketch.pairs())
                 else:
-                    hist_merge(window.latency, zip(bounds, counts, strict=True))
-                if slow_too:  # from the top: only the buckets above the lowest limit
-                    for q, above in slow_counts_sorted(bounds, counts, limits, lowest):
+                    hist_merge(window.latency, sketch.pairs())
+                if slow_too:
+                    for q, above in slow_counts(sketch.pairs(), limits, lowest):
                         slow.setdefault((q, pl), [0, 0])[i] += above
             if v == 1 and tests:
                 window.requests += requests
@@ -220,7 +223,11 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
             n_by[v] += requests
             x_by[v] += b.errors[v]
             gx_by[v] += once
-    return Tally(
-        n_by[1], x_by[1], gx_by[1], n_by[0], x_by[0], gx_by[0], stable_latency, pooled, classes,
-        slow,
+    # (the named tuple's own ``__new__`` is a Python function: one call per route and tick)
+    return _new(
+        Tally,
+        (
+            n_by[1], x_by[1], gx_by[1], n_by[0], x_by[0], gx_by[0], stable_latency, pooled,
+            classes, slow,
+        ),
     )  # fmt: skip

@@ -178,6 +178,7 @@ def trail_quantiles(e: Evidence, qs: Sequence[float]) -> dict[float, float | Non
     at = e.trail_at
     out: dict[float, float | None] = {}
     last = len(bounds) - 1
+    low = math.inf  # the smallest bound found
     for q in qs:
         kept = at.get(q)
         if kept is None:  # from the top, as `histograms` walks
@@ -198,8 +199,13 @@ def trail_quantiles(e: Evidence, qs: Sequence[float]) -> dict[float, float | Non
                 seen += total[bounds[i]]
                 if seen >= rank:
                     break
-        kept.bound = out[q] = bounds[i]
+        kept.bound = out[q] = found = bounds[i]
         kept.index = i
+        if found < low:
+            low = found
         kept.above = n - seen
-    e.trail_low = min([kept.bound for kept in at.values()]) if at else math.inf
+    if len(at) == len(out):  # (the usual tick: every quantile kept was asked, so is in out)
+        e.trail_low = low
+    else:
+        e.trail_low = min([kept.bound for kept in at.values()]) if at else math.inf
     return out

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -469,9 +469,9 @@ class Window:
         buckets.append(bucket)
         return bucket
 
-    def _between(self, since: float, until: float | None) -> Iterator[_Bucket]:
+    def _between(self, since: float, until: float | None) -> list[_Bucket]:
         # Bucket starts never decrease (`_next`), so the buckets asked for are one run: scan
-        # from the newest back to ``since`` instead of the whole ring every tick.
+        # from the newest back to ``since`` instead of the whole ring (a new list, the caller's)
         res = self.resolution
         picked: list[_Bucket] = []
         for bucket in reversed(self._buckets):
@@ -480,13 +480,13 @@ class Window:
             if until is None or bucket.start + res <= until:
                 picked.append(bucket)
         picked.reverse()
-        return iter(picked)
+        return picked
 
     def buckets(self, since: float, until: float | None = None) -> list[_Bucket]:
         """The buckets `observations` would return, themselves rather than `Period` copies:
         for a reader that turns them into something else at once (``samples.window_samples``)
         and neither keeps nor changes them."""
-        return list(self._between(since, until))
+        return self._between(since, until)
 
     def observations(self, since: float, until: float | None = None) -> list[Period]:
         """The buckets that start at or after ``since`` (oldest first), and, with ``until``,
@@ -498,7 +498,7 @@ class Window:
     def totals(self, since: float, until: float | None = None) -> dict[Version, VersionCounts]:
         """Each version's counts, merged over the buckets ``observations`` would return."""
         out: dict[Version, VersionCounts] = {}
-        buckets = list(self._between(since, until))
+        buckets = self._between(since, until)
         for version in VERSIONS:
             index = _INDEX[version]
             sketch = LatencySketch()

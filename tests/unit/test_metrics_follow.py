@@ -17,7 +17,7 @@ URLS = ["http://127.0.0.1:9", "http://127.0.0.1:10"]
 NAMES = ["r0", "r1", "r2", "r3"]
 
 route_defs = st.fixed_dictionaries(
-    {"candidate": st.none() | st.sampled_from(URLS), "mirror": st.booleans()}
+    {"candidate": st.none() | st.sampled_from(URLS), "mirror": st.booleans(), "ab": st.booleans()}
 )
 files = st.dictionaries(st.sampled_from(NAMES), route_defs, min_size=1)
 # between reloads: a request on an older snapshot counted for a route (maybe gone by now),
@@ -34,16 +34,23 @@ def text_of(routes: dict[str, dict[str, Any]]) -> str:
             lines.append(f"    candidate: {{url: '{spec['candidate']}', revision: '1'}}")
             if spec["mirror"]:
                 lines.append("    mirror: {percent: 10}")
+            elif spec["ab"]:  # an A/B test (the book follows its compiled route)
+                lines += ["    sticky: {cookie: sp}", "    rollout:", "      strategy: ab"]
+                lines.append("      ab: {goals: [{name: signup, path_prefix: /signup}]}")
     return "\n".join(lines) + "\n"
 
 
-def picture(rec: Recorder) -> Any:
+def picture(rec: Recorder, state: RuntimeState) -> Any:
     windows = {name: rec.windows.window(name) for name in NAMES if name in rec.windows}
     series = {
         key: (s.version, None if s.window is None else s.window is windows.get(key[0]))
         for key, s in rec._series.items()
     }
-    return series, sorted(windows), list(rec._mirrors), sorted(rec.ab.tables)
+    # the A/B routes as compiled now, by identity (a leader's global tables find theirs so)
+    snapshot = state.snapshot
+    ab = {n: snapshot is not None and r is snapshot.route(n) for n, r in rec.ab.routes.items()}
+    book = (ab, dict(rec.ab.idents), sorted(rec.ab.tables), sorted(rec.ab.tests))
+    return series, sorted(windows), list(rec._mirrors), book
 
 
 @settings(max_examples=150, deadline=None)
@@ -58,7 +65,7 @@ def test_following_the_changes_equals_the_full_pass(
     for routes, events in steps:
         text = text_of(routes)
         state.load(parse_routing(text), content_hash(text), 1000.0)
-        assert picture(incremental) == picture(full)
+        assert picture(incremental, state) == picture(full, state)
         for kind, name in events:
             snapshot = state.snapshot
             route = snapshot.config.route(name) if snapshot is not None else None
@@ -67,18 +74,18 @@ def test_following_the_changes_equals_the_full_pass(
                     rec._get(name, "candidate")  # what counting a finished request does
             elif route is not None and route.candidate is not None:
                 state.set_weight(name, 20.0, 1000.0)
-        assert picture(incremental) == picture(full)
+        assert picture(incremental, state) == picture(full, state)
 
 
 def test_a_reload_that_edits_one_route_keeps_every_other_window() -> None:
     state = RuntimeState()
     rec = Recorder(state)
     state.subscribe(rec.on_swap)
-    first = {n: {"candidate": URLS[1], "mirror": False} for n in NAMES}
+    first = {n: {"candidate": URLS[1], "mirror": False, "ab": False} for n in NAMES}
     text = text_of(first)
     state.load(parse_routing(text), content_hash(text), 1000.0)
     window = rec._series[("r0", "candidate")].window
-    text = text_of({**first, "r1": {"candidate": None, "mirror": False}})
+    text = text_of({**first, "r1": {"candidate": None, "mirror": False, "ab": False}})
     state.load(parse_routing(text), content_hash(text), 1000.0)
     assert rec._series[("r0", "candidate")].window is window
     assert window is not None

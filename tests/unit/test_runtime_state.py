@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from splitproxy.config import Backend, content_hash, parse_routing
 from splitproxy.dataplane.routing import BUCKETS
-from splitproxy.dataplane.state import RuntimeState, Snapshot, compile_snapshot
+from splitproxy.dataplane.state import RuntimeState, Snapshot, compile_snapshot, own_copy
 from splitproxy.errors import (
     Conflict,
     InvalidValue,
@@ -332,3 +333,16 @@ def test_a_runtime_change_serves_what_compiling_the_whole_file_would(
         )  # fmt: skip
         assert _served(now) == _served(fresh)
         assert now.find(f"h{i}.test", "/") is now.route(name)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.integers(), max_size=30))
+def test_a_snapshot_mapping_copies_as_dict_of_it_did(entries: dict[str, int]) -> None:
+    """`own_copy` (a read-only view's own copy, in C, where ``dict(view)`` went key by key):
+    the same entries in the same order, in a new dict whose changes the view does not see."""
+    for mapping in (MappingProxyType(dict(entries)), dict(entries)):
+        copy = own_copy(mapping)
+        assert type(copy) is dict
+        assert list(copy.items()) == list(dict(mapping).items())
+        copy["changed"] = -1
+        assert mapping.get("changed") == entries.get("changed")

@@ -6,7 +6,7 @@
   the pairs ``(γ^key, count)`` in key order, bit for bit;
 - `slow_counts` counts the buckets above several limits in one pass: for any histogram (in
   any order) and limits, each limit's `hist_above`, the zeros left out, in the limits' order;
-  `slow_counts_sorted` (a sketch's columns, walked from the top) gives the same;
+  `LatencySketch.pairs` (the tally's reading, the bins' own order) holds `histogram`'s pairs;
 - `thresholds.shown_above` keeps each line's alternatives and their logs: for any counts, line
   and level, the verdict and the e-value computed afresh, bit for bit.
 """
@@ -27,7 +27,6 @@ from splitproxy.rollout.histograms import (
     hist_quantile,
     hist_quantiles,
     slow_counts,
-    slow_counts_sorted,
 )
 from splitproxy.rollout.sequential import RateGuard, guard_rates, logsumexp
 from splitproxy.rollout.sketch import LatencySketch
@@ -85,11 +84,23 @@ def test_slow_counts_in_one_pass_are_each_limits_count(
     lowest = min((c for _, c in limits), default=0.0)
     want = [(q, n) for q, c in limits if (n := hist_above(pairs, c))]
     assert slow_counts(pairs, limits, lowest) == want
-    merged: dict[float, int] = {}
-    for bound, count in pairs:  # a sketch's columns: each bound once, increasing
-        merged[bound] = merged.get(bound, 0) + count
-    bounds = sorted(merged)
-    assert slow_counts_sorted(bounds, [merged[b] for b in bounds], limits, lowest) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(1e-7, 2e5), max_size=60), st.lists(st.integers(-2000, 2000), max_size=3))
+def test_a_sketch_s_pairs_are_its_histogram_in_the_bins_order(
+    latencies: list[float], by_hand: list[int]
+) -> None:
+    """What the tally reads (`LatencySketch.pairs`): the histogram's very pairs (bounds bit for
+    bit, keys outside the layout set by hand included), in the order of the bins."""
+    s = LatencySketch()
+    for value in latencies:
+        s.add(value)
+    for key in by_hand:
+        s.bins[key] = s.bins.get(key, 0) + 1
+    pairs = list(s.pairs())
+    assert sorted(pairs) == list(s.histogram())
+    assert [b for b, _ in pairs] == [sketch._GAMMA**k for k in s.bins]
 
 
 def test_ties_at_the_rank_take_the_lower_bound() -> None:

@@ -391,3 +391,30 @@ def test_a_fold_with_no_reader_after_it_leaves_the_results_to_go_stale() -> None
         else:
             with pytest.raises(StaleResult):
                 guard.result()
+
+
+def test_a_threshold_check_after_a_fold_with_no_reader_refuses_rather_than_show_new_numbers() -> (
+    None
+):
+    """The threshold checks' results (`DeferredThresholds`) follow the same rule: after a fold
+    with no reader after it, no copy of the step window's histogram is kept, and a latency
+    check read all the same raises `StaleResult`; with a reader after the fold it reads as it
+    was, made then (the counts' checks, which copy their numbers at once, read as they were
+    either way)."""
+    checks = [{"metric": "latency_p99", "max": "50ms"}, {"metric": "error_rate", "max": "1%"}]
+    for read_after in (False, True):
+        e = Evidence(spec(checks=checks), path_class_slots=2)
+        e.fresh_tests()
+        fast = Sample("candidate", 20, 1, 0.5, "/a", latency=((0.01, 20),))
+        e.fold(1.0, [fast], tests=True)
+        thresholds, _ = e.evaluate_deferred(1.0)
+        assert thresholds.pending
+        then = DeferredThresholds(1.0, e.window, e.threshold_checks, e.spec.alpha, 0).results()
+        slow = Sample("candidate", 20, 0, 0.5, "/a", latency=((1.0, 20),))
+        e.fold(2.0, [slow], tests=True, read_after=read_after)
+        assert e.window.latency == {0.01: 20, 1.0: 20}
+        if read_after:
+            assert thresholds.results() == then
+        else:
+            with pytest.raises(StaleResult):
+                thresholds.results()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.codec import decode, encode
 from splitproxy.rollout.messages import CallHook, GateResult, Sample
+from splitproxy.rollout.readiness import Readiness, is_healthy
 from tests.unit.rollout.drive import Driver, cmd, spec, traffic
 
 STARTING = CandidateHealth(ready=False, healthy=False, unhealthy_since=None)
@@ -137,3 +141,34 @@ def test_the_guard_still_rolls_back_a_candidate_that_answers_with_errors() -> No
     d.run(3, health=READY)
     d.run(5, samples=traffic(0.1, candidate=(50, 50)), health=down(d.now))
     assert d.phase == "rolled_back"
+
+
+_HEALTH = st.none() | st.builds(
+    CandidateHealth, st.booleans(), st.booleans(), st.none() | st.floats(0.0, 100.0)
+)
+_MAYBE_TIME = st.none() | st.floats(0.0, 100.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MAYBE_TIME, _MAYBE_TIME, st.integers(0, 5), _HEALTH, st.floats(0.0, 200.0))
+def test_the_tick_s_shortcuts_are_what_the_readiness_calls_come_to(
+    ready_at: float | None,
+    since: float | None,
+    strikes: int,
+    health: CandidateHealth | None,
+    now: float,
+) -> None:
+    """`Analyzer.tick` calls `Readiness.elapse` and `see` only while the candidate was never
+    ready, and `_candidate_health` skips `check` and `strike` when the candidate was never
+    ready or is available: in those cases the calls change nothing / come to no check, no
+    strike and the stretch forgotten."""
+    r = Readiness(ready_at, 3.0, since, strikes)
+    if ready_at is not None:
+        before = Readiness(ready_at, 3.0, since, strikes)
+        r.elapse(1.0, counting=True)
+        r.see(now, health)
+        assert r == before
+    if ready_at is None or is_healthy(health):
+        assert r.check(now, health, 30.0) is None
+        assert not r.strike(now, health, 30.0)
+        assert (r.unhealthy_since, r.strikes) == (None, 0)

@@ -39,9 +39,12 @@ def _evidence(cap: int) -> Evidence:
 
 
 def _plain(t: Tally) -> list[Any]:
-    """The tally with its dictionaries' order made visible (and its histograms read)."""
+    """The tally with its dictionaries' order made visible (and its histograms read). A
+    histogram's pairs come in the sketch's own order from the buckets (`LatencySketch.pairs`):
+    each is only ever added up (integer counts, per bound), so its pairs are compared as a
+    set, each histogram in its place."""
     out: list[Any] = [list(v.items()) if isinstance(v, dict) else v for v in t]
-    out[6] = [tuple(h) for h in t.stable_latency]
+    out[6] = [sorted(h) for h in t.stable_latency]
     return out
 
 
@@ -51,7 +54,7 @@ def _side_effects(e: Evidence) -> list[Any]:
     return [
         w.requests,
         w.errors,
-        list(w.latency.items()),
+        sorted(w.latency.items()),  # (its bounds are sorted by every reader)
         sorted(units._seen),
         units.skipped,
         list(e.guard_units._last.items()),
