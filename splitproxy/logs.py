@@ -128,6 +128,11 @@ def _escape(raw: bytes) -> str:
     return raw.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 
 
+def _text_ms(seconds: float) -> str:
+    """A duration as a text line writes it: milliseconds, three decimals."""
+    return f"{seconds * 1000:.3f}"
+
+
 def _json_ms(seconds: float) -> str:
     """``repr(round(seconds * 1000, 3))`` at half the cost: both round the same binary value to
     three decimals (correctly rounded), and the repr of a number of at most 3 decimals and
@@ -299,21 +304,15 @@ class AccessLog:
         escape with one ``translate`` (`_SAFE`)."""
         out: list[str] = []
         add = out.append
-        codes, safe, ints, fracs, ends, millis_of = (
-            _CODES,
-            _SAFE,
-            _CODES,
-            _FRACS,
-            _SPAN_ENDS,
-            _TEXT_MILLIS,
-        )
+        codes, safe, ints, fracs = _CODES, _SAFE, _CODES, _FRACS
+        ends, millis_of, tie, untie = _SPAN_ENDS, _TEXT_MILLIS, _TIE, _UNTIE
         second, millis, lo, hi, sec_lo, sec_hi = self._span
         last_snap, rev = self._snapshot, self._text_rev
         methods, routed, targets = self._methods, self._routed, self._targets
         for now, ex in rows:
             if not lo <= now < hi:  # another millisecond (or near the edge of one)
                 if sec_lo <= now < sec_hi:  # of the same second: `_stamp_span`'s first step
-                    k = floor((now - sec_lo) * 1000)
+                    k = floor((now - sec_lo) * 1000.0)
                     millis, lo, hi = millis_of[k], now, sec_lo + ends[k]
                 else:
                     when, lo, hi = self._stamp_span(now)
@@ -345,16 +344,22 @@ class AccessLog:
             # the durations' ``:.3f`` from the whole microseconds (`_ms3`), where exact
             duration = ex.duration
             u = duration * 1e6 + 0.5
-            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
-                ms, ms3 = ints[n // 1000], fracs[n % 1000]
-            else:
-                ms, ms3 = f"{duration * 1000:.3f}", ""
+            try:
+                if duration > 0.0 and tie < u - (n := floor(u)) < untie:
+                    ms, ms3 = ints[n // 1000], fracs[n % 1000]
+                else:
+                    ms, ms3 = _text_ms(duration), ""
+            except (IndexError, OverflowError):  # a second or more (past `ints`), infinite
+                ms, ms3 = _text_ms(duration), ""
             up_duration = ex.upstream_duration
             u = up_duration * 1e6 + 0.5
-            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
-                up, up3 = ints[n // 1000], fracs[n % 1000]
-            else:
-                up, up3 = f"{up_duration * 1000:.3f}" if up_duration else "-", ""
+            try:
+                if up_duration > 0.0 and tie < u - (n := floor(u)) < untie:
+                    up, up3 = ints[n // 1000], fracs[n % 1000]
+                else:
+                    up, up3 = _text_ms(up_duration) if up_duration else "-", ""
+            except (IndexError, OverflowError):
+                up, up3 = _text_ms(up_duration), ""
             status = ex.status
             preview = ex.preview
             error = ex.error_kind
@@ -380,7 +385,8 @@ class AccessLog:
         combination), and the end from the revision on (per revision, error and listener)."""
         out: list[str] = []
         add = out.append
-        q, ints, fracs, ends, millis_of = _quote, _CODES, _JSON_FRACS, _SPAN_ENDS, _JSON_MILLIS
+        q, ints, fracs = _quote, _CODES, _JSON_FRACS
+        ends, millis_of, tie, untie = _SPAN_ENDS, _JSON_MILLIS, _TIE, _UNTIE
         second, millis, lo, hi, sec_lo, sec_hi = self._span
         head, head_second = self._json_head, self._json_head_second
         last_snap, rev = self._snapshot, self._rev
@@ -391,7 +397,7 @@ class AccessLog:
         for now, ex in rows:
             if not lo <= now < hi:  # another millisecond (or near the edge of one)
                 if sec_lo <= now < sec_hi:  # of the same second: `_stamp_span`'s first step
-                    k = floor((now - sec_lo) * 1000)
+                    k = floor((now - sec_lo) * 1000.0)
                     millis, lo, hi = millis_of[k], now, sec_lo + ends[k]
                 else:
                     when, lo, hi = self._stamp_span(now)
@@ -446,16 +452,22 @@ class AccessLog:
             # where exact (as in `_text_lines`)
             duration = ex.duration
             u = duration * 1e6 + 0.5
-            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
-                ms, ms3 = ints[n // 1000], fracs[n % 1000]
-            else:
+            try:
+                if duration > 0.0 and tie < u - (n := floor(u)) < untie:
+                    ms, ms3 = ints[n // 1000], fracs[n % 1000]
+                else:
+                    ms, ms3 = _json_ms(duration), ""
+            except (IndexError, OverflowError):  # a second or more (past `ints`), infinite
                 ms, ms3 = _json_ms(duration), ""
             up_duration = ex.upstream_duration
             u = up_duration * 1e6 + 0.5
-            if 0.5 < u < 1e6 and _TIE < u - (n := floor(u)) < _UNTIE:
-                up, up3 = ints[n // 1000], fracs[n % 1000]
-            else:
-                up, up3 = _json_ms(up_duration) if up_duration else "null", ""
+            try:
+                if up_duration > 0.0 and tie < u - (n := floor(u)) < untie:
+                    up, up3 = ints[n // 1000], fracs[n % 1000]
+                else:
+                    up, up3 = _json_ms(up_duration) if up_duration else "null", ""
+            except (IndexError, OverflowError):
+                up, up3 = _json_ms(up_duration), ""
             rid = ex.request_id
             add(
                 f"{head}{millis}{client}{verb}{path}"
