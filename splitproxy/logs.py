@@ -2,11 +2,11 @@
 
 The access log does not go through `logging`: a record, a handler and a formatter cost about
 10 µs a line, a large share of what the proxy spends on a request. `AccessLog` keeps each
-request's fields in a tuple, formats the lines of 50 ms (at most 128 of them) together, and
-hands them to a writer thread (`logwriter.BatchWriter`) as one text: the
-loop never waits on stderr, and a stalled stderr costs dropped lines (counted), not a stalled
-proxy (measurements in ``docs/observability.md``). Its switch is ``Settings.access_log``, not
-the log level.
+finished exchange with its time (its fields are read when the batch is formatted), formats
+the lines of 50 ms (at most 128 of them) together, and hands them to a writer thread
+(`logwriter.BatchWriter`) as one text: the loop never waits on stderr, and a stalled stderr
+costs dropped lines (counted), not a stalled proxy (measurements in ``docs/observability.md``).
+Its switch is ``Settings.access_log``, not the log level.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class AccessLog:
     with the keys of `fields` plus ``"logger": "splitproxy.access"`` (and ``"listener":
     "preview"`` for the preview listener's requests).
 
-    Per request, `log` only keeps the line's fields in a tuple; the lines of `_HAND_OVER`
+    Per request, `log` only keeps the exchange and the time (`Row`); the lines of `_HAND_OVER`
     seconds (at most `_HAND_OVER_LINES`; of one event-loop pass for a stream without a file
     descriptor) are formatted together and handed to a `logwriter.BatchWriter` as one text,
     written by a thread of its own when ``stream`` is a file descriptor, so a slow disk or a
@@ -520,10 +520,9 @@ class AccessLog:
         return self._when
 
     def log(self, ex: Exchange) -> None:
-        """Keep the line's fields; they are formatted and handed over with the others of their
-        batch (`_schedule`; without a running loop, at once)."""
-        # `_capture`, inlined: this runs for every request, and spares a Python call there
-        # (test_observer_shortcuts.py checks that both keep the same row)
+        """Keep the exchange and its time; its line is formatted and handed over with the
+        others of its batch (`_schedule`; without a running loop, at once)."""
+        # (`_capture`, inlined: test_observer_shortcuts.py checks that both keep the same row)
         pending = self._pending
         pending.append((self.clock(), ex))
         n = len(pending)
