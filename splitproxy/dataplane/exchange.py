@@ -498,8 +498,14 @@ class Exchange(ExchangeRecord):
         log = ctx.log
         if log is not None:
             log(self)
-        if self.mirror is not None:  # hands a copy to the mirror's queue; never waits
-            self.mirror.done(self)
+        mirror = self.mirror
+        if mirror is not None:  # hands a copy to the mirror's queue; never waits
+            mirror.done(self)
+            # The access log keeps the finished exchange until its batch is formatted (up to
+            # 128 of them for 50 ms): not the copy's body pieces (up to `max_body` each)
+            self.mirror = None
+        if self.body_buffer:  # (request bytes of an upstream that never took them)
+            self.body_buffer = []
         if self.tunnel:
             self.conn.close()
         else:

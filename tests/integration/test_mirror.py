@@ -16,6 +16,7 @@ import yaml
 from aiohttp import WSMsgType, web
 from pytest_aiohttp import AiohttpServer
 
+from splitproxy.dataplane.exchange import Exchange
 from splitproxy.server import Server
 from tests.conftest import StartProxy
 from tests.integration.proxy_support import (
@@ -228,6 +229,34 @@ async def test_copies_are_not_user_traffic(
     assert traffic["candidate"]["requests"] == 0  # the analyzer never weighs a copy
     durations = by(samples, "splitproxy_mirror_duration_seconds_count", "version")
     assert durations == {("stable",): 5, ("candidate",): 5}
+
+
+async def test_a_finished_exchange_lets_go_of_its_copy(
+    start_proxy: StartProxy, stable: RawUpstream, candidate: tuple[list[Seen], str]
+) -> None:
+    # The access log keeps finished exchanges until its batch is formatted (up to 128 of them
+    # for 50 ms): they must not keep the mirror's copy of each body (up to max_body) too.
+    seen, cand = candidate
+    server = await start_proxy(
+        {"routes": [route("shadow", stable.url, cand, percent=100, methods=["POST"])]},
+        access_log=True,
+    )
+    assert server.ctx is not None
+    assert server.ctx.log is not None
+    logged: list[Exchange] = []
+    log = server.ctx.log
+
+    def keep(ex: Exchange) -> None:
+        logged.append(ex)
+        log(ex)
+
+    server.ctx.log = keep
+    body = b"x" * 40_000
+    answer = await send(server.listen_port, request("POST", "/orders", body))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    await eventually(lambda: len(seen) == 1)
+    assert seen[0].body == body  # the copy went out whole
+    assert [(ex.status, ex.mirror, ex.body_buffer) for ex in logged] == [(200, None, [])]
 
 
 async def test_unsafe_methods_are_mirrored_only_when_listed(
