@@ -181,8 +181,7 @@ def _json_routing(route: str | None, version: str, reason: str | None, upstream:
 # fields cost ~1.5 k instructions more per request than the pair (their reads moved to the
 # formatting cost ~1 k of it back). An exchange's fields do not change once it has finished
 # (the data path tells the log last, and every later event checks ``finished``), and it is not
-# reused: the next request gets an exchange of its own. A batch holds at most 128 of them for
-# 50 ms; what one held for others (the mirror's copy of its bodies) it lets go at `finish`.
+# reused: the next request gets an exchange of its own (it lets go of the mirror's copy).
 Row = tuple[float, "Exchange"]
 
 
