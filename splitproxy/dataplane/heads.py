@@ -113,25 +113,18 @@ def request_head(
     `Forwarding` when its bytes are kept (``headers``, ``consumed``, ``raw_host`` and the
     framing as read from them): the parts made once are used, or made and kept.
     """
-    if kept is not None and not synthetic and upgrade is None:
-        if kept.via is via_line and kept.trusted is trusted_peer:
-            return b"".join((method, b" ", target, kept.before_peer, peer.encode(),
-                             kept.before_id, request_id, kept.end))  # fmt: skip
-        if b"x-real-ip" not in consumed and b"forwarded" not in consumed:
+    if (kept is not None and not synthetic and upgrade is None
+            and b"x-real-ip" not in consumed and b"forwarded" not in consumed):  # fmt: skip
+        if kept.via is not via_line or kept.trusted is not trusted_peer:  # (made for others)
             _make(kept, headers, consumed, trusted_peer, raw_host, via_line, chunked,
                   content_length)  # fmt: skip
-            return b"".join((method, b" ", target, kept.before_peer, peer.encode(),
-                             kept.before_id, request_id, kept.end))  # fmt: skip
+        return b"".join((method, b" ", target, kept.before_peer, peer.encode(),
+                         kept.before_id, request_id, kept.end))  # fmt: skip
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     _add_header_lines(parts, headers, consumed)
-    if trusted_peer:
-        prior = consumed.get(b"x-forwarded-for")
-        xff = prior + b", " + peer.encode() if prior else peer.encode()
-        proto = consumed.get(b"x-forwarded-proto") or b"http"
-        fhost = consumed.get(b"x-forwarded-host") or raw_host
-    else:
-        xff, proto, fhost = peer.encode(), b"http", raw_host
-    parts += (b"X-Forwarded-For: ", xff, b"\r\nX-Forwarded-Proto: ", proto, b"\r\n")
+    before_peer, proto, fhost = _forwarded(consumed, trusted_peer, raw_host)
+    parts += (b"X-Forwarded-For: ", before_peer, peer.encode(), b"\r\nX-Forwarded-Proto: ",
+              proto, b"\r\n")  # fmt: skip
     if fhost:
         parts += (b"X-Forwarded-Host: ", fhost, b"\r\n")
     # X-Real-IP and Forwarded (RFC 7239) are rewritten when the client sent them: a trusted
@@ -149,10 +142,7 @@ def request_head(
     parts += (via_line, b"X-Request-ID: ", request_id, b"\r\n")
     if synthetic:
         parts.append(UPSTREAM_LINE)
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    elif content_length is not None:
-        parts += (b"Content-Length: ", b"%d" % content_length, b"\r\n")
+    parts.append(_framing(chunked, content_length))
     if upgrade is not None:
         parts += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     parts.append(b"\r\n")
@@ -180,7 +170,22 @@ def _add_header_lines(
         parts += (name, b": ", value, b"\r\n")
 
 
+def _forwarded(
+    consumed: Mapping[bytes, bytes], trusted_peer: bool, raw_host: bytes
+) -> tuple[bytes, bytes, bytes]:
+    """What the ``X-Forwarded-*`` lines say besides the peer: what comes before the peer in
+    ``X-Forwarded-For`` (a trusted peer's list, extended; anyone else's replaced), the proto
+    and the host (empty: no ``X-Forwarded-Host`` line)."""
+    if not trusted_peer:
+        return b"", b"http", raw_host
+    prior = consumed.get(b"x-forwarded-for")
+    proto = consumed.get(b"x-forwarded-proto") or b"http"
+    host = consumed.get(b"x-forwarded-host") or raw_host
+    return (prior + b", " if prior else b""), proto, host
+
+
 def _framing(chunked: bool, content_length: int | None) -> bytes:
+    """The proxy's own framing line (none when the client sent no body framing)."""
     if chunked:
         return b"Transfer-Encoding: chunked\r\n"
     if content_length is not None:
@@ -200,16 +205,10 @@ def _make(
 ) -> None:
     """Make ``kept``'s parts as `request_head` would write them around the peer and the id,
     for a request without X-Real-IP, Forwarded, synthetic marker or upgrade."""
-    if trusted_peer:
-        prior = consumed.get(b"x-forwarded-for")
-        xff = prior + b", " if prior else b""
-        proto = consumed.get(b"x-forwarded-proto") or b"http"
-        fhost = consumed.get(b"x-forwarded-host") or raw_host
-    else:
-        xff, proto, fhost = b"", b"http", raw_host
+    before_peer, proto, fhost = _forwarded(consumed, trusted_peer, raw_host)
     parts = [b" HTTP/1.1\r\n"]
     _add_header_lines(parts, headers, consumed)
-    parts += (b"X-Forwarded-For: ", xff)
+    parts += (b"X-Forwarded-For: ", before_peer)
     kept.before_peer = b"".join(parts)
     host_line = b"X-Forwarded-Host: " + fhost + b"\r\n" if fhost else b""
     kept.before_id = b"".join(
