@@ -33,6 +33,8 @@ class FollowsSnapshots(ABC):
     _mirrors: dict[str, Any]  # metrics.MirrorStats
     _followed: Snapshot | None = None  # the snapshot the series follow
     _stray = False  # a series was made for a route the followed snapshot has not
+    # the latest routing config asked about, and whether any of its routes runs an A/B test
+    _ab_of: tuple[RoutingConfig | None, bool] = (None, False)
 
     @abstractmethod
     def _get(self, route: str, version: str) -> Any:
@@ -58,7 +60,7 @@ class FollowsSnapshots(ABC):
         # the A/B routes as compiled now (a leader's global tables find theirs by identity);
         # nothing to do for a file without A/B tests while the book holds none (a walk of
         # every route on each of a tick's weight changes)
-        if _runs_ab(new.config) or self.ab.holds_any():
+        if self._runs_ab(new.config) or self.ab.holds_any():
             self.ab.configure(new.routes)
         changed = set(diff.changed)
         kept = {n for n in self._mirrors if n not in changed}
@@ -74,6 +76,15 @@ class FollowsSnapshots(ABC):
         self._get(name, "stable")  # series exist (at zero) from the start: rate() needs that
         if route.candidate is not None:
             self._get(name, "candidate")
+
+    def _runs_ab(self, config: RoutingConfig) -> bool:
+        """Does any route of ``config`` run an A/B test (``rollout.ab``, what compiles into a
+        route's ``ab``)? Known once per config: a snapshot's weight changes keep its config."""
+        seen, runs = self._ab_of
+        if seen is not config:
+            runs = any(r.rollout is not None and r.rollout.ab is not None for r in config.routes)
+            self._ab_of = (config, runs)
+        return runs
 
     def _follow_all(self, new: Snapshot) -> None:
         self._stray = False
@@ -91,21 +102,6 @@ class FollowsSnapshots(ABC):
     def _mirror_table(self, mirrored: set[str]) -> None:
         """The mirror counts of ``mirrored`` routes, in name order; kept where they were."""
         self._mirrors = {n: self._mirrors.get(n) or self._mirror_stats() for n in sorted(mirrored)}
-
-
-# the latest routing config asked about, and whether any of its routes runs an A/B test
-_AB_OF: list[tuple[RoutingConfig, bool]] = []
-
-
-def _runs_ab(config: RoutingConfig) -> bool:
-    """Does any route of ``config`` run an A/B test (``rollout.ab``, what compiles into a
-    route's ``ab``)? Known once per config: a snapshot's weight changes keep its config."""
-    for seen, runs in _AB_OF:
-        if seen is config:
-            return runs
-    runs = any(r.rollout is not None and r.rollout.ab is not None for r in config.routes)
-    _AB_OF[:] = [(config, runs)]
-    return runs
 
 
 def _mirrors(snapshot: Snapshot, name: str) -> bool:

@@ -47,7 +47,7 @@ class RouteRollout:
     _external: tuple[object, tuple[ExternalCheck, ...]] = field(
         default=(None, ()), init=False, repr=False
     )
-    # the config and this route's rollout weight `Controller._sync_weight` last left in force
+    # the config and this route's rollout weight `weightsync.sync_weight` last left in force
     # (compared by identity), with the analyzer's weight, revision, closed and shadow flags it
     # synced then (by value)
     synced: tuple[tuple[object, object], tuple[object, ...]] = field(

@@ -115,15 +115,9 @@ class LatencySketch:
     def histogram(self) -> tuple[tuple[float, int], ...]:
         """The bins as ``(upper bound in seconds, count)`` pairs, smallest first (one layout
         for every sketch, so histograms of both versions line up)."""
-        bounds, counts = self.columns()
-        return tuple(zip(bounds, counts, strict=True))
-
-    def columns(self) -> tuple[list[float], list[int]]:
-        """`histogram` as two columns, the bounds and the counts: for a reader that walks it
-        (``zip``) once or twice and keeps nothing (``tally``), without a pair per bin."""
         bins = self.bins
         keys = sorted(bins)
-        return list(map(_bound_of, keys)), list(map(bins.__getitem__, keys))
+        return tuple(zip(map(_bound_of, keys), map(bins.__getitem__, keys), strict=True))
 
     def pairs(self) -> Iterator[tuple[float, int]]:
         """`histogram`'s pairs in the bins' own order (not sorted), made as they are read:
