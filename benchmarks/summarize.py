@@ -54,14 +54,19 @@ def spread(xs: Iterable[float | None]) -> float | None:
     return 100.0 * (max(v) - min(v)) / m
 
 
-def paired(runs: Runs, cfg: str, ref: str, key: str, op: str) -> list[float]:
-    """Per round: cfg's metric divided by ("div") or minus ("sub") ref's, same round."""
+def paired(runs: Runs, cfg: str, ref: str, key: str, op: str, *, top: bool = False) -> list[float]:
+    """Per round: cfg's metric divided by ("div") or minus ("sub") ref's, same round
+    (``top``: a field of the run's record, not of wrk's metrics)."""
     out = []
     for rnd, rec in runs.get(cfg, {}).items():
         other = runs.get(ref, {}).get(rnd)
         if other is None:
             continue
-        a, b = rec["metrics"].get(key), other["metrics"].get(key)
+        a, b = (
+            (rec.get(key), other.get(key))
+            if top
+            else (rec["metrics"].get(key), other["metrics"].get(key))
+        )
         if a is not None and b is not None and (op != "div" or b):
             out.append(a / b if op == "div" else a - b)
     return out
@@ -79,6 +84,30 @@ def diff_cell(xs: list[float]) -> str:
     if m is None:
         return "–"
     return f"{m:+,.0f}" + (f" ({rng(xs, lambda x: f'{x:+,.0f}')})" if len(xs) > 1 else "")
+
+
+# A closed-loop run whose load cores (wrk and the upstream) were this busy while the proxy's
+# core was not is bound by the load side: its req/s says what the load side could drive, not
+# what the proxy could serve (seen with nginx on 1 KB on a machine where wrk and the upstream
+# need more CPU per request than nginx). Its CPU per request still compares.
+LOAD_BOUND_PCT = 97.0
+PROXY_SPARE_PCT = 95.0
+
+
+def load_bound(rec: Rec) -> bool:
+    """The run was limited by the load generator's and upstream's core, not the proxy's (a
+    run without a proxy, the direct upstream, always is: it is not flagged)."""
+    if rec.get("proxy_cpu_us_per_req") is None:
+        return False
+    cpu = rec.get("cpu") or {}
+    proxy = cpu.get("cpu0", {}).get("busy_pct")
+    load = cpu.get("cpu1", {}).get("busy_pct")
+    return (
+        proxy is not None
+        and load is not None
+        and load >= LOAD_BOUND_PCT
+        and proxy < PROXY_SPARE_PCT
+    )
 
 
 def summarize(
@@ -111,7 +140,7 @@ def summarize(
             f"Medians over rounds; ratios and latency differences paired per round (min–max).",
             "",
         ]
-    flagged = False
+    flagged = bound_seen = False
     for sc in scen_order:
         runs = by.get(sc, {})
         closed = sc.startswith("closed")
@@ -119,10 +148,10 @@ def summarize(
         if closed:
             out.append(
                 f"| config | req/s | req/s min–max (spread) | p50 ms | p99 ms "
-                f"| × {ref} | × {limit} | proxy CPU µs/req | peak RSS MiB | cpu0 / cpu1 busy % "
-                "| errors |"
+                f"| × {ref} | × {limit} | proxy CPU µs/req | × {ref} by CPU/req | peak RSS MiB "
+                "| cpu0 / cpu1 busy % | errors |"
             )
-            out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         else:
             out.append(
                 f"| config | req/s | p50 µs | p99 µs | +p50 µs vs {limit} | +p99 µs vs {limit} "
@@ -132,7 +161,7 @@ def summarize(
         for cfg in cfg_order:
             rr = list(runs.get(cfg, {}).values())
             if not rr:
-                out.append(f"| {cfg} | (no successful run) |" + " |" * (9 if closed else 8))
+                out.append(f"| {cfg} | (no successful run) |" + " |" * (10 if closed else 8))
                 continue
 
             def m(key: str, rr: list[Rec] = rr) -> list[float | None]:
@@ -147,10 +176,18 @@ def summarize(
             if nf:
                 name += f" †{nf}"
                 flagged = True
+            nb = sum(1 for r in rr if load_bound(r)) if closed else 0
+            if nb:
+                name += f" ‡{nb}"
+                bound_seen = True
             if closed:
                 rps = m("rps")
                 x_ref = ratio_cell(paired(runs, cfg, ref, "rps", "div"))
                 x_lim = ratio_cell(paired(runs, cfg, limit, "rps", "div"))
+                # the reference's CPU per request over this row's, paired per round: how much
+                # of the work per request this row does relative to the reference's, whichever
+                # core limited the rate
+                x_cpu = ratio_cell(paired(runs, ref, cfg, "proxy_cpu_us_per_req", "div", top=True))
                 sp = spread(rps)
                 busy = " / ".join(
                     f0(med(r["cpu"].get(c, {}).get("busy_pct") for r in rr))
@@ -159,7 +196,7 @@ def summarize(
                 out.append(
                     f"| {name} | {f0(med(rps))} | {rng(rps, f0)} "
                     f"({'–' if sp is None else f'{sp:.0f}%'}) | {ms(med(m('p50_us')))} "
-                    f"| {ms(med(m('p99_us')))} | {x_ref} | {x_lim} | {cpu} | {rss} "
+                    f"| {ms(med(m('p99_us')))} | {x_ref} | {x_lim} | {cpu} | {x_cpu} | {rss} "
                     f"| {busy} | {errs} |"
                 )
             else:
@@ -175,6 +212,14 @@ def summarize(
         out += [
             f"† n: in n of the row's runs, processes outside the benchmark used > {foreign} cores "
             "(`foreign_cores` in runs.jsonl): treat those numbers with suspicion.",
+            "",
+        ]
+    if bound_seen:
+        out += [
+            f"‡ n: in n of the row's runs the load side's core (wrk and the upstream) was "
+            f"≥ {LOAD_BOUND_PCT:.0f} % busy while the proxy's was under {PROXY_SPARE_PCT:.0f} %: "
+            "the rate is what the load side could drive, so ratios of req/s against that row "
+            f"understate the others; × {ref} by CPU/req compares the work per request instead.",
             "",
         ]
     if errors:

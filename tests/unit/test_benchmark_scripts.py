@@ -8,6 +8,7 @@ checked; the pure ones run end to end on a tiny size."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -90,3 +91,45 @@ def test_evalue_micro_runs() -> None:
 def test_cyclic_garbage_runs_a_few_requests() -> None:
     out = run(str(BENCH / "cyclic_garbage.py"), "--requests", "20")
     assert "through the proxy:" in out, out
+
+
+def _closed_run(
+    config: str, rnd: int, rps: float, cpu_us: float | None, busy: tuple[float, float]
+) -> dict[str, object]:
+    rec: dict[str, object] = {
+        "round": rnd,
+        "scenario": "closed:/1k",
+        "config": config,
+        "metrics": {"rps": rps, "p50_us": 1000, "p99_us": 2000, "errors": 0},
+        "cpu": {"cpu0": {"busy_pct": busy[0]}, "cpu1": {"busy_pct": busy[1]}},
+    }
+    if cpu_us is not None:
+        rec["proxy_cpu_us_per_req"] = cpu_us
+        rec["proxy_hwm_kib"] = 15000
+    return rec
+
+
+@pytest.mark.usefixtures("bench_modules")
+def test_the_summary_flags_a_load_bound_reference_and_compares_cpu_per_request(
+    tmp_path: Path,
+) -> None:
+    # nginx held back by the load side's core (99 % busy, its own core 89 %): its req/s
+    # understates it, and the summary says so and gives the CPU-per-request ratio too
+    runs = [
+        _closed_run("nginx", 1, 50000, 17.6, (89, 99)),
+        _closed_run("direct", 1, 55000, None, (1, 100)),
+        _closed_run("splitproxy", 1, 34000, 28.9, (100, 79)),
+        _closed_run("nginx", 2, 49000, 17.0, (99, 90)),  # a round where nginx was the limit
+        _closed_run("direct", 2, 54000, None, (1, 100)),
+        _closed_run("splitproxy", 2, 33000, 34.0, (100, 80)),
+    ]
+    (tmp_path / "runs.jsonl").write_text("\n".join(json.dumps(r) for r in runs) + "\n")
+    text = _module("summarize").summarize(tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| ").split(" ")[0]: line for line in text.splitlines()}
+    assert "| nginx ‡1 |" in rows["nginx"]  # one of its two runs was load-bound
+    assert "‡" not in rows["direct"]  # no proxy: always the load side's rate, not flagged
+    assert "‡" not in rows["splitproxy"]
+    # × nginx by CPU/req, paired per round: 17.6 / 28.9 and 17.0 / 34.0
+    cells = rows["splitproxy"].split(" | ")
+    assert cells[8] == "0.55 (0.50–0.61)", cells
+    assert "the rate is what the load side could drive" in text
