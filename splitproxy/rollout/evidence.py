@@ -91,6 +91,9 @@ INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more .
 INCIDENT_RATIO: Final = 3.0  # ... and the candidate at most this many times stable's rate
 
 Outcome = Literal["pass", "hold", "fail"]
+# the results the anytime decisions look up by name: the guard, and the shadow's divergence
+# test (`shadow.TEST_NAME`)
+EAGER_NAMES: Final = frozenset({"guard", "mirror_divergence_guard"})
 # the latency check its needs are for; (q, stable requests it needs) per quantile; every q; the
 # most any q needs
 _Needs = tuple[CompareCheck | None, tuple[tuple[float, int], ...], tuple[float, ...], int]
@@ -202,6 +205,9 @@ class Evidence:
             c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
         )
         self.threshold_keys = frozenset(c.key for c in self.threshold_checks)
+        # a threshold check named like a result the anytime decisions look up by name: the
+        # tick's results are then made at once (`Analyzer._defer_checks`)
+        self.threshold_eager = not EAGER_NAMES.isdisjoint(self.threshold_keys)
         self.threshold_latency = any(c.metric in LATENCY_QUANTILES for c in self.threshold_checks)
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
@@ -416,7 +422,9 @@ class Evidence:
         """`evaluate`, with the threshold checks' results made only when read (`deferred`)
         and the comparisons' and the guard's numbers too (`results`: their verdicts are
         known at once): ``(thresholds, the others)``; the tick's path."""
-        self.detach()  # the previous results may still be read, once this window changed
+        deferred = self._deferred  # (`detach`, written out)
+        if deferred is not None:  # the previous results may still be read, once this changed
+            deferred.detach()
         deferred = self._deferred = DeferredThresholds(
             now,
             self.window,
@@ -533,26 +541,24 @@ class Evidence:
         return self._error_lazy(name, test).result()
 
     def _latency_compare(self, name: str) -> LazyResult:
-        # kept, like the error comparison's, while neither the thresholds nor a test changed
-        thresholds = tuple(self.thresholds.items())
-        tests = tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
-        key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
-        key += tests
-        return self._kept[1].get(key, self._latency_lazy, name, thresholds, tests)
+        # kept, like the error comparison's, while neither the thresholds nor a test changed.
+        # The two dicts themselves are in the key, compared by value (never hashed), which
+        # spares a tuple of each on every tick: neither is written in place (`fold` makes the
+        # thresholds anew each tick; new tests come in a new dict), and tests are compared
+        # as objects (a test replaced is another)
+        thresholds, tests = self.thresholds, self.latency_tests
+        key = (name, self.alpha.latency, thresholds, self.latency_changes, tests)
+        return self._kept[1].get(key, self._latency_lazy, name)
 
-    def _latency_lazy(
-        self,
-        name: str,
-        thresholds: tuple[tuple[float, float], ...],
-        tests: tuple[RecoveringTest, ...],
-    ) -> LazyResult:
+    def _latency_lazy(self, name: str) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
+        thresholds = tuple(self.thresholds.items())
+        tests = tuple(self.latency_tests.values())
         return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
 
     def _latency_result(self, name: str) -> CheckResult:
         """The latency comparison's result now, made (what the tick's kept one reads as)."""
-        thresholds = tuple(self.thresholds.items())
-        return self._latency_lazy(name, thresholds, tuple(self.latency_tests.values())).result()
+        return self._latency_lazy(name).result()
 
     def _latency_log_e(self, r0: float = 1.0) -> float:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×
