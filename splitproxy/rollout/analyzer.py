@@ -164,7 +164,8 @@ class Analyzer:
 
     def tick(self, now: float, observation: Observation) -> list[Action]:
         """Advance to ``now`` with what happened since the previous tick; return the actions."""
-        self._actions = []
+        if self._actions:  # (left empty by the previous tick, it is this tick's: see the end)
+            self._actions = []
         elapsed = 0.0 if self.last_now is None else max(0.0, now - self.last_now)
         if self.phase == "progressing":
             self.active_time += elapsed
@@ -180,8 +181,7 @@ class Analyzer:
             readiness.see(now, health)
         evidence = self.evidence
         active = self.phase in ACTIVE and not fresh
-        # (`is_healthy`, `Readiness.unserved` and `Readiness.judging` written out: a healthy
-        # and ready candidate served all of the time since the previous tick)
+        # (`is_healthy`, `Readiness.unserved` and `.judging` written out: none unserved if healthy)
         healthy, ready = (True, True) if health is None else (health.healthy, health.ready)
         if active:  # unavailable time is no part of a step
             window = evidence.window
@@ -221,7 +221,10 @@ class Analyzer:
             self._progress(now)
         if self.hold is not None or self.phase == "waiting":  # (else it holds: no hold)
             self.check_hold()
-        actions, self._actions = self._actions, []
+        actions = self._actions  # (none, most ticks: the kept list waits for the next tick,
+        if not actions:  # the caller gets one that does not outlive the tick)
+            return []
+        self._actions = []
         return actions
 
     @property
@@ -239,7 +242,7 @@ class Analyzer:
         the anytime decisions look up by name (`_judge`, `shadow.judge`)."""
         evidence = self.evidence
         thresholds, rest = evidence.evaluate_deferred(now)
-        if self.hold is not None or self.shadow.mirroring:  # (else `shadow.checks` is empty)
+        if self.hold is not None or self.shadow.mirroring:  # (else no `shadow.checks`)
             rest += shadow.checks(self)
         self._checks.defer(thresholds, rest, eager=evidence.threshold_eager)
 
@@ -276,11 +279,10 @@ class Analyzer:
             ended = self.finished.get(candidate)
             if ended is not None:
                 self.revision = candidate
-                trigger: Trigger = (
-                    "restore_promoted" if ended == "promoted" else "restore_rolled_back"
-                )
+                ok = ended == "promoted"
+                trigger: Trigger = "restore_promoted" if ok else "restore_rolled_back"
                 self._move(now, trigger, "restored", f"{candidate} already ended {ended}")
-                self._set_weight(100.0 if ended == "promoted" else 0.0)
+                self._set_weight(100.0 if ok else 0.0)
                 return False
             self._start(now, candidate, "start", f"new candidate {candidate}")
             return True
@@ -410,16 +412,15 @@ class Analyzer:
             return
         if self.health is not None and not self.health.healthy:  # (`is_healthy`) no window
             return  # passes on traffic it did not serve
-        spec = self.spec
-        if spec.bluegreen and bluegreen.in_bake(self):
+        spec = self.spec  # (``spec.bluegreen``, a property, written out)
+        if spec.strategy == "bluegreen" and bluegreen.in_bake(self):
             bluegreen.bake(self, now)
             return
         if spec.ab is not None:
             ab.progress(self, now)
             return
         step = self.plan[self.step_index]
-        # a window too short or too small holds (`Evidence.window_outcome`'s first answers, the
-        # step's needs kept): nearly every tick of a step, nothing read
+        # a window too short or small holds, nothing read (`Evidence.window_outcome`, needs kept)
         needs, evidence = self._step_needs, self.evidence
         if needs[0] is not step or needs[1] is not evidence.spec:
             interval, wanted = step_needs(evidence.spec, step)

@@ -287,7 +287,7 @@ class Controller:
         a = rt.analyzer
         if a.ab_state is not None:  # (following no test changes nothing: most routes, every tick)
             self.recorder.ab.follow(rt.name, a.ab_state.started)  # (`ab.test_started`)
-        switched = a.spec.bluegreen and a.step_index >= a.spec.switch_index
+        switched = a.spec.strategy == "bluegreen" and a.step_index >= a.spec.switch_index
         if (a.phase not in ACTIVE or a.test_passed or switched) and self.tests.running(rt.name):
             self.tests.forget(rt.name)  # the job's verdict can no longer change anything
         if rt.analyzer.phase in ACTIVE:

@@ -552,8 +552,7 @@ class Evidence:
 
     def _latency_lazy(self, name: str) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        thresholds = tuple(self.thresholds.items())
-        tests = tuple(self.latency_tests.values())
+        tests, thresholds = self.latency_tests, self.thresholds  # (kept as they are)
         return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
 
     def _latency_result(self, name: str) -> CheckResult:

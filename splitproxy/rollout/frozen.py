@@ -20,7 +20,7 @@ a verdict: when the ceiling is below the bar by more than the floats' rounding c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain
 from typing import Final
@@ -152,7 +152,7 @@ def _tops(ab: tuple[tuple[float, float], ...]) -> tuple[float, float]:
     return max(a for a, _ in ab), max(b for _, b in ab)
 
 
-def mixtures_ceiling(tests: Sequence[OneSidedTest]) -> float:
+def mixtures_ceiling(tests: Iterable[OneSidedTest]) -> float:
     """`ceiling` of the tests' log-likelihood ratios, read in place (no list is made: the
     tick asks for the latency comparison's every time its tests change)."""
     top = NEG_INF

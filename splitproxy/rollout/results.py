@@ -16,7 +16,7 @@ has no data); one that may reach it is made at once and judged as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping
 from functools import lru_cache
 from typing import Protocol
 
@@ -174,37 +174,51 @@ def _error(
 # --- the latency comparison ---------------------------------------------------------------
 
 
+# the latency tests by quantile and stable's quantiles, as the evidence holds them (a result
+# keeps the dicts themselves: neither is written in place, see `Evidence._latency_compare`)
+# or as a tuple of the tests and one of ``(q, quantile)`` pairs
+LatencyTests = Mapping[float, RecoveringTest] | tuple[RecoveringTest, ...]
+Thresholds = Mapping[float, float] | tuple[tuple[float, float], ...]
+
+
 def latency_result(
-    name: str,
-    tests: tuple[RecoveringTest, ...],
-    thresholds: tuple[tuple[float, float], ...],
-    tolerance: float,
-    bar: float,
+    name: str, tests: LatencyTests, thresholds: Thresholds, tolerance: float, bar: float
 ) -> LazyResult:
     """The latency comparison's result: the mean over ``tests`` (one per quantile) against
     ``bar``, with stable's quantiles ``thresholds`` and the check's ``tolerance``."""
+    live = _tests_of(tests)
     events = 0
-    for t in tests:
+    for t in live:
         events += t.events
     if not thresholds and not events:
         verdict: Verdict = "no_data"
     else:
-        if not surely_below(mixtures_ceiling(tests), bar):
-            return LazyResult.of(_latency(name, tests, events, thresholds, tolerance, bar))
+        if not surely_below(mixtures_ceiling(live), bar):
+            made = _latency(name, live, events, _pairs(thresholds), tolerance, bar)
+            return LazyResult.of(made)
         verdict = "pass" if events else "no_data"
     return _LazyLatency(name, verdict, tests, events, thresholds, tolerance, bar)
+
+
+def _pairs(thresholds: Thresholds) -> tuple[tuple[float, float], ...]:
+    return thresholds if isinstance(thresholds, tuple) else tuple(thresholds.items())
+
+
+def _tests_of(tests: LatencyTests) -> Collection[RecoveringTest]:
+    return tests if isinstance(tests, tuple) else tests.values()
 
 
 class _LazyLatency(LazyResult):
     __slots__ = ("_bar", "_events", "_frozen", "_tests", "_thresholds", "_tolerance", "_version")
 
     def __init__(
-        self, name: str, verdict: Verdict, tests: tuple[RecoveringTest, ...], events: int,
-        thresholds: tuple[tuple[float, float], ...], tolerance: float, bar: float,
+        self, name: str, verdict: Verdict, tests: LatencyTests, events: int,
+        thresholds: Thresholds, tolerance: float, bar: float,
     ) -> None:  # fmt: skip
-        super().__init__(name, "compare", verdict)
-        self._tests = tests
-        self._version = _changes(tests)
+        # (`LazyResult.__init__` written out: one made on most ticks, kept for a tick)
+        self.name, self.kind, self.verdict, self._made = name, "compare", verdict, None
+        self._tests = tests  # (the evidence's dicts themselves: no tuple kept for a tick)
+        self._version = _changes(_tests_of(tests))
         self._frozen: list[Frozen] | None = None
         self._events, self._thresholds, self._tolerance, self._bar = (
             events, thresholds, tolerance, bar,
@@ -212,20 +226,20 @@ class _LazyLatency(LazyResult):
 
     def detach(self) -> None:
         if self._made is None and self._frozen is None:
-            self._frozen = [freeze(t) for t in self._tests]
+            self._frozen = [freeze(t) for t in _tests_of(self._tests)]
 
     def _make(self) -> CheckResult:
-        tests: Sequence[RecoveringTest | Frozen] | None = self._frozen
+        tests: Iterable[RecoveringTest | Frozen] | None = self._frozen
         if tests is None:
-            if _changes(self._tests) != self._version:
+            live = _tests_of(self._tests)
+            if _changes(live) != self._version:
                 raise StaleResult(self.name)
-            tests = self._tests
-        return _latency(
-            self.name, tests, self._events, self._thresholds, self._tolerance, self._bar
-        )
+            tests = live
+        thresholds = _pairs(self._thresholds)
+        return _latency(self.name, tests, self._events, thresholds, self._tolerance, self._bar)
 
 
-def _changes(tests: tuple[RecoveringTest, ...]) -> int:
+def _changes(tests: Iterable[RecoveringTest]) -> int:
     """The tests' change counters summed: they only grow, so an equal sum is no change."""
     total = 0
     for t in tests:
@@ -235,7 +249,7 @@ def _changes(tests: tuple[RecoveringTest, ...]) -> int:
 
 def _latency(
     name: str,
-    tests: Sequence[RecoveringTest | Frozen],
+    tests: Iterable[RecoveringTest | Frozen],
     events: int,
     thresholds: tuple[tuple[float, float], ...],
     tolerance: float,

@@ -32,7 +32,7 @@ from splitproxy.rollout.messages import (
 from splitproxy.rollout.phases import ACTIVE
 from splitproxy.rollout.readiness import is_healthy
 from splitproxy.rollout.recovery import RecoveringTest
-from splitproxy.rollout.results import LazyResult, latency_result
+from splitproxy.rollout.results import LazyResult, StaleResult, latency_result
 from tests.unit.rollout.drive import traffic
 
 _EAGER_NAMES: Final = frozenset({"guard", shadow.TEST_NAME})
@@ -362,3 +362,42 @@ def test_the_latency_comparison_is_kept_for_equal_thresholds_in_another_dict() -
 
 def test_the_eager_names_are_the_shadows_and_the_guards() -> None:
     assert frozenset({"guard", shadow.TEST_NAME}) == EAGER_NAMES
+
+
+BATCH = st.tuples(st.sampled_from([0.05, 0.1, 0.25, 0.5]), st.integers(0, 6), st.integers(0, 6))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.lists(BATCH, max_size=4), max_size=12),
+    st.sampled_from([0.5, 5.0, 222.0]),
+    st.booleans(),
+)
+def test_a_latency_result_on_the_evidences_dicts_is_the_one_on_tuples(
+    ticks: list[list[tuple[float, int, int]]], bar: float, detach: bool
+) -> None:
+    """The tick hands the latency result the evidence's dicts themselves (no tuple of the
+    tests and the thresholds per tick): the same verdict and the same numbers, made at once
+    or later, after a snapshot or refused when stale, as with the tuples."""
+    tests = {0.95: RecoveringTest(), 0.99: RecoveringTest()}
+    thresholds = {0.95: 0.2, 0.99: 0.45}
+    for batches in ticks:
+        on_dicts = latency_result("latency_vs_stable", tests, thresholds, 0.1, bar)
+        on_tuples = latency_result(
+            "latency_vs_stable", tuple(tests.values()), tuple(thresholds.items()), 0.1, bar
+        )
+        assert on_dicts.verdict == on_tuples.verdict
+        assert on_dicts.pending == on_tuples.pending
+        expected = on_tuples.result()
+        if detach:
+            on_dicts.detach()
+        for p, x, y in batches:
+            tests[0.95 if x % 2 else 0.99].update(p, x, y)
+            if y == 5:
+                tests[0.95].restart()
+        if on_dicts.pending and not detach and batches:
+            try:
+                on_dicts.result()
+            except StaleResult:
+                continue
+        assert on_dicts.result() == expected
