@@ -276,7 +276,8 @@ class Controller:
             if finished
             else _NOTHING
         )
-        mirror = shadow.observed(route, rt.analyzer, self.recorder.mirror_take(rt.name))
+        taken = self.recorder.mirror_take(rt.name)  # (`shadow.observed`: none without copies)
+        mirror = None if taken is None else shadow.observed(route, rt.analyzer, taken)
         counts = self.recorder.ab.take(rt.name)  # an A/B test's users and conversions (ab.py)
         # (the named tuple's own ``__new__`` is a Python function: one call per route and tick)
         observation = _new(

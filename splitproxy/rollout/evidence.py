@@ -379,7 +379,13 @@ class Evidence:
             wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
-        for q, c in trail_quantiles(self, wanted).items():
+        found = trail_quantiles(self, wanted)  # (a new dict, no one else's)
+        for c in found.values():
+            if c is None or c == math.inf:
+                break
+        else:  # every quantile usable (nearly every tick): the dict as it is
+            return found  # type: ignore[return-value]
+        for q, c in found.items():
             if c is not None and c != math.inf:
                 out[q] = c
         return out

@@ -28,7 +28,7 @@ from splitproxy.rollout.frozen import (
     family_ceiling,
     freeze,
     guard_ceiling,
-    guard_loose_ceiling,
+    guard_lead_ceiling,
     mixtures_ceiling,
     surely_below,
 )
@@ -186,7 +186,7 @@ def latency_result(
 ) -> LazyResult:
     """The latency comparison's result: the mean over ``tests`` (one per quantile) against
     ``bar``, with stable's quantiles ``thresholds`` and the check's ``tolerance``."""
-    live = _tests_of(tests)
+    live = tests if isinstance(tests, tuple) else tests.values()  # (`_tests_of`)
     events = 0
     for t in live:
         events += t.events
@@ -218,7 +218,7 @@ class _LazyLatency(LazyResult):
         # (`LazyResult.__init__` written out: one made on most ticks, kept for a tick)
         self.name, self.kind, self.verdict, self._made = name, "compare", verdict, None
         self._tests = tests  # (the evidence's dicts themselves: no tuple kept for a tick)
-        self._version = _changes(_tests_of(tests))
+        self._version = _changes(tests if isinstance(tests, tuple) else tests.values())
         self._frozen: list[Frozen] | None = None
         self._events, self._thresholds, self._tolerance, self._bar = (
             events, thresholds, tolerance, bar,
@@ -275,7 +275,7 @@ def _latency(
 def guard_result(guard: RateGuard, bar: float) -> LazyResult:
     """The guard's result against ``bar`` (1/α of the guard)."""
     comps, ab = guard._comps, guard._ab
-    if not surely_below(guard_loose_ceiling(comps, ab), bar) and not surely_below(
+    if not surely_below(guard_lead_ceiling(guard), bar) and not surely_below(
         guard_ceiling(comps, ab, guard._log_g), bar
     ):
         return LazyResult.of(_guard(guard, bar))
@@ -286,7 +286,8 @@ class _LazyGuard(LazyResult):
     __slots__ = ("_bar", "_guard", "_version")
 
     def __init__(self, guard: RateGuard, bar: float) -> None:
-        super().__init__("guard", "guard", "pass")
+        # (`LazyResult.__init__` written out: one made on most ticks, kept for a tick)
+        self.name, self.kind, self.verdict, self._made = "guard", "guard", "pass", None
         self._guard: RateGuard | GuardView = guard
         self._version, self._bar = guard.changes, bar
 

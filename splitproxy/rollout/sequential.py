@@ -420,7 +420,9 @@ class RateGuard:
     newest always, then those with the largest weighted values.
     """
 
-    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "rates")
+    __slots__ = (
+        "_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "lead", "rates",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -440,6 +442,9 @@ class RateGuard:
         # per component: [k, requests since it started, errors since it started]
         self._comps: list[list[int]] = []
         self.changes = 0  # counts the updates: what a memo of a result is keyed on
+        # the component that leads the loose ceiling, with what it was found for
+        # (`frozen.guard_lead_ceiling`'s, kept while the components are the same list)
+        self.lead: tuple[list[list[int]], int, list[int], float, float] | None = None
 
     def update(self, requests: int, errors: int) -> None:
         if errors < 0 or requests < errors:

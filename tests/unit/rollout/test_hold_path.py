@@ -20,6 +20,7 @@ from splitproxy.rollout import ab, bluegreen, commands, holds, shadow
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.codec import encode
 from splitproxy.rollout.evidence import EAGER_NAMES, Evidence, StepWindow, WindowOutcome
+from splitproxy.rollout.frozen import guard_lead_ceiling, guard_loose_ceiling, surely_below
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
     Action,
@@ -32,7 +33,9 @@ from splitproxy.rollout.messages import (
 from splitproxy.rollout.phases import ACTIVE
 from splitproxy.rollout.readiness import is_healthy
 from splitproxy.rollout.recovery import RecoveringTest
-from splitproxy.rollout.results import LazyResult, StaleResult, latency_result
+from splitproxy.rollout.results import LazyResult, StaleResult, guard_result, latency_result
+from splitproxy.rollout.results import _guard as _guard_made
+from splitproxy.rollout.sequential import RateGuard
 from tests.unit.rollout.drive import traffic
 
 _EAGER_NAMES: Final = frozenset({"guard", shadow.TEST_NAME})
@@ -401,3 +404,29 @@ def test_a_latency_result_on_the_evidences_dicts_is_the_one_on_tuples(
             except StaleResult:
                 continue
         assert on_dicts.result() == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([0.01, 0.05, 0.2, 0.6]),
+    st.integers(1, 60),
+    st.integers(1, 5),
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.booleans()), max_size=80),
+)
+def test_the_guards_kept_lead_never_hides_a_crossing(
+    cap: float, block: int, keep: int, batches: list[tuple[int, int, bool]]
+) -> None:
+    """The guard's ceiling read from its kept leading component is the full pass's (to a few
+    ulps): components started and dropped, asked on some ticks only, a verdict at any bar."""
+    guard = RateGuard(cap, block=block, keep=keep)
+    for ok, errors, ask in batches:
+        guard.update(ok + errors, errors)
+        if not ask:
+            continue  # (the lead then found again, or kept, after several batches)
+        lead = guard_lead_ceiling(guard)
+        loose = guard_loose_ceiling(guard._comps, guard._ab)
+        assert abs(lead - loose) <= 1e-9 * max(1.0, abs(loose))
+        bars = (2.0, 20.0, 1000.0, math.exp(loose) * (1 + 3e-6) if loose < 700 else 2.0)
+        if lead == loose:  # (else a few ulps apart: the same verdict but at a bar between)
+            assert [surely_below(lead, b) for b in bars] == [surely_below(loose, b) for b in bars]
+        assert guard_result(guard, 1000.0).result() == _guard_made(guard, 1000.0)
