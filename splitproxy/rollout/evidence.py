@@ -449,16 +449,42 @@ class Evidence:
             if self.latency_compare is not None:
                 compare = self.latency_compare
                 out.append(base.latency_check(compare.key, self.alpha.latency, compare.tolerance))
-        else:
-            if self.error_compare is not None and self.errors_test is not None:
-                out.append(self._error_compare(self.compare_keys[0], self.errors_test))
+        else:  # each kept while nothing it is made of changed (read in place: no call)
+            kept = self._kept
+            test = self.errors_test
+            if self.error_compare is not None and test is not None:
+                # Most ticks bring the comparison no new event: the result (its e-values and
+                # detail text) is then the previous tick's
+                name, units = self.compare_keys[0], self.units
+                key: tuple[object, ...] = (
+                    test, self.error_changes, name, self.alpha.error, len(units), units.skipped
+                )  # fmt: skip
+                result = kept[0].value
+                if result is None or kept[0].key != key:
+                    result = kept[0].get(key, self._error_lazy, name, test)
+                out.append(result)
             if self.latency_compare is not None:
-                out.append(self._latency_compare(self.compare_keys[1]))
+                # The thresholds' and the tests' dicts themselves are in the key, compared by
+                # value (never hashed), which spares a tuple of each on every tick: neither is
+                # written in place (`fold` makes the thresholds anew each tick; new tests come
+                # in a new dict), and tests are compared as objects (a test replaced is another)
+                name = self.compare_keys[1]
+                key = (
+                    name, self.alpha.latency, self.thresholds, self.latency_changes,
+                    self.latency_tests,
+                )  # fmt: skip
+                result = kept[1].value
+                if result is None or kept[1].key != key:
+                    result = kept[1].get(key, self._latency_lazy, name)
+                out.append(result)
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             alpha = self.alpha.guard
             key = (guard, guard.changes, alpha)
-            out.append(self._kept[2].get(key, guard_result, guard, 1 / alpha))
+            result = self._kept[2].value
+            if result is None or self._kept[2].key != key:
+                result = self._kept[2].get(key, guard_result, guard, 1 / alpha)
+            out.append(result)
         return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
@@ -531,13 +557,6 @@ class Evidence:
             low, high = 1.0, None
         return bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
-    def _error_compare(self, name: str, test: PathClassTests) -> LazyResult:
-        # Most ticks bring the comparison no new event: the result (its e-values and detail
-        # text) is then the previous tick's, kept while nothing it is made of changed.
-        units = self.units
-        key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
-        return self._kept[0].get(key, self._error_lazy, name, test)
-
     def _error_lazy(self, name: str, test: PathClassTests) -> LazyResult:
         units = self.units
         return error_result(name, test, 1 / self.alpha.error, len(units), units.skipped)
@@ -545,16 +564,6 @@ class Evidence:
     def _error_result(self, name: str, test: PathClassTests) -> CheckResult:
         """The error comparison's result now, made (what the tick's kept one reads as)."""
         return self._error_lazy(name, test).result()
-
-    def _latency_compare(self, name: str) -> LazyResult:
-        # kept, like the error comparison's, while neither the thresholds nor a test changed.
-        # The two dicts themselves are in the key, compared by value (never hashed), which
-        # spares a tuple of each on every tick: neither is written in place (`fold` makes the
-        # thresholds anew each tick; new tests come in a new dict), and tests are compared
-        # as objects (a test replaced is another)
-        thresholds, tests = self.thresholds, self.latency_tests
-        key = (name, self.alpha.latency, thresholds, self.latency_changes, tests)
-        return self._kept[1].get(key, self._latency_lazy, name)
 
     def _latency_lazy(self, name: str) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0

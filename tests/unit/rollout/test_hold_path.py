@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any, Final
 
 from hypothesis import given, settings
@@ -19,11 +20,19 @@ from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.rollout import ab, bluegreen, commands, holds, shadow
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.codec import encode
-from splitproxy.rollout.evidence import EAGER_NAMES, Evidence, StepWindow, WindowOutcome
+from splitproxy.rollout.deferred import DeferredThresholds
+from splitproxy.rollout.evidence import (
+    EAGER_NAMES,
+    Evidence,
+    StepWindow,
+    WindowOutcome,
+    min_threshold_requests,
+)
 from splitproxy.rollout.frozen import guard_lead_ceiling, guard_loose_ceiling, surely_below
 from splitproxy.rollout.kept import Kept
 from splitproxy.rollout.messages import (
     Action,
+    CheckResult,
     Emit,
     GateResult,
     ManualCommand,
@@ -35,7 +44,8 @@ from splitproxy.rollout.readiness import is_healthy
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.results import LazyResult, StaleResult, guard_result, latency_result
 from splitproxy.rollout.results import _guard as _guard_made
-from splitproxy.rollout.sequential import RateGuard
+from splitproxy.rollout.sequential import PathClassTests, RateGuard
+from splitproxy.rollout.trailing import trail_quantiles
 from tests.unit.rollout.drive import traffic
 
 _EAGER_NAMES: Final = frozenset({"guard", shadow.TEST_NAME})
@@ -63,7 +73,48 @@ def _spec(interval: int, min_requests: int, guard: bool) -> Rollout:
 
 
 class _OldEvidence(Evidence):
-    """The latency comparison keyed as before: tuples of the thresholds and the tests."""
+    """The evaluation's and the thresholds' previous code (verbatim): the comparisons asked
+    through their methods and `Kept.get`, the latency one keyed on tuples of the thresholds
+    and the tests, stable's quantiles copied into a new dict."""
+
+    def evaluate_deferred(
+        self, now: float
+    ) -> tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]]:
+        self.detach()  # the previous results may still be read, once this window changed
+        deferred = self._deferred = DeferredThresholds(
+            now,
+            self.window,
+            self.threshold_checks,
+            self.spec.alpha,
+            self.windows_judged,
+            self.threshold_latency,
+        )
+        out: list[CheckResult | LazyResult] = []
+        if self.external_checks:
+            out += [self._external_check(c) for c in self.external_checks]
+        base = self.baseline
+        if base is not None:  # blue/green bake: against stable's numbers before the switch
+            if self.error_compare is not None:
+                out.append(base.error_check(self.error_compare.key, self.alpha.error))
+            if self.latency_compare is not None:
+                compare = self.latency_compare
+                out.append(base.latency_check(compare.key, self.alpha.latency, compare.tolerance))
+        else:
+            if self.error_compare is not None and self.errors_test is not None:
+                out.append(self._error_compare(self.compare_keys[0], self.errors_test))
+            if self.latency_compare is not None:
+                out.append(self._latency_compare(self.compare_keys[1]))
+        guard = self.guard
+        if guard is not None:  # kept while the guard saw no request
+            alpha = self.alpha.guard
+            key = (guard, guard.changes, alpha)
+            out.append(self._kept[2].get(key, guard_result, guard, 1 / alpha))
+        return deferred, tuple(out)
+
+    def _error_compare(self, name: str, test: PathClassTests) -> LazyResult:
+        units = self.units
+        key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
+        return self._kept[0].get(key, self._error_lazy, name, test)
 
     def _latency_compare(self, name: str) -> LazyResult:
         thresholds = tuple(self.thresholds.items())
@@ -80,6 +131,26 @@ class _OldEvidence(Evidence):
     ) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
         return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
+
+    def _latency_thresholds(self) -> dict[float, float]:
+        out: dict[float, float] = {}
+        # (q, requests it needs) per quantile, made once per check, with every q and the
+        # most any needs: after the first minutes stable's history has enough for all of them
+        seen, needs, every, most = self._needs
+        if seen is not self.latency_compare:
+            needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
+            every = tuple([q for q, _ in needs])
+            most = max([least for _, least in needs], default=0)
+            self._needs = (self.latency_compare, needs, every, most)
+        wanted: Sequence[float] = every
+        if self.trail_requests < most:
+            wanted = [q for q, least in needs if self.trail_requests >= least]
+        if not wanted:
+            return out
+        for q, c in trail_quantiles(self, wanted).items():
+            if c is not None and c != math.inf:
+                out[q] = c
+        return out
 
 
 class _OldAnalyzer(Analyzer):
@@ -349,16 +420,21 @@ def test_the_latency_comparison_is_kept_for_equal_thresholds_in_another_dict() -
     keeps the result, other values or new tests make another."""
     e = Evidence(_spec(5, 3, True), path_class_slots=0)
     e.fresh_tests()
+
+    def latency() -> Any:
+        _, rest = e.evaluate_deferred(0.0)
+        return next(r for r in rest if r.name == "latency_vs_stable")
+
     e.thresholds = {0.95: 0.25, 0.99: 0.5}
-    first = e._latency_compare("latency_vs_stable")
+    first = latency()
     e.thresholds = {0.95: 0.25, 0.99: 0.5}
-    assert e._latency_compare("latency_vs_stable") is first
+    assert latency() is first
     e.thresholds = {0.95: 0.25, 0.99: 0.75}
-    second = e._latency_compare("latency_vs_stable")
+    second = latency()
     assert second is not first
     assert "750ms" in second.result().detail
     e.fresh_tests()
-    assert e._latency_compare("latency_vs_stable") is not second
+    assert latency() is not second
     assert isinstance(e._kept[1], Kept)
     assert not math.isnan(second.result().value or 0.0)
 
