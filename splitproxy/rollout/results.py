@@ -95,10 +95,18 @@ def made(result: CheckResult | LazyResult) -> CheckResult:
     return result.result() if isinstance(result, LazyResult) else result
 
 
-@lru_cache(maxsize=256, typed=True)
 def latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
     """The latency comparison's detail text. Made once per set of stable's quantiles: they
-    are bucket bounds and move seldom, while the result is remade on nearly every tick."""
+    are bucket bounds and move seldom, while the result is remade on nearly every tick.
+    (A zero is made afresh: ``0.0`` and ``-0.0`` are one key to the cache, not one text.)"""
+    for q, c in thresholds:
+        if c == 0.0 or q == 0.0:
+            return _latency_detail.__wrapped__(thresholds, tolerance)
+    return _latency_detail(thresholds, tolerance)
+
+
+@lru_cache(maxsize=256, typed=True)
+def _latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
     detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds)
     if thresholds and tolerance:
         detail += f", slow beyond +{tolerance * 100:g}%"
