@@ -61,7 +61,6 @@ state into plain JSON-able data, so the proxy can carry on where it stopped afte
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable
 from typing import Any, Final, Literal
@@ -71,7 +70,8 @@ from splitproxy.config.vocabulary import GATES, Gate
 from splitproxy.dataplane.health import CandidateHealth
 from splitproxy.rollout import ab, bluegreen, commands, holds, shadow
 from splitproxy.rollout.deferred import Checks
-from splitproxy.rollout.evidence import Evidence
+from splitproxy.rollout.digest import spec_digest as spec_digest  # (where it was)
+from splitproxy.rollout.evidence import Evidence, step_needs
 from splitproxy.rollout.messages import (
     Action,
     CheckResult,
@@ -82,43 +82,13 @@ from splitproxy.rollout.messages import (
     SetWeight,
 )
 from splitproxy.rollout.phases import ACTIVE, HOLDING, TRANSITIONS, Held, Hold, Phase, Trigger
-from splitproxy.rollout.readiness import Readiness, is_healthy
+from splitproxy.rollout.readiness import Readiness
+from splitproxy.rollout.results import Judged
 from splitproxy.rollout.status import status_view
 
 PATH_CLASS_SLOTS: Final = 10
-_EAGER_NAMES: Final = frozenset({"guard", shadow.TEST_NAME})  # see `_defer_checks`
 HISTORY: Final = 100  # events kept in the state (the full ledger is the caller's)
 FINISHED_KEPT: Final = 16
-
-
-def spec_digest(spec: Rollout) -> str:
-    """A short digest of a rollout spec: a rollout restarts when it changes. The deadlines of
-    readiness and health and the revert window are left out: changing them restarts nothing.
-    Fields added since a state could have been saved are left out while at their defaults, so
-    an upgrade keeps every saved rollout's digest."""
-    exclude: dict[str, Any] = {k: True for k in _NOT_DIGESTED}
-    exclude.update({k: True for k, v in _LATER.items() if getattr(spec, k) == v})
-    checks: dict[int, set[str]] = {}
-    for i, check in enumerate(spec.checks):
-        later = {k for k, v in _LATER_IN_CHECKS.items() if getattr(check, k, v) == v}
-        if later:
-            checks[i] = later
-    exclude["checks"] = checks
-    data = spec.model_dump_json(exclude=exclude)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
-
-
-_NOT_DIGESTED: Final = ("progress_deadline", "unhealthy_timeout", "revert_window")
-# fields of a check added since a state could have been saved, with their defaults
-_LATER_IN_CHECKS: Final[dict[str, Any]] = {"traffic": "user", "tolerance": 0.0}
-_LATER: Final[dict[str, Any]] = {
-    "iterations": None,
-    "bake": None,
-    "auto_promote": True,
-    "test": None,
-    "shadow": None,
-    "ab": None,
-}
 
 
 class Analyzer:
@@ -162,6 +132,8 @@ class Analyzer:
         self.ab_state: ab.AbState | None = None  # an A/B test's counts (ab.py)
         self.history: list[Event] = []
         self._checks = Checks()  # `checks`, made when first read (`deferred`)
+        # the current step's ``(step, spec, interval, min_requests)`` (`evidence.step_needs`)
+        self._step_needs: tuple[Step | None, Rollout | None, float, int] = (None, None, 0.0, 0)
         # the spec changed under a running rollout: it restarts on the next tick
         self.spec_changed = False
         self._actions: list[Action] = []
@@ -192,7 +164,8 @@ class Analyzer:
 
     def tick(self, now: float, observation: Observation) -> list[Action]:
         """Advance to ``now`` with what happened since the previous tick; return the actions."""
-        self._actions = []
+        if self._actions:  # (left empty by the previous tick, it is this tick's: see the end)
+            self._actions = []
         elapsed = 0.0 if self.last_now is None else max(0.0, now - self.last_now)
         if self.phase == "progressing":
             self.active_time += elapsed
@@ -201,27 +174,40 @@ class Analyzer:
             readiness.elapse(elapsed, counting=self._counting())
         self.last_now, self.health = now, health
 
-        fresh = self._follow_revision(now, observation.candidate)
+        candidate = observation.candidate  # (the same revision: nothing to follow, if running)
+        same = candidate is not None and candidate == self.revision and not self.spec_changed
+        fresh = (not same or self.phase == "idle") and self._follow_revision(now, candidate)
         if readiness.ready_at is None:
             readiness.see(now, health)
         evidence = self.evidence
-        if self.phase in ACTIVE and not fresh:  # unavailable time is no part of a step
+        active = self.phase in ACTIVE and not fresh
+        # (`is_healthy`, `Readiness.unserved` and `.judging` written out: none unserved if healthy)
+        healthy, ready = (True, True) if health is None else (health.healthy, health.ready)
+        if active:  # unavailable time is no part of a step
             window = evidence.window
-            window.start = min(now, window.start + readiness.unserved(now, elapsed, health))
-        judging = self.phase in ACTIVE and not fresh and readiness.judging(now, health)
+            unserved = 0.0 if healthy else readiness.unserved(now, elapsed, health)
+            window.start = min(now, window.start + unserved)
+        ready_at = readiness.ready_at
+        judging = active and ready_at is not None and ready_at < now and ready
         # the previous tick's results are read after the fold only by the events of gate
         # answers, test jobs and commands (below, before this tick's `_defer_checks`)
-        read_after = bool(observation.gates or observation.tests or observation.commands)
+        gates, tests, orders = observation.gates, observation.tests, observation.commands
+        read_after = bool(gates or tests or orders)
         evidence.fold(now, observation.samples, tests=judging, read_after=read_after)
-        shadow.fold(self, observation.mirror, judging)
-        ab.fold(self, now, observation.ab, fresh)
-        evidence.record_external(now, observation.external)
-        for result in observation.gates:
-            holds.gate_result(self, now, result)
-        for outcome in observation.tests:
-            bluegreen.test_outcome(self, now, outcome)
-        for command in observation.commands:
-            commands.carry_out(self, now, command)
+        mirror = observation.mirror
+        if mirror is not None or self.shadow.mirroring:  # (else `shadow.fold` does nothing)
+            shadow.fold(self, mirror, judging)
+        if observation.ab is not None:
+            ab.fold(self, now, observation.ab, fresh)
+        if observation.external:
+            evidence.record_external(now, observation.external)
+        if read_after:
+            for result in gates:
+                holds.gate_result(self, now, result)
+            for outcome in tests:
+                bluegreen.test_outcome(self, now, outcome)
+            for command in orders:
+                commands.carry_out(self, now, command)
         if self.phase in ACTIVE:
             self._defer_checks(now)
             self._judge(now)
@@ -233,8 +219,12 @@ class Analyzer:
             self._pause(now, "max_duration", f"still progressing after {deadline:g}s")
         if self.phase in ("progressing", "waiting"):
             self._progress(now)
-        self.check_hold()
-        actions, self._actions = self._actions, []
+        if self.hold is not None or self.phase == "waiting":  # (else it holds: no hold)
+            self.check_hold()
+        actions = self._actions  # (none, most ticks: the kept list waits for the next tick,
+        if not actions:  # the caller gets one that does not outlive the tick)
+            return []
+        self._actions = []
         return actions
 
     @property
@@ -250,9 +240,11 @@ class Analyzer:
         """``checks = evidence.evaluate(now) + shadow.checks(self)``, the threshold checks'
         results made only when read (`deferred`); made at once if one is named like a result
         the anytime decisions look up by name (`_judge`, `shadow.judge`)."""
-        thresholds, rest = self.evidence.evaluate_deferred(now)
-        eager = not _EAGER_NAMES.isdisjoint(self.evidence.threshold_keys)
-        self._checks.defer(thresholds, rest + shadow.checks(self), eager=eager)
+        evidence = self.evidence
+        thresholds, rest = evidence.evaluate_deferred(now)
+        if self.hold is not None or self.shadow.mirroring:  # (else no `shadow.checks`)
+            rest += shadow.checks(self)
+        self._checks.defer(thresholds, rest, eager=evidence.threshold_eager)
 
     def _counting(self) -> bool:
         """Does the time since the previous tick count toward the progress deadline?"""
@@ -287,11 +279,10 @@ class Analyzer:
             ended = self.finished.get(candidate)
             if ended is not None:
                 self.revision = candidate
-                trigger: Trigger = (
-                    "restore_promoted" if ended == "promoted" else "restore_rolled_back"
-                )
+                ok = ended == "promoted"
+                trigger: Trigger = "restore_promoted" if ok else "restore_rolled_back"
                 self._move(now, trigger, "restored", f"{candidate} already ended {ended}")
-                self._set_weight(100.0 if ended == "promoted" else 0.0)
+                self._set_weight(100.0 if ok else 0.0)
                 return False
             self._start(now, candidate, "start", f"new candidate {candidate}")
             return True
@@ -363,10 +354,11 @@ class Analyzer:
 
     def _judge(self, now: float) -> None:
         """The anytime checks: guard and comparisons roll back (or pause) at once."""
-        if shadow.judge(self, now):
+        # (`shadow.judge` decides nothing without a divergence test or a hold to be in)
+        if (self.shadow.test is not None or self.hold is not None) and shadow.judge(self, now):
             return
         guard = None  # the last result named "guard", and the failed comparisons, in one pass
-        failing = []
+        failing: list[Judged] = []
         for r in self._checks.anytime():
             if r.name == "guard":
                 guard = r
@@ -391,11 +383,13 @@ class Analyzer:
         readiness, spec = self.readiness, self.spec
         if self.phase not in ("progressing", "waiting"):
             return
-        if not readiness.ready and readiness.overdue(spec.progress_deadline):
+        ready_at = readiness.ready_at  # (`Readiness.ready`)
+        if ready_at is None and readiness.overdue(spec.progress_deadline):
             limit = f"{spec.progress_deadline:g}s"
             self._rollback(now, f"candidate never became ready (progress deadline {limit})")
             return
-        if readiness.ready_at is None or is_healthy(self.health):
+        health = self.health
+        if ready_at is None or health is None or health.healthy:  # (`is_healthy`)
             # (nearly every tick: no check to show, no strike, the stretch forgotten; what
             # `Readiness.check` and `Readiness.strike` come to then)
             readiness.unhealthy_since, readiness.strikes = None, 0
@@ -416,15 +410,24 @@ class Analyzer:
         if hold is not None:  # resumed while a gate or a pause step was pending
             self._wait_for(now, hold.what, hold.step, until=hold.until)
             return
-        if not is_healthy(self.health):  # no window passes on traffic it did not serve
-            return
-        if bluegreen.in_bake(self):
+        if self.health is not None and not self.health.healthy:  # (`is_healthy`) no window
+            return  # passes on traffic it did not serve
+        spec = self.spec  # (``spec.bluegreen``, a property, written out)
+        if spec.strategy == "bluegreen" and bluegreen.in_bake(self):
             bluegreen.bake(self, now)
             return
-        if self.spec.ab is not None:
+        if spec.ab is not None:
             ab.progress(self, now)
             return
         step = self.plan[self.step_index]
+        # a window too short or small holds, nothing read (`Evidence.window_outcome`, needs kept)
+        needs, evidence = self._step_needs, self.evidence
+        if needs[0] is not step or needs[1] is not evidence.spec:
+            interval, wanted = step_needs(evidence.spec, step)
+            needs = self._step_needs = (step, evidence.spec, interval, wanted)
+        window = evidence.window
+        if now - window.start < needs[2] or 0 < window.requests < needs[3]:
+            return
         if self._window_outcome(now, step) == "pass":
             self._advance(now)
 

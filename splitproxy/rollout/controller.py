@@ -67,7 +67,7 @@ from splitproxy.dataplane.state import RuntimeState, Snapshot, candidate_identit
 from splitproxy.errors import Conflict, NotReady, UnknownRoute
 from splitproxy.heap import Settler
 from splitproxy.metrics import Recorder
-from splitproxy.rollout import ab, ledger, shadow
+from splitproxy.rollout import ledger, shadow
 from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.dispatch import HookDispatcher, HookSender
 from splitproxy.rollout.external import ExternalPoller, ExternalReader
@@ -276,7 +276,8 @@ class Controller:
             if finished
             else _NOTHING
         )
-        mirror = shadow.observed(route, rt.analyzer, self.recorder.mirror_take(rt.name))
+        taken = self.recorder.mirror_take(rt.name)  # (`shadow.observed`: none without copies)
+        mirror = None if taken is None else shadow.observed(route, rt.analyzer, taken)
         counts = self.recorder.ab.take(rt.name)  # an A/B test's users and conversions (ab.py)
         # (the named tuple's own ``__new__`` is a Python function: one call per route and tick)
         observation = _new(
@@ -285,10 +286,9 @@ class Controller:
         )
         self._apply(rt, now, rt.analyzer.tick(now, observation))
         a = rt.analyzer
-        test = ab.test_started(a)
-        if test is not None:  # (following no test changes nothing: most routes, every tick)
-            self.recorder.ab.follow(rt.name, test)
-        switched = a.spec.bluegreen and a.step_index >= a.spec.switch_index
+        if a.ab_state is not None:  # (following no test changes nothing: most routes, every tick)
+            self.recorder.ab.follow(rt.name, a.ab_state.started)  # (`ab.test_started`)
+        switched = a.spec.strategy == "bluegreen" and a.step_index >= a.spec.switch_index
         if (a.phase not in ACTIVE or a.test_passed or switched) and self.tests.running(rt.name):
             self.tests.forget(rt.name)  # the job's verdict can no longer change anything
         if rt.analyzer.phase in ACTIVE:
@@ -328,7 +328,8 @@ class Controller:
                 self.dispatcher.gate(rt.name, rt.rollout.hooks, action, payload)
             else:
                 changed = True
-        self._sync_weight(rt, now)
+        if self.leading:  # (`_sync_weight`)
+            sync_weight(self.state, rt, now)
         active = rt.analyzer.phase in ACTIVE
         if changed or (active and now - rt.saved_at >= self.options.checkpoint):
             self._mark(rt, now)

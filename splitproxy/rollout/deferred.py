@@ -192,32 +192,33 @@ class Checks:
     when read, `results`), joined on the first read. Iterating it reads it; the step window's
     outcome reads `judged` (only past the window's length and size)."""
 
-    __slots__ = ("_made", "_pending")
+    # the tick's pending results in two slots rather than a pair: one tuple fewer per route
+    # and tick, kept for a tick (the young collector walks what outlives the tick)
+    __slots__ = ("_made", "_rest", "_thresholds")
 
     def __init__(self) -> None:
         self._made: tuple[CheckResult, ...] | None = ()
-        self._pending: tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]] | None
-        self._pending = None
+        self._thresholds: DeferredThresholds | None = None  # pending while not None
+        self._rest: tuple[CheckResult | LazyResult, ...] = ()
 
     def get(self) -> tuple[CheckResult, ...]:
         made = self._made
         if made is None:
-            assert self._pending is not None
-            thresholds, rest = self._pending
-            made = self._made = thresholds.results() + tuple([made_now(r) for r in rest])
-            self._pending = None
+            thresholds = self._thresholds
+            assert thresholds is not None
+            made = self._made = thresholds.results() + tuple([made_now(r) for r in self._rest])
+            self._thresholds, self._rest = None, ()
         return made
 
     def set(self, value: tuple[CheckResult, ...]) -> None:
-        self._made, self._pending = value, None
+        self._made, self._thresholds, self._rest = value, None, ()
 
     def append(self, result: CheckResult) -> None:
         """One more result after the others (the candidate's health), nothing made for it."""
-        pending = self._pending
-        if pending is None:
+        if self._thresholds is None:
             self.set((*self.get(), result))
         else:
-            self._pending = (pending[0], (*pending[1], result))
+            self._rest = (*self._rest, result)
 
     def defer(
         self,
@@ -227,7 +228,7 @@ class Checks:
         eager: bool,
     ) -> None:
         """The tick's results: ``thresholds`` first, then ``rest`` (made now if ``eager``)."""
-        self._made, self._pending = None, (thresholds, rest)
+        self._made, self._thresholds, self._rest = None, thresholds, rest
         if eager:
             self.get()
 
@@ -235,8 +236,7 @@ class Checks:
         """The results the anytime decisions read: all but the threshold checks' while those
         are unmade (none of them is a comparison; one named like the guard is made at once),
         the comparisons and the guard by their verdicts alone."""
-        pending = self._pending
-        return pending[1] if pending is not None else self.get()
+        return self._rest if self._thresholds is not None else self.get()
 
     def judged(self) -> Iterator[Judged]:
         """What the step window's outcome reads: the threshold checks' results, then the
@@ -244,12 +244,13 @@ class Checks:
         threshold and external checks only). A generator: nothing is made, not even the
         threshold checks' results, unless the outcome gets as far as reading them (a window
         long and large enough); it reads the results as they are then."""
-        pending = self._pending
-        if pending is None:
+        thresholds = self._thresholds
+        if thresholds is None:
             yield from self.get()
             return
-        yield from pending[0].results()
-        yield from pending[1]
+        rest = self._rest
+        yield from thresholds.results()
+        yield from rest
 
     def __iter__(self) -> Iterator[CheckResult]:
         return iter(self.get())

@@ -91,6 +91,9 @@ INCIDENT_SHARE: Final = 0.5  # stable at this share of the guard's cap or more .
 INCIDENT_RATIO: Final = 3.0  # ... and the candidate at most this many times stable's rate
 
 Outcome = Literal["pass", "hold", "fail"]
+# the results the anytime decisions look up by name: the guard, and the shadow's divergence
+# test (`shadow.TEST_NAME`)
+EAGER_NAMES: Final = frozenset({"guard", "mirror_divergence_guard"})
 # the latency check its needs are for; (q, stable requests it needs) per quantile; every q; the
 # most any q needs
 _Needs = tuple[CompareCheck | None, tuple[tuple[float, int], ...], tuple[float, ...], int]
@@ -202,6 +205,9 @@ class Evidence:
             c for c in spec.checks if isinstance(c, MetricCheck) and c.metric != "mirror_divergence"
         )
         self.threshold_keys = frozenset(c.key for c in self.threshold_checks)
+        # a threshold check named like a result the anytime decisions look up by name: the
+        # tick's results are then made at once (`Analyzer._defer_checks`)
+        self.threshold_eager = not EAGER_NAMES.isdisjoint(self.threshold_keys)
         self.threshold_latency = any(c.metric in LATENCY_QUANTILES for c in self.threshold_checks)
         self.external_checks = tuple(
             c for c in spec.checks if isinstance(c, PrometheusCheck | WebCheck)
@@ -373,7 +379,13 @@ class Evidence:
             wanted = [q for q, least in needs if self.trail_requests >= least]
         if not wanted:
             return out
-        for q, c in trail_quantiles(self, wanted).items():
+        found = trail_quantiles(self, wanted)  # (a new dict, no one else's)
+        for c in found.values():
+            if c is None or c == math.inf:
+                break
+        else:  # every quantile usable (nearly every tick): the dict as it is
+            return found  # type: ignore[return-value]
+        for q, c in found.items():
             if c is not None and c != math.inf:
                 out[q] = c
         return out
@@ -416,7 +428,9 @@ class Evidence:
         """`evaluate`, with the threshold checks' results made only when read (`deferred`)
         and the comparisons' and the guard's numbers too (`results`: their verdicts are
         known at once): ``(thresholds, the others)``; the tick's path."""
-        self.detach()  # the previous results may still be read, once this window changed
+        deferred = self._deferred  # (`detach`, written out)
+        if deferred is not None:  # the previous results may still be read, once this changed
+            deferred.detach()
         deferred = self._deferred = DeferredThresholds(
             now,
             self.window,
@@ -435,16 +449,42 @@ class Evidence:
             if self.latency_compare is not None:
                 compare = self.latency_compare
                 out.append(base.latency_check(compare.key, self.alpha.latency, compare.tolerance))
-        else:
-            if self.error_compare is not None and self.errors_test is not None:
-                out.append(self._error_compare(self.compare_keys[0], self.errors_test))
+        else:  # each kept while nothing it is made of changed (read in place: no call)
+            kept = self._kept
+            test = self.errors_test
+            if self.error_compare is not None and test is not None:
+                # Most ticks bring the comparison no new event: the result (its e-values and
+                # detail text) is then the previous tick's
+                name, units = self.compare_keys[0], self.units
+                key: tuple[object, ...] = (
+                    test, self.error_changes, name, self.alpha.error, len(units), units.skipped
+                )  # fmt: skip
+                result = kept[0].value
+                if result is None or kept[0].key != key:
+                    result = kept[0].get(key, self._error_lazy, name, test)
+                out.append(result)
             if self.latency_compare is not None:
-                out.append(self._latency_compare(self.compare_keys[1]))
+                # The thresholds' and the tests' dicts themselves are in the key, compared by
+                # value (never hashed), which spares a tuple of each on every tick: neither is
+                # written in place (`fold` makes the thresholds anew each tick; new tests come
+                # in a new dict), and tests are compared as objects (a test replaced is another)
+                name = self.compare_keys[1]
+                key = (
+                    name, self.alpha.latency, self.thresholds, self.latency_changes,
+                    self.latency_tests,
+                )  # fmt: skip
+                result = kept[1].value
+                if result is None or kept[1].key != key:
+                    result = kept[1].get(key, self._latency_lazy, name)
+                out.append(result)
         guard = self.guard
         if guard is not None:  # kept while the guard saw no request
             alpha = self.alpha.guard
             key = (guard, guard.changes, alpha)
-            out.append(self._kept[2].get(key, guard_result, guard, 1 / alpha))
+            result = self._kept[2].value
+            if result is None or self._kept[2].key != key:
+                result = self._kept[2].get(key, guard_result, guard, 1 / alpha)
+            out.append(result)
         return deferred, tuple(out)
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
@@ -517,13 +557,6 @@ class Evidence:
             low, high = 1.0, None
         return bounded(check.key, "external", value, low, high, 0 if value is None else 1)
 
-    def _error_compare(self, name: str, test: PathClassTests) -> LazyResult:
-        # Most ticks bring the comparison no new event: the result (its e-values and detail
-        # text) is then the previous tick's, kept while nothing it is made of changed.
-        units = self.units
-        key = (test, self.error_changes, name, self.alpha.error, len(units), units.skipped)
-        return self._kept[0].get(key, self._error_lazy, name, test)
-
     def _error_lazy(self, name: str, test: PathClassTests) -> LazyResult:
         units = self.units
         return error_result(name, test, 1 / self.alpha.error, len(units), units.skipped)
@@ -532,27 +565,14 @@ class Evidence:
         """The error comparison's result now, made (what the tick's kept one reads as)."""
         return self._error_lazy(name, test).result()
 
-    def _latency_compare(self, name: str) -> LazyResult:
-        # kept, like the error comparison's, while neither the thresholds nor a test changed
-        thresholds = tuple(self.thresholds.items())
-        tests = tuple(self.latency_tests.values())  # the tests themselves (replaced: another)
-        key = (name, self.alpha.latency, thresholds, self.latency_changes, *self.latency_tests)
-        key += tests
-        return self._kept[1].get(key, self._latency_lazy, name, thresholds, tests)
-
-    def _latency_lazy(
-        self,
-        name: str,
-        thresholds: tuple[tuple[float, float], ...],
-        tests: tuple[RecoveringTest, ...],
-    ) -> LazyResult:
+    def _latency_lazy(self, name: str) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
+        tests, thresholds = self.latency_tests, self.thresholds  # (kept as they are)
         return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
 
     def _latency_result(self, name: str) -> CheckResult:
         """The latency comparison's result now, made (what the tick's kept one reads as)."""
-        thresholds = tuple(self.thresholds.items())
-        return self._latency_lazy(name, thresholds, tuple(self.latency_tests.values())).result()
+        return self._latency_lazy(name).result()
 
     def _latency_log_e(self, r0: float = 1.0) -> float:
         """The latency family's log e-value for "slower-than-threshold rates at most ``r0`` ×

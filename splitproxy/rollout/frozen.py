@@ -20,7 +20,7 @@ a verdict: when the ceiling is below the bar by more than the floats' rounding c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain
 from typing import Final
@@ -147,12 +147,50 @@ def guard_loose_ceiling(
     return top
 
 
+def guard_lead_ceiling(guard: RateGuard) -> float:
+    """`guard_loose_ceiling` of a live guard, reading one component on most ticks. Between two
+    changes of its list of components (a component started or dropped: another list, or
+    another length), every component takes the same batches, so each one's ``x·max(a) +
+    y·max(b)`` moves by the same amount and the one that leads them leads them still: the
+    guard keeps it (`RateGuard.lead`), found by a full pass after each change. (The floats
+    of two components within rounding of each other may lead in turn: the ceiling read is
+    then below the full pass's by a few ulps of its terms, far inside `SLACK`.)"""
+    comps = guard._comps
+    lead = guard.lead
+    if lead is None or lead[0] is not comps or lead[1] != len(comps):
+        return _find_lead(guard)
+    if comps[0][1] > _LOOSE_REQUESTS:  # (the oldest component has the most requests)
+        return math.inf
+    _, _, comp, a_top, b_top = lead
+    x = comp[2]
+    v = x * a_top + (comp[1] - x) * b_top
+    return v if v > 0.0 else 0.0
+
+
+def _find_lead(guard: RateGuard) -> float:
+    """`guard_loose_ceiling`, keeping the component that leads it (even below 0)."""
+    comps, ab = guard._comps, guard._ab
+    if not ab or not comps:
+        return 0.0  # (no lead kept: nothing to lead, and ``ab`` never changes)
+    a_top, b_top = _tops(ab)
+    top, best = NEG_INF, comps[0]
+    for comp in comps:
+        n, x = comp[1], comp[2]
+        if n > _LOOSE_REQUESTS:
+            return math.inf
+        v = x * a_top + (n - x) * b_top
+        if v > top:
+            top, best = v, comp
+    guard.lead = (comps, len(comps), best, a_top, b_top)
+    return top if top > 0.0 else 0.0
+
+
 @lru_cache(maxsize=64)
 def _tops(ab: tuple[tuple[float, float], ...]) -> tuple[float, float]:
     return max(a for a, _ in ab), max(b for _, b in ab)
 
 
-def mixtures_ceiling(tests: Sequence[OneSidedTest]) -> float:
+def mixtures_ceiling(tests: Iterable[OneSidedTest]) -> float:
     """`ceiling` of the tests' log-likelihood ratios, read in place (no list is made: the
     tick asks for the latency comparison's every time its tests change)."""
     top = NEG_INF

@@ -159,7 +159,7 @@ class RecoveringTest:
 
     @property
     def events(self) -> int:
-        return self._whole.events
+        return self._comps[0][1]._events  # (`_whole.events`: read on most ticks)
 
     @property
     def candidate_events(self) -> int:

@@ -16,7 +16,7 @@ has no data); one that may reach it is made at once and judged as before.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Mapping
 from functools import lru_cache
 from typing import Protocol
 
@@ -28,7 +28,7 @@ from splitproxy.rollout.frozen import (
     family_ceiling,
     freeze,
     guard_ceiling,
-    guard_loose_ceiling,
+    guard_lead_ceiling,
     mixtures_ceiling,
     surely_below,
 )
@@ -95,10 +95,18 @@ def made(result: CheckResult | LazyResult) -> CheckResult:
     return result.result() if isinstance(result, LazyResult) else result
 
 
-@lru_cache(maxsize=256, typed=True)
 def latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
     """The latency comparison's detail text. Made once per set of stable's quantiles: they
-    are bucket bounds and move seldom, while the result is remade on nearly every tick."""
+    are bucket bounds and move seldom, while the result is remade on nearly every tick.
+    (A zero is made afresh: ``0.0`` and ``-0.0`` are one key to the cache, not one text.)"""
+    for q, c in thresholds:
+        if c == 0.0 or q == 0.0:
+            return _latency_detail.__wrapped__(thresholds, tolerance)
+    return _latency_detail(thresholds, tolerance)
+
+
+@lru_cache(maxsize=256, typed=True)
+def _latency_detail(thresholds: tuple[tuple[float, float], ...], tolerance: float) -> str:
     detail = ", ".join(f"stable p{q * 100:g} {c * 1000:.4g}ms" for q, c in thresholds)
     if thresholds and tolerance:
         detail += f", slow beyond +{tolerance * 100:g}%"
@@ -174,37 +182,51 @@ def _error(
 # --- the latency comparison ---------------------------------------------------------------
 
 
+# the latency tests by quantile and stable's quantiles, as the evidence holds them (a result
+# keeps the dicts themselves: neither is written in place, see `Evidence._latency_compare`)
+# or as a tuple of the tests and one of ``(q, quantile)`` pairs
+LatencyTests = Mapping[float, RecoveringTest] | tuple[RecoveringTest, ...]
+Thresholds = Mapping[float, float] | tuple[tuple[float, float], ...]
+
+
 def latency_result(
-    name: str,
-    tests: tuple[RecoveringTest, ...],
-    thresholds: tuple[tuple[float, float], ...],
-    tolerance: float,
-    bar: float,
+    name: str, tests: LatencyTests, thresholds: Thresholds, tolerance: float, bar: float
 ) -> LazyResult:
     """The latency comparison's result: the mean over ``tests`` (one per quantile) against
     ``bar``, with stable's quantiles ``thresholds`` and the check's ``tolerance``."""
+    live = tests if isinstance(tests, tuple) else tests.values()  # (`_tests_of`)
     events = 0
-    for t in tests:
+    for t in live:
         events += t.events
     if not thresholds and not events:
         verdict: Verdict = "no_data"
     else:
-        if not surely_below(mixtures_ceiling(tests), bar):
-            return LazyResult.of(_latency(name, tests, events, thresholds, tolerance, bar))
+        if not surely_below(mixtures_ceiling(live), bar):
+            made = _latency(name, live, events, _pairs(thresholds), tolerance, bar)
+            return LazyResult.of(made)
         verdict = "pass" if events else "no_data"
     return _LazyLatency(name, verdict, tests, events, thresholds, tolerance, bar)
+
+
+def _pairs(thresholds: Thresholds) -> tuple[tuple[float, float], ...]:
+    return thresholds if isinstance(thresholds, tuple) else tuple(thresholds.items())
+
+
+def _tests_of(tests: LatencyTests) -> Collection[RecoveringTest]:
+    return tests if isinstance(tests, tuple) else tests.values()
 
 
 class _LazyLatency(LazyResult):
     __slots__ = ("_bar", "_events", "_frozen", "_tests", "_thresholds", "_tolerance", "_version")
 
     def __init__(
-        self, name: str, verdict: Verdict, tests: tuple[RecoveringTest, ...], events: int,
-        thresholds: tuple[tuple[float, float], ...], tolerance: float, bar: float,
+        self, name: str, verdict: Verdict, tests: LatencyTests, events: int,
+        thresholds: Thresholds, tolerance: float, bar: float,
     ) -> None:  # fmt: skip
-        super().__init__(name, "compare", verdict)
-        self._tests = tests
-        self._version = _changes(tests)
+        # (`LazyResult.__init__` written out: one made on most ticks, kept for a tick)
+        self.name, self.kind, self.verdict, self._made = name, "compare", verdict, None
+        self._tests = tests  # (the evidence's dicts themselves: no tuple kept for a tick)
+        self._version = _changes(tests if isinstance(tests, tuple) else tests.values())
         self._frozen: list[Frozen] | None = None
         self._events, self._thresholds, self._tolerance, self._bar = (
             events, thresholds, tolerance, bar,
@@ -212,20 +234,20 @@ class _LazyLatency(LazyResult):
 
     def detach(self) -> None:
         if self._made is None and self._frozen is None:
-            self._frozen = [freeze(t) for t in self._tests]
+            self._frozen = [freeze(t) for t in _tests_of(self._tests)]
 
     def _make(self) -> CheckResult:
-        tests: Sequence[RecoveringTest | Frozen] | None = self._frozen
+        tests: Iterable[RecoveringTest | Frozen] | None = self._frozen
         if tests is None:
-            if _changes(self._tests) != self._version:
+            live = _tests_of(self._tests)
+            if _changes(live) != self._version:
                 raise StaleResult(self.name)
-            tests = self._tests
-        return _latency(
-            self.name, tests, self._events, self._thresholds, self._tolerance, self._bar
-        )
+            tests = live
+        thresholds = _pairs(self._thresholds)
+        return _latency(self.name, tests, self._events, thresholds, self._tolerance, self._bar)
 
 
-def _changes(tests: tuple[RecoveringTest, ...]) -> int:
+def _changes(tests: Iterable[RecoveringTest]) -> int:
     """The tests' change counters summed: they only grow, so an equal sum is no change."""
     total = 0
     for t in tests:
@@ -235,7 +257,7 @@ def _changes(tests: tuple[RecoveringTest, ...]) -> int:
 
 def _latency(
     name: str,
-    tests: Sequence[RecoveringTest | Frozen],
+    tests: Iterable[RecoveringTest | Frozen],
     events: int,
     thresholds: tuple[tuple[float, float], ...],
     tolerance: float,
@@ -261,7 +283,7 @@ def _latency(
 def guard_result(guard: RateGuard, bar: float) -> LazyResult:
     """The guard's result against ``bar`` (1/α of the guard)."""
     comps, ab = guard._comps, guard._ab
-    if not surely_below(guard_loose_ceiling(comps, ab), bar) and not surely_below(
+    if not surely_below(guard_lead_ceiling(guard), bar) and not surely_below(
         guard_ceiling(comps, ab, guard._log_g), bar
     ):
         return LazyResult.of(_guard(guard, bar))
@@ -272,7 +294,8 @@ class _LazyGuard(LazyResult):
     __slots__ = ("_bar", "_guard", "_version")
 
     def __init__(self, guard: RateGuard, bar: float) -> None:
-        super().__init__("guard", "guard", "pass")
+        # (`LazyResult.__init__` written out: one made on most ticks, kept for a tick)
+        self.name, self.kind, self.verdict, self._made = "guard", "guard", "pass", None
         self._guard: RateGuard | GuardView = guard
         self._version, self._bar = guard.changes, bar
 

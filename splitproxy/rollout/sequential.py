@@ -131,12 +131,10 @@ class AttributionTest:
         self._log_w = -math.log(len(self.grid))
         self._log_l = [0.0] * len(self.grid)
         self._counts: dict[float, list[int]] = {}
-        # `events`, counted as they come: the sum over ``_counts`` is asked several times a
-        # tick (results, fresh starts), and a sticky route's tests hold a ``p`` per realized
-        # share (hundreds of them after a few minutes)
+        # `events`, counted as they come: asked several times a tick, and a sticky route's
+        # tests hold a ``p`` per realized share (hundreds of them after a few minutes)
         self._events = 0
-        # `log_e` as last computed; None once `_log_l` changed. The controller asks for it
-        # several times a tick per test, and most tests see no new event in a tick.
+        # `log_e` as last computed (None once `_log_l` changed): asked often, seldom changed
         self._log_e: float | None = None
         self.changes = 0  # counts the updates: what a memo of anything derived is keyed on
 
@@ -420,7 +418,9 @@ class RateGuard:
     newest always, then those with the largest weighted values.
     """
 
-    __slots__ = ("_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "rates")
+    __slots__ = (
+        "_ab", "_comps", "_log_g", "_started", "block", "cap", "changes", "keep", "lead", "rates",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -440,6 +440,8 @@ class RateGuard:
         # per component: [k, requests since it started, errors since it started]
         self._comps: list[list[int]] = []
         self.changes = 0  # counts the updates: what a memo of a result is keyed on
+        # the component leading the loose ceiling, and its list (`frozen.guard_lead_ceiling`)
+        self.lead: tuple[list[list[int]], int, list[int], float, float] | None = None
 
     def update(self, requests: int, errors: int) -> None:
         if errors < 0 or requests < errors:

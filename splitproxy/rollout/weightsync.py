@@ -22,14 +22,15 @@ def sync_weight(state: RuntimeState, rt: RouteRollout, now: float) -> None:
     if snapshot is None:
         return
     a = rt.analyzer
-    closed, mirror = a.phase == "rolled_back", shadow.holding(a)
-    synced = (a.weight, a.revision, closed, mirror)
-    config, have = rt.synced[0]
+    phase = a.phase
+    closed, mirror = phase == "rolled_back", phase == "waiting" and shadow.holding(a)
+    (config, have), synced = rt.synced
     if (
         config is not snapshot.config
         or have is not snapshot.rollout_weights.get(rt.name)
-        or rt.synced[1] != synced
+        or synced != (a.weight, a.revision, closed, mirror)
     ):
+        synced = (a.weight, a.revision, closed, mirror)
         _set_weight(state, rt, snapshot, now, closed, mirror)
         now_in = state.snapshot
         assert now_in is not None  # (a weight set swaps a snapshot in, never out)

@@ -163,7 +163,7 @@ def test_a_threshold_check_named_guard_is_made_at_once() -> None:
     checks = [{"name": "guard", "metric": "error_rate", "max": "5%"}]
     d = Driver(Analyzer("r", spec(checks=checks, guard=None)))
     d.run(3)
-    assert d.a._checks._pending is None
+    assert d.a._checks._thresholds is None  # made at once: nothing pending
     assert [c.name for c in d.a.checks] == ["guard"]
     assert not math.isnan(d.now)
 

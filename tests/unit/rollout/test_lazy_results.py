@@ -29,6 +29,7 @@ from splitproxy.rollout.frozen import (
     ceiling,
     family_ceiling,
     freeze,
+    guard_lead_ceiling,
     guard_loose_ceiling,
     mixtures_ceiling,
     surely_below,
@@ -168,6 +169,9 @@ def test_a_guard_view_is_the_live_guard_and_its_ceiling_is_sound(
         loose = guard_loose_ceiling(guard._comps, guard._ab)
         _sound(loose, guard.log_e)
         assert loose >= view.ceiling() - 1e-9
+        lead = guard_lead_ceiling(guard)  # the same, from the component kept in the lead
+        _sound(lead, guard.log_e)
+        assert lead == loose or abs(lead - loose) <= 1e-9 * max(1.0, abs(loose))
     view = GuardView(guard)
     then = (guard.log_e, guard.requests)
     restored = RateGuard.from_dict(guard.to_dict())
@@ -183,6 +187,8 @@ def test_the_loose_guard_ceiling_gives_up_on_huge_components() -> None:
     assert guard_loose_ceiling(guard._comps, guard._ab) == 0.0  # at its size limit
     guard.update(1, 1)
     assert guard_loose_ceiling(guard._comps, guard._ab) == math.inf
+    assert guard_lead_ceiling(guard) == math.inf  # kept lead or not
+    assert guard_lead_ceiling(guard) == math.inf
     assert GuardView(guard).ceiling() < 3.0  # the tight one answers (log 8: the newest one)
 
 

@@ -36,3 +36,12 @@ def test_the_latency_detail_is_the_formatting(
 def test_the_guard_detail_is_the_formatting(cap: float) -> None:
     for _ in range(2):
         assert guard_detail(cap) == f"candidate error rate far above {cap:g}"
+
+
+def test_a_zeros_sign_is_its_own_text() -> None:
+    """``0.0`` and ``-0.0`` are equal keys to the cache: each still reads as its formatting
+    (hypothesis met them in turn in one worker, the second read the first's text)."""
+    assert latency_detail(((0.5, -0.0),), 0.0) == "stable p50 -0ms"
+    assert latency_detail(((0.5, 0.0),), 0.0) == "stable p50 0ms"
+    assert latency_detail(((-0.0, 0.25),), 0.0) == "stable p-0 250ms"
+    assert latency_detail(((0.0, 0.25),), 0.0) == "stable p0 250ms"
