@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterator
 from typing import Final
 
+from splitproxy.rollout.histograms import from_ordinal, ordinal
+
 RELATIVE_ACCURACY: Final = 0.02  # the promise: a quantile is within 2 % of the true value
 _ALPHA: Final = 0.0199  # what the bins are built for, a hair inside the promise
 _GAMMA: Final = (1 + _ALPHA) / (1 - _ALPHA)
@@ -50,6 +52,36 @@ class _Bounds(dict[int, float]):
 
 _BOUNDS: Final = _Bounds({key: _GAMMA**key for key in range(_MIN_KEY, _MAX_KEY + 1)})
 _bound_of = _BOUNDS.__getitem__
+BOUNDS: Final[dict[int, float]] = _BOUNDS  # (for the tally's one pass over a sketch's bins)
+
+
+class _Ordinals(dict[int, int]):
+    """key -> ``ordinal(_GAMMA**key)``: the bin's bound as the integer stable's trailing sum
+    is keyed by (`histograms.ordinal`), made once per key like `_Bounds`."""
+
+    def __missing__(self, key: int) -> int:
+        made = self[key] = ordinal(_BOUNDS[key])
+        return made
+
+
+ORDINALS: Final = _Ordinals({key: ordinal(bound) for key, bound in _BOUNDS.items()})
+# ... and back, for the layout's bounds (any other ordinal is worked out: `bound_of`)
+_BY_ORDINAL: Final = {made: _BOUNDS[key] for key, made in ORDINALS.items()}
+
+
+def bound_of(key: int) -> float:
+    """``from_ordinal(key)``, looked up for the bounds of the sketches' layout."""
+    bound = _BY_ORDINAL.get(key)
+    return from_ordinal(key) if bound is None else bound
+
+
+def ordinal_of(bound: float) -> int:
+    """``ordinal(bound)``, looked up for the bounds of the sketches' layout."""
+    made = _ORDINAL_OF.get(bound)
+    return ordinal(bound) if made is None else made
+
+
+_ORDINAL_OF: Final = {bound: made for made, bound in _BY_ORDINAL.items()}
 
 
 def _value(key: int) -> float:
