@@ -7,7 +7,6 @@ bin layout, so the histograms of both versions line up bucket by bucket (the ana
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Final
 
 from splitproxy.rollout.histograms import from_ordinal, ordinal
@@ -150,14 +149,6 @@ class LatencySketch:
         bins = self.bins
         keys = sorted(bins)
         return tuple(zip(map(_bound_of, keys), map(bins.__getitem__, keys), strict=True))
-
-    def pairs(self) -> Iterator[tuple[float, int]]:
-        """`histogram`'s pairs in the bins' own order (not sorted), made as they are read:
-        for a reader that adds them up once and needs no order (``tally``: stable's trailing
-        sum, the step window, the slow counts), without sorting the keys or a list of either
-        column. Valid while the sketch is not written (a closed bucket's, or within a tick)."""
-        bins = self.bins
-        return zip(map(_bound_of, bins), bins.values(), strict=True)
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within

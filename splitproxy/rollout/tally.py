@@ -1,11 +1,11 @@
 """One tick's traffic, summed for `evidence.Evidence.fold` (pure).
 
 `Evidence.fold` needs, per tick: each version's requests and errors (and its errors with a
-sticky user's counted once per bucket, for the guard and the incident rule), stable's latency
-histograms (its trailing history), the candidate's requests, errors and latency (the step
-window), and, for the comparisons with stable, the events per candidate probability ``p``
-(pooled and per path class: errors, a sticky user's first error only) and the slow requests
-per quantile and ``p``. That is a `Tally`, made here from either input:
+sticky user's counted once per bucket, for the guard and the incident rule), the candidate's
+requests, errors and latency (the step window), and, for the comparisons with stable, the
+events per candidate probability ``p`` (pooled and per path class: errors, a sticky user's
+first error only) and the slow requests per quantile and ``p``. That is a `Tally`, made here
+from either input:
 
 - `tally_samples`: from `Sample`s (tests, pooled windows read through `Period`s, anything
   built by hand): one pass over the samples;
@@ -18,8 +18,12 @@ per quantile and ``p``. That is a `Tally`, made here from either input:
   for bit). ``tests/unit/rollout/test_tally.py`` pits it against `tally_samples` of the same
   buckets' samples, and the evidence folded either way.
 
-Both leave the step window updated (with ``tests``) and the unit tables asked, as the fold
-always did; `Evidence.fold` applies the rest.
+Both leave the step window updated (with ``tests``), the unit tables asked, as the fold
+always did, and stable's latency added to its trailing history (`trailing`) as it is read:
+`tally_buckets` walks each sketch's bins once, stable's into the trailing sum and the
+candidate's into the step window, counting the slow requests of either on the way (where the
+tick used to walk each sketch two or three times, as zipped pairs). `Evidence.fold` applies
+the rest.
 """
 
 from __future__ import annotations
