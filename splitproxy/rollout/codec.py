@@ -195,7 +195,6 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
         hist_add(e.trail_total, h.items())
         e.trail_requests += int(n)
     e.trail_bounds = None  # a new sum: its sorted bounds are made afresh
-    e.trail_mark = None  # every slot's histogram written out
     e.recent = [[float(v) for v in r] for r in data["recent"]]
     if data.get("baseline") is not None:
         e.baseline = Baseline.from_dict(data["baseline"])

@@ -177,7 +177,6 @@ class Evidence:
         self.trail_count = 0
         self.trail_at: dict[float, QuantileAt] = {}
         self.trail_low = ABOVE_ALL  # the smallest bound in trail_at (buckets above it count)
-        self.trail_mark: dict[int, int] | None = None  # the open slot's left unwritten
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
