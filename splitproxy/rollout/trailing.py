@@ -20,7 +20,7 @@ copy, a pass over the whole sum to write the slot out and the aged-out slot take
 as well as from the sum, more than the writes it saved (about 1.2 µs a tick in a
 micro-benchmark).
 
-*Keys.* The sum, the slots and the mark are keyed by each bound's `histograms.ordinal` (an
+*Keys.* The sum and the slots are keyed by each bound's `histograms.ordinal` (an
 integer that orders as the float does), not by the float: every get and set of a float key
 hashed it (``_Py_HashDouble``, a few % of a late tick's instructions), and a sketch's bin is
 mapped to its ordinal by one look-up (`sketch.ORDINALS`) where its float bound was one too.
