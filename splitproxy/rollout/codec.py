@@ -30,6 +30,7 @@ from splitproxy.rollout.readiness import Readiness
 from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import PathClassTests, RateGuard
 from splitproxy.rollout.shadow import ShadowState
+from splitproxy.rollout.sketch import bound_of, ordinal_of
 from splitproxy.rollout.trailing import trail_settle
 
 VERSION: Final = 1
@@ -162,7 +163,10 @@ def _encode_evidence(e: Evidence) -> dict[str, Any]:
         "errors_test": e.errors_test.to_dict() if e.errors_test else None,
         "latency_tests": [[q, t.to_dict()] for q, t in sorted(e.latency_tests.items())],
         "guard": e.guard.to_dict() if e.guard else None,
-        "trail": [[s, n, [[b, c] for b, c in sorted(h.items())]] for s, n, h in trail_settle(e)],
+        # (the slots are keyed by ordinals, which sort as their bounds: the same document)
+        "trail": [
+            [s, n, [[bound_of(o), c] for o, c in sorted(h.items())]] for s, n, h in trail_settle(e)
+        ],
         "recent": [list(r) for r in e.recent],
         "baseline": e.baseline.to_dict() if e.baseline is not None else None,
     }
@@ -186,15 +190,23 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
     if data["guard"] is not None:
         e.guard = RateGuard.from_dict(data["guard"])
     for slot, n, hist in data["trail"]:
-        h = {float(b): int(c) for b, c in hist}
+        h = {_ordinal(b): int(c) for b, c in hist}
         e.trail.append([float(slot), int(n), h])
         hist_add(e.trail_total, h.items())
         e.trail_requests += int(n)
     e.trail_bounds = None  # a new sum: its sorted bounds are made afresh
-    e.trail_mark = None  # every slot's histogram written out
     e.recent = [[float(v) for v in r] for r in data["recent"]]
     if data.get("baseline") is not None:
         e.baseline = Baseline.from_dict(data["baseline"])
+
+
+def _ordinal(bound: Any) -> int:
+    """A saved bucket bound as the trailing sum keys it (`histograms.ordinal`): any number
+    but NaN, which orders with none (its bucket could never be found again)."""
+    value = float(bound)
+    if math.isnan(value):
+        raise ValueError("a latency bucket bound is NaN")
+    return ordinal_of(value)
 
 
 def _float(value: Any, none: float) -> float:

@@ -80,7 +80,7 @@ from splitproxy.rollout.sequential import (
     split_alpha,
 )
 from splitproxy.rollout.tally import tally
-from splitproxy.rollout.trailing import QuantileAt, trail_add, trail_quantiles
+from splitproxy.rollout.trailing import ABOVE_ALL, QuantileAt, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
@@ -170,16 +170,16 @@ class Evidence:
         self._deferred: DeferredThresholds | None = None
         self.guard: RateGuard | None = None
         self.baseline: Baseline | None = None  # blue/green, from the switch on
-        # stable's trailing latency, kept across rollouts: [slot start, requests, hist]
+        # stable's trailing latency, kept across rollouts: [slot start, requests, hist]; the
+        # histograms keyed by each bound's ordinal (`histograms.ordinal`, see `trailing`)
         self.trail: list[list[Any]] = []
-        self.trail_total: dict[float, int] = {}
+        self.trail_total: dict[int, int] = {}
         self.trail_requests = 0
-        self.trail_bounds: list[float] | None = None  # trail_total's, largest first (kept)
+        self.trail_bounds: list[int] | None = None  # trail_total's, largest first (kept)
         # while trail_bounds is kept: trail_total's sum and each quantile's last bucket
         self.trail_count = 0
         self.trail_at: dict[float, QuantileAt] = {}
-        self.trail_low = math.inf  # the smallest bound in trail_at (buckets above it count)
-        self.trail_mark: dict[float, int] | None = None  # the open slot's left unwritten
+        self.trail_low = ABOVE_ALL  # the smallest bound in trail_at (buckets above it count)
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
@@ -302,8 +302,9 @@ class Evidence:
         limits = (
             {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
         )
-        # the sums, from the live buckets themselves on the controller's path (`tally`)
-        cand_n, _, cand_gx, stab_n, stab_x, stab_gx, stable_latency, pooled, classes, slow = tally(
+        # the sums, from the live buckets themselves on the controller's path (`tally`), which
+        # adds stable's latency to its trailing history as it reads it (`trailing`)
+        cand_n, _, cand_gx, stab_n, _, stab_gx, pooled, classes, slow = tally(
             self, now, samples, tests, tuple(limits.items())
         )
         if keep:
@@ -329,7 +330,6 @@ class Evidence:
                 self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
                 self.baseline.fold(samples, tolerance)
-        trail_add(self, now, stab_n, stab_x, stable_latency)
         self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)

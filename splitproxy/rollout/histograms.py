@@ -6,10 +6,38 @@ so adding, subtracting and comparing them bucket by bucket is exact.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final, TypeVar
+
+_K = TypeVar("_K", int, float)  # a histogram's keys: bounds, or their ordinals (`trailing`)
+
+_DOUBLE: Final = struct.Struct("<d")
+_LONG: Final = struct.Struct("<q")
+_MAGNITUDE: Final = (1 << 63) - 1
 
 
-def hist_add(into: dict[float, int], hist: Iterable[tuple[float, int]], sign: int = 1) -> None:
+def ordinal(bound: float) -> int:
+    """An integer that orders as ``bound`` does among floats: its IEEE-754 bits (a positive
+    float's bits, read as an integer, grow with it), the negatives mirrored below zero (-0.0
+    and 0.0 alike, as they are equal). For every float but NaN, ``ordinal(a) < ordinal(b)``
+    exactly when ``a < b``, and `from_ordinal` gives ``bound`` back, bit for bit (-0.0 as
+    0.0). Stable's
+    trailing sum is keyed by these (`trailing`): an integer is hashed and compared without
+    ``_Py_HashDouble``, and any bound a histogram was given keeps its exact value."""
+    bits: int = _LONG.unpack(_DOUBLE.pack(bound))[0]
+    return bits if bits >= 0 else -(bits & _MAGNITUDE)
+
+
+def from_ordinal(key: int) -> float:
+    """The float whose `ordinal` is ``key``."""
+    if key >= 0:
+        value: float = _DOUBLE.unpack(_LONG.pack(key))[0]
+        return value
+    return -_DOUBLE.unpack(_LONG.pack(-key))[0]  # type: ignore[no-any-return]
+
+
+def hist_add(into: dict[_K, int], hist: Iterable[tuple[_K, int]], sign: int = 1) -> None:
     """Add (``sign=-1``: subtract) ``hist``'s counts into ``into``; empty buckets go."""
     get = into.get
     for bound, count in hist:

@@ -7,8 +7,9 @@ bin layout, so the histograms of both versions line up bucket by bucket (the ana
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Final
+
+from splitproxy.rollout.histograms import from_ordinal, ordinal
 
 RELATIVE_ACCURACY: Final = 0.02  # the promise: a quantile is within 2 % of the true value
 _ALPHA: Final = 0.0199  # what the bins are built for, a hair inside the promise
@@ -50,6 +51,36 @@ class _Bounds(dict[int, float]):
 
 _BOUNDS: Final = _Bounds({key: _GAMMA**key for key in range(_MIN_KEY, _MAX_KEY + 1)})
 _bound_of = _BOUNDS.__getitem__
+BOUNDS: Final[dict[int, float]] = _BOUNDS  # (for the tally's one pass over a sketch's bins)
+
+
+class _Ordinals(dict[int, int]):
+    """key -> ``ordinal(_GAMMA**key)``: the bin's bound as the integer stable's trailing sum
+    is keyed by (`histograms.ordinal`), made once per key like `_Bounds`."""
+
+    def __missing__(self, key: int) -> int:
+        made = self[key] = ordinal(_BOUNDS[key])
+        return made
+
+
+ORDINALS: Final = _Ordinals({key: ordinal(bound) for key, bound in _BOUNDS.items()})
+# ... and back, for the layout's bounds (any other ordinal is worked out: `bound_of`)
+_BY_ORDINAL: Final = {made: _BOUNDS[key] for key, made in ORDINALS.items()}
+
+
+def bound_of(key: int) -> float:
+    """``from_ordinal(key)``, looked up for the bounds of the sketches' layout."""
+    bound = _BY_ORDINAL.get(key)
+    return from_ordinal(key) if bound is None else bound
+
+
+def ordinal_of(bound: float) -> int:
+    """``ordinal(bound)``, looked up for the bounds of the sketches' layout."""
+    made = _ORDINAL_OF.get(bound)
+    return ordinal(bound) if made is None else made
+
+
+_ORDINAL_OF: Final = {bound: made for made, bound in _BY_ORDINAL.items()}
 
 
 def _value(key: int) -> float:
@@ -118,14 +149,6 @@ class LatencySketch:
         bins = self.bins
         keys = sorted(bins)
         return tuple(zip(map(_bound_of, keys), map(bins.__getitem__, keys), strict=True))
-
-    def pairs(self) -> Iterator[tuple[float, int]]:
-        """`histogram`'s pairs in the bins' own order (not sorted), made as they are read:
-        for a reader that adds them up once and needs no order (``tally``: stable's trailing
-        sum, the step window, the slow counts), without sorting the keys or a list of either
-        column. Valid while the sketch is not written (a closed bucket's, or within a tick)."""
-        bins = self.bins
-        return zip(map(_bound_of, bins), bins.values(), strict=True)
 
     def count_above(self, threshold: float) -> int:
         """How many latencies exceed ``threshold`` (bins are counted whole, so values within

@@ -1,11 +1,11 @@
 """One tick's traffic, summed for `evidence.Evidence.fold` (pure).
 
 `Evidence.fold` needs, per tick: each version's requests and errors (and its errors with a
-sticky user's counted once per bucket, for the guard and the incident rule), stable's latency
-histograms (its trailing history), the candidate's requests, errors and latency (the step
-window), and, for the comparisons with stable, the events per candidate probability ``p``
-(pooled and per path class: errors, a sticky user's first error only) and the slow requests
-per quantile and ``p``. That is a `Tally`, made here from either input:
+sticky user's counted once per bucket, for the guard and the incident rule), the candidate's
+requests, errors and latency (the step window), and, for the comparisons with stable, the
+events per candidate probability ``p`` (pooled and per path class: errors, a sticky user's
+first error only) and the slow requests per quantile and ``p``. That is a `Tally`, made here
+from either input:
 
 - `tally_samples`: from `Sample`s (tests, pooled windows read through `Period`s, anything
   built by hand): one pass over the samples;
@@ -18,19 +18,33 @@ per quantile and ``p``. That is a `Tally`, made here from either input:
   for bit). ``tests/unit/rollout/test_tally.py`` pits it against `tally_samples` of the same
   buckets' samples, and the evidence folded either way.
 
-Both leave the step window updated (with ``tests``) and the unit tables asked, as the fold
-always did; `Evidence.fold` applies the rest.
+Both leave the step window updated (with ``tests``), the unit tables asked, as the fold
+always did, and stable's latency added to its trailing history (`trailing`) as it is read:
+`tally_buckets` walks each sketch's bins once, stable's into the trailing sum and the
+candidate's into the step window, counting the slow requests of either on the way (where the
+tick used to walk each sketch two or three times, as zipped pairs). `Evidence.fold` applies
+the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from splitproxy.rollout.histograms import hist_merge, slow_counts
 from splitproxy.rollout.messages import Sample
 from splitproxy.rollout.samples import BucketFeed, share_of
+from splitproxy.rollout.sketch import BOUNDS, ordinal_of
+from splitproxy.rollout.trailing import (
+    ABOVE_ALL,
+    TrailTick,
+    trail_add,
+    trail_begin,
+    trail_end,
+    trail_sketch,
+)
 
 if TYPE_CHECKING:
     from splitproxy.rollout.evidence import Evidence
@@ -45,8 +59,6 @@ class Tally(NamedTuple):
     stab_n: int
     stab_x: int
     stab_gx: int
-    # into stable's trailing history (`trailing.trail_add`, which reads each once)
-    stable_latency: list[Iterable[tuple[float, int]]]
     pooled: dict[float, list[int]]  # p -> [candidate events, stable events]
     classes: dict[tuple[float, str], list[int]]  # (p, path class) -> the same
     slow: dict[tuple[float, float], list[int]]  # (q, p) -> [candidate, stable]
@@ -67,16 +79,17 @@ def tally(e: Evidence, now: float, samples: Sequence[Sample], tests: bool, limit
 def tally_samples(
     e: Evidence, now: float, samples: Sequence[Sample], tests: bool, limits: Limits
 ) -> Tally:
-    """The tick's sums from its samples (with ``tests``, the step window updated)."""
+    """The tick's sums from its samples (with ``tests``, the step window updated; stable's
+    latency added to its trailing history)."""
     cand_n = cand_x = stab_n = stab_x = 0
     cand_gx = stab_gx = 0
-    stable_latency: list[Iterable[tuple[float, int]]] = []
     pooled: dict[float, list[int]] = {}
     classes: dict[tuple[float, str], list[int]] = {}
     slow: dict[tuple[float, float], list[int]] = {}
     window = e.window
     guard_count, first = e.guard_units.count, e.units.first
     lowest = min(map(_limit, limits), default=0.0)
+    stable_latency: list[Iterable[tuple[float, int]]] = []  # (`trailing.trail_add`'s)
     # each sample unpacked once (a named tuple's fields are properties: eight lookups)
     for version, requests, errors, p, path_class, latency, unit_errors, units in samples:
         cand = version == "candidate"
@@ -114,9 +127,8 @@ def tally_samples(
         if latency and limits:
             for q, above in slow_counts(latency, limits, lowest):
                 slow.setdefault((q, p), [0, 0])[i] += above
-    return Tally(
-        cand_n, cand_x, cand_gx, stab_n, stab_x, stab_gx, stable_latency, pooled, classes, slow
-    )
+    trail_add(e, now, stab_n, stab_x, stable_latency)
+    return Tally(cand_n, cand_x, cand_gx, stab_n, stab_x, stab_gx, pooled, classes, slow)
 
 
 def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits: Limits) -> Tally:
@@ -125,13 +137,22 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
     n_by = [0, 0]  # per version (0 stable, 1 candidate): requests, errors, guard's errors
     x_by = [0, 0]
     gx_by = [0, 0]
-    stable_latency: list[Iterable[tuple[float, int]]] = []
     pooled: dict[float, list[int]] = {}
     classes: dict[tuple[float, str], list[int]] = {}
     slow: dict[tuple[float, float], list[int]] = {}
     window = e.window
     guard_count, first = e.guard_units.count, e.units.first
-    lowest = min(map(_limit, limits), default=0.0)
+    # the slow counts' limits: floats for the candidate's bins (read as bounds, into the step
+    # window) and ordinals for stable's (read as ordinals, into its trailing sum)
+    # (comprehensions: made with ``zip(*limits)`` and ``map`` instead, in C, the tick took
+    # fewer instructions but left one more object for the collector per route and tick, and
+    # the 1,000-route ticks had half as many young collections again; why was not found)
+    qs = [q for q, _ in limits]
+    cuts = [c for _, c in limits]
+    lowest = min(cuts, default=math.inf)
+    cut_ords = [ordinal_of(c) for c in cuts]
+    lowest_ord = min(cut_ords, default=ABOVE_ALL)
+    trail: TrailTick | None = None  # stable's latency on its way into the trailing sum
     judge_synthetic = feed.judge_synthetic
     for b in feed.buckets:
         p = b.probability
@@ -193,15 +214,20 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
                     pooled.setdefault(pj, [0, 0])[i] += events
             sketch = latency[v]
             if sketch.count and (v == 0 or tests):
-                # the histogram's pairs in the bins' order, made as each reader walks them
-                # once: sums and counts need no order (no keys sorted, no columns made)
-                if v == 0:  # read once, by `trail_add`
-                    stable_latency.append(sketch.pairs())
+                # one pass over the sketch's bins, in their own order (sums and counts need
+                # none): stable's into its trailing sum, the candidate's into the step
+                # window, and the slow counts of either on the way
+                above = [0] * len(cuts) if slow_too else None
+                if v == 0:
+                    if trail is None:
+                        trail = trail_begin(e, now)
+                    trail_sketch(e, trail, sketch.bins, cut_ords, lowest_ord, above)
                 else:
-                    hist_merge(window.latency, sketch.pairs())
-                if slow_too:
-                    for q, above in slow_counts(sketch.pairs(), limits, lowest):
-                        slow.setdefault((q, pl), [0, 0])[i] += above
+                    _window_add(window.latency, sketch.bins, cuts, lowest, above)
+                if above is not None:
+                    for j, n in enumerate(above):
+                        if n:
+                            slow.setdefault((qs[j], pl), [0, 0])[i] += n
             if v == 1 and tests:
                 window.requests += requests
                 window.errors += b.errors[1]
@@ -210,12 +236,14 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
                 if sn or sx:
                     requests += sn
                     once += sx
-                    shist = syn.latency[v].histogram()
-                    if shist:
+                    bins = syn.latency[v].bins
+                    if bins:
                         if v == 0:
-                            stable_latency.append(shist)
+                            if trail is None:
+                                trail = trail_begin(e, now)
+                            trail_sketch(e, trail, bins)
                         elif tests:
-                            hist_merge(window.latency, shist)
+                            _window_add(window.latency, bins, (), math.inf, None)
                     if v == 1 and tests:
                         window.requests += sn
                         window.errors += sx
@@ -223,11 +251,29 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
             n_by[v] += requests
             x_by[v] += b.errors[v]
             gx_by[v] += once
+    trail_end(e, now, n_by[0], x_by[0], trail)
     # (the named tuple's own ``__new__`` is a Python function: one call per route and tick)
     return _new(
-        Tally,
-        (
-            n_by[1], x_by[1], gx_by[1], n_by[0], x_by[0], gx_by[0], stable_latency, pooled,
-            classes, slow,
-        ),
-    )  # fmt: skip
+        Tally, (n_by[1], x_by[1], gx_by[1], n_by[0], x_by[0], gx_by[0], pooled, classes, slow)
+    )
+
+
+def _window_add(
+    into: dict[float, int],
+    bins: Mapping[int, int],
+    cuts: Sequence[float],
+    lowest: float,
+    above: list[int] | None,
+) -> None:
+    """A sketch's bins (positive counts) into the step window's histogram, and into
+    ``above[j]`` the requests above ``cuts[j]`` (``lowest``: the smallest; ``above`` None:
+    none counted): `histograms.hist_merge` and `histograms.slow_counts` in one pass."""
+    get = into.get
+    bounds = BOUNDS
+    for key, count in bins.items():
+        bound = bounds[key]
+        into[bound] = get(bound, 0) + count
+        if bound > lowest and above is not None:
+            for j, c in enumerate(cuts):
+                if bound > c:
+                    above[j] += count

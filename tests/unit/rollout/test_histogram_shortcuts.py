@@ -6,7 +6,8 @@
   the pairs ``(γ^key, count)`` in key order, bit for bit;
 - `slow_counts` counts the buckets above several limits in one pass: for any histogram (in
   any order) and limits, each limit's `hist_above`, the zeros left out, in the limits' order;
-  `LatencySketch.pairs` (the tally's reading, the bins' own order) holds `histogram`'s pairs;
+  a sketch's bins read through `sketch.BOUNDS` and `sketch.ORDINALS` (the tally's reading, the
+  bins' own order) are `histogram`'s pairs and their ordinals;
 - `thresholds.shown_above` keeps each line's alternatives and their logs: for any counts, line
   and level, the verdict and the e-value computed afresh, bit for bit.
 """
@@ -26,6 +27,7 @@ from splitproxy.rollout.histograms import (
     hist_above,
     hist_quantile,
     hist_quantiles,
+    ordinal,
     slow_counts,
 )
 from splitproxy.rollout.sequential import RateGuard, guard_rates, logsumexp
@@ -88,19 +90,21 @@ def test_slow_counts_in_one_pass_are_each_limits_count(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(1e-7, 2e5), max_size=60), st.lists(st.integers(-2000, 2000), max_size=3))
-def test_a_sketch_s_pairs_are_its_histogram_in_the_bins_order(
+def test_a_sketch_s_bins_read_through_the_tables_are_its_histogram(
     latencies: list[float], by_hand: list[int]
 ) -> None:
-    """What the tally reads (`LatencySketch.pairs`): the histogram's very pairs (bounds bit for
-    bit, keys outside the layout set by hand included), in the order of the bins."""
+    """What the tally reads (each bin's key through `sketch.BOUNDS` and `sketch.ORDINALS`): the
+    histogram's very pairs (bounds bit for bit, keys outside the layout set by hand included),
+    and the ordinals of those bounds."""
     s = LatencySketch()
     for value in latencies:
         s.add(value)
     for key in by_hand:
         s.bins[key] = s.bins.get(key, 0) + 1
-    pairs = list(s.pairs())
+    pairs = [(sketch.BOUNDS[k], n) for k, n in s.bins.items()]
     assert sorted(pairs) == list(s.histogram())
     assert [b for b, _ in pairs] == [sketch._GAMMA**k for k in s.bins]
+    assert [sketch.ORDINALS[k] for k in s.bins] == [ordinal(b) for b, _ in pairs]
 
 
 def test_ties_at_the_rank_take_the_lower_bound() -> None:

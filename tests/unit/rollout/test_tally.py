@@ -21,6 +21,7 @@ from splitproxy.rollout.units import RecentUnits, UnitTable
 from splitproxy.rollout.windows import Windows
 from tests.unit.rollout.bucket_requests import PATHS, REQUEST, observe_requests
 from tests.unit.rollout.drive import spec
+from tests.unit.rollout.test_trailing import settled
 
 T0 = 1_700_000_000.0
 CHECKS = [
@@ -39,16 +40,14 @@ def _evidence(cap: int) -> Evidence:
 
 
 def _plain(t: Tally) -> list[Any]:
-    """The tally with its dictionaries' order made visible (and its histograms read). A
-    histogram's pairs come in the sketch's own order from the buckets (`LatencySketch.pairs`):
-    each is only ever added up (integer counts, per bound), so its pairs are compared as a
-    set, each histogram in its place."""
-    out: list[Any] = [list(v.items()) if isinstance(v, dict) else v for v in t]
-    out[6] = [sorted(h) for h in t.stable_latency]
-    return out
+    """The tally with its dictionaries' order made visible."""
+    return [list(v.items()) if isinstance(v, dict) else v for v in t]
 
 
 def _side_effects(e: Evidence) -> list[Any]:
+    """What the tally leaves: the step window, the unit tables asked, and stable's trailing
+    history, its latency added as it was read (the buckets' sketches read in their bins' own
+    order: the sums are compared as such, each slot's histogram sorted by its bounds)."""
     w = e.window
     units = e.units
     return [
@@ -58,6 +57,11 @@ def _side_effects(e: Evidence) -> list[Any]:
         sorted(units._seen),
         units.skipped,
         list(e.guard_units._last.items()),
+        sorted(e.trail_total.items()),
+        [[s, n, sorted(h.items())] for s, n, h in settled(e)],
+        e.trail_requests,
+        e.trail_count,
+        e.recent,
     ]
 
 

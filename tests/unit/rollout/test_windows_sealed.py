@@ -77,9 +77,9 @@ def _reads(windows: Windows, judge: bool) -> Any:
     e = Evidence(spec(), path_class_slots=3)
     feed, _ = window_feed(windows, "r", 0.0, T0 + 8, judge_synthetic=judge)
     sums = tally(e, T0 + 8, feed, True, ((0.95, 0.01), (0.99, 0.5)))
-    out.append([tuple(h) if not isinstance(h, tuple) else h for h in sums.stable_latency])
-    out.append([v for k, v in enumerate(sums) if k != 6])
+    out.append(list(sums))
     out.append((e.window.requests, e.window.errors, e.window.latency))
+    out.append((e.trail_total, e.trail, e.recent))  # stable's latency, added as it is read
     return _plain(out)
 
 
