@@ -3,7 +3,10 @@ the previous code of `Analyzer.tick` and the steps it called (kept here verbatim
 latency comparison's previous key) and one ticked with the current code, on the same random
 ticks (health coming and going, revisions and specs changing, gate answers, commands, slow
 and failing requests), make the same actions, the same results when read and the same saved
-state, tick after tick."""
+state, tick after tick.
+
+The reference pins the written-out path to the calls it replaced, not the behaviour as such:
+a change that means to make the tick decide differently changes the reference with it."""
 
 from __future__ import annotations
 
