@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import chain
-from typing import Final
+from typing import Final, TypeVar
 
 from splitproxy.rollout.recovery import RecoveringTest, log_weight, mixture_log_e
 from splitproxy.rollout.sequential import (
@@ -126,6 +126,7 @@ def guard_ceiling(
 # `guard_loose_ceiling` gives up on components with more requests: their products' rounding
 # (a few ulps of numbers up to 2**20 * |log-ratio|) must stay far inside `SLACK`
 _LOOSE_REQUESTS: Final = 2**20
+_Comp = TypeVar("_Comp", bound=Sequence[int])  # a guard's component: [k, requests, errors]
 
 
 def guard_loose_ceiling(
@@ -136,15 +137,22 @@ def guard_loose_ceiling(
     for a component too large for it."""
     if not ab:
         return 0.0
-    a_top, b_top = _tops(ab)
-    top = 0.0
-    for _, n, x in comps:
+    top = _lead(comps, *_tops(ab))[0]
+    return top if top > 0.0 else 0.0
+
+
+def _lead(comps: Sequence[_Comp], a_top: float, b_top: float) -> tuple[float, _Comp | None]:
+    """The largest ``x·a_top + (n - x)·b_top`` of the components (``-inf`` without any) and
+    the component that makes it; ``inf`` (and None) once one is too large for the bound."""
+    top, best = NEG_INF, None
+    for comp in comps:
+        n, x = comp[1], comp[2]
         if n > _LOOSE_REQUESTS:
-            return math.inf
+            return math.inf, None
         v = x * a_top + (n - x) * b_top
         if v > top:
-            top = v
-    return top
+            top, best = v, comp
+    return top, best
 
 
 def guard_lead_ceiling(guard: RateGuard) -> float:
@@ -173,14 +181,9 @@ def _find_lead(guard: RateGuard) -> float:
     if not ab or not comps:
         return 0.0  # (no lead kept: nothing to lead, and ``ab`` never changes)
     a_top, b_top = _tops(ab)
-    top, best = NEG_INF, comps[0]
-    for comp in comps:
-        n, x = comp[1], comp[2]
-        if n > _LOOSE_REQUESTS:
-            return math.inf
-        v = x * a_top + (n - x) * b_top
-        if v > top:
-            top, best = v, comp
+    top, best = _lead(comps, a_top, b_top)
+    if best is None:  # a component too large for the bound
+        return top
     guard.lead = (comps, len(comps), best, a_top, b_top)
     return top if top > 0.0 else 0.0
 
