@@ -31,7 +31,6 @@ from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import PathClassTests, RateGuard
 from splitproxy.rollout.shadow import ShadowState
 from splitproxy.rollout.sketch import bound_of, ordinal_of
-from splitproxy.rollout.trailing import trail_settle
 
 VERSION: Final = 1
 _NO_GATE: Final = {"since": None, "attempts": 0, "last_at": None, "last_detail": None}
@@ -164,9 +163,7 @@ def _encode_evidence(e: Evidence) -> dict[str, Any]:
         "latency_tests": [[q, t.to_dict()] for q, t in sorted(e.latency_tests.items())],
         "guard": e.guard.to_dict() if e.guard else None,
         # (the slots are keyed by ordinals, which sort as their bounds: the same document)
-        "trail": [
-            [s, n, [[bound_of(o), c] for o, c in sorted(h.items())]] for s, n, h in trail_settle(e)
-        ],
+        "trail": [[s, n, [[bound_of(o), c] for o, c in sorted(h.items())]] for s, n, h in e.trail],
         "recent": [list(r) for r in e.recent],
         "baseline": e.baseline.to_dict() if e.baseline is not None else None,
     }

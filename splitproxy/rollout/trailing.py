@@ -181,12 +181,6 @@ def trail_add(
     trail_end(e, now, requests, errors, tick)
 
 
-def trail_settle(e: Evidence) -> list[list[Any]]:
-    """``e.trail``, every slot's histogram in place (the open one's as far as it goes): what
-    `codec` saves."""
-    return e.trail
-
-
 class QuantileAt:
     """Where a quantile of stable's trailing sum stood when last asked: its bucket (``bound``,
     its ordinal, at ``index`` of the sorted ordinals) and the requests in the buckets above it,

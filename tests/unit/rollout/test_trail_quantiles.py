@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.histograms import hist_add, hist_quantiles
 from splitproxy.rollout.sketch import bound_of
-from splitproxy.rollout.trailing import trail_add, trail_quantiles, trail_settle
+from splitproxy.rollout.trailing import trail_add, trail_quantiles
 from tests.unit.rollout.drive import spec
 from tests.unit.rollout.test_trailing import by_bound
 
@@ -51,7 +51,7 @@ def test_the_quantiles_kept_are_the_quantiles_walked_afresh(
         trail_add(e, now, requests, 0, [sorted(h.items()) for h in hists])
         if restored:  # as `codec` restores it: every slot written out, a new sum
             total: dict[int, int] = {}
-            for _, _, hist in trail_settle(e):
+            for _, _, hist in e.trail:
                 hist_add(total, hist.items())
             assert total == e.trail_total
             e.trail_total = total

@@ -22,7 +22,6 @@ from splitproxy.rollout.trailing import (
     TRAIL_MIN_REQUESTS,
     TRAIL_SLOT,
     TRAIL_WINDOW,
-    trail_settle,
 )
 from tests.unit.rollout.drive import spec
 
@@ -76,7 +75,7 @@ class Before:
 
 def settled(e: Evidence) -> list[list[Any]]:
     """``e``'s slots as `codec` saves them (every slot's histogram written as it comes)."""
-    return trail_settle(e)
+    return e.trail
 
 
 def by_bound(hist: dict[int, int]) -> dict[float, int]:
@@ -142,7 +141,7 @@ def test_the_trail_is_the_one_kept_before(
         # the thresholds drawn from it with the bounds kept sorted are those sorted afresh
         assert e._latency_thresholds() == thresholds_afresh(before)
         if reads[i % len(reads)]:
-            assert slots_by_bound(trail_settle(e)) == before.trail
+            assert slots_by_bound(e.trail) == before.trail
 
 
 def test_a_tick_that_opens_a_bucket_and_ages_one_out_sorts_the_bounds_again() -> None:
