@@ -18,6 +18,7 @@ its error-rate line (failed windows, some users failing again and again).
 
     .venv/bin/python benchmarks/tick_decisions.py --routes 64 --seconds 400
     .venv/bin/python benchmarks/tick_decisions.py --out /tmp/a.json   # per-route fingerprints
+    .venv/bin/python benchmarks/tick_decisions.py --outcomes /tmp/o.json  # what each decided
     .venv/bin/python benchmarks/tick_decisions.py --paced --slice-budget 0   # in slices
     PYTHONHASHSEED=0 .venv/bin/python benchmarks/tick_decisions.py --bench --routes 200 \
         --seconds 245 --seed 2 --out /tmp/b.json
@@ -288,6 +289,23 @@ async def run(args: argparse.Namespace) -> dict[str, str]:
         e.kind for a in control.analyzers().values() for e in a.history if e.kind != "step"
     )
     print(f"phases: {dict(phases)}; events: {dict(kinds)}", file=sys.stderr)
+    if args.outcomes is not None:  # what each route decided, readable: two trees compared
+        args.outcomes.write_text(
+            json.dumps(
+                {
+                    name: {
+                        "phase": a.phase,
+                        "weight": a.weight,
+                        "events": [
+                            [e.at - T0, e.kind, e.message] for e in a.history if e.kind != "step"
+                        ],
+                    }
+                    for name, a in sorted(control.analyzers().items())
+                },
+                indent=1,
+            )
+            + "\n"
+        )
     return out
 
 
@@ -306,6 +324,9 @@ def main() -> None:
         help="fingerprint the end state only (not every tick's checks: the lazy paths' view)",
     )
     parser.add_argument("--out", type=Path, help="write the fingerprints here (JSON)")
+    parser.add_argument(
+        "--outcomes", type=Path, help="write each route's phase, weight and events here (JSON)"
+    )
     parser.add_argument("--paced", action="store_true", help="tick with the paced pass")
     parser.add_argument("--slice-budget", type=float, default=0.005, help="with --paced")
     args = parser.parse_args()

@@ -23,7 +23,6 @@ from splitproxy.rollout import ab
 from splitproxy.rollout.analyzer import PATH_CLASS_SLOTS, Analyzer
 from splitproxy.rollout.baseline import Baseline
 from splitproxy.rollout.evidence import Evidence, StepWindow
-from splitproxy.rollout.histograms import hist_add
 from splitproxy.rollout.messages import CheckResult, Event
 from splitproxy.rollout.phases import ACTIVE, HOLDING, Held, Hold, Phase, Trigger
 from splitproxy.rollout.readiness import Readiness
@@ -31,6 +30,7 @@ from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.sequential import PathClassTests, RateGuard
 from splitproxy.rollout.shadow import ShadowState
 from splitproxy.rollout.sketch import bound_of, ordinal_of
+from splitproxy.rollout.trailing import trail_restore
 
 VERSION: Final = 1
 _NO_GATE: Final = {"since": None, "attempts": 0, "last_at": None, "last_detail": None}
@@ -187,11 +187,10 @@ def _decode_evidence(e: Evidence, data: Mapping[str, Any]) -> None:
     if data["guard"] is not None:
         e.guard = RateGuard.from_dict(data["guard"])
     for slot, n, hist in data["trail"]:
-        h = {_ordinal(b): int(c) for b, c in hist}
-        e.trail.append([float(slot), int(n), h])
-        hist_add(e.trail_total, h.items())
-        e.trail_requests += int(n)
-    e.trail_bounds = None  # a new sum: its sorted bounds are made afresh
+        e.trail.append([float(slot), int(n), {_ordinal(b): int(c) for b, c in hist}])
+    # the sum of the closed slots, the last read as open (saved mid-slot or not, the same
+    # document as before the sum held closed slots only: an older state reads the same)
+    trail_restore(e)
     e.recent = [[float(v) for v in r] for r in data["recent"]]
     if data.get("baseline") is not None:
         e.baseline = Baseline.from_dict(data["baseline"])

@@ -24,8 +24,10 @@ trips and stable's own error rate over the last minute is above the cap as well
 (`Evidence.stable_breaching`), it is an incident, not the candidate's fault.
 
 *What is kept.* Stable's trailing latency (about ten minutes, at least 2,000 requests when
-available), from which `Evidence.fold` draws the thresholds for the latency test *before* it
-folds in the new tick (so the thresholds are predictable); stable's last minute of requests
+available, in 10-s slots), from which `Evidence.fold` draws the thresholds for the latency
+test over the slots *closed* before the current one, drawn again only when a slot closes or
+ages out (`trailing`): so the thresholds are predictable, fixed before any request they
+judge, the current slot's and tick's included; stable's last minute of requests
 and errors (for the incident rule); the step's window of candidate traffic for the absolute
 checks (`StepWindow`); the external checks' latest values. Requests not routed at random
 (``p=None``) count for the absolute checks and the guard, never for the comparisons.
@@ -79,8 +81,8 @@ from splitproxy.rollout.sequential import (
     mean_log_e,
     split_alpha,
 )
-from splitproxy.rollout.tally import tally
-from splitproxy.rollout.trailing import ABOVE_ALL, QuantileAt, trail_quantiles
+from splitproxy.rollout.tally import Cuts, cuts_of, tally
+from splitproxy.rollout.trailing import trail_close, trail_quantiles
 from splitproxy.rollout.units import RecentUnits, UnitTable
 
 # --- tuning that is not (yet) in the routing file --------------------------------------------
@@ -173,13 +175,12 @@ class Evidence:
         # stable's trailing latency, kept across rollouts: [slot start, requests, hist]; the
         # histograms keyed by each bound's ordinal (`histograms.ordinal`, see `trailing`)
         self.trail: list[list[Any]] = []
-        self.trail_total: dict[int, int] = {}
-        self.trail_requests = 0
-        self.trail_bounds: list[int] | None = None  # trail_total's, largest first (kept)
-        # while trail_bounds is kept: trail_total's sum and each quantile's last bucket
-        self.trail_count = 0
-        self.trail_at: dict[float, QuantileAt] = {}
-        self.trail_low = ABOVE_ALL  # the smallest bound in trail_at (buckets above it count)
+        self.trail_total: dict[int, int] = {}  # the closed slots' sum (all but the open one)
+        self.trail_requests = 0  # in every slot, the open one's included
+        self.trail_open = False  # the last slot is open (not in the sum yet)
+        self.trail_changed = True  # the sum changed: the thresholds are to be drawn again
+        # the thresholds' limits as the tally reads them, and the latency check they are for
+        self._cuts: tuple[CompareCheck | None, Cuts] = (None, cuts_of(()))
         self.recent: list[list[float]] = []  # [slot start, stable requests, stable errors]
         # per tick, the last INCIDENT_WINDOW seconds: [now, stable n, x, candidate n, x]
         # (not saved: after a restart the incident rule starts from the minute rule alone)
@@ -284,7 +285,9 @@ class Evidence:
         """Take one tick's traffic. Stable's history always grows; with ``tests``, the
         candidate's window and the e-processes are updated too (not on the tick a rollout
         starts: those requests were routed under the previous regime). The latency
-        thresholds used are stable's trailing quantiles from before this tick.
+        thresholds used are stable's trailing quantiles over the slots closed before this
+        tick's (predictable: fixed before the data they judge, see `trailing`); the same dict,
+        and the same limits made from it, until a slot closes or ages out.
 
         ``read_after``: the latest evaluation's comparisons and guard may still be read after
         this fold, so those still unmade first take a snapshot of the tests it changes
@@ -292,20 +295,27 @@ class Evidence:
         histogram. False leaves them to go stale unread (read all the same, they raise
         `results.StaleResult`): the analyzer's tick, when no event of its own can read them
         before its next evaluation."""
-        self.thresholds = thresholds = self._latency_thresholds()
+        trail_close(self, now)  # a slot before this tick's joins the sum
+        compare = self.latency_compare
+        seen, cuts = self._cuts
+        if self.trail_changed or seen is not compare:
+            self.trail_changed = False
+            self.thresholds = thresholds = self._latency_thresholds()
+            # slow: beyond stable's quantile plus the check's tolerance, for both versions
+            tolerance = compare.tolerance if compare else 0.0
+            limits = thresholds
+            if tolerance:
+                limits = {q: c * (1.0 + tolerance) for q, c in thresholds.items()}
+            cuts = cuts_of(tuple(limits.items()))
+            self._cuts = (compare, cuts)
         keep = tests and read_after
         if tests:
             self.detach(keep)
             self._restart_due(now, keep)
-        # slow: beyond stable's quantile plus the check's tolerance, for both versions alike
-        tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
-        limits = (
-            {q: c * (1.0 + tolerance) for q, c in thresholds.items()} if tolerance else thresholds
-        )
         # the sums, from the live buckets themselves on the controller's path (`tally`), which
-        # adds stable's latency to its trailing history as it reads it (`trailing`)
+        # adds stable's latency to its open trailing slot as it reads it (`trailing`)
         cand_n, _, cand_gx, stab_n, _, stab_gx, pooled, classes, slow = tally(
-            self, now, samples, tests, tuple(limits.items())
+            self, now, samples, tests, cuts.limits, cuts
         )
         if keep:
             # the results still unmade keep what they read, before their tests change
@@ -329,7 +339,7 @@ class Evidence:
             if self.guard is not None:
                 self.guard.update(cand_n, cand_gx)
             if self.baseline is not None:
-                self.baseline.fold(samples, tolerance)
+                self.baseline.fold(samples, compare.tolerance if compare else 0.0)
         self.ticks.append((now, stab_n, stab_gx, cand_n, cand_gx))
         while self.ticks and self.ticks[0][0] <= now - INCIDENT_WINDOW:
             self.ticks.pop(0)
@@ -364,7 +374,8 @@ class Evidence:
             self.external[name] = (value, now)
 
     def _latency_thresholds(self) -> dict[float, float]:
-        """Stable's trailing quantiles, from ticks before this one only (predictable)."""
+        """Stable's trailing quantiles over the closed slots (the sum, `trailing`: fixed
+        before the data they judge, so predictable), each once they hold enough requests."""
         out: dict[float, float] = {}
         # (q, requests it needs) per quantile, made once per check, with every q and the
         # most any needs: after the first minutes stable's history has enough for all of them
@@ -375,17 +386,12 @@ class Evidence:
             most = max([least for _, least in needs], default=0)
             self._needs = (self.latency_compare, needs, every, most)
         wanted: Sequence[float] = every
-        if self.trail_requests < most:
-            wanted = [q for q, least in needs if self.trail_requests >= least]
+        closed = sum(self.trail_total.values())  # (the closed slots' requests)
+        if closed < most:
+            wanted = [q for q, least in needs if closed >= least]
         if not wanted:
             return out
-        found = trail_quantiles(self, wanted)  # (a new dict, no one else's)
-        for c in found.values():
-            if c is None or c == math.inf:
-                break
-        else:  # every quantile usable (nearly every tick): the dict as it is
-            return found  # type: ignore[return-value]
-        for q, c in found.items():
+        for q, c in trail_quantiles(self, wanted).items():
             if c is not None and c != math.inf:
                 out[q] = c
         return out

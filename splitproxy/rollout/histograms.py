@@ -75,14 +75,15 @@ def hist_quantile_from(
     return _from_top(hist, descending, total, q)
 
 
-def hist_quantiles(hist: Mapping[float, int], qs: Iterable[float]) -> dict[float, float | None]:
-    """`hist_quantile` for each of ``qs`` (the same answers), sorting the buckets once."""
+def hist_quantiles(hist: Mapping[_K, int], qs: Iterable[float]) -> dict[float, _K | None]:
+    """`hist_quantile` for each of ``qs`` (the same answers), sorting the buckets once (keyed
+    by bounds or by their ordinals alike: the same buckets, as they order alike)."""
     return hist_quantiles_from(hist, sorted(hist, reverse=True), qs)
 
 
 def hist_quantiles_from(
-    hist: Mapping[float, int], descending: list[float], qs: Iterable[float]
-) -> dict[float, float | None]:
+    hist: Mapping[_K, int], descending: list[_K], qs: Iterable[float]
+) -> dict[float, _K | None]:
     """`hist_quantiles` given ``hist``'s bounds sorted largest first."""
     total = sum(hist.values())
     if total <= 0:
@@ -90,7 +91,7 @@ def hist_quantiles_from(
     return {q: _from_top(hist, descending, total, q) for q in qs}
 
 
-def _from_top(hist: Mapping[float, int], descending: list[float], total: int, q: float) -> float:
+def _from_top(hist: Mapping[_K, int], descending: list[_K], total: int, q: float) -> _K:
     """The smallest bound whose cumulative count (the total less the counts above it) reaches
     ``q * total``, walking down from the largest bound. The same bound as walking up and
     stopping at the first that reaches it (the counts are integers, so both cumulative sums

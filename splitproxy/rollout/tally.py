@@ -20,7 +20,7 @@ from either input:
 
 Both leave the step window updated (with ``tests``), the unit tables asked, as the fold
 always did, and stable's latency added to its trailing history (`trailing`) as it is read:
-`tally_buckets` walks each sketch's bins once, stable's into the trailing sum and the
+`tally_buckets` walks each sketch's bins once, stable's into its open trailing slot and the
 candidate's into the step window, counting the slow requests of either on the way (where the
 tick used to walk each sketch two or three times, as zipped pairs). `Evidence.fold` applies
 the rest.
@@ -69,10 +69,44 @@ _limit = itemgetter(1)
 _new = tuple.__new__
 
 
-def tally(e: Evidence, now: float, samples: Sequence[Sample], tests: bool, limits: Limits) -> Tally:
-    """`tally_buckets` for a `BucketFeed`, `tally_samples` for anything else."""
+class Cuts(NamedTuple):
+    """``limits`` as `tally_buckets` reads them (`cuts_of`): made once per set of thresholds
+    (`Evidence.fold` keeps them while stable's closed slots do not change, see `trailing`)."""
+
+    limits: Limits
+    qs: list[float]
+    cuts: list[float]  # floats, for the candidate's bins (read as bounds, into the window)
+    lowest: float  # the smallest of them (inf: none)
+    ords: list[int]  # their ordinals, for stable's bins (read as ordinals, into its slot)
+    lowest_ord: int
+
+
+def cuts_of(limits: Limits) -> Cuts:
+    """``limits`` prepared for the tally (see `Cuts`)."""
+    cuts = [c for _, c in limits]
+    ords = [ordinal_of(c) for c in cuts]
+    return Cuts(
+        limits,
+        [q for q, _ in limits],
+        cuts,
+        min(cuts, default=math.inf),
+        ords,
+        min(ords, default=ABOVE_ALL),
+    )
+
+
+def tally(
+    e: Evidence,
+    now: float,
+    samples: Sequence[Sample],
+    tests: bool,
+    limits: Limits,
+    cuts: Cuts | None = None,
+) -> Tally:
+    """`tally_buckets` for a `BucketFeed`, `tally_samples` for anything else (``cuts``:
+    `cuts_of(limits)`, if made already)."""
     if type(samples) is BucketFeed:
-        return tally_buckets(e, now, samples, tests, limits)
+        return tally_buckets(e, now, samples, tests, limits, cuts)
     return tally_samples(e, now, samples, tests, limits)
 
 
@@ -131,9 +165,17 @@ def tally_samples(
     return Tally(cand_n, cand_x, cand_gx, stab_n, stab_x, stab_gx, pooled, classes, slow)
 
 
-def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits: Limits) -> Tally:
+def tally_buckets(
+    e: Evidence,
+    now: float,
+    feed: BucketFeed,
+    tests: bool,
+    limits: Limits,
+    cuts: Cuts | None = None,
+) -> Tally:
     """`tally_samples(e, now, feed.samples(), tests, limits)` without making the samples:
-    each bucket's counts read where they are (see the module docstring)."""
+    each bucket's counts read where they are (see the module docstring; ``cuts``:
+    `cuts_of(limits)`, if made already)."""
     n_by = [0, 0]  # per version (0 stable, 1 candidate): requests, errors, guard's errors
     x_by = [0, 0]
     gx_by = [0, 0]
@@ -142,17 +184,11 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
     slow: dict[tuple[float, float], list[int]] = {}
     window = e.window
     guard_count, first = e.guard_units.count, e.units.first
-    # the slow counts' limits: floats for the candidate's bins (read as bounds, into the step
-    # window) and ordinals for stable's (read as ordinals, into its trailing sum)
-    # (comprehensions: made with ``zip(*limits)`` and ``map`` instead, in C, the tick took
-    # fewer instructions but left one more object for the collector per route and tick, and
-    # the 1,000-route ticks had half as many young collections again; why was not found)
-    qs = [q for q, _ in limits]
-    cuts = [c for _, c in limits]
-    lowest = min(cuts, default=math.inf)
-    cut_ords = [ordinal_of(c) for c in cuts]
-    lowest_ord = min(cut_ords, default=ABOVE_ALL)
-    trail: TrailTick | None = None  # stable's latency on its way into the trailing sum
+    # the slow counts' limits: floats for the candidate's bins and ordinals for stable's
+    if cuts is None:
+        cuts = cuts_of(limits)
+    _, qs, floats, lowest, cut_ords, lowest_ord = cuts
+    trail: TrailTick | None = None  # stable's latency on its way into its open slot
     judge_synthetic = feed.judge_synthetic
     for b in feed.buckets:
         p = b.probability
@@ -215,15 +251,15 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
             sketch = latency[v]
             if sketch.count and (v == 0 or tests):
                 # one pass over the sketch's bins, in their own order (sums and counts need
-                # none): stable's into its trailing sum, the candidate's into the step
+                # none): stable's into its open trailing slot, the candidate's into the step
                 # window, and the slow counts of either on the way
-                above = [0] * len(cuts) if slow_too else None
+                above = [0] * len(floats) if slow_too else None
                 if v == 0:
                     if trail is None:
                         trail = trail_begin(e, now)
-                    trail_sketch(e, trail, sketch.bins, cut_ords, lowest_ord, above)
+                    trail_sketch(trail, sketch.bins, cut_ords, lowest_ord, above)
                 else:
-                    _window_add(window.latency, sketch.bins, cuts, lowest, above)
+                    _window_add(window.latency, sketch.bins, floats, lowest, above)
                 if above is not None:
                     for j, n in enumerate(above):
                         if n:
@@ -241,7 +277,7 @@ def tally_buckets(e: Evidence, now: float, feed: BucketFeed, tests: bool, limits
                         if v == 0:
                             if trail is None:
                                 trail = trail_begin(e, now)
-                            trail_sketch(e, trail, bins)
+                            trail_sketch(trail, bins)
                         elif tests:
                             _window_add(window.latency, bins, (), math.inf, None)
                     if v == 1 and tests:

@@ -27,6 +27,7 @@ from splitproxy.rollout.messages import (
     Sample,
 )
 from splitproxy.rollout.phases import ACTIVE, PHASES, TRANSITIONS
+from splitproxy.rollout.trailing import TRAIL_SLOT
 from tests.unit.rollout.drive import Driver, cmd, gated, hist, hold_step, spec, started, traffic
 
 T0 = 1_000_000.0
@@ -275,9 +276,13 @@ def test_requests_not_routed_at_random_do_not_count_in_comparisons() -> None:
     assert d.a.evidence.errors_test.pooled.events == 0
 
 
-def test_latency_thresholds_come_from_stable_history_before_the_tick() -> None:
+def test_latency_thresholds_come_from_stable_history_in_slots_closed_before_the_tick() -> None:
     d = Driver(Analyzer("shop", spec(checks=[{"metric": "latency", "compare": "stable"}])))
     d.tick([Sample("stable", 0, 0, None, None, hist(3000, 60, 0.05, 0.2))], candidate=None)
+    d.tick()
+    result = {c.name: c for c in d.a.checks}["latency_vs_stable"]
+    assert result.detail == "stable history too short"  # its 10-s slot is still open
+    d.now = TRAIL_SLOT  # the next slot's first tick closes it
     d.tick()
     result = {c.name: c for c in d.a.checks}["latency_vs_stable"]
     assert result.detail == "stable p95 50ms, stable p99 200ms"

@@ -18,15 +18,17 @@ def running(**kw: object) -> Evidence:
     return e
 
 
-def test_latency_thresholds_come_from_stable_s_history_before_the_tick() -> None:
+def test_latency_thresholds_come_from_stable_s_history_in_slots_closed_before_the_tick() -> None:
     e = running(checks=LATENCY)
     needed = min_threshold_requests(0.95)
     history = [Sample("stable", needed, 0, None, None, hist(needed, needed // 10, 0.05, 0.5))]
     e.fold(1.0, history, tests=True)
     assert e.thresholds == {}  # the tick's own requests never set its threshold
     e.fold(2.0, traffic(0.1), tests=True)
+    assert e.thresholds == {}  # nor those of its 10-s slot, still open
+    e.fold(10.0, traffic(0.1), tests=True)
     assert e.thresholds == {0.95: 0.5}
-    (latency,) = [c for c in e.evaluate(2.0) if c.name == "latency_vs_stable"]
+    (latency,) = [c for c in e.evaluate(10.0) if c.name == "latency_vs_stable"]
     assert latency.detail == "stable p95 500ms"
 
 

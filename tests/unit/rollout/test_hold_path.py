@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from typing import Any, Final
 
 from hypothesis import given, settings
@@ -29,7 +28,6 @@ from splitproxy.rollout.evidence import (
     Evidence,
     StepWindow,
     WindowOutcome,
-    min_threshold_requests,
 )
 from splitproxy.rollout.frozen import guard_lead_ceiling, guard_loose_ceiling, surely_below
 from splitproxy.rollout.kept import Kept
@@ -48,7 +46,6 @@ from splitproxy.rollout.recovery import RecoveringTest
 from splitproxy.rollout.results import LazyResult, StaleResult, guard_result, latency_result
 from splitproxy.rollout.results import _guard as _guard_made
 from splitproxy.rollout.sequential import PathClassTests, RateGuard
-from splitproxy.rollout.trailing import trail_quantiles
 from tests.unit.rollout.drive import traffic
 
 _EAGER_NAMES: Final = frozenset({"guard", shadow.TEST_NAME})
@@ -76,9 +73,10 @@ def _spec(interval: int, min_requests: int, guard: bool) -> Rollout:
 
 
 class _OldEvidence(Evidence):
-    """The evaluation's and the thresholds' previous code (verbatim): the comparisons asked
-    through their methods and `Kept.get`, the latency one keyed on tuples of the thresholds
-    and the tests, stable's quantiles copied into a new dict."""
+    """The evaluation's previous code (verbatim): the comparisons asked through their methods
+    and `Kept.get`, the latency one keyed on tuples of the thresholds and the tests. (Its
+    thresholds, stable's quantiles drawn every tick over the ticks before it, went with the
+    tenth round: they are drawn over the closed slots now, `trailing`, by the code both use.)"""
 
     def evaluate_deferred(
         self, now: float
@@ -134,26 +132,6 @@ class _OldEvidence(Evidence):
     ) -> LazyResult:
         tolerance = self.latency_compare.tolerance if self.latency_compare else 0.0
         return latency_result(name, tests, thresholds, tolerance, 1 / self.alpha.latency)
-
-    def _latency_thresholds(self) -> dict[float, float]:
-        out: dict[float, float] = {}
-        # (q, requests it needs) per quantile, made once per check, with every q and the
-        # most any needs: after the first minutes stable's history has enough for all of them
-        seen, needs, every, most = self._needs
-        if seen is not self.latency_compare:
-            needs = tuple((q, min_threshold_requests(q)) for q in self.quantiles)
-            every = tuple([q for q, _ in needs])
-            most = max([least for _, least in needs], default=0)
-            self._needs = (self.latency_compare, needs, every, most)
-        wanted: Sequence[float] = every
-        if self.trail_requests < most:
-            wanted = [q for q, least in needs if self.trail_requests >= least]
-        if not wanted:
-            return out
-        for q, c in trail_quantiles(self, wanted).items():
-            if c is not None and c != math.inf:
-                out[q] = c
-        return out
 
 
 class _OldAnalyzer(Analyzer):

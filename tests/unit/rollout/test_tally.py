@@ -60,7 +60,7 @@ def _side_effects(e: Evidence) -> list[Any]:
         sorted(e.trail_total.items()),
         [[s, n, sorted(h.items())] for s, n, h in settled(e)],
         e.trail_requests,
-        e.trail_count,
+        e.trail_open,
         e.recent,
     ]
 

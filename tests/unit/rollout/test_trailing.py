@@ -1,8 +1,11 @@
 """Stable's trailing history kept in one pass (`trailing.trail_add`) is the history the tick
 kept before, merging the tick's stable histograms first and adding the merged one to its slot
 and to the sum: over any run of ticks (gaps that fill a slot, open the next, or age the oldest
-out; few requests, so old slots are kept for their count), the same slots, sum, request count
-and last minute, and the same thresholds drawn from them, tick after tick."""
+out; few requests, so old slots are kept for their count), the same slots, request count and
+last minute, tick after tick; and since the tenth round the sum is that of the slots closed
+(all but the tick's own), the thresholds each tick judges by are drawn from the slots closed
+before it (never its own slot's), and a tick that closes no slot and ages none out reuses the
+thresholds, and the limits made from them, as they were."""
 
 from __future__ import annotations
 
@@ -88,9 +91,21 @@ def slots_by_bound(trail: list[list[Any]]) -> list[list[Any]]:
     return [[slot, n, by_bound(hist)] for slot, n, hist in trail]
 
 
-def thresholds_afresh(before: Before) -> dict[float, float]:
-    wanted = [q for q in (0.95, 0.99) if before.trail_requests >= min_threshold_requests(q)]
-    found = hist_quantiles(before.trail_total, wanted) if wanted else {}
+def closed_sum(before: Before, now: float) -> dict[float, int]:
+    """The sum of ``before``'s slots closed at ``now`` (every slot but ``now``'s)."""
+    slot = math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
+    total: dict[float, int] = {}
+    for start, _, hist in before.trail:
+        if start != slot:
+            hist_add(total, hist.items())
+    return total
+
+
+def thresholds_afresh(total: dict[float, int]) -> dict[float, float]:
+    """Stable's thresholds walked afresh over ``total``, each with the requests it needs."""
+    n = sum(total.values())
+    wanted = [q for q in (0.95, 0.99) if n >= min_threshold_requests(q)]
+    found = hist_quantiles(total, wanted) if wanted else {}
     return {q: c for q, c in found.items() if c is not None and c != math.inf}
 
 
@@ -127,29 +142,40 @@ def test_the_trail_is_the_one_kept_before(
             Sample(version, n, min(x, n), 0.1, None, tuple(sorted(hist.items())))  # type: ignore[arg-type]
             for version, n, x, hist in cells
         ]
+        # the tick judges by the slots closed before it, whatever it brings
+        judged_by = thresholds_afresh(closed_sum(before, now))
+        was, cuts = e.thresholds, e._cuts
+        changes = (
+            e.trail_open and e.trail[-1][0] != math.floor(now / TRAIL_SLOT) * TRAIL_SLOT
+        ) or (e.trail_changed)
         e.fold(now, samples, tests=judging)
+        assert e.thresholds == judged_by
+        if i and not changes:  # neither a slot closed nor one aged out: reused as they were
+            assert e.thresholds is was
+            assert e._cuts is cuts
         before.fold(now, samples)
         if judging:
             for s in samples:
                 if s.version == "candidate":
                     hist_add(window, s.latency)
         assert slots_by_bound(settled(e)) == before.trail
-        assert by_bound(e.trail_total) == before.trail_total
+        assert by_bound(e.trail_total) == closed_sum(before, now)
         assert e.trail_requests == before.trail_requests
         assert e.recent == before.recent
         assert e.window.latency == window
-        # the thresholds drawn from it with the bounds kept sorted are those sorted afresh
-        assert e._latency_thresholds() == thresholds_afresh(before)
+        assert e._latency_thresholds() == thresholds_afresh(closed_sum(before, now))
         if reads[i % len(reads)]:
             assert slots_by_bound(e.trail) == before.trail
 
 
-def test_a_tick_that_opens_a_bucket_and_ages_one_out_sorts_the_bounds_again() -> None:
-    # as many buckets after the tick as before (3 s gone, 1 s new): the kept order must go
+def test_a_slot_aged_out_mid_slot_draws_the_thresholds_again() -> None:
     e = Evidence(spec(checks=[{"metric": "latency", "compare": "stable"}]), path_class_slots=2)
     e.fresh_tests()
     for now, bound in ((0.0, 3.0), (590.0, 0.01), (700.0, 1.0)):
         e.fold(now, [Sample("stable", 2500, 0, 0.1, None, ((bound, 2500),))], tests=False)
-        e._latency_thresholds()  # as the next tick does first
-    assert by_bound(e.trail_total) == {0.01: 2500, 1.0: 2500}
-    assert e._latency_thresholds() == {0.95: 1.0, 0.99: 1.0}
+    # at 700 the tick judged by slots 0 and 590 (half at 3 s); slot 0 aged out after it, and
+    # slot 700 is still open: the next tick, in the same slot, judges by slot 590 alone
+    assert e.thresholds == {0.95: 3.0, 0.99: 3.0}
+    assert by_bound(e.trail_total) == {0.01: 2500}
+    e.fold(701.0, [], tests=False)
+    assert e.thresholds == {0.95: 0.01, 0.99: 0.01}
