@@ -1,7 +1,8 @@
 """Stable's trailing history, as `evidence.Evidence.fold` keeps it each tick (pure).
 
-Two records of stable's past outlive a rollout (they are the Evidence's ``recent``, ``trail``,
-``trail_total``, ``trail_requests`` and ``trail_open``, saved with it by `codec`):
+Two records of stable's past outlive a rollout (the Evidence's ``recent`` and ``trail``, saved
+with it by `codec`, which makes ``trail_total``, ``trail_requests`` and ``trail_open`` from
+the slots on load, `trail_restore`):
 
 - ``recent``: stable's requests and errors per `TRAIL_SLOT` seconds over the last
   `STABLE_RECENT` (the guard's incident rule);
