@@ -427,18 +427,37 @@ class Evidence:
     ) -> tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]]:
         """`evaluate`, with the threshold checks' results made only when read (`deferred`)
         and the comparisons' and the guard's numbers too (`results`: their verdicts are
-        known at once): ``(thresholds, the others)``; the tick's path."""
-        deferred = self._deferred  # (`detach`, written out)
-        if deferred is not None:  # the previous results may still be read, once this changed
-            deferred.detach()
-        deferred = self._deferred = DeferredThresholds(
-            now,
-            self.window,
-            self.threshold_checks,
-            self.spec.alpha,
-            self.windows_judged,
-            self.threshold_latency,
+        known at once): ``(thresholds, the others)``; the tick's path.
+
+        The latest evaluation stands when nothing it is made of changed (`deferred`: nearly
+        every tick of a quiet route): the window's counts and start, the failed windows, the
+        spec, the tests and their change counters, stable's thresholds, the units (as the kept
+        results' keys name them). Not with external checks (their values change in place), a
+        blue/green bake's baseline, or a check that reads ``now`` (the request rate)."""
+        window, prior, guard, units = self.window, self._deferred, self.guard, self.units
+        checks = self.threshold_checks
+        timed = (
+            prior.timed
+            if prior is not None and prior._checks is checks
+            else any(c.metric == "request_rate" for c in checks)
         )
+        stamp: tuple[object, ...] | None = None
+        if not (timed or self.external_checks or self.baseline is not None):
+            stamp = (
+                window, window.requests, window.errors, window.start, self.windows_judged,
+                self.spec, self.errors_test, self.error_changes, len(units), units.skipped,
+                self.latency_changes, self.latency_tests, self.thresholds,
+                guard, 0 if guard is None else guard.changes,
+            )  # fmt: skip
+            if prior is not None and prior.stamp == stamp:
+                prior.reattach(window)
+                return prior, prior.rest
+        if prior is not None:  # the previous results may still be read, once this changed
+            prior.detach()
+        deferred = self._deferred = DeferredThresholds(
+            now, window, checks, self.spec.alpha, self.windows_judged, self.threshold_latency
+        )
+        deferred.stamp, deferred.timed = stamp, timed
         out: list[CheckResult | LazyResult] = []
         if self.external_checks:
             out += [self._external_check(c) for c in self.external_checks]
@@ -485,7 +504,8 @@ class Evidence:
             if result is None or self._kept[2].key != key:
                 result = self._kept[2].get(key, guard_result, guard, 1 / alpha)
             out.append(result)
-        return deferred, tuple(out)
+        rest = deferred.rest = tuple(out)
+        return deferred, rest
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
         """The guard's result now, made (what the tick's kept one reads as)."""
