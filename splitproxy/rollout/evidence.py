@@ -427,13 +427,9 @@ class Evidence:
     ) -> tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]]:
         """`evaluate`, with the threshold checks' results made only when read (`deferred`)
         and the comparisons' and the guard's numbers too (`results`: their verdicts are
-        known at once): ``(thresholds, the others)``; the tick's path.
-
-        The latest evaluation stands when nothing it is made of changed (`deferred`: nearly
-        every tick of a quiet route): the window's counts and start, the failed windows, the
-        spec, the tests and their change counters, stable's thresholds, the units (as the kept
-        results' keys name them). Not with external checks (their values change in place), a
-        blue/green bake's baseline, or a check that reads ``now`` (the request rate)."""
+        known at once): ``(thresholds, the others)``; the tick's path. The latest one stands
+        while nothing it is made of changed (`deferred`; not with external checks, whose values
+        change in place, a bake's baseline, or a check reading ``now``: the request rate)."""
         window, prior, guard, units = self.window, self._deferred, self.guard, self.units
         checks = self.threshold_checks
         timed = (
@@ -549,17 +545,13 @@ class Evidence:
         and per-path-class family; for latency: the mean over quantiles, a bound on the
         worst of the quantiles' slow-request rate ratios."""
         out = []
+        compare = self.error_compare
         for r in results:
             low: float | None = None
             if self.baseline is not None:  # a one-sample test: no ratio to bound
                 out.append(r)
                 continue
-            if (
-                r.kind == "compare"
-                and self.error_compare
-                and r.name == self.error_compare.key
-                and self.errors_test
-            ):
+            if r.kind == "compare" and compare and r.name == compare.key and self.errors_test:
                 low = self.errors_test.lower_confidence_bound(self.alpha.error)
             elif r.kind == "compare" and self.latency_tests:
                 low = lower_confidence_bound(self._latency_log_e, self.alpha.latency)
