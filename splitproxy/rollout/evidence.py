@@ -432,11 +432,8 @@ class Evidence:
         change in place, a bake's baseline, or a check reading ``now``: the request rate)."""
         window, prior, guard, units = self.window, self._deferred, self.guard, self.units
         checks = self.threshold_checks
-        timed = (
-            prior.timed
-            if prior is not None and prior._checks is checks
-            else any(c.metric == "request_rate" for c in checks)
-        )
+        same = prior is not None and prior._checks is checks  # (else: does a check read ``now``?)
+        timed = prior.timed if same and prior else any(c.metric == "request_rate" for c in checks)
         stamp: tuple[object, ...] | None = None
         if not (timed or self.external_checks or self.baseline is not None):
             stamp = (
@@ -468,8 +465,7 @@ class Evidence:
             kept = self._kept
             test = self.errors_test
             if self.error_compare is not None and test is not None:
-                # Most ticks bring the comparison no new event: the result (its e-values and
-                # detail text) is then the previous tick's
+                # most ticks bring it no new event: the result is then the previous tick's
                 name, units = self.compare_keys[0], self.units
                 key: tuple[object, ...] = (
                     test, self.error_changes, name, self.alpha.error, len(units), units.skipped
@@ -479,10 +475,9 @@ class Evidence:
                     result = kept[0].get(key, self._error_lazy, name, test)
                 out.append(result)
             if self.latency_compare is not None:
-                # The thresholds' and the tests' dicts themselves are in the key, compared by
-                # value (never hashed), which spares a tuple of each on every tick: neither is
-                # written in place (`fold` makes the thresholds anew each tick; new tests come
-                # in a new dict), and tests are compared as objects (a test replaced is another)
+                # the thresholds' and tests' dicts themselves in the key, compared by value (never
+                # hashed): neither is written in place (`fold` makes new thresholds, new tests come
+                # in a new dict); tests are compared as objects (a test replaced is another)
                 name = self.compare_keys[1]
                 key = (
                     name, self.alpha.latency, self.thresholds, self.latency_changes,
