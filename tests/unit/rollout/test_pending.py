@@ -110,10 +110,10 @@ async def _drive(ops: list[Op]) -> None:
         elif what == "external":  # a reading, a turn or two later (one at a time per check)
             key = CHECK.key
             readings = poller._routes.get(route)
-            if readings is None or key not in readings.in_flight:
+            # (not while one is out or untaken: a second value before a take replaces the first)
+            if readings is None or not (key in readings.in_flight or key in readings.values):
                 poller.poll(route, [CHECK], 0.0, float(step))
-                if readings is None or key not in readings.values:
-                    sent[route] += 1  # (a second value before a take replaces the first)
+                sent[route] += 1
         elif what == "test":  # a result when the job ends (a job started again cancels it)
             job = runner._routes.get(route)
             if job is None or job.task is None:
