@@ -137,6 +137,7 @@ class Analyzer:
         # the spec changed under a running rollout: it restarts on the next tick
         self.spec_changed = False
         self._actions: list[Action] = []
+        self._judged: object = None  # the results `_judge` last found nothing in
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -189,8 +190,7 @@ class Analyzer:
             window.start = min(now, window.start + unserved)
         ready_at = readiness.ready_at
         judging = active and ready_at is not None and ready_at < now and ready
-        # the previous tick's results are read after the fold only by the events of gate
-        # answers, test jobs and commands (below, before this tick's `_defer_checks`)
+        # the previous results are read after the fold only by the events below (gates etc.)
         gates, tests, orders = observation.gates, observation.tests, observation.commands
         read_after = bool(gates or tests or orders)
         evidence.fold(now, observation.samples, tests=judging, read_after=read_after)
@@ -208,9 +208,10 @@ class Analyzer:
                 bluegreen.test_outcome(self, now, outcome)
             for command in orders:
                 commands.carry_out(self, now, command)
-        if self.phase in ACTIVE:
-            self._defer_checks(now)
-            self._judge(now)
+        if self.phase in ACTIVE:  # (`_judge` skipped on results it found nothing in before)
+            judged = self._defer_checks(now)
+            if judged is not self._judged or self.hold is not None or self.shadow.test is not None:
+                self._judge(now)
         else:
             self.checks = ()
         self._candidate_health(now)
@@ -221,8 +222,8 @@ class Analyzer:
             self._progress(now)
         if self.hold is not None or self.phase == "waiting":  # (else it holds: no hold)
             self.check_hold()
-        actions = self._actions  # (none, most ticks: the kept list waits for the next tick,
-        if not actions:  # the caller gets one that does not outlive the tick)
+        actions = self._actions  # (none, most ticks: the caller gets a list for the tick alone)
+        if not actions:
             return []
         self._actions = []
         return actions
@@ -236,15 +237,16 @@ class Analyzer:
     def checks(self, value: tuple[CheckResult, ...]) -> None:
         self._checks.set(value)
 
-    def _defer_checks(self, now: float) -> None:
+    def _defer_checks(self, now: float) -> object:
         """``checks = evidence.evaluate(now) + shadow.checks(self)``, the threshold checks'
-        results made only when read (`deferred`); made at once if one is named like a result
-        the anytime decisions look up by name (`_judge`, `shadow.judge`)."""
+        results made only when read (`deferred`; at once if one is named like a result `_judge`
+        or `shadow.judge` look up by name); returns what `_judge` reads (the same, if it stands)."""
         evidence = self.evidence
         thresholds, rest = evidence.evaluate_deferred(now)
         if self.hold is not None or self.shadow.mirroring:  # (else no `shadow.checks`)
             rest += shadow.checks(self)
         self._checks.defer(thresholds, rest, eager=evidence.threshold_eager)
+        return self._checks.anytime()
 
     def _counting(self) -> bool:
         """Does the time since the previous tick count toward the progress deadline?"""
@@ -359,7 +361,8 @@ class Analyzer:
             return
         guard = None  # the last result named "guard", and the failed comparisons, in one pass
         failing: list[Judged] = []
-        for r in self._checks.anytime():
+        judged = self._checks.anytime()
+        for r in judged:
             if r.name == "guard":
                 guard = r
             if r.kind == "compare" and r.verdict == "fail":
@@ -376,6 +379,8 @@ class Analyzer:
         if failing:
             names = ", ".join(r.name for r in failing)
             self._rollback(now, f"worse than stable: {names}")
+        else:  # nothing to decide on: neither while these results stand (the same tuple)
+            self._judged = judged
 
     def _candidate_health(self, now: float) -> None:
         """An unavailable candidate keeps its phase (the data path sends its share to
@@ -390,8 +395,7 @@ class Analyzer:
             return
         health = self.health
         if ready_at is None or health is None or health.healthy:  # (`is_healthy`)
-            # (nearly every tick: no check to show, no strike, the stretch forgotten; what
-            # `Readiness.check` and `Readiness.strike` come to then)
+            # (nearly every tick: no check, no strike, what `Readiness.check`/`.strike` come to)
             readiness.unhealthy_since, readiness.strikes = None, 0
             return
         timeout = spec.unhealthy_timeout
@@ -570,20 +574,11 @@ class Analyzer:
     ) -> None:
         checks = self.evidence.with_ci(self.checks) if evidence else self.checks
         event = Event(
-            at=now,
-            route=self.route,
-            kind=kind,
-            phase=self.phase,
-            previous=previous if previous is not None else self.phase,
-            step=self.step_index + 1,
-            weight=self.weight,
-            revision=self.revision,
-            message=message,
-            source=source,
-            checks=checks,
-            trigger=trigger,
-            ab=ab.event_result(self, now) if evidence else None,
-        )
+            at=now, route=self.route, kind=kind, phase=self.phase,
+            previous=previous if previous is not None else self.phase, step=self.step_index + 1,
+            weight=self.weight, revision=self.revision, message=message, source=source,
+            checks=checks, trigger=trigger, ab=ab.event_result(self, now) if evidence else None,
+        )  # fmt: skip
         self.history.append(event)
         del self.history[:-HISTORY]
         self._actions.append(Emit(event))

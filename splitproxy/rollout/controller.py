@@ -13,7 +13,8 @@ it ticks every route's `analyzer.Analyzer` with a `messages.Observation` built f
 - the candidate's answers to mirrored copies since the previous tick (`Recorder.mirror_take`,
   passed on while copies go to it: the route's ``mirror:`` or the shadow phase);
 - the answers of gating hooks that came back since the previous tick (`GateResult`, from the
-  hook dispatcher);
+  hook dispatcher; asked, as the external values and test jobs' results below, only of a
+  route the three added to ``_pending``: nearly every route-tick has none of them);
 - the values external checks (Prometheus, web) produced since the previous tick, read in the
   background every ``external_interval`` while the rollout is active (by the poller);
 - a manual command, when `Controller.command` ticks a route out of turn.
@@ -78,6 +79,7 @@ from splitproxy.rollout.messages import (
     Command,
     Emit,
     Event,
+    GateResult,
     ManualCommand,
     Observation,
     RunTest,
@@ -102,7 +104,8 @@ from splitproxy.rollout.traffic import SyntheticTraffics, route_host
 from splitproxy.rollout.weightsync import sync_weight
 
 logger = logging.getLogger("splitproxy.rollout.controller")
-_NOTHING: tuple[TestOutcome, ...] = ()
+_NOTHING: tuple[Any, ...] = ()
+_NO_VALUES: Mapping[str, float | None] = Observation._field_defaults["external"]  # read only
 _new = tuple.__new__
 
 
@@ -136,11 +139,18 @@ class Controller:
         self.metrics = RolloutMetrics(self)
         self.ticker = Ticker(self.paced_tick, self.options.tick, after=Settler())
         self.persistence = Persistence(store, retry=self.options.tick)
+        # routes a gate answer, an external value or a test job's result waits for (the three
+        # parts add to it; `_step` takes from it: see the module docstring)
+        self._pending: set[str] = set()
         self.dispatcher = HookDispatcher(
-            hooks, on_answer=self.ticker.wake, metrics=self.metrics, drain=self.options.notify_drain
+            hooks,
+            on_answer=self.ticker.wake,
+            metrics=self.metrics,
+            drain=self.options.notify_drain,
+            pending=self._pending,
         )
-        self.poller = ExternalPoller(reader, clock)
-        self.tests = TestJobRunner(clock, on_done=self.ticker.wake)
+        self.poller = ExternalPoller(reader, clock, pending=self._pending)
+        self.tests = TestJobRunner(clock, on_done=self.ticker.wake, pending=self._pending)
         self.reverts = RevertWindows(state)
         self._routes: dict[str, _Rollout] = {}
         self._ledgers: dict[str, deque[dict[str, Any]]] = {}
@@ -262,20 +272,22 @@ class Controller:
         assert snapshot is not None
         route, identity, judge = rt.follow(snapshot.config)
         # = samples_for(recorder.observations(name, last, until=now)), as the buckets (`tally`)
-        samples, end = window_feed(
-            self.recorder.windows, rt.name, rt.last, now, judge_synthetic=judge
-        )
+        name = rt.name
+        samples, end = window_feed(self.recorder.windows, name, rt.last, now, judge_synthetic=judge)
         if end is not None:
             rt.last = max(rt.last, end)
-        gates = self.dispatcher.answers(rt.name)
-        external = self.poller.values(rt.name)
-        health = self.health(rt.name) if self.health is not None else None
-        finished = self.tests.results(rt.name)
-        tests = (
-            [TestOutcome(attempt, r.passed, r.summary()) for attempt, r in finished]
-            if finished
-            else _NOTHING
-        )
+        gates: Sequence[GateResult] = _NOTHING
+        external: Mapping[str, float | None] = _NO_VALUES
+        tests: Sequence[TestOutcome] = _NOTHING
+        pending = self._pending
+        if name in pending:  # (else none of the three has anything for the route)
+            pending.discard(name)
+            gates = self.dispatcher.answers(name)
+            external = self.poller.values(name)
+            finished = self.tests.results(name)
+            if finished:
+                tests = [TestOutcome(attempt, r.passed, r.summary()) for attempt, r in finished]
+        health = self.health(name) if self.health is not None else None
         taken = self.recorder.mirror_take(rt.name)  # (`shadow.observed`: none without copies)
         mirror = None if taken is None else shadow.observed(route, rt.analyzer, taken)
         counts = self.recorder.ab.take(rt.name)  # an A/B test's users and conversions (ab.py)
@@ -437,6 +449,7 @@ class Controller:
     def _drop(self, name: str, now: float) -> None:
         """The route lost its rollout (or is gone): abandon it; the file's weight applies."""
         rt = self._routes.pop(name)
+        self._pending.discard(name)
         self.dispatcher.forget(name)
         self.poller.forget(name)
         self.tests.forget(name)

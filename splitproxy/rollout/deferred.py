@@ -14,6 +14,14 @@ histogram is copied only if the window is about to change while the results are 
 (`detach`, from `Evidence.fold` and before the next `Evidence.evaluate_deferred`), so a result
 made late is the one made on time, bit for bit.
 
+*An evaluation that stands.* A route whose evaluation's inputs did not change since its last
+one (no candidate request in the window, no new event for the comparisons, no request for the
+guard: nearly every tick of a quiet route) keeps it: `Evidence.evaluate_deferred` hands out the
+same `DeferredThresholds`, which carries the other results beside it (``rest``) and what both
+were made of (``stamp``), read in place again (`reattach`; its window is the same, unchanged).
+It is then the latest evaluation, and `detach` treats it so: a holder of an older evaluation
+that is this same object reads what the latest one reads (refused once stale, as it is).
+
 `Checks` is what `Analyzer.checks` reads: the deferred thresholds joined with the tick's other
 results (the comparisons, the guard, external and shadow checks, made on time as before) on
 the first read. The anytime decisions (`Analyzer._judge`) read the others only; the step
@@ -62,6 +70,9 @@ class DeferredThresholds:
         "_start",
         "_unshown",
         "_window",
+        "rest",
+        "stamp",
+        "timed",
     )
 
     def __init__(
@@ -87,6 +98,11 @@ class DeferredThresholds:
         # made with the first check over its line but not shown (a set per route per tick,
         # kept for a tick, was a young container for the collector to walk)
         self._unshown: set[str] | None = None
+        # the evaluation this belongs to (`Evidence.evaluate_deferred`): the other results, what
+        # all were made of (None: not to be kept), whether a check reads ``now``
+        self.rest: tuple[CheckResult | LazyResult, ...] = ()
+        self.stamp: tuple[object, ...] | None = None
+        self.timed = False
 
     @property
     def pending(self) -> bool:
@@ -107,6 +123,12 @@ class DeferredThresholds:
             else:
                 self._latency = _STALE
             self._window = None
+
+    def reattach(self, window: StepWindow) -> None:
+        """These results stand for another evaluation of ``window``, unchanged since they were
+        made (`Evidence.evaluate_deferred`): read it in place again, if still unmade."""
+        if self._results is None:
+            self._window, self._latency = window, None
 
     def results(self) -> tuple[CheckResult, ...]:
         """Each threshold check's result, in the spec's order (made once)."""

@@ -7,8 +7,9 @@ make them:
   that gate is POSTed at once and the gate passes only when all answer 2xx. One call per
   route, gate and step at a time (a gate asked again while its call is out is not called
   twice). The answer is kept as a `GateResult` until the controller takes it
-  (`HookDispatcher.answers`) on its next tick, and ``on_answer`` is called so that tick
-  comes at once. A gate without a hook (removed by a reload) passes at once;
+  (`HookDispatcher.answers`) on its next tick, its route added to ``pending`` (the
+  controller's set of routes with something to take), and ``on_answer`` is called so that
+  tick comes at once. A gate without a hook (removed by a reload) passes at once;
 - *notifications* (`HookDispatcher.notify`): ``event`` hooks get every ledger event,
   ``post-rollout`` hooks promotions and rollbacks, ``rollback`` hooks rollbacks. They go out
   one at a time, in order (a chat channel reads like a log), from a queue bounded at
@@ -93,8 +94,11 @@ class HookDispatcher:
         metrics: RolloutMetrics | None = None,
         queue_size: int = NOTIFY_QUEUE,
         drain: float = 2.0,
+        pending: set[str] | None = None,
     ) -> None:
         self.sender = sender
+        # routes with an answer to take (added to, never taken from, here: see the docstring)
+        self.pending: set[str] = set() if pending is None else pending
         self.on_answer = on_answer
         self.metrics = metrics
         self.queue_size = queue_size
@@ -122,16 +126,18 @@ class HookDispatcher:
         if not mine:
             # the hook was removed by a reload while the analyzer waited for it
             gates.answers.append(GateResult(call.gate, call.step, True, "no hook configured"))
+            self.pending.add(route)
             self.on_answer()
             return
         key = (call.gate, call.step)
         if key in gates.in_flight:  # still asking: don't pile calls up
             return
         gates.in_flight.add(key)
-        self._spawn(gates, self._call_gate(gates, call, mine, payload), f"gate:{route}")
+        self._spawn(gates, self._call_gate(route, gates, call, mine, payload), f"gate:{route}")
 
     async def _call_gate(
         self,
+        route: str,
         gates: _Gates,
         call: CallHook,
         hooks: Sequence[tuple[int, Hook]],
@@ -145,6 +151,7 @@ class HookDispatcher:
                 if not r.ok
             ]
             gates.answers.append(GateResult(call.gate, call.step, not failed, "; ".join(failed)))
+            self.pending.add(route)
         finally:
             gates.in_flight.discard((call.gate, call.step))
         self.on_answer()  # act on the answer now

@@ -433,18 +433,30 @@ class Evidence:
     ) -> tuple[DeferredThresholds, tuple[CheckResult | LazyResult, ...]]:
         """`evaluate`, with the threshold checks' results made only when read (`deferred`)
         and the comparisons' and the guard's numbers too (`results`: their verdicts are
-        known at once): ``(thresholds, the others)``; the tick's path."""
-        deferred = self._deferred  # (`detach`, written out)
-        if deferred is not None:  # the previous results may still be read, once this changed
-            deferred.detach()
+        known at once): ``(thresholds, the others)``; the tick's path. The latest one stands
+        while nothing it is made of changed (`deferred`; not with external checks, whose values
+        change in place, a bake's baseline, or a check reading ``now``: the request rate)."""
+        window, prior, guard, units = self.window, self._deferred, self.guard, self.units
+        checks = self.threshold_checks
+        same = prior is not None and prior._checks is checks  # (else: does a check read ``now``?)
+        timed = prior.timed if same and prior else any(c.metric == "request_rate" for c in checks)
+        stamp: tuple[object, ...] | None = None
+        if not (timed or self.external_checks or self.baseline is not None):
+            stamp = (
+                window, window.requests, window.errors, window.start, self.windows_judged,
+                self.spec, self.errors_test, self.error_changes, len(units), units.skipped,
+                self.latency_changes, self.latency_tests, self.thresholds,
+                guard, 0 if guard is None else guard.changes,
+            )  # fmt: skip
+            if prior is not None and prior.stamp == stamp:
+                prior.reattach(window)
+                return prior, prior.rest
+        if prior is not None:  # the previous results may still be read, once this changed
+            prior.detach()
         deferred = self._deferred = DeferredThresholds(
-            now,
-            self.window,
-            self.threshold_checks,
-            self.spec.alpha,
-            self.windows_judged,
-            self.threshold_latency,
+            now, window, checks, self.spec.alpha, self.windows_judged, self.threshold_latency
         )
+        deferred.stamp, deferred.timed = stamp, timed
         out: list[CheckResult | LazyResult] = []
         if self.external_checks:
             out += [self._external_check(c) for c in self.external_checks]
@@ -459,8 +471,7 @@ class Evidence:
             kept = self._kept
             test = self.errors_test
             if self.error_compare is not None and test is not None:
-                # Most ticks bring the comparison no new event: the result (its e-values and
-                # detail text) is then the previous tick's
+                # most ticks bring it no new event: the result is then the previous tick's
                 name, units = self.compare_keys[0], self.units
                 key: tuple[object, ...] = (
                     test, self.error_changes, name, self.alpha.error, len(units), units.skipped
@@ -470,10 +481,9 @@ class Evidence:
                     result = kept[0].get(key, self._error_lazy, name, test)
                 out.append(result)
             if self.latency_compare is not None:
-                # The thresholds' and the tests' dicts themselves are in the key, compared by
-                # value (never hashed), which spares a tuple of each on every tick: neither is
-                # written in place (`fold` makes the thresholds anew each tick; new tests come
-                # in a new dict), and tests are compared as objects (a test replaced is another)
+                # the thresholds' and tests' dicts themselves in the key, compared by value (never
+                # hashed): neither is written in place (`fold` makes new thresholds, new tests come
+                # in a new dict); tests are compared as objects (a test replaced is another)
                 name = self.compare_keys[1]
                 key = (
                     name, self.alpha.latency, self.thresholds, self.latency_changes,
@@ -491,7 +501,8 @@ class Evidence:
             if result is None or self._kept[2].key != key:
                 result = self._kept[2].get(key, guard_result, guard, 1 / alpha)
             out.append(result)
-        return deferred, tuple(out)
+        rest = deferred.rest = tuple(out)
+        return deferred, rest
 
     def _guard_result(self, guard: RateGuard) -> CheckResult:
         """The guard's result now, made (what the tick's kept one reads as)."""
@@ -535,17 +546,13 @@ class Evidence:
         and per-path-class family; for latency: the mean over quantiles, a bound on the
         worst of the quantiles' slow-request rate ratios."""
         out = []
+        compare = self.error_compare
         for r in results:
             low: float | None = None
             if self.baseline is not None:  # a one-sample test: no ratio to bound
                 out.append(r)
                 continue
-            if (
-                r.kind == "compare"
-                and self.error_compare
-                and r.name == self.error_compare.key
-                and self.errors_test
-            ):
+            if r.kind == "compare" and compare and r.name == compare.key and self.errors_test:
                 low = self.errors_test.lower_confidence_bound(self.alpha.error)
             elif r.kind == "compare" and self.latency_tests:
                 low = lower_confidence_bound(self._latency_log_e, self.alpha.latency)

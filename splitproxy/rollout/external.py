@@ -7,7 +7,8 @@ controller passes ``ControlOptions.external_interval``, or half the rollout's in
 between 0.25 s and 30 s, so each step window sees a fresh value) and no read of it is still
 out. A read that fails (`sources.SourceError`, or any exception of the reader) is a reading
 with no value and the error. Values wait until the controller takes them on its next tick
-(`ExternalPoller.values`); the last reading of each check (value, time, error) stays for the
+(`ExternalPoller.values`; the route is added to ``pending``, the controller's set of routes
+with something to take); the last reading of each check (value, time, error) stays for the
 route's status (`ExternalPoller.status`).
 """
 
@@ -74,9 +75,16 @@ class ExternalPoller:
     Without a ``reader``, `start` opens an aiohttp session of its own for the reads (and
     `close` closes it). ``clock`` stamps the readings shown in status."""
 
-    def __init__(self, reader: ExternalReader | None, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        reader: ExternalReader | None,
+        clock: Callable[[], float],
+        pending: set[str] | None = None,
+    ) -> None:
         self.reader = reader
         self.clock = clock
+        # routes with values to take (added to, never taken from, here: see the docstring)
+        self.pending: set[str] = set() if pending is None else pending
         self._routes: dict[str, _Readings] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -96,9 +104,9 @@ class ExternalPoller:
             if due and key not in readings.in_flight:
                 readings.polled_at[key] = now
                 readings.in_flight.add(key)
-                self._spawn(readings, self._read(readings, check), f"{route}:{key}")
+                self._spawn(readings, self._read(route, readings, check), f"{route}:{key}")
 
-    async def _read(self, readings: _Readings, check: ExternalCheck) -> None:
+    async def _read(self, route: str, readings: _Readings, check: ExternalCheck) -> None:
         assert self.reader is not None
         error: str | None = None
         value: float | None = None
@@ -112,6 +120,7 @@ class ExternalPoller:
             readings.in_flight.discard(check.key)
         readings.values[check.key] = value
         readings.last[check.key] = (value, self.clock(), error)
+        self.pending.add(route)
 
     def values(self, route: str) -> dict[str, float | None]:
         """The values read for ``route`` since the last call, by check key (taken)."""

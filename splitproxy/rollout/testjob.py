@@ -234,8 +234,12 @@ class TestJobRunner:
         on_done: Callable[[], None] | None = None,
         *,
         run: RunJob = run_test_job,
+        pending: set[str] | None = None,
     ) -> None:
         self.clock = clock
+        # routes with results to take (added to when a job finishes, never taken from here:
+        # the controller asks `results` only of a route it finds there)
+        self.pending: set[str] = set() if pending is None else pending
         self.on_done = on_done
         self._run = run
         self._routes: dict[str, _RouteJob] = {}
@@ -304,6 +308,7 @@ class TestJobRunner:
             state.task = None
         state.finished.append((attempt, result))
         state.last = (attempt, result)
+        self.pending.add(route)
         outcome = "passed" if result.passed else "timed out" if result.timed_out else "failed"
         logger.info(
             "test job for %s (attempt %d) %s: exit code %s after %.1fs",

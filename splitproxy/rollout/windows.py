@@ -469,12 +469,19 @@ class Window:
         buckets.append(bucket)
         return bucket
 
-    def _between(self, since: float, until: float | None) -> list[_Bucket]:
-        # Bucket starts never decrease (`_next`), so the buckets asked for are one run: scan
-        # from the newest back to ``since`` instead of the whole ring (a new list, the caller's)
-        res = self.resolution
+    def buckets(self, since: float, until: float | None = None) -> list[_Bucket]:
+        """The buckets `observations` would return, themselves rather than `Period` copies:
+        for a reader that turns them into something else at once (``samples.window_samples``)
+        and neither keeps nor changes them."""
+        # starts never decrease (`_next`): the run asked for is found from the newest back (a
+        # new list, the caller's); a tick's usual read, the newest alone, by the last two
+        buckets, res = self._buckets, self.resolution
+        if not buckets or buckets[-1].start < since:
+            return []
+        if len(buckets) == 1 or buckets[-2].start < since:
+            return [buckets[-1]] if until is None or buckets[-1].start + res <= until else []
         picked: list[_Bucket] = []
-        for bucket in reversed(self._buckets):
+        for bucket in reversed(buckets):
             if bucket.start < since:
                 break
             if until is None or bucket.start + res <= until:
@@ -482,23 +489,16 @@ class Window:
         picked.reverse()
         return picked
 
-    def buckets(self, since: float, until: float | None = None) -> list[_Bucket]:
-        """The buckets `observations` would return, themselves rather than `Period` copies:
-        for a reader that turns them into something else at once (``samples.window_samples``)
-        and neither keeps nor changes them."""
-        return self._between(since, until)
-
     def observations(self, since: float, until: float | None = None) -> list[Period]:
         """The buckets that start at or after ``since`` (oldest first), and, with ``until``,
         end at or before it. A reader that consumes each bucket once asks for complete ones:
         ``observations(last, until=now)``, then ``last = <the largest end returned>``."""
-        res = self.resolution
-        return [b.period(res) for b in self._between(since, until)]
+        return [b.period(self.resolution) for b in self.buckets(since, until)]
 
     def totals(self, since: float, until: float | None = None) -> dict[Version, VersionCounts]:
         """Each version's counts, merged over the buckets ``observations`` would return."""
         out: dict[Version, VersionCounts] = {}
-        buckets = self._between(since, until)
+        buckets = self.buckets(since, until)
         for version in VERSIONS:
             index = _INDEX[version]
             sketch = LatencySketch()

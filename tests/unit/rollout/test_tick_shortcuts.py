@@ -131,7 +131,37 @@ def test_the_backward_scan_returns_what_a_full_scan_returns(
         for b in window._buckets
         if b.start >= since and (until is None or b.start + window.resolution <= until)
     ]
-    assert list(window._between(since, until)) == want
+    assert list(window.buckets(since, until)) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 3), st.sampled_from([0.05, 0.5, None]), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from([1.0, 0.25]),
+)
+def test_a_tick_after_tick_read_of_the_newest_buckets_is_what_a_full_scan_returns(
+    steps: list[tuple[float, float | None, bool]], resolution: float
+) -> None:
+    """The controller's read, ``buckets(last, now)`` then ``last`` = the end of the last bucket
+    returned, each tick: mostly the newest bucket alone or none (picked without the scan),
+    sometimes several or one not yet complete."""
+    window = Window(capacity=8, resolution=resolution)
+    now = last = 0.0
+    for step, p, tick in steps:
+        now += step
+        window.observe(now, STABLE, 0.01, False, p)
+        if not tick:
+            continue
+        until = now + step / 2  # the tick comes a little later, or within the same bucket
+        want = [b for b in window._buckets if b.start >= last and b.start + resolution <= until]
+        got = window.buckets(last, until)
+        assert got == want
+        if got:
+            last = got[-1].start + resolution
 
 
 @given(
