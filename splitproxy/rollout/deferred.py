@@ -59,7 +59,6 @@ class DeferredThresholds:
 
     __slots__ = (
         "_alpha",
-        "_checks",
         "_errors",
         "_judged",
         "_latency",
@@ -70,6 +69,7 @@ class DeferredThresholds:
         "_start",
         "_unshown",
         "_window",
+        "checks",
         "rest",
         "stamp",
         "timed",
@@ -88,9 +88,12 @@ class DeferredThresholds:
         self._window: StepWindow | None = window  # its histogram is read in place until `detach`
         self._latency: dict[float, int] | None = None
         self._requests, self._errors, self._start = window.requests, window.errors, window.start
-        self._checks = checks if isinstance(checks, tuple) else tuple(checks)
+        # the checks judged (read: `Evidence.evaluate_deferred` tells a new spec's by identity)
+        self.checks: tuple[MetricCheck, ...] = (
+            checks if isinstance(checks, tuple) else tuple(checks)
+        )
         if needs_latency is None:  # (``needs_latency``: the same, known to the caller)
-            needs_latency = any(c.metric in LATENCY_QUANTILES for c in self._checks)
+            needs_latency = any(c.metric in LATENCY_QUANTILES for c in self.checks)
         self._needs_latency = needs_latency
         self._alpha = alpha
         self._judged = judged
@@ -134,7 +137,7 @@ class DeferredThresholds:
         """Each threshold check's result, in the spec's order (made once)."""
         results = self._results
         if results is None:
-            results = self._results = tuple(self._check(c) for c in self._checks)
+            results = self._results = tuple(self._check(c) for c in self.checks)
             self._window = self._latency = None  # nothing more to read
         return results
 
@@ -197,7 +200,7 @@ class DeferredThresholds:
                 sides.append((sample - hist_above(latency.items(), low), quantile))
         if not sides:
             return result
-        level = window_alpha(self._alpha, self._judged + 1, len(self._checks))
+        level = window_alpha(self._alpha, self._judged + 1, len(self.checks))
         e = max(shown_above(x, sample, share, level)[1] for x, share in sides)
         if e >= 1 / level:
             return result._replace(detail=f"shown: e={e:.3g} >= {1 / level:.3g}")

@@ -438,7 +438,7 @@ class Evidence:
         change in place, a bake's baseline, or a check reading ``now``: the request rate)."""
         window, prior, guard, units = self.window, self._deferred, self.guard, self.units
         checks = self.threshold_checks
-        same = prior is not None and prior._checks is checks  # (else: does a check read ``now``?)
+        same = prior is not None and prior.checks is checks  # (else: does a check read ``now``?)
         timed = prior.timed if same and prior else any(c.metric == "request_rate" for c in checks)
         stamp: tuple[object, ...] | None = None
         if not (timed or self.external_checks or self.baseline is not None):
