@@ -12,6 +12,7 @@ from splitproxy.rollout.messages import (
     Action,
     Emit,
     Event,
+    GateResult,
     ManualCommand,
     Observation,
     Sample,
@@ -119,3 +120,15 @@ def gated(*gates: Gate, **kw: Any) -> Driver:
     d = Driver(Analyzer("shop", spec(**kw), gates=gates))
     d.tick()
     return d
+
+
+def op_kwargs(op: str, arg: int) -> dict[str, Any]:
+    """A drawn operation as `Driver.tick`'s keyword arguments: ``pause`` and ``resume`` (a
+    command), ``gate`` (a step gate's answer, its step and verdict from ``arg``), else none."""
+    if op == "pause":
+        return {"commands": [ManualCommand("pause", "admin", "by hand")]}
+    if op == "resume":
+        return {"commands": [ManualCommand("resume", "admin", "")]}
+    if op == "gate":
+        return {"gates": [GateResult("step", arg % 3 + 1, arg % 2 == 0, "the hook said so")]}
+    return {}

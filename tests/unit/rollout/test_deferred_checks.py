@@ -18,9 +18,9 @@ from splitproxy.rollout.codec import encode
 from splitproxy.rollout.deferred import DeferredThresholds, bounded
 from splitproxy.rollout.evidence import Evidence
 from splitproxy.rollout.histograms import hist_above, hist_quantile
-from splitproxy.rollout.messages import CheckResult, GateResult, ManualCommand, Sample, metric_unit
+from splitproxy.rollout.messages import CheckResult, Sample, metric_unit
 from splitproxy.rollout.thresholds import shown_above, window_alpha
-from tests.unit.rollout.drive import Driver, spec, traffic
+from tests.unit.rollout.drive import Driver, op_kwargs, spec, traffic
 
 CHECKS: list[dict[str, Any]] = [
     {"metric": "error_rate", "max": "2%"},
@@ -129,13 +129,7 @@ def _drive(read_every_tick: bool, ops: list[tuple[str, int]]) -> tuple[list[Any]
     checks = [{"metric": "error_rate", "max": "5%"}, {"metric": "latency_p99", "max": "400ms"}]
     d = Driver(Analyzer("r", spec(checks=checks), gates=("step",)))
     for op, arg in ops:
-        kw: dict[str, Any] = {}
-        if op == "pause":
-            kw["commands"] = [ManualCommand("pause", "admin", "by hand")]
-        elif op == "resume":
-            kw["commands"] = [ManualCommand("resume", "admin", "")]
-        elif op == "gate":
-            kw["gates"] = [GateResult("step", arg % 3 + 1, arg % 2 == 0, "the hook said so")]
+        kw = op_kwargs(op, arg)
         candidate = (10, arg % 4)
         d.tick(traffic(d.weight / 100, candidate=candidate, candidate_slow=arg % 3), **kw)
         if read_every_tick:

@@ -18,9 +18,9 @@ from splitproxy.rollout.analyzer import Analyzer
 from splitproxy.rollout.codec import encode
 from splitproxy.rollout.deferred import DeferredThresholds
 from splitproxy.rollout.evidence import Evidence
-from splitproxy.rollout.messages import CheckResult, GateResult, ManualCommand, Sample
+from splitproxy.rollout.messages import CheckResult, Sample
 from splitproxy.rollout.results import LazyResult
-from tests.unit.rollout.drive import Driver, hist, spec
+from tests.unit.rollout.drive import Driver, hist, op_kwargs, spec
 
 CHECKS: list[dict[str, Any]] = [
     {"metric": "error_rate", "max": "5%"},
@@ -65,13 +65,7 @@ def _drive(
     d = Driver(_analyzer(afresh, CHECKS, guard))
     shown = []
     for op, busy, arg in ops:
-        kw: dict[str, Any] = {}
-        if op == "pause":
-            kw["commands"] = [ManualCommand("pause", "admin", "by hand")]
-        elif op == "resume":
-            kw["commands"] = [ManualCommand("resume", "admin", "")]
-        elif op == "gate":
-            kw["gates"] = [GateResult("step", arg % 3 + 1, arg % 2 == 0, "the hook said so")]
+        kw = op_kwargs(op, arg)
         d.tick(_samples(d.weight / 100, busy, arg), **kw)
         if read:
             shown.append(d.a.checks)
